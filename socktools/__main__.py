@@ -1,0 +1,4 @@
+from socktools.cli import main
+
+if __name__ == "__main__":  # pragma: no branch
+    main()

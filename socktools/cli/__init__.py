@@ -1,0 +1,50 @@
+"""The click switchboard: each subcommand builds one frozen config and calls one function.
+
+Only this package imports click, prints for humans, or chooses exit codes.
+Subcommand modules keep heavy imports (scapy, hdrhistogram) inside their
+command functions so that ``socktools --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+
+from socktools import __version__
+
+# name -> module under socktools.cli that defines a click command called `command`.
+# Loaded lazily: `socktools serve` imports only what serve needs.
+COMMANDS = {
+    "serve": "serve",
+    "request": "request",
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx):
+        return list(COMMANDS)
+
+    def get_command(self, ctx, name):
+        module = COMMANDS.get(name)
+        if module is None:
+            return None
+        return importlib.import_module(f"socktools.cli.{module}").command
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="socktools")
+def main():
+    """Serve, load, break and watch TCP sockets on your own machine.
+
+    Everything binds and connects to loopback (127.0.0.1) unless you ask
+    otherwise.
+
+    \b
+    Examples:
+      socktools demo                                 # the guided tour, ~30 s
+      socktools serve --mode framed --port 0         # a framed-protocol server
+      socktools request search morpheus --port 65432 # one framed request
+      socktools flood --conns 500                    # load a server it starts itself
+      socktools stall                                # reproduce BlockingIOError
+    """

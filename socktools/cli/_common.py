@@ -1,0 +1,110 @@
+"""Shared click pieces: option types, error exits, duration and address parsing."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import sys
+
+import click
+
+#: Exit codes: 0 ok, 1 the operation failed (refused, reset, protocol error...),
+#: 2 usage error (click's own), 3 missing privilege or platform feature.
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 3
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, None: 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> float:
+    """``"10s"`` / ``"500ms"`` / ``"2m"`` / ``"1.5"`` -> seconds; raises ValueError."""
+    m = _DURATION.match(str(text))
+    if not m:
+        raise ValueError(f"{text!r} is not a duration (examples: 10s, 500ms, 2m, 1.5)")
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+class Duration(click.ParamType):
+    name = "DURATION"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (int, float)):
+            return float(value)
+        try:
+            return parse_duration(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class ByteSize(click.ParamType):
+    """``4096`` / ``64k`` / ``1M`` / ``1MiB`` -> bytes."""
+
+    name = "BYTES"
+    _RE = re.compile(r"^\s*(\d+)\s*([kKmMgG]?)(i?[bB])?\s*$")
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        m = self._RE.match(str(value))
+        if not m:
+            self.fail(f"{value!r} is not a size in bytes (examples: 4096, 64k, 1M)", param, ctx)
+        mult = {"": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}[m.group(2).lower()]
+        return int(m.group(1)) * mult
+
+
+class Port(click.ParamType):
+    name = "PORT"
+
+    def convert(self, value, param, ctx):
+        try:
+            port = int(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a port number", param, ctx)
+        if not 0 <= port <= 65535:
+            self.fail(f"{port} is out of range 0-65535", param, ctx)
+        return port
+
+
+DURATION = Duration()
+BYTESIZE = ByteSize()
+PORT = Port()
+
+
+def parse_address_range(text: str) -> list[str]:
+    """``127.0.0.2-127.0.0.9`` or ``127.0.0.2,127.0.0.3`` -> list of addresses."""
+    out: list[str] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if "-" in part:
+            lo_s, hi_s = part.split("-", 1)
+            lo, hi = ipaddress.ip_address(lo_s.strip()), ipaddress.ip_address(hi_s.strip())
+            if lo.version != hi.version or int(hi) < int(lo):
+                raise ValueError(f"{part!r} is not an ascending range of one address family")
+            if int(hi) - int(lo) > 65535:
+                raise ValueError(f"{part!r} spans more than 65,536 addresses")
+            out.extend(str(ipaddress.ip_address(i)) for i in range(int(lo), int(hi) + 1))
+        else:
+            out.append(str(ipaddress.ip_address(part)))
+    if not out:
+        raise ValueError("empty address list")
+    return out
+
+
+def die(message: str, code: int = EXIT_FAILED) -> "NoReturn":  # noqa: F821
+    """Print ``socktools: <message>`` on stderr and exit with ``code``."""
+    click.echo(f"socktools: {message}", err=True)
+    sys.exit(code)
+
+
+def host_option(default="127.0.0.1", help_extra=""):
+    return click.option("--host", default=default, show_default=True, metavar="HOST",
+                        help="Address or name; ::1 for IPv6." + help_extra)
+
+
+def port_option(default=65432, help_extra=""):
+    return click.option("--port", "-p", type=PORT, default=default, show_default=True,
+                        help="TCP port." + help_extra)

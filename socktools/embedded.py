@@ -1,0 +1,139 @@
+"""Run a real ``socktools serve`` in a child process, for commands that need a local peer.
+
+flood, stall and demo use this when the user names no target.  The child is
+the real CLI (``python -m socktools serve --json --port 0``), so what they
+talk to is exactly what a user would start by hand.  It runs in its own
+session, so a Ctrl-C on the terminal reaches only the owner, which then stops
+the child in order; the child also stops by itself when its stdin closes, so
+even a killed owner leaves no orphan behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from typing import Any, Optional, Sequence
+
+__all__ = ["EmbeddedServer", "EmbeddedServerError"]
+
+
+class EmbeddedServerError(RuntimeError):
+    pass
+
+
+class EmbeddedServer:
+    """``with EmbeddedServer(mode="sink") as srv: srv.address ...``; ``srv.summary`` after exit.
+
+    ``address`` is the ``(host, port)`` to connect to; ``family`` its address
+    family; ``drain()`` tells a sink server to start reading (SIGUSR1);
+    ``summary`` is the server's final statistics (dict) once stopped.
+    """
+
+    def __init__(self, mode: str = "echo", *, host: str = "127.0.0.1", workers: int = 1,
+                 args: Sequence[str] = (), startup_timeout: float = 15.0) -> None:
+        self.mode = mode
+        self.host = host
+        self.workers = workers
+        self.args = list(args)
+        self.startup_timeout = startup_timeout
+        self.proc: Optional[subprocess.Popen] = None
+        self.address: Any = None
+        self.family: Any = None
+        self.summary: Optional[dict] = None
+        self.events: list[dict] = []
+        self.command: list[str] = []
+
+    @property
+    def display_command(self) -> str:
+        """The equivalent command a user could type."""
+        shown = ["socktools", "serve", "--mode", self.mode, "--host", self.host, "--port",
+                 str(self.address[1]) if self.address else "0"]
+        if self.workers != 1:
+            shown += ["--workers", str(self.workers)]
+        return " ".join(shown + self.args)
+
+    def start(self) -> "EmbeddedServer":
+        import socket
+        self.command = [sys.executable, "-m", "socktools", "serve", "--json", "--stop-on-stdin-eof",
+                        "--mode", self.mode, "--host", self.host, "--port", "0",
+                        "--workers", str(self.workers), "--stats-interval", "0", *self.args]
+        self.proc = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, start_new_session=True)
+        deadline = time.monotonic() + self.startup_timeout
+        while True:
+            line = self._readline(deadline)
+            if line is None:
+                err = self._kill_and_read_stderr()
+                raise EmbeddedServerError(f"embedded server did not start: {err or 'no output'}")
+            event = self._parse(line)
+            if event and event.get("event") == "listening":
+                host, port = event["host"], event["port"]
+                self.family = socket.AF_INET6 if ":" in host else socket.AF_INET
+                self.address = (host, port)
+                return self
+
+    def drain(self) -> None:
+        """Sink mode: start reading (and discarding) everything queued."""
+        if self.proc and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGUSR1)
+
+    def stop(self, timeout: float = 10.0) -> Optional[dict]:
+        """Stop gracefully (SIGTERM), wait, and return the final summary."""
+        proc = self.proc
+        if proc is None:
+            return self.summary
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            out, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+        for line in out.decode("utf-8", "replace").splitlines():
+            self._parse(line)
+        self.proc = None
+        return self.summary
+
+    def _parse(self, line: str) -> Optional[dict]:
+        try:
+            event = json.loads(line)
+        except ValueError:
+            return None
+        if not isinstance(event, dict):
+            return None
+        self.events.append(event)
+        if event.get("event") == "summary":
+            self.summary = event
+        return event
+
+    def _readline(self, deadline: float) -> Optional[str]:
+        assert self.proc and self.proc.stdout
+        fd = self.proc.stdout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            ready, _, _ = select.select([fd], [], [], left)
+            if ready:
+                raw = fd.readline()
+                return raw.decode("utf-8", "replace") if raw else None
+
+    def _kill_and_read_stderr(self) -> str:
+        assert self.proc
+        if self.proc.poll() is None:
+            self.proc.kill()
+        _, err = self.proc.communicate()
+        self.proc = None
+        lines = err.decode("utf-8", "replace").strip().splitlines()
+        return lines[-1] if lines else ""
+
+    def __enter__(self) -> "EmbeddedServer":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()

@@ -1,0 +1,193 @@
+"""What socket errors mean and what to do about them (SPEC §3, extended).
+
+This table is the one source of truth: ``request``, ``serve``, ``flood`` and
+``explain`` all print these words.  Pure data and lookups, no I/O.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from dataclasses import dataclass
+
+__all__ = ["Explanation", "EXPLANATIONS", "lookup", "explain_exception", "errno_name",
+           "one_line", "PEER_CLOSED", "PROTOCOL_ERROR", "TIMEOUT"]
+
+
+@dataclass(frozen=True)
+class Explanation:
+    name: str            # errno name (ECONNREFUSED) or a socktools pseudo-error (peer-closed)
+    number: int | None   # errno number on this platform, None for pseudo-errors
+    exception: str       # the Python exception it surfaces as
+    meaning: str         # one line: what the kernel is telling you
+    causes: tuple[str, ...]
+    fix: str             # one line: what to try first
+
+    def one_line(self) -> str:
+        return f"{self.meaning}; {self.fix}"
+
+
+def _e(name, exception, meaning, causes, fix):
+    return Explanation(name, getattr(errno, name, None), exception, meaning, tuple(causes), fix)
+
+
+# Pseudo-errors: failures that are not an errno but that a tally must name.
+PEER_CLOSED = "peer-closed"
+PROTOCOL_ERROR = "protocol-error"
+TIMEOUT = "timeout"
+
+_TABLE = [
+    _e("EAGAIN", "BlockingIOError",
+       "a nonblocking call would block: the send buffer is full or there is nothing to read yet",
+       ["the peer is not reading, so its receive queue and then our send queue filled up",
+        "recv() on a nonblocking socket with no data queued"],
+       "wait for the selector to report the socket writable/readable (EVENT_WRITE, keep an out-buffer)"),
+    _e("EINPROGRESS", "BlockingIOError",
+       "a nonblocking connect() has started and will finish later",
+       ["normal for connect() on a nonblocking socket"],
+       "wait for EVENT_WRITE, then read SO_ERROR to learn whether it succeeded"),
+    _e("EADDRINUSE", "OSError",
+       "address already in use: something else is bound to that address and port",
+       ["another server (or another copy of this one) is listening on it",
+        "connections of an old server linger in TIME_WAIT and SO_REUSEADDR was not set"],
+       "stop the other listener (`socktools sockets --listen --port P` shows it) or pick another port (--port 0 picks a free one)"),
+    _e("EADDRNOTAVAIL", "OSError",
+       "no free local port for that destination (or the address is not local)",
+       ["the ephemeral port range is used up by open and TIME_WAIT connections to one host:port",
+        "binding to an address this machine does not have"],
+       "spread connections over more source addresses (--source 127.0.0.2-127.0.0.9) or widen net.ipv4.ip_local_port_range"),
+    _e("ECONNREFUSED", "ConnectionRefusedError",
+       "connection refused: nothing is listening on that address and port",
+       ["the server is not running, or listens on another port or address family (::1 vs 127.0.0.1)",
+        "on some systems: the listen backlog is full"],
+       "start the server, or check the port and address (`socktools sockets --listen`)"),
+    _e("ECONNRESET", "ConnectionResetError",
+       "connection reset by peer: the other side aborted the connection (RST)",
+       ["the peer process crashed or was killed", "the peer closed with unread data in its receive queue",
+        "the peer rejected a protocol error", "a middlebox or firewall reset it"],
+       "look at the peer's log for why it dropped the connection"),
+    _e("ETIMEDOUT", "TimeoutError",
+       "connection timed out: the peer never answered",
+       ["the host is down or unreachable", "packets are dropped by a firewall",
+        "the server's accept queue overflowed and SYNs were dropped"],
+       "check that the host is up and reachable (`socktools ping HOST --port P`), raise the timeout"),
+    _e("EPIPE", "BrokenPipeError",
+       "broken pipe: wrote to a connection the peer has already closed",
+       ["the peer closed or reset the connection before reading everything we sent"],
+       "stop writing after the peer closes; find out why it closed early"),
+    _e("EMFILE", "OSError",
+       "too many open files in this process: the per-process file-descriptor limit is reached",
+       ["each socket uses a file descriptor; RLIMIT_NOFILE (ulimit -n) caps them per process"],
+       "raise the limit (`ulimit -n 65536`) or spread the sockets over more processes (--workers)"),
+    _e("ENFILE", "OSError",
+       "too many open files in the system: the system-wide file limit is reached",
+       ["fs.file-max is exhausted"],
+       "raise fs.file-max (`sysctl -w fs.file-max=...`) or close sockets"),
+    _e("ENOBUFS", "OSError",
+       "no buffer space available: the kernel is out of socket memory",
+       ["very many sockets or very large buffers; net.ipv4.tcp_mem reached"],
+       "use fewer or smaller buffers, or raise net.ipv4.tcp_mem"),
+    _e("ENETUNREACH", "OSError",
+       "network is unreachable: no route to that network",
+       ["no route for the destination address", "IPv6 address with no IPv6 configured"],
+       "check the address and the routing table (`ip route`)"),
+    _e("EHOSTUNREACH", "OSError",
+       "no route to host: the host cannot be reached",
+       ["the host is down, or an ICMP host-unreachable came back"],
+       "check that the host is up and the address is right"),
+    _e("ENOTCONN", "OSError",
+       "the socket is not connected",
+       ["using a socket after a failed connect() or after the peer disconnected"],
+       "check connect()'s result (SO_ERROR) before using the socket"),
+    _e("EACCES", "PermissionError",
+       "permission denied",
+       ["binding a port below 1024 without privilege", "a raw/packet socket without CAP_NET_RAW"],
+       "use a port >= 1024, or run with the needed privilege"),
+    _e("EPERM", "PermissionError",
+       "operation not permitted",
+       ["raw or packet sockets need root or CAP_NET_RAW", "a firewall rule rejected the packet"],
+       "run as root or grant CAP_NET_RAW (`setcap cap_net_raw+ep`)"),
+    _e("EINVAL", "OSError",
+       "invalid argument",
+       ["an option value the kernel rejects", "an address of the wrong family for the socket"],
+       "check the address family and option values"),
+]
+
+EXPLANATIONS: dict[str, Explanation] = {e.name: e for e in _TABLE}
+EXPLANATIONS[PEER_CLOSED] = Explanation(
+    PEER_CLOSED, None, "(none: recv() returned b'')",
+    "the peer closed the connection before the exchange was finished",
+    ("the server closes after each response (one request per connection)",
+     "the server hit a limit (max connections, idle timeout) or rejected a protocol error"),
+    "check the server's log; use keep-alive if it supports more than one request per connection")
+EXPLANATIONS[PROTOCOL_ERROR] = Explanation(
+    PROTOCOL_ERROR, None, "socktools.protocol.RemoteProtocolError",
+    "the peer's bytes did not follow the framed protocol (SPEC §1)",
+    ("the peer speaks another protocol", "a bug in the peer's framing", "content over the size cap"),
+    "capture the exchange (`socktools sniff --port P`) or rerun with --show-bytes")
+EXPLANATIONS[TIMEOUT] = Explanation(
+    TIMEOUT, None, "TimeoutError / socket.timeout",
+    "no answer within the timeout",
+    ("the server is overloaded or not reading", "the server expects more bytes than were sent"),
+    "raise --timeout, or check the server with `socktools sockets --port P` (is its Recv-Q growing?)")
+
+# Aliases: EWOULDBLOCK is EAGAIN on Linux; exceptions map to their errno.
+_ALIASES = {
+    "EWOULDBLOCK": "EAGAIN",
+    "BlockingIOError": "EAGAIN",
+    "ConnectionRefusedError": "ECONNREFUSED",
+    "ConnectionResetError": "ECONNRESET",
+    "ConnectionAbortedError": "ECONNRESET",
+    "BrokenPipeError": "EPIPE",
+    "TimeoutError": "ETIMEDOUT",
+    "socket.timeout": "TIMEOUT",
+    "PermissionError": "EACCES",
+}
+
+
+def errno_name(number: int) -> str:
+    """``111`` -> ``"ECONNREFUSED"`` (falls back to ``"errno 111"``)."""
+    return errno.errorcode.get(number, f"errno {number}")
+
+
+def lookup(key: str | int) -> Explanation | None:
+    """Find an explanation by errno name, number, exception name or pseudo-error."""
+    if isinstance(key, int) or (isinstance(key, str) and key.strip().isdigit()):
+        key = errno.errorcode.get(int(key), "")
+    key = key.strip()
+    upper = key.upper()
+    for candidate in (key, upper, _ALIASES.get(key, ""), _ALIASES.get(upper, "")):
+        if candidate in EXPLANATIONS:
+            return EXPLANATIONS[candidate]
+        if candidate.lower() in EXPLANATIONS:
+            return EXPLANATIONS[candidate.lower()]
+    if upper.startswith("E") and hasattr(errno, upper):
+        num = getattr(errno, upper)
+        return Explanation(upper, num, "OSError", os.strerror(num), (), "see `man 7 socket` / `man 2 connect`")
+    return None
+
+
+def exception_key(exc: BaseException) -> str:
+    """The tally key for an exception: its errno name, or a pseudo-error."""
+    if isinstance(exc, TimeoutError) and getattr(exc, "errno", None) is None:
+        return TIMEOUT
+    num = getattr(exc, "errno", None)
+    if isinstance(num, int):
+        return errno_name(num)
+    return type(exc).__name__
+
+
+def explain_exception(exc: BaseException) -> Explanation | None:
+    return lookup(exception_key(exc))
+
+
+def one_line(exc: BaseException, what: str = "") -> str:
+    """``connect to 127.0.0.1:9 failed: ECONNREFUSED (errno 111) - connection refused: ...; start the server``"""
+    key = exception_key(exc)
+    exp = lookup(key)
+    num = getattr(exc, "errno", None)
+    label = f"{key} (errno {num})" if isinstance(num, int) else key
+    prefix = f"{what} failed: " if what else ""
+    if exp is None:
+        return f"{prefix}{label}: {exc}"
+    return f"{prefix}{label} - {exp.meaning}; {exp.fix}"

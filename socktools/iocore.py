@@ -1,0 +1,450 @@
+"""One nonblocking connection core on ``selectors``, shared by the server and the load clients.
+
+Strategy
+--------
+* A :class:`Loop` owns a selector, a timer heap and a coarse idle sweep.  Each
+  registered file object maps to a callable (listeners, pipes) or to a
+  :class:`Connection`.
+* A :class:`Connection` is a socket plus an out-buffer plus an interest mask.
+  ``write()`` tries ``send()`` at once; only what the kernel refuses
+  (``BlockingIOError`` or a partial send) is buffered, and only then is
+  ``EVENT_WRITE`` registered — the "careful" pattern, so an idle connection
+  never spins the CPU.
+* Protocol objects get callbacks, like asyncio's ``Protocol`` but synchronous:
+  ``connection_made``, ``data_received``, ``eof_received``, ``write_drained``,
+  ``connection_lost``.  One protocol object may serve many connections (state
+  then lives in ``conn.ctx``), which keeps memory per connection small.
+* Every error is caught at the connection that raised it and ends that
+  connection only; ``conn.failed_in`` says in which phase ("socket",
+  "connect", "send", "recv") so callers can tally failures by phase and errno.
+* Idle timeouts cost one float per connection: ``last_active`` is stamped with
+  the loop's per-iteration clock, and a sweep every ``idle_timeout / 4`` closes
+  the stale ones (no per-connection heap entries).
+"""
+
+from __future__ import annotations
+
+import errno
+import heapq
+import itertools
+import selectors
+import socket
+import time
+from typing import Any, Callable, Optional
+
+__all__ = ["Loop", "Connection", "Protocol", "Timer", "READ_SIZE"]
+
+EVENT_READ = selectors.EVENT_READ
+EVENT_WRITE = selectors.EVENT_WRITE
+
+#: recv() size.  64 KiB matches the default loopback MTU-sized socket buffers
+#: and what asyncio uses (256 KiB in 3.12+); big enough that one read drains a
+#: typical queue, small enough not to over-allocate per read.
+READ_SIZE = 65536
+
+
+class Protocol:
+    """Callbacks of a connection; subclass and override what you need.
+
+    All callbacks receive the :class:`Connection`, so one protocol object can
+    serve many connections.
+    """
+
+    def connection_made(self, conn: "Connection") -> None:
+        """The socket is connected (accepted, or an outgoing connect finished)."""
+
+    def data_received(self, conn: "Connection", data: bytes) -> None:
+        """Bytes arrived."""
+
+    def eof_received(self, conn: "Connection") -> None:
+        """The peer half-closed (recv returned b"").  Default: close once our buffer is flushed."""
+        conn.close()
+
+    def write_drained(self, conn: "Connection") -> None:
+        """The out-buffer, once non-empty, has been fully handed to the kernel."""
+
+    def connection_lost(self, conn: "Connection", exc: Optional[BaseException]) -> None:
+        """The connection is closed; ``exc`` is None for a clean close."""
+
+
+class Timer:
+    __slots__ = ("when", "callback", "cancelled")
+
+    def __init__(self, when: float, callback: Callable[[], Any]) -> None:
+        self.when = when
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class Connection:
+    """A nonblocking stream socket registered with a :class:`Loop`."""
+
+    __slots__ = ("loop", "sock", "fd", "protocol", "ctx", "peer", "_out", "_events",
+                 "_reading", "_closing", "_shut_wr", "closed", "eof", "failed_in",
+                 "bytes_in", "bytes_out", "last_active", "connecting", "__weakref__")
+
+    def __init__(self, loop: "Loop", sock: socket.socket, protocol: Protocol, peer: Any = None) -> None:
+        self.loop = loop
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.protocol = protocol
+        self.ctx: Any = None
+        self.peer = peer
+        self._out: Optional[bytearray] = None
+        self._events = 0
+        self._reading = True
+        self._closing = False   # close requested; finish flushing first
+        self._shut_wr = False   # shutdown(SHUT_WR) requested after flush
+        self.closed = False
+        self.eof = False
+        self.failed_in: Optional[str] = None
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.last_active = loop.now
+        self.connecting = False
+
+    # ------------------------------------------------------------- public API
+    @property
+    def pending(self) -> int:
+        """Bytes waiting in our out-buffer (not yet accepted by the kernel)."""
+        return len(self._out) if self._out else 0
+
+    def write(self, data: bytes) -> None:
+        """Send ``data`` now as far as the kernel takes it; buffer the rest."""
+        if self.closed or self._closing or self._shut_wr:
+            return
+        if self._out or self.connecting:
+            self._buffer(data)
+            return
+        try:
+            n = self.sock.send(data)
+        except BlockingIOError:
+            n = 0
+        except OSError as exc:
+            self._fail(exc, "send")
+            return
+        self.bytes_out += n
+        if n < len(data):
+            self._buffer(data[n:] if n else data)
+
+    def close(self) -> None:
+        """Close once everything written so far has been sent."""
+        if self.closed:
+            return
+        if self._out:
+            self._closing = True
+            self._reading = False
+            self._update()
+        else:
+            self._finish(None)
+
+    def shutdown_write(self) -> None:
+        """Half-close (send FIN) once the out-buffer is flushed; keep reading."""
+        if self.closed or self._shut_wr:
+            return
+        self._shut_wr = True
+        if not self._out:
+            self._do_shutdown()
+
+    def abort(self, exc: Optional[BaseException] = None) -> None:
+        """Close now, dropping unsent data."""
+        if not self.closed:
+            self._finish(exc)
+
+    def pause_reading(self) -> None:
+        if self._reading:
+            self._reading = False
+            self._update()
+
+    def resume_reading(self) -> None:
+        if not self._reading and not self._closing and not self.eof:
+            self._reading = True
+            self._update()
+
+    # ------------------------------------------------------------- internals
+    def _buffer(self, data: bytes) -> None:
+        if self._out is None:
+            self._out = bytearray(data)
+        else:
+            self._out += data
+        self._update()
+
+    def _update(self) -> None:
+        if self.closed:
+            return
+        want = 0
+        if self._reading and not self.connecting:
+            want |= EVENT_READ
+        if self._out or self.connecting:
+            want |= EVENT_WRITE
+        if want != self._events:
+            self.loop._set_events(self, self._events, want)
+            self._events = want
+
+    def _on_event(self, mask: int) -> None:
+        if self.connecting:
+            self._on_connected()
+            return
+        self.last_active = self.loop.now
+        if mask & EVENT_WRITE:
+            self._on_writable()
+        if mask & EVENT_READ and self._reading and not self.closed:
+            self._on_readable()
+
+    def _on_readable(self) -> None:
+        try:
+            data = self.sock.recv(READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._fail(exc, "recv")
+            return
+        if data:
+            self.bytes_in += len(data)
+            self.protocol.data_received(self, data)
+        else:
+            self.eof = True
+            self._reading = False
+            self._update()
+            self.protocol.eof_received(self)
+            if self._shut_wr and not self._out and not self.closed:
+                # Both directions are done: nothing more can happen.
+                self._finish(None)
+
+    def _on_writable(self) -> None:
+        out = self._out
+        if out:
+            try:
+                n = self.sock.send(out)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self._fail(exc, "send")
+                return
+            self.bytes_out += n
+            del out[:n]
+        if not out:
+            self._out = None
+            if self._closing:
+                self._finish(None)
+                return
+            if self._shut_wr:
+                self._do_shutdown()
+                if self.closed:
+                    return
+            self._update()
+            self.protocol.write_drained(self)
+
+    def _do_shutdown(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            self._fail(exc, "send")
+            return
+        if self.eof:
+            self._finish(None)
+
+    def _on_connected(self) -> None:
+        err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        self.connecting = False
+        if err:
+            self._fail(OSError(err, _strerror(err)), "connect")
+            return
+        self.last_active = self.loop.now
+        self._update()
+        self.protocol.connection_made(self)
+        if self._out and not self.closed:
+            self._on_writable()
+
+    def _fail(self, exc: BaseException, phase: str) -> None:
+        if self.closed:
+            return
+        self.failed_in = phase
+        self._finish(exc)
+
+    def _finish(self, exc: Optional[BaseException]) -> None:
+        self.closed = True
+        self.loop._forget(self, self._events)
+        self._events = 0
+        self._out = None
+        try:
+            self.sock.close()
+        except OSError:  # pragma: no cover - close() on a socket we own
+            pass
+        self.protocol.connection_lost(self, exc)
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else ("connecting" if self.connecting else "open")
+        return f"<Connection fd={self.fd} peer={self.peer} {state} out={self.pending}>"
+
+
+def _strerror(err: int) -> str:
+    import os
+    return os.strerror(err)
+
+
+class Loop:
+    """A selectors event loop with timers and an idle sweep.
+
+    ``now`` is a monotonic time stamped once per iteration (cheap to read in
+    callbacks); use :meth:`clock` for a fresh reading.
+    """
+
+    def __init__(self, selector: Optional[selectors.BaseSelector] = None) -> None:
+        self.selector = selector or selectors.DefaultSelector()
+        self.now = time.monotonic()
+        self.connections: dict[int, Connection] = {}
+        self._timers: list = []
+        self._seq = itertools.count()
+        self._stopping = False
+        self.idle_timeout: Optional[float] = None
+        self._idle_timer: Optional[Timer] = None
+        self.on_idle_close: Optional[Callable[[Connection], None]] = None
+
+    # ------------------------------------------------------------- timers
+    @staticmethod
+    def clock() -> float:
+        return time.monotonic()
+
+    def call_later(self, delay: float, callback: Callable[[], Any]) -> Timer:
+        return self.call_at(time.monotonic() + delay, callback)
+
+    def call_at(self, when: float, callback: Callable[[], Any]) -> Timer:
+        timer = Timer(when, callback)
+        heapq.heappush(self._timers, (when, next(self._seq), timer))
+        return timer
+
+    def set_idle_timeout(self, seconds: Optional[float]) -> None:
+        """Close connections with no I/O for ``seconds`` (None disables)."""
+        if self._idle_timer:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        self.idle_timeout = seconds
+        if seconds:
+            self._idle_timer = self.call_later(max(seconds / 4, 0.01), self._sweep_idle)
+
+    def _sweep_idle(self) -> None:
+        limit = self.now - self.idle_timeout
+        for conn in [c for c in self.connections.values() if c.last_active < limit]:
+            if self.on_idle_close:
+                self.on_idle_close(conn)
+            conn.abort(TimeoutError(f"idle for more than {self.idle_timeout:g}s"))
+        self._idle_timer = self.call_later(max(self.idle_timeout / 4, 0.01), self._sweep_idle)
+
+    # ------------------------------------------------------------- registration
+    def add_reader(self, fileobj: Any, callback: Callable[[], Any]) -> None:
+        """Call ``callback()`` whenever ``fileobj`` is readable (listeners, pipes)."""
+        self.selector.register(fileobj, EVENT_READ, callback)
+
+    def remove_reader(self, fileobj: Any) -> None:
+        try:
+            self.selector.unregister(fileobj)
+        except (KeyError, ValueError):
+            pass
+
+    def add_connection(self, sock: socket.socket, protocol: Protocol, peer: Any = None) -> Connection:
+        """Adopt a connected socket (e.g. from accept()) and call ``connection_made``."""
+        sock.setblocking(False)
+        conn = Connection(self, sock, protocol, peer)
+        self.connections[conn.fd] = conn
+        conn._update()
+        protocol.connection_made(conn)
+        return conn
+
+    def open_connection(self, address: Any, protocol: Protocol, *, family: int = socket.AF_INET,
+                        source: Any = None, setup: Optional[Callable[[socket.socket], None]] = None) -> Connection:
+        """Start a nonblocking connect; ``connection_made`` or ``connection_lost`` follows.
+
+        Errors from socket()/bind() raise at once (``OSError`` with
+        ``failed_in`` set as attribute ``phase``: "socket"), because no
+        connection exists yet to report them on.
+        """
+        try:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+        except OSError as exc:
+            exc.phase = "socket"  # type: ignore[attr-defined]
+            raise
+        try:
+            sock.setblocking(False)
+            if setup:
+                setup(sock)
+            if source is not None:
+                sock.bind(source)
+            rc = sock.connect_ex(address)
+        except OSError as exc:
+            sock.close()
+            exc.phase = "connect"  # type: ignore[attr-defined]
+            raise
+        conn = Connection(self, sock, protocol, address)
+        self.connections[conn.fd] = conn
+        if rc in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):
+            conn.connecting = True
+            conn._update()
+        else:
+            conn._events = 0
+            conn._fail(OSError(rc, _strerror(rc)), "connect")
+        return conn
+
+    def _set_events(self, conn: Connection, old: int, new: int) -> None:
+        if old == 0:
+            self.selector.register(conn.fd, new, conn)
+        elif new == 0:
+            self.selector.unregister(conn.fd)
+        else:
+            self.selector.modify(conn.fd, new, conn)
+
+    def _forget(self, conn: Connection, events: int) -> None:
+        if events:
+            try:
+                self.selector.unregister(conn.fd)
+            except (KeyError, ValueError):
+                pass
+        if self.connections.get(conn.fd) is conn:
+            del self.connections[conn.fd]
+
+    # ------------------------------------------------------------- running
+    def stop(self) -> None:
+        self._stopping = True
+
+    def run(self, until: Optional[Callable[[], bool]] = None, timeout: Optional[float] = None) -> None:
+        """Run until :meth:`stop`, ``until()`` is true, or ``timeout`` seconds pass."""
+        self._stopping = False
+        deadline = None if timeout is None else time.monotonic() + timeout
+        select = self.selector.select
+        timers = self._timers
+        while not self._stopping:
+            if until is not None and until():
+                break
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                break
+            wait = None if deadline is None else deadline - now
+            if timers:
+                first = timers[0][0] - now
+                wait = first if wait is None or first < wait else wait
+                if wait < 0:
+                    wait = 0
+            if wait is None and not self.selector.get_map():
+                break  # nothing to wait for: would block forever
+            events = select(wait)
+            self.now = now = time.monotonic()
+            for key, mask in events:
+                target = key.data
+                if type(target) is Connection:
+                    if not target.closed:
+                        target._on_event(mask)
+                else:
+                    target()
+            while timers and timers[0][0] <= now:
+                timer = heapq.heappop(timers)[2]
+                if not timer.cancelled:
+                    timer.callback()
+
+    def close(self) -> None:
+        """Abort every connection and close the selector."""
+        for conn in list(self.connections.values()):
+            conn.abort()
+        self.selector.close()

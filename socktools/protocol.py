@@ -1,0 +1,406 @@
+"""The framed message protocol (SPEC §1), sans-I/O.
+
+No sockets, selectors, clocks or prints live here: bytes go in, messages come
+out, and the same code serves the server, the request client, flood and
+sniff's dissector.
+
+Wire format::
+
+    +----------------+-------------------+------------------------+
+    | 2-byte length  | JSON header       | content                |
+    | (big-endian)   | (that many bytes) | (content-length bytes) |
+    +----------------+-------------------+------------------------+
+
+Usage, the h11 way::
+
+    dec = Decoder()
+    dec.receive_data(chunk)          # b"" means the peer closed
+    while True:
+        ev = dec.next_event()        # a Message, NEED_DATA or CLOSED
+        if ev is NEED_DATA or ev is CLOSED:
+            break
+        handle(ev)
+
+Errors say whose fault they are: :class:`LocalProtocolError` when *we* were
+asked to build something illegal, :class:`RemoteProtocolError` when the peer
+sent something illegal.  After a remote error the decoder stays broken: every
+later call raises the same error, so a caller cannot accidentally resync on
+garbage.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import struct
+import sys
+from dataclasses import dataclass
+from typing import Any, Union
+
+__all__ = [
+    "PROTOHEADER_SIZE", "MAX_HEADER_SIZE", "DEFAULT_MAX_CONTENT", "REQUIRED_KEYS",
+    "ProtocolError", "LocalProtocolError", "RemoteProtocolError",
+    "Message", "Decoder", "NEED_DATA", "CLOSED",
+    "encode_message", "encode_json", "make_request", "respond", "error_response",
+    "SEARCH_TABLE",
+]
+
+#: The proto-header is an unsigned 16-bit big-endian length ("!H").
+PROTOHEADER_SIZE = 2
+_PROTOHEADER = struct.Struct("!H")
+
+#: The 2-byte prefix bounds the JSON header at 65,535 bytes; nothing else needed.
+MAX_HEADER_SIZE = 0xFFFF
+
+#: Nothing on the wire bounds ``content-length``, so the receiver needs its own
+#: cap, checked as soon as the header arrives (before any content is buffered).
+#: 1 MiB is the same order as nginx's ``client_max_body_size`` default (1 MiB)
+#: and far above any message of this protocol's request/response shapes, while
+#: keeping a hostile peer from making one connection buffer gigabytes.
+DEFAULT_MAX_CONTENT = 1 << 20
+
+#: Header keys every message must carry; this order is the reference order.
+REQUIRED_KEYS = ("byteorder", "content-type", "content-encoding", "content-length")
+
+#: Responses of the reference server to ``search`` (SPEC §1).
+SEARCH_TABLE = {
+    "morpheus": "Follow the white rabbit. \U0001f430",
+    "ring": "In the caves beneath the Misty Mountains. \U0001f48d",
+    "\U0001f436": "\U0001f43e Playing ball! \U0001f3d0",
+}
+
+TEXT_JSON = "text/json"
+CLIENT_BINARY = "binary/custom-client-binary-type"
+SERVER_BINARY = "binary/custom-server-binary-type"
+
+
+class ProtocolError(Exception):
+    """Something broke the framed protocol.
+
+    ``kind`` is a short stable slug (``"bad-json"``, ``"content-too-large"``…)
+    suitable for counting errors by kind in statistics.
+    """
+
+    def __init__(self, message: str, kind: str = "protocol-error") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class LocalProtocolError(ProtocolError):
+    """We were asked to build a message that breaks the protocol (our bug)."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent bytes that break the protocol (their bug)."""
+
+
+class _Sentinel:
+    __slots__ = ("_name",)
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __repr__(self) -> str:
+        return self._name
+
+
+#: ``next_event()`` result: the buffer holds no complete message yet.
+NEED_DATA = _Sentinel("NEED_DATA")
+#: ``next_event()`` result: the peer closed cleanly between messages.
+CLOSED = _Sentinel("CLOSED")
+
+
+@dataclass(frozen=True)
+class Message:
+    """One decoded message.
+
+    ``header`` is the JSON header exactly as received (all keys, in order);
+    ``content`` the raw content bytes; ``value`` the decoded JSON object for
+    ``text/json`` content and ``None`` otherwise; ``wire_size`` the number of
+    bytes the message occupied on the wire.
+    """
+
+    header: dict
+    content: bytes
+    value: Any = None
+    wire_size: int = 0
+
+    @property
+    def content_type(self) -> str:
+        return self.header["content-type"]
+
+    @property
+    def content_encoding(self) -> str:
+        return self.header["content-encoding"]
+
+    @property
+    def keep_alive(self) -> bool:
+        """True when the header asks to keep the connection open (socktools extension)."""
+        return self.header.get("keep-alive") is True
+
+
+Event = Union[Message, _Sentinel]
+
+
+# --------------------------------------------------------------------- encoding
+
+def _dumps(obj: Any) -> str:
+    # The reference peers: json.dumps(obj, ensure_ascii=False), default separators.
+    return json.dumps(obj, ensure_ascii=False)
+
+
+def _check_encoding(name: Any, content_type: str) -> None:
+    if not isinstance(name, str):
+        raise ValueError(f"content-encoding must be a string, not {type(name).__name__}")
+    if name == "binary":
+        if content_type == TEXT_JSON:
+            raise ValueError("text/json content needs a text encoding, not 'binary'")
+        return
+    try:
+        info = codecs.lookup(name)
+    except LookupError:
+        raise ValueError(f"unknown content-encoding {name!r}") from None
+    if not getattr(info, "_is_text_encoding", True):
+        raise ValueError(f"content-encoding {name!r} is not a text encoding")
+
+
+def encode_message(content: bytes, content_type: str, content_encoding: str, *,
+                   byteorder: str = sys.byteorder, extra: dict | None = None) -> bytes:
+    """Frame ``content`` with a JSON header in the reference key order.
+
+    ``extra`` keys (for example ``{"keep-alive": True}``) follow the four
+    required ones.  Raises :class:`LocalProtocolError` when the result would
+    not be a legal message.
+    """
+    if not isinstance(content, (bytes, bytearray, memoryview)):
+        raise LocalProtocolError(f"content must be bytes, not {type(content).__name__}", "bad-content")
+    if not isinstance(content_type, str):
+        raise LocalProtocolError("content-type must be a string", "bad-content-type")
+    try:
+        _check_encoding(content_encoding, content_type)
+    except ValueError as exc:
+        raise LocalProtocolError(str(exc), "bad-content-encoding") from None
+    header = {
+        "byteorder": byteorder,
+        "content-type": content_type,
+        "content-encoding": content_encoding,
+        "content-length": len(content),
+    }
+    if extra:
+        clash = set(extra) & set(REQUIRED_KEYS)
+        if clash:
+            raise LocalProtocolError(f"extra header keys may not override {sorted(clash)}", "bad-header")
+        header.update(extra)
+    raw = _dumps(header).encode("utf-8")
+    if len(raw) > MAX_HEADER_SIZE:
+        raise LocalProtocolError(
+            f"JSON header is {len(raw)} bytes; the 2-byte prefix allows {MAX_HEADER_SIZE}",
+            "header-too-large")
+    return b"".join((_PROTOHEADER.pack(len(raw)), raw, bytes(content)))
+
+
+def encode_json(obj: dict, *, encoding: str = "utf-8", byteorder: str = sys.byteorder,
+                extra: dict | None = None) -> bytes:
+    """Frame a JSON object as ``text/json`` content, encoded like the reference."""
+    if not isinstance(obj, dict):
+        raise LocalProtocolError("text/json content must be a JSON object", "bad-content")
+    try:
+        content = _dumps(obj).encode(encoding)
+    except (LookupError, UnicodeEncodeError) as exc:
+        raise LocalProtocolError(f"cannot encode content as {encoding!r}: {exc}", "bad-content-encoding") from None
+    return encode_message(content, TEXT_JSON, encoding, byteorder=byteorder, extra=extra)
+
+
+def make_request(action: str, value: str, *, keep_alive: bool = False,
+                 byteorder: str = sys.byteorder) -> bytes:
+    """The request the reference client sends for ``ACTION VALUE`` (SPEC §1).
+
+    ``search`` becomes a ``text/json`` request; any other action a binary one
+    whose content is ``action + value``.  ``keep_alive`` adds the socktools
+    extension key so the server keeps the connection open afterwards.
+    """
+    extra = {"keep-alive": True} if keep_alive else None
+    if action == "search":
+        return encode_json({"action": action, "value": value}, byteorder=byteorder, extra=extra)
+    return encode_message((action + value).encode("utf-8"), CLIENT_BINARY, "binary",
+                          byteorder=byteorder, extra=extra)
+
+
+def respond(request: Message, *, byteorder: str = sys.byteorder) -> bytes:
+    """The reference server's answer to ``request``, as wire bytes.
+
+    When the request asked for keep-alive, the response carries
+    ``"keep-alive": true`` too, telling the client the connection stays open.
+    """
+    extra = {"keep-alive": True} if request.keep_alive else None
+    if request.content_type == TEXT_JSON:
+        action = request.value.get("action")
+        if action == "search":
+            query = request.value.get("value")
+            answer = SEARCH_TABLE.get(query) if isinstance(query, str) else None
+            result = answer if answer is not None else f"No match for '{query}'."
+        else:
+            result = f"Error: invalid action '{action}'."
+        return encode_json({"result": result}, byteorder=byteorder, extra=extra)
+    content = b"First 10 bytes of request: " + request.content[:10]
+    return encode_message(content, SERVER_BINARY, "binary", byteorder=byteorder, extra=extra)
+
+
+def error_response(error: ProtocolError | str, *, byteorder: str = sys.byteorder) -> bytes:
+    """The ``{"error": ...}`` reply sent before closing a connection that broke the protocol."""
+    return encode_json({"error": str(error)}, byteorder=byteorder)
+
+
+# --------------------------------------------------------------------- decoding
+
+def _remote(msg: str, kind: str) -> RemoteProtocolError:
+    return RemoteProtocolError(msg, kind)
+
+
+def parse_header(raw: bytes, max_content: int = DEFAULT_MAX_CONTENT) -> dict:
+    """Validate a JSON header's bytes; return the header dict or raise RemoteProtocolError."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _remote(f"JSON header is not valid UTF-8 (byte {exc.start})", "bad-utf8") from None
+    try:
+        header = json.loads(text)
+    except ValueError as exc:
+        raise _remote(f"JSON header does not parse: {exc}", "bad-json") from None
+    if not isinstance(header, dict):
+        kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
+            type(header), "a number")
+        raise _remote(f"JSON header must be an object, got {kind}", "header-not-object")
+    missing = [k for k in REQUIRED_KEYS if k not in header]
+    if missing:
+        raise _remote(f"JSON header lacks required key(s): {', '.join(missing)}", "missing-key")
+    length = header["content-length"]
+    if isinstance(length, bool) or not isinstance(length, int):
+        raise _remote(f"content-length must be an integer, got {length!r}", "bad-content-length")
+    if length < 0:
+        raise _remote(f"content-length must not be negative, got {length}", "bad-content-length")
+    if length > max_content:
+        raise _remote(f"content-length {length} exceeds the limit of {max_content} bytes",
+                      "content-too-large")
+    ctype = header["content-type"]
+    if not isinstance(ctype, str):
+        raise _remote(f"content-type must be a string, got {ctype!r}", "bad-content-type")
+    try:
+        _check_encoding(header["content-encoding"], ctype)
+    except ValueError as exc:
+        raise _remote(str(exc), "bad-content-encoding") from None
+    return header
+
+
+def parse_content(header: dict, content: bytes) -> Any:
+    """Decode ``text/json`` content to its object (None for other types), or raise."""
+    if header["content-type"] != TEXT_JSON:
+        return None
+    try:
+        text = content.decode(header["content-encoding"])
+    except UnicodeDecodeError as exc:
+        raise _remote(f"text/json content does not decode as {header['content-encoding']}: {exc.reason}",
+                      "bad-content") from None
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise _remote(f"text/json content is not JSON: {exc}", "bad-content") from None
+    if not isinstance(value, dict):
+        raise _remote(f"text/json content must be a JSON object, got {type(value).__name__}",
+                      "bad-content")
+    return value
+
+
+class Decoder:
+    """Incremental decoder: feed bytes with :meth:`receive_data`, pull with :meth:`next_event`.
+
+    ``max_content`` caps ``content-length`` (see :data:`DEFAULT_MAX_CONTENT`).
+    """
+
+    __slots__ = ("max_content", "_buf", "_header", "_hdrlen", "_eof", "_error")
+
+    def __init__(self, max_content: int = DEFAULT_MAX_CONTENT) -> None:
+        if max_content < 0:
+            raise ValueError("max_content must be >= 0")
+        self.max_content = max_content
+        self._buf = bytearray()
+        self._header: dict | None = None  # parsed header of the message in progress
+        self._hdrlen = 0                  # its JSON header length
+        self._eof = False
+        self._error: RemoteProtocolError | None = None
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet returned as part of a message."""
+        return len(self._buf)
+
+    @property
+    def expecting(self) -> str:
+        """What the decoder waits for, in words (for error messages and sniff)."""
+        if self._header is not None:
+            return "content"
+        if len(self._buf) >= PROTOHEADER_SIZE:
+            return "JSON header"
+        return "proto-header"
+
+    def receive_data(self, data: bytes) -> None:
+        """Add bytes from the peer; ``b""`` means the peer closed (EOF)."""
+        if self._error is not None:
+            raise self._error
+        if data:
+            if self._eof:
+                raise RuntimeError("receive_data() after EOF")
+            self._buf += data
+        else:
+            self._eof = True
+
+    def next_event(self) -> Event:
+        """Return the next :class:`Message`, :data:`NEED_DATA` or :data:`CLOSED`.
+
+        Raises :class:`RemoteProtocolError` when the bytes break the protocol.
+        """
+        if self._error is not None:
+            raise self._error
+        try:
+            return self._next()
+        except RemoteProtocolError as exc:
+            self._error = exc
+            raise
+
+    def _next(self) -> Event:
+        buf = self._buf
+        if self._header is None:
+            if len(buf) < PROTOHEADER_SIZE:
+                return self._starved()
+            hdrlen = _PROTOHEADER.unpack_from(buf)[0]
+            if hdrlen == 0:
+                raise _remote("proto-header says the JSON header is 0 bytes long", "empty-header")
+            if len(buf) < PROTOHEADER_SIZE + hdrlen:
+                return self._starved()
+            self._header = parse_header(bytes(buf[PROTOHEADER_SIZE:PROTOHEADER_SIZE + hdrlen]),
+                                        self.max_content)
+            self._hdrlen = hdrlen
+        header = self._header
+        start = PROTOHEADER_SIZE + self._hdrlen
+        end = start + header["content-length"]
+        if len(buf) < end:
+            return self._starved()
+        content = bytes(buf[start:end])
+        del buf[:end]
+        self._header = None
+        return Message(header, content, parse_content(header, content), end)
+
+    def _starved(self) -> _Sentinel:
+        if not self._eof:
+            return NEED_DATA
+        if not self._buf and self._header is None:
+            return CLOSED
+        if self._header is not None:
+            need = PROTOHEADER_SIZE + self._hdrlen + self._header["content-length"]
+        elif len(self._buf) >= PROTOHEADER_SIZE:
+            need = PROTOHEADER_SIZE + _PROTOHEADER.unpack_from(self._buf)[0]
+        else:
+            need = PROTOHEADER_SIZE
+        raise _remote(f"peer closed mid-message while reading the {self.expecting}: "
+                      f"got {len(self._buf)} of {need} bytes", "truncated")
+
