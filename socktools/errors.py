@@ -111,6 +111,37 @@ _TABLE = [
        "invalid argument",
        ["an option value the kernel rejects", "an address of the wrong family for the socket"],
        "check the address family and option values"),
+    # Added for `socktools explain` (issue 6): the rest of what connect/accept/send can raise.
+    _e("ECONNABORTED", "ConnectionAbortedError",
+       "software caused connection abort: the connection was ended on this machine",
+       ["a connection in the accept queue was reset before accept() took it",
+        "the local stack gave up on the connection (retransmission or keepalive limit)"],
+       "treat it like a reset: accept() the next one or reconnect; check why the peer gave up"),
+    _e("EALREADY", "BlockingIOError",
+       "a nonblocking connect() on this socket is already in progress",
+       ["connect() called a second time before the first one finished"],
+       "wait for EVENT_WRITE, then read SO_ERROR, instead of calling connect() again"),
+    _e("EISCONN", "OSError",
+       "the socket is already connected",
+       ["connect() on a socket that is already connected (e.g. retried after it succeeded)"],
+       "use a new socket for each connection attempt"),
+    _e("EBADF", "OSError",
+       "bad file descriptor: the socket is closed (its fileno() is -1)",
+       ["using a socket after close(), e.g. after its with-block or from another thread",
+        "a selector still registered for a socket that was closed"],
+       "unregister the socket from the selector before close(), and never use it afterwards"),
+    _e("ENOMEM", "MemoryError / OSError",
+       "out of memory: the kernel could not allocate memory for the socket",
+       ["very many sockets or large buffers on a machine short of RAM"],
+       "use fewer sockets or smaller buffers; check `free -m` and net.ipv4.tcp_mem"),
+    _e("ENETDOWN", "OSError",
+       "network is down: the interface for that route is down",
+       ["the interface was taken down (`ip link set dev X down`)"],
+       "bring the interface up (`ip link set dev lo up` for loopback)"),
+    _e("EHOSTDOWN", "OSError",
+       "host is down",
+       ["the host did not answer neighbour discovery (ARP/NDP)"],
+       "check that the host is up and on the same network"),
 ]
 
 EXPLANATIONS: dict[str, Explanation] = {e.name: e for e in _TABLE}
@@ -137,7 +168,7 @@ _ALIASES = {
     "BlockingIOError": "EAGAIN",
     "ConnectionRefusedError": "ECONNREFUSED",
     "ConnectionResetError": "ECONNRESET",
-    "ConnectionAbortedError": "ECONNRESET",
+    "ConnectionAbortedError": "ECONNABORTED",
     "BrokenPipeError": "EPIPE",
     "TimeoutError": "ETIMEDOUT",
     "socket.timeout": "TIMEOUT",
@@ -168,7 +199,14 @@ def lookup(key: str | int) -> Explanation | None:
 
 
 def exception_key(exc: BaseException) -> str:
-    """The tally key for an exception: its errno name, or a pseudo-error."""
+    """The tally key for an exception: its errno name, or a pseudo-error.
+
+    An exception may name its own key with a ``socktools_key`` attribute
+    (e.g. a "peer closed early" condition, which has no errno).
+    """
+    own = getattr(exc, "socktools_key", None)
+    if own:
+        return own
     if isinstance(exc, TimeoutError) and getattr(exc, "errno", None) is None:
         return TIMEOUT
     num = getattr(exc, "errno", None)

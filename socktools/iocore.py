@@ -414,6 +414,7 @@ class Loop:
         self._stopping = False
         deadline = None if timeout is None else time.monotonic() + timeout
         select = self.selector.select
+        fd_map = self.selector.get_map()
         timers = self._timers
         while not self._stopping:
             if until is not None and until():
@@ -436,7 +437,7 @@ class Loop:
                 if type(target) is Connection:
                     if not target.closed:
                         target._on_event(mask)
-                else:
+                elif fd_map.get(key.fd) is key:  # not unregistered earlier in this batch
                     target()
             while timers and timers[0][0] <= now:
                 timer = heapq.heappop(timers)[2]

@@ -108,3 +108,24 @@ def host_option(default="127.0.0.1", help_extra=""):
 def port_option(default=65432, help_extra=""):
     return click.option("--port", "-p", type=PORT, default=default, show_default=True,
                         help="TCP port." + help_extra)
+
+
+def fmt_bytes(n: float) -> str:
+    """``1536`` -> ``1.5 KiB``."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"  # pragma: no cover
+
+
+def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
+    """Log lines to stderr as ``HH:MM:SS level message``."""
+    import logging
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%H:%M:%S"))
+    root = logging.getLogger("socktools")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False

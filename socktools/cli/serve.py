@@ -1,0 +1,119 @@
+"""`socktools serve`: the click face of socktools.supervisor.serve."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from socktools.addresses import is_wildcard
+from socktools.cli._common import (BYTESIZE, DURATION, EXIT_FAILED, PORT, die, fmt_bytes,
+                                   setup_logging)
+from socktools.protocol import DEFAULT_MAX_CONTENT
+from socktools.server import MODES, ServeConfig
+
+EPILOG = """\b
+Examples:
+  socktools serve --mode framed --port 0          # framed protocol on a free port
+  socktools serve --mode echo --workers 2         # echo on 127.0.0.1:65432, 2 processes
+  socktools serve --mode sink --rcvbuf 4096       # never reads: fills up on purpose
+  socktools serve --host ::1 --port 8000          # IPv6 loopback
+
+\b
+Stop with Ctrl-C or SIGTERM: the first drains gracefully, a second forces.
+In sink mode, SIGUSR1 makes the server start reading (and discarding).
+"""
+
+
+def _render_stats(ev: dict) -> str:
+    errs = sum(ev["protocol_errors"].values()) + sum(ev["errors"].values())
+    line = (f"open {ev['open']}  accepted {ev['accepted']}  closed {ev['closed']}  "
+            f"in {fmt_bytes(ev['bytes_in'])}  out {fmt_bytes(ev['bytes_out'])}")
+    if ev["requests"]:
+        line += f"  requests {ev['requests']}"
+    return line + f"  errors {errs}"
+
+
+def _render_counts(table: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(table.items())) or "none"
+
+
+class _HumanView:
+    def __init__(self) -> None:
+        self.echo = click.echo
+
+    def __call__(self, ev: dict) -> None:
+        kind = ev["event"]
+        if kind == "listening":
+            workers = ev["workers"]
+            self.echo(f"socktools serve: {ev['mode']} server listening on {ev['address']} "
+                      f"({workers} worker{'s' if workers != 1 else ''}, pid {ev['pid']}, backlog {ev['backlog']})")
+            self.echo("stop with Ctrl-C (first drains, second forces)")
+        elif kind == "stats":
+            self.echo(f"stats: {_render_stats(ev)}")
+        elif kind == "worker-exit":
+            self.echo(f"socktools serve: {ev['message']}", err=True)
+        elif kind == "summary":
+            self.echo(f"summary: {_render_stats(ev)}")
+            self.echo(f"  protocol errors: {_render_counts(ev['protocol_errors'])}; "
+                      f"connection errors: {_render_counts(ev['errors'])}; idle closed {ev['idle_closed']}; "
+                      f"accept paused {ev['accept_paused']}x; worker restarts {ev['worker_restarts']}; "
+                      f"ran {ev['duration']:.1f} s")
+        sys.stdout.flush()
+
+
+def _json_view(ev: dict) -> None:
+    click.echo(json.dumps(ev))
+    sys.stdout.flush()
+
+
+@click.command(epilog=EPILOG)
+@click.option("--mode", "-m", type=click.Choice(MODES), default="echo", show_default=True,
+              help="echo: bytes back; framed: the SPEC §1 message protocol; sink: accept, never read.")
+@click.option("--host", default="127.0.0.1", show_default=True, metavar="HOST",
+              help="Address to bind; ::1 for IPv6. 0.0.0.0 or :: expose the server to the network.")
+@click.option("--port", "-p", type=PORT, default=65432, show_default=True,
+              help="Port to bind; 0 picks a free one and prints it.")
+@click.option("--workers", "-w", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="Processes sharing the port (the parent binds and supervises).")
+@click.option("--max-conns", type=click.IntRange(0), default=0, show_default=True,
+              help="Cap on open connections in total (0 = none); beyond it the server stops "
+                   "accepting and clients wait in the kernel's backlog.")
+@click.option("--idle-timeout", type=DURATION, default=None, metavar="DURATION",
+              help="Close connections with no I/O for this long (e.g. 30s).")
+@click.option("--max-content", type=BYTESIZE, default=DEFAULT_MAX_CONTENT, show_default=True,
+              help="framed: largest content-length accepted (larger gets an error reply).")
+@click.option("--rcvbuf", type=BYTESIZE, default=None, help="SO_RCVBUF for accepted sockets (Linux doubles it).")
+@click.option("--sndbuf", type=BYTESIZE, default=None, help="SO_SNDBUF for accepted sockets (Linux doubles it).")
+@click.option("--backlog", type=click.IntRange(1), default=4096, show_default=True,
+              help="listen() backlog; the kernel caps it at net.core.somaxconn.")
+@click.option("--stats-interval", type=DURATION, default=10.0, show_default=True, metavar="DURATION",
+              help="Print statistics this often (0 = only the final summary).")
+@click.option("--drain-timeout", type=DURATION, default=5.0, show_default=True, metavar="DURATION",
+              help="On the first Ctrl-C/SIGTERM, how long busy connections get to finish.")
+@click.option("--json", "as_json", is_flag=True, help="Print events as JSON lines (listening, stats, summary).")
+@click.option("--quiet", "-q", is_flag=True, help="Log only warnings and errors.")
+@click.option("--stop-on-stdin-eof", is_flag=True, hidden=True,
+              help="Stop when stdin closes (used by commands that embed a server).")
+def command(mode, host, port, workers, max_conns, idle_timeout, max_content, rcvbuf, sndbuf, backlog,
+            stats_interval, drain_timeout, as_json, quiet, stop_on_stdin_eof):
+    """Run a nonblocking TCP server: echo, framed or sink.
+
+    Binds 127.0.0.1 unless --host says otherwise. With --port 0 the chosen
+    port is printed on the first line ("listening on HOST:PORT").
+    """
+    from socktools.supervisor import ServeError, serve
+
+    setup_logging(quiet=quiet)
+    if is_wildcard(host):
+        click.echo(f"socktools serve: warning: --host {host} binds every interface: the server is "
+                   f"reachable from other machines", err=True)
+    config = ServeConfig(mode=mode, host=host, port=port, workers=workers, max_conns=max_conns,
+                         idle_timeout=idle_timeout or None, max_content=max_content, rcvbuf=rcvbuf,
+                         sndbuf=sndbuf, backlog=backlog, stats_interval=stats_interval,
+                         drain_timeout=drain_timeout, stop_on_stdin_eof=stop_on_stdin_eof)
+    try:
+        serve(config, _json_view if as_json else _HumanView())
+    except ServeError as exc:
+        die(str(exc), EXIT_FAILED)

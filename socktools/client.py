@@ -1,0 +1,118 @@
+"""One framed request (SPEC §1): connect, send, read and decode the response.
+
+Blocking sockets with a deadline are the clearest tool for a single exchange;
+the nonblocking core is for servers and load.  Failures raise
+:class:`RequestError`, which carries the phase ("resolve", "connect", "send",
+"recv", "protocol") and the bytes exchanged so far, so a wire trace can still
+be shown.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from socktools import errors, protocol
+from socktools.addresses import format_addr, resolve
+
+__all__ = ["RequestResult", "RequestError", "PeerClosedError", "request"]
+
+
+@dataclass
+class RequestResult:
+    address: Any                 # sockaddr actually used
+    sent: bytes
+    received: bytes
+    message: Optional[protocol.Message] = None
+    connect_s: float = 0.0
+    total_s: float = 0.0
+    recv_calls: int = 0
+
+
+@dataclass
+class RequestError(Exception):
+    phase: str
+    exc: BaseException
+    result: RequestResult = field(default=None)  # type: ignore[assignment]
+
+    @property
+    def key(self) -> str:
+        """The errno name or pseudo-error (errors.PEER_CLOSED, PROTOCOL_ERROR, TIMEOUT)."""
+        if isinstance(self.exc, protocol.ProtocolError):
+            return errors.PROTOCOL_ERROR
+        return errors.exception_key(self.exc)
+
+    def __str__(self) -> str:
+        where = format_addr(self.result.address) if self.result and self.result.address else "?"
+        what = {"connect": f"connect to {where}", "send": f"send to {where}",
+                "recv": f"receive from {where}", "resolve": f"resolving {where}",
+                "protocol": f"response from {where}"}.get(self.phase, f"{self.phase} {where}")
+        if isinstance(self.exc, protocol.ProtocolError):
+            return f"{what}: protocol error ({self.exc.kind}): {self.exc}"
+        return errors.one_line(self.exc, what)
+
+
+class PeerClosedError(ConnectionError):
+    """The peer closed before a complete response (recv returned b"")."""
+
+    socktools_key = errors.PEER_CLOSED
+
+    def __init__(self, got: int) -> None:
+        super().__init__(f"peer closed the connection after {got} bytes, before a response")
+
+
+def request(host: str, port: int, action: str, value: str, *, timeout: float = 5.0,
+            max_content: int = protocol.DEFAULT_MAX_CONTENT) -> RequestResult:
+    """Send ``ACTION VALUE`` to a framed server and return the decoded response."""
+    payload = protocol.make_request(action, value)
+    result = RequestResult(address=(host, port), sent=b"", received=b"")
+    started = time.perf_counter()
+    deadline = time.monotonic() + timeout
+    try:
+        family, sockaddr = resolve(host, port)
+    except OSError as exc:
+        raise RequestError("resolve", exc, result) from None
+    result.address = sockaddr
+
+    def remaining() -> float:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise socket.timeout(f"no answer within {timeout:g}s")
+        return left
+
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        phase = "connect"
+        try:
+            sock.settimeout(remaining())
+            sock.connect(sockaddr)
+            result.connect_s = time.perf_counter() - started
+            phase = "send"
+            sock.settimeout(remaining())
+            sock.sendall(payload)
+            result.sent = payload
+            phase = "recv"
+            decoder = protocol.Decoder(max_content)
+            received = bytearray()
+            while True:
+                sock.settimeout(remaining())
+                chunk = sock.recv(65536)
+                result.recv_calls += 1
+                received += chunk
+                result.received = bytes(received)
+                decoder.receive_data(chunk)
+                event = decoder.next_event()
+                if isinstance(event, protocol.Message):
+                    result.message = event
+                    break
+                if event is protocol.CLOSED:
+                    raise PeerClosedError(len(received))
+        except protocol.RemoteProtocolError as exc:
+            raise RequestError("protocol", exc, result) from None
+        except OSError as exc:  # includes timeouts and resets
+            if phase == "send" and not result.sent:
+                result.sent = payload
+            raise RequestError(phase, exc, result) from None
+    result.total_s = time.perf_counter() - started
+    return result
