@@ -158,7 +158,7 @@ def _check_encoding(name: Any, content_type: str) -> None:
         return
     try:
         info = codecs.lookup(name)
-    except LookupError:
+    except (LookupError, ValueError):  # ValueError: a NUL in the name
         raise ValueError(f"unknown content-encoding {name!r}") from None
     if not getattr(info, "_is_text_encoding", True):
         raise ValueError(f"content-encoding {name!r} is not a text encoding")
@@ -191,7 +191,10 @@ def encode_message(content: bytes, content_type: str, content_encoding: str, *,
         if clash:
             raise LocalProtocolError(f"extra header keys may not override {sorted(clash)}", "bad-header")
         header.update(extra)
-    raw = _dumps(header).encode("utf-8")
+    try:
+        raw = _dumps(header).encode("utf-8")
+    except (TypeError, ValueError) as exc:  # unserialisable extra, lone surrogate
+        raise LocalProtocolError(f"header cannot be encoded as UTF-8 JSON: {exc}", "bad-header") from None
     if len(raw) > MAX_HEADER_SIZE:
         raise LocalProtocolError(
             f"JSON header is {len(raw)} bytes; the 2-byte prefix allows {MAX_HEADER_SIZE}",
@@ -206,7 +209,9 @@ def encode_json(obj: dict, *, encoding: str = "utf-8", byteorder: str = sys.byte
         raise LocalProtocolError("text/json content must be a JSON object", "bad-content")
     try:
         content = _dumps(obj).encode(encoding)
-    except (LookupError, UnicodeEncodeError) as exc:
+    except TypeError as exc:
+        raise LocalProtocolError(f"text/json content is not JSON-serialisable: {exc}", "bad-content") from None
+    except (LookupError, UnicodeError) as exc:
         raise LocalProtocolError(f"cannot encode content as {encoding!r}: {exc}", "bad-content-encoding") from None
     return encode_message(content, TEXT_JSON, encoding, byteorder=byteorder, extra=extra)
 
@@ -222,8 +227,11 @@ def make_request(action: str, value: str, *, keep_alive: bool = False,
     extra = {"keep-alive": True} if keep_alive else None
     if action == "search":
         return encode_json({"action": action, "value": value}, byteorder=byteorder, extra=extra)
-    return encode_message((action + value).encode("utf-8"), CLIENT_BINARY, "binary",
-                          byteorder=byteorder, extra=extra)
+    try:
+        content = (action + value).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise LocalProtocolError(f"request cannot be encoded as UTF-8: {exc}", "bad-content") from None
+    return encode_message(content, CLIENT_BINARY, "binary", byteorder=byteorder, extra=extra)
 
 
 def respond(request: Message, *, byteorder: str = sys.byteorder) -> bytes:
@@ -267,6 +275,8 @@ def parse_header(raw: bytes, max_content: int = DEFAULT_MAX_CONTENT) -> dict:
         header = json.loads(text)
     except ValueError as exc:
         raise _remote(f"JSON header does not parse: {exc}", "bad-json") from None
+    except RecursionError:
+        raise _remote("JSON header is nested too deeply to parse", "bad-json") from None
     if not isinstance(header, dict):
         kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
             type(header), "a number")
@@ -298,13 +308,16 @@ def parse_content(header: dict, content: bytes) -> Any:
         return None
     try:
         text = content.decode(header["content-encoding"])
-    except UnicodeDecodeError as exc:
-        raise _remote(f"text/json content does not decode as {header['content-encoding']}: {exc.reason}",
+    except UnicodeError as exc:  # not only UnicodeDecodeError: see the 'undefined' codec
+        reason = getattr(exc, "reason", exc)
+        raise _remote(f"text/json content does not decode as {header['content-encoding']}: {reason}",
                       "bad-content") from None
     try:
         value = json.loads(text)
     except ValueError as exc:
         raise _remote(f"text/json content is not JSON: {exc}", "bad-content") from None
+    except RecursionError:
+        raise _remote("text/json content is nested too deeply to parse", "bad-content") from None
     if not isinstance(value, dict):
         raise _remote(f"text/json content must be a JSON object, got {type(value).__name__}",
                       "bad-content")
