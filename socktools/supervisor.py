@@ -27,7 +27,7 @@ import signal
 import socket
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Optional
 
 from socktools import errors
@@ -132,6 +132,10 @@ def _listening_event(config: ServeConfig, sock: socket.socket) -> dict:
 
 def serve(config: ServeConfig, on_event: Callable[[dict], None]) -> ServerStats:
     """Bind, serve until stopped, and return the final merged statistics."""
+    # SIGUSR1's default action kills the process: ignore it until a worker's
+    # loop handles it, so an early "start draining" cannot kill the server.
+    if hasattr(signal, "SIGUSR1"):
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     socks = bind_listeners(config)
     started = time.monotonic()
     try:
@@ -181,6 +185,8 @@ def _worker_entry(config: ServeConfig, sock: socket.socket, index: int, pipe: An
     _set_pdeathsig()
     if os.getppid() != parent:  # parent died before prctl took effect
         os._exit(0)
+    # The supervisor watches stdin; a worker's is /dev/null (epoll refuses it: EPERM).
+    config = replace(config, stop_on_stdin_eof=False)
 
     def report(kind: str, stats: dict) -> None:
         try:
