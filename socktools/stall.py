@@ -1,0 +1,641 @@
+"""Reproduce the full-buffer stall on purpose and read the kernel's own numbers about it.
+
+Strategy
+--------
+A nonblocking sender writes to a peer that does not read.  The peer's receive
+queue fills, its advertised window drops to zero, our send queue fills behind
+it, and ``send()`` raises ``BlockingIOError`` (EAGAIN).  :class:`Staller`
+walks through that in explicit steps so tests can stop between them:
+
+1. ``connect()`` - blocking connect with a timeout, then nonblocking.
+   SO_SNDBUF is set *before* connect so the window scale is chosen for it.
+2. ``fill()``    - send chunks until the first EAGAIN (or give up after
+   ``timeout``: a peer that reads as fast as we write never blocks us).
+3. ``settle()``  - data is still moving at the first EAGAIN (segments in
+   flight, the receiver's queue being compacted, window updates after a zero
+   window probe), so keep retrying until nothing has changed for ``settle``
+   seconds: that is the steady state.
+4. ``snapshot()``- the kernel's view of both ends: our socket by ioctl and
+   TCP_INFO (:mod:`socktools.tcpinfo`), the receiver by its 4-tuple in the
+   socket table (:mod:`socktools.socktable`, the same source as ``socktools
+   sockets``), since it lives in another process.
+5. ``drain()``   - tell the peer to read (a sink's SIGUSR1), and watch the
+   queues empty and our socket turn writable (``EVENT_WRITE``).
+
+The peer is injectable: anything with ``address`` and ``drain()``.  By default
+:func:`run_stall` starts the real ``socktools serve --mode sink`` in a child
+process (:class:`socktools.embedded.EmbeddedServer`).  Nothing here prints;
+results are frozen dataclasses with ``to_dict()`` for JSON.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import selectors
+import socket
+import time
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Callable, Optional, Protocol
+
+from socktools import socktable, tcpinfo
+from socktools.addresses import format_addr, resolve
+from socktools.errors import errno_name
+
+__all__ = ["StallConfig", "StallError", "Peer", "TargetPeer", "Staller", "run_stall",
+           "StallReport", "DEFAULT_CHUNK", "DEFAULT_SETTLE", "DEFAULT_TIMEOUT"]
+
+#: 64 KiB per send(): big enough that the fill takes few syscalls (a default loopback
+#: send buffer grows to 4 MiB), small enough that the partial send before EAGAIN is visible.
+DEFAULT_CHUNK = 65536
+#: Steady state = nothing changed for this long.  On Linux loopback the last change after
+#: the first EAGAIN comes when the first zero-window probe (RTO minimum 200 ms) gets a
+#: window update back; 0.5 s leaves margin without making the command feel slow.
+DEFAULT_SETTLE = 0.5
+#: Upper bound for each of fill, settle and drain: a peer that keeps up never blocks us,
+#: a slow reader never lets the queues settle, and the command must still end by itself.
+DEFAULT_TIMEOUT = 10.0
+#: How often the queues are recorded while settling and draining.
+SAMPLE_INTERVAL = 0.05
+
+
+class StallError(Exception):
+    """A step failed; ``what`` says which ("connect to 127.0.0.1:9"), ``cause`` is the OSError."""
+
+    def __init__(self, what: str, cause: Optional[BaseException] = None, message: str = "") -> None:
+        super().__init__(message or f"{what}: {cause}")
+        self.what = what
+        self.cause = cause
+
+
+@dataclass(frozen=True)
+class StallConfig:
+    """What ``socktools stall`` was asked to do.  ``port=None``: start an embedded sink on ``host``."""
+
+    host: str = "127.0.0.1"
+    port: Optional[int] = None
+    chunk: int = DEFAULT_CHUNK
+    sndbuf: Optional[int] = None      # our SO_SNDBUF, set before connect
+    rcvbuf: Optional[int] = None      # the embedded sink's SO_RCVBUF (``serve --rcvbuf``)
+    settle: float = DEFAULT_SETTLE
+    drain: bool = False
+    timeout: float = DEFAULT_TIMEOUT
+    connect_timeout: float = 5.0
+    sample_interval: float = SAMPLE_INTERVAL
+
+    def __post_init__(self) -> None:
+        if self.chunk < 1:
+            raise ValueError("chunk must be at least 1 byte")
+        if self.settle < 0 or self.timeout <= 0 or self.sample_interval <= 0:
+            raise ValueError("settle must be >= 0, timeout and sample_interval > 0")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------------- results
+def _plain(value: Any) -> Any:
+    """dataclasses / TcpInfo / tuples -> JSON-ready values."""
+    if isinstance(value, tcpinfo.TcpInfo):
+        return value.to_dict()
+    if hasattr(value, "__dataclass_fields__"):
+        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+class _Plain:
+    def to_dict(self) -> dict:
+        return _plain(self)
+
+
+@dataclass(frozen=True)
+class PeerInfo(_Plain):
+    kind: str                       # "embedded", "target" or "injected"
+    address: str
+    command: Optional[str] = None   # the equivalent `socktools serve ...` for the embedded sink
+    pid: Optional[int] = None
+    rcvbuf: Optional[int] = None    # effective SO_RCVBUF, when the peer reported it
+
+
+@dataclass(frozen=True)
+class FillResult(_Plain):
+    """Sending until the first EAGAIN."""
+
+    blocked: bool                   # False: the timeout passed and send() never refused
+    bytes: int                      # accepted by send() before the first EAGAIN
+    sends: int                      # successful send() calls
+    partial_sends: int              # of which accepted less than the whole chunk
+    seconds: float
+    errno: Optional[int]
+    errno_name: Optional[str]
+    exception: Optional[str]        # "BlockingIOError"
+    message: Optional[str]          # "[Errno 11] Resource temporarily unavailable"
+
+
+@dataclass(frozen=True)
+class SettleResult(_Plain):
+    """Retrying after the first EAGAIN until the queues stop moving."""
+
+    steady: bool                    # False: still changing when the timeout passed
+    seconds: float
+    extra_bytes: int                # accepted after the first EAGAIN
+    extra_sends: int
+    total_accepted: int
+
+
+@dataclass(frozen=True)
+class PersistState(_Plain):
+    """The zero-window / persist-timer picture from our TCP_INFO."""
+
+    zero_window: Optional[bool]     # the peer advertises no room (tcpi_snd_wnd == 0)
+    probes: Optional[int]           # tcpi_probes: unanswered zero-window probes
+    backoff: Optional[int]          # tcpi_backoff: persist timer doublings so far
+    probing: Optional[bool]         # zero window with unsent data: the persist timer is running
+    unavailable: str = ""
+
+
+@dataclass(frozen=True)
+class SenderView(_Plain):
+    local: str
+    remote: str
+    sndbuf_requested: Optional[int]
+    sndbuf: int                     # effective SO_SNDBUF (Linux doubles the requested value)
+    rcvbuf: int
+    send_q: Optional[int]           # SIOCOUTQ: not yet acknowledged by the peer
+    unacked_bytes: Optional[int]    # of which sent (in flight / unacknowledged)
+    notsent_bytes: Optional[int]    # SIOCOUTQNSD: of which not even sent
+    recv_q: Optional[int]
+    queues_unavailable: str
+    tcp_info: Optional[tcpinfo.TcpInfo]
+    tcp_info_unavailable: str
+    persist: PersistState
+
+
+@dataclass(frozen=True)
+class ReceiverView(_Plain):
+    found: bool
+    reason: str                     # why it was not found
+    local: Optional[str] = None
+    remote: Optional[str] = None
+    state: Optional[str] = None
+    recv_q: Optional[int] = None
+    send_q: Optional[int] = None
+    pids: tuple = ()
+    rcvbuf: Optional[int] = None
+    rcvbuf_requested: Optional[int] = None
+    rcvbuf_source: str = ""
+
+
+@dataclass(frozen=True)
+class TableRow(_Plain):
+    """One line of the netstat-style table."""
+
+    role: str                       # "receiver", "sender", "listener"
+    proto: str
+    recv_q: int
+    send_q: Optional[int]
+    local: str
+    foreign: str
+    state: str
+    pids: tuple = ()
+
+    @classmethod
+    def from_entry(cls, e: socktable.SocketEntry, role: str, pids: tuple = ()) -> "TableRow":
+        return cls(role=role, proto=e.proto, recv_q=e.recv_q, send_q=e.send_q,
+                   local=_table_addr(e.local), foreign=_table_addr(e.remote), state=e.state,
+                   pids=tuple(pids or e.pids))
+
+
+def _table_addr(addr: Any) -> str:
+    """Like netstat: a wildcard host or port is ``*``."""
+    host, port = str(addr[0]), int(addr[1])
+    wildcard = host in ("0.0.0.0", "::")
+    return format_addr(("*" if wildcard else host, "*" if wildcard and port == 0 else port))
+
+
+@dataclass(frozen=True)
+class Arithmetic(_Plain):
+    """accepted vs. receiver Recv-Q + sender Send-Q.
+
+    ``difference`` = queues - accepted = the receiver's rcv_nxt - the sender's snd_una.
+    Positive: bytes the receiver already holds whose ACK has not reached the sender yet
+    (delayed or in flight; counted on both sides).  Negative: bytes in neither
+    queue - in flight, or read by the peer application.  Zero at a true stall.
+    """
+
+    accepted: int
+    receiver_recv_q: Optional[int]
+    sender_send_q: Optional[int]
+    in_queues: Optional[int]
+    difference: Optional[int]
+    #: Bytes travelling back to us (the peer's Send-Q + our Recv-Q): a peer that reads and
+    #: answers, like an echo server, then stalls on *our* not reading.
+    returning: Optional[int] = None
+
+    @classmethod
+    def of(cls, accepted: int, recv_q: Optional[int], send_q: Optional[int],
+           returning: Optional[int] = None) -> "Arithmetic":
+        total = None if recv_q is None or send_q is None else recv_q + send_q
+        return cls(accepted, recv_q, send_q, total, None if total is None else total - accepted,
+                   returning)
+
+
+@dataclass(frozen=True)
+class Snapshot(_Plain):
+    seconds: float                  # when taken, seconds after connect
+    sender: SenderView
+    receiver: ReceiverView
+    table: list                     # [TableRow]: receiver, sender, listener (those found)
+    table_source: str               # "netlink" or "proc"
+    arithmetic: Arithmetic
+    table_sender_send_q: Optional[int]  # our Send-Q as the socket table shows it (cross-check)
+
+
+@dataclass(frozen=True)
+class DrainSample(_Plain):
+    t: float                        # seconds since the peer was told to read
+    sender_send_q: Optional[int]
+    sender_notsent: Optional[int]
+    receiver_recv_q: Optional[int]
+    writable: bool
+    snd_wnd: Optional[int]
+
+
+@dataclass(frozen=True)
+class DrainResult(_Plain):
+    completed: bool                 # writable and both queues empty before the timeout
+    seconds: float
+    writable_after: Optional[float]       # EVENT_WRITE first reported, seconds after drain()
+    sender_empty_after: Optional[float]   # Send-Q first 0
+    receiver_empty_after: Optional[float] # Recv-Q first seen 0 (sampled)
+    final_writable: bool
+    samples: list = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class StallReport(_Plain):
+    """Everything ``socktools stall`` measured; ``to_dict()`` is its JSON."""
+
+    config: StallConfig
+    peer: PeerInfo
+    local: str
+    remote: str
+    family: str
+    fill: FillResult
+    settle: Optional[SettleResult]
+    snapshot: Optional[Snapshot]
+    drain: Optional[DrainResult]
+
+
+class Peer(Protocol):
+    """The other end: where to connect, and how to make it start reading."""
+
+    address: Any
+
+    def drain(self) -> None: ...
+
+
+class TargetPeer:
+    """A server the user named: stall can connect to it but cannot make it read."""
+
+    def __init__(self, address: Any) -> None:
+        self.address = address
+
+    def drain(self) -> None:
+        raise StallError("drain", message="cannot make another program read: --drain needs the embedded sink")
+
+
+def describe_peer(peer: Any, kind: str) -> PeerInfo:
+    """What we know about the peer: its command, pid and effective SO_RCVBUF if it told us."""
+    listening = next((e for e in getattr(peer, "events", ()) if e.get("event") == "listening"), {})
+    return PeerInfo(kind=kind, address=format_addr(peer.address),
+                    command=getattr(peer, "display_command", None) if kind == "embedded" else None,
+                    pid=listening.get("pid"),
+                    rcvbuf=listening.get("rcvbuf") or getattr(peer, "rcvbuf", None))
+
+
+def _norm_host(host: str) -> str:
+    """``::ffff:127.0.0.1`` -> ``127.0.0.1``, so both spellings of one address compare equal."""
+    try:
+        ip = ipaddress.ip_address(str(host).split("%")[0])
+    except ValueError:
+        return str(host)
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return str(mapped or ip)
+
+
+class Staller:
+    """One stalled connection, step by step; use as a context manager (closes the socket).
+
+    ``find_socket`` is the socket-table lookup (injectable for tests of the arithmetic).
+    """
+
+    def __init__(self, config: StallConfig, peer: Any, *, peer_info: Optional[PeerInfo] = None,
+                 clock: Callable[[], float] = time.perf_counter,
+                 find_socket: Callable[..., Any] = socktable.find_socket) -> None:
+        self.config = config
+        self.peer = peer
+        self.peer_info = peer_info or describe_peer(peer, "injected")
+        self.clock = clock
+        self.find_socket = find_socket
+        self.sock: Optional[socket.socket] = None
+        self.connected_at = 0.0
+        self.local: Any = None
+        self.remote: Any = None
+        self.accepted = 0           # bytes send() accepted, over all steps
+        self.fill_result: Optional[FillResult] = None
+        self.settle_result: Optional[SettleResult] = None
+        self.snapshot_result: Optional[Snapshot] = None
+        self.drain_result: Optional[DrainResult] = None
+        self._payload = memoryview(b"\0" * config.chunk)
+
+    # ------------------------------------------------------------------ steps
+    def connect(self) -> None:
+        """Connect (blocking, bounded), then switch to nonblocking."""
+        host, port = str(self.peer.address[0]), int(self.peer.address[1])
+        try:
+            family, sockaddr = resolve(host, port)
+        except OSError as exc:
+            raise StallError(f"resolve {host!r}", exc,
+                             f"cannot resolve {host!r}: {exc.strerror or exc}") from exc
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            if self.config.sndbuf:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.config.sndbuf)
+            sock.settimeout(self.config.connect_timeout)
+            sock.connect(sockaddr)
+        except OSError as exc:
+            sock.close()
+            raise StallError(f"connect to {format_addr(sockaddr)}", exc) from exc
+        sock.setblocking(False)
+        self.sock, self.local, self.remote = sock, sock.getsockname(), sock.getpeername()
+        self.connected_at = self.clock()
+
+    def _send_until_blocked(self, deadline: float) -> tuple[int, int, int, Optional[BlockingIOError]]:
+        """send() chunks until EAGAIN or ``deadline``: (bytes, sends, partial sends, the error)."""
+        assert self.sock is not None
+        total = sends = partial = 0
+        while self.clock() < deadline:
+            try:
+                n = self.sock.send(self._payload)
+            except BlockingIOError as exc:
+                return total, sends, partial, exc
+            except OSError as exc:
+                raise StallError(f"send to {format_addr(self.remote)}", exc) from exc
+            total += n
+            sends += 1
+            partial += n < len(self._payload)
+        return total, sends, partial, None
+
+    def fill(self) -> FillResult:
+        """Send until the first ``BlockingIOError``; record how much the kernels took and how fast."""
+        start = self.clock()
+        total, sends, partial, exc = self._send_until_blocked(start + self.config.timeout)
+        self.accepted += total
+        num = exc.errno if exc is not None else None
+        self.fill_result = FillResult(
+            blocked=exc is not None, bytes=total, sends=sends, partial_sends=partial,
+            seconds=self.clock() - start, errno=num, errno_name=errno_name(num) if num else None,
+            exception=type(exc).__name__ if exc else None, message=str(exc) if exc else None)
+        return self.fill_result
+
+    def _fingerprint(self) -> tuple:
+        q = tcpinfo.read_queues(self.sock)
+        info, _ = tcpinfo.read_tcp_info(self.sock)
+        return (q.send_q, q.notsent, info.get("snd_wnd") if info else None)
+
+    def settle(self) -> SettleResult:
+        """Retry until nothing changes for ``config.settle`` seconds (or ``timeout`` passes)."""
+        assert self.sock is not None
+        start = self.clock()
+        deadline = start + self.config.timeout
+        extra = extra_sends = 0
+        last = self._fingerprint()
+        quiet_since = start
+        with selectors.DefaultSelector() as sel:
+            sel.register(self.sock, selectors.EVENT_WRITE)
+            while True:
+                now = self.clock()
+                if now - quiet_since >= self.config.settle:
+                    steady = True
+                    break
+                if now >= deadline:
+                    steady = False
+                    break
+                # Writable wakes us early; otherwise we still retry each interval, because a
+                # send() can succeed before the socket counts as "writable" (Linux wants a
+                # third of the buffer free for EVENT_WRITE, not one byte).
+                sel.select(min(self.config.sample_interval, deadline - now))
+                n, sends, _, _ = self._send_until_blocked(deadline)
+                extra += n
+                extra_sends += sends
+                fp = self._fingerprint()
+                if n or fp != last:
+                    last, quiet_since = fp, self.clock()
+        self.accepted += extra
+        self.settle_result = SettleResult(steady=steady, seconds=self.clock() - start,
+                                          extra_bytes=extra, extra_sends=extra_sends,
+                                          total_accepted=self.accepted)
+        return self.settle_result
+
+    def _entries(self, *, sender: bool = True, processes: bool = False
+                 ) -> tuple[Optional[socktable.SocketEntry], Optional[socktable.SocketEntry], str]:
+        """(our entry, the receiver's entry, why the table could not be read) by 4-tuple."""
+        try:
+            ours = (self.find_socket(self.local, self.remote, processes=False, tcp_info=False)
+                    if sender else None)
+            theirs = self.find_socket(self.remote, self.local, processes=processes, tcp_info=False)
+        except socktable.SocketTableUnavailable as exc:
+            return None, None, str(exc)
+        except OSError as exc:
+            return None, None, f"cannot read the socket table: {exc}"
+        return ours, theirs, ""
+
+    def _listener(self) -> Optional[socktable.SocketEntry]:
+        try:
+            port = int(self.remote[1])
+            rows = socktable.read_sockets(port=port, listening=True)
+        except (socktable.SocketTableUnavailable, OSError):
+            return None
+        host = _norm_host(self.remote[0])
+        exact = [e for e in rows if e.local[1] == port and _norm_host(e.local[0]) == host]
+        wild = [e for e in rows if e.local[1] == port and e.local[0] in ("0.0.0.0", "::")]
+        return (exact or wild or [None])[0]
+
+    def snapshot(self) -> Snapshot:
+        """The kernel's view of both ends now (call it once the queues have settled)."""
+        assert self.sock is not None
+        at = self.clock()
+        q = tcpinfo.read_queues(self.sock)
+        info, info_reason = tcpinfo.read_tcp_info(self.sock)
+        bufs = tcpinfo.read_buffers(self.sock)
+        snd_wnd = info.get("snd_wnd") if info else None
+        persist = PersistState(
+            zero_window=None if snd_wnd is None else snd_wnd == 0,
+            probes=info.get("probes") if info else None, backoff=info.get("backoff") if info else None,
+            probing=None if snd_wnd is None or q.notsent is None else (snd_wnd == 0 and q.notsent > 0),
+            unavailable="" if snd_wnd is not None else (
+                info.unavailable_reason("snd_wnd") if info else info_reason))
+        sender = SenderView(
+            local=format_addr(self.local), remote=format_addr(self.remote),
+            sndbuf_requested=self.config.sndbuf, sndbuf=bufs.sndbuf, rcvbuf=bufs.rcvbuf,
+            send_q=q.send_q, unacked_bytes=q.unacked, notsent_bytes=q.notsent, recv_q=q.recv_q,
+            queues_unavailable=q.reason, tcp_info=info, tcp_info_unavailable=info_reason,
+            persist=persist)
+        s_entry, r_entry, reason = self._entries(processes=True)
+        receiver = self._receiver_view(r_entry, reason)
+        me = ((os.getpid(), "this process"),)
+        table = [TableRow.from_entry(e, role, pids) for e, role, pids in
+                 ((r_entry, "receiver", ()), (s_entry, "sender", me),
+                  (self._listener(), "listener", ())) if e]
+        recv_q = r_entry.recv_q if r_entry else None
+        returning = (r_entry.send_q or 0) + (q.recv_q or 0) if r_entry else None
+        arithmetic = Arithmetic.of(self.accepted, recv_q, q.send_q, returning)
+        source = ""
+        with contextlib.suppress(socktable.SocketTableUnavailable, OSError):
+            source = socktable.resolve_source()
+        self.snapshot_result = Snapshot(
+            seconds=at - self.connected_at, sender=sender, receiver=receiver, table=table,
+            table_source=source, arithmetic=arithmetic,
+            table_sender_send_q=s_entry.send_q if s_entry else None)
+        return self.snapshot_result
+
+    def _receiver_view(self, entry: Optional[socktable.SocketEntry], reason: str) -> ReceiverView:
+        info = self.peer_info
+        rcvbuf_source = "" if not info.rcvbuf else (
+            "the sink's listening socket (accepted sockets inherit it)" if info.kind == "embedded"
+            else "the peer")
+        if entry is None:
+            why = reason or ("not in this machine's socket table: the peer is on another host, "
+                             "in another network namespace, or already closed")
+            return ReceiverView(found=False, reason=why, rcvbuf=info.rcvbuf,
+                                rcvbuf_requested=self.config.rcvbuf, rcvbuf_source=rcvbuf_source)
+        return ReceiverView(found=True, reason="", local=format_addr(entry.local),
+                            remote=format_addr(entry.remote), state=entry.state,
+                            recv_q=entry.recv_q, send_q=entry.send_q,
+                            pids=tuple(entry.pids), rcvbuf=info.rcvbuf,
+                            rcvbuf_requested=self.config.rcvbuf, rcvbuf_source=rcvbuf_source)
+
+    def _sample(self, t: float, writable: bool) -> DrainSample:
+        q = tcpinfo.read_queues(self.sock)
+        info, _ = tcpinfo.read_tcp_info(self.sock)
+        _, r_entry, _ = self._entries(sender=False)
+        return DrainSample(t=t, sender_send_q=q.send_q, sender_notsent=q.notsent,
+                           receiver_recv_q=r_entry.recv_q if r_entry else None, writable=writable,
+                           snd_wnd=info.get("snd_wnd") if info else None)
+
+    def drain(self) -> DrainResult:
+        """Make the peer read; sample until our socket is writable and both queues are empty."""
+        assert self.sock is not None
+        samples = [self._sample(0.0, False)]
+        start = self.clock()
+        try:
+            self.peer.drain()
+        except OSError as exc:
+            raise StallError("tell the peer to drain", exc) from exc
+        deadline = start + self.config.timeout
+        # Poll our own Send-Q often (one cheap ioctl) so the times are sharp; record a full
+        # sample (which also reads the receiver from the socket table) every sample_interval
+        # and at each event: became writable, Send-Q reached 0.
+        tick = self.config.sample_interval / 10
+        writable_at = sender_empty_at = receiver_empty_at = None
+        next_sample = start + self.config.sample_interval
+        completed = False
+        with selectors.DefaultSelector() as sel:
+            sel.register(self.sock, selectors.EVENT_WRITE)
+            while self.clock() < deadline:
+                if writable_at is None:
+                    ready = sel.select(tick)
+                else:
+                    time.sleep(tick)        # stays writable now: polling it would spin
+                    ready = []
+                now = self.clock()
+                event = False
+                if ready:
+                    writable_at, event = now - start, True
+                    sel.unregister(self.sock)
+                if sender_empty_at is None and tcpinfo.read_queues(self.sock).send_q == 0:
+                    sender_empty_at, event = now - start, True
+                if not (event or now >= next_sample):
+                    continue
+                sample = self._sample(now - start, writable_at is not None)
+                samples.append(sample)
+                next_sample = now + self.config.sample_interval
+                if receiver_empty_at is None and sample.receiver_recv_q == 0:
+                    receiver_empty_at = sample.t
+                if (writable_at is not None and sample.sender_send_q == 0
+                        and sample.receiver_recv_q in (0, None)):
+                    completed = True
+                    break
+        self.drain_result = DrainResult(
+            completed=completed, seconds=self.clock() - start, writable_after=writable_at,
+            sender_empty_after=sender_empty_at, receiver_empty_after=receiver_empty_at,
+            final_writable=self._writable_now(), samples=samples)
+        return self.drain_result
+
+    def _writable_now(self) -> bool:
+        with selectors.DefaultSelector() as sel:
+            sel.register(self.sock, selectors.EVENT_WRITE)
+            return bool(sel.select(0))
+
+    # ------------------------------------------------------------------ result
+    def report(self) -> StallReport:
+        assert self.fill_result is not None
+        return StallReport(config=self.config, peer=self.peer_info,
+                           local=format_addr(self.local), remote=format_addr(self.remote),
+                           family="IPv6" if self.sock and self.sock.family == socket.AF_INET6 else "IPv4",
+                           fill=self.fill_result, settle=self.settle_result,
+                           snapshot=self.snapshot_result, drain=self.drain_result)
+
+    def close(self) -> None:
+        """Close; abortively (RST) if data is still queued, so no orphan keeps probing a full peer."""
+        sock, self.sock = self.sock, None
+        if sock is None:
+            return
+        with contextlib.suppress(OSError):
+            if tcpinfo.read_queues(sock).send_q:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+        sock.close()
+
+    def __enter__(self) -> "Staller":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def run_stall(config: StallConfig, *, peer: Any = None) -> StallReport:
+    """Stall a connection and report.  ``peer=None``: the embedded sink, or ``config.port``'s server.
+
+    Raises :class:`StallError` (connect refused, peer reset...) and
+    ``socktools.embedded.EmbeddedServerError`` if the embedded sink cannot start.
+    """
+    with contextlib.ExitStack() as stack:
+        if peer is not None:
+            info = describe_peer(peer, "injected")
+        elif config.port is not None:
+            peer = TargetPeer((config.host, config.port))
+            info = describe_peer(peer, "target")
+        else:
+            from socktools.embedded import EmbeddedServer
+            try:  # the sink is given a numeric address: names can resolve differently per run
+                host = resolve(config.host, 0, passive=True)[1][0]
+            except OSError as exc:
+                raise StallError(f"resolve {config.host!r}", exc,
+                                 f"cannot resolve {config.host!r}: {exc.strerror or exc}") from exc
+            args = ["--rcvbuf", str(config.rcvbuf)] if config.rcvbuf else []
+            peer = stack.enter_context(EmbeddedServer(mode="sink", host=host, args=args))
+            info = describe_peer(peer, "embedded")
+        staller = stack.enter_context(Staller(config, peer, peer_info=info))
+        staller.connect()
+        if staller.fill().blocked:
+            staller.settle()
+            staller.snapshot()
+            if config.drain:
+                staller.drain()
+        else:
+            staller.snapshot()
+        return staller.report()
