@@ -1,0 +1,392 @@
+"""TCP-connect ping (like tcping) and ICMP echo ping, as data.
+
+A TCP probe times the three-way handshake: a nonblocking ``connect()``,
+then wait until the socket is writable and read ``SO_ERROR``; the time
+between is one round trip to the peer's kernel (SYN -> SYN-ACK), which needs
+no privilege and goes wherever a TCP connection goes.  The connection is then
+closed normally.  An ICMP probe sends an echo request on a raw ICMP socket
+(root or CAP_NET_RAW) and names any ICMP error that comes back
+("destination port unreachable (3/3)").
+
+``probes()`` yields one ``Probe`` per attempt, pacing them by the interval;
+``summarize()`` turns a list of them into ping's summary.  Nothing prints.
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+import os
+import select
+import socket
+import struct
+import time
+from dataclasses import dataclass, asdict
+from typing import Callable, Iterator, Optional
+
+from socktools import errors
+from socktools.addresses import format_addr, resolve
+
+__all__ = ["PingConfig", "Target", "Probe", "PingStats", "IcmpUnavailable", "resolve_target",
+           "probes", "tcp_probe", "IcmpPinger", "check_icmp", "summarize", "icmp_name",
+           "ICMP_TYPES", "ICMPV6_TYPES"]
+
+
+class IcmpUnavailable(RuntimeError):
+    """ICMP ping cannot run here (no privilege for a raw socket); the message says why."""
+
+
+@dataclass(frozen=True)
+class PingConfig:
+    """What to ping and how.  ``count`` 0 means until interrupted."""
+
+    host: str = "127.0.0.1"
+    port: int = 65432
+    count: int = 4
+    interval: float = 1.0
+    timeout: float = 2.0
+    icmp: bool = False
+
+
+@dataclass(frozen=True)
+class Target:
+    host: str            # as the user typed it
+    family: int
+    sockaddr: tuple      # the address actually used (SPEC §4: print it)
+    display: str         # "127.0.0.1:65432" or "[::1]:65432" (TCP), "127.0.0.1" (ICMP)
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One attempt.  ``ok`` probes have ``time_ms``; failed ones name what went wrong.
+
+    ``error`` is an errno name (``ECONNREFUSED``), a socktools pseudo-error
+    (``timeout``) or, for ICMP, ``icmp-<type>/<code>``; ``detail`` says it
+    in words (the errors table's meaning, or the ICMP type/code's name).
+    """
+
+    seq: int
+    ok: bool
+    time_ms: Optional[float]
+    peer: str
+    error: Optional[str] = None
+    errno: Optional[int] = None
+    detail: Optional[str] = None
+    ttl: Optional[int] = None
+    icmp: Optional[tuple[int, int]] = None     # (type, code) of the reply, ICMP only
+    elapsed_ms: Optional[float] = None         # time until the failure was known
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class PingStats:
+    """ping's summary.  Times in ms; ``None`` when nothing was received."""
+
+    sent: int
+    received: int
+    loss_pct: float
+    min_ms: Optional[float]
+    avg_ms: Optional[float]
+    max_ms: Optional[float]
+    stddev_ms: Optional[float]
+    failures: tuple[tuple[str, int], ...]      # (error, how many), most frequent first
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["failures"] = dict(self.failures)
+        return d
+
+
+def summarize(results: list[Probe]) -> PingStats:
+    """Sent/received/loss and min/avg/max/stddev (ping's mdev: population stddev)."""
+    sent = len(results)
+    times = [p.time_ms for p in results if p.ok and p.time_ms is not None]
+    received = len(times)
+    tally: dict[str, int] = {}
+    for p in results:
+        if not p.ok:
+            tally[p.error or "?"] = tally.get(p.error or "?", 0) + 1
+    loss = 100.0 * (sent - received) / sent if sent else 0.0
+    if times:
+        avg = sum(times) / received
+        var = max(0.0, sum(t * t for t in times) / received - avg * avg)
+        stats = (min(times), avg, max(times), math.sqrt(var))
+    else:
+        stats = (None, None, None, None)
+    return PingStats(sent, received, loss, *stats,
+                     failures=tuple(sorted(tally.items(), key=lambda kv: (-kv[1], kv[0]))))
+
+
+# --------------------------------------------------------------------------- ICMP names
+# RFC 792 / RFC 1812 (IPv4) and RFC 4443 (IPv6): type -> (name, {code: name}).
+ICMP_TYPES: dict[int, tuple[str, dict[int, str]]] = {
+    0: ("echo reply", {}),
+    3: ("destination unreachable", {
+        0: "destination network unreachable", 1: "destination host unreachable",
+        2: "destination protocol unreachable", 3: "destination port unreachable",
+        4: "fragmentation needed but DF set", 5: "source route failed",
+        6: "destination network unknown", 7: "destination host unknown",
+        8: "source host isolated", 9: "destination network administratively prohibited",
+        10: "destination host administratively prohibited", 11: "network unreachable for TOS",
+        12: "host unreachable for TOS", 13: "communication administratively prohibited",
+        14: "host precedence violation", 15: "precedence cutoff in effect"}),
+    4: ("source quench", {}),
+    5: ("redirect", {0: "redirect for network", 1: "redirect for host",
+                     2: "redirect for TOS and network", 3: "redirect for TOS and host"}),
+    8: ("echo request", {}),
+    9: ("router advertisement", {}),
+    10: ("router solicitation", {}),
+    11: ("time exceeded", {0: "time to live exceeded in transit",
+                           1: "fragment reassembly time exceeded"}),
+    12: ("parameter problem", {0: "parameter problem: pointer indicates the error",
+                               1: "parameter problem: missing a required option",
+                               2: "parameter problem: bad length"}),
+    13: ("timestamp request", {}),
+    14: ("timestamp reply", {}),
+}
+ICMPV6_TYPES: dict[int, tuple[str, dict[int, str]]] = {
+    1: ("destination unreachable", {
+        0: "no route to destination", 1: "communication administratively prohibited",
+        2: "beyond scope of source address", 3: "address unreachable",
+        4: "destination port unreachable", 5: "source address failed ingress/egress policy",
+        6: "reject route to destination"}),
+    2: ("packet too big", {}),
+    3: ("time exceeded", {0: "hop limit exceeded in transit", 1: "fragment reassembly time exceeded"}),
+    4: ("parameter problem", {0: "erroneous header field", 1: "unrecognized next header",
+                              2: "unrecognized IPv6 option"}),
+    128: ("echo request", {}),
+    129: ("echo reply", {}),
+}
+
+
+def icmp_name(icmp_type: int, code: int, *, v6: bool = False) -> str:
+    """``(3, 3)`` -> ``"destination port unreachable (3/3)"``."""
+    table = ICMPV6_TYPES if v6 else ICMP_TYPES
+    type_name, codes = table.get(icmp_type, (f"ICMP{'v6' if v6 else ''} type {icmp_type}", {}))
+    words = codes.get(code) or (type_name if code == 0 or not codes else f"{type_name}, code {code}")
+    return f"{words} ({icmp_type}/{code})"
+
+
+# --------------------------------------------------------------------------- TCP probe
+def resolve_target(config: PingConfig) -> Target:
+    """Resolve ``config.host`` once (numeric addresses skip DNS); raises ``OSError``."""
+    family, sockaddr = resolve(config.host, config.port)
+    if config.icmp:
+        display = sockaddr[0]
+    else:
+        display = format_addr(sockaddr)
+    return Target(config.host, family, tuple(sockaddr), display)
+
+
+def _failed(seq: int, peer: str, key: str, num: Optional[int], elapsed_ms: Optional[float],
+            detail: Optional[str] = None) -> Probe:
+    exp = errors.lookup(key)
+    return Probe(seq, False, None, peer, error=key, errno=num,
+                 detail=detail or (exp.meaning if exp else os.strerror(num) if num else key),
+                 elapsed_ms=elapsed_ms)
+
+
+def tcp_probe(target: Target, seq: int, timeout: float) -> Probe:
+    """One TCP handshake to ``target``, timed from ``connect()`` to writable."""
+    peer = target.display
+    try:
+        sock = socket.socket(target.family, socket.SOCK_STREAM)
+    except OSError as exc:        # EMFILE, ENOBUFS...: this side's limits, still a failed probe
+        return _failed(seq, peer, errors.exception_key(exc), exc.errno, None)
+    with sock:
+        sock.setblocking(False)
+        start = time.perf_counter_ns()
+        err = sock.connect_ex(target.sockaddr)
+        if err in (errno.EINPROGRESS, errno.EAGAIN, errno.EALREADY):
+            # poll() rather than select(): no FD_SETSIZE cap in a process with many descriptors.
+            poller = select.poll()
+            poller.register(sock, select.POLLOUT)
+            if not poller.poll(max(0.0, timeout) * 1000):
+                elapsed = (time.perf_counter_ns() - start) / 1e6
+                return _failed(seq, peer, "ETIMEDOUT", errno.ETIMEDOUT, elapsed,
+                               f"no answer within {timeout:g} s (the SYN got no SYN-ACK or RST)")
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        elapsed = (time.perf_counter_ns() - start) / 1e6
+        if err:
+            return _failed(seq, peer, errors.errno_name(err), err, elapsed)
+        return Probe(seq, True, elapsed, peer)
+
+
+# --------------------------------------------------------------------------- ICMP probe
+# A raw IPPROTO_ICMP(V6) socket, not scapy's sr1(): the kernel hands a raw ICMP
+# socket only ICMP, while sr1's packet-socket listener sees every packet on the
+# interface and, on a busy loopback, misses the replies.  Same privilege either way.
+_SOL_RAW = 255
+_ICMP_FILTER = 1            # linux/icmp.h: bitmask of ICMP types to *drop*
+_V4_WANTED = (0, 3, 4, 5, 11, 12)   # echo reply and the errors that quote our request
+_V6_ERRORS = (1, 2, 3, 4)
+
+
+def _checksum(data: bytes) -> int:
+    """RFC 1071 internet checksum."""
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total = (total >> 16) + (total & 0xFFFF)
+    total += total >> 16
+    return ~total & 0xFFFF
+
+
+def check_icmp() -> None:
+    """Raise ``IcmpUnavailable`` unless this process may open raw ICMP sockets."""
+    from socktools.doctor import net_raw_privilege
+    has, how = net_raw_privilege()
+    if not has:
+        raise IcmpUnavailable(
+            f"ICMP echo needs a raw socket, which needs root or CAP_NET_RAW ({how}): "
+            "run `sudo socktools ping --icmp ...`, or drop --icmp for a TCP ping, which needs no privilege")
+
+
+class IcmpPinger:
+    """One raw ICMP socket for a whole run; ``probe(seq)`` sends an echo and waits for its answer.
+
+    Answers are matched by identifier and sequence number, also inside ICMP
+    errors (which quote the start of the packet that caused them), so a late
+    reply to an earlier probe is never taken for the current one.
+    """
+
+    def __init__(self, target: Target, timeout: float, ident: Optional[int] = None) -> None:
+        self.target = target
+        self.timeout = timeout
+        self.ident = (os.getpid() if ident is None else ident) & 0xFFFF
+        self.v6 = target.family == socket.AF_INET6
+        try:
+            if self.v6:
+                self.sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+                self.sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVHOPLIMIT, 1)
+            else:
+                self.sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+                drop = ~sum(1 << t for t in _V4_WANTED) & 0xFFFFFFFF
+                try:
+                    self.sock.setsockopt(_SOL_RAW, _ICMP_FILTER, struct.pack("=I", drop))
+                except OSError:
+                    pass      # not Linux: filter in Python only
+        except PermissionError as exc:
+            raise IcmpUnavailable(f"cannot open a raw ICMP socket ({exc.strerror}): "
+                                  "run as root or with CAP_NET_RAW, or drop --icmp") from None
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> "IcmpPinger":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _request(self, seq: int) -> bytes:
+        payload = b"socktools ping " + seq.to_bytes(4, "big")
+        kind = 128 if self.v6 else 8
+        head = struct.pack("!BBHHH", kind, 0, 0, self.ident, seq & 0xFFFF)
+        if self.v6:
+            return head + payload   # the kernel fills in ICMPv6 checksums (RFC 3542)
+        csum = _checksum(head + payload)
+        return struct.pack("!BBHHH", kind, 0, csum, self.ident, seq & 0xFFFF) + payload
+
+    def _match(self, data: bytes, hoplimit: Optional[int], seq: int):
+        """``(type, code, ttl)`` when ``data`` answers probe ``seq``, else None."""
+        seq &= 0xFFFF
+        if self.v6:
+            icmp, ttl = data, hoplimit
+            reply, errors_, quoted_at, echo_req = 129, _V6_ERRORS, 8 + 40, 128
+            if len(icmp) >= 8 + 40 and icmp[0] in errors_ and icmp[8 + 6] != 58:
+                return None   # the quoted packet was not ICMPv6 (or has extension headers)
+        else:
+            if len(data) < 20:
+                return None
+            ihl = (data[0] & 0x0F) * 4
+            icmp, ttl = data[ihl:], data[8]
+            reply, errors_, echo_req = 0, (3, 4, 5, 11, 12), 8
+            quoted_at = None
+            if len(icmp) >= 8 + 20 and icmp[0] in errors_:
+                inner = icmp[8:]
+                if inner[9] != socket.IPPROTO_ICMP:
+                    return None
+                quoted_at = 8 + (inner[0] & 0x0F) * 4
+        if len(icmp) < 8:
+            return None
+        itype, code = icmp[0], icmp[1]
+        if itype == reply:
+            _id, _seq = struct.unpack_from("!HH", icmp, 4)
+            return (itype, code, ttl) if (_id, _seq) == (self.ident, seq) else None
+        if itype in errors_ and quoted_at is not None and len(icmp) >= quoted_at + 8:
+            qtype, _c, _sum, _id, _seq = struct.unpack_from("!BBHHH", icmp, quoted_at)
+            if (qtype, _id, _seq) == (echo_req, self.ident, seq):
+                return (itype, code, ttl)
+        return None
+
+    def probe(self, seq: int) -> Probe:
+        """Send echo request ``seq``; a reply, an ICMP error named in words, or a timeout."""
+        t = self.target
+        # Raw sockets take no port; keep IPv6 flowinfo/scope id.
+        dest = (t.sockaddr[0], 0) + tuple(t.sockaddr[2:4])
+        packet = self._request(seq)
+        poller = select.poll()
+        poller.register(self.sock, select.POLLIN)
+        start = time.perf_counter_ns()
+        try:
+            self.sock.sendto(packet, dest)
+        except OSError as exc:   # ENETUNREACH, EHOSTUNREACH, EPERM from a firewall...
+            return _failed(seq, t.display, errors.exception_key(exc), exc.errno, None)
+        deadline = start + int(self.timeout * 1e9)
+        while True:
+            remaining_ms = (deadline - time.perf_counter_ns()) / 1e6
+            if remaining_ms <= 0 or not poller.poll(remaining_ms):
+                return _failed(seq, t.display, "ETIMEDOUT", errno.ETIMEDOUT, self.timeout * 1000,
+                               f"no echo reply within {self.timeout:g} s")
+            data, ancdata, _flags, source = self.sock.recvmsg(65535, socket.CMSG_SPACE(4))
+            now = time.perf_counter_ns()
+            hoplimit = None
+            for level, kind, value in ancdata:
+                if level == socket.IPPROTO_IPV6 and kind == socket.IPV6_HOPLIMIT and len(value) >= 4:
+                    hoplimit = struct.unpack("=i", value[:4])[0]
+            found = self._match(data, hoplimit, seq)
+            if found is None:
+                continue          # someone else's ICMP, or a late answer to an earlier probe
+            itype, code, ttl = found
+            ms = (now - start) / 1e6
+            if itype == (129 if self.v6 else 0):
+                return Probe(seq, True, ms, source[0], ttl=ttl, icmp=(itype, code))
+            return Probe(seq, False, None, source[0], error=f"icmp-{itype}/{code}",
+                         detail=icmp_name(itype, code, v6=self.v6), ttl=ttl, icmp=(itype, code),
+                         elapsed_ms=ms)
+
+
+# --------------------------------------------------------------------------- the loop
+def probes(config: PingConfig, target: Target, *, sleep: Callable[[float], None] = time.sleep,
+           clock: Callable[[], float] = time.monotonic) -> Iterator[Probe]:
+    """Yield ``config.count`` probes (forever when 0), one every ``config.interval`` seconds.
+
+    The interval runs from the start of one probe to the start of the next,
+    as in ping, so a slow failure does not stretch the schedule.  Raises
+    ``IcmpUnavailable`` before the first ICMP probe when it cannot run.
+    """
+    if config.icmp:
+        check_icmp()
+        with IcmpPinger(target, config.timeout) as pinger:
+            yield from _paced(pinger.probe, config, sleep, clock)
+    else:
+        yield from _paced(lambda seq: tcp_probe(target, seq, config.timeout), config, sleep, clock)
+
+
+def _paced(attempt, config: PingConfig, sleep, clock) -> Iterator[Probe]:
+    seq = 0
+    next_at = clock()
+    while config.count == 0 or seq < config.count:
+        seq += 1
+        yield attempt(seq)
+        if config.count and seq >= config.count:
+            break
+        next_at += config.interval
+        delay = next_at - clock()
+        if delay > 0:
+            sleep(delay)
+        else:
+            next_at = clock()    # fell behind (a probe took longer than the interval): don't burst
