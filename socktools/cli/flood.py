@@ -1,0 +1,195 @@
+"""`socktools flood`: put many concurrent connections and requests on a TCP server."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from socktools.cli._common import BYTESIZE, DURATION, EXIT_FAILED, PORT, die, parse_address_range
+
+EPILOG = """\b
+Examples:
+  socktools flood --conns 500                      # starts its own echo server, 10 s
+  socktools flood --mode framed --conns 200 --rate 2000 --duration 5s
+  socktools flood --port 65432 --conns 1000 --workers 2 --json
+  socktools flood --mode connect --conns 50 --duration 3s   # connect/close churn
+  socktools flood --conns 60000 --source 127.0.0.2-127.0.0.9 --rate 1000
+
+\b
+With no --port, flood starts `socktools serve` (the matching mode) on a free
+loopback port, sized for --conns, and stops it afterwards.  Ctrl-C stops early
+and still prints the results.  Exit codes: 0 the run completed; 1 no
+connection could be established, or a worker failed.
+"""
+
+
+def _positive(value, name):
+    if value is not None and value <= 0:
+        raise click.BadParameter("must be greater than 0", param_hint=name)
+
+
+@click.command(epilog=EPILOG)
+@click.option("--host", default="127.0.0.1", show_default=True, metavar="HOST",
+              help="Server address (::1 for IPv6).  Without --port: where the embedded server binds.")
+@click.option("--port", "-p", type=PORT, default=None, metavar="PORT",
+              help="Server port.  Omit it to let flood start its own server.")
+@click.option("--conns", "-c", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Concurrent connections (connect mode: concurrent connect/close slots).")
+@click.option("--workers", "-w", type=click.IntRange(min=1), default=None,
+              help="Worker processes.  [default: one per CPU, half of them with the embedded "
+                   "server, more if the fd limit needs it]")
+@click.option("--mode", "-m", type=click.Choice(["echo", "framed", "connect"]), default="echo",
+              show_default=True,
+              help="echo: payloads that must come back whole; framed: SPEC §1 requests with "
+                   "keep-alive, answers checked; connect: connect, one echo, close, again.")
+@click.option("--size", "-s", type=BYTESIZE, default=64, show_default=True,
+              help="echo/connect: payload bytes per request.")
+@click.option("--action", default="search", show_default=True, help="framed: request action.")
+@click.option("--value", default="morpheus", show_default=True, help="framed: request value.")
+@click.option("--duration", "-d", type=DURATION, default=None, metavar="DURATION",
+              help="Length of the traffic phase.  [default: 10s; with --requests: at most 10m]")
+@click.option("--requests", "-n", type=click.IntRange(min=0), default=None,
+              help="Stop after this many requests in all (connect mode: connections).")
+@click.option("--rate", "-r", type=float, default=None, metavar="REQ/S",
+              help="Open loop: send this many requests/s in total on a fixed schedule; latency "
+                   "counts from the scheduled time.  [default: closed loop, as fast as answered]")
+@click.option("--connect-rate", type=float, default=None, metavar="CONN/S",
+              help="Open at most this many connections/s in total.  [default: as fast as they confirm]")
+@click.option("--connect-timeout", type=DURATION, default="5s", show_default=True, metavar="DURATION",
+              help="From connect() to the first reply; later ones count as failed (timeout).")
+@click.option("--source", "source", default=None, metavar="ADDR-RANGE",
+              help="Local addresses to spread connections over, e.g. 127.0.0.2-127.0.0.9 (each "
+                   "has its own ~28k ephemeral ports).  [default: chosen when needed]")
+@click.option("--server-workers", type=click.IntRange(min=1), default=None,
+              help="Embedded server processes.  [default: enough for --conns]")
+@click.option("--interval", "-i", type=DURATION, default=None, metavar="DURATION",
+              help="Print one JSON line (NDJSON) of progress every interval on stdout.")
+@click.option("--json", "as_json", is_flag=True, help="Print the final result as one JSON document.")
+def command(host, port, conns, workers, mode, size, action, value, duration, requests, rate,
+            connect_rate, connect_timeout, source, server_workers, interval, as_json):
+    """Load a TCP server with many concurrent connections and report what happened.
+
+    Opens --conns connections over --workers processes (each confirmed by a
+    first round trip), sends echo payloads or framed requests for --duration
+    or --requests, then reports latency percentiles (HdrHistogram, merged
+    across workers), requests/s, bytes/s, and every failure by phase and
+    errno with what it means and what to do.
+    """
+    from socktools.flood.config import FloodConfig
+
+    _positive(rate, "--rate")
+    _positive(connect_rate, "--connect-rate")
+    _positive(duration, "--duration")
+    _positive(interval, "--interval")
+    if rate is not None and mode == "connect":
+        raise click.BadParameter("connect mode paces connections: use --connect-rate", param_hint="--rate")
+    if duration is not None and duration > 86_400:
+        raise click.BadParameter("at most 24h", param_hint="--duration")
+    if duration is None:
+        duration = 600.0 if requests is not None else 10.0
+    sources: tuple = ()
+    if source is not None:
+        try:
+            sources = tuple(parse_address_range(source))
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--source")
+    embedded = port is None
+    if server_workers is not None and not embedded:
+        raise click.BadParameter("only for flood's own server (given no --port)", param_hint="--server-workers")
+    address, family = _resolve(host, 0 if embedded else port)
+    if sources:
+        import socket
+        want = socket.AF_INET6 if family == socket.AF_INET6 else socket.AF_INET
+        if any((":" in s) != (want == socket.AF_INET6) for s in sources):
+            raise click.BadParameter(f"addresses must be of the same family as {host}", param_hint="--source")
+    tick = interval if interval else (0.5 if _live_wanted(as_json) else None)
+    try:
+        config = FloodConfig(mode=mode, conns=conns, workers=workers or 0, host=host,
+                             port=port or 0, address=None if embedded else address, family=family,
+                             size=size, action=action, value=value, duration=duration,
+                             requests=requests, rate=rate, connect_rate=connect_rate,
+                             connect_timeout=connect_timeout, sources=sources, interval=tick,
+                             embedded=embedded, server_workers=server_workers or 0)
+    except ValueError as exc:
+        raise click.UsageError(str(exc))
+    _run(config, workers_given=workers is not None, sources_given=source is not None,
+         as_json=as_json, ndjson=interval is not None)
+
+
+def _resolve(host: str, port: int):
+    from socktools.addresses import resolve
+    try:
+        family, sockaddr = resolve(host, port)
+    except OSError as exc:
+        die(f"cannot resolve {host!r}: {exc}")
+    return sockaddr, family
+
+
+def _live_wanted(as_json: bool) -> bool:
+    try:
+        return not as_json and sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+class _Console:
+    """Where the run's events go: notes on stderr, the live line, NDJSON on stdout."""
+
+    def __init__(self, conns: int, ndjson: bool, live: bool) -> None:
+        self.conns = conns
+        self.ndjson = ndjson
+        self.live = live
+        self.drawn = False
+
+    def __call__(self, event: dict) -> None:
+        kind = event["event"]
+        if kind == "plan":
+            plan = event["plan"]
+            for note in plan.notes:
+                self._err(f"flood: {note}")
+            for problem in plan.problems:
+                self._err(f"flood: will not fit: {problem}")
+        elif kind == "server":
+            self._err(f"flood: started `{event['command']}` (pid {event['pid']})")
+        elif kind == "interval":
+            if self.ndjson:
+                self.clear()
+                click.echo(json.dumps(event, ensure_ascii=False))
+            if self.live:
+                from socktools.flood.report import render_live
+                click.echo("\r" + render_live(event, self.conns) + "\x1b[K", nl=False, err=True)
+                self.drawn = True
+
+    def _err(self, text: str) -> None:
+        self.clear()
+        click.echo(text, err=True)
+
+    def clear(self) -> None:
+        if self.drawn:
+            click.echo("\r\x1b[K", nl=False, err=True)
+            self.drawn = False
+
+
+def _run(config, *, workers_given: bool, sources_given: bool, as_json: bool, ndjson: bool) -> None:
+    from socktools.flood.report import render_table, to_json
+    from socktools.flood.runner import FloodError, run_flood
+
+    console = _Console(config.conns, ndjson, _live_wanted(as_json))
+    try:
+        result = run_flood(config, workers_given=workers_given, sources_given=sources_given,
+                           on_event=console)
+    except FloodError as exc:
+        console.clear()
+        die(str(exc))
+    except KeyboardInterrupt:
+        console.clear()
+        die("interrupted before the run started", 130)
+    console.clear()
+    if as_json:
+        click.echo(json.dumps(to_json(result), ensure_ascii=False))
+    else:
+        click.echo(render_table(result))
+    if result.totals.counters["established"] == 0 or result.crashed:
+        sys.exit(EXIT_FAILED)

@@ -1,0 +1,128 @@
+"""The frozen, picklable description of one flood run, and how it splits over workers."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from typing import Optional
+
+__all__ = ["FloodConfig", "MODES", "split"]
+
+MODES = ("echo", "framed", "connect")
+
+
+def split(total: int, parts: int, index: int) -> int:
+    """Share of ``total`` for part ``index`` of ``parts``: the first ``total % parts`` get one more."""
+    base, extra = divmod(total, parts)
+    return base + (1 if index < extra else 0)
+
+
+@dataclass(frozen=True)
+class FloodConfig:
+    """Everything a flood worker needs.  Frozen and picklable: each worker gets a copy.
+
+    ``address`` is the resolved socket address (as ``getaddrinfo`` returns it)
+    and ``family`` its address family; ``host``/``port`` are what the user
+    typed.  ``address=None`` means "start an embedded server" (the runner then
+    fills in a copy with the real address before spawning workers).
+
+    Connection ``i`` (0-based, over the whole run) belongs to worker
+    ``i % workers`` and binds to ``sources[i % len(sources)]`` when sources
+    are given.
+    """
+
+    mode: str = "echo"
+    conns: int = 100
+    workers: int = 1                        # 0 = let the runner choose
+    host: str = "127.0.0.1"
+    port: int = 0
+    address: Optional[tuple] = None
+    family: int = socket.AF_INET
+    size: int = 64                          # echo/connect payload bytes
+    action: str = "search"                  # framed request
+    value: str = "morpheus"
+    duration: Optional[float] = 10.0        # traffic phase; None = until --requests are done
+    requests: Optional[int] = None          # traffic-phase requests in total
+    rate: Optional[float] = None            # requests/s in total (open loop); None = closed loop
+    connect_rate: Optional[float] = None    # connections/s in total; None = as fast as possible
+    connect_timeout: float = 5.0            # connect() to first reply
+    drain_timeout: float = 2.0              # after the traffic phase, wait this long for answers
+    sources: tuple = ()                     # local addresses to bind, spread round-robin
+    interval: Optional[float] = None        # seconds between worker snapshots (None: final only)
+    embedded: bool = False                  # the target is flood's own server
+    server_workers: int = 0                 # embedded server: processes (0 = choose)
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
+        if self.conns < 1:
+            raise ValueError("conns must be >= 1")
+        if self.workers < 0:
+            raise ValueError("workers must be >= 1 (or 0: choose)")
+        if self.size < 1:
+            raise ValueError("size must be >= 1 byte")
+        if self.duration is None and self.requests is None:
+            raise ValueError("give a duration or a number of requests (or both)")
+        if self.duration is not None and self.duration <= 0:
+            raise ValueError("duration must be > 0")
+        if self.requests is not None and self.requests < 0:
+            raise ValueError("requests must be >= 0")
+        if self.rate is not None and self.rate <= 0:
+            raise ValueError("rate must be > 0")
+        if self.rate is not None and self.mode == "connect":
+            raise ValueError("--rate paces requests; in connect mode use --connect-rate")
+        if self.connect_rate is not None and self.connect_rate <= 0:
+            raise ValueError("connect rate must be > 0")
+        if self.connect_timeout <= 0:
+            raise ValueError("connect timeout must be > 0")
+
+    # ------------------------------------------------------------- per-worker shares
+    def conns_of(self, worker: int) -> int:
+        """Connections (slots, in connect mode) of ``worker``."""
+        return len(range(worker, self.conns, self.workers))
+
+    def requests_of(self, worker: int) -> Optional[int]:
+        """Traffic-phase requests of ``worker`` (proportional to its connections)."""
+        if self.requests is None:
+            return None
+        return _proportional(self.requests, self, worker)
+
+    def rate_of(self, worker: int) -> Optional[float]:
+        return None if self.rate is None else self.rate * self.conns_of(worker) / self.conns
+
+    def connect_rate_of(self, worker: int) -> Optional[float]:
+        if self.connect_rate is None:
+            return None
+        return self.connect_rate * self.conns_of(worker) / self.conns
+
+    def source_of(self, index: int) -> Optional[str]:
+        """Local address for connection ``index`` (global numbering), or None."""
+        return self.sources[index % len(self.sources)] if self.sources else None
+
+    @property
+    def active_workers(self) -> int:
+        """Workers that get at least one connection."""
+        return min(self.workers, self.conns)
+
+    @property
+    def request_bytes(self) -> bytes:
+        """The bytes of one request (every request of a run is the same)."""
+        if self.mode == "framed":
+            from socktools import protocol
+            return protocol.make_request(self.action, self.value, keep_alive=True)
+        return b"x" * self.size
+
+    @property
+    def target(self) -> str:
+        from socktools.addresses import format_addr
+        return format_addr(self.address) if self.address else f"{self.host}:{self.port}"
+
+
+def _proportional(total: int, config: FloodConfig, worker: int) -> int:
+    """``total`` split over workers in proportion to their connections, exactly."""
+    n = config.conns
+    # Largest-remainder rounding over the cumulative shares: sums to ``total``.
+    before = sum(config.conns_of(w) for w in range(worker))
+    lo = total * before // n
+    hi = total * (before + config.conns_of(worker)) // n
+    return hi - lo

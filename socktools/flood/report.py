@@ -1,0 +1,251 @@
+"""Views of a flood result: the human table, the live progress line, the JSON document.
+
+Pure functions of data (no printing, no clock): the CLI decides where they go.
+Meanings and fixes of errors come from :mod:`socktools.errors`, never from here.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from socktools import errors
+from socktools.flood import stats as st
+from socktools.flood.runner import FloodResult, traffic_seconds
+
+__all__ = ["to_json", "render_table", "render_live", "format_us", "server_check"]
+
+_LATENCY_ROWS = (("latency", "round trip"), ("latency_uncorrected", "  uncorrected"),
+                 ("connect", "connect"), ("first_reply", "first reply"), ("send_lag", "send lag"))
+
+
+def format_us(us: Optional[float]) -> str:
+    """``12.3µs`` / ``4.56ms`` / ``1.23s`` -- three significant figures, like the histogram."""
+    if us is None:
+        return "-"
+    if us < 1000:
+        return f"{us:.3g}µs" if us >= 1 else f"{us * 1000:.3g}ns"
+    if us < 1_000_000:
+        return f"{us / 1000:.3g}ms"
+    return f"{us / 1_000_000:.3g}s"
+
+
+def _rate(n: float, secs: float) -> float:
+    return n / secs if secs > 0 else 0.0
+
+
+def _phase_seconds(totals: st.Totals, mode: str) -> dict:
+    """Phase lengths in seconds, in the order they ran (connect mode's traffic is "churn")."""
+    out = {}
+    for name, (a, b) in sorted(totals.phases.items(), key=lambda kv: kv[1][0]):
+        out["churn" if name == "traffic" and mode == "connect" else name] = round((b - a) / 1e9, 3)
+    return out
+
+
+def _traffic_bytes(result: FloodResult) -> tuple:
+    """Bytes (out, in) of the traffic phase: the connect phase's first round trips excluded
+    (connect mode: everything, the churn *is* the traffic)."""
+    c = result.totals.counters
+    if result.config.mode == "connect":
+        return c["bytes_out"], c["bytes_in"]
+    return c["bytes_out"] - c["connect_bytes_out"], c["bytes_in"] - c["connect_bytes_in"]
+
+
+def _connect_rate(result: FloodResult) -> float:
+    t = result.totals
+    c = t.counters
+    if result.config.mode == "connect":
+        return _rate(c["cycles"], traffic_seconds(t))
+    span = t.phases.get("connect")
+    return _rate(c["established"], (span[1] - span[0]) / 1e9) if span else 0.0
+
+
+def server_check(result: FloodResult) -> Optional[dict]:
+    """Compare flood's count with the embedded server's, in the same run.
+
+    Echo (and connect) mode compares bytes (flood sent = server received);
+    framed mode compares requests (flood sent = server answered).
+    """
+    server = result.server or {}
+    summary = server.get("summary")
+    if not summary:
+        return None
+    c = result.totals.counters
+    if result.config.mode == "framed":
+        ours, theirs, what = c["requests"], summary.get("requests"), "requests"
+    else:
+        ours, theirs, what = c["bytes_out"], summary.get("bytes_in"), "bytes"
+    if theirs is None:
+        return None
+    return {"measure": what, "flood": ours, "server": theirs, "equal": ours == theirs}
+
+
+def _errors_list(totals: st.Totals) -> list:
+    out = []
+    for phase, inner in totals.errors.items():
+        for key, count in inner.items():
+            exp = errors.lookup(key)
+            out.append({"phase": phase, "error": key, "count": count,
+                        "meaning": exp.meaning if exp else None, "fix": exp.fix if exp else None})
+    out.sort(key=lambda e: -e["count"])
+    return out
+
+
+def to_json(result: FloodResult) -> dict:
+    """The full result as a JSON-ready dict (latencies in microseconds)."""
+    cfg = result.config
+    t = result.totals
+    c = t.counters
+    secs = traffic_seconds(t)
+    tb_out, tb_in = _traffic_bytes(result)
+    hists = {}
+    for name, _ in _LATENCY_ROWS:
+        summary = st.summarize(t.histograms.get(name))
+        if summary is not None:
+            summary["hdr"] = st.encode(t.histograms[name])
+        hists[f"{name}_us"] = summary
+    return {
+        "event": "result",
+        "mode": cfg.mode,
+        "target": cfg.target,
+        "server": result.server,
+        "config": {"conns": cfg.conns, "workers": cfg.active_workers, "size": cfg.size,
+                   "request": f"{cfg.action} {cfg.value}" if cfg.mode == "framed" else None,
+                   "duration": cfg.duration, "requests": cfg.requests, "rate": cfg.rate,
+                   "connect_rate": cfg.connect_rate, "connect_timeout": cfg.connect_timeout,
+                   "sources": list(cfg.sources)},
+        "limits": result.plan.to_dict(),
+        "stopped_early": result.stopped_early,
+        "elapsed": round(result.elapsed, 3),
+        "phases": _phase_seconds(t, cfg.mode),
+        "connections": {"requested": cfg.conns, "attempted": c["attempted"], "connected": c["connected"],
+                        "established": c["established"], "failed": c["failed"],
+                        "cancelled": c["cancelled"], "lost": c["lost"], "open_at_end": c["open_at_end"],
+                        "cycles": c["cycles"] if cfg.mode == "connect" else None,
+                        "per_second": round(_connect_rate(result), 1)},
+        "requests": {"sent": c["requests"], "answered": c["responses"], "unanswered": c["unanswered"],
+                     "traffic_sent": c["traffic_requests"], "traffic_answered": c["traffic_responses"],
+                     "per_second": round(_rate(c["traffic_responses"], secs), 1),
+                     "requested_rate": cfg.rate,
+                     "scheduled": c["scheduled"] if cfg.rate else None},
+        "bytes": {"sent": c["bytes_out"], "received": c["bytes_in"],
+                  "traffic_sent": tb_out, "traffic_received": tb_in,
+                  "sent_per_second": round(_rate(tb_out, secs)),
+                  "received_per_second": round(_rate(tb_in, secs))},
+        **hists,
+        "errors": _errors_list(t),
+        "errors_total": st.tally_total(t.errors),
+        "protocol_errors": dict(t.protocol_errors),
+        "server_check": server_check(result),
+        "warnings": list(result.warnings),
+        "notes": list(result.plan.notes),
+        "crashed": list(result.crashed),
+        "workers": [{"worker": s.worker, "conns": s.conns, "established": s.established,
+                     "requests": s.requests, "cpu_share": round(s.traffic_cpu / s.traffic_wall, 3)
+                     if s.traffic_wall else None,
+                     "rss_start": s.rss_start, "rss_connected": s.rss_connected,
+                     "fd_limit": s.fd_limit} for s in t.workers],
+    }
+
+
+def _n(x: float) -> str:
+    return f"{x:,.0f}"
+
+
+def _mb(x: float) -> str:
+    return f"{x / 1e6:,.2f} MB/s" if x >= 1e4 else f"{x / 1e3:,.2f} kB/s"
+
+
+def render_table(result: FloodResult) -> str:
+    """The human-readable report (several lines, no trailing newline)."""
+    cfg = result.config
+    t = result.totals
+    c = t.counters
+    secs = traffic_seconds(t)
+    lines = []
+    what = {"echo": f"echo, {cfg.size:,}-byte payloads", "connect": f"connect churn, {cfg.size:,}-byte check",
+            "framed": f"framed, `{cfg.action} {cfg.value}` with keep-alive"}[cfg.mode]
+    lines.append(f"flood {cfg.target}: {what}; {cfg.conns:,} connection(s) over "
+                 f"{cfg.active_workers} worker(s)" + (", open loop at "
+                 f"{cfg.rate:,g} req/s" if cfg.rate else ", closed loop" if cfg.mode != "connect" else ""))
+    if result.server:
+        lines.append(f"server  {result.server['command']}  (started by flood)")
+    if result.stopped_early:
+        lines.append("stopped early (Ctrl-C): figures cover the run so far")
+    phases = _phase_seconds(t, cfg.mode)
+    lines.append("phases  " + " · ".join(f"{name} {secs_:.2f}s" for name, secs_ in phases.items()))
+    lines.append("")
+    conn_line = (f"connections  {_n(c['established'])} of {_n(cfg.conns)} established"
+                 if cfg.mode != "connect" else f"connections  {_n(c['cycles'])} connect+reply+close cycles")
+    conn_line += f" · {_n(c['failed'])} failed"
+    if c["lost"]:
+        conn_line += f" · {_n(c['lost'])} lost later"
+    if c["cancelled"]:
+        conn_line += f" · {_n(c['cancelled'])} cancelled"
+    conn_line += f" · {_n(_connect_rate(result))}/s"
+    lines.append(conn_line)
+    measured = secs >= 0.05  # rates of a phase that hardly ran would be noise
+    if cfg.mode != "connect" and c["established"]:
+        req = f"requests     {_n(c['traffic_requests'])} sent · {_n(c['traffic_responses'])} answered"
+        if measured:
+            req += f" · {_n(_rate(c['traffic_responses'], secs))}/s"
+        if cfg.rate:
+            req += f" (asked {cfg.rate:,g}/s)"
+        if c["unanswered"]:
+            req += f" · {_n(c['unanswered'])} unanswered at the end"
+        lines.append(req)
+        lines.append(f"             (not counting the {_n(c['confirm_requests'])} first round trips that "
+                     f"confirmed the connections)")
+    tb_out, tb_in = _traffic_bytes(result)
+    if measured and (tb_out or tb_in):
+        lines.append(f"throughput   {_mb(_rate(tb_out, secs))} out · {_mb(_rate(tb_in, secs))} in"
+                     f"  ({_n(tb_out)} / {_n(tb_in)} bytes)")
+    lines.append("")
+    header = f"{'':14}{'p50':>9}{'p90':>9}{'p99':>9}{'p99.9':>9}{'max':>9}{'mean':>9}{'count':>12}"
+    rows = []
+    for name, label in _LATENCY_ROWS:
+        summary = st.summarize(t.histograms.get(name))
+        if summary is None:
+            continue
+        if name == "latency" and cfg.rate:
+            label = "round trip*"
+        rows.append(f"{label:14}" + "".join(f"{format_us(summary[k]):>9}" for k in
+                                            ("p50", "p90", "p99", "p99.9", "max", "mean"))
+                    + f"{summary['count']:>12,}")
+    if rows:
+        lines.append(header)
+        lines.extend(rows)
+        if cfg.rate:
+            lines.append("* from each request's scheduled send time (coordinated omission corrected)")
+        lines.append("")
+    errs = _errors_list(t)
+    if errs:
+        lines.append(f"failures     {st.tally_total(t.errors):,} in all, by phase and error:")
+        for e in errs:
+            lines.append(f"  {e['phase']:8} {e['error']:15} {e['count']:>8,}  {e['meaning'] or ''}")
+            if e["fix"]:
+                lines.append(f"  {'':8} {'':15} {'':>8}  fix: {e['fix']}")
+        if t.protocol_errors:
+            kinds = ", ".join(f"{k} {v:,}" for k, v in sorted(t.protocol_errors.items()))
+            lines.append(f"  protocol errors by kind: {kinds}")
+    else:
+        lines.append("failures     none")
+    check = server_check(result)
+    if check:
+        verdict = "equal" if check["equal"] else "DIFFERENT"
+        did = "answered" if check["measure"] == "requests" else "received"
+        lines.append(f"server check flood sent {check['flood']:,} {check['measure']} in all, the server "
+                     f"{did} {check['server']:,}: {verdict}")
+    for line in result.crashed:
+        lines.append(f"worker trouble: {line}")
+    for note in result.plan.notes:
+        lines.append(f"note: {note}")
+    for warning in result.warnings:
+        lines.append(f"warning: {warning}")
+    return "\n".join(lines)
+
+
+def render_live(record: dict, conns: int) -> str:
+    """One status line from an interval record (for a terminal, redrawn in place)."""
+    p99 = format_us(record.get("p99_so_far"))
+    return (f"[{record['t']:6.1f}s {record['phase']:7}] conns {record['open']:,}/{conns:,}"
+            f" · {record['rps']:,.0f} req/s · p99 so far {p99} · errors {record['errors']:,}")

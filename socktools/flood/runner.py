@@ -1,0 +1,376 @@
+"""Run a flood: plan against the limits, start the embedded server if needed, spawn the
+workers, coordinate their phases, collect their statistics, merge them exactly.
+
+Workers are processes running :func:`~socktools.flood.worker.run_worker`; each
+talks to the runner over one duplex pipe.  The runner:
+
+* waits until every worker reports "ready" (its connections are up), then
+  sends "go" to all, so traffic starts at the same moment everywhere;
+* aggregates the workers' ticks (cumulative counters, histogram deltas) into
+  one interval record per tick number, for ``--interval`` and the live line;
+* on the first Ctrl-C sends "stop" (workers drain, close and still report);
+  on a second one it terminates them and reports what it has;
+* notices a worker that died without reporting and says so.
+
+Workers ignore SIGINT: the terminal's Ctrl-C reaches the whole process group,
+and only the runner decides what it means (no traceback from any worker).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Optional
+
+from socktools.flood import limits
+from socktools.flood import stats as st
+from socktools.flood.config import FloodConfig
+from socktools.flood.worker import run_worker
+
+__all__ = ["FloodResult", "run_flood", "FloodError"]
+
+#: How long a worker may take to report after "stop" before it is terminated.
+STOP_GRACE = 10.0
+
+
+class FloodError(RuntimeError):
+    """The run could not start (e.g. the embedded server failed)."""
+
+
+@dataclass
+class FloodResult:
+    """Everything a report needs: the config as run, the plan, merged totals, the server's view."""
+
+    config: FloodConfig
+    plan: limits.Plan
+    totals: st.Totals
+    server: Optional[dict] = None          # embedded: {"command", "workers", "summary"}
+    stopped_early: bool = False
+    crashed: list = field(default_factory=list)    # "worker 2: ..." lines
+    warnings: list = field(default_factory=list)
+    started: float = 0.0                   # wall clock (time.time()) at start
+    elapsed: float = 0.0
+
+
+def _tighten_timer_slack() -> None:
+    """Ask Linux to wake us within 1 us of a timeout, not the default 50 us: the pacer of
+    --rate counts latency from scheduled times, so its lateness is measurement error."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+        PR_SET_TIMERSLACK = 29
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_TIMERSLACK, 1000, 0, 0, 0)
+    except (OSError, AttributeError):  # pragma: no cover - exotic libc
+        pass
+
+
+def _worker_main(config: FloodConfig, index: int, channel: Any, epoch_ns: int) -> None:
+    """Process body: ignore Ctrl-C (the runner handles it), run, send the result."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if config.rate is not None:
+        _tighten_timer_slack()
+    try:
+        result = run_worker(config, index, channel, epoch_ns=epoch_ns)
+    except BaseException as exc:  # report it in one line; the runner says which worker
+        last = traceback.extract_tb(exc.__traceback__)[-1:]
+        where = f" at {os.path.basename(last[0].filename)}:{last[0].lineno}" if last else ""
+        try:
+            channel.send(("crash", f"{type(exc).__name__}: {exc}{where}"))
+        except (OSError, ValueError):
+            pass
+        os._exit(70)
+    try:
+        channel.send(("final", result))
+    except (OSError, ValueError):
+        pass
+
+
+def _server_mode(mode: str) -> str:
+    return "framed" if mode == "framed" else "echo"
+
+
+def run_flood(config: FloodConfig, *, workers_given: bool = True, sources_given: bool = True,
+              on_event: Optional[Callable[[dict], None]] = None) -> FloodResult:
+    """Run ``config`` to the end and return a :class:`FloodResult`.
+
+    ``on_event`` gets dicts as the run goes: ``{"event": "plan", "plan": Plan}``
+    before anything is opened, ``{"event": "server", ...}`` once an embedded
+    server listens, ``{"event": "go"}`` when traffic starts, and
+    ``{"event": "interval", ...}`` per tick (when ``config.interval`` is set).
+    Raises :class:`FloodError` when the run cannot start.
+    """
+    emit = on_event or (lambda event: None)
+    plan = limits.plan(config, workers_given=workers_given, sources_given=sources_given)
+    cfg = plan.config
+    emit({"event": "plan", "plan": plan})
+    started = time.time()
+    t0 = time.monotonic()
+    server = None
+    server_info = None
+    if cfg.embedded:
+        from socktools.embedded import EmbeddedServer, EmbeddedServerError
+        host = cfg.host if cfg.host else "127.0.0.1"
+        server = EmbeddedServer(_server_mode(cfg.mode), host=host, workers=cfg.server_workers)
+        try:
+            server.start()
+        except EmbeddedServerError as exc:
+            raise FloodError(str(exc)) from None
+        cfg = replace(cfg, address=server.address, family=server.family)
+        server_info = {"command": server.display_command, "workers": cfg.server_workers,
+                       "pid": server.proc.pid if server.proc else None}
+        emit({"event": "server", **server_info})
+    try:
+        run = _Run(cfg, emit)
+        run.execute()
+    finally:
+        if server is not None:
+            summary = server.stop()
+            server_info["summary"] = summary
+    totals = st.merge(run.finals.values())
+    result = FloodResult(config=cfg, plan=plan, totals=totals, server=server_info,
+                         stopped_early=run.interrupted or totals.stopped_early,
+                         crashed=run.crashed, started=started, elapsed=time.monotonic() - t0)
+    result.warnings = generator_warnings(result)
+    return result
+
+
+class _Run:
+    """The supervising loop of one run (parent side)."""
+
+    def __init__(self, config: FloodConfig, emit: Callable[[dict], None]) -> None:
+        self.config = config
+        self.emit = emit
+        self.procs: dict = {}       # index -> Process
+        self.pipes: dict = {}       # index -> parent end
+        self.finals: dict = {}      # index -> WorkerStats
+        self.crashed: list = []
+        self.ready: set = set()
+        self.went = False
+        self.interrupts = 0
+        self.interrupted = False
+        self.stop_sent_at: Optional[float] = None
+        self.inbox: dict = {}       # worker -> [Tick] not yet emitted, in order
+        self.last_tick: dict = {}   # worker -> the latest Tick emitted
+        self.emitted_seq = 0
+        self.prev: Optional[dict] = None
+        self.latency_so_far = None
+        self.epoch_ns = time.perf_counter_ns()
+        self._dead: set = set()
+
+    # ------------------------------------------------------------ lifecycle
+    def execute(self) -> None:
+        ctx = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+        n = self.config.active_workers
+        old = None
+        if threading.current_thread() is threading.main_thread():
+            old = signal.signal(signal.SIGINT, self._on_sigint)
+        try:
+            for i in range(n):
+                parent, child = ctx.Pipe(duplex=True)
+                proc = ctx.Process(target=_worker_main, args=(self.config, i, child, self.epoch_ns),
+                                   name=f"socktools-flood-{i}", daemon=True)
+                proc.start()
+                child.close()
+                self.procs[i] = proc
+                self.pipes[i] = parent
+            self._supervise()
+        finally:
+            if old is not None:
+                signal.signal(signal.SIGINT, old)
+            for proc in self.procs.values():
+                if proc.is_alive():
+                    proc.terminate()
+                proc.join(timeout=2)
+            for pipe in self.pipes.values():
+                pipe.close()
+
+    def _on_sigint(self, signum, frame) -> None:
+        self.interrupts += 1
+        self.interrupted = True
+
+    def _running(self) -> list:
+        return [i for i in self.procs if i not in self.finals and i not in self._dead]
+
+    def _supervise(self) -> None:
+        handled_interrupts = 0
+        while self._running():
+            if self.interrupts != handled_interrupts:
+                handled_interrupts = self.interrupts
+                if handled_interrupts == 1:
+                    self._broadcast(("stop", None))
+                    self.stop_sent_at = time.monotonic()
+                else:
+                    self._terminate("stopped by a second Ctrl-C before reporting")
+                    break
+            if self.stop_sent_at and time.monotonic() - self.stop_sent_at > STOP_GRACE:
+                self._terminate(f"did not report within {STOP_GRACE:g}s of being stopped")
+                break
+            waitables = [self.pipes[i] for i in self._running()]
+            waitables += [self.procs[i].sentinel for i in self._running()]
+            for obj in multiprocessing.connection.wait(waitables, timeout=0.1):
+                if isinstance(obj, int):
+                    continue  # a sentinel: handled below, after the pipe is drained
+                self._drain_pipe(obj)
+            for i in self._running():
+                if not self.procs[i].is_alive():
+                    self._drain_pipe(self.pipes[i])
+                    if i not in self.finals and i not in self._dead:
+                        self._dead.add(i)
+                        code = self.procs[i].exitcode
+                        self.crashed.append(f"worker {i} exited (code {code}) without reporting")
+            if not self.went and self.ready >= set(self._running()) and self.ready:
+                self.went = True
+                self._broadcast(("go", None))
+                self.emit({"event": "go"})
+
+    def _terminate(self, why: str) -> None:
+        for i in self._running():
+            self.procs[i].terminate()
+            self.crashed.append(f"worker {i} {why}")
+            self._dead.add(i)
+
+    def _broadcast(self, msg: tuple) -> None:
+        for i in self._running():
+            try:
+                self.pipes[i].send(msg)
+            except (OSError, ValueError):
+                pass
+
+    def _index_of(self, pipe: Any) -> int:
+        for i, p in self.pipes.items():
+            if p is pipe:
+                return i
+        raise KeyError(pipe)
+
+    def _drain_pipe(self, pipe: Any) -> None:
+        i = self._index_of(pipe)
+        try:
+            while pipe.poll():
+                kind, payload = pipe.recv()
+                if kind == "final":
+                    self.finals[i] = payload
+                    self._maybe_emit()
+                elif kind == "ready":
+                    self.ready.add(i)
+                elif kind == "tick":
+                    self._on_tick(payload)
+                elif kind == "crash":
+                    self.crashed.append(f"worker {i} crashed: {payload}")
+                    self._dead.add(i)
+        except (EOFError, OSError):
+            pass
+
+    # ------------------------------------------------------------ interval records
+    def _on_tick(self, tick: st.Tick) -> None:
+        self.inbox.setdefault(tick.worker, []).append(tick)
+        self._maybe_emit()
+
+    def _maybe_emit(self) -> None:
+        """Emit interval k once every running worker has reported tick k or later.
+
+        A worker kept busy past its tick skips the ticks it missed; its next one
+        carries everything since, and counts for the intervals it spans.
+        """
+        while True:
+            seq = self.emitted_seq + 1
+            running = self._running()
+            if not running or any(not self.inbox.get(w) or self.inbox[w][-1].seq < seq for w in running):
+                return
+            self.emitted_seq = seq
+            due = []
+            for w, box in self.inbox.items():
+                while box and box[0].seq <= seq:
+                    t = box.pop(0)
+                    self.last_tick[w] = t
+                    due.append(t)
+            self._emit_interval(seq, due)
+
+    def _emit_interval(self, seq: int, ticks: list) -> None:
+        interval = self.config.interval
+        latest = []
+        for w in self.procs:
+            t = self.last_tick.get(w)
+            if t is not None and w in self.finals:  # finished: its connections are closed
+                t = replace(t, phase="done", open=0)
+            if t is not None:
+                latest.append(t)
+        cum = {name: sum(getattr(t, name) for t in latest)
+               for name in ("established", "open", "failed", "requests", "responses",
+                            "traffic_responses", "bytes_out", "bytes_in", "errors")}
+        prev = self.prev or dict.fromkeys(cum, 0)
+        delta_hist = None
+        for t in ticks:
+            delta_hist = st.add_into(delta_hist, st.decode(t.latency))
+        self.latency_so_far = st.add_into(self.latency_so_far, delta_hist)
+        phases = {t.phase for t in latest}
+        phase = next((p for p in ("connect", "ready", "traffic", "drain", "close") if p in phases), "done")
+        record = {"event": "interval", "t": round(seq * interval, 3), "phase": phase,
+                  "established": cum["established"], "open": cum["open"], "failed": cum["failed"],
+                  "errors": cum["errors"],
+                  "requests": cum["requests"] - prev["requests"],
+                  "responses": cum["responses"] - prev["responses"],
+                  "rps": round((cum["traffic_responses"] - prev["traffic_responses"]) / interval, 1),
+                  "bytes_out": cum["bytes_out"] - prev["bytes_out"],
+                  "bytes_in": cum["bytes_in"] - prev["bytes_in"],
+                  "latency": st.summarize(delta_hist),
+                  "p99_so_far": (st.summarize(self.latency_so_far) or {}).get("p99")}
+        self.prev = cum
+        self.emit(record)
+
+
+# --------------------------------------------------------------------- derived figures
+
+def traffic_seconds(totals: st.Totals) -> float:
+    """From the first worker's go to the last answer (end of the drain, if any)."""
+    span = totals.phases.get("traffic")
+    if not span:
+        return 0.0
+    end = span[1]
+    drain = totals.phases.get("drain")
+    if drain:
+        end = max(end, drain[1])
+    return max(0.0, (end - span[0]) / 1e9)
+
+
+def generator_warnings(result: FloodResult) -> list:
+    """Say when the numbers describe the generator rather than the server."""
+    out = []
+    cfg = result.config
+    t = result.totals
+    c = t.counters
+    busy = [(s.worker, s.traffic_cpu / s.traffic_wall) for s in t.workers
+            if s.traffic_wall > 0.2 and s.traffic_cpu / s.traffic_wall >= 0.9]
+    if busy:
+        share = max(b for _, b in busy)
+        out.append(f"{len(busy)} of {len(t.workers)} flood worker(s) used {share:.0%} of a CPU during "
+                   f"the traffic phase: the load generator itself may have been the limit, not the "
+                   f"server (this machine has {limits.cpu_count()} CPUs; try --workers, or fewer "
+                   f"connections per worker)")
+    secs = traffic_seconds(t)
+    if cfg.rate and secs > 0 and cfg.mode != "connect":
+        achieved = c["traffic_requests"] / secs
+        if achieved < 0.95 * cfg.rate:
+            why = ("the generator was CPU-bound" if busy else
+                   "answers came back too slowly to send the next request on time")
+            out.append(f"sent {achieved:,.0f} requests/s of the {cfg.rate:,.0f} requested: {why}")
+        lag = t.histograms.get("send_lag")
+        if lag is not None and lag.get_total_count():
+            p99 = lag.get_value_at_percentile(99) / 1e6
+            if p99 > 2.0:
+                out.append(f"the pacer sent 1% of requests more than {p99:.1f} ms late (the "
+                           f"generator's own timer/CPU lag): corrected latencies include that lag")
+    if cfg.embedded and result.server:
+        procs = cfg.active_workers + cfg.server_workers
+        cpus = limits.cpu_count()
+        if procs > cpus:
+            out.append(f"flood ({cfg.active_workers} worker(s)) and its embedded server "
+                       f"({cfg.server_workers}) share {cpus} CPU(s): both sides compete for them")
+    return out
