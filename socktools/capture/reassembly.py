@@ -1,0 +1,244 @@
+"""Per-direction TCP stream reassembly, fed through the project's framed decoder.
+
+One :class:`StreamDecoder` per direction of a connection puts segments back
+in stream order (dropping retransmitted bytes, holding early ones until the
+gap fills), hands the ordered bytes to :class:`socktools.protocol.Decoder` —
+the same decoder the server and the clients use — and reports each message
+with the packets it spanned, attached to the packet that completed it.
+
+Decode modes: ``framed`` decodes and reports protocol errors; ``auto`` tries
+the framed decoder and, when the bytes at the start of the stream are not
+the framed protocol, falls back to ``raw`` (a hex/ASCII preview of each
+segment); ``none`` skips payloads entirely.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from typing import NamedTuple, Optional
+
+from socktools.protocol import NEED_DATA, Decoder, Message, RemoteProtocolError
+
+__all__ = ["DECODE_MODES", "MessageEvent", "Note", "StreamDecoder", "preview_bytes",
+           "SNIFF_MAX_CONTENT", "MAX_PENDING"]
+
+DECODE_MODES = ("auto", "framed", "raw", "none")
+
+#: A sniffer should follow any server the user runs, including one started with
+#: a raised content cap, but must stay bounded: 16 MiB per message in flight.
+SNIFF_MAX_CONTENT = 16 << 20
+
+#: Bytes held per direction while waiting for a missing segment.  Past this the
+#: gap is taken as real (the packet was not captured) and decoding stops for
+#: that direction; 4 MiB is a few round trips of a loopback window.
+MAX_PENDING = 4 << 20
+
+_PREVIEW = 16            # bytes shown in a raw preview, as one hexdump line
+_CONTENT_PREVIEW = 120   # characters of decoded content shown
+
+
+class MessageEvent(NamedTuple):
+    """A framed message completed by a packet.
+
+    ``role`` is ``request`` (client to server) or ``response``; ``index`` counts
+    messages in that direction from 1; ``segments`` is how many packets carried
+    its bytes and ``first_packet`` the number of the first of them.
+    """
+
+    role: str
+    index: int
+    header: dict
+    content_type: str
+    content_preview: str
+    wire_size: int
+    segments: int
+    first_packet: int
+
+
+class Note(NamedTuple):
+    """Something about a stream worth a line: ``kind`` is a stable slug."""
+
+    kind: str    # not-framed | decode-error | gap | truncated
+    text: str
+
+
+#: bytes.translate table: printable ASCII stays, everything else becomes "."
+_PRINTABLE = bytes(b if 32 <= b < 127 else 46 for b in range(256))
+
+
+def preview_bytes(data: bytes, limit: int = _PREVIEW) -> str:
+    """``b"GET /"`` -> ``"47 45 54 20 2f  GET /"`` (hex of the first bytes, then ASCII)."""
+    head = data[:limit]
+    more = "…" if len(data) > limit else ""
+    return f"{head.hex(' ')}  {head.translate(_PRINTABLE).decode('ascii')}{more}"
+
+
+def content_preview(msg: Message) -> str:
+    """The content in one short line: JSON re-serialised, text decoded, bytes as a literal."""
+    if msg.value is not None:
+        text = json.dumps(msg.value, ensure_ascii=False)
+    else:
+        text = repr(msg.content)[2:-1] if msg.content_encoding == "binary" else _decode(msg)
+    return text if len(text) <= _CONTENT_PREVIEW else text[:_CONTENT_PREVIEW - 1] + "…"
+
+
+def _decode(msg: Message) -> str:
+    try:
+        return msg.content.decode(msg.content_encoding)
+    except (LookupError, UnicodeDecodeError):
+        return repr(msg.content)[2:-1]
+
+
+def _looks_framed(buf: bytes) -> Optional[bool]:
+    """Early recognition for ``auto``: can these first bytes start a framed message?
+
+    The decoder would wait for the whole claimed header before judging (``GET``
+    claims a 18,245-byte header); a JSON header that is an object must start
+    with ``{`` (or whitespace), so the third byte decides at once.
+    """
+    if len(buf) < 3:
+        return None
+    if buf[0] == 0 and buf[1] == 0:
+        return False
+    return buf[2] in b"{ \t\r\n"
+
+
+class StreamDecoder:
+    """Reassembles one direction of a connection and decodes what it can.
+
+    ``feed(offset, data, packet)`` takes a segment's payload at its stream
+    offset (0 = first byte after the SYN) and returns the events it completed;
+    ``finish(packet)`` is called at FIN.  ``showing_raw`` tells the caller to
+    show a preview of each segment's payload instead.
+    """
+
+    __slots__ = ("mode", "role", "state", "next", "pending", "pending_bytes", "decoder",
+                 "chunks", "consumed", "count", "head", "max_pending")
+
+    def __init__(self, mode: str, role: str, *, max_content: int = SNIFF_MAX_CONTENT,
+                 max_pending: int = MAX_PENDING) -> None:
+        if mode not in DECODE_MODES:
+            raise ValueError(f"decode mode must be one of {DECODE_MODES}")
+        self.mode = mode
+        self.role = role
+        # trying (auto, nothing decided) | framed | raw | off
+        self.state = {"auto": "trying", "framed": "framed", "raw": "raw", "none": "off"}[mode]
+        self.next = 0
+        self.pending: dict[int, tuple[bytes, int]] = {}
+        self.pending_bytes = 0
+        self.max_pending = max_pending
+        self.decoder = Decoder(max_content) if self.state in ("trying", "framed") else None
+        self.chunks: deque = deque()     # (start, end, packet) fed but not yet in a message
+        self.consumed = 0                # stream offset where the message in progress starts
+        self.count = 0                   # messages decoded
+        self.head = b""                  # first bytes, while auto is still deciding
+
+    @property
+    def showing_raw(self) -> bool:
+        return self.state == "raw"
+
+    @property
+    def decoding(self) -> bool:
+        return self.state in ("trying", "framed")
+
+    def feed(self, offset: int, data: bytes, packet: int) -> list:
+        if not data or not self.decoding:
+            return []
+        end = offset + len(data)
+        if end <= self.next:
+            return []                    # retransmission of bytes already delivered
+        if offset > self.next:           # early: hold until the gap fills
+            if offset not in self.pending or len(self.pending[offset][0]) < len(data):
+                old = self.pending.get(offset)
+                self.pending_bytes += len(data) - (len(old[0]) if old else 0)
+                self.pending[offset] = (data, packet)
+            if self.pending_bytes > self.max_pending:
+                return self._gap(packet)
+            return []
+        if offset < self.next:
+            data = data[self.next - offset:]
+            offset = self.next
+        events = self._deliver(offset, data, packet)
+        while self.pending and self.decoding:
+            ready = [o for o in self.pending if o <= self.next]
+            if not ready:
+                break
+            for o in sorted(ready):
+                chunk, pkt = self.pending.pop(o)
+                self.pending_bytes -= len(chunk)
+                if o + len(chunk) > self.next and self.decoding:
+                    events += self._deliver(self.next, chunk[self.next - o:], pkt)
+        return events
+
+    def finish(self, packet: int) -> list:
+        """The sender closed (FIN): a message cut short is worth saying."""
+        if not self.decoding:
+            return []
+        if self.pending:
+            return self._gap(packet)
+        self.decoder.receive_data(b"")
+        try:
+            self.decoder.next_event()
+        except RemoteProtocolError as exc:
+            if self.state == "trying" and self.count == 0:
+                return self._not_framed(str(exc))
+            self.state = "raw"
+            return [Note("truncated", f"{self.role} stream ended mid-message: {exc}")]
+        self.state = "off"
+        return []
+
+    # ------------------------------------------------------------------ internals
+    def _deliver(self, offset: int, data: bytes, packet: int) -> list:
+        self.next = offset + len(data)
+        if self.state == "trying":
+            if len(self.head) < 3:
+                self.head += data[:3]
+            verdict = _looks_framed(self.head)
+            if verdict is False:
+                return self._not_framed("the first bytes cannot start a framed message")
+        self.chunks.append((offset, self.next, packet))
+        events: list = []
+        try:
+            self.decoder.receive_data(data)
+            while True:
+                ev = self.decoder.next_event()
+                if ev is NEED_DATA:
+                    break
+                events.append(self._message(ev))
+        except RemoteProtocolError as exc:
+            if self.state == "trying" and self.count == 0:
+                return events + self._not_framed(str(exc))
+            self.state = "raw"
+            events.append(Note("decode-error", f"{self.role} stream broke the framed protocol after "
+                                               f"{self.count} message(s): {exc}; showing raw bytes"))
+        return events
+
+    def _message(self, msg: Message) -> MessageEvent:
+        start, end = self.consumed, self.consumed + msg.wire_size
+        spanned = [c[2] for c in self.chunks if c[0] < end and c[1] > start]
+        while self.chunks and self.chunks[0][1] <= end:
+            self.chunks.popleft()
+        self.consumed = end
+        self.count += 1
+        if self.state == "trying":
+            self.state = "framed"
+        return MessageEvent(self.role, self.count, msg.header, msg.content_type,
+                            content_preview(msg), msg.wire_size, len(set(spanned)),
+                            spanned[0] if spanned else 0)
+
+    def _not_framed(self, reason: str) -> list:
+        self.state = "raw"
+        self.decoder = None
+        self.chunks.clear()
+        return [Note("not-framed", f"{self.role} stream is not the framed protocol ({reason}); "
+                                   f"showing raw bytes")]
+
+    def _gap(self, packet: int) -> list:
+        missing = min(self.pending) - self.next if self.pending else 0
+        self.state = "off"
+        self.pending.clear()
+        self.pending_bytes = 0
+        self.decoder = None
+        return [Note("gap", f"{self.role} stream is missing {missing} bytes at offset {self.next} "
+                            f"(not captured); stopped decoding it")]

@@ -1,0 +1,246 @@
+"""One capture run: a source (interface or file), an optional pcap writer, the tracker.
+
+``Sniffer(config).open()`` then iterate :meth:`Sniffer.batches` (lists of
+:class:`PacketRecord`, one list per wake-up, so a renderer can flush once per
+batch instead of once per line), then :meth:`Sniffer.close` returns the
+:class:`CaptureSummary`.  ``close`` may be called after a KeyboardInterrupt
+stopped the iteration: the socket is still open, so the kernel's drop
+counters are still there to read.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Iterator, Optional
+
+from socktools.capture import bpf
+from socktools.capture.common import DEFAULT_SNAPLEN, FilterError, SniffError
+from socktools.capture.dissect import LINKTYPE_NAMES, OtherPacket, describe_other, dissect
+from socktools.capture.live import DEFAULT_BUFFER, LiveSource
+from socktools.capture.pcap import PcapWriter, open_capture
+from socktools.capture.reassembly import DECODE_MODES
+from socktools.capture.tracker import ConnectionSummary, PacketRecord, Tracker
+
+__all__ = ["SniffConfig", "Sniffer", "CaptureSummary"]
+
+#: How long one wait for packets may last, so --timeout and Ctrl-C stay prompt.
+_TICK = 0.2
+_FILE_BATCH = 512
+
+
+@dataclass(frozen=True)
+class SniffConfig:
+    """Everything one ``socktools sniff`` run needs (picklable, no I/O)."""
+
+    iface: str = "lo"
+    port: Optional[int] = None
+    expression: Optional[str] = None     # --filter
+    count: Optional[int] = None          # stop after this many packets
+    timeout: Optional[float] = None      # stop after this many seconds
+    write: Optional[str] = None          # -w FILE.pcap
+    read: Optional[str] = None           # -r FILE
+    decode: str = "auto"
+    buffer_size: int = DEFAULT_BUFFER
+    snaplen: int = DEFAULT_SNAPLEN
+
+    def __post_init__(self) -> None:
+        if self.decode not in DECODE_MODES:
+            raise ValueError(f"decode must be one of {DECODE_MODES}")
+        if self.port is not None and self.expression:
+            raise ValueError("give --port or --filter, not both")
+
+
+@dataclass(frozen=True)
+class CaptureSummary:
+    """What a run saw, for the closing report and ``--json``.
+
+    ``kernel_received``/``kernel_dropped`` come from PACKET_STATISTICS (None
+    when reading a file): received counts every packet the filter accepted,
+    dropped the ones lost because the socket buffer was full.
+    """
+
+    source: str                  # "lo" or the file read
+    live: bool
+    linktype: str
+    filter: str
+    captured: int                # packets shown (after the filter, each once)
+    kernel_received: Optional[int]
+    kernel_dropped: Optional[int]
+    buffer_bytes: Optional[int]
+    written: Optional[int]       # packets written with -w
+    write_path: Optional[str]
+    duration: float              # first to last packet
+    elapsed: float               # wall time of the run
+    stopped_by: str              # count | timeout | end-of-file | interrupt
+    non_tcp: int
+    connections: tuple[ConnectionSummary, ...]
+    connections_forgotten: int = 0   # finished connections dropped to bound memory
+
+
+class Sniffer:
+    """Runs one capture described by a :class:`SniffConfig`."""
+
+    def __init__(self, config: SniffConfig) -> None:
+        self.config = config
+        self.tracker = Tracker(config.decode)
+        self.source = None
+        self.file = None
+        self.writer: Optional[PcapWriter] = None
+        self.linktype = 0
+        self.filter_text = ""
+        self._program: Optional[list] = None   # applied in user space (files only)
+        self._port: Optional[int] = None       # --port on a file with no built-in program
+        self.captured = 0
+        self.non_tcp = 0
+        self.stopped_by = "interrupt"
+        self._t0: Optional[int] = None
+        self._last_ts = 0
+        self._started = 0.0
+
+    def open(self) -> "Sniffer":
+        """Open the file or interface (and the output file); raises SniffError subclasses."""
+        cfg = self.config
+        try:
+            if cfg.read:
+                self.file = open_capture(cfg.read)
+                self.linktype = self.file.linktype
+                try:
+                    program, self.filter_text = bpf.build(
+                        port=cfg.port, expression=cfg.expression, linktype=self.linktype,
+                        snaplen=cfg.snaplen)
+                    self._program = program if self.filter_text else None
+                except FilterError:
+                    if cfg.port is None:
+                        raise
+                    # no built-in program for this link type (BSD loopback): match in Python
+                    self._port = cfg.port
+                    self.filter_text = f"tcp port {cfg.port}"
+            else:
+                self.source = LiveSource(
+                    cfg.iface,
+                    lambda lt: bpf.build(port=cfg.port, expression=cfg.expression, linktype=lt,
+                                         snaplen=cfg.snaplen),
+                    buffer_size=cfg.buffer_size, snaplen=cfg.snaplen)
+                self.linktype = self.source.linktype
+                self.filter_text = self.source.filter_text
+            if cfg.write:
+                self.writer = PcapWriter(cfg.write, self.linktype, cfg.snaplen)
+        except BaseException:
+            self._close_io()
+            raise
+        self._started = time.monotonic()
+        return self
+
+    @property
+    def description(self) -> str:
+        """``lo`` / ``file.pcap`` plus the filter, for the opening line."""
+        where = f"'{self.config.read}'" if self.config.read else f"'{self.config.iface}'"
+        return where + (f" (filter: {self.filter_text})" if self.filter_text else "")
+
+    def batches(self) -> Iterator[list[PacketRecord]]:
+        """Yield lists of records until --count, --timeout or the end of the file."""
+        cfg = self.config
+        deadline = None if cfg.timeout is None else time.monotonic() + cfg.timeout
+        limit = cfg.count
+        read = self._read_file() if self.file else None
+        while True:
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self.stopped_by = "timeout"
+                    return
+                wait = min(left, _TICK)
+            else:
+                wait = _TICK
+            if read is not None:
+                raw = next(read, None)
+                if raw is None:
+                    self.stopped_by = "end-of-file"
+                    return
+            else:
+                raw = self.source.read(wait)
+                if not raw:
+                    if self.writer:
+                        self.writer.flush()
+                    continue
+            out = []
+            for ts, frame, wirelen in raw:
+                rec = self._one(ts, frame, wirelen)
+                if rec is None:
+                    continue
+                out.append(rec)
+                if limit is not None and self.captured >= limit:
+                    self.stopped_by = "count"
+                    yield out
+                    return
+            if out:
+                yield out
+
+    def _read_file(self) -> Iterator[list]:
+        batch = []
+        program, port, linktype = self._program, self._port, self.linktype
+        for rec in self.file.records():
+            if program is not None and not bpf.run(program, rec[1]):
+                continue
+            if port is not None:
+                seg = dissect(rec[1], linktype)
+                if type(seg) is OtherPacket or port not in (seg.sport, seg.dport):
+                    continue
+            batch.append(rec)
+            if len(batch) >= _FILE_BATCH:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+    def _one(self, ts: int, frame: bytes, wirelen: int) -> Optional[PacketRecord]:
+        if self._t0 is None:
+            self._t0 = ts
+        self._last_ts = ts
+        self.captured += 1
+        number = self.captured
+        if self.writer:
+            self.writer.write(ts, frame, wirelen)
+        pkt = dissect(frame, self.linktype)
+        if type(pkt) is OtherPacket:
+            self.non_tcp += 1
+            return PacketRecord(number, (ts - self._t0) / 1e9, ts, pkt.proto, pkt.src, None,
+                                pkt.dst, None, (), None, None, None, 0, (), None,
+                                info=describe_other(pkt))
+        return self.tracker.process(number, ts, self._t0, pkt)
+
+    def close(self, *, interrupted: bool = False) -> CaptureSummary:
+        """Stop, read the kernel's counters, close files; returns the summary."""
+        if interrupted:
+            self.stopped_by = "interrupt"
+        received = dropped = buffer = None
+        if self.source is not None:
+            received, dropped = self.source.stats()
+            buffer = self.source.buffer_bytes
+        written = self.writer.count if self.writer else None
+        self._close_io()
+        cfg = self.config
+        return CaptureSummary(
+            source=cfg.read or cfg.iface, live=cfg.read is None,
+            linktype=LINKTYPE_NAMES.get(self.linktype, str(self.linktype)), filter=self.filter_text,
+            captured=self.captured, kernel_received=received, kernel_dropped=dropped,
+            buffer_bytes=buffer, written=written, write_path=cfg.write,
+            duration=((self._last_ts - self._t0) / 1e9) if self._t0 is not None else 0.0,
+            elapsed=time.monotonic() - self._started if self._started else 0.0,
+            stopped_by=self.stopped_by, non_tcp=self.non_tcp,
+            connections=tuple(self.tracker.summaries()),
+            connections_forgotten=self.tracker.forgotten)
+
+    def _close_io(self) -> None:
+        errors = []
+        for thing in (self.source, self.file, self.writer):
+            if thing is None:
+                continue
+            try:
+                thing.close()
+            except SniffError as exc:
+                errors.append(exc)
+        self.source = self.file = self.writer = None
+        if errors:
+            raise errors[0]

@@ -1,0 +1,336 @@
+"""TCP conversation tracking: relative seq/ack, scaled windows, troubleshooting marks.
+
+For every segment :meth:`Tracker.process` returns a :class:`PacketRecord`
+(data only; the CLI renders it).  The marks follow Wireshark's TCP analysis
+(``tcp.analysis.*``), which is what people learn to read:
+
+- ``ZeroWindow``: the sender's receive window is 0 (not on SYN/FIN/RST).
+- ``Window Full``: this segment fills the peer's last advertised window.
+- ``ZeroWindowProbe``: a probe of a zero window — one new byte at the next
+  sequence number (RFC 9293), or, as Linux probes, an empty segment one byte
+  below it (Wireshark calls that shape Keep-Alive; here the peer's zero
+  window says which it is).
+- ``ZeroWindowProbeAck``, ``Window Update``, ``Keep-Alive``, ``Dup ACK``.
+- ``Retransmission``: sequence space this direction had already sent.
+- ``RST``: the connection was reset.
+
+Sequence numbers are shown relative to each direction's initial sequence
+number, as tshark does; when the SYN was not captured the first byte seen is
+numbered 1.  Windows are scaled when the handshake showed the scale factors.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+from socktools.capture.dissect import ACK, FIN, RST, SYN, Segment, flag_names, format_ip
+from socktools.capture.reassembly import MessageEvent, StreamDecoder, preview_bytes
+
+__all__ = ["Tracker", "PacketRecord", "ConnectionSummary"]
+
+_M = 0xFFFFFFFF
+_EPHEMERAL = (32768, 60999)   # net.ipv4.ip_local_port_range default
+
+#: Connections whose state is kept.  Each costs about a kilobyte, so 100,000 is
+#: ~100 MB at most; past it the oldest finished ones are forgotten (and counted).
+MAX_CONNECTIONS = 100_000
+
+
+class PacketRecord(NamedTuple):
+    """One packet as the view shows it.  TCP fields are None for other protocols."""
+
+    number: int
+    time: float                 # seconds since the first packet
+    ts_ns: int                  # absolute kernel/file time stamp
+    proto: str                  # "TCP", "UDP", "ICMP"...
+    src: str
+    sport: Optional[int]
+    dst: str
+    dport: Optional[int]
+    flags: tuple
+    seq: Optional[int]
+    ack: Optional[int]
+    window: Optional[int]
+    length: int                 # TCP payload bytes
+    marks: tuple
+    conn: Optional[int]         # connection number (1, 2...), TCP only
+    events: tuple = ()          # MessageEvent / Note completed by this packet
+    preview: Optional[str] = None
+    info: str = ""              # non-TCP: one-line description
+    options: Optional[dict] = None
+
+
+class ConnectionSummary(NamedTuple):
+    """Totals for one TCP connection; ``client``/``server`` are "addr:port" strings."""
+
+    id: int
+    client: str
+    server: str
+    packets_c2s: int
+    packets_s2c: int
+    bytes_c2s: int
+    bytes_s2c: int
+    handshake_rtt: Optional[float]   # SYN -> ACK of the SYN-ACK, seconds
+    duration: float
+    resets: int
+    zero_windows: int
+    retransmissions: int
+    requests: int
+    responses: int
+    state: str                       # open | closed | reset | half-closed
+
+
+def _endpoint(addr: bytes, port: int) -> str:
+    text = format_ip(addr)
+    return f"[{text}]:{port}" if ":" in text else f"{text}:{port}"
+
+
+class _Half:
+    """One direction of a connection (what one endpoint sent)."""
+
+    __slots__ = ("base", "next", "syn", "fin", "scale_opt", "win", "ack", "packets", "bytes",
+                 "last_zwp", "last_keepalive", "zwp_rel", "stream", "messages")
+
+    def __init__(self) -> None:
+        self.base: Optional[int] = None   # sequence number shown as 0 (the ISN)
+        self.next = 0                     # next relative sequence number expected
+        self.syn = False
+        self.fin = False
+        self.scale_opt: Optional[int] = None
+        self.win: Optional[int] = None    # last advertised window (scaled when known)
+        self.ack: Optional[int] = None    # last relative ack (in the other direction's space)
+        self.packets = 0
+        self.bytes = 0
+        self.last_zwp = False
+        self.last_keepalive = False
+        self.zwp_rel: Optional[int] = None
+        self.stream: Optional[StreamDecoder] = None
+        self.messages = 0
+
+
+class _Conn:
+    __slots__ = ("id", "ends", "halves", "client", "syn_ts", "rtt", "first_ts", "last_ts",
+                 "resets", "zero_windows", "retrans", "reset")
+
+    def __init__(self, cid: int, a: tuple, b: tuple, ts: int) -> None:
+        self.id = cid
+        self.ends = (a, b)                # ((addr, port), (addr, port)); halves[i] is what ends[i] sent
+        self.halves = (_Half(), _Half())
+        self.client: Optional[int] = None
+        self.syn_ts: Optional[int] = None
+        self.rtt: Optional[float] = None
+        self.first_ts = ts
+        self.last_ts = ts
+        self.resets = 0
+        self.zero_windows = 0
+        self.retrans = 0
+        self.reset = False
+
+    @property
+    def finished(self) -> bool:
+        return self.reset or (self.halves[0].fin and self.halves[1].fin)
+
+    def client_index(self) -> int:
+        if self.client is not None:
+            return self.client
+        # No SYN seen: the side on an ephemeral port (Linux's default range) is the
+        # client; when that does not decide, the lower port is the server's.
+        p0, p1 = self.ends[0][1], self.ends[1][1]
+        e0, e1 = _EPHEMERAL[0] <= p0 <= _EPHEMERAL[1], _EPHEMERAL[0] <= p1 <= _EPHEMERAL[1]
+        if e0 != e1:
+            return 0 if e0 else 1
+        return 0 if p0 >= p1 else 1
+
+    @property
+    def scaled(self) -> bool:
+        # RFC 7323: window scaling is on only when both SYNs carried the option.
+        return self.halves[0].scale_opt is not None and self.halves[1].scale_opt is not None
+
+    @property
+    def handshake_seen(self) -> bool:
+        return self.halves[0].syn and self.halves[1].syn
+
+
+def _unwrap(rel32: int, near: int) -> int:
+    """32-bit relative sequence -> the 64-bit value closest to ``near``."""
+    v = (near & ~_M) | rel32
+    if v < near - 0x80000000:
+        v += 0x100000000
+    elif v > near + 0x80000000 and v >= 0x100000000:
+        v -= 0x100000000
+    return v
+
+
+class Tracker:
+    """Turns segments into records and keeps per-connection state and totals."""
+
+    def __init__(self, decode: str = "auto", *, max_connections: int = MAX_CONNECTIONS) -> None:
+        self.decode = decode
+        self.max_connections = max_connections
+        self._table: dict[tuple, tuple[_Conn, int]] = {}
+        self._conns: list[_Conn] = []
+        self._next_id = 0
+        #: finished connections dropped from the table to bound memory
+        self.forgotten = 0
+
+    # -------------------------------------------------------------- per packet
+    def process(self, number: int, ts: int, t0: int, seg: Segment) -> PacketRecord:
+        flags = seg.flags
+        key = (seg.src, seg.sport, seg.dst, seg.dport)
+        entry = self._table.get(key)
+        if entry is None or (flags & (SYN | ACK) == SYN and entry[0].finished):
+            conn, i = self._new(key, ts), 0
+        else:
+            conn, i = entry
+        d, r = conn.halves[i], conn.halves[1 - i]
+        conn.last_ts = ts
+        plen = seg.payload_len
+
+        if flags & SYN:
+            if not d.syn:
+                d.base, d.next, d.syn = seg.seq, 0, True
+                d.scale_opt = (seg.options or {}).get("WS")
+            if not flags & ACK and conn.client is None:   # the SYN's sender is the client
+                conn.client, conn.syn_ts = i, ts
+        if d.base is None:
+            d.base, d.next = (seg.seq - 1) & _M, 1     # mid-stream: first byte seen is Seq=1
+        rel = _unwrap((seg.seq - d.base) & _M, d.next)
+        ack_rel = None
+        if flags & ACK:
+            if r.base is None:
+                r.base, r.next = (seg.ack - 1) & _M, 1
+            ack_rel = _unwrap((seg.ack - r.base) & _M, r.next)
+        scale = d.scale_opt if conn.scaled else 1
+        win = seg.window if flags & SYN else seg.window * scale
+        seglen = plen + (1 if flags & SYN else 0) + (1 if flags & FIN else 0)
+        plain = not flags & (SYN | FIN | RST)
+
+        marks = []
+        zwp = keepalive = False
+        if plain and plen <= 1 and rel == d.next - 1 and d.packets:
+            if r.win == 0:
+                zwp = True
+            else:
+                keepalive = True
+        elif plain and plen == 1 and rel == d.next and r.win == 0:
+            zwp = True
+        if zwp:
+            marks.append("ZeroWindowProbe")
+            d.zwp_rel = rel if plen else None
+        elif keepalive:
+            marks.append("Keep-Alive")
+        elif seglen and rel < d.next and not (d.zwp_rel == rel and plen > 1):
+            marks.append("Retransmission")
+            conn.retrans += 1
+        if plen and not zwp and conn.handshake_seen and r.win is not None and r.ack is not None:
+            if rel + plen >= r.ack + r.win:
+                marks.append("Window Full")
+        if plain and seg.window == 0:
+            marks.append("ZeroWindow")
+            conn.zero_windows += 1
+            if r.last_zwp:
+                marks.append("ZeroWindowProbeAck")
+        elif plain and not plen and not keepalive and d.win is not None and ack_rel == d.ack \
+                and rel == d.next:
+            if r.last_keepalive:
+                marks.append("Keep-Alive ACK")
+            elif win != d.win:
+                marks.append("Window Update")
+            else:
+                marks.append("Dup ACK")
+        if flags & RST:
+            marks.append("RST")
+            conn.resets += 1
+            conn.reset = True
+
+        # handshake RTT: SYN -> the client's ACK of the SYN-ACK (Wireshark's iRTT)
+        if (conn.rtt is None and conn.syn_ts is not None and i == conn.client and plain
+                and ack_rel == 1 and r.syn):
+            conn.rtt = (ts - conn.syn_ts) / 1e9
+
+        if not (zwp and plen == 0):
+            d.next = max(d.next, rel + seglen)
+        if d.zwp_rel is not None and rel > d.zwp_rel and not zwp:
+            d.zwp_rel = None
+        d.win = win
+        if ack_rel is not None:
+            d.ack = ack_rel
+        d.last_zwp, d.last_keepalive = zwp, keepalive
+        d.packets += 1
+        d.bytes += plen
+
+        events: tuple = ()
+        preview = None
+        if self.decode != "none":
+            stream = d.stream
+            if stream is None and plen and not d.fin and not conn.reset:
+                role = "request" if i == conn.client_index() else "response"
+                stream = d.stream = StreamDecoder(self.decode, role)
+            if stream is not None:
+                out = []
+                if plen and seg.payload:
+                    out = stream.feed(rel - 1, seg.payload, number)
+                    if stream.showing_raw:
+                        preview = preview_bytes(seg.payload)
+                if flags & FIN:
+                    out += stream.finish(number)
+                    d.stream = None
+                if out:
+                    d.messages += sum(1 for e in out if type(e) is MessageEvent)
+                    events = tuple(out)
+            if flags & RST:
+                d.stream = r.stream = None
+        if flags & FIN:
+            d.fin = True
+
+        return PacketRecord(
+            number, (ts - t0) / 1e9, ts, "TCP", format_ip(seg.src), seg.sport, format_ip(seg.dst),
+            seg.dport, flag_names(flags), rel, ack_rel, win, plen, tuple(marks), conn.id,
+            events, preview, "", seg.options)
+
+    def _new(self, key: tuple, ts: int) -> _Conn:
+        if len(self._conns) >= self.max_connections:
+            self._evict()
+        self._next_id += 1
+        conn = _Conn(self._next_id, (key[0], key[1]), (key[2], key[3]), ts)
+        self._conns.append(conn)
+        self._table[key] = (conn, 0)
+        self._table[(key[2], key[3], key[0], key[1])] = (conn, 1)
+        return conn
+
+    def _evict(self) -> None:
+        """Bound memory in long captures of many connections (a flood): forget the
+        oldest quarter of the finished ones; they are counted in ``forgotten``."""
+        budget = max(1, self.max_connections // 4)
+        keep = []
+        for c in self._conns:
+            if budget and c.finished:
+                budget -= 1
+                self.forgotten += 1
+                a, b = c.ends
+                for k in ((a + b), (b + a)):
+                    if self._table.get(k, (None,))[0] is c:
+                        del self._table[k]
+            else:
+                keep.append(c)
+        self._conns = keep
+
+    # ------------------------------------------------------------------- totals
+    def summaries(self) -> list[ConnectionSummary]:
+        out = []
+        for c in self._conns:
+            ci = c.client_index()
+            hc, hs = c.halves[ci], c.halves[1 - ci]
+            if c.reset:
+                state = "reset"
+            elif hc.fin and hs.fin:
+                state = "closed"
+            elif hc.fin or hs.fin:
+                state = "half-closed"
+            else:
+                state = "open"
+            out.append(ConnectionSummary(
+                c.id, _endpoint(*c.ends[ci]), _endpoint(*c.ends[1 - ci]), hc.packets, hs.packets,
+                hc.bytes, hs.bytes, c.rtt, (c.last_ts - c.first_ts) / 1e9, c.resets,
+                c.zero_windows, c.retrans, hc.messages, hs.messages, state))
+        return out

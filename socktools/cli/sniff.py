@@ -1,0 +1,286 @@
+"""``socktools sniff``: watch TCP packets on loopback, with the framed protocol decoded."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+
+import click
+
+from socktools.cli._common import BYTESIZE, DURATION, EXIT_FAILED, EXIT_UNAVAILABLE, EXIT_USAGE, PORT, die
+
+_EXAMPLES = """\b
+Examples:
+  sudo socktools sniff --port 65432 --count 10     # 10 packets of one server's traffic
+  sudo socktools sniff --port 65432 -w run.pcap    # show and save (Wireshark opens it)
+  socktools sniff -r run.pcap                      # read it back, no privilege needed
+  sudo socktools sniff --filter 'tcp port 80 or udp port 53' --json
+"""
+
+#: Connections listed in the closing table; the rest are counted (all are in --json).
+_MAX_TABLE = 20
+
+_RED = {"ZeroWindow", "RST", "Retransmission"}
+
+
+@click.command(epilog=_EXAMPLES)
+@click.option("--iface", "-i", default="lo", show_default=True, metavar="IFACE",
+              help="Interface to capture on.")
+@click.option("--port", "-p", type=PORT, default=None,
+              help="Only TCP traffic to or from this port (kernel filter 'tcp port P'; needs no libpcap).")
+@click.option("--filter", "-f", "expression", metavar="BPF",
+              help="Any pcap-filter expression, e.g. 'tcp port 80 or icmp' (compiled by libpcap).")
+@click.option("--count", "-c", type=click.IntRange(min=1), default=None,
+              help="Stop after this many packets.")
+@click.option("--timeout", "-t", type=DURATION, default=None,
+              help="Stop after this long (e.g. 10s, 2m).")
+@click.option("--write", "-w", "write", metavar="FILE.pcap", type=click.Path(dir_okay=False),
+              help="Also save the packets to a pcap file (tcpdump/tshark/Wireshark open it).")
+@click.option("--read", "-r", "read", metavar="FILE", type=click.Path(dir_okay=False),
+              help="Read packets from a pcap/pcapng file instead of an interface (no privilege needed).")
+@click.option("--decode", type=click.Choice(["auto", "framed", "raw", "none"]), default="auto",
+              show_default=True,
+              help="Payloads: auto = framed protocol when it parses, else a hex/ASCII preview.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per packet, then a summary object.")
+@click.option("--quiet", "-q", is_flag=True, help="No packet lines, only the closing summary.")
+@click.option("--buffer", "buffer_size", type=BYTESIZE, default="64M", show_default=True,
+              help="Kernel socket buffer for live capture (absorbs bursts).")
+@click.pass_context
+def command(ctx, iface, port, expression, count, timeout, write, read, decode, as_json, quiet,
+            buffer_size):
+    """Capture TCP packets and show them like tshark, with framed messages decoded.
+
+    Each packet is one line: number, time since the first packet, source →
+    destination, TCP flags, relative Seq/Ack, window, payload length, and
+    marks a troubleshooter looks for ([ZeroWindow], [Window Full],
+    [ZeroWindowProbe], [Retransmission], [RST]...).  Messages of the framed
+    protocol are reassembled from the stream and printed under the packet that
+    completed them.  At the end: packets captured and dropped by the kernel,
+    and a summary per connection.
+
+    Live capture needs root or CAP_NET_RAW; reading a file (-r) does not.
+    Loopback shows every packet once.
+    """
+    from socktools.capture import SniffConfig, SniffError, Sniffer
+    from socktools.capture import common
+
+    if port is not None and expression:
+        raise click.UsageError("give --port or --filter, not both", ctx)
+    if read and ctx.get_parameter_source("iface") == click.core.ParameterSource.COMMANDLINE:
+        raise click.UsageError("--iface has no meaning with --read (the file says where it came from)", ctx)
+    if read and write and os.path.abspath(read) == os.path.abspath(write):
+        raise click.UsageError("--write would overwrite the file being read", ctx)
+    if buffer_size < 65536:
+        raise click.BadParameter("must be at least 64k", ctx, param_hint="'--buffer'")
+
+    config = SniffConfig(iface=iface, port=port, expression=expression, count=count,
+                         timeout=timeout, write=write, read=read, decode=decode,
+                         buffer_size=buffer_size)
+    sniffer = Sniffer(config)
+    try:
+        sniffer.open()
+    except SniffError as exc:
+        code = EXIT_UNAVAILABLE if isinstance(exc, (common.PrivilegeError, common.LibpcapMissing)) \
+            else EXIT_USAGE if isinstance(exc, (common.FilterError, common.InterfaceError)) else EXIT_FAILED
+        die(str(exc), code)
+
+    out = _Output(as_json=as_json, quiet=quiet)
+    if not read and not as_json:
+        click.echo(f"Capturing on {sniffer.description} — Ctrl-C to stop", err=True)
+    elif not read:
+        click.echo(json.dumps({"event": "capturing", "iface": iface, "filter": sniffer.filter_text}),
+                   err=True)
+
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    interrupted = False
+    failure = None
+    try:
+        for batch in sniffer.batches():
+            out.packets(batch)
+    except KeyboardInterrupt:
+        interrupted = True
+    except BrokenPipeError:
+        out.broken = True
+    except SniffError as exc:
+        failure = exc
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    try:
+        summary = sniffer.close(interrupted=interrupted)
+    except SniffError as exc:
+        die(str(exc))
+    out.summary(summary)
+    if failure is not None:
+        die(str(failure))
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+class _Output:
+    """Renders records as lines (or JSON), one write + flush per batch."""
+
+    def __init__(self, *, as_json: bool, quiet: bool) -> None:
+        self.as_json = as_json
+        self.quiet = quiet
+        self.broken = False
+        self.color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+        enc = getattr(sys.stdout, "encoding", None) or "ascii"
+        try:
+            "→↳".encode(enc)
+            self.arrow, self.hook = "→", "↳"
+        except (UnicodeEncodeError, LookupError):
+            self.arrow, self.hook = "->", "\\_"
+
+    def _write(self, text: str) -> None:
+        if self.broken:
+            return
+        try:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        except BrokenPipeError:
+            # `sniff | head`: stop writing; point stdout at /dev/null so exit is quiet.
+            self.broken = True
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            raise
+
+    def packets(self, batch) -> None:
+        if self.quiet:
+            return
+        if self.as_json:
+            from socktools.capture.view import record_dict
+            self._write("".join(json.dumps(record_dict(r), ensure_ascii=False) + "\n" for r in batch))
+            return
+        lines = []
+        for rec in batch:
+            lines.append(self.line(rec))
+            if rec.events or rec.preview is not None:
+                lines.extend(self.details(rec))
+        lines.append("")
+        self._write("\n".join(lines))
+
+    def _mark(self, name: str) -> str:
+        text = f"[{name}]"
+        if self.color:
+            return click.style(text, fg="red" if name in _RED else "yellow", bold=name in _RED)
+        return text
+
+    def line(self, r) -> str:
+        """``  4   0.000152 127.0.0.1:56902 → 127.0.0.1:65432 [PSH, ACK] Seq=1 Ack=1 Win=65536 Len=146``"""
+        if r.proto != "TCP":
+            ends = f"{r.src} {self.arrow} {r.dst} " if r.src else ""
+            return f"{r.number:>5} {r.time:>11.6f} {ends}{r.proto} {r.info}"
+        src = f"[{r.src}]:{r.sport}" if ":" in r.src else f"{r.src}:{r.sport}"
+        dst = f"[{r.dst}]:{r.dport}" if ":" in r.dst else f"{r.dst}:{r.dport}"
+        parts = [f"{r.number:>5} {r.time:>11.6f} {src} {self.arrow} {dst} [{', '.join(r.flags)}]",
+                 f"Seq={r.seq}"]
+        if r.ack is not None and "ACK" in r.flags:
+            parts.append(f"Ack={r.ack}")
+        parts.append(f"Win={r.window}")
+        parts.append(f"Len={r.length}")
+        if r.options:
+            o = r.options
+            parts += [f"MSS={o['MSS']}"] if "MSS" in o else []
+            parts += ["SACK_PERM"] if o.get("SACK_PERM") else []
+            parts += [f"WS={o['WS']}"] if "WS" in o else []
+        parts += [self._mark(m) for m in r.marks]
+        return " ".join(parts)
+
+    def details(self, r) -> list[str]:
+        from socktools.capture.reassembly import MessageEvent
+        pad = " " * 18
+        out = []
+        for ev in r.events:
+            if isinstance(ev, MessageEvent):
+                segs = "1 segment" if ev.segments == 1 else \
+                    f"{ev.segments} segments from packet {ev.first_packet}"
+                head = f"{pad}{self.hook} {ev.role} #{ev.index}: {ev.content_type}, {ev.wire_size} bytes in {segs}"
+                out.append(click.style(head, fg="cyan") if self.color else head)
+                out.append(f"{pad}  header  {json.dumps(ev.header, ensure_ascii=False)}")
+                out.append(f"{pad}  content {ev.content_preview}")
+            else:
+                out.append(f"{pad}! {ev.text}")
+        if r.preview is not None:
+            out.append(f"{pad}| {r.preview}")
+        return out
+
+    def summary(self, s) -> None:
+        from socktools.capture.view import drop_ratio, summary_dict
+        if self.as_json:
+            self._safe(json.dumps(summary_dict(s), ensure_ascii=False) + "\n")
+        else:
+            self._safe(self.summary_text(s))
+        if s.kernel_dropped:
+            warn = (f"WARNING: the kernel dropped {s.kernel_dropped:,} of {s.kernel_received:,} "
+                    f"packets ({drop_ratio(s):.1%}): the capture did not keep up and the view "
+                    f"above is incomplete. Narrow the filter (--port), use -q, or save with -w "
+                    f"and read later with -r.")
+            click.echo(click.style("socktools: " + warn, fg="red", bold=True)
+                       if sys.stderr.isatty() else "socktools: " + warn, err=True)
+
+    def _safe(self, text: str) -> None:
+        try:
+            self._write(text)
+        except BrokenPipeError:
+            pass
+
+    def summary_text(self, s) -> str:
+        where = f"'{s.source}'" + (f" (filter: {s.filter})" if s.filter else "")
+        verb = "captured on" if s.live else "read from"
+        lines = [f"--- {s.captured:,} packet{'s' if s.captured != 1 else ''} {verb} {where} "
+                 f"in {s.elapsed:.2f} s ({_stopped(s.stopped_by)})"]
+        if s.live:
+            buf = f", socket buffer {_size(s.buffer_bytes)}" if s.buffer_bytes else ""
+            drop = f"{s.kernel_dropped:,} DROPPED" if s.kernel_dropped else "0 dropped"
+            lines.append(f"    kernel: {s.kernel_received:,} received by filter, {drop}{buf}")
+        if s.written is not None:
+            lines.append(f"    wrote {s.written:,} packets to {s.write_path}")
+        if s.non_tcp:
+            lines.append(f"    {s.non_tcp:,} non-TCP packets")
+        conns = sorted(s.connections, key=lambda c: -(c.packets_c2s + c.packets_s2c))[:_MAX_TABLE]
+        conns.sort(key=lambda c: c.id)
+        if conns:
+            a = self.arrow
+            rows = [("conn", "client", "server", "state", f"pkts {a}/←", f"bytes {a}/←",
+                     "hs RTT", "duration", "RST", "0win", "retr", "msgs")]
+            if a == "->":
+                rows[0] = rows[0][:4] + ("pkts out/in", "bytes out/in") + rows[0][6:]
+            for c in conns:
+                rows.append((str(c.id), c.client, c.server, c.state,
+                             f"{c.packets_c2s}/{c.packets_s2c}", f"{c.bytes_c2s}/{c.bytes_s2c}",
+                             _ms(c.handshake_rtt), _ms(c.duration), str(c.resets),
+                             str(c.zero_windows), str(c.retransmissions),
+                             f"{c.requests}/{c.responses}"))
+            widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+            for row in rows:
+                lines.append("  " + "  ".join(
+                    cell.rjust(w) if i in (0, 4, 5, 6, 7, 8, 9, 10, 11) else cell.ljust(w)
+                    for i, (cell, w) in enumerate(zip(row, widths))).rstrip())
+            more = len(s.connections) - len(conns)
+            if more > 0:
+                lines.append(f"  ... and {more:,} more connections (all are in --json)")
+        if s.connections_forgotten:
+            lines.append(f"  ... and {s.connections_forgotten:,} older finished connections not kept "
+                         f"(memory bound)")
+        return "\n".join(lines) + "\n"
+
+
+def _stopped(why: str) -> str:
+    return {"count": "count reached", "timeout": "timeout", "end-of-file": "end of file",
+            "interrupt": "stopped"}.get(why, why)
+
+
+def _size(n: int) -> str:
+    return f"{n / (1 << 20):.0f} MiB" if n >= 1 << 20 else f"{n / 1024:.0f} KiB"
+
+
+def _ms(seconds) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 1:
+        return f"{seconds * 1000:.3f} ms"
+    return f"{seconds:.3f} s"

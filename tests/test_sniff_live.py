@@ -1,0 +1,259 @@
+"""sniff on real loopback traffic: needs root (or CAP_NET_RAW), as live capture does."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from socktools import protocol
+from socktools.capture import SniffConfig, Sniffer
+from socktools.capture.reassembly import MessageEvent
+
+
+def _can_capture() -> bool:
+    try:
+        socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0).close()
+        return True
+    except (PermissionError, AttributeError, OSError):
+        return False
+
+
+pytestmark = pytest.mark.skipif(
+    not _can_capture(),
+    reason="live capture needs root or CAP_NET_RAW (packet sockets); the -r tests cover the rest")
+
+SEARCH_REPLY = protocol.SEARCH_TABLE["morpheus"]
+
+
+def socktools_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "socktools", *args]
+
+
+def listener(rcvbuf: int = 0) -> socket.socket:
+    srv = socket.socket()
+    if rcvbuf:
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    return srv
+
+
+def framed_exchange(srv: socket.socket) -> None:
+    """One framed request/response over plain sockets, closed like the reference peers."""
+    def serve():
+        conn, _ = srv.accept()
+        with conn:
+            dec = protocol.Decoder()
+            while True:
+                dec.receive_data(conn.recv(4096))
+                ev = dec.next_event()
+                if isinstance(ev, protocol.Message):
+                    conn.sendall(protocol.respond(ev))
+                    return
+    t = threading.Thread(target=serve)
+    t.start()
+    with socket.create_connection(srv.getsockname(), timeout=5) as c:
+        c.sendall(protocol.make_request("search", "morpheus"))
+        while c.recv(4096):
+            pass
+    t.join(5)
+
+
+def capture(port: int, action, until, *, timeout: float = 8.0, **cfg):
+    """Open a capture, run ``action`` in a thread, read until ``until(records)``; -> (records, summary)."""
+    sn = Sniffer(SniffConfig(port=port, timeout=timeout, **cfg)).open()
+    records = []
+    worker = threading.Thread(target=action)
+    worker.start()
+    try:
+        for batch in sn.batches():
+            records += batch
+            if until(records):
+                break
+    finally:
+        worker.join(10)
+        summary = sn.close()
+    return records, summary
+
+
+def exchange_done(records) -> bool:
+    fins = [i for i, r in enumerate(records) if "FIN" in r.flags]
+    return len(fins) >= 2 and len(records) > fins[1] and records[-1].flags == ("ACK",) \
+        and records[-1].number > records[fins[1]].number
+
+
+def messages(records):
+    return [e for r in records for e in r.events if isinstance(e, MessageEvent)]
+
+
+def test_framed_exchange_handshake_messages_fin_each_packet_once(tmp_path):
+    srv = listener()
+    port = srv.getsockname()[1]
+    pcap = tmp_path / "live.pcap"
+    with srv:
+        records, summary = capture(port, lambda: framed_exchange(srv), exchange_done, write=str(pcap))
+    flags = [r.flags for r in records]
+    assert flags[:3] == [("SYN",), ("SYN", "ACK"), ("ACK",)], flags
+    assert records[1].options and "MSS" in records[1].options
+    client = (records[0].src, records[0].sport)
+    fin_senders = {(r.src, r.sport) for r in records if "FIN" in r.flags}
+    assert len(fin_senders) == 2 and client in fin_senders
+    req, resp = messages(records)
+    assert (req.role, req.index, resp.role, resp.index) == ("request", 1, "response", 1)
+    assert req.content_preview == '{"action": "search", "value": "morpheus"}'
+    assert req.header["content-type"] == "text/json" and req.segments == 1
+    assert SEARCH_REPLY in resp.content_preview
+    # each packet once: loopback's outgoing copies are not shown, nothing is repeated
+    keys = [(r.src, r.sport, r.seq, r.ack, r.flags, r.length, r.window) for r in records]
+    assert len(keys) == len(set(keys))
+    assert summary.kernel_dropped == 0 and summary.kernel_received == summary.captured == len(records)
+    (conn,) = summary.connections
+    assert (conn.state, conn.requests, conn.responses) == ("closed", 1, 1)
+    assert conn.handshake_rtt is not None and conn.handshake_rtt > 0
+
+    # the pcap reads back with the same view; tshark opens it too
+    again = [r for b in Sniffer(SniffConfig(read=str(pcap))).open().batches() for r in b]
+    assert [m[:4] + m[5:] for m in messages(again)] == [m[:4] + m[5:] for m in messages(records)]
+    assert [(r.flags, r.seq, r.ack, r.length) for r in again] == \
+        [(r.flags, r.seq, r.ack, r.length) for r in records]
+    if shutil.which("tshark"):
+        res = subprocess.run(["tshark", "-r", str(pcap)], capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0, res.stderr
+        assert len(res.stdout.splitlines()) == len(records)
+        assert "[SYN]" in res.stdout and "[FIN, ACK]" in res.stdout
+
+
+def stall(srv: socket.socket, done: threading.Event, hold: float = 5.0) -> None:
+    """A client fills a receiver that does not read (tiny buffers) and waits, then both close."""
+    with socket.socket() as c:
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        c.connect(srv.getsockname())
+        conn, _ = srv.accept()
+        with conn:
+            c.setblocking(False)
+            try:
+                while True:
+                    c.send(b"z" * 1024)
+            except BlockingIOError:
+                pass
+            done.wait(hold)
+
+
+def _has(records, mark) -> bool:
+    return any(mark in r.marks for r in records)
+
+
+def _until(mark: str, done: threading.Event):
+    def until(records):
+        if _has(records, mark):
+            done.set()
+            return True
+        return False
+    return until
+
+
+def test_zero_window_is_marked_during_a_stall():
+    srv = listener(rcvbuf=4096)
+    port = srv.getsockname()[1]
+    done = threading.Event()
+    with srv:
+        records, summary = capture(port, lambda: stall(srv, done), _until("ZeroWindowProbe", done))
+    assert _has(records, "ZeroWindow") and _has(records, "Window Full")
+    assert _has(records, "ZeroWindowProbe")
+    first_zero = next(r for r in records if "ZeroWindow" in r.marks)
+    assert first_zero.window == 0 and first_zero.length == 0
+    assert summary.connections[0].zero_windows >= 1
+
+
+@pytest.mark.skipif(not shutil.which("tshark"), reason="tshark not installed (apt-get install tshark)")
+def test_tshark_agrees_on_zero_window(tmp_path):
+    srv = listener(rcvbuf=4096)
+    port = srv.getsockname()[1]
+    pcap = tmp_path / "zw.pcap"
+    done = threading.Event()
+    with srv:
+        records, _ = capture(port, lambda: stall(srv, done), _until("ZeroWindow", done),
+                             write=str(pcap))
+    res = subprocess.run(["tshark", "-r", str(pcap), "-Y", "tcp.analysis.zero_window"],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    ours = sum(1 for r in records if "ZeroWindow" in r.marks)
+    assert len(res.stdout.splitlines()) == ours >= 1
+
+
+def test_cli_around_socktools_request_then_ctrl_c(start_server):
+    srv = start_server("--mode", "framed")
+    sniff = subprocess.Popen(socktools_cmd("sniff", "--port", str(srv.port)), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        assert "Capturing on 'lo' (filter: tcp port" in sniff.stderr.readline()
+        lines: list[str] = []
+        reader = threading.Thread(target=lambda: lines.extend(iter(sniff.stdout.readline, "")))
+        reader.start()
+        req = subprocess.run(socktools_cmd("request", "search", "morpheus", "--port", str(srv.port)),
+                             capture_output=True, text=True, timeout=30)
+        assert req.returncode == 0 and SEARCH_REPLY in req.stdout
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and sum("FIN" in ln for ln in lines) < 2:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        sniff.send_signal(signal.SIGINT)
+        sniff.wait(15)
+        reader.join(5)
+    finally:
+        if sniff.poll() is None:
+            sniff.kill()
+            sniff.wait()
+    out = "".join(lines)
+    assert sniff.returncode == 0, out
+    assert "[SYN] Seq=0" in out and "[SYN, ACK] Seq=0 Ack=1" in out
+    assert "request #1: text/json" in out and SEARCH_REPLY in out and "response #1" in out
+    assert out.count("[FIN, ACK]") == 2
+    assert "(stopped)" in out and "0 dropped" in out and "closed" in out
+
+
+def test_cli_count_stops_by_itself_and_writes_pcap(tmp_path):
+    srv = listener()
+    port = srv.getsockname()[1]
+    pcap = tmp_path / "three.pcap"
+    sniff = subprocess.Popen(socktools_cmd("sniff", "--port", str(port), "--count", "3", "--json",
+                                           "-w", str(pcap)),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert '"event": "capturing"' in sniff.stderr.readline()
+        with srv:
+            framed_exchange(srv)
+        out, err = sniff.communicate(timeout=20)
+    finally:
+        if sniff.poll() is None:
+            sniff.kill()
+            sniff.wait()
+    assert sniff.returncode == 0, err
+    objs = [json.loads(ln) for ln in out.splitlines()]
+    assert [o.get("flags") for o in objs[:3]] == [["SYN"], ["SYN", "ACK"], ["ACK"]]
+    assert objs[-1]["event"] == "summary" and objs[-1]["stopped_by"] == "count"
+    assert objs[-1]["written"] == 3 and pcap.stat().st_size > 24
+
+
+def test_real_stall_against_a_sink_is_marked(start_server):
+    from socktools.cli import COMMANDS
+    if "stall" not in COMMANDS:
+        pytest.skip("socktools stall is not part of this build")
+    srv = start_server("--mode", "sink", "--rcvbuf", "4096")
+    done = threading.Event()
+
+    def run_stall():
+        subprocess.run(socktools_cmd("stall", "--port", str(srv.port), "--sndbuf", "4096",
+                                     "--settle", "0.3", "-q"),
+                       capture_output=True, timeout=30)
+        done.set()
+    records, _ = capture(srv.port, run_stall, lambda rs: done.is_set() or _has(rs, "ZeroWindowProbe"))
+    assert _has(records, "ZeroWindow") and _has(records, "Window Full")
