@@ -18,6 +18,14 @@ from socktools import __version__
 COMMANDS = {
     "serve": "serve",
     "request": "request",
+    "flood": "flood",
+    "sockets": "sockets",
+    "explain": "explain",
+    "ping": "ping",
+    "doctor": "doctor",
+    "stall": "stall",
+    "sniff": "sniff",
+    "demo": "demo",
 }
 
 
