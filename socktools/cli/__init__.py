@@ -55,4 +55,6 @@ def main():
       socktools request search morpheus --port 65432 # one framed request
       socktools flood --conns 500                    # load a server it starts itself
       socktools stall                                # reproduce BlockingIOError
+      socktools sniff --port 65432 --count 10        # watch the packets (root)
+      socktools explain ECONNRESET                   # what an error means
     """
