@@ -25,7 +25,14 @@ Strategy
   the loop's per-iteration clock, and a sweep every ``idle_timeout / 4`` closes
   the stale ones (no per-connection heap entries).
 * The read path is the hot path of every server and load generator built on
-  this: one handler call, one ``recv``, one protocol call.  ``read_size``
+  this: one handler call, one ``recv``, one protocol call.  A protocol that
+  defines ``data_batch`` gets its steady-state connections served in batches
+  instead (see :meth:`Loop.write_batch`): the reads and writes of one poll's
+  ready connections run as C-level ``map()`` loops, with no Python bytecode
+  per event -- about 0.3 us less per round trip, measured with
+  ``benchmarks/bench_serve.py``.  Anything unusual (EOF, an error, a partial
+  write, a connection not in steady state) leaves the batch and takes the
+  per-connection path, so the two paths behave the same.  ``read_size``
   (per connection) lets a protocol that knows how much it expects ask for
   exactly that, which keeps small reads out of 64 KiB allocations.
 """
@@ -36,6 +43,7 @@ import errno
 import heapq
 import itertools
 import math
+import operator
 import os
 import select
 import selectors
@@ -70,6 +78,11 @@ _OUT = getattr(select, "EPOLLOUT", 4)
 _READABLE = ~_OUT
 _WRITABLE = ~_IN
 
+_get_read_size = operator.attrgetter("read_size")
+_get_fd = operator.attrgetter("fd")
+_get_protocol = operator.attrgetter("protocol")
+_first = operator.itemgetter(0)
+
 #: Events fetched per poll; more wait in the kernel for the next iteration.
 MAX_EVENTS = 1024
 
@@ -90,6 +103,13 @@ class Protocol:
 
     def data_received(self, conn: "Connection", data: bytes) -> None:
         """Bytes arrived."""
+
+    #: Optional batch form of ``data_received``: ``data_batch(conns, datas)``
+    #: gets the connections (in steady state: open, reading, nothing buffered)
+    #: that one poll found readable and the non-empty bytes read from each.  It
+    #: must handle every pair -- typically by answering through
+    #: :meth:`Loop.write_batch`.  ``None``: every event goes to ``data_received``.
+    data_batch: Optional[Callable[[list, list], None]] = None
 
     def eof_received(self, conn: "Connection") -> None:
         """The peer half-closed (recv returned b"").  Default: close once our buffer is flushed."""
@@ -194,6 +214,7 @@ class Connection:
         if self.closed or self._shut_wr:
             return
         self._shut_wr = True
+        self._update()
         if not self._out and not self.connecting:
             # (While connecting, _on_connected does it: shutdown() on a SYN_SENT
             # socket would abort the connect instead.)
@@ -235,6 +256,34 @@ class Connection:
         if want != self._events:
             self.loop._set_events(self, self._events, want)
             self._events = want
+        # Steady state -- reading, nothing buffered, no close or half-close
+        # pending -- is what the batch path assumes; every state change passes here.
+        if want == _IN and self.protocol.data_batch is not None and not (
+                self._closing or self._shut_wr or self.eof):
+            if self.fd not in self.loop._batch:
+                self.loop._batch_join(self)
+        elif self.loop._batch.get(self.fd) is self:
+            self.loop._batch_leave(self)
+
+    def set_protocol(self, protocol: Protocol) -> None:
+        """Hand the connection to another protocol object (no callback is made)."""
+        if self.loop._batch.get(self.fd) is self:
+            self.loop._batch_leave(self)
+        self.protocol = protocol
+        self._update()
+
+    def _read_done(self, result: Any) -> None:
+        """One recv() result of the batch path that the batch does not take: EOF or an error."""
+        if self.closed:
+            return
+        if result.__class__ is bytes:
+            if result:  # pragma: no cover - the batch keeps data
+                self.bytes_in += len(result)
+                self.protocol.data_received(self, result)
+            else:
+                self._on_eof()
+        elif not isinstance(result, (BlockingIOError, InterruptedError)):
+            self._fail(result, "recv")
 
     def _on_event(self, mask: int) -> None:
         # The hot path: keep it to attribute checks, one recv and one call.
@@ -326,7 +375,10 @@ class Connection:
 
     def _finish(self, exc: Optional[BaseException]) -> None:
         self.closed = True
-        self.loop._forget(self, self._events)
+        loop = self.loop
+        loop._forget(self, self._events)
+        loop._closed_in += self.bytes_in
+        loop._closed_out += self.bytes_out
         self._events = 0
         self._out = None
         try:
@@ -433,6 +485,22 @@ class Loop:
         self.idle_timeout: Optional[float] = None
         self._idle_timer: Optional[Timer] = None
         self.on_idle_close: Optional[Callable[[Connection], None]] = None
+        # The batch path: steady-state connections of protocols with data_batch,
+        # the fds it served since the last idle sweep, and the bytes it moved
+        # (bytes of closed connections are kept too, for byte_totals()).
+        self._batch: dict[int, Connection] = {}
+        self._batch_protocols: dict[Any, int] = {}  # protocol -> members: usually one protocol
+        self._batch_gen = 0                         # bumped whenever a member leaves
+        self._batch_read: Optional[tuple] = None    # (conns, gen) of the batch being delivered
+        self._touched: set[int] = set()
+        self._batch_in = self._batch_out = 0
+        self._closed_in = self._closed_out = 0
+
+    def byte_totals(self) -> tuple[int, int]:
+        """(received, sent) bytes of every connection this loop has had, open or closed."""
+        live = self.connections.values()
+        return (self._closed_in + self._batch_in + sum(c.bytes_in for c in live),
+                self._closed_out + self._batch_out + sum(c.bytes_out for c in live))
 
     # ------------------------------------------------------------- timers
     @staticmethod
@@ -458,7 +526,13 @@ class Loop:
 
     def _sweep_idle(self) -> None:
         limit = self.now - self.idle_timeout
+        touched, self._touched = self._touched, set()
         for conn in [c for c in self.connections.values() if c.last_active < limit]:
+            if conn.fd in touched:
+                # Served by the batch path since the last sweep, which stamps no
+                # per-connection clock: active within the last sweep interval.
+                conn.last_active = self.now
+                continue
             if self.on_idle_close:
                 self.on_idle_close(conn)
             conn.abort(TimeoutError(f"idle for more than {self.idle_timeout:g}s"))
@@ -547,6 +621,8 @@ class Loop:
             self._handlers.pop(fd, None)
         if self.connections.get(fd) is conn:
             del self.connections[fd]
+        if self._batch.get(fd) is conn:
+            self._batch_leave(conn)
 
     # ------------------------------------------------------------- running
     def stop(self) -> None:
@@ -560,6 +636,7 @@ class Loop:
         handlers = self._handlers
         get = handlers.get
         fresh = self._fresh
+        batch = self._batch
         timers = self._timers
         monotonic = time.monotonic
         while not self._stopping:
@@ -579,6 +656,15 @@ class Loop:
             fresh.clear()
             events = poll(wait)
             self.now = now = monotonic()
+            if batch and events:
+                hot = [fd for fd, mask in events if mask == _IN and fd in batch]
+                if hot:
+                    if len(hot) < len(events):
+                        hot_set = set(hot)
+                        events = [ev for ev in events if ev[0] not in hot_set]
+                    else:
+                        events = ()
+                    self._run_batch(hot)
             for fd, mask in events:
                 handler = get(fd)
                 if handler is not None and not (fresh and fd in fresh):
@@ -587,6 +673,101 @@ class Loop:
                 timer = heapq.heappop(timers)[2]
                 if not timer.cancelled:
                     timer.callback()
+
+    # ------------------------------------------------------------- batch path
+    def _batch_join(self, conn: Connection) -> None:
+        self._batch[conn.fd] = conn
+        protos = self._batch_protocols
+        protos[conn.protocol] = protos.get(conn.protocol, 0) + 1
+
+    def _batch_leave(self, conn: Connection) -> None:
+        del self._batch[conn.fd]
+        self._batch_gen += 1
+        protos = self._batch_protocols
+        left = protos[conn.protocol] - 1
+        if left:
+            protos[conn.protocol] = left
+        else:
+            del protos[conn.protocol]
+
+    def _run_batch(self, fds: list) -> None:
+        """Read every ready steady-state connection; hand the data to ``data_batch``."""
+        conns = list(map(self._batch.__getitem__, fds))
+        datas: list = []
+        reads = map(_read, fds, map(_get_read_size, conns))
+        odd = False
+        while True:
+            try:
+                datas.extend(reads)  # a failed read leaves the ones before it in datas
+                break
+            except OSError as exc:
+                datas.append(exc)
+                odd = True
+        if self.idle_timeout:
+            self._touched.update(fds)
+        if odd or not all(datas):
+            # EOF (b"") or an error: those connections take the per-connection path.
+            keep_c, keep_d = [], []
+            for conn, data in zip(conns, datas):
+                if data.__class__ is bytes and data:
+                    keep_c.append(conn)
+                    keep_d.append(data)
+                else:
+                    conn._read_done(data)
+            conns, datas = keep_c, keep_d
+            if not conns:
+                return
+            fds = list(map(_get_fd, conns))
+        self._batch_in += sum(map(len, datas))
+        if len(self._batch_protocols) == 1:
+            # Until a member leaves (_batch_gen), write_batch may trust these are steady.
+            self._batch_read = (conns, self._batch_gen, fds)
+            try:
+                conns[0].protocol.data_batch(conns, datas)
+            finally:
+                self._batch_read = None
+            return
+        for proto in set(map(_get_protocol, conns)):  # rare: members of several protocols
+            pairs = [(c, d) for c, d in zip(conns, datas) if c.protocol is proto]
+            proto.data_batch([c for c, _ in pairs], [d for _, d in pairs])
+
+    def write_batch(self, conns: list, datas: list) -> None:
+        """``conn.write(data)`` for each pair, as one C-level loop when all are in steady state.
+
+        Meant for ``data_batch`` implementations; any connection that is not in
+        steady state any more (closed, buffering, half-closed...) makes the
+        whole call fall back to ``conn.write``, which is always correct.
+        """
+        read = self._batch_read
+        if read is not None and read[0] is conns and read[1] == self._batch_gen:
+            fds = read[2]  # the connections just delivered, none has left the batch since
+        else:
+            fds = list(map(_get_fd, conns))
+            if list(map(self._batch.get, fds)) != conns:
+                for conn, data in zip(conns, datas):
+                    conn.write(data)
+                return
+        sent: list = []
+        writes = map(_write, fds, datas)
+        while True:
+            try:
+                sent.extend(writes)
+                break
+            except OSError as exc:
+                sent.append(exc)
+        if sent == list(map(len, datas)):
+            self._batch_out += sum(sent)
+            return
+        # A partial write or an error: buffer the rest / fail that connection.
+        for conn, data, n in zip(conns, datas, sent):
+            if n.__class__ is int:
+                self._batch_out += n
+                if n < len(data):
+                    conn._buffer(data[n:])
+            elif isinstance(n, (BlockingIOError, InterruptedError)):
+                conn._buffer(data)
+            else:
+                conn._fail(n, "send")
 
     def close(self) -> None:
         """Abort every connection and close the poller."""

@@ -6,6 +6,7 @@ test on a free port); misbehaving servers are small threads in the test.
 
 from __future__ import annotations
 
+import itertools
 import socket
 import threading
 from typing import Callable
@@ -276,3 +277,38 @@ def test_a_crashing_worker_is_reported_not_hidden(monkeypatch, closed_port):
     assert len(result.crashed) == 2
     assert all("crashed: RuntimeError: boom" in line for line in result.crashed)
     assert "worker trouble" in render_table(result)
+
+
+def test_echo_batches_count_exactly_and_a_surplus_mid_run_is_caught(monkeypatch):
+    """Many connections answered per poll go through EchoLoop.data_batch; the
+    counts stay exact, and one connection whose server sends a byte too many
+    is failed as echo-surplus while the others carry on."""
+    from socktools.flood import exchange
+    sizes = []
+    real = exchange.EchoLoop.data_batch
+
+    def spy(self, conns, datas):
+        sizes.append(len(conns))
+        return real(self, conns, datas)
+
+    monkeypatch.setattr(exchange.EchoLoop, "data_batch", spy)
+    arrivals = itertools.count()
+
+    def handle(conn):
+        bad = next(arrivals) == 4  # the 5th connection turns bad on its 50th answer
+        rounds = 0
+        while data := conn.recv(65536):
+            rounds += 1
+            conn.sendall(data + b"!" if bad and rounds == 50 else data)
+    srv = ThreadServer(handle)
+    try:
+        stats = run_worker(cfg(srv.address, conns=40, size=64, requests=6000, duration=20), 0)
+    finally:
+        srv.close()
+    assert max(sizes) > 1, "no poll delivered several answers at once"
+    assert stats.errors == {"recv": {"protocol-error": 1}}
+    assert stats.lost == 1 and stats.established == 40
+    assert stats.traffic_requests == 6000
+    # Every request sent was answered except the one whose answer was bad.
+    assert stats.traffic_responses == 5999
+    assert stats.bytes_out == 64 * (6000 + 40)

@@ -108,8 +108,6 @@ class _Worker:
         self.connecting = 0                 # opened, not yet confirmed or failed
         self.pending: collections.deque = collections.deque()   # slots by connect time
         self.live: set = set()              # confirmed connections still open
-        self.closed_out = 0                 # bytes of connections already gone
-        self.closed_in = 0
         self.outstanding = 0                # drain: answers still owed
         self.connect_rate = config.connect_rate_of(index)
         self.connect_started = 0
@@ -368,8 +366,6 @@ class _Worker:
         """Every connection ends here, whoever closed it."""
         slot: Slot = conn.ctx
         s = self.stats
-        self.closed_out += conn.bytes_out
-        self.closed_in += conn.bytes_in
         if exc is not None and conn.failed_in is not None and not slot.failed:
             slot.failed = True
             st.add_tally(s.errors, conn.failed_in, errors.exception_key(exc))
@@ -415,7 +411,7 @@ class _Worker:
         if cfg.rate is not None:
             self.traffic = OpenLoop(self, quota)
             for conn in self.live:
-                conn.protocol = self.traffic
+                conn.set_protocol(self.traffic)
             self.traffic.start(now)
             return
         self.traffic = (EchoLoop if cfg.mode == "echo" else ClosedLoop)(self, quota)
@@ -423,7 +419,7 @@ class _Worker:
             self.end_traffic()
             return
         for conn in list(self.live):
-            conn.protocol = self.traffic
+            conn.set_protocol(self.traffic)
             if self.traffic.left > 0 and not conn.closed:
                 self.traffic.send_first(conn, now)
 
@@ -473,9 +469,8 @@ class _Worker:
 
     # ------------------------------------------------------------ statistics
     def _counts(self) -> tuple:
-        conns = self.loop.connections.values()
-        out = self.closed_out + sum(c.bytes_out for c in conns)
-        inn = self.closed_in + sum(c.bytes_in for c in conns)
+        """(bytes sent, bytes received) so far, open and closed connections alike."""
+        inn, out = self.loop.byte_totals()
         return out, inn
 
     def _arm_tick(self) -> None:
@@ -509,8 +504,7 @@ class _Worker:
             blob = st.encode(self.hist[name])
             if blob:
                 s.histograms[name] = blob
-        s.bytes_out = self.closed_out
-        s.bytes_in = self.closed_in
+        s.bytes_out, s.bytes_in = self._counts()
         s.requests = s.bytes_out // self.req_size
         lat = self.hist["latency"]
         s.traffic_responses = lat.get_total_count() if lat else 0
