@@ -21,6 +21,11 @@ Strategy
 * Every error is caught at the connection that raised it and ends that
   connection only; ``conn.failed_in`` says in which phase ("socket",
   "connect", "send", "recv") so callers can tally failures by phase and errno.
+  That includes bugs: an exception escaping a protocol callback is logged
+  with its traceback and aborts that connection (phase "internal"), not the
+  loop.  (For a batch, every connection of that ``data_batch`` call.)
+  Exceptions from timers and plain fd callbacks (listeners, pipes) propagate:
+  those are the program's own machinery.
 * Idle timeouts cost one float per connection: ``last_active`` is stamped with
   the loop's per-iteration clock, and a sweep every ``idle_timeout / 4`` closes
   the stale ones (no per-connection heap entries).
@@ -42,6 +47,7 @@ from __future__ import annotations
 import errno
 import heapq
 import itertools
+import logging
 import math
 import operator
 import os
@@ -51,7 +57,12 @@ import socket
 import time
 from typing import Any, Callable, Optional
 
-__all__ = ["Loop", "Connection", "Protocol", "Timer", "READ_SIZE"]
+__all__ = ["Loop", "Connection", "Protocol", "Timer", "READ_SIZE", "INTERNAL"]
+
+log = logging.getLogger("socktools.iocore")
+
+#: ``failed_in`` of a connection ended by an exception from its protocol's code.
+INTERNAL = "internal"
 
 EVENT_READ = selectors.EVENT_READ
 EVENT_WRITE = selectors.EVENT_WRITE
@@ -562,7 +573,10 @@ class Loop:
         conn = Connection(self, sock, protocol, peer)
         self.connections[conn.fd] = conn
         conn._update()
-        protocol.connection_made(conn)
+        try:
+            protocol.connection_made(conn)
+        except Exception as exc:
+            self._protocol_failed([conn], exc)
         return conn
 
     def open_connection(self, address: Any, protocol: Protocol, *, family: int = socket.AF_INET,
@@ -668,7 +682,13 @@ class Loop:
             for fd, mask in events:
                 handler = get(fd)
                 if handler is not None and not (fresh and fd in fresh):
-                    handler(mask)
+                    try:
+                        handler(mask)
+                    except Exception as exc:  # free when nothing is raised (3.11+)
+                        conn = self.connections.get(fd)
+                        if conn is None or handler != conn._on_event:
+                            raise  # a listener's or a pipe's callback: the program's own
+                        self._protocol_failed([conn], exc)
             while timers and timers[0][0] <= now:
                 timer = heapq.heappop(timers)[2]
                 if not timer.cancelled:
@@ -724,12 +744,30 @@ class Loop:
             self._batch_read = (conns, self._batch_gen, fds)
             try:
                 conns[0].protocol.data_batch(conns, datas)
+            except Exception as exc:
+                self._protocol_failed(conns, exc)
             finally:
                 self._batch_read = None
             return
         for proto in set(map(_get_protocol, conns)):  # rare: members of several protocols
             pairs = [(c, d) for c, d in zip(conns, datas) if c.protocol is proto]
-            proto.data_batch([c for c, _ in pairs], [d for _, d in pairs])
+            try:
+                proto.data_batch([c for c, _ in pairs], [d for _, d in pairs])
+            except Exception as exc:
+                self._protocol_failed([c for c, _ in pairs], exc)
+
+    def _protocol_failed(self, conns: list, exc: Exception) -> None:
+        """A protocol callback raised: log it and abort the connection(s) it was handling."""
+        live = [c for c in conns if not c.closed]
+        log.error("%s raised %s: closing %d connection(s) (%s)", type(conns[0].protocol).__name__,
+                  type(exc).__name__, len(live), ", ".join(str(c.peer) for c in live[:3]) +
+                  (", ..." if len(live) > 3 else ""), exc_info=exc)
+        for conn in live:
+            try:
+                conn._fail(exc, INTERNAL)
+            except Exception as again:  # connection_lost raised too: the connection is closed anyway
+                log.error("%s.connection_lost raised %s", type(conn.protocol).__name__,
+                          type(again).__name__, exc_info=again)
 
     def write_batch(self, conns: list, datas: list) -> None:
         """``conn.write(data)`` for each pair, as one C-level loop when all are in steady state.

@@ -671,6 +671,50 @@ def test_reset_while_reading_ends_only_that_connection(make_pair, loop):
     _bystander_still_fine(loop, *bystander)
 
 
+class Buggy(Recorder):
+    """A protocol with a bug: raises on a given callback (data by default)."""
+
+    def __init__(self, where: str = "data") -> None:
+        super().__init__()
+        self.where = where
+
+    def connection_made(self, conn: Connection) -> None:
+        super().connection_made(conn)
+        if self.where == "made":
+            raise RuntimeError("bug in connection_made")
+
+    def data_received(self, conn: Connection, data: bytes) -> None:
+        super().data_received(conn, data)
+        if self.where == "data" and b"boom" in data:
+            raise ZeroDivisionError("bug in data_received")
+
+    def write_drained(self, conn: Connection) -> None:
+        super().write_drained(conn)
+        if self.where == "drained":
+            raise KeyError("bug in write_drained")
+
+
+@pytest.mark.parametrize("where", ["made", "data", "drained"])
+def test_a_protocol_bug_ends_only_that_connection(make_pair, loop, caplog, where):
+    """An exception escaping a callback is logged and aborts that connection; the loop runs on."""
+    bystander = _bystander(make_pair, loop)
+    a, b = make_pair()
+    rec = Buggy(where)
+    with caplog.at_level("ERROR", logger="socktools.iocore"):
+        conn = loop.add_connection(a, rec)
+        if where == "data":
+            b.send(b"boom")
+        elif where == "drained":
+            write_until_buffered(conn)
+            Peer(loop, b).start_reading()
+        run_until(loop, lambda: rec.lost, "the buggy connection is closed")
+    assert conn.closed and conn.failed_in == "internal"
+    assert type(rec.exc) is {"made": RuntimeError, "data": ZeroDivisionError, "drained": KeyError}[where]
+    assert rec.calls.count("lost") == 1
+    assert any("Buggy raised" in r.getMessage() and r.exc_info for r in caplog.records)
+    _bystander_still_fine(loop, *bystander)
+
+
 def test_reset_while_sending_ends_only_that_connection(make_pair, loop):
     """Output is pending when the peer goes away: send() fails.
 
@@ -1308,3 +1352,33 @@ def test_batch_spurious_readiness_keeps_the_others_aligned(default_loop, monkeyp
         assert not proto.lost and not any(c.closed for c in conns)
     finally:
         _close_all(pairs)
+
+
+def test_a_bug_in_data_batch_ends_that_batch_only(default_loop, caplog):
+    loop = default_loop
+    pairs = _tcp_pairs(5)
+    by_a, by_b = _socketpair()
+    try:
+        class Broken(BatchEcho):
+            def data_batch(self, conns: list, datas: list) -> None:
+                raise ValueError("bug in data_batch")
+
+        proto = Broken()
+        conns = [loop.add_connection(b, proto) for a, b in pairs]
+        bystander = Echo()  # per-event path, same loop
+        by_conn = loop.add_connection(by_b, bystander)
+        by_peer = Peer(loop, by_a).start_reading()
+        with caplog.at_level("ERROR", logger="socktools.iocore"):
+            for a, b in pairs:
+                a.sendall(b"x")
+            run_until(loop, lambda: all(c.closed for c in conns), "the batch's connections closed")
+        assert {c.failed_in for c in conns} == {"internal"}
+        assert isinstance(proto.exc, ValueError) and proto.calls.count("lost") == len(conns)
+        assert any("Broken raised ValueError" in r.getMessage() for r in caplog.records)
+        by_a.sendall(b"still here")
+        run_until(loop, lambda: by_peer.received == b"still here", "the bystander echoes")
+        assert not by_conn.closed
+    finally:
+        _close_all(pairs)
+        by_a.close()
+        by_b.close()
