@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
 from dataclasses import dataclass
 
 __all__ = ["Explanation", "EXPLANATIONS", "lookup", "explain_exception", "errno_name",
@@ -144,7 +145,39 @@ _TABLE = [
        "check that the host is up and on the same network"),
 ]
 
+# Name resolution (getaddrinfo) fails with socket.gaierror, whose errno is an
+# EAI_* code (negative on Linux), not an errno: its own small table.
+def _eai(name, meaning, causes, fix):
+    return Explanation(name, getattr(socket, name, None), "socket.gaierror", meaning, tuple(causes), fix)
+
+
+_EAI_TABLE = [
+    _eai("EAI_NONAME", "the host name does not resolve to any address (name or service not known)",
+         ["a typo in the name", "the name is neither in /etc/hosts nor known to DNS"],
+         "check the spelling, or give an address: 127.0.0.1 or ::1 on this machine"),
+    _eai("EAI_AGAIN", "temporary failure in name resolution: the resolver gave no answer",
+         ["no DNS server reachable (offline machine, container without resolv.conf)"],
+         "use an address instead of a name (127.0.0.1), or fix /etc/resolv.conf"),
+    _eai("EAI_FAIL", "name resolution failed for good (the DNS server reported an error)",
+         ["a broken DNS server or zone"],
+         "use an address instead of a name (127.0.0.1)"),
+    _eai("EAI_NODATA", "the host name exists but has no address",
+         ["a DNS name with records of other kinds only"],
+         "use another name or an address (127.0.0.1 or ::1)"),
+    _eai("EAI_ADDRFAMILY", "the host name has no address of the family asked for (IPv4 or IPv6)",
+         ["an IPv4-only name used where IPv6 is required, or the reverse"],
+         "use an address of the right family: 127.0.0.1 (IPv4) or ::1 (IPv6)"),
+    _eai("EAI_FAMILY", "the address family is not supported",
+         ["IPv6 asked for on a system without IPv6"],
+         "use IPv4: 127.0.0.1"),
+    _eai("EAI_SERVICE", "the port (service) is not valid for this socket type",
+         ["a service name that is not in /etc/services, or a port out of range"],
+         "give the port as a number between 1 and 65535"),
+]
+
 EXPLANATIONS: dict[str, Explanation] = {e.name: e for e in _TABLE}
+EXPLANATIONS.update((e.name, e) for e in _EAI_TABLE if e.number is not None)
+_EAI_NAMES = {e.number: e.name for e in _EAI_TABLE if e.number is not None}
 EXPLANATIONS[PEER_CLOSED] = Explanation(
     PEER_CLOSED, None, "(none: recv() returned b'')",
     "the peer closed the connection before the exchange was finished",
@@ -183,8 +216,11 @@ def errno_name(number: int) -> str:
 
 def lookup(key: str | int) -> Explanation | None:
     """Find an explanation by errno name, number, exception name or pseudo-error."""
-    if isinstance(key, int) or (isinstance(key, str) and key.strip().isdigit()):
-        key = errno.errorcode.get(int(key), "")
+    if isinstance(key, str) and key.strip().lstrip("-").isdigit():
+        key = int(key)
+    if isinstance(key, int):
+        # getaddrinfo's EAI_* codes are negative on Linux, errnos positive.
+        key = _EAI_NAMES.get(key, "") if key < 0 else errno.errorcode.get(key, "")
     key = key.strip()
     upper = key.upper()
     for candidate in (key, upper, _ALIASES.get(key, ""), _ALIASES.get(upper, "")):
@@ -210,6 +246,8 @@ def exception_key(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError) and getattr(exc, "errno", None) is None:
         return TIMEOUT
     num = getattr(exc, "errno", None)
+    if isinstance(exc, socket.gaierror):
+        return _EAI_NAMES.get(num, f"EAI {num}")
     if isinstance(num, int):
         return errno_name(num)
     return type(exc).__name__
@@ -224,7 +262,8 @@ def one_line(exc: BaseException, what: str = "") -> str:
     key = exception_key(exc)
     exp = lookup(key)
     num = getattr(exc, "errno", None)
-    label = f"{key} (errno {num})" if isinstance(num, int) else key
+    label = f"{key} ({'gai error' if isinstance(exc, socket.gaierror) else 'errno'} {num})" \
+        if isinstance(num, int) else key
     prefix = f"{what} failed: " if what else ""
     if exp is None:
         return f"{prefix}{label}: {exc}"

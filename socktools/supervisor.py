@@ -66,7 +66,7 @@ def bind_listener(config: ServeConfig, *, port: Optional[int] = None, reuseport:
     try:
         family, sockaddr = resolve(config.host, port, passive=True)
     except OSError as exc:
-        raise ServeError(f"cannot resolve --host {config.host!r}: {exc}") from None
+        raise ServeError(errors.one_line(exc, f"resolve --host {config.host!r}")) from None
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

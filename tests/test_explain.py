@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import socket
 import json
 
 import pytest
@@ -33,8 +34,9 @@ def test_every_table_entry_resolves_and_prints(name):
     assert resolve(name) == exp
     assert resolve(name.lower()) == exp
     if exp.number is not None:
-        # errno names are the platform's, and the number leads back to the same entry.
-        assert getattr(errno, name) == exp.number
+        # errno (or, for EAI_*, getaddrinfo) names are the platform's, and the
+        # number leads back to the same entry.
+        assert getattr(socket if name.startswith("EAI_") else errno, name) == exp.number
         assert resolve(str(exp.number)) == exp
     r = runner.invoke(main, ["explain", name])
     assert r.exit_code == 0, r.output
@@ -97,3 +99,15 @@ def test_list_and_json():
 def test_no_argument_is_a_usage_error():
     r = runner.invoke(main, ["explain"])
     assert r.exit_code == 2 and "--list" in r.output
+
+
+def test_resolver_errors_get_their_own_names():
+    """socket.gaierror carries an EAI_* code, not an errno: the tally key and the words say so."""
+    exc = socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+    assert errors.exception_key(exc) == "EAI_NONAME"
+    line = errors.one_line(exc, "resolve no-such-host")
+    assert line.startswith("resolve no-such-host failed: EAI_NONAME (gai error")
+    assert "does not resolve" in line and "127.0.0.1" in line
+    assert resolve(str(exc)).name == "EAI_NONAME"  # "[Errno -2] Name or service not known"
+    r = runner.invoke(main, ["explain", str(exc)])
+    assert r.exit_code == 0 and r.output.startswith("EAI_NONAME  (getaddrinfo code")

@@ -39,7 +39,9 @@ def _as_dict(exp: errors.Explanation) -> dict:
 def _render(exp: errors.Explanation, typed: str) -> str:
     title = exp.name
     facts = []
-    if exp.number is not None:
+    if exp.number is not None and exp.name.startswith("EAI_"):
+        facts.append(f"getaddrinfo code {exp.number} on this system")
+    elif exp.number is not None:
         facts.append(f"errno {exp.number} on this system")
     else:
         facts.append("socktools pseudo-error, no errno")
@@ -80,6 +82,7 @@ def command(err, list_all, as_json):
     \b
       errno name        ECONNREFUSED, EWOULDBLOCK
       errno number      111
+      resolver error    EAI_NONAME, "[Errno -2] Name or service not known"
       Python exception  BlockingIOError, ConnectionResetError
       socktools name    peer-closed, protocol-error, timeout
       whole message     "[Errno 111] Connection refused"

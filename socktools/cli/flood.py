@@ -123,7 +123,8 @@ def _resolve(host: str, port: int):
     try:
         family, sockaddr = resolve(host, port)
     except OSError as exc:
-        die(f"cannot resolve {host!r}: {exc}")
+        from socktools.errors import one_line
+        die(one_line(exc, f"resolve {host!r}"))
     return sockaddr, family
 
 

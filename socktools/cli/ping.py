@@ -106,7 +106,8 @@ def command(host, port, count, interval, timeout, icmp, as_json):
     try:
         target = resolve_target(config)
     except OSError as exc:
-        die(f"cannot resolve {host!r}: {exc.strerror or exc}")
+        from socktools.errors import one_line
+        die(one_line(exc, f"resolve {host!r}"))
     if not as_json:
         shown = target.display if target.display == host or target.display.endswith(host) else \
             f"{host} ({target.display})"

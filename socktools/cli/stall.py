@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 
 import click
 
@@ -327,8 +326,8 @@ def command(host, port, chunk, sndbuf, rcvbuf, settle, drain, timeout, as_json, 
     try:
         report = run_stall(config)
     except StallError as exc:
-        if exc.cause is None or isinstance(exc.cause, socket.gaierror):
-            die(str(exc))   # a resolver error has no errno explanation to add
+        if exc.cause is None:
+            die(str(exc))
         die(one_line(exc.cause, exc.what))
     except EmbeddedServerError as exc:
         die(str(exc))
