@@ -312,3 +312,34 @@ def test_echo_batches_count_exactly_and_a_surplus_mid_run_is_caught(monkeypatch)
     # Every request sent was answered except the one whose answer was bad.
     assert stats.traffic_responses == 5999
     assert stats.bytes_out == 64 * (6000 + 40)
+
+
+def test_a_bug_in_flood_code_ends_those_connections_and_the_run_goes_on(monkeypatch, caplog):
+    """An exception from flood's own protocol code is tallied as phase 'internal' and
+    logged; the other connections finish the run."""
+    import types
+
+    from socktools.flood import exchange
+    from socktools.flood.report import _errors_list
+    calls = itertools.count()
+    real = exchange.EchoLoop.data_received
+
+    def buggy(self, conn, data):
+        if next(calls) == 20:
+            raise ValueError("a bug in data_received")
+        return real(self, conn, data)
+
+    monkeypatch.setattr(exchange.EchoLoop, "data_received", buggy)
+    monkeypatch.setattr(exchange.EchoLoop, "data_batch", None)  # every answer through data_received
+    srv = ThreadServer(lambda conn: [conn.sendall(d) for d in iter(lambda: conn.recv(65536), b"")])
+    try:
+        with caplog.at_level("ERROR", logger="socktools.iocore"):
+            stats = run_worker(cfg(srv.address, conns=4, size=64, requests=400, duration=20), 0)
+    finally:
+        srv.close()
+    assert stats.errors == {"internal": {"ValueError": 1}}
+    assert stats.established == 4 and stats.lost == 1
+    assert stats.traffic_requests == 400 and stats.traffic_responses == 399
+    assert any("EchoLoop raised ValueError" in r.getMessage() for r in caplog.records)
+    (row,) = _errors_list(types.SimpleNamespace(errors=stats.errors))
+    assert row["phase"] == "internal" and "flood's own code" in row["meaning"]

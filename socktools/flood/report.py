@@ -11,6 +11,7 @@ from typing import Optional
 from socktools import errors
 from socktools.flood import stats as st
 from socktools.flood.runner import FloodResult, traffic_seconds
+from socktools.iocore import INTERNAL
 
 __all__ = ["to_json", "render_table", "render_live", "format_us", "server_check"]
 
@@ -84,8 +85,12 @@ def _errors_list(totals: st.Totals) -> list:
     for phase, inner in totals.errors.items():
         for key, count in inner.items():
             exp = errors.lookup(key)
-            out.append({"phase": phase, "error": key, "count": count,
-                        "meaning": exp.meaning if exp else None, "fix": exp.fix if exp else None})
+            if exp is None and phase == INTERNAL:
+                meaning, fix = ("an exception in flood's own code ended the connection (a bug: its traceback "
+                                "was logged on stderr)", "please report it with that traceback")
+            else:
+                meaning, fix = (exp.meaning, exp.fix) if exp else (None, None)
+            out.append({"phase": phase, "error": key, "count": count, "meaning": meaning, "fix": fix})
     out.sort(key=lambda e: -e["count"])
     return out
 
