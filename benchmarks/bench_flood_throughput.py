@@ -12,6 +12,11 @@ child process, for flood its worker's own process_time() over the traffic
 phase), which is far less sensitive to other processes than the rate: the
 difference between the two clients is the Python overhead.
 
+A third client, ``benchmarks/clients/mapbatch_echo_client.py`` (``--no-ceiling``
+skips it), is a yardstick: the least Python per round trip a latency-measuring
+client can run (reads and writes of one poll as ``map()`` loops), i.e. the
+ceiling for any Python client on this machine.
+
 Servers (``--servers``):
   c      benchmarks/c/flood_echo_server.c, single-threaded epoll: never the
          bottleneck, so the rate measures the client (the fair comparison);
@@ -39,6 +44,8 @@ import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+MAPBATCH = os.path.join(HERE, "clients", "mapbatch_echo_client.py")
+CEILING = "map() ceiling"
 
 
 def compile_c(workdir: str) -> tuple:
@@ -85,9 +92,11 @@ def children_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def run_c(client_exe: str, port: int, args, cpu: int) -> dict:
+def run_c(client_exe, port: int, args, cpu: int) -> dict:
+    """Run a client that prints {"per_second", "round_trips"} (the C client, the map() yardstick)."""
     before = children_cpu()
-    out = subprocess.run([client_exe, "127.0.0.1", str(port), str(args.conns), str(args.size),
+    argv = list(client_exe) if isinstance(client_exe, (list, tuple)) else [client_exe]
+    out = subprocess.run([*argv, "127.0.0.1", str(port), str(args.conns), str(args.size),
                           str(args.seconds)], capture_output=True, text=True, check=True,
                          preexec_fn=pinned(cpu), timeout=args.seconds + 60)
     cpu_s = children_cpu() - before
@@ -121,6 +130,8 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--servers", default="c,serve", help="comma list of: c, serve (default both)")
     ap.add_argument("--json", action="store_true", help="also print one JSON line with everything")
+    ap.add_argument("--no-ceiling", dest="ceiling", action="store_false",
+                    help="skip the map() yardstick client (benchmarks/clients/mapbatch_echo_client.py)")
     args = ap.parse_args()
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2:
@@ -134,10 +145,14 @@ def main() -> None:
         for kind in args.servers.split(","):
             proc, port, label = start_server(kind.strip(), server_exe, server_cpu)
             runs = {"C epoll client": [], "socktools flood": []}
+            if args.ceiling:
+                runs[CEILING] = []
             try:
                 for _ in range(args.rounds):
                     runs["C epoll client"].append(run_c(client_exe, port, args, load_cpu))
                     runs["socktools flood"].append(run_flood(port, args, load_cpu))
+                    if args.ceiling:
+                        runs[CEILING].append(run_c([sys.executable, MAPBATCH], port, args, load_cpu))
             finally:
                 stop_server(proc)
             print(f"\nserver: {label}")
@@ -154,6 +169,10 @@ def main() -> None:
             ratio, best_ratio, cpu_ratio = flood[0] / c[0], flood[1] / c[1], c[2] / flood[2]
             print(f"  flood / C: {ratio:.2f}x median round trips/s, {best_ratio:.2f}x best; {cpu_ratio:.2f}x by "
                   f"CPU time per round trip (flood +{flood[2] - c[2]:.2f} µs per round trip)")
+            if args.ceiling:
+                top = med[CEILING]
+                print(f"  map() ceiling / C: {top[0] / c[0]:.2f}x median, {top[1] / c[1]:.2f}x best; "
+                      f"flood / ceiling: {flood[0] / top[0]:.2f}x median, {flood[1] / top[1]:.2f}x best")
             results[kind] = {"server": label, "runs": runs, "ratio_median": round(ratio, 3),
                              "ratio_best": round(best_ratio, 3), "ratio_cpu": round(cpu_ratio, 3)}
     if args.json:

@@ -11,6 +11,8 @@ Servers (names for --only):
   uvloop     an asyncio Protocol echo server on uvloop
   c          a minimal epoll echo server in C (compiled here with gcc)
   careful    (only when named) the smallest careful selectors loop: socktools minus its layers
+  mapbatch   (only when named) no Python bytecode per event (map() over os.read/os.write):
+             CPython's ceiling on this machine, not a usable server
 
 All servers start at once, pinned to one CPU, and wait; a C load client pinned
 to another CPU then loads one server at a time:
@@ -55,10 +57,10 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 BUILD = HERE / "build"
 HOST = "127.0.0.1"  # loopback only, by rule
-ALL_SERVERS = ("socktools", "naive", "uvloop", "careful", "c")
-DEFAULT_SERVERS = ("socktools", "naive", "uvloop", "c")  # careful: a yardstick, on request (--only)
+ALL_SERVERS = ("socktools", "naive", "uvloop", "careful", "mapbatch", "c")
+DEFAULT_SERVERS = ("socktools", "naive", "uvloop", "c")  # careful, mapbatch: yardsticks, on request (--only)
 LABELS = {"socktools": "socktools serve", "naive": "naive selectors", "uvloop": "asyncio+uvloop",
-          "careful": "careful selectors", "c": "C epoll"}
+          "careful": "careful selectors", "mapbatch": "map() ceiling", "c": "C epoll"}
 REFERENCES = ("c", "uvloop")  # ratios are computed against these
 TARGETS = {"pingpong_vs_c": (">=", 0.95), "pingpong_vs_uvloop": (">", 1.0), "storm_vs_c": (">=", 0.9)}
 SLICE_WARMUP = 0.1  # after a server's first slice: only the lockstep start of 100 fresh conns to skip
@@ -356,6 +358,7 @@ def server_commands(backlog: int, exes: dict[str, Path]) -> tuple[dict[str, tupl
     common = ["--host", HOST, "--port", "0", "--backlog", str(backlog)]
     cmds["naive"] = ([py, str(HERE / "servers" / "naive_selectors_echo.py"), *common], env)
     cmds["careful"] = ([py, str(HERE / "servers" / "careful_selectors_echo.py"), *common], env)
+    cmds["mapbatch"] = ([py, str(HERE / "servers" / "mapbatch_epoll_echo.py"), *common], env)
     if subprocess.run([py, "-c", "import uvloop"], capture_output=True).returncode == 0:
         cmds["uvloop"] = ([py, str(HERE / "servers" / "uvloop_echo.py"), *common], env)
     else:
@@ -567,7 +570,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=1, help="repeat everything N times, reversing the order each time (1)")
     p.add_argument("--only", action="append", default=[], metavar="NAME",
                    help=f"run only these servers, comma-separated or repeated: {', '.join(ALL_SERVERS)} "
-                        "(default: all but careful; ratios need c)")
+                        "(default: all but careful and mapbatch; ratios need c)")
     p.add_argument("--add", action="append", default=[], metavar="NAME=COMMAND",
                    help="also measure your own echo server: COMMAND must listen on 127.0.0.1 on a free port and "
                         "print 'listening on HOST:PORT' as its first line; {backlog} in it becomes --backlog "
