@@ -502,7 +502,7 @@ class Loop:
         self._batch: dict[int, Connection] = {}
         self._batch_protocols: dict[Any, int] = {}  # protocol -> members: usually one protocol
         self._batch_gen = 0                         # bumped whenever a member leaves
-        self._batch_read: Optional[tuple] = None    # (conns, gen) of the batch being delivered
+        self._batch_read: Optional[tuple] = None    # (conns, gen, fds) of the batch being delivered
         self._touched: set[int] = set()
         self._batch_in = self._batch_out = 0
         self._closed_in = self._closed_out = 0
@@ -685,10 +685,10 @@ class Loop:
                     try:
                         handler(mask)
                     except Exception as exc:  # free when nothing is raised (3.11+)
-                        conn = self.connections.get(fd)
-                        if conn is None or handler != conn._on_event:
+                        owner = getattr(handler, "__self__", None)
+                        if not isinstance(owner, Connection):
                             raise  # a listener's or a pipe's callback: the program's own
-                        self._protocol_failed([conn], exc)
+                        self._protocol_failed([owner], exc)
             while timers and timers[0][0] <= now:
                 timer = heapq.heappop(timers)[2]
                 if not timer.cancelled:
@@ -800,10 +800,11 @@ class Loop:
         for conn, data, n in zip(conns, datas, sent):
             if n.__class__ is int:
                 self._batch_out += n
-                if n < len(data):
+                if n < len(data) and not conn.closed:  # (a failure's callbacks may close others)
                     conn._buffer(data[n:])
             elif isinstance(n, (BlockingIOError, InterruptedError)):
-                conn._buffer(data)
+                if not conn.closed:
+                    conn._buffer(data)
             else:
                 conn._fail(n, "send")
 
