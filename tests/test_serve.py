@@ -226,6 +226,42 @@ def test_echo_half_close_flushes_what_is_owed_then_closes(start_server):
         assert recv_all(s, timeout=20) == payload
 
 
+def test_echo_pushes_back_on_a_client_that_never_reads(start_server):
+    """The client only sends: the echoes pile up until the server stops reading (its
+    out-buffer past the high-water mark), so the client's sends stall with a bounded amount
+    in flight; then it reads, and every byte comes back in order."""
+    srv = start_server("--mode", "echo")
+    with socket.create_connection(srv.address) as s:
+        s.setblocking(False)
+        sent = bytearray()
+        chunk = os.urandom(65536)
+        stalled_since = None
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(sent) < 64 * 1024 * 1024:
+            try:
+                sent += chunk[:s.send(chunk)]
+                stalled_since = None
+            except BlockingIOError:
+                stalled_since = stalled_since or time.monotonic()
+                if time.monotonic() - stalled_since > 0.5:
+                    break
+                time.sleep(0.01)
+        assert stalled_since is not None, "the server kept reading from a client that never reads"
+        assert len(sent) < 64 * 1024 * 1024, "pushed back only after a runaway amount"
+        s.setblocking(True)
+        s.settimeout(20)
+        got = bytearray()
+        while len(got) < len(sent):
+            got += s.recv(1 << 20)
+        assert got == sent
+        s.sendall(b"still echoing")  # reading resumed once the backlog drained
+        want = len(b"still echoing")
+        tail = b""
+        while len(tail) < want:
+            tail += s.recv(want - len(tail))
+        assert tail == b"still echoing"
+
+
 def test_sink_never_reads_until_sigusr1(start_server):
     srv = start_server("--mode", "sink", "--rcvbuf", "4096", json_events=True)
     with socket.create_connection(srv.address) as s:
