@@ -2,7 +2,9 @@
 
 No sockets, selectors, clocks or prints live here: bytes go in, messages come
 out, and the same code serves the server, the request client, flood and
-sniff's dissector.
+sniff's dissector.  The tutorial's application on top of it (the search
+table, the reference client's requests, the reference server's answers)
+lives in :mod:`socktools.reference`.
 
 Wire format::
 
@@ -41,8 +43,7 @@ __all__ = [
     "PROTOHEADER_SIZE", "MAX_HEADER_SIZE", "DEFAULT_MAX_CONTENT", "REQUIRED_KEYS",
     "ProtocolError", "LocalProtocolError", "RemoteProtocolError",
     "Message", "Decoder", "NEED_DATA", "CLOSED",
-    "encode_message", "encode_json", "make_request", "respond", "error_response",
-    "SEARCH_TABLE",
+    "encode_message", "encode_json", "error_response",
 ]
 
 #: The proto-header is an unsigned 16-bit big-endian length ("!H").
@@ -61,13 +62,6 @@ DEFAULT_MAX_CONTENT = 1 << 20
 
 #: Header keys every message must carry; this order is the reference order.
 REQUIRED_KEYS = ("byteorder", "content-type", "content-encoding", "content-length")
-
-#: Responses of the reference server to ``search`` (SPEC §1).
-SEARCH_TABLE = {
-    "morpheus": "Follow the white rabbit. \U0001f430",
-    "ring": "In the caves beneath the Misty Mountains. \U0001f48d",
-    "\U0001f436": "\U0001f43e Playing ball! \U0001f3d0",
-}
 
 TEXT_JSON = "text/json"
 CLIENT_BINARY = "binary/custom-client-binary-type"
@@ -214,44 +208,6 @@ def encode_json(obj: dict, *, encoding: str = "utf-8", byteorder: str = sys.byte
     except (LookupError, UnicodeError) as exc:
         raise LocalProtocolError(f"cannot encode content as {encoding!r}: {exc}", "bad-content-encoding") from None
     return encode_message(content, TEXT_JSON, encoding, byteorder=byteorder, extra=extra)
-
-
-def make_request(action: str, value: str, *, keep_alive: bool = False,
-                 byteorder: str = sys.byteorder) -> bytes:
-    """The request the reference client sends for ``ACTION VALUE`` (SPEC §1).
-
-    ``search`` becomes a ``text/json`` request; any other action a binary one
-    whose content is ``action + value``.  ``keep_alive`` adds the socktools
-    extension key so the server keeps the connection open afterwards.
-    """
-    extra = {"keep-alive": True} if keep_alive else None
-    if action == "search":
-        return encode_json({"action": action, "value": value}, byteorder=byteorder, extra=extra)
-    try:
-        content = (action + value).encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise LocalProtocolError(f"request cannot be encoded as UTF-8: {exc}", "bad-content") from None
-    return encode_message(content, CLIENT_BINARY, "binary", byteorder=byteorder, extra=extra)
-
-
-def respond(request: Message, *, byteorder: str = sys.byteorder) -> bytes:
-    """The reference server's answer to ``request``, as wire bytes.
-
-    When the request asked for keep-alive, the response carries
-    ``"keep-alive": true`` too, telling the client the connection stays open.
-    """
-    extra = {"keep-alive": True} if request.keep_alive else None
-    if request.content_type == TEXT_JSON:
-        action = request.value.get("action")
-        if action == "search":
-            query = request.value.get("value")
-            answer = SEARCH_TABLE.get(query) if isinstance(query, str) else None
-            result = answer if answer is not None else f"No match for '{query}'."
-        else:
-            result = f"Error: invalid action '{action}'."
-        return encode_json({"result": result}, byteorder=byteorder, extra=extra)
-    content = b"First 10 bytes of request: " + request.content[:10]
-    return encode_message(content, SERVER_BINARY, "binary", byteorder=byteorder, extra=extra)
 
 
 def error_response(error: ProtocolError | str, *, byteorder: str = sys.byteorder) -> bytes:

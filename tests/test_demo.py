@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from socktools import socktable
+from socktools.kernel import socktable
 from tests.conftest import socktools_cmd
 
 NOBODY = 65534

@@ -6,12 +6,11 @@ import json
 import os
 import resource
 
-import pytest
 from click.testing import CliRunner
 
-from socktools import doctor
+from socktools.kernel import doctor
 from socktools.cli import main
-from socktools.doctor import DoctorConfig, run_doctor
+from socktools.kernel.doctor import DoctorConfig, run_doctor
 
 
 def _sysctl(path):

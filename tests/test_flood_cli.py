@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from socktools.cli import main
-from socktools.embedded import EmbeddedServer
+from socktools.core.embedded import EmbeddedServer
 from tests.conftest import socktools_cmd
 
 pytestmark = pytest.mark.timeout(90)

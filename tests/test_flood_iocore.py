@@ -15,7 +15,7 @@ import socket
 
 import pytest
 
-from socktools.iocore import Connection, Loop, Protocol
+from socktools.core.loop import Connection, Loop, Protocol
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -13,7 +13,7 @@ from typing import Callable
 
 import pytest
 
-from socktools import errors, protocol
+from socktools import errors, protocol, reference
 from socktools.flood.config import FloodConfig
 from socktools.flood.report import render_table, server_check, to_json
 from socktools.flood.runner import run_flood
@@ -195,7 +195,7 @@ def test_framed_server_without_keep_alive_is_reported_as_such():
             if isinstance(msg, protocol.Message):
                 plain = protocol.Message({k: v for k, v in msg.header.items() if k != "keep-alive"},
                                          msg.content, msg.value, msg.wire_size)
-                conn.sendall(protocol.respond(plain))
+                conn.sendall(reference.respond(plain))
                 return
     srv = ThreadServer(handle)
     try:
@@ -209,8 +209,8 @@ def test_framed_server_without_keep_alive_is_reported_as_such():
 def test_framed_answers_split_in_pieces_are_decoded_and_checked():
     """A reply trickling in a few bytes at a time goes through the decoder, not the fast path."""
     req = protocol.Decoder()
-    req.receive_data(protocol.make_request("search", "ring", keep_alive=True))
-    answer = protocol.respond(req.next_event())
+    req.receive_data(reference.make_request("search", "ring", keep_alive=True))
+    answer = reference.respond(req.next_event())
 
     def handle(conn):
         dec = protocol.Decoder()
@@ -333,7 +333,7 @@ def test_a_bug_in_flood_code_ends_those_connections_and_the_run_goes_on(monkeypa
     monkeypatch.setattr(exchange.EchoLoop, "data_batch", None)  # every answer through data_received
     srv = ThreadServer(lambda conn: [conn.sendall(d) for d in iter(lambda: conn.recv(65536), b"")])
     try:
-        with caplog.at_level("ERROR", logger="socktools.iocore"):
+        with caplog.at_level("ERROR", logger="socktools.core.loop"):
             stats = run_worker(cfg(srv.address, conns=4, size=64, requests=400, duration=20), 0)
     finally:
         srv.close()

@@ -1,4 +1,4 @@
-"""The I/O core (socktools.iocore) on real loopback sockets.
+"""The I/O core (socktools.core.loop) on real loopback sockets.
 
 In the spirit of trio's ``testing/_check_streams.py``: one behaviour suite that
 every connected-pair factory must pass — an AF_UNIX socketpair, a loopback TCP
@@ -31,7 +31,7 @@ from typing import Callable, Optional
 
 import pytest
 
-from socktools.iocore import READ_SIZE, Connection, Loop, Protocol
+from socktools.core.loop import READ_SIZE, Connection, Loop, Protocol
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -700,7 +700,7 @@ def test_a_protocol_bug_ends_only_that_connection(make_pair, loop, caplog, where
     bystander = _bystander(make_pair, loop)
     a, b = make_pair()
     rec = Buggy(where)
-    with caplog.at_level("ERROR", logger="socktools.iocore"):
+    with caplog.at_level("ERROR", logger="socktools.core.loop"):
         conn = loop.add_connection(a, rec)
         if where == "data":
             b.send(b"boom")
@@ -1328,7 +1328,7 @@ def test_batch_spurious_readiness_keeps_the_others_aligned(default_loop, monkeyp
     """A read that finds nothing (EAGAIN) drops out of the batch; every other
     connection's answer still goes to its own peer, and the skipped data is
     served on the next poll."""
-    import socktools.iocore as iocore
+    import socktools.core.loop as iocore
     loop = default_loop
     pairs = _tcp_pairs(5)
     try:
@@ -1368,7 +1368,7 @@ def test_a_bug_in_data_batch_ends_that_batch_only(default_loop, caplog):
         bystander = Echo()  # per-event path, same loop
         by_conn = loop.add_connection(by_b, bystander)
         by_peer = Peer(loop, by_a).start_reading()
-        with caplog.at_level("ERROR", logger="socktools.iocore"):
+        with caplog.at_level("ERROR", logger="socktools.core.loop"):
             for a, b in pairs:
                 a.sendall(b"x")
             run_until(loop, lambda: all(c.closed for c in conns), "the batch's connections closed")

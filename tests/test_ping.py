@@ -12,9 +12,9 @@ import struct
 import pytest
 from click.testing import CliRunner
 
-from socktools import ping
+from socktools.ping import probe as ping
 from socktools.cli import main
-from socktools.ping import PingConfig, Probe, icmp_name, probes, resolve_target, summarize, tcp_probe
+from socktools.ping.probe import PingConfig, Probe, icmp_name, probes, resolve_target, summarize, tcp_probe
 
 
 @pytest.fixture
@@ -217,8 +217,8 @@ def test_cli_usage_errors():
 
 
 def test_cli_icmp_without_privilege_explains(monkeypatch):
-    import socktools.doctor
-    monkeypatch.setattr(socktools.doctor, "net_raw_privilege", lambda: (False, "not root and no CAP_NET_RAW"))
+    import socktools.kernel.doctor
+    monkeypatch.setattr(socktools.kernel.doctor, "net_raw_privilege", lambda: (False, "not root and no CAP_NET_RAW"))
     r = CliRunner().invoke(main, ["ping", "127.0.0.1", "--icmp", "-c", "1"])
     assert r.exit_code == 3
     assert "needs root or CAP_NET_RAW" in r.output and "drop --icmp" in r.output

@@ -24,7 +24,6 @@ from socktools.protocol import (
     MAX_HEADER_SIZE,
     NEED_DATA,
     REQUIRED_KEYS,
-    SEARCH_TABLE,
     Decoder,
     LocalProtocolError,
     Message,
@@ -33,9 +32,8 @@ from socktools.protocol import (
     encode_json,
     encode_message,
     error_response,
-    make_request,
-    respond,
 )
+from socktools.reference import SEARCH_TABLE, make_request, respond
 
 # --------------------------------------------------------------------- SPEC §1 test vectors
 # Captured from the reference client and server on a little-endian host.

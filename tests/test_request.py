@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from socktools.cli import main
-from socktools.client import RequestError, request
+from socktools.request.client import RequestError, request
 from tests.conftest import socktools_cmd
 
 

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from socktools import protocol
+from socktools import protocol, reference
 from tests.conftest import alive, socktools_cmd, wait_until
 
 VECTOR_SEARCH_REQ = (b'\x00g{"byteorder": "little", "content-type": "text/json", "content-encoding": "utf-8", '
@@ -134,7 +134,7 @@ def test_malformed_frames_get_an_error_reply_and_close_while_a_good_client_carri
     srv = start_server("--mode", "framed", json_events=True)
     # A good client holds a keep-alive connection open across all the bad ones.
     good = socket.create_connection(srv.address)
-    good.sendall(protocol.make_request("search", "ring", keep_alive=True))
+    good.sendall(reference.make_request("search", "ring", keep_alive=True))
     assert read_message(good).value == {"result": "In the caves beneath the Misty Mountains. \U0001f48d"}
     for name, bad_bytes in MALFORMED.items():
         with socket.create_connection(srv.address) as bad:
@@ -146,7 +146,7 @@ def test_malformed_frames_get_an_error_reply_and_close_while_a_good_client_carri
             assert isinstance(msg, protocol.Message), (name, reply)
             assert set(msg.value) == {"error"} and msg.value["error"], (name, msg.value)
         # The good connection is still served after every bad one.
-        good.sendall(protocol.make_request("search", "morpheus", keep_alive=True))
+        good.sendall(reference.make_request("search", "morpheus", keep_alive=True))
         assert read_message(good).value["result"] == "Follow the white rabbit. \U0001f430", name
     good.close()
     rc, out, err = srv.stop()
@@ -163,7 +163,7 @@ def test_malformed_frames_get_an_error_reply_and_close_while_a_good_client_carri
 def test_truncated_frame_at_eof_is_reported(start_server):
     srv = start_server("--mode", "framed", json_events=True)
     with socket.create_connection(srv.address) as s:
-        s.sendall(protocol.make_request("search", "morpheus")[:50])
+        s.sendall(reference.make_request("search", "morpheus")[:50])
         s.shutdown(socket.SHUT_WR)  # half-close mid-message: the outgoing direction still works
         msg = read_message(s)
         assert "closed mid-message" in msg.value["error"]
@@ -183,8 +183,8 @@ def test_keep_alive_pipelined_requests_are_answered_in_order(start_server):
     srv = start_server("--mode", "framed", json_events=True)
     values = ["morpheus", "ring", "\U0001f436", "nobody"]
     with socket.create_connection(srv.address) as s:
-        s.sendall(b"".join(protocol.make_request("search", v, keep_alive=True) for v in values))
-        s.sendall(protocol.make_request("binary", "hello"))  # no keep-alive: last one
+        s.sendall(b"".join(reference.make_request("search", v, keep_alive=True) for v in values))
+        s.sendall(reference.make_request("binary", "hello"))  # no keep-alive: last one
         stream = recv_all(s)
     dec = protocol.Decoder()
     dec.receive_data(stream)
@@ -193,8 +193,8 @@ def test_keep_alive_pipelined_requests_are_answered_in_order(start_server):
     while (ev := dec.next_event()) is not protocol.CLOSED:
         got.append(ev)
     assert [m.value["result"] for m in got[:4]] == [
-        protocol.SEARCH_TABLE["morpheus"], protocol.SEARCH_TABLE["ring"],
-        protocol.SEARCH_TABLE["\U0001f436"], "No match for 'nobody'."]
+        reference.SEARCH_TABLE["morpheus"], reference.SEARCH_TABLE["ring"],
+        reference.SEARCH_TABLE["\U0001f436"], "No match for 'nobody'."]
     assert all(m.keep_alive for m in got[:4])
     assert got[4].content == b"First 10 bytes of request: binaryhell"
     srv.stop()
@@ -212,7 +212,7 @@ def test_ipv6_loopback(start_server):
     assert "listening on [::1]:" in srv.first_line
     out = subprocess.run(socktools_cmd("request", "--host", "::1", "--port", str(srv.port), "search", "ring"),
                          capture_output=True, text=True, timeout=30)
-    assert out.stdout.strip() == protocol.SEARCH_TABLE["ring"]
+    assert out.stdout.strip() == reference.SEARCH_TABLE["ring"]
 
 
 # --------------------------------------------------------------------- echo and sink
@@ -330,8 +330,8 @@ def test_a_dead_worker_is_reported_and_replaced(start_server):
     assert wait_until(lambda: len(srv.workers()) == 2 and victim not in srv.workers())
     for _ in range(20):  # both the survivor and the replacement answer
         with socket.create_connection(srv.address) as s:
-            s.sendall(protocol.make_request("search", "morpheus"))
-            assert read_message(s).value["result"] == protocol.SEARCH_TABLE["morpheus"]
+            s.sendall(reference.make_request("search", "morpheus"))
+            assert read_message(s).value["result"] == reference.SEARCH_TABLE["morpheus"]
     workers = srv.workers()
     rc, out, err = srv.stop()
     assert rc == 0
@@ -344,7 +344,7 @@ def test_a_dead_worker_is_reported_and_replaced(start_server):
 def test_second_signal_forces_a_stop_while_draining(start_server):
     srv = start_server("--mode", "framed", "--drain-timeout", "60", json_events=True)
     s = socket.create_connection(srv.address)
-    s.sendall(protocol.make_request("search", "morpheus")[:20])  # mid-message: keeps the drain busy
+    s.sendall(reference.make_request("search", "morpheus")[:20])  # mid-message: keeps the drain busy
     time.sleep(0.2)
     srv.proc.send_signal(signal.SIGINT)
     time.sleep(0.5)

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from socktools import protocol
+from socktools import protocol, reference
 from socktools.capture import SniffConfig, Sniffer
 from socktools.capture.reassembly import MessageEvent
 
@@ -30,7 +30,7 @@ pytestmark = pytest.mark.skipif(
     not _can_capture(),
     reason="live capture needs root or CAP_NET_RAW (packet sockets); the -r tests cover the rest")
 
-SEARCH_REPLY = protocol.SEARCH_TABLE["morpheus"]
+SEARCH_REPLY = reference.SEARCH_TABLE["morpheus"]
 
 
 def socktools_cmd(*args: str) -> list[str]:
@@ -56,12 +56,12 @@ def framed_exchange(srv: socket.socket) -> None:
                 dec.receive_data(conn.recv(4096))
                 ev = dec.next_event()
                 if isinstance(ev, protocol.Message):
-                    conn.sendall(protocol.respond(ev))
+                    conn.sendall(reference.respond(ev))
                     return
     t = threading.Thread(target=serve)
     t.start()
     with socket.create_connection(srv.getsockname(), timeout=5) as c:
-        c.sendall(protocol.make_request("search", "morpheus"))
+        c.sendall(reference.make_request("search", "morpheus"))
         while c.recv(4096):
             pass
     t.join(5)

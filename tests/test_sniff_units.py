@@ -9,7 +9,7 @@ import struct
 
 import pytest
 
-from socktools import protocol
+from socktools import protocol, reference
 from socktools.capture import bpf, dissect as d
 from socktools.capture.common import CaptureFileError, FilterError, LibpcapMissing
 from socktools.capture.pcap import PcapWriter, open_capture
@@ -246,7 +246,7 @@ def test_bad_capture_files_say_why(tmp_path):
 
 
 # ------------------------------------------------------------------- reassembly
-REQ = protocol.make_request("search", "morpheus")
+REQ = reference.make_request("search", "morpheus")
 RESP = protocol.encode_json({"result": "Follow the white rabbit. \U0001f430"})
 
 

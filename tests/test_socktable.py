@@ -12,9 +12,9 @@ import time
 import pytest
 from click.testing import CliRunner
 
-from socktools import socktable
+from socktools.kernel import socktable
 from socktools.cli import main
-from socktools.socktable import SocketTableUnavailable, find_socket, normalize_state, read_sockets
+from socktools.kernel.socktable import SocketTableUnavailable, find_socket, normalize_state, read_sockets
 
 SOURCES = ["netlink", "proc"]
 

@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 from socktools.cli import main
-from socktools.stall import Arithmetic, StallConfig, StallError, Staller, run_stall
+from socktools.stall.steps import Arithmetic, StallConfig, StallError, Staller, run_stall
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="stall reads Linux's TCP_INFO, queue ioctls and socket table")
@@ -325,7 +325,7 @@ def test_end_to_end_drain():
 
 def _stall_connection(pid: int) -> tuple[int, int] | None:
     """(port, sink pid) once process ``pid`` has an ESTABLISHED connection to its sink."""
-    from socktools.socktable import read_sockets
+    from socktools.kernel.socktable import read_sockets
     entries = read_sockets(state="ESTABLISHED", processes=True)
     for mine in (e for e in entries if any(p == pid for p, _ in e.pids)):
         for peer in entries:
@@ -357,12 +357,12 @@ def test_ctrl_c_stops_cleanly_and_stops_the_sink():
     port, sink_pid = found
     with pytest.raises(ProcessLookupError):     # stopped and reaped by stall itself
         os.kill(sink_pid, 0)
-    from socktools.socktable import read_sockets
+    from socktools.kernel.socktable import read_sockets
     assert not [e for e in read_sockets(port=port) if e.state in ("LISTEN", "ESTABLISHED")]
 
 
 def test_unavailable_figures_are_reported_as_such_not_invented(monkeypatch):
-    from socktools import tcpinfo
+    from socktools.kernel import tcpinfo
     from socktools.cli.stall import render_report
     monkeypatch.setattr(tcpinfo, "IS_LINUX", False)      # as on macOS: no TCP_INFO layout, no ioctls
     with ThreadSink(rcvbuf=4096) as sink:

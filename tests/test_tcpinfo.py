@@ -1,4 +1,4 @@
-"""socktools.tcpinfo: struct tcp_info layout and parsing (pure), and real-socket reads (Linux)."""
+"""socktools.kernel.tcpinfo: struct tcp_info layout and parsing (pure), and real-socket reads (Linux)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import time
 import pytest
 from hypothesis import given, strategies as st
 
-from socktools import tcpinfo
-from socktools.tcpinfo import OFFSETS, TCP_INFO_FIELDS, parse_tcp_info, struct_size
+from socktools.kernel import tcpinfo
+from socktools.kernel.tcpinfo import OFFSETS, TCP_INFO_FIELDS, parse_tcp_info, struct_size
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="TCP_INFO layout and the queue ioctls are Linux's")

@@ -3,7 +3,7 @@
 Every step runs the real standalone command (``python -m socktools ...``) and
 shows it first, so what the tour prints is exactly what the user gets when
 they rerun that line.  The framed server lives in its own session
-(:class:`~socktools.embedded.EmbeddedServer`); on Ctrl-C the running step gets
+(:class:`~socktools.core.embedded.EmbeddedServer`); on Ctrl-C the running step gets
 the terminal's SIGINT like any foreground command, and the tour then stops
 the server and waits for every child before it exits.
 """
@@ -121,7 +121,7 @@ def command(capture, conns, duration):
     so you can rerun it. Everything it starts is stopped at the end, also on
     Ctrl-C.
     """
-    from socktools.embedded import EmbeddedServer, EmbeddedServerError
+    from socktools.core.embedded import EmbeddedServer, EmbeddedServerError
 
     tour = Tour(color=sys.stdout.isatty())
     server = EmbeddedServer(mode="framed")

@@ -54,7 +54,7 @@ def command(conns, as_json):
       socktools doctor --conns 50000
       socktools doctor --json | jq '.checks[] | select(.status != "ok")'
     """
-    from socktools.doctor import DoctorConfig, run_doctor
+    from socktools.kernel.doctor import DoctorConfig, run_doctor
     report = run_doctor(DoctorConfig(conns=conns))
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))

@@ -90,7 +90,7 @@ def command(host, port, count, interval, timeout, icmp, as_json):
       socktools ping [::1]:65432 --interval 200ms
       sudo socktools ping 127.0.0.1 --icmp
     """
-    from socktools.ping import IcmpUnavailable, PingConfig, check_icmp, probes, resolve_target, summarize
+    from socktools.ping.probe import IcmpUnavailable, PingConfig, check_icmp, probes, resolve_target, summarize
     host, port = _split_host_port(host, port)
     if interval < 0.01:
         raise click.BadParameter("must be at least 10ms", param_hint="'--interval'")

@@ -61,7 +61,7 @@ def command(words, host, port, timeout, show_bytes, as_json):
     ACTION "search" sends a text/json request; any other action a binary one
     (content ACTION+VALUE), as SPEC §1 describes.
     """
-    from socktools.client import RequestError, request
+    from socktools.request.client import RequestError, request
 
     if len(words) == 4:
         host, port_text, action, value = words

@@ -1,4 +1,4 @@
-"""`socktools serve`: the click face of socktools.supervisor.serve."""
+"""`socktools serve`: the click face of socktools.serve.supervisor.serve."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from socktools.addresses import is_wildcard
 from socktools.cli._common import (BYTESIZE, DURATION, EXIT_FAILED, PORT, die, fmt_bytes,
                                    setup_logging)
 from socktools.protocol import DEFAULT_MAX_CONTENT
-from socktools.server import MODES, ServeConfig
+from socktools.serve.worker import MODES, ServeConfig
 
 EPILOG = """\b
 Examples:
@@ -103,7 +103,7 @@ def command(mode, host, port, workers, max_conns, idle_timeout, max_content, rcv
     Binds 127.0.0.1 unless --host says otherwise. With --port 0 the chosen
     port is printed on the first line ("listening on HOST:PORT").
     """
-    from socktools.supervisor import ServeError, serve
+    from socktools.serve.supervisor import ServeError, serve
 
     setup_logging(quiet=quiet)
     if is_wildcard(host):

@@ -10,7 +10,7 @@ from socktools.cli._common import EXIT_UNAVAILABLE, PORT, die
 
 
 def _state_param(ctx, param, values):
-    from socktools.socktable import normalize_state
+    from socktools.kernel.socktable import normalize_state
     try:
         return tuple(normalize_state(v) for v in values)
     except ValueError as exc:
@@ -76,7 +76,7 @@ def command(port, states, listening, processes, as_json, source):
       socktools sockets --port 65432 --processes # one server's sockets and their owners
       socktools sockets --state estab --json
     """
-    from socktools.socktable import SocketTableUnavailable, read_sockets, resolve_source
+    from socktools.kernel.socktable import SocketTableUnavailable, read_sockets, resolve_source
     try:
         used = resolve_source(source)
         entries = read_sockets(port=port, state=states or None, listening=listening,

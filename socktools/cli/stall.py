@@ -314,9 +314,9 @@ def command(host, port, chunk, sndbuf, rcvbuf, settle, drain, timeout, as_json, 
     """
     _check_options(port, rcvbuf, drain, chunk, timeout)
     from socktools.addresses import is_loopback
-    from socktools.embedded import EmbeddedServerError
+    from socktools.core.embedded import EmbeddedServerError
     from socktools.errors import one_line
-    from socktools.stall import StallConfig, StallError, run_stall
+    from socktools.stall.steps import StallConfig, StallError, run_stall
     if port is None and not is_loopback(host):
         raise click.BadParameter(f"{host} is not a loopback address: the embedded sink listens only on "
                                  "loopback (127.0.0.1, ::1); add --port to stall a server there",

@@ -108,8 +108,8 @@ class FloodConfig:
     def request_bytes(self) -> bytes:
         """The bytes of one request (every request of a run is the same)."""
         if self.mode == "framed":
-            from socktools import protocol
-            return protocol.make_request(self.action, self.value, keep_alive=True)
+            from socktools import reference
+            return reference.make_request(self.action, self.value, keep_alive=True)
         return b"x" * self.size
 
     @property

@@ -22,10 +22,10 @@ import collections
 import operator
 from typing import TYPE_CHECKING, Any, Optional
 
-from socktools import protocol
+from socktools import protocol, reference
 from socktools.flood import stats as st
 from socktools.flood.config import FloodConfig
-from socktools.iocore import READ_SIZE, Connection, Protocol
+from socktools.core.loop import READ_SIZE, Connection, Protocol
 
 if TYPE_CHECKING:  # pragma: no cover
     from socktools.flood.worker import _Worker
@@ -101,7 +101,7 @@ class FramedReplies:
     def __init__(self, request: bytes, what: str) -> None:
         req = protocol.Decoder()
         req.receive_data(request)
-        self.expected_bytes = protocol.respond(req.next_event())
+        self.expected_bytes = reference.respond(req.next_event())
         dec = protocol.Decoder()
         dec.receive_data(self.expected_bytes)
         msg = dec.next_event()

@@ -116,7 +116,7 @@ def run_flood(config: FloodConfig, *, workers_given: bool = True, sources_given:
     server = None
     server_info = None
     if cfg.embedded:
-        from socktools.embedded import EmbeddedServer, EmbeddedServerError
+        from socktools.core.embedded import EmbeddedServer, EmbeddedServerError
         host = cfg.host if cfg.host else "127.0.0.1"
         server = EmbeddedServer(_server_mode(cfg.mode), host=host, workers=cfg.server_workers)
         try:

@@ -38,7 +38,7 @@ from socktools.flood import stats as st
 from socktools.flood.config import FloodConfig
 from socktools.flood.exchange import (ClosedLoop, Confirm, EchoLoop, OpenLoop, Slot,
                                        make_replies, owed)
-from socktools.iocore import Connection, Loop
+from socktools.core.loop import Connection, Loop
 
 __all__ = ["run_worker", "MAX_CONNECTING"]
 

@@ -236,7 +236,7 @@ def _checksum(data: bytes) -> int:
 
 def check_icmp() -> None:
     """Raise ``IcmpUnavailable`` unless this process may open raw ICMP sockets."""
-    from socktools.doctor import net_raw_privilege
+    from socktools.kernel.doctor import net_raw_privilege
     has, how = net_raw_privilege()
     if not has:
         raise IcmpUnavailable(

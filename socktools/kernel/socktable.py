@@ -27,7 +27,7 @@ import sys
 from dataclasses import dataclass, fields
 from typing import Iterable, Optional
 
-from socktools.tcpinfo import TcpInfo, parse_tcp_info
+from socktools.kernel.tcpinfo import TcpInfo, parse_tcp_info
 
 __all__ = ["SocketEntry", "TcpInfo", "SocketTableUnavailable", "read_sockets", "find_socket",
            "normalize_state", "resolve_source", "STATES"]
@@ -75,7 +75,7 @@ class SocketEntry:
     0 and ``uid`` meaningless for TIME-WAIT sockets, which belong to no
     process.  ``pids`` is ``((pid, command), ...)``, empty unless
     ``processes=True`` was asked and the process table was readable.
-    ``tcp_info`` (a :class:`socktools.tcpinfo.TcpInfo`) only when asked and
+    ``tcp_info`` (a :class:`socktools.kernel.tcpinfo.TcpInfo`) only when asked and
     read over netlink: ``entry.tcp_info["rtt"]``.
     """
 

@@ -1,6 +1,6 @@
 """What ``socktools stall`` found: frozen result records, one per step, with ``to_dict()`` for JSON.
 
-:mod:`socktools.stall` fills them in; ``socktools stall`` renders them.  Pure
+:mod:`socktools.stall.steps` fills them in; ``socktools stall`` renders them.  Pure
 data: no sockets, no clocks, no I/O.
 """
 
@@ -9,11 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Optional
 
-from socktools import socktable, tcpinfo
+from socktools.kernel import socktable, tcpinfo
 from socktools.addresses import format_addr
 
 if TYPE_CHECKING:  # pragma: no cover
-    from socktools.stall import StallConfig
+    from socktools.stall.steps import StallConfig
 
 __all__ = ["PeerInfo", "FillResult", "SettleResult", "PersistState", "SenderView", "ReceiverView", "TableRow", "Arithmetic", "Snapshot", "DrainSample", "DrainResult", "StallReport"]
 

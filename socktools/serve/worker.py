@@ -1,9 +1,9 @@
 """The server worker: one process's event loop serving echo, framed or sink connections.
 
-A worker owns a :class:`~socktools.iocore.Loop`, adopts connections from a
+A worker owns a :class:`~socktools.core.loop.Loop`, adopts connections from a
 listening socket it was handed (the parent binds; see ``supervisor.py``), and
 keeps :class:`ServerStats`.  It never prints: log lines go to the
-``socktools.server`` logger, statistics to a ``report`` callback.
+``socktools.serve.worker`` logger, statistics to a ``report`` callback.
 
 Stop protocol (driven by signals queued through a wakeup fd, never handled
 inside the signal handler itself):
@@ -29,13 +29,13 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from socktools import errors, protocol
+from socktools import errors, protocol, reference
 from socktools.addresses import format_addr
-from socktools.iocore import Connection, Loop, Protocol
+from socktools.core.loop import Connection, Loop, Protocol
 
 __all__ = ["ServeConfig", "ServerStats", "Worker", "MODES"]
 
-log = logging.getLogger("socktools.server")
+log = logging.getLogger("socktools.serve.worker")
 
 MODES = ("echo", "framed", "sink")
 
@@ -202,7 +202,7 @@ class FramedProtocol(_Base):
                 conn.close()
                 return
             stats.requests += 1
-            conn.write(protocol.respond(event))
+            conn.write(reference.respond(event))
             stats.responses += 1
             if not event.keep_alive or self.worker.draining:
                 conn.pause_reading()

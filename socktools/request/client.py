@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from socktools import errors, protocol
+from socktools import errors, protocol, reference
 from socktools.addresses import format_addr, resolve
 
 __all__ = ["RequestResult", "RequestError", "PeerClosedError", "request"]
@@ -66,7 +66,7 @@ class PeerClosedError(ConnectionError):
 def request(host: str, port: int, action: str, value: str, *, timeout: float = 5.0,
             max_content: int = protocol.DEFAULT_MAX_CONTENT) -> RequestResult:
     """Send ``ACTION VALUE`` to a framed server and return the decoded response."""
-    payload = protocol.make_request(action, value)
+    payload = reference.make_request(action, value)
     result = RequestResult(address=(host, port), sent=b"", received=b"")
     started = time.perf_counter()
     deadline = time.monotonic() + timeout

@@ -16,16 +16,16 @@ walks through that in explicit steps so tests can stop between them:
    window probe), so keep retrying until nothing has changed for ``settle``
    seconds: that is the steady state.
 4. ``snapshot()``- the kernel's view of both ends: our socket by ioctl and
-   TCP_INFO (:mod:`socktools.tcpinfo`), the receiver by its 4-tuple in the
-   socket table (:mod:`socktools.socktable`, the same source as ``socktools
+   TCP_INFO (:mod:`socktools.kernel.tcpinfo`), the receiver by its 4-tuple in the
+   socket table (:mod:`socktools.kernel.socktable`, the same source as ``socktools
    sockets``), since it lives in another process.
 5. ``drain()``   - tell the peer to read (a sink's SIGUSR1), and watch the
    queues empty and our socket turn writable (``EVENT_WRITE``).
 
 The peer is injectable: anything with ``address`` and ``drain()``.  By default
 :func:`run_stall` starts the real ``socktools serve --mode sink`` in a child
-process (:class:`socktools.embedded.EmbeddedServer`).  Nothing here prints;
-results are the frozen dataclasses of :mod:`socktools.stall_results`.
+process (:class:`socktools.core.embedded.EmbeddedServer`).  Nothing here prints;
+results are the frozen dataclasses of :mod:`socktools.stall.results`.
 """
 
 from __future__ import annotations
@@ -39,10 +39,10 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Optional, Protocol
 
-from socktools import socktable, tcpinfo
+from socktools.kernel import socktable, tcpinfo
 from socktools.addresses import format_addr, resolve
 from socktools.errors import errno_name
-from socktools.stall_results import (Arithmetic, DrainResult, DrainSample, FillResult, PeerInfo,
+from socktools.stall.results import (Arithmetic, DrainResult, DrainSample, FillResult, PeerInfo,
                                      PersistState, ReceiverView, SenderView, SettleResult, Snapshot,
                                      StallReport, TableRow)
 
@@ -419,7 +419,7 @@ def run_stall(config: StallConfig, *, peer: Any = None) -> StallReport:
     """Stall a connection and report.  ``peer=None``: the embedded sink, or ``config.port``'s server.
 
     Raises :class:`StallError` (connect refused, peer reset...) and
-    ``socktools.embedded.EmbeddedServerError`` if the embedded sink cannot start.
+    ``socktools.core.embedded.EmbeddedServerError`` if the embedded sink cannot start.
     """
     with contextlib.ExitStack() as stack:
         if peer is not None:
@@ -428,7 +428,7 @@ def run_stall(config: StallConfig, *, peer: Any = None) -> StallReport:
             peer = TargetPeer((config.host, config.port))
             info = describe_peer(peer, "target")
         else:
-            from socktools.embedded import EmbeddedServer
+            from socktools.core.embedded import EmbeddedServer
             try:  # the sink is given a numeric address: names can resolve differently per run
                 host = resolve(config.host, 0, passive=True)[1][0]
             except OSError as exc:

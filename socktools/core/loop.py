@@ -59,7 +59,7 @@ from typing import Any, Callable, Optional
 
 __all__ = ["Loop", "Connection", "Protocol", "Timer", "READ_SIZE", "INTERNAL"]
 
-log = logging.getLogger("socktools.iocore")
+log = logging.getLogger("socktools.core.loop")
 
 #: ``failed_in`` of a connection ended by an exception from its protocol's code.
 INTERNAL = "internal"

@@ -32,12 +32,12 @@ from typing import Any, Callable, Optional
 
 from socktools import errors
 from socktools.addresses import format_addr, resolve
-from socktools.iocore import Loop
-from socktools.server import ServeConfig, ServerStats, Worker
+from socktools.core.loop import Loop
+from socktools.serve.worker import ServeConfig, ServerStats, Worker
 
 __all__ = ["ServeError", "bind_listener", "bind_listeners", "serve", "somaxconn"]
 
-log = logging.getLogger("socktools.server")
+log = logging.getLogger("socktools.serve.worker")
 
 #: How often a supervised worker sends its counters to the parent.
 WORKER_REPORT_INTERVAL = 1.0

@@ -1,0 +1,1 @@
+"""The shared core under every command: the I/O loop, signals, worker processes."""

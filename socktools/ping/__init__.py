@@ -1,0 +1,1 @@
+"""ping: TCP-connect (and ICMP) probes."""

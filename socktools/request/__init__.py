@@ -1,0 +1,1 @@
+"""request: one framed exchange with a server."""

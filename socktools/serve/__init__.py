@@ -1,0 +1,1 @@
+"""serve: the echo, framed and sink servers and their supervised workers."""

@@ -1,0 +1,1 @@
+"""stall: reproduce BlockingIOError against a peer that does not read."""
