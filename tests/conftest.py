@@ -1,16 +1,20 @@
-"""Shared fixtures: start the real `socktools serve` CLI on a free loopback port."""
+"""Shared fixtures: the real `socktools serve` on a free loopback port, a refused port, IPv6 probe."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
-import subprocess
+import socket
 import sys
 import time
 
 import pytest
+
+from socktools.core.embedded import EmbeddedServer, EmbeddedServerError
+
+# The I/O core's pair factories and loop fixtures (make_pair, loop, default_loop, plain_loop).
+pytest_plugins = ["tests.loop_helpers"]
 
 LISTENING = re.compile(r"listening on (\[[0-9a-f:]+\]|[0-9.]+):(\d+)")
 
@@ -42,59 +46,50 @@ def alive(pid: int) -> bool:
         return False
 
 
-class ServerProcess:
-    """A `socktools serve` child: ``.host``, ``.port``, ``.stop()`` -> (rc, stdout, stderr)."""
+class ServerProcess(EmbeddedServer):
+    """A `socktools serve` child: ``.host``, ``.port``, ``.stop()`` -> (rc, stdout, stderr).
+
+    The product's own :class:`EmbeddedServer`, started from the test's CLI
+    arguments; without ``json_events`` the server prints its human lines.
+    """
 
     def __init__(self, *args: str, preexec_fn=None, json_events: bool = False) -> None:
-        cmd = socktools_cmd("serve", "--port", "0", "--stats-interval", "0", *args)
-        if json_events:
-            cmd.append("--json")
+        super().__init__(args=["--port", "0", "--stats-interval", "0", *args],
+                         popen_kw={"preexec_fn": preexec_fn} if preexec_fn else None)
         self.json_events = json_events
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True, preexec_fn=preexec_fn)
-        self.first_line = self.proc.stdout.readline()
-        if json_events:
-            ev = json.loads(self.first_line)
-            self.host, self.port = ev["host"], ev["port"]
-        else:
-            m = LISTENING.search(self.first_line)
-            if not m:
-                self.proc.kill()
-                out, err = self.proc.communicate()
-                raise RuntimeError(f"server did not start: {self.first_line!r} {err!r}")
-            self.host, self.port = m.group(1).strip("[]"), int(m.group(2))
-        self.pid = self.proc.pid
-        self.stdout = ""
-        self.stderr = ""
-        self.returncode = None
+        self.first_line = ""
+        try:
+            self.start()
+        except EmbeddedServerError as exc:
+            raise RuntimeError(f"server did not start: {exc}") from None
+        self.host, self.port = self.address
 
-    @property
-    def address(self):
-        return (self.host, self.port)
+    def _command(self) -> list[str]:
+        cmd = socktools_cmd("serve", "--stop-on-stdin-eof", *self.args)
+        return cmd + ["--json"] if self.json_events else cmd
 
-    def workers(self) -> list[int]:
+    def _listening(self, line: str):
+        self.first_line = self.first_line or line
+        if self.json_events:
+            return super()._listening(line)
+        m = LISTENING.search(line)
+        return (m.group(1).strip("[]"), int(m.group(2))) if m else None
+
+    def worker_pids(self) -> list[int]:
         return children_of(self.pid)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0):
         if self.returncode is None:
-            if self.proc.poll() is None:
-                self.proc.send_signal(sig)
-            try:
-                out, err = self.proc.communicate(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                out, err = self.proc.communicate()
-                raise AssertionError(f"server did not stop within {timeout}s: {err}")
-            self.stdout, self.stderr, self.returncode = out, err, self.proc.returncode
+            super().stop(timeout=timeout, sig=sig)
+            if self.forced:
+                raise AssertionError(f"server did not stop within {timeout}s: {self.stderr}")
         return self.returncode, self.stdout, self.stderr
 
-    def summary(self) -> dict:
-        assert self.json_events, "summary() needs json_events=True"
-        for line in self.stdout.splitlines():
-            ev = json.loads(line)
-            if ev.get("event") == "summary":
-                return ev
-        raise AssertionError(f"no summary in {self.stdout!r}")
+    def final_summary(self) -> dict:
+        assert self.json_events, "final_summary() needs json_events=True"
+        if self.summary is None:
+            raise AssertionError(f"no summary in {self.stdout!r}")
+        return self.summary
 
 
 @pytest.fixture
@@ -109,10 +104,37 @@ def start_server():
 
     yield start
     for srv in started:
-        if srv.returncode is None:
-            if srv.proc.poll() is None:
-                srv.proc.kill()
+        if srv.proc is not None:
+            srv.proc.kill()
             srv.proc.communicate()
+
+
+def ipv6_loopback_available() -> bool:
+    """True if this Python has IPv6 and ``::1`` can be bound here."""
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+def skip_without_ipv6() -> None:
+    if not ipv6_loopback_available():
+        pytest.skip("IPv6 loopback (::1) is not available on this machine")
+
+
+@pytest.fixture
+def closed_port():
+    """A loopback ``(host, port)`` bound but not listening: connecting is refused (RST).
+
+    Keeping it bound for the test means nothing else can start listening there.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        yield s.getsockname()
 
 
 def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02) -> bool:

@@ -77,7 +77,7 @@ def test_json_against_a_framed_server_the_user_started(start_server):
     assert doc["errors"] == [] and doc["errors_total"] == 0
     assert doc["latency_us"]["count"] == 300 and doc["latency_us"]["hdr"].startswith("HISTF")
     srv.stop()
-    assert srv.summary()["requests"] == doc["requests"]["sent"] == 308  # exact, same run
+    assert srv.final_summary()["requests"] == doc["requests"]["sent"] == 308  # exact, same run
 
 
 def test_interval_prints_ndjson_then_the_result():

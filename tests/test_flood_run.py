@@ -22,15 +22,6 @@ from socktools.flood.worker import run_worker
 pytestmark = pytest.mark.timeout(60)
 
 
-@pytest.fixture
-def closed_port():
-    """Bound, not listening: connecting is refused, and nothing else can listen there."""
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    yield s.getsockname()
-    s.close()
-
-
 class ThreadServer:
     """A loopback server whose per-connection behaviour is a plain function (for misbehaving peers)."""
 

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from socktools.ping import probe as ping
 from socktools.cli import main
+from tests.conftest import ipv6_loopback_available, skip_without_ipv6
 from socktools.ping.probe import PingConfig, Probe, icmp_name, probes, resolve_target, summarize, tcp_probe
 
 
@@ -21,14 +22,6 @@ from socktools.ping.probe import PingConfig, Probe, icmp_name, probes, resolve_t
 def listening_port():
     with socket.create_server(("127.0.0.1", 0), backlog=64) as lsock:
         yield lsock.getsockname()[1]
-
-
-@pytest.fixture
-def closed_port():
-    """A port bound but not listening: nobody else can take it, and a SYN to it gets a RST."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        yield s.getsockname()[1]
 
 
 def _target(port, host="127.0.0.1"):
@@ -42,7 +35,7 @@ def test_tcp_probe_connects(listening_port):
 
 
 def test_tcp_probe_refused(closed_port):
-    p = tcp_probe(_target(closed_port), 7, timeout=5)
+    p = tcp_probe(_target(closed_port[1]), 7, timeout=5)
     assert not p.ok and p.seq == 7 and p.time_ms is None
     assert p.error == "ECONNREFUSED" and p.errno == errno.ECONNREFUSED
     assert p.detail.startswith("connection refused")
@@ -70,11 +63,8 @@ def test_tcp_probe_times_out_when_the_accept_queue_is_full():
 
 
 def test_ipv6_probe():
-    try:
-        lsock = socket.create_server(("::1", 0), family=socket.AF_INET6)
-    except OSError as exc:
-        pytest.skip(f"no IPv6 loopback on this machine: {exc}")
-    with lsock:
+    skip_without_ipv6()
+    with socket.create_server(("::1", 0), family=socket.AF_INET6) as lsock:
         p = tcp_probe(_target(lsock.getsockname()[1], "::1"), 1, timeout=5)
     assert p.ok and p.peer.startswith("[::1]:")
 
@@ -186,7 +176,7 @@ def test_cli_all_received(listening_port):
 
 
 def test_cli_closed_port_fails_every_probe(closed_port):
-    r = CliRunner().invoke(main, ["ping", f"127.0.0.1:{closed_port}", "-c", "3", "-i", "10ms"])
+    r = CliRunner().invoke(main, ["ping", f"127.0.0.1:{closed_port[1]}", "-c", "3", "-i", "10ms"])
     assert r.exit_code == 1
     failures = [line for line in r.output.splitlines() if line.startswith("no connection to")]
     assert len(failures) == 3 and all("ECONNREFUSED - connection refused" in f for f in failures)
@@ -200,7 +190,7 @@ def test_cli_json(closed_port, listening_port):
                                   "-i", "10ms", "--json"])
     doc = json.loads(r.output)
     assert r.exit_code == 0 and doc["summary"]["received"] == 2 and len(doc["probes"]) == 2
-    r = CliRunner().invoke(main, ["ping", "127.0.0.1", "-p", str(closed_port), "-c", "1", "--json"])
+    r = CliRunner().invoke(main, ["ping", "127.0.0.1", "-p", str(closed_port[1]), "-c", "1", "--json"])
     doc = json.loads(r.output)
     assert r.exit_code == 1 and doc["summary"]["failures"] == {"ECONNREFUSED": 1}
     assert doc["probes"][0]["errno"] == errno.ECONNREFUSED
@@ -232,9 +222,7 @@ def test_cli_icmp_as_root():
     assert r.exit_code == 0, r.output
     assert "reply from 127.0.0.1: icmp_seq=1 ttl=" in r.output
     assert "2 probes sent, 2 received, 0% loss" in r.output
-    try:
-        socket.create_server(("::1", 0), family=socket.AF_INET6).close()
-    except OSError:
+    if not ipv6_loopback_available():
         return            # no IPv6 loopback here
     r = CliRunner().invoke(main, ["ping", "::1", "--icmp", "-c", "1", "--json"])
     assert r.exit_code == 0, r.output

@@ -16,7 +16,7 @@ import time
 import pytest
 
 from socktools import protocol, reference
-from tests.conftest import alive, socktools_cmd, wait_until
+from tests.conftest import alive, skip_without_ipv6, socktools_cmd, wait_until
 
 VECTOR_SEARCH_REQ = (b'\x00g{"byteorder": "little", "content-type": "text/json", "content-encoding": "utf-8", '
                      b'"content-length": 41}{"action": "search", "value": "morpheus"}')
@@ -151,7 +151,7 @@ def test_malformed_frames_get_an_error_reply_and_close_while_a_good_client_carri
     good.close()
     rc, out, err = srv.stop()
     assert rc == 0, err
-    summary = srv.summary()
+    summary = srv.final_summary()
     assert sum(summary["protocol_errors"].values()) == len(MALFORMED)
     assert summary["protocol_errors"]["missing-key"] == 4
     for name, kind in EXPECTED_KIND.items():
@@ -168,7 +168,7 @@ def test_truncated_frame_at_eof_is_reported(start_server):
         msg = read_message(s)
         assert "closed mid-message" in msg.value["error"]
     srv.stop()
-    assert srv.summary()["protocol_errors"] == {"truncated": 1}
+    assert srv.final_summary()["protocol_errors"] == {"truncated": 1}
 
 
 def test_content_length_cap_is_checked_as_soon_as_the_header_arrives(start_server):
@@ -198,16 +198,11 @@ def test_keep_alive_pipelined_requests_are_answered_in_order(start_server):
     assert all(m.keep_alive for m in got[:4])
     assert got[4].content == b"First 10 bytes of request: binaryhell"
     srv.stop()
-    assert srv.summary()["requests"] == 5
+    assert srv.final_summary()["requests"] == 5
 
 
 def test_ipv6_loopback(start_server):
-    if not socket.has_ipv6:
-        pytest.skip("this Python has no IPv6 support")
-    try:
-        socket.socket(socket.AF_INET6).bind(("::1", 0))
-    except OSError:
-        pytest.skip("::1 is not configured on this machine")
+    skip_without_ipv6()
     srv = start_server("--mode", "framed", "--host", "::1")
     assert "listening on [::1]:" in srv.first_line
     out = subprocess.run(socktools_cmd("request", "--host", "::1", "--port", str(srv.port), "search", "ring"),
@@ -279,7 +274,7 @@ def test_sink_never_reads_until_sigusr1(start_server):
         sel.close()
         time.sleep(0.2)
     srv.stop()
-    assert srv.summary()["bytes_in"] == sent
+    assert srv.final_summary()["bytes_in"] == sent
 
 
 # --------------------------------------------------------------------- workers and signals
@@ -296,8 +291,8 @@ def _socket_fds(pid: int) -> int:
 
 def test_two_workers_1000_echo_clients_then_sigterm(start_server):
     srv = start_server("--mode", "echo", "--workers", "2", json_events=True)
-    assert wait_until(lambda: len(srv.workers()) == 2)
-    workers = srv.workers()
+    assert wait_until(lambda: len(srv.worker_pids()) == 2)
+    workers = srv.worker_pids()
     baseline = {pid: _socket_fds(pid) for pid in workers}
     clients = []
     for i in range(1000):
@@ -316,7 +311,7 @@ def test_two_workers_1000_echo_clients_then_sigterm(start_server):
     rc, out, err = srv.stop(signal.SIGTERM)
     assert rc == 0, err
     assert not any(alive(pid) for pid in workers), "a worker outlived the server"
-    summary = srv.summary()
+    summary = srv.final_summary()
     assert summary["accepted"] == summary["closed"] == 1000
     assert summary["bytes_in"] == summary["bytes_out"] == 1000 * 9
     assert summary["open"] == 0 and summary["worker_restarts"] == 0
@@ -324,20 +319,20 @@ def test_two_workers_1000_echo_clients_then_sigterm(start_server):
 
 def test_a_dead_worker_is_reported_and_replaced(start_server):
     srv = start_server("--mode", "framed", "--workers", "2", json_events=True)
-    assert wait_until(lambda: len(srv.workers()) == 2)
-    victim = srv.workers()[0]
+    assert wait_until(lambda: len(srv.worker_pids()) == 2)
+    victim = srv.worker_pids()[0]
     os.kill(victim, signal.SIGKILL)
-    assert wait_until(lambda: len(srv.workers()) == 2 and victim not in srv.workers())
+    assert wait_until(lambda: len(srv.worker_pids()) == 2 and victim not in srv.worker_pids())
     for _ in range(20):  # both the survivor and the replacement answer
         with socket.create_connection(srv.address) as s:
             s.sendall(reference.make_request("search", "morpheus"))
             assert read_message(s).value["result"] == reference.SEARCH_TABLE["morpheus"]
-    workers = srv.workers()
+    workers = srv.worker_pids()
     rc, out, err = srv.stop()
     assert rc == 0
     exits = [json.loads(l) for l in out.splitlines() if '"worker-exit"' in l]
     assert exits and exits[0]["how"] == "killed by signal 9" and exits[0]["restarting"]
-    assert srv.summary()["worker_restarts"] == 1
+    assert srv.final_summary()["worker_restarts"] == 1
     assert not any(alive(pid) for pid in workers)
 
 
@@ -356,8 +351,8 @@ def test_second_signal_forces_a_stop_while_draining(start_server):
 
 def test_sigkilled_supervisor_leaves_no_orphan(start_server):
     srv = start_server("--mode", "echo", "--workers", "2")
-    assert wait_until(lambda: len(srv.workers()) == 2)
-    workers = srv.workers()
+    assert wait_until(lambda: len(srv.worker_pids()) == 2)
+    workers = srv.worker_pids()
     srv.stop(signal.SIGKILL)
     assert wait_until(lambda: not any(alive(p) for p in workers), timeout=10), "orphaned workers"
 
@@ -407,7 +402,7 @@ def test_idle_timeout_closes_idle_connections(start_server):
         s.settimeout(5)
         assert s.recv(16) == b""  # closed by the server after ~0.3 s of silence
     srv.stop()
-    assert srv.summary()["idle_closed"] == 1
+    assert srv.final_summary()["idle_closed"] == 1
 
 
 def test_max_conns_makes_extra_clients_wait_in_the_backlog(start_server):

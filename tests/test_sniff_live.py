@@ -7,7 +7,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 
@@ -16,6 +15,7 @@ import pytest
 from socktools import protocol, reference
 from socktools.capture import SniffConfig, Sniffer
 from socktools.capture.reassembly import MessageEvent
+from tests.conftest import socktools_cmd
 
 
 def _can_capture() -> bool:
@@ -31,10 +31,6 @@ pytestmark = pytest.mark.skipif(
     reason="live capture needs root or CAP_NET_RAW (packet sockets); the -r tests cover the rest")
 
 SEARCH_REPLY = reference.SEARCH_TABLE["morpheus"]
-
-
-def socktools_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "socktools", *args]
 
 
 def listener(rcvbuf: int = 0) -> socket.socket:

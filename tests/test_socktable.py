@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from socktools.kernel import socktable
 from socktools.cli import main
+from tests.conftest import skip_without_ipv6
 from socktools.kernel.socktable import SocketTableUnavailable, find_socket, normalize_state, read_sockets
 
 SOURCES = ["netlink", "proc"]
@@ -167,13 +168,8 @@ def test_find_socket_exact_tuple_with_tcp_info(scene):
 @pytest.mark.parametrize("source", SOURCES)
 def test_ipv6_listener(source):
     _need(source)
-    if not socket.has_ipv6:
-        pytest.skip("Python built without IPv6")
-    try:
-        lsock = socket.create_server(("::1", 0), family=socket.AF_INET6, backlog=3)
-    except OSError as exc:
-        pytest.skip(f"no IPv6 loopback on this machine: {exc}")
-    with lsock:
+    skip_without_ipv6()
+    with socket.create_server(("::1", 0), family=socket.AF_INET6, backlog=3) as lsock:
         port = lsock.getsockname()[1]
         (e,) = read_sockets(port=port, listening=True, source=source)
         assert e.proto == "tcp6" and e.local == ("::1", port) and e.remote == ("::", 0)

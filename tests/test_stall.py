@@ -19,6 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 from socktools.cli import main
+from tests.conftest import skip_without_ipv6
 from socktools.stall.steps import Arithmetic, StallConfig, StallError, Staller, run_stall
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
@@ -27,18 +28,9 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
 FAMILIES = [pytest.param("127.0.0.1", id="ipv4"), pytest.param("::1", id="ipv6")]
 
 
-def _ipv6_available() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
-
-
 def _skip_without(host: str) -> None:
-    if ":" in host and not _ipv6_available():
-        pytest.skip("this machine has no IPv6 loopback (::1)")
+    if ":" in host:
+        skip_without_ipv6()
 
 
 class ThreadSink:

@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 __all__ = ["EmbeddedServer", "EmbeddedServerError"]
 
@@ -31,11 +31,14 @@ class EmbeddedServer:
 
     ``address`` is the ``(host, port)`` to connect to; ``family`` its address
     family; ``drain()`` tells a sink server to start reading (SIGUSR1);
-    ``summary`` is the server's final statistics (dict) once stopped.
+    ``summary`` is the server's final statistics (dict) once stopped, and
+    ``returncode``, ``stdout``, ``stderr`` (text) what the child left.
+    ``popen_kw`` goes to ``subprocess.Popen`` (e.g. a ``preexec_fn``).
     """
 
     def __init__(self, mode: str = "echo", *, host: str = "127.0.0.1", workers: int = 1,
-                 args: Sequence[str] = (), startup_timeout: float = 15.0) -> None:
+                 args: Sequence[str] = (), startup_timeout: float = 15.0,
+                 popen_kw: Optional[Mapping[str, Any]] = None) -> None:
         self.mode = mode
         self.host = host
         self.workers = workers
@@ -47,6 +50,13 @@ class EmbeddedServer:
         self.summary: Optional[dict] = None
         self.events: list[dict] = []
         self.command: list[str] = []
+        self.popen_kw = dict(popen_kw or {})
+        self.pid: Optional[int] = None
+        self.returncode: Optional[int] = None
+        self.stdout = ""
+        self.stderr = ""
+        self.forced = False                 # stop() had to SIGKILL after its timeout
+        self._unread = b""                  # stdout read past the listening line
 
     @property
     def display_command(self) -> str:
@@ -57,22 +67,33 @@ class EmbeddedServer:
             shown += ["--workers", str(self.workers)]
         return " ".join(shown + self.args)
 
+    def _command(self) -> list[str]:
+        return [sys.executable, "-m", "socktools", "serve", "--json", "--stop-on-stdin-eof",
+                "--mode", self.mode, "--host", self.host, "--port", "0",
+                "--workers", str(self.workers), "--stats-interval", "0", *self.args]
+
+    def _listening(self, line: str) -> Optional[tuple]:
+        """``(host, port)`` if ``line`` says the server is listening."""
+        event = self._parse(line)
+        if event and event.get("event") == "listening":
+            return event["host"], event["port"]
+        return None
+
     def start(self) -> "EmbeddedServer":
         import socket
-        self.command = [sys.executable, "-m", "socktools", "serve", "--json", "--stop-on-stdin-eof",
-                        "--mode", self.mode, "--host", self.host, "--port", "0",
-                        "--workers", str(self.workers), "--stats-interval", "0", *self.args]
+        self.command = self._command()
         self.proc = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, start_new_session=True)
+                                     stderr=subprocess.PIPE, start_new_session=True, **self.popen_kw)
+        self.pid = self.proc.pid
         deadline = time.monotonic() + self.startup_timeout
         while True:
             line = self._readline(deadline)
             if line is None:
                 err = self._kill_and_read_stderr()
                 raise EmbeddedServerError(f"embedded server did not start: {err or 'no output'}")
-            event = self._parse(line)
-            if event and event.get("event") == "listening":
-                host, port = event["host"], event["port"]
+            found = self._listening(line)
+            if found:
+                host, port = found
                 self.family = socket.AF_INET6 if ":" in host else socket.AF_INET
                 self.address = (host, port)
                 return self
@@ -82,19 +103,24 @@ class EmbeddedServer:
         if self.proc and self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGUSR1)
 
-    def stop(self, timeout: float = 10.0) -> Optional[dict]:
-        """Stop gracefully (SIGTERM), wait, and return the final summary."""
+    def stop(self, timeout: float = 10.0, sig: int = signal.SIGTERM) -> Optional[dict]:
+        """Stop gracefully (SIGTERM, or ``sig``), wait, and return the final summary."""
         proc = self.proc
         if proc is None:
             return self.summary
         if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(sig)
         try:
-            out, _ = proc.communicate(timeout=timeout)
+            out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
+            self.forced = True
             proc.kill()
-            out, _ = proc.communicate()
-        for line in out.decode("utf-8", "replace").splitlines():
+            out, err = proc.communicate()
+        self.stdout = (self._unread + out).decode("utf-8", "replace")
+        self.stderr = err.decode("utf-8", "replace")
+        self._unread = b""
+        self.returncode = proc.returncode
+        for line in self.stdout.splitlines():
             self._parse(line)
         self.proc = None
         return self.summary
@@ -112,16 +138,22 @@ class EmbeddedServer:
         return event
 
     def _readline(self, deadline: float) -> Optional[str]:
+        # Read the raw fd, keeping what follows the line: a buffered readline()
+        # would hide it from select() and from communicate() in stop().
         assert self.proc and self.proc.stdout
-        fd = self.proc.stdout
-        while True:
+        fd = self.proc.stdout.fileno()
+        while b"\n" not in self._unread:
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
             ready, _, _ = select.select([fd], [], [], left)
             if ready:
-                raw = fd.readline()
-                return raw.decode("utf-8", "replace") if raw else None
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    return None
+                self._unread += chunk
+        line, _, self._unread = self._unread.partition(b"\n")
+        return line.decode("utf-8", "replace")
 
     def _kill_and_read_stderr(self) -> str:
         assert self.proc
