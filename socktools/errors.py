@@ -12,7 +12,28 @@ import socket
 from dataclasses import dataclass
 
 __all__ = ["Explanation", "EXPLANATIONS", "lookup", "explain_exception", "errno_name",
-           "one_line", "PEER_CLOSED", "PROTOCOL_ERROR", "TIMEOUT"]
+           "one_line", "PEER_CLOSED", "PROTOCOL_ERROR", "TIMEOUT", "OptionError",
+           "SOCKET", "CONNECT", "SEND", "RECV", "INTERNAL", "PHASES"]
+
+#: Where a connection failed: the I/O core sets ``conn.failed_in`` to one of
+#: these and every command tallies and reports failures as (phase, errno name).
+#: They live here, below the core, so a report can name them without importing it.
+SOCKET = "socket"
+CONNECT = "connect"
+SEND = "send"
+RECV = "recv"
+#: A connection ended by an exception from its protocol's own code (a bug), not the kernel.
+INTERNAL = "internal"
+PHASES = (SOCKET, CONNECT, SEND, RECV, INTERNAL)
+
+
+class OptionError(ValueError):
+    """A config value that cannot work.  ``option`` is the field's name, which is also the
+    CLI option's (``rcvbuf`` is ``--rcvbuf``): the CLI turns this into a usage error."""
+
+    def __init__(self, option: str, message: str) -> None:
+        super().__init__(message)
+        self.option = option
 
 
 @dataclass(frozen=True)

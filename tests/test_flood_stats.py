@@ -16,7 +16,7 @@ from socktools.flood import limits
 from socktools.flood import stats as st
 from socktools.flood.config import FloodConfig, split
 from socktools.flood.report import format_us, render_live, render_table, to_json
-from socktools.flood.runner import FloodResult, generator_warnings, traffic_seconds
+from socktools.flood.result import FloodResult, generator_warnings, traffic_seconds
 
 
 # ----------------------------------------------------------------- histograms

@@ -302,6 +302,23 @@ def test_cli_bad_options_are_usage_errors_naming_the_option(args, option):
     assert option in result.output
 
 
+@pytest.mark.parametrize("fields, option", [
+    ({"port": 5000, "rcvbuf": 4096}, "rcvbuf"),
+    ({"port": 5000, "drain": True}, "drain"),
+    ({"host": "192.0.2.1"}, "host"),
+    ({"chunk": 0}, "chunk"),
+    ({"settle": -1.0}, "settle"),
+    ({"timeout": 0.0}, "timeout"),
+])
+def test_config_validates_and_names_the_option(fields, option):
+    """The CLI's usage errors above come from here: the config is the one validator."""
+    from socktools.errors import OptionError
+    with pytest.raises(OptionError) as caught:
+        StallConfig(**fields)
+    assert caught.value.option == option and isinstance(caught.value, ValueError)
+    assert StallConfig(port=5000, host="192.0.2.1").port == 5000      # a named server may be anywhere
+
+
 def _run_cli(*args, **kw):
     return subprocess.run([sys.executable, "-m", "socktools", "stall", *args],
                           capture_output=True, text=True, timeout=60, **kw)
@@ -355,7 +372,7 @@ def test_ctrl_c_stops_cleanly_and_stops_the_sink():
 
 def test_unavailable_figures_are_reported_as_such_not_invented(monkeypatch):
     from socktools.kernel import tcpinfo
-    from socktools.cli.stall import render_report
+    from socktools.stall.report import render_report
     monkeypatch.setattr(tcpinfo, "IS_LINUX", False)      # as on macOS: no TCP_INFO layout, no ioctls
     with ThreadSink(rcvbuf=4096) as sink:
         with Staller(StallConfig(sndbuf=4096, settle=0.1), sink,

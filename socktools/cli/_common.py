@@ -100,6 +100,27 @@ def die(message: str, code: int = EXIT_FAILED) -> "NoReturn":  # noqa: F821
     sys.exit(code)
 
 
+def build_config(factory, **fields):
+    """``factory(**fields)``, with the config's own :class:`~socktools.errors.OptionError`
+    turned into a click usage error naming the option (exit 2): the config validates,
+    the CLI only says which option was wrong."""
+    from socktools.errors import OptionError
+    try:
+        return factory(**fields)
+    except OptionError as exc:
+        ctx = click.get_current_context(silent=True)
+        raise click.BadParameter(str(exc), ctx=ctx, param_hint=_option_hint(ctx, exc.option)) from None
+
+
+def _option_hint(ctx, field: str) -> str:
+    """The option the user typed for a config field: the click parameter of that name if there
+    is one (``--max-conns``), else the field spelled as an option."""
+    for param in (ctx.command.params if ctx is not None else ()):
+        if param.name == field and getattr(param, "opts", None):
+            return "'" + "' / '".join(o for o in param.opts if o.startswith("--")) + "'"
+    return f"'--{field.replace('_', '-')}'"
+
+
 def host_option(default="127.0.0.1", help_extra=""):
     return click.option("--host", default=default, show_default=True, metavar="HOST",
                         help="Address or name; ::1 for IPv6." + help_extra)

@@ -7,7 +7,8 @@ import sys
 
 import click
 
-from socktools.cli._common import BYTESIZE, DURATION, EXIT_FAILED, PORT, die, parse_address_range
+from socktools.cli._common import (BYTESIZE, DURATION, EXIT_FAILED, PORT, build_config, die,
+                                   parse_address_range)
 
 EPILOG = """\b
 Examples:
@@ -23,11 +24,6 @@ loopback port, sized for --conns, and stops it afterwards.  Ctrl-C stops early
 and still prints the results.  Exit codes: 0 the run completed; 1 no
 connection could be established, or a worker failed.
 """
-
-
-def _positive(value, name):
-    if value is not None and value <= 0:
-        raise click.BadParameter("must be greater than 0", param_hint=name)
 
 
 @click.command(epilog=EPILOG)
@@ -79,14 +75,6 @@ def command(host, port, conns, workers, mode, size, action, value, duration, req
     """
     from socktools.flood.config import FloodConfig
 
-    _positive(rate, "--rate")
-    _positive(connect_rate, "--connect-rate")
-    _positive(duration, "--duration")
-    _positive(interval, "--interval")
-    if rate is not None and mode == "connect":
-        raise click.BadParameter("connect mode paces connections: use --connect-rate", param_hint="--rate")
-    if duration is not None and duration > 86_400:
-        raise click.BadParameter("at most 24h", param_hint="--duration")
     if duration is None:
         duration = 600.0 if requests is not None else 10.0
     sources: tuple = ()
@@ -96,24 +84,19 @@ def command(host, port, conns, workers, mode, size, action, value, duration, req
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--source")
     embedded = port is None
-    if server_workers is not None and not embedded:
-        raise click.BadParameter("only for flood's own server (given no --port)", param_hint="--server-workers")
     address, family = _resolve(host, 0 if embedded else port)
     if sources:
         import socket
         want = socket.AF_INET6 if family == socket.AF_INET6 else socket.AF_INET
         if any((":" in s) != (want == socket.AF_INET6) for s in sources):
             raise click.BadParameter(f"addresses must be of the same family as {host}", param_hint="--source")
-    tick = interval if interval else (0.5 if _live_wanted(as_json) else None)
-    try:
-        config = FloodConfig(mode=mode, conns=conns, workers=workers or 0, host=host,
-                             port=port or 0, address=None if embedded else address, family=family,
-                             size=size, action=action, value=value, duration=duration,
-                             requests=requests, rate=rate, connect_rate=connect_rate,
-                             connect_timeout=connect_timeout, sources=sources, interval=tick,
-                             embedded=embedded, server_workers=server_workers or 0)
-    except ValueError as exc:
-        raise click.UsageError(str(exc))
+    tick = interval if interval is not None else (0.5 if _live_wanted(as_json) else None)
+    config = build_config(FloodConfig, mode=mode, conns=conns, workers=workers or 0, host=host,
+                          port=port or 0, address=None if embedded else address, family=family,
+                          size=size, action=action, value=value, duration=duration,
+                          requests=requests, rate=rate, connect_rate=connect_rate,
+                          connect_timeout=connect_timeout, sources=sources, interval=tick,
+                          embedded=embedded, server_workers=server_workers or 0)
     _run(config, workers_given=workers is not None, sources_given=source is not None,
          as_json=as_json, ndjson=interval is not None)
 

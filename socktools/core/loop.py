@@ -57,12 +57,13 @@ import socket
 import time
 from typing import Any, Callable, Optional
 
+from socktools.errors import CONNECT, INTERNAL, RECV, SEND, SOCKET
+
 __all__ = ["Loop", "Connection", "Protocol", "Timer", "READ_SIZE", "INTERNAL"]
 
 log = logging.getLogger("socktools.core.loop")
 
-#: ``failed_in`` of a connection ended by an exception from its protocol's code.
-INTERNAL = "internal"
+#: ``failed_in`` names the phase: socktools.errors holds the names every command reports.
 
 EVENT_READ = selectors.EVENT_READ
 EVENT_WRITE = selectors.EVENT_WRITE
@@ -199,7 +200,7 @@ class Connection:
         except BlockingIOError:
             n = 0
         except OSError as exc:
-            self._fail(exc, "send")
+            self._fail(exc, SEND)
             return
         self.bytes_out += n
         if n:
@@ -294,7 +295,7 @@ class Connection:
             else:
                 self._on_eof()
         elif not isinstance(result, (BlockingIOError, InterruptedError)):
-            self._fail(result, "recv")
+            self._fail(result, RECV)
 
     def _on_event(self, mask: int) -> None:
         # The hot path: keep it to attribute checks, one recv and one call.
@@ -314,7 +315,7 @@ class Connection:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
-                self._fail(exc, "recv")
+                self._fail(exc, RECV)
                 return
             if data:
                 self.bytes_in += len(data)
@@ -339,7 +340,7 @@ class Connection:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
-                self._fail(exc, "send")
+                self._fail(exc, SEND)
                 return
             self.bytes_out += n
             del out[:n]
@@ -359,7 +360,7 @@ class Connection:
         try:
             self.sock.shutdown(socket.SHUT_WR)
         except OSError as exc:
-            self._fail(exc, "send")
+            self._fail(exc, SEND)
             return
         if self.eof:
             self._finish(None)
@@ -368,7 +369,7 @@ class Connection:
         err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         self.connecting = False
         if err:
-            self._fail(OSError(err, os.strerror(err)), "connect")
+            self._fail(OSError(err, os.strerror(err)), CONNECT)
             return
         self.last_active = self.loop.now
         self._update()
@@ -592,7 +593,7 @@ class Loop:
         try:
             sock = socket.socket(family, socket.SOCK_STREAM)
         except OSError as exc:
-            exc.phase = "socket"  # type: ignore[attr-defined]
+            exc.phase = SOCKET  # type: ignore[attr-defined]
             raise
         try:
             sock.setblocking(False)
@@ -603,7 +604,7 @@ class Loop:
             rc = sock.connect_ex(address)
         except OSError as exc:
             sock.close()
-            exc.phase = "connect"  # type: ignore[attr-defined]
+            exc.phase = CONNECT  # type: ignore[attr-defined]
             raise
         conn = Connection(self, sock, protocol, address)
         conn.ctx = ctx
@@ -613,7 +614,7 @@ class Loop:
             conn._update()
         else:
             conn._events = 0
-            conn._fail(OSError(rc, os.strerror(rc)), "connect")
+            conn._fail(OSError(rc, os.strerror(rc)), CONNECT)
         return conn
 
     def _set_events(self, conn: Connection, old: int, new: int) -> None:
@@ -806,7 +807,7 @@ class Loop:
                 if not conn.closed:
                     conn._buffer(data)
             else:
-                conn._fail(n, "send")
+                conn._fail(n, SEND)
 
     def close(self) -> None:
         """Abort every connection and close the poller."""

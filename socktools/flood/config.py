@@ -6,9 +6,13 @@ import socket
 from dataclasses import dataclass
 from typing import Optional
 
+from socktools.errors import OptionError
+
 __all__ = ["FloodConfig", "MODES", "split"]
 
 MODES = ("echo", "framed", "connect")
+#: Longest traffic phase: a load that runs for more than a day is a mistake, not a test.
+MAX_DURATION = 86_400.0
 
 
 def split(total: int, parts: int, index: int) -> int:
@@ -53,28 +57,35 @@ class FloodConfig:
     server_workers: int = 0                 # embedded server: processes (0 = choose)
 
     def __post_init__(self) -> None:
+        # OptionError names the field, which is also the CLI option (the CLI says which one).
         if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
+            raise OptionError("mode", f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
         if self.conns < 1:
-            raise ValueError("conns must be >= 1")
+            raise OptionError("conns", "conns must be >= 1")
         if self.workers < 0:
-            raise ValueError("workers must be >= 1 (or 0: choose)")
+            raise OptionError("workers", "workers must be >= 1 (or 0: choose)")
         if self.size < 1:
-            raise ValueError("size must be >= 1 byte")
+            raise OptionError("size", "size must be >= 1 byte")
         if self.duration is None and self.requests is None:
-            raise ValueError("give a duration or a number of requests (or both)")
+            raise OptionError("duration", "give a duration or a number of requests (or both)")
         if self.duration is not None and self.duration <= 0:
-            raise ValueError("duration must be > 0")
+            raise OptionError("duration", "duration must be > 0")
+        if self.duration is not None and self.duration > MAX_DURATION:
+            raise OptionError("duration", "duration must be at most 24h")
         if self.requests is not None and self.requests < 0:
-            raise ValueError("requests must be >= 0")
+            raise OptionError("requests", "requests must be >= 0")
         if self.rate is not None and self.rate <= 0:
-            raise ValueError("rate must be > 0")
+            raise OptionError("rate", "rate must be > 0")
         if self.rate is not None and self.mode == "connect":
-            raise ValueError("--rate paces requests; in connect mode use --connect-rate")
+            raise OptionError("rate", "--rate paces requests; connect mode paces connections: use --connect-rate")
         if self.connect_rate is not None and self.connect_rate <= 0:
-            raise ValueError("connect rate must be > 0")
+            raise OptionError("connect_rate", "connect rate must be > 0")
         if self.connect_timeout <= 0:
-            raise ValueError("connect timeout must be > 0")
+            raise OptionError("connect_timeout", "connect timeout must be > 0")
+        if self.interval is not None and self.interval <= 0:
+            raise OptionError("interval", "interval must be > 0")
+        if self.server_workers and not self.embedded:
+            raise OptionError("server_workers", "server workers are only for flood's own server (given no --port)")
 
     # ------------------------------------------------------------- per-worker shares
     def conns_of(self, worker: int) -> int:

@@ -10,8 +10,8 @@ from typing import Optional
 
 from socktools import errors
 from socktools.flood import stats as st
-from socktools.flood.runner import FloodResult, traffic_seconds
-from socktools.core.loop import INTERNAL
+from socktools.flood.result import FloodResult, traffic_seconds
+from socktools.errors import INTERNAL
 
 __all__ = ["to_json", "render_table", "render_live", "format_us", "server_check"]
 

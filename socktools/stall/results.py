@@ -13,7 +13,7 @@ from socktools.kernel import socktable, tcpinfo
 from socktools.addresses import format_addr
 
 if TYPE_CHECKING:  # pragma: no cover
-    from socktools.stall.steps import StallConfig
+    from socktools.stall.config import StallConfig
 
 __all__ = ["PeerInfo", "FillResult", "SettleResult", "PersistState", "SenderView", "ReceiverView", "TableRow", "Arithmetic", "Snapshot", "DrainSample", "DrainResult", "StallReport"]
 

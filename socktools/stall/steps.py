@@ -36,32 +36,19 @@ import os
 import selectors
 import socket
 import time
-from dataclasses import asdict, dataclass
 from typing import Any, Callable, Optional, Protocol
 
 from socktools.kernel import socktable, tcpinfo
 from socktools.addresses import format_addr, resolve
 from socktools.errors import errno_name
+from socktools.stall.config import (DEFAULT_CHUNK, DEFAULT_SETTLE, DEFAULT_TIMEOUT,  # noqa: F401
+                                    StallConfig)
 from socktools.stall.results import (Arithmetic, DrainResult, DrainSample, FillResult, PeerInfo,
                                      PersistState, ReceiverView, SenderView, SettleResult, Snapshot,
                                      StallReport, TableRow)
 
 __all__ = ["StallConfig", "StallError", "Peer", "TargetPeer", "Staller", "run_stall",
            "StallReport", "DEFAULT_CHUNK", "DEFAULT_SETTLE", "DEFAULT_TIMEOUT"]
-
-#: 64 KiB per send(): big enough that the fill takes few syscalls (a default loopback
-#: send buffer grows to 4 MiB), small enough that the partial send before EAGAIN is visible.
-DEFAULT_CHUNK = 65536
-#: Steady state = nothing changed for this long.  On Linux loopback the last change after
-#: the first EAGAIN comes when the first zero-window probe (RTO minimum 200 ms) gets a
-#: window update back; 0.5 s leaves margin without making the command feel slow.
-DEFAULT_SETTLE = 0.5
-#: Upper bound for each of fill, settle and drain: a peer that keeps up never blocks us,
-#: a slow reader never lets the queues settle, and the command must still end by itself.
-DEFAULT_TIMEOUT = 10.0
-#: How often the queues are recorded while settling and draining.
-SAMPLE_INTERVAL = 0.05
-
 
 class StallError(Exception):
     """A step failed; ``what`` says which ("connect to 127.0.0.1:9"), ``cause`` is the OSError."""
@@ -72,32 +59,6 @@ class StallError(Exception):
         self.cause = cause
 
 
-@dataclass(frozen=True)
-class StallConfig:
-    """What ``socktools stall`` was asked to do.  ``port=None``: start an embedded sink on ``host``."""
-
-    host: str = "127.0.0.1"
-    port: Optional[int] = None
-    chunk: int = DEFAULT_CHUNK
-    sndbuf: Optional[int] = None      # our SO_SNDBUF, set before connect
-    rcvbuf: Optional[int] = None      # the embedded sink's SO_RCVBUF (``serve --rcvbuf``)
-    settle: float = DEFAULT_SETTLE
-    drain: bool = False
-    timeout: float = DEFAULT_TIMEOUT
-    connect_timeout: float = 5.0
-    sample_interval: float = SAMPLE_INTERVAL
-
-    def __post_init__(self) -> None:
-        if self.chunk < 1:
-            raise ValueError("chunk must be at least 1 byte")
-        if self.settle < 0 or self.timeout <= 0 or self.sample_interval <= 0:
-            raise ValueError("settle must be >= 0, timeout and sample_interval > 0")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-# ---------------------------------------------------------------------------- results
 class Peer(Protocol):
     """The other end: where to connect, and how to make it start reading."""
 

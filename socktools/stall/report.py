@@ -1,0 +1,258 @@
+"""Render what ``socktools stall`` measured as the text a person reads.
+
+A view only: it reads the frozen records of :mod:`socktools.stall.results`
+(and the advice texts of :mod:`socktools.errors`); the JSON view is the
+records' own ``to_dict()``.  The CLI prints what this returns.
+"""
+
+from __future__ import annotations
+
+__all__ = ["render_report", "render_fill", "render_table", "render_arithmetic", "render_drain",
+           "render_explanation"]
+
+_SCALE = (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10))
+
+
+def _n(value) -> str:
+    """Bytes with thousands separators; ``?`` for unavailable."""
+    return "?" if value is None else f"{value:,}"
+
+
+def _ms(seconds) -> str:
+    if seconds is None:
+        return "?"
+    return f"{seconds * 1000:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
+def _calls(n: int) -> str:
+    return f"{n} send() call" + ("" if n == 1 else "s")
+
+
+def _human(value: int) -> str:
+    for unit, size in _SCALE:
+        if value >= size:
+            return f"{value / size:.1f} {unit}" if value % size else f"{value // size} {unit}"
+    return f"{value} bytes"
+
+
+def _buffer_line(name: str, effective, requested, reported_by: str = "") -> str:
+    if effective is None:
+        return f"    {name:<13} unavailable"
+    if reported_by:
+        why = f"as {reported_by} reports it; Linux doubles what is set"
+    elif requested:
+        why = f"set {_n(requested)}: Linux doubles what you set, to cover its bookkeeping"
+    elif name == "SO_SNDBUF":
+        why = "not set: autotuned, up to net.ipv4.tcp_wmem's maximum"
+    else:
+        why = "not set: net.ipv4.tcp_rmem's default"
+    return f"    {name:<13} {_n(effective):>11}  ({why})"
+
+
+def render_fill(r) -> list[str]:
+    f, s = r.fill, r.settle
+    lines = ["", "1. Fill: send() until the kernel refuses"]
+    if not f.blocked:
+        lines.append(f"  send() never blocked: {_n(f.bytes)} bytes accepted in {_ms(f.seconds)} "
+                     f"({f.sends} sends) - the peer is reading")
+        return lines
+    alias = " (EWOULDBLOCK is the same number)" if f.errno_name == "EAGAIN" else ""
+    lines.append(f"  {f.exception}: {f.message}")
+    lines.append(f"  = {f.errno_name}, errno {f.errno}{alias}")
+    lines.append(f"  after {_n(f.bytes)} bytes ({_human(f.bytes)}) in {_calls(f.sends)} "
+                 f"({f.partial_sends} partial), {_ms(f.seconds)} after the first one")
+    if s is not None:
+        more = (f"+{_n(s.extra_bytes)} bytes in {_calls(s.extra_sends)}"
+                if s.extra_bytes else "no more bytes")
+        state = (f"steady after {_ms(s.seconds)}" if s.steady
+                 else f"still moving when the timeout passed ({_ms(s.seconds)}): the peer reads a little")
+        lines.append(f"  retried until nothing moved for {r.config.settle:g} s: {more}; {state}")
+        lines.append(f"  accepted in total: {_n(s.total_accepted)} bytes")
+    return lines
+
+
+def _sender_lines(snap) -> list[str]:
+    sv = snap.sender
+    out = [f"  sender (this process)  {sv.local}",
+           _buffer_line("SO_SNDBUF", sv.sndbuf, sv.sndbuf_requested)]
+    if sv.send_q is None:
+        out.append(f"    Send-Q        {sv.queues_unavailable}")
+    else:
+        out.append(f"    Send-Q        {_n(sv.send_q):>11}  = sent, not yet acknowledged {_n(sv.unacked_bytes)}"
+                   f" + not yet sent {_n(sv.notsent_bytes)}")
+    p, info = sv.persist, sv.tcp_info
+    if info is None:
+        out.append(f"    TCP_INFO      {sv.tcp_info_unavailable}")
+        return out
+    if p.zero_window is None:
+        out.append(f"    peer window   unavailable: {p.unavailable}")
+    else:
+        note = "the receiver has no room: zero window" if p.zero_window else "the receiver still has room"
+        out.append(f"    peer window   {_n(info.get('snd_wnd')):>11}  ({note}; tcpi_snd_wnd)")
+    if p.probing:
+        out.append(f"    persist timer probing the zero window: backoff {p.backoff} (doublings so far), "
+                   f"{p.probes} probe(s) unanswered")
+    elif p.zero_window is not None:
+        out.append(f"    persist timer not running (backoff {p.backoff}, probes {p.probes})")
+    out.append(f"    TCP_INFO      state {info.state_name}, rtt {_n(info.get('rtt'))} us, "
+               f"cwnd {_n(info.get('snd_cwnd'))} segments, unacked {_n(info.get('unacked'))} segments, "
+               f"notsent {_n(info.get('notsent_bytes'))} bytes, mss {_n(info.get('snd_mss'))}")
+    return out
+
+
+def _receiver_lines(r, snap) -> list[str]:
+    rv = snap.receiver
+    who = "sink" if r.peer.kind == "embedded" else "peer"
+    pid = f", pid {r.peer.pid}" if r.peer.pid else ""
+    out = [f"  receiver ({who}{pid})  {rv.local or r.remote}"]
+    if rv.rcvbuf is not None:
+        out.append(_buffer_line("SO_RCVBUF", rv.rcvbuf, rv.rcvbuf_requested,
+                                "" if r.peer.kind == "embedded" else "the peer"))
+    else:
+        out.append("    SO_RCVBUF     unavailable (another program's socket)")
+    if rv.found:
+        out.append(f"    Recv-Q        {_n(rv.recv_q):>11}  (arrived, not read by the application)")
+    else:
+        out.append(f"    Recv-Q        unavailable: {rv.reason}")
+    return out
+
+
+def render_table(snap) -> list[str]:
+    head = ["Proto", "Recv-Q", "Send-Q", "Local Address", "Foreign Address", "State", ""]
+    rows = []
+    for row in snap.table:
+        pids = ", ".join(f"pid {pid}, {name}" for pid, name in row.pids)
+        label = row.role + (" (Send-Q: backlog)" if row.state == "LISTEN" else "")
+        label += f" ({pids})" if pids else ""
+        rows.append([row.proto, str(row.recv_q), "-" if row.send_q is None else str(row.send_q),
+                     row.local, row.foreign, row.state, label])
+    widths = [max(len(x[i]) for x in [head, *rows]) for i in range(len(head))]
+
+    def fmt(cells):
+        return "  " + "  ".join(c.rjust(widths[i]) if i in (1, 2) else c.ljust(widths[i])
+                                for i, c in enumerate(cells)).rstrip()
+    out = [fmt(head), *(fmt(x) for x in rows)]
+    src = {"netlink": "NETLINK_SOCK_DIAG, as ss reads it", "proc": "/proc/net/tcp, as netstat reads it"}
+    agree = ""
+    if snap.table_sender_send_q is not None and snap.sender.send_q is not None:
+        agree = ("; the sender's Send-Q by ioctl agrees" if snap.table_sender_send_q == snap.sender.send_q
+                 else f"; the sender's Send-Q by ioctl was {_n(snap.sender.send_q)} a moment earlier")
+    out.append(f"  (from {src.get(snap.table_source, 'the socket table')}{agree})")
+    return out
+
+
+def render_arithmetic(a) -> list[str]:
+    if a.difference is None:
+        return [f"  accepted {_n(a.accepted)} bytes; the receiver's Recv-Q is unavailable, "
+                "so the sum cannot be checked"]
+    out = [f"  accepted {_n(a.accepted)} = receiver Recv-Q {_n(a.receiver_recv_q)} + sender Send-Q "
+           f"{_n(a.sender_send_q)}   (difference {a.difference:,})"]
+    if a.difference == 0:
+        out.append("  every byte send() accepted sits in one of the two queues: nothing lost, nothing in flight")
+    elif a.difference > 0:
+        out.append(f"  {_n(a.difference)} bytes are counted twice: the receiver has them, but their ACK has not "
+                   "reached the sender yet (delayed or in flight), so they are still in its Send-Q too")
+    else:
+        out.append(f"  {_n(-a.difference)} bytes are in neither queue: the peer application read them "
+                   "(or they are still in flight)")
+        if a.returning:
+            out.append(f"  and {_n(a.returning)} bytes are on their way back to us (its Send-Q + our Recv-Q): "
+                       "it answers, and we never read the answers")
+    return out
+
+
+def render_drain(d) -> list[str]:
+    out = ["", "3. Drain: the sink starts reading",
+           "    t (ms)  sender Send-Q   not sent  receiver Recv-Q  peer window  writable"]
+    for s in d.samples:
+        out.append(f"  {s.t * 1000:8.1f}  {_n(s.sender_send_q):>13}  {_n(s.sender_notsent):>9}  "
+                   f"{_n(s.receiver_recv_q):>15}  {_n(s.snd_wnd):>11}  {'yes' if s.writable else 'no'}")
+    if d.completed:
+        empty = max(d.sender_empty_after or 0, d.receiver_empty_after or 0)
+        out.append(f"  writable again (EVENT_WRITE) {_ms(d.writable_after)} after the sink was told to read; "
+                   f"both queues empty after {_ms(empty)}")
+    else:
+        out.append(f"  not finished after {_ms(d.seconds)}: writable {'yes' if d.final_writable else 'no'}, "
+                   f"queues as in the last line")
+    return out
+
+
+def render_explanation(r) -> list[str]:
+    from socktools.errors import lookup
+    exp = lookup("EAGAIN")
+    snap, f = r.snapshot, r.fill
+    rv = snap.receiver if snap else None
+    lines = ["", "What happened"]
+    a = snap.arithmetic
+    if a.difference is not None and a.difference < 0 and a.returning:
+        lines += _wrap(
+            f"The peer does read - it took {_n(-a.difference)} bytes - but it answers, and this program "
+            "never reads the answers.  They filled our receive queue and the peer's send queue, the "
+            "peer stopped reading because it could not write (back-pressure, as it should), and from "
+            f"then on it was a peer that does not read: our Send-Q filled and send() raised "
+            f"{f.exception} ({f.errno_name}): {exp.meaning}.  Two programs that each wait to write "
+            "before reading deadlock exactly like this.")
+        return lines + _advice(exp, r)
+    if a.difference is not None and a.difference < 0:
+        lines += _wrap(
+            f"The peer does read - it took {_n(-a.difference)} bytes - but more slowly than this program "
+            "writes.  The queues absorbed the difference until they were full; then send() raised "
+            f"{f.exception} ({f.errno_name}): {exp.meaning}.  That is TCP flow control doing its job: "
+            "EAGAIN means \"not now\", and any sender faster than its reader meets it sooner or later."
+            + ("" if r.settle is None or r.settle.steady else
+               "  The queues never stood still, which is what a slow reader looks like; a stuck one "
+               "holds them constant."))
+        return lines + _advice(exp, r)
+    body = (
+        "The peer accepted the connection and never called recv().  Each send() only copies bytes "
+        "into our socket's send queue; the kernel moves them into the peer's receive queue as far as "
+        "the peer's advertised window allows.  Nobody read, so the receive queue filled")
+    if rv and rv.recv_q is not None and rv.rcvbuf:
+        body += (f" (Recv-Q {_n(rv.recv_q)} of SO_RCVBUF {_n(rv.rcvbuf)}: part of the buffer pays for "
+                 "the kernel's per-packet bookkeeping, not your data)")
+    body += (", the peer advertised a zero window, and our bytes piled up in our send queue (Send-Q) "
+             f"until SO_SNDBUF was used up.  Then send() raised {f.exception} ({f.errno_name}): "
+             f"{exp.meaning}.")
+    if r.settle and r.settle.extra_bytes:
+        body += (f"  The first EAGAIN came while data was still moving: the kernels took "
+                 f"{_n(r.settle.extra_bytes)} more bytes before the queues stood still.")
+    body += ("  Nothing is broken: the connection stays ESTABLISHED, the sender's persist timer probes "
+             "the zero window, and everything resumes the moment the peer reads"
+             + (" - as the drain above shows." if r.drain else " (try --drain)."))
+    lines += _wrap(body)
+    return lines + _advice(exp, r)
+
+
+def _advice(exp, r) -> list[str]:
+    return ["", "What a program should do"] + _wrap(
+        f"Treat EAGAIN as \"not now\", not as an error - {exp.fix}.  Concretely: keep the bytes send() "
+        "did not take (it may take only part of a chunk) in a per-connection out-buffer, register the "
+        "socket for EVENT_WRITE, and send the rest when the selector reports it writable; unregister EVENT_WRITE "
+        "once the buffer is empty.  Apply back-pressure: stop reading or producing while the out-buffer "
+        "is above a high-water mark, so a slow peer cannot make you buffer without limit, and put a "
+        "deadline on how long a peer may stay unwritable before you close the connection.")
+
+
+def _wrap(text: str) -> list[str]:
+    import textwrap
+    return textwrap.wrap(text, width=96, initial_indent="  ", subsequent_indent="  ")
+
+
+def render_report(r, *, quiet: bool = False) -> str:
+    """The human report: header, fill, the kernel's view, drain, and (unless quiet) the story."""
+    peer = (f"embedded sink `{r.peer.command}`" if r.peer.kind == "embedded"
+            else f"{r.peer.address} ({'the server you named' if r.peer.kind == 'target' else 'injected'})")
+    lines = [f"socktools stall: {r.family} {r.local} -> {r.remote}, nonblocking, "
+             f"{_human(r.config.chunk)} per send()",
+             f"  peer: {peer}" + (f", pid {r.peer.pid}" if r.peer.pid else "")]
+    lines += render_fill(r)
+    snap = r.snapshot
+    if snap is not None and r.fill.blocked:
+        lines += ["", "2. The kernel's view at the steady state"]
+        lines += _sender_lines(snap) + _receiver_lines(r, snap) + [""]
+        lines += render_table(snap) + [""] + render_arithmetic(snap.arithmetic)
+    if r.drain is not None:
+        lines += render_drain(r.drain)
+    if not quiet and r.fill.blocked and snap is not None:
+        lines += render_explanation(r)
+    return "\n".join(lines)
