@@ -27,6 +27,7 @@ from dataclasses import dataclass, replace
 from typing import Optional
 
 from socktools.flood.config import FloodConfig
+from socktools.kernel.sysctl import port_range, sysctl_int
 
 __all__ = ["FD_RESERVE", "Plan", "raise_nofile", "port_range", "plan", "cpu_count"]
 
@@ -55,7 +56,7 @@ def raise_nofile() -> tuple:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = hard
     if hard == resource.RLIM_INFINITY:
-        target = _read_int("/proc/sys/fs/nr_open") or 1 << 20
+        target = sysctl_int("fs.nr_open") or 1 << 20
     if soft != resource.RLIM_INFINITY and soft < target:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
@@ -63,24 +64,6 @@ def raise_nofile() -> tuple:
             pass
     after = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     return soft, after, hard
-
-
-def _read_int(path: str) -> Optional[int]:
-    try:
-        with open(path) as f:
-            return int(f.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def port_range() -> Optional[tuple]:
-    """``(low, high)`` of the ephemeral port range, or None when unknown (not Linux)."""
-    try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-            lo, hi = (int(x) for x in f.read().split())
-        return lo, hi
-    except (OSError, ValueError):
-        return None
 
 
 @dataclass(frozen=True)
@@ -180,12 +163,12 @@ def plan(config: FloodConfig, *, workers_given: bool = True, sources_given: bool
         notes.append(f"{per_source:,} connections per source address fill {per_source / ports:.0%} of "
                      f"its {ports:,} local ports: connect() slows down as the range fills; "
                      f"more addresses help (e.g. --source {spread})")
-    file_max = _read_int("/proc/sys/fs/file-max")
+    file_max = sysctl_int("fs.file-max")
     total_fds = n * (2 if cfg.embedded else 1)
     if file_max and total_fds > file_max:
         problems.append(f"{total_fds:,} sockets exceed the system-wide limit fs.file-max = {file_max:,}: "
                         f"expect ENFILE; raise it with `sysctl -w fs.file-max={total_fds * 2}`")
-    if config.mode == "connect" and _read_int("/proc/sys/net/ipv4/tcp_tw_reuse") == 0 and ports:
+    if config.mode == "connect" and sysctl_int("net.ipv4.tcp_tw_reuse") == 0 and ports:
         notes.append(f"connect mode leaves each closed port in TIME_WAIT for 60 s and tcp_tw_reuse is off: "
                      f"at most ~{ports * max(1, len(sources)) // 60:,} connections/s can be sustained")
     return Plan(config=cfg, fd_soft_before=before, fd_limit=fd_limit, fd_hard=hard,

@@ -23,6 +23,8 @@ import sys
 from dataclasses import dataclass, asdict, field
 from typing import Any, Optional
 
+from socktools.kernel.sysctl import read_sysctl, sysctl_ints  # noqa: F401 (read_sysctl: public name)
+
 __all__ = ["DoctorConfig", "Check", "DoctorReport", "run_doctor", "read_sysctl",
            "net_raw_privilege", "FD_SLACK"]
 
@@ -71,24 +73,6 @@ class DoctorReport:
     def to_dict(self) -> dict:
         return {"conns": self.conns, "platform": self.platform, "ok": self.ok,
                 "checks": [asdict(c) for c in self.checks]}
-
-
-def read_sysctl(name: str) -> Optional[str]:
-    """``"net.core.somaxconn"`` -> ``"4096"``, or None when the knob does not exist here."""
-    try:
-        with open("/proc/sys/" + name.replace(".", "/")) as f:
-            return f.read().strip()
-    except OSError:
-        return None
-
-
-def _ints(text: Optional[str]) -> Optional[list[int]]:
-    if text is None:
-        return None
-    try:
-        return [int(x) for x in text.split()]
-    except ValueError:
-        return None
 
 
 def net_raw_privilege() -> tuple[bool, str]:
@@ -146,8 +130,8 @@ def _check_nofile(n: int) -> Check:
 
 
 def _check_file_max(n: int) -> Check:
-    file_max = _ints(read_sysctl("fs.file-max"))
-    nr = _ints(read_sysctl("fs.file-nr"))
+    file_max = sysctl_ints("fs.file-max")
+    nr = sysctl_ints("fs.file-nr")
     title = "open files system-wide (fs.file-max)"
     if not file_max:
         return Check("file_max", title, "not readable", "absent", f"{2 * n:,} more", "", None)
@@ -162,7 +146,7 @@ def _check_file_max(n: int) -> Check:
 
 
 def _check_nr_open(n: int) -> Check:
-    nr_open = _ints(read_sysctl("fs.nr_open"))
+    nr_open = sysctl_ints("fs.nr_open")
     title = "ceiling of the per-process limit (fs.nr_open)"
     need = n + FD_SLACK
     if not nr_open:
@@ -175,7 +159,7 @@ def _check_nr_open(n: int) -> Check:
 
 
 def _check_ports(n: int) -> tuple[Check, Optional[int]]:
-    rng = _ints(read_sysctl("net.ipv4.ip_local_port_range"))
+    rng = sysctl_ints("net.ipv4.ip_local_port_range")
     title = "ephemeral ports (net.ipv4.ip_local_port_range)"
     if not rng or len(rng) != 2:
         return Check("ip_local_port_range", title, "not readable", "absent", f">= {n:,}", "", None), None
@@ -197,7 +181,7 @@ def _check_ports(n: int) -> tuple[Check, Optional[int]]:
 
 
 def _check_somaxconn(n: int) -> Check:
-    val = _ints(read_sysctl("net.core.somaxconn"))
+    val = sysctl_ints("net.core.somaxconn")
     title = "listen backlog cap (net.core.somaxconn)"
     want = min(n, BACKLOG_ENOUGH)
     if not val:
@@ -210,8 +194,8 @@ def _check_somaxconn(n: int) -> Check:
 
 
 def _check_syn_backlog(n: int) -> Check:
-    val = _ints(read_sysctl("net.ipv4.tcp_max_syn_backlog"))
-    cookies = _ints(read_sysctl("net.ipv4.tcp_syncookies"))
+    val = sysctl_ints("net.ipv4.tcp_max_syn_backlog")
+    cookies = sysctl_ints("net.ipv4.tcp_syncookies")
     title = "half-open connections (net.ipv4.tcp_max_syn_backlog)"
     want = min(n, BACKLOG_ENOUGH)
     if not val:
@@ -227,7 +211,7 @@ def _check_syn_backlog(n: int) -> Check:
 
 
 def _check_tw_reuse(n: int, ports: Optional[int]) -> Check:
-    val = _ints(read_sysctl("net.ipv4.tcp_tw_reuse"))
+    val = sysctl_ints("net.ipv4.tcp_tw_reuse")
     title = "TIME-WAIT port reuse (net.ipv4.tcp_tw_reuse)"
     if not val:
         return Check("tcp_tw_reuse", title, "not readable", "absent", "", "", None)
@@ -243,11 +227,11 @@ def _check_tw_reuse(n: int, ports: Optional[int]) -> Check:
 
 def _check_conntrack(n: int) -> Check:
     title = "connection tracking table (net.netfilter.nf_conntrack_max)"
-    val = _ints(read_sysctl("net.netfilter.nf_conntrack_max"))
+    val = sysctl_ints("net.netfilter.nf_conntrack_max")
     if not val:
         return Check("nf_conntrack_max", title, "conntrack not loaded", "absent", "",
                      "no netfilter connection tracking here, so no limit from it", None)
-    count = _ints(read_sysctl("net.netfilter.nf_conntrack_count"))
+    count = sysctl_ints("net.netfilter.nf_conntrack_count")
     used = count[0] if count else 0
     need = used + n
     status = "ok" if val[0] >= need else "low"
@@ -272,7 +256,7 @@ def _sockstat_tcp_pages() -> Optional[int]:
 
 
 def _check_tcp_mem(n: int) -> Check:
-    val = _ints(read_sysctl("net.ipv4.tcp_mem"))
+    val = sysctl_ints("net.ipv4.tcp_mem")
     title = "TCP buffer memory (net.ipv4.tcp_mem)"
     if not val or len(val) != 3:
         return Check("tcp_mem", title, "not readable", "absent", "", "", None)

@@ -53,11 +53,8 @@ class ServeError(Exception):
 
 
 def somaxconn() -> Optional[int]:
-    try:
-        with open("/proc/sys/net/core/somaxconn") as f:
-            return int(f.read())
-    except (OSError, ValueError):
-        return None
+    from socktools.kernel.sysctl import somaxconn as read
+    return read()
 
 
 def bind_listener(config: ServeConfig, *, port: Optional[int] = None, reuseport: bool = False) -> socket.socket:
