@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import ipaddress
+import importlib
 import re
 import sys
 
@@ -67,6 +67,49 @@ class Port(click.ParamType):
         return port
 
 
+def _load(source: str):
+    module, _, attr = source.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+class LazyChoice(click.Choice):
+    """A :class:`click.Choice` whose choices are an engine's constant, named ``"module:NAME"``
+    and imported only when a value is checked or the command's own help is shown: building
+    the command (``socktools --help`` builds them all) then imports no engine."""
+
+    def __init__(self, source: str, case_sensitive: bool = True) -> None:
+        self._source = source
+        self._choices = None
+        self.case_sensitive = case_sensitive
+
+    @property
+    def choices(self):
+        if self._choices is None:
+            self._choices = tuple(_load(self._source))
+        return self._choices
+
+    @choices.setter
+    def choices(self, value) -> None:
+        self._choices = tuple(value)
+
+
+class LazyDefault:
+    """An option default that is an engine's constant (``"socktools.protocol:DEFAULT_MAX_CONTENT"``),
+    imported on first use; give the option ``cls=LazyOption`` so help shows the real value."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def __call__(self):
+        return _load(self.source)
+
+
+class LazyOption(click.Option):
+    def get_default(self, ctx, call=True):
+        value = super().get_default(ctx, call=call)
+        return value() if isinstance(value, LazyDefault) else value
+
+
 DURATION = Duration()
 BYTESIZE = ByteSize()
 PORT = Port()
@@ -74,6 +117,7 @@ PORT = Port()
 
 def parse_address_range(text: str) -> list[str]:
     """``127.0.0.2-127.0.0.9`` or ``127.0.0.2,127.0.0.3`` -> list of addresses."""
+    import ipaddress
     out: list[str] = []
     for part in text.split(","):
         part = part.strip()

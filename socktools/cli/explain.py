@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import json
 import re
+from typing import TYPE_CHECKING
 
 import click
 
-from socktools import errors
 from socktools.cli._common import EXIT_FAILED, die
+
+if TYPE_CHECKING:  # pragma: no cover  (loaded inside the command: --help stays light)
+    from socktools import errors
 
 # Exceptions that cover many errnos: there is no single answer for them.
 _GENERIC = {"OSERROR", "SOCKET.ERROR", "ERROR", "IOERROR", "CONNECTIONERROR", "ENVIRONMENTERROR"}
@@ -22,6 +25,7 @@ _ERRNO_IN_TEXT = re.compile(r"\berrno\s*(-?\d+)", re.IGNORECASE)
 
 def resolve(text: str) -> errors.Explanation | None:
     """ERR as typed -> an Explanation; accepts names, numbers, exceptions and '[Errno N] ...'."""
+    from socktools import errors
     text = text.strip()
     m = _ERRNO_IN_TEXT.search(text)
     if m:
@@ -59,6 +63,7 @@ def _render(exp: errors.Explanation, typed: str) -> str:
 
 
 def _render_list() -> str:
+    from socktools import errors
     rows = [(e.name, "-" if e.number is None else str(e.number), e.exception, e.meaning)
             for e in errors.EXPLANATIONS.values()]
     w0 = max(len(r[0]) for r in rows)
@@ -95,6 +100,7 @@ def command(err, list_all, as_json):
       socktools explain peer-closed
       socktools explain --list
     """
+    from socktools import errors
     if list_all:
         if as_json:
             click.echo(json.dumps([_as_dict(e) for e in errors.EXPLANATIONS.values()], indent=2))

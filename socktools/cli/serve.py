@@ -7,11 +7,11 @@ import sys
 
 import click
 
-from socktools.addresses import is_wildcard
-from socktools.cli._common import (BYTESIZE, DURATION, EXIT_FAILED, PORT, die, fmt_bytes,
-                                   setup_logging)
-from socktools.protocol import DEFAULT_MAX_CONTENT
-from socktools.serve.worker import MODES, ServeConfig
+from socktools.cli._common import (BYTESIZE, DURATION, EXIT_FAILED, PORT, LazyChoice, LazyDefault,
+                                   LazyOption, die, fmt_bytes, setup_logging)
+
+# The engine loads only when the command runs: `socktools --help` builds this
+# command (for its one-line help) and must not pull in the server, core or protocol.
 
 EPILOG = """\b
 Examples:
@@ -69,7 +69,7 @@ def _json_view(ev: dict) -> None:
 
 
 @click.command(epilog=EPILOG)
-@click.option("--mode", "-m", type=click.Choice(MODES), default="echo", show_default=True,
+@click.option("--mode", "-m", type=LazyChoice("socktools.serve.worker:MODES"), default="echo", show_default=True,
               help="echo: bytes back; framed: the SPEC §1 message protocol; sink: accept, never read.")
 @click.option("--host", default="127.0.0.1", show_default=True, metavar="HOST",
               help="Address to bind; ::1 for IPv6. 0.0.0.0 or :: expose the server to the network.")
@@ -82,7 +82,8 @@ def _json_view(ev: dict) -> None:
                    "accepting and clients wait in the kernel's backlog.")
 @click.option("--idle-timeout", type=DURATION, default=None, metavar="DURATION",
               help="Close connections with no I/O for this long (e.g. 30s).")
-@click.option("--max-content", type=BYTESIZE, default=DEFAULT_MAX_CONTENT, show_default=True,
+@click.option("--max-content", type=BYTESIZE, default=LazyDefault("socktools.protocol:DEFAULT_MAX_CONTENT"),
+              cls=LazyOption, show_default=True,
               help="framed: largest content-length accepted (larger gets an error reply).")
 @click.option("--rcvbuf", type=BYTESIZE, default=None, help="SO_RCVBUF for accepted sockets (Linux doubles it).")
 @click.option("--sndbuf", type=BYTESIZE, default=None, help="SO_SNDBUF for accepted sockets (Linux doubles it).")
@@ -103,7 +104,9 @@ def command(mode, host, port, workers, max_conns, idle_timeout, max_content, rcv
     Binds 127.0.0.1 unless --host says otherwise. With --port 0 the chosen
     port is printed on the first line ("listening on HOST:PORT").
     """
+    from socktools.addresses import is_wildcard
     from socktools.serve.supervisor import ServeError, serve
+    from socktools.serve.worker import ServeConfig
 
     setup_logging(quiet=quiet)
     if is_wildcard(host):
