@@ -8,7 +8,8 @@ Strategy
   (listeners, pipes).  On Linux the poller is ``select.epoll`` used directly:
   the ``selectors`` layer costs a SelectorKey lookup and a tuple per event
   (~0.3 us), a quarter of flood's Python budget per round trip.  Elsewhere a
-  ``selectors`` selector stands in, translated to the same bits.
+  ``selectors`` selector stands in, translated to the same bits (both in
+  :mod:`socktools.core.pollers`).
 * A :class:`Connection` is a socket plus an out-buffer plus an interest mask.
   ``write()`` tries ``send()`` at once; only what the kernel refuses
   (``BlockingIOError`` or a partial send) is buffered, and only then is
@@ -48,7 +49,6 @@ import errno
 import heapq
 import itertools
 import logging
-import math
 import operator
 import os
 import select
@@ -57,20 +57,20 @@ import socket
 import time
 from typing import Any, Callable, Optional
 
+from socktools.core.pollers import IN, OUT, EpollPoller, SelectorPoller
 from socktools.errors import CONNECT, INTERNAL, RECV, SEND, SOCKET
 
 __all__ = ["Loop", "Connection", "Protocol", "Timer", "READ_SIZE", "INTERNAL"]
 
 log = logging.getLogger("socktools.core.loop")
 
-#: ``failed_in`` names the phase: socktools.errors holds the names every command reports.
+# ``failed_in`` names the phase; socktools.errors holds the names every command reports.
 
-EVENT_READ = selectors.EVENT_READ
-EVENT_WRITE = selectors.EVENT_WRITE
-
-#: recv() size.  64 KiB matches the default loopback MTU-sized socket buffers
-#: and what asyncio uses (256 KiB in 3.12+); big enough that one read drains a
-#: typical queue, small enough not to over-allocate per read.
+#: recv() size.  asyncio's selector transports ask for 256 KiB per recv() and
+#: its streams buffer 64 KiB; we ask for 64 KiB: os.read() allocates the full
+#: size before shrinking to what arrived, so a smaller request keeps small reads
+#: cheap, and one read still drains a typical loopback queue.  A protocol that
+#: knows how much it expects asks for less with ``Connection.read_size``.
 READ_SIZE = 65536
 
 # Connections read and write their fd with os.read()/os.write(): on a stream
@@ -82,9 +82,10 @@ _read = os.read
 _write = os.write
 
 # Interest and readiness bits as the poller reports them (epoll's values; the
-# selectors fallback translates to these).
-_IN = getattr(select, "EPOLLIN", 1)
-_OUT = getattr(select, "EPOLLOUT", 4)
+# selectors fallback translates to these).  Module globals, as before the split:
+# the hot loop reads them with one LOAD_GLOBAL.
+_IN = IN
+_OUT = OUT
 # Error and hang-up bits count as both readable and writable -- the next
 # recv()/send() then raises the real error -- exactly as selectors maps them.
 _READABLE = ~_OUT
@@ -93,15 +94,6 @@ _WRITABLE = ~_IN
 _get_read_size = operator.attrgetter("read_size")
 _get_fd = operator.attrgetter("fd")
 _get_protocol = operator.attrgetter("protocol")
-_first = operator.itemgetter(0)
-
-#: Events fetched per poll; more wait in the kernel for the next iteration.
-MAX_EVENTS = 1024
-
-#: Waits shorter than this (seconds) are timed with select() on the epoll fd,
-#: which has microsecond resolution; epoll itself counts milliseconds.
-FINE_WAIT = 0.002
-
 
 class Protocol:
     """Callbacks of a connection; subclass and override what you need.
@@ -408,69 +400,6 @@ def _fileno(fileobj: Any) -> int:
     return fileobj if isinstance(fileobj, int) else fileobj.fileno()
 
 
-class _EpollPoller:
-    """epoll, with ``poll()`` returning ``[(fd, mask)]`` in epoll's bits."""
-
-    def __init__(self) -> None:
-        self._ep = select.epoll()
-        self._fds = [self._ep.fileno()]
-        self.register = self._ep.register
-        self.modify = self._ep.modify
-
-    def unregister(self, fd: int) -> None:
-        try:
-            self._ep.unregister(fd)
-        except (OSError, ValueError):  # already closed: the kernel dropped it
-            pass
-
-    def poll(self, timeout: Optional[float]) -> list:
-        if timeout is None:
-            return self._ep.poll(-1, MAX_EVENTS)
-        if timeout >= FINE_WAIT:
-            # epoll counts whole milliseconds: round down (wake a little early,
-            # the loop then waits out the rest finely) rather than up (a timer
-            # up to 1 ms late -- all of it error in a paced load generator).
-            return self._ep.poll(math.floor(timeout * 1e3) * 1e-3, MAX_EVENTS)
-        if timeout > 0:
-            # Short waits: select() on the epoll fd itself (readable when any
-            # watched fd is) has microsecond resolution.
-            select.select(self._fds, (), (), timeout)
-        return self._ep.poll(0, MAX_EVENTS)
-
-    def close(self) -> None:
-        self._ep.close()
-
-
-class _SelectorPoller:
-    """Any ``selectors`` selector, translated to the epoll-style interface."""
-
-    def __init__(self, selector: selectors.BaseSelector) -> None:
-        self.selector = selector
-
-    @staticmethod
-    def _to_sel(mask: int) -> int:
-        return (EVENT_READ if mask & _IN else 0) | (EVENT_WRITE if mask & _OUT else 0)
-
-    def register(self, fd: int, mask: int) -> None:
-        self.selector.register(fd, self._to_sel(mask))
-
-    def modify(self, fd: int, mask: int) -> None:
-        self.selector.modify(fd, self._to_sel(mask))
-
-    def unregister(self, fd: int) -> None:
-        try:
-            self.selector.unregister(fd)
-        except (KeyError, ValueError):
-            pass
-
-    def poll(self, timeout: Optional[float]) -> list:
-        return [(key.fd, (_IN if ev & EVENT_READ else 0) | (_OUT if ev & EVENT_WRITE else 0))
-                for key, ev in self.selector.select(timeout)]
-
-    def close(self) -> None:
-        self.selector.close()
-
-
 class Loop:
     """An event loop with timers and an idle sweep.
 
@@ -481,9 +410,9 @@ class Loop:
 
     def __init__(self, selector: Optional[selectors.BaseSelector] = None) -> None:
         if selector is None and hasattr(select, "epoll"):
-            self._poller: Any = _EpollPoller()
+            self._poller: Any = EpollPoller()
         else:
-            self._poller = _SelectorPoller(selector or selectors.DefaultSelector())
+            self._poller = SelectorPoller(selector or selectors.DefaultSelector())
         self.now = time.monotonic()
         self.connections: dict[int, Connection] = {}
         self._handlers: dict[int, Callable[[int], Any]] = {}

@@ -6,6 +6,7 @@
 * :mod:`.stats` -- histograms, counters and the errno-by-phase tally, merged exactly;
 * :mod:`.limits` -- the pre-flight check of fd and port limits;
 * :mod:`.runner` -- :func:`run_flood`: spawns the workers, collects their statistics;
+* :mod:`.result` -- :class:`FloodResult`, what a run produced, and figures derived from it;
 * :mod:`.report` -- the table, the live line and the JSON views of a result.
 
 Nothing here prints or imports click; the CLI (``socktools.cli.flood``) renders.
@@ -13,10 +14,4 @@ Nothing here prints or imports click; the CLI (``socktools.cli.flood``) renders.
 
 from socktools.flood.config import MODES, FloodConfig
 
-__all__ = ["FloodConfig", "MODES", "run_flood"]
-
-
-def run_flood(*args, **kwargs):
-    """See :func:`socktools.flood.runner.run_flood` (imported lazily: it pulls in hdrhistogram)."""
-    from socktools.flood.runner import run_flood as _run
-    return _run(*args, **kwargs)
+__all__ = ["FloodConfig", "MODES"]
