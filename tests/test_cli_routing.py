@@ -1,0 +1,186 @@
+"""Every option of ``serve``, ``flood`` and ``stall`` reaches the config field it names.
+
+The CLI is a switchboard: it builds one config and calls one engine function.
+Here the engine is replaced by a recorder, the command is invoked through
+click's CliRunner with one option at a non-default value, and the recorded
+config (or, for the options that choose a view, the view used) must show it.
+The options are read from the click command itself, so an option added
+without a routing case below fails ``test_every_option_has_a_route``.
+"""
+
+from __future__ import annotations
+
+import socket
+from types import SimpleNamespace
+
+import pytest
+from click.testing import CliRunner
+
+from socktools.cli import flood as cli_flood
+from socktools.cli import main
+from socktools.cli import serve as cli_serve
+from socktools.cli import stall as cli_stall
+
+
+def field(name, value):
+    """Check: ``config.<name> == value`` (and the default differs, so the check can fail)."""
+    def check(call, baseline):
+        assert getattr(call.config, name) == value, (name, getattr(call.config, name))
+        assert getattr(baseline.config, name) != value, f"{name}: the default already is {value!r}"
+    check.__name__ = f"config.{name}"
+    return check
+
+
+def both(*checks):
+    def check(call, baseline):
+        for c in checks:
+            c(call, baseline)
+    return check
+
+
+# -------------------------------------------------------------------- the engines, recorded
+
+class Recorder:
+    """Stands in for the engine (and the views) of one command; ``calls`` records each run."""
+
+    def __init__(self, monkeypatch, command: str) -> None:
+        self.calls: list[SimpleNamespace] = []
+        self.command = command
+        getattr(self, "_patch_" + command)(monkeypatch)
+
+    def _patch_serve(self, mp) -> None:
+        import socktools.serve.supervisor as supervisor
+
+        def serve(config, view):
+            self.calls.append(SimpleNamespace(config=config, view=view, quiet=self.quiet))
+        self.quiet = None
+
+        def setup_logging(verbose=0, quiet=False):
+            self.quiet = quiet
+        mp.setattr(supervisor, "serve", serve)
+        mp.setattr(cli_serve, "setup_logging", setup_logging)
+
+    def _patch_flood(self, mp) -> None:
+        import socktools.flood.report as report
+        import socktools.flood.runner as runner
+
+        def run_flood(config, **kw):
+            self.calls.append(SimpleNamespace(config=config, view=None, **kw))
+            return SimpleNamespace(totals=SimpleNamespace(counters={"established": 1}), crashed=[])
+
+        def view(name):
+            def render(result):
+                self.calls[-1].view = name
+                return {} if name == "json" else "table"
+            return render
+        mp.setattr(runner, "run_flood", run_flood)
+        mp.setattr(report, "to_json", view("json"))
+        mp.setattr(report, "render_table", view("table"))
+
+    def _patch_stall(self, mp) -> None:
+        import socktools.stall.report as report
+        import socktools.stall.steps as steps
+
+        def run_stall(config, *, peer=None):
+            self.calls.append(SimpleNamespace(config=config, view="json", quiet=None))
+            return SimpleNamespace(to_dict=lambda: {}, fill=SimpleNamespace(blocked=True, bytes=1),
+                                   remote="peer")
+
+        def render_report(r, *, quiet=False):
+            self.calls[-1].view, self.calls[-1].quiet = "text", quiet
+            return "report"
+        mp.setattr(steps, "run_stall", run_stall)
+        mp.setattr(report, "render_report", render_report)
+
+    def run(self, *argv: str) -> SimpleNamespace:
+        before = len(self.calls)
+        result = CliRunner().invoke(main, [self.command, *argv])
+        assert result.exit_code == 0 and result.exception is None, (argv, result.output, result.exception)
+        assert len(self.calls) == before + 1, f"{self.command} {argv}: the engine was not called once"
+        return self.calls[-1]
+
+
+# ---------------------------------------------------------------- option -> where it must land
+
+ROUTES = {
+    "serve": (cli_serve.command, {
+        "mode": (["--mode", "framed"], field("mode", "framed")),
+        "host": (["--host", "::1"], field("host", "::1")),
+        "port": (["--port", "9"], field("port", 9)),
+        "workers": (["--workers", "3"], field("workers", 3)),
+        "max_conns": (["--max-conns", "5"], field("max_conns", 5)),
+        "idle_timeout": (["--idle-timeout", "300ms"], field("idle_timeout", 0.3)),
+        "max_content": (["--max-content", "1k"], field("max_content", 1024)),
+        "rcvbuf": (["--rcvbuf", "4k"], field("rcvbuf", 4096)),
+        "sndbuf": (["--sndbuf", "8k"], field("sndbuf", 8192)),
+        "backlog": (["--backlog", "16"], field("backlog", 16)),
+        "stats_interval": (["--stats-interval", "1s"], field("stats_interval", 1.0)),
+        "drain_timeout": (["--drain-timeout", "2s"], field("drain_timeout", 2.0)),
+        "stop_on_stdin_eof": (["--stop-on-stdin-eof"], field("stop_on_stdin_eof", True)),
+        # views, not config: which one the engine is handed, and the log level
+        "as_json": (["--json"], lambda call, base: (call.view is cli_serve._json_view
+                                                    and base.view is not cli_serve._json_view) or _fail()),
+        "quiet": (["--quiet"], lambda call, base: (call.quiet is True and base.quiet is False) or _fail()),
+    }),
+    "flood": (cli_flood.command, {
+        "host": (["--host", "::1"], both(field("host", "::1"), field("family", socket.AF_INET6))),
+        "port": (["--port", "9"], both(field("port", 9), field("embedded", False),
+                                       field("address", ("127.0.0.1", 9)))),
+        "conns": (["--conns", "7"], field("conns", 7)),
+        "workers": (["--workers", "3"], both(field("workers", 3),
+                                             lambda call, base: (call.workers_given and not base.workers_given)
+                                             or _fail())),
+        "mode": (["--mode", "framed"], field("mode", "framed")),
+        "size": (["--size", "100"], field("size", 100)),
+        "action": (["--action", "binary"], field("action", "binary")),
+        "value": (["--value", "trinity"], field("value", "trinity")),
+        "duration": (["--duration", "2s"], field("duration", 2.0)),
+        "requests": (["--requests", "50"], field("requests", 50)),
+        "rate": (["--rate", "100"], field("rate", 100.0)),
+        "connect_rate": (["--connect-rate", "10"], field("connect_rate", 10.0)),
+        "connect_timeout": (["--connect-timeout", "2s"], field("connect_timeout", 2.0)),
+        "source": (["--source", "127.0.0.2-127.0.0.3"],
+                   both(field("sources", ("127.0.0.2", "127.0.0.3")),
+                        lambda call, base: (call.sources_given and not base.sources_given) or _fail())),
+        "server_workers": (["--server-workers", "3"], field("server_workers", 3)),
+        "interval": (["--interval", "1s"], field("interval", 1.0)),
+        "as_json": (["--json"], lambda call, base: (call.view == "json" and base.view == "table") or _fail()),
+    }),
+    "stall": (cli_stall.command, {
+        "host": (["--host", "::1"], field("host", "::1")),
+        "port": (["--port", "9"], field("port", 9)),
+        "chunk": (["--chunk", "1k"], field("chunk", 1024)),
+        "sndbuf": (["--sndbuf", "8k"], field("sndbuf", 8192)),
+        "rcvbuf": (["--rcvbuf", "8k"], field("rcvbuf", 8192)),
+        "settle": (["--settle", "1s"], field("settle", 1.0)),
+        "drain": (["--drain"], field("drain", True)),
+        "timeout": (["--timeout", "3s"], field("timeout", 3.0)),
+        "as_json": (["--json"], lambda call, base: (call.view == "json" and base.view == "text") or _fail()),
+        "quiet": (["--quiet"], lambda call, base: (call.quiet is True and base.quiet is False) or _fail()),
+    }),
+}
+
+
+def _fail():
+    raise AssertionError("the option did not reach its view")
+
+
+@pytest.mark.parametrize("command", list(ROUTES))
+def test_every_option_has_a_route(command):
+    click_command, routes = ROUTES[command]
+    options = {p.name for p in click_command.params if p.name != "help"}
+    assert options - set(routes) == set(), f"options of {command} without a routing case here"
+    assert set(routes) - options == set(), f"routing cases for options {command} no longer has"
+
+
+CASES = [pytest.param(cmd, name, id=f"{cmd}--{name}") for cmd in ROUTES for name in ROUTES[cmd][1]]
+
+
+@pytest.mark.parametrize("command, option", CASES)
+def test_option_reaches_the_config(monkeypatch, command, option):
+    recorder = Recorder(monkeypatch, command)
+    baseline = recorder.run()
+    argv, check = ROUTES[command][1][option]
+    # the option's own flag is in argv: the case tests what it says
+    assert any(a in {o for p in ROUTES[command][0].params if p.name == option for o in p.opts} for a in argv)
+    check(recorder.run(*argv), baseline)
