@@ -14,7 +14,8 @@ Usage:
   python benchmarks/bench_help.py              # 30 runs each, ~30 s with the install
   python benchmarks/bench_help.py --runs 10
 
-Nothing is left behind: the venv and the wheel live in a temporary directory.
+The venv and the wheel live in a temporary directory, removed at the end (setuptools
+leaves its usual, git-ignored build/ in the checkout).
 """
 
 from __future__ import annotations
