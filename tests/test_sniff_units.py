@@ -193,12 +193,13 @@ def test_pcap_round_trip(tmp_path):
         w.write(1_700_000_000_123_456_789 + i * 1000, f, len(f))
     w.close()
     raw = path.read_bytes()
-    assert raw[:4] == struct.pack("<I", 0xA1B2C3D4) and struct.unpack("<I", raw[20:24])[0] == 1
+    assert raw[:4] == struct.pack("<I", 0xA1B23C4D) and struct.unpack("<I", raw[20:24])[0] == 1
     cap = open_capture(str(path))
     got = list(cap.records())
     cap.close()
     assert [g[1] for g in got] == frames
-    assert got[0][0] == 1_700_000_000_123_456_000     # microsecond resolution
+    assert got[0][0] == 1_700_000_000_123_456_789     # nanosecond pcap keeps the kernel's stamp
+    assert {g[3] for g in got} == {d.LINKTYPE_ETHERNET}
     assert cap.format == "pcap" and cap.linktype == d.LINKTYPE_ETHERNET
 
 
@@ -210,7 +211,8 @@ def test_read_big_endian_nanosecond_pcap_and_cut_short_file(tmp_path):
     path = tmp_path / "be.pcap"
     path.write_bytes(body)
     cap = open_capture(str(path))
-    assert list(cap.records()) == [(10_000_000_005, f, len(f))]
+    assert list(cap.records()) == [(10_000_000_005, f, len(f), 1)]
+    assert cap.truncated and cap.count == 1
     cap.close()
 
 
@@ -230,7 +232,8 @@ def test_read_pcapng(tmp_path):
     path = tmp_path / "a.pcapng"
     path.write_bytes(shb + idb + epb)
     cap = open_capture(str(path))
-    assert cap.format == "pcapng" and list(cap.records()) == [(ts, f, len(f))]
+    assert cap.format == "pcapng" and list(cap.records()) == [(ts, f, len(f), 1)]
+    assert cap.truncated is None
     cap.close()
 
 

@@ -53,21 +53,24 @@ def _free(prog) -> None:
         pass
 
 
-def summary(frame: bytes, linktype: int) -> str:
-    """scapy's one-line summary of a frame (slow: only for packets we cannot describe)."""
+def packet(frame: bytes, linktype: int):
+    """A frame of a pcap link type as a scapy packet (the class scapy's pcap reader would use)."""
     _quiet_import()
-    from scapy.layers.l2 import CookedLinux, Ether, Loopback
+    from scapy.config import conf
     from scapy.layers.inet import IP
     from scapy.layers.inet6 import IPv6
+    import scapy.layers.l2  # noqa: F401  (registers Ether, CookedLinux, Loopback in l2types)
+    cls = conf.l2types.num2layer.get(linktype)
+    if cls is None:
+        cls = IPv6 if frame and frame[0] >> 4 == 6 else IP
+    return cls(frame)
 
-    if linktype == 1:
-        pkt = Ether(frame)
-    elif linktype == 113:
-        pkt = CookedLinux(frame)
-    elif linktype in (0, 108):
-        pkt = Loopback(frame)
-    elif frame and frame[0] >> 4 == 6:
-        pkt = IPv6(frame)
-    else:
-        pkt = IP(frame)
-    return pkt.summary()
+
+def summary(frame: bytes, linktype: int) -> str:
+    """scapy's one-line summary of a frame (slow: only for packets we cannot describe)."""
+    return packet(frame, linktype).summary()
+
+
+def show(frame: bytes, linktype: int) -> str:
+    """scapy's full layered dissection of a frame, as text (``Packet.show()``)."""
+    return packet(frame, linktype).show(dump=True)

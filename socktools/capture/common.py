@@ -4,7 +4,7 @@ from __future__ import annotations
 
 __all__ = [
     "SniffError", "PrivilegeError", "LibpcapMissing", "FilterError", "InterfaceError",
-    "CaptureFileError", "LIBPCAP_PACKAGE", "DEFAULT_SNAPLEN",
+    "CaptureFileError", "SameFileError", "LIBPCAP_PACKAGE", "DEFAULT_SNAPLEN",
 ]
 
 #: Debian/Ubuntu package that provides libpcap.so.0.8 (what scapy loads).
@@ -37,3 +37,7 @@ class InterfaceError(SniffError):
 
 class CaptureFileError(SniffError):
     """A capture file cannot be opened, read or written."""
+
+
+class SameFileError(CaptureFileError):
+    """``-w`` names the file being read (``-r``): a usage mistake that would destroy it."""

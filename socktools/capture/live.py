@@ -86,7 +86,7 @@ def _interfaces() -> str:
 
 
 class LiveSource:
-    """Packets from an interface: :meth:`read` returns lists of ``(ts_ns, frame, wirelen)``.
+    """Packets from an interface: :meth:`read` returns lists of ``(ts_ns, frame, wirelen, linktype)``.
 
     ``program_for(linktype)`` returns the BPF program and its text; it is
     called once the interface's link type is known.
@@ -159,7 +159,7 @@ class LiveSource:
         out = []
         sock, buf, view = self._sock, [self._view], self._view
         anc_size = socket.CMSG_SPACE(_TIMESPEC.size)
-        loopback = self.loopback
+        loopback, linktype = self.loopback, self.linktype
         for _ in range(_BATCH):
             try:
                 n, anc, _flags, addr = sock.recvmsg_into(buf, anc_size, socket.MSG_DONTWAIT)
@@ -173,7 +173,7 @@ class LiveSource:
                 ts = sec * 1_000_000_000 + nsec
             else:
                 ts = time.time_ns()
-            out.append((ts, bytes(view[:n]), n))
+            out.append((ts, bytes(view[:n]), n, linktype))
         return out
 
     def stats(self) -> tuple[int, int]:

@@ -18,8 +18,8 @@ from socktools.capture import bpf
 from socktools.capture.common import DEFAULT_SNAPLEN, FilterError, SniffError
 from socktools.capture.dissect import LINKTYPE_NAMES, OtherPacket, describe_other, dissect
 from socktools.capture.live import DEFAULT_BUFFER, LiveSource
-from socktools.capture.pcap import PcapWriter, open_capture
-from socktools.capture.reassembly import DECODE_MODES
+from socktools.capture.pcap import open_capture, open_writer
+from socktools.capture.reassembly import DECODE_MODES, MessageEvent
 from socktools.capture.tracker import ConnectionSummary, PacketRecord, Tracker
 
 __all__ = ["SniffConfig", "Sniffer", "CaptureSummary"]
@@ -38,7 +38,7 @@ class SniffConfig:
     expression: Optional[str] = None     # --filter
     count: Optional[int] = None          # stop after this many packets
     timeout: Optional[float] = None      # stop after this many seconds
-    write: Optional[str] = None          # -w FILE.pcap
+    write: Optional[str] = None          # -w FILE.pcap (nanosecond pcap) or FILE.pcapng
     read: Optional[str] = None           # -r FILE
     decode: str = "auto"
     buffer_size: int = DEFAULT_BUFFER
@@ -76,6 +76,8 @@ class CaptureSummary:
     non_tcp: int
     connections: tuple[ConnectionSummary, ...]
     connections_forgotten: int = 0   # finished connections dropped to bound memory
+    truncated: Optional[str] = None  # -r: why the file ended before a complete packet
+    read_packets: Optional[int] = None   # -r: complete packets in the file (before the filter)
 
 
 class Sniffer:
@@ -86,10 +88,11 @@ class Sniffer:
         self.tracker = Tracker(config.decode)
         self.source = None
         self.file = None
-        self.writer: Optional[PcapWriter] = None
+        self.writer = None                     # PcapWriter or PcapngWriter
         self.linktype = 0
         self.filter_text = ""
         self._program: Optional[list] = None   # applied in user space (files only)
+        self._programs: dict = {}              # link type -> program (pcapng mixes them)
         self._port: Optional[int] = None       # --port on a file with no built-in program
         self.captured = 0
         self.non_tcp = 0
@@ -125,7 +128,8 @@ class Sniffer:
                 self.linktype = self.source.linktype
                 self.filter_text = self.source.filter_text
             if cfg.write:
-                self.writer = PcapWriter(cfg.write, self.linktype, cfg.snaplen)
+                protect = (self.file.stat.st_dev, self.file.stat.st_ino) if self.file else None
+                self.writer = open_writer(cfg.write, self.linktype, cfg.snaplen, protect=protect)
         except BaseException:
             self._close_io()
             raise
@@ -165,8 +169,8 @@ class Sniffer:
                         self.writer.flush()
                     continue
             out = []
-            for ts, frame, wirelen in raw:
-                rec = self._one(ts, frame, wirelen)
+            for ts, frame, wirelen, linktype in raw:
+                rec = self._one(ts, frame, wirelen, linktype)
                 if rec is None:
                     continue
                 out.append(rec)
@@ -179,8 +183,12 @@ class Sniffer:
 
     def _read_file(self) -> Iterator[list]:
         batch = []
-        program, port, linktype = self._program, self._port, self.linktype
+        first = self.linktype
         for rec in self.file.records():
+            linktype = rec[3]
+            program = self._program if linktype == first else self._program_for(linktype)
+            port = self._port if linktype == first else (
+                self.config.port if program is None else None)
             if program is not None and not bpf.run(program, rec[1]):
                 continue
             if port is not None:
@@ -194,21 +202,39 @@ class Sniffer:
         if batch:
             yield batch
 
-    def _one(self, ts: int, frame: bytes, wirelen: int) -> Optional[PacketRecord]:
+    def _program_for(self, linktype: int) -> Optional[list]:
+        """The filter compiled for another link type of a pcapng file (cached)."""
+        """None: no filter, or --port on a link type without a built-in program (matched in Python)."""
+        if linktype not in self._programs:
+            cfg = self.config
+            try:
+                program, text = bpf.build(port=cfg.port, expression=cfg.expression,
+                                          linktype=linktype, snaplen=cfg.snaplen)
+            except FilterError:
+                if cfg.port is None:
+                    raise
+                program, text = None, ""
+            self._programs[linktype] = program if text else None
+        return self._programs[linktype]
+
+    def _one(self, ts: int, frame: bytes, wirelen: int, linktype: int) -> Optional[PacketRecord]:
         if self._t0 is None:
             self._t0 = ts
         self._last_ts = ts
         self.captured += 1
         number = self.captured
-        if self.writer:
-            self.writer.write(ts, frame, wirelen)
-        pkt = dissect(frame, self.linktype)
+        pkt = dissect(frame, linktype)
         if type(pkt) is OtherPacket:
             self.non_tcp += 1
-            return PacketRecord(number, (ts - self._t0) / 1e9, ts, pkt.proto, pkt.src, None,
-                                pkt.dst, None, (), None, None, None, 0, (), None,
-                                info=describe_other(pkt))
-        return self.tracker.process(number, ts, self._t0, pkt)
+            rec = PacketRecord(number, (ts - self._t0) / 1e9, ts, pkt.proto, pkt.src, None,
+                               pkt.dst, None, (), None, None, None, 0, (), None,
+                               info=describe_other(pkt), frame=frame, linktype=linktype)
+        else:
+            rec = self.tracker.process(number, ts, self._t0, pkt, frame, linktype)
+        if self.writer:
+            self.writer.write(ts, frame, wirelen, linktype,
+                              message_comment(rec.events) if rec.events else None)
+        return rec
 
     def close(self, *, interrupted: bool = False) -> CaptureSummary:
         """Stop, read the kernel's counters, close files; returns the summary."""
@@ -219,6 +245,8 @@ class Sniffer:
             received, dropped = self.source.stats()
             buffer = self.source.buffer_bytes
         written = self.writer.count if self.writer else None
+        truncated = self.file.truncated if self.file else None
+        read_packets = self.file.count if self.file else None
         self._close_io()
         cfg = self.config
         return CaptureSummary(
@@ -230,7 +258,8 @@ class Sniffer:
             elapsed=time.monotonic() - self._started if self._started else 0.0,
             stopped_by=self.stopped_by, non_tcp=self.non_tcp,
             connections=tuple(self.tracker.summaries()),
-            connections_forgotten=self.tracker.forgotten)
+            connections_forgotten=self.tracker.forgotten, truncated=truncated,
+            read_packets=read_packets)
 
     def _close_io(self) -> None:
         errors = []
@@ -244,3 +273,20 @@ class Sniffer:
         self.source = self.file = self.writer = None
         if errors:
             raise errors[0]
+
+
+def message_comment(events) -> str:
+    """What a pcapng packet comment says about the messages this packet completed."""
+    import json
+    lines = []
+    for ev in events:
+        if isinstance(ev, MessageEvent):
+            segs = "1 segment" if ev.segments == 1 else \
+                f"{ev.segments} segments from packet {ev.first_packet}"
+            lines.append(f"socktools: {ev.role} #{ev.index}: {ev.content_type}, "
+                         f"{ev.wire_size} bytes in {segs}")
+            lines.append(f"header {json.dumps(ev.header, ensure_ascii=False)}")
+            lines.append(f"content {ev.content_preview}")
+        else:
+            lines.append(f"socktools: {ev.text}")
+    return "\n".join(lines)

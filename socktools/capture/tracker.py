@@ -58,6 +58,13 @@ class PacketRecord(NamedTuple):
     preview: Optional[str] = None
     info: str = ""              # non-TCP: one-line description
     options: Optional[dict] = None
+    frame: bytes = b""          # the frame as captured (link header included)
+    linktype: int = 0           # its pcap link type (1 Ethernet, 113/276 Linux cooked...)
+
+    def to_scapy(self):
+        """This packet as a scapy packet (imports scapy): ``rec.to_scapy().show()``."""
+        from socktools.capture._scapy import packet
+        return packet(self.frame, self.linktype)
 
 
 class ConnectionSummary(NamedTuple):
@@ -174,7 +181,8 @@ class Tracker:
         self.forgotten = 0
 
     # -------------------------------------------------------------- per packet
-    def process(self, number: int, ts: int, t0: int, seg: Segment) -> PacketRecord:
+    def process(self, number: int, ts: int, t0: int, seg: Segment, frame: bytes = b"",
+                linktype: int = 0) -> PacketRecord:
         flags = seg.flags
         key = (seg.src, seg.sport, seg.dst, seg.dport)
         entry = self._table.get(key)
@@ -286,7 +294,7 @@ class Tracker:
         return PacketRecord(
             number, (ts - t0) / 1e9, ts, "TCP", format_ip(seg.src), seg.sport, format_ip(seg.dst),
             seg.dport, flag_names(flags), rel, ack_rel, win, plen, tuple(marks), conn.id,
-            events, preview, "", seg.options)
+            events, preview, "", seg.options, frame, linktype)
 
     def _new(self, key: tuple, ts: int) -> _Conn:
         if len(self._conns) >= self.max_connections:

@@ -27,7 +27,7 @@ def event_dict(ev: Any) -> dict:
 def record_dict(rec: PacketRecord) -> dict:
     """One packet as a JSON object (``"event": "packet"``)."""
     out: dict = {"event": "packet", "no": rec.number, "time": round(rec.time, 9),
-                 "ts": rec.ts_ns / 1e9, "proto": rec.proto, "src": rec.src, "dst": rec.dst}
+                 "ts": rec.ts_ns / 1e9, "ts_ns": rec.ts_ns, "proto": rec.proto, "src": rec.src, "dst": rec.dst}
     if rec.proto == "TCP":
         out.update(sport=rec.sport, dport=rec.dport, flags=list(rec.flags), seq=rec.seq,
                    ack=rec.ack, win=rec.window, len=rec.length, marks=list(rec.marks),
@@ -68,4 +68,5 @@ def summary_dict(s: CaptureSummary) -> dict:
             "written": s.written, "write_path": s.write_path, "duration": round(s.duration, 9),
             "elapsed": round(s.elapsed, 6), "stopped_by": s.stopped_by, "non_tcp": s.non_tcp,
             "connections": [connection_dict(c) for c in s.connections],
-            "connections_forgotten": s.connections_forgotten}
+            "connections_forgotten": s.connections_forgotten, "truncated": s.truncated,
+            "read_packets": s.read_packets}

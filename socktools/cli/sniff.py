@@ -37,7 +37,9 @@ _RED = {"ZeroWindow", "RST", "Retransmission"}
 @click.option("--timeout", "-t", type=DURATION, default=None,
               help="Stop after this long (e.g. 10s, 2m).")
 @click.option("--write", "-w", "write", metavar="FILE.pcap", type=click.Path(dir_okay=False),
-              help="Also save the packets to a pcap file (tcpdump/tshark/Wireshark open it).")
+              help="Also save the packets: nanosecond pcap, or pcapng with each decoded message "
+                   "as a packet comment when FILE ends in .pcapng (tcpdump/tshark/Wireshark open "
+                   "both). Never follows a symlink, never overwrites the -r file.")
 @click.option("--read", "-r", "read", metavar="FILE", type=click.Path(dir_okay=False),
               help="Read packets from a pcap/pcapng file instead of an interface (no privilege needed).")
 @click.option("--decode", type=click.Choice(["auto", "framed", "raw", "none"]), default="auto",
@@ -83,7 +85,8 @@ def command(ctx, iface, port, expression, count, timeout, write, read, decode, a
         sniffer.open()
     except SniffError as exc:
         code = EXIT_UNAVAILABLE if isinstance(exc, (common.PrivilegeError, common.LibpcapMissing)) \
-            else EXIT_USAGE if isinstance(exc, (common.FilterError, common.InterfaceError)) else EXIT_FAILED
+            else EXIT_USAGE if isinstance(exc, (common.FilterError, common.InterfaceError,
+                                                common.SameFileError)) else EXIT_FAILED
         die(str(exc), code)
 
     out = _Output(as_json=as_json, quiet=quiet)
@@ -114,6 +117,11 @@ def command(ctx, iface, port, expression, count, timeout, write, read, decode, a
     out.summary(summary)
     if failure is not None:
         die(str(failure))
+    if summary.truncated:
+        # tcpdump says "truncated dump file"; a script must not take a cut file for a whole one
+        die(f"{read}: truncated capture file ({summary.truncated}); read "
+            f"{summary.read_packets:,} complete packet{'s' if summary.read_packets != 1 else ''}",
+            EXIT_FAILED)
 
 
 def _raise_interrupt(signum, frame):
