@@ -10,6 +10,7 @@ only on demand.
 from __future__ import annotations
 
 import logging
+from typing import Optional
 
 
 def _quiet_import():
@@ -71,6 +72,17 @@ def summary(frame: bytes, linktype: int) -> str:
     return packet(frame, linktype).summary()
 
 
-def show(frame: bytes, linktype: int) -> str:
-    """scapy's full layered dissection of a frame, as text (``Packet.show()``)."""
+_BOUND: set = set()
+
+
+def show(frame: bytes, linktype: int, framed_port: Optional[int] = None) -> str:
+    """scapy's full layered dissection of a frame, as text (``Packet.show()``).
+
+    With ``framed_port``, TCP on that port is dissected with socktools' own
+    layer (``scapy_layer.Framed``) where a segment starts a message.
+    """
+    if framed_port is not None and framed_port not in _BOUND:
+        from socktools.capture.scapy_layer import bind
+        bind(framed_port)
+        _BOUND.add(framed_port)
     return packet(frame, linktype).show(dump=True)

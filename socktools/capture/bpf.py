@@ -39,6 +39,7 @@ TAX, TXA = 0x00, 0x80
 #: Ancillary data: loads at SKF_AD_OFF + n read socket-buffer metadata, not packet bytes.
 SKF_AD_OFF = -0x1000
 SKF_AD_PKTTYPE = 4
+SKF_AD_IFINDEX = 8
 PACKET_OUTGOING = 4
 
 _U32 = 0xFFFFFFFF
@@ -129,6 +130,23 @@ def drop_outgoing(program: Program) -> Program:
     return [(LD | W | ABS, 0, 0, (SKF_AD_OFF + SKF_AD_PKTTYPE) & _U32),
             (JMP | JEQ | K, 0, 1, PACKET_OUTGOING),
             (RET | K, 0, 0, 0)] + list(program)
+
+
+def drop_loopback_outgoing(program: Program, lo_ifindex: int) -> Program:
+    """Prefix ``program`` so it rejects the outgoing copy of packets on loopback only.
+
+    For ``-i any``: real interfaces' outgoing packets are what this host sent
+    and must stay; on ``lo`` the same packet also arrives, so one copy is enough.
+    """
+    return [(LD | W | ABS, 0, 0, (SKF_AD_OFF + SKF_AD_IFINDEX) & _U32),
+            (JMP | JEQ | K, 0, 3, lo_ifindex),
+            (LD | W | ABS, 0, 0, (SKF_AD_OFF + SKF_AD_PKTTYPE) & _U32),
+            (JMP | JEQ | K, 0, 1, PACKET_OUTGOING),
+            (RET | K, 0, 0, 0)] + list(program)
+
+
+def reject_all() -> Program:
+    return [(RET | K, 0, 0, 0)]
 
 
 def compile_expression(expression: str, linktype: int, snaplen: int = DEFAULT_SNAPLEN) -> Program:

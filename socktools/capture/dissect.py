@@ -61,6 +61,10 @@ _H = struct.Struct("!H")
 _IPV4 = struct.Struct("!BBHHHBBH4s4s")
 _IPV6 = struct.Struct("!IHBB16s16s")
 _TCP = struct.Struct("!HHIIBBHHH")
+_TS = struct.Struct("!II")
+#: NOP, NOP, Timestamp (kind 8, length 10): how Linux, BSD and Windows lay out the
+#: option on every segment after the handshake, so one compare finds it.
+_TS_LAYOUT = b"\x01\x01\x08\x0a"
 _UDP = struct.Struct("!HHHH")
 
 
@@ -107,6 +111,8 @@ class Segment(NamedTuple):
     payload: bytes
     options: Optional[dict]
     ip_version: int
+    tsval: Optional[int] = None      # RFC 7323 time stamp option, when the segment has one
+    tsecr: Optional[int] = None
 
 
 class OtherPacket(NamedTuple):
@@ -149,7 +155,7 @@ def _tcp_options(raw: bytes) -> dict:
         elif kind == 4:
             opts["SACK_PERM"] = True
         elif kind == 8 and length == 10:
-            opts["TS"] = True
+            opts["TS"] = _TS.unpack_from(raw, i + 2)
         i += length
     return opts
 
@@ -193,12 +199,22 @@ def _l3(frame: bytes, off: int, ethertype: int, linktype: int) -> Dissected:
                            frame, linktype)
     sport, dport, seq, ack, doff, flags, window, _csum, _urg = _TCP.unpack_from(frame, l4)
     hlen = (doff >> 4) * 4
-    options = _tcp_options(frame[l4 + 20:l4 + hlen]) if flags & SYN and hlen > 20 else None
+    options = None
+    tsval = tsecr = None
+    if hlen > 20:
+        if frame[l4 + 20:l4 + 24] == _TS_LAYOUT and hlen >= 32 and not flags & SYN:
+            tsval, tsecr = _TS.unpack_from(frame, l4 + 24)
+        else:
+            opts = _tcp_options(frame[l4 + 20:l4 + hlen])
+            if "TS" in opts:
+                tsval, tsecr = opts.pop("TS")
+            if flags & SYN:
+                options = opts
     start = l4 + hlen
     payload_len = max(0, end - start)
     payload = frame[start:min(end, n)] if payload_len else b""
     return Segment(src, dst, sport, dport, seq, ack, flags, window, payload_len, payload,
-                   options, version)
+                   options, version, tsval, tsecr)
 
 
 def _other_ip(family: str, proto: int, fragoff: int, src: bytes, dst: bytes, frame: bytes,
@@ -211,8 +227,10 @@ def _other_ip(family: str, proto: int, fragoff: int, src: bytes, dst: bytes, fra
         sport, dport, ulen, _ = _UDP.unpack_from(frame, l4)
         return OtherPacket("UDP", s, d, f"{sport} → {dport} Len={max(0, ulen - 8)}", frame, linktype)
     if proto in (_IPPROTO_ICMP, _IPPROTO_ICMPV6) and len(frame) >= l4 + 2:
-        name = "ICMP" if proto == _IPPROTO_ICMP else "ICMPv6"
-        return OtherPacket(name, s, d, f"type={frame[l4]} code={frame[l4 + 1]}", frame, linktype)
+        from socktools.capture.icmp import describe_icmp, describe_icmpv6
+        if proto == _IPPROTO_ICMP:
+            return OtherPacket("ICMP", s, d, describe_icmp(frame, l4, end), frame, linktype)
+        return OtherPacket("ICMPv6", s, d, describe_icmpv6(frame, l4, end), frame, linktype)
     return OtherPacket(family, s, d, f"protocol {proto}", frame, linktype)
 
 

@@ -64,6 +64,13 @@ def _content_length(pkt: "Framed") -> int:
     return n if isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= MAX_CONTENT else 0
 
 
+def _can_start(data: bytes) -> bool:
+    """Can ``data`` start a framed message?  A JSON header object begins with "{"."""
+    if len(data) < 3:
+        return len(data) < 2 or data[:2] != b"\x00\x00"
+    return data[:2] != b"\x00\x00" and data[2] in b"{ \t\r\n"
+
+
 class _JSONHeaderField(StrLenField):
     """The JSON header: bytes on the wire, shown as the JSON text it is."""
 
@@ -89,6 +96,15 @@ class Framed(Packet):
         _JSONHeaderField("header", b"", length_from=lambda p: p.hdrlen),
         StrLenField("content", b"", length_from=_content_length),
     ]
+
+    @classmethod
+    def dispatch_hook(cls, _pkt: Optional[bytes] = None, *args: Any, **kargs: Any) -> type:
+        # Dissecting packet by packet (rdpcap, no TCPSession), a bound port's segment
+        # may be the middle of a message, or not this protocol at all: only bytes that
+        # can start a message (a JSON object after the prefix) become Framed.
+        if _pkt is not None and not _can_start(_pkt):
+            return conf.raw_layer
+        return cls
 
     def extract_padding(self, s: bytes) -> tuple[bytes, bytes]:
         # A message ends where content-length says; what follows is the next
@@ -127,7 +143,7 @@ class Framed(Packet):
         if len(data) < 3:
             return None
         hdrlen = _LEN.unpack_from(data)[0]
-        if hdrlen == 0 or data[2] not in b"{ \t\r\n":
+        if not _can_start(data):
             # A JSON header object starts with "{": no need to wait for the 18,245
             # bytes that "GET" claims before saying this is not the framed protocol.
             return conf.raw_layer(data)

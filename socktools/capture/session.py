@@ -78,6 +78,7 @@ class CaptureSummary:
     connections_forgotten: int = 0   # finished connections dropped to bound memory
     truncated: Optional[str] = None  # -r: why the file ended before a complete packet
     read_packets: Optional[int] = None   # -r: complete packets in the file (before the filter)
+    backend: Optional[str] = None    # live: "ring" (TPACKET_V3), "socket" (recv) or "scapy"
 
 
 class Sniffer:
@@ -240,10 +241,11 @@ class Sniffer:
         """Stop, read the kernel's counters, close files; returns the summary."""
         if interrupted:
             self.stopped_by = "interrupt"
-        received = dropped = buffer = None
+        received = dropped = buffer = backend = None
         if self.source is not None:
             received, dropped = self.source.stats()
             buffer = self.source.buffer_bytes
+            backend = self.source.mode
         written = self.writer.count if self.writer else None
         truncated = self.file.truncated if self.file else None
         read_packets = self.file.count if self.file else None
@@ -259,7 +261,7 @@ class Sniffer:
             stopped_by=self.stopped_by, non_tcp=self.non_tcp,
             connections=tuple(self.tracker.summaries()),
             connections_forgotten=self.tracker.forgotten, truncated=truncated,
-            read_packets=read_packets)
+            read_packets=read_packets, backend=backend)
 
     def _close_io(self) -> None:
         errors = []

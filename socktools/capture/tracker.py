@@ -60,6 +60,8 @@ class PacketRecord(NamedTuple):
     options: Optional[dict] = None
     frame: bytes = b""          # the frame as captured (link header included)
     linktype: int = 0           # its pcap link type (1 Ethernet, 113/276 Linux cooked...)
+    tsval: Optional[int] = None     # TCP time stamp option (RFC 7323), when present
+    tsecr: Optional[int] = None
 
     def to_scapy(self):
         """This packet as a scapy packet (imports scapy): ``rec.to_scapy().show()``."""
@@ -294,7 +296,7 @@ class Tracker:
         return PacketRecord(
             number, (ts - t0) / 1e9, ts, "TCP", format_ip(seg.src), seg.sport, format_ip(seg.dst),
             seg.dport, flag_names(flags), rel, ack_rel, win, plen, tuple(marks), conn.id,
-            events, preview, "", seg.options, frame, linktype)
+            events, preview, "", seg.options, frame, linktype, seg.tsval, seg.tsecr)
 
     def _new(self, key: tuple, ts: int) -> _Conn:
         if len(self._conns) >= self.max_connections:

@@ -34,6 +34,8 @@ def record_dict(rec: PacketRecord) -> dict:
                    conn=rec.conn)
         if rec.options:
             out["options"] = rec.options
+        if rec.tsval is not None:
+            out.update(tsval=rec.tsval, tsecr=rec.tsecr)
         if rec.events:
             out["decoded"] = [event_dict(e) for e in rec.events]
         if rec.preview is not None:
@@ -69,4 +71,4 @@ def summary_dict(s: CaptureSummary) -> dict:
             "elapsed": round(s.elapsed, 6), "stopped_by": s.stopped_by, "non_tcp": s.non_tcp,
             "connections": [connection_dict(c) for c in s.connections],
             "connections_forgotten": s.connections_forgotten, "truncated": s.truncated,
-            "read_packets": s.read_packets}
+            "read_packets": s.read_packets, "backend": s.backend}

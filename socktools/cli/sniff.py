@@ -17,6 +17,8 @@ Examples:
   sudo socktools sniff --port 65432 -w run.pcap    # show and save (Wireshark opens it)
   socktools sniff -r run.pcap                      # read it back, no privilege needed
   sudo socktools sniff --filter 'tcp port 80 or udp port 53' --json
+  sudo socktools sniff -i any --filter icmp --time a   # ping errors in words, wall clock
+  socktools sniff -r run.pcap --show 4,6               # scapy's full dissection of packets 4 and 6
 """
 
 #: Connections listed in the closing table; the rest are counted (all are in --json).
@@ -49,9 +51,18 @@ _RED = {"ZeroWindow", "RST", "Retransmission"}
 @click.option("--quiet", "-q", is_flag=True, help="No packet lines, only the closing summary.")
 @click.option("--buffer", "buffer_size", type=BYTESIZE, default="64M", show_default=True,
               help="Kernel socket buffer for live capture (absorbs bursts).")
+@click.option("--time", "time_format", type=click.Choice(["r", "d", "a", "ad", "e"]), default="r",
+              show_default=True,
+              help="Time column, as tshark -t: r since the first packet, d since the previous "
+                   "one, a local time of day, ad with the date, e seconds since the epoch.")
+@click.option("--hex", "-X", "hexdump", is_flag=True,
+              help="Hex and ASCII dump of each frame under its line.")
+@click.option("--show", "show", is_flag=False, flag_value="all", default=None, metavar="[N,M-K]",
+              help="scapy's full layered dissection (show()) under the chosen packets: all, or "
+                   "a list like 5,9-12.")
 @click.pass_context
 def command(ctx, iface, port, expression, count, timeout, write, read, decode, as_json, quiet,
-            buffer_size):
+            buffer_size, time_format, hexdump, show):
     """Capture TCP packets and show them like tshark, with framed messages decoded.
 
     Each packet is one line: number, time since the first packet, source →
@@ -76,6 +87,11 @@ def command(ctx, iface, port, expression, count, timeout, write, read, decode, a
         raise click.UsageError("--write would overwrite the file being read", ctx)
     if buffer_size < 65536:
         raise click.BadParameter("must be at least 64k", ctx, param_hint="'--buffer'")
+    from socktools.capture.render import parse_selection
+    try:
+        selection = parse_selection(show) if show is not None else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx, param_hint="'--show'")
 
     config = SniffConfig(iface=iface, port=port, expression=expression, count=count,
                          timeout=timeout, write=write, read=read, decode=decode,
@@ -89,7 +105,8 @@ def command(ctx, iface, port, expression, count, timeout, write, read, decode, a
                                                 common.SameFileError)) else EXIT_FAILED
         die(str(exc), code)
 
-    out = _Output(as_json=as_json, quiet=quiet)
+    out = _Output(as_json=as_json, quiet=quiet, time_format=time_format, hexdump=hexdump,
+                  show=selection, framed_port=port)
     if not read and not as_json:
         click.echo(f"Capturing on {sniffer.description} — Ctrl-C to stop", err=True)
     elif not read:
@@ -131,9 +148,15 @@ def _raise_interrupt(signum, frame):
 class _Output:
     """Renders records as lines (or JSON), one write + flush per batch."""
 
-    def __init__(self, *, as_json: bool, quiet: bool) -> None:
+    def __init__(self, *, as_json: bool, quiet: bool, time_format: str = "r",
+                 hexdump: bool = False, show=None, framed_port=None) -> None:
+        from socktools.capture.render import Clock
         self.as_json = as_json
         self.quiet = quiet
+        self.clock = Clock(time_format)
+        self.hexdump = hexdump
+        self.show = show          # a render.Selection, or None
+        self.framed_port = framed_port
         self.broken = False
         self.color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
         enc = getattr(sys.stdout, "encoding", None) or "ascii"
@@ -168,6 +191,11 @@ class _Output:
             lines.append(self.line(rec))
             if rec.events or rec.preview is not None:
                 lines.extend(self.details(rec))
+            if self.hexdump:
+                from socktools.capture.render import hexdump
+                lines.extend(hexdump(rec.frame, " " * 18))
+            if self.show is not None and rec.number in self.show:
+                lines.extend(self.scapy_show(rec))
         lines.append("")
         self._write("\n".join(lines))
 
@@ -181,10 +209,10 @@ class _Output:
         """``  4   0.000152 127.0.0.1:56902 → 127.0.0.1:65432 [PSH, ACK] Seq=1 Ack=1 Win=65536 Len=146``"""
         if r.proto != "TCP":
             ends = f"{r.src} {self.arrow} {r.dst} " if r.src else ""
-            return f"{r.number:>5} {r.time:>11.6f} {ends}{r.proto} {r.info}"
+            return f"{r.number:>5} {self.clock(r)} {ends}{r.proto} {r.info}"
         src = f"[{r.src}]:{r.sport}" if ":" in r.src else f"{r.src}:{r.sport}"
         dst = f"[{r.dst}]:{r.dport}" if ":" in r.dst else f"{r.dst}:{r.dport}"
-        parts = [f"{r.number:>5} {r.time:>11.6f} {src} {self.arrow} {dst} [{', '.join(r.flags)}]",
+        parts = [f"{r.number:>5} {self.clock(r)} {src} {self.arrow} {dst} [{', '.join(r.flags)}]",
                  f"Seq={r.seq}"]
         if r.ack is not None and "ACK" in r.flags:
             parts.append(f"Ack={r.ack}")
@@ -194,9 +222,21 @@ class _Output:
             o = r.options
             parts += [f"MSS={o['MSS']}"] if "MSS" in o else []
             parts += ["SACK_PERM"] if o.get("SACK_PERM") else []
-            parts += [f"WS={o['WS']}"] if "WS" in o else []
+        if r.tsval is not None:                     # where tshark puts them: before WS
+            parts += [f"TSval={r.tsval}", f"TSecr={r.tsecr}"]
+        if r.options and "WS" in r.options:
+            parts.append(f"WS={r.options['WS']}")
         parts += [self._mark(m) for m in r.marks]
         return " ".join(parts)
+
+    def scapy_show(self, r) -> list[str]:
+        """scapy's layered dissection of the frame (imports scapy on first use)."""
+        from socktools.capture._scapy import show
+        try:
+            text = show(r.frame, r.linktype, self.framed_port)
+        except Exception as exc:  # a dissection aid must never stop the capture
+            text = f"(scapy could not dissect packet {r.number}: {exc})"
+        return [" " * 18 + ln if ln else "" for ln in text.rstrip("\n").split("\n")]
 
     def details(self, r) -> list[str]:
         from socktools.capture.reassembly import MessageEvent
@@ -242,7 +282,10 @@ class _Output:
         lines = [f"--- {s.captured:,} packet{'s' if s.captured != 1 else ''} {verb} {where} "
                  f"in {s.elapsed:.2f} s ({_stopped(s.stopped_by)})"]
         if s.live:
-            buf = f", socket buffer {_size(s.buffer_bytes)}" if s.buffer_bytes else ""
+            what = {"ring": "TPACKET_V3 ring", "socket": "socket buffer"}.get(s.backend, "buffer")
+            buf = f", {what} {_size(s.buffer_bytes)}" if s.buffer_bytes else ""
+            if s.backend == "scapy":
+                buf = ", scapy backend"
             drop = f"{s.kernel_dropped:,} DROPPED" if s.kernel_dropped else "0 dropped"
             lines.append(f"    kernel: {s.kernel_received:,} received by filter, {drop}{buf}")
         if s.written is not None:
