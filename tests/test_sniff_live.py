@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import struct
 import shutil
 import signal
 import socket
@@ -253,3 +254,49 @@ def test_real_stall_against_a_sink_is_marked(start_server):
         done.set()
     records, _ = capture(srv.port, run_stall, lambda rs: done.is_set() or _has(rs, "ZeroWindowProbe"))
     assert _has(records, "ZeroWindow") and _has(records, "Window Full")
+
+
+def test_the_default_backend_is_the_tpacket_v3_ring_and_any_is_cooked(tmp_path):
+    srv = listener()
+    port = srv.getsockname()[1]
+    pcap = tmp_path / "any.pcap"
+    with srv:
+        records, summary = capture(port, lambda: framed_exchange(srv), exchange_done,
+                                   iface="any", write=str(pcap))
+    assert summary.backend == "ring" and summary.linktype == "Linux cooked v2"
+    assert summary.kernel_dropped == 0 and summary.captured == len(records)
+    # each packet once (loopback's outgoing copies left out), on lo, with the messages decoded
+    keys = [(r.src, r.sport, r.seq, r.ack, r.flags, r.length) for r in records]
+    assert len(keys) == len(set(keys))
+    assert {struct.unpack("!I", r.frame[4:8])[0] for r in records} == {socket.if_nametoindex("lo")}
+    assert [m.role for m in messages(records)] == ["request", "response"]
+    if shutil.which("tshark"):
+        res = subprocess.run(["tshark", "-r", str(pcap), "-T", "fields", "-e", "sll.ifindex",
+                              "-e", "tcp.len"], capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0, res.stderr
+        assert len(res.stdout.splitlines()) == len(records)
+
+
+def test_cli_show_prints_scapys_layers_for_a_live_request(start_server):
+    pytest.importorskip("scapy", reason="scapy is not installed")
+    srv = start_server("--mode", "framed")
+    sniff = subprocess.Popen(socktools_cmd("sniff", "--port", str(srv.port), "--count", "4",
+                                           "--show", "4"),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert "Capturing on 'lo'" in sniff.stderr.readline()
+        req = subprocess.run(socktools_cmd("request", "search", "morpheus", "--port", str(srv.port)),
+                             capture_output=True, text=True, timeout=30)
+        assert req.returncode == 0
+        out, err = sniff.communicate(timeout=30)
+    finally:
+        if sniff.poll() is None:
+            sniff.kill()
+            sniff.wait()
+    assert sniff.returncode == 0, err
+    assert "request #1: text/json" in out
+    # packet 4 (the request) dissected by scapy, with socktools' own layer on the port
+    assert out.count("###[ Ethernet ]###") == 1
+    for layer in ("###[ IP ]###", "###[ TCP ]###", "###[ socktools framed message ]###"):
+        assert layer in out, out
+    assert '"content-type": "text/json"' in out and "morpheus" in out
