@@ -10,6 +10,7 @@ counters are still there to read.
 
 from __future__ import annotations
 
+import socket
 import time
 from dataclasses import dataclass
 from typing import Iterator, Optional
@@ -23,6 +24,12 @@ from socktools.capture.reassembly import DECODE_MODES, MessageEvent
 from socktools.capture.tracker import ConnectionSummary, PacketRecord, Tracker
 
 __all__ = ["SniffConfig", "Sniffer", "CaptureSummary"]
+
+#: Live capture backends: ``ring`` a TPACKET_V3 ring on a Linux packet socket (the
+#: default), ``socket`` the same socket read one recvmsg per packet, ``scapy``
+#: scapy's capture sockets (libpcap/BPF/Npcap: macOS, the BSDs, Windows).  ``auto``
+#: is ``ring`` where Linux packet sockets exist and ``scapy`` elsewhere.
+BACKENDS = ("auto", "ring", "socket", "scapy")
 
 #: How long one wait for packets may last, so --timeout and Ctrl-C stay prompt.
 _TICK = 0.2
@@ -43,8 +50,11 @@ class SniffConfig:
     decode: str = "auto"
     buffer_size: int = DEFAULT_BUFFER
     snaplen: int = DEFAULT_SNAPLEN
+    backend: str = "auto"                # auto | ring | socket | scapy (live capture)
 
     def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}")
         if self.decode not in DECODE_MODES:
             raise ValueError(f"decode must be one of {DECODE_MODES}")
         if self.port is not None and self.expression:
@@ -121,11 +131,18 @@ class Sniffer:
                     self._port = cfg.port
                     self.filter_text = f"tcp port {cfg.port}"
             else:
-                self.source = LiveSource(
-                    cfg.iface,
-                    lambda lt: bpf.build(port=cfg.port, expression=cfg.expression, linktype=lt,
-                                         snaplen=cfg.snaplen),
-                    buffer_size=cfg.buffer_size, snaplen=cfg.snaplen)
+                program_for = (lambda lt: bpf.build(port=cfg.port, expression=cfg.expression,
+                                                    linktype=lt, snaplen=cfg.snaplen))
+                backend = cfg.backend
+                if backend == "auto":
+                    backend = "ring" if hasattr(socket, "AF_PACKET") else "scapy"
+                if backend == "scapy":
+                    from socktools.capture.scapy_source import ScapySource
+                    self.source = ScapySource(cfg.iface, program_for, buffer_size=cfg.buffer_size,
+                                              snaplen=cfg.snaplen)
+                else:
+                    self.source = LiveSource(cfg.iface, program_for, buffer_size=cfg.buffer_size,
+                                             snaplen=cfg.snaplen, ring=backend == "ring")
                 self.linktype = self.source.linktype
                 self.filter_text = self.source.filter_text
             if cfg.write:

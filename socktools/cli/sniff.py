@@ -51,6 +51,11 @@ _RED = {"ZeroWindow", "RST", "Retransmission"}
 @click.option("--quiet", "-q", is_flag=True, help="No packet lines, only the closing summary.")
 @click.option("--buffer", "buffer_size", type=BYTESIZE, default="64M", show_default=True,
               help="Kernel socket buffer for live capture (absorbs bursts).")
+@click.option("--backend", type=click.Choice(["auto", "ring", "socket", "scapy"]), default="auto",
+              show_default=True,
+              help="Live capture: ring = Linux packet socket with a TPACKET_V3 ring (auto on "
+                   "Linux), socket = the same read one packet per call, scapy = scapy's capture "
+                   "sockets (libpcap/BPF/Npcap; auto where Linux packet sockets are missing).")
 @click.option("--time", "time_format", type=click.Choice(["r", "d", "a", "ad", "e"]), default="r",
               show_default=True,
               help="Time column, as tshark -t: r since the first packet, d since the previous "
@@ -62,7 +67,7 @@ _RED = {"ZeroWindow", "RST", "Retransmission"}
                    "a list like 5,9-12.")
 @click.pass_context
 def command(ctx, iface, port, expression, count, timeout, write, read, decode, as_json, quiet,
-            buffer_size, time_format, hexdump, show):
+            buffer_size, time_format, hexdump, show, backend):
     """Capture TCP packets and show them like tshark, with framed messages decoded.
 
     Each packet is one line: number, time since the first packet, source →
@@ -95,7 +100,7 @@ def command(ctx, iface, port, expression, count, timeout, write, read, decode, a
 
     config = SniffConfig(iface=iface, port=port, expression=expression, count=count,
                          timeout=timeout, write=write, read=read, decode=decode,
-                         buffer_size=buffer_size)
+                         buffer_size=buffer_size, backend=backend)
     sniffer = Sniffer(config)
     try:
         sniffer.open()
