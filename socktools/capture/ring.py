@@ -36,7 +36,7 @@ import socket
 import struct
 from typing import Optional
 
-__all__ = ["PacketRing", "ring_geometry", "BLOCK_TIMEOUT_MS"]
+__all__ = ["PacketRing", "ring_geometry", "BLOCK_TIMEOUT_MS", "RING_SPAN_MS"]
 
 SOL_PACKET = getattr(socket, "SOL_PACKET", 263)
 PACKET_RX_RING = 5
@@ -52,6 +52,14 @@ PACKET_OUTGOING = 4
 #: mode"; 20 ms keeps the live view prompt for a human while a flood fills
 #: blocks long before the timer fires.
 BLOCK_TIMEOUT_MS = 20
+#: But a slow trickle retires one nearly empty block per timeout, so a ring of
+#: N blocks holds only N timeouts of traffic while the reader is descheduled
+#: (16 blocks of a 2 MiB ring x 20 ms = 0.3 s, measured: drops at 10,000
+#: packets/s on a busy machine where a socket buffer dropped none).  The timeout
+#: is raised so the whole ring spans at least this long, up to MAX_BLOCK_TIMEOUT_MS.
+RING_SPAN_MS = 2000
+#: The view's worst latency at a trickle (tcpdump's is its 1,000 ms timeout).
+MAX_BLOCK_TIMEOUT_MS = 250
 
 _BLOCK_HDR = struct.Struct("=III")        # block_status, num_pkts, offset_to_first_pkt (at 8)
 _PKT_HDR = struct.Struct("=IIIIIIHH")     # next_offset, sec, nsec, snaplen, len, status, mac, net
@@ -91,8 +99,12 @@ class PacketRing:
 
     def __init__(self, sock: socket.socket, buffer_size: int, max_frame: int, linktype: int, *,
                  cooked: bool = False, skip_outgoing_on: Optional[int] = None,
-                 timeout_ms: int = BLOCK_TIMEOUT_MS) -> None:
+                 timeout_ms: Optional[int] = None) -> None:
         self.block_size, self.block_nr, frame = ring_geometry(buffer_size, max_frame)
+        if timeout_ms is None:
+            timeout_ms = min(MAX_BLOCK_TIMEOUT_MS,
+                             max(BLOCK_TIMEOUT_MS, -(-RING_SPAN_MS // self.block_nr)))
+        self.timeout_ms = timeout_ms
         sock.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V3)
         # struct tpacket_req3: block_size, block_nr, frame_size, frame_nr,
         # retire_blk_tov, sizeof_priv, feature_req_word
