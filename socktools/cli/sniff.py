@@ -159,6 +159,9 @@ class _Output:
         self.as_json = as_json
         self.quiet = quiet
         self.clock = Clock(time_format)
+        self.relative = time_format == "r"
+        self._ends: dict = {}
+        self._flags: dict = {}
         self.hexdump = hexdump
         self.show = show          # a render.Selection, or None
         self.framed_port = framed_port
@@ -211,28 +214,39 @@ class _Output:
         return text
 
     def line(self, r) -> str:
-        """``  4   0.000152 127.0.0.1:56902 → 127.0.0.1:65432 [PSH, ACK] Seq=1 Ack=1 Win=65536 Len=146``"""
+        """``  4   0.000152 127.0.0.1:56902 → 127.0.0.1:65432 [PSH, ACK] Seq=1 Ack=1 Win=65536 Len=146``
+
+        The hot path of a busy capture: the endpoints and flags of a line are
+        cached as text (a capture sees few of each) and the line is one f-string.
+        """
+        stamp = f"{r.time:>11.6f}" if self.relative else self.clock(r)
         if r.proto != "TCP":
             ends = f"{r.src} {self.arrow} {r.dst} " if r.src else ""
-            return f"{r.number:>5} {self.clock(r)} {ends}{r.proto} {r.info}"
-        src = f"[{r.src}]:{r.sport}" if ":" in r.src else f"{r.src}:{r.sport}"
-        dst = f"[{r.dst}]:{r.dport}" if ":" in r.dst else f"{r.dst}:{r.dport}"
-        parts = [f"{r.number:>5} {self.clock(r)} {src} {self.arrow} {dst} [{', '.join(r.flags)}]",
-                 f"Seq={r.seq}"]
-        if r.ack is not None and "ACK" in r.flags:
-            parts.append(f"Ack={r.ack}")
-        parts.append(f"Win={r.window}")
-        parts.append(f"Len={r.length}")
-        if r.options:
-            o = r.options
-            parts += [f"MSS={o['MSS']}"] if "MSS" in o else []
-            parts += ["SACK_PERM"] if o.get("SACK_PERM") else []
+            return f"{r.number:>5} {stamp} {ends}{r.proto} {r.info}"
+        key = (r.src, r.sport, r.dst, r.dport)
+        ends = self._ends.get(key)
+        if ends is None:
+            src = f"[{r.src}]:{r.sport}" if ":" in r.src else f"{r.src}:{r.sport}"
+            dst = f"[{r.dst}]:{r.dport}" if ":" in r.dst else f"{r.dst}:{r.dport}"
+            ends = f"{src} {self.arrow} {dst}"
+            if len(self._ends) < 65536:
+                self._ends[key] = ends
+        flags = self._flags.get(r.flags)
+        if flags is None:
+            flags = self._flags[r.flags] = (f"[{', '.join(r.flags)}]", "ACK" in r.flags)
+        ack = f" Ack={r.ack}" if flags[1] and r.ack is not None else ""
+        text = f"{r.number:>5} {stamp} {ends} {flags[0]} Seq={r.seq}{ack} Win={r.window} Len={r.length}"
+        o = r.options
+        if o:
+            text += (f" MSS={o['MSS']}" if "MSS" in o else "") + \
+                (" SACK_PERM" if o.get("SACK_PERM") else "")
         if r.tsval is not None:                     # where tshark puts them: before WS
-            parts += [f"TSval={r.tsval}", f"TSecr={r.tsecr}"]
-        if r.options and "WS" in r.options:
-            parts.append(f"WS={r.options['WS']}")
-        parts += [self._mark(m) for m in r.marks]
-        return " ".join(parts)
+            text += f" TSval={r.tsval} TSecr={r.tsecr}"
+        if o and "WS" in o:
+            text += f" WS={o['WS']}"
+        if r.marks:
+            text += " " + " ".join(self._mark(m) for m in r.marks)
+        return text
 
     def scapy_show(self, r) -> list[str]:
         """scapy's layered dissection of the frame (imports scapy on first use)."""
