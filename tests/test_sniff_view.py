@@ -188,3 +188,16 @@ def test_records_carry_frame_and_linktype_for_scapy(mixed_pcap):
     assert all(r.linktype == d.LINKTYPE_ETHERNET and r.frame for r in recs)
     pkt = recs[1].to_scapy()
     assert pkt["TCP"].load == b"hello" and bytes(pkt) == recs[1].frame
+
+
+def test_reading_writing_and_viewing_a_file_does_not_import_scapy(mixed_pcap, tmp_path):
+    import subprocess
+    import sys
+    out = tmp_path / "o.pcapng"
+    code = ("import sys; from click.testing import CliRunner; from socktools.cli import main; "
+            f"r = CliRunner().invoke(main, ['sniff', '-r', {str(mixed_pcap)!r}, '-w', {str(out)!r}, "
+            "'-X', '--time', 'a', '--json']); "
+            "assert r.exit_code == 0, r.output; "
+            "print(sorted(m for m in sys.modules if m.startswith('scapy')))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.stdout.strip() == "[]", res.stdout + res.stderr
