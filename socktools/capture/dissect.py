@@ -131,6 +131,8 @@ class OtherPacket(NamedTuple):
 
 
 Dissected = Union[Segment, OtherPacket]
+#: Builds a Segment without the NamedTuple's generated __new__ (a per-packet cost).
+_new_tuple = tuple.__new__
 
 
 def _tcp_options(raw: bytes) -> dict:
@@ -213,8 +215,8 @@ def _l3(frame: bytes, off: int, ethertype: int, linktype: int) -> Dissected:
     start = l4 + hlen
     payload_len = max(0, end - start)
     payload = frame[start:min(end, n)] if payload_len else b""
-    return Segment(src, dst, sport, dport, seq, ack, flags, window, payload_len, payload,
-                   options, version, tsval, tsecr)
+    return _new_tuple(Segment, (src, dst, sport, dport, seq, ack, flags, window, payload_len,
+                                payload, options, version, tsval, tsecr))
 
 
 def _other_ip(family: str, proto: int, fragoff: int, src: bytes, dst: bytes, frame: bytes,
