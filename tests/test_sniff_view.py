@@ -201,3 +201,14 @@ def test_reading_writing_and_viewing_a_file_does_not_import_scapy(mixed_pcap, tm
             "print(sorted(m for m in sys.modules if m.startswith('scapy')))")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert res.stdout.strip() == "[]", res.stdout + res.stderr
+
+
+def test_summary_without_kernel_counters_says_so():
+    from socktools.capture.session import CaptureSummary
+    from socktools.cli.sniff import _Output
+    s = CaptureSummary(source="lo0", live=True, linktype="BSD loopback", filter="", captured=3,
+                       kernel_received=None, kernel_dropped=None, buffer_bytes=None, written=None,
+                       write_path=None, duration=0.1, elapsed=1.0, stopped_by="count", non_tcp=3,
+                       connections=(), backend="scapy")
+    text = _Output(as_json=False, quiet=False).summary_text(s)
+    assert "drop counts not available, scapy backend" in text

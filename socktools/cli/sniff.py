@@ -305,8 +305,11 @@ class _Output:
             buf = f", {what} {_size(s.buffer_bytes)}" if s.buffer_bytes else ""
             if s.backend == "scapy":
                 buf = ", scapy backend"
-            drop = f"{s.kernel_dropped:,} DROPPED" if s.kernel_dropped else "0 dropped"
-            lines.append(f"    kernel: {s.kernel_received:,} received by filter, {drop}{buf}")
+            if s.kernel_received is None:     # scapy's socket off Linux: no counters to read
+                lines.append(f"    kernel: drop counts not available{buf}")
+            else:
+                drop = f"{s.kernel_dropped:,} DROPPED" if s.kernel_dropped else "0 dropped"
+                lines.append(f"    kernel: {s.kernel_received:,} received by filter, {drop}{buf}")
         if s.written is not None:
             lines.append(f"    wrote {s.written:,} packets to {s.write_path}")
         if s.non_tcp:
