@@ -83,6 +83,11 @@ class ScapySource:
         self.buffer_bytes = self._grow_buffer(buffer_size)
         self._received = 0
         self._dropped = 0
+        # scapy opens its packet socket receiving everything, with a zero receive
+        # buffer, until the filter is attached: the kernel counted (and dropped) that
+        # traffic.  Reading the counters resets them, so the capture starts from zero.
+        self.stats()
+        self._received = self._dropped = 0
 
     def _packet_socket(self) -> Optional[socket.socket]:
         ins = getattr(self._sock, "ins", None)
