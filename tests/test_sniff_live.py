@@ -91,12 +91,15 @@ def messages(records):
     return [e for r in records for e in r.events if isinstance(e, MessageEvent)]
 
 
-def test_framed_exchange_handshake_messages_fin_each_packet_once(tmp_path):
+@pytest.mark.parametrize("backend", ["ring", "socket"])
+def test_framed_exchange_handshake_messages_fin_each_packet_once(tmp_path, backend):
     srv = listener()
     port = srv.getsockname()[1]
     pcap = tmp_path / "live.pcap"
     with srv:
-        records, summary = capture(port, lambda: framed_exchange(srv), exchange_done, write=str(pcap))
+        records, summary = capture(port, lambda: framed_exchange(srv), exchange_done, write=str(pcap),
+                                   backend=backend)
+    assert summary.backend == backend
     flags = [r.flags for r in records]
     assert flags[:3] == [("SYN",), ("SYN", "ACK"), ("ACK",)], flags
     assert records[1].options and "MSS" in records[1].options
