@@ -212,3 +212,20 @@ def test_summary_without_kernel_counters_says_so():
                        connections=(), backend="scapy")
     text = _Output(as_json=False, quiet=False).summary_text(s)
     assert "drop counts not available, scapy backend" in text
+
+
+def test_the_fast_ipv4_tcp_path_agrees_with_the_general_one():
+    ts = bytes([1, 1, 8, 10]) + struct.pack("!II", 1, 2)
+    syn_opts = bytes([2, 4, 0xFF, 0xD7, 4, 2, 8, 10]) + struct.pack("!II", 7, 0) + bytes([1, 3, 3, 7])
+    frames = [ether(ipv4(A, B, tcp(d.ACK, ts, b"payload"), 6)),
+              ether(ipv4(A, B, tcp(d.SYN, syn_opts), 6)),
+              ether(ipv4(A, B, tcp(d.PSH | d.ACK, b"", b"x" * 100), 6)),
+              ether(ipv4(A, B, tcp(d.ACK, ts), 6))[:60],               # options cut by snaplen
+              ether(ipv4(A, B, tcp(d.ACK, ts, b"abc"), 6)) + b"\0" * 6]  # Ethernet padding
+    for f in frames:
+        assert d._fast_ipv4_tcp(f) == d._l3(f, 14, 0x0800, 1) or d._fast_ipv4_tcp(f) is None
+        assert d.dissect(f, 1) == d._l3(f, 14, 0x0800, 1)
+    frag = bytearray(frames[0])
+    frag[20:22] = struct.pack("!H", 0x0010)                           # a later fragment
+    assert d._fast_ipv4_tcp(bytes(frag)) is None
+    assert d.dissect(bytes(frag), 1).proto == "IPv4"
