@@ -205,7 +205,8 @@ def _l3(frame: bytes, off: int, ethertype: int, linktype: int) -> Dissected:
     options = None
     tsval = tsecr = None
     if hlen > 20:
-        if frame[l4 + 20:l4 + 24] == _TS_LAYOUT and hlen >= 32 and not flags & SYN:
+        if frame[l4 + 20:l4 + 24] == _TS_LAYOUT and hlen >= 32 and n >= l4 + 32 \
+                and not flags & SYN:
             tsval, tsecr = _TS.unpack_from(frame, l4 + 24)
         else:
             opts = _tcp_options(frame[l4 + 20:l4 + hlen])
