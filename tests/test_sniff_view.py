@@ -229,3 +229,16 @@ def test_the_fast_ipv4_tcp_path_agrees_with_the_general_one():
     frag[20:22] = struct.pack("!H", 0x0010)                           # a later fragment
     assert d._fast_ipv4_tcp(bytes(frag)) is None
     assert d.dissect(bytes(frag), 1).proto == "IPv4"
+
+
+def test_every_truncation_of_a_frame_dissects_without_raising():
+    ts = bytes([1, 1, 8, 10]) + struct.pack("!II", 1, 2)
+    frames = [ether(ipv4(A, B, tcp(d.ACK, ts, b"payload"), 6)),
+              ether(ipv4(A, B, tcp(d.SYN, bytes([2, 4, 0xFF, 0xD7, 3, 3, 7, 0])), 6)),
+              ether(ipv4(A, A, icmp(3, 3, b"\0" * 4, udp_quote(9)), 1)),
+              ether(ipv6(A6, A6, icmp(2, 0, struct.pack("!I", 1280)), 58), 0x86DD),
+              ether(ipv6(A6, A6, tcp(d.ACK, ts, b"v6"), 6), 0x86DD)]
+    for f in frames:
+        for cut in range(len(f) + 1):
+            d.dissect(f[:cut], d.LINKTYPE_ETHERNET)
+            d.dissect(f[14:cut], d.LINKTYPE_RAW)
