@@ -136,7 +136,9 @@ def test_write_refuses_the_file_being_read_under_another_name(tmp_path, conv_pca
     res = run("-r", str(conv_pcap), "-w", str(sym))
     assert res.exit_code == 1 and "symbolic link" in res.stderr
     assert conv_pcap.read_bytes() == original
-    # a plain new file, and an existing regular file, are written as before
+    # /dev/null (a device: nothing to truncate), a plain new file, and an existing
+    # regular file are written as before
+    assert run("-r", str(conv_pcap), "-w", os.devnull, "-q").exit_code == 0
     out = tmp_path / "copy.pcap"
     out.write_bytes(b"old content that is longer than nothing" * 100)
     assert run("-r", str(conv_pcap), "-w", str(out), "-q").exit_code == 0

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import struct
 from typing import BinaryIO, Iterator, Optional
 
@@ -50,16 +51,20 @@ def open_for_writing(path: str, protect: Optional[tuple[int, int]] = None) -> Bi
         fd = os.open(path, flags, 0o644)
     except OSError as exc:
         if exc.errno == errno.ELOOP or (exc.errno == errno.EMLINK and os.path.islink(path)):
-            raise CaptureFileError(
-                f"refusing to write {path}: it is a symbolic link (to "
-                f"{os.readlink(path)!r}); give the real file name") from None
+            try:
+                target = f" (to {os.readlink(path)!r})"
+            except OSError:
+                target = ""
+            raise CaptureFileError(f"refusing to write {path}: it is a symbolic link{target}; "
+                                   f"give the real file name") from None
         raise CaptureFileError(f"cannot write {path}: {exc.strerror or exc}") from None
     try:
         st = os.fstat(fd)
         if protect is not None and (st.st_dev, st.st_ino) == protect:
             raise SameFileError(f"refusing to write {path}: it is the file being read (-r); "
                                 f"write to another file")
-        os.ftruncate(fd, 0)
+        if stat.S_ISREG(st.st_mode):       # /dev/null or a FIFO cannot be (and need not be) cut
+            os.ftruncate(fd, 0)
     except OSError as exc:
         os.close(fd)
         raise CaptureFileError(f"cannot write {path}: {exc.strerror or exc}") from None
