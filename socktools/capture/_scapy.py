@@ -1,8 +1,10 @@
 """The only place sniff touches scapy; imported lazily, on the paths that need it.
 
-scapy is used for two things the cheap dissector does not do: compiling an
-arbitrary BPF expression (``--filter``, through libpcap) and describing the
-odd non-TCP/UDP/ICMP packet.  Importing it costs about a second and prints
+scapy is used for what the cheap dissector does not do: compiling an
+arbitrary BPF expression (``--filter``, through libpcap), describing the
+odd non-TCP/UDP/ICMP packet, ``--show``'s full dissection, and opening a
+capture socket where Linux packet sockets are missing (``--backend scapy``).
+(``scapy_layer`` also imports scapy: it is a scapy layer, for scapy users.)  Importing it costs about a second and prints
 warnings about missing optional libraries, so it happens here, quietly, and
 only on demand.
 """
@@ -86,3 +88,32 @@ def show(frame: bytes, linktype: int, framed_port: Optional[int] = None) -> str:
         bind(framed_port)
         _BOUND.add(framed_port)
     return packet(frame, linktype).show(dump=True)
+
+
+class ScapyCaptureError(Exception):
+    """scapy refused to open a capture socket (its own Scapy_Exception); str() says why."""
+
+
+def open_capture_socket(iface: str, filter_text: Optional[str], loopback: bool):
+    """scapy's capture socket on ``iface`` and scapy's {layer class: link type} table.
+
+    On Linux, loopback uses ``conf.L2socket``, which leaves out the outgoing
+    copy of each packet (each shown once); other interfaces ``conf.L2listen``,
+    which keeps what this host sent.  Elsewhere (BPF, libpcap, Npcap) the
+    socket already sees each packet once.  Raises ScapyCaptureError when scapy
+    refuses (a filter it cannot compile without libpcap...), OSError as the
+    system says.
+    """
+    import socket
+    _quiet_import()
+    from scapy.config import conf
+    from scapy.error import Scapy_Exception
+    import scapy.layers.l2  # noqa: F401  (link-layer classes and their numbers)
+
+    linux = hasattr(socket, "AF_PACKET")
+    cls = conf.L2socket if (linux and loopback) or not linux else conf.L2listen
+    try:
+        sock = cls(iface=iface, filter=filter_text or None)
+    except Scapy_Exception as exc:
+        raise ScapyCaptureError(str(exc)) from None
+    return sock, conf.l2types.layer2num

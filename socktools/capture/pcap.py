@@ -1,4 +1,4 @@
-"""Capture files with ``struct``: classic pcap read/write, and the shared open-for-writing.
+"""Capture files with ``struct``: classic pcap read/write, and opening either format.
 
 Writing (``-w``) uses nanosecond pcap (magic 0xa1b23c4d): the kernel stamps
 packets in nanoseconds and a file should keep what it was given.  tcpdump
@@ -10,22 +10,18 @@ A file cut short (the capture was killed, the disk filled) reads up to its last
 complete packet and then says so: :attr:`CaptureFile.truncated` is set, as
 tcpdump says "truncated dump file".
 
-Opening for writing refuses a symbolic link (``O_NOFOLLOW``: ``-w x.pcap``
-run as root must not overwrite whatever ``x.pcap`` points at) and the very
-file being read (same device and inode, whatever the name or hard link), and
-only then truncates.
+Opening for writing (``files.open_for_writing``) refuses a symbolic link and
+the file being read.
 """
 
 from __future__ import annotations
 
-import errno
-import os
-import stat
 import struct
 from typing import BinaryIO, Iterator, Optional
 
-from socktools.capture.common import CaptureFileError, DEFAULT_SNAPLEN, SameFileError
-from socktools.capture.dissect import SUPPORTED_LINKTYPES
+from socktools.capture.common import CaptureFileError, DEFAULT_SNAPLEN
+from socktools.capture.files import CaptureFile, Record, check_linktype, open_for_writing
+from socktools.capture.pcapng import PcapngWriter, open_pcapng
 
 __all__ = ["PcapWriter", "CaptureFile", "open_capture", "open_writer", "open_for_writing",
            "Record"]
@@ -34,44 +30,6 @@ _MAGIC_US = 0xA1B2C3D4
 _MAGIC_NS = 0xA1B23C4D
 _PCAPNG_SHB = 0x0A0D0D0A
 _RECORD = struct.Struct("<IIII")
-_BUFFER = 1 << 20           # write buffer: one system call per MiB, not per packet
-
-#: ``(timestamp_ns, frame, original_length, linktype)``
-Record = tuple
-
-
-def open_for_writing(path: str, protect: Optional[tuple[int, int]] = None) -> BinaryIO:
-    """Open ``path`` to (re)write it: never through a symlink, never the file in ``protect``.
-
-    ``protect`` is the ``(st_dev, st_ino)`` of the file being read.  The file
-    is truncated only after both checks pass, so a refusal destroys nothing.
-    """
-    flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-    try:
-        fd = os.open(path, flags, 0o644)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP or (exc.errno == errno.EMLINK and os.path.islink(path)):
-            try:
-                target = f" (to {os.readlink(path)!r})"
-            except OSError:
-                target = ""
-            raise CaptureFileError(f"refusing to write {path}: it is a symbolic link{target}; "
-                                   f"give the real file name") from None
-        raise CaptureFileError(f"cannot write {path}: {exc.strerror or exc}") from None
-    try:
-        st = os.fstat(fd)
-        if protect is not None and (st.st_dev, st.st_ino) == protect:
-            raise SameFileError(f"refusing to write {path}: it is the file being read (-r); "
-                                f"write to another file")
-        if stat.S_ISREG(st.st_mode):       # /dev/null or a FIFO cannot be (and need not be) cut
-            os.ftruncate(fd, 0)
-    except OSError as exc:
-        os.close(fd)
-        raise CaptureFileError(f"cannot write {path}: {exc.strerror or exc}") from None
-    except BaseException:
-        os.close(fd)
-        raise
-    return os.fdopen(fd, "wb", buffering=_BUFFER)
 
 
 class PcapWriter:
@@ -132,37 +90,8 @@ def open_writer(path: str, linktype: int, snaplen: int = DEFAULT_SNAPLEN, *,
                 protect: Optional[tuple[int, int]] = None):
     """A pcapng writer for ``*.pcapng``, else a nanosecond pcap writer."""
     if path.lower().endswith((".pcapng", ".ntar")):
-        from socktools.capture.pcapng import PcapngWriter
         return PcapngWriter(path, linktype, snaplen, protect=protect)
     return PcapWriter(path, linktype, snaplen, protect=protect)
-
-
-class CaptureFile:
-    """A pcap or pcapng file opened for reading: ``linktype`` and :meth:`records`.
-
-    ``linktype`` is the first interface's; pcapng records carry their own.
-    After :meth:`records` is exhausted, ``truncated`` says why the file ended
-    early (None when it ended cleanly) and ``count`` how many packets it gave.
-    """
-
-    def __init__(self, f: BinaryIO, path: str, fmt: str, linktype: int) -> None:
-        self._f = f
-        self.path = path
-        self.format = fmt
-        self.linktype = linktype
-        self.truncated: Optional[str] = None
-        self.count = 0
-        self.stat = os.fstat(f.fileno())
-        self._reader: Iterator[Record] = iter(())
-
-    def records(self) -> Iterator[Record]:
-        """Yield ``(timestamp_ns, frame, original_length, linktype)`` for each packet."""
-        for rec in self._reader:
-            self.count += 1
-            yield rec
-
-    def close(self) -> None:
-        self._f.close()
 
 
 def open_capture(path: str) -> CaptureFile:
@@ -187,19 +116,11 @@ def open_capture(path: str) -> CaptureFile:
                 return cap
         if struct.unpack("<I", head[:4])[0] == _PCAPNG_SHB:
             f.seek(0)
-            from socktools.capture.pcapng import open_pcapng
             return open_pcapng(f, path)
         raise CaptureFileError(f"{path} is not a pcap or pcapng file (magic {head[:4].hex()})")
     except BaseException:
         f.close()
         raise
-
-
-def check_linktype(path: str, linktype: int) -> None:
-    if linktype not in SUPPORTED_LINKTYPES:
-        raise CaptureFileError(
-            f"{path}: link type {linktype} is not supported (Ethernet, raw IP, Linux cooked "
-            f"and BSD loopback captures are)")
 
 
 def _pcap_records(f: BinaryIO, cap: CaptureFile, order: str, scale: int) -> Iterator[Record]:

@@ -20,7 +20,7 @@ import struct
 from typing import BinaryIO, Iterator, Optional
 
 from socktools.capture.common import CaptureFileError, DEFAULT_SNAPLEN
-from socktools.capture.pcap import CaptureFile, Record, check_linktype, open_for_writing
+from socktools.capture.files import CaptureFile, Record, check_linktype, open_for_writing
 
 __all__ = ["PcapngWriter", "open_pcapng"]
 

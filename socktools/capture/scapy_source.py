@@ -40,41 +40,33 @@ class ScapySource:
 
     def __init__(self, iface: str, program_for: Callable[[int], tuple[list, str]], *,
                  buffer_size: int, snaplen: int) -> None:
-        from socktools.capture._scapy import _quiet_import
-        _quiet_import()
-        from scapy.config import conf
-        from scapy.error import Scapy_Exception
-        import scapy.layers.l2  # noqa: F401  (link-layer classes and their numbers)
+        from socktools.capture._scapy import ScapyCaptureError, open_capture_socket
 
         self.iface = iface
         self._snaplen = snaplen
         self.loopback = iface in ("lo", "lo0") or iface.startswith("Loopback")
-        # Linux: L2Socket leaves out loopback's outgoing copies (each packet once);
-        # elsewhere (BPF, pcap) the listening socket already sees each packet once.
-        linux = hasattr(socket, "AF_PACKET")
-        cls = conf.L2socket if (linux and self.loopback) or not linux else conf.L2listen
         program, self.filter_text = program_for(d.LINKTYPE_ETHERNET)
         self._program: Optional[list] = None
         self._sock = None
         try:
             try:
-                self._sock = cls(iface=iface, filter=self.filter_text or None)
-            except Scapy_Exception:
+                self._sock, layer2num = open_capture_socket(iface, self.filter_text, self.loopback)
+            except ScapyCaptureError:
                 if not self.filter_text:
                     raise
                 # no libpcap to compile the text: capture everything, filter here
-                self._sock = cls(iface=iface)
+                self._sock, layer2num = open_capture_socket(iface, None, self.loopback)
                 self._program = program
         except PermissionError:
             raise PrivilegeError(
                 "live capture needs root or the CAP_NET_RAW capability (scapy could not open "
                 "a capture socket); run it with sudo, or read a saved capture with -r FILE.pcap"
             ) from None
-        except (OSError, ValueError, Scapy_Exception) as exc:
+        except (OSError, ValueError, ScapyCaptureError) as exc:
             if isinstance(exc, OSError) and exc.errno == 19:
                 raise InterfaceError(f"no interface named {iface!r}") from None
             raise SniffError(f"scapy cannot capture on {iface}: {exc}") from None
-        self._layer2num = conf.l2types.layer2num
+        self._layer2num = layer2num
         self.linktype = self._layer2num.get(getattr(self._sock, "LL", None), d.LINKTYPE_ETHERNET)
         if self._program is not None and self.linktype != d.LINKTYPE_ETHERNET:
             self._program = program_for(self.linktype)[0]
