@@ -9,10 +9,12 @@ import sys
 import click
 
 #: Exit codes: 0 ok, 1 the operation failed (refused, reset, protocol error...),
-#: 2 usage error (click's own), 3 missing privilege or platform feature.
+#: 2 usage error (click's own), 3 missing privilege or platform feature,
+#: 99 flood ran but a --threshold failed (k6's code for the same outcome).
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 3
+EXIT_THRESHOLD = 99
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, None: 1.0, "m": 60.0, "h": 3600.0}

@@ -7,8 +7,9 @@ import sys
 
 import click
 
-from socktools.cli._common import (BYTESIZE, DURATION, EXIT_FAILED, PORT, build_config, die,
-                                   parse_address_range)
+from socktools.cli._common import (BYTESIZE, DURATION, EXIT_FAILED, EXIT_THRESHOLD, PORT, build_config,
+                                   die, parse_address_range)
+from socktools.cli._outputs import output_options, write_outputs
 
 EPILOG = """\b
 Examples:
@@ -17,12 +18,14 @@ Examples:
   socktools flood --port 65432 --conns 1000 --workers 2 --json
   socktools flood --mode connect --conns 50 --duration 3s   # connect/close churn
   socktools flood --conns 60000 --source 127.0.0.2-127.0.0.9 --rate 1000
+  socktools flood --interval 1s --threshold 'p99<5ms' --threshold errors==0
+  socktools flood --duration 30s --report run.html --hgrm run.hgrm --json > run.json
 
 \b
 With no --port, flood starts `socktools serve` (the matching mode) on a free
 loopback port, sized for --conns, and stops it afterwards.  Ctrl-C stops early
 and still prints the results.  Exit codes: 0 the run completed; 1 no
-connection could be established, or a worker failed.
+connection could be established, or a worker failed; 99 a --threshold failed.
 """
 
 
@@ -61,10 +64,12 @@ connection could be established, or a worker failed.
 @click.option("--server-workers", type=click.IntRange(min=1), default=None,
               help="Embedded server processes.  [default: enough for --conns]")
 @click.option("--interval", "-i", type=DURATION, default=None, metavar="DURATION",
-              help="Print one JSON line (NDJSON) of progress every interval on stdout.")
+              help="Print one row of progress per interval (with --json: one NDJSON line).  The "
+                   "JSON, report and exports always have intervals: [default for those: 1s]")
 @click.option("--json", "as_json", is_flag=True, help="Print the final result as one JSON document.")
+@output_options
 def command(host, port, conns, workers, mode, size, action, value, duration, requests, rate,
-            connect_rate, connect_timeout, source, server_workers, interval, as_json):
+            connect_rate, connect_timeout, source, server_workers, interval, as_json, outputs):
     """Load a TCP server with many concurrent connections and report what happened.
 
     Opens --conns connections over --workers processes (each confirmed by a
@@ -90,7 +95,8 @@ def command(host, port, conns, workers, mode, size, action, value, duration, req
         want = socket.AF_INET6 if family == socket.AF_INET6 else socket.AF_INET
         if any((":" in s) != (want == socket.AF_INET6) for s in sources):
             raise click.BadParameter(f"addresses must be of the same family as {host}", param_hint="--source")
-    tick = interval if interval is not None else (0.5 if _live_wanted(as_json) else None)
+    from socktools.flood.timeline import DEFAULT_INTERVAL
+    tick = interval if interval is not None else DEFAULT_INTERVAL
     config = build_config(FloodConfig, mode=mode, conns=conns, workers=workers or 0, host=host,
                           port=port or 0, address=None if embedded else address, family=family,
                           size=size, action=action, value=value, duration=duration,
@@ -98,7 +104,7 @@ def command(host, port, conns, workers, mode, size, action, value, duration, req
                           connect_timeout=connect_timeout, sources=sources, interval=tick,
                           embedded=embedded, server_workers=server_workers or 0)
     _run(config, workers_given=workers is not None, sources_given=source is not None,
-         as_json=as_json, ndjson=interval is not None)
+         as_json=as_json, rows=interval is not None, outputs=outputs)
 
 
 def _resolve(host: str, port: int):
@@ -111,20 +117,24 @@ def _resolve(host: str, port: int):
     return sockaddr, family
 
 
-def _live_wanted(as_json: bool) -> bool:
+def _isatty(stream) -> bool:
     try:
-        return not as_json and sys.stderr.isatty()
+        return stream.isatty()
     except (AttributeError, ValueError):
         return False
 
 
 class _Console:
-    """Where the run's events go: notes on stderr, the live line, NDJSON on stdout."""
+    """Where the run's events go: notes on stderr, the live line (a terminal, no --interval),
+    one row per interval on stdout (--interval; NDJSON with --json)."""
 
-    def __init__(self, conns: int, ndjson: bool, live: bool) -> None:
+    def __init__(self, conns: int, interval: float, *, rows: bool, as_json: bool) -> None:
         self.conns = conns
-        self.ndjson = ndjson
-        self.live = live
+        self.interval = interval
+        self.ndjson = rows and as_json
+        self.rows = rows and not as_json
+        self.live = not rows and not as_json and _isatty(sys.stderr)
+        self.header = False
         self.drawn = False
 
     def __call__(self, event: dict) -> None:
@@ -141,6 +151,12 @@ class _Console:
             if self.ndjson:
                 self.clear()
                 click.echo(json.dumps(event, ensure_ascii=False))
+            if self.rows:
+                from socktools.flood.report import render_interval_header, render_interval_row
+                if not self.header:
+                    click.echo(render_interval_header())
+                    self.header = True
+                click.echo(render_interval_row(event, self.interval))
             if self.live:
                 from socktools.flood.report import render_live
                 click.echo("\r" + render_live(event, self.conns) + "\x1b[K", nl=False, err=True)
@@ -156,11 +172,12 @@ class _Console:
             self.drawn = False
 
 
-def _run(config, *, workers_given: bool, sources_given: bool, as_json: bool, ndjson: bool) -> None:
+def _run(config, *, workers_given: bool, sources_given: bool, as_json: bool, rows: bool,
+         outputs) -> None:
     from socktools.flood.report import render_table, to_json
     from socktools.flood.runner import FloodError, run_flood
 
-    console = _Console(config.conns, ndjson, _live_wanted(as_json))
+    console = _Console(config.conns, config.interval, rows=rows, as_json=as_json)
     try:
         result = run_flood(config, workers_given=workers_given, sources_given=sources_given,
                            on_event=console)
@@ -170,10 +187,20 @@ def _run(config, *, workers_given: bool, sources_given: bool, as_json: bool, ndj
     except KeyboardInterrupt:
         console.clear()
         die("interrupted before the run started", 130)
+    if result.stopped_early and _isatty(sys.stderr):
+        console.drawn = False
+        click.echo(err=True)       # the terminal echoed ^C: the summary starts on its own line
     console.clear()
+    doc = to_json(result, outputs.thresholds)
     if as_json:
-        click.echo(json.dumps(to_json(result), ensure_ascii=False))
+        click.echo(json.dumps(doc, ensure_ascii=False))
     else:
-        click.echo(render_table(result))
+        if rows and result.intervals:
+            click.echo()
+        click.echo(render_table(result, doc["thresholds"]))
+    for note in write_outputs(doc, outputs):
+        click.echo(f"flood: {note}", err=True)
     if result.totals.counters["established"] == 0 or result.crashed:
         sys.exit(EXIT_FAILED)
+    if not all(t["passed"] for t in doc["thresholds"]):
+        sys.exit(EXIT_THRESHOLD)

@@ -13,7 +13,12 @@ from socktools.flood import stats as st
 from socktools.flood.result import FloodResult, traffic_seconds
 from socktools.errors import INTERNAL
 
-__all__ = ["to_json", "render_table", "render_live", "format_us", "server_check"]
+__all__ = ["to_json", "render_table", "render_live", "render_interval_header", "render_interval_row",
+           "render_thresholds", "format_us", "server_check", "HDR_UNIT"]
+
+#: Unit of the values inside every ``hdr`` blob (encoded HdrHistograms): nanoseconds.
+#: The summaries next to them are in microseconds.
+HDR_UNIT = "ns"
 
 _LATENCY_ROWS = (("latency", "round trip"), ("latency_uncorrected", "  uncorrected"),
                  ("connect", "connect"), ("first_reply", "first reply"), ("send_lag", "send lag"))
@@ -95,8 +100,24 @@ def _errors_list(totals: st.Totals) -> list:
     return out
 
 
-def to_json(result: FloodResult) -> dict:
-    """The full result as a JSON-ready dict (latencies in microseconds)."""
+def to_json(result: FloodResult, thresholds=()) -> dict:
+    """The full result as a JSON-ready dict (latencies in microseconds, ``hdr`` blobs in ns).
+
+    Like iperf3's document it has the run's metadata and configuration, the
+    intervals, then the totals; ``thresholds`` (parsed
+    :class:`~socktools.flood.thresholds.Threshold`) are checked against it.
+    """
+    from socktools import runinfo
+    from socktools.flood import timeline
+    from socktools.flood.thresholds import check_all
+    doc = runinfo.stamp(_body(result), result.started or None)
+    doc["interval"] = result.config.interval or timeline.DEFAULT_INTERVAL
+    doc["intervals"] = timeline.rows(result)
+    doc["thresholds"] = check_all(thresholds, doc)
+    return doc
+
+
+def _body(result: FloodResult) -> dict:
     cfg = result.config
     t = result.totals
     c = t.counters
@@ -110,6 +131,7 @@ def to_json(result: FloodResult) -> dict:
         hists[f"{name}_us"] = summary
     return {
         "event": "result",
+        "hdr_unit": HDR_UNIT,
         "mode": cfg.mode,
         "target": cfg.target,
         "server": result.server,
@@ -160,7 +182,30 @@ def _mb(x: float) -> str:
     return f"{x / 1e6:,.2f} MB/s" if x >= 1e4 else f"{x / 1e3:,.2f} kB/s"
 
 
-def render_table(result: FloodResult) -> str:
+def render_thresholds(checked: list) -> list:
+    """``threshold  p99<5ms   passed (1.23ms)`` lines, one per checked threshold."""
+    lines = []
+    for c in checked:
+        actual = "nothing measured" if c["actual"] is None else (
+            format_us(c["actual"]) if c["unit"] == "us" else f"{c['actual']:,.6g}")
+        lines.append(f"threshold    {c['threshold']:18} {'passed' if c['passed'] else 'FAILED'}  ({actual})")
+    return lines
+
+
+def render_interval_header() -> str:
+    return f"{'interval':>15}  {'phase':7} {'conns':>7} {'req/s':>10} {'p50':>8} {'p99':>8} {'errors':>7}"
+
+
+def render_interval_row(record: dict, interval: float) -> str:
+    """One iperf3-style line per interval: time span, phase, open connections, req/s, p50/p99, errors."""
+    end = record["t"]
+    lat = record.get("latency") or {}
+    span = f"{max(0.0, end - interval):.2f}-{end:.2f}s"
+    return (f"{span:>15}  {record['phase']:7} {record['open']:>7,} {record['rps']:>10,.0f} "
+            f"{format_us(lat.get('p50')):>8} {format_us(lat.get('p99')):>8} {record['errors']:>7,}")
+
+
+def render_table(result: FloodResult, checked: Optional[list] = None) -> str:
     """The human-readable report (several lines, no trailing newline)."""
     cfg = result.config
     t = result.totals
@@ -246,6 +291,9 @@ def render_table(result: FloodResult) -> str:
         lines.append(f"note: {note}")
     for warning in result.warnings:
         lines.append(f"warning: {warning}")
+    if checked:
+        lines.append("")
+        lines.extend(render_thresholds(checked))
     return "\n".join(lines)
 
 

@@ -29,6 +29,8 @@ class FloodResult:
     warnings: list = field(default_factory=list)
     started: float = 0.0                   # wall clock (time.time()) at start
     elapsed: float = 0.0
+    intervals: list = field(default_factory=list)  # the runner's interval records, in order
+    epoch_ns: int = 0                      # perf_counter_ns the interval times count from
 
 
 def traffic_seconds(totals: st.Totals) -> float:

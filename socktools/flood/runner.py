@@ -123,7 +123,8 @@ def run_flood(config: FloodConfig, *, workers_given: bool = True, sources_given:
     totals = st.merge(run.finals.values())
     result = FloodResult(config=cfg, plan=plan, totals=totals, server=server_info,
                          stopped_early=run.interrupted or totals.stopped_early,
-                         crashed=run.crashed, started=started, elapsed=time.monotonic() - t0)
+                         crashed=run.crashed, started=started, elapsed=time.monotonic() - t0,
+                         intervals=run.intervals, epoch_ns=run.epoch_ns)
     result.warnings = generator_warnings(result)
     return result
 
@@ -148,6 +149,7 @@ class _Run:
         self.emitted_seq = 0
         self.prev: Optional[dict] = None
         self.latency_so_far = None
+        self.intervals: list = []   # every record emitted, kept for the result (JSON, report, exports)
         self.epoch_ns = time.perf_counter_ns()
         self._dead: set = set()
 
@@ -303,12 +305,16 @@ class _Run:
                   "errors": cum["errors"],
                   "requests": cum["requests"] - prev["requests"],
                   "responses": cum["responses"] - prev["responses"],
+                  "traffic_responses": cum["traffic_responses"] - prev["traffic_responses"],
                   "rps": round((cum["traffic_responses"] - prev["traffic_responses"]) / interval, 1),
                   "bytes_out": cum["bytes_out"] - prev["bytes_out"],
                   "bytes_in": cum["bytes_in"] - prev["bytes_in"],
                   "latency": st.summarize(delta_hist),
                   "p99_so_far": (st.summarize(self.latency_so_far) or {}).get("p99")}
+        if record["latency"] is not None:
+            record["latency"]["hdr"] = st.encode(delta_hist)   # nanoseconds, like every blob
         self.prev = cum
+        self.intervals.append(record)
         self.emit(record)
 
 

@@ -1,0 +1,126 @@
+"""flood's result files and thresholds, as click options: --report, --hgrm, --hlog, --csv, --threshold.
+
+One decorator adds the options and hands the command one frozen :class:`Outputs`
+(so the command's signature grows by one name, not five).  Paths are checked
+before the run starts: a ten-minute run must not be lost to a typo in a
+directory name.  The same writer serves ``socktools report``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+
+import click
+
+from socktools.cli._common import EXIT_UNAVAILABLE, die
+
+__all__ = ["Outputs", "output_options", "write_outputs", "need_report_extra", "REPORT_EXTRA_HINT"]
+
+REPORT_EXTRA_HINT = "--report draws its plots with matplotlib: pip install 'socktools[report]'"
+
+
+@dataclass(frozen=True)
+class Outputs:
+    thresholds: tuple = ()     # parsed Threshold objects
+    report: str = None
+    hgrm: str = None
+    hlog: str = None
+    csv: str = None
+
+    @property
+    def needs_document(self) -> bool:
+        return bool(self.thresholds or self.report or self.hgrm or self.hlog or self.csv)
+
+
+def _parse_thresholds(ctx, param, values):
+    from socktools.flood.thresholds import ThresholdError, parse
+    out = []
+    for text in values or ():
+        try:
+            out.append(parse(text))
+        except ThresholdError as exc:
+            raise click.BadParameter(str(exc), ctx=ctx, param=param)
+    return tuple(out)
+
+
+def _writable(ctx, param, value):
+    """The parent directory must exist and be writable now, not after the run."""
+    if value is None:
+        return None
+    parent = os.path.dirname(os.path.abspath(value)) or "."
+    if os.path.isdir(value):
+        raise click.BadParameter(f"{value} is a directory", ctx=ctx, param=param)
+    if not os.path.isdir(parent):
+        raise click.BadParameter(f"directory {parent} does not exist", ctx=ctx, param=param)
+    if not os.access(parent, os.W_OK):
+        raise click.BadParameter(f"cannot write in {parent}", ctx=ctx, param=param)
+    return value
+
+
+def need_report_extra() -> None:
+    """Exit with the one-line install hint when matplotlib is missing."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        die(REPORT_EXTRA_HINT, EXIT_UNAVAILABLE)
+
+
+def output_options(fn):
+    """Add the five options; the command receives them as ``outputs=Outputs(...)``."""
+    options = [
+        click.option("--threshold", "thresholds", multiple=True, callback=_parse_thresholds,
+                     metavar="EXPR",
+                     help="Pass/fail criterion, repeatable: p99<5ms, p50<1ms, connect_p99<50ms, "
+                          "errors==0, rps>10000.  A failed one makes flood exit with code 99."),
+        click.option("--report", type=click.Path(dir_okay=False), callback=_writable, metavar="FILE.html",
+                     help="Write a self-contained HTML report (plots; opens offline).  "
+                          "Needs: pip install 'socktools[report]'."),
+        click.option("--hgrm", type=click.Path(dir_okay=False), callback=_writable, metavar="FILE",
+                     help="Write the latency percentile distribution (.hgrm, milliseconds, as wrk2)."),
+        click.option("--hlog", type=click.Path(dir_okay=False), callback=_writable, metavar="FILE",
+                     help="Write an HdrHistogram interval log (one histogram of ns per interval)."),
+        click.option("--csv", "csv_path", type=click.Path(dir_okay=False), callback=_writable,
+                     metavar="FILE", help="Write one CSV row per interval."),
+    ]
+
+    @functools.wraps(fn)
+    def wrapper(*args, thresholds, report, hgrm, hlog, csv_path, **kwargs):
+        if report:
+            need_report_extra()
+        outputs = Outputs(thresholds=thresholds, report=report, hgrm=hgrm, hlog=hlog, csv=csv_path)
+        return fn(*args, outputs=outputs, **kwargs)
+
+    for option in reversed(options):
+        wrapper = option(wrapper)
+    return wrapper
+
+
+def write_outputs(doc: dict, outputs: Outputs) -> list:
+    """Write every file asked for; returns ``"wrote FILE (what)"`` notes for stderr."""
+    from socktools.flood import export
+    notes = []
+    try:
+        if outputs.hgrm:
+            with open(outputs.hgrm, "wb") as f:
+                wrote = export.write_hgrm(doc, f)
+            notes.append(f"wrote {outputs.hgrm}" + ("" if wrote else " (empty: no round trip was measured)"))
+        if outputs.hlog:
+            with open(outputs.hlog, "w", encoding="utf-8") as f:
+                n = export.write_hlog(doc, f)
+            notes.append(f"wrote {outputs.hlog} ({n} intervals)")
+        if outputs.csv:
+            with open(outputs.csv, "w", encoding="utf-8", newline="") as f:
+                n = export.write_csv(doc, f)
+            notes.append(f"wrote {outputs.csv} ({n} rows)")
+        if outputs.report:
+            from socktools.report.html import render
+            page = render(doc)
+            with open(outputs.report, "w", encoding="utf-8") as f:
+                f.write(page)
+            notes.append(f"wrote {outputs.report} ({len(page.encode()) / 1024:,.0f} KiB)")
+    except OSError as exc:
+        from socktools.errors import one_line
+        die(one_line(exc, "write the result files"))
+    return notes
