@@ -26,6 +26,7 @@ COMMANDS = {
     "stall": "stall",
     "sniff": "sniff",
     "demo": "demo",
+    "report": "report",
 }
 
 
@@ -57,4 +58,5 @@ def main():
       socktools stall                                # reproduce BlockingIOError
       socktools sniff --port 65432 --count 10        # watch the packets (root)
       socktools explain ECONNRESET                   # what an error means
+      socktools report run.json -o run.html          # a saved flood result as a page
     """

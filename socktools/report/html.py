@@ -1,0 +1,244 @@
+"""One self-contained HTML page for a flood result: plots, thresholds, failures, configuration.
+
+:func:`render` takes the flood JSON document (``flood --json`` or
+``report.to_json``) and returns the page as a string: inline CSS, inline SVG
+plots, no script, no external resource -- it opens offline, from a CI
+artifact or a mail attachment, and prints.  Every value is escaped.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from typing import Optional
+
+from socktools.report import plots
+
+__all__ = ["render"]
+
+
+def _e(value) -> str:
+    return html.escape("" if value is None else str(value))
+
+
+def _us(value: Optional[float]) -> str:
+    from socktools.flood.report import format_us
+    return format_us(value)
+
+
+def _n(value) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float) and not value.is_integer():
+        return f"{value:,.1f}"
+    return f"{value:,.0f}"
+
+
+def _card(label: str, value: str, note: str = "", tone: str = "") -> str:
+    return (f'<div class="card {tone}"><div class="label">{_e(label)}</div>'
+            f'<div class="value">{_e(value)}</div><div class="note">{_e(note)}</div></div>')
+
+
+def _table(head: list, rows: list, cls: str = "") -> str:
+    th = "".join(f"<th>{_e(h)}</th>" for h in head)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    return f'<table class="{cls}"><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _kv(pairs: list) -> str:
+    rows = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in pairs if v not in (None, "", []))
+    return f'<table class="kv"><tbody>{rows}</tbody></table>'
+
+
+def _plot(svg: Optional[str], name: str, empty: str) -> str:
+    if svg is None:
+        return f'<figure class="plot-box empty" data-plot="{name}"><p>{_e(empty)}</p></figure>'
+    return f'<figure class="plot-box" data-plot="{name}">{svg}</figure>'
+
+
+def _thresholds(doc: dict) -> str:
+    checked = doc.get("thresholds") or []
+    if not checked:
+        return ""
+    rows = []
+    for c in checked:
+        actual = "nothing measured" if c["actual"] is None else (
+            _us(c["actual"]) if c["unit"] == "us" else _n(c["actual"]))
+        verdict = '<span class="pill ok">passed</span>' if c["passed"] else '<span class="pill bad">failed</span>'
+        rows.append([f"<code>{_e(c['threshold'])}</code>", _e(actual), verdict])
+    return "<section><h2>Thresholds</h2>" + _table(["threshold", "measured", "verdict"], rows) + "</section>"
+
+
+def _failures(doc: dict) -> str:
+    errs = doc.get("errors") or []
+    if not errs:
+        body = '<p class="quiet">No failures: every connection and request succeeded.</p>'
+    else:
+        rows = [[_e(e["phase"]), f"<code>{_e(e['error'])}</code>", _n(e["count"]),
+                 _e(e.get("meaning") or ""), _e(e.get("fix") or "")] for e in errs]
+        body = _table(["phase", "error", "count", "what it means", "what to do"], rows, "failures")
+    perr = doc.get("protocol_errors") or {}
+    if perr:
+        body += "<p>Protocol errors by kind: " + ", ".join(f"<code>{_e(k)}</code> {_n(v)}"
+                                                          for k, v in sorted(perr.items())) + "</p>"
+    return f"<section><h2>Failures by phase and error ({_n(doc.get('errors_total', 0))})</h2>{body}</section>"
+
+
+def _latency_table(doc: dict) -> str:
+    rows = []
+    for key, label in (("latency_us", "round trip"), ("latency_uncorrected_us", "round trip, uncorrected"),
+                       ("connect_us", "connect"), ("first_reply_us", "first reply"),
+                       ("send_lag_us", "send lag")):
+        s = doc.get(key)
+        if s:
+            rows.append([_e(label)] + [_us(s[k]) for k in ("p50", "p90", "p99", "p99.9", "max", "mean")]
+                        + [_n(s["count"])])
+    if not rows:
+        return ""
+    return _table(["", "p50", "p90", "p99", "p99.9", "max", "mean", "count"], rows, "num")
+
+
+def _config(doc: dict) -> str:
+    cfg = doc.get("config") or {}
+    pairs = [("target", doc.get("target")), ("mode", doc.get("mode")),
+             ("server", (doc.get("server") or {}).get("command")),
+             ("connections", _n(cfg.get("conns"))), ("workers", cfg.get("workers")),
+             ("payload", f"{cfg['size']:,} bytes" if cfg.get("size") and doc.get("mode") != "framed" else None),
+             ("request", cfg.get("request")), ("duration", f"{cfg['duration']:g} s" if cfg.get("duration") else None),
+             ("requests", cfg.get("requests")), ("rate", f"{cfg['rate']:,g} req/s (open loop)" if cfg.get("rate")
+                                                  else "closed loop"),
+             ("connect rate", cfg.get("connect_rate")), ("connect timeout", f"{cfg.get('connect_timeout'):g} s"
+                                                         if cfg.get("connect_timeout") else None),
+             ("sources", ", ".join(cfg.get("sources") or [])), ("interval", f"{doc.get('interval'):g} s"),
+             ("phases", " · ".join(f"{k} {v:.2f} s" for k, v in (doc.get("phases") or {}).items()))]
+    return _kv(pairs)
+
+
+def _machine(doc: dict) -> str:
+    h = doc.get("host") or {}
+    cpus = h.get("cpus")
+    if cpus and h.get("cpus_usable") and h["cpus_usable"] != cpus:
+        cpus = f"{cpus} ({h['cpus_usable']} usable)"
+    return _kv([("host", h.get("name")), ("system", f"{h.get('os', '')} {h.get('kernel', '')} {h.get('machine', '')}"),
+                ("CPUs", cpus), ("Python", h.get("python")), ("socktools", doc.get("socktools_version")),
+                ("started", doc.get("started"))])
+
+
+def _notes(doc: dict) -> str:
+    items = [("warning", w) for w in doc.get("warnings") or []] + [("note", n) for n in doc.get("notes") or []]
+    items += [("worker", c) for c in doc.get("crashed") or []]
+    check = doc.get("server_check")
+    if check:
+        verdict = "equal" if check["equal"] else "DIFFERENT"
+        items.append(("server check", f"flood sent {check['flood']:,} {check['measure']}, the server counted "
+                                      f"{check['server']:,}: {verdict}"))
+    if doc.get("stopped_early"):
+        items.insert(0, ("warning", "stopped early (Ctrl-C): figures cover the run so far"))
+    if not items:
+        return ""
+    lis = "".join(f'<li class="{_e(k.split()[0])}"><b>{_e(k)}</b> {_e(v)}</li>' for k, v in items)
+    return f'<ul class="notes">{lis}</ul>'
+
+
+def render(doc: dict) -> str:
+    """The page for flood document ``doc`` (needs matplotlib: ``socktools[report]``)."""
+    lat = doc.get("latency_us") or {}
+    req = doc.get("requests") or {}
+    conns = doc.get("connections") or {}
+    checked = doc.get("thresholds") or []
+    failed = [c for c in checked if not c["passed"]]
+    verdict = ""
+    if checked:
+        verdict = (f'<span class="pill bad big">{len(failed)} of {len(checked)} thresholds failed</span>'
+                   if failed else f'<span class="pill ok big">all {len(checked)} thresholds passed</span>')
+    errors_total = doc.get("errors_total", 0)
+    cards = "".join([
+        _card("answered requests/s", _n(req.get("per_second")),
+              f"{_n(req.get('traffic_answered'))} in the traffic phase"),
+        _card("p50", _us(lat.get("p50")), "round trip"),
+        _card("p99", _us(lat.get("p99")), "round trip"),
+        _card("p99.9", _us(lat.get("p99.9")), f"max {_us(lat.get('max'))}"),
+        _card("connections", f"{_n(conns.get('established'))} / {_n(conns.get('requested'))}",
+              f"{_n(conns.get('per_second'))}/s established"),
+        _card("failures", _n(errors_total), "by phase and error below", "bad" if errors_total else "ok"),
+    ])
+    cfg = doc.get("config") or {}
+    title = f"flood {doc.get('target', '')} · {doc.get('mode', '')} · {_n(cfg.get('conns'))} connections"
+    raw = json.dumps({k: doc.get(k) for k in ("socktools_version", "started", "target", "mode")})
+    return _PAGE.format(
+        title=_e(title), started=_e(doc.get("started", "")), version=_e(doc.get("socktools_version", "")),
+        elapsed=_e(f"{doc.get('elapsed', 0):.2f} s"), verdict=verdict, cards=cards,
+        thresholds=_thresholds(doc), notes=_notes(doc),
+        spectrum=_plot(plots.spectrum(doc), "latency-spectrum", "No round trip was measured."),
+        latency_table=_latency_table(doc),
+        over_time=_plot(plots.over_time(doc.get("intervals") or []), "over-time", "No interval was recorded."),
+        connect=_plot(plots.connect_distribution(doc), "connect-time", "No connection was made."),
+        failures=_failures(doc), config=_config(doc), machine=_machine(doc), meta=_e(raw))
+
+
+_CSS = """
+:root { --ink:#22262d; --muted:#69707d; --line:#e3e6ea; --bg:#f6f7f9; --card:#fff;
+        --ok:#1a7f37; --okbg:#dafbe1; --bad:#b42318; --badbg:#fee4e2; --accent:#0072B2; }
+* { box-sizing: border-box; }
+body { margin:0; background:var(--bg); color:var(--ink);
+       font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif; }
+header { background:#1f2937; color:#f9fafb; padding:22px 32px 18px; }
+header h1 { margin:0 0 4px; font-size:20px; font-weight:600; }
+header .sub { color:#cbd2dc; font-size:13px; }
+main { max-width:1080px; margin:0 auto; padding:20px 24px 40px; }
+.cards { display:grid; grid-template-columns:repeat(6, 1fr); gap:12px; margin:4px 0 18px; }
+.card { background:var(--card); border:1px solid var(--line); border-radius:10px; padding:12px 14px; }
+.card .label { color:var(--muted); font-size:12px; text-transform:uppercase; letter-spacing:.04em; }
+.card .value { font-size:22px; font-weight:650; margin-top:2px; font-variant-numeric:tabular-nums; }
+.card .note { color:var(--muted); font-size:12px; }
+.card.bad .value { color:var(--bad); } .card.ok .value { color:var(--ok); }
+section { background:var(--card); border:1px solid var(--line); border-radius:10px;
+          padding:16px 20px; margin:0 0 16px; }
+h2 { font-size:15px; margin:0 0 10px; }
+.grid2 { display:grid; grid-template-columns:1fr 1fr; gap:16px; }
+.grid2 section { margin:0; }
+figure { margin:0; } svg.plot { width:100%; height:auto; display:block; }
+figure.empty p { color:var(--muted); margin:8px 0; }
+table { border-collapse:collapse; width:100%; font-size:13px; }
+th, td { text-align:left; padding:6px 8px; border-bottom:1px solid var(--line); vertical-align:top; }
+thead th { color:var(--muted); font-weight:600; font-size:12px; }
+table.num td, table.num th { text-align:right; font-variant-numeric:tabular-nums; }
+table.num td:first-child, table.num th:first-child { text-align:left; }
+table.kv th { width:34%; color:var(--muted); font-weight:500; }
+code { font: 12.5px ui-monospace, "DejaVu Sans Mono", monospace; background:#f1f3f5; padding:1px 5px;
+       border-radius:4px; }
+.pill { display:inline-block; padding:1px 10px; border-radius:999px; font-size:12px; font-weight:600; }
+.pill.ok { background:var(--okbg); color:var(--ok); } .pill.bad { background:var(--badbg); color:var(--bad); }
+.pill.big { font-size:13px; padding:3px 12px; margin-left:10px; vertical-align:2px; }
+.notes { list-style:none; padding:0; margin:0 0 16px; }
+.notes li { background:#fff8e1; border:1px solid #f5e3a3; border-radius:8px; padding:8px 12px; margin-bottom:6px; }
+.notes li.note, .notes li.server { background:#eef6fc; border-color:#cfe3f3; }
+.quiet { color:var(--muted); margin:4px 0; }
+footer { color:var(--muted); font-size:12px; text-align:center; margin-top:8px; }
+@media (max-width: 900px) { .cards { grid-template-columns:repeat(3, 1fr); } .grid2 { grid-template-columns:1fr; } }
+@media print { body { background:#fff; } section, .card { break-inside:avoid; } }
+"""
+
+_PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="generator" content="socktools {version}">
+<title>{title}</title>
+<style>""" + _CSS.replace("{", "{{").replace("}", "}}") + """</style>
+</head><body data-run="{meta}">
+<header><h1>{title}{verdict}</h1>
+<div class="sub">started {started} · ran {elapsed} · socktools {version}</div></header>
+<main>
+<div class="cards">{cards}</div>
+{notes}
+{thresholds}
+<section><h2>Latency by percentile</h2>{spectrum}{latency_table}</section>
+<section><h2>Over time</h2>{over_time}</section>
+<section><h2>Connect time</h2>{connect}</section>
+{failures}
+<div class="grid2"><section><h2>Configuration</h2>{config}</section>
+<section><h2>Machine</h2>{machine}</section></div>
+<footer>Latencies from HdrHistograms merged across workers (3 significant digits); the JSON's
+<code>hdr</code> blobs count nanoseconds. Made by socktools flood.</footer>
+</main></body></html>
+"""

@@ -1,0 +1,196 @@
+"""The report's plots, drawn by matplotlib into inline SVG strings.
+
+Why matplotlib: it draws without a browser or a JavaScript bundle (the page
+is plain HTML + SVG: it opens offline, prints, and weighs tens of kilobytes,
+where plotly's inlined bundle alone is ~4.5 MB); it has a real log axis; it
+is the plotting library people already have.  Text stays text in the SVG
+(``svg.fonttype: none``), so the page's font is used and it stays searchable.
+
+Inputs are the flood JSON document's parts (latencies in microseconds, hdr
+blobs in nanoseconds).  Each function returns ``None`` when there is nothing
+to draw, so the page can say so instead of showing an empty frame.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Optional
+
+from socktools.flood import stats as st
+
+__all__ = ["spectrum", "over_time", "connect_distribution", "PALETTE"]
+
+#: Colours (colour-blind safe, Okabe-Ito) for: round trip, uncorrected, connect, first reply, p99, max.
+PALETTE = {"latency": "#0072B2", "latency_uncorrected": "#999999", "connect": "#E69F00",
+           "first_reply": "#009E73", "p50": "#0072B2", "p99": "#D55E00", "max": "#CC79A7",
+           "rps": "#009E73", "errors": "#D55E00"}
+_INK = "#2b2f36"
+_GRID = "#e3e6ea"
+
+#: The percentiles marked on the spectrum's axis, as HdrHistogram's plotter marks them.
+SPECTRUM_TICKS = (0.0, 90.0, 99.0, 99.9, 99.99, 99.999, 99.9999)
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+    plt.rcParams.update({
+        "svg.fonttype": "none", "font.family": "sans-serif", "font.size": 10,
+        "axes.edgecolor": _GRID, "axes.labelcolor": _INK, "axes.titlesize": 11,
+        "axes.titleweight": "bold", "axes.titlelocation": "left", "axes.titlecolor": _INK,
+        "xtick.color": _INK, "ytick.color": _INK, "axes.grid": True, "grid.color": _GRID,
+        "grid.linewidth": 0.8, "axes.spines.top": False, "axes.spines.right": False,
+        "legend.frameon": False, "figure.dpi": 96,
+    })
+    return plt
+
+
+def _svg(fig, name: str) -> str:
+    """The figure as an ``<svg>`` element (no XML prologue); ids salted by ``name`` so that
+    several plots on one page never share a clip-path id."""
+    plt = _plt()
+    buf = io.StringIO()
+    with plt.rc_context({"svg.hashsalt": f"socktools-{name}"}):
+        fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
+    plt.close(fig)
+    text = buf.getvalue()
+    start = text.find("<svg")
+    svg = text[start:]
+    # Scale with the page: drop the fixed size, keep the viewBox.
+    head, rest = svg.split(">", 1)
+    head = " ".join(p for p in head.split(" ") if not p.startswith(("width=", "height=")))
+    return f'{head} class="plot" role="img" aria-label="{name}">{rest}'
+
+
+def _unit(values_us) -> tuple:
+    """(divisor, label) so that the largest value reads well: µs below 1 ms, ms below 10 s."""
+    top = max((v for v in values_us if v is not None), default=0.0)
+    if top < 1000:
+        return 1.0, "µs"
+    if top < 10_000_000:
+        return 1000.0, "ms"
+    return 1_000_000.0, "s"
+
+
+def _spectrum_points(blob: Optional[str]) -> Optional[tuple]:
+    hist = st.decode(blob)
+    if hist is None:
+        return None
+    xs, ys = [], []
+    for it in hist.get_percentile_iterator(5):
+        p = it.percentile_level_iterated_to
+        if p >= 100.0:
+            break
+        xs.append(1.0 / (1.0 - p / 100.0))
+        ys.append(it.value_iterated_to / 1000.0)      # ns -> µs
+    xs.append(xs[-1] * 10 if xs else 1.0)             # the maximum, one decade further right
+    ys.append(hist.get_max_value() / 1000.0)
+    return xs, ys
+
+
+def spectrum(doc: dict) -> Optional[str]:
+    """Latency by percentile on HdrHistogram's axis: x = 1/(1-percentile), log scale."""
+    series = []
+    for name, label in (("latency", "round trip"), ("latency_uncorrected", "round trip, uncorrected"),
+                        ("first_reply", "first reply"), ("connect", "connect")):
+        pts = _spectrum_points((doc.get(f"{name}_us") or {}).get("hdr"))
+        if pts:
+            series.append((name, label, pts))
+    if not series:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(10.6, 4.2))
+    div, unit = _unit([y for _, _, (xs, ys) in series for y in ys])
+    for name, label, (xs, ys) in series:
+        ax.step(xs, [y / div for y in ys], where="post", color=PALETTE[name], linewidth=1.8, label=label)
+    ax.set_xscale("log")
+    right = max(xs[-1] for _, _, (xs, _) in series)
+    ticks = [t for t in SPECTRUM_TICKS if 1 / (1 - t / 100) <= right * 1.01]
+    ax.set_xticks([1 / (1 - t / 100) for t in ticks])
+    ax.set_xticklabels([f"{t:g}%" for t in ticks])
+    ax.minorticks_off()
+    ax.set_xlim(1, right)
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("percentile")
+    ax.set_ylabel(f"latency ({unit})")
+    ax.legend(loc="upper left")
+    return _svg(fig, "latency-spectrum")
+
+
+def over_time(intervals: list) -> Optional[str]:
+    """Round-trip p50/p99/max per interval above, answered requests/s below, errors marked."""
+    rows = [r for r in intervals if r["end"] > r["start"]]
+    if not rows:
+        return None
+    plt = _plt()
+    fig, (lat, thr) = plt.subplots(2, 1, figsize=(10.6, 5.4), sharex=True,
+                                   gridspec_kw={"height_ratios": [3, 2], "hspace": 0.12})
+    xs = [r["end"] for r in rows]
+    edges = [rows[0]["start"]] + xs
+    measured = [r for r in rows if r.get("latency")]
+    div, unit = _unit([r["latency"]["max"] for r in measured] or [0])
+    for key, label in (("max", "max"), ("p99", "p99"), ("p50", "p50")):
+        vals = [(r["latency"][key] / div) if r.get("latency") else float("nan") for r in rows]
+        lat.stairs(vals, edges, color=PALETTE[key], linewidth=1.8 if key != "max" else 1.0,
+                   label=label, baseline=None)
+    lat.set_ylabel(f"round trip ({unit})")
+    lat.set_ylim(bottom=0)
+    lat.legend(loc="upper right", ncols=3)
+    thr.stairs([r["rps"] for r in rows], edges, color=PALETTE["rps"], fill=True, alpha=0.35)
+    thr.stairs([r["rps"] for r in rows], edges, color=PALETTE["rps"], linewidth=1.6, baseline=None)
+    thr.set_ylabel("answered req/s")
+    thr.set_xlabel("seconds since start")
+    thr.set_ylim(bottom=0)
+    thr.yaxis.set_major_formatter(_thousands())
+    # Where failures grew: a red tick under the interval.
+    prev = 0
+    for r in rows:
+        if r["errors"] > prev:
+            thr.axvspan(r["start"], r["end"], color=PALETTE["errors"], alpha=0.12, linewidth=0)
+        prev = r["errors"]
+    thr.set_xlim(edges[0], edges[-1])
+    return _svg(fig, "over-time")
+
+
+def _thousands():
+    from matplotlib.ticker import FuncFormatter
+    return FuncFormatter(lambda v, _: f"{v / 1000:g}k" if abs(v) >= 1000 else f"{v:g}")
+
+
+def connect_distribution(doc: dict) -> Optional[str]:
+    """How long connections took to confirm: a histogram on a log time axis."""
+    hist = st.decode((doc.get("connect_us") or {}).get("hdr"))
+    if hist is None:
+        return None
+    import numpy as np
+    values, counts = [], []
+    for it in hist.get_recorded_iterator():
+        values.append(it.value_iterated_to / 1000.0)
+        counts.append(it.count_at_value_iterated_to)
+    lo, hi = max(min(values), 0.001), max(values)
+    if hi <= lo:
+        hi = lo * 1.5
+    bins = np.geomspace(lo / 1.05, hi * 1.05, 40)
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(10.6, 3.2))
+    ax.hist(values, bins=bins, weights=counts, color=PALETTE["connect"], alpha=0.85, edgecolor="white",
+            linewidth=0.5)
+    ax.set_xscale("log")
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _fmt_us(v)))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    for key, style in (("p50", "-"), ("p99", "--")):
+        v = doc["connect_us"][key]
+        ax.axvline(v, color=_INK, linestyle=style, linewidth=1)
+        ax.annotate(f"{key} {_fmt_us(v)}", (v, 1), xycoords=("data", "axes fraction"), xytext=(4, -12),
+                    textcoords="offset points", fontsize=9, color=_INK)
+    ax.set_xlabel("connect() to handshake complete")
+    ax.set_ylabel("connections")
+    return _svg(fig, "connect-time")
+
+
+def _fmt_us(us: float) -> str:
+    from socktools.flood.report import format_us
+    return format_us(us)
