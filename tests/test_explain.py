@@ -90,7 +90,7 @@ def test_list_and_json():
     listed = {line.split()[0] for line in r.output.splitlines()[1:] if line.strip()}
     assert set(errors.EXPLANATIONS) <= listed
     r = runner.invoke(main, ["explain", "--list", "--json"])
-    assert {d["name"] for d in json.loads(r.output)} == set(errors.EXPLANATIONS)
+    assert {d["name"] for d in json.loads(r.output)["explanations"]} == set(errors.EXPLANATIONS)
     r = runner.invoke(main, ["explain", "ECONNRESET", "--json"])
     doc = json.loads(r.output)
     assert doc["errno"] == errno.ECONNRESET and doc["exception"] == "ConnectionResetError"

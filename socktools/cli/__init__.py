@@ -8,6 +8,7 @@ command functions so that ``socktools --help`` stays fast.
 from __future__ import annotations
 
 import importlib
+import time
 
 import click
 
@@ -41,9 +42,12 @@ class LazyGroup(click.Group):
         return importlib.import_module(f"socktools.cli.{module}").command
 
 
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+# auto_envvar_prefix: every option can come from SOCKTOOLS_<COMMAND>_<OPTION> (docs/environment.md).
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100,
+                                              "auto_envvar_prefix": "SOCKTOOLS"})
 @click.version_option(__version__, prog_name="socktools")
-def main():
+@click.pass_context
+def main(ctx):
     """Serve, load, break and watch TCP sockets on your own machine.
 
     Everything binds and connects to loopback (127.0.0.1) unless you ask
@@ -60,3 +64,5 @@ def main():
       socktools explain ECONNRESET                   # what an error means
       socktools report run.json -o run.html          # a saved flood result as a page
     """
+    from socktools.cli._common import STARTED_KEY
+    ctx.meta[STARTED_KEY] = time.time()

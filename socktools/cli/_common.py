@@ -140,6 +140,20 @@ def parse_address_range(text: str) -> list[str]:
     return out
 
 
+#: Key in the root click context's ``meta``: the wall-clock time the command began.
+STARTED_KEY = "socktools.started"
+
+
+def stamped(document: dict) -> dict:
+    """``document`` with the run metadata every ``--json`` carries (:mod:`socktools.runinfo`):
+    version, start time (when the command began) and host facts."""
+    import time
+    from socktools.runinfo import stamp
+    ctx = click.get_current_context(silent=True)
+    started = ctx.find_root().meta.get(STARTED_KEY) if ctx is not None else None
+    return stamp(document, started or time.time())
+
+
 def die(message: str, code: int = EXIT_FAILED) -> "NoReturn":  # noqa: F821
     """Print ``socktools: <message>`` on stderr and exit with ``code``."""
     click.echo(f"socktools: {message}", err=True)

@@ -57,7 +57,8 @@ def command(conns, as_json):
     from socktools.kernel.doctor import DoctorConfig, run_doctor
     report = run_doctor(DoctorConfig(conns=conns))
     if as_json:
-        click.echo(json.dumps(report.to_dict(), indent=2))
+        from socktools.cli._common import stamped
+        click.echo(json.dumps(stamped(report.to_dict()), indent=2))
     else:
         click.echo(render(report))
     if not report.ok:

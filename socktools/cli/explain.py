@@ -103,7 +103,9 @@ def command(err, list_all, as_json):
     from socktools import errors
     if list_all:
         if as_json:
-            click.echo(json.dumps([_as_dict(e) for e in errors.EXPLANATIONS.values()], indent=2))
+            from socktools.cli._common import stamped
+            click.echo(json.dumps(stamped({"explanations": [_as_dict(e) for e in errors.EXPLANATIONS.values()]}),
+                                  indent=2))
         else:
             click.echo(_render_list())
         return
@@ -117,6 +119,7 @@ def command(err, list_all, as_json):
                 EXIT_FAILED)
         die(f"unknown error {err.strip()!r}; see `socktools explain --list`", EXIT_FAILED)
     if as_json:
-        click.echo(json.dumps(_as_dict(exp), indent=2, ensure_ascii=False))
+        from socktools.cli._common import stamped
+        click.echo(json.dumps(stamped(_as_dict(exp)), indent=2, ensure_ascii=False))
     else:
         click.echo(_render(exp, err))

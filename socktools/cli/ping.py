@@ -128,11 +128,12 @@ def command(host, port, count, interval, timeout, icmp, as_json):
     elapsed = time.monotonic() - start
     stats = summarize(results)
     if as_json:
-        click.echo(json.dumps({"target": {"host": host, "address": target.display,
+        from socktools.cli._common import stamped
+        click.echo(json.dumps(stamped({"target": {"host": host, "address": target.display,
                                           "port": None if icmp else config.port,
                                           "mode": "icmp" if icmp else "tcp"},
                                "probes": [p.to_dict() for p in results],
-                               "summary": stats.to_dict(), "interrupted": interrupted}, indent=2))
+                               "summary": stats.to_dict(), "interrupted": interrupted}), indent=2))
     else:
         click.echo("")
         for line in _summary_lines(target, stats, elapsed, icmp):

@@ -76,18 +76,21 @@ def command(words, host, port, timeout, show_bytes, as_json):
         if show_bytes and err.result:
             _trace(err.result)
         if as_json:
-            click.echo(json.dumps({"ok": False, "phase": err.phase, "error": err.key, "message": str(err)}))
+            from socktools.cli._common import stamped
+            click.echo(json.dumps(stamped({"ok": False, "phase": err.phase, "error": err.key,
+                                           "message": str(err)})))
         die(str(err), EXIT_FAILED)
     message = result.message
     if show_bytes:
         _trace(result)
     if as_json:
         from socktools.addresses import format_addr
-        click.echo(json.dumps({"ok": True, "address": format_addr(result.address),
+        from socktools.cli._common import stamped
+        click.echo(json.dumps(stamped({"ok": True, "address": format_addr(result.address),
                                "connect_ms": round(result.connect_s * 1000, 3),
                                "total_ms": round(result.total_s * 1000, 3),
                                "bytes_sent": len(result.sent), "bytes_received": len(result.received),
-                               "response": _message_dict(message)}, ensure_ascii=False))
+                               "response": _message_dict(message)}), ensure_ascii=False))
         return
     value_obj = message.value
     if isinstance(value_obj, dict) and "error" in value_obj and "result" not in value_obj:

@@ -64,6 +64,9 @@ class _HumanView:
 
 
 def _json_view(ev: dict) -> None:
+    if ev.get("event") in ("listening", "summary"):   # the stream's first and last lines say who/when/where
+        from socktools.cli._common import stamped
+        ev = stamped(ev)
     click.echo(json.dumps(ev))
     sys.stdout.flush()
 

@@ -278,7 +278,8 @@ class _Output:
     def summary(self, s) -> None:
         from socktools.capture.view import drop_ratio, summary_dict
         if self.as_json:
-            self._safe(json.dumps(summary_dict(s), ensure_ascii=False) + "\n")
+            from socktools.cli._common import stamped
+            self._safe(json.dumps(stamped(summary_dict(s)), ensure_ascii=False) + "\n")
         else:
             self._safe(self.summary_text(s))
         if s.kernel_dropped:

@@ -86,7 +86,8 @@ def command(port, states, listening, processes, as_json, source):
     except PermissionError as exc:
         die(f"cannot read the socket table: {exc}", EXIT_UNAVAILABLE)
     if as_json:
-        click.echo(json.dumps({"source": used, "sockets": [e.to_dict() for e in entries]}, indent=2))
+        from socktools.cli._common import stamped
+        click.echo(json.dumps(stamped({"source": used, "sockets": [e.to_dict() for e in entries]}), indent=2))
         return
     if not entries:
         click.echo("no TCP sockets match", err=True)

@@ -69,7 +69,8 @@ def command(host, port, chunk, sndbuf, rcvbuf, settle, drain, timeout, as_json, 
     except KeyboardInterrupt:
         die("interrupted; connection closed and the embedded sink stopped", 130)
     if as_json:
-        click.echo(json.dumps(report.to_dict(), indent=2))
+        from socktools.cli._common import stamped
+        click.echo(json.dumps(stamped(report.to_dict()), indent=2))
     else:
         click.echo(render_report(report, quiet=quiet))
     if not report.fill.blocked:
