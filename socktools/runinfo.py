@@ -34,7 +34,7 @@ def _usable_cpus() -> int:
 def host_facts() -> dict:
     """The machine: name, OS, kernel release, CPUs (online and usable), Python."""
     uname = platform.uname()
-    return {"name": socket.gethostname(),
+    return {"hostname": socket.gethostname(),
             "os": uname.system,
             "kernel": uname.release,
             "machine": uname.machine,
@@ -44,11 +44,15 @@ def host_facts() -> dict:
 
 
 def meta(started: Optional[float] = None) -> dict:
-    """``{"socktools_version", "started", "host"}`` for a run that began at ``started`` (wall clock)."""
+    """``{"socktools_version", "started", "system"}`` for a run that began at ``started`` (wall clock).
+
+    The machine is under ``system`` (iperf3's word), not ``host``: several
+    documents already use ``host`` for the address they bound or targeted.
+    """
     from socktools import __version__
     return {"socktools_version": __version__,
             "started": iso_utc(time.time() if started is None else started),
-            "host": host_facts()}
+            "system": host_facts()}
 
 
 def stamp(document: dict, started: Optional[float] = None) -> dict:

@@ -39,7 +39,7 @@ def test_json_carries_the_run_metadata(run):
     doc = run["doc"]
     assert doc["socktools_version"]
     assert doc["started"].endswith("Z") and "T" in doc["started"]
-    assert doc["host"]["cpus"] >= 1 and doc["host"]["kernel"] and doc["host"]["python"]
+    assert doc["system"]["cpus"] >= 1 and doc["system"]["kernel"] and doc["system"]["python"]
     assert doc["hdr_unit"] == "ns"
 
 

@@ -115,11 +115,11 @@ def _config(doc: dict) -> str:
 
 
 def _machine(doc: dict) -> str:
-    h = doc.get("host") or {}
+    h = doc.get("system") or {}
     cpus = h.get("cpus")
     if cpus and h.get("cpus_usable") and h["cpus_usable"] != cpus:
         cpus = f"{cpus} ({h['cpus_usable']} usable)"
-    return _kv([("host", h.get("name")), ("system", f"{h.get('os', '')} {h.get('kernel', '')} {h.get('machine', '')}"),
+    return _kv([("host", h.get("hostname")), ("system", f"{h.get('os', '')} {h.get('kernel', '')} {h.get('machine', '')}"),
                 ("CPUs", cpus), ("Python", h.get("python")), ("socktools", doc.get("socktools_version")),
                 ("started", doc.get("started"))])
 
