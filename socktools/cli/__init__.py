@@ -39,7 +39,24 @@ class LazyGroup(click.Group):
         module = COMMANDS.get(name)
         if module is None:
             return None
-        return importlib.import_module(f"socktools.cli.{module}").command
+        command = importlib.import_module(f"socktools.cli.{module}").command
+        _name_envvars(name, command)
+        return command
+
+
+def _name_envvars(name: str, command: click.Command) -> None:
+    """Every visible option reads ``SOCKTOOLS_<COMMAND>_<OPTION>``, named after the flag users type.
+
+    click's ``auto_envvar_prefix`` would name them after the Python parameter
+    (``--json`` -> ``..._AS_JSON``); naming them here, once, keeps the variable
+    and the flag the same word (docs/environment.md lists them all).
+    """
+    for param in command.params:
+        if isinstance(param, click.Option) and param.envvar is None and not param.hidden:
+            flags = [o for o in param.opts + param.secondary_opts if o.startswith("--")]
+            if flags:
+                flag = max(param.opts, key=len) if any(o.startswith("--") for o in param.opts) else flags[0]
+                param.envvar = f"SOCKTOOLS_{name.upper()}_{flag.lstrip('-').upper().replace('-', '_')}"
 
 
 # auto_envvar_prefix: every option can come from SOCKTOOLS_<COMMAND>_<OPTION> (docs/environment.md).

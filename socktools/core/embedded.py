@@ -82,8 +82,12 @@ class EmbeddedServer:
     def start(self) -> "EmbeddedServer":
         import socket
         self.command = self._command()
+        # The user's SOCKTOOLS_SERVE_* variables are for their own `socktools serve`, not for
+        # the server flood or stall starts (its options are all on the command line above).
+        kw = {"env": {k: v for k, v in os.environ.items() if not k.startswith("SOCKTOOLS_SERVE_")},
+              **self.popen_kw}
         self.proc = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, start_new_session=True, **self.popen_kw)
+                                     stderr=subprocess.PIPE, start_new_session=True, **kw)
         self.pid = self.proc.pid
         deadline = time.monotonic() + self.startup_timeout
         while True:

@@ -1,0 +1,90 @@
+"""click conventions: SOCKTOOLS_<CMD>_<OPT> variables, documented; shell completion works."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import socket
+import subprocess
+
+import click
+from click.testing import CliRunner
+
+from socktools.cli import COMMANDS, main
+import sys
+
+import pytest
+
+DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs"
+
+
+def all_options():
+    ctx = click.Context(main, info_name="socktools")
+    for name in COMMANDS:
+        command = main.get_command(ctx, name)
+        for param in command.params:
+            if isinstance(param, click.Option) and not param.hidden and param.name != "help":
+                yield name, param
+
+
+def test_every_option_has_a_variable_named_after_its_flag():
+    seen = 0
+    for name, param in all_options():
+        flag = max(param.opts, key=len)
+        assert param.envvar == f"SOCKTOOLS_{name.upper()}_{flag.lstrip('-').upper().replace('-', '_')}"
+        seen += 1
+    assert seen > 50
+
+
+def test_every_variable_is_documented():
+    text = (DOCS / "environment.md").read_text(encoding="utf-8")
+    missing = [param.envvar for _, param in all_options() if f"`{param.envvar}`" not in text]
+    assert missing == []
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_variable_reaches_the_command():
+    """SOCKTOOLS_PING_COUNT sets --count; the command line still wins over it."""
+    port = _closed_port()
+    env = {"SOCKTOOLS_PING_COUNT": "3", "SOCKTOOLS_PING_INTERVAL": "10ms", "SOCKTOOLS_PING_JSON": "1"}
+    r = CliRunner().invoke(main, ["ping", "127.0.0.1", "-p", str(port)], env=env)
+    doc = json.loads(r.stdout)
+    assert len(doc["probes"]) == 3
+    r = CliRunner().invoke(main, ["ping", "127.0.0.1", "-p", str(port), "--count", "2"], env=env)
+    assert len(json.loads(r.stdout)["probes"]) == 2
+
+
+def test_a_bad_variable_is_a_usage_error_naming_the_option():
+    r = CliRunner().invoke(main, ["flood"], env={"SOCKTOOLS_FLOOD_CONNS": "0"})
+    assert r.exit_code == 2 and "--conns" in r.output
+    r = CliRunner().invoke(main, ["flood"], env={"SOCKTOOLS_FLOOD_THRESHOLD": "p99<5ms bogus<1"})
+    assert r.exit_code == 2 and "--threshold" in r.output and "bogus" in r.output
+
+
+def socktools_script() -> str:
+    """The installed `socktools` script: completion keys on the program's name."""
+    path = pathlib.Path(sys.executable).parent / "socktools"
+    if not path.exists():
+        pytest.skip("the socktools script is not installed next to this Python (pip install -e .)")
+    return str(path)
+
+
+def test_shell_completion_scripts_and_answers():
+    for shell in ("bash", "zsh", "fish"):
+        proc = subprocess.run([socktools_script()], env={**os.environ, "_SOCKTOOLS_COMPLETE": f"{shell}_source"},
+                              capture_output=True, text=True, timeout=30)
+        assert proc.returncode == 0 and "_SOCKTOOLS_COMPLETE" in proc.stdout, shell
+    # what bash's completion function asks: the words so far, the index of the one being completed
+    env = {**os.environ, "_SOCKTOOLS_COMPLETE": "bash_complete", "COMP_WORDS": "socktools flood --mo",
+           "COMP_CWORD": "2"}
+    proc = subprocess.run([socktools_script()], env=env, capture_output=True, text=True, timeout=30)
+    assert "--mode" in proc.stdout
+    text = (DOCS / "completion.md").read_text(encoding="utf-8")
+    for shell in ("bash_source", "zsh_source", "fish_source"):
+        assert f"_SOCKTOOLS_COMPLETE={shell} socktools" in text
