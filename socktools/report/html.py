@@ -140,6 +140,13 @@ def _notes(doc: dict) -> str:
     return f'<ul class="notes">{lis}</ul>'
 
 
+def _ran(doc: dict) -> str:
+    phases = doc.get("phases") or {}
+    traffic = phases.get("traffic", phases.get("churn"))
+    wall = f"{doc.get('elapsed', 0):.1f} s in all, servers and workers started and stopped"
+    return f"traffic {traffic:.2f} s · {wall}" if traffic is not None else wall
+
+
 def render(doc: dict) -> str:
     """The page for flood document ``doc`` (needs matplotlib: ``socktools[report]``)."""
     lat = doc.get("latency_us") or {}
@@ -153,7 +160,7 @@ def render(doc: dict) -> str:
                    if failed else f'<span class="pill ok big">all {len(checked)} thresholds passed</span>')
     errors_total = doc.get("errors_total", 0)
     cards = "".join([
-        _card("answered requests/s", _n(req.get("per_second")),
+        _card("requests/s", _n(round(req.get("per_second") or 0)),
               f"{_n(req.get('traffic_answered'))} in the traffic phase"),
         _card("p50", _us(lat.get("p50")), "round trip"),
         _card("p99", _us(lat.get("p99")), "round trip"),
@@ -167,7 +174,7 @@ def render(doc: dict) -> str:
     raw = json.dumps({k: doc.get(k) for k in ("socktools_version", "started", "target", "mode")})
     return _PAGE.format(
         title=_e(title), started=_e(doc.get("started", "")), version=_e(doc.get("socktools_version", "")),
-        elapsed=_e(f"{doc.get('elapsed', 0):.2f} s"), verdict=verdict, cards=cards,
+        elapsed=_e(_ran(doc)), verdict=verdict, cards=cards,
         thresholds=_thresholds(doc), notes=_notes(doc),
         spectrum=_plot(plots.spectrum(doc), "latency-spectrum", "No round trip was measured."),
         latency_table=_latency_table(doc),
@@ -227,7 +234,7 @@ _PAGE = """<!DOCTYPE html>
 <style>""" + _CSS.replace("{", "{{").replace("}", "}}") + """</style>
 </head><body data-run="{meta}">
 <header><h1>{title}{verdict}</h1>
-<div class="sub">started {started} · ran {elapsed} · socktools {version}</div></header>
+<div class="sub">started {started} · {elapsed} · socktools {version}</div></header>
 <main>
 <div class="cards">{cards}</div>
 {notes}

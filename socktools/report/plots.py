@@ -105,17 +105,40 @@ def spectrum(doc: dict) -> Optional[str]:
     for name, label, (xs, ys) in series:
         ax.step(xs, [y / div for y in ys], where="post", color=PALETTE[name], linewidth=1.8, label=label)
     ax.set_xscale("log")
+    _latency_yscale(ax, [y / div for _, _, (_, ys) in series for y in ys])
+    # Mark the percentiles the tables show on the round trip's curve.
+    main = (doc.get("latency_us") or {})
+    for key in ("p50", "p99", "p99.9"):
+        if main.get(key) is not None:
+            q = float(key[1:])
+            x, y = 1 / (1 - q / 100), main[key] / div
+            ax.plot([x], [y], "o", color=PALETTE["latency"], markersize=4)
+            left = key == "p50"      # at the axis' left edge: write it to the right of its dot
+            ax.annotate(f"{key} {_fmt_us(main[key])}", (x, y), xytext=(6, -4) if left else (-6, 8),
+                        textcoords="offset points", ha="left" if left else "right", fontsize=9, color=_INK)
     right = max(xs[-1] for _, _, (xs, _) in series)
     ticks = [t for t in SPECTRUM_TICKS if 1 / (1 - t / 100) <= right * 1.01]
     ax.set_xticks([1 / (1 - t / 100) for t in ticks])
     ax.set_xticklabels([f"{t:g}%" for t in ticks])
     ax.minorticks_off()
     ax.set_xlim(1, right)
-    ax.set_ylim(bottom=0)
     ax.set_xlabel("percentile")
     ax.set_ylabel(f"latency ({unit})")
     ax.legend(loc="upper left")
     return _svg(fig, "latency-spectrum")
+
+
+def _latency_yscale(ax, values) -> None:
+    """A log y axis when the tail is far above the body (else the body is a flat line at 0)."""
+    positive = [v for v in values if v and v > 0]
+    if positive and max(positive) / min(positive) > 30:
+        ax.set_yscale("log")
+        from matplotlib.ticker import FuncFormatter, NullFormatter
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.set_ylim(min(positive) * 0.7, max(positive) * 1.4)
+    else:
+        ax.set_ylim(bottom=0, top=max(positive, default=1) * 1.1)
 
 
 def over_time(intervals: list) -> Optional[str]:
@@ -130,12 +153,14 @@ def over_time(intervals: list) -> Optional[str]:
     edges = [rows[0]["start"]] + xs
     measured = [r for r in rows if r.get("latency")]
     div, unit = _unit([r["latency"]["max"] for r in measured] or [0])
+    drawn = []
     for key, label in (("max", "max"), ("p99", "p99"), ("p50", "p50")):
         vals = [(r["latency"][key] / div) if r.get("latency") else float("nan") for r in rows]
-        lat.stairs(vals, edges, color=PALETTE[key], linewidth=1.8 if key != "max" else 1.0,
-                   label=label, baseline=None)
+        drawn += vals
+        lat.stairs(vals, edges, color=PALETTE[key], linewidth=2.0 if key != "max" else 1.0,
+                   linestyle="-" if key != "max" else (0, (2, 2)), label=label, baseline=None)
     lat.set_ylabel(f"round trip ({unit})")
-    lat.set_ylim(bottom=0)
+    _latency_yscale(lat, [v for v in drawn if v == v])
     lat.legend(loc="upper right", ncols=3)
     thr.stairs([r["rps"] for r in rows], edges, color=PALETTE["rps"], fill=True, alpha=0.35)
     thr.stairs([r["rps"] for r in rows], edges, color=PALETTE["rps"], linewidth=1.6, baseline=None)
