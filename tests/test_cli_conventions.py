@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import pathlib
 import socket
@@ -88,3 +89,35 @@ def test_shell_completion_scripts_and_answers():
     text = (DOCS / "completion.md").read_text(encoding="utf-8")
     for shell in ("bash_source", "zsh_source", "fish_source"):
         assert f"_SOCKTOOLS_COMPLETE={shell} socktools" in text
+
+
+# ------------------------------------------------------------------ serve's stats lines
+
+def _stats(**kw):
+    ev = {"event": "stats", "open": 0, "accepted": 0, "closed": 0, "bytes_in": 0, "bytes_out": 0,
+          "requests": 0, "responses": 0, "protocol_errors": {}, "errors": {}}
+    ev.update(kw)
+    return ev
+
+
+def test_serve_stats_lines_have_time_and_rates_and_stay_quiet_when_idle():
+    from socktools.cli.serve import _HumanView
+    now = [100.0]
+    lines = []
+    view = _HumanView(clock=lambda: now[0])
+    view.echo = lambda text="", **kw: lines.append(text)
+    now[0] += 10
+    view(_stats(open=2, accepted=20, bytes_in=10_240, bytes_out=10_240, requests=50))
+    now[0] += 10
+    view(_stats(open=2, accepted=20, bytes_in=10_240, bytes_out=10_240, requests=50))   # nothing new
+    now[0] += 10
+    view(_stats(open=2, accepted=20, bytes_in=10_240, bytes_out=10_240, requests=50))   # still nothing
+    now[0] += 5
+    view(_stats(open=0, accepted=30, closed=30, bytes_in=20_480, bytes_out=20_480, requests=100))
+    assert len(lines) == 3, lines
+    first, idle, third = lines
+    assert re.match(r"^\d\d:\d\d:\d\d stats: ", first)
+    assert "2.0 conn/s" in first and "1.0 KiB/s" in first and "5.0 req/s" in first
+    assert "idle" in idle
+    # rates over the 5 s since the previous stats event (idle ones included): 10 conns, 50 requests
+    assert "2.0 conn/s" in third and "10.0 req/s" in third and "errors 0" in third
