@@ -310,7 +310,10 @@ class _Run:
                   "bytes_out": cum["bytes_out"] - prev["bytes_out"],
                   "bytes_in": cum["bytes_in"] - prev["bytes_in"],
                   "latency": st.summarize(delta_hist),
-                  "p99_so_far": (st.summarize(self.latency_so_far) or {}).get("p99")}
+                  # one percentile, not a summary: this runs once per interval, in the loop
+                  # that also watches for Ctrl-C
+                  "p99_so_far": round(self.latency_so_far.get_value_at_percentile(99) / 1000.0, 3)
+                  if self.latency_so_far is not None else None}
         if record["latency"] is not None:
             record["latency"]["hdr"] = st.encode(delta_hist)   # nanoseconds, like every blob
         self.prev = cum

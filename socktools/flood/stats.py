@@ -19,6 +19,7 @@ conversion to an HdrHistogram happens once per snapshot, not once per sample.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, field
 from typing import Iterable, Optional
 
@@ -133,15 +134,50 @@ def add_into(total: Optional[HdrHistogram], other: Optional[HdrHistogram]) -> Op
 PERCENTILES = (50.0, 90.0, 99.0, 99.9)
 
 
+def median_of_index(index: int) -> int:
+    """The value hdrh's mean and stdev use for counts index ``index``: the middle of its bucket.
+
+    Equal to ``hist._hdr_median_equiv_value(hist.get_value_from_index(index))`` for
+    this shape (lowest 1, 3 digits), without two method calls per bucket.
+    """
+    bucket = (index >> _HALF_BITS) - 1
+    sub = (index & ((1 << _HALF_BITS) - 1)) + (1 << _HALF_BITS)
+    if bucket < 0:
+        sub -= 1 << _HALF_BITS
+        bucket = 0
+    return (sub << bucket) + ((1 << bucket) >> 1)
+
+
+def moments(hist: HdrHistogram) -> tuple:
+    """(mean, stdev) in nanoseconds, equal to ``get_mean_value()`` / ``get_stddev()``.
+
+    hdrh computes those with its recorded-value iterator, which walks every bucket
+    up to the maximum in Python: ~0.7 s each for a histogram reaching 200 ms,
+    long enough for the runner to fall behind its one-per-second interval
+    records and never get back to its Ctrl-C check.  The same sums over the
+    non-zero buckets only (a few hundred) take about a millisecond.
+    """
+    counts = hist.counts
+    nonzero = itertools.compress(range(len(counts)), counts)
+    pairs = [(counts[i], median_of_index(i)) for i in nonzero]
+    total = sum(c for c, _ in pairs)
+    if not total:
+        return 0.0, 0.0
+    mean = sum(c * v for c, v in pairs) / total
+    var = sum(c * (v - mean) * (v - mean) for c, v in pairs) / total
+    return mean, math.sqrt(var)
+
+
 def summarize(hist: Optional[HdrHistogram]) -> Optional[dict]:
     """count/min/mean/stdev/p50/p90/p99/p99.9/max of a histogram, in microseconds."""
     if hist is None or hist.get_total_count() == 0:
         return None
     us = 1000.0
+    mean, stdev = moments(hist)
     out = {"count": hist.get_total_count(),
            "min": round(hist.get_min_value() / us, 3),
-           "mean": round(hist.get_mean_value() / us, 3),
-           "stdev": round(hist.get_stddev() / us, 3)}
+           "mean": round(mean / us, 3),
+           "stdev": round(stdev / us, 3)}
     values = hist.get_percentile_to_value_dict(list(PERCENTILES))
     for p in PERCENTILES:
         out[f"p{p:g}"] = round(values[p] / us, 3)
