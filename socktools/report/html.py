@@ -178,7 +178,8 @@ def render(doc: dict) -> str:
         thresholds=_thresholds(doc), notes=_notes(doc),
         spectrum=_plot(plots.spectrum(doc), "latency-spectrum", "No round trip was measured."),
         latency_table=_latency_table(doc),
-        over_time=_plot(plots.over_time(doc.get("intervals") or []), "over-time", "No interval was recorded."),
+        over_time=_plot(plots.over_time(doc.get("intervals") or []), "over-time",
+                        "No request was answered: nothing to draw over time."),
         connect=_plot(plots.connect_distribution(doc), "connect-time", "No connection was made."),
         failures=_failures(doc), config=_config(doc), machine=_machine(doc), meta=_e(raw))
 

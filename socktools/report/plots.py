@@ -144,7 +144,7 @@ def _latency_yscale(ax, values) -> None:
 def over_time(intervals: list) -> Optional[str]:
     """Round-trip p50/p99/max per interval above, answered requests/s below, errors marked."""
     rows = [r for r in intervals if r["end"] > r["start"]]
-    if not rows:
+    if not rows or not any(r.get("latency") or r["rps"] for r in rows):
         return None
     plt = _plt()
     fig, (lat, thr) = plt.subplots(2, 1, figsize=(10.6, 5.4), sharex=True,
