@@ -156,3 +156,56 @@ def test_interval_rows_for_humans_and_a_failing_threshold_exits_99():
     assert "round trip" in proc.stdout          # the summary follows the rows
     verdicts = {line.split()[1]: line.split()[2] for line in lines if line.startswith("threshold")}
     assert verdicts == {"errors==0": "passed", "p50<1ns": "FAILED"}
+
+
+def test_after_ctrl_c_on_a_terminal_the_summary_starts_on_its_own_line():
+    """Type ^C into a real pseudo-terminal: the line discipline echoes "^C" and signals flood."""
+    import fcntl
+    import os
+    import pty
+    import select
+    import termios
+    import time
+
+    master, slave = pty.openpty()
+
+    def become_terminal_owner():
+        os.setsid()
+        fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+
+    proc = subprocess.Popen(socktools_cmd("flood", "--conns", "2", "--workers", "1", "--duration", "60s"),
+                            stdin=slave, stdout=slave, stderr=slave, preexec_fn=become_terminal_owner,
+                            close_fds=True)
+    os.close(slave)
+    out = b""
+
+    def read_for(seconds: float, until: bytes = b"") -> None:
+        nonlocal out
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and not (until and until in out):
+            ready, _, _ = select.select([master], [], [], 0.1)
+            if ready:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:      # EIO: the child closed the terminal
+                    return
+                if not chunk:
+                    return
+                out += chunk
+    try:
+        read_for(60, until=b"conns ")            # the live line: traffic is flowing
+        assert b"conns " in out, out
+        os.write(master, b"\x03")                # Ctrl-C, as typed
+        read_for(60, until=b"failures")
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+    text = out.decode(errors="replace")
+    assert "^C" in text
+    after = text[text.index("^C"):]
+    summary = after.index("flood 127.0.0.1")
+    assert "\n" in after[:summary], repr(after[:summary + 20])   # not glued to the ^C
+    assert "stopped early (Ctrl-C)" in after
