@@ -31,6 +31,14 @@ def field(name, value):
     return check
 
 
+def output(name, value):
+    """Check: flood's result-file writer got ``outputs.<name> == value`` (and not by default)."""
+    def check(call, baseline):
+        assert getattr(call.outputs, name) == value and getattr(baseline.outputs, name) is None, name
+    check.__name__ = f"outputs.{name}"
+    return check
+
+
 def both(*checks):
     def check(call, baseline):
         for c in checks:
@@ -66,16 +74,25 @@ class Recorder:
 
         def run_flood(config, **kw):
             self.calls.append(SimpleNamespace(config=config, view=None, **kw))
-            return SimpleNamespace(totals=SimpleNamespace(counters={"established": 1}), crashed=[])
+            return SimpleNamespace(totals=SimpleNamespace(counters={"established": 1}), crashed=[],
+                                   stopped_early=False, intervals=[])
 
         def view(name):
-            def render(result):
+            # the JSON document is always built (thresholds, files); the view is the last one used
+            def render(result, extra=()):
                 self.calls[-1].view = name
-                return {} if name == "json" else "table"
+                if name == "json":
+                    self.calls[-1].thresholds = tuple(extra)
+                return {"thresholds": []} if name == "json" else "table"
             return render
+
+        def write_outputs(doc, outputs):
+            self.calls[-1].outputs = outputs
+            return []
         mp.setattr(runner, "run_flood", run_flood)
         mp.setattr(report, "to_json", view("json"))
         mp.setattr(report, "render_table", view("table"))
+        mp.setattr(cli_flood, "write_outputs", write_outputs)
 
     def _patch_stall(self, mp) -> None:
         import socktools.stall.report as report
@@ -143,8 +160,16 @@ ROUTES = {
                    both(field("sources", ("127.0.0.2", "127.0.0.3")),
                         lambda call, base: (call.sources_given and not base.sources_given) or _fail())),
         "server_workers": (["--server-workers", "3"], field("server_workers", 3)),
-        "interval": (["--interval", "1s"], field("interval", 1.0)),
+        "interval": (["--interval", "250ms"], field("interval", 0.25)),   # 1 s is the default
         "as_json": (["--json"], lambda call, base: (call.view == "json" and base.view == "table") or _fail()),
+        # result files and criteria: handed to the JSON view and the file writer
+        "thresholds": (["--threshold", "p99<5ms"],
+                       lambda call, base: ([t.text for t in call.thresholds] == ["p99<5ms"]
+                                           and base.thresholds == ()) or _fail()),
+        "report": (["--report", "run.html"], output("report", "run.html")),
+        "hgrm": (["--hgrm", "run.hgrm"], output("hgrm", "run.hgrm")),
+        "hlog": (["--hlog", "run.hlog"], output("hlog", "run.hlog")),
+        "csv_path": (["--csv", "run.csv"], output("csv", "run.csv")),
     }),
     "stall": (cli_stall.command, {
         "host": (["--host", "::1"], field("host", "::1")),

@@ -27,14 +27,17 @@ PACKAGE = pathlib.Path(socktools.__file__).parent
 LAYERS: dict[str, int] = {
     # 0. foundations: sans-I/O logic and plain data, no sockets of their own
     "__init__": 0, "protocol": 0, "reference": 0, "errors": 0, "addresses": 0, "wire": 0,
+    "runinfo": 0,
     # 1. the shared core: the I/O loop, its pollers, signals, worker processes, embedded server
     "core": 1,
     # 2. readers of the kernel's state: TCP_INFO, /proc/sys, socket tables, doctor
     "kernel": 2,
     # 3. the commands' engines
     "capture": 3, "serve": 3, "request": 3, "ping": 3, "stall": 3, "flood": 3,
-    # 4. the switchboard
-    "cli": 4, "__main__": 4,
+    # 4. views of saved results, across commands: the HTML report of a flood result
+    "report": 4,
+    # 5. the switchboard
+    "cli": 5, "__main__": 5,
 }
 #: Layers whose units may not import each other.
 NO_SIDEWAYS = {3}
@@ -43,13 +46,16 @@ NO_SIDEWAYS = {3}
 #: not named here is engine.  The data modules import no engine (so a report or
 #: a parent process can read results without starting anything), and a report
 #: is a view: it reads data and the foundations, never the engine or the core.
-DATA: dict[str, int] = {"config": 0, "limits": 1, "stats": 1, "result": 2, "results": 2}
+DATA: dict[str, int] = {"config": 0, "limits": 1, "stats": 1, "result": 2, "results": 2,
+                        "timeline": 2, "thresholds": 2}
 REPORT = "report"
 #: Third-party modules allowed only inside the listed units or modules.
 CONFINED: dict[str, tuple[str, ...]] = {
     "click": ("cli",),
     # scapy_layer is itself a scapy layer (for scapy users; nothing imports it unasked)
     "scapy": ("capture._scapy", "capture.scapy_layer"),
+    "matplotlib": ("report.plots",),
+    "numpy": ("report.plots",),
 }
 #: Known circles still being untangled: (module, module) -> why.  Keep it empty.
 KNOWN_CYCLES: dict[frozenset, str] = {

@@ -61,9 +61,8 @@ def _writable(ctx, param, value):
 
 def need_report_extra() -> None:
     """Exit with the one-line install hint when matplotlib is missing."""
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
+    from socktools.report.plots import available
+    if not available():
         die(REPORT_EXTRA_HINT, EXIT_UNAVAILABLE)
 
 

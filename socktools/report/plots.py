@@ -18,7 +18,7 @@ from typing import Optional
 
 from socktools.flood import stats as st
 
-__all__ = ["spectrum", "over_time", "connect_distribution", "PALETTE"]
+__all__ = ["available", "spectrum", "over_time", "connect_distribution", "PALETTE"]
 
 #: Colours (colour-blind safe, Okabe-Ito) for: round trip, uncorrected, connect, first reply, p99, max.
 PALETTE = {"latency": "#0072B2", "latency_uncorrected": "#999999", "connect": "#E69F00",
@@ -29,6 +29,15 @@ _GRID = "#e3e6ea"
 
 #: The percentiles marked on the spectrum's axis, as HdrHistogram's plotter marks them.
 SPECTRUM_TICKS = (0.0, 90.0, 99.0, 99.9, 99.99, 99.999, 99.9999)
+
+
+def available() -> bool:
+    """Whether matplotlib (the ``socktools[report]`` extra) can be imported."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _plt():
