@@ -102,9 +102,12 @@ def write_outputs(doc: dict, outputs: Outputs) -> list:
     notes = []
     try:
         if outputs.hgrm:
-            with open(outputs.hgrm, "wb") as f:
-                wrote = export.write_hgrm(doc, f)
-            notes.append(f"wrote {outputs.hgrm}" + ("" if wrote else " (empty: no round trip was measured)"))
+            if (doc.get("latency_us") or {}).get("hdr"):
+                with open(outputs.hgrm, "wb") as f:
+                    export.write_hgrm(doc, f)
+                notes.append(f"wrote {outputs.hgrm}")
+            else:   # an empty file would look like a broken one to a plotter
+                notes.append(f"did not write {outputs.hgrm}: no round trip was measured")
         if outputs.hlog:
             with open(outputs.hlog, "w", encoding="utf-8") as f:
                 n = export.write_hlog(doc, f)

@@ -64,8 +64,8 @@ connection could be established, or a worker failed; 99 a --threshold failed.
 @click.option("--server-workers", type=click.IntRange(min=1), default=None,
               help="Embedded server processes.  [default: enough for --conns]")
 @click.option("--interval", "-i", type=DURATION, default=None, metavar="DURATION",
-              help="Print one row of progress per interval (with --json: one NDJSON line).  The "
-                   "JSON, report and exports always have intervals: [default for those: 1s]")
+              help="Print one progress row per interval (with --json: one NDJSON line).  The JSON, "
+                   "--report and the files have intervals either way: of this length, else 1s.")
 @click.option("--json", "as_json", is_flag=True, help="Print the final result as one JSON document.")
 @output_options
 def command(host, port, conns, workers, mode, size, action, value, duration, requests, rate,
