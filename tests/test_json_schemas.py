@@ -147,16 +147,9 @@ def test_explain_json_one_and_all():
     validate(json.loads(out), "explain")
 
 
-@pytest.fixture
-def closed_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]     # closed again when this returns: nothing listens there
-
-
 def test_ping_json(start_server, closed_port):
     srv = start_server()
-    for port in (srv.port, closed_port):
+    for port in (srv.port, closed_port[1]):
         _, out = invoke("ping", "127.0.0.1", "-p", str(port), "-c", "2", "-i", "10ms", "--json")
         validate(json.loads(out), "ping")
 
@@ -166,6 +159,6 @@ def test_request_json_ok_and_failed(start_server, closed_port):
     result, out = invoke("request", "--json", "127.0.0.1", str(srv.port), "search", "morpheus")
     assert result.exit_code == 0, result.output
     validate(json.loads(out), "request")
-    result, out = invoke("request", "--json", "127.0.0.1", str(closed_port), "search", "morpheus")
+    result, out = invoke("request", "--json", "127.0.0.1", str(closed_port[1]), "search", "morpheus")
     assert result.exit_code == 1
     validate(json.loads(out.splitlines()[0]), "request")

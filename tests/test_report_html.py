@@ -117,3 +117,16 @@ def test_the_console_check_can_fail(tmp_path):
     bad.write_text('<html><body><script>console.error("report-check-" + 42)</script></body></html>')
     proc = chromium(["--dump-dom"], bad.as_uri(), tmp_path / "profile-bad")
     assert any("report-check-42" in line for line in console_messages(proc.stderr))
+
+
+def test_a_run_where_nothing_connected_still_makes_a_useful_page(closed_port, tmp_path):
+    pytest.importorskip("matplotlib", reason="pip install 'socktools[report]'")
+    page, hgrm = tmp_path / "refused.html", tmp_path / "refused.hgrm"
+    proc = subprocess.run(socktools_cmd("flood", "--port", str(closed_port[1]), "--conns", "3", "--duration",
+                                        "0.3s", "--report", str(page), "--hgrm", str(hgrm)),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1, proc.stderr
+    text = page.read_text(encoding="utf-8")
+    assert "ECONNREFUSED" in text and "nothing is listening on that address and port" in text
+    assert "No round trip was measured." in text and "No connection was made." in text
+    assert not hgrm.exists() and "did not write" in proc.stderr
