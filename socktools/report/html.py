@@ -159,14 +159,24 @@ def render(doc: dict) -> str:
         verdict = (f'<span class="pill bad big">{len(failed)} of {len(checked)} thresholds failed</span>'
                    if failed else f'<span class="pill ok big">all {len(checked)} thresholds passed</span>')
     errors_total = doc.get("errors_total", 0)
+    churn = doc.get("mode") == "connect"     # the cycles are the traffic; no round trips of their own
+    if churn:
+        lat, what = doc.get("first_reply_us") or {}, "connect to first reply"
+        first = _card("cycles/s", _n(round(conns.get("per_second") or 0)),
+                      f"{_n(conns.get('cycles'))} connect + reply + close")
+        fourth = _card("connections", f"{_n(conns.get('requested'))} slots", "opened and closed again")
+    else:
+        what = "round trip"
+        first = _card("requests/s", _n(round(req.get("per_second") or 0)),
+                      f"{_n(req.get('traffic_answered'))} in the traffic phase")
+        fourth = _card("connections", f"{_n(conns.get('established'))} / {_n(conns.get('requested'))}",
+                       f"{_n(conns.get('per_second'))}/s established")
     cards = "".join([
-        _card("requests/s", _n(round(req.get("per_second") or 0)),
-              f"{_n(req.get('traffic_answered'))} in the traffic phase"),
-        _card("p50", _us(lat.get("p50")), "round trip"),
-        _card("p99", _us(lat.get("p99")), "round trip"),
+        first,
+        _card("p50", _us(lat.get("p50")), what),
+        _card("p99", _us(lat.get("p99")), what),
         _card("p99.9", _us(lat.get("p99.9")), f"max {_us(lat.get('max'))}"),
-        _card("connections", f"{_n(conns.get('established'))} / {_n(conns.get('requested'))}",
-              f"{_n(conns.get('per_second'))}/s established"),
+        fourth,
         _card("failures", _n(errors_total), "by phase and error below", "bad" if errors_total else "ok"),
     ])
     cfg = doc.get("config") or {}
@@ -179,7 +189,7 @@ def render(doc: dict) -> str:
         spectrum=_plot(plots.spectrum(doc), "latency-spectrum", "No round trip was measured."),
         latency_table=_latency_table(doc),
         over_time=_plot(plots.over_time(doc.get("intervals") or []), "over-time",
-                        "No request was answered: nothing to draw over time."),
+                        "Nothing was answered or connected: nothing to draw over time."),
         connect=_plot(plots.connect_distribution(doc), "connect-time", "No connection was made."),
         failures=_failures(doc), config=_config(doc), machine=_machine(doc), meta=_e(raw))
 

@@ -151,33 +151,49 @@ def _latency_yscale(ax, values) -> None:
 
 
 def over_time(intervals: list) -> Optional[str]:
-    """Round-trip p50/p99/max per interval above, answered requests/s below, errors marked."""
+    """Round-trip p50/p99/max per interval above, the rate below, intervals with new failures shaded.
+
+    The rate is answered requests/s, or connections/s when no request was
+    answered (connect mode: the churn is the traffic).
+    """
     rows = [r for r in intervals if r["end"] > r["start"]]
-    if not rows or not any(r.get("latency") or r["rps"] for r in rows):
+    if not rows:
+        return None
+    prev_est = 0
+    cps = []
+    for r in rows:
+        cps.append(max(0, r["established"] - prev_est) / (r["end"] - r["start"]))
+        prev_est = r["established"]
+    measured = any(r.get("latency") for r in rows)
+    rate, rate_label = ([r["rps"] for r in rows], "answered req/s") if any(r["rps"] for r in rows) else \
+        (cps, "connections/s")
+    if not measured and not any(rate):
         return None
     plt = _plt()
-    fig, (lat, thr) = plt.subplots(2, 1, figsize=(10.6, 5.4), sharex=True,
-                                   gridspec_kw={"height_ratios": [3, 2], "hspace": 0.12})
+    if measured:
+        fig, (lat, thr) = plt.subplots(2, 1, figsize=(10.6, 5.4), sharex=True,
+                                       gridspec_kw={"height_ratios": [3, 2], "hspace": 0.12})
+    else:
+        fig, thr = plt.subplots(figsize=(10.6, 2.8))
     xs = [r["end"] for r in rows]
     edges = [rows[0]["start"]] + xs
-    measured = [r for r in rows if r.get("latency")]
-    div, unit = _unit([r["latency"]["max"] for r in measured] or [0])
-    drawn = []
-    for key, label in (("max", "max"), ("p99", "p99"), ("p50", "p50")):
-        vals = [(r["latency"][key] / div) if r.get("latency") else float("nan") for r in rows]
-        drawn += vals
-        lat.stairs(vals, edges, color=PALETTE[key], linewidth=2.0 if key != "max" else 1.0,
-                   linestyle="-" if key != "max" else (0, (2, 2)), label=label, baseline=None)
-    lat.set_ylabel(f"round trip ({unit})")
-    _latency_yscale(lat, [v for v in drawn if v == v])
-    lat.legend(loc="upper right", ncols=3)
-    thr.stairs([r["rps"] for r in rows], edges, color=PALETTE["rps"], fill=True, alpha=0.35)
-    thr.stairs([r["rps"] for r in rows], edges, color=PALETTE["rps"], linewidth=1.6, baseline=None)
-    thr.set_ylabel("answered req/s")
+    if measured:
+        div, unit = _unit([r["latency"]["max"] for r in rows if r.get("latency")])
+        drawn = []
+        for key, label in (("max", "max"), ("p99", "p99"), ("p50", "p50")):
+            vals = [(r["latency"][key] / div) if r.get("latency") else float("nan") for r in rows]
+            drawn += vals
+            lat.stairs(vals, edges, color=PALETTE[key], linewidth=2.0 if key != "max" else 1.0,
+                       linestyle="-" if key != "max" else (0, (2, 2)), label=label, baseline=None)
+        lat.set_ylabel(f"round trip ({unit})")
+        _latency_yscale(lat, [v for v in drawn if v == v])
+        lat.legend(loc="upper right", ncols=3)
+    thr.stairs(rate, edges, color=PALETTE["rps"], fill=True, alpha=0.35)
+    thr.stairs(rate, edges, color=PALETTE["rps"], linewidth=1.6, baseline=None)
+    thr.set_ylabel(rate_label)
     thr.set_xlabel("seconds since start")
     thr.set_ylim(bottom=0)
     thr.yaxis.set_major_formatter(_thousands())
-    # Where failures grew: a red tick under the interval.
     prev = 0
     for r in rows:
         if r["errors"] > prev:
@@ -198,10 +214,12 @@ def connect_distribution(doc: dict) -> Optional[str]:
     if hist is None:
         return None
     import numpy as np
-    values, counts = [], []
-    for it in hist.get_recorded_iterator():
-        values.append(it.value_iterated_to / 1000.0)
-        counts.append(it.count_at_value_iterated_to)
+    # Over the non-zero buckets only (hdrh's recorded-value iterator walks every bucket).
+    import itertools
+    raw = hist.counts
+    nonzero = list(itertools.compress(range(len(raw)), raw))
+    values = [st.median_of_index(i) / 1000.0 for i in nonzero]
+    counts = [raw[i] for i in nonzero]
     lo, hi = max(min(values), 0.001), max(values)
     if hi <= lo:
         hi = lo * 1.5
