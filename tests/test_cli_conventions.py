@@ -40,8 +40,9 @@ def test_every_option_has_a_variable_named_after_its_flag():
 
 def test_every_variable_is_documented():
     text = (DOCS / "environment.md").read_text(encoding="utf-8")
-    missing = [param.envvar for _, param in all_options() if f"`{param.envvar}`" not in text]
-    assert missing == []
+    missing = [f"{name}: | `{max(param.opts, key=len)}` | `{param.envvar}` |"
+               for name, param in all_options() if f"`{param.envvar}`" not in text]
+    assert missing == [], "add these rows to docs/environment.md:\n" + "\n".join(missing)
 
 
 def _closed_port() -> int:
