@@ -1,0 +1,110 @@
+"""``socktools sockets`` against ``ss -tan`` on a machine with 10,000 TCP sockets.
+
+Opens N loopback sockets in this process (one listener, N/2 connected pairs: each
+pair is a client end and the server end accept() returned), then times the real
+commands as a user runs them, alternating so that both see the same machine:
+
+* ``socktools sockets``              vs ``ss -tan``   (the one-shot table, default columns)
+* ``socktools sockets --processes``  vs ``ss -tanp``  (with owners: walks /proc/*/fd)
+
+Each figure is the median wall time of ``--runs`` runs (output sent to /dev/null),
+with the minimum beside it.  Loopback only; every socket is closed at the end.
+Nothing here asserts a speed: the target (within 3x of ss) is read off the ratio.
+
+    python benchmarks/bench_sockets.py                  # 10,000 sockets, 7 runs each
+    python benchmarks/bench_sockets.py --sockets 1000 --runs 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+# Each pair costs two descriptors here; keep this many spare for Python, pipes and the children.
+_SPARE_FDS = 64
+
+
+def _socktools_argv() -> list[str]:
+    """The installed console script beside this Python, else ``python -m socktools``."""
+    script = os.path.join(os.path.dirname(sys.executable), "socktools")
+    return [script] if os.path.exists(script) else [sys.executable, "-m", "socktools"]
+
+
+def _raise_nofile(needed: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= needed:
+        return
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        sys.exit(f"need {needed} descriptors but the hard limit (ulimit -Hn) is {hard}; "
+                 f"use --sockets {max(2, (hard - _SPARE_FDS) // 2 * 2)}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+
+
+def open_pairs(n_sockets: int) -> list[socket.socket]:
+    """One listener and n_sockets/2 connected loopback pairs (ESTABLISHED both ends)."""
+    pairs = n_sockets // 2
+    lsock = socket.create_server(("127.0.0.1", 0), backlog=4096)
+    port = lsock.getsockname()[1]
+    out = [lsock]
+    done = 0
+    while done < pairs:
+        # Connect a batch, then accept it: the backlog (4096, capped by somaxconn) holds the batch.
+        batch = min(512, pairs - done)
+        clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(batch)]
+        out.extend(clients)
+        out.extend(lsock.accept()[0] for _ in range(batch))
+        done += batch
+    return out
+
+
+def time_once(argv: list[str]) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True, timeout=60)
+    return time.perf_counter() - t0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sockets", type=int, default=10_000, help="sockets to open (default 10000)")
+    ap.add_argument("--runs", type=int, default=7, help="timed runs of each command (default 7)")
+    ap.add_argument("--no-processes", action="store_true", help="skip the --processes / ss -p pair")
+    args = ap.parse_args()
+    if not shutil.which("ss"):
+        sys.exit("ss not found (apt-get install iproute2)")
+    _raise_nofile(args.sockets + _SPARE_FDS)
+    tool = _socktools_argv()
+    cases = [("socktools sockets", tool + ["sockets"], "ss -tan", ["ss", "-tan"])]
+    if not args.no_processes:
+        cases.append(("socktools sockets --processes", tool + ["sockets", "--processes"],
+                      "ss -tanp", ["ss", "-tanp"]))
+    socks = open_pairs(args.sockets)
+    try:
+        rows = subprocess.run(tool + ["sockets"], capture_output=True, text=True, check=True).stdout
+        print(f"{len(socks) - 1} loopback sockets open (+1 listener); the table has "
+              f"{rows.count(chr(10)) - 1} rows; {args.runs} runs each, alternating; "
+              f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
+        for ours_name, ours, ss_name, ss in cases:
+            time_once(ours), time_once(ss)          # warm the page cache, uncounted
+            a, b = [], []
+            for _ in range(args.runs):
+                a.append(time_once(ours))
+                b.append(time_once(ss))
+            ma, mb = statistics.median(a), statistics.median(b)
+            print(f"{ours_name:<32} median {ma * 1000:7.1f} ms  (min {min(a) * 1000:6.1f})")
+            print(f"{ss_name:<32} median {mb * 1000:7.1f} ms  (min {min(b) * 1000:6.1f})")
+            print(f"{'ratio':<32} {ma / mb:5.2f}x  (target: within 3x)")
+    finally:
+        for s in socks:
+            s.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
