@@ -1,108 +1,146 @@
-"""``socktools sockets``: the machine's TCP sockets with their queues, like ``ss -tan``."""
+"""``socktools sockets``: the machine's sockets like ``ss -tan``, one-shot or live like TCPView."""
 
 from __future__ import annotations
 
-import json
+import sys
 
 import click
 
-from socktools.cli._common import EXIT_UNAVAILABLE, PORT, die
+from socktools.cli._common import DURATION, EXIT_UNAVAILABLE, PORT, die
 
 
 def _state_param(ctx, param, values):
-    from socktools.kernel.socktable import normalize_state
+    from socktools.kernel.socktable import state_mask
     try:
-        return tuple(normalize_state(v) for v in values)
+        state_mask(values)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+    return tuple(values)
+
+
+def _address_param(ctx, param, values):
+    from socktools.kernel.socktable import parse_address
+    try:
+        return tuple(parse_address(v) for v in values)
     except ValueError as exc:
         raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
 
 
-def _addr(host_port) -> str:
-    host, port = host_port
-    shown = "*" if host in ("0.0.0.0", "::") else host
-    port_s = "*" if port == 0 and host in ("0.0.0.0", "::") else str(port)
-    return f"[{shown}]:{port_s}" if ":" in shown else f"{shown}:{port_s}"
-
-
-def _procs(pids) -> str:
-    return ",".join(f"{name}({pid})" for pid, name in pids) or "-"
-
-
-def render_table(entries, *, processes: bool) -> str:
-    """The ss-like table: State, Recv-Q, Send-Q, Local, Peer[, Process]."""
-    head = ["State", "Recv-Q", "Send-Q", "Local Address:Port", "Peer Address:Port"]
-    if processes:
-        head.append("Process")
-    rows = []
-    for e in entries:
-        row = [e.state, str(e.recv_q), "-" if e.send_q is None else str(e.send_q),
-               _addr(e.local), _addr(e.remote)]
-        if processes:
-            row.append(_procs(e.pids))
-        rows.append(row)
-    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-    right = {1, 2}   # queues are numbers: right-align like ss
-
-    def fmt(row):
-        cells = [c.rjust(widths[i]) if i in right else c.ljust(widths[i]) for i, c in enumerate(row)]
-        return "  ".join(cells).rstrip()
-    return "\n".join(fmt(r) for r in [head, *rows])
-
-
 @click.command("sockets", context_settings={"max_content_width": 100})
+@click.option("--tcp", "-t", is_flag=True, help="TCP sockets (the default when no family is given).")
+@click.option("--udp", "-u", is_flag=True, help="UDP sockets.")
+@click.option("--unix", "-x", is_flag=True, help="Unix-domain sockets (stream, datagram, seqpacket).")
+@click.option("--all", "-a", "all_families", is_flag=True, help="TCP, UDP and Unix sockets.")
 @click.option("--port", "-p", type=PORT, default=None,
               help="Only sockets whose local or peer port is PORT.")
+@click.option("--sport", type=PORT, default=None, help="Only sockets whose local port is PORT.")
+@click.option("--dport", type=PORT, default=None, help="Only sockets whose peer port is PORT.")
+@click.option("--src", "src", multiple=True, callback=_address_param, metavar="ADDR",
+              help="Only this local address or network (127.0.0.1, 10.0.0.0/8, [::1]:8080, :443); "
+                   "repeat for any of several.")
+@click.option("--dst", "dst", multiple=True, callback=_address_param, metavar="ADDR",
+              help="Only this peer address or network, as --src.")
 @click.option("--state", "-s", "states", multiple=True, callback=_state_param, metavar="STATE",
-              help="Only this state (LISTEN, ESTABLISHED/estab, TIME-WAIT, CLOSE-WAIT, SYN-SENT...); "
-                   "repeat for several.")
+              help="Only this state (LISTEN, ESTABLISHED/estab, TIME-WAIT, CLOSE-WAIT, SYN-SENT, "
+                   "UNCONN...) or ss group: connected (not LISTEN or CLOSE), synchronized "
+                   "(connected but not SYN-SENT), bucket (TIME-WAIT, SYN-RECV), big (not bucket), "
+                   "all; repeat for several.")
 @click.option("--listen", "-l", "listening", is_flag=True, help="Only listening sockets.")
 @click.option("--processes", "-P", is_flag=True,
-              help="Show the owning process (walks /proc/*/fd; other users' processes need root).")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+              help="Show the owning processes as name(pid,fd=N) (walks /proc/*/fd like ss -p; "
+                   "other users' processes need root).")
+@click.option("--info", "-i", is_flag=True,
+              help="Traffic per TCP socket from the kernel's tcp_info: bytes sent (acked) and "
+                   "received, segments out/in, retransmits, RTT, cwnd, delivery rate.")
+@click.option("--timers", "-o", is_flag=True, help="The pending timer, like ss -o: name,expires,retrans.")
+@click.option("--memory", "-m", is_flag=True, help="Socket memory, like ss -m (skmem).")
+@click.option("--sort", type=click.Choice(["bytes", "rate", "rtt", "queue"]), default=None,
+              help="Biggest first: bytes (sent + received), rate (--watch), rtt, queue (Recv-Q + Send-Q).")
+@click.option("--watch", "-w", is_flag=True,
+              help="Refresh live (in place on a terminal) with rates per socket and the summary line.")
+@click.option("--interval", type=DURATION, default="1s", show_default=True,
+              help="Time between refreshes with --watch.")
+@click.option("--count", "-c", type=int, default=None,
+              help="With --watch: stop after this many refreshes (default: until Ctrl-C).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Machine-readable output; with --watch, one JSON line per refresh.")
 @click.option("--source", type=click.Choice(["auto", "netlink", "proc"]), default="auto",
-              show_default=True, help="Where to read the table: NETLINK_SOCK_DIAG or /proc/net/tcp*.")
-def command(port, states, listening, processes, as_json, source):
-    """Show TCP sockets (IPv4 and IPv6) with their queues, like `ss -tan`.
+              show_default=True, help="Where to read the table: NETLINK_SOCK_DIAG or /proc/net/*.")
+def command(tcp, udp, unix, all_families, port, sport, dport, src, dst, states, listening,
+            processes, info, timers, memory, sort, watch, interval, count, as_json, source):
+    """Show the machine's sockets with their queues, like `ss -tan`; live with --watch.
 
     Recv-Q is data that arrived but the program has not read yet; Send-Q is
     data sent but not yet acknowledged by the peer.  For a LISTEN socket,
     Recv-Q is the accept queue (connections waiting for accept()) and Send-Q
-    its backlog, as ss shows them.  Read from the kernel (sock_diag netlink,
-    or /proc/net/tcp), no ss or netstat needed; Linux only.
+    its backlog, as ss shows them.  --info adds each TCP socket's traffic as
+    the kernel counts it (any program's socket, not only ours); --watch turns
+    that into rates, marks new (+) and closed (-) sockets and puts TCPView's
+    summary line on top.  Read from the kernel (sock_diag netlink, or
+    /proc/net), no ss or netstat needed; Linux only.
 
     \b
     Examples:
-      socktools sockets --listen                 # every listener with its accept queue
-      socktools sockets --port 65432 --processes # one server's sockets and their owners
-      socktools sockets --state estab --json
+      socktools sockets --listen                     # every TCP listener and its accept queue
+      socktools sockets --all --processes            # TCP, UDP and Unix, with owners
+      socktools sockets --port 65432 -i -o           # traffic and timers of one server's sockets
+      socktools sockets --state connected --dst 127.0.0.0/8
+      socktools sockets --watch --sort rate          # live, busiest first; Ctrl-C ends
+      socktools sockets --watch --count 3 --json --sport 65432   # three JSON lines, 1 s apart
     """
-    from socktools.kernel.socktable import SocketTableUnavailable, read_sockets, resolve_source
+    from socktools.kernel.socktable import SocketFilter, SocketTableUnavailable
+    from socktools.sockets.config import ConfigError, SocketsConfig
+    from socktools.sockets.run import run_once
+    from socktools.sockets.run import watch as run_watch
+
+    if all_families:
+        families = ("tcp", "udp", "unix")
+    else:
+        families = tuple(f for f, on in (("tcp", tcp), ("udp", udp), ("unix", unix)) if on) or ("tcp",)
+    if listening and states:
+        # Both narrow the table: say so rather than print nothing for --listen --state estab.
+        from socktools.kernel.socktable import state_mask
+        if 10 not in state_mask(states):
+            raise click.UsageError("--listen and --state exclude each other here "
+                                   "(--listen is --state listen)")
+    if listening:
+        states = ("LISTEN",)
     try:
-        used = resolve_source(source)
-        entries = read_sockets(port=port, state=states or None, listening=listening,
-                               processes=processes, source=source)
+        config = SocketsConfig(
+            families=families,
+            filter=SocketFilter(states=states, src=src, dst=dst, sport=sport, dport=dport, port=port),
+            processes=processes, info=info, timers=timers, memory=memory, sort=sort, watch=watch,
+            interval=interval, count=count, as_json=as_json, source=source)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    write = click.echo
+    try:
+        if watch:
+            try:
+                run_watch(config, lambda text: (write(text), sys.stdout.flush()),
+                          tty=sys.stdout.isatty() and not as_json)
+            except KeyboardInterrupt:
+                # Ctrl-C is how a watch without --count ends: a normal end, like ping's.
+                if sys.stdout.isatty() and not as_json:
+                    click.echo()
+            return
+        entries = run_once(config, write)
+        if not entries and not as_json:
+            click.echo("no sockets match", err=True)
     except SocketTableUnavailable as exc:
         die(str(exc), EXIT_UNAVAILABLE)
     except PermissionError as exc:
         die(f"cannot read the socket table: {exc}", EXIT_UNAVAILABLE)
-    if as_json:
-        from socktools.cli._common import stamped
-        click.echo(json.dumps(stamped({"source": used, "sockets": [e.to_dict() for e in entries]}), indent=2))
-        return
-    if not entries:
-        click.echo("no TCP sockets match", err=True)
-        return
-    click.echo(render_table(entries, processes=processes))
-    if any(e.listening for e in entries):
-        note = "LISTEN rows: Recv-Q = connections waiting for accept(), Send-Q = backlog"
-        if used == "proc":
-            note += " ('-': /proc does not show it)"
-        click.echo(f"\n{note}")
-    if processes and any(e.inode and not e.pids for e in entries):
-        click.echo("Process '-': no visible process holds it (another PID namespace)" if _is_root()
-                   else "Process '-': owner not readable (another user's process; run as root to see it)")
+    if processes and not as_json and any(e.inode and not e.owners for e in entries):
+        _owner_note()
 
 
-def _is_root() -> bool:
+def _owner_note() -> None:
+    # Printed once, after the table: why some sockets show no owner.
     import os
-    return hasattr(os, "geteuid") and os.geteuid() == 0
+    if os.geteuid() == 0:
+        click.echo("Process '-': no visible process holds it (TIME-WAIT, not yet accepted, or "
+                   "another PID namespace)")
+    else:
+        click.echo("Process '-': no process holds it, or the owner is another user's process "
+                   "(run as root to see those)")
