@@ -11,7 +11,7 @@ Rates come from the kernel's own per-socket counters (``tcp_info``:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, NamedTuple, Optional, Sequence
 
 from socktools.kernel.socktable.entry import SocketEntry
 
@@ -48,9 +48,11 @@ def summarize(entries: Iterable[SocketEntry]) -> Summary:
 _COUNTERS = ("bytes_received", "bytes_acked", "segs_in", "segs_out")
 
 
-@dataclass(frozen=True)
-class Row:
-    """One socket in a frame; rates in bytes/s and segments/s, ``None`` where unknown."""
+class Row(NamedTuple):
+    """One socket in a frame; rates in bytes/s and segments/s, ``None`` where unknown.
+
+    A named tuple, not a dataclass: one is built per socket per frame.
+    """
 
     entry: SocketEntry
     mark: str = ""                      # "new", "closed" or ""

@@ -50,6 +50,7 @@ _REQ_V2 = struct.Struct("=BBBBI")               # family, protocol, ext, pad, st
 INET_MSG = struct.Struct("=BBBBHH16s16sIIIIIIII")
 _UNIX_REQ = struct.Struct("=BBHIIIII")          # family, protocol, pad, states, ino, show, cookie[2]
 UNIX_MSG = struct.Struct("=BBBBIII")            # family, type, state, pad, ino, cookie[2] (16 bytes)
+_LEN_TYPE = struct.Struct("=IH")                # the first two members of nlmsghdr
 _RTATTR = struct.Struct("=HH")
 _U32 = struct.Struct("=I")
 _RQLEN = struct.Struct("=II")
@@ -222,15 +223,24 @@ def dump(request: bytes, parse: Callable[[bytes, int, int], SocketEntry], *,
         nl.sendto(request, (0, 0))
         recv = nl.recv
         append = out.append
-        try:
-            while True:
-                data = recv(RECV_BUFSIZE)
-                for off, end in messages(data):
-                    append(parse(data, off, end))
-                if single and out:
-                    return out
-        except DumpDone:
-            return out
+        unpack = _LEN_TYPE.unpack_from
+        while True:
+            data = recv(RECV_BUFSIZE)
+            # messages() inlined for the common case: a dump is ~10,000 of these per 10,000 sockets.
+            off, n = 0, len(data)
+            while off + 16 <= n:
+                length, mtype = unpack(data, off)
+                if mtype != SOCK_DIAG_BY_FAMILY or length < 16 or off + length > n:
+                    try:
+                        for a, b in messages(data[off:]):
+                            append(parse(data, off + a, off + b))
+                    except DumpDone:
+                        return out
+                    break
+                append(parse(data, off + 16, off + length))
+                off += (length + 3) & ~3
+            if single and out:
+                return out
 
 
 def available() -> bool:
