@@ -44,7 +44,7 @@ def _addr_cells(entries: Sequence[SocketEntry], idx: int) -> list[str]:
     append = out.append
     for e in entries:
         host, port = e[idx]
-        if e[0][0] == "u":                          # u_str, u_dgr, u_seq: "path inode"
+        if e[0][:2] == "u_":                        # u_str, u_dgr, u_seq: "path inode"
             append(f"{host} {port}")
             continue
         h = shown.get(host)
@@ -175,6 +175,7 @@ def frame_json(frame: Frame, *, source: str, wall: float) -> str:
     """One JSON line per refresh (``json.loads`` each line); ``monotonic`` is CLOCK_MONOTONIC."""
     return json.dumps({
         "time": wall, "monotonic": frame.at, "interval_s": frame.interval,
+        "read_s": frame.read_s, "previous_read_s": frame.previous_read_s,
         "source": source, "summary": frame.summary.to_dict(),
         "new": frame.new, "closed": frame.closed,
         "sockets": [r.to_dict() for r in frame.rows]}, separators=(",", ":"))

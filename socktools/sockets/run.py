@@ -49,7 +49,7 @@ def watch(config: SocketsConfig, write: Callable[[str], None], *, tty: bool,
     source = resolve_source(config.source)
     tracker = RateTracker(config.sort)
     at = clock()
-    tracker.update(at, read(config))
+    tracker.update(at, read(config), clock() - at)
     next_at = at + config.interval
     shown = 0
     while config.count is None or shown < config.count:
@@ -58,7 +58,8 @@ def watch(config: SocketsConfig, write: Callable[[str], None], *, tty: bool,
             sleep(delay)
         # The dump is the first thing read() does: the counters are as of (about) this instant.
         at = clock()
-        frame = tracker.update(at, read(config))
+        entries = read(config)
+        frame = tracker.update(at, entries, clock() - at)
         # Keep the schedule (no drift), unless a slow read made us miss a slot.
         next_at = max(next_at + config.interval, clock())
         if config.as_json:

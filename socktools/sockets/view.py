@@ -100,10 +100,14 @@ def sort_key(name: Optional[str]):
 class Frame:
     """One refresh: when it was read, the time since the previous read, rows, summary."""
 
-    at: float                           # the reader's clock at this read (monotonic seconds)
-    interval: Optional[float]           # seconds since the previous read (None: first one)
+    at: float                           # the reader's clock as this read began (seconds)
+    interval: Optional[float]           # seconds since the previous read began (None: first one)
     rows: tuple[Row, ...]
     summary: Summary
+    # How long this read and the previous one took: the kernel's counters were taken at some
+    # instant within [at, at + read_s], which bounds how exact a rate can be.
+    read_s: float = 0.0
+    previous_read_s: Optional[float] = None
 
     @property
     def new(self) -> int:
@@ -126,9 +130,11 @@ class RateTracker:
     def __init__(self, sort: Optional[str] = None) -> None:
         self._prev: Optional[dict] = None
         self._prev_at: Optional[float] = None
+        self._prev_read_s: Optional[float] = None
         self._key = sort_key(sort)
 
-    def update(self, at: float, entries: Sequence[SocketEntry]) -> Frame:
+    def update(self, at: float, entries: Sequence[SocketEntry], read_s: float = 0.0) -> Frame:
+        """Feed one read that began at ``at`` and took ``read_s``; returns its frame."""
         prev, prev_at = self._prev, self._prev_at
         dt = None if prev_at is None else at - prev_at
         rows: list[Row] = []
@@ -155,5 +161,6 @@ class RateTracker:
             rows.extend(Row(e, "closed") for k, e in prev.items() if k not in current)
         if self._key is not None:
             rows.sort(key=self._key)
-        self._prev, self._prev_at = current, at
-        return Frame(at, dt, tuple(rows), summarize(entries))
+        frame = Frame(at, dt, tuple(rows), summarize(entries), read_s, self._prev_read_s)
+        self._prev, self._prev_at, self._prev_read_s = current, at, read_s
+        return frame
