@@ -150,6 +150,7 @@ class InetParser:
     def __init__(self, protocol: int, *, extensions: bool) -> None:
         self.tcp = protocol == socket.IPPROTO_TCP
         self.extensions = extensions
+        self.want_info = extensions and self.tcp      # UDP has no tcp_info to decode
         self._hosts: dict[bytes, str] = {}
         self._states = STATES if self.tcp else {**STATES, 7: UNCONN}
         self._proto4, self._proto6 = ("tcp", "tcp6") if self.tcp else ("udp", "udp6")
@@ -168,7 +169,7 @@ class InetParser:
         info = skmem = tmr = v6only = None
         if self.extensions or (v6 and lhost == "::"):
             for atype, a, b in attributes(data, off + 72, end):
-                if atype == INET_DIAG_INFO:
+                if atype == INET_DIAG_INFO and self.want_info:
                     # The payload is the kernel's struct tcp_info, as getsockopt(TCP_INFO) gives it.
                     info = parse_tcp_info(data[a:b])
                 elif atype == INET_DIAG_SKMEMINFO:
