@@ -85,7 +85,7 @@ def test_inet_message_decoding_with_extensions():
                       attrs=_rta(8, b"\0") + _rta(netlink.INET_DIAG_INFO, info)
                       + _rta(netlink.INET_DIAG_SKMEMINFO, skmem))
             + _nlmsg(netlink.NLMSG_DONE, b"\0\0\0\0"))
-    e, done = _parse_all(data, netlink.InetParser(socket.IPPROTO_TCP, extensions=True))
+    e, done = _parse_all(data, netlink.inet_parser(socket.IPPROTO_TCP, extensions=True))
     assert done == "DONE"
     assert (e.proto, e.local, e.remote, e.state) == ("tcp", ("127.0.0.1", 8080),
                                                     ("127.0.0.2", 40000), "ESTABLISHED")
@@ -97,7 +97,7 @@ def test_inet_message_decoding_with_extensions():
 
 
 def test_inet_message_without_extensions_skips_attributes_but_reads_v6only():
-    parse = netlink.InetParser(socket.IPPROTO_UDP, extensions=False)
+    parse = netlink.inet_parser(socket.IPPROTO_UDP, extensions=False)
     data = (_inet_msg(family=socket.AF_INET6, state=7, src="::", dst="::", sport=53, dport=0,
                       attrs=_rta(netlink.INET_DIAG_SKV6ONLY, b"\0")
                       + _rta(netlink.INET_DIAG_INFO, b"junk"))
@@ -282,7 +282,7 @@ def test_addresses_are_told_apart():
 def test_table_alignment_and_columns():
     cfg = SocketsConfig(processes=True, info=True)
     e = _with_counters(_e(owners=(Owner(42, "nginx", 6),)), 2048, 1536)
-    text = report.table([Row(e)], report.columns(cfg, netid=False))
+    text = report.table([e], report.columns(cfg, netid=False))
     head, line = text.splitlines()
     assert head.split()[:5] == ["State", "Recv-Q", "Send-Q", "Local", "Address:Port"]
     assert head.index("Recv-Q") + len("Recv-Q") == line.index("0") + 1     # right-aligned

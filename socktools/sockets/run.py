@@ -6,7 +6,6 @@ loop; the CLI passes the real ones and decides how to end (Ctrl-C).
 
 from __future__ import annotations
 
-import shutil
 import time
 from typing import Callable
 
@@ -67,6 +66,7 @@ def watch(config: SocketsConfig, write: Callable[[str], None], *, tty: bool,
         else:
             when = time.strftime("%H:%M:%S", time.localtime(wall()))
             if tty:
+                import shutil
                 lines = shutil.get_terminal_size((100, 40)).lines
                 write(report.ANSI_HOME_CLEAR + report.frame_text(
                     frame, config, when=when, max_rows=max(lines - 3, 1)))

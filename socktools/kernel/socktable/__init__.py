@@ -35,7 +35,6 @@ __all__ = ["SocketEntry", "Owner", "Timer", "SkMem", "TcpInfo", "SocketTableUnav
            "SocketFilter", "parse_address", "read_sockets", "find_socket", "normalize_state",
            "state_mask", "resolve_source", "STATES", "STATE_GROUPS", "FAMILIES"]
 
-_FAMILY_ORDER = {"tcp": 0, "tcp6": 0, "udp": 1, "udp6": 1, "u_str": 2, "u_dgr": 2, "u_seq": 2}
 # A missing diag module (udp_diag, unix_diag not built) answers ENOENT; no IPv6, EAFNOSUPPORT.
 _ABSENT = (errno.ENOENT, errno.EAFNOSUPPORT, errno.EOPNOTSUPP)
 
@@ -79,7 +78,7 @@ def _netlink_family(family: str, states: int, tcp_info: bool, memory: bool) -> l
         (netlink.EXT_SKMEMINFO if memory else 0)
     out: list[SocketEntry] = []
     for af in (socket.AF_INET, socket.AF_INET6):
-        parser = netlink.InetParser(protocol, extensions=bool(ext) or tcp_info)
+        parser = netlink.inet_parser(protocol, extensions=bool(ext) or tcp_info)
         try:
             out.extend(netlink.dump(netlink.inet_request(af, protocol, states=states, ext=ext), parser))
         except OSError as exc:
@@ -106,7 +105,7 @@ def read_sockets(*, port: Optional[int] = None, state: "str | Iterable[str] | No
     ``tcp_info`` and ``timer``, ``memory`` fills ``skmem`` (netlink only).
     ``source``: netlink or /proc (``auto``: netlink when the kernel offers it,
     /proc for a family whose netlink dump is refused).  Sorted by family,
-    local port, then addresses, unless ``sort=False`` (kernel order).
+    local port, then peer port, unless ``sort=False`` (kernel order).
 
     Raises ``SocketTableUnavailable`` when no source exists on this platform,
     ``ValueError`` for an unknown state name or family.
@@ -139,6 +138,10 @@ def read_sockets(*, port: Optional[int] = None, state: "str | Iterable[str] | No
                     raise
         if got is None:
             got = proc.read(fam, wanted)
+        if sort:
+            # One int per socket is the cheapest key (a 10,000-row sort in a few ms): local
+            # port, then peer port; IPv4 and IPv6 interleave, ties keep the kernel's order.
+            got.sort(key=_unix_key if fam == "unix" else _inet_key)
         entries.extend(got)
     if port is not None:
         entries = [e for e in entries if e.local[1] == port or e.remote[1] == port]
@@ -151,11 +154,15 @@ def read_sockets(*, port: Optional[int] = None, state: "str | Iterable[str] | No
             new, get = tuple.__new__, found.get
             entries = [new(SocketEntry, e[:8] + (o,) + e[9:]) if (o := get(e.inode)) else e
                        for e in entries]
-    if sort:
-        order = _FAMILY_ORDER
-        entries.sort(key=lambda e: (order.get(e.proto, 3), e.local[1], e.proto, e.local[0],
-                                    e.remote[1], e.remote[0]))
     return entries
+
+
+def _inet_key(e: SocketEntry) -> int:
+    return (e[1][1] << 16) | e[2][1]
+
+
+def _unix_key(e: SocketEntry) -> tuple:
+    return e[1]                                 # (path, inode)
 
 
 def _host_key(host: str) -> str:
@@ -189,7 +196,7 @@ def find_socket(local, remote, *, processes: bool = False, tcp_info: bool = True
                                        ext=netlink.EXT_INFO if tcp_info else 0, dump=False,
                                        local=(lhost, lport), remote=(rhost, rport))
         try:
-            found = netlink.dump(request, netlink.InetParser(socket.IPPROTO_TCP, extensions=tcp_info),
+            found = netlink.dump(request, netlink.inet_parser(socket.IPPROTO_TCP, extensions=tcp_info),
                                  single=True)
         except OSError as exc:
             if exc.errno != errno.ENOENT:

@@ -144,49 +144,52 @@ def _skmem(data: bytes, start: int, stop: int) -> Optional[SkMem]:
     return SkMem._make(struct.unpack_from("=9I", data, start))
 
 
-class InetParser:
-    """Parses inet_diag_msg replies into entries; one per dump (it caches address strings)."""
+def inet_parser(protocol: int, *, extensions: bool) -> Callable[[bytes, int, int], SocketEntry]:
+    """A parser of inet_diag_msg replies into entries, for one dump.
 
-    def __init__(self, protocol: int, *, extensions: bool) -> None:
-        self.tcp = protocol == socket.IPPROTO_TCP
-        self.extensions = extensions
-        self.want_info = extensions and self.tcp      # UDP has no tcp_info to decode
-        self._hosts: dict[bytes, str] = {}
-        self._states = STATES if self.tcp else {**STATES, 7: UNCONN}
-        self._proto4, self._proto6 = ("tcp", "tcp6") if self.tcp else ("udp", "udp6")
+    A closure rather than a class: everything it needs is bound once into local
+    cells, which is measurably faster per message than attribute lookups on
+    ``self`` when a dump carries 10,000 of them.  It caches address strings by
+    their raw bytes.
+    """
+    tcp = protocol == socket.IPPROTO_TCP
+    want_info = extensions and tcp              # UDP has no tcp_info to decode
+    names = [STATES.get(i) or f"STATE-{i}" for i in range(256)]
+    if not tcp:
+        names[7] = UNCONN
+    proto4, proto6 = ("tcp", "tcp6") if tcp else ("udp", "udp6")
+    hosts: dict[bytes, str] = {}
+    unpack, ntohs, new, inet_ntop = INET_MSG.unpack_from, _NTOHS, tuple.__new__, socket.inet_ntop
 
-    def _host(self, family: int, raw: bytes) -> str:
-        host = socket.inet_ntop(family, raw[:4] if family == socket.AF_INET else raw)
-        self._hosts[raw] = host
-        return host
+    def host(family: int, raw: bytes) -> str:
+        text = hosts[raw] = inet_ntop(family, raw[:4] if family == socket.AF_INET else raw)
+        return text
 
-    def __call__(self, data: bytes, off: int, end: int) -> SocketEntry:
+    def parse(data: bytes, off: int, end: int) -> SocketEntry:
         (family, state, timer, retrans, sport, dport, src, dst, _if, c0, c1, expires,
-         rq, wq, uid, inode) = INET_MSG.unpack_from(data, off)
-        hosts = self._hosts
+         rq, wq, uid, inode) = unpack(data, off)
         v6 = family == 10                       # AF_INET6
-        lhost = hosts.get(src) or self._host(family, src)
+        lhost = hosts.get(src) or host(family, src)
         info = skmem = tmr = v6only = None
-        if self.extensions or (v6 and lhost == "::"):
+        if extensions or (v6 and lhost == "::"):
             for atype, a, b in attributes(data, off + 72, end):
-                if atype == INET_DIAG_INFO and self.want_info:
+                if atype == INET_DIAG_INFO and want_info:
                     # The payload is the kernel's struct tcp_info, as getsockopt(TCP_INFO) gives it.
                     info = parse_tcp_info(data[a:b])
                 elif atype == INET_DIAG_SKMEMINFO:
                     skmem = _skmem(data, a, b)
                 elif atype == INET_DIAG_SKV6ONLY and b > a:
                     v6only = bool(data[a])
-            if timer and self.tcp and self.extensions:
+            if timer and tcp and extensions:
                 tmr = Timer(TIMER_NAMES[timer] if timer < 5 else "unknown", expires, retrans)
         # tuple.__new__ skips the named tuple's Python-level __new__: a third of the cost per row.
-        return _new(SocketEntry, (
-            (self._proto6 if v6 else self._proto4), (lhost, _NTOHS(sport)),
-            (hosts.get(dst) or self._host(family, dst), _NTOHS(dport)),
-            self._states.get(state) or f"STATE-{state}", rq, wq, inode, uid,
-            (), info, tmr, skmem, c0 | (c1 << 32), v6only))
+        return new(SocketEntry, (
+            proto6 if v6 else proto4, (lhost, ntohs(sport)),
+            (hosts.get(dst) or host(family, dst), ntohs(dport)), names[state], rq, wq, inode, uid,
+            (), info, tmr, skmem, c0 | (c1 << 32) if c1 else c0, v6only))
+    return parse
 
 
-_new = tuple.__new__
 
 
 def parse_unix(data: bytes, off: int, end: int) -> SocketEntry:
