@@ -8,12 +8,14 @@ table of a 10,000-socket machine must render in a few tens of milliseconds.
 from __future__ import annotations
 
 from itertools import repeat
-from typing import Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 from socktools.kernel.socktable.entry import SocketEntry
 
 from .config import SocketsConfig
-from .view import Frame, Row, Summary
+
+if TYPE_CHECKING:       # the one-shot table needs none of the live view's classes
+    from .view import Frame, Row, Summary
 
 # Home the cursor, clear to the end of the screen: redraw in place without the flicker
 # a full clear ("\x1b[2J") causes between frames.

@@ -13,7 +13,6 @@ from socktools.kernel.socktable import SocketEntry, read_sockets, resolve_source
 
 from . import report
 from .config import SocketsConfig
-from .view import RateTracker, Row, sort_key, summarize
 
 
 def read(config: SocketsConfig) -> list[SocketEntry]:
@@ -26,6 +25,8 @@ def run_once(config: SocketsConfig, write: Callable[[str], None]) -> list[Socket
     """Print the table (or its JSON) once; returns the sockets that matched."""
     source = resolve_source(config.source)
     entries = read(config)
+    if config.sort is not None or config.as_json:
+        from .view import Row, sort_key, summarize
     if config.sort is not None:
         entries = [r.entry for r in sorted((Row(e) for e in entries), key=sort_key(config.sort))]
     if config.as_json:
@@ -45,6 +46,7 @@ def watch(config: SocketsConfig, write: Callable[[str], None], *, tty: bool,
     to the screen's height; otherwise frames are appended, a blank line apart;
     with ``as_json`` each frame is one JSON line.
     """
+    from .view import RateTracker
     source = resolve_source(config.source)
     tracker = RateTracker(config.sort)
     at = clock()

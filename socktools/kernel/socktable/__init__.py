@@ -24,8 +24,6 @@ import socket
 import sys
 from typing import Iterable, Optional
 
-from socktools.kernel.tcpinfo import TcpInfo
-
 from . import netlink, owners, proc
 from .entry import (FAMILIES, STATE_GROUPS, STATE_NUMBERS, STATES, Owner, SkMem, SocketEntry,
                     SocketTableUnavailable, Timer, normalize_state, state_mask)
@@ -36,6 +34,14 @@ __all__ = ["SocketEntry", "Owner", "Timer", "SkMem", "TcpInfo", "SocketTableUnav
            "state_mask", "resolve_source", "STATES", "STATE_GROUPS", "FAMILIES"]
 
 # A missing diag module (udp_diag, unix_diag not built) answers ENOENT; no IPv6, EAFNOSUPPORT.
+def __getattr__(name: str):
+    # ``socktable.TcpInfo`` stays importable without loading the decoder for every table.
+    if name == "TcpInfo":
+        from socktools.kernel.tcpinfo import TcpInfo
+        return TcpInfo
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 _ABSENT = (errno.ENOENT, errno.EAFNOSUPPORT, errno.EOPNOTSUPP)
 
 

@@ -8,9 +8,10 @@ busy server) and a frozen dataclass's ``__init__`` costs several times what
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import TYPE_CHECKING, NamedTuple, Optional
 
-from socktools.kernel.tcpinfo import TcpInfo
+if TYPE_CHECKING:       # the decoder loads only when tcp_info is asked for (startup time)
+    from socktools.kernel.tcpinfo import TcpInfo
 
 __all__ = ["SocketEntry", "Owner", "Timer", "SkMem", "SocketTableUnavailable", "STATES",
            "STATE_NUMBERS", "STATE_GROUPS", "normalize_state", "state_mask", "FAMILIES"]
@@ -144,7 +145,7 @@ class SocketEntry(NamedTuple):
     inode: int
     uid: int
     owners: tuple = ()
-    tcp_info: Optional[TcpInfo] = None
+    tcp_info: Optional["TcpInfo"] = None
     timer: Optional[Timer] = None
     skmem: Optional[SkMem] = None
     cookie: int = 0

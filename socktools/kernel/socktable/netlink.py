@@ -19,8 +19,6 @@ import socket
 import struct
 from typing import Callable, Iterator, Optional
 
-from socktools.kernel.tcpinfo import parse_tcp_info
-
 from .entry import STATES, UNCONN, SkMem, SocketEntry, Timer
 
 NETLINK_SOCK_DIAG = 4
@@ -154,6 +152,10 @@ def inet_parser(protocol: int, *, extensions: bool) -> Callable[[bytes, int, int
     """
     tcp = protocol == socket.IPPROTO_TCP
     want_info = extensions and tcp              # UDP has no tcp_info to decode
+    if want_info:
+        # Imported here: the plain table never decodes tcp_info, and this module is on the
+        # startup path of a command timed against ss.
+        from socktools.kernel.tcpinfo import parse_tcp_info
     names = [STATES.get(i) or f"STATE-{i}" for i in range(256)]
     if not tcp:
         names[7] = UNCONN
