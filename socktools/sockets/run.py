@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-from socktools.kernel.socktable import SocketEntry, read_sockets, resolve_source
+from socktools.kernel.socktable import SocketEntry, paused_gc, read_sockets, resolve_source
 
 from . import report
 from .config import SocketsConfig
@@ -29,10 +29,11 @@ def run_once(config: SocketsConfig, write: Callable[[str], None]) -> list[Socket
         from .view import Row, sort_key, summarize
     if config.sort is not None:
         entries = [r.entry for r in sorted((Row(e) for e in entries), key=sort_key(config.sort))]
-    if config.as_json:
-        write(report.one_shot_json(entries, summarize(entries), source=source))
-    elif entries:
-        write(report.one_shot(entries, config, source=source))
+    with paused_gc():           # rendering allocates as many tuples and lists as reading
+        if config.as_json:
+            write(report.one_shot_json(entries, summarize(entries), source=source))
+        elif entries:
+            write(report.one_shot(entries, config, source=source))
     return entries
 
 
