@@ -318,6 +318,7 @@ def test_config_validation():
     (["--count", "2"], "--count"), (["--watch", "--interval", "1ms"], "--interval"),
     (["--dst", "nope"], "--dst"), (["--state", "bogus"], "--state"),
     (["--listen", "--state", "estab"], "--listen"), (["--sort", "size"], "--sort"),
+    (["--sort", "rate"], "--sort"),
 ])
 def test_bad_options_are_usage_errors(args, option):
     result = CliRunner().invoke(main, ["sockets", *args])

@@ -45,6 +45,8 @@ class SocketsConfig:
             raise ConfigError("--all", f"families must be among {', '.join(FAMILIES)}")
         if self.sort is not None and self.sort not in SORT_KEYS:
             raise ConfigError("--sort", f"--sort must be one of {', '.join(SORT_KEYS)}")
+        if self.sort == "rate" and not self.watch:
+            raise ConfigError("--sort", "--sort rate needs --watch (a rate takes two reads)")
         if self.interval < MIN_INTERVAL_S:
             raise ConfigError("--interval", f"--interval must be at least {MIN_INTERVAL_S:g}s "
                                             "(faster refreshes mostly measure the dump itself)")

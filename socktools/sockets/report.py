@@ -74,7 +74,8 @@ def _owners(e: SocketEntry) -> str:
 def _ti(field: str, fmt: Callable[[int], str] = str) -> Callable[[SocketEntry], str]:
     def get(e: SocketEntry) -> str:
         ti = e.tcp_info
-        v = None if ti is None else ti.get(field)
+        # A listener's tcp_info is a template for its children (cwnd 10, no RTT): not traffic.
+        v = None if ti is None or e[3] == "LISTEN" else ti.get(field)
         return "-" if v is None else fmt(v)
     return get
 
