@@ -64,14 +64,21 @@ def open_pairs(n_sockets: int) -> list[socket.socket]:
     return out
 
 
-def time_once(argv: list[str]) -> tuple[float, float]:
+# Users' installs have their bytecode cached (pip compiles at install time).  A shell that sets
+# PYTHONDONTWRITEBYTECODE would make every timed run recompile socktools from source, so the
+# children run without it; the uncounted warm-up run writes the cache.
+CHILD_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+
+def time_once(argv, env=None) -> tuple[float, float]:
     """(wall seconds, CPU seconds user+sys) of one run of ``argv``.
 
     CPU time is reported beside wall time because this machine is shared: other
     people's load stretches wall time far more than it stretches CPU time.
     """
     t0 = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=env or CHILD_ENV)
     _pid, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -93,27 +100,43 @@ def main() -> int:
     cases = [("socktools sockets", tool + ["sockets"], "ss -tan", ["ss", "-tan"])]
     # The floor under any Python CLI: the interpreter, site and click (no socket read at all).
     floor = [sys.executable, "-c", "import socktools.cli"]
+    # The same command with `python -S`: no site-packages .pth start-up hooks (an environment
+    # may add its own: a CA-bundle hook, an editable-install finder), the packages found
+    # through PYTHONPATH instead.  What a clean install starts like; printed as a second pair.
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    lean_env = dict(CHILD_ENV, PYTHONPATH=os.pathsep.join(
+        [repo] + [p for p in sys.path if p.endswith("site-packages")]))
+    lean = ([sys.executable, "-S", "-m", "socktools", "sockets"], lean_env)
+    if "PYTHONDONTWRITEBYTECODE" in os.environ:
+        print("note: PYTHONDONTWRITEBYTECODE is set here; the timed runs go without it, "
+              "with bytecode cached as after a pip install")
     if not args.no_processes:
         cases.append(("socktools sockets --processes", tool + ["sockets", "--processes"],
                       "ss -tanp", ["ss", "-tanp"]))
     socks = open_pairs(args.sockets)
     try:
-        rows = subprocess.run(tool + ["sockets"], capture_output=True, text=True, check=True).stdout
+        rows = subprocess.run(tool + ["sockets"], capture_output=True, text=True, check=True,
+                              env=CHILD_ENV).stdout
+        time_once(floor)                            # writes the bytecode cache, uncounted
         print(f"{len(socks) - 1} loopback sockets open (+1 listener); the table has "
               f"{rows.count(chr(10)) - 1} rows; {args.runs} runs each, alternating; "
               f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
         print(f"{'':<32} {'wall median':>12} {'wall min':>9} {'CPU median':>11} {'CPU min':>8}")
         for ours_name, ours, ss_name, ss in cases:
             time_once(ours), time_once(ss)          # warm the page cache, uncounted
-            a, b, f = [], [], []
+            first = ours_name == "socktools sockets"
+            if first:
+                time_once(*lean)
+            a, b, f, lean_runs = [], [], [], []
             for _ in range(args.runs):
                 a.append(time_once(ours))
                 b.append(time_once(ss))
-                if ours_name == "socktools sockets":
+                if first:
                     f.append(time_once(floor))
+                    lean_runs.append(time_once(*lean))
             rows = [(ours_name, a), (ss_name, b)]
-            if f:
-                rows.append(("(python + click import alone)", f))
+            if first:
+                rows += [("(python + click import alone)", f), ("same, python -S (no .pth hooks)", lean_runs)]
             for name, runs in rows:
                 wall = [w for w, _ in runs]
                 cpu = [c for _, c in runs]
@@ -122,6 +145,10 @@ def main() -> int:
             wa = statistics.median(w for w, _ in a) / statistics.median(w for w, _ in b)
             ca = statistics.median(c for _, c in a) / statistics.median(c for _, c in b)
             print(f"{'ratio':<32} {wa:9.2f}x wall {ca:14.2f}x CPU   (target: within 3x)")
+            if first:
+                wl = statistics.median(w for w, _ in lean_runs) / statistics.median(w for w, _ in b)
+                cl = statistics.median(x for _, x in lean_runs) / statistics.median(x for _, x in b)
+                print(f"{'ratio, python -S':<32} {wl:9.2f}x wall {cl:14.2f}x CPU")
     finally:
         for s in socks:
             s.close()

@@ -124,6 +124,10 @@ def command(tcp, udp, unix, all_families, port, sport, dport, src, dst, states, 
                 if sys.stdout.isatty() and not as_json:
                     click.echo()
             return
+        # This process prints one table and exits: cyclic GC would only walk the table's
+        # acyclic tuples (once read_sockets turned it back on, a full pass over all of them).
+        import gc
+        gc.disable()
         entries = run_once(config, write)
         if not entries and not as_json:
             click.echo("no sockets match", err=True)
