@@ -110,6 +110,25 @@ def test_inet_message_without_extensions_skips_attributes_but_reads_v6only():
     assert report.addr(wildcard, "remote") == "[::]:*"
 
 
+def test_fast_walk_equals_message_by_message_parsing():
+    """The plain table's inlined loop and the per-message parser agree, across a `[::]` socket
+    (which needs its attributes) and the NLMSG_DONE that ends the dump."""
+    data = (_inet_msg(sport=1) + _inet_msg(sport=2, state=6, cookie=(9, 0), inode=0)
+            + _inet_msg(family=socket.AF_INET6, src="::", dst="::", state=10, sport=3, dport=0,
+                        attrs=_rta(netlink.INET_DIAG_SKV6ONLY, b"\1"))
+            + _inet_msg(family=socket.AF_INET6, src="::1", dst="::1", sport=4)
+            + _nlmsg(netlink.NLMSG_DONE, b"\0\0\0\0"))
+    fast, slow = [], []
+    parse = netlink.inet_parser(socket.IPPROTO_TCP, extensions=False)
+    assert hasattr(parse, "walk")
+    assert netlink.parse_datagram(data, parse, fast.append) is True
+    assert _parse_all(data, netlink.inet_parser(socket.IPPROTO_TCP, extensions=False)) == slow + [
+        *fast, "DONE"]
+    assert [e.local[1] for e in fast] == [1, 2, 3, 4] and fast[2].v6only is True
+    assert fast[1].state == "TIME-WAIT" and fast[1].cookie == 9 and fast[0].cookie == 7 | (1 << 32)
+    assert netlink.parse_datagram(data[:len(data) - 20], parse, []. append) is False   # no DONE yet
+
+
 def test_netlink_errors_and_malformed_replies():
     err = _nlmsg(netlink.NLMSG_ERROR, struct.pack("=i", -errno.ENOENT) + b"\0" * 16)
     with pytest.raises(OSError) as info:
@@ -224,6 +243,101 @@ def test_filter_apply():
     assert SocketFilter(port=81).apply(rows) == [rows[1]]
     assert SocketFilter().apply(rows) == rows                 # no criterion: Unix kept too
     assert SocketFilter(src=(parse_address("127.0.0.1"),)).apply(rows) == rows[:3]
+
+
+# --------------------------------------------------------------------------- kernel filter bytecode
+def _kernel_audit(bc: bytes) -> bool:
+    """inet_diag_bc_audit() and valid_cc() of net/ipv4/inet_diag.c, for S_COND/D_COND/JMP."""
+    def valid_cc(length, cc):
+        off = 0
+        while length >= 0:
+            if cc > length:
+                return False
+            if cc == length:
+                return True
+            yes = bc[off + 1]
+            if yes < 4 or yes & 3:
+                return False
+            length -= yes
+            off += yes
+        return False
+    off, length = 0, len(bc)
+    while length > 0:
+        code, yes, no = struct.unpack_from("=BBH", bc, off)
+        min_len = 4
+        if code in (7, 8):
+            fam, prefix = bc[off + 4], bc[off + 5]
+            min_len = 4 + 8 + {socket.AF_UNSPEC: 0, socket.AF_INET: 4, socket.AF_INET6: 16}[fam]
+            if length < min_len or prefix > 8 * (min_len - 12):
+                return False
+        elif code != 1:
+            return False
+        if no < min_len or no > length + 4 or no & 3:
+            return False
+        if no < length and not valid_cc(len(bc), length - no):    # walks from the start
+            return False
+        if yes < min_len or yes > length + 4 or yes & 3:
+            return False
+        off += yes
+        length -= yes
+    return length == 0
+
+
+def _kernel_run(bc: bytes, e: SocketEntry) -> bool:
+    """inet_diag_bc_run() for S_COND/D_COND/JMP, on one entry."""
+    off, length = 0, len(bc)
+    while length > 0:
+        code, yes_jump, no_jump = struct.unpack_from("=BBH", bc, off)
+        ok = True
+        if code == 1:
+            ok = False
+        else:
+            fam, prefix, port = struct.unpack_from("=BBxxi", bc, off + 4)
+            host, eport = e.local if code == 7 else e.remote
+            addr = socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
+            efam = socket.AF_INET6 if len(addr) == 16 else socket.AF_INET
+            want = bc[off + 12:off + 12 + {0: 0, 2: 4, 10: 16}[fam]]
+            bits = lambda raw: int.from_bytes(raw, "big") >> (8 * len(raw) - prefix) if prefix else 0  # noqa: E731
+            if port != -1 and port != eport:
+                ok = False
+            elif fam not in (socket.AF_UNSPEC, efam):
+                ok = (efam == socket.AF_INET6 and fam == socket.AF_INET
+                      and addr[:12] == b"\0" * 10 + b"\xff\xff" and bits(addr[12:]) == bits(want))
+            elif prefix:
+                ok = bits(addr) == bits(want)
+        off += yes_jump if ok else no_jump
+        length -= yes_jump if ok else no_jump
+    return length == 0
+
+
+_HOSTS = ["127.0.0.1", "127.0.0.2", "10.1.2.3", "::1", "::ffff:127.0.0.1", "192.0.2.7"]
+
+
+@pytest.mark.parametrize("f", [
+    SocketFilter(port=80),
+    SocketFilter(sport=80, dport=5000),
+    SocketFilter(src=(parse_address("127.0.0.0/8"),)),
+    SocketFilter(dst=(parse_address("10.0.0.0/8:5000"), parse_address("[::1]"), parse_address(":443"))),
+    SocketFilter(src=(parse_address("127.0.0.1"), parse_address("127.0.0.2:81")), port=5000,
+                 dst=(parse_address("192.0.2.0/24"), parse_address("10.1.2.3"))),
+])
+def test_kernel_bytecode_passes_the_audit_and_agrees_with_the_python_filter(f):
+    bc = netlink.filter_bytecode(f)
+    assert bc and _kernel_audit(bc)
+    entries = [_e(local=(a, lp), remote=(b, rp), proto="tcp6" if ":" in a + b else "tcp")
+               for a in _HOSTS for b in _HOSTS for lp in (80, 81, 5000) for rp in (443, 5000, 80)
+               if (":" in a) == (":" in b)]
+    kept = [e for e in entries if _kernel_run(bc, e)]
+    assert kept == f.apply(entries) and 0 < len(kept) < len(entries)
+
+
+def test_no_filter_no_bytecode_and_the_request_carries_it():
+    assert netlink.filter_bytecode(SocketFilter(states=("listen",))) == b""
+    bc = netlink.filter_bytecode(SocketFilter(sport=22))
+    req = netlink.inet_request(socket.AF_INET, socket.IPPROTO_TCP, bytecode=bc)
+    alen, atype = struct.unpack_from("=HH", req, 16 + 56)
+    assert (alen, atype, req[16 + 56 + 4:]) == (4 + len(bc), netlink.INET_DIAG_REQ_BYTECODE, bc)
+    assert struct.unpack_from("=I", req)[0] == len(req)
 
 
 # --------------------------------------------------------------------------- summary and rates

@@ -19,6 +19,7 @@ No I/O other than reading the kernel; nothing here prints.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import gc
 import ipaddress
@@ -76,7 +77,8 @@ def resolve_source(source: str = "auto") -> str:
     return source
 
 
-def _netlink_family(family: str, states: int, tcp_info: bool, memory: bool) -> list[SocketEntry]:
+def _netlink_family(family: str, states: int, tcp_info: bool, memory: bool,
+                    bytecode: bytes = b"") -> list[SocketEntry]:
     if family == "unix":
         flags = (netlink.UDIAG_SHOW_NAME | netlink.UDIAG_SHOW_PEER | netlink.UDIAG_SHOW_RQLEN
                  | netlink.UDIAG_SHOW_UID | (netlink.UDIAG_SHOW_MEMINFO if memory else 0))
@@ -88,7 +90,16 @@ def _netlink_family(family: str, states: int, tcp_info: bool, memory: bool) -> l
     for af in (socket.AF_INET, socket.AF_INET6):
         parser = netlink.inet_parser(protocol, extensions=bool(ext) or tcp_info)
         try:
-            out.extend(netlink.dump(netlink.inet_request(af, protocol, states=states, ext=ext), parser))
+            request = netlink.inet_request(af, protocol, states=states, ext=ext, bytecode=bytecode)
+            try:
+                out.extend(netlink.dump(request, parser))
+            except OSError as exc:
+                # A kernel whose audit refuses our filter: read unfiltered, filter in Python.
+                if not bytecode or exc.errno != errno.EINVAL:
+                    raise
+                parser = netlink.inet_parser(protocol, extensions=bool(ext) or tcp_info)
+                out.extend(netlink.dump(netlink.inet_request(af, protocol, states=states, ext=ext),
+                                        parser))
         except OSError as exc:
             if af == socket.AF_INET6 and exc.errno in _ABSENT:
                 continue        # no IPv6 in this kernel: the AF_INET6 handler is not there
@@ -156,12 +167,17 @@ def _read_sockets(port, state, listening, processes, source, tcp_info, memory, f
         masks.append(state_mask(match.states))
     wanted = frozenset.intersection(*masks) if masks else None
     mask = 0xFFFFFFFF if wanted is None else sum(1 << n for n in wanted)
+    # Ports and addresses are filtered by the kernel too (and again below, which /proc needs).
+    kernel_filter = match or SocketFilter()
+    if port is not None and kernel_filter.port is None:
+        kernel_filter = dataclasses.replace(kernel_filter, port=port)
+    bytecode = netlink.filter_bytecode(kernel_filter)
     entries: list[SocketEntry] = []
     for fam in families:
         got = None
         if chosen == "netlink":
             try:
-                got = _netlink_family(fam, mask, tcp_info, memory)
+                got = _netlink_family(fam, mask, tcp_info, memory, bytecode)
             except OSError as exc:
                 # A sandbox may allow the netlink socket but refuse the dump, a kernel may lack
                 # udp_diag/unix_diag: /proc still answers.

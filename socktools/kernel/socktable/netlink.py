@@ -46,6 +46,7 @@ _REQ_V2 = struct.Struct("=BBBBI")               # family, protocol, ext, pad, st
 # inet_diag_msg (72 bytes): family, state, timer, retrans, sport, dport (big-endian),
 # src[16], dst[16], if, cookie[2], expires, rqueue, wqueue, uid, inode.
 INET_MSG = struct.Struct("=BBBBHH16s16sIIIIIIII")
+_HDR_INET_MSG = struct.Struct("=IHHII" + INET_MSG.format[1:])   # nlmsghdr + inet_diag_msg
 _UNIX_REQ = struct.Struct("=BBHIIIII")          # family, protocol, pad, states, ino, show, cookie[2]
 UNIX_MSG = struct.Struct("=BBBBIII")            # family, type, state, pad, ino, cookie[2] (16 bytes)
 _LEN_TYPE = struct.Struct("=IH")                # the first two members of nlmsghdr
@@ -77,15 +78,85 @@ def sockid(local=None, remote=None, family=socket.AF_INET) -> bytes:
             + struct.pack("=III", 0, INET_DIAG_NOCOOKIE, INET_DIAG_NOCOOKIE))
 
 
+# inet_diag bytecode (the filter ss compiles from "dst 10.0.0.0/8 sport = :80"): the kernel runs
+# it on each socket and only sends those it accepts, so a filtered read of a machine with
+# 300,000 sockets costs what the matching ones cost.
+INET_DIAG_REQ_BYTECODE = 1
+INET_DIAG_BC_JMP, INET_DIAG_BC_S_COND, INET_DIAG_BC_D_COND = 1, 7, 8
+_BC_OP = struct.Struct("=BBH")                  # code, yes, no (byte offsets to jump by)
+_HOSTCOND = struct.Struct("=BBxxi")             # family, prefix_len, pad, port (-1: any)
+
+
+def filter_bytecode(match) -> bytes:
+    """The bytecode for a :class:`~.filters.SocketFilter`'s ports and addresses (b"" if none).
+
+    Each test is a host condition (S_COND / D_COND): a family and prefix
+    (AF_UNSPEC/0: any address; an IPv4 prefix also matches v4-mapped IPv6
+    peers) and a port (-1: any).  A test that holds falls through to the next
+    op, one that fails jumps by ``no``; past the end + 4 is the kernel's
+    "reject".  Groups are and-ed; the alternatives of a group (``--src A --src
+    B``) are or-ed the way ss compiles ``A or B``: ``[A][JMP][B]``, where A's
+    failure lands on B, and A's success on a JMP over B.  (The kernel's audit
+    only accepts jump targets it can reach by falling through, hence the JMP.)
+    """
+    any_host = (socket.AF_UNSPEC, 0, b"")
+    groups: list[list[tuple]] = []
+    if match.port is not None:
+        groups.append([(INET_DIAG_BC_S_COND, *any_host, match.port),
+                       (INET_DIAG_BC_D_COND, *any_host, match.port)])
+    if match.sport is not None:
+        groups.append([(INET_DIAG_BC_S_COND, *any_host, match.sport)])
+    if match.dport is not None:
+        groups.append([(INET_DIAG_BC_D_COND, *any_host, match.dport)])
+    for code, side in ((INET_DIAG_BC_S_COND, match.src), (INET_DIAG_BC_D_COND, match.dst)):
+        if side:
+            alts = []
+            for m in side:
+                port = -1 if m.port is None else m.port
+                if m.network is None:
+                    alts.append((code, *any_host, port))
+                else:
+                    fam = socket.AF_INET if m.network.version == 4 else socket.AF_INET6
+                    alts.append((code, fam, m.network.prefixlen, m.network.network_address.packed,
+                                 port))
+            groups.append(alts)
+    if not groups:
+        return b""
+
+    def cond_size(alt) -> int:
+        return 4 + 8 + len(alt[3])              # op + hostcond + address
+
+    def group_size(group) -> int:
+        return sum(cond_size(a) for a in group) + 4 * (len(group) - 1)     # + the JMPs
+    total = sum(group_size(g) for g in groups)
+    out, off = bytearray(), 0
+    for group in groups:
+        end = off + group_size(group)
+        for i, (code, fam, prefix, addr, port) in enumerate(group):
+            n = cond_size(group[i])
+            last = i == len(group) - 1
+            no = total - off + 4 if last else n + 4      # reject, or the next alternative
+            out += _BC_OP.pack(code, n, no) + _HOSTCOND.pack(fam, prefix, port) + addr
+            off += n
+            if not last:
+                out += _BC_OP.pack(INET_DIAG_BC_JMP, 4, end - off)
+                off += 4
+    return bytes(out)
+
+
 def _message(body: bytes, dump: bool, seq: int) -> bytes:
     flags = NLM_F_REQUEST | (NLM_F_DUMP if dump else 0)
     return NLMSGHDR.pack(NLMSGHDR.size + len(body), SOCK_DIAG_BY_FAMILY, flags, seq, 0) + body
 
 
 def inet_request(family: int, protocol: int, *, states: int = 0xFFFFFFFF, ext: int = 0,
-                 local=None, remote=None, dump: bool = True, seq: int = 1) -> bytes:
-    """A SOCK_DIAG_BY_FAMILY request for TCP or UDP sockets: a dump, or one exact 4-tuple."""
+                 local=None, remote=None, dump: bool = True, seq: int = 1,
+                 bytecode: bytes = b"") -> bytes:
+    """A SOCK_DIAG_BY_FAMILY request for TCP or UDP sockets: a dump (filtered in the kernel by
+    ``bytecode``, see :func:`filter_bytecode`), or one exact 4-tuple."""
     body = _REQ_V2.pack(family, protocol, ext, 0, states) + sockid(local, remote, family)
+    if bytecode:
+        body += _RTATTR.pack(4 + len(bytecode), INET_DIAG_REQ_BYTECODE) + bytecode
     return _message(body, dump, seq)
 
 
@@ -189,6 +260,35 @@ def inet_parser(protocol: int, *, extensions: bool) -> Callable[[bytes, int, int
             proto6 if v6 else proto4, (lhost, ntohs(sport)),
             (hosts.get(dst) or host(family, dst), ntohs(dport)), names[state], rq, wq, inode, uid,
             (), info, tmr, skmem, c0 | (c1 << 32) if c1 else c0, v6only))
+
+    full = _HDR_INET_MSG.unpack_from
+
+    def walk(data: bytes, append: Callable[[SocketEntry], None]) -> int:
+        """The plain table's loop: header and message in one unpack, no call per message.
+
+        Handles the run of messages that need nothing but the fixed part (no
+        extensions asked, not a ``[::]`` socket) and returns the offset of the
+        first message it leaves to ``parse`` and the generic walk (~15 % faster
+        per socket than a ``parse`` call each).
+        """
+        off, n = 0, len(data)
+        while off + 88 <= n:
+            (length, mtype, _fl, _seq, _pid, family, state, _timer, _retrans, sport, dport, src,
+             dst, _if, c0, c1, _expires, rq, wq, uid, inode) = full(data, off)
+            if mtype != SOCK_DIAG_BY_FAMILY or length < 88 or off + length > n:
+                return off
+            lhost = hosts.get(src) or host(family, src)
+            if lhost == "::":
+                return off                      # needs its V6ONLY attribute: parse() reads it
+            append(new(SocketEntry, (
+                proto6 if family == 10 else proto4, (lhost, ntohs(sport)),
+                (hosts.get(dst) or host(family, dst), ntohs(dport)), names[state], rq, wq, inode,
+                uid, (), None, None, None, c0 | (c1 << 32) if c1 else c0, None)))
+            off += (length + 3) & ~3
+        return off
+
+    if not extensions:
+        parse.walk = walk                       # type: ignore[attr-defined]
     return parse
 
 
@@ -217,6 +317,30 @@ def parse_unix(data: bytes, off: int, end: int) -> SocketEntry:
                        rq, wq, inode, uid, (), None, None, skmem, c0 | (c1 << 32), None)
 
 
+def parse_datagram(data: bytes, parse: Callable[[bytes, int, int], SocketEntry],
+                   append: Callable[[SocketEntry], None]) -> bool:
+    """Parse every message of one reply datagram; True once the reply is complete.
+
+    The parser's fast ``walk`` (if it has one) takes the run of plain messages,
+    then the generic walk takes the rest (NLMSG_DONE, errors, odd messages).
+    """
+    walk = getattr(parse, "walk", None)
+    off, n = (walk(data, append) if walk else 0), len(data)
+    unpack = _LEN_TYPE.unpack_from
+    while off + 16 <= n:
+        length, mtype = unpack(data, off)
+        if mtype != SOCK_DIAG_BY_FAMILY or length < 16 or off + length > n:
+            try:
+                for a, b in messages(data[off:]):
+                    append(parse(data, off + a, off + b))
+            except DumpDone:
+                return True
+            return False
+        append(parse(data, off + 16, off + length))
+        off += (length + 3) & ~3
+    return False
+
+
 def dump(request: bytes, parse: Callable[[bytes, int, int], SocketEntry], *,
          single: bool = False) -> list[SocketEntry]:
     """Send one request on a fresh NETLINK_SOCK_DIAG socket and parse every reply message.
@@ -227,26 +351,11 @@ def dump(request: bytes, parse: Callable[[bytes, int, int], SocketEntry], *,
     with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG) as nl:
         nl.settimeout(TIMEOUT_S)
         nl.sendto(request, (0, 0))
-        recv = nl.recv
-        append = out.append
-        unpack = _LEN_TYPE.unpack_from
-        while True:
-            data = recv(RECV_BUFSIZE)
-            # messages() inlined for the common case: a dump is ~10,000 of these per 10,000 sockets.
-            off, n = 0, len(data)
-            while off + 16 <= n:
-                length, mtype = unpack(data, off)
-                if mtype != SOCK_DIAG_BY_FAMILY or length < 16 or off + length > n:
-                    try:
-                        for a, b in messages(data[off:]):
-                            append(parse(data, off + a, off + b))
-                    except DumpDone:
-                        return out
-                    break
-                append(parse(data, off + 16, off + length))
-                off += (length + 3) & ~3
+        recv, append = nl.recv, out.append
+        while not parse_datagram(recv(RECV_BUFSIZE), parse, append):
             if single and out:
-                return out
+                break
+    return out
 
 
 def available() -> bool:
