@@ -289,7 +289,7 @@ def test_the_kernel_runs_the_filter(addr):
     """The bytecode is accepted by this kernel (a refusal would raise EINVAL here, where
     read_sockets would quietly fall back to filtering in Python) and keeps exactly ours."""
     _need_netlink()
-    from socktools.kernel.socktable import netlink
+    from socktools.kernel.socktable import bytecode, netlink
     lsock = socket.create_server((addr, 0))
     client, server = _pair(lsock, addr)
     with lsock, client, server:
@@ -297,6 +297,6 @@ def test_the_kernel_runs_the_filter(addr):
         f = SocketFilter(src=(parse_address("127.0.0.0/8"), parse_address("[::1]")),
                          dst=(parse_address(f"{addr}:{port}"), parse_address("192.0.2.1")))
         request = netlink.inet_request(socket.AF_INET, socket.IPPROTO_TCP,
-                                       bytecode=netlink.filter_bytecode(f))
+                                       bytecode=bytecode.filter_bytecode(f))
         got = netlink.dump(request, netlink.inet_parser(socket.IPPROTO_TCP, extensions=False))
         assert [(e.local, e.remote) for e in got] == [(client.getsockname(), server.getsockname())]

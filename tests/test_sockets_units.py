@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from socktools.cli import main
-from socktools.kernel.socktable import netlink, proc
+from socktools.kernel.socktable import bytecode, netlink, proc
 from socktools.kernel.socktable.entry import STATE_GROUPS, Owner, SocketEntry, state_mask
 from socktools.kernel.socktable.filters import SocketFilter, parse_address
 from socktools.kernel.tcpinfo import OFFSETS, parse_tcp_info, struct_size
@@ -322,7 +322,7 @@ _HOSTS = ["127.0.0.1", "127.0.0.2", "10.1.2.3", "::1", "::ffff:127.0.0.1", "192.
                  dst=(parse_address("192.0.2.0/24"), parse_address("10.1.2.3"))),
 ])
 def test_kernel_bytecode_passes_the_audit_and_agrees_with_the_python_filter(f):
-    bc = netlink.filter_bytecode(f)
+    bc = bytecode.filter_bytecode(f)
     assert bc and _kernel_audit(bc)
     entries = [_e(local=(a, lp), remote=(b, rp), proto="tcp6" if ":" in a + b else "tcp")
                for a in _HOSTS for b in _HOSTS for lp in (80, 81, 5000) for rp in (443, 5000, 80)
@@ -332,8 +332,8 @@ def test_kernel_bytecode_passes_the_audit_and_agrees_with_the_python_filter(f):
 
 
 def test_no_filter_no_bytecode_and_the_request_carries_it():
-    assert netlink.filter_bytecode(SocketFilter(states=("listen",))) == b""
-    bc = netlink.filter_bytecode(SocketFilter(sport=22))
+    assert bytecode.filter_bytecode(SocketFilter(states=("listen",))) == b""
+    bc = bytecode.filter_bytecode(SocketFilter(sport=22))
     req = netlink.inet_request(socket.AF_INET, socket.IPPROTO_TCP, bytecode=bc)
     alen, atype = struct.unpack_from("=HH", req, 16 + 56)
     assert (alen, atype, req[16 + 56 + 4:]) == (4 + len(bc), netlink.INET_DIAG_REQ_BYTECODE, bc)
@@ -438,3 +438,17 @@ def test_bad_options_are_usage_errors(args, option):
     result = CliRunner().invoke(main, ["sockets", *args])
     assert result.exit_code == 2, result.output
     assert option in result.output and "Traceback" not in result.output
+
+
+def test_every_help_example_runs():
+    """The examples in `sockets --help` are real: each parses and runs (a watch for one refresh)."""
+    runner = CliRunner()
+    text = runner.invoke(main, ["sockets", "--help"]).output
+    examples = [line.split("#")[0].split()[2:] for line in text.splitlines()
+                if line.strip().startswith("socktools sockets")]
+    assert len(examples) >= 5
+    for args in examples:
+        if "--watch" in args:
+            args = [a for a in args if a not in ("--count", "3")] + ["--count", "1", "--interval", "0.1s"]
+        result = runner.invoke(main, ["sockets", *args])
+        assert result.exit_code == 0, (args, result.output)

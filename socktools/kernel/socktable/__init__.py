@@ -27,7 +27,7 @@ import socket
 import sys
 from typing import Iterable, Optional
 
-from . import netlink, owners, proc
+from . import bytecode as _bytecode, netlink, owners, proc
 from .entry import (FAMILIES, STATE_GROUPS, STATE_NUMBERS, STATES, Owner, SkMem, SocketEntry,
                     SocketTableUnavailable, Timer, normalize_state, state_mask)
 from .filters import SocketFilter, parse_address
@@ -171,7 +171,7 @@ def _read_sockets(port, state, listening, processes, source, tcp_info, memory, f
     kernel_filter = match or SocketFilter()
     if port is not None and kernel_filter.port is None:
         kernel_filter = dataclasses.replace(kernel_filter, port=port)
-    bytecode = netlink.filter_bytecode(kernel_filter)
+    bytecode = _bytecode.filter_bytecode(kernel_filter)
     entries: list[SocketEntry] = []
     for fam in families:
         got = None
