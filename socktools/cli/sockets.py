@@ -128,7 +128,10 @@ def command(tcp, udp, unix, all_families, port, sport, dport, src, dst, states, 
         # acyclic tuples (once read_sockets turned it back on, a full pass over all of them).
         import gc
         gc.disable()
-        entries = run_once(config, write)
+        try:
+            entries = run_once(config, write)
+        except KeyboardInterrupt:
+            die("interrupted", 130)
         if not entries and not as_json:
             click.echo("no sockets match", err=True)
     except SocketTableUnavailable as exc:
