@@ -18,8 +18,9 @@ from socktools.kernel.socktable.entry import STATE_GROUPS, Owner, SocketEntry, s
 from socktools.kernel.socktable.filters import SocketFilter, parse_address
 from socktools.kernel.tcpinfo import OFFSETS, parse_tcp_info, struct_size
 from socktools.sockets import report
-from socktools.sockets.config import ConfigError, SocketsConfig
-from socktools.sockets.view import RateTracker, Row, summarize
+from socktools.errors import OptionError
+from socktools.sockets.config import SocketsConfig
+from socktools.sockets.results import RateTracker, Row, summarize
 
 
 # --------------------------------------------------------------------------- netlink bytes
@@ -409,21 +410,26 @@ def test_watch_redraws_in_place_on_a_terminal(monkeypatch):
     reads = iter([[_with_counters(_e(cookie=1), 0, 0)], [_with_counters(_e(cookie=1), 0, 4096)],
                   [_with_counters(_e(cookie=1), 0, 8192)]])
     monkeypatch.setattr(run, "read", lambda config: next(reads))
-    monkeypatch.setattr(run, "resolve_source", lambda source: "netlink")
     now = [100.0]
-    out = []
-    n = run.watch(SocketsConfig(watch=True, count=2, interval=1.0), out.append, tty=True,
-                  clock=lambda: now[0], sleep=lambda s: now.__setitem__(0, now[0] + s),
-                  wall=lambda: 0.0)
-    assert n == 2 and len(out) == 2
+    config = SocketsConfig(watch=True, count=2, interval=1.0)
+    frames = list(run.frames(config, clock=lambda: now[0],
+                             sleep=lambda s: now.__setitem__(0, now[0] + s), wall=lambda: 0.0))
+    assert [f.at for f in frames] == [101.0, 102.0] and [f.interval for f in frames] == [1.0, 1.0]
+    out = [report.render_frame(f, config, source="netlink", tty=True) for f in frames]
     assert all(o.startswith(report.ANSI_HOME_CLEAR + "Endpoints: 1  Established: 1") for o in out)
     assert "4.0k" in out[0] and "4.0k" in out[1]            # 4096 bytes per 1 s, both frames
+    piped = report.render_frame(frames[0], config, source="netlink", tty=False)
+    assert piped.startswith("Endpoints: 1") and piped.endswith("\n")
+    line = report.render_frame(frames[0], SocketsConfig(watch=True, as_json=True), source="proc",
+                               tty=True)
+    assert "\n" not in line and '"rate_out":4096.0' in line and '"source":"proc"' in line
 
 
 def test_config_validation():
-    with pytest.raises(ConfigError, match="--count needs --watch"):
+    with pytest.raises(OptionError, match="needs --watch") as info:
         SocketsConfig(count=3)
-    with pytest.raises(ConfigError, match="at least 0.1s"):
+    assert info.value.option == "count"
+    with pytest.raises(OptionError, match="at least 0.1s"):
         SocketsConfig(watch=True, interval=0.01)
     assert SocketsConfig(sort="rtt").wants_tcp_info and not SocketsConfig(sort="queue").wants_tcp_info
 

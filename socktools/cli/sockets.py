@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from socktools.cli._common import DURATION, EXIT_UNAVAILABLE, PORT, die
+from socktools.cli._common import DURATION, EXIT_UNAVAILABLE, PORT, build_config, die
 
 
 def _state_param(ctx, param, values):
@@ -88,10 +88,11 @@ def command(tcp, udp, unix, all_families, port, sport, dport, src, dst, states, 
       socktools sockets --watch --sort rate          # live, busiest first; Ctrl-C ends
       socktools sockets --watch --count 3 --json --sport 65432   # three JSON lines, 1 s apart
     """
-    from socktools.kernel.socktable import SocketFilter, SocketTableUnavailable
-    from socktools.sockets.config import ConfigError, SocketsConfig
-    from socktools.sockets.run import run_once
-    from socktools.sockets.run import watch as run_watch
+    from socktools.kernel.socktable import (SocketFilter, SocketTableUnavailable, paused_gc,
+                                            resolve_source)
+    from socktools.sockets import report
+    from socktools.sockets.config import SocketsConfig
+    from socktools.sockets.run import frames, table
 
     if all_families:
         families = ("tcp", "udp", "unix")
@@ -105,41 +106,53 @@ def command(tcp, udp, unix, all_families, port, sport, dport, src, dst, states, 
                                    "(--listen is --state listen)")
     if listening:
         states = ("LISTEN",)
+    config = build_config(
+        SocketsConfig, families=families,
+        filter=SocketFilter(states=states, src=src, dst=dst, sport=sport, dport=dport, port=port),
+        processes=processes, info=info, timers=timers, memory=memory, sort=sort, watch=watch,
+        interval=interval, count=count, as_json=as_json, source=source)
     try:
-        config = SocketsConfig(
-            families=families,
-            filter=SocketFilter(states=states, src=src, dst=dst, sport=sport, dport=dport, port=port),
-            processes=processes, info=info, timers=timers, memory=memory, sort=sort, watch=watch,
-            interval=interval, count=count, as_json=as_json, source=source)
-    except ConfigError as exc:
-        raise click.UsageError(str(exc)) from None
-    write = click.echo
-    try:
+        used = resolve_source(source)
         if watch:
-            try:
-                run_watch(config, lambda text: (write(text), sys.stdout.flush()),
-                          tty=sys.stdout.isatty() and not as_json)
-            except KeyboardInterrupt:
-                # Ctrl-C is how a watch without --count ends: a normal end, like ping's.
-                if sys.stdout.isatty() and not as_json:
-                    click.echo()
+            _watch(config, frames(config), report, used)
             return
         # This process prints one table and exits: cyclic GC would only walk the table's
         # acyclic tuples (once read_sockets turned it back on, a full pass over all of them).
         import gc
         gc.disable()
         try:
-            entries = run_once(config, write)
+            entries = table(config)
         except KeyboardInterrupt:
             die("interrupted", 130)
-        if not entries and not as_json:
-            click.echo("no sockets match", err=True)
+        with paused_gc():
+            if as_json:
+                click.echo(report.one_shot_json(entries, source=used))
+            elif entries:
+                click.echo(report.one_shot(entries, config, source=used))
+            else:
+                click.echo("no sockets match", err=True)
     except SocketTableUnavailable as exc:
         die(str(exc), EXIT_UNAVAILABLE)
     except PermissionError as exc:
         die(f"cannot read the socket table: {exc}", EXIT_UNAVAILABLE)
     if processes and not as_json and any(e.inode and not e.owners for e in entries):
         _owner_note()
+
+
+def _watch(config, frames, report, source: str) -> None:
+    tty = sys.stdout.isatty() and not config.as_json
+    try:
+        for frame in frames:
+            lines = 40
+            if tty:
+                import shutil
+                lines = shutil.get_terminal_size((100, 40)).lines
+            click.echo(report.render_frame(frame, config, source=source, tty=tty, screen_lines=lines))
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        # Ctrl-C is how a watch without --count ends: a normal end, like ping's.
+        if tty:
+            click.echo()
 
 
 def _owner_note() -> None:

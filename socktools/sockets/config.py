@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+from socktools.errors import OptionError
 from socktools.kernel.socktable.entry import FAMILIES
 from socktools.kernel.socktable.filters import SocketFilter
 
@@ -15,14 +16,6 @@ SORT_KEYS = ("bytes", "rate", "rtt", "queue")
 #: load it shows.  top(1)'s minimum delay is 0.1 s too.
 MIN_INTERVAL_S = 0.1
 DEFAULT_INTERVAL_S = 1.0
-
-
-class ConfigError(ValueError):
-    """A combination of options that cannot work; ``option`` names the one to blame."""
-
-    def __init__(self, option: str, message: str) -> None:
-        super().__init__(message)
-        self.option = option
 
 
 @dataclass(frozen=True)
@@ -42,18 +35,18 @@ class SocketsConfig:
 
     def __post_init__(self) -> None:
         if not self.families or any(f not in FAMILIES for f in self.families):
-            raise ConfigError("--all", f"families must be among {', '.join(FAMILIES)}")
+            raise OptionError("all_families", f"families must be among {', '.join(FAMILIES)}")
         if self.sort is not None and self.sort not in SORT_KEYS:
-            raise ConfigError("--sort", f"--sort must be one of {', '.join(SORT_KEYS)}")
+            raise OptionError("sort", f"must be one of {', '.join(SORT_KEYS)}")
         if self.sort == "rate" and not self.watch:
-            raise ConfigError("--sort", "--sort rate needs --watch (a rate takes two reads)")
+            raise OptionError("sort", "rate needs --watch (a rate takes two reads)")
         if self.interval < MIN_INTERVAL_S:
-            raise ConfigError("--interval", f"--interval must be at least {MIN_INTERVAL_S:g}s "
+            raise OptionError("interval", f"must be at least {MIN_INTERVAL_S:g}s "
                                             "(faster refreshes mostly measure the dump itself)")
         if self.count is not None and self.count < 1:
-            raise ConfigError("--count", "--count must be 1 or more")
+            raise OptionError("count", "must be 1 or more")
         if self.count is not None and not self.watch:
-            raise ConfigError("--count", "--count needs --watch (it counts refreshes)")
+            raise OptionError("count", "needs --watch (it counts refreshes)")
 
     @property
     def wants_tcp_info(self) -> bool:

@@ -10,13 +10,14 @@ from __future__ import annotations
 from itertools import repeat
 from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
-from socktools.kernel.socktable.entry import SocketEntry
-
 from .config import SocketsConfig
 
 if TYPE_CHECKING:       # the one-shot table needs none of the live view's classes
-    from .view import Frame, Row, Summary
+    from .results import Frame, Row
 
+# Entries are socktools.kernel.socktable.SocketEntry tuples: this module reads them by field
+# and never imports the reader.
+SocketEntry = tuple
 # Home the cursor, clear to the end of the screen: redraw in place without the flicker
 # a full clear ("\x1b[2J") causes between frames.
 ANSI_HOME_CLEAR = "\x1b[H\x1b[J"
@@ -166,9 +167,10 @@ def one_shot(entries: Sequence[SocketEntry], config: SocketsConfig, *, source: s
     return text + ("\n\n" + "\n".join(notes) if notes else "")
 
 
-def frame_text(frame: Frame, config: SocketsConfig, *, when: str,
-               max_rows: Optional[int] = None) -> str:
+def frame_text(frame: "Frame", config: SocketsConfig, *, max_rows: Optional[int] = None) -> str:
     """A live frame: the summary line, when, then the table (cut to ``max_rows`` on a terminal)."""
+    import time
+    when = time.strftime("%H:%M:%S", time.localtime(frame.wall))
     head = (f"{frame.summary.render()}    {when}  every {config.interval:g}s  "
             f"(+ new, - closed; Ctrl-C ends)")
     rows = frame.rows
@@ -181,18 +183,32 @@ def frame_text(frame: Frame, config: SocketsConfig, *, when: str,
     return f"{head}\n{body}{more}"
 
 
-def frame_json(frame: Frame, *, source: str, wall: float) -> str:
+def frame_json(frame: "Frame", *, source: str) -> str:
     """One JSON line per refresh (``json.loads`` each line); ``monotonic`` is CLOCK_MONOTONIC."""
     import json     # only JSON runs pay for it: the one-shot table is timed against ss
     return json.dumps({
-        "time": wall, "monotonic": frame.at, "interval_s": frame.interval,
+        "time": frame.wall, "monotonic": frame.at, "interval_s": frame.interval,
         "read_s": frame.read_s, "previous_read_s": frame.previous_read_s,
         "source": source, "summary": frame.summary.to_dict(),
         "new": frame.new, "closed": frame.closed,
         "sockets": [r.to_dict() for r in frame.rows]}, separators=(",", ":"))
 
 
-def one_shot_json(entries: Sequence[SocketEntry], summary: Summary, *, source: str) -> str:
+def render_frame(frame: "Frame", config: SocketsConfig, *, source: str, tty: bool,
+                 screen_lines: int = 40) -> str:
+    """What one refresh writes: a JSON line; on a terminal the frame drawn over the last one
+    (cursor home + clear) and cut to the screen; otherwise the frame and a blank line."""
+    if config.as_json:
+        return frame_json(frame, source=source)
+    if tty:
+        return ANSI_HOME_CLEAR + frame_text(frame, config, max_rows=max(screen_lines - 3, 1))
+    return frame_text(frame, config) + "\n"
+
+
+def one_shot_json(entries: Sequence[SocketEntry], *, source: str) -> str:
     import json
+
+    from .results import summarize
+    summary = summarize(entries)
     return json.dumps({"source": source, "summary": summary.to_dict(),
                        "sockets": [e.to_dict() for e in entries]}, indent=2)

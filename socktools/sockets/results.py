@@ -108,6 +108,7 @@ class Frame:
     # instant within [at, at + read_s], which bounds how exact a rate can be.
     read_s: float = 0.0
     previous_read_s: Optional[float] = None
+    wall: float = 0.0                   # time.time() of the read, for the reader's clock display
 
     @property
     def new(self) -> int:
@@ -133,7 +134,8 @@ class RateTracker:
         self._prev_read_s: Optional[float] = None
         self._key = sort_key(sort)
 
-    def update(self, at: float, entries: Sequence[SocketEntry], read_s: float = 0.0) -> Frame:
+    def update(self, at: float, entries: Sequence[SocketEntry], read_s: float = 0.0,
+               wall: float = 0.0) -> Frame:
         """Feed one read that began at ``at`` and took ``read_s``; returns its frame."""
         prev, prev_at = self._prev, self._prev_at
         dt = None if prev_at is None else at - prev_at
@@ -161,6 +163,6 @@ class RateTracker:
             rows.extend(Row(e, "closed") for k, e in prev.items() if k not in current)
         if self._key is not None:
             rows.sort(key=self._key)
-        frame = Frame(at, dt, tuple(rows), summarize(entries), read_s, self._prev_read_s)
+        frame = Frame(at, dt, tuple(rows), summarize(entries), read_s, self._prev_read_s, wall)
         self._prev, self._prev_at, self._prev_read_s = current, at, read_s
         return frame
