@@ -113,6 +113,9 @@ def command(tcp, udp, unix, all_families, port, sport, dport, src, dst, states, 
         interval=interval, count=count, as_json=as_json, source=source)
     try:
         used = resolve_source(source)
+        if used == "proc" and (info or timers or memory or watch):
+            click.echo("socktools: /proc/net has no tcp_info, timers or socket memory: those "
+                       "columns (and --watch's rates) stay '-'; netlink has them", err=True)
         if watch:
             _watch(config, frames(config), report, used)
             return
