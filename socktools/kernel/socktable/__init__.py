@@ -86,20 +86,21 @@ def _netlink_family(family: str, states: int, tcp_info: bool, memory: bool,
     protocol = socket.IPPROTO_TCP if family == "tcp" else socket.IPPROTO_UDP
     ext = (netlink.EXT_INFO if tcp_info and family == "tcp" else 0) | \
         (netlink.EXT_SKMEMINFO if memory else 0)
+    extensions = bool(ext) or tcp_info
     out: list[SocketEntry] = []
     for af in (socket.AF_INET, socket.AF_INET6):
-        parser = netlink.inet_parser(protocol, extensions=bool(ext) or tcp_info)
         try:
-            request = netlink.inet_request(af, protocol, states=states, ext=ext, bytecode=bytecode)
             try:
-                out.extend(netlink.dump(request, parser))
+                out.extend(netlink.dump(netlink.inet_request(af, protocol, states=states, ext=ext,
+                                                             bytecode=bytecode),
+                                        netlink.inet_parser(protocol, extensions=extensions)))
             except OSError as exc:
-                # A kernel whose audit refuses our filter: read unfiltered, filter in Python.
+                # A kernel whose audit refuses our filter: read unfiltered (read_sockets
+                # filters in Python anyway).
                 if not bytecode or exc.errno != errno.EINVAL:
                     raise
-                parser = netlink.inet_parser(protocol, extensions=bool(ext) or tcp_info)
                 out.extend(netlink.dump(netlink.inet_request(af, protocol, states=states, ext=ext),
-                                        parser))
+                                        netlink.inet_parser(protocol, extensions=extensions)))
         except OSError as exc:
             if af == socket.AF_INET6 and exc.errno in _ABSENT:
                 continue        # no IPv6 in this kernel: the AF_INET6 handler is not there
@@ -167,7 +168,8 @@ def _read_sockets(port, state, listening, processes, source, tcp_info, memory, f
         masks.append(state_mask(match.states))
     wanted = frozenset.intersection(*masks) if masks else None
     mask = 0xFFFFFFFF if wanted is None else sum(1 << n for n in wanted)
-    # Ports and addresses are filtered by the kernel too (and again below, which /proc needs).
+    # Ports and addresses are filtered by the kernel (inet only), and again in Python below:
+    # /proc needs it, and ``port`` and ``match.port`` may both be given.
     kernel_filter = match or SocketFilter()
     if port is not None and kernel_filter.port is None:
         kernel_filter = dataclasses.replace(kernel_filter, port=port)
@@ -190,10 +192,9 @@ def _read_sockets(port, state, listening, processes, source, tcp_info, memory, f
             # port, then peer port; IPv4 and IPv6 interleave, ties keep the kernel's order.
             got.sort(key=_unix_key if fam == "unix" else _inet_key)
         entries.extend(got)
-    if port is not None:
-        entries = [e for e in entries if e.local[1] == port or e.remote[1] == port]
-    if match is not None:
-        entries = match.apply(entries)
+    entries = kernel_filter.apply(entries)
+    if port is not None and match is not None and match.port not in (None, port):
+        entries = SocketFilter(port=port).apply(entries)
     if processes:
         found = owners.scan({e.inode for e in entries if e.inode})
         if found:
