@@ -300,3 +300,29 @@ def test_the_kernel_runs_the_filter(addr):
                                        bytecode=bytecode.filter_bytecode(f))
         got = netlink.dump(request, netlink.inet_parser(socket.IPPROTO_TCP, extensions=False))
         assert [(e.local, e.remote) for e in got] == [(client.getsockname(), server.getsockname())]
+
+
+def test_an_ipv4_filter_matches_the_v4_mapped_end_of_a_dual_stack_socket(addr):
+    """A dual-stack listener's accepted sockets sit in the IPv6 table as ::ffff:127.x.y.z; an
+    IPv4 prefix matches them in the kernel's filter as in ours."""
+    _need_netlink()
+    from socktools.kernel.socktable import bytecode, netlink
+    try:
+        lsock = socket.socket(socket.AF_INET6)
+        lsock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        lsock.bind((f"::ffff:{addr}", 0))
+    except OSError as exc:
+        pytest.skip(f"no dual-stack IPv6 here: {exc}")
+    lsock.listen(4)
+    with lsock:
+        port = lsock.getsockname()[1]
+        client = socket.create_connection((addr, port), source_address=(addr, 0))
+        server, _ = lsock.accept()
+        with client, server:
+            f = SocketFilter(dst=(parse_address(f"{addr}/32"),), sport=port)
+            request = netlink.inet_request(socket.AF_INET6, socket.IPPROTO_TCP,
+                                           bytecode=bytecode.filter_bytecode(f))
+            got = netlink.dump(request, netlink.inet_parser(socket.IPPROTO_TCP, extensions=False))
+            assert [(e.proto, e.local[0], e.remote[1]) for e in got] == \
+                [("tcp6", f"::ffff:{addr}", client.getsockname()[1])]
+            assert f.apply(got) == got
