@@ -92,7 +92,7 @@ def test_bytes_and_segments_match_what_was_sent(addr):
             # a byte); the server's end is born after its SYN-ACK was acknowledged: no +1.
             return (cli and srv and cli.tcp_info["bytes_acked"] == 7500 + 1
                     and srv.tcp_info["bytes_acked"] == 1234 and (cli, srv))
-        assert wait_until(settled, timeout=5), f"counters never settled: {counters()}"
+        assert wait_until(settled, timeout=15), f"counters never settled: {counters()}"
         cli, srv = settled()
         c, s = cli.tcp_info, srv.tcp_info
         assert c["bytes_received"] == 1234 and s["bytes_received"] == 7500
@@ -158,7 +158,7 @@ def test_summary_counts_match_the_states_created(addr):
             return json.loads(r.output)["summary"]
         want = {"endpoints": 1 + 6 + 2 + 1, "established": 6, "listening": 1, "time_wait": 1,
                 "close_wait": 1}
-        assert wait_until(lambda: summary() == want, timeout=5), summary()
+        assert wait_until(lambda: summary() == want, timeout=15), summary()
         out = CliRunner().invoke(main, ["sockets", "--watch", "--count", "1", "--interval",
                                         "0.1s", "--src", addr]).output
         assert out.splitlines()[0].startswith(
@@ -187,12 +187,13 @@ class Pacer(threading.Thread):
     def __init__(self, sock, duration):
         super().__init__(daemon=True)
         self.sock, self.duration = sock, duration
+        self.stopped = threading.Event()
         self.log = [(time.monotonic(), 0)]
 
     def run(self):
         start = time.monotonic()
         total, i = 0, 0
-        while time.monotonic() - start < self.duration:
+        while time.monotonic() - start < self.duration and not self.stopped.is_set():
             i += 1
             self.sock.sendall(b"p" * self.CHUNK)
             total += self.CHUNK
@@ -226,14 +227,15 @@ def test_watch_json_rates_match_the_traffic(addr):
     stop = threading.Event()
     drain = threading.Thread(target=_drain, args=(server, stop), daemon=True)
     drain.start()
-    pacer = Pacer(client, duration=6.0)
+    pacer = Pacer(client, duration=60.0)         # outlives the watch; stopped right after it
     pacer.start()
     try:
         proc = subprocess.run(
             socktools_cmd("sockets", "--watch", "--count", "3", "--interval", "0.5s", "--json",
                           "--src", addr, "--state", "estab"),
-            capture_output=True, text=True, timeout=30)
+            capture_output=True, text=True, timeout=120)     # a bound for a very loaded machine
     finally:
+        pacer.stopped.set()
         pacer.join()
         stop.set()
         drain.join()
@@ -256,15 +258,14 @@ def test_watch_json_rates_match_the_traffic(addr):
         lo = pacer.sent_by(t2) - pacer.sent_by(t1 + r1) - 2 * c
         hi = pacer.sent_by(t2 + r2) - pacer.sent_by(t1) + 2 * c
         assert lo <= moved <= hi, (lo, moved, hi, line["interval_s"])
+        assert moved >= c                      # every window saw traffic
         # The receiving end saw the same bytes arrive.
         peer = next(r for r in line["sockets"] if r["local"] == receiver)
         assert abs(peer["rate_in"] * dt - moved) <= 2 * c
         assert row["mark"] == "" and line["summary"]["established"] == 2
-    # And the pace itself: 200 KiB/s, give or take what a busy machine does to a sleeping
-    # thread (the schedule catches up, so over 0.5 s the mean stays near the target).
-    mean = sum(next(r["rate_out"] for r in ln["sockets"] if r["local"] == sender)
-               for ln in lines) / 3
-    assert 0.5 * Pacer.CHUNK / Pacer.PERIOD < mean < 1.5 * Pacer.CHUNK / Pacer.PERIOD
+    # The comparison is with the pacer's own log, not with its nominal 200 KiB/s: on a loaded
+    # machine the sending thread can be starved for a while and send less than nominal, and the
+    # tool must report what was sent.  On an idle machine the two agree (each window ~100 KiB).
 
 
 def test_watch_ends_cleanly_on_ctrl_c(addr):
