@@ -20,7 +20,7 @@ from socktools.kernel.tcpinfo import OFFSETS, parse_tcp_info, struct_size
 from socktools.sockets import report
 from socktools.errors import OptionError
 from socktools.sockets.config import SocketsConfig
-from socktools.sockets.results import RateTracker, Row, summarize
+from socktools.sockets.results import RateTracker, summarize
 
 
 # --------------------------------------------------------------------------- netlink bytes

@@ -28,7 +28,7 @@ import sys
 from typing import Iterable, Optional
 
 from . import bytecode as _bytecode, netlink, owners, proc
-from .entry import (FAMILIES, STATE_GROUPS, STATE_NUMBERS, STATES, Owner, SkMem, SocketEntry,
+from .entry import (FAMILIES, STATE_GROUPS, STATES, Owner, SkMem, SocketEntry,
                     SocketTableUnavailable, Timer, normalize_state, state_mask)
 from .filters import SocketFilter, parse_address
 
