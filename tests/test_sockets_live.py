@@ -10,6 +10,7 @@ import json
 import os
 import random
 import signal
+import sys
 import socket
 import subprocess
 import threading
@@ -326,3 +327,30 @@ def test_an_ipv4_filter_matches_the_v4_mapped_end_of_a_dual_stack_socket(addr):
             assert [(e.proto, e.local[0], e.remote[1]) for e in got] == \
                 [("tcp6", f"::ffff:{addr}", client.getsockname()[1])]
             assert f.apply(got) == got
+
+
+def test_watch_on_a_terminal_redraws_in_place_and_ctrl_c_ends_it(addr):
+    """On a pseudo-terminal each refresh starts with cursor-home + clear; Ctrl-C exits 0."""
+    import pty
+    import select
+    with socket.create_server((addr, 0)):
+        pid, fd = pty.fork()
+        if pid == 0:                                        # the child: the real command
+            try:
+                os.execvp(sys.executable, socktools_cmd("sockets", "--watch", "--interval",
+                                                        "0.2s", "--src", addr))
+            finally:
+                os._exit(127)                               # never run the tests twice
+        out = b""
+        try:
+            deadline = time.monotonic() + 30
+            while out.count(b"\x1b[H\x1b[J") < 2 and time.monotonic() < deadline:
+                if select.select([fd], [], [], 0.5)[0]:
+                    out += os.read(fd, 65536)
+            os.kill(pid, signal.SIGINT)
+            _, status = os.waitpid(pid, 0)
+        finally:
+            os.close(fd)
+    assert out.count(b"\x1b[H\x1b[J") >= 2, out[-500:]
+    assert b"Endpoints: 1  Established: 0  Listening: 1" in out and b"Traceback" not in out
+    assert os.waitstatus_to_exitcode(status) == 0
