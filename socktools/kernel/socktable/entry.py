@@ -3,7 +3,7 @@
 ``SocketEntry`` is a named tuple rather than a frozen dataclass on purpose:
 the table is built for every socket of the machine (10,000 and more on a
 busy server) and a frozen dataclass's ``__init__`` costs several times what
-``tuple.__new__`` does; the parsers build entries with ``SocketEntry._make``.
+``tuple.__new__`` does; the netlink parser calls ``tuple.__new__(SocketEntry, ...)``.
 """
 
 from __future__ import annotations
