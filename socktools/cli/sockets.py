@@ -88,8 +88,7 @@ def command(tcp, udp, unix, all_families, port, sport, dport, src, dst, states, 
       socktools sockets --watch --sort rate          # live, busiest first; Ctrl-C ends
       socktools sockets --watch --count 3 --json --sport 65432   # three JSON lines, 1 s apart
     """
-    from socktools.kernel.socktable import (SocketFilter, SocketTableUnavailable, paused_gc,
-                                            resolve_source)
+    from socktools.kernel.socktable import SocketFilter, SocketTableUnavailable, resolve_source
     from socktools.sockets import report
     from socktools.sockets.config import SocketsConfig
     from socktools.sockets.run import frames, table
@@ -119,21 +118,20 @@ def command(tcp, udp, unix, all_families, port, sport, dport, src, dst, states, 
         if watch:
             _watch(config, frames(config), report, used)
             return
-        # This process prints one table and exits: cyclic GC would only walk the table's
-        # acyclic tuples (once read_sockets turned it back on, a full pass over all of them).
+        # This process prints one table and exits: cyclic GC would only walk the table's acyclic
+        # tuples and the rendered cells (a full pass over all of them, once re-enabled).
         import gc
         gc.disable()
         try:
             entries = table(config)
         except KeyboardInterrupt:
             die("interrupted", 130)
-        with paused_gc():
-            if as_json:
-                click.echo(report.one_shot_json(entries, source=used))
-            elif entries:
-                click.echo(report.one_shot(entries, config, source=used))
-            else:
-                click.echo("no sockets match", err=True)
+        if as_json:
+            click.echo(report.one_shot_json(entries, source=used))
+        elif entries:
+            click.echo(report.one_shot(entries, config, source=used))
+        else:
+            click.echo("no sockets match", err=True)
     except SocketTableUnavailable as exc:
         die(str(exc), EXIT_UNAVAILABLE)
     except PermissionError as exc:
