@@ -354,3 +354,29 @@ def test_watch_on_a_terminal_redraws_in_place_and_ctrl_c_ends_it(addr):
     assert out.count(b"\x1b[H\x1b[J") >= 2, out[-500:]
     assert b"Endpoints: 1  Established: 0  Listening: 1" in out and b"Traceback" not in out
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_json_one_shot_and_watch_lines_follow_the_schema(addr, tmp_path):
+    """docs/schemas/sockets.schema.json describes both shapes, with every family and column."""
+    from tests.test_json_schemas import validate
+    lsock = socket.create_server((addr, 0))
+    client, server = _pair(lsock, addr)
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind((addr, 0))
+    ux = socket.socket(socket.AF_UNIX)
+    ux.bind(str(tmp_path / "s"))
+    ux.listen(1)
+    with lsock, client, server, udp, ux:
+        runner = CliRunner()
+        for source in ("netlink", "proc"):
+            out = runner.invoke(main, ["sockets", "--all", "-P", "-i", "-o", "-m", "--json",
+                                       "--source", source]).stdout
+            doc = json.loads(out)
+            assert {s["proto"] for s in doc["sockets"]} >= {"tcp", "udp", "u_str"}
+            validate(doc, "sockets")
+        out = runner.invoke(main, ["sockets", "--watch", "--count", "2", "--interval", "0.1s",
+                                   "--json", "--src", addr, "-P"]).stdout
+        lines = [json.loads(x) for x in out.splitlines()]
+        assert len(lines) == 2 and lines[0]["summary"]["endpoints"] == 3   # listener + 2 ends
+        for line in lines:
+            validate(line, "sockets", "#/$defs/watch_line")

@@ -415,14 +415,14 @@ def test_watch_redraws_in_place_on_a_terminal(monkeypatch):
     frames = list(run.frames(config, clock=lambda: now[0],
                              sleep=lambda s: now.__setitem__(0, now[0] + s), wall=lambda: 0.0))
     assert [f.at for f in frames] == [101.0, 102.0] and [f.interval for f in frames] == [1.0, 1.0]
-    out = [report.render_frame(f, config, source="netlink", tty=True) for f in frames]
+    out = [report.render_frame(f, config, tty=True) for f in frames]
     assert all(o.startswith(report.ANSI_HOME_CLEAR + "Endpoints: 1  Established: 1") for o in out)
     assert "4.0k" in out[0] and "4.0k" in out[1]            # 4096 bytes per 1 s, both frames
-    piped = report.render_frame(frames[0], config, source="netlink", tty=False)
+    piped = report.render_frame(frames[0], config, tty=False)
     assert piped.startswith("Endpoints: 1") and piped.endswith("\n")
-    line = report.render_frame(frames[0], SocketsConfig(watch=True, as_json=True), source="proc",
-                               tty=True)
-    assert "\n" not in line and '"rate_out":4096.0' in line and '"source":"proc"' in line
+    doc = report.frame_document(frames[0], source="proc")
+    assert doc["sockets"][0]["rate_out"] == 4096.0 and doc["source"] == "proc"
+    assert doc["interval_s"] == 1.0 and doc["summary"]["established"] == 1
 
 
 def test_config_validation():

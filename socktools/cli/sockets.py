@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from socktools.cli._common import DURATION, EXIT_UNAVAILABLE, PORT, build_config, die
+from socktools.cli._common import DURATION, EXIT_UNAVAILABLE, PORT, build_config, die, stamped
 
 
 def _state_param(ctx, param, values):
@@ -127,7 +127,8 @@ def command(tcp, udp, unix, all_families, port, sport, dport, src, dst, states, 
         except KeyboardInterrupt:
             die("interrupted", 130)
         if as_json:
-            click.echo(report.one_shot_json(entries, source=used))
+            import json
+            click.echo(json.dumps(stamped(report.one_shot_document(entries, source=used)), indent=2))
         elif entries:
             click.echo(report.one_shot(entries, config, source=used))
         else:
@@ -148,7 +149,12 @@ def _watch(config, frames, report, source: str) -> None:
             if tty:
                 import shutil
                 lines = shutil.get_terminal_size((100, 40)).lines
-            click.echo(report.render_frame(frame, config, source=source, tty=tty, screen_lines=lines))
+            if config.as_json:
+                import json     # one line per refresh, each with the run's metadata
+                click.echo(json.dumps(stamped(report.frame_document(frame, source=source)),
+                                      separators=(",", ":")))
+            else:
+                click.echo(report.render_frame(frame, config, tty=tty, screen_lines=lines))
             sys.stdout.flush()
     except KeyboardInterrupt:
         # Ctrl-C is how a watch without --count ends: a normal end, like ping's.

@@ -183,32 +183,27 @@ def frame_text(frame: "Frame", config: SocketsConfig, *, max_rows: Optional[int]
     return f"{head}\n{body}{more}"
 
 
-def frame_json(frame: "Frame", *, source: str) -> str:
-    """One JSON line per refresh (``json.loads`` each line); ``monotonic`` is CLOCK_MONOTONIC."""
-    import json     # only JSON runs pay for it: the one-shot table is timed against ss
-    return json.dumps({
-        "time": frame.wall, "monotonic": frame.at, "interval_s": frame.interval,
-        "read_s": frame.read_s, "previous_read_s": frame.previous_read_s,
-        "source": source, "summary": frame.summary.to_dict(),
-        "new": frame.new, "closed": frame.closed,
-        "sockets": [r.to_dict() for r in frame.rows]}, separators=(",", ":"))
+def frame_document(frame: "Frame", *, source: str) -> dict:
+    """One refresh as JSON-ready data (``--watch --json`` prints it as one line);
+    ``monotonic`` is CLOCK_MONOTONIC as the read began."""
+    return {"time": frame.wall, "monotonic": frame.at, "interval_s": frame.interval,
+            "read_s": frame.read_s, "previous_read_s": frame.previous_read_s,
+            "source": source, "summary": frame.summary.to_dict(),
+            "new": frame.new, "closed": frame.closed,
+            "sockets": [r.to_dict() for r in frame.rows]}
 
 
-def render_frame(frame: "Frame", config: SocketsConfig, *, source: str, tty: bool,
+def render_frame(frame: "Frame", config: SocketsConfig, *, tty: bool,
                  screen_lines: int = 40) -> str:
-    """What one refresh writes: a JSON line; on a terminal the frame drawn over the last one
-    (cursor home + clear) and cut to the screen; otherwise the frame and a blank line."""
-    if config.as_json:
-        return frame_json(frame, source=source)
+    """What one refresh writes as text: on a terminal the frame drawn over the last one (cursor
+    home + clear) and cut to the screen; otherwise the frame and a blank line."""
     if tty:
         return ANSI_HOME_CLEAR + frame_text(frame, config, max_rows=max(screen_lines - 3, 1))
     return frame_text(frame, config) + "\n"
 
 
-def one_shot_json(entries: Sequence[SocketEntry], *, source: str) -> str:
-    import json
-
+def one_shot_document(entries: Sequence[SocketEntry], *, source: str) -> dict:
+    """The one-shot table as JSON-ready data: source, the summary line's counts, the sockets."""
     from .results import summarize
-    summary = summarize(entries)
-    return json.dumps({"source": source, "summary": summary.to_dict(),
-                       "sockets": [e.to_dict() for e in entries]}, indent=2)
+    return {"source": source, "summary": summarize(entries).to_dict(),
+            "sockets": [e.to_dict() for e in entries]}
