@@ -55,12 +55,12 @@ def test_help_imports_no_engine():
 def test_the_check_sees_an_engine_when_one_is_imported():
     """`doctor` runs its engine, and `serve --help` shows serve's modes: both checks see them."""
     assert "socktools.kernel.doctor" in _engines_in(imported_by("doctor", "--json", ok=(0, 1)))
-    assert "socktools.serve.worker" in _engines_in(modules_after("serve", "--help"))
+    assert "socktools.serve.config" in _engines_in(modules_after("serve", "--help"))
 
 
 def test_lazy_choices_and_defaults_are_the_engines_own():
     from socktools.protocol import DEFAULT_MAX_CONTENT
-    from socktools.serve.worker import MODES
+    from socktools.serve.config import MODES
     out = CliRunner().invoke(main, ["serve", "--help"]).output
     assert f"[{'|'.join(MODES)}]" in out and f"{DEFAULT_MAX_CONTENT}" in out
     bad = CliRunner().invoke(main, ["serve", "--mode", "nope"])

@@ -129,7 +129,7 @@ def _json_view(ev: dict) -> None:
 
 
 @click.command(epilog=EPILOG)
-@click.option("--mode", "-m", type=LazyChoice("socktools.serve.worker:MODES"), default="echo", show_default=True,
+@click.option("--mode", "-m", type=LazyChoice("socktools.serve.config:MODES"), default="echo", show_default=True,
               help="echo: bytes back; framed: the SPEC §1 message protocol; sink: accept, never read.")
 @click.option("--host", default="127.0.0.1", show_default=True, metavar="HOST",
               help="Address to bind; ::1 for IPv6. 0.0.0.0 or :: expose the server to the network.")
@@ -166,7 +166,7 @@ def command(mode, host, port, workers, max_conns, idle_timeout, max_content, rcv
     """
     from socktools.addresses import is_wildcard
     from socktools.serve.supervisor import ServeError, serve
-    from socktools.serve.worker import ServeConfig
+    from socktools.serve.config import ServeConfig
 
     setup_logging(quiet=quiet)
     if is_wildcard(host):

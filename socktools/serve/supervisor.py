@@ -5,35 +5,38 @@ plain dicts (``{"event": "listening", ...}``, ``"stats"``, ``"worker-exit"``,
 ``"summary"``) handed to ``on_event``; the CLI renders them for humans or as
 JSON lines.  Nothing here prints or exits.
 
-Supervision (uvicorn-style): the parent binds the listening socket and forks
-workers that inherit it; they share the kernel's accept queue.  Each worker
-sends its statistics to the parent over a pipe every second, so a worker that
-dies loses at most a second of counts; the parent reports the death, keeps the
-dead worker's last counts, and starts a replacement on the same socket.
-Signal handlers only queue the signal (wakeup fd); the loop acts on it: first
-SIGINT/SIGTERM → SIGTERM to every worker (each drains), second → SIGTERM again
-(each aborts), then SIGKILL after a grace period.  Workers die with the parent
-(PR_SET_PDEATHSIG on Linux, plus a parent-pid check everywhere).
+Supervision (uvicorn-style): the parent binds -- with several workers, one
+SO_REUSEPORT socket per worker on the same port (see :func:`bind_listeners`)
+-- and starts the workers through :class:`socktools.core.procs.Supervisor`,
+each serving its own socket.  Each worker sends its statistics to the parent
+over its pipe every second, so a worker that dies loses at most a second of
+counts; the parent reports the death, keeps the dead worker's last counts,
+and starts a replacement on the same socket (unless workers keep dying right
+after their start: then it stops).  Stop signals are queued and acted on by
+the supervisor's loop: first SIGINT/SIGTERM → SIGTERM to every worker (each
+drains), second → SIGTERM again (each aborts), then SIGKILL after a grace
+period.  Workers die with the parent (parent-death signal SIGTERM, so they
+drain; plus a parent-pid check every second).
 """
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import logging
-import multiprocessing
 import os
 import signal
 import socket
-import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any, Callable, Optional
 
 from socktools import errors
 from socktools.addresses import format_addr, resolve
-from socktools.core.loop import Loop
-from socktools.serve.worker import ServeConfig, ServerStats, Worker
+from socktools.core import procs
+from socktools.core.signals import watch_stdin_eof
+from socktools.serve.config import ServeConfig
+from socktools.serve.stats import ServerStats
+from socktools.serve.worker import Worker
 
 __all__ = ["ServeError", "bind_listener", "bind_listeners", "serve", "somaxconn"]
 
@@ -41,11 +44,14 @@ log = logging.getLogger("socktools.serve.worker")
 
 #: How often a supervised worker sends its counters to the parent.
 WORKER_REPORT_INTERVAL = 1.0
-#: After the second stop signal, how long workers get before SIGKILL.
-FORCE_GRACE = 2.0
-#: A worker dying sooner than this after its start counts as a crash loop.
+#: How often a supervised worker checks that its parent is still there (where
+#: no parent-death signal exists, or it was armed too late).
+PARENT_CHECK_INTERVAL = 1.0
+#: A worker dying sooner than this after its start counts as a crash loop;
+#: this many such deaths within CRASH_LOOP_MEMORY seconds stop the server.
 CRASH_LOOP_WINDOW = 1.0
 CRASH_LOOP_LIMIT = 5
+CRASH_LOOP_MEMORY = 30.0
 
 
 class ServeError(Exception):
@@ -142,7 +148,7 @@ def serve(config: ServeConfig, on_event: Callable[[dict], None]) -> ServerStats:
             restarts = 0
         else:
             sup = _Supervisor(config, socks, on_event)
-            total = sup.run()
+            total = sup.serve()
             restarts = sup.restarts
     finally:
         for sock in socks:
@@ -164,24 +170,8 @@ def _serve_in_process(config: ServeConfig, sock: socket.socket, on_event) -> Ser
 
 # --------------------------------------------------------------------- workers
 
-def _set_pdeathsig() -> None:
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        PR_SET_PDEATHSIG = 1
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    except (OSError, AttributeError):  # pragma: no cover - exotic libc
-        pass
-
-
-def _worker_entry(config: ServeConfig, sock: socket.socket, index: int, pipe: Any, parent: int) -> None:
-    """Body of a worker process (runs after fork)."""
-    signal.set_wakeup_fd(-1)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _set_pdeathsig()
-    if os.getppid() != parent:  # parent died before prctl took effect
-        os._exit(0)
+def _worker_main(pipe: Any, config: ServeConfig, sock: socket.socket, index: int) -> None:
+    """Body of a worker process (run by :class:`~socktools.core.procs.Supervisor`)."""
     # The supervisor watches stdin; a worker's is /dev/null (epoll refuses it: EPERM).
     config = replace(config, stop_on_stdin_eof=False)
 
@@ -194,186 +184,91 @@ def _worker_entry(config: ServeConfig, sock: socket.socket, index: int, pipe: An
     worker = Worker(config, sock, index=index, report=report, report_interval=WORKER_REPORT_INTERVAL)
 
     def check_parent() -> None:
-        if os.getppid() != parent:
+        if procs.orphaned():
             log.warning("worker %d: supervisor is gone; stopping", index)
             worker.request_stop(force=True)
         else:
-            worker.loop.call_later(1.0, check_parent)
+            worker.loop.call_later(PARENT_CHECK_INTERVAL, check_parent)
 
-    worker.loop.call_later(1.0, check_parent)
-    try:
-        worker.run(handle_sigint=False)
-    except Exception as exc:  # a bug: say so in one line; the supervisor reports and replaces us
-        log.error("worker %d crashed: %s: %s", index, type(exc).__name__, exc, exc_info=log.isEnabledFor(logging.DEBUG))
-        os._exit(70)
-    finally:
-        pipe.close()
+    worker.loop.call_later(PARENT_CHECK_INTERVAL, check_parent)
+    worker.run(handle_sigint=False)
 
 
-@dataclass
-class _Slot:
-    index: int
-    process: Any
-    pipe: Any
-    started: float
-    last: ServerStats = field(default_factory=ServerStats)
-    final: bool = False
-    done: bool = False
-    pipe_fd: int = -1
+class _Supervisor(procs.Supervisor):
+    """serve's policy: restart a dead worker (unless it keeps dying), forward SIGUSR1, merge counts."""
 
+    extra_signals = (signal.SIGUSR1,)
 
-class _Supervisor:
-    def __init__(self, config: ServeConfig, socks: list, on_event) -> None:
+    def __init__(self, config: ServeConfig, socks: list, on_event: Callable[[dict], None]) -> None:
+        super().__init__("socktools-serve", drain_grace=config.drain_timeout + procs.FORCE_GRACE)
         self.config = config
         self.socks = socks
         self.on_event = on_event
-        self.ctx = multiprocessing.get_context("fork" if sys.platform != "win32" else "spawn")
-        self.loop = Loop()
-        self.slots: dict[int, _Slot] = {}
-        self.retired = ServerStats()
+        self.counts: dict[int, ServerStats] = {}   # worker index -> its latest counts
+        self.retired = ServerStats()               # the last counts of workers that ended
         self.restarts = 0
-        self.stopping = 0          # 0 running, 1 draining, 2 forcing
-        self.crashes: list[float] = []
-        self._kill_timer = None
+        self.crashes: list[float] = []             # when workers died right after their start
 
-    # ------------------------------------------------------------ processes
-    def _spawn(self, index: int) -> None:
-        r, w = self.ctx.Pipe(duplex=False)
-        proc = self.ctx.Process(target=_worker_entry, name=f"socktools-serve-{index}",
-                                args=(self.config, self.socks[index % len(self.socks)], index, w, os.getpid()))
-        proc.start()
-        w.close()
-        slot = _Slot(index, proc, r, time.monotonic())
-        self.slots[index] = slot
-        slot.pipe_fd = r.fileno()
-        self.loop.add_reader(slot.pipe_fd, lambda: self._on_pipe(slot))
-        self.loop.add_reader(proc.sentinel, lambda: self._on_exit(slot))
+    def serve(self) -> ServerStats:
+        self.run(self._begin)
+        return self.total()
 
-    def _on_pipe(self, slot: _Slot) -> None:
-        if slot.done:
-            return  # its exit was handled earlier in the same batch of events
-        try:
-            while slot.pipe.poll():
-                kind, data = slot.pipe.recv()
-                slot.last = ServerStats.from_dict(data)
-                slot.final = kind == "final"
-        except (EOFError, OSError):
-            self.loop.remove_reader(slot.pipe_fd)
+    def total(self) -> ServerStats:
+        total = self.retired
+        for counts in self.counts.values():
+            total = total.add(counts)
+        return total
 
-    def _on_exit(self, slot: _Slot) -> None:
-        if slot.done:
-            return
-        self._on_pipe(slot)  # collect the final counts first
-        slot.done = True
-        self.loop.remove_reader(slot.pipe_fd)
-        self.loop.remove_reader(slot.process.sentinel)
-        slot.process.join()
-        slot.pipe.close()
-        del self.slots[slot.index]
-        self.retired = self.retired.add(slot.last)
-        code = slot.process.exitcode
-        if self.stopping:
-            if not self.slots:
-                self.loop.stop()
-            return
-        how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-        now = time.monotonic()
-        self.crashes = [t for t in self.crashes if now - t < 30] + ([now] if now - slot.started < CRASH_LOOP_WINDOW else [])
-        if len(self.crashes) >= CRASH_LOOP_LIMIT:
-            self.on_event({"event": "worker-exit", "worker": slot.index, "pid": slot.process.pid,
-                           "how": how, "restarting": False,
-                           "message": f"worker {slot.index} keeps dying right after start; stopping"})
-            self._stop()
-            return
-        self.restarts += 1
-        self.on_event({"event": "worker-exit", "worker": slot.index, "pid": slot.process.pid, "how": how,
-                       "restarting": True, "lost_connections": slot.last.open,
-                       "message": f"worker {slot.index} (pid {slot.process.pid}) died ({how}); "
-                                  f"its {slot.last.open} open connection(s) were lost; starting a replacement"})
-        self._spawn(slot.index)
+    def _begin(self) -> None:
+        for i in range(self.config.workers):
+            self._start(i)
+        if self.config.stats_interval:
+            self.loop.call_later(self.config.stats_interval, self._periodic)
+        if self.config.stop_on_stdin_eof:
+            watch_stdin_eof(self.loop, self._stdin_closed)
 
-    # ------------------------------------------------------------ stopping
-    def _stop(self) -> None:
-        self.stopping += 1
-        for slot in list(self.slots.values()):
-            if slot.process.is_alive():
-                try:
-                    os.kill(slot.process.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-        grace = FORCE_GRACE if self.stopping > 1 else self.config.drain_timeout + FORCE_GRACE
-        if self._kill_timer:
-            self._kill_timer.cancel()
-        self._kill_timer = self.loop.call_later(grace, self._kill_all)
-        if not self.slots:
-            self.loop.stop()
-
-    def _kill_all(self) -> None:
-        for slot in list(self.slots.values()):
-            if slot.process.is_alive():
-                log.warning("worker %d did not stop in time: SIGKILL", slot.index)
-                slot.process.kill()
-
-    def _on_signal(self) -> None:
-        try:
-            data = self._wake_r.recv(64)
-        except BlockingIOError:
-            return
-        for signum in data:
-            if signum in (signal.SIGINT, signal.SIGTERM):
-                self._stop()
-            elif signum == signal.SIGUSR1:
-                for slot in self.slots.values():
-                    os.kill(slot.process.pid, signal.SIGUSR1)
+    def _start(self, index: int) -> None:
+        self.counts[index] = ServerStats()
+        self.spawn(index, _worker_main, self.config, self.socks[index % len(self.socks)], index)
 
     def _periodic(self) -> None:
         self.on_event({"event": "stats", **self.total().to_dict()})
         self.loop.call_later(self.config.stats_interval, self._periodic)
 
-    def total(self) -> ServerStats:
-        total = self.retired
-        for slot in self.slots.values():
-            total = total.add(slot.last)
-        return total
+    def _stdin_closed(self) -> None:
+        if not self.stopping:
+            self.request_stop()
 
-    def _watch_stdin(self) -> None:
-        try:
-            fd = sys.stdin.fileno()
-        except (AttributeError, ValueError, OSError):
+    # ------------------------------------------------------------ hooks
+    def on_message(self, child: procs.Child, msg: Any) -> None:
+        kind, data = msg
+        self.counts[child.index] = ServerStats.from_dict(data)
+
+    def on_signal(self, signum: int) -> None:
+        for child in list(self.children.values()):
+            child.signal(signum)  # SIGUSR1: sink workers start reading
+
+    def on_exit(self, child: procs.Child) -> None:
+        last = self.counts.pop(child.index, ServerStats())
+        self.retired = self.retired.add(last)
+        if child.crash:
+            log.error("worker %d crashed: %s", child.index, child.crash)
+        if self.stopping:
             return
-
-        def on_stdin() -> None:
-            if not os.read(fd, 4096):
-                self.loop.remove_reader(fd)
-                if not self.stopping:
-                    self._stop()
-
-        self.loop.add_reader(fd, on_stdin)
-
-    # ------------------------------------------------------------ run
-    def run(self) -> ServerStats:
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
-        old_wakeup = signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
-        old = {s: signal.signal(s, lambda *_: None) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
-        try:
-            for i in range(self.config.workers):
-                self._spawn(i)
-            self.loop.add_reader(self._wake_r, self._on_signal)
-            if self.config.stats_interval:
-                self.loop.call_later(self.config.stats_interval, self._periodic)
-            if self.config.stop_on_stdin_eof:
-                self._watch_stdin()
-            self.loop.run(until=lambda: self.stopping and not self.slots)
-        finally:
-            for slot in list(self.slots.values()):  # only on an unexpected exit from the loop
-                if slot.process.is_alive():
-                    slot.process.kill()
-                slot.process.join()
-            signal.set_wakeup_fd(old_wakeup)
-            for s, h in old.items():
-                signal.signal(s, h)
-            self._wake_r.close()
-            self._wake_w.close()
-        return self.total()
+        how = child.how
+        now = time.monotonic()
+        self.crashes = [t for t in self.crashes if now - t < CRASH_LOOP_MEMORY]
+        if now - child.started < CRASH_LOOP_WINDOW:
+            self.crashes.append(now)
+        if len(self.crashes) >= CRASH_LOOP_LIMIT:
+            self.on_event({"event": "worker-exit", "worker": child.index, "pid": child.pid,
+                           "how": how, "restarting": False,
+                           "message": f"worker {child.index} keeps dying right after start; stopping"})
+            self.request_stop()
+            return
+        self.restarts += 1
+        self.on_event({"event": "worker-exit", "worker": child.index, "pid": child.pid, "how": how,
+                       "restarting": True, "lost_connections": last.open,
+                       "message": f"worker {child.index} (pid {child.pid}) died ({how}); "
+                                  f"its {last.open} open connection(s) were lost; starting a replacement"})
+        self._start(child.index)

@@ -1,0 +1,62 @@
+"""A worker's counters: plain data that adds up across workers and crosses a pipe as a dict."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["ServerStats"]
+
+
+@dataclass
+class ServerStats:
+    """Counters of one worker, or of all merged.  Plain data: add, serialise, compare."""
+
+    accepted: int = 0
+    closed: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    requests: int = 0
+    responses: int = 0
+    idle_closed: int = 0
+    accept_paused: int = 0
+    protocol_errors: dict = field(default_factory=dict)   # kind -> count
+    errors: dict = field(default_factory=dict)            # errno name -> count (connection errors)
+
+    @property
+    def open(self) -> int:
+        return self.accepted - self.closed
+
+    def add(self, other: "ServerStats") -> "ServerStats":
+        out = ServerStats(**{k: getattr(self, k) + getattr(other, k) for k in _COUNTERS})
+        for name in ("protocol_errors", "errors"):
+            merged = dict(getattr(self, name))
+            for k, v in getattr(other, name).items():
+                merged[k] = merged.get(k, 0) + v
+            setattr(out, name, merged)
+        return out
+
+    def count_error(self, key: str) -> None:
+        """One more connection error named ``key`` (an errno name, or an exception's)."""
+        self.errors[key] = self.errors.get(key, 0) + 1
+
+    def count_protocol_error(self, kind: str) -> None:
+        self.protocol_errors[kind] = self.protocol_errors.get(kind, 0) + 1
+
+    def to_dict(self) -> dict:
+        d = {k: getattr(self, k) for k in _COUNTERS}
+        d["open"] = self.open
+        d["protocol_errors"] = dict(self.protocol_errors)
+        d["errors"] = dict(self.errors)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ServerStats":
+        s = cls(**{k: d.get(k, 0) for k in _COUNTERS})
+        s.protocol_errors = dict(d.get("protocol_errors", {}))
+        s.errors = dict(d.get("errors", {}))
+        return s
+
+
+_COUNTERS = ("accepted", "closed", "bytes_in", "bytes_out", "requests", "responses",
+             "idle_closed", "accept_paused")
+
