@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 
 import click
@@ -23,10 +24,17 @@ Examples:
 
 \b
 With no --port, flood starts `socktools serve` (the matching mode) on a free
-loopback port, sized for --conns, and stops it afterwards.  Ctrl-C stops early
-and still prints the results.  Exit codes: 0 the run completed; 1 no
-connection could be established, or a worker failed; 99 a --threshold failed.
+loopback port, sized for --conns, and stops it afterwards.  Ctrl-C or SIGTERM
+stops early and still prints the results (a second one stops at once).  Exit
+codes: 0 the run completed, or Ctrl-C ended it; 1 no connection could be
+established, or a worker failed; 99 a --threshold failed; 143 SIGTERM ended it.
 """
+
+#: Exit status after a SIGTERM ended the run (report printed): 128 + 15, what a
+#: shell reports for a process SIGTERM killed, so whoever sent it (timeout,
+#: systemd, a CI job) sees the run was cut short.  Ctrl-C is the user choosing
+#: to stop and read the figures so far, like ping's summary: it exits 0.
+EXIT_SIGTERM = 128 + 15
 
 
 @click.command(epilog=EPILOG)
@@ -200,6 +208,8 @@ def _run(config, *, workers_given: bool, sources_given: bool, as_json: bool, row
         click.echo(render_table(result, doc["thresholds"]))
     for note in write_outputs(doc, outputs):
         click.echo(f"flood: {note}", err=True)
+    if result.stop_signal == signal.SIGTERM:
+        sys.exit(EXIT_SIGTERM)
     if result.totals.counters["established"] == 0 or result.crashed:
         sys.exit(EXIT_FAILED)
     if not all(t["passed"] for t in doc["thresholds"]):

@@ -6,6 +6,7 @@ Meanings and fixes of errors come from :mod:`socktools.errors`, never from here.
 
 from __future__ import annotations
 
+import signal
 from typing import Optional
 
 from socktools import errors
@@ -220,7 +221,8 @@ def render_table(result: FloodResult, checked: Optional[list] = None) -> str:
     if result.server:
         lines.append(f"server  {result.server['command']}  (started by flood)")
     if result.stopped_early:
-        lines.append("stopped early (Ctrl-C): figures cover the run so far")
+        why = "SIGTERM" if result.stop_signal == signal.SIGTERM else "Ctrl-C"
+        lines.append(f"stopped early ({why}): figures cover the run so far")
     phases = _phase_seconds(t, cfg.mode)
     lines.append("phases  " + " · ".join(f"{name} {secs_:.2f}s" for name, secs_ in phases.items()))
     lines.append("")

@@ -25,6 +25,7 @@ class FloodResult:
     totals: st.Totals
     server: Optional[dict] = None          # embedded: {"command", "workers", "summary"}
     stopped_early: bool = False
+    stop_signal: Optional[int] = None      # the signal that stopped the run (SIGINT, SIGTERM)
     crashed: list = field(default_factory=list)    # "worker 2: ..." lines
     warnings: list = field(default_factory=list)
     started: float = 0.0                   # wall clock (time.time()) at start

@@ -1,34 +1,34 @@
 """Run a flood: plan against the limits, start the embedded server if needed, spawn the
 workers, coordinate their phases, collect their statistics, merge them exactly.
 
-Workers are processes running :func:`~socktools.flood.worker.run_worker`; each
-talks to the runner over one duplex pipe.  The runner:
+Workers are processes running :func:`~socktools.flood.worker.run_worker`,
+started and watched by :class:`socktools.core.procs.Supervisor` (the same
+mechanism serve uses); each talks to the runner over one duplex pipe.  The
+runner's policy on top of it:
 
 * waits until every worker reports "ready" (its connections are up), then
   sends "go" to all, so traffic starts at the same moment everywhere;
 * aggregates the workers' ticks (cumulative counters, histogram deltas) into
   one interval record per tick number, for ``--interval`` and the live line;
-* on the first Ctrl-C sends "stop" (workers drain, close and still report);
-  on a second one it terminates them and reports what it has;
+* on the first Ctrl-C or SIGTERM sends "stop" (workers drain, close and still
+  report); on a second one it kills them and reports what it has;
 * notices a worker that died without reporting and says so.
 
-Workers ignore SIGINT: the terminal's Ctrl-C reaches the whole process group,
-and only the runner decides what it means (no traceback from any worker).
+Workers ignore SIGINT and SIGTERM: a terminal's Ctrl-C (or a SIGTERM sent to
+the process group) reaches every process, and only the runner decides what it
+means (no traceback from any worker).  They die with the runner: SIGKILL as
+their parent-death signal on Linux, and everywhere their pipe reaching EOF.
 """
 
 from __future__ import annotations
 
-import multiprocessing
-import multiprocessing.connection
-import os
 import signal
 import sys
-import threading
 import time
-import traceback
 from dataclasses import replace
 from typing import Any, Callable, Optional
 
+from socktools.core import procs
 from socktools.flood import limits
 from socktools.flood import stats as st
 from socktools.flood.config import FloodConfig
@@ -58,21 +58,11 @@ def _tighten_timer_slack() -> None:
         pass
 
 
-def _worker_main(config: FloodConfig, index: int, channel: Any, epoch_ns: int) -> None:
-    """Process body: ignore Ctrl-C (the runner handles it), run, send the result."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+def _worker_main(channel: Any, config: FloodConfig, index: int, epoch_ns: int) -> None:
+    """Process body: run, send the result (core.procs reports a crash and exits 70)."""
     if config.rate is not None:
         _tighten_timer_slack()
-    try:
-        result = run_worker(config, index, channel, epoch_ns=epoch_ns)
-    except BaseException as exc:  # report it in one line; the runner says which worker
-        last = traceback.extract_tb(exc.__traceback__)[-1:]
-        where = f" at {os.path.basename(last[0].filename)}:{last[0].lineno}" if last else ""
-        try:
-            channel.send(("crash", f"{type(exc).__name__}: {exc}{where}"))
-        except (OSError, ValueError):
-            pass
-        os._exit(70)
+    result = run_worker(config, index, channel, epoch_ns=epoch_ns)
     try:
         channel.send(("final", result))
     except (OSError, ValueError):
@@ -123,27 +113,32 @@ def run_flood(config: FloodConfig, *, workers_given: bool = True, sources_given:
     totals = st.merge(run.finals.values())
     result = FloodResult(config=cfg, plan=plan, totals=totals, server=server_info,
                          stopped_early=run.interrupted or totals.stopped_early,
+                         stop_signal=run.stop_signal,
                          crashed=run.crashed, started=started, elapsed=time.monotonic() - t0,
                          intervals=run.intervals, epoch_ns=run.epoch_ns)
     result.warnings = generator_warnings(result)
     return result
 
 
-class _Run:
-    """The supervising loop of one run (parent side)."""
+class _Run(procs.Supervisor):
+    """The supervising side of one run: flood's policy on :class:`~socktools.core.procs.Supervisor`.
+
+    Workers ignore SIGINT and SIGTERM (a terminal's Ctrl-C, or a SIGTERM to
+    the process group, reaches every process; only the runner decides what it
+    means) and take their orders over their pipe; their parent-death signal
+    is SIGKILL: with the runner gone nobody would read their results.
+    """
 
     def __init__(self, config: FloodConfig, emit: Callable[[dict], None]) -> None:
+        super().__init__("socktools-flood", drain_grace=STOP_GRACE, pdeathsig=signal.SIGKILL,
+                         child_ignores=(signal.SIGINT, signal.SIGTERM))
         self.config = config
         self.emit = emit
-        self.procs: dict = {}       # index -> Process
-        self.pipes: dict = {}       # index -> parent end
+        self.workers = range(config.active_workers)
         self.finals: dict = {}      # index -> WorkerStats
         self.crashed: list = []
         self.ready: set = set()
         self.went = False
-        self.interrupts = 0
-        self.interrupted = False
-        self.stop_sent_at: Optional[float] = None
         self.inbox: dict = {}       # worker -> [Tick] not yet emitted, in order
         self.last_tick: dict = {}   # worker -> the latest Tick emitted
         self.emitted_seq = 0
@@ -153,108 +148,79 @@ class _Run:
         self.epoch_ns = time.perf_counter_ns()
         self._dead: set = set()
 
+    @property
+    def interrupted(self) -> bool:
+        return self.stop_signal is not None
+
     # ------------------------------------------------------------ lifecycle
     def execute(self) -> None:
-        ctx = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-        n = self.config.active_workers
-        old = None
-        if threading.current_thread() is threading.main_thread():
-            old = signal.signal(signal.SIGINT, self._on_sigint)
-        try:
-            for i in range(n):
-                parent, child = ctx.Pipe(duplex=True)
-                proc = ctx.Process(target=_worker_main, args=(self.config, i, child, self.epoch_ns),
-                                   name=f"socktools-flood-{i}", daemon=True)
-                proc.start()
-                child.close()
-                self.procs[i] = proc
-                self.pipes[i] = parent
-            self._supervise()
-        finally:
-            if old is not None:
-                signal.signal(signal.SIGINT, old)
-            for proc in self.procs.values():
-                if proc.is_alive():
-                    proc.terminate()
-                proc.join(timeout=2)
-            for pipe in self.pipes.values():
-                pipe.close()
+        self.run(self._spawn_all)
 
-    def _on_sigint(self, signum, frame) -> None:
-        self.interrupts += 1
-        self.interrupted = True
+    def _spawn_all(self) -> None:
+        for i in self.workers:
+            self.spawn(i, _worker_main, self.config, i, self.epoch_ns)
 
     def _running(self) -> list:
-        return [i for i in self.procs if i not in self.finals and i not in self._dead]
+        return [i for i in self.workers if i not in self.finals and i not in self._dead]
 
-    def _supervise(self) -> None:
-        handled_interrupts = 0
-        while self._running():
-            if self.interrupts != handled_interrupts:
-                handled_interrupts = self.interrupts
-                if handled_interrupts == 1:
-                    self._broadcast(("stop", None))
-                    self.stop_sent_at = time.monotonic()
-                else:
-                    self._terminate("stopped by a second Ctrl-C before reporting")
-                    break
-            if self.stop_sent_at and time.monotonic() - self.stop_sent_at > STOP_GRACE:
-                self._terminate(f"did not report within {STOP_GRACE:g}s of being stopped")
-                break
-            waitables = [self.pipes[i] for i in self._running()]
-            waitables += [self.procs[i].sentinel for i in self._running()]
-            for obj in multiprocessing.connection.wait(waitables, timeout=0.1):
-                if isinstance(obj, int):
-                    continue  # a sentinel: handled below, after the pipe is drained
-                self._drain_pipe(obj)
-            for i in self._running():
-                if not self.procs[i].is_alive():
-                    self._drain_pipe(self.pipes[i])
-                    if i not in self.finals and i not in self._dead:
-                        self._dead.add(i)
-                        code = self.procs[i].exitcode
-                        self.crashed.append(f"worker {i} exited (code {code}) without reporting")
-            if not self.went and self.ready >= set(self._running()) and self.ready:
-                self.went = True
-                self._broadcast(("go", None))
-                self.emit({"event": "go"})
+    def finished(self) -> bool:
+        return not self._running()
 
-    def _terminate(self, why: str) -> None:
+    def _progress(self) -> None:
+        """After any news: start the traffic once every running worker is ready."""
+        running = self._running()
+        if not self.went and self.ready and self.ready >= set(running) and not self.stopping:
+            self.went = True
+            self._send_running(("go", None))
+            self.emit({"event": "go"})
+
+    def _send_running(self, msg: tuple) -> None:
         for i in self._running():
-            self.procs[i].terminate()
-            self.crashed.append(f"worker {i} {why}")
-            self._dead.add(i)
+            child = self.children.get(i)
+            if child is not None:
+                child.send(msg)
 
-    def _broadcast(self, msg: tuple) -> None:
-        for i in self._running():
-            try:
-                self.pipes[i].send(msg)
-            except (OSError, ValueError):
-                pass
+    def _give_up(self, i: int, why: str) -> None:
+        self.crashed.append(f"worker {i} {why}")
+        self._dead.add(i)
 
-    def _index_of(self, pipe: Any) -> int:
-        for i, p in self.pipes.items():
-            if p is pipe:
-                return i
-        raise KeyError(pipe)
+    # ------------------------------------------------------------ hooks
+    def on_message(self, child: procs.Child, msg: tuple) -> None:
+        kind, payload = msg
+        i = child.index
+        if kind == "final":
+            self.finals[i] = payload
+            self._maybe_emit()
+        elif kind == "ready":
+            self.ready.add(i)
+        elif kind == "tick":
+            self._on_tick(payload)
+        self._progress()
 
-    def _drain_pipe(self, pipe: Any) -> None:
-        i = self._index_of(pipe)
-        try:
-            while pipe.poll():
-                kind, payload = pipe.recv()
-                if kind == "final":
-                    self.finals[i] = payload
-                    self._maybe_emit()
-                elif kind == "ready":
-                    self.ready.add(i)
-                elif kind == "tick":
-                    self._on_tick(payload)
-                elif kind == "crash":
-                    self.crashed.append(f"worker {i} crashed: {payload}")
-                    self._dead.add(i)
-        except (EOFError, OSError):
-            pass
+    def on_exit(self, child: procs.Child) -> None:
+        i = child.index
+        if child.crash is not None:
+            self._give_up(i, f"crashed: {child.crash}")
+        elif i not in self.finals and i not in self._dead:
+            self._give_up(i, f"exited (code {child.exitcode}) without reporting")
+        self._maybe_emit()
+        self._progress()
+
+    def stop_child(self, child: procs.Child, force: bool) -> None:
+        i = child.index
+        if i not in self._running():
+            return
+        if not force:
+            child.send(("stop", None))  # drain, close, report
+        else:
+            child.signal(signal.SIGKILL)  # they ignore SIGTERM
+            how = "Ctrl-C" if self.stop_signal == signal.SIGINT else "stop signal"
+            self._give_up(i, f"stopped by a second {how} before reporting")
+
+    def on_overdue(self, children: list) -> None:
+        for child in children:
+            if child.index in self._running():
+                self._give_up(child.index, f"did not report within {STOP_GRACE:g}s of being stopped")
 
     # ------------------------------------------------------------ interval records
     def _on_tick(self, tick: st.Tick) -> None:
@@ -284,7 +250,7 @@ class _Run:
     def _emit_interval(self, seq: int, ticks: list) -> None:
         interval = self.config.interval
         latest = []
-        for w in self.procs:
+        for w in self.workers:
             t = self.last_tick.get(w)
             if t is not None and w in self.finals:  # finished: its connections are closed
                 t = replace(t, phase="done", open=0)
@@ -319,6 +285,3 @@ class _Run:
         self.prev = cum
         self.intervals.append(record)
         self.emit(record)
-
-
-# --------------------------------------------------------------------- derived figures
