@@ -56,6 +56,11 @@ FORCE_GRACE = 2.0
 #: The stop signals: a terminal's Ctrl-C, and what kill, systemd and docker send.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
+#: Messages read from one child per wakeup of the loop.  The pipe is level-
+#: triggered, so the rest are read on the next pass, after the other ready fds:
+#: a chatty child cannot starve the signal queue or its siblings.
+MESSAGES_PER_WAKEUP = 16
+
 _PR_SET_PDEATHSIG = 1
 _parent_pid: Optional[int] = None   # set in a supervised child: who its supervisor is
 
@@ -278,11 +283,13 @@ class Supervisor:
         else:
             self.on_signal(signum)
 
-    def _read(self, child: Child) -> None:
+    def _read(self, child: Child, limit: Optional[int] = MESSAGES_PER_WAKEUP) -> None:
         if child.ended:
             return
         try:
-            while child.conn.poll():
+            n = 0
+            while (limit is None or n < limit) and child.conn.poll():
+                n += 1
                 msg = child.conn.recv()
                 if isinstance(msg, tuple) and len(msg) == 2 and msg[0] == "crash":
                     child.crash = msg[1]
@@ -294,7 +301,7 @@ class Supervisor:
     def _ended(self, child: Child) -> None:
         if child.ended:
             return
-        self._read(child)  # what it sent before exiting comes first
+        self._read(child, limit=None)  # all it sent before exiting comes first
         child.ended = True
         self.loop.remove_reader(child.process.sentinel)
         try:
