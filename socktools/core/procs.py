@@ -28,6 +28,7 @@ merges ticks.  The hooks are called from the loop, never from a signal handler.
 
 from __future__ import annotations
 
+import functools
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -137,6 +138,7 @@ class Child:
         self.index = index
         self.process = process
         self.conn = conn
+        self.fd: int = conn.fileno()
         self.pid: int = process.pid
         self.started = time.monotonic()
         self.crash: Optional[str] = None    # the one line a crashed target sent
@@ -221,7 +223,9 @@ class Supervisor:
     def spawn(self, index: int, target: Callable[..., Any], *args: Any) -> Child:
         """Start ``target(conn, *args)`` in a child; ``conn`` is its end of a duplex pipe."""
         mine, theirs = self.ctx.Pipe(duplex=True)
-        after_fork = self._after_fork if self.ctx.get_start_method() == "fork" else None
+        after_fork = None
+        if self.ctx.get_start_method() == "fork":
+            after_fork = functools.partial(self._after_fork, mine)
         proc = self.ctx.Process(target=_child_main, name=f"{self.name}-{index}", daemon=True,
                                 args=(target, theirs, args, os.getpid(), self.pdeathsig,
                                       self.child_ignores, after_fork))
@@ -229,7 +233,7 @@ class Supervisor:
         theirs.close()
         child = Child(index, proc, mine)
         self.children[index] = child
-        self.loop.add_reader(mine.fileno(), lambda: self._read(child))
+        self.loop.add_reader(child.fd, lambda: self._read(child))
         self.loop.add_reader(proc.sentinel, lambda: self._ended(child))
         return child
 
@@ -266,12 +270,17 @@ class Supervisor:
                                                 self._overdue)
 
     # ------------------------------------------------------------ internals
-    def _after_fork(self) -> None:
-        """In a forked child: close what belongs to the parent (its copy of it)."""
+    def _after_fork(self, parent_end: Any) -> None:
+        """In a forked child: close its copies of what is the parent's.
+
+        The parent's end of our own pipe and of every sibling's: while a copy
+        is open, that pipe never reaches EOF, and a child would not notice
+        its parent's death.  And the parent's signal queue.
+        """
         self._signals.forget_in_child()
-        for child in self.children.values():
+        for conn in [parent_end] + [c.conn for c in self.children.values()]:
             try:
-                child.conn.close()  # else a sibling's pipe never reaches EOF while we live
+                conn.close()
             except OSError:
                 pass
 
@@ -296,7 +305,7 @@ class Supervisor:
                 else:
                     self.on_message(child, msg)
         except (EOFError, OSError):
-            self.loop.remove_reader(child.conn.fileno())  # the child closed its end: the sentinel follows
+            self.loop.remove_reader(child.fd)  # the child closed its end: the sentinel follows
 
     def _ended(self, child: Child) -> None:
         if child.ended:
@@ -304,10 +313,7 @@ class Supervisor:
         self._read(child, limit=None)  # all it sent before exiting comes first
         child.ended = True
         self.loop.remove_reader(child.process.sentinel)
-        try:
-            self.loop.remove_reader(child.conn.fileno())
-        except (OSError, ValueError):
-            pass
+        self.loop.remove_reader(child.fd)
         child.process.join()
         child.exitcode = child.process.exitcode
         child.conn.close()
