@@ -75,7 +75,7 @@ class Recorder:
         def run_flood(config, **kw):
             self.calls.append(SimpleNamespace(config=config, view=None, **kw))
             return SimpleNamespace(totals=SimpleNamespace(counters={"established": 1}), crashed=[],
-                                   stopped_early=False, intervals=[])
+                                   stopped_early=False, intervals=[], stop_signal=None)
 
         def view(name):
             # the JSON document is always built (thresholds, files); the view is the last one used

@@ -36,8 +36,8 @@ def _read_reply(sock: socket.socket):
 
 def test_sigterm_lets_supervised_workers_finish_a_request_then_reports(start_server):
     srv = start_server("--mode", "framed", "--workers", "2", "--drain-timeout", "30", json_events=True)
-    assert wait_until(lambda: len(srv.workers()) == 2)
-    workers = srv.workers()
+    assert wait_until(lambda: len(srv.worker_pids()) == 2)
+    workers = srv.worker_pids()
     baseline = sum(_socket_fds(pid) for pid in workers)
     request = reference.make_request("search", "morpheus")
     with socket.create_connection(srv.address) as s:
@@ -48,7 +48,7 @@ def test_sigterm_lets_supervised_workers_finish_a_request_then_reports(start_ser
         deadline = time.monotonic() + 20
         line = ""
         while "draining 1 connection" not in line and time.monotonic() < deadline:
-            line = srv.proc.stderr.readline()
+            line = srv.proc.stderr.readline().decode("utf-8", "replace")
             assert line, "serve ended instead of draining"
         assert "draining 1 connection" in line
         assert srv.proc.poll() is None
@@ -59,7 +59,7 @@ def test_sigterm_lets_supervised_workers_finish_a_request_then_reports(start_ser
     assert wait_until(lambda: srv.proc.poll() is not None, timeout=20), "serve did not end after its drain"
     rc, out, err = srv.stop()
     assert rc == 0, err
-    summary = srv.summary()
+    summary = srv.final_summary()
     assert summary["requests"] == summary["responses"] == 1
     assert summary["accepted"] == summary["closed"] == 1 and summary["worker_restarts"] == 0
     assert not any(alive(pid) for pid in workers)
