@@ -175,14 +175,18 @@ class Supervisor:
     ``pdeathsig`` when the parent dies and ignore the signals in
     ``child_ignores`` (SIGINT always: the terminal's Ctrl-C reaches the whole
     process group, and only the supervisor decides what it means).
-    ``drain_grace`` is how long a drain may take before SIGKILL.
+    ``drain_grace`` is how long a drain may take before SIGKILL.  ``signals``
+    is a queue the caller installed already (and closes; it must hold the stop
+    signals and :attr:`extra_signals`); without one the supervisor queues them
+    for the length of :meth:`run`.
     """
 
     #: Signals the supervisor queues besides the stop signals (serve: SIGUSR1).
     extra_signals: tuple = ()
 
     def __init__(self, name: str, *, drain_grace: float, force_grace: float = FORCE_GRACE,
-                 pdeathsig: int = signal.SIGTERM, child_ignores: tuple = (signal.SIGINT,)) -> None:
+                 pdeathsig: int = signal.SIGTERM, child_ignores: tuple = (signal.SIGINT,),
+                 signals: Optional[SignalQueue] = None) -> None:
         self.name = name
         self.drain_grace = drain_grace
         self.force_grace = force_grace
@@ -193,7 +197,8 @@ class Supervisor:
         self.children: dict[int, Child] = {}   # index -> live child
         self.stopping = 0                      # 0 running, 1 draining, 2+ forcing
         self.stop_signal: Optional[int] = None  # the first stop signal received, if any
-        self._signals = SignalQueue(STOP_SIGNALS + tuple(self.extra_signals))
+        self._own_signals = signals is None
+        self._signals = signals or SignalQueue(STOP_SIGNALS + tuple(self.extra_signals))
         self._kill_timer = None
 
     # ------------------------------------------------------------ hooks (the policy)
@@ -243,14 +248,16 @@ class Supervisor:
         Whatever is still alive at the end is given :attr:`force_grace` to
         exit, then SIGKILL: no child outlives this call.
         """
-        self._signals.install()
+        if self._own_signals:
+            self._signals.install()
         try:
             self._signals.attach(self.loop, self._on_signal)
             if start is not None:
                 start()
             self.loop.run(until=self.finished)
         finally:
-            self._signals.close()
+            if self._own_signals:
+                self._signals.close()
             self._reap()
             self.loop.close()
 

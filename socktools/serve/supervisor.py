@@ -33,7 +33,7 @@ from typing import Any, Callable, Optional
 from socktools import errors
 from socktools.addresses import format_addr, resolve
 from socktools.core import procs
-from socktools.core.signals import watch_stdin_eof
+from socktools.core.signals import SignalQueue, watch_stdin_eof
 from socktools.serve.config import ServeConfig
 from socktools.serve.stats import ServerStats
 from socktools.serve.worker import Worker
@@ -141,16 +141,20 @@ def serve(config: ServeConfig, on_event: Callable[[dict], None]) -> ServerStats:
         signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     socks = bind_listeners(config)
     started = time.monotonic()
+    # Queue the signals before saying "listening": whoever reads that line may
+    # signal at once, before the loop that acts on it runs.
+    signals = SignalQueue((signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)).install()
     try:
         on_event(_listening_event(config, socks[0]))
         if config.workers == 1:
-            total = _serve_in_process(config, socks[0], on_event)
+            total = _serve_in_process(config, socks[0], on_event, signals)
             restarts = 0
         else:
-            sup = _Supervisor(config, socks, on_event)
+            sup = _Supervisor(config, socks, on_event, signals)
             total = sup.serve()
             restarts = sup.restarts
     finally:
+        signals.close()
         for sock in socks:
             sock.close()
     summary = {"event": "summary", **total.to_dict(), "worker_restarts": restarts,
@@ -159,13 +163,14 @@ def serve(config: ServeConfig, on_event: Callable[[dict], None]) -> ServerStats:
     return total
 
 
-def _serve_in_process(config: ServeConfig, sock: socket.socket, on_event) -> ServerStats:
+def _serve_in_process(config: ServeConfig, sock: socket.socket, on_event,
+                      signals: SignalQueue) -> ServerStats:
     def report(kind: str, stats: dict) -> None:
         if kind == "stats":
             on_event({"event": "stats", **stats})
 
     worker = Worker(config, sock, index=0, report=report if config.stats_interval else None)
-    return worker.run()
+    return worker.run(signals=signals)
 
 
 # --------------------------------------------------------------------- workers
@@ -199,8 +204,10 @@ class _Supervisor(procs.Supervisor):
 
     extra_signals = (signal.SIGUSR1,)
 
-    def __init__(self, config: ServeConfig, socks: list, on_event: Callable[[dict], None]) -> None:
-        super().__init__("socktools-serve", drain_grace=config.drain_timeout + procs.FORCE_GRACE)
+    def __init__(self, config: ServeConfig, socks: list, on_event: Callable[[dict], None],
+                 signals: SignalQueue) -> None:
+        super().__init__("socktools-serve", drain_grace=config.drain_timeout + procs.FORCE_GRACE,
+                         signals=signals)
         self.config = config
         self.socks = socks
         self.on_event = on_event

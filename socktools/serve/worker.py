@@ -70,19 +70,23 @@ class Worker:
         self._nodelay = config.mode != "sink"
 
     # ------------------------------------------------------------ lifecycle
-    def run(self, *, install_signals: bool = True, handle_sigint: bool = True) -> ServerStats:
+    def run(self, *, signals: Optional[SignalQueue] = None, install_signals: bool = True,
+            handle_sigint: bool = True) -> ServerStats:
         """Serve until a stop signal (or :meth:`request_stop`) has been handled; return stats.
 
-        A supervised worker passes ``handle_sigint=False``: a Ctrl-C on the
-        terminal reaches the whole process group, and only the supervisor
-        decides what it means (it then sends SIGTERM to its workers).
+        ``signals`` is a queue the caller installed already (and closes); without
+        one the worker installs its own for the run.  A supervised worker passes
+        ``handle_sigint=False``: a Ctrl-C on the terminal reaches the whole
+        process group, and only the supervisor decides what it means (it then
+        sends SIGTERM to its workers).
         """
         self.listener.setblocking(False)
         self._start_accepting()
-        signals = None
-        if install_signals:
+        own = None
+        if signals is None and install_signals:
             queued = (signal.SIGTERM, signal.SIGUSR1) + ((signal.SIGINT,) if handle_sigint else ())
-            signals = SignalQueue(queued, ignore=() if handle_sigint else (signal.SIGINT,)).install()
+            signals = own = SignalQueue(queued, ignore=() if handle_sigint else (signal.SIGINT,)).install()
+        if signals is not None:
             signals.attach(self.loop, self._on_signal)
         if self.config.idle_timeout:
             self.loop.set_idle_timeout(self.config.idle_timeout)
@@ -95,8 +99,8 @@ class Worker:
             self.loop.run(until=lambda: self.stopped)
         finally:
             self.loop.close()
-            if signals is not None:
-                signals.close()
+            if own is not None:
+                own.close()
         final = self.snapshot()
         if self.report:
             self.report("final", final.to_dict())
