@@ -1,0 +1,112 @@
+"""The one interface every exchange protocol implements: what flood, request and sniff call.
+
+An exchange protocol says what to send and how to count what comes back.  It
+is sans-I/O: no socket, clock or print -- bytes in, counts out (as h11 does
+for HTTP).  The same object serves every connection of a flood worker; state
+of one connection lives in its *parser*::
+
+    proto.request(seq, conn) -> bytes   # request number ``seq`` on connection ``conn``
+    p = proto.parser()                  # one per connection
+    p.feed(data) -> int                 # complete replies in ``data`` (0: need more)
+    p.eof() -> int                      # the peer closed: replies completed by it
+
+``feed`` raises :class:`WireError` when the bytes cannot be this protocol
+(the connection is then dropped, counted under the error's ``kind``).  A
+reply that is well formed but *fails* (a Redis ``-ERR``, an HTTP 500, a reply
+not matching ``--reply-match``) still counts as a reply; the parser appends a
+:class:`Failure` to ``p.failures`` and the caller tallies and clears it.
+
+Optional attributes let the engine choose faster paths; a plug-in may ignore
+them all (the defaults of :class:`WireProtocol` are the safe ones).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+__all__ = ["WireError", "Failure", "Reply", "WireProtocol", "Parser", "SAMPLE_BYTES"]
+
+#: Bytes of an offending reply kept for the report: enough to recognise a
+#: status line or an error text, short enough for one line of a table.
+SAMPLE_BYTES = 64
+
+
+class WireError(Exception):
+    """The peer sent bytes that cannot be this protocol; ``kind`` is a stable slug."""
+
+    def __init__(self, message: str, kind: str = "protocol-error") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class Failure(NamedTuple):
+    """A complete reply that counts as a failure: ``kind`` (wrong-reply, server-error,
+    http-5xx...), ``detail`` (tallied: the error text, the status) and the first bytes."""
+
+    kind: str
+    detail: str
+    sample: bytes = b""
+
+
+class Reply(NamedTuple):
+    """A decoded reply, for ``request`` and ``sniff`` (flood only counts): its size on the
+    wire, a one-line summary, and fields worth showing."""
+
+    size: int
+    summary: str
+    fields: dict
+
+
+class Parser:
+    """Base of the built-in parsers: the failure list, and decoded replies on request.
+
+    ``keep`` is None in flood (counting only); ``request`` and ``sniff`` set it
+    to a list and get a :class:`Reply` per complete message.
+    """
+
+    def __init__(self) -> None:
+        self.failures: list = []
+        self.keep: Optional[list] = None
+
+    def feed(self, data: bytes) -> int:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def eof(self) -> int:
+        """The peer closed.  Default: a reply cut short is a protocol error."""
+        if self.buffered:
+            raise WireError(f"the peer closed in the middle of a reply ({self.buffered} byte(s) of it)",
+                            "truncated")
+        return 0
+
+    @property
+    def buffered(self) -> int:
+        return 0
+
+
+class WireProtocol:
+    """Base class (and documentation) of an exchange protocol; plug-ins may subclass it.
+
+    ``fixed_request``: every request is these bytes (lets flood count requests
+    from bytes sent, and use the echo-speed batch path).  ``reply_size``: every
+    reply is exactly this many bytes (with ``fixed_request``: the batch path).
+    ``replies``: False for write-only streams (``--no-reply``).  ``read_size``:
+    a good ``recv`` size.  ``tally``: counts of reply classes (HTTP 2xx...)
+    that the parsers add to, reported as they are.
+    """
+
+    name = "custom"
+    fixed_request: Optional[bytes] = None
+    reply_size: Optional[int] = None
+    replies = True
+    read_size = 65536
+    tally: Optional[dict] = None
+
+    def request(self, seq: int, conn: int) -> bytes:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def parser(self) -> Parser:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """One line for the report's title."""
+        return self.name

@@ -1,0 +1,131 @@
+"""C-style escapes and ``{seq}``/``{conn}`` placeholders for request and delimiter texts.
+
+What a user types on the command line (``--send 'GET / HTTP/1.0\\r\\n\\r\\n'``,
+``--reply-until '\\r\\n'``) becomes bytes here, and nowhere else.  Escapes:
+``\\r \\n \\t \\\\ \\0 \\xHH``; every other backslash is an error, said with its
+position -- a silent pass-through would put a literal backslash on the wire.
+Text outside escapes is encoded as UTF-8.
+
+Placeholders: ``{seq}`` (the request's number in the run) and ``{conn}`` (its
+connection's number); ``{{`` and ``}}`` stand for literal braces.  Any other
+``{name}`` is an error, so a typo is not sent verbatim.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+__all__ = ["EscapeError", "unescape", "Template", "PLACEHOLDERS"]
+
+PLACEHOLDERS = ("seq", "conn")
+
+_SIMPLE = {"r": b"\r", "n": b"\n", "t": b"\t", "\\": b"\\", "0": b"\0"}
+_HEX = re.compile(r"[0-9a-fA-F]{2}")
+
+
+class EscapeError(ValueError):
+    """A text that cannot become bytes: a bad escape or an unknown placeholder."""
+
+
+def unescape(text: str) -> bytes:
+    """``'PING\\\\r\\\\n'`` (as typed) -> ``b'PING\\r\\n'``; raises :class:`EscapeError`."""
+    out = bytearray()
+    i = 0
+    n = len(text)
+    while i < n:
+        j = text.find("\\", i)
+        if j < 0:
+            out += text[i:].encode()
+            break
+        out += text[i:j].encode()
+        if j + 1 >= n:
+            raise EscapeError(f"a lone backslash at the end of {text!r} (write \\\\ for one)")
+        c = text[j + 1]
+        if c in _SIMPLE:
+            out += _SIMPLE[c]
+            i = j + 2
+        elif c == "x":
+            digits = text[j + 2:j + 4]
+            if not _HEX.fullmatch(digits):
+                raise EscapeError(f"\\x needs two hex digits at position {j} of {text!r}")
+            out.append(int(digits, 16))
+            i = j + 4
+        else:
+            raise EscapeError(f"unknown escape \\{c} at position {j} of {text!r} "
+                              f"(known: \\r \\n \\t \\\\ \\0 \\xHH)")
+    return bytes(out)
+
+
+class Template:
+    """Request bytes with placeholders, rendered fast: the literal parts are bytes already.
+
+    ``Template(b'SET k:{seq} v')`` -> ``render(7, 0) == b'SET k:7 v'``.  A
+    template without placeholders is :attr:`fixed` (its bytes every time).
+    """
+
+    __slots__ = ("parts", "fixed")
+
+    def __init__(self, raw: bytes) -> None:
+        parts: list = []     # bytes, or a placeholder name
+        literal = bytearray()
+        i = 0
+        n = len(raw)
+        while i < n:
+            b = raw[i:i + 1]
+            if b == b"{":
+                if raw[i + 1:i + 2] == b"{":
+                    literal += b"{"
+                    i += 2
+                    continue
+                end = raw.find(b"}", i)
+                name = raw[i + 1:end].decode("ascii", "replace") if end > 0 else ""
+                if end < 0 or name not in PLACEHOLDERS:
+                    shown = raw[i:end + 1 if end > 0 else i + 12].decode("utf-8", "replace")
+                    raise EscapeError(f"unknown placeholder {shown!r} (known: {{seq}} {{conn}}; "
+                                      f"write {{{{ for a literal brace)")
+                parts.append(bytes(literal))
+                parts.append(name)
+                literal = bytearray()
+                i = end + 1
+            elif b == b"}" and raw[i + 1:i + 2] == b"}":
+                literal += b"}"
+                i += 2
+            else:
+                literal += b
+                i += 1
+        parts.append(bytes(literal))
+        self.parts = tuple(p for p in parts if p != b"")
+        self.fixed = bytes(literal) if len(parts) == 1 else None
+
+    @classmethod
+    def from_text(cls, text: str) -> "Template":
+        return cls(unescape(text))
+
+    def plus(self, tail: bytes) -> "Template":
+        """This template with ``tail`` (plain bytes) appended."""
+        t = Template(b"")
+        parts = list(self.parts)
+        if parts and type(parts[-1]) is bytes:
+            parts[-1] += tail
+        else:
+            parts.append(tail)
+        t.parts = tuple(parts)
+        t.fixed = None if self.fixed is None else self.fixed + tail
+        return t
+
+    def render(self, seq: int, conn: int) -> bytes:
+        if self.fixed is not None:
+            return self.fixed
+        return b"".join(p if type(p) is bytes else str(seq if p == "seq" else conn).encode()
+                        for p in self.parts)
+
+
+def rotation(templates: Sequence[Template]):
+    """``request(seq, conn)`` over ``templates`` in turn (request ``seq`` uses ``seq % n``)."""
+    n = len(templates)
+    if n == 1:
+        render = templates[0].render
+        return render
+    renders = [t.render for t in templates]
+    return lambda seq, conn: renders[seq % n](seq, conn)

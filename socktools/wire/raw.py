@@ -1,0 +1,228 @@
+"""Raw and line exchanges: your bytes out, replies framed by a delimiter, a size or a prefix.
+
+Framings (exactly one): ``until`` a delimiter, a fixed ``size``, a length
+``prefix`` in :mod:`struct` notation (``>H``: 2-byte big-endian; the body
+is ``length + adjust`` bytes), or none (write-only: replies are not expected
+and whatever arrives is ignored, as tcpkali does).  ``match`` (a regular
+expression over each whole reply, delimiter included) turns a reply that does
+not match into a ``wrong-reply`` failure carrying its first bytes.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from typing import Optional, Sequence
+
+from socktools.wire.base import SAMPLE_BYTES, Failure, Parser, Reply, WireError, WireProtocol
+from socktools.wire.escapes import Template, rotation
+
+__all__ = ["RawProtocol", "LineProtocol", "MAX_REPLY", "prefix_struct"]
+
+#: Longest reply (or delimiter search) a raw parser buffers: 1 MiB, Redis's
+#: own cap on an inline request (PROTO_INLINE_MAX_SIZE is 64 KiB; its query
+#: buffer cap is 1 GiB) is far above any line, and a peer that never sends
+#: the delimiter must not grow our memory without bound.
+MAX_REPLY = 1 << 20
+
+_PREFIX_CODES = "bBhHiIlLqQ"
+
+
+def prefix_struct(fmt: str) -> struct.Struct:
+    """A length prefix format: one integer code, optionally a byte-order mark (``>I``)."""
+    body = fmt[1:] if fmt[:1] in "@=<>!" else fmt
+    if len(body) != 1 or body not in _PREFIX_CODES:
+        raise ValueError(f"{fmt!r} is not a length prefix: use one integer code of struct "
+                         f"({' '.join(_PREFIX_CODES)}) after an optional byte order (< > ! =), e.g. >H or >I")
+    return struct.Struct(fmt)
+
+
+def _sample(reply: bytes) -> bytes:
+    return bytes(reply[:SAMPLE_BYTES])
+
+
+def _summary(reply: bytes) -> str:
+    text = repr(bytes(reply[:200]))
+    return text + ("…" if len(reply) > 200 else "")
+
+
+class RawProtocol(WireProtocol):
+    """Requests from templates (rotated); replies framed as configured."""
+
+    name = "raw"
+
+    def __init__(self, templates: Sequence[Template], *, until: Optional[bytes] = None,
+                 size: Optional[int] = None, prefix: Optional[str] = None, adjust: int = 0,
+                 no_reply: bool = False, match: Optional[bytes] = None) -> None:
+        chosen = [n for n, v in (("until", until), ("size", size), ("prefix", prefix)) if v is not None]
+        if no_reply:
+            chosen.append("no_reply")
+        if len(chosen) != 1:
+            raise ValueError(f"give exactly one reply framing, not {', '.join(chosen) or 'none'}")
+        if not templates:
+            raise ValueError("give at least one request")
+        if until is not None and not until:
+            raise ValueError("the reply delimiter is empty")
+        if size is not None and size < 1:
+            raise ValueError("the reply size must be >= 1 byte")
+        self.templates = tuple(templates)
+        self.request = rotation(self.templates)
+        self.fixed_request = self.templates[0].fixed if len(self.templates) == 1 else None
+        self.until = until
+        self.size = size
+        self.prefix = prefix_struct(prefix) if prefix is not None else None
+        self.adjust = adjust
+        self.replies = not no_reply
+        self.match = re.compile(match, re.DOTALL) if match is not None else None
+        self.reply_size = size if match is None else None
+        if size is not None:
+            self.read_size = min(size + 1, 65536)
+
+    def parser(self) -> Parser:
+        if not self.replies:
+            return _Ignore()
+        if self.until is not None:
+            return _UntilParser(self.until, self.match)
+        if self.size is not None:
+            return _SizeParser(self.size, self.match)
+        return _PrefixParser(self.prefix, self.adjust, self.match)
+
+    def describe(self) -> str:
+        if not self.replies:
+            framing = "no replies"
+        elif self.until is not None:
+            framing = f"replies until {self.until!r}"
+        elif self.size is not None:
+            framing = f"{self.size:,}-byte replies"
+        else:
+            framing = f"replies with a {self.prefix.format} length prefix"
+        return f"{self.name}, {framing}"
+
+
+class _Checked(Parser):
+    def __init__(self, match) -> None:
+        super().__init__()
+        self.match = match
+        self.buf = bytearray()
+
+    @property
+    def buffered(self) -> int:
+        return len(self.buf)
+
+    def _reply(self, reply) -> None:
+        if self.match is not None and self.match.search(reply) is None:
+            self.failures.append(Failure("wrong-reply", "did not match --reply-match", _sample(reply)))
+        if self.keep is not None:
+            self.keep.append(Reply(len(reply), _summary(reply), {"bytes": bytes(reply)}))
+
+
+class _UntilParser(_Checked):
+    def __init__(self, delim: bytes, match) -> None:
+        super().__init__(match)
+        self.delim = delim
+        self.plain = match is None
+
+    def feed(self, data: bytes) -> int:
+        delim = self.delim
+        buf = self.buf
+        # The common case: one whole reply per read, nothing left over.
+        if self.plain and not buf and self.keep is None and data.endswith(delim) and data.count(delim) == 1:
+            return 1
+        start = max(0, len(buf) - len(delim) + 1)
+        buf += data
+        n = 0
+        pos = 0
+        while True:
+            end = buf.find(delim, max(pos, start))
+            if end < 0:
+                break
+            end += len(delim)
+            if not self.plain or self.keep is not None:
+                self._reply(buf[pos:end])
+            n += 1
+            pos = start = end
+        if pos:
+            del buf[:pos]
+        if len(buf) > MAX_REPLY:
+            raise WireError(f"no {delim!r} in {len(buf):,} bytes (the cap is {MAX_REPLY:,})", "reply-too-long")
+        return n
+
+
+class _SizeParser(_Checked):
+    def __init__(self, size: int, match) -> None:
+        super().__init__(match)
+        self.size = size
+        self.got = 0
+        self.plain = match is None
+
+    @property
+    def buffered(self) -> int:
+        return self.got if self.plain else len(self.buf)
+
+    def feed(self, data: bytes) -> int:
+        if self.plain and self.keep is None:
+            n, self.got = divmod(self.got + len(data), self.size)
+            return n
+        buf = self.buf
+        buf += data
+        size = self.size
+        n = len(buf) // size
+        for i in range(n):
+            self._reply(buf[i * size:(i + 1) * size])
+        del buf[:n * size]
+        return n
+
+
+class _PrefixParser(_Checked):
+    def __init__(self, prefix: struct.Struct, adjust: int, match) -> None:
+        super().__init__(match)
+        self.prefix = prefix
+        self.adjust = adjust
+
+    def feed(self, data: bytes) -> int:
+        buf = self.buf
+        buf += data
+        head = self.prefix.size
+        pos = 0
+        n = 0
+        while len(buf) - pos >= head:
+            (length,) = self.prefix.unpack_from(buf, pos)
+            body = length + self.adjust
+            if body < 0 or body > MAX_REPLY:
+                raise WireError(f"a length prefix of {length:,} means a {body:,}-byte body "
+                                f"(allowed: 0 to {MAX_REPLY:,})", "bad-length")
+            end = pos + head + body
+            if end > len(buf):
+                break
+            self._reply(buf[pos:end])
+            pos = end
+            n += 1
+        if pos:
+            del buf[:pos]
+        return n
+
+
+class _Ignore(Parser):
+    """Write-only streams: whatever the peer sends is read and dropped."""
+
+    def feed(self, data: bytes) -> int:
+        return 0
+
+    def eof(self) -> int:
+        return 0
+
+
+class LineProtocol(RawProtocol):
+    """Line requests (the end of line appended) and one-line replies (ended by ``\\n``;
+    a ``\\r`` before it is part of the line ending)."""
+
+    name = "line"
+
+    def __init__(self, templates: Sequence[Template], *, eol: bytes = b"\n",
+                 match: Optional[bytes] = None) -> None:
+        lines = [t.plus(eol) for t in templates]
+        super().__init__(lines, until=b"\n", match=match)
+        self.eol = eol
+
+    def describe(self) -> str:
+        return f"line, {self.eol!r} line endings"
