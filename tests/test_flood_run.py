@@ -271,18 +271,18 @@ def test_a_crashing_worker_is_reported_not_hidden(monkeypatch, closed_port):
 
 
 def test_echo_batches_count_exactly_and_a_surplus_mid_run_is_caught(monkeypatch):
-    """Many connections answered per poll go through EchoLoop.data_batch; the
+    """Many connections answered per poll go through FixedLoop.data_batch; the
     counts stay exact, and one connection whose server sends a byte too many
     is failed as echo-surplus while the others carry on."""
     from socktools.flood import exchange
     sizes = []
-    real = exchange.EchoLoop.data_batch
+    real = exchange.FixedLoop.data_batch
 
     def spy(self, conns, datas):
         sizes.append(len(conns))
         return real(self, conns, datas)
 
-    monkeypatch.setattr(exchange.EchoLoop, "data_batch", spy)
+    monkeypatch.setattr(exchange.FixedLoop, "data_batch", spy)
     arrivals = itertools.count()
 
     def handle(conn):
@@ -313,15 +313,15 @@ def test_a_bug_in_flood_code_ends_those_connections_and_the_run_goes_on(monkeypa
     from socktools.flood import exchange
     from socktools.flood.report import _errors_list
     calls = itertools.count()
-    real = exchange.EchoLoop.data_received
+    real = exchange.FixedLoop.data_received
 
     def buggy(self, conn, data):
         if next(calls) == 20:
             raise ValueError("a bug in data_received")
         return real(self, conn, data)
 
-    monkeypatch.setattr(exchange.EchoLoop, "data_received", buggy)
-    monkeypatch.setattr(exchange.EchoLoop, "data_batch", None)  # every answer through data_received
+    monkeypatch.setattr(exchange.FixedLoop, "data_received", buggy)
+    monkeypatch.setattr(exchange.FixedLoop, "data_batch", None)  # every answer through data_received
     srv = ThreadServer(lambda conn: [conn.sendall(d) for d in iter(lambda: conn.recv(65536), b"")])
     try:
         with caplog.at_level("ERROR", logger="socktools.core.loop"):
@@ -331,6 +331,6 @@ def test_a_bug_in_flood_code_ends_those_connections_and_the_run_goes_on(monkeypa
     assert stats.errors == {"internal": {"ValueError": 1}}
     assert stats.established == 4 and stats.lost == 1
     assert stats.traffic_requests == 400 and stats.traffic_responses == 399
-    assert any("EchoLoop raised ValueError" in r.getMessage() for r in caplog.records)
+    assert any("FixedLoop raised ValueError" in r.getMessage() for r in caplog.records)
     (row,) = _errors_list(types.SimpleNamespace(errors=stats.errors))
     assert row["phase"] == "internal" and "flood's own code" in row["meaning"]

@@ -7,12 +7,19 @@ from dataclasses import dataclass
 from typing import Optional
 
 from socktools.errors import OptionError
+from socktools.wire.spec import WireOptionError, WireSpec, build
 
 __all__ = ["FloodConfig", "MODES", "split"]
 
-MODES = ("echo", "framed", "connect")
+#: connect: churn (connect, one echo, close); plugin: ``wire.plugin`` names the class.
+MODES = ("echo", "framed", "connect", "raw", "line", "redis", "http", "plugin")
 #: Longest traffic phase: a load that runs for more than a day is a mistake, not a test.
 MAX_DURATION = 86_400.0
+
+#: Most requests in flight per connection: redis-benchmark's -P is unbounded,
+#: but past a few hundred the kernel's socket buffer, not the pipeline, is
+#: the limit; 1024 keeps a connection's send-time queue small.
+MAX_PIPELINE = 1024
 
 
 def split(total: int, parts: int, index: int) -> int:
@@ -55,6 +62,8 @@ class FloodConfig:
     interval: Optional[float] = None        # seconds between worker snapshots (None: final only)
     embedded: bool = False                  # the target is flood's own server
     server_workers: int = 0                 # embedded server: processes (0 = choose)
+    wire: Optional[WireSpec] = None         # raw/line/redis/http/plugin: the exchange asked for
+    pipeline: int = 1                       # requests in flight per connection
 
     def __post_init__(self) -> None:
         # OptionError names the field, which is also the CLI option (the CLI says which one).
@@ -86,6 +95,17 @@ class FloodConfig:
             raise OptionError("interval", "interval must be > 0")
         if self.server_workers and not self.embedded:
             raise OptionError("server_workers", "server workers are only for flood's own server (given no --port)")
+        if not 1 <= self.pipeline <= MAX_PIPELINE:
+            raise OptionError("pipeline", f"pipeline must be 1 to {MAX_PIPELINE}")
+        if self.pipeline > 1 and self.mode == "connect":
+            raise OptionError("pipeline", "connect mode sends one request per connection: no --pipeline")
+        if self.wire is not None and self.wire.name != self.exchange_mode:
+            raise OptionError("mode", f"the exchange options are for {self.wire.name}, the mode is {self.mode}")
+        if self.embedded and self.mode not in ("echo", "framed", "connect"):
+            raise OptionError("port", f"--mode {self.mode} loads your server: give its --port")
+        proto = build(self.wire_spec)   # validates the exchange options (WireOptionError)
+        if not proto.replies and self.rate is None:
+            raise WireOptionError("--no-reply", "a write-only stream needs --rate (requests/s)")
 
     # ------------------------------------------------------------- per-worker shares
     def conns_of(self, worker: int) -> int:
@@ -116,12 +136,16 @@ class FloodConfig:
         return min(self.workers, self.conns)
 
     @property
-    def request_bytes(self) -> bytes:
-        """The bytes of one request (every request of a run is the same)."""
-        if self.mode == "framed":
-            from socktools import reference
-            return reference.make_request(self.action, self.value, keep_alive=True)
-        return b"x" * self.size
+    def exchange_mode(self) -> str:
+        """The wire protocol's name: connect mode confirms each connection with one echo."""
+        return "echo" if self.mode == "connect" else self.mode
+
+    @property
+    def wire_spec(self) -> WireSpec:
+        """The exchange as a spec: the one given, or echo/framed from size/action/value."""
+        if self.wire is not None:
+            return self.wire
+        return WireSpec(mode=self.exchange_mode, size=self.size, action=self.action, value=self.value)
 
     @property
     def target(self) -> str:

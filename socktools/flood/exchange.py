@@ -1,190 +1,171 @@
-"""What flood says on a connection and how it checks the answers: the protocols.
+"""What flood says on a connection and how it counts the answers: the exchange loops.
 
-The worker (:mod:`socktools.flood.worker`) owns the connections and the
-phases; these protocol objects handle the bytes.  One instance serves all the
-connections of a worker; per-connection state is a :class:`Slot` in
-``conn.ctx``.
+The worker (:mod:`socktools.flood.worker`) owns the connections; the
+:class:`~socktools.flood.session.Session` owns the phases; these loop
+objects move the bytes of any wire protocol (:mod:`socktools.wire`).  One
+instance serves all the connections of a worker; per-connection state is a
+:class:`~socktools.flood.session.Slot` in ``conn.ctx``.
 
 * :class:`Confirm` -- connect phase: handshake done -> first request -> the
   first whole answer confirms the connection;
-* :class:`EchoLoop` -- closed-loop echo, the hot path: one call per round trip;
-* :class:`ClosedLoop` -- closed loop for any answer format (framed);
-* :class:`OpenLoop` -- ``--rate``: a pacer sends on a fixed schedule.
-
-Answers are recognised by a *replies* object (:func:`make_replies`):
-``parse(slot, data)`` returns how many whole answers ``data`` completed, or
-raises :class:`~socktools.protocol.RemoteProtocolError`.
+* :class:`FixedLoop` -- closed loop, one request in flight, every request
+  the same bytes and every reply the same size (echo; raw with
+  ``--reply-bytes``): the hot path, one call per round trip, with a batch
+  form for a busy poll;
+* :class:`ClosedLoop` -- closed loop for any protocol, up to ``pipeline``
+  requests in flight, each timed from its own send;
+* :class:`OpenLoop` -- ``--rate``: a pacer sends on a fixed schedule;
+  latency from the scheduled time (corrected) and from the send (uncorrected);
+* :class:`WriteOnly` -- ``--no-reply``: the pacer's stream, nothing to await.
 """
 
 from __future__ import annotations
 
 import collections
 import operator
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Optional
 
-from socktools import protocol, reference
 from socktools.flood import stats as st
-from socktools.flood.config import FloodConfig
-from socktools.core.loop import READ_SIZE, Connection, Protocol
+from socktools.flood.session import Session, Slot
+from socktools.core.loop import Connection, Protocol
 
-if TYPE_CHECKING:  # pragma: no cover
-    from socktools.flood.worker import _Worker
+__all__ = ["Confirm", "FixedLoop", "ClosedLoop", "OpenLoop", "WriteOnly", "choose"]
 
-__all__ = ["Slot", "owed", "make_replies", "EchoReplies", "FramedReplies", "Confirm", "EchoLoop",
-           "ClosedLoop", "OpenLoop", "NS"]
-
-NS = 1_000_000_000
-_NS = NS
+_NS = 1_000_000_000
 _get_ctx = operator.attrgetter("ctx")
 _get_got = operator.attrgetter("got")
 _get_sent = operator.attrgetter("sent")
+_deque = collections.deque
 
 
-class Slot:
-    """Per-connection state (``conn.ctx``); slotted to keep memory per connection small."""
-
-    __slots__ = ("index", "started", "got", "sent", "due", "backlog", "decoder", "confirmed", "failed")
-
-    def __init__(self, index: int, started: int) -> None:
-        self.index = index
-        self.started = started
-        self.got = 0            # echo: bytes of the current answer received
-        self.sent = 0           # when the outstanding request left (0: none outstanding)
-        self.due = 0            # --rate: when the outstanding request was scheduled
-        self.backlog = None     # --rate: scheduled times of requests not sent yet (deque)
-        self.decoder = None     # framed: a Decoder while a reply arrives in pieces
-        self.confirmed = False
-        self.failed = False
+def choose(session: Session, quota: Optional[int]) -> "Traffic":
+    """The traffic loop for this run: open loop with --rate, else the fastest closed loop."""
+    cfg = session.config
+    proto = session.proto
+    if not proto.replies:
+        return WriteOnly(session, quota)
+    if cfg.rate is not None:
+        return OpenLoop(session, quota)
+    if (cfg.pipeline == 1 and proto.fixed_request is not None and proto.reply_size is not None):
+        return FixedLoop(session, quota)
+    return ClosedLoop(session, quota)
 
 
-def owed(slot: Slot) -> int:
-    """Requests a connection still owes answers to (sent, or queued by the pacer)."""
-    return (1 if slot.sent else 0) + (len(slot.backlog) if slot.backlog else 0)
-
-
-def make_replies(config: FloodConfig) -> Any:
-    """The answer checker for ``config.mode``."""
-    if config.mode == "framed":
-        return FramedReplies(config.request_bytes, f"{config.action} {config.value!r}")
-    return EchoReplies(config.size)
-
-
-class EchoReplies:
-    """Echo: exactly as many bytes as were sent must come back -- not fewer, not more."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        # One byte more than an answer: extra bytes already queued show up at once.
-        self.read_size = min(size + 1, READ_SIZE)
-
-    def parse(self, slot: Slot, data: bytes) -> int:
-        size = self.size
-        got = slot.got + len(data)
-        if got < size:
-            slot.got = got
-            return 0
-        if got > size:
-            raise protocol.RemoteProtocolError(
-                f"the echo server returned {got - size} byte(s) more than were sent", "echo-surplus")
-        slot.got = 0
-        return 1
-
-
-class FramedReplies:
-    """Framed: each answer must be the reference server's answer to our request, with keep-alive.
-
-    The usual case -- the whole known-good answer in one read -- is checked
-    byte for byte; anything else (pieces, pipelined answers, another
-    byteorder) goes through the protocol's decoder and is checked by content.
-    """
-
-    def __init__(self, request: bytes, what: str) -> None:
-        req = protocol.Decoder()
-        req.receive_data(request)
-        self.expected_bytes = reference.respond(req.next_event())
-        dec = protocol.Decoder()
-        dec.receive_data(self.expected_bytes)
-        msg = dec.next_event()
-        self.expected_type = msg.content_type
-        self.expected_content = msg.content
-        self.what = what
-        self.read_size = min(len(self.expected_bytes) + 1, READ_SIZE)
-
-    def parse(self, slot: Slot, data: bytes) -> int:
-        dec = slot.decoder
-        if dec is None:
-            if data == self.expected_bytes:
-                return 1
-            dec = protocol.Decoder()
-        dec.receive_data(data)
-        n = 0
-        while True:
-            event = dec.next_event()
-            if event is protocol.NEED_DATA or event is protocol.CLOSED:
-                break
-            if event.content_type != self.expected_type or event.content != self.expected_content:
-                raise protocol.RemoteProtocolError(
-                    f"unexpected answer to {self.what}: {event.content_type} {event.content[:60]!r}",
-                    "unexpected-response")
-            if not event.keep_alive:
-                raise protocol.RemoteProtocolError(
-                    "the server answered without keep-alive: it closes after one request", "no-keep-alive")
-            n += 1
-        slot.decoder = dec if dec.buffered else None
-        return n
+def _wire_kind(exc: BaseException) -> str:
+    return getattr(exc, "kind", None) or "protocol-error"
 
 
 class Confirm(Protocol):
     """Connect phase: handshake done -> first request -> first reply confirms the connection."""
 
-    def __init__(self, worker: "_Worker") -> None:
-        self.w = worker
+    def __init__(self, session: Session) -> None:
+        self.s = session
+        self.proto = session.proto
+        self.surplus = getattr(session.proto, "surplus_kind", "unsolicited")
 
     def connection_made(self, conn: Connection) -> None:
-        w = self.w
+        s = self.s
         slot: Slot = conn.ctx
-        now = w.clock()
-        w.rec["connect"].record(now - slot.started)
-        w.stats.connected += 1
-        conn.read_size = w.read_size
+        now = s.clock()
+        s.rec["connect"].record(now - slot.started)
+        s.stats.connected += 1
+        conn.read_size = self.proto.read_size
+        slot.parser = self.proto.parser()
+        if not self.proto.replies:   # write-only: the handshake is all the confirmation there is
+            s.confirmed(conn, now)
+            return
         slot.sent = now
-        conn.write(w.request)
-        w.stats.confirm_requests += 1
+        conn.write(s.request(slot.index))
+        s.stats.confirm_requests += 1
+
+    def feed(self, conn: Connection, slot: Slot, data: bytes) -> int:
+        """Replies completed by ``data`` (-1: the connection was ended for a protocol error)."""
+        parser = slot.parser
+        try:
+            n = parser.feed(data)
+        except Exception as exc:  # WireError, or a plug-in's own: the peer's bytes are to blame
+            self.s.broken(conn, _wire_kind(exc), str(exc))
+            return -1
+        if parser.failures:
+            self.s.failed(parser.failures)
+        return n
 
     def data_received(self, conn: Connection, data: bytes) -> None:
-        w = self.w
+        s = self.s
         slot: Slot = conn.ctx
         if slot.confirmed:
-            w.protocol_error(conn, protocol.RemoteProtocolError(
-                f"{len(data)} byte(s) arrived while no request was outstanding", "unsolicited"))
+            s.broken(conn, "unsolicited", f"{len(data)} byte(s) arrived while no request was outstanding")
             return
-        try:
-            n = w.parse(slot, data)
-        except protocol.RemoteProtocolError as exc:
-            w.protocol_error(conn, exc)
+        n = self.feed(conn, slot, data)
+        if n < 0:
             return
-        if n == 1:
-            w.confirmed(conn, slot, w.clock())
-        elif n > 1:
-            w.protocol_error(conn, protocol.RemoteProtocolError(
-                f"{n} answers to one request", "unsolicited"))
+        if n > 1 or (n == 1 and slot.parser.buffered):
+            s.broken(conn, self.surplus, "more came back than the answer to one request")
+        elif n == 1:
+            s.confirmed(conn, s.clock())
+
+    def replies(self, conn: Connection, slot: Slot, n: int) -> None:
+        """Replies completed by the peer's close (HTTP close-delimited): nothing more to send."""
 
     def eof_received(self, conn: Connection) -> None:
-        self.w.peer_closed(conn)
+        self.s.peer_closed(conn)
 
     def connection_lost(self, conn: Connection, exc: Optional[BaseException]) -> None:
-        self.w.lost(conn, exc)
+        self.s.lost(conn, exc)
 
 
 class Traffic(Confirm):
-    """Common parts of the traffic protocols; ``left`` is the requests still to send."""
+    """Common parts of the traffic loops; ``left`` is the requests still to send."""
 
-    def __init__(self, worker: "_Worker", quota: Optional[int]) -> None:
-        super().__init__(worker)
-        # "No quota" is a count that a run bounded to a day never reaches.
+    def __init__(self, session: Session, quota: Optional[int]) -> None:
+        super().__init__(session)
         self.left = (1 << 62) if quota is None else quota
-        self.payload = worker.request
-        self.clock = worker.clock
+        self.clock = session.clock
+        self.latency = session.rec["latency"]
+        self.pipeline = session.config.pipeline
+
+    def start(self, conns: list, now: int) -> None:
+        """Traffic begins: the first requests on every connection."""
+        for conn in conns:
+            if self.left <= 0:
+                break
+            if not conn.closed:
+                self.send_first(conn, now)
+
+    def send_first(self, conn: Connection, now: int) -> None:
+        slot: Slot = conn.ctx
+        k = min(self.pipeline, self.left)
+        self._send(conn, slot, k, now)
+
+    def _send(self, conn: Connection, slot: Slot, k: int, now: int) -> None:
+        """``k`` requests now, in one write."""
+        s = self.s
+        self.left -= k
+        s.sent += k
+        times = slot.times
+        if times is None:
+            times = slot.times = _deque()
+        if k == 1:
+            times.append(now)
+            conn.write(s.request(slot.index))
+        else:
+            times.extend([now] * k)
+            conn.write(b"".join([s.request(slot.index) for _ in range(k)]))
+        if self.left == 0:
+            s.end_traffic()
+
+
+class FixedLoop(Traffic):
+    """Closed loop, fixed request and reply size: the hot path.  One call per round trip."""
+
+    def __init__(self, session: Session, quota: Optional[int]) -> None:
+        super().__init__(session, quota)
+        self.payload = session.proto.fixed_request
+        self.size = session.proto.reply_size
+        # Echo: the reply must be the request's bytes; raw --reply-bytes: any bytes of that size.
+        self.expect = self.payload if session.proto.name == "echo" else None
+        self.counts = self.latency.counts
+        self.max_value = st.HIGHEST
 
     def send_first(self, conn: Connection, now: int) -> None:
         slot: Slot = conn.ctx
@@ -192,22 +173,7 @@ class Traffic(Confirm):
         slot.sent = now
         conn.write(self.payload)
         if self.left == 0:
-            self.w.end_traffic()
-
-    def stopped_sending(self, slot: Slot) -> None:
-        slot.sent = 0
-        if self.w.phase == "drain":
-            self.w.answered()
-
-
-class EchoLoop(Traffic):
-    """Closed-loop echo: the hot path.  Everything per round trip is in ``data_received``."""
-
-    def __init__(self, worker: "_Worker", quota: Optional[int]) -> None:
-        super().__init__(worker, quota)
-        self.size = worker.config.size
-        self.counts = worker.rec["latency"].counts
-        self.max_value = st.HIGHEST
+            self.s.end_traffic()
 
     def data_received(self, conn: Connection, data: bytes) -> None:
         slot = conn.ctx
@@ -221,16 +187,18 @@ class EchoLoop(Traffic):
         try:
             self.counts[(shift << 10) + (value >> shift) if shift > 0 else value] += 1
         except IndexError:
-            self.w.rec["latency"].record(value)
+            self.latency.record(value)
         left = self.left
         if left:
             self.left = left - 1
             slot.sent = now
             conn.write(self.payload)
             if left == 1:
-                self.w.end_traffic()
+                self.s.end_traffic()
         else:
-            self.stopped_sending(slot)
+            slot.sent = 0
+            if self.s.phase == "drain":
+                self.s.answered()
 
     def data_batch(self, conns: list, datas: list) -> None:
         """The steady state of a busy run: every connection one poll found answered.
@@ -246,7 +214,9 @@ class EchoLoop(Traffic):
         payload = self.payload
         now = self.clock()
         oldest = min(map(_get_sent, slots))  # 0: a connection with no request outstanding
-        if (datas.count(payload) != n or any(map(_get_got, slots)) or self.left <= n
+        expect = self.expect
+        whole = datas.count(expect) == n if expect is not None else set(map(len, datas)) == {self.size}
+        if (not whole or any(map(_get_got, slots)) or self.left <= n
                 or not oldest or now - oldest > self.max_value):
             for conn, data in zip(conns, datas):
                 if not conn.closed:
@@ -269,40 +239,37 @@ class EchoLoop(Traffic):
             slot.got = got
             return
         if got > self.size:
-            self.w.protocol_error(conn, protocol.RemoteProtocolError(
-                f"the echo server returned {got - self.size} byte(s) more than were sent", "echo-surplus"))
+            self.s.broken(conn, self.surplus, f"the server returned {got - self.size} byte(s) more "
+                                              f"than one answer")
             return
         slot.got = 0
-        self.data_received(conn, self.payload)  # the same length as the answer now complete
+        self.data_received(conn, self.payload if self.expect is not None else b"\0" * self.size)
 
 
 class ClosedLoop(Traffic):
-    """Closed loop for any reply format (framed): parse, check, time, send the next."""
+    """Closed loop for any protocol: parse, time each reply from its own send, send the next."""
 
     def data_received(self, conn: Connection, data: bytes) -> None:
-        w = self.w
         slot: Slot = conn.ctx
-        try:
-            n = w.parse(slot, data)
-        except protocol.RemoteProtocolError as exc:
-            w.protocol_error(conn, exc)
-            return
-        if n == 0:
-            return
-        if n > 1 or not slot.sent:
-            w.protocol_error(conn, protocol.RemoteProtocolError(
-                "an answer arrived while no request was outstanding", "unsolicited"))
+        n = self.feed(conn, slot, data)
+        if n > 0:
+            self.replies(conn, slot, n)
+
+    def replies(self, conn: Connection, slot: Slot, n: int) -> None:
+        times = slot.times
+        in_flight = len(times) if times else 0
+        if n > in_flight or (n == in_flight and slot.parser.buffered and not conn.eof):
+            self.s.broken(conn, self.surplus, "an answer arrived while no request was outstanding")
             return
         now = self.clock()
-        w.rec["latency"].record(now - slot.sent)
+        record = self.latency.record
+        pop = times.popleft
+        for _ in range(n):
+            record(now - pop())
         if self.left:
-            self.left -= 1
-            slot.sent = now
-            conn.write(self.payload)
-            if self.left == 0:
-                w.end_traffic()
-        else:
-            self.stopped_sending(slot)
+            self._send(conn, slot, min(n, self.left), now)
+        elif self.s.phase == "drain":
+            self.s.answered(n)
 
 
 class OpenLoop(Traffic):
@@ -310,24 +277,26 @@ class OpenLoop(Traffic):
 
     Send ``n`` of this worker is due at ``start + n / rate`` and goes to
     connection ``n % e``, so each connection sends every ``e / rate`` seconds,
-    staggered.  A connection still waiting for an answer when its next send is
-    due queues that due time and sends as soon as the answer is in; latency is
-    counted from the due time (corrected) and from the real send (uncorrected).
+    staggered.  A connection with ``pipeline`` requests already in flight when
+    its next send is due queues that due time and sends as soon as an answer
+    is in; latency is counted from the due time (corrected) and from the real
+    send (uncorrected).
     """
 
-    def __init__(self, worker: "_Worker", quota: Optional[int]) -> None:
-        super().__init__(worker, quota)
-        self.rate = worker.config.rate_of(worker.index)
-        self.order = list(worker.live)
+    def __init__(self, session: Session, quota: Optional[int]) -> None:
+        super().__init__(session, quota)
+        self.rate = session.config.rate_of(session.index)
         self.scheduled = 0
+        self.uncorrected = session.rec["latency_uncorrected"]
 
-    def start(self, now: int) -> None:
+    def start(self, conns: list, now: int) -> None:
+        self.order = list(conns)
         self.start_ns = now
-        duration = self.w.config.duration
+        duration = self.s.config.duration
         # Sends are due in [start, start + duration): R per second, not one more.
         self.end_ns = None if duration is None else now + int(duration * _NS)
         if not self.order or self.left == 0:
-            self.w.end_traffic()
+            self.s.end_traffic()
             return
         self._pace()
 
@@ -335,20 +304,21 @@ class OpenLoop(Traffic):
         return self.start_ns + int(n * _NS / self.rate)
 
     def _pace(self) -> None:
-        w = self.w
-        w.pacer_timer = None
-        if w.phase != "traffic":
+        s = self.s
+        s.pacer_timer = None
+        if s.phase != "traffic":
             return
         now = self.clock()
         order = self.order
         e = len(order)
-        lag = w.rec["send_lag"]
+        lag = s.rec["send_lag"]
+        pipeline = self.pipeline
         while self.left:
             due = self._due(self.scheduled)
             if self.end_ns is not None and due >= self.end_ns:
                 return  # the schedule is complete; the duration timer ends the phase
             if due > now:
-                w.pacer_timer = w.loop.call_later((due - now) / _NS, self._pace)
+                s.pace(due - now, self._pace)
                 return
             conn = order[self.scheduled % e]
             self.scheduled += 1
@@ -356,42 +326,56 @@ class OpenLoop(Traffic):
             if conn.closed:
                 continue  # its connection is gone: the request is not sent
             slot: Slot = conn.ctx
-            if slot.sent:
+            if slot.times and len(slot.times) >= pipeline:
                 if slot.backlog is None:
-                    slot.backlog = collections.deque()
+                    slot.backlog = _deque()
                 slot.backlog.append(due)
             else:
                 lag.record(now - due)
-                self._send(conn, slot, due, now)
-        w.end_traffic()
+                self._send_due(conn, slot, due, now)
+        s.end_traffic()
 
-    def _send(self, conn: Connection, slot: Slot, due: int, now: int) -> None:
-        slot.due = due
-        slot.sent = now
-        conn.write(self.payload)
+    def _send_due(self, conn: Connection, slot: Slot, due: int, now: int) -> None:
+        if slot.times is None:
+            slot.times = _deque()
+            slot.dues = _deque()
+        slot.times.append(now)
+        slot.dues.append(due)
+        self.s.sent += 1
+        conn.write(self.s.request(slot.index))
 
     def data_received(self, conn: Connection, data: bytes) -> None:
-        w = self.w
         slot: Slot = conn.ctx
-        try:
-            n = w.parse(slot, data)
-        except protocol.RemoteProtocolError as exc:
-            w.protocol_error(conn, exc)
-            return
-        if n == 0:
-            return
-        if n > 1 or not slot.sent:
-            w.protocol_error(conn, protocol.RemoteProtocolError(
-                "an answer arrived while no request was outstanding", "unsolicited"))
+        n = self.feed(conn, slot, data)
+        if n > 0:
+            self.replies(conn, slot, n)
+
+    def replies(self, conn: Connection, slot: Slot, n: int) -> None:
+        s = self.s
+        times = slot.times
+        in_flight = len(times) if times else 0
+        if n > in_flight or (n == in_flight and slot.parser.buffered and not conn.eof):
+            s.broken(conn, self.surplus, "an answer arrived while no request was outstanding")
             return
         now = self.clock()
-        w.rec["latency"].record(now - slot.due)
-        w.rec["latency_uncorrected"].record(now - slot.sent)
-        if slot.backlog:
+        for _ in range(n):
+            self.latency.record(now - slot.dues.popleft())
+            self.uncorrected.record(now - times.popleft())
+        backlog = slot.backlog
+        while backlog and len(times) < self.pipeline:
             # Queued sends were scheduled inside the traffic window: they go out
             # even during the drain, and their latency counts from their due time.
-            self._send(conn, slot, slot.backlog.popleft(), now)
-            if w.phase == "drain":
-                w.answered()
-        else:
-            self.stopped_sending(slot)
+            self._send_due(conn, slot, backlog.popleft(), now)
+        if s.phase == "drain":
+            s.answered(n)
+
+
+class WriteOnly(OpenLoop):
+    """--no-reply: the pacer's schedule, written and never awaited (tcpkali's streams)."""
+
+    def _send_due(self, conn: Connection, slot: Slot, due: int, now: int) -> None:
+        self.s.sent += 1
+        conn.write(self.s.request(slot.index))
+
+    def data_received(self, conn: Connection, data: bytes) -> None:
+        """Whatever the peer says is read (bytes in counts it) and dropped."""

@@ -240,6 +240,9 @@ class WorkerStats:
     connect_bytes_in: int = 0
     errors: dict = field(default_factory=dict)           # phase -> errno name -> count
     protocol_errors: dict = field(default_factory=dict)  # kind -> count
+    reply_failures: dict = field(default_factory=dict)   # kind -> detail -> count (whole replies)
+    samples: dict = field(default_factory=dict)          # kind -> first bytes of one such reply
+    reply_classes: dict = field(default_factory=dict)    # HTTP status class -> count
     histograms: dict = field(default_factory=dict)       # name -> encoded histogram
     phases: dict = field(default_factory=dict)           # name -> [start_ns, end_ns]
     traffic_cpu: float = 0.0       # CPU seconds this process used in the traffic phase
@@ -283,6 +286,9 @@ class Totals:
     traffic_cpu: float
     traffic_wall_max: float
     stopped_early: bool
+    reply_failures: dict = field(default_factory=dict)   # kind -> detail -> count
+    samples: dict = field(default_factory=dict)          # kind -> first bytes of one offender
+    reply_classes: dict = field(default_factory=dict)    # HTTP status class -> count
 
 
 _SUMMED = ("conns", "attempted", "connected", "established", "failed", "cancelled", "lost", "open_at_end",
@@ -297,12 +303,20 @@ def merge(stats: Iterable[WorkerStats]) -> Totals:
     counters = {name: sum(getattr(s, name) for s in stats) for name in _SUMMED}
     errs: dict = {}
     perrs: dict = {}
+    rfail: dict = {}
+    samples: dict = {}
+    classes: dict = {}
     hists: dict = {}
     phases: dict = {}
     for s in stats:
         merge_tally(errs, s.errors)
         for kind, n in s.protocol_errors.items():
             perrs[kind] = perrs.get(kind, 0) + n
+        merge_tally(rfail, s.reply_failures)
+        for kind, text in s.samples.items():
+            samples.setdefault(kind, text)
+        for cls, n in s.reply_classes.items():
+            classes[cls] = classes.get(cls, 0) + n
         for name, blob in s.histograms.items():
             hists[name] = add_into(hists.get(name), decode(blob))
         for name, (start, end) in s.phases.items():
@@ -315,4 +329,5 @@ def merge(stats: Iterable[WorkerStats]) -> Totals:
                   histograms=hists, phases=phases,
                   traffic_cpu=sum(s.traffic_cpu for s in stats),
                   traffic_wall_max=max((s.traffic_wall for s in stats), default=0.0),
-                  stopped_early=any(s.stopped_early for s in stats))
+                  stopped_early=any(s.stopped_early for s in stats),
+                  reply_failures=rfail, samples=samples, reply_classes=classes)

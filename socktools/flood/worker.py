@@ -19,9 +19,11 @@ but nothing here depends on that.  A worker's life:
 Connect mode folds these into churn: each slot connects, gets its one reply,
 closes and starts over, for the duration.
 
-Nothing is counted per request on the hot path: requests sent are derived
-from the bytes each connection handed to the kernel (every request of a run
-is the same bytes), responses from the latency histogram's count.
+Nothing is counted per request on the hot path: when every request of a run
+is the same bytes, requests sent are derived from the bytes handed to the
+kernel; responses always come from the latency histogram's count.  The
+phases themselves live in :class:`~socktools.flood.session.Session`, the one
+object the exchange loops talk to.
 """
 
 from __future__ import annotations
@@ -33,12 +35,12 @@ import socket
 import time
 from typing import Any, Callable, Optional
 
-from socktools import errors, protocol
+from socktools import errors, wire
+from socktools.flood import exchange
 from socktools.flood import stats as st
 from socktools.flood.config import FloodConfig
-from socktools.flood.exchange import (ClosedLoop, Confirm, EchoLoop, OpenLoop, Slot,
-                                       make_replies, owed)
-from socktools.core.loop import Connection, Loop
+from socktools.flood.session import Session, Slot
+from socktools.core.loop import Loop
 
 __all__ = ["run_worker", "MAX_CONNECTING"]
 
@@ -85,6 +87,9 @@ def _rss() -> int:
 
 
 class _Worker:
+    """The sockets of one worker: the connect pump, the runner's channel, ticks and the final
+    statistics.  Phases and per-request bookkeeping are the session's."""
+
     def __init__(self, config: FloodConfig, index: int, channel: Any, epoch_ns: Optional[int],
                  clock: Callable[[], int]) -> None:
         self.config = config
@@ -94,44 +99,40 @@ class _Worker:
         self.epoch = clock() if epoch_ns is None else epoch_ns
         self.loop = Loop()
         self.stats = st.WorkerStats(worker=index, conns=config.conns_of(index))
-        self.rec = {name: st.Recorder() for name in st.HISTOGRAMS}
+        self.proto = wire.build(config.wire_spec)
+        fixed = self.proto.fixed_request
+        self.req_size = len(fixed) if fixed else 0      # 0: requests are counted one by one
+        self.session = Session(config, index, self.loop, clock, self.stats, self.proto, self._settled_one)
+        self.session.connecting_count = lambda: self.connecting
+        self.rec = self.session.rec
         self.hist: dict = {name: None for name in st.HISTOGRAMS}
-        self.request = config.request_bytes
-        self.req_size = len(self.request)
-        self.replies = make_replies(config)
-        self.parse = self.replies.parse
-        self.read_size = self.replies.read_size
-        self.phase = "connect"
-        self.done = False
         self.indices = range(index, config.conns, config.workers)
         self.next_i = 0                     # next of self.indices to open
         self.connecting = 0                 # opened, not yet confirmed or failed
         self.pending: collections.deque = collections.deque()   # slots by connect time
-        self.live: set = set()              # confirmed connections still open
-        self.outstanding = 0                # drain: answers still owed
         self.connect_rate = config.connect_rate_of(index)
-        self.connect_started = 0
         self.cycle_quota: Optional[int] = None
         self.tick_seq = 0
-        self.traffic_started = 0
-        self.cpu_started = 0.0
-        self.confirm = Confirm(self)
-        self.traffic: Any = None
-        self.pacer_timer = None
+        self.confirm = exchange.Confirm(self.session)
         self.pump_timer = None
         self._pumping = False
         self._repump = False
-        self.drain_started = 0
         self.family = config.family
-        self.sources = [self._source_addr(a) for a in config.sources]
+
+    @property
+    def phase(self) -> str:
+        return self.session.phase
 
     # ------------------------------------------------------------ setup
-    def _source_addr(self, host: str) -> tuple:
+    def _source_addr(self, index: int) -> Optional[tuple]:
+        host = self.config.source_of(index)
+        if host is None:
+            return None
         return (host, 0, 0, 0) if self.family == socket.AF_INET6 else (host, 0)
 
     def _setup_socket(self, sock: socket.socket) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self.sources and self.family == socket.AF_INET:
+        if self.config.sources and self.family == socket.AF_INET:
             # Let connect() pick the port per destination (4-tuple), not bind():
             # otherwise every source address is capped at one port range in all.
             try:
@@ -150,14 +151,14 @@ class _Worker:
             if cfg.interval:
                 self._arm_tick()
         self.loop.call_later(SWEEP_INTERVAL, self._sweep)
-        self.connect_started = self.clock()
+        self.session.connect_started = self.clock()
         if cfg.mode == "connect":
             self.cycle_quota = cfg.requests_of(self.index)
             self._ready()
         else:
             self._pump()
         try:
-            self.loop.run(until=lambda: self.done)
+            self.loop.run(until=lambda: self.session.done)
         finally:
             self.loop.close()
         return self._final()
@@ -167,7 +168,7 @@ class _Worker:
         if self.channel is None:
             self._go()
         else:
-            self.phase = "ready"
+            self.session.phase = "ready"
             self._send(("ready", None))
 
     def _send(self, msg: tuple) -> None:
@@ -201,19 +202,18 @@ class _Worker:
 
     def _stop(self) -> None:
         """Stop early (Ctrl-C in the runner): wind down from whatever phase we are in."""
-        if self.phase in ("connect", "ready"):
+        session = self.session
+        if session.phase in ("connect", "ready"):
             self.next_i = len(self.indices)
-            self.phase = "traffic"
-            self.traffic_started = self.clock()
-            self.traffic = None
-            self.end_traffic()
-        elif self.phase == "traffic":
-            self.end_traffic()
-        elif self.phase == "drain":
-            self._close_all()
+            session.start_traffic(None, 0)
+            session.end_traffic()
+        elif session.phase == "traffic":
+            session.end_traffic()
+        elif session.phase == "drain":
+            session.close_all()
 
     def _phase_end(self, name: str, start: Optional[int] = None) -> None:
-        self.stats.phases[name] = [self.connect_started if start is None else start, self.clock()]
+        self.stats.phases[name] = [self.session.connect_started if start is None else start, self.clock()]
 
     # ------------------------------------------------------------ connect phase
     def _pump(self) -> None:
@@ -239,7 +239,7 @@ class _Worker:
         self._settled()
 
     def _pump_once(self) -> None:
-        if self.phase not in ("connect", "traffic") or (self.phase == "traffic" and self.config.mode != "connect"):
+        if self.session.phase not in ("connect", "traffic") or (self.session.phase == "traffic" and self.config.mode != "connect"):
             return
         cfg = self.config
         churn = cfg.mode == "connect"
@@ -256,7 +256,7 @@ class _Worker:
                 self._pump_later(0.0)  # let the loop see completions first, then go on
                 break
             if self.connect_rate:
-                due = self.connect_started + int(self.stats.attempted * _NS / self.connect_rate)
+                due = self.session.connect_started + int(self.stats.attempted * _NS / self.connect_rate)
                 now = self.clock()
                 if due > now:
                     self._pump_later((due - now) / _NS)
@@ -278,7 +278,7 @@ class _Worker:
         s = self.stats
         s.attempted += 1
         slot = Slot(index, self.clock())
-        source = self.sources[index % len(self.sources)] if self.sources else None
+        source = self._source_addr(index)
         self.connecting += 1
         try:
             conn = self.loop.open_connection(self.config.address, self.confirm, family=self.family,
@@ -306,166 +306,57 @@ class _Worker:
             phase = "connect" if conn.connecting else "recv"
             self._abort(conn, phase, errors.TIMEOUT, TimeoutError(
                 f"no reply within the connect timeout ({self.config.connect_timeout:g}s)"))
-        if not self.done:
+        if not self.session.done:
             self.loop.call_later(SWEEP_INTERVAL, self._sweep)
 
-    def confirmed(self, conn: Connection, slot: Slot, now: int) -> None:
-        s = self.stats
-        slot.confirmed = True
-        slot.sent = 0
+    def _settled_one(self, conn: Any) -> None:
+        """A connection left the connecting state (confirmed, failed or cancelled)."""
         self.connecting -= 1
-        s.connect_bytes_out += conn.bytes_out
-        s.connect_bytes_in += conn.bytes_in
-        self.rec["first_reply"].record(now - slot.started)
-        s.established += 1
-        if self.config.mode == "connect":
-            s.cycles += 1
-            conn.close()
-        elif self.phase == "connect":
-            self.live.add(conn)
-        else:  # confirmed after a stop: not needed any more
-            conn.close()
         self._pump_later(0.0)
 
     def _settled(self) -> None:
         """After connections settle: end the connect phase, or the churn, when all are done."""
         if self._pumping or self.connecting:
             return
-        if self.phase == "connect" and self.next_i >= len(self.indices):
+        session = self.session
+        if session.phase == "connect" and self.next_i >= len(self.indices):
             self._phase_end("connect")
             self._ready()
         elif self.config.mode == "connect":
-            if self.phase == "drain":
-                self._close_all()
-            elif (self.phase == "traffic" and self.cycle_quota is not None
+            if session.phase == "drain":
+                session.close_all()
+            elif (session.phase == "traffic" and self.cycle_quota is not None
                   and self.stats.attempted >= self.cycle_quota):
-                self.end_traffic()
+                session.end_traffic()
 
-    # ------------------------------------------------------------ failures
-    def _abort(self, conn: Connection, phase: str, key: str, exc: BaseException) -> None:
-        slot = conn.ctx
-        if not slot.failed:
-            slot.failed = True
-            st.add_tally(self.stats.errors, phase, key)
-        conn.abort(exc)
-
-    def protocol_error(self, conn: Connection, exc: protocol.ProtocolError) -> None:
-        pe = self.stats.protocol_errors
-        pe[exc.kind] = pe.get(exc.kind, 0) + 1
-        self._abort(conn, "recv", errors.PROTOCOL_ERROR, exc)
-
-    def peer_closed(self, conn: Connection) -> None:
-        slot = conn.ctx
-        if self.phase == "close" or (self.config.mode == "connect" and slot.confirmed):
-            conn.close()
-            return
-        phase = "recv" if slot.confirmed or self.config.mode == "connect" or slot.sent else "connect"
-        self._abort(conn, phase, errors.PEER_CLOSED, ConnectionError("peer closed the connection"))
-
-    def lost(self, conn: Connection, exc: Optional[BaseException]) -> None:
-        """Every connection ends here, whoever closed it."""
-        slot: Slot = conn.ctx
-        s = self.stats
-        if exc is not None and conn.failed_in is not None and not slot.failed:
-            slot.failed = True
-            st.add_tally(s.errors, conn.failed_in, errors.exception_key(exc))
-        if slot.confirmed:
-            if conn in self.live:
-                self.live.discard(conn)
-                if slot.failed:
-                    s.lost += 1
-            was_owed = owed(slot)
-            slot.sent = 0
-            slot.backlog = None
-            if was_owed and self.phase == "drain":
-                self.answered(was_owed)
-            elif self.phase == "traffic" and not self.live and self.config.mode != "connect":
-                self.end_traffic()  # every connection is gone: nothing left to measure
-            return
-        self.connecting -= 1
-        s.connect_bytes_out += conn.bytes_out
-        s.connect_bytes_in += conn.bytes_in
-        if slot.failed:
-            s.failed += 1
-        else:  # we closed it ourselves before its reply: the run is ending
-            s.cancelled += 1
-        self._pump_later(0.0)
+    def _abort(self, conn: Any, phase: str, key: str, exc: BaseException) -> None:
+        self.session.abort(conn, phase, key, exc)
 
     # ------------------------------------------------------------ traffic phase
     def _go(self) -> None:
         cfg = self.config
-        self.phase = "traffic"
-        now = self.traffic_started = self.clock()
-        self.cpu_started = time.process_time()
+        session = self.session
         quota = cfg.requests_of(self.index)
         if cfg.duration is not None:
-            self.loop.call_later(cfg.duration, self.end_traffic)
+            self.loop.call_later(cfg.duration, session.end_traffic)
         if cfg.mode == "connect":
-            self.connect_started = now
+            now = session.start_traffic(None, quota)
+            session.connect_started = now
             self._pump()
             return
-        if not self.live:  # nothing to send on: no connection was established
-            self.traffic = None
-            self.end_traffic()
+        if not session.live:  # nothing to send on: no connection was established
+            session.start_traffic(None, quota)
+            session.end_traffic()
             return
-        if cfg.rate is not None:
-            self.traffic = OpenLoop(self, quota)
-            for conn in self.live:
-                conn.set_protocol(self.traffic)
-            self.traffic.start(now)
-            return
-        self.traffic = (EchoLoop if cfg.mode == "echo" else ClosedLoop)(self, quota)
+        traffic = exchange.choose(session, quota)
+        now = session.start_traffic(traffic, quota)
         if quota == 0:
-            self.end_traffic()
+            session.end_traffic()
             return
-        for conn in list(self.live):
-            conn.set_protocol(self.traffic)
-            if self.traffic.left > 0 and not conn.closed:
-                self.traffic.send_first(conn, now)
-
-    def answered(self, n: int = 1) -> None:
-        """``n`` requests were answered (or lost) during the drain."""
-        self.outstanding -= n
-        if self.outstanding <= 0 and self.phase == "drain":
-            self._close_all()
-
-    def end_traffic(self) -> None:
-        if self.phase != "traffic":
-            return
-        s = self.stats
-        now = self.clock()
-        s.phases["traffic"] = [self.traffic_started, now]
-        s.traffic_wall = (now - self.traffic_started) / _NS
-        s.traffic_cpu = time.process_time() - self.cpu_started
-        self.phase = "drain"
-        if self.traffic is not None:
-            self.traffic.left = 0
-        if self.pacer_timer is not None:
-            self.pacer_timer.cancel()
-            self.pacer_timer = None
-        self.drain_started = now
-        self.outstanding = sum(owed(conn.ctx) for conn in self.live)
-        if self.config.mode == "connect":
-            self.outstanding = self.connecting
-        if self.outstanding <= 0:
-            self._close_all()
-        else:
-            self.loop.call_later(self.config.drain_timeout, self._close_all)
-
-    def _close_all(self) -> None:
-        if self.phase == "close":
-            return
-        s = self.stats
-        if self.phase == "drain":
-            s.phases["drain"] = [self.drain_started, self.clock()]
-        self.phase = "close"
-        start = self.clock()
-        s.unanswered = sum(owed(conn.ctx) for conn in self.live)
-        s.open_at_end = len(self.live)
-        for conn in list(self.loop.connections.values()):
-            conn.close() if conn.ctx.confirmed else conn.abort()
-        s.phases["close"] = [start, self.clock()]
-        self.done = True
+        conns = list(session.live)
+        for conn in conns:
+            conn.set_protocol(traffic)
+        traffic.start(conns, now)
 
     # ------------------------------------------------------------ statistics
     def _counts(self) -> tuple:
@@ -481,8 +372,14 @@ class _Worker:
         due = self.epoch + self.tick_seq * step
         self.loop.call_later(max(0.0, (due - now) / _NS), self._tick)
 
+    def _requests(self, out: int) -> int:
+        """Requests handed to the kernel so far (confirming ones included)."""
+        if self.req_size:
+            return out // self.req_size
+        return self.stats.confirm_requests + self.session.sent
+
     def _tick(self) -> None:
-        if self.channel is None or self.done:
+        if self.channel is None or self.session.done:
             return
         s = self.stats
         latency = self.rec["latency"].take()
@@ -490,8 +387,8 @@ class _Worker:
         out, inn = self._counts()
         total_lat = self.hist["latency"].get_total_count() if self.hist["latency"] else 0
         tick = st.Tick(worker=self.index, seq=self.tick_seq, phase=self.phase,
-                       established=s.established, open=len(self.live), failed=s.failed + s.lost,
-                       requests=out // self.req_size, responses=s.established + total_lat,
+                       established=s.established, open=len(self.session.live), failed=s.failed + s.lost,
+                       requests=self._requests(out), responses=s.established + total_lat,
                        traffic_responses=total_lat, bytes_out=out, bytes_in=inn,
                        errors=st.tally_total(s.errors), latency=st.encode(latency))
         self._send(("tick", tick))
@@ -505,11 +402,14 @@ class _Worker:
             if blob:
                 s.histograms[name] = blob
         s.bytes_out, s.bytes_in = self._counts()
-        s.requests = s.bytes_out // self.req_size
+        s.requests = self._requests(s.bytes_out)
         lat = self.hist["latency"]
         s.traffic_responses = lat.get_total_count() if lat else 0
         s.responses = s.established + s.traffic_responses
         s.traffic_requests = s.requests - s.confirm_requests
-        if self.traffic is not None and hasattr(self.traffic, "scheduled"):
-            s.scheduled = self.traffic.scheduled
+        traffic = self.session.traffic
+        if traffic is not None and hasattr(traffic, "scheduled"):
+            s.scheduled = traffic.scheduled
+        if self.proto.tally:
+            s.reply_classes = dict(self.proto.tally)
         return s

@@ -1,0 +1,247 @@
+"""The phase machine of one flood worker: the narrow interface its exchange loops call.
+
+A worker's traffic goes connect -> ready -> traffic -> drain -> close.  The
+exchange loops (:mod:`socktools.flood.exchange`) see only this object: the
+clock, the recorders, the request maker (``{seq}`` numbering), the quota,
+the pacer's timer, and the verbs of a run -- ``confirmed``, ``answered``,
+``failed`` (a reply that counts as a failure), ``broken`` (a protocol error:
+the connection ends), ``peer_closed``, ``lost``, ``end_traffic``.  The
+worker owns the sockets and the connect pump; it learns of connections that
+settle through the one ``settled`` callback it passes in.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Optional
+
+from socktools import errors
+from socktools.flood import stats as st
+from socktools.flood.config import FloodConfig
+from socktools.wire.base import SAMPLE_BYTES, WireProtocol
+
+__all__ = ["Session", "Slot", "owed", "NO_QUOTA"]
+
+_NS = 1_000_000_000
+
+#: "No quota": a count that a run bounded to a day never reaches.
+NO_QUOTA = 1 << 62
+
+#: Distinct failure details kept per kind (an -ERR text, a status): a server
+#: answering with ever-new texts must not grow the tally without bound.
+MAX_DETAILS = 32
+
+
+class Slot:
+    """Per-connection state (``conn.ctx``); slotted to keep memory per connection small."""
+
+    __slots__ = ("index", "started", "got", "sent", "due", "backlog", "parser", "times", "dues",
+                 "confirmed", "failed")
+
+    def __init__(self, index: int, started: int) -> None:
+        self.index = index
+        self.started = started
+        self.got = 0            # fixed-size replies: bytes of the current one received
+        self.sent = 0           # when the outstanding request left (0: none) -- one in flight
+        self.due = 0            # --rate: when that request was scheduled
+        self.backlog = None     # --rate: scheduled times of requests not sent yet (deque)
+        self.parser: Any = None  # the wire parser of this connection
+        self.times = None       # pipelined: send times of the requests in flight (deque)
+        self.dues = None        # pipelined --rate: their scheduled times (deque)
+        self.confirmed = False
+        self.failed = False
+
+
+def owed(slot: Slot) -> int:
+    """Requests a connection still owes answers to (sent, or queued by the pacer)."""
+    return ((1 if slot.sent else 0) + (len(slot.times) if slot.times else 0)
+            + (len(slot.backlog) if slot.backlog else 0))
+
+
+class Session:
+    def __init__(self, config: FloodConfig, index: int, loop: Any, clock: Callable[[], int],
+                 stats: st.WorkerStats, proto: WireProtocol, settled: Callable[[Any], None]) -> None:
+        self.config = config
+        self.index = index
+        self.loop = loop
+        self.clock = clock
+        self.stats = stats
+        self.proto = proto
+        self.settled = settled               # worker: a connection left the connect phase
+        self.rec = {name: st.Recorder() for name in st.HISTOGRAMS}
+        self.phase = "connect"
+        self.done = False
+        self.live: set = set()               # confirmed connections still open
+        self.outstanding = 0                 # drain: answers still owed
+        self.sent = 0                        # traffic requests sent (counted when not fixed)
+        self.traffic: Any = None
+        self.traffic_started = 0
+        self.cpu_started = 0.0
+        self.drain_started = 0
+        self.connect_started = 0
+        self.pacer_timer = None
+        self._seq = 0
+        self._stride = max(1, config.workers)
+        fixed = proto.fixed_request
+        self.fixed_request = fixed
+
+    # ------------------------------------------------------------ for the exchange loops
+    def now(self) -> int:
+        return self.clock()
+
+    def request(self, conn_index: int) -> bytes:
+        """The next request's bytes; ``{seq}`` is unique over the run (workers interleave)."""
+        fixed = self.fixed_request
+        if fixed is not None:
+            return fixed
+        seq = self._seq * self._stride + self.index
+        self._seq += 1
+        return self.proto.request(seq, conn_index)
+
+    def pace(self, delay_ns: int, callback: Callable[[], None]) -> None:
+        """Run the pacer again in ``delay_ns``; end_traffic cancels it."""
+        self.pacer_timer = self.loop.call_later(delay_ns / _NS, callback)
+
+    def failed(self, failures: list) -> None:
+        """Replies that arrived whole but count as failures (wrong-reply, server-error, http-5xx)."""
+        table = self.stats.reply_failures
+        for f in failures:
+            kinds = table.setdefault(f.kind, {})
+            detail = f.detail if (f.detail in kinds or len(kinds) < MAX_DETAILS) else "(other)"
+            kinds[detail] = kinds.get(detail, 0) + 1
+            if f.sample and f.kind not in self.stats.samples:
+                self.stats.samples[f.kind] = f.sample[:SAMPLE_BYTES].decode("latin-1")
+        failures.clear()
+
+    def broken(self, conn: Any, kind: str, message: str) -> None:
+        """The peer broke the protocol: count the kind, end this connection."""
+        pe = self.stats.protocol_errors
+        pe[kind] = pe.get(kind, 0) + 1
+        from socktools.protocol import RemoteProtocolError
+        self.abort(conn, "recv", errors.PROTOCOL_ERROR, RemoteProtocolError(message, kind))
+
+    def abort(self, conn: Any, phase: str, key: str, exc: BaseException) -> None:
+        slot = conn.ctx
+        if not slot.failed:
+            slot.failed = True
+            st.add_tally(self.stats.errors, phase, key)
+        conn.abort(exc)
+
+    def confirmed(self, conn: Any, now: int) -> None:
+        slot: Slot = conn.ctx
+        s = self.stats
+        slot.confirmed = True
+        slot.sent = 0
+        s.connect_bytes_out += conn.bytes_out
+        s.connect_bytes_in += conn.bytes_in
+        self.rec["first_reply"].record(now - slot.started)
+        s.established += 1
+        if self.config.mode == "connect":
+            s.cycles += 1
+            conn.close()
+        elif self.phase == "connect":
+            self.live.add(conn)
+        else:  # confirmed after a stop: not needed any more
+            conn.close()
+        self.settled(conn)
+
+    def peer_closed(self, conn: Any) -> None:
+        slot: Slot = conn.ctx
+        if self.phase == "close" or (self.config.mode == "connect" and slot.confirmed):
+            conn.close()
+            return
+        parser = slot.parser
+        if parser is not None and hasattr(parser, "eof") and owed(slot):
+            try:
+                n = parser.eof()
+            except Exception as exc:  # WireError, or a plug-in's own
+                self.broken(conn, getattr(exc, "kind", "protocol-error"), str(exc))
+                return
+            if n and self.traffic is not None and slot.confirmed:
+                self.traffic.replies(conn, slot, n)
+        phase = "recv" if slot.confirmed or self.config.mode == "connect" or owed(slot) else "connect"
+        self.abort(conn, phase, errors.PEER_CLOSED, ConnectionError("peer closed the connection"))
+
+    def lost(self, conn: Any, exc: Optional[BaseException]) -> None:
+        """Every connection ends here, whoever closed it."""
+        slot: Slot = conn.ctx
+        s = self.stats
+        if exc is not None and conn.failed_in is not None and not slot.failed:
+            slot.failed = True
+            st.add_tally(s.errors, conn.failed_in, errors.exception_key(exc))
+        if slot.confirmed:
+            if conn in self.live:
+                self.live.discard(conn)
+                if slot.failed:
+                    s.lost += 1
+            was_owed = owed(slot)
+            slot.sent = 0
+            slot.times = None
+            slot.backlog = None
+            if was_owed and self.phase == "drain":
+                self.answered(was_owed)
+            elif self.phase == "traffic" and not self.live and self.config.mode != "connect":
+                self.end_traffic()  # every connection is gone: nothing left to measure
+            return
+        s.connect_bytes_out += conn.bytes_out
+        s.connect_bytes_in += conn.bytes_in
+        if slot.failed:
+            s.failed += 1
+        else:  # we closed it ourselves before its reply: the run is ending
+            s.cancelled += 1
+        self.settled(conn)
+
+    # ------------------------------------------------------------ phases
+    def start_traffic(self, traffic: Any, quota: Optional[int]) -> int:
+        self.phase = "traffic"
+        self.traffic = traffic
+        now = self.traffic_started = self.clock()
+        self.cpu_started = time.process_time()
+        return now
+
+    def answered(self, n: int = 1) -> None:
+        """``n`` requests were answered (or lost) during the drain."""
+        self.outstanding -= n
+        if self.outstanding <= 0 and self.phase == "drain":
+            self.close_all()
+
+    def end_traffic(self) -> None:
+        if self.phase != "traffic":
+            return
+        s = self.stats
+        now = self.clock()
+        s.phases["traffic"] = [self.traffic_started, now]
+        s.traffic_wall = (now - self.traffic_started) / _NS
+        s.traffic_cpu = time.process_time() - self.cpu_started
+        self.phase = "drain"
+        if self.traffic is not None:
+            self.traffic.left = 0
+        if self.pacer_timer is not None:
+            self.pacer_timer.cancel()
+            self.pacer_timer = None
+        self.drain_started = now
+        self.outstanding = sum(owed(conn.ctx) for conn in self.live)
+        if self.config.mode == "connect":
+            self.outstanding = self.connecting_count()
+        if self.outstanding <= 0:
+            self.close_all()
+        else:
+            self.loop.call_later(self.config.drain_timeout, self.close_all)
+
+    #: Set by the worker: connections still between connect() and their first reply.
+    connecting_count: Callable[[], int] = staticmethod(lambda: 0)
+
+    def close_all(self) -> None:
+        if self.phase == "close":
+            return
+        s = self.stats
+        if self.phase == "drain":
+            s.phases["drain"] = [self.drain_started, self.clock()]
+        self.phase = "close"
+        start = self.clock()
+        s.unanswered = sum(owed(conn.ctx) for conn in self.live)
+        s.open_at_end = len(self.live)
+        for conn in list(self.loop.connections.values()):
+            conn.close() if conn.ctx.confirmed else conn.abort()
+        s.phases["close"] = [start, self.clock()]
+        self.done = True
