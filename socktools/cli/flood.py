@@ -11,6 +11,7 @@ import click
 from socktools.cli._common import (BYTESIZE, DURATION, EXIT_FAILED, EXIT_THRESHOLD, PORT, build_config,
                                    die, parse_address_range)
 from socktools.cli._outputs import output_options, write_outputs
+from socktools.cli._wire import given_params, option_name, wire_options, wire_spec
 
 EPILOG = """\b
 Examples:
@@ -21,6 +22,16 @@ Examples:
   socktools flood --conns 60000 --source 127.0.0.2-127.0.0.9 --rate 1000
   socktools flood --interval 1s --threshold 'p99<5ms' --threshold errors==0
   socktools flood --duration 30s --report run.html --hgrm run.hgrm --json > run.json
+
+\b
+Your own server (give its --port):
+  socktools flood --port 6379 --mode redis --command 'SET key:{seq} v' --command 'GET key:{seq}'
+  socktools flood --port 8080 --mode http --path / --path '/item/{seq}' --conns 100
+  socktools flood --port 7000 --mode raw --send 'PING\\r\\n' --reply-until '\\r\\n' --pipeline 16
+  socktools flood --port 7000 --mode line --send 'TIME' --reply-match '^[0-9]+'
+  socktools flood --port 9000 --mode raw --send-file req.bin --reply-prefix '>I' --reply-prefix-adjust 0
+  socktools flood --port 9000 --mode raw --send 'tick\\n' --no-reply --rate 50000
+  socktools flood --port 11211 --protocol examples.memcached_plugin:Memcached --command 'get k{conn}'
 
 \b
 With no --port, flood starts `socktools serve` (the matching mode) on a free
@@ -47,10 +58,14 @@ EXIT_SIGTERM = 128 + 15
 @click.option("--workers", "-w", type=click.IntRange(min=1), default=None,
               help="Worker processes.  [default: one per CPU, half of them with the embedded "
                    "server, more if the fd limit needs it]")
-@click.option("--mode", "-m", type=click.Choice(["echo", "framed", "connect"]), default="echo",
-              show_default=True,
-              help="echo: payloads that must come back whole; framed: SPEC §1 requests with "
-                   "keep-alive, answers checked; connect: connect, one echo, close, again.")
+@click.option("--mode", "-m", type=click.Choice(["echo", "framed", "connect", "raw", "line", "redis", "http"]),
+              default="echo", show_default=True,
+              help="echo: payloads that must come back whole; framed: the framed protocol with "
+                   "keep-alive, answers checked; connect: connect, one echo, close, again; raw: "
+                   "--send bytes, replies framed by --reply-*; line: one line each way; redis: "
+                   "--command as RESP; http: HTTP/1.1 keep-alive.")
+@click.option("--pipeline", "-P", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Requests in flight per connection (latency of each from its own send).")
 @click.option("--size", "-s", type=BYTESIZE, default=64, show_default=True,
               help="echo/connect: payload bytes per request.")
 @click.option("--action", default="search", show_default=True, help="framed: request action.")
@@ -75,9 +90,12 @@ EXIT_SIGTERM = 128 + 15
               help="Print one progress row per interval (with --json: one NDJSON line).  The JSON, "
                    "--report and the files have intervals either way: of this length, else 1s.")
 @click.option("--json", "as_json", is_flag=True, help="Print the final result as one JSON document.")
+@wire_options
 @output_options
-def command(host, port, conns, workers, mode, size, action, value, duration, requests, rate,
-            connect_rate, connect_timeout, source, server_workers, interval, as_json, outputs):
+@click.pass_context
+def command(ctx, host, port, conns, workers, mode, pipeline, size, action, value, duration, requests, rate,
+            connect_rate, connect_timeout, source, server_workers, interval, as_json, outputs,
+            **wire_params):
     """Load a TCP server with many concurrent connections and report what happened.
 
     Opens --conns connections over --workers processes (each confirmed by a
@@ -105,12 +123,25 @@ def command(host, port, conns, workers, mode, size, action, value, duration, req
             raise click.BadParameter(f"addresses must be of the same family as {host}", param_hint="--source")
     from socktools.flood.timeline import DEFAULT_INTERVAL
     tick = interval if interval is not None else DEFAULT_INTERVAL
+    spec = None
+    if wire_params.get("plugin"):
+        if ctx.get_parameter_source("mode") is not click.core.ParameterSource.DEFAULT:
+            raise click.BadParameter("--protocol is the mode: give one or the other", param_hint="--mode")
+        mode = "plugin"
+    if mode not in ("echo", "framed", "connect"):
+        from socktools.addresses import format_addr
+        spec = wire_spec(mode, format_addr((host, port or 0)), wire_params)
+    else:
+        given = given_params(ctx)
+        if given:
+            raise click.BadParameter(f"not for --mode {mode}", param_hint=option_name(given[0]))
     config = build_config(FloodConfig, mode=mode, conns=conns, workers=workers or 0, host=host,
                           port=port or 0, address=None if embedded else address, family=family,
                           size=size, action=action, value=value, duration=duration,
                           requests=requests, rate=rate, connect_rate=connect_rate,
                           connect_timeout=connect_timeout, sources=sources, interval=tick,
-                          embedded=embedded, server_workers=server_workers or 0)
+                          embedded=embedded, server_workers=server_workers or 0,
+                          wire=spec, pipeline=pipeline)
     _run(config, workers_given=workers is not None, sources_given=source is not None,
          as_json=as_json, rows=interval is not None, outputs=outputs)
 

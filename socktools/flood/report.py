@@ -66,6 +66,18 @@ def _connect_rate(result: FloodResult) -> float:
     return _rate(c["established"], (span[1] - span[0]) / 1e9) if span else 0.0
 
 
+def describe(cfg) -> str:
+    """What was said on each connection, in a few words."""
+    if cfg.mode == "connect":
+        return f"connect churn, {cfg.size:,}-byte check"
+    from socktools import wire
+    try:
+        text = wire.build(cfg.wire_spec).describe()
+    except Exception:  # a plug-in that cannot even describe itself still gets a report
+        text = cfg.mode
+    return text + (f", pipeline {cfg.pipeline}" if cfg.pipeline > 1 else "")
+
+
 def server_check(result: FloodResult) -> Optional[dict]:
     """Compare flood's count with the embedded server's, in the same run.
 
@@ -138,6 +150,7 @@ def _body(result: FloodResult) -> dict:
         "server": result.server,
         "config": {"conns": cfg.conns, "workers": cfg.active_workers, "size": cfg.size,
                    "request": f"{cfg.action} {cfg.value}" if cfg.mode == "framed" else None,
+                   "exchange": describe(cfg), "pipeline": cfg.pipeline,
                    "duration": cfg.duration, "requests": cfg.requests, "rate": cfg.rate,
                    "connect_rate": cfg.connect_rate, "connect_timeout": cfg.connect_timeout,
                    "sources": list(cfg.sources)},
@@ -163,6 +176,10 @@ def _body(result: FloodResult) -> dict:
         "errors": _errors_list(t),
         "errors_total": st.tally_total(t.errors),
         "protocol_errors": dict(t.protocol_errors),
+        "reply_failures": {k: dict(v) for k, v in t.reply_failures.items()},
+        "reply_failures_total": st.tally_total(t.reply_failures),
+        "reply_samples": dict(t.samples),
+        "reply_classes": dict(t.reply_classes),
         "server_check": server_check(result),
         "warnings": list(result.warnings),
         "notes": list(result.plan.notes),
@@ -213,8 +230,7 @@ def render_table(result: FloodResult, checked: Optional[list] = None) -> str:
     c = t.counters
     secs = traffic_seconds(t)
     lines = []
-    what = {"echo": f"echo, {cfg.size:,}-byte payloads", "connect": f"connect churn, {cfg.size:,}-byte check",
-            "framed": f"framed, `{cfg.action} {cfg.value}` with keep-alive"}[cfg.mode]
+    what = describe(cfg)
     lines.append(f"flood {cfg.target}: {what}; {cfg.conns:,} connection(s) over "
                  f"{cfg.active_workers} worker(s)" + (", open loop at "
                  f"{cfg.rate:,g} req/s" if cfg.rate else ", closed loop" if cfg.mode != "connect" else ""))
@@ -247,6 +263,8 @@ def render_table(result: FloodResult, checked: Optional[list] = None) -> str:
         lines.append(req)
         lines.append(f"             (not counting the {_n(c['confirm_requests'])} first round trips that "
                      f"confirmed the connections)")
+        if t.reply_classes:
+            lines.append("replies      " + " · ".join(f"{k} {v:,}" for k, v in sorted(t.reply_classes.items())))
     tb_out, tb_in = _traffic_bytes(result)
     if measured and (tb_out or tb_in):
         lines.append(f"throughput   {_mb(_rate(tb_out, secs))} out · {_mb(_rate(tb_in, secs))} in"
@@ -279,8 +297,15 @@ def render_table(result: FloodResult, checked: Optional[list] = None) -> str:
         if t.protocol_errors:
             kinds = ", ".join(f"{k} {v:,}" for k, v in sorted(t.protocol_errors.items()))
             lines.append(f"  protocol errors by kind: {kinds}")
-    else:
+    elif not t.reply_failures:
         lines.append("failures     none")
+    for kind, details in sorted(t.reply_failures.items()):
+        total = sum(details.values())
+        lines.append(f"failed replies {kind} {total:,} (whole replies, counted as failures):")
+        for detail, n in sorted(details.items(), key=lambda kv: -kv[1])[:10]:
+            lines.append(f"  {n:>8,}  {detail}")
+        if kind in t.samples:
+            lines.append(f"  first offending bytes: {t.samples[kind]!r}")
     check = server_check(result)
     if check:
         verdict = "equal" if check["equal"] else "DIFFERENT"

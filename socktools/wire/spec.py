@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Optional
 
+from socktools.errors import OptionError
 from socktools.wire.base import WireProtocol
 from socktools.wire.escapes import EscapeError, Template, unescape
 
@@ -23,12 +24,18 @@ __all__ = ["WireSpec", "WireOptionError", "build", "load_plugin", "MODES"]
 MODES = ("echo", "framed", "raw", "line", "redis", "http")
 
 
-class WireOptionError(ValueError):
-    """A bad exchange option; ``option`` is the command-line name to blame."""
+#: Command-line flags whose config field is spelled otherwise.
+_FIELDS = {"--send": "sends", "--command": "commands", "--path": "paths", "--header": "headers",
+           "--protocol": "plugin", "--accept-status": "accept_status"}
 
-    def __init__(self, option: str, message: str) -> None:
-        super().__init__(f"{option}: {message}")
-        self.option = option
+
+class WireOptionError(OptionError):
+    """A bad exchange option.  ``flag`` is the command-line option to blame (``--reply-until``),
+    ``option`` its field (``reply_until``, as :class:`~socktools.errors.OptionError` has it)."""
+
+    def __init__(self, flag: str, message: str) -> None:
+        super().__init__(_FIELDS.get(flag, flag.lstrip("-").replace("-", "_")), message)
+        self.flag = flag
         self.message = message
 
 
@@ -164,7 +171,7 @@ def build(spec: WireSpec) -> WireProtocol:
         except ImportError as exc:
             raise WireOptionError("--mode", str(exc)) from None
         except (ValueError, EscapeError) as exc:
-            raise WireOptionError("--path/--header/--method", str(exc)) from None
+            raise WireOptionError("--path", str(exc)) from None
     raise WireOptionError("--mode", f"unknown mode {mode!r} (known: {', '.join(MODES)})")
 
 

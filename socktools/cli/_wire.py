@@ -1,0 +1,105 @@
+"""The exchange options that flood and request share, declared once, and their WireSpec."""
+
+from __future__ import annotations
+
+import click
+
+from socktools.cli._common import BYTESIZE
+
+__all__ = ["wire_options", "wire_spec", "WIRE_PARAMS"]
+
+_OPTIONS = [
+    click.option("--send", "sends", multiple=True, metavar="TEXT",
+                 help="raw/line: the request; C escapes (\\r \\n \\t \\\\ \\xHH \\0) and {seq} {conn} "
+                      "placeholders.  Repeat to rotate through several."),
+    click.option("--send-file", type=click.Path(exists=True, dir_okay=False), default=None,
+                 help="raw: the request is this file's bytes (placeholders still apply)."),
+    click.option("--reply-until", metavar="DELIM", default=None,
+                 help="raw: a reply ends with DELIM (escapes as --send), e.g. '\\r\\n'."),
+    click.option("--reply-bytes", type=BYTESIZE, default=None, help="raw: every reply is exactly N bytes."),
+    click.option("--reply-prefix", metavar="FMT", default=None,
+                 help="raw: a reply starts with its length in struct notation (>H, >I, <Q...)."),
+    click.option("--reply-prefix-adjust", type=int, default=0, show_default=True,
+                 help="raw: body bytes = prefix length + N (negative if the length counts the prefix)."),
+    click.option("--no-reply", is_flag=True, help="raw: write-only stream at --rate; replies are not awaited."),
+    click.option("--reply-match", metavar="REGEX", default=None,
+                 help="raw/line: a reply not matching REGEX counts as failure wrong-reply."),
+    click.option("--eol", type=click.Choice(["lf", "crlf"]), default="lf", show_default=True,
+                 help="line: the line ending appended to each request."),
+    click.option("--command", "commands", multiple=True, metavar="CMD",
+                 help="redis (and plug-ins): e.g. 'SET key:{seq} v'; repeat to rotate.  [default: PING]"),
+    click.option("--method", default="GET", show_default=True, help="http: the request method."),
+    click.option("--path", "paths", multiple=True, metavar="PATH",
+                 help="http: the request target, may carry {seq}; repeat to rotate.  [default: /]"),
+    click.option("--header", "headers", multiple=True, metavar="'K: V'", help="http: a request header (repeatable)."),
+    click.option("--body", default=None, metavar="TEXT|@FILE", help="http: the request body."),
+    click.option("--accept-status", multiple=True, metavar="CODES",
+                 help="http: statuses that are not failures, e.g. 404 or 4xx,5xx.  [default: 1xx-3xx]"),
+    click.option("--protocol", "plugin", metavar="MODULE:CLASS", default=None,
+                 help="Your own exchange protocol class (see docs/plugins.md); --command texts go to it."),
+]
+
+WIRE_PARAMS = ("sends", "send_file", "reply_until", "reply_bytes", "reply_prefix", "reply_prefix_adjust",
+               "no_reply", "reply_match", "eol", "commands", "method", "paths", "headers", "body",
+               "accept_status", "plugin")
+
+
+_NAMES = {"sends": "--send", "commands": "--command", "paths": "--path", "headers": "--header",
+          "plugin": "--protocol"}
+
+
+def option_name(param: str) -> str:
+    return _NAMES.get(param, "--" + param.replace("_", "-"))
+
+
+def given_params(ctx) -> list:
+    """The exchange options the user typed (not left at their defaults)."""
+    return [p for p in WIRE_PARAMS if ctx.get_parameter_source(p) is not click.core.ParameterSource.DEFAULT]
+
+
+def wire_options(f):
+    for opt in reversed(_OPTIONS):
+        f = opt(f)
+    return f
+
+
+def _read(path: str, option: str) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except OSError as exc:
+        raise click.BadParameter(f"cannot read {path!r}: {exc.strerror}", param_hint=option)
+
+
+def wire_spec(mode: str, host: str, params: dict, **extra):
+    """A WireSpec from the CLI values (not yet validated: building it does that)."""
+    from socktools.wire.spec import WireSpec
+
+    body = params.get("body")
+    if body is None:
+        body_bytes = b""
+    elif body.startswith("@"):
+        body_bytes = _read(body[1:], "--body")
+    else:
+        body_bytes = body.encode()
+    send_file = params.get("send_file")
+    return WireSpec(mode="plugin" if params.get("plugin") else mode,
+                    sends=tuple(params.get("sends") or ()),
+                    send_file=_read(send_file, "--send-file") if send_file else None,
+                    reply_until=params.get("reply_until"), reply_bytes=params.get("reply_bytes"),
+                    reply_prefix=params.get("reply_prefix"),
+                    reply_prefix_adjust=params.get("reply_prefix_adjust") or 0,
+                    no_reply=bool(params.get("no_reply")), reply_match=params.get("reply_match"),
+                    eol=params.get("eol") or "lf", commands=tuple(params.get("commands") or ()),
+                    method=params.get("method") or "GET", paths=tuple(params.get("paths") or ()),
+                    headers=tuple(params.get("headers") or ()), body=body_bytes,
+                    accept_status=tuple(params.get("accept_status") or ()), plugin=params.get("plugin"),
+                    host=host, **extra)
+
+
+def usage_error(exc) -> click.UsageError:
+    """A WireOptionError (or a config ValueError) as click's usage error, naming the option."""
+    option = getattr(exc, "option", None)
+    if option:
+        return click.BadParameter(exc.message, param_hint=option)
+    return click.UsageError(str(exc))

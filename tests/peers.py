@@ -1,0 +1,222 @@
+"""Real servers for tests and benchmarks: redis-server, nginx and memcached on free loopback ports.
+
+Each is started with a config the caller controls (files under a temporary
+directory), waited for until it accepts a connection, and stopped by PID.
+``skip_unless(binary)`` skips with a plain reason when the Debian package is
+missing.  Helpers read each server's own request counts, so a test can hold
+flood's count against the server's.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Optional
+
+import pytest
+
+__all__ = ["free_port", "skip_unless", "Redis", "Nginx", "Memcached", "NGINX_BIG"]
+
+_PACKAGES = {"redis-server": "redis-server", "nginx": "nginx", "memcached": "memcached",
+             "redis-benchmark": "redis-tools", "wrk": "wrk"}
+_SBIN = ("/usr/sbin", "/usr/local/sbin", "/sbin")
+
+
+def which(binary: str) -> Optional[str]:
+    return shutil.which(binary) or next((os.path.join(d, binary) for d in _SBIN
+                                         if os.access(os.path.join(d, binary), os.X_OK)), None)
+
+
+def skip_unless(binary: str) -> str:
+    path = which(binary)
+    if path is None:
+        pytest.skip(f"{binary} not installed (apt-get install {_PACKAGES.get(binary, binary)})")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+class _Peer:
+    cmd: list
+    name = "server"
+
+    def start(self, timeout: float = 10.0) -> "_Peer":
+        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     preexec_fn=getattr(self, "preexec", None))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                err = self.proc.stderr.read().decode(errors="replace")
+                raise RuntimeError(f"{self.name} exited at once ({self.proc.returncode}): {err[-500:]}")
+            if _accepts(self.port):
+                return self
+            time.sleep(0.02)
+        self.stop()
+        raise RuntimeError(f"{self.name} did not listen on port {self.port} within {timeout:g}s")
+
+    def stop(self) -> None:
+        proc = getattr(self, "proc", None)
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        if proc.stderr:
+            proc.stderr.close()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _exchange(port: int, request: bytes, parser) -> list:
+    """One blocking request through a wire parser; its decoded replies."""
+    parser.keep = []
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(request)
+        while not parser.keep:
+            data = s.recv(65536)
+            if not data:
+                break
+            parser.feed(data)
+    return parser.keep
+
+
+class Redis(_Peer):
+    name = "redis-server"
+
+    def __init__(self, tmp: Path, port: Optional[int] = None) -> None:
+        binary = skip_unless("redis-server")
+        self.port = port or free_port()
+        self.cmd = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                    "--appendonly", "no", "--dir", str(tmp), "--daemonize", "no", "--loglevel", "warning"]
+
+    def command(self, *args: str):
+        from socktools.wire.redis import RespParser, encode_command
+        return _exchange(self.port, encode_command([a.encode() for a in args]), RespParser())[0].fields["value"]
+
+    def calls(self) -> dict:
+        """``{"ping": 120, "set": 7}`` from INFO commandstats (the server's own count)."""
+        out = {}
+        for line in self.command("INFO", "commandstats").splitlines():
+            if line.startswith("cmdstat_"):
+                name, _, rest = line.partition(":")
+                fields = dict(kv.split("=") for kv in rest.split(","))
+                out[name[len("cmdstat_"):]] = int(fields["calls"])
+        return out
+
+    def reset(self) -> None:
+        self.command("CONFIG", "RESETSTAT")
+
+
+#: Size of nginx's larger body (a static file): more than one 64 KiB read.
+NGINX_BIG = 100_000
+
+
+class Nginx(_Peer):
+    """One worker; ``/`` returns 200 "ok", ``/big`` a 100 kB file (Content-Length),
+    ``/chunked`` an SSI page (length unknown: chunked), ``/fail`` 500, ``/status`` stub_status."""
+
+    name = "nginx"
+
+    def __init__(self, tmp: Path, port: Optional[int] = None) -> None:
+        binary = skip_unless("nginx")
+        self.port = port or free_port()
+        self.tmp = tmp
+        root = tmp / "www"
+        root.mkdir(exist_ok=True)
+        (root / "big.bin").write_bytes(b"b" * NGINX_BIG)
+        (root / "page.html").write_text("<p>one</p><!--# echo var=\"ssi_var\" default=\"two\" --><p>three</p>\n")
+        self.access_log = tmp / "access.log"
+        user = "user root;\n" if os.geteuid() == 0 else ""
+        conf = tmp / "nginx.conf"
+        conf.write_text(f"""{user}worker_processes 1;
+daemon off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log {self.access_log};
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    keepalive_requests 1000000;
+    server {{
+        listen 127.0.0.1:{self.port};
+        root {root};
+        location = / {{ default_type text/plain; return 200 "ok\\n"; }}
+        location = /big {{ default_type application/octet-stream; try_files /big.bin =404; }}
+        location = /chunked {{ ssi on; default_type text/html; try_files /page.html =404; }}
+        location = /fail {{ default_type text/plain; return 500 "fail\\n"; }}
+        location = /status {{ stub_status; }}
+    }}
+}}
+""")
+        self.cmd = [binary, "-p", str(tmp), "-c", str(conf), "-e", str(tmp / "error.log")]
+
+    def log_lines(self) -> int:
+        """Requests nginx logged (its own count); the log is written as each request ends."""
+        try:
+            with open(self.access_log, "rb") as f:
+                return sum(1 for _ in f)
+        except FileNotFoundError:
+            return 0
+
+    def statuses(self) -> dict:
+        out: dict = {}
+        with open(self.access_log) as f:
+            for line in f:
+                code = line.split('"')[2].split()[0]
+                out[code] = out.get(code, 0) + 1
+        return out
+
+
+class Memcached(_Peer):
+    name = "memcached"
+
+    def __init__(self, tmp: Path, port: Optional[int] = None, threads: int = 1) -> None:
+        binary = skip_unless("memcached")
+        self.port = port or free_port()
+        self.cmd = [binary, "-l", "127.0.0.1", "-p", str(self.port), "-U", "0", "-t", str(threads), "-m", "64"]
+        if os.geteuid() == 0:
+            self.cmd += ["-u", "root"]   # memcached refuses to run as root without it
+
+    def stats(self) -> dict:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
+            s.sendall(b"stats\r\n")
+            buf = b""
+            while not buf.endswith(b"END\r\n"):
+                data = s.recv(65536)
+                if not data:
+                    break
+                buf += data
+        out = {}
+        for line in buf.decode().splitlines():
+            parts = line.split()
+            if len(parts) == 3 and parts[0] == "STAT":
+                out[parts[1]] = parts[2]
+        return out
