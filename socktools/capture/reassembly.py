@@ -9,7 +9,9 @@ with the packets it spanned, attached to the packet that completed it.
 Decode modes: ``framed`` decodes and reports protocol errors; ``auto`` tries
 the framed decoder and, when the bytes at the start of the stream are not
 the framed protocol, falls back to ``raw`` (a hex/ASCII preview of each
-segment); ``none`` skips payloads entirely.
+segment); ``none`` skips payloads entirely.  ``redis``, ``http`` and
+``line`` run the parsers flood and request use (:mod:`socktools.wire`) on
+the ordered bytes instead, one per direction.
 """
 
 from __future__ import annotations
@@ -23,7 +25,10 @@ from socktools.protocol import NEED_DATA, Decoder, Message, RemoteProtocolError
 __all__ = ["DECODE_MODES", "MessageEvent", "Note", "StreamDecoder", "preview_bytes",
            "SNIFF_MAX_CONTENT", "MAX_PENDING"]
 
-DECODE_MODES = ("auto", "framed", "raw", "none")
+#: Decoders of other protocols: the wire parsers, run on the reassembled stream.
+WIRE_DECODES = ("redis", "http", "line")
+
+DECODE_MODES = ("auto", "framed", "raw", "none") + WIRE_DECODES
 
 #: A sniffer should follow any server the user runs, including one started with
 #: a raised content cap, but must stay bounded: 16 MiB per message in flight.
@@ -114,7 +119,7 @@ class StreamDecoder:
     """
 
     __slots__ = ("mode", "role", "state", "next", "pending", "pending_bytes", "decoder",
-                 "chunks", "consumed", "count", "head", "max_pending")
+                 "chunks", "consumed", "count", "head", "max_pending", "wire")
 
     def __init__(self, mode: str, role: str, *, max_content: int = SNIFF_MAX_CONTENT,
                  max_pending: int = MAX_PENDING) -> None:
@@ -123,7 +128,11 @@ class StreamDecoder:
         self.mode = mode
         self.role = role
         # trying (auto, nothing decided) | framed | raw | off
-        self.state = {"auto": "trying", "framed": "framed", "raw": "raw", "none": "off"}[mode]
+        self.state = {"auto": "trying", "framed": "framed", "raw": "raw", "none": "off"}.get(mode, "wire")
+        self.wire = None
+        if self.state == "wire":
+            from socktools.wire.spec import stream_parser
+            self.wire = stream_parser(mode, role)
         self.next = 0
         self.pending: dict[int, tuple[bytes, int]] = {}
         self.pending_bytes = 0
@@ -140,7 +149,7 @@ class StreamDecoder:
 
     @property
     def decoding(self) -> bool:
-        return self.state in ("trying", "framed")
+        return self.state in ("trying", "framed", "wire")
 
     def feed(self, offset: int, data: bytes, packet: int) -> list:
         if not data or not self.decoding:
@@ -177,6 +186,8 @@ class StreamDecoder:
             return []
         if self.pending:
             return self._gap(packet)
+        if self.state == "wire":
+            return self._wire_finish()
         self.decoder.receive_data(b"")
         try:
             self.decoder.next_event()
@@ -191,6 +202,9 @@ class StreamDecoder:
     # ------------------------------------------------------------------ internals
     def _deliver(self, offset: int, data: bytes, packet: int) -> list:
         self.next = offset + len(data)
+        if self.state == "wire":
+            self.chunks.append((offset, self.next, packet))
+            return self._wire_feed(data)
         if self.state == "trying":
             if len(self.head) < 3:
                 self.head += data[:3]
@@ -227,6 +241,54 @@ class StreamDecoder:
                             content_preview(msg), msg.wire_size, len(set(spanned)),
                             spanned[0] if spanned else 0)
 
+    # ------------------------------------------------------------------ wire decoders
+    def _wire_feed(self, data: bytes) -> list:
+        from socktools.wire.base import WireError
+        try:
+            self.wire.feed(data)
+        except WireError as exc:
+            return self._wire_messages() + self._wire_broken(str(exc))
+        return self._wire_messages()
+
+    def _wire_finish(self) -> list:
+        from socktools.wire.base import WireError
+        try:
+            self.wire.eof()
+        except WireError as exc:
+            self.state = "raw"
+            return self._wire_messages() + [Note("truncated", f"{self.role} stream ended mid-message: {exc}")]
+        self.state = "off"
+        return self._wire_messages()
+
+    def _wire_broken(self, reason: str) -> list:
+        self.state = "raw"
+        self.wire = None
+        self.chunks.clear()
+        return [Note("decode-error", f"{self.role} stream is not {self.mode} after {self.count} "
+                                     f"message(s): {reason}; showing raw bytes")]
+
+    def _wire_messages(self) -> list:
+        """MessageEvents for the replies the wire parser completed, with the packets they spanned."""
+        parser = self.wire
+        if parser is None or not parser.keep:
+            return []
+        events = []
+        for reply in parser.keep:
+            start, end = self.consumed, self.consumed + reply.size
+            spanned = [c[2] for c in self.chunks if c[0] < end and c[1] > start]
+            while self.chunks and self.chunks[0][1] <= end:
+                self.chunks.popleft()
+            self.consumed = end
+            self.count += 1
+            text = reply.summary
+            if len(text) > _CONTENT_PREVIEW:
+                text = text[:_CONTENT_PREVIEW - 1] + "…"
+            events.append(MessageEvent(self.role, self.count, _wire_header(reply.fields), self.mode, text,
+                                       reply.size, len(set(spanned)), spanned[0] if spanned else 0))
+        parser.keep.clear()
+        parser.failures.clear()
+        return events
+
     def _not_framed(self, reason: str) -> list:
         self.state = "raw"
         self.decoder = None
@@ -242,3 +304,15 @@ class StreamDecoder:
         self.decoder = None
         return [Note("gap", f"{self.role} stream is missing {missing} bytes at offset {self.next} "
                             f"(not captured); stopped decoding it")]
+
+
+def _wire_header(fields: dict) -> dict:
+    """The JSON-able, short part of a wire reply's fields (its type, status, headers)."""
+    out = {}
+    if "type" in fields:
+        out["type"] = fields["type"]
+    if fields.get("status"):
+        out["status"] = fields["status"]
+    if fields.get("headers"):
+        out["headers"] = dict(fields["headers"][:20])
+    return out

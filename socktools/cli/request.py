@@ -1,4 +1,4 @@
-"""`socktools request`: one framed request, decoded."""
+"""`socktools request`: one request (framed, or any flood mode), decoded."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import click
 
 from socktools.cli._common import DURATION, EXIT_FAILED, PORT, die
+from socktools.cli._wire import given_params, option_name, usage_error, wire_options, wire_spec
 
 EPILOG = """\b
 Examples:
@@ -14,6 +15,14 @@ Examples:
   socktools request --port 43567 binary hello --show-bytes
   socktools request 127.0.0.1 65432 search ring   # the tutorial's HOST PORT ACTION VALUE
   socktools request --host ::1 search 🐶 --json
+
+\b
+Any server, one exchange (the modes of flood):
+  socktools request --port 6379 --mode redis --command 'INFO server'
+  socktools request --port 8080 --mode http --path / --show-bytes
+  socktools request --port 7000 --mode raw --send 'PING\\r\\n' --reply-until '\\r\\n'
+  socktools request --port 7000 --mode line --send 'HELLO' --eol crlf
+  socktools request --port 11211 --protocol examples.memcached_plugin:Memcached --command 'get k'
 
 \b
 Exit codes: 0 answered; 1 refused, reset, timed out, closed early or a
@@ -48,20 +57,36 @@ def _message_dict(message) -> dict:
 
 
 @click.command(epilog=EPILOG)
-@click.argument("words", nargs=-1, required=True, metavar="[HOST PORT] ACTION VALUE")
+@click.argument("words", nargs=-1, metavar="[HOST PORT] ACTION VALUE")
 @click.option("--host", default="127.0.0.1", show_default=True, metavar="HOST", help="Server address; ::1 for IPv6.")
 @click.option("--port", "-p", type=PORT, default=65432, show_default=True, help="Server port.")
 @click.option("--timeout", type=DURATION, default=5.0, show_default=True, metavar="DURATION",
               help="For the whole exchange (connect, send, receive).")
 @click.option("--show-bytes", is_flag=True, help="Print the exact bytes sent and received (a wire trace).")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole exchange as JSON.")
-def command(words, host, port, timeout, show_bytes, as_json):
-    """Send one framed-protocol request and print the decoded response.
+@click.option("--mode", "-m", type=click.Choice(["framed", "raw", "line", "redis", "http"]), default="framed",
+              show_default=True, help="framed: ACTION VALUE in the framed protocol; the others as in "
+                                      "`socktools flood --help`.")
+@wire_options
+@click.pass_context
+def command(ctx, words, host, port, timeout, show_bytes, as_json, mode, **wire_params):
+    """Send one request and print the decoded response.
 
-    ACTION "search" sends a text/json request; any other action a binary one
-    (content ACTION+VALUE), as SPEC §1 describes.
+    In framed mode (the default), ACTION "search" sends a text/json request;
+    any other action a binary one (content ACTION+VALUE), as docs/protocol.md
+    describes.  --mode raw/line/redis/http or --protocol send one request of
+    that protocol and print its reply, framed by the same parser flood uses.
     """
     from socktools.request.client import RequestError, request
+
+    if mode != "framed" or wire_params.get("plugin"):
+        _exchange(ctx, words, host, port, timeout, show_bytes, as_json, mode, wire_params)
+        return
+    given = given_params(ctx)
+    if given:
+        raise click.BadParameter("not for the framed protocol: give --mode", param_hint=option_name(given[0]))
+    if not words:
+        raise click.UsageError("expected ACTION VALUE or HOST PORT ACTION VALUE (or a --mode)")
 
     if len(words) == 4:
         host, port_text, action, value = words
@@ -99,3 +124,39 @@ def command(words, host, port, timeout, show_bytes, as_json):
         click.echo(value_obj["result"])
     else:
         click.echo(_content_text(message))
+
+
+def _exchange(ctx, words, host, port, timeout, show_bytes, as_json, mode, wire_params) -> None:
+    """One request of a wire protocol: build it as flood would, send it, print the reply."""
+    from socktools import wire
+    from socktools.addresses import format_addr
+    from socktools.request.client import RequestError, exchange
+    from socktools.request.report import exchange_json, reply_text
+
+    if len(words) == 2:
+        host, port_text = words
+        port = PORT.convert(port_text, None, ctx)
+    elif words:
+        raise click.UsageError(f"with --mode {mode}, give HOST PORT or nothing, not {len(words)} word(s)")
+    spec = wire_spec(mode, format_addr((host, port)), wire_params)
+    try:
+        proto = wire.build(spec)
+    except wire.WireOptionError as exc:
+        raise usage_error(exc)
+    try:
+        result = exchange(host, port, proto, timeout=timeout)
+    except RequestError as err:
+        if show_bytes and err.result:
+            _trace(err.result)
+        if as_json:
+            click.echo(json.dumps({"ok": False, "phase": err.phase, "error": err.key, "message": str(err)}))
+        die(str(err), EXIT_FAILED)
+    if show_bytes:
+        _trace(result)
+    if as_json:
+        click.echo(json.dumps(exchange_json(result), ensure_ascii=False))
+    else:
+        click.echo(reply_text(result))
+    if result.failures:
+        f = result.failures[0]
+        die(f"the reply is a failure ({f.kind}): {f.detail}", EXIT_FAILED)

@@ -44,9 +44,10 @@ _RED = {"ZeroWindow", "RST", "Retransmission"}
                    "both). Never follows a symlink, never overwrites the -r file.")
 @click.option("--read", "-r", "read", metavar="FILE", type=click.Path(dir_okay=False),
               help="Read packets from a pcap/pcapng file instead of an interface (no privilege needed).")
-@click.option("--decode", type=click.Choice(["auto", "framed", "raw", "none"]), default="auto",
-              show_default=True,
-              help="Payloads: auto = framed protocol when it parses, else a hex/ASCII preview.")
+@click.option("--decode", type=click.Choice(["auto", "framed", "raw", "none", "redis", "http", "line"]),
+              default="auto", show_default=True,
+              help="Payloads: auto = framed protocol when it parses, else a hex/ASCII preview; "
+                   "redis/http/line = those messages, by the parsers flood uses.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per packet, then a summary object.")
 @click.option("--quiet", "-q", is_flag=True, help="No packet lines, only the closing summary.")
 @click.option("--buffer", "buffer_size", type=BYTESIZE, default="64M", show_default=True,

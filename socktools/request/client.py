@@ -17,7 +17,7 @@ from typing import Any, Optional
 from socktools import errors, protocol, reference
 from socktools.addresses import format_addr, resolve
 
-__all__ = ["RequestResult", "RequestError", "PeerClosedError", "request"]
+__all__ = ["RequestResult", "RequestError", "PeerClosedError", "request", "ExchangeResult", "exchange"]
 
 
 @dataclass
@@ -114,5 +114,76 @@ def request(host: str, port: int, action: str, value: str, *, timeout: float = 5
             if phase == "send" and not result.sent:
                 result.sent = payload
             raise RequestError(phase, exc, result) from None
+    result.total_s = time.perf_counter() - started
+    return result
+
+
+@dataclass
+class ExchangeResult(RequestResult):
+    """One request of a wire protocol (redis, http, raw...): the decoded reply and any failure."""
+
+    reply: Any = None            # socktools.wire.Reply
+    failures: list = field(default_factory=list)
+
+
+def exchange(host: str, port: int, proto: Any, *, timeout: float = 5.0) -> ExchangeResult:
+    """Send request 0 of ``proto`` (a :mod:`socktools.wire` protocol) and read one whole reply.
+
+    The same parser flood uses frames the reply; a protocol without replies
+    (``--no-reply``) returns once the request is sent.
+    """
+    from socktools.wire import WireError
+
+    payload = proto.request(0, 0)
+    result = ExchangeResult(address=(host, port), sent=b"", received=b"")
+    started = time.perf_counter()
+    deadline = time.monotonic() + timeout
+    try:
+        family, sockaddr = resolve(host, port)
+    except OSError as exc:
+        raise RequestError("resolve", exc, result) from None
+    result.address = sockaddr
+    parser = proto.parser()
+    parser.keep = []
+
+    def remaining() -> float:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise socket.timeout(f"no answer within {timeout:g}s")
+        return left
+
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        phase = "connect"
+        try:
+            sock.settimeout(remaining())
+            sock.connect(sockaddr)
+            result.connect_s = time.perf_counter() - started
+            phase = "send"
+            sock.settimeout(remaining())
+            sock.sendall(payload)
+            result.sent = payload
+            phase = "recv"
+            received = bytearray()
+            n = 0
+            while proto.replies and n == 0:
+                sock.settimeout(remaining())
+                chunk = sock.recv(65536)
+                result.recv_calls += 1
+                received += chunk
+                result.received = bytes(received)
+                if not chunk:
+                    n = parser.eof() if hasattr(parser, "eof") else 0
+                    if n == 0:
+                        raise PeerClosedError(len(received))
+                    break
+                n = parser.feed(chunk)
+        except WireError as exc:
+            raise RequestError("protocol", protocol.RemoteProtocolError(str(exc), exc.kind), result) from None
+        except OSError as exc:  # includes timeouts and resets
+            if phase == "send" and not result.sent:
+                result.sent = payload
+            raise RequestError(phase, exc, result) from None
+    result.reply = parser.keep[0] if parser.keep else None
+    result.failures = list(parser.failures)
     result.total_s = time.perf_counter() - started
     return result

@@ -10,6 +10,8 @@ spec (a protocol object need not be picklable).
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 import re
 from dataclasses import dataclass
 from typing import Optional
@@ -18,7 +20,31 @@ from socktools.errors import OptionError
 from socktools.wire.base import WireProtocol
 from socktools.wire.escapes import EscapeError, Template, unescape
 
-__all__ = ["WireSpec", "WireOptionError", "build", "load_plugin", "MODES"]
+__all__ = ["WireSpec", "WireOptionError", "build", "load_plugin", "MODES", "STREAM_MODES", "stream_parser"]
+
+#: Protocols sniff can decode from a reassembled stream, both directions.
+STREAM_MODES = ("redis", "http", "line")
+
+
+def stream_parser(mode: str, role: str):
+    """A decoding parser (``keep`` set) for one direction of a captured stream.
+
+    ``role`` is ``request`` (client to server) or ``response``: Redis and line
+    protocols frame both the same way, HTTP has a parser for each.
+    """
+    if mode == "redis":
+        from socktools.wire.redis import RespParser
+        parser = RespParser()
+    elif mode == "line":
+        from socktools.wire.raw import _UntilParser
+        parser = _UntilParser(b"\n", None)
+    elif mode == "http":
+        from socktools.wire.http import HttpParser
+        parser = HttpParser(frozenset(range(100, 600)), requests=role == "request")
+    else:
+        raise ValueError(f"no stream decoder for {mode!r} (known: {', '.join(STREAM_MODES)})")
+    parser.keep = []
+    return parser
 
 #: Exchange modes with a built-in protocol ("connect" is flood's churn, on echo).
 MODES = ("echo", "framed", "raw", "line", "redis", "http")
@@ -180,6 +206,11 @@ def load_plugin(ref: str):
     module_name, sep, attr = ref.partition(":")
     if not sep or not module_name or not attr:
         raise WireOptionError("--protocol", f"{ref!r}: write package.module:ClassName")
+    # Like uvicorn's --app-dir default: a module beside the user's working
+    # directory is found when socktools runs as a console script, too.
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:  # any import-time failure of the user's module is theirs to see
@@ -188,10 +219,10 @@ def load_plugin(ref: str):
     cls = getattr(module, attr, None)
     if cls is None:
         raise WireOptionError("--protocol", f"module {module_name!r} has no {attr!r}")
-    missing = [m for m in ("request", "parser") if not callable(getattr(cls, m, None))]
+    missing = [m + "()" for m in ("request", "parser") if not callable(getattr(cls, m, None))]
     if missing:
         raise WireOptionError("--protocol", f"{ref} lacks the exchange interface: no "
-                                            f"{' or '.join(missing)}() method (see docs/plugins.md)")
+                                            f"{' or '.join(missing)} method (see docs/plugins.md)")
     return _checked(cls, ref)
 
 

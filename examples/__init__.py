@@ -1,0 +1,1 @@
+"""Worked examples: importable from the project root (``--protocol examples.memcached_plugin:Memcached``)."""

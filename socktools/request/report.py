@@ -1,0 +1,36 @@
+"""Views of one wire exchange (``socktools request --mode ...``): text and JSON. Pure functions."""
+
+from __future__ import annotations
+
+from socktools.addresses import format_addr
+
+__all__ = ["reply_text", "exchange_json"]
+
+
+def reply_text(result) -> str:
+    """What a user wants to read: the Redis value as redis-cli shows it, an HTTP status line and
+    body, a raw reply's bytes -- and the failure, if the reply was one."""
+    reply = result.reply
+    if reply is None:
+        return "(sent; no reply expected)" if not result.received else repr(result.received)
+    fields = reply.fields
+    if "status" in fields and "headers" in fields:
+        lines = [reply.summary] + [f"{k}: {v}" for k, v in fields["headers"]] + [""]
+        lines.append(fields["body"].decode("utf-8", "backslashreplace"))
+        return "\n".join(lines).rstrip("\n")
+    if fields.get("type") in ("$", "=", "+") and isinstance(fields.get("value"), str):
+        return fields["value"].rstrip("\r\n")
+    return reply.summary
+
+
+def exchange_json(result) -> dict:
+    reply = result.reply
+    out = {"ok": not result.failures, "address": format_addr(result.address),
+           "connect_ms": round(result.connect_s * 1000, 3), "total_ms": round(result.total_s * 1000, 3),
+           "bytes_sent": len(result.sent), "bytes_received": len(result.received),
+           "reply": None, "failures": [{"kind": f.kind, "detail": f.detail} for f in result.failures]}
+    if reply is not None:
+        fields = {k: (v.decode("utf-8", "backslashreplace") if isinstance(v, bytes) else v)
+                  for k, v in reply.fields.items()}
+        out["reply"] = {"size": reply.size, "summary": reply.summary, **fields}
+    return out
