@@ -1,0 +1,279 @@
+"""The wire parsers without sockets: whole feeds, byte-by-byte feeds, random splits."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as hs
+
+from socktools import wire
+from socktools.wire.base import WireError
+from socktools.wire.escapes import EscapeError, Template, unescape
+from socktools.wire.redis import RespParser, encode_command
+from socktools.wire.spec import WireOptionError, WireSpec, build
+
+
+def feed_all(parser, data: bytes, step: int = 0) -> int:
+    """Feed ``data`` whole (step 0) or in pieces of ``step`` bytes; total replies."""
+    if not step:
+        return parser.feed(data)
+    return sum(parser.feed(data[i:i + step]) for i in range(0, len(data), step))
+
+
+def splits(data: bytes, cuts: list) -> list:
+    points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
+    return [data[a:b] for a, b in zip(points, points[1:]) if b > a]
+
+
+# ----------------------------------------------------------------- escapes
+
+def test_escapes_become_bytes():
+    assert unescape(r"PING\r\n") == b"PING\r\n"
+    assert unescape(r"a\tb\\c\0\x7f\xFF") == b"a\tb\\c\0\x7f\xff"
+    assert unescape("é") == "é".encode()
+
+
+@pytest.mark.parametrize("text, words", [(r"\q", "unknown escape \\q"), ("end\\", "lone backslash"),
+                                         (r"\x4", "two hex digits"), (r"\xZZ", "two hex digits")])
+def test_bad_escapes_say_what_and_where(text, words):
+    with pytest.raises(EscapeError, match=words.replace("\\", "\\\\")):
+        unescape(text)
+
+
+def test_placeholders_render_and_braces_escape():
+    t = Template(b"SET k:{seq} c{conn} {{x}}")
+    assert t.fixed is None
+    assert t.render(7, 2) == b"SET k:7 c2 {x}"
+    assert Template(b"plain").fixed == b"plain"
+    with pytest.raises(EscapeError, match="unknown placeholder"):
+        Template(b"{sqe}")
+
+
+@given(hs.binary(max_size=40))
+def test_any_bytes_survive_an_escaped_round_trip(data):
+    text = "".join(f"\\x{b:02x}" for b in data)
+    assert unescape(text) == data
+
+
+# ----------------------------------------------------------------- raw and line
+
+def raw(**kw):
+    kw.setdefault("sends", ("PING\\r\\n",))
+    return build(WireSpec(mode="raw", **kw))
+
+
+@pytest.mark.parametrize("step", [0, 1, 3])
+def test_until_counts_replies_across_any_split(step):
+    p = raw(reply_until="\\r\\n").parser()
+    assert feed_all(p, b"+PONG\r\n+PONG\r\n+PO", step) == 2
+    assert p.buffered == 3
+    assert p.feed(b"NG\r\n") == 1 and p.buffered == 0
+
+
+def test_until_finds_a_delimiter_split_between_reads():
+    p = raw(reply_until="END\\r\\n").parser()
+    assert p.feed(b"VALUE x EN") == 0
+    assert p.feed(b"D\r") == 0
+    assert p.feed(b"\n") == 1
+
+
+def test_reply_match_marks_wrong_replies_with_their_first_bytes():
+    p = raw(reply_until="\\n", reply_match="^OK").parser()
+    assert p.feed(b"OK 1\nNOPE this is wrong\nOK 2\n") == 3
+    assert [(f.kind, f.sample) for f in p.failures] == [("wrong-reply", b"NOPE this is wrong\n")]
+
+
+@pytest.mark.parametrize("step", [0, 1, 5])
+def test_fixed_size_replies(step):
+    p = raw(reply_bytes=4).parser()
+    assert feed_all(p, b"abcdefghij", step) == 2 and p.buffered == 2
+
+
+def test_length_prefix_with_adjust():
+    # A 2-byte big-endian length that counts itself: body = length - 2.
+    p = raw(reply_prefix=">H", reply_prefix_adjust=-2).parser()
+    msg = b"\x00\x05abc" + b"\x00\x02" + b"\x00\x04zz"
+    assert feed_all(p, msg, 1) == 3
+    q = raw(reply_prefix="<I").parser()
+    assert q.feed(b"\x03\x00\x00\x00xyz\x01\x00") == 1 and q.buffered == 2
+
+
+def test_a_reply_without_its_delimiter_is_bounded():
+    from socktools.wire.raw import MAX_REPLY
+    p = raw(reply_until="\\n").parser()
+    with pytest.raises(WireError) as err:
+        p.feed(b"x" * (MAX_REPLY + 1))
+    assert err.value.kind == "reply-too-long"
+
+
+def test_rotation_and_line_endings():
+    proto = build(WireSpec(mode="line", sends=("A {seq}", "B"), eol="crlf"))
+    assert [proto.request(i, 0) for i in range(3)] == [b"A 0\r\n", b"B\r\n", b"A 2\r\n"]
+    assert proto.parser().feed(b"one\r\ntwo\n") == 2
+
+
+def test_no_reply_ignores_what_arrives():
+    proto = raw(no_reply=True)
+    assert not proto.replies and proto.parser().feed(b"anything") == 0
+
+
+# ----------------------------------------------------------------- redis
+
+REPLIES = [b"+OK\r\n", b"-ERR wrong type\r\n", b":42\r\n", b"$5\r\nhello\r\n", b"$-1\r\n",
+           b"*2\r\n$1\r\na\r\n:1\r\n", b"*-1\r\n", b"_\r\n", b",3.14\r\n", b"#t\r\n",
+           b"!9\r\nERR blob!\r\n", b"=8\r\ntxt:abcd\r\n", b"(12345678901234567890\r\n",
+           b"%1\r\n+k\r\n:1\r\n", b"~2\r\n:1\r\n:2\r\n", b"*1\r\n*1\r\n$0\r\n\r\n"]
+
+
+def test_command_encoding_is_what_redis_cli_sends():
+    assert encode_command([b"SET", b"k", b"v v"]) == b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$3\r\nv v\r\n"
+    proto = build(WireSpec(mode="redis", commands=("SET 'a key:{seq}' \"two words\"",)))
+    assert proto.request(5, 0) == encode_command([b"SET", b"a key:5", b"two words"])
+    assert build(WireSpec(mode="redis")).fixed_request == b"*1\r\n$4\r\nPING\r\n"
+
+
+@pytest.mark.parametrize("step", [0, 1, 2, 7])
+def test_every_resp_type_is_one_reply_whatever_the_split(step):
+    p = RespParser()
+    assert feed_all(p, b"".join(REPLIES), step) == len(REPLIES)
+    assert p.buffered == 0
+    assert sorted(f.detail for f in p.failures) == ["ERR blob!", "ERR wrong type"]
+    assert {f.kind for f in p.failures} == {"server-error"}
+
+
+def test_pushes_and_attributes_are_not_replies():
+    p = RespParser()
+    assert p.feed(b">2\r\n+message\r\n+hi\r\n|1\r\n+ttl\r\n:3\r\n+OK\r\n") == 1
+
+
+def test_decoded_values_for_request_and_sniff():
+    p = RespParser()
+    p.keep = []
+    p.feed(b"".join(REPLIES))
+    values = [r.fields["value"] for r in p.keep]
+    assert values[:5] == ["OK", "ERR wrong type", 42, "hello", None]
+    assert values[13] == {"k": 1} and values[9] is True
+    assert [r.size for r in p.keep] == [len(r) for r in REPLIES]
+
+
+@settings(max_examples=60, deadline=None)
+@given(hs.lists(hs.sampled_from(REPLIES), min_size=1, max_size=12), hs.lists(hs.integers(0, 10_000), max_size=8))
+def test_random_replies_cut_anywhere_count_the_same(replies, cuts):
+    data = b"".join(replies)
+    p = RespParser()
+    assert sum(p.feed(piece) for piece in splits(data, cuts)) == len(replies)
+    assert len(p.failures) == sum(r[:1] in b"-!" for r in replies)
+
+
+@pytest.mark.parametrize("bad", [b"?what\r\n", b"$x\r\n", b"$3\r\nabcXY"])
+def test_garbage_is_a_protocol_error(bad):
+    with pytest.raises(WireError):
+        RespParser().feed(bad)
+
+
+# ----------------------------------------------------------------- http
+
+needs_httptools = pytest.mark.skipif(importlib.util.find_spec("httptools") is None,
+                                     reason="httptools not installed (pip install 'socktools[http]')")
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+CHUNKED = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+FAIL = b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 4\r\n\r\nfail"
+MISSING = b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"
+
+
+def http(**kw):
+    return build(WireSpec(mode="http", host="127.0.0.1:8080", **kw))
+
+
+@needs_httptools
+def test_http_request_bytes():
+    proto = http(paths=("/a/{seq}",), headers=("X-Test: 1",), method="post", body=b"hi")
+    assert proto.request(3, 0) == (b"POST /a/3 HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: socktools\r\n"
+                                   b"Content-Length: 2\r\nX-Test: 1\r\n\r\nhi")
+
+
+@needs_httptools
+@pytest.mark.parametrize("step", [0, 1, 9])
+def test_http_lengths_chunks_and_status_classes(step):
+    proto = http()
+    p = proto.parser()
+    assert feed_all(p, OK + CHUNKED + FAIL + MISSING, step) == 4
+    assert proto.tally == {"2xx": 2, "5xx": 1, "4xx": 1}
+    assert sorted((f.kind, f.detail) for f in p.failures) == [("http-4xx", "404"), ("http-5xx", "500")]
+
+
+@needs_httptools
+def test_accept_status_turns_a_failure_into_a_reply():
+    p = http(accept_status=("404", "5xx")).parser()
+    assert p.feed(FAIL + MISSING) == 2 and p.failures == []
+
+
+@needs_httptools
+def test_a_close_delimited_body_ends_at_eof():
+    p = http().parser()
+    assert p.feed(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nall of it") == 0
+    assert p.eof() == 1
+
+
+@needs_httptools
+def test_a_response_cut_short_is_truncated():
+    p = http().parser()
+    p.feed(OK[:-1])
+    with pytest.raises(WireError) as err:
+        p.eof()
+    assert err.value.kind == "truncated"
+
+
+@needs_httptools
+def test_not_http_is_a_protocol_error():
+    with pytest.raises(WireError):
+        http().parser().feed(b"+PONG\r\n")
+
+
+@needs_httptools
+def test_decoding_knows_each_message_size_even_when_pipelined():
+    p = http().parser()
+    p.keep = []
+    p.feed(OK + CHUNKED + FAIL)
+    assert [r.size for r in p.keep] == [len(OK), len(CHUNKED), len(FAIL)]
+    assert p.keep[1].fields["body"] == b"abcde"
+
+
+# ----------------------------------------------------------------- options -> usage errors
+
+@pytest.mark.parametrize("spec, option, words", [
+    (WireSpec(mode="raw", sends=("x",), reply_until="\\n", reply_bytes=4), "--reply-bytes", "exactly one"),
+    (WireSpec(mode="raw", sends=("x",)), "--reply-until", "one reply framing"),
+    (WireSpec(mode="raw", sends=("x\\q",), reply_until="\\n"), "--send", "unknown escape"),
+    (WireSpec(mode="raw", sends=("x",), reply_until="\\y"), "--reply-until", "unknown escape"),
+    (WireSpec(mode="raw", sends=("x",), reply_prefix=">HH"), "--reply-prefix", "not a length prefix"),
+    (WireSpec(mode="raw", sends=("x",), reply_prefix="d"), "--reply-prefix", "not a length prefix"),
+    (WireSpec(mode="raw", sends=("x",), reply_until="\\n", reply_match="(("), "--reply-match", "regular"),
+    (WireSpec(mode="raw", reply_until="\\n"), "--send", "at least one --send"),
+    (WireSpec(mode="redis", reply_bytes=3), "--reply-bytes", "only for --mode raw"),
+    (WireSpec(mode="redis", commands=("GET 'unclosed",)), "--command", "cannot split"),
+    (WireSpec(mode="http", accept_status=("6xx",)), "--accept-status", "not a status"),
+    (WireSpec(mode="plugin", plugin="no_such_module_x:P"), "--protocol", "cannot import"),
+    (WireSpec(mode="plugin", plugin="json:JSONDecoder"), "--protocol", "lacks the exchange interface"),
+    (WireSpec(mode="plugin", plugin="json:Nope"), "--protocol", "has no 'Nope'"),
+    (WireSpec(mode="plugin", plugin="json"), "--protocol", "package.module:ClassName"),
+])
+def test_bad_options_name_the_option(spec, option, words):
+    with pytest.raises(WireOptionError) as err:
+        build(spec)
+    assert err.value.option == option and words in err.value.message
+
+
+def test_the_plugin_example_loads_and_parses():
+    proto = build(WireSpec(mode="plugin", plugin="examples.memcached_plugin:Memcached",
+                           commands=("set k{seq} hello", "get k{conn}")))
+    assert proto.request(4, 1) == b"set k4 0 0 5\r\nhello\r\n"
+    assert proto.request(5, 1) == b"get k1\r\n"
+    p = proto.parser()
+    data = b"STORED\r\nVALUE k1 0 5\r\nhello\r\nEND\r\nEND\r\nSERVER_ERROR out of memory\r\n"
+    assert feed_all(p, data, 1) == 4 and p.buffered == 0
+    assert [(f.kind, f.detail) for f in p.failures] == [("server-error", "SERVER_ERROR out of memory")]
+    assert isinstance(proto, wire.WireProtocol)
