@@ -75,7 +75,7 @@ class Confirm(Protocol):
             s.confirmed(conn, now)
             return
         slot.sent = now
-        conn.write(s.request(slot.index))
+        conn.write(s.request(slot))
         s.stats.confirm_requests += 1
 
     def feed(self, conn: Connection, slot: Slot, data: bytes) -> int:
@@ -147,10 +147,10 @@ class Traffic(Confirm):
             times = slot.times = _deque()
         if k == 1:
             times.append(now)
-            conn.write(s.request(slot.index))
+            conn.write(s.request(slot))
         else:
             times.extend([now] * k)
-            conn.write(b"".join([s.request(slot.index) for _ in range(k)]))
+            conn.write(b"".join([s.request(slot) for _ in range(k)]))
         if self.left == 0:
             s.end_traffic()
 
@@ -342,7 +342,7 @@ class OpenLoop(Traffic):
         slot.times.append(now)
         slot.dues.append(due)
         self.s.sent += 1
-        conn.write(self.s.request(slot.index))
+        conn.write(self.s.request(slot))
 
     def data_received(self, conn: Connection, data: bytes) -> None:
         slot: Slot = conn.ctx
@@ -375,7 +375,7 @@ class WriteOnly(OpenLoop):
 
     def _send_due(self, conn: Connection, slot: Slot, due: int, now: int) -> None:
         self.s.sent += 1
-        conn.write(self.s.request(slot.index))
+        conn.write(self.s.request(slot))
 
     def data_received(self, conn: Connection, data: bytes) -> None:
         """Whatever the peer says is read (bytes in counts it) and dropped."""

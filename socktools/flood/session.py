@@ -36,7 +36,7 @@ class Slot:
     """Per-connection state (``conn.ctx``); slotted to keep memory per connection small."""
 
     __slots__ = ("index", "started", "got", "sent", "due", "backlog", "parser", "times", "dues",
-                 "confirmed", "failed")
+                 "count", "confirmed", "failed")
 
     def __init__(self, index: int, started: int) -> None:
         self.index = index
@@ -48,6 +48,7 @@ class Slot:
         self.parser: Any = None  # the wire parser of this connection
         self.times = None       # pipelined: send times of the requests in flight (deque)
         self.dues = None        # pipelined --rate: their scheduled times (deque)
+        self.count = 0          # requests made for this connection: the next one's {seq}
         self.confirmed = False
         self.failed = False
 
@@ -80,8 +81,6 @@ class Session:
         self.drain_started = 0
         self.connect_started = 0
         self.pacer_timer = None
-        self._seq = 0
-        self._stride = max(1, config.workers)
         fixed = proto.fixed_request
         self.fixed_request = fixed
 
@@ -89,14 +88,20 @@ class Session:
     def now(self) -> int:
         return self.clock()
 
-    def request(self, conn_index: int) -> bytes:
-        """The next request's bytes; ``{seq}`` is unique over the run (workers interleave)."""
+    def request(self, slot: Slot) -> bytes:
+        """The next request's bytes for ``slot``'s connection.
+
+        ``seq`` counts the requests of one connection (0, 1, 2...), so that
+        rotating templates alternate on each connection -- ``set key:{conn}``
+        then ``get key:{conn}`` reads what it wrote -- and ``{conn}:{seq}`` is
+        unique over the run.
+        """
         fixed = self.fixed_request
         if fixed is not None:
             return fixed
-        seq = self._seq * self._stride + self.index
-        self._seq += 1
-        return self.proto.request(seq, conn_index)
+        seq = slot.count
+        slot.count = seq + 1
+        return self.proto.request(seq, slot.index)
 
     def pace(self, delay_ns: int, callback: Callable[[], None]) -> None:
         """Run the pacer again in ``delay_ns``; end_traffic cancels it."""

@@ -6,8 +6,8 @@ What a user types on the command line (``--send 'GET / HTTP/1.0\\r\\n\\r\\n'``,
 position -- a silent pass-through would put a literal backslash on the wire.
 Text outside escapes is encoded as UTF-8.
 
-Placeholders: ``{seq}`` (the request's number in the run) and ``{conn}`` (its
-connection's number); ``{{`` and ``}}`` stand for literal braces.  Any other
+Placeholders: ``{seq}`` (the request's number on its connection: 0, 1, 2...)
+and ``{conn}`` (the connection's number in the run; together they are unique); ``{{`` and ``}}`` stand for literal braces.  Any other
 ``{name}`` is an error, so a typo is not sent verbatim.
 """
 

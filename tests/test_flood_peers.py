@@ -1,0 +1,183 @@
+"""flood and request against the real servers: redis-server, nginx, memcached.
+
+Each test starts its server (tests/peers.py) on a free loopback port with a
+config it writes, and stops it.  The check is always the server's own count:
+redis ``INFO commandstats``, nginx's access log, memcached's ``stats``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from peers import NGINX_BIG, Memcached, Nginx, Redis
+from socktools.flood.config import FloodConfig
+from socktools.flood.runner import run_flood
+from socktools.flood.worker import run_worker
+from socktools.wire.spec import WireSpec
+from conftest import wait_until
+
+pytestmark = pytest.mark.timeout(90)
+
+
+@pytest.fixture
+def redis(tmp_path):
+    with Redis(tmp_path) as server:
+        server.reset()
+        yield server
+
+
+@pytest.fixture
+def nginx(tmp_path):
+    with Nginx(tmp_path) as server:
+        yield server
+
+
+@pytest.fixture
+def memcached(tmp_path):
+    with Memcached(tmp_path) as server:
+        yield server
+
+
+def config(port, spec, **kw):
+    kw.setdefault("conns", 4)
+    kw.setdefault("workers", 1)
+    kw.setdefault("duration", 20.0)
+    return FloodConfig(address=("127.0.0.1", port), port=port, mode=spec.name, wire=spec, **kw)
+
+
+def flood_cli(*args):
+    return subprocess.run([sys.executable, "-m", "socktools", "flood", *args], capture_output=True,
+                          text=True, timeout=60)
+
+
+# ----------------------------------------------------------------- redis
+
+def test_redis_rotating_commands_over_two_workers_equal_commandstats(redis):
+    spec = WireSpec(mode="redis", commands=("SET key:{seq} v", "GET key:{seq}"))
+    result = run_flood(config(redis.port, spec, conns=6, workers=2, requests=600, pipeline=4))
+    c = result.totals.counters
+    assert c["traffic_responses"] == 600 == c["traffic_requests"]
+    calls = redis.calls()
+    assert calls["set"] + calls["get"] == c["requests"] == 606   # 6 confirming requests included
+    assert not result.totals.errors and not result.totals.reply_failures
+
+
+def test_redis_errors_are_tallied_by_text_and_the_connection_goes_on(redis):
+    redis.command("SET", "text", "not a number")
+    redis.reset()
+    stats = run_worker(config(redis.port, WireSpec(mode="redis", commands=("INCR text",)), requests=40), 0)
+    assert stats.requests == 44 == redis.calls()["incr"]
+    assert stats.reply_failures == {"server-error": {"ERR value is not an integer or out of range": 44}}
+    assert stats.traffic_responses == 40 and not stats.errors
+
+
+def test_redis_open_loop_with_pipeline_counts_every_request(redis):
+    spec = WireSpec(mode="redis")
+    stats = run_worker(config(redis.port, spec, rate=2000, duration=0.3, pipeline=2), 0)
+    assert stats.scheduled == stats.traffic_requests + stats.unanswered
+    assert stats.requests == redis.calls()["ping"]
+    assert stats.traffic_responses == stats.traffic_requests and stats.traffic_requests > 300
+
+
+def test_raw_mode_against_redis_and_a_wrong_reply_shown(redis):
+    ok = WireSpec(mode="raw", sends=("PING\\r\\n",), reply_until="\\r\\n", reply_match=r"^\+PONG")
+    stats = run_worker(config(redis.port, ok, requests=50, pipeline=3), 0)
+    assert stats.requests == 54 == redis.calls()["ping"] and not stats.reply_failures
+    wrong = WireSpec(mode="raw", sends=("PING\\r\\n",), reply_until="\\r\\n", reply_match="^-")
+    stats = run_worker(config(redis.port, wrong, requests=10), 0)
+    assert stats.reply_failures == {"wrong-reply": {"did not match --reply-match": 14}}
+    assert stats.samples["wrong-reply"] == "+PONG\r\n"
+
+
+def test_no_reply_streams_at_the_rate_and_redis_sees_each(redis):
+    spec = WireSpec(mode="raw", sends=("PING\\r\\n",), no_reply=True)
+    stats = run_worker(config(redis.port, spec, rate=1000, duration=0.3), 0)
+    assert stats.confirm_requests == 0 and stats.established == 4
+    assert 250 <= stats.requests <= 300 and stats.bytes_out == 6 * stats.requests
+    assert wait_until(lambda: redis.calls().get("ping") == stats.requests, 10)
+
+
+def test_cli_redis_json(redis):
+    out = flood_cli("--port", str(redis.port), "--mode", "redis", "--command", "SET a b", "--conns", "3",
+                    "--workers", "1", "--requests", "90", "--json")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["requests"]["sent"] == 93 == redis.calls()["set"]
+    assert doc["config"]["exchange"] == "redis, `SET a b`"
+
+
+def test_request_redis_info_and_an_error(redis):
+    out = subprocess.run([sys.executable, "-m", "socktools", "request", "--port", str(redis.port),
+                          "--mode", "redis", "--command", "INFO server"], capture_output=True, text=True)
+    assert out.returncode == 0 and "redis_version:" in out.stdout
+    out = subprocess.run([sys.executable, "-m", "socktools", "request", "--port", str(redis.port),
+                          "--mode", "redis", "--command", "NOSUCH"], capture_output=True, text=True)
+    assert out.returncode == 1 and "server-error" in out.stderr and "unknown command" in out.stdout
+
+
+def test_request_raw_show_bytes(redis):
+    out = subprocess.run([sys.executable, "-m", "socktools", "request", "--port", str(redis.port),
+                          "--mode", "raw", "--send", "PING\\r\\n", "--reply-until", "\\r\\n", "--show-bytes"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0
+    assert "b'PING\\r\\n'" in out.stdout and "b'+PONG\\r\\n'" in out.stdout
+
+
+# ----------------------------------------------------------------- nginx
+
+def test_http_paths_rotate_and_equal_the_access_log(nginx):
+    spec = WireSpec(mode="http", host=f"127.0.0.1:{nginx.port}", paths=("/", "/big", "/chunked"))
+    stats = run_worker(config(nginx.port, spec, requests=90, pipeline=2), 0)
+    assert stats.traffic_responses == 90 and not stats.errors and not stats.reply_failures
+    assert wait_until(lambda: nginx.log_lines() == stats.requests == 94, 10)
+    assert stats.reply_classes == {"2xx": 94}
+    assert stats.bytes_in > 30 * NGINX_BIG
+
+
+def test_http_500_is_a_failure_by_status_and_404_can_be_accepted(nginx):
+    spec = WireSpec(mode="http", host="x", paths=("/fail", "/"))
+    stats = run_worker(config(nginx.port, spec, requests=40), 0)
+    assert wait_until(lambda: nginx.log_lines() == stats.requests, 10)
+    fails = nginx.statuses()["500"]
+    assert stats.reply_failures == {"http-5xx": {"500": fails}} and fails >= 20
+    spec = WireSpec(mode="http", host="x", paths=("/nothing-here",), accept_status=("404",))
+    stats = run_worker(config(nginx.port, spec, requests=10), 0)
+    assert not stats.reply_failures and stats.reply_classes == {"4xx": 14}
+
+
+def test_cli_http_and_request_http(nginx):
+    out = flood_cli("--port", str(nginx.port), "--mode", "http", "--path", "/", "--conns", "2",
+                    "--workers", "1", "--requests", "30")
+    assert out.returncode == 0, out.stderr
+    assert "http, GET /" in out.stdout and "2xx 32" in out.stdout
+    out = subprocess.run([sys.executable, "-m", "socktools", "request", "--port", str(nginx.port),
+                          "--mode", "http", "--path", "/chunked"], capture_output=True, text=True)
+    assert out.returncode == 0 and "HTTP 200" in out.stdout and "<p>one</p>two<p>three</p>" in out.stdout
+
+
+# ----------------------------------------------------------------- memcached (the plug-in example)
+
+def test_memcached_plugin_counts_equal_memcached_stats(memcached):
+    spec = WireSpec(mode="plugin", plugin="examples.memcached_plugin:Memcached",
+                    commands=("set key:{conn} hello", "get key:{conn}"))
+    result = run_flood(config(memcached.port, spec, conns=4, workers=2, requests=400, pipeline=2))
+    c = result.totals.counters
+    assert c["traffic_responses"] == 400 and not result.totals.errors
+    stats = memcached.stats()
+    assert int(stats["cmd_get"]) + int(stats["cmd_set"]) == c["requests"] == 404
+    assert int(stats["get_hits"]) > 0
+
+
+def test_memcached_plugin_from_the_cli_and_request(memcached):
+    out = flood_cli("--port", str(memcached.port), "--protocol", "examples.memcached_plugin:Memcached",
+                    "--command", "get nothing", "--conns", "2", "--workers", "1", "--requests", "20")
+    assert out.returncode == 0, out.stderr
+    assert int(memcached.stats()["cmd_get"]) == 22
+    out = subprocess.run([sys.executable, "-m", "socktools", "request", "--port", str(memcached.port),
+                          "--protocol", "examples.memcached_plugin:Memcached", "--command", "set k v"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "STORED"
