@@ -112,10 +112,9 @@ class HttpParser(Parser):
     def __init__(self, accept: frozenset = _DEFAULT_ACCEPT, tally: Optional[dict] = None, *,
                  requests: bool = False) -> None:
         super().__init__()
-        httptools = require_httptools()
+        self._httptools = httptools = require_httptools()
         self._error = httptools.HttpParserError
-        cls = httptools.HttpRequestParser if requests else httptools.HttpResponseParser
-        self.p = cls(self)
+        self.p = None             # made at the first feed, once ``keep`` says which callbacks
         self.is_request = requests
         self.accept = accept
         self.tally = {} if tally is None else tally
@@ -128,6 +127,13 @@ class HttpParser(Parser):
         self.headers: list = []
         self.body = bytearray()
         self.url = b""
+
+    def _make(self) -> None:
+        """httptools calls every ``on_*`` method its protocol object has (one call per header):
+        counting needs three, decoding all of them."""
+        h = self._httptools
+        cls = h.HttpRequestParser if self.is_request else h.HttpResponseParser
+        self.p = cls(self if self.keep is not None else _Counting(self))
 
     # -- httptools callbacks (called from inside feed_data)
     def on_message_begin(self) -> None:
@@ -189,6 +195,8 @@ class HttpParser(Parser):
 
     def feed(self, data: bytes) -> int:
         self.done = 0
+        if self.p is None:
+            self._make()
         try:
             if self.keep is None:
                 self.p.feed_data(data)
@@ -217,3 +225,14 @@ class HttpParser(Parser):
             self.on_message_complete()
             return 1
         raise WireError("the peer closed in the middle of a message", "truncated")
+
+
+class _Counting:
+    """The callbacks flood needs: where a message starts, its status, where it ends."""
+
+    __slots__ = ("on_message_begin", "on_headers_complete", "on_message_complete")
+
+    def __init__(self, parser: HttpParser) -> None:
+        self.on_message_begin = parser.on_message_begin
+        self.on_headers_complete = parser.on_headers_complete
+        self.on_message_complete = parser.on_message_complete

@@ -52,26 +52,55 @@ class RedisProtocol(WireProtocol):
     name = "redis"
 
     def __init__(self, commands: Sequence[str] = ("PING",)) -> None:
-        self.commands = [split_command(c) for c in (commands or ("PING",))]
         self.texts = tuple(commands or ("PING",))
-        fixed = [encode_command([w.fixed for w in cmd]) if all(w.fixed is not None for w in cmd) else None
-                 for cmd in self.commands]
-        self.fixed = fixed
-        self.fixed_request = fixed[0] if len(fixed) == 1 else None
-        self.n = len(self.commands)
+        self.makers = [_compile(split_command(c)) for c in self.texts]
+        fixed = self.makers[0](0, 0) if len(self.makers) == 1 else None
+        self.fixed_request = fixed if fixed is not None and all(
+            w.fixed is not None for w in split_command(self.texts[0])) else None
+        self.n = len(self.makers)
+        if self.n == 1:
+            self.request = self.makers[0]
 
     def request(self, seq: int, conn: int) -> bytes:
-        i = seq % self.n
-        fixed = self.fixed[i]
-        if fixed is not None:
-            return fixed
-        return encode_command([w.render(seq, conn) for w in self.commands[i]])
+        return self.makers[seq % self.n](seq, conn)
 
     def parser(self) -> "RespParser":
         return RespParser()
 
     def describe(self) -> str:
         return "redis, " + " / ".join(f"`{t}`" for t in self.texts)
+
+
+def _compile(words: list):
+    """``request(seq, conn)`` for one command: the fixed words encoded once, the others
+    rendered and slotted into one ``bytes % args`` (``$%d\r\n%b\r\n``)."""
+    if all(w.fixed is not None for w in words):
+        fixed = encode_command([w.fixed for w in words])
+        return lambda seq, conn: fixed
+    fmt = [b"*%d\r\n" % len(words)]
+    variable = []
+    for w in words:
+        if w.fixed is not None:
+            fmt.append((b"$%d\r\n" % len(w.fixed) + w.fixed + b"\r\n").replace(b"%", b"%%"))
+        else:
+            fmt.append(b"$%d\r\n%b\r\n")
+            variable.append(w.render)
+    fmt = b"".join(fmt)
+    if len(variable) == 1:
+        render = variable[0]
+
+        def one(seq: int, conn: int) -> bytes:
+            v = render(seq, conn)
+            return fmt % (len(v), v)
+        return one
+
+    def many(seq: int, conn: int) -> bytes:
+        args = []
+        for r in variable:
+            v = r(seq, conn)
+            args += (len(v), v)
+        return fmt % tuple(args)
+    return many
 
 
 class _Incomplete(Exception):

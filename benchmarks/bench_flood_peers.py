@@ -1,0 +1,183 @@
+#!/usr/bin/env python3
+"""flood against real servers, side by side with each server's own load tool.
+
+Pairs, each on one server started here, the server pinned to one CPU and the
+load (either tool) to the other, runs alternating A, B, A, B...:
+
+  redis      flood --mode redis (PING / SET)  vs  redis-benchmark -t ping_inline,set -c 100 -P 1
+  http       flood --mode http --path /        vs  wrk -t1 -c100          (nginx, one worker)
+  raw        flood --mode raw --reply-bytes 64 vs  flood --mode echo      (socktools serve --mode echo)
+  memcached  the plug-in (examples/)           vs  the same bytes in raw mode (get, reply until END)
+
+Every flood run uses 100 connections and one worker process (one CPU).  It
+prints requests/s per run, the best of each side, and the ratio against the
+target (flood/redis-benchmark >= 0.95, flood/wrk >= 0.9, raw/echo >= 0.95,
+plug-in/raw >= 0.7).  The best run is the least disturbed one on a shared
+machine; say so when quoting the figures.
+
+Usage:
+  python benchmarks/bench_flood_peers.py --seconds 2 --rounds 1
+  python benchmarks/bench_flood_peers.py --pairs redis,http --seconds 5 --rounds 3
+
+Needs 2 CPUs, redis-server, redis-benchmark, nginx, wrk, memcached.  Loopback only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
+
+from peers import Memcached, Nginx, Redis, which  # noqa: E402
+
+SERVER_CPU, LOAD_CPU = 0, 1
+TARGETS = {"redis": 0.95, "http": 0.9, "raw": 0.95, "memcached": 0.7}
+
+
+def pinned(cpu: int):
+    return lambda: os.sched_setaffinity(0, {cpu})
+
+
+class PinnedPeer:
+    """Wrap a peer so that its server process runs on SERVER_CPU."""
+
+    def __init__(self, peer) -> None:
+        peer.preexec = pinned(SERVER_CPU)
+        self.peer = peer
+
+    def __enter__(self):
+        return self.peer.start()
+
+    def __exit__(self, *exc):
+        self.peer.stop()
+
+
+def flood(port: int, seconds: float, *args: str) -> float:
+    cmd = [sys.executable, "-m", "socktools", "flood", "--port", str(port), "--conns", "100",
+           "--workers", "1", "--duration", f"{seconds}s", "--json", *args]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, preexec_fn=pinned(LOAD_CPU), timeout=120)
+    if out.returncode != 0:
+        raise RuntimeError(f"flood failed: {out.stderr[-400:]}")
+    doc = json.loads(out.stdout)
+    if doc["errors_total"] or doc["reply_failures_total"]:
+        raise RuntimeError(f"flood saw failures: {doc['errors']} {doc['reply_failures']}")
+    return doc["requests"]["per_second"]
+
+
+def redis_benchmark(port: int, seconds: float, test: str) -> float:
+    n = max(20_000, int(60_000 * seconds))   # redis-benchmark counts requests, not time
+    out = subprocess.run([which("redis-benchmark"), "-p", str(port), "-t", test, "-c", "100", "-P", "1",
+                          "-n", str(n), "--csv"], capture_output=True, text=True,
+                         preexec_fn=pinned(LOAD_CPU), timeout=300)
+    for line in out.stdout.splitlines():
+        cells = [c.strip('"') for c in line.split(",")]
+        if cells and cells[0].upper().startswith(test.upper().replace("_", "_")) and len(cells) > 1:
+            try:
+                return float(cells[1])
+            except ValueError:
+                continue
+    raise RuntimeError(f"no figure from redis-benchmark: {out.stdout[-300:]} {out.stderr[-300:]}")
+
+
+def wrk(port: int, seconds: float) -> float:
+    out = subprocess.run([which("wrk"), "-t1", "-c100", f"-d{max(1, round(seconds))}s",
+                          f"http://127.0.0.1:{port}/"], capture_output=True, text=True,
+                         preexec_fn=pinned(LOAD_CPU), timeout=120)
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out.stdout)
+    if not m:
+        raise RuntimeError(f"no figure from wrk: {out.stdout[-300:]}")
+    return float(m.group(1))
+
+
+def serve_echo():
+    cmd = [sys.executable, "-m", "socktools", "serve", "--mode", "echo", "--port", "0", "--json",
+           "--stats-interval", "0", "--workers", "1"]
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
+                            preexec_fn=pinned(SERVER_CPU))
+    return proc, json.loads(proc.stdout.readline())["port"]
+
+
+def alternate(rounds: int, a, b) -> tuple:
+    ra, rb = [], []
+    for _ in range(rounds):
+        ra.append(a())
+        rb.append(b())
+    return ra, rb
+
+
+def line(name: str, what_a: str, ra: list, what_b: str, rb: list, target: float) -> str:
+    ratio = max(ra) / max(rb) if max(rb) else 0.0
+    verdict = "meets" if ratio >= target else "BELOW"
+    return (f"{name:10} {what_a}: {', '.join(f'{x:,.0f}' for x in ra)} req/s (best {max(ra):,.0f})\n"
+            f"{'':10} {what_b}: {', '.join(f'{x:,.0f}' for x in rb)} req/s (best {max(rb):,.0f})\n"
+            f"{'':10} ratio {ratio:.2f} (target >= {target}: {verdict})")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seconds", type=float, default=5.0, help="length of each run")
+    ap.add_argument("--rounds", type=int, default=3, help="runs of each side, alternating")
+    ap.add_argument("--pairs", default="redis,http,raw,memcached")
+    args = ap.parse_args()
+    if len(os.sched_getaffinity(0)) < 2:
+        sys.exit("bench_flood_peers: needs 2 CPUs (server and load on different ones)")
+    pairs = args.pairs.split(",")
+    s, r = args.seconds, args.rounds
+    print(f"server on CPU {SERVER_CPU}, load on CPU {LOAD_CPU}; {r} round(s) of {s:g}s; 100 connections")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        if "redis" in pairs:
+            (tmp / "redis").mkdir()
+            with PinnedPeer(Redis(tmp / "redis")) as redis:
+                ra, rb = alternate(r, lambda: flood(redis.port, s, "--mode", "redis", "--command", "PING"),
+                                   lambda: redis_benchmark(redis.port, s, "ping_inline"))
+                print(line("redis", "flood --mode redis PING", ra, "redis-benchmark ping_inline", rb,
+                           TARGETS["redis"]))
+                ra, rb = alternate(r, lambda: flood(redis.port, s, "--mode", "redis", "--command",
+                                                    "SET key:{seq} xxx"),
+                                   lambda: redis_benchmark(redis.port, s, "set"))
+                print(line("redis", "flood --mode redis SET", ra, "redis-benchmark set", rb, TARGETS["redis"]))
+        if "http" in pairs:
+            (tmp / "nginx").mkdir()
+            with PinnedPeer(Nginx(tmp / "nginx")) as nginx:
+                ra, rb = alternate(r, lambda: flood(nginx.port, s, "--mode", "http", "--path", "/"),
+                                   lambda: wrk(nginx.port, s))
+                print(line("http", "flood --mode http", ra, "wrk -t1 -c100", rb, TARGETS["http"]))
+        if "raw" in pairs:
+            proc, port = serve_echo()
+            try:
+                payload = "x" * 64
+                ra, rb = alternate(r, lambda: flood(port, s, "--mode", "raw", "--send", payload,
+                                                    "--reply-bytes", "64"),
+                                   lambda: flood(port, s, "--mode", "echo", "--size", "64"))
+                print(line("raw", "flood --mode raw --reply-bytes 64", ra, "flood --mode echo", rb,
+                           TARGETS["raw"]))
+            finally:
+                proc.stdin.close()
+                proc.terminate()
+                proc.wait(10)
+        if "memcached" in pairs:
+            (tmp / "memcached").mkdir()
+            with PinnedPeer(Memcached(tmp / "memcached")) as mc:
+                plug = ("--protocol", "examples.memcached_plugin:Memcached", "--command", "get k")
+                subprocess.run([sys.executable, "-m", "socktools", "request", "--port", str(mc.port), *plug[:2],
+                                "--command", "set k hello"], cwd=ROOT, capture_output=True, check=True)
+                ra, rb = alternate(r, lambda: flood(mc.port, s, *plug),
+                                   lambda: flood(mc.port, s, "--mode", "raw", "--send", "get k\\r\\n",
+                                                 "--reply-until", "END\\r\\n"))
+                print(line("memcached", "plug-in (examples/memcached_plugin.py)", ra, "raw --reply-until END",
+                           rb, TARGETS["memcached"]))
+
+
+if __name__ == "__main__":
+    main()
