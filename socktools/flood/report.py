@@ -252,7 +252,15 @@ def render_table(result: FloodResult, checked: Optional[list] = None) -> str:
     conn_line += f" · {_n(_connect_rate(result))}/s"
     lines.append(conn_line)
     measured = secs >= 0.05  # rates of a phase that hardly ran would be noise
-    if cfg.mode != "connect" and c["established"]:
+    write_only = cfg.wire is not None and cfg.wire.no_reply
+    if cfg.mode != "connect" and c["established"] and write_only:
+        req = f"requests     {_n(c['traffic_requests'])} written, no replies expected"
+        if measured:
+            req += f" · {_n(_rate(c['traffic_requests'], secs))}/s"
+        if cfg.rate:
+            req += f" (asked {cfg.rate:,g}/s)"
+        lines.append(req)
+    elif cfg.mode != "connect" and c["established"]:
         req = f"requests     {_n(c['traffic_requests'])} sent · {_n(c['traffic_responses'])} answered"
         if measured:
             req += f" · {_n(_rate(c['traffic_responses'], secs))}/s"
@@ -284,7 +292,7 @@ def render_table(result: FloodResult, checked: Optional[list] = None) -> str:
     if rows:
         lines.append(header)
         lines.extend(rows)
-        if cfg.rate:
+        if cfg.rate and t.histograms.get("latency") is not None:
             lines.append("* from each request's scheduled send time (coordinated omission corrected)")
         lines.append("")
     errs = _errors_list(t)
