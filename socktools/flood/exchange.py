@@ -249,6 +249,10 @@ class FixedLoop(Traffic):
 class ClosedLoop(Traffic):
     """Closed loop for any protocol: parse, time each reply from its own send, send the next."""
 
+    def __init__(self, session: Session, quota: Optional[int]) -> None:
+        super().__init__(session, quota)
+        self.counts = self.latency.counts
+
     def data_received(self, conn: Connection, data: bytes) -> None:
         slot: Slot = conn.ctx
         n = self.feed(conn, slot, data)
@@ -270,6 +274,58 @@ class ClosedLoop(Traffic):
             self._send(conn, slot, min(n, self.left), now)
         elif self.s.phase == "drain":
             self.s.answered(n)
+
+    def data_batch(self, conns: list, datas: list) -> None:
+        """Every connection one poll found readable: parse each, one clock reading for the
+        batch (taken after its reads), the next requests in one ``write_batch``.  Anything
+        unusual -- a failure, a surplus, the end of the quota -- takes ``replies``."""
+        s = self.s
+        now = self.clock()
+        counts = self.counts
+        request = s.request
+        surplus = self.surplus
+        out_c: list = []
+        out_d: list = []
+        for conn, data in zip(conns, datas):
+            slot = conn.ctx
+            parser = slot.parser
+            try:
+                n = parser.feed(data)
+            except Exception as exc:  # WireError, or a plug-in's own
+                s.broken(conn, _wire_kind(exc), str(exc))
+                continue
+            if parser.failures:
+                s.failed(parser.failures)
+            if not n:
+                continue
+            times = slot.times
+            in_flight = len(times) if times else 0
+            if n > in_flight or (n == in_flight and parser.buffered):
+                s.broken(conn, surplus, "an answer arrived while no request was outstanding")
+                continue
+            if self.left <= n:
+                self.replies(conn, slot, n)
+                continue
+            pop = times.popleft
+            for _ in range(n):
+                value = now - pop()
+                # stats.counts_index(value), inlined; beyond the histogram: record() clamps.
+                shift = value.bit_length() - 11
+                try:
+                    counts[(shift << 10) + (value >> shift) if shift > 0 else value] += 1
+                except IndexError:
+                    self.latency.record(value)
+            self.left -= n
+            s.sent += n
+            if n == 1:
+                times.append(now)
+                out_d.append(request(slot))
+            else:
+                times.extend([now] * n)
+                out_d.append(b"".join([request(slot) for _ in range(n)]))
+            out_c.append(conn)
+        if out_c:
+            out_c[0].loop.write_batch(out_c, out_d)
 
 
 class OpenLoop(Traffic):
