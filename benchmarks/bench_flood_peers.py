@@ -71,7 +71,16 @@ def flood(port: int, seconds: float, *args: str) -> float:
     doc = json.loads(out.stdout)
     if doc["errors_total"] or doc["reply_failures_total"]:
         raise RuntimeError(f"flood saw failures: {doc['errors']} {doc['reply_failures']}")
+    # CPU per request: far steadier than the rate on a busy machine (other processes take
+    # turns on the CPUs; they do not add to our own CPU time as much as to our wall time).
+    share = doc["workers"][0]["cpu_share"] or 0.0
+    answered = doc["requests"]["traffic_answered"] or 1
+    CPU_US.setdefault(" ".join(args), []).append(share * doc["phases"].get("traffic", 0) / answered * 1e6)
     return doc["requests"]["per_second"]
+
+
+#: flood's CPU microseconds per request, by its arguments (printed at the end).
+CPU_US: dict = {}
 
 
 def redis_benchmark(port: int, seconds: float, test: str) -> float:
@@ -177,6 +186,9 @@ def main() -> None:
                                                  "--reply-until", "END\\r\\n"))
                 print(line("memcached", "plug-in (examples/memcached_plugin.py)", ra, "raw --reply-until END",
                            rb, TARGETS["memcached"]))
+    print("\nflood's own CPU per request (best run; steadier than the rates on a shared machine):")
+    for what, values in CPU_US.items():
+        print(f"  {min(values):7.2f} us  flood {what}")
 
 
 if __name__ == "__main__":

@@ -181,3 +181,51 @@ def test_memcached_plugin_from_the_cli_and_request(memcached):
                           "--protocol", "examples.memcached_plugin:Memcached", "--command", "set k v"],
                          capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "STORED"
+
+
+# ----------------------------------------------------------------- sniff --decode on a real exchange
+
+def _can_capture() -> bool:
+    import socket
+    try:
+        socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0).close()
+        return True
+    except (PermissionError, AttributeError, OSError):
+        return False
+
+
+@pytest.mark.skipif(not _can_capture(), reason="live capture needs root or CAP_NET_RAW (packet sockets)")
+@pytest.mark.parametrize("mode", ["redis", "line"])
+def test_sniff_decodes_a_real_redis_exchange(redis, mode):
+    import signal
+    import threading
+    import time
+    sniff = subprocess.Popen([sys.executable, "-m", "socktools", "sniff", "--port", str(redis.port),
+                              "--decode", mode], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: list = []
+    try:
+        assert "Capturing on" in sniff.stderr.readline()
+        reader = threading.Thread(target=lambda: lines.extend(iter(sniff.stdout.readline, "")))
+        reader.start()
+        if mode == "redis":
+            args = ["--mode", "redis", "--command", "SET greeting hello"]
+        else:
+            args = ["--mode", "line", "--send", "PING", "--eol", "crlf"]
+        out = subprocess.run([sys.executable, "-m", "socktools", "request", "--port", str(redis.port), *args],
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        assert wait_until(lambda: sum("FIN" in ln for ln in lines) >= 2, 10)
+        time.sleep(0.2)   # the last ACK's line
+        sniff.send_signal(signal.SIGINT)
+        sniff.wait(15)
+        reader.join(5)
+    finally:
+        if sniff.poll() is None:
+            sniff.kill()
+            sniff.wait()
+    text = "".join(lines)
+    if mode == "redis":
+        assert "request #1: redis" in text and "['SET', 'greeting', 'hello']" in text
+        assert "response #1: redis" in text and "content OK" in text
+    else:
+        assert "request #1: line" in text and "response #1: line" in text and "+PONG" in text
