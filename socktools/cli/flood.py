@@ -25,7 +25,7 @@ Examples:
 
 \b
 Your own server (give its --port):
-  socktools flood --port 6379 --mode redis --command 'SET key:{seq} v' --command 'GET key:{seq}'
+  socktools flood --port 6379 --mode redis --command 'SET key:{conn} v' --command 'GET key:{conn}'
   socktools flood --port 8080 --mode http --path / --path '/item/{seq}' --conns 100
   socktools flood --port 7000 --mode raw --send 'PING\\r\\n' --reply-until '\\r\\n' --pipeline 16
   socktools flood --port 7000 --mode line --send 'TIME' --reply-match '^[0-9]+'
