@@ -28,6 +28,7 @@ from typing import Optional
 from socktools.flood import stats as st
 from socktools.flood.session import Session, Slot
 from socktools.core.loop import Connection, Protocol
+from socktools.wire.base import WireError
 
 __all__ = ["Confirm", "FixedLoop", "ClosedLoop", "OpenLoop", "WriteOnly", "choose"]
 
@@ -49,10 +50,6 @@ def choose(session: Session, quota: Optional[int]) -> "Traffic":
     if (cfg.pipeline == 1 and proto.fixed_request is not None and proto.reply_size is not None):
         return FixedLoop(session, quota)
     return ClosedLoop(session, quota)
-
-
-def _wire_kind(exc: BaseException) -> str:
-    return getattr(exc, "kind", None) or "protocol-error"
 
 
 class Confirm(Protocol):
@@ -83,8 +80,8 @@ class Confirm(Protocol):
         parser = slot.parser
         try:
             n = parser.feed(data)
-        except Exception as exc:  # WireError, or a plug-in's own: the peer's bytes are to blame
-            self.s.broken(conn, _wire_kind(exc), str(exc))
+        except WireError as exc:  # the peer's bytes are to blame (a bug of ours or a plug-in's
+            self.s.broken(conn, exc.kind, str(exc))  # propagates: the loop logs its traceback)
             return -1
         if parser.failures:
             self.s.failed(parser.failures)
@@ -291,8 +288,8 @@ class ClosedLoop(Traffic):
             parser = slot.parser
             try:
                 n = parser.feed(data)
-            except Exception as exc:  # WireError, or a plug-in's own
-                s.broken(conn, _wire_kind(exc), str(exc))
+            except WireError as exc:
+                s.broken(conn, exc.kind, str(exc))
                 continue
             if parser.failures:
                 s.failed(parser.failures)

@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional
 from socktools import errors
 from socktools.flood import stats as st
 from socktools.flood.config import FloodConfig
-from socktools.wire.base import SAMPLE_BYTES, WireProtocol
+from socktools.wire.base import SAMPLE_BYTES, WireError, WireProtocol
 
 __all__ = ["Session", "Slot", "owed", "NO_QUOTA"]
 
@@ -159,8 +159,8 @@ class Session:
         if parser is not None and hasattr(parser, "eof") and owed(slot):
             try:
                 n = parser.eof()
-            except Exception as exc:  # WireError, or a plug-in's own
-                self.broken(conn, getattr(exc, "kind", "protocol-error"), str(exc))
+            except WireError as exc:
+                self.broken(conn, exc.kind, str(exc))
                 return
             if n and self.traffic is not None and slot.confirmed:
                 self.traffic.replies(conn, slot, n)

@@ -239,5 +239,9 @@ def _checked(cls, ref: str):
             raise WireOptionError("--protocol", f"{ref}.parser() failed: {type(exc).__name__}: {exc}") from None
         if not callable(getattr(parser, "feed", None)):
             raise WireOptionError("--protocol", f"{ref}.parser() returned an object without feed(data)")
+        lacking = [a for a in ("failures", "buffered") if not hasattr(parser, a)]
+        if lacking:
+            raise WireOptionError("--protocol", f"{ref}.parser() lacks {' and '.join(lacking)} (subclass "
+                                                f"socktools.wire.Parser, or see docs/plugins.md)")
         return obj
     return make
