@@ -280,9 +280,9 @@ class ClosedLoop(Traffic):
         now = self.clock()
         counts = self.counts
         request = s.request
-        surplus = self.surplus
         out_c: list = []
         out_d: list = []
+        sent = 0
         for conn, data in zip(conns, datas):
             slot = conn.ctx
             parser = slot.parser
@@ -296,11 +296,12 @@ class ClosedLoop(Traffic):
             if not n:
                 continue
             times = slot.times
-            in_flight = len(times) if times else 0
-            if n > in_flight or (n == in_flight and parser.buffered):
-                s.broken(conn, surplus, "an answer arrived while no request was outstanding")
-                continue
-            if self.left <= n:
+            if (not times or n >= len(times) and (n > len(times) or parser.buffered)
+                    or self.left - sent <= n):
+                # A surplus, or the end of the quota: the careful path (with our sends so far).
+                self.left -= sent
+                s.sent += sent
+                sent = 0
                 self.replies(conn, slot, n)
                 continue
             pop = times.popleft
@@ -312,8 +313,7 @@ class ClosedLoop(Traffic):
                     counts[(shift << 10) + (value >> shift) if shift > 0 else value] += 1
                 except IndexError:
                     self.latency.record(value)
-            self.left -= n
-            s.sent += n
+            sent += n
             if n == 1:
                 times.append(now)
                 out_d.append(request(slot))
@@ -321,6 +321,8 @@ class ClosedLoop(Traffic):
                 times.extend([now] * n)
                 out_d.append(b"".join([request(slot) for _ in range(n)]))
             out_c.append(conn)
+        self.left -= sent
+        s.sent += sent
         if out_c:
             out_c[0].loop.write_batch(out_c, out_d)
 
