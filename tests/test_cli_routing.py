@@ -10,7 +10,10 @@ without a routing case below fails ``test_every_option_has_a_route``.
 
 from __future__ import annotations
 
+import atexit
+import os
 import socket
+import tempfile
 from types import SimpleNamespace
 
 import pytest
@@ -37,6 +40,25 @@ def output(name, value):
         assert getattr(call.outputs, name) == value and getattr(baseline.outputs, name) is None, name
     check.__name__ = f"outputs.{name}"
     return check
+
+
+def wire(name, value):
+    """Check: ``config.wire.<name> == value`` (the exchange spec; absent by default)."""
+    def check(call, baseline):
+        assert call.config.wire is not None and getattr(call.config.wire, name) == value, \
+            (name, call.config.wire)
+        assert baseline.config.wire is None, "the default run has no exchange spec"
+    check.__name__ = f"config.wire.{name}"
+    return check
+
+
+#: A request file for --send-file (plain bytes: no braces, no escapes).
+_SEND_FILE = tempfile.NamedTemporaryFile(prefix="socktools-route-", suffix=".bin", delete=False)
+_SEND_FILE.write(b"PING\r\n")
+_SEND_FILE.close()
+atexit.register(os.unlink, _SEND_FILE.name)
+_RAW = ["--port", "9", "--mode", "raw", "--send", "A"]
+_HTTP = ["--port", "9", "--mode", "http"]
 
 
 def both(*checks):
@@ -170,6 +192,26 @@ ROUTES = {
         "hgrm": (["--hgrm", "run.hgrm"], output("hgrm", "run.hgrm")),
         "hlog": (["--hlog", "run.hlog"], output("hlog", "run.hlog")),
         "csv_path": (["--csv", "run.csv"], output("csv", "run.csv")),
+        "pipeline": (["--pipeline", "4"], field("pipeline", 4)),
+        "sends": (_RAW + ["--send", "B", "--reply-until", "\\n"], wire("sends", ("A", "B"))),
+        "send_file": (["--port", "9", "--mode", "raw", "--send-file", _SEND_FILE.name, "--reply-until", "\\n"],
+                      wire("send_file", b"PING\r\n")),
+        "reply_until": (_RAW + ["--reply-until", "\\r\\n"], wire("reply_until", "\\r\\n")),
+        "reply_bytes": (_RAW + ["--reply-bytes", "4"], wire("reply_bytes", 4)),
+        "reply_prefix": (_RAW + ["--reply-prefix", ">H"], wire("reply_prefix", ">H")),
+        "reply_prefix_adjust": (_RAW + ["--reply-prefix", ">H", "--reply-prefix-adjust", "-2"],
+                                wire("reply_prefix_adjust", -2)),
+        "no_reply": (_RAW + ["--no-reply", "--rate", "10"], wire("no_reply", True)),
+        "reply_match": (_RAW + ["--reply-until", "\\n", "--reply-match", "^A"], wire("reply_match", "^A")),
+        "eol": (["--port", "9", "--mode", "line", "--send", "A", "--eol", "crlf"], wire("eol", "crlf")),
+        "commands": (["--port", "9", "--mode", "redis", "--command", "GET k"], wire("commands", ("GET k",))),
+        "method": (_HTTP + ["--method", "POST"], wire("method", "POST")),
+        "paths": (_HTTP + ["--path", "/x/{seq}"], wire("paths", ("/x/{seq}",))),
+        "headers": (_HTTP + ["--header", "X-A: 1"], wire("headers", ("X-A: 1",))),
+        "body": (_HTTP + ["--method", "POST", "--body", "hi"], wire("body", b"hi")),
+        "accept_status": (_HTTP + ["--accept-status", "404"], wire("accept_status", ("404",))),
+        "plugin": (["--port", "9", "--protocol", "examples.memcached_plugin:Memcached"],
+                   both(field("mode", "plugin"), wire("plugin", "examples.memcached_plugin:Memcached"))),
     }),
     "stall": (cli_stall.command, {
         "host": (["--host", "::1"], field("host", "::1")),

@@ -59,9 +59,6 @@ CONFINED: dict[str, tuple[str, ...]] = {
 }
 #: Known circles still being untangled: (module, module) -> why.  Keep it empty.
 KNOWN_CYCLES: dict[frozenset, str] = {
-    # issue 11: exchange reads and writes the worker's private fields while the worker imports
-    # exchange; a narrow session interface between them removes this circle.  Delete the entry then.
-    frozenset({"flood.exchange", "flood.worker"}): "issue 11",
 }
 
 

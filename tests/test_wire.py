@@ -264,7 +264,7 @@ def test_decoding_knows_each_message_size_even_when_pipelined():
 def test_bad_options_name_the_option(spec, option, words):
     with pytest.raises(WireOptionError) as err:
         build(spec)
-    assert err.value.option == option and words in err.value.message
+    assert err.value.flag == option and words in err.value.message
 
 
 def test_the_plugin_example_loads_and_parses():

@@ -95,11 +95,3 @@ def wire_spec(mode: str, host: str, params: dict, **extra):
                     headers=tuple(params.get("headers") or ()), body=body_bytes,
                     accept_status=tuple(params.get("accept_status") or ()), plugin=params.get("plugin"),
                     host=host, **extra)
-
-
-def usage_error(exc) -> click.UsageError:
-    """A WireOptionError (or a config ValueError) as click's usage error, naming the option."""
-    option = getattr(exc, "option", None)
-    if option:
-        return click.BadParameter(exc.message, param_hint=option)
-    return click.UsageError(str(exc))

@@ -6,8 +6,8 @@ import json
 
 import click
 
-from socktools.cli._common import DURATION, EXIT_FAILED, PORT, die
-from socktools.cli._wire import given_params, option_name, usage_error, wire_options, wire_spec
+from socktools.cli._common import DURATION, EXIT_FAILED, PORT, build_config, die
+from socktools.cli._wire import given_params, option_name, wire_options, wire_spec
 
 EPILOG = """\b
 Examples:
@@ -139,10 +139,7 @@ def _exchange(ctx, words, host, port, timeout, show_bytes, as_json, mode, wire_p
     elif words:
         raise click.UsageError(f"with --mode {mode}, give HOST PORT or nothing, not {len(words)} word(s)")
     spec = wire_spec(mode, format_addr((host, port)), wire_params)
-    try:
-        proto = wire.build(spec)
-    except wire.WireOptionError as exc:
-        raise usage_error(exc)
+    proto = build_config(wire.build, spec=spec)
     try:
         result = exchange(host, port, proto, timeout=timeout)
     except RequestError as err:
