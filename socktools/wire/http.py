@@ -1,9 +1,10 @@
 """HTTP/1.1 with keep-alive: requests built here, responses framed by httptools (llhttp).
 
 Why httptools and not h11: on this load (one small keep-alive response after
-another) h11 costs ~90x more per response than llhttp -- measured with
-``benchmarks/bench_http_parsers.py`` (140 us vs 1.6 us on a shared 2-core
-machine) -- and flood's whole budget per round trip is a few microseconds.
+another) h11 costs 70 to 260 times more per response than llhttp -- measured
+with ``benchmarks/bench_http_parsers.py`` on a busy shared 2-core machine
+(h11 140-740 us, httptools 1.6-4 us, this parser with flood's bookkeeping
+3.8-5.6 us) -- and flood's whole budget per round trip is a few microseconds.
 httptools is an optional dependency (``pip install 'socktools[http]'``),
 imported only when an HTTP exchange is built.
 
@@ -119,10 +120,10 @@ class HttpParser(Parser):
         self.accept = accept
         self.tally = {} if tally is None else tally
         self.done = 0
-        self.in_message = False
+        self.in_message = False   # keep mode: from its first byte; counting: from its headers
+        self.headers_done = False
         self.fed = 0              # bytes fed since the last complete message (keep mode)
         self.status = 0
-        self.close_delimited = False
         self.body_left: Optional[int] = None
         self.headers: list = []
         self.body = bytearray()
@@ -134,6 +135,7 @@ class HttpParser(Parser):
         h = self._httptools
         cls = h.HttpRequestParser if self.is_request else h.HttpResponseParser
         self.p = cls(self if self.keep is not None else _Counting(self))
+        self._status = getattr(self.p, "get_status_code", None)   # responses only
 
     # -- httptools callbacks (called from inside feed_data)
     def on_message_begin(self) -> None:
@@ -147,8 +149,7 @@ class HttpParser(Parser):
             self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
-        # No keep-alive after these headers: the body (if any) may run to the close.
-        self.close_delimited = not self.p.should_keep_alive()
+        self.headers_done = True
         if not self.is_request:
             self.status = self.p.get_status_code()
         if self.keep is not None:
@@ -164,14 +165,13 @@ class HttpParser(Parser):
 
     def on_message_complete(self) -> None:
         self.done += 1
-        self.in_message = False
-        self.close_delimited = False
+        self.in_message = self.headers_done = False
         if not self.is_request:
-            code = self.status
-            cls = f"{code // 100}xx"
+            code = self.status = self.p.get_status_code()
+            cls = _CLASS.get(code // 100, "other")
             self.tally[cls] = self.tally.get(cls, 0) + 1
             if code not in self.accept:
-                self.failures.append(Failure(f"http-{cls}", str(code)))
+                self.failures.append(Failure("http-" + cls, str(code)))
         if self.keep is not None:
             self._keep()
 
@@ -221,18 +221,36 @@ class HttpParser(Parser):
         """A close-delimited body ends here; a message cut short elsewhere is an error."""
         if not self.in_message:
             return 0
-        if self.close_delimited and not self.is_request:
+        # Headers done and no keep-alive after them: the body ran to the close.
+        if self.headers_done and not self.is_request and not self.p.should_keep_alive():
             self.on_message_complete()
             return 1
         raise WireError("the peer closed in the middle of a message", "truncated")
 
 
-class _Counting:
-    """The callbacks flood needs: where a message starts, its status, where it ends."""
+_CLASS = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
 
-    __slots__ = ("on_message_begin", "on_headers_complete", "on_message_complete")
+
+class _Counting:
+    """flood's callbacks: two per message, none per header.  A message counts as begun once
+    its headers are in (what ``eof`` needs to frame a close-delimited body)."""
+
+    __slots__ = ("o",)
 
     def __init__(self, parser: HttpParser) -> None:
-        self.on_message_begin = parser.on_message_begin
-        self.on_headers_complete = parser.on_headers_complete
-        self.on_message_complete = parser.on_message_complete
+        self.o = parser
+
+    def on_headers_complete(self) -> None:
+        o = self.o
+        o.in_message = o.headers_done = True
+
+    def on_message_complete(self) -> None:
+        o = self.o
+        o.done += 1
+        o.in_message = o.headers_done = False
+        code = o._status()
+        cls = _CLASS.get(code // 100, "other")
+        tally = o.tally
+        tally[cls] = tally.get(cls, 0) + 1
+        if code not in o.accept:
+            o.failures.append(Failure("http-" + cls, str(code)))
