@@ -70,6 +70,7 @@ class MemcachedParser(Parser):
     def __init__(self) -> None:
         super().__init__()
         self.buf = bytearray()
+        self.known = b"STORED\r\n"   # the last whole reply seen: the next is often the same bytes
 
     @property
     def buffered(self) -> int:
@@ -80,12 +81,13 @@ class MemcachedParser(Parser):
         if not buf and self.keep is None:
             # The common case first: one whole reply in one read (a plug-in is
             # on flood's hot path; this keeps it within a few bytecodes of raw).
-            if data == b"STORED\r\n" or data == b"END\r\n":
+            if data == self.known or data == b"END\r\n":
                 return 1
             if data[:6] == b"VALUE " and data[-7:] == b"\r\nEND\r\n":
                 head = data.find(b"\r\n")
                 size = data[:head].split()[3:4]
                 if size and size[0].isdigit() and head + int(size[0]) + 9 == len(data):
+                    self.known = data
                     return 1
         buf += data
         n = 0
