@@ -4,7 +4,8 @@
 * :mod:`.worker` -- :func:`run_worker`, one process's connections driven by the I/O core;
 * :mod:`.session` -- the phase machine of a worker: the narrow interface the loops call;
 * :mod:`.exchange` -- the loops that move any wire protocol's bytes (:mod:`socktools.wire`):
-  confirm, the fixed-size hot path, closed loop with pipelining, open loop, write-only;
+  confirm, the fixed-size hot path, closed loop with pipelining; :mod:`.paced` -- open loop
+  (``--rate``) and write-only streams;
 * :mod:`.stats` -- histograms, counters and the errno-by-phase tally, merged exactly;
 * :mod:`.limits` -- the pre-flight check of fd and port limits;
 * :mod:`.runner` -- :func:`run_flood`: spawns the workers, collects their statistics;

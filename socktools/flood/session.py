@@ -61,7 +61,8 @@ def owed(slot: Slot) -> int:
 
 class Session:
     def __init__(self, config: FloodConfig, index: int, loop: Any, clock: Callable[[], int],
-                 stats: st.WorkerStats, proto: WireProtocol, settled: Callable[[Any], None]) -> None:
+                 stats: st.WorkerStats, proto: WireProtocol, settled: Callable[[Any], None],
+                 connecting: Callable[[], int]) -> None:
         self.config = config
         self.index = index
         self.loop = loop
@@ -69,6 +70,7 @@ class Session:
         self.stats = stats
         self.proto = proto
         self.settled = settled               # worker: a connection left the connect phase
+        self.connecting = connecting         # worker: connections not yet confirmed or failed
         self.rec = {name: st.Recorder() for name in st.HISTOGRAMS}
         self.phase = "connect"
         self.done = False
@@ -227,14 +229,11 @@ class Session:
         self.drain_started = now
         self.outstanding = sum(owed(conn.ctx) for conn in self.live)
         if self.config.mode == "connect":
-            self.outstanding = self.connecting_count()
+            self.outstanding = self.connecting()
         if self.outstanding <= 0:
             self.close_all()
         else:
             self.loop.call_later(self.config.drain_timeout, self.close_all)
-
-    #: Set by the worker: connections still between connect() and their first reply.
-    connecting_count: Callable[[], int] = staticmethod(lambda: 0)
 
     def close_all(self) -> None:
         if self.phase == "close":

@@ -36,7 +36,7 @@ import time
 from typing import Any, Callable, Optional
 
 from socktools import errors, wire
-from socktools.flood import exchange
+from socktools.flood import exchange, paced
 from socktools.flood import stats as st
 from socktools.flood.config import FloodConfig
 from socktools.flood.session import Session, Slot
@@ -78,6 +78,19 @@ def run_worker(config: FloodConfig, worker_index: int, channel: Any = None, *,
     return _Worker(config, worker_index, channel, epoch_ns, clock).run()
 
 
+def _choose(session: Session, quota: Optional[int]) -> "exchange.Traffic":
+    """The traffic loop for this run: open loop with --rate, else the fastest closed loop."""
+    cfg = session.config
+    proto = session.proto
+    if not proto.replies:
+        return paced.WriteOnly(session, quota)
+    if cfg.rate is not None:
+        return paced.OpenLoop(session, quota)
+    if (cfg.pipeline == 1 and proto.fixed_request is not None and proto.reply_size is not None):
+        return exchange.FixedLoop(session, quota)
+    return exchange.ClosedLoop(session, quota)
+
+
 def _rss() -> int:
     try:
         with open("/proc/self/statm") as f:
@@ -102,8 +115,8 @@ class _Worker:
         self.proto = wire.build(config.wire_spec)
         fixed = self.proto.fixed_request
         self.req_size = len(fixed) if fixed else 0      # 0: requests are counted one by one
-        self.session = Session(config, index, self.loop, clock, self.stats, self.proto, self._settled_one)
-        self.session.connecting_count = lambda: self.connecting
+        self.session = Session(config, index, self.loop, clock, self.stats, self.proto, self._settled_one,
+                               lambda: self.connecting)
         self.rec = self.session.rec
         self.hist: dict = {name: None for name in st.HISTOGRAMS}
         self.indices = range(index, config.conns, config.workers)
@@ -348,7 +361,7 @@ class _Worker:
             session.start_traffic(None, quota)
             session.end_traffic()
             return
-        traffic = exchange.choose(session, quota)
+        traffic = _choose(session, quota)
         now = session.start_traffic(traffic, quota)
         if quota == 0:
             session.end_traffic()

@@ -12,7 +12,7 @@ attributes (``|``) are not replies to a request and are not counted.
 from __future__ import annotations
 
 import shlex
-from typing import Optional, Sequence
+from typing import Sequence
 
 from socktools.wire.base import SAMPLE_BYTES, Failure, Parser, Reply, WireError, WireProtocol
 from socktools.wire.escapes import Template

@@ -1,0 +1,129 @@
+"""The paced exchange loops: ``--rate`` (open loop) and ``--no-reply`` (write-only streams).
+
+* :class:`OpenLoop` -- a pacer sends on a fixed schedule; latency from the
+  scheduled time (corrected) and from the send (uncorrected);
+* :class:`WriteOnly` -- the pacer's stream, nothing to await.
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Optional
+
+from socktools.core.loop import Connection
+from socktools.flood.exchange import Traffic
+from socktools.flood.session import Session, Slot
+
+__all__ = ["OpenLoop", "WriteOnly"]
+
+_NS = 1_000_000_000
+_deque = collections.deque
+
+
+class OpenLoop(Traffic):
+    """Open loop (--rate): a pacer sends on a fixed schedule, round-robin over connections.
+
+    Send ``n`` of this worker is due at ``start + n / rate`` and goes to
+    connection ``n % e``, so each connection sends every ``e / rate`` seconds,
+    staggered.  A connection with ``pipeline`` requests already in flight when
+    its next send is due queues that due time and sends as soon as an answer
+    is in; latency is counted from the due time (corrected) and from the real
+    send (uncorrected).
+    """
+
+    def __init__(self, session: Session, quota: Optional[int]) -> None:
+        super().__init__(session, quota)
+        self.rate = session.config.rate_of(session.index)
+        self.scheduled = 0
+        self.uncorrected = session.rec["latency_uncorrected"]
+
+    def start(self, conns: list, now: int) -> None:
+        self.order = list(conns)
+        self.start_ns = now
+        duration = self.s.config.duration
+        # Sends are due in [start, start + duration): R per second, not one more.
+        self.end_ns = None if duration is None else now + int(duration * _NS)
+        if not self.order or self.left == 0:
+            self.s.end_traffic()
+            return
+        self._pace()
+
+    def _due(self, n: int) -> int:
+        return self.start_ns + int(n * _NS / self.rate)
+
+    def _pace(self) -> None:
+        s = self.s
+        s.pacer_timer = None
+        if s.phase != "traffic":
+            return
+        now = self.clock()
+        order = self.order
+        e = len(order)
+        lag = s.rec["send_lag"]
+        pipeline = self.pipeline
+        while self.left:
+            due = self._due(self.scheduled)
+            if self.end_ns is not None and due >= self.end_ns:
+                return  # the schedule is complete; the duration timer ends the phase
+            if due > now:
+                s.pace(due - now, self._pace)
+                return
+            conn = order[self.scheduled % e]
+            self.scheduled += 1
+            self.left -= 1
+            if conn.closed:
+                continue  # its connection is gone: the request is not sent
+            slot: Slot = conn.ctx
+            if slot.times and len(slot.times) >= pipeline:
+                if slot.backlog is None:
+                    slot.backlog = _deque()
+                slot.backlog.append(due)
+            else:
+                lag.record(now - due)
+                self._send_due(conn, slot, due, now)
+        s.end_traffic()
+
+    def _send_due(self, conn: Connection, slot: Slot, due: int, now: int) -> None:
+        if slot.times is None:
+            slot.times = _deque()
+            slot.dues = _deque()
+        slot.times.append(now)
+        slot.dues.append(due)
+        self.s.sent += 1
+        conn.write(self.s.request(slot))
+
+    def data_received(self, conn: Connection, data: bytes) -> None:
+        slot: Slot = conn.ctx
+        n = self.feed(conn, slot, data)
+        if n > 0:
+            self.replies(conn, slot, n)
+
+    def replies(self, conn: Connection, slot: Slot, n: int) -> None:
+        s = self.s
+        times = slot.times
+        in_flight = len(times) if times else 0
+        if n > in_flight or (n == in_flight and slot.parser.buffered and not conn.eof):
+            s.broken(conn, self.surplus, "an answer arrived while no request was outstanding")
+            return
+        now = self.clock()
+        for _ in range(n):
+            self.latency.record(now - slot.dues.popleft())
+            self.uncorrected.record(now - times.popleft())
+        backlog = slot.backlog
+        while backlog and len(times) < self.pipeline:
+            # Queued sends were scheduled inside the traffic window: they go out
+            # even during the drain, and their latency counts from their due time.
+            self._send_due(conn, slot, backlog.popleft(), now)
+        if s.phase == "drain":
+            s.answered(n)
+
+
+class WriteOnly(OpenLoop):
+    """--no-reply: the pacer's schedule, written and never awaited (tcpkali's streams)."""
+
+    def _send_due(self, conn: Connection, slot: Slot, due: int, now: int) -> None:
+        self.s.sent += 1
+        conn.write(self.s.request(slot))
+
+    def data_received(self, conn: Connection, data: bytes) -> None:
+        """Whatever the peer says is read (bytes in counts it) and dropped."""
