@@ -98,6 +98,12 @@ def command(ctx, iface, port, expression, count, timeout, write, read, decode, a
         selection = parse_selection(show) if show is not None else None
     except ValueError as exc:
         raise click.BadParameter(str(exc), ctx, param_hint="'--show'")
+    if decode == "http":
+        from socktools.wire.http import require_httptools
+        try:
+            require_httptools()
+        except ImportError as exc:
+            raise click.BadParameter(str(exc).replace("--mode", "--decode"), ctx, param_hint="'--decode'")
 
     config = SniffConfig(iface=iface, port=port, expression=expression, count=count,
                          timeout=timeout, write=write, read=read, decode=decode,
