@@ -1,0 +1,99 @@
+"""The exchange loops against the session without sockets: a fake connection and a clock we move.
+
+What is checked is exact: each latency is counted from its own request's send
+time (pipelined), and the seq numbers and requests sent are what the loop says.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from socktools.flood import stats as st
+from socktools.flood.config import FloodConfig
+from socktools.flood.exchange import ClosedLoop
+from socktools.flood.session import Session, Slot
+from socktools.wire.spec import WireSpec, build
+
+
+class FakeConn:
+    def __init__(self, slot: Slot) -> None:
+        self.ctx = slot
+        self.written: list = []
+        self.closed = False
+        self.eof = False
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def abort(self, exc=None) -> None:
+        self.closed = True
+
+
+def session(spec: WireSpec, **kw):
+    cfg = FloodConfig(address=("127.0.0.1", 9), port=9, mode=spec.name, wire=spec, conns=1, workers=1, **kw)
+    clock = SimpleNamespace(now=0)
+    loop = SimpleNamespace(call_later=lambda delay, cb: None, connections={})
+    proto = build(spec)
+    s = Session(cfg, 0, loop, lambda: clock.now, st.WorkerStats(), proto, lambda conn: None, lambda: 0)
+    return s, clock, proto
+
+
+def values(rec: st.Recorder) -> list:
+    hist = rec.take()
+    out = []
+    for v in range(1, 1000):
+        out += [v] * hist.get_count_at_value(v) if hist else []
+    return out
+
+
+def test_pipelined_latencies_count_from_each_requests_own_send():
+    spec = WireSpec(mode="redis", commands=("GET k:{seq}",))
+    s, clock, proto = session(spec, pipeline=3, requests=5, duration=None)
+    loop = ClosedLoop(s, 5)
+    s.start_traffic(loop, 5)
+    slot = Slot(0, 0)
+    slot.parser = proto.parser()
+    conn = FakeConn(slot)
+    s.live.add(conn)
+    clock.now = 100
+    loop.start([conn], 100)                       # three requests leave at t=100
+    assert conn.written == [b"".join(proto.request(i, 0) for i in range(3))]
+    clock.now = 150
+    loop.data_received(conn, b"$1\r\na\r\n")      # one answer: 50, and the 4th request leaves
+    clock.now = 200
+    loop.data_received(conn, b"$-1\r\n$-1\r\n")   # two answers, both sent at 100: 100, 100
+    assert list(slot.times) == [150, 200]          # the 4th (t=150) and the 5th (t=200) in flight
+    assert s.phase == "drain"                      # the quota is spent: the 5th was the last
+    clock.now = 260
+    loop.data_received(conn, b":1\r\n:2\r\n")     # the 4th: 110, the 5th: 60
+    assert values(s.rec["latency"]) == [50, 60, 100, 100, 110]
+    assert s.phase == "close"                      # every answer owed is in
+    assert s.sent == 5 and [w.count(b"*2") for w in conn.written] == [3, 1, 1]
+    assert b"k:3" in conn.written[1] and b"k:4" in conn.written[2]
+
+
+def test_a_reply_with_nothing_in_flight_ends_the_connection_as_unsolicited():
+    s, clock, proto = session(WireSpec(mode="redis"), requests=1, duration=None)
+    loop = ClosedLoop(s, 1)
+    s.start_traffic(loop, 1)
+    slot = Slot(0, 0)
+    slot.parser = proto.parser()
+    conn = FakeConn(slot)
+    loop.start([conn], 0)
+    loop.data_received(conn, b"+PONG\r\n+PONG\r\n")
+    assert conn.closed and s.stats.protocol_errors == {"unsolicited": 1}
+
+
+def test_server_errors_are_tallied_and_the_connection_goes_on():
+    s, clock, proto = session(WireSpec(mode="redis"), requests=3, duration=None)
+    loop = ClosedLoop(s, 3)
+    s.start_traffic(loop, 3)
+    slot = Slot(0, 0)
+    slot.parser = proto.parser()
+    conn = FakeConn(slot)
+    loop.start([conn], 0)
+    loop.data_received(conn, b"-ERR one\r\n")
+    loop.data_received(conn, b"-ERR one\r\n")
+    assert not conn.closed and len(conn.written) == 3
+    assert s.stats.reply_failures == {"server-error": {"ERR one": 2}}
+    assert s.stats.samples == {"server-error": "-ERR one\r\n"}
