@@ -264,6 +264,7 @@ class ClosedLoop(Traffic):
         now = self.clock()
         counts = self.counts
         request = s.request
+        fixed = s.fixed_request
         out_c: list = []
         out_d: list = []
         sent = 0
@@ -300,7 +301,7 @@ class ClosedLoop(Traffic):
             sent += n
             if n == 1:
                 times.append(now)
-                out_d.append(request(slot))
+                out_d.append(fixed if fixed is not None else request(slot))
             else:
                 times.extend([now] * n)
                 out_d.append(b"".join([request(slot) for _ in range(n)]))
