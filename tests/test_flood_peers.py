@@ -101,13 +101,23 @@ def test_no_reply_streams_at_the_rate_and_redis_sees_each(redis):
     assert wait_until(lambda: redis.calls().get("ping") == stats.requests, 10)
 
 
-def test_cli_redis_json(redis):
-    out = flood_cli("--port", str(redis.port), "--mode", "redis", "--command", "SET a b", "--conns", "3",
-                    "--workers", "1", "--requests", "90", "--json")
+def test_cli_redis_json_counts_and_schemas(redis):
+    from tests.test_json_schemas import validate
+    out = flood_cli("--port", str(redis.port), "--mode", "redis", "--command", "SET a b", "--command", "INCR a",
+                    "--conns", "3", "--workers", "1", "--requests", "90", "--json")
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
-    assert doc["requests"]["sent"] == 93 == redis.calls()["set"]
-    assert doc["config"]["exchange"] == "redis, `SET a b`"
+    validate(doc, "flood")
+    calls = redis.calls()
+    assert doc["requests"]["sent"] == 93 == calls["set"] + calls["incr"]
+    assert doc["config"]["exchange"] == "redis, `SET a b` / `INCR a`"
+    assert doc["reply_failures"] == {"server-error": {"ERR value is not an integer or out of range": 45}}
+    for args in (["--command", "GET a"], ["--command", "NOSUCH"]):
+        out = subprocess.run([sys.executable, "-m", "socktools", "request", "--port", str(redis.port),
+                              "--mode", "redis", *args, "--json"], capture_output=True, text=True)
+        doc = json.loads(out.stdout)
+        validate(doc, "request")
+        assert doc["ok"] is (args[1] == "GET a") and doc["mode"] == "redis"
 
 
 def test_request_redis_info_and_an_error(redis):

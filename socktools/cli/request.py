@@ -131,6 +131,7 @@ def _exchange(ctx, words, host, port, timeout, show_bytes, as_json, mode, wire_p
     from socktools import wire
     from socktools.addresses import format_addr
     from socktools.request.client import RequestError, exchange
+    from socktools.cli._common import stamped
     from socktools.request.report import exchange_json, reply_text
 
     if len(words) == 2:
@@ -146,12 +147,13 @@ def _exchange(ctx, words, host, port, timeout, show_bytes, as_json, mode, wire_p
         if show_bytes and err.result:
             _trace(err.result)
         if as_json:
-            click.echo(json.dumps({"ok": False, "phase": err.phase, "error": err.key, "message": str(err)}))
+            click.echo(json.dumps(stamped({"ok": False, "phase": err.phase, "error": err.key,
+                                           "message": str(err)})))
         die(str(err), EXIT_FAILED)
     if show_bytes:
         _trace(result)
     if as_json:
-        click.echo(json.dumps(exchange_json(result), ensure_ascii=False))
+        click.echo(json.dumps(stamped(exchange_json(result, spec.name)), ensure_ascii=False))
     else:
         click.echo(reply_text(result))
     if result.failures:

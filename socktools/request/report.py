@@ -23,9 +23,9 @@ def reply_text(result) -> str:
     return reply.summary
 
 
-def exchange_json(result) -> dict:
+def exchange_json(result, mode: str) -> dict:
     reply = result.reply
-    out = {"ok": not result.failures, "address": format_addr(result.address),
+    out = {"ok": not result.failures, "mode": mode, "address": format_addr(result.address),
            "connect_ms": round(result.connect_s * 1000, 3), "total_ms": round(result.total_s * 1000, 3),
            "bytes_sent": len(result.sent), "bytes_received": len(result.received),
            "reply": None, "failures": [{"kind": f.kind, "detail": f.detail} for f in result.failures]}
