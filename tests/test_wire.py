@@ -277,3 +277,41 @@ def test_the_plugin_example_loads_and_parses():
     assert feed_all(p, data, 1) == 4 and p.buffered == 0
     assert [(f.kind, f.detail) for f in p.failures] == [("server-error", "SERVER_ERROR out of memory")]
     assert isinstance(proto, wire.WireProtocol)
+
+
+# ----------------------------------------------------------------- hostile peers
+
+def _parsers():
+    """Each parser as flood uses it (counting) and as request/sniff do (decoding)."""
+    for keep in (None, []):
+        for parser in _counting_parsers():
+            parser.keep = keep if keep is None else []
+            yield parser
+
+
+def _counting_parsers():
+    yield RespParser()
+    yield raw(reply_until="\\r\\n", reply_match="^\\+").parser()
+    yield raw(reply_prefix=">H", reply_prefix_adjust=-1).parser()
+    yield raw(reply_bytes=3).parser()
+    yield build(WireSpec(mode="plugin", plugin="examples.memcached_plugin:Memcached")).parser()
+    if importlib.util.find_spec("httptools") is not None:
+        yield http().parser()
+
+
+_ALPHABET = hs.sampled_from([b"+", b"-", b":", b"$", b"*", b"%", b">", b"|", b"\r\n", b"\r", b"\n", b"-1",
+                             b"3", b"99999999999", b"x", b"\x00", b"VALUE k 0 ", b"END", b"HTTP/1.1 ",
+                             b"200 OK", b"Content-Length: ", b"Transfer-Encoding: chunked", b"\xff"])
+
+
+@settings(max_examples=150, deadline=None)
+@given(hs.lists(_ALPHABET, max_size=40), hs.lists(hs.integers(0, 400), max_size=6))
+def test_garbage_from_a_peer_is_a_wire_error_or_a_count_never_a_crash(pieces, cuts):
+    data = b"".join(pieces)
+    for parser in _parsers():
+        try:
+            for piece in splits(data, cuts):
+                assert parser.feed(piece) >= 0
+            parser.eof()
+        except WireError:
+            pass
