@@ -268,3 +268,12 @@ def test_ctrl_c_in_redis_mode_still_reports_and_counts_equal_the_servers(redis):
     assert doc["stopped_early"] and doc["requests"]["sent"] > 4
     assert doc["requests"]["sent"] == redis.calls()["ping"]
     assert "Traceback" not in err
+
+
+def test_a_bare_plugin_without_the_base_classes_loads_redis(redis):
+    """tests/test_wire.py's BarePlugin sends inline ECHO n / PING lines, in turn on each connection."""
+    spec = WireSpec(mode="plugin", plugin="tests.test_wire:BarePlugin")
+    stats = run_worker(config(redis.port, spec, requests=30, pipeline=2), 0)
+    assert stats.traffic_responses == 30 and not stats.errors
+    calls = redis.calls()
+    assert stats.requests == 34 == calls["ping"] + calls["echo"]

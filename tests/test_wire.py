@@ -315,3 +315,30 @@ def test_garbage_from_a_peer_is_a_wire_error_or_a_count_never_a_crash(pieces, cu
             parser.eof()
         except WireError:
             pass
+
+
+class BarePlugin:
+    """A plug-in with only the two required methods (no base classes)."""
+
+    def __init__(self, commands):
+        self.commands = commands
+
+    def request(self, seq, conn):
+        return b"PING\r\n" if seq % 2 else b"ECHO %d\r\n" % seq
+
+    def parser(self):
+        class P:
+            failures: list = []
+            buffered = 0
+
+            def feed(self, data):   # one line per reply (+PONG, or ECHO's bulk: 2 lines)
+                return data.count(b"+PONG\r\n") + data.count(b"$")
+        return P()
+
+
+def test_a_bare_plugin_gets_the_optional_attributes_at_their_defaults():
+    proto = build(WireSpec(mode="plugin", plugin="tests.test_wire:BarePlugin"))
+    assert proto.request(3, 0) == b"PING\r\n" and proto.request(4, 0) == b"ECHO 4\r\n"
+    assert proto.replies and proto.read_size == 65536
+    assert proto.fixed_request is None and proto.describe() == "custom"
+    assert proto.parser().feed(b"+PONG\r\n$1\r\n4\r\n") == 2

@@ -243,5 +243,20 @@ def _checked(cls, ref: str):
         if lacking:
             raise WireOptionError("--protocol", f"{ref}.parser() lacks {' and '.join(lacking)} (subclass "
                                                 f"socktools.wire.Parser, or see docs/plugins.md)")
-        return obj
+        return obj if isinstance(obj, WireProtocol) else _Adapted(obj)
     return make
+
+
+class _Adapted(WireProtocol):
+    """A plug-in that does not subclass WireProtocol: its methods as they are (bound, no extra
+    call on the hot path), the optional attributes it lacks at WireProtocol's defaults."""
+
+    def __init__(self, obj) -> None:
+        self.obj = obj
+        self.request = obj.request
+        self.parser = obj.parser
+        for name in ("name", "fixed_request", "reply_size", "replies", "read_size", "tally"):
+            if hasattr(obj, name):
+                setattr(self, name, getattr(obj, name))
+        if callable(getattr(obj, "describe", None)):
+            self.describe = obj.describe
