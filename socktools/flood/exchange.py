@@ -268,6 +268,7 @@ class ClosedLoop(Traffic):
         out_c: list = []
         out_d: list = []
         sent = 0
+        left = self.left
         for conn, data in zip(conns, datas):
             slot = conn.ctx
             parser = slot.parser
@@ -281,32 +282,39 @@ class ClosedLoop(Traffic):
             if not n:
                 continue
             times = slot.times
-            if (not times or n >= len(times) and (n > len(times) or parser.buffered)
-                    or self.left - sent <= n):
-                # A surplus, or the end of the quota: the careful path (with our sends so far).
-                self.left -= sent
+            # A surplus, or the end of the quota: the careful path (with our sends so far).
+            # (Bytes of a reply beyond those owed, still partial, are caught when they complete.)
+            if not times or n > len(times) or left - sent <= n:
+                self.left = left - sent
                 s.sent += sent
                 sent = 0
                 self.replies(conn, slot, n)
+                left = self.left
                 continue
-            pop = times.popleft
-            for _ in range(n):
-                value = now - pop()
+            if n == 1:
+                value = now - times.popleft()
                 # stats.counts_index(value), inlined; beyond the histogram: record() clamps.
                 shift = value.bit_length() - 11
                 try:
                     counts[(shift << 10) + (value >> shift) if shift > 0 else value] += 1
                 except IndexError:
                     self.latency.record(value)
-            sent += n
-            if n == 1:
                 times.append(now)
                 out_d.append(fixed if fixed is not None else request(slot))
             else:
+                pop = times.popleft
+                for _ in range(n):
+                    value = now - pop()
+                    shift = value.bit_length() - 11
+                    try:
+                        counts[(shift << 10) + (value >> shift) if shift > 0 else value] += 1
+                    except IndexError:
+                        self.latency.record(value)
                 times.extend([now] * n)
                 out_d.append(b"".join([request(slot) for _ in range(n)]))
+            sent += n
             out_c.append(conn)
-        self.left -= sent
+        self.left = left - sent
         s.sent += sent
         if out_c:
             out_c[0].loop.write_batch(out_c, out_d)
