@@ -27,12 +27,19 @@ class Clock:
             raise ValueError(f"time format must be one of {TIME_FORMATS}")
         self.fmt = fmt
         self._prev: Optional[int] = None
+        # the date and time of day of the last second seen: strftime and localtime
+        # cost microseconds, and a busy capture sees thousands of packets per second
+        self._sec: Optional[int] = None
+        self._day = ""
 
     def __call__(self, rec) -> str:
-        ts = rec.ts_ns
+        return self.at(rec.ts_ns, rec.time)
+
+    def at(self, ts: int, since_first: float) -> str:
+        """The column for a packet stamped ``ts`` (ns), ``since_first`` s after the first."""
         fmt = self.fmt
         if fmt == "r":
-            text = f"{rec.time:>11.6f}"
+            text = f"{since_first:>11.6f}"
         elif fmt == "d":
             delta = 0 if self._prev is None else ts - self._prev
             text = f"{delta / 1e9:>11.6f}"
@@ -41,9 +48,11 @@ class Clock:
             if fmt == "e":
                 text = f"{sec}.{ns:09d}"
             else:
-                day = time.strftime("%Y-%m-%d %H:%M:%S" if fmt == "ad" else "%H:%M:%S",
-                                    time.localtime(sec))
-                text = f"{day}.{ns:09d}"
+                if sec != self._sec:
+                    self._sec = sec
+                    self._day = time.strftime("%Y-%m-%d %H:%M:%S" if fmt == "ad" else "%H:%M:%S",
+                                              time.localtime(sec))
+                text = f"{self._day}.{ns:09d}"
         self._prev = ts
         return text
 

@@ -108,8 +108,9 @@ class Sniffer:
         self.captured = 0
         self.non_tcp = 0
         self.stopped_by = "interrupt"
-        self._t0: Optional[int] = None
-        self._last_ts = 0
+        # per-packet state, shared with the fast lane (fastlane.py), which keeps it in step
+        self.t0: Optional[int] = None          # time stamp of the first packet (ns)
+        self.last_ts = 0
         self._started = 0.0
 
     def open(self) -> "Sniffer":
@@ -162,6 +163,38 @@ class Sniffer:
 
     def batches(self) -> Iterator[list[PacketRecord]]:
         """Yield lists of records until --count, --timeout or the end of the file."""
+        limit = self.config.count
+        one = self.one
+        for raw in self._raw():
+            out = [one(ts, frame, wirelen, linktype) for ts, frame, wirelen, linktype in raw]
+            if out:
+                yield out
+            if limit is not None and self.captured >= limit:
+                self.stopped_by = "count"
+                return
+
+    def text(self, view, *, quiet: bool = False) -> Iterator[str]:
+        """Like :meth:`batches`, rendered: the text of each batch (a
+        :class:`~socktools.capture.lines.TextView` says how), ready to write.
+
+        Packets go through the fast lane (``fastlane.py``): the common case is
+        tracked and printed without building a record, the rest through
+        :meth:`one` and ``view.render``.  ``quiet``: track, print nothing.
+        """
+        from socktools.capture.fastlane import FastLane
+        lane = FastLane(self, view, quiet=quiet)
+        limit = self.config.count
+        for raw in self._raw():
+            text = lane.run(raw)
+            if text:
+                yield text
+            if limit is not None and self.captured >= limit:
+                self.stopped_by = "count"
+                return
+
+    def _raw(self) -> Iterator[list]:
+        """Lists of ``(ts_ns, frame, wirelen, linktype)`` until --timeout or the end of the
+        file, each cut so the packets taken stay within --count."""
         cfg = self.config
         deadline = None if cfg.timeout is None else time.monotonic() + cfg.timeout
         limit = cfg.count
@@ -186,18 +219,9 @@ class Sniffer:
                     if self.writer:
                         self.writer.flush()
                     continue
-            out = []
-            for ts, frame, wirelen, linktype in raw:
-                rec = self._one(ts, frame, wirelen, linktype)
-                if rec is None:
-                    continue
-                out.append(rec)
-                if limit is not None and self.captured >= limit:
-                    self.stopped_by = "count"
-                    yield out
-                    return
-            if out:
-                yield out
+            if limit is not None and len(raw) > limit - self.captured:
+                raw = raw[:limit - self.captured]
+            yield raw
 
     def _read_file(self) -> Iterator[list]:
         batch = []
@@ -235,20 +259,21 @@ class Sniffer:
             self._programs[linktype] = program if text else None
         return self._programs[linktype]
 
-    def _one(self, ts: int, frame: bytes, wirelen: int, linktype: int) -> Optional[PacketRecord]:
-        if self._t0 is None:
-            self._t0 = ts
-        self._last_ts = ts
+    def one(self, ts: int, frame: bytes, wirelen: int, linktype: int) -> PacketRecord:
+        """One packet the general way: dissect, track, write; returns its record."""
+        if self.t0 is None:
+            self.t0 = ts
+        self.last_ts = ts
         self.captured += 1
         number = self.captured
         pkt = dissect(frame, linktype)
         if type(pkt) is OtherPacket:
             self.non_tcp += 1
-            rec = PacketRecord(number, (ts - self._t0) / 1e9, ts, pkt.proto, pkt.src, None,
+            rec = PacketRecord(number, (ts - self.t0) / 1e9, ts, pkt.proto, pkt.src, None,
                                pkt.dst, None, (), None, None, None, 0, (), None,
                                info=describe_other(pkt), frame=frame, linktype=linktype)
         else:
-            rec = self.tracker.process(number, ts, self._t0, pkt, frame, linktype)
+            rec = self.tracker.process(number, ts, self.t0, pkt, frame, linktype)
         if self.writer:
             self.writer.write(ts, frame, wirelen, linktype,
                               message_comment(rec.events) if rec.events else None)
@@ -273,7 +298,7 @@ class Sniffer:
             linktype=LINKTYPE_NAMES.get(self.linktype, str(self.linktype)), filter=self.filter_text,
             captured=self.captured, kernel_received=received, kernel_dropped=dropped,
             buffer_bytes=buffer, written=written, write_path=cfg.write,
-            duration=((self._last_ts - self._t0) / 1e9) if self._t0 is not None else 0.0,
+            duration=((self.last_ts - self.t0) / 1e9) if self.t0 is not None else 0.0,
             elapsed=time.monotonic() - self._started if self._started else 0.0,
             stopped_by=self.stopped_by, non_tcp=self.non_tcp,
             connections=tuple(self.tracker.summaries()),

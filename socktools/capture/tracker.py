@@ -21,6 +21,7 @@ numbered 1.  Windows are scaled when the handshake showed the scale factors.
 
 from __future__ import annotations
 
+import struct
 from typing import NamedTuple, Optional
 
 from socktools.capture.dissect import (_FLAG_CACHE as _FLAG_NAMES, ACK, FIN, RST, SYN, Segment,
@@ -168,6 +169,14 @@ class _Conn:
         self.handshake_seen = h0.syn and h1.syn
 
 
+_PORTS = struct.Struct("!HH")
+
+
+def _fast_key(src: bytes, sport: int, dst: bytes, dport: int) -> bytes:
+    """The key of :attr:`Tracker.fast`: what an IPv4/TCP frame holds at offset 26."""
+    return src + dst + _PORTS.pack(sport, dport)
+
+
 def _unwrap(rel32: int, near: int) -> int:
     """32-bit relative sequence -> the 64-bit value closest to ``near``."""
     v = (near & ~_M) | rel32
@@ -185,6 +194,12 @@ class Tracker:
         self.decode = decode
         self.max_connections = max_connections
         self._table: dict[tuple, tuple[_Conn, int]] = {}
+        #: The same connections for the fast lane (``fastlane.py``), IPv4 only: keyed by
+        #: the 12 bytes an Ethernet/IPv4/TCP frame holds at offset 26 (source and
+        #: destination address, source and destination port), so the lane finds the
+        #: connection with one slice and no tuple; the value is ``(conn, sent, received, i)``
+        #: (the connection, the halves of this direction and the other, the index).
+        self.fast: dict[bytes, tuple] = {}
         self._conns: list[_Conn] = []
         self._next_id = 0
         #: finished connections dropped from the table to bound memory
@@ -330,6 +345,10 @@ class Tracker:
         self._conns.append(conn)
         self._table[key] = (conn, 0)
         self._table[(key[2], key[3], key[0], key[1])] = (conn, 1)
+        if len(key[0]) == 4:
+            h0, h1 = conn.halves
+            self.fast[_fast_key(key[0], key[1], key[2], key[3])] = (conn, h0, h1, 0)
+            self.fast[_fast_key(key[2], key[3], key[0], key[1])] = (conn, h1, h0, 1)
         return conn
 
     def _evict(self) -> None:
@@ -345,6 +364,10 @@ class Tracker:
                 for k in ((a + b), (b + a)):
                     if self._table.get(k, (None,))[0] is c:
                         del self._table[k]
+                    if len(k[0]) == 4:
+                        fk = _fast_key(*k)
+                        if self.fast.get(fk, (None,))[0] is c:
+                            del self.fast[fk]
             else:
                 keep.append(c)
         self._conns = keep

@@ -24,8 +24,6 @@ Examples:
 #: Connections listed in the closing table; the rest are counted (all are in --json).
 _MAX_TABLE = 20
 
-_RED = {"ZeroWindow", "RST", "Retransmission"}
-
 
 @click.command(epilog=_EXAMPLES)
 @click.option("--iface", "-i", default="lo", show_default=True, metavar="IFACE",
@@ -129,8 +127,12 @@ def command(ctx, iface, port, expression, count, timeout, write, read, decode, a
     interrupted = False
     failure = None
     try:
-        for batch in sniffer.batches():
-            out.packets(batch)
+        if as_json and not quiet:
+            for batch in sniffer.batches():
+                out.packets(batch)
+        else:
+            for text in sniffer.text(out.view, quiet=quiet):
+                out.write(text)
     except KeyboardInterrupt:
         interrupted = True
     except BrokenPipeError:
@@ -158,30 +160,21 @@ def _raise_interrupt(signum, frame):
 
 
 class _Output:
-    """Renders records as lines (or JSON), one write + flush per batch."""
+    """Writes the view's text (or JSON), one write + flush per batch, and the summary."""
 
     def __init__(self, *, as_json: bool, quiet: bool, time_format: str = "r",
                  hexdump: bool = False, show=None, framed_port=None) -> None:
-        from socktools.capture.render import Clock
+        from socktools.capture.lines import TextView, arrows_for
         self.as_json = as_json
         self.quiet = quiet
-        self.clock = Clock(time_format)
-        self.relative = time_format == "r"
-        self._ends: dict = {}
-        self._flags: dict = {}
-        self.hexdump = hexdump
-        self.show = show          # a render.Selection, or None
-        self.framed_port = framed_port
         self.broken = False
         self.color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
-        enc = getattr(sys.stdout, "encoding", None) or "ascii"
-        try:
-            "→↳".encode(enc)
-            self.arrow, self.hook = "→", "↳"
-        except (UnicodeEncodeError, LookupError):
-            self.arrow, self.hook = "->", "\\_"
+        self.arrow, self.hook = arrows_for(getattr(sys.stdout, "encoding", None))
+        self.view = TextView(time_format=time_format, hexdump=hexdump, show=show,
+                             framed_port=framed_port, arrow=self.arrow, hook=self.hook,
+                             style=click.style if self.color else None)
 
-    def _write(self, text: str) -> None:
+    def write(self, text: str) -> None:
         if self.broken:
             return
         try:
@@ -195,92 +188,11 @@ class _Output:
             raise
 
     def packets(self, batch) -> None:
+        """Records as JSON lines (text goes through ``Sniffer.text`` and :meth:`write`)."""
         if self.quiet:
             return
-        if self.as_json:
-            from socktools.capture.view import record_dict
-            self._write("".join(json.dumps(record_dict(r), ensure_ascii=False) + "\n" for r in batch))
-            return
-        lines = []
-        for rec in batch:
-            lines.append(self.line(rec))
-            if rec.events or rec.preview is not None:
-                lines.extend(self.details(rec))
-            if self.hexdump:
-                from socktools.capture.render import hexdump
-                lines.extend(hexdump(rec.frame, " " * 18))
-            if self.show is not None and rec.number in self.show:
-                lines.extend(self.scapy_show(rec))
-        lines.append("")
-        self._write("\n".join(lines))
-
-    def _mark(self, name: str) -> str:
-        text = f"[{name}]"
-        if self.color:
-            return click.style(text, fg="red" if name in _RED else "yellow", bold=name in _RED)
-        return text
-
-    def line(self, r) -> str:
-        """``  4   0.000152 127.0.0.1:56902 → 127.0.0.1:65432 [PSH, ACK] Seq=1 Ack=1 Win=65536 Len=146``
-
-        The hot path of a busy capture: the endpoints and flags of a line are
-        cached as text (a capture sees few of each) and the line is one f-string.
-        """
-        stamp = f"{r.time:>11.6f}" if self.relative else self.clock(r)
-        if r.proto != "TCP":
-            ends = f"{r.src} {self.arrow} {r.dst} " if r.src else ""
-            return f"{r.number:>5} {stamp} {ends}{r.proto} {r.info}"
-        key = (r.src, r.sport, r.dst, r.dport)
-        ends = self._ends.get(key)
-        if ends is None:
-            src = f"[{r.src}]:{r.sport}" if ":" in r.src else f"{r.src}:{r.sport}"
-            dst = f"[{r.dst}]:{r.dport}" if ":" in r.dst else f"{r.dst}:{r.dport}"
-            ends = f"{src} {self.arrow} {dst}"
-            if len(self._ends) < 65536:
-                self._ends[key] = ends
-        flags = self._flags.get(r.flags)
-        if flags is None:
-            flags = self._flags[r.flags] = (f"[{', '.join(r.flags)}]", "ACK" in r.flags)
-        ack = f" Ack={r.ack}" if flags[1] and r.ack is not None else ""
-        text = f"{r.number:>5} {stamp} {ends} {flags[0]} Seq={r.seq}{ack} Win={r.window} Len={r.length}"
-        o = r.options
-        if o:
-            text += (f" MSS={o['MSS']}" if "MSS" in o else "") + \
-                (" SACK_PERM" if o.get("SACK_PERM") else "")
-        if r.tsval is not None:                     # where tshark puts them: before WS
-            text += f" TSval={r.tsval} TSecr={r.tsecr}"
-        if o and "WS" in o:
-            text += f" WS={o['WS']}"
-        if r.marks:
-            text += " " + " ".join(self._mark(m) for m in r.marks)
-        return text
-
-    def scapy_show(self, r) -> list[str]:
-        """scapy's layered dissection of the frame (imports scapy on first use)."""
-        from socktools.capture._scapy import show
-        try:
-            text = show(r.frame, r.linktype, self.framed_port)
-        except Exception as exc:  # a dissection aid must never stop the capture
-            text = f"(scapy could not dissect packet {r.number}: {exc})"
-        return [" " * 18 + ln if ln else "" for ln in text.rstrip("\n").split("\n")]
-
-    def details(self, r) -> list[str]:
-        from socktools.capture.reassembly import MessageEvent
-        pad = " " * 18
-        out = []
-        for ev in r.events:
-            if isinstance(ev, MessageEvent):
-                segs = "1 segment" if ev.segments == 1 else \
-                    f"{ev.segments} segments from packet {ev.first_packet}"
-                head = f"{pad}{self.hook} {ev.role} #{ev.index}: {ev.content_type}, {ev.wire_size} bytes in {segs}"
-                out.append(click.style(head, fg="cyan") if self.color else head)
-                out.append(f"{pad}  header  {json.dumps(ev.header, ensure_ascii=False)}")
-                out.append(f"{pad}  content {ev.content_preview}")
-            else:
-                out.append(f"{pad}! {ev.text}")
-        if r.preview is not None:
-            out.append(f"{pad}| {r.preview}")
-        return out
+        from socktools.capture.view import record_dict
+        self.write("".join(json.dumps(record_dict(r), ensure_ascii=False) + "\n" for r in batch))
 
     def summary(self, s) -> None:
         from socktools.capture.view import drop_ratio, summary_dict
@@ -299,7 +211,7 @@ class _Output:
 
     def _safe(self, text: str) -> None:
         try:
-            self._write(text)
+            self.write(text)
         except BrokenPipeError:
             pass
 

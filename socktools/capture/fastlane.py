@@ -1,0 +1,240 @@
+"""The fast lane: the common packet tracked and printed in one loop, without a record.
+
+Why: the general path costs ~25 us of Python per packet — a ``Segment``, the
+tracker's full analysis, a 23-field ``PacketRecord``, then a line assembled
+from it — and at 40,000 packets/s on a busy machine that is more than the
+reader has, so the ring fills and the kernel drops.  Almost every packet of a
+busy capture is the same shape: Ethernet (Linux ``lo``), IPv4 without
+options, an ACK of a connection already known, nothing remarkable about it.
+For that shape this loop reads the headers with one ``unpack_from``, finds the
+connection with one dict lookup on 12 bytes of the frame
+(:attr:`Tracker.fast <socktools.capture.tracker.Tracker.fast>`), checks that
+none of the tracker's marks could apply, updates the same connection state
+the tracker keeps, and prints the line with one format string.
+
+Everything else takes the general path, packet by packet, in order:
+:meth:`Sniffer.one <socktools.capture.session.Sniffer.one>` then
+:meth:`TextView.render <socktools.capture.lines.TextView.render>`.  That
+includes the first packet, handshakes, FIN and RST, any packet that may carry
+a mark (possible retransmission, keep-alive, dup ACK, zero window, window
+full), the first payload of a stream and any packet that completes a decoded
+message, IPv6, other link types, and unusual TCP options.  The lane decides
+before it changes any state, so a packet it hands over is analysed by the
+tracker from exactly the state it would have seen.  The contract — the two
+paths print the same bytes — is a test (``tests/test_sniff_fastlane.py``).
+"""
+
+from __future__ import annotations
+
+import struct
+
+from socktools.capture.dissect import LINKTYPE_ETHERNET, flag_names, format_ip
+from socktools.capture.reassembly import _PREVIEW, MessageEvent, preview_bytes
+from socktools.capture.tracker import PacketRecord
+from socktools.capture.session import message_comment
+
+__all__ = ["FastLane"]
+
+# from offset 14: IPv4 without options, then TCP (as dissect._fast_ipv4_tcp reads it)
+_ETH_IPV4_TCP = struct.Struct("!BBHHHBBH4s4sHHIIBBHHH")
+_TS = struct.Struct("!II")
+_TS_LAYOUT = b"\x01\x01\x08\x0a"       # NOP, NOP, Timestamp: every segment after the handshake
+_IPV4_NO_OPTIONS = b"\x08\x00\x45"     # ethertype IPv4, version 4, header length 20
+_M = 0xFFFFFFFF
+_ACK, _SYN_FIN_RST = 0x10, 0x07
+
+#: Raw previews of payloads seen (a flood repeats one payload); cleared when full.
+_PREVIEW_CACHE = 4096
+
+_PREVIEW_PAD = " " * 18 + "| "          # as TextView.details prints a preview
+_make_record = tuple.__new__
+
+
+class FastLane:
+    """Tracks and renders raw packets for one :class:`~socktools.capture.session.Sniffer`.
+
+    The lane works on the sniffer's tracker, writer and counters, so the two
+    paths can take turns packet by packet; ``view`` is the
+    :class:`~socktools.capture.lines.TextView` whose lines the lane matches.
+    The lane runs for the relative and the other time columns; with ``-X`` or
+    ``--show`` every packet takes the general path.
+    """
+
+    def __init__(self, sniffer, view, *, quiet: bool = False) -> None:
+        self.sniffer = sniffer
+        self.view = view
+        self.quiet = quiet
+        self.enabled = not view.hexdump and view.show is None
+        self._ends: dict[bytes, str] = {}         # frame[26:38] -> "a:p → b:q"
+        self._flags: dict[int, str] = {}          # 0x18 -> "[PSH, ACK]"
+        self._previews: dict[bytes, str] = {}
+
+    def run(self, raw: list) -> str:
+        """Track (and render, unless quiet) a list of ``(ts, frame, wirelen, linktype)``."""
+        sn = self.sniffer
+        tracker = sn.tracker
+        fast_get = tracker.fast.get if self.enabled else {}.get
+        decoding = tracker.decode != "none"
+        view = self.view
+        render = view.render
+        quiet = self.quiet
+        at = None if view.relative else view.clock.at
+        writer = sn.writer
+        write = writer.write if writer is not None else None
+        ends_get, flags_get, previews_get = self._ends.get, self._flags.get, self._previews.get
+        unpack, unpack_ts = _ETH_IPV4_TCP.unpack_from, _TS.unpack_from
+        out: list[str] = []
+        emit = out.append
+        captured = sn.captured
+        t0 = sn.t0
+        ts = sn.last_ts
+        for ts, frame, wirelen, linktype in raw:
+            entry = fast_get(frame[26:38]) if linktype == LINKTYPE_ETHERNET and \
+                frame[12:15] == _IPV4_NO_OPTIONS and t0 is not None else None
+            if entry is not None and len(frame) >= 54:
+                (_vihl, _tos, total, _ident, frag, _ttl, proto, _csum, _src, _dst, _sport, _dport,
+                 seq, ack, doff, flags, window, _tcsum, _urg) = unpack(frame, 14)
+                conn, d, r, i = entry
+                n = len(frame)
+                hlen = (doff >> 4) << 2
+                start = 34 + hlen
+                end = 14 + total if total else n
+                plen = end - start if end > start else 0
+                # the shape the lane takes: a plain ACK of a known connection, nothing pending
+                # a mark (zero window, ZWP/keep-alive follow-ups) or the tracker's first looks
+                if (proto == 6 and not frag & 0x1FFF and flags & 0x17 == _ACK and hlen >= 20
+                        and n >= start and window and d.base is not None and r.base is not None
+                        and d.zwp_rel is None and not d.last_zwp and not d.last_keepalive
+                        and (hlen == 20 or (hlen >= 32 and n >= 66
+                                            and frame[54:58] == _TS_LAYOUT))):
+                    near = d.next
+                    rel = (near & ~_M) | ((seq - d.base) & _M)
+                    if rel < near - 0x80000000:
+                        rel += 0x100000000
+                    elif rel > near + 0x80000000 and rel >= 0x100000000:
+                        rel -= 0x100000000
+                    ack_near = r.next
+                    ack_rel = (ack_near & ~_M) | ((ack - r.base) & _M)
+                    if ack_rel < ack_near - 0x80000000:
+                        ack_rel += 0x100000000
+                    elif ack_rel > ack_near + 0x80000000 and ack_rel >= 0x100000000:
+                        ack_rel -= 0x100000000
+                    stream = d.stream
+                    if plen:
+                        # new bytes at or past the next expected ones (else Retransmission,
+                        # Keep-Alive or a probe), that do not fill the peer's window
+                        plain = rel >= near and r.win and (
+                            not conn.handshake_seen or r.ack is None
+                            or rel + plen < r.ack + r.win) and (
+                            not decoding or stream is not None or d.fin or conn.reset)
+                    else:
+                        # not Keep-Alive (seq - 1), not a Dup ACK / Window Update (same ack)
+                        plain = not (rel == near - 1 and d.packets) and not (
+                            rel == near and ack_rel == d.ack and d.win is not None)
+                    # the handshake's last ACK times the connection (tracker: iRTT)
+                    if plain and not (ack_rel == 1 and conn.rtt is None and
+                                      conn.syn_ts is not None and i == conn.client and r.syn):
+                        win = window * d.scale_opt if conn.scaled else window
+                        if rel + plen > near:
+                            d.next = rel + plen
+                        d.win = win
+                        d.ack = ack_rel
+                        d.packets += 1
+                        d.bytes += plen
+                        conn.last_ts = ts
+                        captured += 1
+                        preview = None
+                        if plen and stream is not None and decoding:
+                            payload = frame[start:end if end < n else n]
+                            if payload:
+                                state = stream.state
+                                if state != "raw" and state != "off":
+                                    events = stream.feed(rel - 1, payload, captured)
+                                    if events or stream.state == "raw":
+                                        if events:
+                                            d.messages += sum(1 for e in events
+                                                              if type(e) is MessageEvent)
+                                        # rare (a message completed, a verdict): as a record
+                                        self._record(conn, d, i, captured, ts, t0, frame,
+                                                     linktype, wirelen, flags, rel, ack_rel, win,
+                                                     plen, tuple(events), payload,
+                                                     stream.state == "raw", hlen, emit)
+                                        continue
+                                else:
+                                    preview = state == "raw"
+                        if write is not None:
+                            write(ts, frame, wirelen, linktype, None)
+                        if quiet:
+                            continue
+                        key = frame[26:38]
+                        ends = ends_get(key)
+                        if ends is None:
+                            ends = self._ends_text(key, _sport, _dport)
+                        ftext = flags_get(flags)
+                        if ftext is None:
+                            ftext = self._flags[flags] = f"[{', '.join(flag_names(flags))}]"
+                        stamp = f"{(ts - t0) / 1e9:>11.6f}" if at is None else \
+                            at(ts, (ts - t0) / 1e9)
+                        if hlen == 20:
+                            emit(f"{captured:>5} {stamp} {ends} {ftext} Seq={rel} Ack={ack_rel} "
+                                 f"Win={win} Len={plen}")
+                        else:
+                            tsval, tsecr = unpack_ts(frame, 58)
+                            emit(f"{captured:>5} {stamp} {ends} {ftext} Seq={rel} Ack={ack_rel} "
+                                 f"Win={win} Len={plen} TSval={tsval} TSecr={tsecr}")
+                        if preview:
+                            text = previews_get(payload[:_PREVIEW + 1])
+                            emit(_PREVIEW_PAD + (text if text is not None else
+                                                 self._preview(payload)))
+                        continue
+            # the general path
+            sn.captured = captured
+            rec = sn.one(ts, frame, wirelen, linktype)
+            captured = sn.captured
+            t0 = sn.t0
+            if not quiet:
+                out.extend(render(rec))
+        sn.captured = captured
+        sn.last_ts = ts
+        if out:
+            out.append("")
+            return "\n".join(out)
+        return ""
+
+    def _preview(self, payload: bytes) -> str:
+        """preview_bytes, remembered by what decides it: the bytes shown and whether more follow."""
+        key = payload[:_PREVIEW + 1]
+        text = self._previews.get(key)
+        if text is None:
+            text = preview_bytes(payload)
+            if len(self._previews) >= _PREVIEW_CACHE:
+                self._previews.clear()
+            self._previews[key] = text
+        return text
+
+    def _ends_text(self, key: bytes, sport: int, dport: int) -> str:
+        text = f"{format_ip(key[:4])}:{sport} {self.view.arrow} {format_ip(key[4:8])}:{dport}"
+        if len(self._ends) >= 65536:
+            self._ends.clear()
+        self._ends[key] = text
+        return text
+
+    def _record(self, conn, d, i, number, ts, t0, frame, linktype, wirelen, flags, rel, ack_rel,
+                win, plen, events, payload, raw, hlen, emit) -> None:
+        """A packet the lane tracked that completed a message or a verdict: record, render."""
+        tsval = tsecr = None
+        if hlen > 20:
+            tsval, tsecr = _TS.unpack_from(frame, 58)
+        src, dst = conn.texts[i]
+        sport, dport = struct.unpack_from("!HH", frame, 34)
+        rec = _make_record(PacketRecord, (
+            number, (ts - t0) / 1e9, ts, "TCP", src, sport, dst, dport, flag_names(flags), rel,
+            ack_rel, win, plen, (), conn.id, events, preview_bytes(payload) if raw else None, "",
+            None, frame, linktype, tsval, tsecr))
+        writer = self.sniffer.writer
+        if writer is not None:
+            writer.write(ts, frame, wirelen, linktype,
+                         message_comment(events) if events else None)
+        if not self.quiet:
+            for line in self.view.render(rec):
+                emit(line)
