@@ -75,12 +75,32 @@ class CaptureFile:
         self.count = 0
         self.stat = os.fstat(f.fileno())
         self._reader: Iterator[Record] = iter(())
+        self._batches: Optional[Iterator[list]] = None   # a reader that gives lists (pcap)
+
+    def batches(self, size: int = 512) -> Iterator[list]:
+        """Lists of records, counted as they are read (a list per read of the file for
+        pcap, of up to ``size`` for pcapng): the per-packet cost of a generator is
+        paid once per list."""
+        if self._batches is not None:
+            for batch in self._batches:
+                self.count += len(batch)
+                yield batch
+            return
+        batch: list = []
+        for rec in self._reader:
+            batch.append(rec)
+            if len(batch) >= size:
+                self.count += len(batch)
+                yield batch
+                batch = []
+        if batch:
+            self.count += len(batch)
+            yield batch
 
     def records(self) -> Iterator[Record]:
         """Yield ``(timestamp_ns, frame, original_length, linktype)`` for each packet."""
-        for rec in self._reader:
-            self.count += 1
-            yield rec
+        for batch in self.batches():
+            yield from batch
 
     def close(self) -> None:
         self._f.close()

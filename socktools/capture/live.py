@@ -177,7 +177,10 @@ class LiveSource:
                     self._ring = PacketRing(
                         sock, buffer_size, min(snaplen, _max_frame(self.iface)), self.linktype,
                         cooked=self.any,
-                        skip_outgoing_on=0 if self.loopback else lo if self.any else None)
+                        # when the kernel suppresses loopback's outgoing copies, checking
+                        # each packet's sll_pkttype again costs an unpack per packet for nothing
+                        skip_outgoing_on=(None if self.outgoing == "kernel" else 0)
+                        if self.loopback else lo if self.any else None)
                     self.buffer_bytes = self._ring.size
                 except OSError:
                     self._ring = None     # old kernel or no memory for it: one recv per packet

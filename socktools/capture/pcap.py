@@ -112,7 +112,7 @@ def open_capture(path: str) -> CaptureFile:
                 linktype = struct.unpack(order + "I", head[20:24])[0] & 0x0FFFFFFF
                 check_linktype(path, linktype)
                 cap = CaptureFile(f, path, "pcap", linktype)
-                cap._reader = _pcap_records(f, cap, order, 1 if magic == _MAGIC_NS else 1000)
+                cap._batches = _pcap_batches(f, cap, order, 1 if magic == _MAGIC_NS else 1000)
                 return cap
         if struct.unpack("<I", head[:4])[0] == _PCAPNG_SHB:
             f.seek(0)
@@ -123,21 +123,42 @@ def open_capture(path: str) -> CaptureFile:
         raise
 
 
-def _pcap_records(f: BinaryIO, cap: CaptureFile, order: str, scale: int) -> Iterator[Record]:
-    rec = struct.Struct(order + "IIII")
+#: Bytes read from a pcap file at a time: a read (and a list of records) per MiB,
+#: not two reads per packet.
+_CHUNK = 1 << 20
+
+
+def _pcap_batches(f: BinaryIO, cap: CaptureFile, order: str, scale: int) -> Iterator[list]:
+    """Lists of records, one list per chunk read; sets ``cap.truncated`` if the file is cut."""
+    unpack = struct.Struct(order + "IIII").unpack_from
     linktype = cap.linktype
+    buf = b""
     while True:
-        head = f.read(16)
-        if len(head) < 16:
-            if head:
-                cap.truncated = f"cut short in a packet header after {cap.count} packets"
+        chunk = f.read(_CHUNK)
+        buf = buf + chunk if buf else chunk
+        end = len(buf)
+        pos = 0
+        out = []
+        append = out.append
+        while pos + 16 <= end:
+            sec, frac, caplen, wirelen = unpack(buf, pos)
+            if caplen > 0x4000000:
+                raise CaptureFileError(f"{cap.path}: corrupt record (captured length {caplen})")
+            nxt = pos + 16 + caplen
+            if nxt > end:
+                break
+            append((sec * 1_000_000_000 + frac * scale, buf[pos + 16:nxt], wirelen, linktype))
+            pos = nxt
+        buf = buf[pos:]
+        if out:
+            yield out
+        if not chunk:
+            if buf:
+                done = cap.count
+                if len(buf) < 16:
+                    cap.truncated = f"cut short in a packet header after {done} packets"
+                else:
+                    caplen = unpack(buf, 0)[2]
+                    cap.truncated = (f"cut short in packet {done + 1} ({len(buf) - 16} of "
+                                     f"{caplen} bytes)")
             return
-        sec, frac, caplen, wirelen = rec.unpack(head)
-        if caplen > 0x4000000:
-            raise CaptureFileError(f"{cap.path}: corrupt record (captured length {caplen})")
-        frame = f.read(caplen)
-        if len(frame) < caplen:
-            cap.truncated = (f"cut short in packet {cap.count + 1} ({len(frame)} of {caplen} "
-                             f"bytes)")
-            return
-        yield sec * 1_000_000_000 + frac * scale, frame, wirelen, linktype

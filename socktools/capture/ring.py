@@ -62,7 +62,7 @@ RING_SPAN_MS = 2000
 MAX_BLOCK_TIMEOUT_MS = 250
 
 _BLOCK_HDR = struct.Struct("=III")        # block_status, num_pkts, offset_to_first_pkt (at 8)
-_PKT_HDR = struct.Struct("=IIIIIIHH")     # next_offset, sec, nsec, snaplen, len, status, mac, net
+_PKT_HDR = struct.Struct("=IIIIIIH2x")    # next_offset, sec, nsec, snaplen, len, status, mac
 _TPACKET3_HDRLEN = 48                     # TPACKET_ALIGN(sizeof(struct tpacket3_hdr))
 _SLL = struct.Struct("=HHiHBB8s")         # family, protocol (big-endian bytes), ifindex,
 #                                           hatype, pkttype, halen, addr
@@ -144,32 +144,45 @@ class PacketRing:
         m, bs = self._map, self.block_size
         linktype, cooked, skip_on = self.linktype, self.cooked, self.skip_outgoing_on
         unpack_pkt, unpack_sll = _PKT_HDR.unpack_from, _SLL.unpack_from
+        append = out.append
         for _ in range(max_blocks):
             base = self._block * bs
             status, count, off = _BLOCK_HDR.unpack_from(m, base + 8)
             if not status & TP_STATUS_USER:
                 break
             pos = base + off
-            for _ in range(count):
-                nxt, sec, nsec, snaplen, wirelen, pstatus, mac, _net = unpack_pkt(m, pos)
-                if skip_on is not None or cooked:
-                    _fam, proto, ifindex, hatype, pkttype, halen, addr = \
-                        unpack_sll(m, pos + _TPACKET3_HDRLEN)
-                    if pkttype == PACKET_OUTGOING and (skip_on == 0 or ifindex == skip_on):
-                        self.skipped_outgoing += 1
-                        pos += nxt
-                        continue
-                if pstatus & TP_STATUS_COPY:
-                    self.cut += 1
-                frame = m[pos + mac:pos + mac + snaplen]
-                if cooked:
-                    # SLL2: protocol (already big-endian in sockaddr_ll), reserved,
-                    # ifindex, ARPHRD type, packet type, address length, address
-                    frame = struct.pack("=H", proto) + struct.pack(
-                        "!HIHBB8s", 0, ifindex, hatype, pkttype, halen, addr) + frame
-                    wirelen += 20
-                out.append((sec * 1_000_000_000 + nsec, frame, wirelen, linktype))
-                pos += nxt
+            if skip_on is None and not cooked:
+                # the common case (lo, its outgoing copies suppressed by the kernel), kept tight
+                cut = 0
+                for _ in range(count):
+                    nxt, sec, nsec, snaplen, wirelen, pstatus, mac = unpack_pkt(m, pos)
+                    start = pos + mac
+                    append((sec * 1_000_000_000 + nsec, m[start:start + snaplen], wirelen,
+                            linktype))
+                    cut += pstatus & TP_STATUS_COPY
+                    pos += nxt
+                self.cut += cut // TP_STATUS_COPY
+            else:
+                for _ in range(count):
+                    nxt, sec, nsec, snaplen, wirelen, pstatus, mac = unpack_pkt(m, pos)
+                    if skip_on is not None or cooked:
+                        _fam, proto, ifindex, hatype, pkttype, halen, addr = \
+                            unpack_sll(m, pos + _TPACKET3_HDRLEN)
+                        if pkttype == PACKET_OUTGOING and (skip_on == 0 or ifindex == skip_on):
+                            self.skipped_outgoing += 1
+                            pos += nxt
+                            continue
+                    if pstatus & TP_STATUS_COPY:
+                        self.cut += 1
+                    frame = m[pos + mac:pos + mac + snaplen]
+                    if cooked:
+                        # SLL2: protocol (already big-endian in sockaddr_ll), reserved,
+                        # ifindex, ARPHRD type, packet type, address length, address
+                        frame = struct.pack("=H", proto) + struct.pack(
+                            "!HIHBB8s", 0, ifindex, hatype, pkttype, halen, addr) + frame
+                        wirelen += 20
+                    append((sec * 1_000_000_000 + nsec, frame, wirelen, linktype))
+                    pos += nxt
             m[base + 8:base + 12] = _RELEASE             # give the block back to the kernel
             self._block = (self._block + 1) % self.block_nr
         return out

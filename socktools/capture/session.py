@@ -224,25 +224,27 @@ class Sniffer:
             yield raw
 
     def _read_file(self) -> Iterator[list]:
-        batch = []
         first = self.linktype
-        for rec in self.file.records():
-            linktype = rec[3]
-            program = self._program if linktype == first else self._program_for(linktype)
-            port = self._port if linktype == first else (
-                self.config.port if program is None else None)
-            if program is not None and not bpf.run(program, rec[1]):
+        for records in self.file.batches(_FILE_BATCH):
+            if self._program is None and self._port is None and \
+                    all(rec[3] == first for rec in records):
+                yield records             # no filter, one link type: nothing to look at
                 continue
-            if port is not None:
-                seg = dissect(rec[1], linktype)
-                if type(seg) is OtherPacket or port not in (seg.sport, seg.dport):
+            batch = []
+            for rec in records:
+                linktype = rec[3]
+                program = self._program if linktype == first else self._program_for(linktype)
+                port = self._port if linktype == first else (
+                    self.config.port if program is None else None)
+                if program is not None and not bpf.run(program, rec[1]):
                     continue
-            batch.append(rec)
-            if len(batch) >= _FILE_BATCH:
+                if port is not None:
+                    seg = dissect(rec[1], linktype)
+                    if type(seg) is OtherPacket or port not in (seg.sport, seg.dport):
+                        continue
+                batch.append(rec)
+            if batch:
                 yield batch
-                batch = []
-        if batch:
-            yield batch
 
     def _program_for(self, linktype: int) -> Optional[list]:
         """The filter compiled for another link type of a pcapng file (cached)."""
