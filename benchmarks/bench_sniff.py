@@ -271,6 +271,10 @@ def main() -> int:
                     help="same socket buffer for sniff and tcpdump (default: each tool's own)")
     ap.add_argument("--json", action="store_true", help="print results as JSON")
     args = ap.parse_args()
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        # started in the background by a shell (``&``), which ignores SIGINT: a Python
+        # child would inherit that and never stop on the SIGINT that ends each run
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     if os.geteuid() != 0:
         print("bench_sniff: needs root (packet sockets); run with sudo", file=sys.stderr)
         return 3
