@@ -127,11 +127,16 @@ def busy_capture():
     c.send("c", ACK, b"y")                                           # RFC probe
     c.send("s", ACK, window=0)
     c.send("s", ACK, window=400)                                     # window update
+    c.send("s", ACK, window=0)
+    c.send("c", ACK, b"w")                                           # RFC probe, at once
+    c.send("s", ACK, window=400)
     c.send("c", ACK, b"yzz", seq=(c.seq["c"] - 1) & 0xFFFFFFFF)     # restarts at the probe
     c.send("s", ACK)
     # 3: retransmission, dup ACK, keep-alive and its ACK, SACK options, then RST
     k = Conv(cap, 40003)
     k.handshake()
+    k.send("s", SYN | ACK, seq=5000, window=65483)                   # SYN-ACK again
+    k.send("s", SYN | ACK, seq=5050, window=65483)                   # and a confused one
     k.send("c", PSH | ACK, b"a" * 100)
     k.send("c", PSH | ACK, b"a" * 100, seq=(k.seq["c"] - 100) & 0xFFFFFFFF)
     k.send("s", ACK)
@@ -143,17 +148,35 @@ def busy_capture():
     k.send("s", ACK)
     k.send("c", PSH | ACK, b"c" * 500, cut=90)                       # cut by the snap length
     k.send("s", ACK)
+    k.send("c", PSH | ACK, b"1")                                     # one byte, in order,
+    k.send("s", ACK, window=1000)
+    k.send("c", ACK, seq=(k.seq["c"] - 1) & 0xFFFFFFFF)             # then a keep-alive
+    k.send("s", ACK, window=1000)
     k.send("s", RST | ACK)
     k.send("c", PSH | ACK, b"late")                                  # after the reset
     # a UDP datagram and an ICMP error between the same addresses and ports as conv 1
-    udp = struct.pack("!HHHH", 40001, PORT, 12, 0) + b"abcd"
-    cap.add(b"\x00" * 12 + b"\x08\x00" + struct.pack(
-        "!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0, A, A) + udp)
+    # (its payload looks like the rest of a TCP header: only the protocol field tells)
+    body = b"abcd\x50\x10\xff\xff" + b"\x00" * 40
+    udp = struct.pack("!HHHH", 40001, PORT, 8 + len(body), 0) + body
+    udp_frame = b"\x00" * 12 + b"\x08\x00" + struct.pack(
+        "!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0, A, A) + udp
+    cap.add(udp_frame)
     # 4: mid-stream (no SYN), no time stamps
     m = Conv(cap, 40004, cisn=777, sisn=99, stamps=False)
-    for _ in range(4):
+    for jump in (0, 0, 0x7FFF0000, 0, 0x7FFF0000, 0, 0x7FFF0000, 0, 0):
+        m.seq["c"] = (m.seq["c"] + jump) & 0xFFFFFFFF          # past 2 GiB, then past 4 GiB
         m.send("c", PSH | ACK, b"z" * 64)
         m.send("s", ACK)
+    m.send("s", ACK, window=0)
+    m.send("c", PSH | ACK, b"!")                                     # a probe, mid-stream
+    m.send("s", ACK, window=512)
+    # 6: the SYN-ACK was not captured
+    x = Conv(cap, 40006)
+    x.send("c", SYN, window=65495)
+    x.seq["s"] += 1
+    x.send("c", ACK)
+    x.send("c", PSH | ACK, b"abc")
+    x.send("s", ACK)
     # 5: IPv6, all through the general path
     v = Conv(cap, 40005, src=A6, dst=A6, v6=True)
     v.handshake()
@@ -164,16 +187,38 @@ def busy_capture():
         conv.send("c", FIN | ACK)
         conv.send("s", FIN | ACK)
         conv.send("c", ACK)
-    again = Conv(cap, 40001, cisn=123456)
+    again = Conv(cap, 40001, cisn=0x400000)
     again.handshake()
     again.send("c", PSH | ACK, REQ)
     again.send("s", ACK)
     again.send("s", PSH | ACK, RESP)
     again.send("c", ACK)
     # a long plain stretch: what a flood looks like
-    for _ in range(200):
+    again.send("s", ACK, window=65535)
+    for n in range(200):
         again.send("c", PSH | ACK, b"q" * 64, dt_ns=5_003)
-    again.send("s", ACK)
+        if n % 3 == 0:
+            again.send("s", ACK, window=65535)
+        if n == 100:
+            cap.add(udp_frame)
+            # UDP whose bytes where TCP's seq would be are the next seq of this connection
+            # (length, checksum), and whose payload reads as ACK, window 65535
+            nxt = again.seq["c"]
+            body = b"abcd\x50\x10\xff\xff" + bytes((nxt >> 16) - 16)
+            fake = struct.pack("!HHHH", 40001, PORT, nxt >> 16, nxt & 0xFFFF) + body
+            cap.add(b"\x00" * 12 + b"\x08\x00" + struct.pack(
+                "!BBHHHBBH4s4s", 0x45, 0, 20 + len(fake), 0, 0, 64, 17, 0, A, A) + fake)
+            # a later IPv4 fragment whose bytes read as this connection's next segment
+            seq = again.seq["c"]
+            again.send("c", PSH | ACK, b"f" * 64)
+            again.seq["c"] = seq
+            ts, frag = cap.frames.pop()
+            cap.add(frag[:20] + b"\x00\x10" + frag[22:])
+    # FIN and RST that acknowledge new data (not Dup ACK shaped)
+    again.send("s", PSH | ACK, b"bye")
+    again.send("c", FIN | ACK)
+    again.send("s", PSH | ACK, b"more")
+    again.send("c", RST | ACK)
     return cap
 
 
@@ -186,11 +231,20 @@ def _settle(summary):
     return dataclasses.replace(summary, elapsed=0.0)
 
 
+def _state(sn):
+    """What the tracker keeps per direction: the lane must leave it as the tracker would."""
+    return [(h.base, h.next, h.win, h.ack, h.packets, h.bytes, h.messages, h.fin, h.settled,
+             h.zwp_rel, h.last_zwp, h.last_keepalive, None if h.stream is None else
+             (h.stream.state, h.stream.next, h.stream.count))
+            for c in sn.tracker._conns for h in c.halves]
+
+
 def general(path, view_args=None, **cfg):
     """The reference: every packet a record, rendered."""
     sn = Sniffer(SniffConfig(read=str(path), **cfg)).open()
     view = TextView(**(view_args or {}))
     lines = [ln for batch in sn.batches() for rec in batch for ln in view.render(rec)]
+    general.state = _state(sn)
     return lines, _settle(sn.close())
 
 
@@ -205,6 +259,7 @@ def lane(path, view_args=None, quiet=False, **cfg):
         return one(*args)
     sn.one = counting_one
     text = "".join(sn.text(view, quiet=quiet))
+    lane.state = _state(sn)
     summary = _settle(sn.close())
     return text.splitlines(), summary, summary.captured - taken["general"]
 
@@ -217,6 +272,7 @@ def test_the_lane_prints_what_the_general_path_prints(busy_pcap, decode, time_fo
     got, got_summary, fast = lane(busy_pcap, view, decode=decode)
     assert got == want
     assert got_summary == want_summary
+    assert lane.state == general.state
     assert fast > 150, "the lane took too few packets for this test to mean anything"
 
 
@@ -227,16 +283,16 @@ def test_the_capture_has_every_shape_the_lane_hands_over(busy_pcap):
                  "[Window Update]", "[Retransmission]", "[Dup ACK]", "[Keep-Alive]",
                  "[Keep-Alive ACK]", "[RST]", "[SYN]", "[FIN, ACK]", "UDP ", "::1",
                  "request #3: text/json", "3 segments from packet", "response #1", "| 47 45 54",
-                 "…", "TSval=", "Seq=4294967"):
+                 "…", "TSval=", "Seq=6442", "Ack=6442"):
         assert mark in text, mark
     assert "Seq=" in text and "-0.00" in text                      # time went backwards
-    assert len(summary.connections) == 6
+    assert len(summary.connections) == 7
 
 
 def test_quiet_tracks_the_same(busy_pcap):
     _, want = general(busy_pcap)
     got, summary, _ = lane(busy_pcap, quiet=True)
-    assert got == [] and summary == want
+    assert got == [] and summary == want and lane.state == general.state
 
 
 def test_written_file_and_counts_match(busy_pcap, tmp_path):

@@ -53,7 +53,7 @@ _ACK, _SYN_FIN_RST = 0x10, 0x07
 #: Raw previews of payloads seen (a flood repeats one payload); cleared when full.
 _PREVIEW_CACHE = 4096
 
-_PREVIEW_PAD = " " * 18 + "| "          # as TextView.details prints a preview
+_PREVIEW_PAD = "\n" + " " * 18 + "| "   # the line under, as TextView.details prints it
 _make_record = tuple.__new__
 
 
@@ -118,20 +118,25 @@ class FastLane:
                 # the shape the lane takes: a plain ACK of a known connection, nothing pending
                 # a mark (zero window, ZWP/keep-alive follow-ups) or the tracker's first looks
                 if (start and flags & 0x17 == _ACK and proto == 6 and not frag & 0x1FFF
-                        and window and d.base is not None and r.base is not None
-                        and d.zwp_rel is None and not d.last_zwp and not d.last_keepalive):
+                        and window and d.settled and r.base is not None):
+                    # the tracker's unwrap: the 64-bit offset nearest the next expected one,
+                    # which is the 32-bit difference itself for the first 2 GiB of a stream
                     near = d.next
-                    rel = (near & ~_M) | ((seq - d.base) & _M)
-                    if rel < near - 0x80000000:
-                        rel += 0x100000000
-                    elif rel > near + 0x80000000 and rel >= 0x100000000:
-                        rel -= 0x100000000
+                    rel = (seq - d.base) & _M
+                    if near >= 0x80000000:
+                        rel |= near & ~_M
+                        if rel < near - 0x80000000:
+                            rel += 0x100000000
+                        elif rel > near + 0x80000000 and rel >= 0x100000000:
+                            rel -= 0x100000000
                     ack_near = r.next
-                    ack_rel = (ack_near & ~_M) | ((ack - r.base) & _M)
-                    if ack_rel < ack_near - 0x80000000:
-                        ack_rel += 0x100000000
-                    elif ack_rel > ack_near + 0x80000000 and ack_rel >= 0x100000000:
-                        ack_rel -= 0x100000000
+                    ack_rel = (ack - r.base) & _M
+                    if ack_near >= 0x80000000:
+                        ack_rel |= ack_near & ~_M
+                        if ack_rel < ack_near - 0x80000000:
+                            ack_rel += 0x100000000
+                        elif ack_rel > ack_near + 0x80000000 and ack_rel >= 0x100000000:
+                            ack_rel -= 0x100000000
                     stream = d.stream
                     if plen:
                         # new bytes at or past the next expected ones (else Retransmission,
@@ -190,21 +195,23 @@ class FastLane:
                         # third cheaper ("%5d" is parsed once, "{:>5}" per call)
                         if tsval is None:
                             if at is None:
-                                emit(_LINE % (captured, (ts - t0) / 1e9, ends, ftext, rel,
-                                              ack_rel, win, plen))
+                                line = _LINE % (captured, (ts - t0) / 1e9, ends, ftext, rel,
+                                                ack_rel, win, plen)
                             else:
-                                emit(_LINE_AT % (captured, at(ts, (ts - t0) / 1e9), ends, ftext,
-                                                 rel, ack_rel, win, plen))
+                                line = _LINE_AT % (captured, at(ts, (ts - t0) / 1e9), ends,
+                                                   ftext, rel, ack_rel, win, plen)
                         elif at is None:
-                            emit(_LINE_TS % (captured, (ts - t0) / 1e9, ends, ftext, rel,
-                                             ack_rel, win, plen, tsval, tsecr))
+                            line = _LINE_TS % (captured, (ts - t0) / 1e9, ends, ftext, rel,
+                                               ack_rel, win, plen, tsval, tsecr)
                         else:
-                            emit(_LINE_TS_AT % (captured, at(ts, (ts - t0) / 1e9), ends, ftext,
-                                                rel, ack_rel, win, plen, tsval, tsecr))
+                            line = _LINE_TS_AT % (captured, at(ts, (ts - t0) / 1e9), ends,
+                                                  ftext, rel, ack_rel, win, plen, tsval, tsecr)
                         if preview:
                             text = previews_get(payload[:_PREVIEW + 1])
-                            emit(_PREVIEW_PAD + (text if text is not None else
-                                                 self._preview(payload)))
+                            if text is None:
+                                text = self._preview(payload)
+                            line = line + _PREVIEW_PAD + text
+                        emit(line)
                         continue
             # the general path
             sn.captured = captured

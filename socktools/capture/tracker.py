@@ -103,7 +103,7 @@ class _Half:
     """One direction of a connection (what one endpoint sent)."""
 
     __slots__ = ("base", "next", "syn", "fin", "scale_opt", "win", "ack", "packets", "bytes",
-                 "last_zwp", "last_keepalive", "zwp_rel", "stream", "messages")
+                 "last_zwp", "last_keepalive", "zwp_rel", "stream", "messages", "settled")
 
     def __init__(self) -> None:
         self.base: Optional[int] = None   # sequence number shown as 0 (the ISN)
@@ -120,6 +120,9 @@ class _Half:
         self.zwp_rel: Optional[int] = None
         self.stream: Optional[StreamDecoder] = None
         self.messages = 0
+        #: the fast lane may take this direction's next segment: the ISN is known and no
+        #: zero-window probe or keep-alive is pending an answer (one test, not four)
+        self.settled = False
 
 
 class _Conn:
@@ -301,6 +304,7 @@ class Tracker:
         if ack_rel is not None:
             d.ack = ack_rel
         d.last_zwp, d.last_keepalive = zwp, keepalive
+        d.settled = d.zwp_rel is None and not zwp and not keepalive
         d.packets += 1
         d.bytes += plen
 
