@@ -258,7 +258,7 @@ def lane(path, view_args=None, quiet=False, **cfg):
         taken["general"] += 1
         return one(*args)
     sn.one = counting_one
-    text = "".join(sn.text(view, quiet=quiet))
+    text = b"".join(sn.text(view, quiet=quiet)).decode(view.encoding)
     lane.state = _state(sn)
     summary = _settle(sn.close())
     return text.splitlines(), summary, summary.captured - taken["general"]

@@ -41,10 +41,12 @@ __all__ = ["FastLane"]
 _ETH_IPV4_TCP = struct.Struct("!2xH2xHxB14xIIxBH4x")
 _ETH_IPV4_TCP_TS = struct.Struct("!2xH2xHxB14xIIxBH4x4xII")
 _PORTS = struct.Struct("!HH")
-_LINE = "%5d %11.6f %s %s Seq=%d Ack=%d Win=%d Len=%d"
-_LINE_TS = _LINE + " TSval=%d TSecr=%d"
-_LINE_AT = _LINE.replace("%11.6f", "%s")
-_LINE_TS_AT = _LINE_TS.replace("%11.6f", "%s")
+# The line as bytes: formatting bytes and writing them costs a third less than
+# formatting text and having the text layer encode it (measured).
+_LINE = b"%5d %11.6f %s %s Seq=%d Ack=%d Win=%d Len=%d"
+_LINE_TS = _LINE + b" TSval=%d TSecr=%d"
+_LINE_AT = _LINE.replace(b"%11.6f", b"%s")
+_LINE_TS_AT = _LINE_TS.replace(b"%11.6f", b"%s")
 _TS_LAYOUT = b"\x01\x01\x08\x0a"       # NOP, NOP, Timestamp: every segment after the handshake
 _IPV4_NO_OPTIONS = b"\x08\x00\x45"     # ethertype IPv4, version 4, header length 20
 _M = 0xFFFFFFFF
@@ -53,7 +55,7 @@ _ACK, _SYN_FIN_RST = 0x10, 0x07
 #: Raw previews of payloads seen (a flood repeats one payload); cleared when full.
 _PREVIEW_CACHE = 4096
 
-_PREVIEW_PAD = "\n" + " " * 18 + "| "   # the line under, as TextView.details prints it
+_PREVIEW_PAD = b"\n" + b" " * 18 + b"| "   # the line under, as TextView.details prints it
 _make_record = tuple.__new__
 
 
@@ -72,12 +74,16 @@ class FastLane:
         self.view = view
         self.quiet = quiet
         self.enabled = not view.hexdump and view.show is None
-        self._ends: dict[bytes, str] = {}         # frame[26:38] -> "a:p → b:q"
-        self._flags: dict[int, str] = {}          # 0x18 -> "[PSH, ACK]"
-        self._previews: dict[bytes, str] = {}
+        self._ends: dict[bytes, bytes] = {}       # frame[26:38] -> "a:p → b:q", encoded
+        self._flags: dict[int, bytes] = {}        # 0x18 -> b"[PSH, ACK]"
+        self._previews: dict[bytes, bytes] = {}
+        # the lane writes bytes: encoded as the output would encode the view's text
+        encoding, errors = view.encoding, view.errors
+        self._encode = lambda text: text.encode(encoding, errors)
 
-    def run(self, raw: list) -> str:
-        """Track (and render, unless quiet) a list of ``(ts, frame, wirelen, linktype)``."""
+    def run(self, raw: list) -> bytes:
+        """Track (and render, unless quiet) a list of ``(ts, frame, wirelen, linktype)``;
+        returns the lines, encoded as ``view.encoding`` says."""
         sn = self.sniffer
         tracker = sn.tracker
         fast_get = tracker.fast.get if self.enabled else {}.get
@@ -90,14 +96,19 @@ class FastLane:
         write = writer.write if writer is not None else None
         ends_get, flags_get, previews_get = self._ends.get, self._flags.get, self._previews.get
         unpack, unpack_ts = _ETH_IPV4_TCP.unpack_from, _ETH_IPV4_TCP_TS.unpack_from
-        out: list[str] = []
+        out: list[bytes] = []
         emit = out.append
+        encode = self._encode
         captured = sn.captured
         t0 = sn.t0
         ts = sn.last_ts
         for ts, frame, wirelen, linktype in raw:
-            entry = fast_get(frame[26:38]) if linktype == LINKTYPE_ETHERNET and \
-                frame[12:15] == _IPV4_NO_OPTIONS and t0 is not None else None
+            # (the table fills only once the general path has seen a packet: t0 is set)
+            if linktype == LINKTYPE_ETHERNET and frame[12:15] == _IPV4_NO_OPTIONS:
+                key = frame[26:38]
+                entry = fast_get(key)
+            else:
+                entry = None
             n = len(frame)
             if entry is not None and n >= 54:
                 # the TCP header is 20 bytes, or 32 with the time stamp option alone
@@ -184,13 +195,13 @@ class FastLane:
                             write(ts, frame, wirelen, linktype, None)
                         if quiet:
                             continue
-                        key = frame[26:38]
                         ends = ends_get(key)
                         if ends is None:
                             ends = self._ends_text(key, frame)
                         ftext = flags_get(flags)
                         if ftext is None:
-                            ftext = self._flags[flags] = f"[{', '.join(flag_names(flags))}]"
+                            ftext = self._flags[flags] = \
+                                f"[{', '.join(flag_names(flags))}]".encode("ascii")
                         # %-formatting: the same text as TextView.line's f-string, and a
                         # third cheaper ("%5d" is parsed once, "{:>5}" per call)
                         if tsval is None:
@@ -198,14 +209,15 @@ class FastLane:
                                 line = _LINE % (captured, (ts - t0) / 1e9, ends, ftext, rel,
                                                 ack_rel, win, plen)
                             else:
-                                line = _LINE_AT % (captured, at(ts, (ts - t0) / 1e9), ends,
-                                                   ftext, rel, ack_rel, win, plen)
+                                line = _LINE_AT % (captured, at(ts, (ts - t0) / 1e9).encode(),
+                                                   ends, ftext, rel, ack_rel, win, plen)
                         elif at is None:
                             line = _LINE_TS % (captured, (ts - t0) / 1e9, ends, ftext, rel,
                                                ack_rel, win, plen, tsval, tsecr)
                         else:
-                            line = _LINE_TS_AT % (captured, at(ts, (ts - t0) / 1e9), ends,
-                                                  ftext, rel, ack_rel, win, plen, tsval, tsecr)
+                            line = _LINE_TS_AT % (captured, at(ts, (ts - t0) / 1e9).encode(),
+                                                  ends, ftext, rel, ack_rel, win, plen, tsval,
+                                                  tsecr)
                         if preview:
                             text = previews_get(payload[:_PREVIEW + 1])
                             if text is None:
@@ -219,28 +231,29 @@ class FastLane:
             captured = sn.captured
             t0 = sn.t0
             if not quiet:
-                out.extend(render(rec))
+                emit(encode("\n".join(render(rec))))
         sn.captured = captured
         sn.last_ts = ts
         if out:
-            out.append("")
-            return "\n".join(out)
-        return ""
+            out.append(b"")
+            return b"\n".join(out)
+        return b""
 
-    def _preview(self, payload: bytes) -> str:
+    def _preview(self, payload: bytes) -> bytes:
         """preview_bytes, remembered by what decides it: the bytes shown and whether more follow."""
         key = payload[:_PREVIEW + 1]
         text = self._previews.get(key)
         if text is None:
-            text = preview_bytes(payload)
+            text = self._encode(preview_bytes(payload))
             if len(self._previews) >= _PREVIEW_CACHE:
                 self._previews.clear()
             self._previews[key] = text
         return text
 
-    def _ends_text(self, key: bytes, frame: bytes) -> str:
+    def _ends_text(self, key: bytes, frame: bytes) -> bytes:
         sport, dport = _PORTS.unpack_from(frame, 34)
-        text = f"{format_ip(key[:4])}:{sport} {self.view.arrow} {format_ip(key[4:8])}:{dport}"
+        text = self._encode(
+            f"{format_ip(key[:4])}:{sport} {self.view.arrow} {format_ip(key[4:8])}:{dport}")
         if len(self._ends) >= 65536:
             self._ends.clear()
         self._ends[key] = text
@@ -261,5 +274,4 @@ class FastLane:
             writer.write(ts, frame, wirelen, linktype,
                          message_comment(events) if events else None)
         if not self.quiet:
-            for line in self.view.render(rec):
-                emit(line)
+            emit(self._encode("\n".join(self.view.render(rec))))

@@ -38,13 +38,15 @@ class TextView:
 
     ``style(text, fg=, bold=)`` colours a mark or a message heading (None: no
     colour); ``show`` is a :class:`~socktools.capture.render.Selection` of
-    packets to print scapy's dissection under (None: none).
+    packets to print scapy's dissection under (None: none); ``encoding`` and
+    ``errors`` are the output's, for what is written as bytes.
     """
 
     def __init__(self, *, time_format: str = "r", hexdump: bool = False,
                  show: Optional[Selection] = None, framed_port: Optional[int] = None,
                  arrow: str = "→", hook: str = "↳",
-                 style: Optional[Callable[..., str]] = None) -> None:
+                 style: Optional[Callable[..., str]] = None,
+                 encoding: str = "utf-8", errors: str = "strict") -> None:
         self.clock = Clock(time_format)
         self.relative = time_format == "r"
         self.hexdump = hexdump
@@ -52,6 +54,8 @@ class TextView:
         self.framed_port = framed_port
         self.arrow, self.hook = arrow, hook
         self.style = style
+        # how the output encodes text (the fast lane writes bytes, encoded the same way)
+        self.encoding, self.errors = encoding, errors
         self._ends: dict = {}
         self._flags: dict = {}
 

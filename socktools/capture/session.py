@@ -173,9 +173,10 @@ class Sniffer:
                 self.stopped_by = "count"
                 return
 
-    def text(self, view, *, quiet: bool = False) -> Iterator[str]:
-        """Like :meth:`batches`, rendered: the text of each batch (a
-        :class:`~socktools.capture.lines.TextView` says how), ready to write.
+    def text(self, view, *, quiet: bool = False) -> Iterator[bytes]:
+        """Like :meth:`batches`, rendered: the lines of each batch (a
+        :class:`~socktools.capture.lines.TextView` says how), encoded as
+        ``view.encoding`` says, ready to write.
 
         Packets go through the fast lane (``fastlane.py``): the common case is
         tracked and printed without building a record, the rest through

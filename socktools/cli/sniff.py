@@ -131,8 +131,8 @@ def command(ctx, iface, port, expression, count, timeout, write, read, decode, a
             for batch in sniffer.batches():
                 out.packets(batch)
         else:
-            for text in sniffer.text(out.view, quiet=quiet):
-                out.write(text)
+            for data in sniffer.text(out.view, quiet=quiet):
+                out.write_bytes(data)
     except KeyboardInterrupt:
         interrupted = True
     except BrokenPipeError:
@@ -172,7 +172,9 @@ class _Output:
         self.arrow, self.hook = arrows_for(getattr(sys.stdout, "encoding", None))
         self.view = TextView(time_format=time_format, hexdump=hexdump, show=show,
                              framed_port=framed_port, arrow=self.arrow, hook=self.hook,
-                             style=click.style if self.color else None)
+                             style=click.style if self.color else None,
+                             encoding=getattr(sys.stdout, "encoding", None) or "utf-8",
+                             errors=getattr(sys.stdout, "errors", None) or "strict")
 
     def write(self, text: str) -> None:
         if self.broken:
@@ -182,6 +184,24 @@ class _Output:
             sys.stdout.flush()
         except BrokenPipeError:
             # `sniff | head`: stop writing; point stdout at /dev/null so exit is quiet.
+            self.broken = True
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            raise
+
+    def write_bytes(self, data: bytes) -> None:
+        """Lines the view encoded already (the fast lane's), past the text layer."""
+        if self.broken:
+            return
+        raw = getattr(sys.stdout, "buffer", None)
+        if raw is None:                       # stdout replaced by a text-only stream
+            self.write(data.decode(self.view.encoding, self.view.errors))
+            return
+        try:
+            sys.stdout.flush()
+            raw.write(data)
+            raw.flush()
+        except BrokenPipeError:
             self.broken = True
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
