@@ -222,7 +222,7 @@ class FastLane:
                             text = previews_get(payload[:_PREVIEW + 1])
                             if text is None:
                                 text = self._preview(payload)
-                            line = line + _PREVIEW_PAD + text
+                            line += text
                         emit(line)
                         continue
             # the general path
@@ -240,11 +240,12 @@ class FastLane:
         return b""
 
     def _preview(self, payload: bytes) -> bytes:
-        """preview_bytes, remembered by what decides it: the bytes shown and whether more follow."""
+        """The preview line (newline included), remembered by what decides it: the bytes
+        shown and whether more follow."""
         key = payload[:_PREVIEW + 1]
         text = self._previews.get(key)
         if text is None:
-            text = self._encode(preview_bytes(payload))
+            text = _PREVIEW_PAD + self._encode(preview_bytes(payload))
             if len(self._previews) >= _PREVIEW_CACHE:
                 self._previews.clear()
             self._previews[key] = text
