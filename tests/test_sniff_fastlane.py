@@ -1,7 +1,7 @@
 """sniff's fast lane prints exactly what the general path prints, and keeps the same state.
 
 The reference is the general path: ``Sniffer.batches()`` (dissect, track, one
-record per packet) rendered by ``TextView.render``.  The lane (``Sniffer.text``)
+record per packet) rendered by ``TextView.render``.  The lane (``Sniffer.rendered``)
 must give the same bytes, the same summary and the same written file, for a
 capture that has every shape the lane must hand over (SYN, FIN, RST, zero
 windows, probes, retransmissions, dup ACKs, keep-alives, framed messages
@@ -258,7 +258,7 @@ def lane(path, view_args=None, quiet=False, **cfg):
         taken["general"] += 1
         return one(*args)
     sn.one = counting_one
-    text = b"".join(sn.text(view, quiet=quiet)).decode(view.encoding)
+    text = b"".join(sn.rendered(view, quiet=quiet)).decode(view.encoding)
     lane.state = _state(sn)
     summary = _settle(sn.close())
     return text.splitlines(), summary, summary.captured - taken["general"]

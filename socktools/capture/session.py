@@ -2,7 +2,9 @@
 
 ``Sniffer(config).open()`` then iterate :meth:`Sniffer.batches` (lists of
 :class:`PacketRecord`, one list per wake-up, so a renderer can flush once per
-batch instead of once per line), then :meth:`Sniffer.close` returns the
+batch instead of once per line) — or :meth:`Sniffer.rendered`, the same packets
+as the encoded lines of a text view, most of them through the fast lane
+(``fastlane.py``) — then :meth:`Sniffer.close` returns the
 :class:`CaptureSummary`.  ``close`` may be called after a KeyboardInterrupt
 stopped the iteration: the socket is still open, so the kernel's drop
 counters are still there to read.
@@ -173,7 +175,7 @@ class Sniffer:
                 self.stopped_by = "count"
                 return
 
-    def text(self, view, *, quiet: bool = False) -> Iterator[bytes]:
+    def rendered(self, view, *, quiet: bool = False) -> Iterator[bytes]:
         """Like :meth:`batches`, rendered: the lines of each batch (a
         :class:`~socktools.capture.lines.TextView` says how), encoded as
         ``view.encoding`` says, ready to write.

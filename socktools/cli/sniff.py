@@ -131,7 +131,7 @@ def command(ctx, iface, port, expression, count, timeout, write, read, decode, a
             for batch in sniffer.batches():
                 out.packets(batch)
         else:
-            for data in sniffer.text(out.view, quiet=quiet):
+            for data in sniffer.rendered(out.view, quiet=quiet):
                 out.write_bytes(data)
     except KeyboardInterrupt:
         interrupted = True
@@ -208,7 +208,7 @@ class _Output:
             raise
 
     def packets(self, batch) -> None:
-        """Records as JSON lines (text goes through ``Sniffer.text`` and :meth:`write`)."""
+        """Records as JSON lines (text goes through ``Sniffer.rendered`` and :meth:`write_bytes`)."""
         if self.quiet:
             return
         from socktools.capture.view import record_dict
