@@ -175,12 +175,13 @@ class FastLane:
                         captured += 1
                         preview = False
                         if plen and stream is not None and decoding:
-                            payload = frame[start:end if end < n else n]
-                            if payload:
+                            stop = end if end < n else n          # the payload captured
+                            if stop > start:
                                 state = stream.state
                                 if state == "raw":
                                     preview = True
                                 elif state != "off":
+                                    payload = frame[start:stop]
                                     events = stream.feed(rel - 1, payload, captured)
                                     if events or stream.state == "raw":
                                         if events:
@@ -219,9 +220,10 @@ class FastLane:
                                                   ends, ftext, rel, ack_rel, win, plen, tsval,
                                                   tsecr)
                         if preview:
-                            text = previews_get(payload[:_PREVIEW + 1])
+                            head = start + _PREVIEW + 1
+                            text = previews_get(frame[start:head if head < stop else stop])
                             if text is None:
-                                text = self._preview(payload)
+                                text = self._preview(frame[start:stop])
                             line += text
                         emit(line)
                         continue
