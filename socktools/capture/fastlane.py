@@ -29,9 +29,8 @@ from __future__ import annotations
 import struct
 
 from socktools.capture.dissect import LINKTYPE_ETHERNET, flag_names, format_ip
-from socktools.capture.reassembly import _PREVIEW, MessageEvent, preview_bytes
+from socktools.capture.reassembly import _PREVIEW, MessageEvent, message_comment, preview_bytes
 from socktools.capture.tracker import PacketRecord
-from socktools.capture.session import message_comment
 
 __all__ = ["FastLane"]
 

@@ -23,7 +23,7 @@ from typing import NamedTuple, Optional
 from socktools.protocol import NEED_DATA, Decoder, Message, RemoteProtocolError
 
 __all__ = ["DECODE_MODES", "MessageEvent", "Note", "StreamDecoder", "preview_bytes",
-           "SNIFF_MAX_CONTENT", "MAX_PENDING"]
+           "message_comment", "SNIFF_MAX_CONTENT", "MAX_PENDING"]
 
 #: Decoders of other protocols: the wire parsers, run on the reassembled stream.
 WIRE_DECODES = ("redis", "http", "line")
@@ -316,3 +316,19 @@ def _wire_header(fields: dict) -> dict:
     if fields.get("headers"):
         out["headers"] = dict(fields["headers"][:20])
     return out
+
+
+def message_comment(events) -> str:
+    """What a pcapng packet comment says about the messages this packet completed."""
+    lines = []
+    for ev in events:
+        if isinstance(ev, MessageEvent):
+            segs = "1 segment" if ev.segments == 1 else \
+                f"{ev.segments} segments from packet {ev.first_packet}"
+            lines.append(f"socktools: {ev.role} #{ev.index}: {ev.content_type}, "
+                         f"{ev.wire_size} bytes in {segs}")
+            lines.append(f"header {json.dumps(ev.header, ensure_ascii=False)}")
+            lines.append(f"content {ev.content_preview}")
+        else:
+            lines.append(f"socktools: {ev.text}")
+    return "\n".join(lines)

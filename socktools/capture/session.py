@@ -22,7 +22,7 @@ from socktools.capture.common import DEFAULT_SNAPLEN, FilterError, SniffError
 from socktools.capture.dissect import LINKTYPE_NAMES, OtherPacket, describe_other, dissect
 from socktools.capture.live import DEFAULT_BUFFER, LiveSource
 from socktools.capture.pcap import open_capture, open_writer
-from socktools.capture.reassembly import DECODE_MODES, MessageEvent
+from socktools.capture.reassembly import DECODE_MODES, message_comment
 from socktools.capture.tracker import ConnectionSummary, PacketRecord, Tracker
 
 __all__ = ["SniffConfig", "Sniffer", "CaptureSummary"]
@@ -322,20 +322,3 @@ class Sniffer:
         self.source = self.file = self.writer = None
         if errors:
             raise errors[0]
-
-
-def message_comment(events) -> str:
-    """What a pcapng packet comment says about the messages this packet completed."""
-    import json
-    lines = []
-    for ev in events:
-        if isinstance(ev, MessageEvent):
-            segs = "1 segment" if ev.segments == 1 else \
-                f"{ev.segments} segments from packet {ev.first_packet}"
-            lines.append(f"socktools: {ev.role} #{ev.index}: {ev.content_type}, "
-                         f"{ev.wire_size} bytes in {segs}")
-            lines.append(f"header {json.dumps(ev.header, ensure_ascii=False)}")
-            lines.append(f"content {ev.content_preview}")
-        else:
-            lines.append(f"socktools: {ev.text}")
-    return "\n".join(lines)
