@@ -1,4 +1,4 @@
-"""The framed message protocol (SPEC §1), sans-I/O.
+"""The framed message protocol (docs/protocol.md), sans-I/O.
 
 No sockets, selectors, clocks or prints live here: bytes go in, messages come
 out, and the same code serves the server, the request client, flood and
@@ -32,8 +32,8 @@ garbage.
 
 from __future__ import annotations
 
-import codecs
 import json
+import re
 import struct
 import sys
 from dataclasses import dataclass
@@ -44,6 +44,7 @@ __all__ = [
     "ProtocolError", "LocalProtocolError", "RemoteProtocolError",
     "Message", "Decoder", "NEED_DATA", "CLOSED",
     "encode_message", "encode_json", "error_response",
+    "TEXT_ENCODINGS", "text_codec", "escape_surrogates",
 ]
 
 #: The proto-header is an unsigned 16-bit big-endian length ("!H").
@@ -143,6 +144,40 @@ def _dumps(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False)
 
 
+#: The content encodings ``text/json`` may declare, by the names people write,
+#: mapped to the Python codec that decodes them.  An allow-list, not "any
+#: codec Python can name": ``codecs.lookup`` also finds punycode (quadratic:
+#: 1 MiB of it pinned a worker for 24 s), idna, rot13, zlib and friends.
+#: Every codec here decodes in linear time.  The set is the one JSON itself
+#: knows: RFC 8259 §8.1 says JSON between systems is UTF-8, its predecessor
+#: RFC 4627 §3 allowed UTF-16/32 in either byte order, and Python's own
+#: ``json.detect_encoding`` accepts exactly utf-8, utf-8-sig and utf-16/32
+#: (LE/BE); plus the two single-byte labels older peers send (ascii and
+#: latin-1, which the WHATWG Encoding Standard also lists).  h11 takes the
+#: same line for HTTP framing: it decodes nothing but ASCII itself and leaves
+#: bodies to the application.  Names match case-insensitively, ``_`` = ``-``.
+TEXT_ENCODINGS: dict[str, str] = {
+    "utf-8": "utf-8", "utf8": "utf-8",
+    "utf-8-sig": "utf-8-sig", "utf8-sig": "utf-8-sig",
+    "utf-16": "utf-16", "utf16": "utf-16",
+    "utf-16-le": "utf-16-le", "utf-16le": "utf-16-le", "utf16le": "utf-16-le",
+    "utf-16-be": "utf-16-be", "utf-16be": "utf-16-be", "utf16be": "utf-16-be",
+    "utf-32": "utf-32", "utf32": "utf-32",
+    "utf-32-le": "utf-32-le", "utf-32le": "utf-32-le", "utf32le": "utf-32-le",
+    "utf-32-be": "utf-32-be", "utf-32be": "utf-32-be", "utf32be": "utf-32-be",
+    "ascii": "ascii", "us-ascii": "ascii",
+    "latin-1": "latin-1", "latin1": "latin-1", "iso-8859-1": "latin-1", "iso8859-1": "latin-1",
+}
+_ACCEPTED = "utf-8, utf-8-sig, utf-16, utf-16-le, utf-16-be, utf-32, utf-32-le, utf-32-be, ascii, latin-1"
+
+
+def text_codec(name: Any) -> str | None:
+    """The Python codec for a declared text encoding, or None when it is not on the allow-list."""
+    if not isinstance(name, str) or len(name) > 16:
+        return None
+    return TEXT_ENCODINGS.get(name.lower().replace("_", "-"))
+
+
 def _check_encoding(name: Any, content_type: str) -> None:
     if not isinstance(name, str):
         raise ValueError(f"content-encoding must be a string, not {type(name).__name__}")
@@ -150,12 +185,12 @@ def _check_encoding(name: Any, content_type: str) -> None:
         if content_type == TEXT_JSON:
             raise ValueError("text/json content needs a text encoding, not 'binary'")
         return
-    try:
-        info = codecs.lookup(name)
-    except (LookupError, ValueError):  # ValueError: a NUL in the name
-        raise ValueError(f"unknown content-encoding {name!r}") from None
-    if not getattr(info, "_is_text_encoding", True):
-        raise ValueError(f"content-encoding {name!r} is not a text encoding")
+    # Other content types are never decoded, but a name off the list is still
+    # refused: what sniff shows and what a peer answers must not depend on it.
+    if text_codec(name) is None:
+        shown = name if len(name) <= 40 else name[:40] + "..."
+        raise ValueError(f"unknown content-encoding {shown!r}: accepted are binary (not for "
+                         f"text/json) and the text encodings {_ACCEPTED}")
 
 
 def encode_message(content: bytes, content_type: str, content_encoding: str, *,
@@ -202,7 +237,11 @@ def encode_json(obj: dict, *, encoding: str = "utf-8", byteorder: str = sys.byte
     if not isinstance(obj, dict):
         raise LocalProtocolError("text/json content must be a JSON object", "bad-content")
     try:
-        content = _dumps(obj).encode(encoding)
+        _check_encoding(encoding, TEXT_JSON)
+    except ValueError as exc:
+        raise LocalProtocolError(str(exc), "bad-content-encoding") from None
+    try:
+        content = _dumps(obj).encode(text_codec(encoding))
     except TypeError as exc:
         raise LocalProtocolError(f"text/json content is not JSON-serialisable: {exc}", "bad-content") from None
     except (LookupError, UnicodeError) as exc:
@@ -211,8 +250,21 @@ def encode_json(obj: dict, *, encoding: str = "utf-8", byteorder: str = sys.byte
 
 
 def error_response(error: ProtocolError | str, *, byteorder: str = sys.byteorder) -> bytes:
-    """The ``{"error": ...}`` reply sent before closing a connection that broke the protocol."""
-    return encode_json({"error": str(error)}, byteorder=byteorder)
+    """The ``{"error": ...}`` reply sent before closing a connection that broke the protocol.
+
+    Never raises: text UTF-8 cannot carry (a lone surrogate quoted from the
+    peer) is written as a ``\\udXXX`` escape.
+    """
+    return encode_json({"error": escape_surrogates(str(error))}, byteorder=byteorder)
+
+
+def escape_surrogates(text: str) -> str:
+    """``text`` with any lone surrogate written as a ``\\udXXX`` escape, so it encodes as UTF-8."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 # --------------------------------------------------------------------- decoding
@@ -258,15 +310,48 @@ def parse_header(raw: bytes, max_content: int = DEFAULT_MAX_CONTENT) -> dict:
     return header
 
 
+# A JSON ``\\uD800``-``\\uDFFF`` escape: the only way a lone surrogate gets into a
+# decoded value (the allowed codecs refuse surrogates in the bytes themselves).
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abcdefABCDEF]")
+
+
+def _lone_surrogate(value: Any) -> str | None:
+    """The first lone surrogate anywhere in a decoded JSON value (keys too), or None."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                return item[exc.start]
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return None
+
+
 def parse_content(header: dict, content: bytes) -> Any:
-    """Decode ``text/json`` content to its object (None for other types), or raise."""
+    """Decode ``text/json`` content to its object (None for other types), or raise.
+
+    The encoding must be on :data:`TEXT_ENCODINGS` (checked with the header,
+    before any content is buffered); a value carrying a lone surrogate
+    (``"\\ud800"``, legal JSON syntax but no Unicode text, RFC 8259 §8.2) is
+    refused too, so that whatever answers it can always encode its answer.
+    """
     if header["content-type"] != TEXT_JSON:
         return None
+    declared = header["content-encoding"]
+    codec = text_codec(declared)
+    if codec is None:  # parse_header already refused it; a hand-made header may not have been
+        raise _remote(f"unknown content-encoding {declared!r}", "bad-content-encoding")
     try:
-        text = content.decode(header["content-encoding"])
-    except UnicodeError as exc:  # not only UnicodeDecodeError: see the 'undefined' codec
+        text = content.decode(codec)
+    except UnicodeError as exc:
         reason = getattr(exc, "reason", exc)
-        raise _remote(f"text/json content does not decode as {header['content-encoding']}: {reason}",
+        raise _remote(f"text/json content does not decode as {declared}: {reason}",
                       "bad-content") from None
     try:
         value = json.loads(text)
@@ -277,6 +362,11 @@ def parse_content(header: dict, content: bytes) -> Any:
     if not isinstance(value, dict):
         raise _remote(f"text/json content must be a JSON object, got {type(value).__name__}",
                       "bad-content")
+    if _SURROGATE_ESCAPE.search(text):  # only then walk the value: paired escapes are fine
+        lone = _lone_surrogate(value)
+        if lone is not None:
+            raise _remote(f"text/json content has a lone surrogate \\u{ord(lone):04x}, which is "
+                          f"not Unicode text (RFC 8259 §8.2)", "lone-surrogate")
     return value
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 
 from socktools.protocol import (CLIENT_BINARY, SERVER_BINARY, TEXT_JSON, LocalProtocolError, Message,
-                                encode_json, encode_message)
+                                encode_json, encode_message, error_response, escape_surrogates)
 
 __all__ = ["SEARCH_TABLE", "make_request", "respond"]
 
@@ -41,21 +41,34 @@ def make_request(action: str, value: str, *, keep_alive: bool = False,
     return encode_message(content, CLIENT_BINARY, "binary", byteorder=byteorder, extra=extra)
 
 
+def _answer(value: dict) -> str:
+    action = value.get("action")
+    if action == "search":
+        query = value.get("value")
+        answer = SEARCH_TABLE.get(query) if isinstance(query, str) else None
+        return answer if answer is not None else f"No match for '{query}'."
+    return f"Error: invalid action '{action}'."
+
+
 def respond(request: Message, *, byteorder: str = sys.byteorder) -> bytes:
-    """The reference server's answer to ``request``, as wire bytes.
+    """The reference server's answer to ``request``, as wire bytes.  Never raises.
 
     When the request asked for keep-alive, the response carries
     ``"keep-alive": true`` too, telling the client the connection stays open.
+    The decoder refuses values UTF-8 cannot carry, but a :class:`Message`
+    built by hand may hold anything: a value the answer cannot quote as UTF-8
+    (a lone surrogate) is quoted with ``\\udXXX`` escapes instead, and a
+    ``text/json`` message whose value is not an object gets the error reply.
     """
     extra = {"keep-alive": True} if request.keep_alive else None
     if request.content_type == TEXT_JSON:
-        action = request.value.get("action")
-        if action == "search":
-            query = request.value.get("value")
-            answer = SEARCH_TABLE.get(query) if isinstance(query, str) else None
-            result = answer if answer is not None else f"No match for '{query}'."
-        else:
-            result = f"Error: invalid action '{action}'."
+        value = request.value
+        if not isinstance(value, dict):
+            return error_response("text/json content must be a JSON object", byteorder=byteorder)
+        try:
+            result = escape_surrogates(_answer(value))
+        except (RecursionError, ValueError):  # quoting a value nested to the parser's limit
+            return error_response("value too deeply nested to quote in the answer", byteorder=byteorder)
         return encode_json({"result": result}, byteorder=byteorder, extra=extra)
-    content = b"First 10 bytes of request: " + request.content[:10]
+    content = b"First 10 bytes of request: " + bytes(request.content[:10])
     return encode_message(content, SERVER_BINARY, "binary", byteorder=byteorder, extra=extra)

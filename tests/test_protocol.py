@@ -594,9 +594,11 @@ def json_frame(content: bytes, encoding: str = "utf-8") -> bytes:
     ('{"v": "é"}'.encode("latin-1"), "utf-8", "does not decode as utf-8"),
     ('{"v": "é"}'.encode("utf-8"), "ascii", "does not decode as ascii"),
     (b'{"a":1}', "utf-16", "does not decode as utf-16"),  # odd length
-    (b"{}", "undefined", "does not decode as undefined"),  # a codec that always raises UnicodeError
+    (b'{"v": "\xed\xa0\x80"}', "utf-8", "does not decode as utf-8"),  # an encoded surrogate
+    ('{"v": "x"}'.encode("utf-16-le") + b"\x00\xd8", "utf-16-le", "does not decode as utf-16-le"),
 ], ids=["empty", "garbage", "two-objects", "array", "string", "int", "float", "null", "bool",
-        "bad-utf8", "cut-utf8", "latin1-as-utf8", "utf8-as-ascii", "odd-utf16", "undefined-codec"])
+        "bad-utf8", "cut-utf8", "latin1-as-utf8", "utf8-as-ascii", "odd-utf16", "utf8-surrogate",
+        "utf16-lone-surrogate"])
 def test_bad_text_json_content(content, encoding, fragment):
     expect_remote_error(json_frame(content, encoding), "bad-content", fragment)
 
@@ -626,10 +628,17 @@ def drain_fed(data: bytes) -> list:
     ("klingon", "unknown content-encoding 'klingon'"),
     ("", "unknown content-encoding ''"),
     ("utf-8\x00", "unknown content-encoding"),
-    ("base64", "content-encoding 'base64' is not a text encoding"),
-    ("rot13", "is not a text encoding"),
-    ("zlib", "is not a text encoding"),
+    ("base64", "unknown content-encoding 'base64'"),
+    ("rot13", "unknown content-encoding 'rot13'"),
+    ("zlib", "unknown content-encoding"),
     ("\ud800", "unknown content-encoding '\\ud800'"),  # a lone surrogate, escaped in the JSON
+    # Codecs Python has but the allow-list does not: punycode is quadratic to decode
+    # (issue 12: 1 MiB pinned a worker for 24 s), the others are not text encodings of JSON.
+    ("punycode", "unknown content-encoding 'punycode'"),
+    ("idna", "unknown content-encoding 'idna'"),
+    ("undefined", "unknown content-encoding 'undefined'"),
+    ("raw_unicode_escape", "unknown content-encoding"),
+    ("cp1252", "accepted are binary (not for text/json) and the text encodings utf-8"),
 ])
 @pytest.mark.parametrize("content_type", ["text/json", "binary/custom-client-binary-type"])
 def test_unknown_or_non_text_content_encoding(encoding, fragment, content_type):
@@ -709,7 +718,8 @@ def test_encoder_accepts_bytes_like_content():
 
 @pytest.mark.parametrize("encoding, fragment", [
     ("klingon", "unknown content-encoding 'klingon'"),
-    ("base64", "not a text encoding"),
+    ("base64", "unknown content-encoding 'base64'"),
+    ("punycode", "unknown content-encoding 'punycode'"),
     (None, "content-encoding must be a string"),
     (8, "content-encoding must be a string"),
 ])
