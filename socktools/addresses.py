@@ -1,4 +1,9 @@
-"""Address resolution and formatting (SPEC §4): numeric first, names via getaddrinfo."""
+"""Address resolution and formatting: numeric first, names via getaddrinfo.
+
+Exposure checks (:func:`is_wildcard`, :func:`is_loopback`) parse the address
+*after* resolution: ``0``, ``0x0``, ``0.0``, ``::0`` and ``0:0:0:0:0:0:0:0``
+all bind every interface, and ``127.1`` is loopback, however the text looks.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,8 @@ import ipaddress
 import socket
 from typing import Any
 
-__all__ = ["resolve", "format_addr", "is_loopback", "is_wildcard", "family_of"]
+__all__ = ["resolve", "format_addr", "is_loopback", "is_wildcard", "family_of", "ip_of",
+           "target_warning"]
 
 
 def family_of(host: str) -> int:
@@ -38,12 +44,49 @@ def format_addr(sockaddr: Any) -> str:
     return str(sockaddr)
 
 
-def is_loopback(host: str) -> bool:
+def ip_of(host: Any, *, passive: bool = False):
+    """The IP address ``host`` stands for, parsed with :mod:`ipaddress` after resolution.
+
+    ``host`` is a name, any numeric form ``getaddrinfo`` accepts (``0x0``,
+    ``127.1``, ``[::1]``) or a sockaddr tuple; ``passive`` resolves the way a
+    server binds (an empty host is the wildcard).  IPv4-mapped IPv6 addresses
+    come back as the IPv4 address they map.  None when it does not resolve.
+    """
+    if isinstance(host, (tuple, list)):
+        host = host[0] if host else ""
+    text = str(host).strip().strip("[]")
     try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
+        ip = ipaddress.ip_address(text.split("%", 1)[0])
     except ValueError:
-        return host == "localhost"
+        if not text and not passive:
+            return None
+        try:
+            infos = socket.getaddrinfo(text or None, 0, socket.AF_UNSPEC, socket.SOCK_STREAM, 0,
+                                       socket.AI_PASSIVE if passive else 0)
+            ip = ipaddress.ip_address(str(infos[0][4][0]).split("%", 1)[0])
+        except (OSError, ValueError, IndexError, UnicodeError):
+            return None
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return mapped if mapped is not None else ip
 
 
-def is_wildcard(host: str) -> bool:
-    return host.strip("[]") in ("0.0.0.0", "::", "")
+def is_loopback(host: Any) -> bool:
+    """True when ``host`` (a name, any numeric form, or a sockaddr) resolves to a loopback address."""
+    ip = ip_of(host)
+    return ip is not None and ip.is_loopback
+
+
+def is_wildcard(host: Any) -> bool:
+    """True when binding ``host`` would listen on every interface (``0``, ``0x0``, ``::0``, ``""``...)."""
+    ip = ip_of(host, passive=True)
+    return ip is not None and ip.is_unspecified
+
+
+def target_warning(command: str, address: Any) -> str | None:
+    """One line for stderr when ``command`` is about to send to a non-loopback ``address``."""
+    ip = ip_of(address)
+    if ip is not None and (ip.is_loopback or ip.is_unspecified):  # 0.0.0.0 as a target is this host
+        return None
+    shown = format_addr(address) if isinstance(address, (tuple, list)) else str(address)
+    return (f"socktools {command}: warning: {shown} is not a loopback address: this traffic leaves "
+            f"the machine (make sure you may load that host)")

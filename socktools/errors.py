@@ -1,4 +1,4 @@
-"""What socket errors mean and what to do about them (SPEC §3, extended).
+"""What socket errors mean and what to do about them (docs/explain.md).
 
 This table is the one source of truth: ``request``, ``serve``, ``flood`` and
 ``explain`` all print these words.  Pure data and lookups, no I/O.
@@ -207,7 +207,7 @@ EXPLANATIONS[PEER_CLOSED] = Explanation(
     "check the server's log; use keep-alive if it supports more than one request per connection")
 EXPLANATIONS[PROTOCOL_ERROR] = Explanation(
     PROTOCOL_ERROR, None, "socktools.protocol.RemoteProtocolError",
-    "the peer's bytes did not follow the framed protocol (SPEC §1)",
+    "the peer's bytes did not follow the framed protocol (docs/protocol.md)",
     ("the peer speaks another protocol", "a bug in the peer's framing", "content over the size cap"),
     "capture the exchange (`socktools sniff --port P`) or rerun with --show-bytes")
 EXPLANATIONS[TIMEOUT] = Explanation(

@@ -181,6 +181,14 @@ def _option_hint(ctx, field: str) -> str:
     return f"'--{field.replace('_', '-')}'"
 
 
+def warn_target(command: str, address) -> None:
+    """One line on stderr when ``command`` is about to send to a non-loopback address (never a refusal)."""
+    from socktools.addresses import target_warning
+    line = target_warning(command, address)
+    if line:
+        click.echo(line, err=True)
+
+
 def host_option(default="127.0.0.1", help_extra=""):
     return click.option("--host", default=default, show_default=True, metavar="HOST",
                         help="Address or name; ::1 for IPv6." + help_extra)

@@ -9,7 +9,7 @@ import sys
 import click
 
 from socktools.cli._common import (BYTESIZE, DURATION, EXIT_FAILED, EXIT_THRESHOLD, PORT, build_config,
-                                   die, parse_address_range)
+                                   die, parse_address_range, warn_target)
 from socktools.cli._outputs import output_options, write_outputs
 from socktools.cli._wire import given_params, option_name, wire_options, wire_spec
 
@@ -116,6 +116,8 @@ def command(ctx, host, port, conns, workers, mode, pipeline, size, action, value
             raise click.BadParameter(str(exc), param_hint="--source")
     embedded = port is None
     address, family = _resolve(host, 0 if embedded else port)
+    if not embedded:
+        warn_target("flood", address)
     if sources:
         import socket
         want = socket.AF_INET6 if family == socket.AF_INET6 else socket.AF_INET

@@ -7,7 +7,7 @@ import time
 
 import click
 
-from socktools.cli._common import DURATION, EXIT_FAILED, EXIT_UNAVAILABLE, PORT, die
+from socktools.cli._common import DURATION, EXIT_FAILED, EXIT_UNAVAILABLE, PORT, die, warn_target
 
 
 def _split_host_port(host: str, port):
@@ -108,6 +108,7 @@ def command(host, port, count, interval, timeout, icmp, as_json):
     except OSError as exc:
         from socktools.errors import one_line
         die(one_line(exc, f"resolve {host!r}"))
+    warn_target("ping", target.sockaddr)
     if not as_json:
         shown = target.display if target.display == host or target.display.endswith(host) else \
             f"{host} ({target.display})"

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from socktools.cli._common import DURATION, EXIT_FAILED, PORT, build_config, die
+from socktools.cli._common import DURATION, EXIT_FAILED, PORT, build_config, die, warn_target
 from socktools.cli._wire import given_params, option_name, wire_options, wire_spec
 
 EPILOG = """\b
@@ -95,6 +95,7 @@ def command(ctx, words, host, port, timeout, show_bytes, as_json, mode, **wire_p
         action, value = words
     else:
         raise click.UsageError(f"expected ACTION VALUE or HOST PORT ACTION VALUE, got {len(words)} word(s)")
+    warn_target("request", host)
     try:
         result = request(host, port, action, value, timeout=timeout)
     except RequestError as err:
@@ -141,6 +142,7 @@ def _exchange(ctx, words, host, port, timeout, show_bytes, as_json, mode, wire_p
         raise click.UsageError(f"with --mode {mode}, give HOST PORT or nothing, not {len(words)} word(s)")
     spec = wire_spec(mode, format_addr((host, port)), wire_params)
     proto = build_config(wire.build, spec=spec)
+    warn_target("request", host)
     try:
         result = exchange(host, port, proto, timeout=timeout)
     except RequestError as err:

@@ -130,9 +130,10 @@ def _json_view(ev: dict) -> None:
 
 @click.command(epilog=EPILOG)
 @click.option("--mode", "-m", type=LazyChoice("socktools.serve.config:MODES"), default="echo", show_default=True,
-              help="echo: bytes back; framed: the SPEC §1 message protocol; sink: accept, never read.")
+              help="echo: bytes back; framed: the message protocol of docs/protocol.md; sink: accept, never read.")
 @click.option("--host", default="127.0.0.1", show_default=True, metavar="HOST",
-              help="Address to bind; ::1 for IPv6. 0.0.0.0 or :: expose the server to the network.")
+              help="Address to bind; ::1 for IPv6. 0.0.0.0 or :: (or any spelling of them: 0, ::0) "
+                   "expose the server to the network.")
 @click.option("--port", "-p", type=PORT, default=65432, show_default=True,
               help="Port to bind; 0 picks a free one and prints it.")
 @click.option("--workers", "-w", type=click.IntRange(1, 256), default=1, show_default=True,

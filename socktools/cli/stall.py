@@ -6,7 +6,7 @@ import json
 
 import click
 
-from socktools.cli._common import BYTESIZE, DURATION, EXIT_FAILED, PORT, build_config, die
+from socktools.cli._common import BYTESIZE, DURATION, EXIT_FAILED, PORT, build_config, die, warn_target
 
 EPILOG = """\b
 Examples:
@@ -58,6 +58,8 @@ def command(host, port, chunk, sndbuf, rcvbuf, settle, drain, timeout, as_json, 
     from socktools.stall.steps import StallError, run_stall
     config = build_config(StallConfig, host=host, port=port, chunk=chunk, sndbuf=sndbuf, rcvbuf=rcvbuf,
                           settle=settle, drain=drain, timeout=timeout)
+    if port is not None:
+        warn_target("stall", host)
     try:
         report = run_stall(config)
     except StallError as exc:

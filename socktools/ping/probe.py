@@ -52,7 +52,7 @@ class PingConfig:
 class Target:
     host: str            # as the user typed it
     family: int
-    sockaddr: tuple      # the address actually used (SPEC §4: print it)
+    sockaddr: tuple      # the address actually used (print it: a name may resolve differently next time)
     display: str         # "127.0.0.1:65432" or "[::1]:65432" (TCP), "127.0.0.1" (ICMP)
 
 

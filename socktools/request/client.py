@@ -1,4 +1,4 @@
-"""One framed request (SPEC §1): connect, send, read and decode the response.
+"""One framed request (docs/protocol.md): connect, send, read and decode the response.
 
 Blocking sockets with a deadline are the clearest tool for a single exchange;
 the nonblocking core is for servers and load.  Failures raise

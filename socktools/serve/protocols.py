@@ -1,4 +1,4 @@
-"""What a server worker says on a connection: echo, the framed protocol (SPEC §1), or a sink.
+"""What a server worker says on a connection: echo, the framed protocol (docs/protocol.md), or a sink.
 
 Each protocol is one object per worker, shared by all of that worker's
 connections (per-connection state lives in ``conn.ctx``); it calls back into
@@ -45,7 +45,7 @@ class EchoProtocol(_Base):
 
 
 class FramedProtocol(_Base):
-    """SPEC §1: decode requests, answer each in order, close unless keep-alive."""
+    """docs/protocol.md: decode requests, answer each in order, close unless keep-alive."""
 
     def connection_made(self, conn: Connection) -> None:
         conn.ctx = protocol.Decoder(self.worker.config.max_content)
@@ -83,7 +83,7 @@ class FramedProtocol(_Base):
             stats.responses += 1
             if not event.keep_alive or self.worker.draining:
                 conn.pause_reading()
-                conn.close()  # one request per connection unless keep-alive (SPEC §1)
+                conn.close()  # one request per connection unless keep-alive (docs/protocol.md)
                 return
         if conn.pending > HIGH_WATER:
             conn.pause_reading()  # pipelining faster than reading our answers
