@@ -115,3 +115,42 @@ def test_stall_warns_for_a_non_loopback_target(monkeypatch):
     monkeypatch.setattr(steps, "run_stall", fake_run_stall)
     result = CliRunner().invoke(main, ["stall", "--host", TEST_NET, "--port", "9"])
     assert "socktools stall: warning: 192.0.2.1 is not a loopback address" in result.output
+
+
+# ------------------------------------------------------------- stdout errors (item 8)
+
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+OUTPUT_COMMANDS = [["--help"], ["explain", "--list"], ["explain", "ECONNRESET", "--json"], ["sockets"],
+                   ["serve", "--help"]]
+
+
+def _socktools(args, stdout):
+    return subprocess.run([sys.executable, "-m", "socktools", *args], stdout=stdout,
+                          stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, timeout=60)
+
+
+@pytest.mark.parametrize("args", OUTPUT_COMMANDS, ids=" ".join)
+def test_full_disk_on_stdout_is_one_line_and_exit_1(args):
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full on this system")
+    with open("/dev/full", "w") as full:
+        proc = _socktools(args, full)
+    err = proc.stderr.decode()
+    assert proc.returncode == 1, err
+    assert err == "socktools: cannot write output: ENOSPC (errno 28) - No space left on device\n"
+
+
+@pytest.mark.parametrize("args", OUTPUT_COMMANDS, ids=" ".join)
+def test_closed_pipe_on_stdout_is_one_line_and_exit_1(args):
+    r, w = os.pipe()
+    os.close(r)  # the reader is gone before we write: like `| head -c1` after its byte
+    try:
+        proc = _socktools(args, w)
+    finally:
+        os.close(w)
+    err = proc.stderr.decode()
+    assert proc.returncode == 1, err
+    assert err == "socktools: cannot write output: EPIPE (errno 32) - the reader closed the pipe early\n"

@@ -7,7 +7,10 @@ command functions so that ``socktools --help`` stays fast.
 
 from __future__ import annotations
 
+import errno
 import importlib
+import os
+import sys
 import time
 
 import click
@@ -31,7 +34,64 @@ COMMANDS = {
 }
 
 
+#: Errors writing our own output (stdout to a closed pipe, a full disk or quota,
+#: a file too large): the command's work is done or moot, so they end in one line
+#: on stderr and exit 1 -- never a traceback, never "Exception ignored" at exit.
+_OUTPUT_ERRNOS = frozenset(getattr(errno, n) for n in ("EPIPE", "ENOSPC", "EDQUOT", "EFBIG", "EIO")
+                           if hasattr(errno, n))
+
+
+def _output_failed(exc: OSError) -> "NoReturn":  # noqa: F821
+    """Say it in one line on stderr; silence stdout so the exit flush cannot fail again; exit 1."""
+    from socktools.errors import errno_name
+    what = f"write {exc.filename}" if exc.filename else "write output"
+    try:
+        # The recipe of Python's signal docs (SIGPIPE note): point stdout at /dev/null.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, AttributeError, ValueError):
+        pass
+    reason = {errno.EPIPE: "the reader closed the pipe early"}.get(exc.errno, exc.strerror or "")
+    try:
+        sys.stderr.write(f"socktools: cannot {what}: {errno_name(exc.errno)} (errno {exc.errno}) - {reason}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+    sys.exit(1)
+
+
+def _guard_output(call):
+    """Run ``call()``, flush stdout before leaving, and turn output errors into :func:`_output_failed`."""
+    try:
+        try:
+            return call()
+        finally:
+            try:
+                sys.stdout.flush()  # fail here, in our hands, not in the interpreter's exit
+            except (AttributeError, ValueError):
+                pass
+    except OSError as exc:
+        if exc.errno in _OUTPUT_ERRNOS:
+            _output_failed(exc)
+        raise
+
+
 class LazyGroup(click.Group):
+    def main(self, *args, **kwargs):
+        # --help/--version write before any command runs: guard them too.
+        try:
+            return _guard_output(lambda: super(LazyGroup, self).main(*args, **kwargs))
+        except SystemExit:
+            from click.utils import PacifyFlushWrapper
+            if isinstance(sys.stdout, PacifyFlushWrapper):  # click swallowed an EPIPE: say it
+                _output_failed(OSError(errno.EPIPE, "Broken pipe"))
+            raise
+
+    def invoke(self, ctx):
+        # Inside click's own handler, which would swallow EPIPE with no word.
+        return _guard_output(lambda: super(LazyGroup, self).invoke(ctx))
+
     def list_commands(self, ctx):
         return list(COMMANDS)
 
