@@ -12,7 +12,7 @@ import socket
 from typing import Any
 
 __all__ = ["resolve", "format_addr", "is_loopback", "is_wildcard", "family_of", "ip_of",
-           "target_warning"]
+           "not_local", "target_warning"]
 
 
 def family_of(host: str) -> int:
@@ -80,6 +80,24 @@ def is_wildcard(host: Any) -> bool:
     """True when binding ``host`` would listen on every interface (``0``, ``0x0``, ``::0``, ``""``...)."""
     ip = ip_of(host, passive=True)
     return ip is not None and ip.is_unspecified
+
+
+def not_local(hosts, family: int = socket.AF_INET) -> tuple:
+    """The first of ``hosts`` this machine cannot bind, as ``(host, OSError)``; None when all can.
+
+    A throwaway socket per address, bound to port 0 and closed: nothing is
+    sent and nothing stays open.  EADDRNOTAVAIL means the address is not on
+    this machine (man 2 bind).
+    """
+    for host in hosts:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.bind((host, 0, 0, 0) if family == socket.AF_INET6 else (host, 0))
+        except OSError as exc:
+            return host, exc
+        finally:
+            sock.close()
+    return None
 
 
 def target_warning(command: str, address: Any) -> str | None:

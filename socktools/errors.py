@@ -6,13 +6,15 @@ This table is the one source of truth: ``request``, ``serve``, ``flood`` and
 
 from __future__ import annotations
 
+import difflib
 import errno
 import os
+import re
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-__all__ = ["Explanation", "EXPLANATIONS", "lookup", "explain_exception", "errno_name",
-           "one_line", "PEER_CLOSED", "PROTOCOL_ERROR", "TIMEOUT", "OptionError",
+__all__ = ["Explanation", "EXPLANATIONS", "lookup", "lookup_text", "suggest", "explain_exception",
+           "errno_name", "one_line", "PEER_CLOSED", "PROTOCOL_ERROR", "TIMEOUT", "OptionError",
            "SOCKET", "CONNECT", "SEND", "RECV", "INTERNAL", "PHASES"]
 
 #: Where a connection failed: the I/O core sets ``conn.failed_in`` to one of
@@ -209,12 +211,39 @@ EXPLANATIONS[PROTOCOL_ERROR] = Explanation(
     PROTOCOL_ERROR, None, "socktools.protocol.RemoteProtocolError",
     "the peer's bytes did not follow the framed protocol (docs/protocol.md)",
     ("the peer speaks another protocol", "a bug in the peer's framing", "content over the size cap"),
-    "capture the exchange (`socktools sniff --port P`) or rerun with --show-bytes")
+    "capture the exchange (`socktools sniff --port P`); `socktools request --show-bytes` prints one exchange's bytes")
 EXPLANATIONS[TIMEOUT] = Explanation(
     TIMEOUT, None, "TimeoutError / socket.timeout",
     "no answer within the timeout",
     ("the server is overloaded or not reading", "the server expects more bytes than were sent"),
-    "raise --timeout, or check the server with `socktools sockets --port P` (is its Recv-Q growing?)")
+    "give it longer (request, ping: --timeout), or check the server with `socktools sockets --port P` "
+    "(is its Recv-Q growing?)")
+
+# Advice that depends on the command that met the error: each names only options
+# that command has.  (key, command) -> fix.
+_FIX_FOR = {
+    (TIMEOUT, "flood"): "raise --connect-timeout (the time from connect() to the first reply), or check "
+                        "the server with `socktools sockets --port P` (is its Recv-Q growing?)",
+    (TIMEOUT, "request"): "raise --timeout, or check the server with `socktools sockets --port P` "
+                          "(is its Recv-Q growing?)",
+    (PROTOCOL_ERROR, "flood"): "capture the exchange (`socktools sniff --port P`) to see what the server sent",
+    (PROTOCOL_ERROR, "request"): "rerun with --show-bytes, or capture it (`socktools sniff --port P`)",
+    (PEER_CLOSED, "flood"): "check the server's log: it closed connections flood was still using "
+                            "(a limit such as max connections or an idle timeout, a crash, or a server "
+                            "that closes after each answer)",
+    ("ETIMEDOUT", "flood"): "check that the host is up and reachable (`socktools ping HOST --port P`), "
+                            "or raise --connect-timeout",
+    ("ETIMEDOUT", "request"): "check that the host is up and reachable (`socktools ping HOST --port P`), "
+                              "or raise --timeout",
+}
+
+# Where the error happened changes what it means: EADDRNOTAVAIL from connect() is
+# the ephemeral port range running out; from bind() it is an address this
+# machine does not have (man 2 bind).  (key, during) -> (meaning, fix).
+_DURING = {
+    ("EADDRNOTAVAIL", "bind"): ("that address is not on this machine",
+                                "bind an address this machine has (127.0.0.1, ::1; `ip addr` lists them)"),
+}
 
 # Aliases: EWOULDBLOCK is EAGAIN on Linux; exceptions map to their errno.
 _ALIASES = {
@@ -235,8 +264,24 @@ def errno_name(number: int) -> str:
     return errno.errorcode.get(number, f"errno {number}")
 
 
-def lookup(key: str | int) -> Explanation | None:
-    """Find an explanation by errno name, number, exception name or pseudo-error."""
+def lookup(key: str | int, *, command: str | None = None, during: str | None = None) -> Explanation | None:
+    """Find an explanation by errno name, number, exception name or pseudo-error.
+
+    ``command`` (``"flood"``, ``"request"``...) picks advice that names only that
+    command's options; ``during`` (``"bind"``) the meaning in that context.
+    """
+    exp = _lookup(key)
+    if exp is None:
+        return None
+    if (exp.name, during) in _DURING:
+        meaning, fix = _DURING[(exp.name, during)]
+        exp = replace(exp, meaning=meaning, fix=fix)
+    elif (exp.name, command) in _FIX_FOR:
+        exp = replace(exp, fix=_FIX_FOR[(exp.name, command)])
+    return exp
+
+
+def _lookup(key: str | int) -> Explanation | None:
     if isinstance(key, str) and key.strip().lstrip("-").isdigit():
         key = int(key)
     if isinstance(key, int):
@@ -278,10 +323,11 @@ def explain_exception(exc: BaseException) -> Explanation | None:
     return lookup(exception_key(exc))
 
 
-def one_line(exc: BaseException, what: str = "") -> str:
+def one_line(exc: BaseException, what: str = "", *, command: str | None = None,
+             during: str | None = None) -> str:
     """``connect to 127.0.0.1:9 failed: ECONNREFUSED (errno 111) - connection refused: ...; start the server``"""
     key = exception_key(exc)
-    exp = lookup(key)
+    exp = lookup(key, command=command, during=during)
     num = getattr(exc, "errno", None)
     label = f"{key} ({'gai error' if isinstance(exc, socket.gaierror) else 'errno'} {num})" \
         if isinstance(num, int) else key
@@ -289,3 +335,67 @@ def one_line(exc: BaseException, what: str = "") -> str:
     if exp is None:
         return f"{prefix}{label}: {exc}"
     return f"{prefix}{label} - {exp.meaning}; {exp.fix}"
+
+
+# ------------------------------------------------------------- free text (explain)
+
+# Python's own words for errors that carry no errno: ``socket.timeout`` /
+# ``TimeoutError('timed out')`` from a socket timeout, and the messages of
+# exceptions people paste with their class name.
+_PHRASES = {"timed out": TIMEOUT, "timeout": TIMEOUT, "socket.timeout": TIMEOUT,
+            "connection closed": PEER_CLOSED, "peer closed": PEER_CLOSED}
+_EXC_PREFIX = re.compile(r"^\s*(?:[\w.]+\.)?(\w*(?:Error|Exception|timeout))\s*:\s*(.*)$", re.S)
+
+
+def _strerror_names() -> dict:
+    """Each table errno's system text (``"connection refused"``) -> its name."""
+    out = {}
+    for exp in _TABLE:
+        if exp.number is not None:
+            out.setdefault(os.strerror(exp.number).lower(), exp.name)
+    return out
+
+
+def lookup_text(text: str) -> Explanation | None:
+    """Explain a whole message as Python prints it.
+
+    ``"TimeoutError: timed out"``, ``"timed out"``, ``"Connection refused"``,
+    ``"[Errno 111] Connection refused"``, ``"ConnectionResetError: [Errno 104] ..."``.
+    """
+    text = text.strip()
+    m = re.search(r"\berrno\s*(-?\d+)", text, re.IGNORECASE)
+    if m:
+        return lookup(m.group(1))
+    exp = lookup(text)
+    if exp is not None:
+        return exp
+    m = _EXC_PREFIX.match(text)
+    message = text
+    if m:
+        cls, message = m.group(1), m.group(2).strip()
+        if not message:
+            return lookup(cls)
+    words = message.lower().rstrip(".")
+    if words in _PHRASES:
+        return lookup(_PHRASES[words])
+    name = _strerror_names().get(words)
+    if name:
+        return lookup(name)
+    return lookup(m.group(1)) if m else None
+
+
+def suggest(text: str, n: int = 3) -> list:
+    """The nearest entries to an unknown ``text``: names first, then the system texts."""
+    text = text.strip()
+    names = list(EXPLANATIONS) + list(_ALIASES)
+    by_upper = {k.upper(): k for k in names}
+    hits = [by_upper[h] for h in difflib.get_close_matches(text.upper(), list(by_upper), n=n, cutoff=0.6)]
+    if not hits:
+        phrases = {**_strerror_names(), **_PHRASES}
+        hits = [phrases[h] for h in difflib.get_close_matches(text.lower(), list(phrases), n=n, cutoff=0.6)]
+    seen: list = []
+    for h in hits:
+        exp = lookup(h)
+        if exp is not None and exp.name not in seen:
+            seen.append(exp.name)
+    return seen

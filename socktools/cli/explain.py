@@ -24,15 +24,17 @@ _ERRNO_IN_TEXT = re.compile(r"\berrno\s*(-?\d+)", re.IGNORECASE)
 
 
 def resolve(text: str) -> errors.Explanation | None:
-    """ERR as typed -> an Explanation; accepts names, numbers, exceptions and '[Errno N] ...'."""
+    """ERR as typed -> an Explanation; accepts names, numbers, exceptions and whole messages
+    (``[Errno 111] Connection refused``, ``TimeoutError: timed out``, ``Connection refused``)."""
     from socktools import errors
     text = text.strip()
     m = _ERRNO_IN_TEXT.search(text)
     if m:
         text = m.group(1)
-    if text.lower().startswith(("builtins.", "socket.")) and text.lower() != "socket.timeout":
+    if text.lower().startswith(("builtins.", "socket.")) and text.lower() != "socket.timeout" \
+            and ":" not in text:
         text = text.split(".", 1)[1]
-    return errors.lookup(text)
+    return errors.lookup(text) or errors.lookup_text(text)
 
 
 def _as_dict(exp: errors.Explanation) -> dict:
@@ -90,7 +92,8 @@ def command(err, list_all, as_json):
       resolver error    EAI_NONAME, "[Errno -2] Name or service not known"
       Python exception  BlockingIOError, ConnectionResetError
       socktools name    peer-closed, protocol-error, timeout
-      whole message     "[Errno 111] Connection refused"
+      whole message     "[Errno 111] Connection refused", "TimeoutError: timed out",
+                        "Connection refused"
 
     \b
     Examples:
@@ -117,7 +120,9 @@ def command(err, list_all, as_json):
             die(f"{err.strip()} covers many errors; give the errno from the message "
                 f"('[Errno 98] ...' -> `socktools explain 98`) or see `socktools explain --list`",
                 EXIT_FAILED)
-        die(f"unknown error {err.strip()!r}; see `socktools explain --list`", EXIT_FAILED)
+        near = errors.suggest(err)
+        hint = f" (did you mean {' or '.join(near)}?)" if near else ""
+        die(f"unknown error {err.strip()!r}{hint}; see `socktools explain --list`", EXIT_FAILED)
     if as_json:
         from socktools.cli._common import stamped
         click.echo(json.dumps(stamped(_as_dict(exp)), indent=2, ensure_ascii=False))

@@ -38,7 +38,9 @@ With no --port, flood starts `socktools serve` (the matching mode) on a free
 loopback port, sized for --conns, and stops it afterwards.  Ctrl-C or SIGTERM
 stops early and still prints the results (a second one stops at once).  Exit
 codes: 0 the run completed, or Ctrl-C ended it; 1 no connection could be
-established, or a worker failed; 99 a --threshold failed; 143 SIGTERM ended it.
+established, no request was answered, every connection was lost, or a worker
+failed (one line on stderr says which); 2 a bad option; 99 a --threshold
+failed; 130 interrupted before the start; 143 SIGTERM ended it.
 """
 
 #: Exit status after a SIGTERM ended the run (report printed): 128 + 15, what a
@@ -123,6 +125,12 @@ def command(ctx, host, port, conns, workers, mode, pipeline, size, action, value
         want = socket.AF_INET6 if family == socket.AF_INET6 else socket.AF_INET
         if any((":" in s) != (want == socket.AF_INET6) for s in sources):
             raise click.BadParameter(f"addresses must be of the same family as {host}", param_hint="--source")
+        from socktools.addresses import not_local
+        bad = not_local(sources, want)
+        if bad:
+            from socktools.errors import one_line
+            raise click.BadParameter(f"{bad[0]}: {one_line(bad[1], 'bind', during='bind')}",
+                                     param_hint="--source")
     from socktools.flood.timeline import DEFAULT_INTERVAL
     tick = interval if interval is not None else DEFAULT_INTERVAL
     spec = None
@@ -243,7 +251,27 @@ def _run(config, *, workers_given: bool, sources_given: bool, as_json: bool, row
         click.echo(f"flood: {note}", err=True)
     if result.stop_signal == signal.SIGTERM:
         sys.exit(EXIT_SIGTERM)
-    if result.totals.counters["established"] == 0 or result.crashed:
+    failure = failure_reason(result)
+    if failure:
+        click.echo(f"flood: {failure}", err=True)
         sys.exit(EXIT_FAILED)
     if not all(t["passed"] for t in doc["thresholds"]):
         sys.exit(EXIT_THRESHOLD)
+
+
+def failure_reason(result) -> str | None:
+    """Why the run counts as failed for a script (exit 1), or None (exit 0).  docs/flood.md."""
+    c = result.totals.counters
+    if result.crashed:
+        return f"{len(result.crashed)} worker problem(s): {result.crashed[0]}"
+    if result.config.mode == "connect":
+        if c["cycles"] == 0:
+            return "no connect+reply+close cycle succeeded"
+        return None
+    if c["established"] == 0:
+        return "no connection could be established"
+    if c["responses"] == 0:
+        return "no request was answered"
+    if c["lost"] >= c["established"]:
+        return f"every connection was lost ({c['lost']:,} of {c['established']:,} closed or reset by the server)"
+    return None

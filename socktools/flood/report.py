@@ -102,7 +102,7 @@ def _errors_list(totals: st.Totals) -> list:
     out = []
     for phase, inner in totals.errors.items():
         for key, count in inner.items():
-            exp = errors.lookup(key)
+            exp = errors.lookup(key, command="flood")
             if exp is None and phase == INTERNAL:
                 meaning, fix = ("an exception in flood's own code ended the connection (a bug: its traceback "
                                 "was logged on stderr)", "please report it with that traceback")

@@ -51,7 +51,7 @@ class RequestError(Exception):
                 "protocol": f"response from {where}"}.get(self.phase, f"{self.phase} {where}")
         if isinstance(self.exc, protocol.ProtocolError):
             return f"{what}: protocol error ({self.exc.kind}): {self.exc}"
-        return errors.one_line(self.exc, what)
+        return errors.one_line(self.exc, what, command="request")
 
 
 class PeerClosedError(ConnectionError):
