@@ -154,3 +154,30 @@ def test_closed_pipe_on_stdout_is_one_line_and_exit_1(args):
     err = proc.stderr.decode()
     assert proc.returncode == 1, err
     assert err == "socktools: cannot write output: EPIPE (errno 32) - the reader closed the pipe early\n"
+
+
+# ------------------------------------------------------------- explain reads Python's words (item 9)
+
+@pytest.mark.parametrize("typed, name", [
+    ("TimeoutError: timed out", "timeout"), ("timed out", "timeout"), ("socket.timeout: timed out", "timeout"),
+    ("Connection refused", "ECONNREFUSED"), ("[Errno 111] Connection refused", "ECONNREFUSED"),
+    ("ConnectionRefusedError: [Errno 111] Connection refused", "ECONNREFUSED"),
+    ("ConnectionResetError: Connection reset by peer", "ECONNRESET"), ("Broken pipe", "EPIPE"),
+    ("OSError: [Errno 99] Cannot assign requested address", "EADDRNOTAVAIL"),
+    ("Connection timed out", "ETIMEDOUT"),
+])
+def test_explain_understands_pythons_messages(typed, name):
+    result = run("explain", typed, "--json")
+    assert result.exit_code == 0, result.output
+    import json
+    assert json.loads(result.output)["name"] == name
+
+
+@pytest.mark.parametrize("typed, near", [("ECONREFUSED", "ECONNREFUSED"), ("conection refused", "ECONNREFUSED"),
+                                         ("EADDRINUS", "EADDRINUSE"), ("time out", "timeout")])
+def test_explain_suggests_the_nearest_entry(typed, near):
+    result = CliRunner().invoke(main, ["explain", typed])
+    assert result.exit_code == 1
+    line = result.output.strip()
+    assert "\n" not in line
+    assert f"did you mean {near}" in line and "socktools explain --list" in line

@@ -1,8 +1,21 @@
 """Run a real ``socktools serve`` in a child process, for commands that need a local peer.
 
 flood, stall and demo use this when the user names no target.  The child is
-the real CLI (``python -m socktools serve --json --port 0``), so what they
-talk to is exactly what a user would start by hand.  It runs in its own
+the real CLI (``socktools serve --json --port 0``), so what they talk to is
+exactly what a user would start by hand.
+
+It is the *same* socktools the parent imported, whatever the current
+directory holds: ``python -m socktools`` would put the current directory
+first on ``sys.path``, and a folder named ``socktools`` there (a checkout, a
+results folder) would be imported instead.  So the child runs ``python -c``
+with ``sys.path[0]`` (the current directory, for ``-c``) replaced by the
+directory this package was imported from.  (``-I`` would also drop
+PYTHONPATH and the user site-packages, where socktools may be installed.)
+Its log (stderr) goes to a temporary file, not a pipe: nobody reads a pipe
+while the server runs, and one logging many hostile peers would fill 64 KiB
+and block.
+
+It runs in its own
 session, so a Ctrl-C on the terminal reaches only the owner, which then stops
 the child in order; the child also stops by itself when its stdin closes, so
 even a killed owner leaves no orphan behind.
@@ -16,10 +29,24 @@ import select
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any, Mapping, Optional, Sequence
 
-__all__ = ["EmbeddedServer", "EmbeddedServerError"]
+import socktools
+
+__all__ = ["EmbeddedServer", "EmbeddedServerError", "socktools_argv"]
+
+#: The child's bootstrap: the package's own parent directory replaces the
+#: current directory at the head of sys.path, then the CLI runs as `socktools`.
+_BOOTSTRAP = ("import sys; sys.path[0] = {root!r}; "
+              "from socktools.cli import main; main(prog_name='socktools')")
+
+
+def socktools_argv(*args: str) -> list:
+    """argv that runs this very socktools package's CLI in a child, whatever the cwd holds."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(socktools.__file__)))
+    return [sys.executable, "-c", _BOOTSTRAP.format(root=root), *args]
 
 
 class EmbeddedServerError(RuntimeError):
@@ -57,6 +84,7 @@ class EmbeddedServer:
         self.stderr = ""
         self.forced = False                 # stop() had to SIGKILL after its timeout
         self._unread = b""                  # stdout read past the listening line
+        self._log: Any = None               # the child's stderr, a temporary file
 
     @property
     def display_command(self) -> str:
@@ -68,9 +96,9 @@ class EmbeddedServer:
         return " ".join(shown + self.args)
 
     def _command(self) -> list[str]:
-        return [sys.executable, "-m", "socktools", "serve", "--json", "--stop-on-stdin-eof",
-                "--mode", self.mode, "--host", self.host, "--port", "0",
-                "--workers", str(self.workers), "--stats-interval", "0", *self.args]
+        return socktools_argv("serve", "--json", "--stop-on-stdin-eof",
+                              "--mode", self.mode, "--host", self.host, "--port", "0",
+                              "--workers", str(self.workers), "--stats-interval", "0", *self.args)
 
     def _listening(self, line: str) -> Optional[tuple]:
         """``(host, port)`` if ``line`` says the server is listening."""
@@ -86,8 +114,9 @@ class EmbeddedServer:
         # the server flood or stall starts (its options are all on the command line above).
         kw = {"env": {k: v for k, v in os.environ.items() if not k.startswith("SOCKTOOLS_SERVE_")},
               **self.popen_kw}
+        self._log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, start_new_session=True, **kw)
+                                     stderr=self._log, start_new_session=True, **kw)
         self.pid = self.proc.pid
         deadline = time.monotonic() + self.startup_timeout
         while True:
@@ -115,19 +144,30 @@ class EmbeddedServer:
         if proc.poll() is None:
             proc.send_signal(sig)
         try:
-            out, err = proc.communicate(timeout=timeout)
+            out, _ = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.forced = True
             proc.kill()
-            out, err = proc.communicate()
+            out, _ = proc.communicate()
         self.stdout = (self._unread + out).decode("utf-8", "replace")
-        self.stderr = err.decode("utf-8", "replace")
+        self.stderr = self._read_log()
         self._unread = b""
         self.returncode = proc.returncode
         for line in self.stdout.splitlines():
             self._parse(line)
         self.proc = None
         return self.summary
+
+    def _read_log(self) -> str:
+        """The child's stderr, once it has exited; closes the file."""
+        f, self._log = self._log, None
+        if f is None:
+            return ""
+        try:
+            f.seek(0)
+            return f.read().decode("utf-8", "replace")
+        finally:
+            f.close()
 
     def _parse(self, line: str) -> Optional[dict]:
         try:
@@ -163,9 +203,10 @@ class EmbeddedServer:
         assert self.proc
         if self.proc.poll() is None:
             self.proc.kill()
-        _, err = self.proc.communicate()
+        self.proc.communicate()
         self.proc = None
-        lines = err.decode("utf-8", "replace").strip().splitlines()
+        self.stderr = self._read_log()
+        lines = self.stderr.strip().splitlines()
         return lines[-1] if lines else ""
 
     def __enter__(self) -> "EmbeddedServer":
