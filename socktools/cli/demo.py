@@ -1,11 +1,13 @@
 """`socktools demo`: the guided tour on loopback.
 
-Every step runs the real standalone command (``python -m socktools ...``) and
-shows it first, so what the tour prints is exactly what the user gets when
-they rerun that line.  The framed server lives in its own session
-(:class:`~socktools.core.embedded.EmbeddedServer`); on Ctrl-C the running step gets
-the terminal's SIGINT like any foreground command, and the tour then stops
-the server and waits for every child before it exits.
+Every step runs the real standalone command (``socktools ...``) and shows it
+first, so what the tour prints is exactly what the user gets when they rerun
+that line.  The framed server lives in its own session
+(:class:`~socktools.core.embedded.EmbeddedServer`).  Each step runs in a
+process group of its own, so the tour alone decides what a Ctrl-C means: it
+forwards one SIGINT to the step's whole group (flood and its workers), waits
+for it to finish and print, and kills the group if it does not; then it stops
+the server.  Nothing the tour started outlives it.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Optional, Sequence
 
 import click
 
-from socktools.cli._common import EXIT_FAILED, die
+from socktools.cli._common import DURATION, EXIT_FAILED, die
 
 EPILOG = """\b
 Example:
@@ -30,6 +32,16 @@ Example:
 
 #: Each step's command gets this long before the tour gives up on it.
 STEP_TIMEOUT = 60.0
+#: After Ctrl-C, how long a step gets to stop and print its results (flood
+#: drains for up to 2 s and then reports) before its process group is killed.
+STOP_GRACE = 10.0
+
+
+def _own_group() -> dict:
+    """Popen keywords that start the child in a new process group (not a new session)."""
+    if sys.version_info >= (3, 11):
+        return {"process_group": 0}
+    return {"preexec_fn": os.setpgrp}  # pragma: no cover - Python 3.10
 
 
 def _capture_privilege() -> Optional[str]:
@@ -66,31 +78,47 @@ class Tour:
         """Show ``socktools ARGS`` and run it; output streams straight to the terminal."""
         click.echo(self.style("$ socktools " + " ".join(shlex.quote(a) for a in args), fg="cyan"))
         sys.stdout.flush()
-        proc = subprocess.Popen([sys.executable, "-m", "socktools", *args])
+        from socktools.core.embedded import socktools_argv
+        proc = subprocess.Popen(socktools_argv(*args), **_own_group())
         if background:
             return proc
         self.current = proc
         try:
             rc = proc.wait(timeout=STEP_TIMEOUT)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            self._signal_group(proc, signal.SIGKILL)
             rc = proc.wait()
             self.failures.append(f"`socktools {' '.join(args)}` took longer than {STEP_TIMEOUT:.0f}s")
-            return rc
-        finally:
             self.current = None
+            return rc
+        except KeyboardInterrupt:
+            self.stop_current()  # before anything else: the step must not outlive the tour
+            raise
+        self.current = None
         if check and rc != 0:
             self.failures.append(f"`socktools {' '.join(args)}` exited with {rc}")
         return rc
 
+    @staticmethod
+    def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+        try:
+            os.killpg(proc.pid, sig)  # the group: flood's workers too
+        except (ProcessLookupError, PermissionError):
+            pass
+
     def stop_current(self) -> None:
-        proc = self.current
-        if proc and proc.poll() is None:
+        """Forward Ctrl-C to the running step's group, wait for it, kill the group if it lingers."""
+        proc, self.current = self.current, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            self._signal_group(proc, signal.SIGINT)
             try:
-                proc.wait(timeout=5)  # it got the terminal's SIGINT too
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+                proc.wait(timeout=STOP_GRACE)
+            except (subprocess.TimeoutExpired, KeyboardInterrupt):  # or a second Ctrl-C: force
+                pass
+        self._signal_group(proc, signal.SIGKILL)  # whatever of the group is left (workers)
+        proc.wait()
 
 
 def _wait_for_line(path: str, needle: str, timeout: float) -> bool:
@@ -111,7 +139,8 @@ def _wait_for_line(path: str, needle: str, timeout: float) -> bool:
               help="Include the packet-capture step (needs root or CAP_NET_RAW).")
 @click.option("--conns", type=click.IntRange(1, 5000), default=300, show_default=True,
               help="Connections for the flood step.")
-@click.option("--duration", default="3s", show_default=True, help="How long the flood step runs.")
+@click.option("--duration", type=DURATION, default="3s", show_default=True, metavar="DURATION",
+              help="How long the flood step runs (e.g. 3s, 500ms).")
 def command(capture, conns, duration):
     """The guided tour: serve, request, flood, stall and sniff on loopback.
 
@@ -123,6 +152,8 @@ def command(capture, conns, duration):
     """
     from socktools.core.embedded import EmbeddedServer, EmbeddedServerError
 
+    if duration <= 0:
+        raise click.BadParameter("must be more than 0", param_hint="'--duration'")
     tour = Tour(color=sys.stdout.isatty())
     server = EmbeddedServer(mode="framed")
     interrupted = False
@@ -150,7 +181,7 @@ def command(capture, conns, duration):
         tour.heading(f"Load: {conns} connections", "socktools flood opens many nonblocking connections "
                      "over worker processes and measures connect time, throughput and latency percentiles:")
         tour.run(["flood", "--host", "127.0.0.1", "--port", port, "--mode", "framed",
-                  "--conns", str(conns), "--duration", duration])
+                  "--conns", str(conns), "--duration", f"{duration:g}s"])
 
         tour.heading("A full send buffer, on purpose",
                      "socktools stall sends to a peer that never reads until send() raises "
@@ -194,8 +225,8 @@ def _capture_step(tour: Tour, port: str) -> None:
         args = ["sniff", "--port", port, "--count", "10", "--timeout", "10"]
         click.echo(tour.style("$ socktools " + " ".join(args) + "   # in the background", fg="cyan"))
         with open(log_path, "w") as log:
-            sniffer = subprocess.Popen([sys.executable, "-m", "socktools", *args], stdout=log,
-                                       stderr=subprocess.STDOUT)
+            from socktools.core.embedded import socktools_argv
+            sniffer = subprocess.Popen(socktools_argv(*args), stdout=log, stderr=subprocess.STDOUT)
         try:
             if not _wait_for_line(log_path, "Capturing", 15):
                 tour.failures.append("sniff did not start capturing within 15 s")
