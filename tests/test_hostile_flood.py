@@ -90,3 +90,166 @@ def test_source_not_on_this_machine_is_a_usage_error_before_any_connection():
     proc = flood("--port", "9", "--source", "192.0.2.1", "--conns", "1")
     assert proc.returncode == 2
     assert "--source" in proc.stderr and "that address is not on this machine" in proc.stderr
+
+
+# ------------------------------------------------------------- the plan, before anything starts
+
+import resource  # noqa: E402
+
+from socktools.flood import limits  # noqa: E402
+from socktools.flood.config import FloodConfig  # noqa: E402
+
+
+@pytest.fixture
+def machine(monkeypatch):
+    """A pretend machine: set .fds, .cpus, .mem; limits.plan reads them (nothing is raised for real)."""
+    class M:
+        fds, cpus, mem = 20_000, 2, 8 << 30
+    m = M()
+    monkeypatch.setattr(limits, "raise_nofile", lambda: (m.fds, m.fds, m.fds))
+    monkeypatch.setattr(limits, "cpu_count", lambda: m.cpus)
+    monkeypatch.setattr(limits, "mem_available", lambda: m.mem)
+    return m
+
+
+def test_plan_refuses_51_workers_on_2_cpus(machine):
+    plan = limits.plan(FloodConfig(conns=1_000_000, workers=0, embedded=True), workers_given=False,
+                       sources_given=False)
+    assert plan.processes == 102
+    [line] = [r for r in plan.refusals if "CPU" in r]
+    assert line.startswith("51 flood worker processes and 51 server processes on 2 CPU(s)")
+
+
+def test_plan_only_notes_many_workers_the_user_asked_for(machine):
+    plan = limits.plan(FloodConfig(conns=1000, workers=16, port=9, address=("127.0.0.1", 9)),
+                       workers_given=True, sources_given=True)
+    assert not plan.refusals
+    assert any("16 flood worker processes on 2 CPU(s)" in n for n in plan.notes)
+
+
+def test_plan_refuses_more_memory_than_available(machine):
+    machine.fds, machine.mem = 1 << 20, 1 << 30
+    plan = limits.plan(FloodConfig(conns=500_000, workers=0, embedded=True), workers_given=False,
+                       sources_given=False)
+    [line] = [r for r in plan.refusals if "available" in r]
+    assert "need about" in line and "1.0 GiB is available" in line
+
+
+def test_plan_refuses_a_descriptor_limit_the_runner_itself_cannot_live_with(machine):
+    machine.fds = 40
+    plan = limits.plan(FloodConfig(conns=200, workers=0, embedded=True), workers_given=False, sources_given=False)
+    assert len(plan.refusals) == 1  # one cause, one line (the CPU count follows from it)
+    assert "flood itself needs" in plan.refusals[0] and "the limit is 40" in plan.refusals[0]
+    machine.fds = 20
+    plan = limits.plan(FloodConfig(conns=200, workers=0, embedded=True), workers_given=False, sources_given=False)
+    assert plan.refusals == (plan.refusals[0],) and "no room for connections" in plan.refusals[0]
+
+
+def test_a_small_run_is_not_refused(machine):
+    plan = limits.plan(FloodConfig(conns=500, workers=0, embedded=True), workers_given=False, sources_given=False)
+    assert plan.refusals == ()
+    assert plan.memory < 200 << 20
+
+
+def _nofile(n):
+    return lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
+
+
+def test_low_fd_limit_refuses_in_one_line_before_anything_starts():
+    # Issue 12 item 6: `prlimit --nofile=40:40 socktools flood --conns 200` ended in a traceback.
+    proc = flood("--conns", "200", "--duration", "1s", preexec_fn=_nofile(40))
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert "flood: will not start: flood itself needs" in proc.stderr
+    assert "started `socktools serve" not in proc.stderr  # nothing was started
+    assert proc.stdout == ""
+
+
+def test_low_fd_limit_with_yes_fails_in_one_line_not_a_traceback():
+    proc = flood("--conns", "200", "--duration", "1s", "--yes", preexec_fn=_nofile(40))
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.returncode == 1
+    assert "running anyway: --yes" in proc.stderr
+
+
+# ------------------------------------------------------------- Ctrl-C in the connect phase
+
+import signal  # noqa: E402
+
+from tests.conftest import wait_until  # noqa: E402
+
+
+class HalfAnsweringServer:
+    """Echoes on the first ``answer`` connections; the others are accepted and never answered."""
+
+    def __init__(self, answer: int) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(256)
+        self.sock.settimeout(0.1)
+        self.port = self.sock.getsockname()[1]
+        self.answer = answer
+        self.accepted = 0
+        self.answered = 0
+        self.conns = []
+        self.stopping = False
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.stopping:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            self.accepted += 1
+            self.conns.append(conn)
+            if self.accepted <= self.answer:
+                conn.settimeout(5)
+                try:
+                    conn.sendall(conn.recv(64))
+                    self.answered += 1
+                except OSError:
+                    pass
+
+    def stop(self) -> None:
+        self.stopping = True
+        self.thread.join(5)
+        for c in self.conns:
+            c.close()
+        self.sock.close()
+
+
+@pytest.mark.parametrize("as_json", [True, False], ids=["json", "table"])
+def test_ctrl_c_in_the_connect_phase_reports_consistent_counts(as_json):
+    # Issue 12 item 10: first round trips exceeded established connections, no connect phase, "0/s".
+    server = HalfAnsweringServer(answer=5)
+    proc = subprocess.Popen([sys.executable, "-m", "socktools", "flood", "--port", str(server.port),
+                             "--conns", "10", "--workers", "1", "--connect-timeout", "30s",
+                             "--duration", "30s", *(["--json"] if as_json else [])],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    try:
+        assert wait_until(lambda: server.accepted >= 10 and server.answered >= 5, timeout=30)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        server.stop()
+    assert "Traceback" not in err
+    if as_json:
+        import json
+        doc = json.loads(out)
+        conns = doc["connections"]
+        assert doc["stopped_early"]
+        assert conns["established"] == 5
+        assert "connect" in doc["phases"]  # the phase that ran is reported...
+        assert conns["per_second"] > 0     # ...with its rate
+    else:
+        assert "stopped early (Ctrl-C)" in out
+        assert "connections  5 of 10 established" in out
+        assert " 0/s" not in out.split("connections", 1)[1].splitlines()[0]
+        assert "phases  connect " in out
+        assert "not counting the 5 first round trips that confirmed the connections, nor 5 first " \
+               "requests never answered" in out

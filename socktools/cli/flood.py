@@ -38,8 +38,9 @@ With no --port, flood starts `socktools serve` (the matching mode) on a free
 loopback port, sized for --conns, and stops it afterwards.  Ctrl-C or SIGTERM
 stops early and still prints the results (a second one stops at once).  Exit
 codes: 0 the run completed, or Ctrl-C ended it; 1 no connection could be
-established, no request was answered, every connection was lost, or a worker
-failed (one line on stderr says which); 2 a bad option; 99 a --threshold
+established, no request was answered, every connection was lost, a worker
+failed (one line on stderr says which), or the plan does not fit this machine
+(nothing started; --yes runs anyway); 2 a bad option; 99 a --threshold
 failed; 130 interrupted before the start; 143 SIGTERM ended it.
 """
 
@@ -92,11 +93,14 @@ EXIT_SIGTERM = 128 + 15
               help="Print one progress row per interval (with --json: one NDJSON line).  The JSON, "
                    "--report and the files have intervals either way: of this length, else 1s.")
 @click.option("--json", "as_json", is_flag=True, help="Print the final result as one JSON document.")
+@click.option("--yes", "--force", "yes", is_flag=True,
+              help="Run even when the plan says it will not fit this machine (far more processes "
+                   "than CPUs, more memory than is available, too few file descriptors).")
 @wire_options
 @output_options
 @click.pass_context
 def command(ctx, host, port, conns, workers, mode, pipeline, size, action, value, duration, requests, rate,
-            connect_rate, connect_timeout, source, server_workers, interval, as_json, outputs,
+            connect_rate, connect_timeout, source, server_workers, interval, as_json, yes, outputs,
             **wire_params):
     """Load a TCP server with many concurrent connections and report what happened.
 
@@ -153,7 +157,7 @@ def command(ctx, host, port, conns, workers, mode, pipeline, size, action, value
                           embedded=embedded, server_workers=server_workers or 0,
                           wire=spec, pipeline=pipeline)
     _run(config, workers_given=workers is not None, sources_given=source is not None,
-         as_json=as_json, rows=interval is not None, outputs=outputs)
+         as_json=as_json, rows=interval is not None, outputs=outputs, yes=yes)
 
 
 def _resolve(host: str, port: int):
@@ -194,6 +198,8 @@ class _Console:
                 self._err(f"flood: {note}")
             for problem in plan.problems:
                 self._err(f"flood: will not fit: {problem}")
+            for refusal in plan.refusals:
+                self._err(f"flood: warning: {refusal} (running anyway: --yes)")
         elif kind == "server":
             self._err(f"flood: started `{event['command']}` (pid {event['pid']})")
         elif kind == "interval":
@@ -222,17 +228,28 @@ class _Console:
 
 
 def _run(config, *, workers_given: bool, sources_given: bool, as_json: bool, rows: bool,
-         outputs) -> None:
+         outputs, yes: bool = False) -> None:
+    from socktools.flood import limits
     from socktools.flood.report import render_table, to_json
     from socktools.flood.runner import FloodError, run_flood
 
+    # Plan first: a plan this machine cannot carry stops here, before any process or connection.
+    plan = limits.plan(config, workers_given=workers_given, sources_given=sources_given)
+    if plan.refusals and not yes:
+        for refusal in plan.refusals:
+            click.echo(f"flood: will not start: {refusal}", err=True)
+        die("nothing was started; add --yes to run anyway", EXIT_FAILED)
     console = _Console(config.conns, config.interval, rows=rows, as_json=as_json)
     try:
         result = run_flood(config, workers_given=workers_given, sources_given=sources_given,
-                           on_event=console)
+                           on_event=console, plan=plan)
     except FloodError as exc:
         console.clear()
         die(str(exc))
+    except OSError as exc:  # e.g. EMFILE starting a worker under --yes: one line, no traceback
+        from socktools.errors import one_line
+        console.clear()
+        die(one_line(exc, "start the flood", command="flood"))
     except KeyboardInterrupt:
         console.clear()
         die("interrupted before the run started", 130)

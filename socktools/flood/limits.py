@@ -11,9 +11,15 @@ Three limits stop a load generator long before CPU does:
   addresses (``--source``);
 * file descriptors system-wide (``fs.file-max``).
 
+Two more make a run meaningless rather than impossible: far more processes
+than CPUs (when the fd limit forces many workers), and more memory than the
+machine has available.
+
 :func:`plan` fills in what the user left to us (workers, server workers,
 source addresses) and returns a :class:`Plan` whose ``problems`` say plainly
-what will not fit.  Nothing here prints.
+what will not fit and whose ``refusals`` are the ones that stop the run
+before any connection unless the user insists (``flood --yes``).  Nothing
+here prints.
 """
 
 from __future__ import annotations
@@ -29,11 +35,28 @@ from typing import Optional
 from socktools.flood.config import FloodConfig
 from socktools.kernel.sysctl import port_range, sysctl_int
 
-__all__ = ["FD_RESERVE", "Plan", "raise_nofile", "port_range", "plan", "cpu_count"]
+__all__ = ["FD_RESERVE", "Plan", "raise_nofile", "port_range", "plan", "cpu_count", "mem_available"]
 
 #: Descriptors a process needs besides its connections: stdio, the poller,
 #: pipes to the runner, the interpreter's own files.  Generous on purpose.
 FD_RESERVE = 32
+
+#: The runner's own descriptors per worker process: its end of the pipe and the
+#: process sentinel (multiprocessing keeps both open while the worker lives).
+RUNNER_FDS_PER_WORKER = 2
+
+#: Processes per CPU beyond which a run measures the scheduler, not the server:
+#: each process would get a quarter of a CPU at best, and its timers fire late.
+#: (The issue-12 run: 51 flood + 51 server processes on 2 CPUs.)
+CPU_OVERSUBSCRIPTION = 4
+
+#: Memory per connection and end, measured on loopback (Linux 6.18): kernel slab
+#: grew 90 MB for 10,000 connections (20,000 sockets: ~4.5 KiB each, tcp_sock,
+#: file, inode, dentry); flood's RSS 0.6 KiB per connection, serve's about 1 KiB.
+#: Rounded up: buffers hold more when data is queued.
+CONN_MEMORY = 6 * 1024
+#: A socktools worker process at start (RSS: the interpreter, hdrhistogram...).
+PROCESS_MEMORY = 24 << 20
 
 #: Aim for at most this share of a port range per (source, destination) pair.
 #: connect() searches the range for a free port, and the search slows down as
@@ -66,6 +89,23 @@ def raise_nofile() -> tuple:
     return soft, after, hard
 
 
+def mem_available() -> Optional[int]:
+    """MemAvailable from /proc/meminfo in bytes (the kernel's estimate of what can be used
+    without swapping), or None when unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _gib(n: float) -> str:
+    return f"{n / (1 << 30):,.1f} GiB" if n >= 1 << 30 else f"{n / (1 << 20):,.0f} MiB"
+
+
 @dataclass(frozen=True)
 class Plan:
     """The config to run (workers, sources filled in) and what the limits say about it."""
@@ -80,6 +120,10 @@ class Plan:
     conns_per_source: int
     notes: tuple = ()           # what we chose and why
     problems: tuple = ()        # what will not fit, in words, with the fix
+    refusals: tuple = ()        # what stops the run before it starts (unless --yes), one line each
+    processes: int = 0          # flood workers + embedded server workers
+    memory: int = 0             # estimated bytes the run needs
+    memory_available: Optional[int] = None
 
     def to_dict(self) -> dict:
         lo_hi = self.port_range
@@ -87,8 +131,10 @@ class Plan:
                 "fds_per_worker": self.fds_per_worker, "server_fds_per_worker": self.server_fds_per_worker,
                 "port_range": list(lo_hi) if lo_hi else None,
                 "ports_per_source": (lo_hi[1] - lo_hi[0] + 1) if lo_hi else None,
-                "conns_per_source": self.conns_per_source,
-                "notes": list(self.notes), "problems": list(self.problems)}
+                "conns_per_source": self.conns_per_source, "processes": self.processes,
+                "memory_estimate": self.memory, "memory_available": self.memory_available,
+                "notes": list(self.notes), "problems": list(self.problems),
+                "refusals": list(self.refusals)}
 
 
 def _is_ipv4_loopback(address: Optional[tuple], host: str) -> bool:
@@ -111,6 +157,11 @@ def plan(config: FloodConfig, *, workers_given: bool = True, sources_given: bool
     cpus = cpu_count()
     notes: list = []
     problems: list = []
+    refusals: list = []
+    if fd_limit <= FD_RESERVE + 1:
+        refusals.append(f"the file-descriptor limit is {fd_limit:,} (hard limit {hard:,}) and each process "
+                        f"needs about {FD_RESERVE} for itself: no room for connections; raise it "
+                        f"(`ulimit -n 4096`)")
 
     # --- workers: one per CPU (half when the server shares the machine), more if fds demand.
     need = math.ceil(n / per_process)
@@ -168,9 +219,34 @@ def plan(config: FloodConfig, *, workers_given: bool = True, sources_given: bool
     if file_max and total_fds > file_max:
         problems.append(f"{total_fds:,} sockets exceed the system-wide limit fs.file-max = {file_max:,}: "
                         f"expect ENFILE; raise it with `sysctl -w fs.file-max={total_fds * 2}`")
+    # --- the runner's own descriptors, processes per CPU, memory.
+    runner_fds = FD_RESERVE + RUNNER_FDS_PER_WORKER * cfg.active_workers + (3 if cfg.embedded else 0)
+    if runner_fds > fd_limit and not refusals:
+        refusals.append(f"flood itself needs {runner_fds:,} file descriptors to supervise "
+                        f"{cfg.active_workers:,} worker processes, but the limit is {fd_limit:,} (hard limit "
+                        f"{hard:,}): raise it (`ulimit -n {max(4096, runner_fds * 2)}`) or use fewer --conns")
+    processes = cfg.active_workers + (server_workers if cfg.embedded else 0)
+    if processes > CPU_OVERSUBSCRIPTION * cpus and not refusals:  # (a low fd limit is the cause: said)
+        who = (f"{cfg.active_workers:,} flood worker processes"
+               + (f" and {server_workers:,} server processes" if cfg.embedded else ""))
+        line = (f"{who} on {cpus} CPU(s) ({n:,} connections, at most {per_process:,} per process "
+                f"under the descriptor limit): "
+                f"they would spend the run waiting for each other, and the figures would measure the "
+                f"scheduler; raise the descriptor limit so fewer processes suffice, or use fewer --conns")
+        if workers_given and not (cfg.embedded and config.server_workers < 1):
+            notes.append(line)  # the user asked for this many
+        else:
+            refusals.append(line)
+    memory = processes * PROCESS_MEMORY + n * CONN_MEMORY * (2 if cfg.embedded else 1)
+    available = mem_available()
+    if available is not None and memory > available and not refusals:
+        refusals.append(f"{n:,} connections{' (both ends: flood and its server)' if cfg.embedded else ''} "
+                        f"over {processes:,} processes need about {_gib(memory)} but {_gib(available)} is "
+                        f"available: expect swapping or the OOM killer; use fewer --conns")
     if config.mode == "connect" and sysctl_int("net.ipv4.tcp_tw_reuse") == 0 and ports:
         notes.append(f"connect mode leaves each closed port in TIME_WAIT for 60 s and tcp_tw_reuse is off: "
                      f"at most ~{ports * max(1, len(sources)) // 60:,} connections/s can be sustained")
     return Plan(config=cfg, fd_soft_before=before, fd_limit=fd_limit, fd_hard=hard,
                 fds_per_worker=fds, server_fds_per_worker=server_fds, port_range=rng,
-                conns_per_source=per_source, notes=tuple(notes), problems=tuple(problems))
+                conns_per_source=per_source, notes=tuple(notes), problems=tuple(problems),
+                refusals=tuple(refusals), processes=processes, memory=memory, memory_available=available)

@@ -269,8 +269,12 @@ def render_table(result: FloodResult, checked: Optional[list] = None) -> str:
         if c["unanswered"]:
             req += f" · {_n(c['unanswered'])} unanswered at the end"
         lines.append(req)
-        lines.append(f"             (not counting the {_n(c['confirm_requests'])} first round trips that "
-                     f"confirmed the connections)")
+        # One first round trip confirmed each established connection; first requests of
+        # connections that never got their reply (stopped, failed) confirmed nothing.
+        unconfirmed = max(0, c["confirm_requests"] - c["established"])
+        lines.append(f"             (not counting the {_n(c['established'])} first round trips that "
+                     f"confirmed the connections" + (f", nor {_n(unconfirmed)} first requests never "
+                                                     f"answered" if unconfirmed else "") + ")")
         if t.reply_classes:
             lines.append("replies      " + " · ".join(f"{k} {v:,}" for k, v in sorted(t.reply_classes.items())))
     tb_out, tb_in = _traffic_bytes(result)

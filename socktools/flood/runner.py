@@ -74,17 +74,20 @@ def _server_mode(mode: str) -> str:
 
 
 def run_flood(config: FloodConfig, *, workers_given: bool = True, sources_given: bool = True,
-              on_event: Optional[Callable[[dict], None]] = None) -> FloodResult:
+              on_event: Optional[Callable[[dict], None]] = None,
+              plan: Optional[limits.Plan] = None) -> FloodResult:
     """Run ``config`` to the end and return a :class:`FloodResult`.
 
     ``on_event`` gets dicts as the run goes: ``{"event": "plan", "plan": Plan}``
     before anything is opened, ``{"event": "server", ...}`` once an embedded
     server listens, ``{"event": "go"}`` when traffic starts, and
     ``{"event": "interval", ...}`` per tick (when ``config.interval`` is set).
-    Raises :class:`FloodError` when the run cannot start.
+    Raises :class:`FloodError` when the run cannot start.  ``plan`` is one the
+    caller made already (to decide on its refusals before anything starts).
     """
     emit = on_event or (lambda event: None)
-    plan = limits.plan(config, workers_given=workers_given, sources_given=sources_given)
+    if plan is None:
+        plan = limits.plan(config, workers_given=workers_given, sources_given=sources_given)
     cfg = plan.config
     emit({"event": "plan", "plan": plan})
     started = time.time()

@@ -217,6 +217,8 @@ class _Worker:
         """Stop early (Ctrl-C in the runner): wind down from whatever phase we are in."""
         session = self.session
         if session.phase in ("connect", "ready"):
+            if session.phase == "connect":  # the phase ran, however short: report it and its rate
+                self._phase_end("connect")
             self.next_i = len(self.indices)
             session.start_traffic(None, 0)
             session.end_traffic()
