@@ -267,14 +267,54 @@ def test_sink_never_reads_until_sigusr1(start_server):
             for _ in range(100_000):
                 sent += s.send(b"x" * 4096)
         assert 0 < sent < 10 * 1024 * 1024
+        # The kernel completes the handshake and queues our bytes without the server's loop;
+        # SIGUSR1 means something only once that loop runs (it accepts us: accept queue 0).
+        assert wait_until(lambda: _accept_queue(srv.port) == 0, timeout=10), "server never accepted"
         os.kill(srv.pid, signal.SIGUSR1)  # now it reads: the socket becomes writable again
         sel = selectors.DefaultSelector()
         sel.register(s, selectors.EVENT_WRITE)
         assert sel.select(timeout=10), "socket never became writable after SIGUSR1"
         sel.close()
-        time.sleep(0.2)
+        # Wait on the kernel, not the clock: every byte left our send queue (SIOCOUTQ 0: acked)
+        # and the server read them all from its receive queue (Recv-Q 0 in /proc/net/tcp).
+        # Only then may we close: a drain closes an idle sink connection without reading more.
+        client_port = s.getsockname()[1]
+        assert wait_until(lambda: _outq(s) == 0 and _server_recv_q(srv.port, client_port) == 0,
+                          timeout=10), (_outq(s), _server_recv_q(srv.port, client_port))
     srv.stop()
     assert srv.final_summary()["bytes_in"] == sent
+
+
+def _outq(sock: socket.socket) -> int:
+    import fcntl
+    import struct
+    from socktools.kernel.tcpinfo import SIOCOUTQ
+    return struct.unpack("i", fcntl.ioctl(sock.fileno(), SIOCOUTQ, b"\0" * 4))[0]
+
+
+def _accept_queue(port: int):
+    """Connections waiting in the accept queue of the listener on ``port`` (LISTEN Recv-Q)."""
+    for fields in _proc_net_tcp():
+        if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":
+            return int(fields[4].split(":")[1], 16)
+    return None
+
+
+def _proc_net_tcp():
+    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(path) as f:
+            next(f)
+            for line in f:
+                yield line.split()
+
+
+def _server_recv_q(server_port: int, client_port: int):
+    """Recv-Q of the server's end of one loopback connection, read from /proc/net/tcp{,6}."""
+    for fields in _proc_net_tcp():
+        if (int(fields[1].rsplit(":", 1)[1], 16) == server_port
+                and int(fields[2].rsplit(":", 1)[1], 16) == client_port):
+            return int(fields[4].split(":")[1], 16)
+    return None
 
 
 # --------------------------------------------------------------------- workers and signals
