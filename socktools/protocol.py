@@ -158,7 +158,7 @@ def _dumps(obj: Any) -> str:
 #: bodies to the application.  Names match case-insensitively, ``_`` = ``-``.
 TEXT_ENCODINGS: dict[str, str] = {
     "utf-8": "utf-8", "utf8": "utf-8",
-    "utf-8-sig": "utf-8-sig", "utf8-sig": "utf-8-sig",
+    "utf-8-sig": "utf-8-sig",
     "utf-16": "utf-16", "utf16": "utf-16",
     "utf-16-le": "utf-16-le", "utf-16le": "utf-16-le", "utf16le": "utf-16-le",
     "utf-16-be": "utf-16-be", "utf-16be": "utf-16-be", "utf16be": "utf-16-be",
