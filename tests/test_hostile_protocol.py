@@ -172,3 +172,10 @@ def test_error_response_never_raises_on_surrogates():
     [reply] = decode_all(protocol.error_response("bad \ud800 value"))
     assert reply.value == {"error": "bad \\ud800 value"}
     assert json.loads(json.dumps(reply.value))
+
+
+def test_every_allowed_name_is_pythons_own_alias_of_its_codec():
+    # Anything that decodes with the declared name itself (sniff's preview) gets the same codec.
+    import codecs
+    for name, codec in TEXT_ENCODINGS.items():
+        assert codecs.lookup(name).name == codecs.lookup(codec).name, name
