@@ -16,6 +16,17 @@ from socktools.cli import main
 TEST_NET = "192.0.2.1"  # documentation address: never routed, and never contacted here
 
 
+@pytest.fixture(autouse=True)
+def _restore_socktools_logger():
+    """Commands run in-process call setup_logging (propagate=False on the "socktools" logger);
+    put it back so later tests' caplog still sees socktools' records."""
+    import logging
+    log = logging.getLogger("socktools")
+    saved = (log.handlers[:], log.level, log.propagate)
+    yield
+    log.handlers[:], log.level, log.propagate = saved
+
+
 def run(*args, **kw):
     return CliRunner().invoke(main, list(args), catch_exceptions=False, **kw)
 
