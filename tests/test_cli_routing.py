@@ -96,8 +96,9 @@ class Recorder:
 
         def run_flood(config, **kw):
             self.calls.append(SimpleNamespace(config=config, view=None, **kw))
-            return SimpleNamespace(totals=SimpleNamespace(counters={"established": 1}), crashed=[],
-                                   stopped_early=False, intervals=[], stop_signal=None)
+            return SimpleNamespace(config=config, crashed=[], stopped_early=False, intervals=[],
+                                   stop_signal=None, totals=SimpleNamespace(
+                                       counters={"established": 1, "responses": 1, "lost": 0, "cycles": 1}))
 
         def view(name):
             # the JSON document is always built (thresholds, files); the view is the last one used
@@ -212,6 +213,7 @@ ROUTES = {
         "accept_status": (_HTTP + ["--accept-status", "404"], wire("accept_status", ("404",))),
         "plugin": (["--port", "9", "--protocol", "examples.memcached_plugin:Memcached"],
                    both(field("mode", "plugin"), wire("plugin", "examples.memcached_plugin:Memcached"))),
+        "yes": (["--yes"], lambda call, base: (call.force is True and base.force is False) or _fail()),
     }),
     "stall": (cli_stall.command, {
         "host": (["--host", "::1"], field("host", "::1")),

@@ -229,20 +229,17 @@ class _Console:
 
 def _run(config, *, workers_given: bool, sources_given: bool, as_json: bool, rows: bool,
          outputs, yes: bool = False) -> None:
-    from socktools.flood import limits
     from socktools.flood.report import render_table, to_json
-    from socktools.flood.runner import FloodError, run_flood
+    from socktools.flood.runner import FloodError, FloodRefused, run_flood
 
-    # Plan first: a plan this machine cannot carry stops here, before any process or connection.
-    plan = limits.plan(config, workers_given=workers_given, sources_given=sources_given)
-    if plan.refusals and not yes:
-        for refusal in plan.refusals:
-            click.echo(f"flood: will not start: {refusal}", err=True)
-        die("nothing was started; add --yes to run anyway", EXIT_FAILED)
     console = _Console(config.conns, config.interval, rows=rows, as_json=as_json)
     try:
         result = run_flood(config, workers_given=workers_given, sources_given=sources_given,
-                           on_event=console, plan=plan)
+                           on_event=console, force=yes)
+    except FloodRefused as exc:  # the plan does not fit: nothing was started
+        for refusal in exc.plan.refusals:
+            click.echo(f"flood: will not start: {refusal}", err=True)
+        die("nothing was started; add --yes to run anyway", EXIT_FAILED)
     except FloodError as exc:
         console.clear()
         die(str(exc))

@@ -35,7 +35,7 @@ from socktools.flood.config import FloodConfig
 from socktools.flood.result import FloodResult, generator_warnings, traffic_seconds  # noqa: F401 (public names)
 from socktools.flood.worker import run_worker
 
-__all__ = ["FloodResult", "run_flood", "FloodError", "traffic_seconds", "generator_warnings"]
+__all__ = ["FloodResult", "run_flood", "FloodError", "FloodRefused", "traffic_seconds", "generator_warnings"]
 
 #: How long a worker may take to report after "stop" before it is terminated.
 STOP_GRACE = 10.0
@@ -43,6 +43,14 @@ STOP_GRACE = 10.0
 
 class FloodError(RuntimeError):
     """The run could not start (e.g. the embedded server failed)."""
+
+
+class FloodRefused(FloodError):
+    """The plan does not fit this machine (``plan.refusals``); nothing was started."""
+
+    def __init__(self, plan: limits.Plan) -> None:
+        super().__init__("; ".join(plan.refusals))
+        self.plan = plan
 
 
 def _tighten_timer_slack() -> None:
@@ -75,19 +83,22 @@ def _server_mode(mode: str) -> str:
 
 def run_flood(config: FloodConfig, *, workers_given: bool = True, sources_given: bool = True,
               on_event: Optional[Callable[[dict], None]] = None,
-              plan: Optional[limits.Plan] = None) -> FloodResult:
+              plan: Optional[limits.Plan] = None, force: bool = False) -> FloodResult:
     """Run ``config`` to the end and return a :class:`FloodResult`.
 
     ``on_event`` gets dicts as the run goes: ``{"event": "plan", "plan": Plan}``
     before anything is opened, ``{"event": "server", ...}`` once an embedded
     server listens, ``{"event": "go"}`` when traffic starts, and
     ``{"event": "interval", ...}`` per tick (when ``config.interval`` is set).
-    Raises :class:`FloodError` when the run cannot start.  ``plan`` is one the
-    caller made already (to decide on its refusals before anything starts).
+    Raises :class:`FloodError` when the run cannot start, :class:`FloodRefused`
+    (before anything is started) when the plan has refusals and not ``force``.
+    ``plan`` is one the caller made already.
     """
     emit = on_event or (lambda event: None)
     if plan is None:
         plan = limits.plan(config, workers_given=workers_given, sources_given=sources_given)
+    if plan.refusals and not force:
+        raise FloodRefused(plan)
     cfg = plan.config
     emit({"event": "plan", "plan": plan})
     started = time.time()
