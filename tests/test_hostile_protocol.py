@@ -179,3 +179,16 @@ def test_every_allowed_name_is_pythons_own_alias_of_its_codec():
     import codecs
     for name, codec in TEXT_ENCODINGS.items():
         assert codecs.lookup(name).name == codecs.lookup(codec).name, name
+
+
+def test_sniffs_dissector_refuses_punycode_from_the_header_too():
+    # sniff decodes with protocol.Decoder: the same allow-list, before any content is decoded.
+    from socktools.capture.reassembly import StreamDecoder
+    wire = punycode_frame()
+    header_end = 2 + int.from_bytes(wire[:2], "big")
+    start = time.process_time()
+    stream = StreamDecoder("framed", "request")
+    events = stream.feed(0, wire[:header_end], 1) + stream.feed(header_end, wire[header_end:], 2)
+    assert time.process_time() - start < 1.0
+    assert not any(getattr(e, "header", None) for e in events)  # no message came out
+    assert any("punycode" in getattr(e, "text", "") for e in events), events
