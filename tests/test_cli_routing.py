@@ -151,6 +151,8 @@ ROUTES = {
         "max_conns": (["--max-conns", "5"], field("max_conns", 5)),
         "idle_timeout": (["--idle-timeout", "300ms"], field("idle_timeout", 0.3)),
         "max_content": (["--max-content", "1k"], field("max_content", 1024)),
+        "max_buffered": (["--max-buffered", "8M"], field("max_buffered", 8 << 20)),
+        "request_timeout": (["--request-timeout", "5s"], field("request_timeout", 5.0)),
         "rcvbuf": (["--rcvbuf", "4k"], field("rcvbuf", 4096)),
         "sndbuf": (["--sndbuf", "8k"], field("sndbuf", 8192)),
         "backlog": (["--backlog", "16"], field("backlog", 16)),

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from socktools.serve.budget import (DEFAULT_MAX_BUFFERED, DEFAULT_REQUEST_TIMEOUT, RequestBudget,
-                                    default_max_buffered)
+from socktools.serve.budget import RequestBudget
+from socktools.serve.config import DEFAULT_MAX_BUFFERED, DEFAULT_REQUEST_TIMEOUT, default_max_buffered
 
 
 def test_defaults_are_named_and_sane():

@@ -39,6 +39,7 @@ class Server:
         first = json.loads(self.proc.stdout.readline())
         self.address = (first["host"], first["port"])
         self.summary: dict = {}
+        self.events: list = []
         self.stderr = ""
 
     def rss(self) -> int:
@@ -53,6 +54,7 @@ class Server:
         out, _ = self.proc.communicate(timeout=30)
         for line in out.splitlines():
             ev = json.loads(line)
+            self.events.append(ev)
             if ev.get("event") == "summary":
                 self.summary = ev
         self.log.seek(0)
@@ -208,6 +210,12 @@ def test_300_partial_1mib_bodies_stay_inside_the_buffer_budget(server):
                     sel.unregister(s)
                     busy -= 1
         assert busy == 0, f"{busy} connections could not send their partial body in 60 s"
+        # Every connection is decided: refused (its error reply or reset arrived), or all its
+        # bytes reached the server process (our send queue and its receive queue are empty).
+        assert wait_until(lambda: all(_answered(s) or _outq(s) == 0 for s in socks)
+                          and _server_recv_queues(srv.address[1]) == 0, timeout=60)
+        kept = [s for s in socks if not _answered(s)]
+        assert 0 < len(kept) <= 32, len(kept)
         # During the attack (the budget's holders are still open), a normal request is answered at once.
         assert best_of(3, srv.address) < 0.1
         assert srv.hwm() - baseline < budget * 1.5 + 16 * MIB, (srv.hwm() - baseline) / MIB
@@ -219,6 +227,41 @@ def test_300_partial_1mib_bodies_stay_inside_the_buffer_budget(server):
     refused = summary["protocol_errors"].get("over-budget", 0)
     assert 300 - 32 <= refused < 300  # all but the first ones to arrive, as many as fit
     assert "over the buffer budget" in srv.stderr
+
+
+def _answered(sock: socket.socket) -> bool:
+    """Has the server said anything on ``sock`` (its error reply, a FIN, a reset)?"""
+    try:
+        sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def _outq(sock: socket.socket) -> int:
+    """Bytes in our send queue not yet acknowledged (SIOCOUTQ); 0 for a reset socket."""
+    import fcntl
+    import struct
+    from socktools.kernel.tcpinfo import SIOCOUTQ
+    try:
+        return struct.unpack("i", fcntl.ioctl(sock.fileno(), SIOCOUTQ, b"\0" * 4))[0]
+    except OSError:
+        return 0
+
+
+def _server_recv_queues(port: int) -> int:
+    """Bytes waiting in the receive queues of the server's established sockets on ``port``."""
+    total = 0
+    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(path) as f:
+            next(f)
+            for line in f:
+                fields = line.split()
+                if fields[3] == "01" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    total += int(fields[4].split(":")[1], 16)
+    return total
 
 
 def test_slowloris_is_closed_at_the_request_deadline(server):
@@ -253,3 +296,64 @@ def test_slowloris_is_closed_at_the_request_deadline(server):
     assert summary["protocol_errors"] == {"request-timeout": 1}
     assert "request not complete 0.5s after its first byte" in srv.stderr
     assert summary["idle_closed"] == 0
+
+
+def _children(pid: int) -> list:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(p) for p in f.read().split()]
+
+
+def _established_to(pid: int) -> int:
+    """Sockets ``pid`` holds (connections and its listener/pipes alike): for a before/after count."""
+    n = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            n += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
+        except OSError:
+            pass
+    return n
+
+
+def test_a_killed_workers_connections_are_not_counted_open_in_the_summary(server):
+    # Issue 12 item 10: after a serve worker was killed, the final summary still counted
+    # its connections as open.
+    srv = server("--mode", "echo", "--workers", "2", "--stats-interval", "0.2s")
+    assert wait_until(lambda: len(_children(srv.proc.pid)) == 2)
+    workers = _children(srv.proc.pid)
+    before = {pid: _established_to(pid) for pid in workers}
+    clients = [socket.create_connection(srv.address, timeout=10) for _ in range(20)]
+    for c in clients:  # each answered: accepted and counted by its worker
+        c.sendall(b"ping")
+        assert c.recv(4) == b"ping"
+    held = {pid: _established_to(pid) - before[pid] for pid in workers}
+    victim = max(held, key=held.get)
+    assert held[victim] > 0
+    # Workers report to the supervisor every second: wait until its stats count ours open.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        ev = json.loads(srv.proc.stdout.readline())
+        if ev.get("event") == "stats" and ev["open"] == 20:
+            break
+    else:
+        raise AssertionError("the supervisor never counted the 20 connections open")
+    os.kill(victim, signal.SIGKILL)
+    assert wait_until(lambda: victim not in _children(srv.proc.pid) and len(_children(srv.proc.pid)) == 2,
+                      timeout=20), "the killed worker was not replaced"
+    for c in clients:
+        c.close()
+    summary = srv.stop()
+    assert summary["open"] == 0, summary
+    assert summary["accepted"] == summary["closed"]
+    assert summary["worker_restarts"] == 1
+    [died] = [e for e in srv.events if e["event"] == "worker-exit"]
+    assert 0 < died["lost_connections"] <= 20
+    assert summary["errors"]["worker-died"] == died["lost_connections"]  # lost with it, and said so
+
+
+def test_binding_an_address_not_on_this_machine_says_so():
+    # bind() of 192.0.2.1 (TEST-NET-1) fails locally with EADDRNOTAVAIL: nothing is sent.
+    proc = subprocess.run([sys.executable, "-m", "socktools", "serve", "--host", "192.0.2.1", "--port", "0"],
+                          capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 1
+    assert "EADDRNOTAVAIL" in proc.stderr and "that address is not on this machine" in proc.stderr
+    assert "ephemeral" not in proc.stderr and "--source" not in proc.stderr

@@ -8,7 +8,7 @@ import sys
 import click
 
 from socktools.cli._common import (BYTESIZE, DURATION, EXIT_FAILED, PORT, LazyChoice, LazyDefault,
-                                   LazyOption, die, fmt_bytes, setup_logging)
+                                   LazyOption, build_config, die, fmt_bytes, setup_logging)
 
 # The engine loads only when the command runs: `socktools --help` builds this
 # command (for its one-line help) and must not pull in the server, core or protocol.
@@ -146,6 +146,14 @@ def _json_view(ev: dict) -> None:
 @click.option("--max-content", type=BYTESIZE, default=LazyDefault("socktools.protocol:DEFAULT_MAX_CONTENT"),
               cls=LazyOption, show_default=True,
               help="framed: largest content-length accepted (larger gets an error reply).")
+@click.option("--max-buffered", type=BYTESIZE, default=None, metavar="BYTES",
+              help="framed: bytes one worker holds in all for requests not yet complete; over it the "
+                   "newest holders get an error reply and are closed.  [default: 64 MiB, at least "
+                   "4 x --max-content]")
+@click.option("--request-timeout", type=DURATION, cls=LazyOption, metavar="DURATION",
+              default=LazyDefault("socktools.serve.config:DEFAULT_REQUEST_TIMEOUT"), show_default=True,
+              help="framed: time from a request's first byte to its last; later, an error reply and "
+                   "the connection is closed (slowloris).  0 = no deadline.")
 @click.option("--rcvbuf", type=BYTESIZE, default=None, help="SO_RCVBUF for accepted sockets (Linux doubles it).")
 @click.option("--sndbuf", type=BYTESIZE, default=None, help="SO_SNDBUF for accepted sockets (Linux doubles it).")
 @click.option("--backlog", type=click.IntRange(1), default=4096, show_default=True,
@@ -158,8 +166,8 @@ def _json_view(ev: dict) -> None:
 @click.option("--quiet", "-q", is_flag=True, help="Log only warnings and errors.")
 @click.option("--stop-on-stdin-eof", is_flag=True, hidden=True,
               help="Stop when stdin closes (used by commands that embed a server).")
-def command(mode, host, port, workers, max_conns, idle_timeout, max_content, rcvbuf, sndbuf, backlog,
-            stats_interval, drain_timeout, as_json, quiet, stop_on_stdin_eof):
+def command(mode, host, port, workers, max_conns, idle_timeout, max_content, max_buffered, request_timeout,
+            rcvbuf, sndbuf, backlog, stats_interval, drain_timeout, as_json, quiet, stop_on_stdin_eof):
     """Run a nonblocking TCP server: echo, framed or sink.
 
     Binds 127.0.0.1 unless --host says otherwise. With --port 0 the chosen
@@ -173,10 +181,11 @@ def command(mode, host, port, workers, max_conns, idle_timeout, max_content, rcv
     if is_wildcard(host):
         click.echo(f"socktools serve: warning: --host {host} binds every interface: the server is "
                    f"reachable from other machines", err=True)
-    config = ServeConfig(mode=mode, host=host, port=port, workers=workers, max_conns=max_conns,
-                         idle_timeout=idle_timeout or None, max_content=max_content, rcvbuf=rcvbuf,
-                         sndbuf=sndbuf, backlog=backlog, stats_interval=stats_interval,
-                         drain_timeout=drain_timeout, stop_on_stdin_eof=stop_on_stdin_eof)
+    config = build_config(ServeConfig, mode=mode, host=host, port=port, workers=workers,
+                          max_conns=max_conns, idle_timeout=idle_timeout or None, max_content=max_content,
+                          max_buffered=max_buffered, request_timeout=request_timeout or None,
+                          rcvbuf=rcvbuf, sndbuf=sndbuf, backlog=backlog, stats_interval=stats_interval,
+                          drain_timeout=drain_timeout, stop_on_stdin_eof=stop_on_stdin_eof)
     try:
         serve(config, _json_view if as_json else _HumanView())
     except ServeError as exc:

@@ -7,14 +7,14 @@ decoder holds after every read; the budget answers which connections must go.
 Two limits, both per worker process (a worker is one CPU's worth of Python, so
 this is what one process can be made to hold):
 
-* **bytes buffered for incomplete requests** (:data:`DEFAULT_MAX_BUFFERED`).
+* **bytes buffered for incomplete requests** (``config.DEFAULT_MAX_BUFFERED``).
   A peer that declares 1 MiB of content and sends 1 MiB - 1 holds 1 MiB of our
   memory for as long as it likes; 300 of them held 316 MB (issue 12).  Over the
   budget, the *newest* holders are refused first: a connection that has been
   waiting for its request longest is the one most likely to finish, and a
   flood of new partial requests cannot push established clients out.
 * **a deadline from a request's first byte to its last**
-  (:data:`DEFAULT_REQUEST_TIMEOUT`).  ``--idle-timeout`` counts silence, so a
+  (``config.DEFAULT_REQUEST_TIMEOUT``).  ``--idle-timeout`` counts silence, so a
   slowloris peer sending one byte every few seconds never trips it; this
   deadline counts from the first byte of a request however busy the peer is.
 
@@ -28,38 +28,12 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any, Hashable, Optional
 
-__all__ = ["DEFAULT_MAX_BUFFERED", "DEFAULT_REQUEST_TIMEOUT", "DEFAULT_MAX_CONNS", "RequestBudget",
-           "default_max_buffered"]
+from socktools.serve.config import DEFAULT_MAX_BUFFERED, DEFAULT_REQUEST_TIMEOUT
 
-#: Total bytes one worker holds for requests not yet complete.  h11 bounds one
-#: connection's incomplete event at 16 KiB (``max_incomplete_event_size``) and
-#: nginx one request's header at ``large_client_header_buffers 4 8k`` plus a
-#: ``client_body_buffer_size`` of 16 KiB in memory (larger bodies go to a temp
-#: file); neither bounds the sum over connections.  We keep whole bodies (up to
-#: ``--max-content``, 1 MiB like nginx's ``client_max_body_size``) in memory, so
-#: the sum needs its own cap: 64 MiB is 64 maximum-size requests in flight at
-#: once per worker, thousands of ordinary ones, and a fraction of any machine.
-DEFAULT_MAX_BUFFERED = 64 << 20
+__all__ = ["RequestBudget"]
 
-#: Seconds from a request's first byte to its complete arrival.  nginx gives a
-#: client 60 s to send the whole request header (``client_header_timeout 60s``)
-#: and 60 s between body reads (``client_body_timeout 60s``); Apache's
-#: mod_reqtimeout bounds the whole header at 20-40 s.  60 s is generous for
-#: messages of at most ``--max-content`` on any working link.
-DEFAULT_REQUEST_TIMEOUT = 60.0
-
-#: Open connections per server, 0 = no cap but the file-descriptor limit
-#: (accept pauses on EMFILE and resumes when a connection closes).  nginx's
-#: ``worker_connections`` defaults to 512, but a load *target* must hold whatever
-#: the flood asks of it; ``--max-conns`` sets a cap when you want one.
-DEFAULT_MAX_CONNS = 0
-
-
-def default_max_buffered(max_content: int) -> int:
-    """The budget when none is given: at least :data:`DEFAULT_MAX_BUFFERED`, and room for
-    four requests of the largest allowed size (a smaller budget would refuse them all)."""
-    return max(DEFAULT_MAX_BUFFERED, 4 * max_content)
-
+# The limits themselves (named, with why those numbers) live in serve/config.py with
+# the other limits every worker holds to: DEFAULT_MAX_BUFFERED, DEFAULT_REQUEST_TIMEOUT.
 
 class RequestBudget:
     """Account of the bytes each connection holds for its incomplete request, and since when.

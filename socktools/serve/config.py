@@ -10,8 +10,10 @@ from dataclasses import dataclass
 from typing import Optional
 
 from socktools import protocol
+from socktools.errors import OptionError
 
-__all__ = ["ServeConfig", "MODES", "HIGH_WATER", "ACCEPT_BATCH", "ACCEPT_RETRY"]
+__all__ = ["ServeConfig", "MODES", "HIGH_WATER", "ACCEPT_BATCH", "ACCEPT_RETRY", "DEFAULT_MAX_BUFFERED",
+           "DEFAULT_REQUEST_TIMEOUT", "DEFAULT_MAX_CONNS", "default_max_buffered"]
 
 MODES = ("echo", "framed", "sink")
 
@@ -29,6 +31,37 @@ ACCEPT_BATCH = 64
 #: connection of ours closes first.
 ACCEPT_RETRY = 0.25
 
+# ---- what one hostile peer may cost a worker (enforced by serve/budget.py, framed mode)
+
+#: Total bytes one worker holds for requests not yet complete.  h11 bounds one
+#: connection's incomplete event at 16 KiB (``max_incomplete_event_size``) and
+#: nginx one request's header at ``large_client_header_buffers 4 8k`` plus a
+#: ``client_body_buffer_size`` of 16 KiB in memory (larger bodies go to a temp
+#: file); neither bounds the sum over connections.  We keep whole bodies (up to
+#: ``--max-content``, 1 MiB like nginx's ``client_max_body_size``) in memory, so
+#: the sum needs its own cap: 64 MiB is 64 maximum-size requests in flight at
+#: once per worker, thousands of ordinary ones, and a fraction of any machine.
+DEFAULT_MAX_BUFFERED = 64 << 20
+
+#: Seconds from a request's first byte to its complete arrival.  nginx gives a
+#: client 60 s to send the whole request header (``client_header_timeout 60s``)
+#: and 60 s between body reads (``client_body_timeout 60s``); Apache's
+#: mod_reqtimeout bounds the whole header at 20-40 s.  60 s is generous for
+#: messages of at most ``--max-content`` on any working link.
+DEFAULT_REQUEST_TIMEOUT = 60.0
+
+#: Open connections per server, 0 = no cap but the file-descriptor limit
+#: (accept pauses on EMFILE and resumes when a connection closes).  nginx's
+#: ``worker_connections`` defaults to 512, but a load *target* must hold whatever
+#: the flood asks of it; ``--max-conns`` sets a cap when you want one.
+DEFAULT_MAX_CONNS = 0
+
+
+def default_max_buffered(max_content: int) -> int:
+    """The budget when none is given: at least :data:`DEFAULT_MAX_BUFFERED`, and room for
+    four requests of the largest allowed size (a smaller budget would refuse them all)."""
+    return max(DEFAULT_MAX_BUFFERED, 4 * max_content)
+
 
 @dataclass(frozen=True)
 class ServeConfig:
@@ -38,7 +71,7 @@ class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 65432
     workers: int = 1
-    max_conns: int = 0              # total across workers; 0 = no cap
+    max_conns: int = DEFAULT_MAX_CONNS  # total across workers; 0 = no cap but the fd limit
     idle_timeout: Optional[float] = None
     max_content: int = protocol.DEFAULT_MAX_CONTENT
     rcvbuf: Optional[int] = None
@@ -47,12 +80,25 @@ class ServeConfig:
     stats_interval: float = 10.0    # 0 = no periodic statistics
     drain_timeout: float = 5.0
     stop_on_stdin_eof: bool = False
+    # framed: the per-worker request budget (serve/budget.py says why these numbers)
+    max_buffered: Optional[int] = None  # bytes held for incomplete requests; None = the default
+    request_timeout: Optional[float] = DEFAULT_REQUEST_TIMEOUT  # first byte to complete; None = none
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
         if self.workers < 1:
             raise ValueError("workers must be >= 1")
+        if self.max_buffered is not None and self.max_buffered < max(1, self.max_content):
+            raise OptionError("max_buffered", f"--max-buffered {self.max_buffered:,} is less than --max-content "
+                              f"{self.max_content:,}: every request of the largest allowed size would be refused")
+        if self.request_timeout is not None and self.request_timeout <= 0:
+            raise OptionError("request_timeout", "request timeout must be > 0 (0 on the command line: none)")
+
+    @property
+    def buffer_budget(self) -> int:
+        """Bytes one worker may hold for incomplete requests (framed mode)."""
+        return self.max_buffered if self.max_buffered is not None else default_max_buffered(self.max_content)
 
     @property
     def per_worker_max_conns(self) -> int:

@@ -53,7 +53,11 @@ class FramedProtocol(_Base):
     def data_received(self, conn: Connection, data: bytes) -> None:
         decoder: protocol.Decoder = conn.ctx
         decoder.receive_data(data)
-        self._drain_decoder(conn, decoder)
+        answered = self._drain_decoder(conn, decoder)
+        if answered is not None:
+            # What this connection now holds of a request not yet complete, for the
+            # worker's budget (bytes and deadline); a new request began if one was answered.
+            self.worker.holding(conn, decoder.buffered, new_request=answered > 0)
 
     def eof_received(self, conn: Connection) -> None:
         decoder: protocol.Decoder = conn.ctx
@@ -65,28 +69,34 @@ class FramedProtocol(_Base):
         if not conn.closed and not self.worker.draining:
             conn.resume_reading()
 
-    def _drain_decoder(self, conn: Connection, decoder: protocol.Decoder) -> None:
+    def _drain_decoder(self, conn: Connection, decoder: protocol.Decoder) -> Optional[int]:
+        """Answer every complete request buffered: how many, or None once the connection is ending."""
         stats = self.worker.stats
+        answered = 0
         while not conn.closed:
             try:
                 event = decoder.next_event()
             except protocol.RemoteProtocolError as exc:
                 self.worker.protocol_error(conn, exc)
-                return
+                return None
             if event is protocol.NEED_DATA:
                 break
             if event is protocol.CLOSED:
                 conn.close()
-                return
+                return None
+            answered += 1
             stats.requests += 1
             conn.write(reference.respond(event))
             stats.responses += 1
             if not event.keep_alive or self.worker.draining:
                 conn.pause_reading()
                 conn.close()  # one request per connection unless keep-alive (docs/protocol.md)
-                return
+                return None
+        if conn.closed:
+            return None
         if conn.pending > HIGH_WATER:
             conn.pause_reading()  # pipelining faster than reading our answers
+        return answered
 
 
 class SinkProtocol(_Base):

@@ -52,6 +52,9 @@ PARENT_CHECK_INTERVAL = 1.0
 CRASH_LOOP_WINDOW = 1.0
 CRASH_LOOP_LIMIT = 5
 CRASH_LOOP_MEMORY = 30.0
+#: The tally key (in the summary's ``errors``) of connections that were open in a worker
+#: when it died: the kernel closed them with the process, nobody answered them.
+WORKER_DIED = "worker-died"
 
 
 class ServeError(Exception):
@@ -93,6 +96,8 @@ def bind_listener(config: ServeConfig, *, port: Optional[int] = None, reuseport:
                 f"cannot listen on {where}: EADDRINUSE - address already in use: another process is "
                 f"listening there. Find it with `socktools sockets --listen --port {port}`, "
                 f"stop it, or choose another port (--port 0 picks a free one).") from None
+        if exc.errno == errno.EADDRNOTAVAIL:
+            raise ServeError(f"cannot listen on {where}: {errors.one_line(exc, during='bind')}") from None
         if exc.errno in (errno.EACCES, errno.EPERM):
             raise ServeError(f"cannot listen on {where}: {errors.one_line(exc)} "
                              f"(ports below 1024 need root or CAP_NET_BIND_SERVICE)") from None
@@ -257,6 +262,13 @@ class _Supervisor(procs.Supervisor):
 
     def on_exit(self, child: procs.Child) -> None:
         last = self.counts.pop(child.index, ServerStats())
+        lost = last.open
+        if lost > 0:
+            # Its last report still counts connections open that died with the process (the
+            # kernel closed their sockets): count them closed, and lost, or the summary would
+            # report them open forever.
+            last.closed += lost
+            last.errors[WORKER_DIED] = last.errors.get(WORKER_DIED, 0) + lost
         self.retired = self.retired.add(last)
         if child.crash:
             log.error("worker %d crashed: %s", child.index, child.crash)
@@ -275,7 +287,7 @@ class _Supervisor(procs.Supervisor):
             return
         self.restarts += 1
         self.on_event({"event": "worker-exit", "worker": child.index, "pid": child.pid, "how": how,
-                       "restarting": True, "lost_connections": last.open,
+                       "restarting": True, "lost_connections": lost,
                        "message": f"worker {child.index} (pid {child.pid}) died ({how}); "
-                                  f"its {last.open} open connection(s) were lost; starting a replacement"})
+                                  f"its {lost} open connection(s) were lost; starting a replacement"})
         self._start(child.index)

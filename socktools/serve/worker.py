@@ -13,6 +13,12 @@ never handled inside the signal handler itself):
   let connections mid-exchange finish for up to ``drain_timeout`` seconds;
 * second one, or the drain deadline: abort whatever is left.
 
+In framed mode a :class:`~socktools.serve.budget.RequestBudget` holds the
+worker to ``--max-buffered`` bytes of incomplete requests (the newest holders
+are refused first) and to ``--request-timeout`` from a request's first byte to
+its last; each refusal is an error reply, a log line naming the peer and a
+``protocol_errors`` count (``over-budget``, ``request-timeout``).
+
 Accept-side resource errors (EMFILE, ENFILE, ENOBUFS, ENOMEM) and the
 ``max_conns`` cap pause accepting instead of spinning: the listener leaves the
 selector and comes back when a connection closes or after a short back-off,
@@ -31,6 +37,7 @@ from socktools import errors, protocol
 from socktools.addresses import format_addr
 from socktools.core.loop import Connection, Loop
 from socktools.core.signals import SignalQueue, watch_stdin_eof
+from socktools.serve.budget import RequestBudget
 from socktools.serve.config import ACCEPT_BATCH, ACCEPT_RETRY, ServeConfig
 from socktools.serve.protocols import PROTOCOLS
 from socktools.serve.stats import ServerStats
@@ -40,6 +47,10 @@ __all__ = ["Worker"]
 log = logging.getLogger("socktools.serve.worker")
 
 _ACCEPT_RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+
+#: How often, at most, request deadlines are checked: a late request is closed
+#: within this (or a quarter of a short deadline) after its time is up.
+DEADLINE_SWEEP = 1.0
 
 
 class Worker:
@@ -68,6 +79,9 @@ class Worker:
         self._retry_timer = None
         self._drain_deadline = None
         self._nodelay = config.mode != "sink"
+        self.budget: Optional[RequestBudget] = None
+        if config.mode == "framed":
+            self.budget = RequestBudget(config.buffer_budget, config.request_timeout)
 
     # ------------------------------------------------------------ lifecycle
     def run(self, *, signals: Optional[SignalQueue] = None, install_signals: bool = True,
@@ -93,6 +107,8 @@ class Worker:
             self.loop.on_idle_close = self._idle_close
         if self.report and self.report_interval:
             self.loop.call_later(self.report_interval, self._periodic)
+        if self.budget is not None and self.budget.timeout:
+            self.loop.call_later(self._sweep_every, self._sweep_deadlines)
         if self.config.stop_on_stdin_eof:
             watch_stdin_eof(self.loop, self._stdin_closed)
         try:
@@ -172,6 +188,8 @@ class Worker:
     # ------------------------------------------------------------ connection events
     def connection_closed(self, conn: Connection, exc: Optional[BaseException]) -> None:
         self.stats.closed += 1
+        if self.budget is not None:
+            self.budget.forget(conn)
         if exc is not None and not isinstance(exc, (protocol.ProtocolError, TimeoutError)):
             self.stats.count_error(errors.exception_key(exc))
         if not self.accepting and not self.draining and self._retry_timer is None:
@@ -187,6 +205,31 @@ class Worker:
         conn.write(protocol.error_response(exc))
         conn.pause_reading()
         conn.close()
+
+    # ------------------------------------------------------------ the request budget
+    def holding(self, conn: Connection, nbytes: int, *, new_request: bool = False) -> None:
+        """``conn``'s decoder holds ``nbytes`` of a request not yet complete (framed mode)."""
+        budget = self.budget
+        if budget is None:
+            return
+        for victim in budget.update(conn, nbytes, self.loop.now, new_request=new_request):
+            self.protocol_error(victim, protocol.RemoteProtocolError(
+                f"over the buffer budget: this worker holds up to {budget.max_buffered:,} bytes of "
+                f"incomplete requests in all (--max-buffered), and the newest are refused first",
+                "over-budget"))
+
+    @property
+    def _sweep_every(self) -> float:
+        return min(DEADLINE_SWEEP, self.budget.timeout / 4)
+
+    def _sweep_deadlines(self) -> None:
+        budget = self.budget
+        for conn in budget.expired(self.loop.now):
+            if not conn.closed:
+                self.protocol_error(conn, protocol.RemoteProtocolError(
+                    f"request not complete {budget.timeout:g}s after its first byte", "request-timeout"))
+        if not self.stopped:
+            self.loop.call_later(self._sweep_every, self._sweep_deadlines)
 
     def _idle_close(self, conn: Connection) -> None:
         self.stats.idle_closed += 1
