@@ -6,6 +6,7 @@ import os
 import re
 import signal
 import socket
+import subprocess
 import sys
 import time
 
@@ -54,8 +55,9 @@ class ServerProcess(EmbeddedServer):
     """
 
     def __init__(self, *args: str, preexec_fn=None, json_events: bool = False) -> None:
-        super().__init__(args=["--port", "0", "--stats-interval", "0", *args],
-                         popen_kw={"preexec_fn": preexec_fn} if preexec_fn else None)
+        # stderr stays a pipe here: tests read the server's log lines as they come.
+        popen_kw = {"stderr": subprocess.PIPE, **({"preexec_fn": preexec_fn} if preexec_fn else {})}
+        super().__init__(args=["--port", "0", "--stats-interval", "0", *args], popen_kw=popen_kw)
         self.json_events = json_events
         self.first_line = ""
         try:

@@ -11,9 +11,9 @@ results folder) would be imported instead.  So the child runs ``python -c``
 with ``sys.path[0]`` (the current directory, for ``-c``) replaced by the
 directory this package was imported from.  (``-I`` would also drop
 PYTHONPATH and the user site-packages, where socktools may be installed.)
-Its log (stderr) goes to a temporary file, not a pipe: nobody reads a pipe
-while the server runs, and one logging many hostile peers would fill 64 KiB
-and block.
+Its log (stderr) goes to a temporary file, not a pipe, unless the caller asks
+for the pipe (``popen_kw={"stderr": subprocess.PIPE}``) and reads it: an
+unread pipe fills at 64 KiB and a server logging many hostile peers blocks.
 
 It runs in its own
 session, so a Ctrl-C on the terminal reaches only the owner, which then stops
@@ -114,9 +114,10 @@ class EmbeddedServer:
         # the server flood or stall starts (its options are all on the command line above).
         kw = {"env": {k: v for k, v in os.environ.items() if not k.startswith("SOCKTOOLS_SERVE_")},
               **self.popen_kw}
-        self._log = tempfile.TemporaryFile()
+        if "stderr" not in kw:  # a caller may want the live pipe (and then reads it)
+            self._log = kw["stderr"] = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=self._log, start_new_session=True, **kw)
+                                     start_new_session=True, **kw)
         self.pid = self.proc.pid
         deadline = time.monotonic() + self.startup_timeout
         while True:
@@ -144,13 +145,13 @@ class EmbeddedServer:
         if proc.poll() is None:
             proc.send_signal(sig)
         try:
-            out, _ = proc.communicate(timeout=timeout)
+            out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.forced = True
             proc.kill()
-            out, _ = proc.communicate()
+            out, err = proc.communicate()
         self.stdout = (self._unread + out).decode("utf-8", "replace")
-        self.stderr = self._read_log()
+        self.stderr = err.decode("utf-8", "replace") if err is not None else self._read_log()
         self._unread = b""
         self.returncode = proc.returncode
         for line in self.stdout.splitlines():
@@ -203,9 +204,9 @@ class EmbeddedServer:
         assert self.proc
         if self.proc.poll() is None:
             self.proc.kill()
-        self.proc.communicate()
+        _, err = self.proc.communicate()
         self.proc = None
-        self.stderr = self._read_log()
+        self.stderr = err.decode("utf-8", "replace") if err is not None else self._read_log()
         lines = self.stderr.strip().splitlines()
         return lines[-1] if lines else ""
 
