@@ -1,4 +1,4 @@
-"""socktools' own exchanges as wire protocols: echo (bytes back whole) and framed (SPEC §1)."""
+"""socktools' own exchanges as wire protocols: echo (bytes back whole) and framed (docs/protocol.md)."""
 
 from __future__ import annotations
 
