@@ -4,11 +4,13 @@
 Builds a wheel of this checkout (``pip wheel --no-deps``), installs it with its
 dependencies into a fresh temporary venv, then alternates the commands N
 times each in that venv -- the ``socktools`` console script a user runs, the
-bare interpreter start, and ``python -c "import click"`` (the floor any click
-CLI pays) -- so background load hits them alike.  Prints
-min and median of each and the difference: the difference is what socktools
-itself costs (click, the switchboard, every subcommand's help line).  The
-target is a ``--help`` under 60 ms; the script says whether the median met it.
+bare interpreter start, and ``python -c "import click"`` (what any click CLI
+would pay before printing a word) -- so background load hits them alike.
+Prints min and median of each and the difference: the difference is what
+socktools itself costs.  The top-level screen is printed from text rendered
+ahead of time (``socktools/cli/helpcache.py``), so click's import is shown
+for scale, not as part of the difference.  The target is a ``--help`` under
+60 ms; the script says whether the median met it.
 
 Usage:
   python benchmarks/bench_help.py              # 30 runs each, ~30 s with the install
@@ -83,8 +85,8 @@ def main() -> int:
     print(f"  python -c pass     min {b_min:6.1f} ms   median {b_med:6.1f} ms")
     print(f"  difference         min {h_min - b_min:6.1f} ms   median {h_med - b_med:6.1f} ms")
     c_min, c_med = min(clicks), statistics.median(clicks)
-    print(f"  of which click     min {c_min - b_min:6.1f} ms   median {c_med - b_med:6.1f} ms"
-          f"   (python -c 'import click' minus python -c pass)")
+    print(f"  import click alone min {c_min - b_min:6.1f} ms   median {c_med - b_med:6.1f} ms"
+          f"   (python -c 'import click' minus python -c pass; --help does not pay it)")
     verdict = "meets" if h_med < TARGET_MS else "MISSES"
     print(f"target: socktools --help under {TARGET_MS:.0f} ms: the median {verdict} it")
     return 0

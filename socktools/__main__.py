@@ -1,4 +1,41 @@
-from socktools.cli import main
+"""``python -m socktools`` and the ``socktools`` script.
+
+The top-level ``--help`` is printed from text rendered ahead of time (see
+:mod:`socktools.cli.helpcache`), so the screen people run most does not wait
+for click to import; everything else goes to the click switchboard.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def _cached_help(argv: list) -> "str | None":
+    """The pre-rendered ``socktools --help`` when it is exactly what click would print, else None."""
+    if argv[1:] not in (["--help"], ["-h"]) or os.path.basename(argv[0]) != "socktools":
+        return None
+    import shutil
+
+    from socktools._help_text import TEXT
+
+    # The width rule of click's HelpFormatter, with socktools' max_content_width of 100.
+    return TEXT.get(max(min(shutil.get_terminal_size().columns, 100) - 2, 50))  # = helpcache.help_width
+
+
+def main() -> None:
+    text = _cached_help(sys.argv)
+    if text is not None:
+        try:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+            return
+        except OSError:
+            pass  # EPIPE, ENOSPC...: let the switchboard say it in its one line
+    from socktools.cli import main as switchboard
+
+    switchboard()
+
 
 if __name__ == "__main__":  # pragma: no branch
     main()
