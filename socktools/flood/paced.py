@@ -2,7 +2,8 @@
 
 * :class:`OpenLoop` -- a pacer sends on a fixed schedule; latency from the
   scheduled time (corrected) and from the send (uncorrected);
-* :class:`WriteOnly` -- the pacer's stream, nothing to await.
+* :class:`WriteOnly` -- the pacer's stream, nothing to await; a connection
+  whose server does not keep up is never buffered beyond :data:`HIGH_WATER`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,15 @@ from socktools.core.loop import Connection
 from socktools.flood.exchange import Traffic
 from socktools.flood.session import Session, Slot
 
-__all__ = ["OpenLoop", "WriteOnly"]
+__all__ = ["OpenLoop", "WriteOnly", "HIGH_WATER"]
+
+#: Bytes a write-only connection may hold in flood's own buffer (beyond what
+#: the kernel took): the same 256 KiB high-water mark ``serve`` uses -- a few
+#: socket buffers' worth, enough to ride out a server's pause without letting
+#: a server that never reads grow flood's memory by the rate times the run.
+#: A request due while a connection is above it is not sent: it is counted
+#: ``late`` (coordinated omission: the report shows it), never queued.
+HIGH_WATER = 256 * 1024
 
 _NS = 1_000_000_000
 _deque = collections.deque
@@ -119,11 +128,28 @@ class OpenLoop(Traffic):
 
 
 class WriteOnly(OpenLoop):
-    """--no-reply: the pacer's schedule, written and never awaited (tcpkali's streams)."""
+    """--no-reply: the pacer's schedule, written and never awaited (tcpkali's streams).
+
+    Back-pressure: a connection holding more than :data:`HIGH_WATER` unsent
+    bytes skips its due request (``late``) instead of buffering it, so memory
+    stays bounded (at most HIGH_WATER plus one request per connection) while
+    the schedule runs on.
+    """
+
+    def __init__(self, session: Session, quota: Optional[int]) -> None:
+        super().__init__(session, quota)
+        self.late = 0              # due but not sent: the connection was above HIGH_WATER
+        self.max_buffered = 0      # the most unsent bytes one connection held after a write
 
     def _send_due(self, conn: Connection, slot: Slot, due: int, now: int) -> None:
+        if conn.pending > HIGH_WATER:
+            self.late += 1
+            return
         self.s.sent += 1
         conn.write(self.s.request(slot))
+        pending = conn.pending
+        if pending > self.max_buffered:
+            self.max_buffered = pending
 
     def data_received(self, conn: Connection, data: bytes) -> None:
         """Whatever the peer says is read (bytes in counts it) and dropped."""

@@ -162,14 +162,17 @@ def _body(result: FloodResult) -> dict:
                         "established": c["established"], "failed": c["failed"],
                         "cancelled": c["cancelled"], "lost": c["lost"], "open_at_end": c["open_at_end"],
                         "cycles": c["cycles"] if cfg.mode == "connect" else None,
+                        "reconnects": c["reconnects"],
                         "per_second": round(_connect_rate(result), 1)},
         "requests": {"sent": c["requests"], "answered": c["responses"], "unanswered": c["unanswered"],
                      "traffic_sent": c["traffic_requests"], "traffic_answered": c["traffic_responses"],
                      "per_second": round(_rate(c["traffic_responses"], secs), 1),
                      "requested_rate": cfg.rate,
-                     "scheduled": c["scheduled"] if cfg.rate else None},
+                     "scheduled": c["scheduled"] if cfg.rate else None,
+                     "late": c["late"]},
         "bytes": {"sent": c["bytes_out"], "received": c["bytes_in"],
                   "traffic_sent": tb_out, "traffic_received": tb_in,
+                  "max_buffered": c["max_buffered"],
                   "sent_per_second": round(_rate(tb_out, secs)),
                   "received_per_second": round(_rate(tb_in, secs))},
         **hists,
@@ -260,6 +263,9 @@ def render_table(result: FloodResult, checked: Optional[list] = None) -> str:
         if cfg.rate:
             req += f" (asked {cfg.rate:,g}/s)"
         lines.append(req)
+        if c["late"]:
+            lines.append(f"late         {_n(c['late'])} due but not sent: the server did not read fast "
+                         f"enough (at most {_n(c['max_buffered'])} bytes kept per connection)")
     elif cfg.mode != "connect" and c["established"]:
         req = f"requests     {_n(c['traffic_requests'])} sent · {_n(c['traffic_responses'])} answered"
         if measured:

@@ -248,6 +248,9 @@ class WorkerStats:
     traffic_cpu: float = 0.0       # CPU seconds this process used in the traffic phase
     traffic_wall: float = 0.0      # wall seconds of the traffic phase
     scheduled: int = 0             # --rate: sends scheduled by the pacer
+    late: int = 0                  # --no-reply: due but not sent (the connection's buffer was full)
+    max_buffered: int = 0          # --no-reply: most unsent bytes one connection held in flood
+    reconnects: int = 0            # connections reopened after the server's clean close
     rss_start: int = 0             # bytes, before opening connections
     rss_connected: int = 0         # bytes, after the connect phase
     fd_limit: int = 0
@@ -294,13 +297,14 @@ class Totals:
 _SUMMED = ("conns", "attempted", "connected", "established", "failed", "cancelled", "lost", "open_at_end",
            "cycles", "requests", "responses", "confirm_requests", "traffic_requests",
            "traffic_responses", "unanswered", "bytes_out", "bytes_in", "connect_bytes_out",
-           "connect_bytes_in", "scheduled")
+           "connect_bytes_in", "scheduled", "late", "reconnects")
 
 
 def merge(stats: Iterable[WorkerStats]) -> Totals:
     """Add up workers exactly: counters, tallies, histograms (decoded and added), phase spans."""
     stats = list(stats)
     counters = {name: sum(getattr(s, name) for s in stats) for name in _SUMMED}
+    counters["max_buffered"] = max((s.max_buffered for s in stats), default=0)
     errs: dict = {}
     perrs: dict = {}
     rfail: dict = {}

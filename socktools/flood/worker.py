@@ -425,6 +425,9 @@ class _Worker:
         traffic = self.session.traffic
         if traffic is not None and hasattr(traffic, "scheduled"):
             s.scheduled = traffic.scheduled
+        if traffic is not None and hasattr(traffic, "late"):
+            s.late = traffic.late
+            s.max_buffered = traffic.max_buffered
         if self.proto.tally:
             s.reply_classes = dict(self.proto.tally)
         return s
