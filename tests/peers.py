@@ -137,7 +137,8 @@ NGINX_BIG = 100_000
 
 class Nginx(_Peer):
     """One worker; ``/`` returns 200 "ok", ``/big`` a 100 kB file (Content-Length),
-    ``/chunked`` an SSI page (length unknown: chunked), ``/fail`` 500, ``/status`` stub_status."""
+    ``/chunked`` an SSI page (length unknown: chunked), ``/fail`` 500, ``/status`` stub_status,
+    ``/close`` answers with ``Connection: close`` (``keepalive_timeout 0``)."""
 
     name = "nginx"
 
@@ -173,6 +174,7 @@ http {{
         location = /chunked {{ ssi on; default_type text/html; try_files /page.html =404; }}
         location = /fail {{ default_type text/plain; return 500 "fail\\n"; }}
         location = /status {{ stub_status; }}
+        location = /close {{ keepalive_timeout 0; default_type text/plain; return 200 "bye\\n"; }}
     }}
 }}
 """)

@@ -172,6 +172,46 @@ def test_cli_http_and_request_http(nginx):
     assert out.returncode == 0 and "HTTP 200" in out.stdout and "<p>one</p>two<p>three</p>" in out.stdout
 
 
+def test_http_connection_close_reconnects_and_counts_equal_the_access_log(nginx):
+    spec = WireSpec(mode="http", host="x", paths=("/close",))
+    stats = run_worker(config(nginx.port, spec, conns=3, requests=60), 0)
+    assert not stats.errors and not stats.protocol_errors and not stats.reply_failures
+    assert stats.traffic_responses == 60 and stats.reply_classes == {"2xx": 63}
+    # every reply closed its connection: each of the 63 (3 confirming) is followed by a reconnect,
+    # but the last one of each connection (nothing left to send; the drain ends the run)
+    assert 60 <= stats.reconnects <= 63 and stats.connected == 3 + stats.reconnects
+    assert wait_until(lambda: nginx.log_lines() == stats.requests == 63, 10)
+    from socktools.flood.stats import decode
+    assert decode(stats.histograms["connect"]).get_total_count() == stats.connected
+
+
+def test_http_connection_close_in_open_loop_and_from_the_cli(nginx):
+    from tests.test_json_schemas import validate
+    out = flood_cli("--port", str(nginx.port), "--mode", "http", "--path", "/close", "--conns", "2",
+                    "--workers", "1", "--rate", "200", "--duration", "0.5", "--json")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    validate(doc, "flood")
+    assert doc["errors_total"] == 0 and doc["requests"]["traffic_answered"] == doc["requests"]["traffic_sent"] > 0
+    assert doc["connections"]["reconnects"] >= doc["requests"]["traffic_answered"]
+    assert wait_until(lambda: nginx.log_lines() == doc["requests"]["sent"], 10)
+
+
+def test_http_head_has_no_body_whatever_its_content_length(nginx):
+    spec = WireSpec(mode="http", host="x", method="HEAD", paths=("/", "/big", "/nothing-here"),
+                    accept_status=("2xx", "404"))
+    stats = run_worker(config(nginx.port, spec, requests=60, pipeline=2), 0)
+    assert stats.traffic_responses == 60 and not stats.errors and not stats.protocol_errors
+    assert wait_until(lambda: nginx.log_lines() == stats.requests == 64, 10)
+    codes = nginx.statuses()
+    assert stats.reply_classes == {"2xx": codes["200"], "4xx": codes["404"]} and codes["404"] >= 20
+    assert stats.bytes_in < 64 * 400   # heads only: /big's 'Content-Length' bytes never came
+    out = subprocess.run([sys.executable, "-m", "socktools", "request", "--port", str(nginx.port),
+                          "--mode", "http", "--method", "HEAD", "--path", "/big"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "HTTP 200" in out.stdout
+
+
 # ----------------------------------------------------------------- memcached (the plug-in example)
 
 def test_memcached_plugin_counts_equal_memcached_stats(memcached):

@@ -105,12 +105,40 @@ class Traffic(Confirm):
         self.latency = session.rec["latency"]
         self.pipeline = session.config.pipeline
 
+    def connection_made(self, conn: Connection) -> None:
+        """A reconnection (:meth:`Session.renew`) is up: time its connect, go on sending."""
+        s = self.s
+        slot: Slot = conn.ctx
+        now = s.clock()
+        s.rec["connect"].record(now - slot.started)
+        s.stats.connected += 1
+        conn.read_size = self.proto.read_size
+        slot.parser = self.proto.parser()
+        if s.phase != "traffic":
+            conn.close()
+        else:
+            self.resume(conn, slot, now)
+
+    def resume(self, conn: Connection, slot: Slot, now: int) -> None:
+        """Closed loop: a reconnection sends as a fresh connection does."""
+        if self.left > 0:
+            self.send_first(conn, now)
+
+    def closing(self, conn: Connection, slot: Slot) -> bool:
+        """The last reply announced the server's close: reconnect (True: ``conn`` is done)."""
+        if not slot.parser.closing:
+            return False
+        self.s.renew(conn, self)
+        return True
+
     def start(self, conns: list, now: int) -> None:
-        """Traffic begins: the first requests on every connection."""
+        """Traffic begins: the first requests on every connection (a connection whose
+        confirming reply announced the server's close is replaced first)."""
+        may_close = self.s.may_close
         for conn in conns:
             if self.left <= 0:
                 break
-            if not conn.closed:
+            if not conn.closed and not (may_close and self.closing(conn, conn.ctx)):
                 self.send_first(conn, now)
 
     def send_first(self, conn: Connection, now: int) -> None:
@@ -251,6 +279,10 @@ class ClosedLoop(Traffic):
         pop = times.popleft
         for _ in range(n):
             record(now - pop())
+        if self.s.may_close and self.closing(conn, slot):
+            if self.s.phase == "drain":
+                self.s.answered(n)
+            return
         if self.left:
             self._send(conn, slot, min(n, self.left), now)
         elif self.s.phase == "drain":
@@ -263,6 +295,7 @@ class ClosedLoop(Traffic):
         s = self.s
         now = self.clock()
         counts = self.counts
+        may_close = s.may_close
         request = s.request
         fixed = s.fixed_request
         out_c: list = []
@@ -284,7 +317,7 @@ class ClosedLoop(Traffic):
             times = slot.times
             # A surplus, or the end of the quota: the careful path (with our sends so far).
             # (Bytes of a reply beyond those owed, still partial, are caught when they complete.)
-            if not times or n > len(times) or left - sent <= n:
+            if not times or n > len(times) or left - sent <= n or (may_close and parser.closing):
                 self.left = left - sent
                 s.sent += sent
                 sent = 0

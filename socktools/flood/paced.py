@@ -48,6 +48,9 @@ class OpenLoop(Traffic):
 
     def start(self, conns: list, now: int) -> None:
         self.order = list(conns)
+        if self.s.may_close:
+            for conn in conns:
+                self.closing(conn, conn.ctx)
         self.start_ns = now
         duration = self.s.config.duration
         # Sends are due in [start, start + duration): R per second, not one more.
@@ -118,6 +121,10 @@ class OpenLoop(Traffic):
         for _ in range(n):
             self.latency.record(now - slot.dues.popleft())
             self.uncorrected.record(now - times.popleft())
+        if s.may_close and self.closing(conn, slot):
+            if s.phase == "drain":
+                s.answered(n)
+            return
         backlog = slot.backlog
         while backlog and len(times) < self.pipeline:
             # Queued sends were scheduled inside the traffic window: they go out
@@ -125,6 +132,22 @@ class OpenLoop(Traffic):
             self._send_due(conn, slot, backlog.popleft(), now)
         if s.phase == "drain":
             s.answered(n)
+
+
+    def closing(self, conn: Connection, slot: Slot) -> bool:
+        """As the closed loop's, and the replacement takes ``conn``'s turn in the schedule."""
+        if not slot.parser.closing:
+            return False
+        new = self.s.renew(conn, self)
+        if new is not None:
+            self.order[self.order.index(conn)] = new
+        return True
+
+    def resume(self, conn: Connection, slot: Slot, now: int) -> None:
+        """A reconnection sends what the pacer queued for its predecessor."""
+        backlog = slot.backlog
+        while backlog and (not slot.times or len(slot.times) < self.pipeline):
+            self._send_due(conn, slot, backlog.popleft(), now)
 
 
 class WriteOnly(OpenLoop):

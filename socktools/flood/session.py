@@ -85,6 +85,9 @@ class Session:
         self.pacer_timer = None
         fixed = proto.fixed_request
         self.fixed_request = fixed
+        # A reply may announce the server's close (HTTP): the traffic loops then reconnect.
+        self.may_close = bool(getattr(proto, "may_close", False))
+        self.reopen: Optional[Callable[[int, Any], Any]] = None   # worker: (index, protocol) -> conn
 
     # ------------------------------------------------------------ for the exchange loops
     def now(self) -> int:
@@ -158,6 +161,12 @@ class Session:
             conn.close()
             return
         parser = slot.parser
+        if self.may_close and slot.confirmed and not owed(slot) and parser.closing:
+            # A clean close the last reply announced: not a failure.  Before the traffic the
+            # connection stays counted (the traffic loop replaces it as it starts).
+            if self.phase not in ("connect", "ready"):
+                conn.close()
+            return
         if parser is not None and hasattr(parser, "eof") and owed(slot):
             try:
                 n = parser.eof()
@@ -166,6 +175,8 @@ class Session:
                 return
             if n and self.traffic is not None and slot.confirmed:
                 self.traffic.replies(conn, slot, n)
+                if conn.closed:   # the reply announced the close: reconnected, not a failure
+                    return
         phase = "recv" if slot.confirmed or self.config.mode == "connect" or owed(slot) else "connect"
         self.abort(conn, phase, errors.PEER_CLOSED, ConnectionError("peer closed the connection"))
 
@@ -197,6 +208,23 @@ class Session:
         else:  # we closed it ourselves before its reply: the run is ending
             s.cancelled += 1
         self.settled(conn)
+
+    def renew(self, conn: Any, protocol: Any) -> Optional[Any]:
+        """The server closes ``conn`` after the reply just counted (HTTP ``Connection: close``):
+        open its replacement (same connection number) first -- so the traffic never sees
+        no live connection -- then close ``conn`` ourselves, cleanly, as wrk does.  Requests
+        still in flight on ``conn`` (pipelined past the close) stay unanswered; requests the
+        pacer queued for it move to the replacement."""
+        old: Slot = conn.ctx
+        new = None
+        if self.phase == "traffic" and self.reopen is not None:
+            self.stats.reconnects += 1
+            new = self.reopen(old.index, protocol)
+            if new is not None:
+                new.ctx.count = old.count
+                new.ctx.backlog, old.backlog = old.backlog, None
+        conn.close()   # lost() settles what ``old`` still owed (answered, in the drain)
+        return new
 
     # ------------------------------------------------------------ phases
     def start_traffic(self, traffic: Any, quota: Optional[int]) -> int:

@@ -117,6 +117,7 @@ class _Worker:
         self.req_size = len(fixed) if fixed else 0      # 0: requests are counted one by one
         self.session = Session(config, index, self.loop, clock, self.stats, self.proto, self._settled_one,
                                lambda: self.connecting)
+        self.session.reopen = self._reopen
         self.rec = self.session.rec
         self.hist: dict = {name: None for name in st.HISTOGRAMS}
         self.indices = range(index, config.conns, config.workers)
@@ -305,6 +306,27 @@ class _Worker:
             return
         if not conn.closed:
             self.pending.append((slot, conn))
+
+    def _reopen(self, index: int, protocol: Any) -> Optional[Any]:
+        """A traffic-phase reconnect (the server closed after a complete reply): a new
+        connection for number ``index``, handed straight to the traffic loop ``protocol``,
+        which counts it live from now on and sends once it is made (no confirming round trip)."""
+        slot = Slot(index, self.clock())
+        slot.confirmed = True
+        s = self.stats
+        try:
+            conn = self.loop.open_connection(self.config.address, protocol, family=self.family,
+                                             source=self._source_addr(index), setup=self._setup_socket,
+                                             ctx=slot)
+        except OSError as exc:
+            st.add_tally(s.errors, getattr(exc, "phase", "socket"), errors.exception_key(exc))
+            s.lost += 1
+            return None
+        if conn.closed:   # failed at once (tallied by the loop's report of it)
+            s.lost += 1
+            return None
+        self.session.live.add(conn)
+        return conn
 
     def _sweep(self) -> None:
         """Abort connections not confirmed within the connect timeout."""

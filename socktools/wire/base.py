@@ -64,6 +64,11 @@ class Parser:
     to a list and get a :class:`Reply` per complete message.
     """
 
+    #: True once the last complete reply said the server closes the connection after it
+    #: (HTTP ``Connection: close``, HTTP/1.0 without keep-alive); read only by protocols
+    #: with ``may_close``.
+    closing = False
+
     def __init__(self) -> None:
         self.failures: list = []
         self.keep: Optional[list] = None
@@ -89,7 +94,9 @@ class WireProtocol:
     ``fixed_request``: every request is these bytes (lets flood count requests
     from bytes sent, and use the echo-speed batch path).  ``reply_size``: every
     reply is exactly this many bytes (with ``fixed_request``: the batch path).
-    ``replies``: False for write-only streams (``--no-reply``).  ``read_size``:
+    ``replies``: False for write-only streams (``--no-reply``).  ``may_close``:
+    a reply may announce the server's close (the parser then sets ``closing``
+    and flood reconnects instead of sending on).  ``read_size``:
     a good ``recv`` size.  ``tally``: counts of reply classes (HTTP 2xx...)
     that the parsers add to, reported as they are.
     """
@@ -98,6 +105,7 @@ class WireProtocol:
     fixed_request: Optional[bytes] = None
     reply_size: Optional[int] = None
     replies = True
+    may_close = False
     read_size = 65536
     tally: Optional[dict] = None
 

@@ -9,7 +9,12 @@ httptools is an optional dependency (``pip install 'socktools[http]'``),
 imported only when an HTTP exchange is built.
 
 Responses are framed by Content-Length, chunked transfer-coding, or the
-close of the connection (``eof``).  Status classes are tallied; a status the
+close of the connection (``eof``).  A response that announces the close
+(``Connection: close``, HTTP/1.0 without keep-alive) sets the parser's
+``closing``: flood then reconnects, as wrk does.  Responses to HEAD have no
+body whatever their headers say; llhttp is told so by its
+``on_headers_complete`` returning 1, which httptools does not pass on, so
+:class:`HeadParser` frames them here, up to the blank line.  Status classes are tallied; a status the
 user did not accept (default: 4xx and 5xx) is a failure ``http-4xx`` /
 ``http-5xx`` tallied by code.  Bodies are counted, never buffered, in flood.
 """
@@ -18,13 +23,18 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from socktools.wire.base import Failure, Parser, Reply, WireError, WireProtocol
+from socktools.wire.base import SAMPLE_BYTES, Failure, Parser, Reply, WireError, WireProtocol
 from socktools.wire.escapes import Template, rotation
 
-__all__ = ["HttpProtocol", "HttpParser", "require_httptools", "parse_accept", "KEEP_BODY"]
+__all__ = ["HttpProtocol", "HttpParser", "HeadParser", "require_httptools", "parse_accept", "KEEP_BODY",
+           "MAX_HEAD"]
 
 #: Body bytes kept per message when decoding for ``request``/``sniff`` (flood keeps none).
 KEEP_BODY = 64 << 10
+
+#: Largest response head (status line and headers) a HEAD reply may have: h11's default
+#: ``max_incomplete_event_size`` (16 KiB); nginx sends a few hundred bytes.
+MAX_HEAD = 16 * 1024
 
 INSTALL_HINT = "--mode http needs the httptools package: pip install 'socktools[http]'"
 
@@ -58,6 +68,7 @@ _DEFAULT_ACCEPT = frozenset(range(100, 400))
 
 class HttpProtocol(WireProtocol):
     name = "http"
+    may_close = True
     # A small response fits in one read; 64 KiB drains a large body in few calls.
     read_size = 65536
 
@@ -68,8 +79,6 @@ class HttpProtocol(WireProtocol):
         method = method.upper()
         if not method.isalpha():
             raise ValueError(f"{method!r} is not an HTTP method")
-        if method == "HEAD":
-            raise ValueError("HEAD responses carry no body the parser can frame; use GET")
         names = set()
         lines = []
         for h in headers:
@@ -100,7 +109,9 @@ class HttpProtocol(WireProtocol):
         self.accept = _DEFAULT_ACCEPT if accept is None else accept
         self.tally: dict = {}
 
-    def parser(self) -> "HttpParser":
+    def parser(self) -> Parser:
+        if self.method == "HEAD":
+            return HeadParser(self.accept, self.tally)
         return HttpParser(self.accept, self.tally)
 
     def describe(self) -> str:
@@ -168,6 +179,7 @@ class HttpParser(Parser):
         self.in_message = self.headers_done = False
         if not self.is_request:
             code = self.status = self.p.get_status_code()
+            self.closing = not self.p.should_keep_alive()
             cls = _CLASS.get(code // 100, "other")
             self.tally[cls] = self.tally.get(cls, 0) + 1
             if code not in self.accept:
@@ -231,6 +243,65 @@ class HttpParser(Parser):
 _CLASS = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
 
 
+class HeadParser(Parser):
+    """Responses to HEAD: a status line and headers, never a body (RFC 9110 section 9.3.2),
+    whatever Content-Length or Transfer-Encoding say -- so a head is framed by its blank line.
+    Interim 1xx responses (other than 101) are skipped, as HTTP/1.1 clients do."""
+
+    def __init__(self, accept: frozenset = _DEFAULT_ACCEPT, tally: Optional[dict] = None) -> None:
+        super().__init__()
+        self.accept = accept
+        self.tally = {} if tally is None else tally
+        self.buf = b""
+
+    @property
+    def buffered(self) -> int:
+        return len(self.buf)
+
+    def feed(self, data: bytes) -> int:
+        buf = self.buf + data if self.buf else data
+        done = 0
+        start = 0
+        while True:
+            end = buf.find(b"\r\n\r\n", start)
+            if end < 0:
+                break
+            if self._head(buf[start:end]):
+                done += 1
+            start = end + 4
+        self.buf = buf[start:]
+        if len(self.buf) > MAX_HEAD:
+            raise WireError(f"a response head longer than {MAX_HEAD} bytes", "protocol-error")
+        return done
+
+    def _head(self, head: bytes) -> bool:
+        """One head: tally it; False for an interim 1xx response (not the reply)."""
+        line, _, rest = head.partition(b"\r\n")
+        parts = line.split(b" ", 2)
+        if (len(parts) < 2 or parts[0] not in (b"HTTP/1.1", b"HTTP/1.0")
+                or len(parts[1]) != 3 or not parts[1].isdigit()):
+            raise WireError(f"not an HTTP/1.x status line: {line[:SAMPLE_BYTES]!r}", "protocol-error")
+        code = int(parts[1])
+        if 100 <= code < 200 and code != 101:
+            return False
+        headers = []
+        for field in rest.split(b"\r\n") if rest else ():
+            name, sep, value = field.partition(b":")
+            if not sep:
+                raise WireError(f"not a header field: {field[:SAMPLE_BYTES]!r}", "protocol-error")
+            headers.append((name.strip().decode("latin-1"), value.strip().decode("latin-1")))
+        conn = ",".join(v for k, v in headers if k.lower() == "connection").lower()
+        self.closing = "close" in conn or (parts[0] == b"HTTP/1.0" and "keep-alive" not in conn)
+        cls = _CLASS.get(code // 100, "other")
+        self.tally[cls] = self.tally.get(cls, 0) + 1
+        if code not in self.accept:
+            self.failures.append(Failure("http-" + cls, str(code)))
+        if self.keep is not None:
+            self.keep.append(Reply(len(head) + 4, f"HTTP {code}",
+                                   {"status": code, "headers": headers, "body": b""}))
+        return True
+
+
 class _Counting:
     """flood's callbacks: two per message, none per header.  A message counts as begun once
     its headers are in (what ``eof`` needs to frame a close-delimited body)."""
@@ -248,6 +319,7 @@ class _Counting:
         o = self.o
         o.done += 1
         o.in_message = o.headers_done = False
+        o.closing = not o.p.should_keep_alive()
         code = o._status()
         cls = _CLASS.get(code // 100, "other")
         tally = o.tally
