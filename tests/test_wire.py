@@ -228,6 +228,43 @@ def test_a_response_cut_short_is_truncated():
 
 
 @needs_httptools
+@pytest.mark.parametrize("head, closing", [
+    (OK, False),
+    (b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok", True),
+    (b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok", True),
+    (b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok", False),
+])
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_a_reply_that_announces_the_close_sets_closing(head, closing, method):
+    p = http(method=method).parser()
+    if method == "HEAD":
+        head = head[:-2]   # the same head, no body
+    assert p.feed(head) == 1 and p.closing is closing
+
+
+@needs_httptools
+@pytest.mark.parametrize("step", [0, 1, 7])
+def test_head_replies_have_no_body_whatever_their_headers_say(step):
+    proto = http(method="HEAD")
+    p = proto.parser()
+    heads = (b"HTTP/1.1 100 Continue\r\n\r\n" + OK[:-2] + CHUNKED.split(b"\r\n\r\n")[0] + b"\r\n\r\n"
+             + FAIL[:-4] + MISSING)
+    assert feed_all(p, heads, step) == 4 and p.buffered == 0
+    assert proto.tally == {"2xx": 2, "5xx": 1, "4xx": 1}
+    assert sorted(f.detail for f in p.failures) == ["404", "500"]
+    p.keep = []
+    assert p.feed(OK[:-2]) == 1 and p.keep[0].size == len(OK) - 2 and p.keep[0].fields["status"] == 200
+
+
+@needs_httptools
+def test_head_replies_that_are_not_http_or_too_long_are_protocol_errors():
+    with pytest.raises(WireError):
+        http(method="HEAD").parser().feed(b"+PONG\r\n\r\n")
+    with pytest.raises(WireError):
+        http(method="HEAD").parser().feed(b"HTTP/1.1 200 OK\r\nX: " + b"y" * 20000)
+
+
+@needs_httptools
 def test_not_http_is_a_protocol_error():
     with pytest.raises(WireError):
         http().parser().feed(b"+PONG\r\n")
