@@ -252,6 +252,8 @@ def render_table(result: FloodResult, checked: Optional[list] = None) -> str:
         conn_line += f" · {_n(c['lost'])} lost later"
     if c["cancelled"]:
         conn_line += f" · {_n(c['cancelled'])} cancelled"
+    if c["reconnects"]:
+        conn_line += f" · {_n(c['reconnects'])} reconnects (closed by the server after a reply)"
     conn_line += f" · {_n(_connect_rate(result))}/s"
     lines.append(conn_line)
     measured = secs >= 0.05  # rates of a phase that hardly ran would be noise
