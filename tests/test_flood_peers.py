@@ -123,6 +123,19 @@ def test_cli_redis_json_counts_and_schemas(redis):
         assert doc["ok"] is (args[1] == "GET a") and doc["mode"] == "redis"
 
 
+def test_commands_with_spaces_from_the_environment(redis):
+    import os
+    env = dict(os.environ, SOCKTOOLS_FLOOD_COMMAND="SET a b\nINCR n\n")
+    out = subprocess.run([sys.executable, "-m", "socktools", "flood", "--port", str(redis.port), "--mode",
+                          "redis", "--conns", "2", "--workers", "1", "--requests", "40", "--json"],
+                         capture_output=True, text=True, timeout=60, env=env)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    calls = redis.calls()
+    assert calls["set"] + calls["incr"] == doc["requests"]["sent"] == 42 and calls["incr"] >= 20
+    assert doc["config"]["exchange"] == "redis, `SET a b` / `INCR n`" and doc["errors_total"] == 0
+
+
 def test_request_redis_info_and_an_error(redis):
     out = subprocess.run([sys.executable, "-m", "socktools", "request", "--port", str(redis.port),
                           "--mode", "redis", "--command", "INFO server"], capture_output=True, text=True)

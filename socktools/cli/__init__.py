@@ -104,12 +104,33 @@ class LazyGroup(click.Group):
         return command
 
 
+#: Repeatable options whose values are free text -- a Redis command, a request, an HTTP
+#: header or path -- take one value per line from their variable
+#: (``SOCKTOOLS_FLOOD_COMMAND='SET k v'``); click's default splits on whitespace, which
+#: suits token lists (``--threshold``, ``--state``, ``--accept-status``) and is kept for them.
+ONE_PER_LINE = frozenset({"--send", "--command", "--path", "--header"})
+
+
+class _Lines(click.types.StringParamType):
+    """Text whose variable holds one value per line (blank lines and a trailing CR ignored)."""
+
+    envvar_note = "repeatable: one value per line"
+
+    def split_envvar_value(self, rv: str):
+        return [line[:-1] if line.endswith("\r") else line for line in (rv or "").split("\n")
+                if line.strip("\r")]
+
+
+_LINES = _Lines()
+
+
 def _name_envvars(name: str, command: click.Command) -> None:
     """Every visible option reads ``SOCKTOOLS_<COMMAND>_<OPTION>``, named after the flag users type.
 
     click's ``auto_envvar_prefix`` would name them after the Python parameter
     (``--json`` -> ``..._AS_JSON``); naming them here, once, keeps the variable
-    and the flag the same word (docs/environment.md lists them all).
+    and the flag the same word (docs/environment.md lists them all).  Free-text repeatables
+    (:data:`ONE_PER_LINE`) split their variable on lines, not spaces.
     """
     for param in command.params:
         if isinstance(param, click.Option) and param.envvar is None and not param.hidden:
@@ -117,6 +138,9 @@ def _name_envvars(name: str, command: click.Command) -> None:
             if flags:
                 flag = max(param.opts, key=len) if any(o.startswith("--") for o in param.opts) else flags[0]
                 param.envvar = f"SOCKTOOLS_{name.upper()}_{flag.lstrip('-').upper().replace('-', '_')}"
+                if (param.multiple and flag in ONE_PER_LINE
+                        and type(param.type) is click.types.StringParamType):
+                    param.type = _LINES
 
 
 # auto_envvar_prefix: every option can come from SOCKTOOLS_<COMMAND>_<OPTION> (docs/environment.md).
