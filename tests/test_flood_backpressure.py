@@ -42,6 +42,10 @@ def test_write_only_to_a_sink_keeps_at_most_the_high_water_mark_per_connection(s
     assert stats.traffic_requests * REQUEST <= stats.bytes_out
     assert stats.bytes_out < 2 * (HIGH_WATER + REQUEST) + 8 * 1024 * 1024   # kernel buffers + ours
     assert stats.late + stats.traffic_requests <= stats.scheduled
+    # send lag is of requests sent: the late ones are not in it
+    from socktools.flood.stats import decode
+    sent = decode(stats.histograms["send_lag"]).get_total_count()
+    assert sent + stats.late == stats.scheduled
 
 
 def test_the_report_and_json_show_the_late_requests(start_server):

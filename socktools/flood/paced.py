@@ -90,9 +90,8 @@ class OpenLoop(Traffic):
                 if slot.backlog is None:
                     slot.backlog = _deque()
                 slot.backlog.append(due)
-            else:
+            elif self._send_due(conn, slot, due, now) is not False:   # False: not sent (late)
                 lag.record(now - due)
-                self._send_due(conn, slot, due, now)
         s.end_traffic()
 
     def _send_due(self, conn: Connection, slot: Slot, due: int, now: int) -> None:
@@ -164,10 +163,10 @@ class WriteOnly(OpenLoop):
         self.late = 0              # due but not sent: the connection was above HIGH_WATER
         self.max_buffered = 0      # the most unsent bytes one connection held after a write
 
-    def _send_due(self, conn: Connection, slot: Slot, due: int, now: int) -> None:
+    def _send_due(self, conn: Connection, slot: Slot, due: int, now: int) -> Optional[bool]:
         if conn.pending > HIGH_WATER:
             self.late += 1
-            return
+            return False
         self.s.sent += 1
         conn.write(self.s.request(slot))
         pending = conn.pending
