@@ -219,6 +219,28 @@ def test_a_close_delimited_body_ends_at_eof():
 
 
 @needs_httptools
+@pytest.mark.parametrize("keep", [False, True])
+@pytest.mark.parametrize("head, complete", [
+    (b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nabc", True),
+    (b"HTTP/1.0 200 OK\r\n\r\nabc", True),
+    (b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 10\r\n\r\nabc", False),
+    (b"HTTP/1.1 200 OK\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc", False),
+])
+def test_only_a_body_framed_by_nothing_else_ends_at_eof(head, complete, keep):
+    proto = http()
+    p = proto.parser()
+    if keep:
+        p.keep = []
+    assert p.feed(head) == 0
+    if complete:
+        assert p.eof() == 1 and proto.tally == {"2xx": 1}
+    else:
+        with pytest.raises(WireError) as err:
+            p.eof()
+        assert err.value.kind == "truncated" and proto.tally == {}
+
+
+@needs_httptools
 def test_a_response_cut_short_is_truncated():
     p = http().parser()
     p.feed(OK[:-1])

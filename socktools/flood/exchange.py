@@ -104,6 +104,7 @@ class Traffic(Confirm):
         self.clock = session.clock
         self.latency = session.rec["latency"]
         self.pipeline = session.config.pipeline
+        self.opening = 0          # reconnections not yet made
 
     def connection_made(self, conn: Connection) -> None:
         """A reconnection (:meth:`Session.renew`) is up: time its connect, go on sending."""
@@ -112,6 +113,7 @@ class Traffic(Confirm):
         now = s.clock()
         s.rec["connect"].record(now - slot.started)
         s.stats.connected += 1
+        self.opening -= 1
         conn.read_size = self.proto.read_size
         slot.parser = self.proto.parser()
         if s.phase != "traffic":
@@ -128,8 +130,16 @@ class Traffic(Confirm):
         """The last reply announced the server's close: reconnect (True: ``conn`` is done)."""
         if not slot.parser.closing:
             return False
-        self.s.renew(conn, self)
+        self._renew(conn)
         return True
+
+    def _renew(self, conn: Connection) -> Optional[Connection]:
+        """Replace ``conn`` -- unless the reconnections already on their way will carry every
+        request still to send (no connection opened only to be closed unused)."""
+        new = self.s.renew(conn, self, reopen=self.left > self.opening * self.pipeline)
+        if new is not None:
+            self.opening += 1
+        return new
 
     def start(self, conns: list, now: int) -> None:
         """Traffic begins: the first requests on every connection (a connection whose

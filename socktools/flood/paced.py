@@ -137,7 +137,7 @@ class OpenLoop(Traffic):
         """As the closed loop's, and the replacement takes ``conn``'s turn in the schedule."""
         if not slot.parser.closing:
             return False
-        new = self.s.renew(conn, self)
+        new = self._renew(conn)
         if new is not None:
             self.order[self.order.index(conn)] = new
         return True

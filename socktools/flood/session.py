@@ -209,7 +209,7 @@ class Session:
             s.cancelled += 1
         self.settled(conn)
 
-    def renew(self, conn: Any, protocol: Any) -> Optional[Any]:
+    def renew(self, conn: Any, protocol: Any, reopen: bool = True) -> Optional[Any]:
         """The server closes ``conn`` after the reply just counted (HTTP ``Connection: close``):
         open its replacement (same connection number) first -- so the traffic never sees
         no live connection -- then close ``conn`` ourselves, cleanly, as wrk does.  Requests
@@ -217,7 +217,7 @@ class Session:
         pacer queued for it move to the replacement."""
         old: Slot = conn.ctx
         new = None
-        if self.phase == "traffic" and self.reopen is not None:
+        if reopen and self.phase == "traffic" and self.reopen is not None:
             self.stats.reconnects += 1
             new = self.reopen(old.index, protocol)
             if new is not None:

@@ -36,6 +36,11 @@ KEEP_BODY = 64 << 10
 #: ``max_incomplete_event_size`` (16 KiB); nginx sends a few hundred bytes.
 MAX_HEAD = 16 * 1024
 
+#: NUL bytes fed to a dead counting parser to learn whether the message it was in ran to the
+#: close (see :meth:`HttpParser._close_delimited`): a Content-Length body cut short by more
+#: than this counts as close-delimited, as it always did.  1 MiB, allocated once per such close.
+EOF_PROBE = 1 << 20
+
 INSTALL_HINT = "--mode http needs the httptools package: pip install 'socktools[http]'"
 
 
@@ -145,7 +150,8 @@ class HttpParser(Parser):
         counting needs three, decoding all of them."""
         h = self._httptools
         cls = h.HttpRequestParser if self.is_request else h.HttpResponseParser
-        self.p = cls(self if self.keep is not None else _Counting(self))
+        self.cb = self if self.keep is not None else _Counting(self)
+        self.p = cls(self.cb)
         self._status = getattr(self.p, "get_status_code", None)   # responses only
 
     # -- httptools callbacks (called from inside feed_data)
@@ -233,11 +239,38 @@ class HttpParser(Parser):
         """A close-delimited body ends here; a message cut short elsewhere is an error."""
         if not self.in_message:
             return 0
-        # Headers done and no keep-alive after them: the body ran to the close.
-        if self.headers_done and not self.is_request and not self.p.should_keep_alive():
+        # Headers done, no keep-alive after them, and framed by nothing else: the body ran to
+        # the close.  A Content-Length or chunked body cut short is truncated.
+        if (self.headers_done and not self.is_request and not self.p.should_keep_alive()
+                and self._close_delimited()):
             self.on_message_complete()
             return 1
         raise WireError("the peer closed in the middle of a message", "truncated")
+
+    def _close_delimited(self) -> bool:
+        """Was the message in progress framed by the close (no Content-Length, not chunked)?
+
+        Decoding knows its headers.  Counting has none (a callback per header would cost
+        flood a third of the parser's time), and llhttp's own answer (``llhttp_finish``) is
+        not passed on by httptools; so the dead parser -- the peer has closed -- is fed
+        :data:`EOF_PROBE` NUL bytes: a close-delimited body takes them all, a chunked one
+        fails at the first (not a chunk size), and a Content-Length body short by at most that
+        much completes, and then fails on what follows.
+        """
+        if self.keep is not None:
+            names = {k.lower(): v.lower() for k, v in self.headers}
+            return "content-length" not in names and "chunked" not in names.get("transfer-encoding", "")
+        probe = HttpParser.__new__(HttpParser)   # takes the callbacks' counts, not ours
+        probe.done, probe.in_message, probe.headers_done, probe.closing = 0, True, True, False
+        probe.p, probe._status, probe.tally, probe.accept, probe.failures = self.p, self._status, {}, self.accept, []
+        self.cb.o = probe
+        try:
+            self.p.feed_data(bytes(EOF_PROBE))
+        except Exception:   # any parse error (httptools' own classes): not close-delimited
+            return False
+        finally:
+            self.cb.o = self
+        return probe.done == 0
 
 
 _CLASS = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
