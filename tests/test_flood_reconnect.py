@@ -4,6 +4,9 @@ still a failure (nginx's ``Connection: close`` is in test_flood_peers.py)."""
 
 from __future__ import annotations
 
+import socket
+import threading
+
 import pytest
 
 from socktools.flood.config import FloodConfig
@@ -75,3 +78,27 @@ def test_a_close_no_response_announced_is_peer_closed():
     # that request reached the server unread
     assert set(stats.errors) == {"recv"} and set(stats.errors["recv"]) <= {"peer-closed", "ECONNRESET"}
     assert sum(stats.errors["recv"].values()) == 2 == stats.lost
+
+
+def test_a_reconnection_the_server_refuses_is_lost_and_the_run_ends():
+    closing = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"
+    both_in = threading.Barrier(2, timeout=10)
+    srv = None
+
+    def handle(conn):
+        # Once both connections are in, the listener closes before either answers: by the time
+        # flood reconnects (after both confirming replies) every reconnection is refused.
+        if both_in.wait() == 0:
+            srv.stopping = True
+            srv.sock.shutdown(socket.SHUT_RDWR)   # stops listening now (a blocked accept holds it)
+            srv.sock.close()
+        both_in.wait()
+        _serving(closing)(conn)
+    srv = ThreadServer(handle)
+    try:
+        stats = _run(srv, requests=10)
+    finally:
+        srv.close()
+    assert stats.established == 2 and stats.traffic_responses == 0
+    assert stats.reconnects == 2 and stats.lost == 2
+    assert stats.errors == {"connect": {"ECONNREFUSED": 2}}

@@ -121,6 +121,11 @@ class Traffic(Confirm):
         else:
             self.resume(conn, slot, now)
 
+    def connection_lost(self, conn: Connection, exc: Optional[BaseException]) -> None:
+        if conn.ctx.parser is None:   # a reconnection that never connected
+            self.opening -= 1
+        self.s.lost(conn, exc)
+
     def resume(self, conn: Connection, slot: Slot, now: int) -> None:
         """Closed loop: a reconnection sends as a fresh connection does."""
         if self.left > 0:

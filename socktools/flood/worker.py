@@ -322,10 +322,11 @@ class _Worker:
             st.add_tally(s.errors, getattr(exc, "phase", "socket"), errors.exception_key(exc))
             s.lost += 1
             return None
-        if conn.closed:   # failed at once (tallied by the loop's report of it)
+        if conn.closed:   # failed at once: tallied as it was lost, never in the live set
             s.lost += 1
-            return None
-        self.session.live.add(conn)
+        else:
+            self.session.live.add(conn)
+            self.pending.append((slot, conn))   # the sweep holds it to the connect timeout
         return conn
 
     def _sweep(self) -> None:
@@ -334,7 +335,7 @@ class _Worker:
         pending = self.pending
         while pending:
             slot, conn = pending[0]
-            if slot.confirmed or conn.closed:
+            if conn.closed or (slot.confirmed and not conn.connecting):
                 pending.popleft()
                 continue
             if slot.started > limit:
