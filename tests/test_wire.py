@@ -173,6 +173,14 @@ def test_garbage_is_a_protocol_error(bad):
         RespParser().feed(bad)
 
 
+@pytest.mark.parametrize("bad", [b":\r\n", b":x\r\n"])
+def test_an_integer_that_is_not_a_number_is_a_protocol_error_when_decoding(bad):
+    p = RespParser()
+    p.keep = []
+    with pytest.raises(WireError):
+        p.feed(bad)
+
+
 # ----------------------------------------------------------------- http
 
 needs_httptools = pytest.mark.skipif(importlib.util.find_spec("httptools") is None,

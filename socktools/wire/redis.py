@@ -170,7 +170,7 @@ class RespParser(Parser):
                 return after, None
             text = head.decode("utf-8", "replace")
             if kind == 58:       # ':'
-                return after, int(head)
+                return after, _int(head, "integer")
             if kind == 95:       # '_'
                 return after, None
             if kind == 35:       # '#'
