@@ -364,6 +364,7 @@ def _counting_parsers():
     yield build(WireSpec(mode="plugin", plugin="examples.memcached_plugin:Memcached")).parser()
     if importlib.util.find_spec("httptools") is not None:
         yield http().parser()
+        yield http(method="HEAD").parser()
 
 
 _ALPHABET = hs.sampled_from([b"+", b"-", b":", b"$", b"*", b"%", b">", b"|", b"\r\n", b"\r", b"\n", b"-1",
