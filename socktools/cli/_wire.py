@@ -21,14 +21,16 @@ _OPTIONS = [
                  help="raw: a reply starts with its length in struct notation (>H, >I, <Q...)."),
     click.option("--reply-prefix-adjust", type=int, default=0, show_default=True,
                  help="raw: body bytes = prefix length + N (negative if the length counts the prefix)."),
-    click.option("--no-reply", is_flag=True, help="raw: write-only stream at --rate; replies are not awaited."),
+    click.option("--no-reply", is_flag=True, help="raw: write-only stream at --rate; replies are not awaited (a connection the "
+                                            "server does not drain holds at most 256 KiB; requests due "
+                                            "beyond it are counted late, not queued)."),
     click.option("--reply-match", metavar="REGEX", default=None,
                  help="raw/line: a reply not matching REGEX counts as failure wrong-reply."),
     click.option("--eol", type=click.Choice(["lf", "crlf"]), default="lf", show_default=True,
                  help="line: the line ending appended to each request."),
     click.option("--command", "commands", multiple=True, metavar="CMD",
                  help="redis (and plug-ins): e.g. 'SET key:{seq} v'; repeat to rotate.  [default: PING]"),
-    click.option("--method", default="GET", show_default=True, help="http: the request method."),
+    click.option("--method", default="GET", show_default=True, help="http: the request method (HEAD: responses framed without a body)."),
     click.option("--path", "paths", multiple=True, metavar="PATH",
                  help="http: the request target, may carry {seq}; repeat to rotate.  [default: /]"),
     click.option("--header", "headers", multiple=True, metavar="'K: V'", help="http: a request header (repeatable)."),
