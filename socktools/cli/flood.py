@@ -8,8 +8,8 @@ import sys
 
 import click
 
-from socktools.cli._common import (BYTESIZE, DURATION, EXIT_FAILED, EXIT_THRESHOLD, PORT, build_config,
-                                   die, parse_address_range, warn_target)
+from socktools.cli._common import (BYTESIZE, DURATION, EXIT_FAILED, EXIT_THRESHOLD, EXIT_UNAVAILABLE,
+                                   PORT, build_config, die, parse_address_range, warn_target)
 from socktools.cli._outputs import output_options, write_outputs
 from socktools.cli._wire import given_params, option_name, wire_options, wire_spec
 
@@ -22,6 +22,8 @@ Examples:
   socktools flood --conns 60000 --source 127.0.0.2-127.0.0.9 --rate 1000
   socktools flood --interval 1s --threshold 'p99<5ms' --threshold errors==0
   socktools flood --duration 30s --report run.html --hgrm run.hgrm --json > run.json
+  socktools flood --cluster local:2 --conns 1000 --duration 5s   # shards on Dask
+  socktools flood --cluster tcp://scheduler:8786 --host target --port 65432 --conns 100000
 
 \b
 Your own server (give its --port):
@@ -92,6 +94,10 @@ EXIT_SIGTERM = 128 + 15
 @click.option("--interval", "-i", type=DURATION, default=None, metavar="DURATION",
               help="Print one progress row per interval (with --json: one NDJSON line).  The JSON, "
                    "--report and the files have intervals either way: of this length, else 1s.")
+@click.option("--cluster", default=None, metavar="local:N|tcp://HOST:8786",
+              help="Run the worker shards as tasks on a Dask cluster: a scheduler's address, or "
+                   "local:N for N local processes.  --workers then counts shards [default: one "
+                   "per Dask worker thread].  Needs pip install 'socktools[dask]'.")
 @click.option("--json", "as_json", is_flag=True, help="Print the final result as one JSON document.")
 @click.option("--yes", "--force", "yes", is_flag=True,
               help="Run even when the plan says it will not fit this machine (far more processes "
@@ -100,7 +106,7 @@ EXIT_SIGTERM = 128 + 15
 @output_options
 @click.pass_context
 def command(ctx, host, port, conns, workers, mode, pipeline, size, action, value, duration, requests, rate,
-            connect_rate, connect_timeout, source, server_workers, interval, as_json, yes, outputs,
+            connect_rate, connect_timeout, source, server_workers, interval, cluster, as_json, yes, outputs,
             **wire_params):
     """Load a TCP server with many concurrent connections and report what happened.
 
@@ -135,6 +141,8 @@ def command(ctx, host, port, conns, workers, mode, pipeline, size, action, value
             from socktools.errors import one_line
             raise click.BadParameter(f"{bad[0]}: {one_line(bad[1], 'bind', during='bind')}",
                                      param_hint="--source")
+    if cluster is not None:
+        _check_cluster(cluster)
     from socktools.flood.timeline import DEFAULT_INTERVAL
     tick = interval if interval is not None else DEFAULT_INTERVAL
     spec = None
@@ -155,9 +163,21 @@ def command(ctx, host, port, conns, workers, mode, pipeline, size, action, value
                           requests=requests, rate=rate, connect_rate=connect_rate,
                           connect_timeout=connect_timeout, sources=sources, interval=tick,
                           embedded=embedded, server_workers=server_workers or 0,
-                          wire=spec, pipeline=pipeline)
+                          wire=spec, pipeline=pipeline, cluster=cluster)
     _run(config, workers_given=workers is not None, sources_given=source is not None,
          as_json=as_json, rows=interval is not None, outputs=outputs, yes=yes)
+
+
+def _check_cluster(spec: str) -> None:
+    from socktools.flood.cluster import INSTALL_HINT, parse_cluster
+    try:
+        parse_cluster(spec)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--cluster")
+    try:
+        import distributed  # noqa: F401
+    except ImportError:
+        die(INSTALL_HINT, EXIT_UNAVAILABLE)
 
 
 def _resolve(host: str, port: int):
@@ -202,6 +222,17 @@ class _Console:
                 self._err(f"flood: warning: {refusal} (running anyway: --yes)")
         elif kind == "server":
             self._err(f"flood: started `{event['command']}` (pid {event['pid']})")
+        elif kind == "raised":
+            self._err(f"flood: {event['line']}")
+        elif kind == "cluster":
+            where = "a LocalCluster" if event["local"] else "the Dask cluster"
+            self._err(f"flood: {where} at {event['scheduler']}: {event['workers']} worker(s), "
+                      f"{event['threads']} thread(s)")
+            for host, line in event["raised"]:
+                self._err(f"flood: on load host {host}: {line}")
+        elif kind == "lost":
+            self._err(f"flood: lost shard {event['shard']}: Dask worker {event['worker']} is gone; "
+                      f"the run goes on without it")
         elif kind == "interval":
             if self.ndjson:
                 self.clear()
@@ -232,7 +263,14 @@ def _run(config, *, workers_given: bool, sources_given: bool, as_json: bool, row
     from socktools.flood.report import render_table, to_json
     from socktools.flood.runner import FloodError, FloodRefused, run_flood
 
+    from socktools.kernel.capacity import raise_nofile
+    from socktools.kernel.doctor import FD_SLACK
     console = _Console(config.conns, config.interval, rows=rows, as_json=as_json)
+    # The one place flood changes a limit of its own, as far as this run needs (its worker
+    # processes, its embedded server and LocalCluster workers inherit it).
+    change = raise_nofile(config.conns + FD_SLACK)
+    if change is not None:
+        console({"event": "raised", "line": change.line})
     try:
         result = run_flood(config, workers_given=workers_given, sources_given=sources_given,
                            on_event=console, force=yes)

@@ -64,6 +64,7 @@ class FloodConfig:
     server_workers: int = 0                 # embedded server: processes (0 = choose)
     wire: Optional[WireSpec] = None         # raw/line/redis/http/plugin: the exchange asked for
     pipeline: int = 1                       # requests in flight per connection
+    cluster: Optional[str] = None           # shards on Dask: "local:N" or a scheduler address
 
     def __post_init__(self) -> None:
         # OptionError names the field, which is also the CLI option (the CLI says which one).
@@ -106,6 +107,9 @@ class FloodConfig:
         proto = build(self.wire_spec)   # validates the exchange options (WireOptionError)
         if not proto.replies and self.rate is None:
             raise WireOptionError("--no-reply", "a write-only stream needs --rate (requests/s)")
+        if self.cluster is not None:
+            from socktools.flood.cluster import check_config
+            check_config(self)
 
     # ------------------------------------------------------------- per-worker shares
     def conns_of(self, worker: int) -> int:

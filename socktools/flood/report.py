@@ -15,7 +15,7 @@ from socktools.flood.result import FloodResult, traffic_seconds
 from socktools.errors import INTERNAL
 
 __all__ = ["to_json", "render_table", "render_live", "render_interval_header", "render_interval_row",
-           "render_thresholds", "format_us", "server_check", "HDR_UNIT"]
+           "render_thresholds", "format_us", "server_check", "HDR_UNIT", "cluster_json", "render_hosts"]
 
 #: Unit of the values inside every ``hdr`` blob (encoded HdrHistograms): nanoseconds.
 #: The summaries next to them are in microseconds.
@@ -192,6 +192,7 @@ def _body(result: FloodResult) -> dict:
                      if s.traffic_wall else None,
                      "rss_start": s.rss_start, "rss_connected": s.rss_connected,
                      "fd_limit": s.fd_limit} for s in t.workers],
+        **cluster_json(result),
     }
 
 
@@ -332,6 +333,7 @@ def render_table(result: FloodResult, checked: Optional[list] = None) -> str:
         did = "answered" if check["measure"] == "requests" else "received"
         lines.append(f"server check flood sent {check['flood']:,} {check['measure']} in all, the server "
                      f"{did} {check['server']:,}: {verdict}")
+    lines.extend(render_hosts(result))
     for line in result.crashed:
         lines.append(f"worker trouble: {line}")
     for note in result.plan.notes:
@@ -342,6 +344,39 @@ def render_table(result: FloodResult, checked: Optional[list] = None) -> str:
         lines.append("")
         lines.extend(render_thresholds(checked))
     return "\n".join(lines)
+
+
+def cluster_json(result: FloodResult) -> dict:
+    """``--cluster`` runs: the cluster, the per-host breakdown, the lost shards (else nothing)."""
+    hosts = getattr(result, "hosts", None)
+    if hosts is None:
+        return {}
+    return {"cluster": result.cluster, "hosts": hosts, "lost": result.lost}
+
+
+def render_hosts(result: FloodResult) -> list:
+    """``--cluster`` runs: one line per load host, and one per lost shard."""
+    hosts = getattr(result, "hosts", None)
+    if hosts is None:
+        return []
+    info = result.cluster
+    lines = [f"hosts        {len(hosts)} load host(s) on the Dask cluster at {info['scheduler']} "
+             f"({info['workers']} worker(s)):",
+             f"  {'host':24}{'shards':>7}{'conns':>10}{'established':>13}{'requests':>13}"
+             f"{'shard CPU':>11}{'host CPU':>10}"]
+    for h in hosts:
+        busy = "-" if h["host_cpu_busy"] is None else f"{h['host_cpu_busy']:.0%}"
+        lines.append(f"  {h['host'][:24]:24}{h['shards']:>7}{h['conns']:>10,}{h['established']:>13,}"
+                     f"{h['requests']:>13,}{h['cpu_seconds']:>10.2f}s{busy:>10}")
+    for lost in result.lost:
+        last = lost["last_interval"]
+        did = ("nothing reported yet" if last is None else
+               f"its last interval (t={last['t']:g}s, {last['phase']}): {last['established']:,} "
+               f"established, {last['requests']:,} requests, {last['responses']:,} answered, "
+               f"{last['errors']:,} errors")
+        lines.append(f"lost         shard {lost['shard']} ({lost['conns']:,} connections): Dask worker "
+                     f"{lost['worker']} disappeared mid-run; {did}; not in the totals above")
+    return lines
 
 
 def render_live(record: dict, conns: int) -> str:

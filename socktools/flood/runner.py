@@ -32,6 +32,7 @@ from socktools.core import procs
 from socktools.flood import limits
 from socktools.flood import stats as st
 from socktools.flood.config import FloodConfig
+from socktools.flood.intervals import Intervals
 from socktools.flood.result import FloodResult, generator_warnings, traffic_seconds  # noqa: F401 (public names)
 from socktools.flood.worker import run_worker
 
@@ -94,6 +95,10 @@ def run_flood(config: FloodConfig, *, workers_given: bool = True, sources_given:
     (before anything is started) when the plan has refusals and not ``force``.
     ``plan`` is one the caller made already.
     """
+    if config.cluster:
+        from socktools.flood.cluster import run_cluster
+        return run_cluster(config, workers_given=workers_given, sources_given=sources_given,
+                           on_event=on_event)
     emit = on_event or (lambda event: None)
     if plan is None:
         plan = limits.plan(config, workers_given=workers_given, sources_given=sources_given)
@@ -153,12 +158,8 @@ class _Run(procs.Supervisor):
         self.crashed: list = []
         self.ready: set = set()
         self.went = False
-        self.inbox: dict = {}       # worker -> [Tick] not yet emitted, in order
-        self.last_tick: dict = {}   # worker -> the latest Tick emitted
-        self.emitted_seq = 0
-        self.prev: Optional[dict] = None
-        self.latency_so_far = None
-        self.intervals: list = []   # every record emitted, kept for the result (JSON, report, exports)
+        self.merger = Intervals(config.interval or 1.0, emit)
+        self.intervals = self.merger.records   # every record emitted, kept for the result
         self.epoch_ns = time.perf_counter_ns()
         self._dead: set = set()
 
@@ -238,64 +239,10 @@ class _Run(procs.Supervisor):
 
     # ------------------------------------------------------------ interval records
     def _on_tick(self, tick: st.Tick) -> None:
-        self.inbox.setdefault(tick.worker, []).append(tick)
+        self.merger.add(tick)
         self._maybe_emit()
 
     def _maybe_emit(self) -> None:
-        """Emit interval k once every running worker has reported tick k or later.
-
-        A worker kept busy past its tick skips the ticks it missed; its next one
-        carries everything since, and counts for the intervals it spans.
-        """
-        while True:
-            seq = self.emitted_seq + 1
-            running = self._running()
-            if not running or any(not self.inbox.get(w) or self.inbox[w][-1].seq < seq for w in running):
-                return
-            self.emitted_seq = seq
-            due = []
-            for w, box in self.inbox.items():
-                while box and box[0].seq <= seq:
-                    t = box.pop(0)
-                    self.last_tick[w] = t
-                    due.append(t)
-            self._emit_interval(seq, due)
-
-    def _emit_interval(self, seq: int, ticks: list) -> None:
-        interval = self.config.interval
-        latest = []
-        for w in self.workers:
-            t = self.last_tick.get(w)
-            if t is not None and w in self.finals:  # finished: its connections are closed
-                t = replace(t, phase="done", open=0)
-            if t is not None:
-                latest.append(t)
-        cum = {name: sum(getattr(t, name) for t in latest)
-               for name in ("established", "open", "failed", "requests", "responses",
-                            "traffic_responses", "bytes_out", "bytes_in", "errors")}
-        prev = self.prev or dict.fromkeys(cum, 0)
-        delta_hist = None
-        for t in ticks:
-            delta_hist = st.add_into(delta_hist, st.decode(t.latency))
-        self.latency_so_far = st.add_into(self.latency_so_far, delta_hist)
-        phases = {t.phase for t in latest}
-        phase = next((p for p in ("connect", "ready", "traffic", "drain", "close") if p in phases), "done")
-        record = {"event": "interval", "t": round(seq * interval, 3), "phase": phase,
-                  "established": cum["established"], "open": cum["open"], "failed": cum["failed"],
-                  "errors": cum["errors"],
-                  "requests": cum["requests"] - prev["requests"],
-                  "responses": cum["responses"] - prev["responses"],
-                  "traffic_responses": cum["traffic_responses"] - prev["traffic_responses"],
-                  "rps": round((cum["traffic_responses"] - prev["traffic_responses"]) / interval, 1),
-                  "bytes_out": cum["bytes_out"] - prev["bytes_out"],
-                  "bytes_in": cum["bytes_in"] - prev["bytes_in"],
-                  "latency": st.summarize(delta_hist),
-                  # one percentile, not a summary: this runs once per interval, in the loop
-                  # that also watches for Ctrl-C
-                  "p99_so_far": round(self.latency_so_far.get_value_at_percentile(99) / 1000.0, 3)
-                  if self.latency_so_far is not None else None}
-        if record["latency"] is not None:
-            record["latency"]["hdr"] = st.encode(delta_hist)   # nanoseconds, like every blob
-        self.prev = cum
-        self.intervals.append(record)
-        self.emit(record)
+        for i in self.finals:
+            self.merger.end(i)
+        self.merger.flush(self._running())

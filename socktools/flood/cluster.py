@@ -1,0 +1,411 @@
+"""``flood --cluster``: flood's worker shards as tasks on a Dask cluster.
+
+``--cluster tcp://HOST:8786`` uses an existing cluster (``dask scheduler``
+plus ``dask worker`` on each load host, or any Dask deployment);
+``--cluster local:N`` starts a ``LocalCluster`` of N loopback-only processes
+to try it on one machine.  The run, client side:
+
+1. *probe* every Dask worker (host, CPUs, its open-file limit, raised as far
+   as that process may -- and said);
+2. *plan* as a local run does (:func:`socktools.flood.limits.plan`), one
+   shard per Dask worker thread by default; each shard is pinned to one
+   worker, so a lost worker's shard is never re-run elsewhere mid-run;
+3. *submit* one task per shard (:func:`socktools.flood.shard.run_shard`:
+   the same :func:`run_worker` a local worker process runs, in-process);
+4. *supervise*: shards report "ready" and ticks through a Dask queue; when
+   all are ready, "go" is broadcast as one wall-clock instant slightly ahead
+   (hosts need NTP); ticks merge into interval records exactly as in a local
+   run (:class:`~socktools.flood.intervals.Intervals`); Ctrl-C broadcasts
+   "stop" and the report still comes; a Dask worker that disappears is
+   reported with its shard's last interval, and the run goes on without it;
+5. *merge* the shards' final statistics (HdrHistograms added) and add the
+   per-host breakdown.
+
+Dask is optional (``pip install 'socktools[dask]'``): ``distributed`` is
+imported only here and in :mod:`.shard`, and only when a run asks for it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+import time
+import uuid
+import warnings
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Optional
+
+from socktools.flood import limits
+from socktools.flood import stats as st
+from socktools.flood.intervals import Intervals
+from socktools.flood.runner import FloodError, FloodResult, _server_mode, generator_warnings
+
+__all__ = ["ClusterUnavailable", "ClusterResult", "parse_cluster", "check_config", "run_cluster",
+           "INSTALL_HINT"]
+
+INSTALL_HINT = "--cluster needs Dask: pip install 'socktools[dask]'"
+
+#: ``local:N`` at most: N Python processes on this machine (each holds one shard).
+LOCAL_MAX = 64
+#: Tick interval when the user asked for none: a lost shard is reported with
+#: figures at most this old, and the client sees progress while it waits.
+DEFAULT_TICK = 1.0
+#: From broadcasting "go" to the instant traffic starts: covers the control
+#: queues' round trips through the scheduler (about a millisecond each on a
+#: LAN) for many shards.  A shard that gets it late says by how much.
+GO_LEAD = 0.3
+#: A shard whose "go" came later than this after the instant is worth a warning (clock skew).
+GO_LATE_WARN_MS = 50.0
+#: How often the client looks for shards' messages when there were none (the
+#: queue is polled: a Dask queue ``get`` that times out is logged by the scheduler).
+RECEIVE_POLL = 0.05
+#: How often the client asks the scheduler which workers are still there.
+WORKER_CHECK = 0.5
+#: After "stop", how long shards may take to report before the client gives up on them.
+STOP_GRACE = 10.0
+#: Connecting to a scheduler (a Client's own default is 30 s: too long to say "unreachable").
+CONNECT_TIMEOUT = 10.0
+
+
+class ClusterUnavailable(FloodError):
+    """Dask is not installed (:data:`INSTALL_HINT`)."""
+
+
+def parse_cluster(spec: str) -> tuple:
+    """``"local:4"`` -> ``("local", 4)``; ``"tcp://h:8786"`` / ``"h:8786"`` -> ``("address", "tcp://h:8786")``."""
+    spec = spec.strip()
+    if spec.startswith("local:") or spec == "local":
+        count = spec.partition(":")[2]
+        if not count.isdigit() or not 1 <= int(count) <= LOCAL_MAX:
+            raise ValueError(f"local:N needs N from 1 to {LOCAL_MAX} (worker processes), not {spec!r}")
+        return "local", int(count)
+    if "://" not in spec:
+        spec = "tcp://" + spec
+    scheme, _, rest = spec.partition("://")
+    if scheme not in ("tcp", "tls", "ucx", "ws", "wss") or not rest:
+        raise ValueError(f"expected local:N or a scheduler address like tcp://HOST:8786, not {spec!r}")
+    return "address", spec
+
+
+def check_config(config: Any) -> None:
+    """Validation of a cluster run's config (called by :class:`FloodConfig`); raises ValueError."""
+    kind, _ = parse_cluster(config.cluster)
+    if kind == "address" and config.embedded:
+        raise ValueError("--cluster with a scheduler address needs --port (and --host) of a server "
+                         "every load host can reach: flood's own server would listen on this "
+                         "machine's loopback only")
+
+
+def _require_dask() -> None:
+    try:
+        import distributed  # noqa: F401
+    except ImportError:
+        raise ClusterUnavailable(INSTALL_HINT) from None
+
+
+@dataclass
+class ClusterResult(FloodResult):
+    """A flood result plus the cluster: where the shards ran, per host, and who was lost."""
+
+    cluster: dict = field(default_factory=dict)   # {"scheduler", "local", "workers", "threads"}
+    hosts: list = field(default_factory=list)     # per-host breakdown (see _hosts)
+    lost: list = field(default_factory=list)      # shards whose Dask worker disappeared
+
+
+@contextlib.contextmanager
+def _client(kind: str, value: Any):
+    from distributed import Client, LocalCluster
+    if kind == "local":
+        # Loopback only, no dashboard; one thread per process so each shard has
+        # a process (and a GIL) to itself.  memory_limit=0: the nanny must not
+        # kill a load shard for holding the connections it was asked to hold.
+        with warnings.catch_warnings():
+            # With no dashboard the scheduler still serves /health on 8787 (loopback here),
+            # or on a free port if 8787 is taken -- and warns about it: not the user's concern.
+            warnings.filterwarnings("ignore", message="Port 8787 is already in use")
+            cluster = LocalCluster(n_workers=value, threads_per_worker=1, processes=True,
+                                   host="127.0.0.1", dashboard_address=None, memory_limit=0,
+                                   silence_logs=logging.ERROR, preload=["socktools.flood.shard"])
+        with cluster, Client(cluster) as client:
+            yield client, cluster.scheduler_address
+        return
+    try:
+        client = Client(value, timeout=CONNECT_TIMEOUT)
+    except (OSError, TimeoutError) as exc:
+        raise FloodError(f"cannot reach the Dask scheduler at {value}: {exc}") from None
+    with client:
+        yield client, value
+
+
+def _placement(workers: dict, shards: int) -> dict:
+    """Shard -> Dask worker address: round-robin over the workers' threads."""
+    slots = []
+    most = max(w.get("nthreads", 1) for w in workers.values())
+    for k in range(most):
+        slots += [addr for addr in sorted(workers) if workers[addr].get("nthreads", 1) > k]
+    return {i: slots[i] for i in range(shards)}
+
+
+def run_cluster(config: Any, *, workers_given: bool = True, sources_given: bool = True,
+                on_event: Optional[Callable[[dict], None]] = None) -> ClusterResult:
+    """:func:`socktools.flood.runner.run_flood` for ``config.cluster``; same events, plus
+    ``{"event": "cluster", ...}`` once connected and ``{"event": "lost", ...}`` per lost shard."""
+    _require_dask()
+    emit = on_event or (lambda event: None)
+    kind, value = parse_cluster(config.cluster)
+    started = time.time()
+    t0 = time.monotonic()
+    with _client(kind, value) as (client, scheduler):
+        workers = client.scheduler_info(n_workers=-1)["workers"]
+        if not workers:
+            raise FloodError(f"the Dask cluster at {scheduler} has no workers")
+        probes = client.run(_probe_fn())
+        threads = sum(w.get("nthreads", 1) for w in workers.values())
+        shards = config.workers if workers_given and config.workers else threads
+        if shards > threads:
+            raise FloodError(f"--workers {shards} is more shards than the cluster's {threads} worker "
+                             f"thread(s): the rest would queue behind the first ones (the start "
+                             f"barrier would never open); use at most {threads}, or add Dask workers")
+        info = {"scheduler": scheduler, "local": kind == "local", "workers": len(workers),
+                "threads": threads}
+        emit({"event": "cluster", **info, "raised": sorted({(p["host"], p["raised"]) for p in
+                                                             probes.values() if p["raised"]})})
+        plan = limits.plan(replace(config, workers=shards), workers_given=True,
+                           sources_given=sources_given)
+        placement = _placement(workers, plan.config.active_workers)
+        plan = replace(plan, problems=plan.problems + _host_problems(plan.config, placement, probes))
+        emit({"event": "plan", "plan": plan})
+        cfg = replace(plan.config, interval=plan.config.interval or DEFAULT_TICK)
+        with _embedded(cfg, emit) as (cfg, server_info):
+            run = _ClusterRun(client, cfg, placement, emit)
+            run.execute()
+    totals = st.merge(run.finals.values())
+    result = ClusterResult(config=replace(cfg, interval=config.interval), plan=plan, totals=totals,
+                           server=server_info, stopped_early=run.interrupted or totals.stopped_early,
+                           crashed=run.crashed, started=started, elapsed=time.monotonic() - t0,
+                           cluster=info, hosts=_hosts(run), lost=run.lost)
+    result.warnings = generator_warnings(result) + _go_warnings(run)
+    return result
+
+
+def _probe_fn():
+    from socktools.flood.shard import probe
+    return probe
+
+
+def _host_problems(cfg: Any, placement: dict, probes: dict) -> tuple:
+    """Per Dask worker process: its shards' connections against its own open-file limit."""
+    need: dict = {}
+    for shard, addr in placement.items():
+        need[addr] = need.get(addr, 0) + cfg.conns_of(shard)
+    out = []
+    for addr, conns in sorted(need.items()):
+        p = probes.get(addr)
+        if p and conns + limits.FD_RESERVE > p["fd_soft"]:
+            out.append(f"Dask worker {addr} on {p['host']} holds {conns:,} connections but its "
+                       f"open-file limit is {p['fd_soft']:,} (hard {p['fd_hard']:,}): expect EMFILE; "
+                       f"start it with a higher `ulimit -n`, or add workers")
+    return tuple(out)
+
+
+@contextlib.contextmanager
+def _embedded(cfg: Any, emit: Callable[[dict], None]):
+    """flood's own server (``local:N`` without --port), as a local run starts it."""
+    if not cfg.embedded:
+        yield cfg, None
+        return
+    from socktools.core.embedded import EmbeddedServer, EmbeddedServerError
+    server = EmbeddedServer(_server_mode(cfg.mode), host=cfg.host or "127.0.0.1",
+                            workers=cfg.server_workers)
+    try:
+        server.start()
+    except EmbeddedServerError as exc:
+        raise FloodError(str(exc)) from None
+    info = {"command": server.display_command, "workers": cfg.server_workers,
+            "pid": server.proc.pid if server.proc else None}
+    emit({"event": "server", **info})
+    try:
+        yield replace(cfg, address=server.address, family=server.family), info
+    finally:
+        info["summary"] = server.stop()
+
+
+class _ClusterRun:
+    """The supervising loop of one cluster run (client side): the counterpart of runner._Run."""
+
+    def __init__(self, client: Any, config: Any, placement: dict, emit: Callable[[dict], None]) -> None:
+        from distributed import Event, Queue, Variable
+        from socktools.flood.shard import names
+        self.client = client
+        self.config = config
+        self.placement = placement
+        self.emit = emit
+        run_id = uuid.uuid4().hex[:12]
+        self.prefix = f"socktools-flood-{run_id}"
+        n = names(self.prefix)
+        self.up = Queue(n["up"], client=client)
+        self.go_event = Event(n["go"], client=client)
+        self.go_at = Variable(n["go_at"], client=client)
+        self.stop_event = Event(n["stop"], client=client)
+        self.futures: dict = {}
+        self.finals: dict = {}      # shard -> WorkerStats
+        self.extras: dict = {}      # shard -> the rest of run_shard's answer (host, cpu...)
+        self.crashed: list = []
+        self.lost: list = []
+        self._dead: set = set()
+        self.ready: set = set()
+        self.went = False
+        self.go_wall_ns: Optional[int] = None
+        self.interrupts = 0
+        self.interrupted = False
+        self.stop_sent_at: Optional[float] = None
+        self.intervals = Intervals(config.interval, emit)
+
+    def execute(self) -> None:
+        from socktools.flood.shard import run_shard
+        old = None
+        if threading.current_thread() is threading.main_thread():
+            old = signal.signal(signal.SIGINT, self._on_sigint)
+        try:
+            epoch = time.time_ns()
+            for i, addr in self.placement.items():
+                self.futures[i] = self.client.submit(
+                    run_shard, self.config, i, self.prefix, epoch,
+                    key=f"{self.prefix}-shard-{i}", workers=[addr], allow_other_workers=False,
+                    pure=False)
+            self._supervise()
+        finally:
+            if old is not None:
+                signal.signal(signal.SIGINT, old)
+            if not self.stop_event.is_set():
+                self.stop_event.set()   # shards still waiting on the barrier end too
+            pending = [f for i, f in self.futures.items() if i not in self.finals]
+            if pending:
+                self.client.cancel(pending)
+
+    def _on_sigint(self, signum, frame) -> None:
+        self.interrupts += 1
+        self.interrupted = True
+
+    def _running(self) -> list:
+        return [i for i in self.placement if i not in self.finals and i not in self._dead]
+
+    def _supervise(self) -> None:
+        handled = 0
+        next_check = time.monotonic() + WORKER_CHECK
+        while self._running():
+            if self.interrupts != handled:
+                handled = self.interrupts
+                if handled == 1:
+                    self.stop_event.set()
+                    self.stop_sent_at = time.monotonic()
+                else:
+                    self._give_up("stopped by a second Ctrl-C before reporting")
+                    break
+            if self.stop_sent_at and time.monotonic() - self.stop_sent_at > STOP_GRACE:
+                self._give_up(f"did not report within {STOP_GRACE:g}s of being stopped")
+                break
+            messages = self.up.get(batch=True)
+            if not messages:
+                time.sleep(RECEIVE_POLL)
+            for kind, shard, payload in messages:
+                if kind == "ready":
+                    self.ready.add(shard)
+                elif kind == "tick":
+                    self.intervals.add(st.Tick(**payload))
+            self._collect()
+            if time.monotonic() >= next_check:
+                next_check = time.monotonic() + WORKER_CHECK
+                self._check_workers()
+            self.intervals.flush(self._running())
+            running = set(self._running())
+            if not self.went and running and self.ready >= running:
+                self.went = True
+                self.go_wall_ns = time.time_ns() + int(GO_LEAD * 1e9)
+                self.go_at.set(self.go_wall_ns)
+                self.go_event.set()
+                self.emit({"event": "go"})
+        self._collect()
+
+    def _collect(self) -> None:
+        """Shards whose task ended: a final result, or a crash."""
+        for i in self._running():
+            fut = self.futures[i]
+            if fut.status == "finished":
+                answer = fut.result()
+                self.finals[i] = answer.pop("stats")
+                self.extras[i] = answer
+                self.intervals.end(i)
+            elif fut.status == "error":
+                exc = fut.exception()
+                self.crashed.append(f"shard {i} on {self.placement[i]} crashed: {type(exc).__name__}: {exc}")
+                self._dead.add(i)
+                self.intervals.end(i)
+
+    def _check_workers(self) -> None:
+        alive = set(self.client.scheduler_info(n_workers=-1)["workers"])
+        for i in self._running():
+            addr = self.placement[i]
+            if addr in alive:
+                continue
+            self._dead.add(i)
+            self.intervals.end(i)
+            self.client.cancel([self.futures[i]])
+            last = self.intervals.latest(i)
+            record = {"shard": i, "worker": addr, "conns": self.config.conns_of(i),
+                      "at": round((time.time_ns() - self.go_wall_ns) / 1e9, 3) if self.go_wall_ns else None,
+                      "last_interval": None if last is None else {
+                          "t": round(last.seq * self.config.interval, 3), "phase": last.phase,
+                          "established": last.established, "open": last.open, "failed": last.failed,
+                          "requests": last.requests, "responses": last.responses,
+                          "errors": last.errors}}
+            self.lost.append(record)
+            self.emit({"event": "lost", **record})
+
+    def _give_up(self, why: str) -> None:
+        for i in self._running():
+            self.crashed.append(f"shard {i} on {self.placement[i]} {why}")
+            self._dead.add(i)
+
+
+def _hosts(run: _ClusterRun) -> list:
+    """Per host: shards, connections, requests, the shards' own CPU and the host's CPU."""
+    by: dict = {}
+    for i, answer in sorted(run.extras.items()):
+        s = run.finals[i]
+        h = by.setdefault(answer["host"], {"host": answer["host"], "shards": 0, "workers": set(),
+                                           "conns": 0, "established": 0, "requests": 0,
+                                           "responses": 0, "cpu_seconds": 0.0, "wall": 0.0,
+                                           "busy": [], "cpus": answer["cpus"]})
+        h["shards"] += 1
+        h["workers"].add(answer["worker"])
+        h["conns"] += s.conns
+        h["established"] += s.established
+        h["requests"] += s.requests
+        h["responses"] += s.responses
+        h["cpu_seconds"] += answer["cpu"]
+        span = s.phases.get("traffic")
+        h["wall"] = max(h["wall"], (span[1] - span[0]) / 1e9 if span else 0.0)
+        if answer["host_cpu_busy"] is not None:
+            h["busy"].append(answer["host_cpu_busy"])
+    out = []
+    for h in by.values():
+        busy = h.pop("busy")
+        h["workers"] = len(h["workers"])
+        h["cpu_seconds"] = round(h["cpu_seconds"], 3)
+        h["host_cpu_busy"] = round(sum(busy) / len(busy), 3) if busy else None
+        h.pop("wall")
+        out.append(h)
+    return out
+
+
+def _go_warnings(run: _ClusterRun) -> list:
+    late = [(i, a["go_late_ms"]) for i, a in run.extras.items()
+            if a.get("go_late_ms") is not None and a["go_late_ms"] > GO_LATE_WARN_MS]
+    if not late:
+        return []
+    worst = max(ms for _, ms in late)
+    return [f"{len(late)} shard(s) started up to {worst:,.0f} ms after the broadcast instant: their "
+            f"clocks may be behind (hosts need NTP) or the scheduler was slow to pass 'go' on"]
