@@ -87,7 +87,8 @@ class Intervals:
             delta_hist = st.add_into(delta_hist, st.decode(t.latency))
         self._so_far = st.add_into(self._so_far, delta_hist)
         phases = {t.phase for t in latest}
-        phase = next((p for p in PHASE_ORDER if p in phases), "done")
+        # No tick yet from anyone (shards still starting): the run is connecting.
+        phase = next((p for p in PHASE_ORDER if p in phases), "done" if latest else "connect")
         record = {"event": "interval", "t": round(seq * interval, 3), "phase": phase,
                   "established": cum["established"], "open": cum["open"], "failed": cum["failed"],
                   "errors": cum["errors"],

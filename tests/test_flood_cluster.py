@@ -1,0 +1,199 @@
+"""flood --cluster: shards as tasks on a real Dask LocalCluster, against a real `socktools serve`.
+
+One LocalCluster (2 processes, loopback only) is shared by the module: starting one costs
+seconds.  Runs go to it by its scheduler address, exactly as a user's cluster would be used.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+from hdrh.histogram import HdrHistogram
+
+from socktools.flood import stats as st
+from socktools.flood.cluster import INSTALL_HINT, parse_cluster
+from socktools.flood.config import FloodConfig
+from socktools.flood.report import render_table, to_json
+from socktools.flood.runner import run_flood
+from tests.conftest import socktools_cmd, wait_until
+
+distributed = pytest.importorskip("distributed", reason="Dask not installed (pip install 'socktools[dask]')")
+
+
+@pytest.fixture(scope="module")
+def dask_cluster():
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                       host="127.0.0.1", dashboard_address=None, memory_limit=0,
+                                       silence_logs=logging.ERROR,
+                                       preload=["socktools.flood.shard"])
+    client = distributed.Client(cluster)
+    yield cluster, client
+    client.close()
+    cluster.close()
+
+
+def two_workers(client) -> list:
+    """Wait for the cluster to have two workers (a killed one is restarted by its nanny)."""
+    client.wait_for_workers(2, timeout=60)
+    assert wait_until(lambda: len(client.scheduler_info(n_workers=-1)["workers"]) == 2, timeout=60)
+    return sorted(client.scheduler_info(n_workers=-1)["workers"])
+
+
+def cfg(cluster, port: int, **kw) -> FloodConfig:
+    base = dict(conns=20, workers=2, host="127.0.0.1", port=port, address=("127.0.0.1", port),
+                family=socket.AF_INET, duration=None, requests=2000, cluster=cluster.scheduler_address)
+    base.update(kw)
+    return FloodConfig(**base)
+
+
+# --------------------------------------------------------------------- units, no cluster
+
+def test_cluster_specs_parse_or_say_what_is_expected():
+    assert parse_cluster("local:2") == ("local", 2)
+    assert parse_cluster("tcp://10.1.2.3:8786") == ("address", "tcp://10.1.2.3:8786")
+    assert parse_cluster("sched:8786") == ("address", "tcp://sched:8786")
+    for bad in ("local:0", "local:x", "local:999", "http://x:1", "tcp://"):
+        with pytest.raises(ValueError):
+            parse_cluster(bad)
+
+
+def test_a_scheduler_address_needs_a_server_the_load_hosts_can_reach():
+    with pytest.raises(ValueError, match="--port"):
+        FloodConfig(conns=2, embedded=True, cluster="tcp://127.0.0.1:8786")
+    FloodConfig(conns=2, embedded=True, cluster="local:2")   # flood's own server, same machine
+
+
+def test_without_dask_the_option_says_how_to_install_it(monkeypatch):
+    from socktools.cli.flood import command
+    monkeypatch.setitem(sys.modules, "distributed", None)   # import distributed -> ImportError
+    result = CliRunner().invoke(command, ["--cluster", "local:2", "--conns", "2"])
+    assert result.exit_code == 3
+    assert result.output.strip() == f"socktools: {INSTALL_HINT}"
+
+
+def test_a_bad_cluster_spec_is_a_usage_error_naming_the_option():
+    from socktools.cli.flood import command
+    result = CliRunner().invoke(command, ["--cluster", "local:zero"])
+    assert result.exit_code == 2
+    assert "--cluster" in result.output
+
+
+# --------------------------------------------------------------------- on the LocalCluster
+
+def test_requests_equal_the_servers_own_count_and_hosts_are_broken_down(dask_cluster, start_server):
+    cluster, client = dask_cluster
+    two_workers(client)
+    srv = start_server("--mode", "framed", json_events=True)
+    result = run_flood(cfg(cluster, srv.port, mode="framed"))
+    srv.stop()
+    c = result.totals.counters
+    assert c["established"] == 20 and c["failed"] == 0
+    assert c["traffic_requests"] == 2000
+    assert srv.summary()["requests"] == c["requests"] == 2020     # + the 20 confirming requests
+    assert srv.summary()["responses"] == c["responses"]
+    assert len(result.totals.workers) == 2                         # both shards reported
+    doc = to_json(result)
+    [host] = doc["hosts"]                                          # one machine: one host line
+    assert host["host"] == socket.gethostname()
+    assert host["shards"] == 2 and host["workers"] == 2
+    assert host["conns"] == 20 and host["established"] == 20 and host["requests"] == 2020
+    assert host["cpu_seconds"] > 0
+    assert doc["cluster"]["workers"] == 2 and doc["lost"] == []
+    assert "load host(s) on the Dask cluster" in render_table(result)
+
+
+def test_merged_percentiles_equal_the_shards_histograms_merged_by_hand(dask_cluster, start_server):
+    cluster, client = dask_cluster
+    two_workers(client)
+    srv = start_server("--mode", "echo", json_events=True)
+    result = run_flood(cfg(cluster, srv.port, requests=4000, interval=0.2))
+    srv.stop()
+    shards = result.totals.workers
+    assert len(shards) == 2 and all(s.histograms.get("latency") for s in shards)
+    by_hand = st.new_histogram()
+    for s in shards:
+        by_hand.add(HdrHistogram.decode(s.histograms["latency"]))
+    assert by_hand.get_total_count() == 4000
+    doc = to_json(result)["latency_us"]
+    merged = st.decode(doc["hdr"])
+    for p in (50, 90, 99, 99.9, 100):
+        assert merged.get_value_at_percentile(p) == by_hand.get_value_at_percentile(p)
+    assert doc["p99"] == round(by_hand.get_value_at_percentile(99) / 1000, 3)
+    assert doc["count"] == 4000
+    # The server saw every byte the shards sent.
+    assert srv.summary()["bytes_in"] == result.totals.counters["bytes_out"]
+
+
+def test_a_dask_worker_killed_mid_run_is_reported_and_the_run_completes(dask_cluster, start_server):
+    cluster, client = dask_cluster
+    two_workers(client)
+    pids = client.run(os.getpid)                                   # Dask worker address -> pid
+    srv = start_server("--mode", "echo", json_events=True)
+    events: list = []
+    killed: list = []
+
+    def on_event(event):
+        events.append(event)
+        # Two intervals into the traffic phase, kill the worker that runs shard 1.
+        traffic = [e for e in events if e["event"] == "interval" and e["phase"] == "traffic"]
+        if len(traffic) == 2 and not killed:
+            victim = sorted(pids)[1]
+            killed.append(victim)
+            os.kill(pids[victim], signal.SIGKILL)
+
+    config = cfg(cluster, srv.port, requests=None, duration=3.0, interval=0.25)
+    result = run_flood(config, on_event=on_event)
+    srv.stop()
+    assert killed, f"the run never reached its traffic phase: {events}"
+    [lost] = result.lost
+    assert lost["worker"] == killed[0]
+    assert lost["last_interval"] is not None and lost["last_interval"]["requests"] > 0
+    assert any(e["event"] == "lost" and e["worker"] == killed[0] for e in events)
+    # The other shard ran its whole traffic phase and reported.
+    [survivor] = result.totals.workers
+    assert survivor.traffic_wall >= 2.9
+    assert not result.stopped_early and result.totals.counters["failed"] == 0
+    text = render_table(result)
+    assert f"Dask worker {killed[0]} disappeared mid-run" in text
+    assert to_json(result)["lost"][0]["shard"] == lost["shard"]
+
+
+def test_ctrl_c_stops_every_shard_and_the_report_is_printed(start_server, tmp_path):
+    """SIGINT to the whole process group, as a terminal's Ctrl-C: LocalCluster's workers too."""
+    srv = start_server("--mode", "echo", json_events=True)
+    out = open(tmp_path / "out", "w+")
+    proc = subprocess.Popen(socktools_cmd("flood", "--cluster", "local:2", "--port", str(srv.port),
+                                          "--conns", "10", "--duration", "60s", "--interval", "0.2s",
+                                          "--json"),
+                            stdout=out, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        def in_traffic():
+            out.seek(0)
+            return any('"phase": "traffic"' in line for line in out.readlines())
+        assert wait_until(in_traffic, timeout=90), "no traffic interval came"
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    out.seek(0)
+    docs = [json.loads(line) for line in out.read().splitlines()]
+    result = docs[-1]
+    assert result["event"] == "result", err
+    assert proc.returncode == 0, err
+    assert result["stopped_early"] is True
+    assert result["connections"]["established"] == 10
+    assert result["hosts"][0]["shards"] == 2 and result["lost"] == []
+    assert result["phases"]["traffic"] < 30
+    assert "Traceback" not in err
+    srv.stop()
+    assert srv.summary()["bytes_in"] == result["bytes"]["sent"]
