@@ -28,7 +28,8 @@ def test_an_interval_waits_for_every_running_worker_then_merges_exactly():
     iv.flush([0, 1])
     [rec] = out
     assert rec["requests"] == 150 and rec["rps"] == 300.0
-    assert rec["latency"]["count"] == 150 and rec["latency"]["max"] == 3.0
+    assert rec["latency"]["count"] == 150
+    assert 3.0 <= rec["latency"]["max"] <= 3.003     # 3 significant digits
 
 
 def test_a_worker_that_skipped_ticks_counts_for_the_intervals_it_spans():
@@ -39,7 +40,8 @@ def test_a_worker_that_skipped_ticks_counts_for_the_intervals_it_spans():
     iv.add(tick(0, 2, requests=20))
     iv.add(tick(0, 3, requests=30))
     iv.flush([0, 1])
-    assert [r["requests"] for r in out] == [40, 10, 10]   # cumulative sums never go back
+    # Worker 1's work lands in the interval its late tick closes; nothing is counted twice.
+    assert [r["requests"] for r in out] == [10, 10, 40]
 
 
 def test_an_ended_worker_keeps_its_counts_with_nothing_open():
