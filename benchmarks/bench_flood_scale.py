@@ -15,13 +15,19 @@ port range), holds them for a while under a light open-loop rate, and prints:
   held, minus before, per connection (two sockets each: both ends);
 * which limits were met: fds per process, local ports per source address.
 
-Target (issue 3): 100,000 held with zero failures, >= 15,000 connections/s,
-<= 2 KB of Python memory per connection on each side.
+Targets (issue 13): 1,000,000 held with zero failures, >= 15,000 connections/s,
+<= 1 KB of Python memory per connection on each side.
+
+Limits: it prints what ``socktools doctor --conns N`` says first, raises its own
+open-file limit as far as the process may (root: up to fs.nr_open; said), and
+picks enough loopback source addresses.  It never changes a sysctl unasked:
+``--sysctl NAME=VALUE`` sets one for the run, prints it, and restores it.
 
 Usage:
   python benchmarks/bench_flood_scale.py                      # 100k connections, ~1-2 min
   python benchmarks/bench_flood_scale.py --conns 20000        # smaller
   python benchmarks/bench_flood_scale.py --conns 100000 --sources 127.0.0.2-127.0.0.9 --hold 5
+  sudo python benchmarks/bench_flood_scale.py --conns 1000000 --workers 1 --hold 10   # ~10 GB
 
 Loopback only; everything it starts it stops.
 """
@@ -42,9 +48,17 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
+import resource  # noqa: E402
+
 from socktools.flood import limits  # noqa: E402
+from socktools.kernel import capacity  # noqa: E402
+from socktools.kernel.doctor import FD_SLACK  # noqa: E402
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
+
+#: Issue 13's targets at one million connections.
+TARGET_RATE = 15_000
+TARGET_BYTES = 1024
 
 
 def sockstat() -> dict:
@@ -97,29 +111,89 @@ def children(pid: int) -> list:
     return out
 
 
+def sysctl_path(name: str) -> str:
+    return "/proc/sys/" + name.replace(".", "/")
+
+
+def apply_sysctls(pairs: list) -> list:
+    """Set NAME=VALUE sysctls the user asked for, loudly; return [(name, old)] to restore."""
+    undo = []
+    for pair in pairs:
+        name, _, value = pair.partition("=")
+        path = sysctl_path(name.strip())
+        with open(path) as f:
+            old = f.read().strip()
+        with open(path, "w") as f:
+            f.write(value.strip())
+        undo.append((name.strip(), old))
+        print(f"sysctl: set {name.strip()} = {value.strip()!r} (was {old!r}; restored afterwards)")
+    return undo
+
+
+def restore_sysctls(undo: list) -> None:
+    for name, old in reversed(undo):
+        with open(sysctl_path(name), "w") as f:
+            f.write(old)
+        print(f"sysctl: restored {name} = {old!r}")
+
+
+def print_doctor(conns: int) -> None:
+    """What `socktools doctor --conns N` says about this run's limits (only what is not ok)."""
+    from socktools.kernel.doctor import DoctorConfig, run_doctor
+    report = run_doctor(DoctorConfig(conns=conns))
+    shown = [c for c in report.checks if c.status in ("low", "warn") and c.key not in
+             ("capture_privilege", "libpcap")]
+    print(f"doctor --conns {conns:,}: " + ("nothing in the way" if not shown else
+                                           f"{len(shown)} limit(s) to look at:"))
+    for c in shown:
+        print(f"  [{c.status:>4}] {c.title}: {c.value}; needs {c.need}" + (f"; fix: {c.fix}" if c.fix else ""))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--conns", type=int, default=100_000)
-    ap.add_argument("--sources", default="127.0.0.2-127.0.0.17",
-                    help="flood --source (default 16 addresses: each port range stays under a quarter full)")
-    ap.add_argument("--workers", type=int, default=0, help="flood workers (default: enough for the fd limit)")
-    ap.add_argument("--server-workers", type=int, default=0, help="serve workers (default: enough)")
+    ap.add_argument("--sources", default="auto",
+                    help="flood --source, or 'auto' (default): enough loopback addresses that each "
+                         "port range stays under a third full")
+    ap.add_argument("--workers", type=int, default=0,
+                    help="flood workers (default: enough for the fd limit, at least 1)")
+    ap.add_argument("--server-workers", type=int, default=0, help="serve workers (default: the same)")
     ap.add_argument("--hold", type=float, default=5.0, help="seconds to hold them all (default 5)")
     ap.add_argument("--rate", type=float, default=1000.0, help="requests/s in total while holding")
     ap.add_argument("--connect-rate", type=float, default=None, help="flood --connect-rate")
     ap.add_argument("--connect-timeout", default="20s")
+    ap.add_argument("--sysctl", action="append", default=[], metavar="NAME=VALUE",
+                    help="set this sysctl for the run (printed, restored afterwards); never done unasked")
     args = ap.parse_args()
 
-    before, fd_limit, hard = limits.raise_nofile()  # children inherit it
+    print_doctor(args.conns)
+    # The one limit this benchmark changes by itself: its own RLIMIT_NOFILE, as far as a process
+    # may (root: up to fs.nr_open); serve and flood inherit it.  Said, like flood and serve say it.
+    change = capacity.raise_nofile(args.conns + FD_SLACK)
+    if change is not None:
+        print(f"rlimit: {change.line}")
+    fd_limit, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     per_process = fd_limit - limits.FD_RESERVE
     need = math.ceil(args.conns / per_process)
     workers = args.workers or need
-    server_workers = args.server_workers or need
+    server_workers = args.server_workers or workers
     rng = limits.port_range()
+    ports = rng[1] - rng[0] + 1
+    sources = args.sources
+    if sources == "auto":
+        k = min(254, max(1, math.ceil(args.conns / (ports * limits.PORT_FILL))))
+        sources = f"127.0.0.2-127.0.0.{k + 1}"
     print(f"target {args.conns:,} connections; fd limit {fd_limit:,} per process (hard {hard:,}) "
           f"-> flood {workers} + serve {server_workers} processes; ephemeral ports "
-          f"{rng[0]}-{rng[1]} ({rng[1] - rng[0] + 1:,} per source address); --source {args.sources}")
+          f"{rng[0]}-{rng[1]} ({ports:,} per source address); --source {sources}")
+    undo = apply_sysctls(args.sysctl)
+    try:
+        run(args, workers, server_workers, sources)
+    finally:
+        restore_sysctls(undo)
 
+
+def run(args, workers: int, server_workers: int, sources: str) -> None:
     base_sock = sockstat()
     base_slab = slab_bytes()
     serve = subprocess.Popen([sys.executable, "-m", "socktools", "serve", "--mode", "echo", "--port", "0",
@@ -132,7 +206,7 @@ def main() -> None:
     server_rss0 = sum(rss(p) for p in server_pids)
 
     flood_cmd = [sys.executable, "-m", "socktools", "flood", "--port", str(port), "--conns", str(args.conns),
-                 "--workers", str(workers), "--source", args.sources, "--rate", str(args.rate),
+                 "--workers", str(workers), "--source", sources, "--rate", str(args.rate),
                  "--duration", f"{args.hold}s", "--connect-timeout", args.connect_timeout,
                  "--interval", "0.5s", "--json"]
     if args.connect_rate:
@@ -197,6 +271,13 @@ def main() -> None:
     for w in result["warnings"]:
         print(f"  warning: {w}")
     print(f"total wall time {elapsed:.1f} s")
+    sv_per = (peak["server_rss"] - server_rss0) / n if n and "server_rss" in peak else None
+    checks = [(f"{args.conns:,} held, 0 failed", n == args.conns and c["failed"] == 0),
+              (f"connect phase >= {TARGET_RATE:,} connections/s", c["per_second"] >= TARGET_RATE),
+              (f"Python memory <= {TARGET_BYTES:,} bytes per connection on each side",
+               bool(n) and fl_grow / n <= TARGET_BYTES and sv_per is not None and sv_per <= TARGET_BYTES)]
+    for what, ok in checks:
+        print(f"target {what}: {'met' if ok else 'NOT met'}")
 
 
 if __name__ == "__main__":

@@ -128,6 +128,15 @@ def _json_view(ev: dict) -> None:
     sys.stdout.flush()
 
 
+def _raise_nofile() -> None:
+    """The one place serve changes a limit of its own: as many open files as this process may
+    have (every connection is one; its workers inherit it).  Said on stderr, in one line."""
+    from socktools.kernel.capacity import raise_nofile
+    change = raise_nofile()
+    if change is not None:
+        click.echo(f"socktools serve: {change.line}", err=True)
+
+
 @click.command(epilog=EPILOG)
 @click.option("--mode", "-m", type=LazyChoice("socktools.serve.config:MODES"), default="echo", show_default=True,
               help="echo: bytes back; framed: the message protocol of docs/protocol.md; sink: accept, never read.")
@@ -181,6 +190,7 @@ def command(mode, host, port, workers, max_conns, idle_timeout, max_content, max
     if is_wildcard(host):
         click.echo(f"socktools serve: warning: --host {host} binds every interface: the server is "
                    f"reachable from other machines", err=True)
+    _raise_nofile()
     config = build_config(ServeConfig, mode=mode, host=host, port=port, workers=workers,
                           max_conns=max_conns, idle_timeout=idle_timeout or None, max_content=max_content,
                           max_buffered=max_buffered, request_timeout=request_timeout or None,

@@ -2,8 +2,8 @@
 
 Only one limit is ours to change without touching the system: the open-file
 limit of this process (``RLIMIT_NOFILE``).  Anyone may raise the soft limit up
-to the hard one; a privileged process (root, or ``CAP_SYS_RESOURCE``) may
-raise the hard limit too, up to ``fs.nr_open`` -- the kernel's ceiling for any
+to the hard one; a process with ``CAP_SYS_RESOURCE`` (root, usually -- not
+always in a container) may raise the hard limit too, up to ``fs.nr_open`` -- the kernel's ceiling for any
 process (1,048,576 by default).  Children inherit the result.
 
 :func:`raise_nofile` does exactly that and returns a :class:`Change` (or None
@@ -52,9 +52,12 @@ def _fmt(n: int) -> str:
 
 
 def privileged() -> bool:
-    """May this process raise a hard resource limit (root or CAP_SYS_RESOURCE)?"""
-    if hasattr(os, "geteuid") and os.geteuid() == 0:
-        return True
+    """May this process raise a hard resource limit (CAP_SYS_RESOURCE)?
+
+    The capability decides, not the user id: root in a container often runs
+    without CAP_SYS_RESOURCE ("not allowed to raise maximum limit").  Where
+    /proc does not say, root is taken at its word.
+    """
     try:
         with open("/proc/self/status") as f:
             for line in f:
@@ -62,16 +65,14 @@ def privileged() -> bool:
                     return bool(int(line.split()[1], 16) >> CAP_SYS_RESOURCE & 1)
     except (OSError, ValueError, IndexError):
         pass
-    return False
+    return hasattr(os, "geteuid") and os.geteuid() == 0
 
 
 def nr_open() -> int:
     """``fs.nr_open``: no process's open-file limit can go above it."""
-    try:
-        with open("/proc/sys/fs/nr_open") as f:
-            return int(f.read())
-    except (OSError, ValueError):
-        return NR_OPEN_DEFAULT
+    from socktools.kernel.sysctl import sysctl_int
+    value = sysctl_int("fs.nr_open")
+    return NR_OPEN_DEFAULT if value is None else value
 
 
 def raise_nofile(want: Optional[int] = None) -> Optional[Change]:

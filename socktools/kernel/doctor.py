@@ -38,6 +38,11 @@ PAGES_PER_CONNECTION = 2
 #: Linux default for somaxconn since 5.4 and plenty for a server that accepts promptly.
 BACKLOG_ENOUGH = 4096
 CAP_NET_RAW = 13   # bit in /proc/self/status CapEff (include/uapi/linux/capability.h)
+#: Loopback source addresses flood spreads over (127.0.0.1-127.0.0.254).
+LOOPBACK_SOURCES = 254
+#: Share of a port range a source address should use at most (flood.limits.PORT_FILL: connect()
+#: searches the range for a free port and slows down sharply as it fills).
+PORT_FILL = 1 / 3
 
 
 @dataclass(frozen=True)
@@ -123,10 +128,22 @@ def _check_nofile(n: int) -> Check:
                      f">= {need:,}", note + "; the soft limit can be raised up to the hard one without root",
                      f"ulimit -n {min(_round_up(need), hard) if hard != inf else _round_up(need)}", raw)
     target = _round_up(need)
+    from socktools.kernel.capacity import nr_open, privileged
+    per_process = max(1, (hard if hard != inf else need) - FD_SLACK)
+    processes = -(-n // per_process)
+    raw["processes_at_hard_limit"] = processes
+    prlimit = (f"sudo prlimit --pid $$ --nofile={target}:{target}  "
+               f"(for good: '* - nofile {target}' in /etc/security/limits.conf)")
+    if privileged() and nr_open() >= need:
+        fix = f"none for socktools: flood and serve raise it themselves (and say so); others: {prlimit}"
+        why = "; this process may raise its hard limit (CAP_SYS_RESOURCE), up to fs.nr_open"
+    else:
+        fix = (f"{prlimit}; without CAP_SYS_RESOURCE (root in a container often lacks it) spread "
+               f"the sockets: {processes} processes per side at {per_process:,} each "
+               f"(flood --workers {processes}: flood picks that itself; serve --workers {processes})")
+        why = "; the hard limit needs CAP_SYS_RESOURCE to raise, which this process has not"
     return Check("rlimit_nofile", "open files per process (RLIMIT_NOFILE, ulimit -n)", value, "low",
-                 f">= {need:,}", note + "; the hard limit needs root to raise",
-                 f"sudo prlimit --pid $$ --nofile={target}:{target}  "
-                 f"(for good: '* - nofile {target}' in /etc/security/limits.conf)", raw)
+                 f">= {need:,} in one process, or {processes} processes", note + why, fix, raw)
 
 
 def _check_file_max(n: int) -> Check:
@@ -164,20 +181,24 @@ def _check_ports(n: int) -> tuple[Check, Optional[int]]:
     if not rng or len(rng) != 2:
         return Check("ip_local_port_range", title, "not readable", "absent", f">= {n:,}", "", None), None
     ports = rng[1] - rng[0] + 1
-    status = "ok" if ports >= n else "low"
+    # Loopback has 127.0.0.0/8 to spread over; each source address has its own port range,
+    # and connect() slows down as a range fills, so flood keeps each under a third full.
+    spread = -(-n // max(1, int(ports * PORT_FILL)))
+    status = "ok" if ports >= n else ("warn" if spread <= LOOPBACK_SOURCES else "low")
     note = ("one local port per connection from one source address to one server address:port; "
             "a port stays taken for 60 s in TIME-WAIT after the client closes")
     fix = None
     if status != "ok":
-        # Loopback has 127.0.0.0/8 to spread over; each source address has its own port range.
-        addrs = -(-n // ports)
-        spread = f"flood --source 127.0.0.1-127.0.0.{min(addrs, 254)}"
+        addrs = min(spread, LOOPBACK_SOURCES)
+        spread_fix = f"flood --source 127.0.0.1-127.0.0.{addrs} (flood picks them itself for a loopback target)"
         widest = 65535 - 1024 + 1
-        fix = (spread if n > widest else
-               f'sudo sysctl -w net.ipv4.ip_local_port_range="1024 65535"  (or {spread})')
+        fix = (spread_fix if n > widest else
+               f'sudo sysctl -w net.ipv4.ip_local_port_range="1024 65535"  (or {spread_fix})')
+        if status == "low":
+            fix += "; beyond 127.0.0.0/8: more server ports, or more load hosts (flood --cluster)"
     return Check("ip_local_port_range", title, f"{rng[0]}-{rng[1]} = {ports:,} ports per source address",
-                 status, f">= {n:,} per source address", note, fix, {"low": rng[0], "high": rng[1],
-                                                                   "ports": ports}), ports
+                 status, f">= {n:,} per source address, or {spread:,} source addresses at a third full",
+                 note, fix, {"low": rng[0], "high": rng[1], "ports": ports}), ports
 
 
 def _check_somaxconn(n: int) -> Check:
@@ -225,24 +246,6 @@ def _check_tw_reuse(n: int, ports: Optional[int]) -> Check:
                  None if val[0] else "sudo sysctl -w net.ipv4.tcp_tw_reuse=1", val[0])
 
 
-def _check_conntrack(n: int) -> Check:
-    title = "connection tracking table (net.netfilter.nf_conntrack_max)"
-    val = sysctl_ints("net.netfilter.nf_conntrack_max")
-    if not val:
-        return Check("nf_conntrack_max", title, "conntrack not loaded", "absent", "",
-                     "no netfilter connection tracking here, so no limit from it", None)
-    count = sysctl_ints("net.netfilter.nf_conntrack_count")
-    used = count[0] if count else 0
-    need = used + n
-    status = "ok" if val[0] >= need else "low"
-    return Check("nf_conntrack_max", title, f"{val[0]:,} ({used:,} tracked now)", status,
-                 f">= {need:,} (tracked + 1 per connection)",
-                 "netfilter tracks loopback connections too; a full table drops new SYNs "
-                 "('nf_conntrack: table full' in dmesg)",
-                 None if status == "ok" else f"sudo sysctl -w net.netfilter.nf_conntrack_max={_round_up(need)}",
-                 {"max": val[0], "count": used})
-
-
 def _sockstat_tcp_pages() -> Optional[int]:
     try:
         with open("/proc/net/sockstat") as f:
@@ -265,13 +268,18 @@ def _check_tcp_mem(n: int) -> Check:
     used = _sockstat_tcp_pages()
     need = (used or 0) + PAGES_PER_CONNECTION * n
     mib = lambda pages: f"{pages * page / 2 ** 20:,.0f} MiB"  # noqa: E731
-    status = "ok" if pressure >= need else ("warn" if high >= need else "low")
+    # Idle sockets hold no buffer pages (measured: 0-10 bytes per connection at 100,000 held),
+    # so this limit bites only when many connections have data queued at the same moment.
+    status = "ok" if pressure >= need else "warn"
     value = (f"pressure at {mib(pressure)}, max {mib(high)} ({pressure:,}/{high:,} pages"
              + (f"; {used:,} in use now)" if used is not None else ")"))
+    fits = max(0, (high - (used or 0)) // PAGES_PER_CONNECTION)
     return Check("tcp_mem", title, value, status,
-                 f">= {need:,} pages ({mib(need)}) for small messages in flight",
+                 f">= {need:,} pages ({mib(need)}) with a small message in flight on every connection "
+                 f"at once; idle connections need none",
                  "all TCP sockets share this memory; under pressure the kernel shrinks buffers, "
-                 "at max it drops data and fails sends (ENOBUFS)",
+                 f"at max it drops data and fails sends (ENOBUFS): about {fits:,} connections can "
+                 "have a message queued at once (a paced --rate run has few)",
                  None if status == "ok" else
                  f'sudo sysctl -w net.ipv4.tcp_mem="{max(low, need)} {max(pressure, need * 2)} {max(high, need * 4)}"',
                  {"pages": val, "page_size": page, "in_use_pages": used})
@@ -302,18 +310,22 @@ def _check_libpcap() -> Check:
 
 def run_doctor(config: DoctorConfig) -> DoctorReport:
     """Read every limit and judge it against ``config.conns`` connections."""
+    from socktools.kernel import footprint
     n = max(1, int(config.conns))
     ports_check, ports = _check_ports(n)
+    nofile = _check_nofile(n)
     checks = (
-        _check_nofile(n),
+        nofile,
         _check_nr_open(n),
         _check_file_max(n),
         ports_check,
         _check_tw_reuse(n, ports),
         _check_somaxconn(n),
         _check_syn_backlog(n),
-        _check_conntrack(n),
+        footprint.check_epoll(n),
+        footprint.check_conntrack(n),
         _check_tcp_mem(n),
+        footprint.check_memory(n, 2 * (nofile.raw or {}).get("processes_at_hard_limit", 1)),
         _check_capture(),
         _check_libpcap(),
     )
