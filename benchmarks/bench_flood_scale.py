@@ -98,6 +98,26 @@ def rss(pid: int) -> int:
         return 0
 
 
+def cpu_seconds(pids: list) -> float:
+    """utime + stime of these processes (children already reaped not included)."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, ValueError, IndexError):
+            continue
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy() -> tuple:
+    """(busy, total) jiffies of all CPUs, from /proc/stat."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return sum(v[:8]) - v[3] - v[4], sum(v[:8])
+
+
 def children(pid: int) -> list:
     out = []
     for entry in os.listdir("/proc"):
@@ -204,6 +224,9 @@ def run(args, workers: int, server_workers: int, sources: str) -> None:
     time.sleep(0.5)
     server_pids = children(serve.pid) or [serve.pid]
     server_rss0 = sum(rss(p) for p in server_pids)
+    server_cpu0 = cpu_seconds(server_pids)
+    load0 = os.getloadavg()[0]
+    busy0 = machine_busy()
 
     flood_cmd = [sys.executable, "-m", "socktools", "flood", "--port", str(port), "--conns", str(args.conns),
                  "--workers", str(workers), "--source", sources, "--rate", str(args.rate),
@@ -223,8 +246,11 @@ def run(args, workers: int, server_workers: int, sources: str) -> None:
         if event["event"] == "interval":
             if event["phase"] == "traffic" and event["open"] > peak["open"]:
                 # All connected and held: sample the kernel and the server now.
+                flood_pids = [flood.pid] + children(flood.pid)
                 peak = {"open": event["open"], "sockstat": sockstat(), "slab": slab_bytes(),
-                        "server_rss": sum(rss(p) for p in server_pids), "t": event["t"]}
+                        "server_rss": sum(rss(p) for p in server_pids), "t": event["t"],
+                        "cpu": cpu_seconds(flood_pids) + cpu_seconds(server_pids) - server_cpu0,
+                        "busy": machine_busy(), "wall": time.monotonic() - started}
         elif event["event"] == "result":
             result = event
     flood.wait()
@@ -243,6 +269,14 @@ def run(args, workers: int, server_workers: int, sources: str) -> None:
           f"max open in one snapshot {peak['open']:,}")
     print(f"connect rate  {c['per_second']:,.0f} connections/s (connect phase "
           f"{result['phases'].get('connect', 0):.2f} s, each confirmed by an echo round trip)")
+    if n and peak.get("cpu"):
+        (b0, t0), (b1, t1) = busy0, peak["busy"]
+        cores = peak["cpu"] / peak["wall"]
+        print(f"cpu           flood + serve used {peak['cpu']:,.1f} CPU-seconds until all were held "
+              f"({peak['wall']:,.1f} s: {cores:.2f} of {limits.cpu_count()} cores) = "
+              f"{n / peak['cpu']:,.0f} connections per CPU-second; the machine was "
+              f"{(b1 - b0) / max(1, t1 - t0):.0%} busy meanwhile (load average {load0:.1f} at the start, "
+              f"shared with other jobs)")
     if result["errors"]:
         for e in result["errors"]:
             print(f"  failure: {e['phase']} {e['error']} x{e['count']:,}: {e['meaning']}")

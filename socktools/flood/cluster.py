@@ -115,7 +115,7 @@ class ClusterResult(FloodResult):
 
 
 @contextlib.contextmanager
-def _client(kind: str, value: Any):
+def _client(kind: str, value: Any, interrupts: "_Interrupts"):
     from distributed import Client, LocalCluster
     if kind == "local":
         # Loopback only, no dashboard; one thread per process so each shard has
@@ -125,9 +125,18 @@ def _client(kind: str, value: Any):
             # With no dashboard the scheduler still serves /health on 8787 (loopback here),
             # or on a free port if 8787 is taken -- and warns about it: not the user's concern.
             warnings.filterwarnings("ignore", message="Port 8787 is already in use")
-            cluster = LocalCluster(n_workers=value, threads_per_worker=1, processes=True,
-                                   host="127.0.0.1", dashboard_address=None, memory_limit=0,
-                                   silence_logs=logging.ERROR, preload=["socktools.flood.shard"])
+            try:
+                cluster = LocalCluster(n_workers=value, threads_per_worker=1, processes=True,
+                                       host="127.0.0.1", dashboard_address=None, memory_limit=0,
+                                       silence_logs=logging.CRITICAL,
+                                       preload=["socktools.flood.shard"])
+            except Exception as exc:
+                # A terminal's Ctrl-C reaches the whole process group: a worker process
+                # still starting (its preload not yet run) dies of it, and the start fails.
+                if interrupts.count:
+                    raise KeyboardInterrupt from None
+                raise FloodError(f"could not start a LocalCluster of {value} processes: "
+                                 f"{type(exc).__name__}: {exc}") from None
         with cluster, Client(cluster) as client:
             yield client, cluster.scheduler_address
         return
@@ -137,6 +146,35 @@ def _client(kind: str, value: Any):
         raise FloodError(f"cannot reach the Dask scheduler at {value}: {exc}") from None
     with client:
         yield client, value
+
+
+class _Interrupts:
+    """Ctrl-C counted from the start of a cluster run, never raised inside Dask's own calls.
+
+    A KeyboardInterrupt in the middle of starting a LocalCluster or of a scheduler round trip
+    leaves Dask half-done (and a traceback); instead the count is looked at between steps:
+    before traffic, one means "do not start" (:meth:`check`); during it, "stop every shard".
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._old = None
+
+    def __enter__(self) -> "_Interrupts":
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._on_sigint)
+        return self
+
+    def _on_sigint(self, signum, frame) -> None:
+        self.count += 1
+
+    def check(self) -> None:
+        if self.count:
+            raise KeyboardInterrupt
+
+    def __exit__(self, *exc) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
 
 
 def _placement(workers: dict, shards: int) -> dict:
@@ -157,7 +195,7 @@ def run_cluster(config: Any, *, workers_given: bool = True, sources_given: bool 
     kind, value = parse_cluster(config.cluster)
     started = time.time()
     t0 = time.monotonic()
-    with _client(kind, value) as (client, scheduler):
+    with _Interrupts() as interrupts, _client(kind, value, interrupts) as (client, scheduler):
         workers = client.scheduler_info(n_workers=-1)["workers"]
         if not workers:
             raise FloodError(f"the Dask cluster at {scheduler} has no workers")
@@ -178,8 +216,10 @@ def run_cluster(config: Any, *, workers_given: bool = True, sources_given: bool 
         plan = replace(plan, problems=plan.problems + _host_problems(plan.config, placement, probes))
         emit({"event": "plan", "plan": plan})
         cfg = replace(plan.config, interval=plan.config.interval or DEFAULT_TICK)
+        interrupts.check()
         with _embedded(cfg, emit) as (cfg, server_info):
-            run = _ClusterRun(client, cfg, placement, emit)
+            interrupts.check()
+            run = _ClusterRun(client, cfg, placement, emit, interrupts)
             run.execute()
     totals = st.merge(run.finals.values())
     result = ClusterResult(config=replace(cfg, interval=config.interval), plan=plan, totals=totals,
@@ -235,7 +275,8 @@ def _embedded(cfg: Any, emit: Callable[[dict], None]):
 class _ClusterRun:
     """The supervising loop of one cluster run (client side): the counterpart of runner._Run."""
 
-    def __init__(self, client: Any, config: Any, placement: dict, emit: Callable[[dict], None]) -> None:
+    def __init__(self, client: Any, config: Any, placement: dict, emit: Callable[[dict], None],
+                 interrupts: _Interrupts) -> None:
         from distributed import Event, Queue, Variable
         from socktools.flood.shard import names
         self.client = client
@@ -258,16 +299,12 @@ class _ClusterRun:
         self.ready: set = set()
         self.went = False
         self.go_wall_ns: Optional[int] = None
-        self.interrupts = 0
-        self.interrupted = False
+        self.interrupts = interrupts
         self.stop_sent_at: Optional[float] = None
         self.intervals = Intervals(config.interval, emit)
 
     def execute(self) -> None:
         from socktools.flood.shard import run_shard
-        old = None
-        if threading.current_thread() is threading.main_thread():
-            old = signal.signal(signal.SIGINT, self._on_sigint)
         try:
             epoch = time.time_ns()
             for i, addr in self.placement.items():
@@ -277,17 +314,15 @@ class _ClusterRun:
                     pure=False)
             self._supervise()
         finally:
-            if old is not None:
-                signal.signal(signal.SIGINT, old)
             if not self.stop_event.is_set():
                 self.stop_event.set()   # shards still waiting on the barrier end too
             pending = [f for i, f in self.futures.items() if i not in self.finals]
             if pending:
                 self.client.cancel(pending)
 
-    def _on_sigint(self, signum, frame) -> None:
-        self.interrupts += 1
-        self.interrupted = True
+    @property
+    def interrupted(self) -> bool:
+        return self.interrupts.count > 0
 
     def _running(self) -> list:
         return [i for i in self.placement if i not in self.finals and i not in self._dead]
@@ -296,8 +331,8 @@ class _ClusterRun:
         handled = 0
         next_check = time.monotonic() + WORKER_CHECK
         while self._running():
-            if self.interrupts != handled:
-                handled = self.interrupts
+            if self.interrupts.count != handled:
+                handled = self.interrupts.count
                 if handled == 1:
                     self.stop_event.set()
                     self.stop_sent_at = time.monotonic()
