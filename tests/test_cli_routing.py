@@ -186,6 +186,7 @@ ROUTES = {
                         lambda call, base: (call.sources_given and not base.sources_given) or _fail())),
         "server_workers": (["--server-workers", "3"], field("server_workers", 3)),
         "interval": (["--interval", "250ms"], field("interval", 0.25)),   # 1 s is the default
+        "cluster": (["--cluster", "local:2"], field("cluster", "local:2")),
         "as_json": (["--json"], lambda call, base: (call.view == "json" and base.view == "table") or _fail()),
         # result files and criteria: handed to the JSON view and the file writer
         "thresholds": (["--threshold", "p99<5ms"],

@@ -19,8 +19,8 @@ from click.testing import CliRunner
 from hdrh.histogram import HdrHistogram
 
 from socktools.flood import stats as st
-from socktools.flood.cluster import INSTALL_HINT, parse_cluster
-from socktools.flood.config import FloodConfig
+from socktools.flood.cluster import INSTALL_HINT
+from socktools.flood.config import FloodConfig, parse_cluster
 from socktools.flood.report import render_table, to_json
 from socktools.flood.runner import run_flood
 from tests.conftest import socktools_cmd, wait_until
@@ -97,8 +97,8 @@ def test_requests_equal_the_servers_own_count_and_hosts_are_broken_down(dask_clu
     c = result.totals.counters
     assert c["established"] == 20 and c["failed"] == 0
     assert c["traffic_requests"] == 2000
-    assert srv.summary()["requests"] == c["requests"] == 2020     # + the 20 confirming requests
-    assert srv.summary()["responses"] == c["responses"]
+    assert srv.final_summary()["requests"] == c["requests"] == 2020     # + the 20 confirming requests
+    assert srv.final_summary()["responses"] == c["responses"]
     assert len(result.totals.workers) == 2                         # both shards reported
     doc = to_json(result)
     [host] = doc["hosts"]                                          # one machine: one host line
@@ -129,7 +129,7 @@ def test_merged_percentiles_equal_the_shards_histograms_merged_by_hand(dask_clus
     assert doc["p99"] == round(by_hand.get_value_at_percentile(99) / 1000, 3)
     assert doc["count"] == 4000
     # The server saw every byte the shards sent.
-    assert srv.summary()["bytes_in"] == result.totals.counters["bytes_out"]
+    assert srv.final_summary()["bytes_in"] == result.totals.counters["bytes_out"]
 
 
 def test_a_dask_worker_killed_mid_run_is_reported_and_the_run_completes(dask_cluster, start_server):
@@ -196,4 +196,4 @@ def test_ctrl_c_stops_every_shard_and_the_report_is_printed(start_server, tmp_pa
     assert result["phases"]["traffic"] < 30
     assert "Traceback" not in err
     srv.stop()
-    assert srv.summary()["bytes_in"] == result["bytes"]["sent"]
+    assert srv.final_summary()["bytes_in"] == result["bytes"]["sent"]

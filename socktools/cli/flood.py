@@ -169,14 +169,13 @@ def command(ctx, host, port, conns, workers, mode, pipeline, size, action, value
 
 
 def _check_cluster(spec: str) -> None:
-    from socktools.flood.cluster import INSTALL_HINT, parse_cluster
+    from socktools.flood.cluster import INSTALL_HINT, dask_installed
+    from socktools.flood.config import parse_cluster
     try:
         parse_cluster(spec)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--cluster")
-    try:
-        import distributed  # noqa: F401
-    except ImportError:
+    if not dask_installed():
         die(INSTALL_HINT, EXIT_UNAVAILABLE)
 
 

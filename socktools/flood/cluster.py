@@ -40,15 +40,13 @@ from typing import Any, Callable, Optional
 from socktools.flood import limits
 from socktools.flood import stats as st
 from socktools.flood.intervals import Intervals
-from socktools.flood.runner import FloodError, FloodResult, _server_mode, generator_warnings
+from socktools.flood.config import parse_cluster, server_mode
+from socktools.flood.result import FloodError, FloodRefused, FloodResult, generator_warnings
 
-__all__ = ["ClusterUnavailable", "ClusterResult", "parse_cluster", "check_config", "run_cluster",
-           "INSTALL_HINT"]
+__all__ = ["ClusterUnavailable", "ClusterResult", "run_cluster", "dask_installed", "INSTALL_HINT"]
 
 INSTALL_HINT = "--cluster needs Dask: pip install 'socktools[dask]'"
 
-#: ``local:N`` at most: N Python processes on this machine (each holds one shard).
-LOCAL_MAX = 64
 #: Tick interval when the user asked for none: a lost shard is reported with
 #: figures at most this old, and the client sees progress while it waits.
 DEFAULT_TICK = 1.0
@@ -73,36 +71,18 @@ class ClusterUnavailable(FloodError):
     """Dask is not installed (:data:`INSTALL_HINT`)."""
 
 
-def parse_cluster(spec: str) -> tuple:
-    """``"local:4"`` -> ``("local", 4)``; ``"tcp://h:8786"`` / ``"h:8786"`` -> ``("address", "tcp://h:8786")``."""
-    spec = spec.strip()
-    if spec.startswith("local:") or spec == "local":
-        count = spec.partition(":")[2]
-        if not count.isdigit() or not 1 <= int(count) <= LOCAL_MAX:
-            raise ValueError(f"local:N needs N from 1 to {LOCAL_MAX} (worker processes), not {spec!r}")
-        return "local", int(count)
-    if "://" not in spec:
-        spec = "tcp://" + spec
-    scheme, _, rest = spec.partition("://")
-    if scheme not in ("tcp", "tls", "ucx", "ws", "wss") or not rest:
-        raise ValueError(f"expected local:N or a scheduler address like tcp://HOST:8786, not {spec!r}")
-    return "address", spec
-
-
-def check_config(config: Any) -> None:
-    """Validation of a cluster run's config (called by :class:`FloodConfig`); raises ValueError."""
-    kind, _ = parse_cluster(config.cluster)
-    if kind == "address" and config.embedded:
-        raise ValueError("--cluster with a scheduler address needs --port (and --host) of a server "
-                         "every load host can reach: flood's own server would listen on this "
-                         "machine's loopback only")
-
-
-def _require_dask() -> None:
+def dask_installed() -> bool:
+    """Is Dask's ``distributed`` importable (``pip install 'socktools[dask]'``)?"""
     try:
         import distributed  # noqa: F401
     except ImportError:
-        raise ClusterUnavailable(INSTALL_HINT) from None
+        return False
+    return True
+
+
+def _require_dask() -> None:
+    if not dask_installed():
+        raise ClusterUnavailable(INSTALL_HINT)
 
 
 @dataclass
@@ -187,7 +167,7 @@ def _placement(workers: dict, shards: int) -> dict:
 
 
 def run_cluster(config: Any, *, workers_given: bool = True, sources_given: bool = True,
-                on_event: Optional[Callable[[dict], None]] = None) -> ClusterResult:
+                on_event: Optional[Callable[[dict], None]] = None, force: bool = False) -> ClusterResult:
     """:func:`socktools.flood.runner.run_flood` for ``config.cluster``; same events, plus
     ``{"event": "cluster", ...}`` once connected and ``{"event": "lost", ...}`` per lost shard."""
     _require_dask()
@@ -214,6 +194,8 @@ def run_cluster(config: Any, *, workers_given: bool = True, sources_given: bool 
                            sources_given=sources_given)
         placement = _placement(workers, plan.config.active_workers)
         plan = replace(plan, problems=plan.problems + _host_problems(plan.config, placement, probes))
+        if getattr(plan, "refusals", ()) and not force:
+            raise FloodRefused(plan)
         emit({"event": "plan", "plan": plan})
         cfg = replace(plan.config, interval=plan.config.interval or DEFAULT_TICK)
         interrupts.check()
@@ -257,7 +239,7 @@ def _embedded(cfg: Any, emit: Callable[[dict], None]):
         yield cfg, None
         return
     from socktools.core.embedded import EmbeddedServer, EmbeddedServerError
-    server = EmbeddedServer(_server_mode(cfg.mode), host=cfg.host or "127.0.0.1",
+    server = EmbeddedServer(server_mode(cfg.mode), host=cfg.host or "127.0.0.1",
                             workers=cfg.server_workers)
     try:
         server.start()

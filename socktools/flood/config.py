@@ -9,7 +9,7 @@ from typing import Optional
 from socktools.errors import OptionError
 from socktools.wire.spec import WireOptionError, WireSpec, build
 
-__all__ = ["FloodConfig", "MODES", "split"]
+__all__ = ["FloodConfig", "MODES", "split", "server_mode", "parse_cluster", "LOCAL_MAX"]
 
 #: connect: churn (connect, one echo, close); plugin: ``wire.plugin`` names the class.
 MODES = ("echo", "framed", "connect", "raw", "line", "redis", "http", "plugin")
@@ -20,6 +20,34 @@ MAX_DURATION = 86_400.0
 #: but past a few hundred the kernel's socket buffer, not the pipeline, is
 #: the limit; 1024 keeps a connection's send-time queue small.
 MAX_PIPELINE = 1024
+
+
+#: ``--cluster local:N`` at most: N Python processes on this machine (each holds one shard).
+LOCAL_MAX = 64
+
+
+def server_mode(mode: str) -> str:
+    """The `socktools serve` mode flood's own server runs for a flood ``mode``."""
+    return "framed" if mode == "framed" else "echo"
+
+
+def parse_cluster(spec: str) -> tuple:
+    """``"local:4"`` -> ``("local", 4)``; ``"tcp://h:8786"`` / ``"h:8786"`` -> ``("address", "tcp://h:8786")``.
+
+    Raises ValueError saying what is expected.
+    """
+    spec = spec.strip()
+    if spec.startswith("local:") or spec == "local":
+        count = spec.partition(":")[2]
+        if not count.isdigit() or not 1 <= int(count) <= LOCAL_MAX:
+            raise ValueError(f"local:N needs N from 1 to {LOCAL_MAX} (worker processes), not {spec!r}")
+        return "local", int(count)
+    if "://" not in spec:
+        spec = "tcp://" + spec
+    scheme, _, rest = spec.partition("://")
+    if scheme not in ("tcp", "tls", "ucx", "ws", "wss") or not rest:
+        raise ValueError(f"expected local:N or a scheduler address like tcp://HOST:8786, not {spec!r}")
+    return "address", spec
 
 
 def split(total: int, parts: int, index: int) -> int:
@@ -108,8 +136,14 @@ class FloodConfig:
         if not proto.replies and self.rate is None:
             raise WireOptionError("--no-reply", "a write-only stream needs --rate (requests/s)")
         if self.cluster is not None:
-            from socktools.flood.cluster import check_config
-            check_config(self)
+            try:
+                kind, _ = parse_cluster(self.cluster)
+            except ValueError as exc:
+                raise OptionError("cluster", str(exc)) from None
+            if kind == "address" and self.embedded:
+                raise OptionError("cluster", "--cluster with a scheduler address needs --port (and "
+                                  "--host) of a server every load host can reach: flood's own "
+                                  "server would listen on this machine's loopback only")
 
     # ------------------------------------------------------------- per-worker shares
     def conns_of(self, worker: int) -> int:

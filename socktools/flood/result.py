@@ -13,7 +13,19 @@ from socktools.flood import limits
 from socktools.flood import stats as st
 from socktools.flood.config import FloodConfig
 
-__all__ = ["FloodResult", "traffic_seconds", "generator_warnings"]
+__all__ = ["FloodError", "FloodRefused", "FloodResult", "traffic_seconds", "generator_warnings"]
+
+
+class FloodError(RuntimeError):
+    """The run could not start (e.g. the embedded server failed)."""
+
+
+class FloodRefused(FloodError):
+    """The plan does not fit this machine (``plan.refusals``); nothing was started."""
+
+    def __init__(self, plan: limits.Plan) -> None:
+        super().__init__("; ".join(plan.refusals))
+        self.plan = plan
 
 
 @dataclass

@@ -23,7 +23,6 @@ their parent-death signal on Linux, and everywhere their pipe reaching EOF.
 from __future__ import annotations
 
 import signal
-import sys
 import time
 from dataclasses import replace
 from typing import Any, Callable, Optional
@@ -31,40 +30,16 @@ from typing import Any, Callable, Optional
 from socktools.core import procs
 from socktools.flood import limits
 from socktools.flood import stats as st
-from socktools.flood.config import FloodConfig
+from socktools.flood.config import FloodConfig, server_mode
 from socktools.flood.intervals import Intervals
-from socktools.flood.result import FloodResult, generator_warnings, traffic_seconds  # noqa: F401 (public names)
+from socktools.flood.result import FloodError, FloodRefused, FloodResult, generator_warnings, traffic_seconds  # noqa: F401 (public names)
 from socktools.flood.worker import run_worker
+from socktools.kernel.capacity import tighten_timer_slack as _tighten_timer_slack
 
 __all__ = ["FloodResult", "run_flood", "FloodError", "FloodRefused", "traffic_seconds", "generator_warnings"]
 
 #: How long a worker may take to report after "stop" before it is terminated.
 STOP_GRACE = 10.0
-
-
-class FloodError(RuntimeError):
-    """The run could not start (e.g. the embedded server failed)."""
-
-
-class FloodRefused(FloodError):
-    """The plan does not fit this machine (``plan.refusals``); nothing was started."""
-
-    def __init__(self, plan: limits.Plan) -> None:
-        super().__init__("; ".join(plan.refusals))
-        self.plan = plan
-
-
-def _tighten_timer_slack() -> None:
-    """Ask Linux to wake us within 1 us of a timeout, not the default 50 us: the pacer of
-    --rate counts latency from scheduled times, so its lateness is measurement error."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        import ctypes
-        PR_SET_TIMERSLACK = 29
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_TIMERSLACK, 1000, 0, 0, 0)
-    except (OSError, AttributeError):  # pragma: no cover - exotic libc
-        pass
 
 
 def _worker_main(channel: Any, config: FloodConfig, index: int, epoch_ns: int) -> None:
@@ -76,10 +51,6 @@ def _worker_main(channel: Any, config: FloodConfig, index: int, epoch_ns: int) -
         channel.send(("final", result))
     except (OSError, ValueError):
         pass
-
-
-def _server_mode(mode: str) -> str:
-    return "framed" if mode == "framed" else "echo"
 
 
 def run_flood(config: FloodConfig, *, workers_given: bool = True, sources_given: bool = True,
@@ -98,7 +69,7 @@ def run_flood(config: FloodConfig, *, workers_given: bool = True, sources_given:
     if config.cluster:
         from socktools.flood.cluster import run_cluster
         return run_cluster(config, workers_given=workers_given, sources_given=sources_given,
-                           on_event=on_event)
+                           on_event=on_event, force=force)
     emit = on_event or (lambda event: None)
     if plan is None:
         plan = limits.plan(config, workers_given=workers_given, sources_given=sources_given)
@@ -113,7 +84,7 @@ def run_flood(config: FloodConfig, *, workers_given: bool = True, sources_given:
     if cfg.embedded:
         from socktools.core.embedded import EmbeddedServer, EmbeddedServerError
         host = cfg.host if cfg.host else "127.0.0.1"
-        server = EmbeddedServer(_server_mode(cfg.mode), host=host, workers=cfg.server_workers)
+        server = EmbeddedServer(server_mode(cfg.mode), host=host, workers=cfg.server_workers)
         try:
             server.start()
         except EmbeddedServerError as exc:

@@ -193,12 +193,8 @@ def run_shard(config: Any, index: int, prefix: str, epoch_wall_ns: int) -> dict:
     offset = time.time_ns() - time.perf_counter_ns()
     _profiler(worker, pause=True)
     if config.rate is not None:   # the pacer's lateness is measurement error: 1 us timer slack
-        try:
-            from socktools.flood.runner import _tighten_timer_slack
-        except ImportError:       # pragma: no cover - moved: the default slack only costs accuracy
-            pass
-        else:
-            _tighten_timer_slack()   # per thread: this shard's
+        from socktools.kernel.capacity import tighten_timer_slack
+        tighten_timer_slack()     # per thread: this shard's
     try:
         stats = run_worker(config, index, channel, epoch_ns=epoch_wall_ns - offset)
     finally:

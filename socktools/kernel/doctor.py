@@ -23,6 +23,7 @@ import sys
 from dataclasses import dataclass, asdict, field
 from typing import Any, Optional
 
+from socktools.kernel.check import Check, round_up
 from socktools.kernel.sysctl import read_sysctl, sysctl_ints  # noqa: F401 (read_sysctl: public name)
 
 __all__ = ["DoctorConfig", "Check", "DoctorReport", "run_doctor", "read_sysctl",
@@ -50,18 +51,6 @@ class DoctorConfig:
     """``conns``: connections the user means to open between a client and a server here."""
 
     conns: int = 1000
-
-
-@dataclass(frozen=True)
-class Check:
-    key: str                 # stable id, e.g. "rlimit_nofile"
-    title: str               # what the limit is, for people
-    value: str               # the value as read, for people
-    status: str              # ok | low | warn | info | absent
-    need: str                # what N connections need, for people
-    note: str                # why it matters
-    fix: Optional[str]       # the command that raises it (None when nothing to do)
-    raw: Any = None          # the numbers as read, for --json
 
 
 @dataclass(frozen=True)
@@ -103,12 +92,7 @@ def _fmt(n: int) -> str:
     return "unlimited" if n == resource.RLIM_INFINITY or n >= 2 ** 62 else f"{n:,}"
 
 
-def _round_up(n: int) -> int:
-    """A friendly number at least ``n`` for a suggested setting (65536, 131072, ...)."""
-    step = 1024
-    while step < n:
-        step *= 2
-    return step
+_round_up = round_up
 
 
 def _check_nofile(n: int) -> Check:

@@ -10,7 +10,7 @@
   needs it tracks nothing.  :func:`conntrack_tracks_loopback` finds out by
   opening one loopback connection and looking for it in the count.
 
-Each returns a :class:`~socktools.kernel.doctor.Check`.  Nothing here changes a
+Each returns a :class:`~socktools.kernel.check.Check`.  Nothing here changes a
 setting; the loopback probe opens and closes one connection.
 """
 
@@ -19,7 +19,7 @@ from __future__ import annotations
 import socket
 from typing import Optional
 
-from socktools.kernel.doctor import Check, _round_up
+from socktools.kernel.check import Check, round_up as _round_up
 from socktools.kernel.sysctl import sysctl_ints
 
 __all__ = ["KERNEL_BYTES_PER_CONNECTION", "PYTHON_BYTES_PER_SIDE", "check_memory", "check_epoll",
