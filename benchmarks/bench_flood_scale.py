@@ -177,7 +177,8 @@ def main() -> None:
                          "port range stays under a third full")
     ap.add_argument("--workers", type=int, default=0,
                     help="flood workers (default: enough for the fd limit, at least 1)")
-    ap.add_argument("--server-workers", type=int, default=0, help="serve workers (default: the same)")
+    ap.add_argument("--server-workers", type=int, default=0,
+                    help="serve workers (default: enough for the fd limit with a tenth spare)")
     ap.add_argument("--hold", type=float, default=5.0, help="seconds to hold them all (default 5)")
     ap.add_argument("--rate", type=float, default=1000.0, help="requests/s in total while holding")
     ap.add_argument("--connect-rate", type=float, default=None, help="flood --connect-rate")
@@ -196,7 +197,10 @@ def main() -> None:
     per_process = fd_limit - limits.FD_RESERVE
     need = math.ceil(args.conns / per_process)
     workers = args.workers or need
-    server_workers = args.server_workers or workers
+    # serve's workers share the port by SO_REUSEPORT, which spreads connections by a hash, not
+    # evenly: leave each a tenth of its descriptors spare (1M over 51 workers would put the
+    # busiest a few hundred past 20,000).
+    server_workers = args.server_workers or math.ceil(args.conns / (per_process * 0.9))
     rng = limits.port_range()
     ports = rng[1] - rng[0] + 1
     sources = args.sources
