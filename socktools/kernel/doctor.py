@@ -309,6 +309,7 @@ def run_doctor(config: DoctorConfig) -> DoctorReport:
         footprint.check_epoll(n),
         footprint.check_conntrack(n),
         _check_tcp_mem(n),
+        footprint.check_ehash(n),
         footprint.check_memory(n, 2 * (nofile.raw or {}).get("processes_at_hard_limit", 1)),
         _check_capture(),
         _check_libpcap(),

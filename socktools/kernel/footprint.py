@@ -23,7 +23,11 @@ from socktools.kernel.check import Check, round_up as _round_up
 from socktools.kernel.sysctl import sysctl_ints
 
 __all__ = ["KERNEL_BYTES_PER_CONNECTION", "PYTHON_BYTES_PER_SIDE", "check_memory", "check_epoll",
-           "check_conntrack", "conntrack_tracks_loopback"]
+           "check_conntrack", "conntrack_tracks_loopback", "check_ehash"]
+
+#: Sockets per bucket of the TCP established hash table past which every packet's lookup
+#: walks a long chain: the kernel sizes the table for about one socket per bucket.
+EHASH_CHAIN_WARN = 2
 
 #: Kernel memory per connection, both ends, while idle: measured 7,862-7,884 bytes of the
 #: TCP, sock_inode_cache, filp, dentry and eventpoll_epi slabs per connection at 100,000
@@ -129,3 +133,22 @@ def check_conntrack(n: int) -> Check:
                  "('nf_conntrack: table full' in dmesg)",
                  None if status == "ok" else f"sudo sysctl -w net.netfilter.nf_conntrack_max={_round_up(need)}",
                  raw)
+
+
+def check_ehash(n: int) -> Check:
+    """The TCP established hash table: not a limit, a cost -- every packet looks its socket up."""
+    val = sysctl_ints("net.ipv4.tcp_ehash_entries")
+    title = "TCP established hash table (net.ipv4.tcp_ehash_entries)"
+    if not val:
+        return Check("tcp_ehash", title, "not readable", "absent", "", "", None)
+    buckets = abs(val[0])            # negative: this network namespace shares the global table
+    chain = 2 * n / max(1, buckets)
+    status = "ok" if chain <= EHASH_CHAIN_WARN else "warn"
+    return Check("tcp_ehash", title, f"{buckets:,} buckets", status,
+                 f"about {2 * n:,} sockets (both ends): {chain:,.1f} per bucket",
+                 "every segment's socket is found by a walk along its bucket's chain: past a few "
+                 "per bucket, connects and round trips cost more CPU (sized at boot from memory)",
+                 None if status == "ok" else
+                 f"boot with thash_entries={_round_up(2 * n)} on the kernel command line, or run in "
+                 f"a new network namespace after sysctl -w net.ipv4.tcp_child_ehash_entries="
+                 f"{_round_up(2 * n)}", {"buckets": val[0], "per_bucket": round(chain, 2)})
