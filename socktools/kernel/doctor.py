@@ -21,7 +21,7 @@ import resource
 import shutil
 import sys
 from dataclasses import dataclass, asdict, field
-from typing import Any, Optional
+from typing import Optional
 
 from socktools.kernel.check import Check, round_up
 from socktools.kernel.sysctl import read_sysctl, sysctl_ints  # noqa: F401 (read_sysctl: public name)

@@ -1,0 +1,220 @@
+"""The client's side of a ``flood --cluster`` run, once the shards are submitted: supervise them.
+
+The counterpart of :class:`socktools.flood.runner._Run` for shards on Dask
+(see :mod:`socktools.flood.cluster` for the whole run): it polls the shards'
+queue, opens the start barrier with one wall-clock instant, merges ticks into
+interval records, turns Ctrl-C into a "stop" for every shard, notices a Dask
+worker that disappeared, and collects what each shard returned -- with the
+per-host breakdown built from it.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Callable, Optional
+
+from socktools.flood import stats as st
+from socktools.flood.intervals import Intervals
+
+__all__ = ["ClusterRun", "hosts_of", "go_warnings", "GO_LEAD", "STOP_GRACE"]
+
+#: From broadcasting "go" to the instant traffic starts: covers the round trips
+#: through the scheduler (about a millisecond each on a LAN) for many shards.
+#: A shard that gets it late says by how much.
+GO_LEAD = 0.3
+#: A shard whose "go" came later than this after the instant is worth a warning (clock skew).
+GO_LATE_WARN_MS = 50.0
+#: How often the client looks for shards' messages when there were none (the
+#: queue is polled: a Dask queue ``get`` that times out is logged by the scheduler).
+RECEIVE_POLL = 0.05
+#: How often the client asks the scheduler which workers are still there.
+WORKER_CHECK = 0.5
+#: After "stop", how long shards may take to report before the client gives up on them.
+STOP_GRACE = 10.0
+
+
+class ClusterRun:
+    """The supervising loop of one cluster run (client side).  ``interrupts.count`` is the
+    number of Ctrl-Cs so far (counted by the caller's handler, never raised in here)."""
+
+    def __init__(self, client: Any, config: Any, placement: dict, emit: Callable[[dict], None],
+                 interrupts: Any) -> None:
+        from distributed import Event, Queue, Variable
+        from socktools.flood.shard import names
+        self.client = client
+        self.config = config
+        self.placement = placement
+        self.emit = emit
+        run_id = uuid.uuid4().hex[:12]
+        self.prefix = f"socktools-flood-{run_id}"
+        n = names(self.prefix)
+        self.up = Queue(n["up"], client=client)
+        self.go_event = Event(n["go"], client=client)
+        self.go_at = Variable(n["go_at"], client=client)
+        self.stop_event = Event(n["stop"], client=client)
+        self.futures: dict = {}
+        self.finals: dict = {}      # shard -> WorkerStats
+        self.extras: dict = {}      # shard -> the rest of run_shard's answer (host, cpu...)
+        self.crashed: list = []
+        self.lost: list = []
+        self._dead: set = set()
+        self.ready: set = set()
+        self.went = False
+        self.go_wall_ns: Optional[int] = None
+        self.interrupts = interrupts
+        self.stop_sent_at: Optional[float] = None
+        self.intervals = Intervals(config.interval, emit)
+
+    def execute(self) -> None:
+        from socktools.flood.shard import run_shard
+        try:
+            epoch = time.time_ns()
+            for i, addr in self.placement.items():
+                self.futures[i] = self.client.submit(
+                    run_shard, self.config, i, self.prefix, epoch,
+                    key=f"{self.prefix}-shard-{i}", workers=[addr], allow_other_workers=False,
+                    pure=False)
+            self._supervise()
+        finally:
+            try:
+                self.stop_event.set()   # shards still waiting on the barrier end too
+                pending = [f for i, f in self.futures.items() if i not in self.finals]
+                if pending:
+                    self.client.cancel(pending)
+            except Exception:           # the scheduler is gone: nothing left to tell
+                pass
+
+    @property
+    def interrupted(self) -> bool:
+        return self.interrupts.count > 0
+
+    def _running(self) -> list:
+        return [i for i in self.placement if i not in self.finals and i not in self._dead]
+
+    def _supervise(self) -> None:
+        try:
+            self._supervise_loop()
+        except Exception as exc:   # a round trip to the scheduler failed: it (or the network) is gone
+            if not self._running():
+                raise
+            self._give_up(f"unreachable: the Dask scheduler stopped answering "
+                          f"({type(exc).__name__}: {exc})")
+
+    def _supervise_loop(self) -> None:
+        handled = 0
+        next_check = time.monotonic() + WORKER_CHECK
+        while self._running():
+            if self.interrupts.count != handled:
+                handled = self.interrupts.count
+                if handled == 1:
+                    self.stop_event.set()
+                    self.stop_sent_at = time.monotonic()
+                else:
+                    self._give_up("stopped by a second Ctrl-C before reporting")
+                    break
+            if self.stop_sent_at and time.monotonic() - self.stop_sent_at > STOP_GRACE:
+                self._give_up(f"did not report within {STOP_GRACE:g}s of being stopped")
+                break
+            messages = self.up.get(batch=True)
+            if not messages:
+                time.sleep(RECEIVE_POLL)
+            for kind, shard, payload in messages:
+                if kind == "ready":
+                    self.ready.add(shard)
+                elif kind == "tick":
+                    self.intervals.add(st.Tick(**payload))
+            self._collect()
+            if time.monotonic() >= next_check:
+                next_check = time.monotonic() + WORKER_CHECK
+                self._check_workers()
+            self.intervals.flush(self._running())
+            running = set(self._running())
+            if not self.went and running and self.ready >= running:
+                self.went = True
+                self.go_wall_ns = time.time_ns() + int(GO_LEAD * 1e9)
+                self.go_at.set(self.go_wall_ns)
+                self.go_event.set()
+                self.emit({"event": "go"})
+        self._collect()
+
+    def _collect(self) -> None:
+        """Shards whose task ended: a final result, or a crash."""
+        for i in self._running():
+            fut = self.futures[i]
+            if fut.status == "finished":
+                answer = fut.result()
+                self.finals[i] = answer.pop("stats")
+                self.extras[i] = answer
+                self.intervals.end(i)
+            elif fut.status == "error":
+                exc = fut.exception()
+                self.crashed.append(f"shard {i} on {self.placement[i]} crashed: {type(exc).__name__}: {exc}")
+                self._dead.add(i)
+                self.intervals.end(i)
+
+    def _check_workers(self) -> None:
+        alive = set(self.client.scheduler_info(n_workers=-1)["workers"])
+        for i in self._running():
+            addr = self.placement[i]
+            if addr in alive:
+                continue
+            self._dead.add(i)
+            self.intervals.end(i)
+            self.client.cancel([self.futures[i]])
+            last = self.intervals.latest(i)
+            record = {"shard": i, "worker": addr, "conns": self.config.conns_of(i),
+                      "at": round((time.time_ns() - self.go_wall_ns) / 1e9, 3) if self.go_wall_ns else None,
+                      "last_interval": None if last is None else {
+                          "t": round(last.seq * self.config.interval, 3), "phase": last.phase,
+                          "established": last.established, "open": last.open, "failed": last.failed,
+                          "requests": last.requests, "responses": last.responses,
+                          "errors": last.errors}}
+            self.lost.append(record)
+            self.emit({"event": "lost", **record})
+
+    def _give_up(self, why: str) -> None:
+        for i in self._running():
+            self.crashed.append(f"shard {i} on {self.placement[i]} {why}")
+            self._dead.add(i)
+
+
+def hosts_of(run: ClusterRun) -> list:
+    """Per host: shards, connections, requests, the shards' own CPU and the host's CPU."""
+    by: dict = {}
+    for i, answer in sorted(run.extras.items()):
+        s = run.finals[i]
+        h = by.setdefault(answer["host"], {"host": answer["host"], "shards": 0, "workers": set(),
+                                           "conns": 0, "established": 0, "requests": 0,
+                                           "responses": 0, "cpu_seconds": 0.0, "wall": 0.0,
+                                           "busy": [], "cpus": answer["cpus"]})
+        h["shards"] += 1
+        h["workers"].add(answer["worker"])
+        h["conns"] += s.conns
+        h["established"] += s.established
+        h["requests"] += s.requests
+        h["responses"] += s.responses
+        h["cpu_seconds"] += answer["cpu"]
+        span = s.phases.get("traffic")
+        h["wall"] = max(h["wall"], (span[1] - span[0]) / 1e9 if span else 0.0)
+        if answer["host_cpu_busy"] is not None:
+            h["busy"].append(answer["host_cpu_busy"])
+    out = []
+    for h in by.values():
+        busy = h.pop("busy")
+        h["workers"] = len(h["workers"])
+        h["cpu_seconds"] = round(h["cpu_seconds"], 3)
+        h["host_cpu_busy"] = round(sum(busy) / len(busy), 3) if busy else None
+        h.pop("wall")
+        out.append(h)
+    return out
+
+
+def go_warnings(run: ClusterRun) -> list:
+    late = [(i, a["go_late_ms"]) for i, a in run.extras.items()
+            if a.get("go_late_ms") is not None and a["go_late_ms"] > GO_LATE_WARN_MS]
+    if not late:
+        return []
+    worst = max(ms for _, ms in late)
+    return [f"{len(late)} shard(s) started up to {worst:,.0f} ms after the broadcast instant: their "
+            f"clocks may be behind (hosts need NTP) or the scheduler was slow to pass 'go' on"]
