@@ -9,6 +9,9 @@
 * :mod:`.stats` -- histograms, counters and the errno-by-phase tally, merged exactly;
 * :mod:`.limits` -- the pre-flight check of fd and port limits;
 * :mod:`.runner` -- :func:`run_flood`: spawns the workers, collects their statistics;
+* :mod:`.intervals` -- the workers' ticks merged into one interval record per tick;
+* :mod:`.cluster`, :mod:`.cluster_run` -- ``--cluster``: the shards as tasks on Dask, supervised;
+* :mod:`.shard` -- what runs on a Dask worker: one shard, in-process, over Dask's queue and events;
 * :mod:`.result` -- :class:`FloodResult`, what a run produced, and figures derived from it;
 * :mod:`.report` -- the table, the live line and the JSON views of a result.
 
