@@ -46,6 +46,17 @@ __all__ = ["ClusterUnavailable", "ClusterResult", "run_cluster", "dask_installed
 
 INSTALL_HINT = "--cluster needs Dask: pip install 'socktools[dask]'"
 
+#: Dask settings for the LocalCluster flood starts (a cluster of one's own is configured by its
+#: owner).  Shards run beside these in the same processes, and on a load generator every
+#: wake-up of Dask's own event loops takes CPU -- and the GIL -- from them: the loop-health
+#: tick (20 ms by default) and the system monitor (500 ms) wake less often; no statistical
+#: profiler (10 ms stack samples) and no work stealing (shards are pinned to their workers).
+LOCAL_CONFIG = {
+    "distributed.admin.tick.interval": "500ms",
+    "distributed.admin.system-monitor.interval": "2s",
+    "distributed.worker.profile.enabled": False,
+    "distributed.scheduler.work-stealing": False,
+}
 #: Tick interval when the user asked for none: a lost shard is reported with
 #: figures at most this old, and the client sees progress while it waits.
 DEFAULT_TICK = 1.0
@@ -82,12 +93,13 @@ class ClusterResult(FloodResult):
 
 @contextlib.contextmanager
 def _client(kind: str, value: Any, interrupts: "_Interrupts"):
+    import dask
     from distributed import Client, LocalCluster
     if kind == "local":
         # Loopback only, no dashboard; one thread per process so each shard has
         # a process (and a GIL) to itself.  memory_limit=0: the nanny must not
         # kill a load shard for holding the connections it was asked to hold.
-        with warnings.catch_warnings():
+        with dask.config.set(LOCAL_CONFIG), warnings.catch_warnings():
             # With no dashboard the scheduler still serves /health on 8787 (loopback here),
             # or on a free port if 8787 is taken -- and warns about it: not the user's concern.
             warnings.filterwarnings("ignore", message="Port 8787 is already in use")
@@ -103,9 +115,9 @@ def _client(kind: str, value: Any, interrupts: "_Interrupts"):
                     raise KeyboardInterrupt from None
                 raise FloodError(f"could not start a LocalCluster of {value} processes: "
                                  f"{type(exc).__name__}: {exc}") from None
-        with cluster, Client(cluster) as client:
-            yield client, cluster.scheduler_address
-        return
+            with cluster, Client(cluster) as client:
+                yield client, cluster.scheduler_address
+            return
     try:
         client = Client(value, timeout=CONNECT_TIMEOUT)
     except (OSError, TimeoutError) as exc:

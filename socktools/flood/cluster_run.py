@@ -27,9 +27,10 @@ GO_LEAD = 0.3
 GO_LATE_WARN_MS = 50.0
 #: How often the client looks for shards' messages when there were none (the
 #: queue is polled: a Dask queue ``get`` that times out is logged by the scheduler).
-RECEIVE_POLL = 0.05
-#: How often the client asks the scheduler which workers are still there.
-WORKER_CHECK = 0.5
+RECEIVE_POLL = 0.1
+#: How often the client asks the scheduler which workers are still there (a lost
+#: worker is reported this much later at most; the scheduler itself notices at once).
+WORKER_CHECK = 1.0
 #: After "stop", how long shards may take to report before the client gives up on them.
 STOP_GRACE = 10.0
 
@@ -154,7 +155,7 @@ class ClusterRun:
                 self.intervals.end(i)
 
     def _check_workers(self) -> None:
-        alive = set(self.client.scheduler_info(n_workers=-1)["workers"])
+        alive = set(self.client.nthreads())   # address -> threads, of the workers there now
         for i in self._running():
             addr = self.placement[i]
             if addr in alive:

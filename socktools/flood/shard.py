@@ -43,11 +43,12 @@ from typing import Any, Optional
 
 __all__ = ["DaskChannel", "run_shard", "names", "probe", "dask_setup", "host_cpu"]
 
-#: How long one wait on a Dask Event lasts before the control thread looks
-#: again (whether the shard has ended: the thread must not outlive the task;
-#: before "go", whether "stop" came first).  Bounds how late a Ctrl-C in the
-#: connect phase reaches a shard.
-CONTROL_POLL = 0.25
+#: How long one wait on a Dask Event lasts.  A wait returns the moment its event
+#: is set, so this bounds only how often the wait is re-issued (a scheduler round
+#: trip each, and a wake-up of the worker's event loop beside the shard), how soon
+#: the thread notices the shard ended, and -- before "go" -- how late a "stop"
+#: that came first is seen.
+CONTROL_POLL = 1.0
 
 
 def _thread_cpu() -> float:
@@ -163,11 +164,14 @@ class DaskChannel:
                 pass
 
     def close(self) -> None:
-        """Flush what is queued for the client, stop both threads, close the socketpair."""
+        """Flush what is queued for the client, then let both threads end, close the socketpair.
+
+        The sender is joined (its last messages must leave before the task returns); the
+        control thread, a daemon, ends by itself within :data:`CONTROL_POLL`.
+        """
         self._ended.set()
         self._outbox.put(None)
-        for t in self._threads:
-            t.join(timeout=CONTROL_POLL + 5)
+        self._threads[1].join(timeout=30)
         self._r.close()
         self._w.close()
 
