@@ -225,6 +225,9 @@ def run(args, workers: int, server_workers: int, sources: str) -> None:
                               "--backlog", "4096", "-q"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     port = json.loads(serve.stdout.readline())["port"]
+    deadline = time.monotonic() + 60          # every worker up before the baseline is read
+    while len(children(serve.pid)) < server_workers and time.monotonic() < deadline:
+        time.sleep(0.1)
     time.sleep(0.5)
     server_pids = children(serve.pid) or [serve.pid]
     server_rss0 = sum(rss(p) for p in server_pids)
