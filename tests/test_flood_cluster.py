@@ -197,3 +197,62 @@ def test_ctrl_c_stops_every_shard_and_the_report_is_printed(start_server, tmp_pa
     assert "Traceback" not in err
     srv.stop()
     assert srv.final_summary()["bytes_in"] == result["bytes"]["sent"]
+
+
+# --------------------------------------------------------------------- the channel, with fakes
+
+class FakeEvent:
+    def __init__(self):
+        import threading
+        self._e = threading.Event()
+
+    def wait(self, timeout=None):
+        return self._e.wait(timeout)
+
+    def is_set(self):
+        return self._e.is_set()
+
+    def set(self):
+        self._e.set()
+
+
+class FakeVariable:
+    def __init__(self):
+        self.value = None
+
+    def get(self, timeout=None):
+        return self.value
+
+
+class FakeQueue:
+    def __init__(self):
+        self.items = []
+
+    def put(self, item):
+        self.items.append(item)
+
+
+def test_the_channel_holds_go_until_the_broadcast_instant_then_passes_stop():
+    import select
+    import time
+    from socktools.flood.shard import DaskChannel
+    up, go, go_at, stop = FakeQueue(), FakeEvent(), FakeVariable(), FakeEvent()
+    ch = DaskChannel(up, go, go_at, stop, shard=3)
+    try:
+        ch.send(("ready", None))
+        assert not ch.poll()
+        instant = time.time_ns() + 300_000_000          # 0.3 s ahead, on the wall clock
+        go_at.value = instant
+        go.set()
+        assert select.select([ch.fileno()], [], [], 5)[0], "go never reached the loop"
+        arrived = time.time_ns()
+        assert ch.poll() and ch.recv() == ("go", None)
+        assert arrived >= instant                        # not before the instant
+        assert ch.go_late_ns is not None and ch.go_late_ns < 200_000_000
+        stop.set()
+        assert select.select([ch.fileno()], [], [], 5)[0], "stop never reached the loop"
+        assert ch.poll() and ch.recv() == ("stop", None)
+        assert not ch.poll()
+    finally:
+        ch.close()
+    assert up.items == [["ready", 3, None]]              # flushed before close returned
