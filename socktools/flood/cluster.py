@@ -205,6 +205,7 @@ def run_cluster(config: Any, *, workers_given: bool = True, sources_given: bool 
     result = ClusterResult(config=replace(cfg, interval=config.interval), plan=plan, totals=totals,
                            server=server_info, stopped_early=run.interrupted or totals.stopped_early,
                            crashed=run.crashed, started=started, elapsed=time.monotonic() - t0,
+                           intervals=run.intervals.records, epoch_ns=run.epoch_ns,
                            cluster=info, hosts=hosts_of(run), lost=run.lost)
     result.warnings = generator_warnings(result) + go_warnings(run)
     return result

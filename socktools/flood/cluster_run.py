@@ -66,11 +66,12 @@ class ClusterRun:
         self.interrupts = interrupts
         self.stop_sent_at: Optional[float] = None
         self.intervals = Intervals(config.interval, emit)
+        self.epoch_ns = 0           # wall clock: ticks and (moved) phase times count from it
 
     def execute(self) -> None:
         from socktools.flood.shard import run_shard
         try:
-            epoch = time.time_ns()
+            epoch = self.epoch_ns = time.time_ns()
             for i, addr in self.placement.items():
                 self.futures[i] = self.client.submit(
                     run_shard, self.config, i, self.prefix, epoch,
