@@ -84,6 +84,10 @@ class ClusterRun:
                 pending = [f for i, f in self.futures.items() if i not in self.finals]
                 if pending:
                     self.client.cancel(pending)
+                # A long-lived scheduler keeps what a run leaves: release the queue and the
+                # go instant (the stop event stays set, a few bytes, for any straggler).
+                self.up.close()
+                self.go_at.delete()
             except Exception:           # the scheduler is gone: nothing left to tell
                 pass
 
