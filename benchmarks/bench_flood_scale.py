@@ -270,6 +270,9 @@ def run(args, workers: int, server_workers: int, sources: str) -> None:
     if result is None:
         sys.exit("flood gave no result: " + "".join(stderr_lines[-5:]))
 
+    for line in stderr_lines:             # flood's own notes: what it raised, chose, could not fit
+        if line.strip():
+            print(f"flood said    {line.rstrip()}")
     c = result["connections"]
     n = c["established"]
     print(f"\nestablished   {n:,} of {args.conns:,} ({c['failed']:,} failed), held {args.hold:g} s; "
