@@ -127,32 +127,40 @@ def _client(kind: str, value: Any, interrupts: "_Interrupts"):
 
 
 class _Interrupts:
-    """Ctrl-C counted from the start of a cluster run, never raised inside Dask's own calls.
+    """Ctrl-C (and SIGTERM, which means the same to flood) counted from the start of a cluster
+    run, never raised inside Dask's own calls.
 
     A KeyboardInterrupt in the middle of starting a LocalCluster or of a scheduler round trip
     leaves Dask half-done (and a traceback); instead the count is looked at between steps:
-    before traffic, one means "do not start" (:meth:`check`); during it, "stop every shard".
+    before traffic, one means "do not start" (:meth:`check`); during it, "stop every shard";
+    a second one, "stop waiting for them".  ``signal`` is the first signal that came.
     """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.count = 0
-        self._old = None
+        self.signal: Optional[int] = None
+        self._old: dict = {}
 
     def __enter__(self) -> "_Interrupts":
         if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGINT, self._on_sigint)
+            for sig in self.SIGNALS:
+                self._old[sig] = signal.signal(sig, self._on_signal)
         return self
 
-    def _on_sigint(self, signum, frame) -> None:
+    def _on_signal(self, signum, frame) -> None:
         self.count += 1
+        if self.signal is None:
+            self.signal = signum
 
     def check(self) -> None:
         if self.count:
             raise KeyboardInterrupt
 
     def __exit__(self, *exc) -> None:
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
 
 
 def _placement(workers: dict, shards: int) -> dict:
@@ -206,6 +214,7 @@ def run_cluster(config: Any, *, workers_given: bool = True, sources_given: bool 
                            server=server_info, stopped_early=run.interrupted or totals.stopped_early,
                            crashed=run.crashed, started=started, elapsed=time.monotonic() - t0,
                            intervals=run.intervals.records, epoch_ns=run.epoch_ns,
+                           stop_signal=interrupts.signal,
                            cluster=info, hosts=hosts_of(run), lost=run.lost)
     result.warnings = generator_warnings(result) + go_warnings(run)
     return result

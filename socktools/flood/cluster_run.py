@@ -10,6 +10,7 @@ per-host breakdown built from it.
 
 from __future__ import annotations
 
+import signal
 import time
 import uuid
 from typing import Any, Callable, Optional
@@ -117,7 +118,8 @@ class ClusterRun:
                     self.stop_event.set()
                     self.stop_sent_at = time.monotonic()
                 else:
-                    self._give_up("stopped by a second Ctrl-C before reporting")
+                    how = "Ctrl-C" if self.interrupts.signal == signal.SIGINT else "stop signal"
+                    self._give_up(f"stopped by a second {how} before reporting")
                     break
             if self.stop_sent_at and time.monotonic() - self.stop_sent_at > STOP_GRACE:
                 self._give_up(f"did not report within {STOP_GRACE:g}s of being stopped")
