@@ -256,3 +256,14 @@ def test_the_channel_holds_go_until_the_broadcast_instant_then_passes_stop():
     finally:
         ch.close()
     assert up.items == [["ready", 3, None]]              # flushed before close returned
+
+
+def test_shards_go_round_robin_over_the_workers_threads_and_limits_are_checked_per_worker():
+    from socktools.flood.cluster import _host_problems, _placement
+    workers = {"tcp://b:1": {"nthreads": 1}, "tcp://a:1": {"nthreads": 2}}
+    assert _placement(workers, 3) == {0: "tcp://a:1", 1: "tcp://b:1", 2: "tcp://a:1"}
+    config = FloodConfig(conns=30_000, workers=3, port=9, address=("127.0.0.1", 9), duration=1.0)
+    probes = {"tcp://a:1": {"host": "a", "fd_soft": 20_000, "fd_hard": 20_000},
+              "tcp://b:1": {"host": "b", "fd_soft": 20_000, "fd_hard": 20_000}}
+    [problem] = _host_problems(config, _placement(workers, 3), probes)
+    assert problem.startswith("Dask worker tcp://a:1 on a holds 20,000 connections")   # 2 shards
