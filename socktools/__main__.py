@@ -2,7 +2,9 @@
 
 The top-level ``--help`` is printed from text rendered ahead of time (see
 :mod:`socktools.cli.helpcache`), so the screen people run most does not wait
-for click to import; everything else goes to the click switchboard.
+for click to import.  So is the plain ``socktools sockets`` table, the command
+timed against ``ss -tan`` (:mod:`socktools.sockets.plain`, byte for byte what
+the switchboard prints).  Everything else goes to the click switchboard.
 """
 
 from __future__ import annotations
@@ -23,7 +25,30 @@ def _cached_help(argv: list) -> "str | None":
     return TEXT.get(max(min(shutil.get_terminal_size().columns, 100) - 2, 50))  # = helpcache.help_width
 
 
+def _plain_sockets(argv: list) -> "str | None":
+    """``socktools sockets`` with no option: the table's text, or None (take the switchboard)."""
+    if argv[1:] != ["sockets"]:
+        return None
+    from socktools.sockets.plain import table_text
+
+    text = table_text()
+    return None if text is None else text + "\n"
+
+
 def main() -> None:
+    text = _plain_sockets(sys.argv)
+    if text is not None:
+        try:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+            return
+        except OSError as exc:
+            # EPIPE, ENOSPC...: the switchboard's one line, not a traceback.
+            from socktools.cli import _OUTPUT_ERRNOS, _output_failed
+
+            if exc.errno in _OUTPUT_ERRNOS:
+                _output_failed(exc)
+            raise
     text = _cached_help(sys.argv)
     if text is not None:
         try:
