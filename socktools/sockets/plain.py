@@ -89,9 +89,15 @@ class Collector:
         self.rows: list = []
         self.keys: list = []
         self.listening = False
-        # raw 16 address bytes -> the cell text before the port ("127.0.0.1:", "[::1]:") and
-        # what a port 0 reads as there ("*" beside a wildcard, else "0").
+        # raw 16 address bytes -> the cell text before the port ("127.0.0.1:", "[::1]:"), what
+        # a port 0 reads as there ("*" beside a wildcard, else "0"), and whether it is [::].
+        # One cache per dump: 0.0.0.0 and :: arrive as the same 16 zero bytes.
+        self._caches: dict = {}
         self._hosts: dict = {}
+
+    def dump(self, family: int) -> None:
+        """The datagrams fed next are the reply to a dump of this address family."""
+        self._hosts = self._caches.setdefault(family, {})
 
     def _host(self, family: int, raw: bytes) -> tuple:
         text = socket.inet_ntop(family, raw[:4] if family == socket.AF_INET else raw)
@@ -164,6 +170,7 @@ def read(states: int = 0xFFFFFFFF, bytecode: bytes = b"") -> Collector:
         with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG) as nl:
             nl.settimeout(TIMEOUT_S)
             nl.sendto(request(family, states, bytecode), (0, 0))
+            out.dump(family)
             recv, feed = nl.recv, out.feed
             while not feed(recv(RECV_BUFSIZE)):
                 pass
