@@ -40,7 +40,7 @@ def _fast(dumps: dict) -> str:
         c.dump(family)
         done = [c.feed(d) for d in datagrams]
         assert done[-1] is True and not any(done[:-1])
-    return plain.render(c.sorted_rows(), c.listening)
+    return plain.render(c.sorted_rows())
 
 
 def _every_case() -> list:
@@ -141,7 +141,7 @@ def _both(match: SocketFilter) -> tuple:
     general = report.one_shot(socktable.read_sockets(match=match), SocketsConfig(filter=match),
                               source="netlink")
     got = plain.read(match.kernel_states, bytecode.filter_bytecode(match))
-    return plain.render(got.sorted_rows(), got.listening), general
+    return plain.render(got.sorted_rows()), general
 
 
 @pytest.mark.parametrize("make", [

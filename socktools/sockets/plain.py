@@ -4,8 +4,8 @@ This is the command timed against ``ss -tan``, so it takes a shorter road than
 the general one (:mod:`socktools.kernel.socktable` -> :mod:`.report`), with
 the same output byte for byte (a test renders one table both ways):
 
-* imports: ``socket`` and ``struct`` only (no click, no typing, no dataclasses,
-  no entry classes); ``python -m socktools sockets`` reaches here from
+* imports: ``_socket`` (the C module: ``socket`` would build its enums, ~5 ms)
+  and ``struct`` only (no click, no typing, no dataclasses, no entry classes); ``python -m socktools sockets`` reaches here from
   :mod:`socktools.__main__` without loading the click switchboard;
 * the kernel is asked for the fixed part of each TCP socket only (no
   INET_DIAG_INFO / MEMINFO extensions: a smaller dump, less to parse);
@@ -23,8 +23,9 @@ that module would load the entry classes this path avoids.
 
 from __future__ import annotations
 
-import socket
+import _socket as socket
 import struct
+from itertools import repeat
 
 # include/uapi/linux/{netlink,sock_diag,inet_diag}.h, as in socktable.netlink.
 NETLINK_SOCK_DIAG = 4
@@ -50,6 +51,7 @@ _STATES = {1: "ESTABLISHED", 2: "SYN-SENT", 3: "SYN-RECV", 4: "FIN-WAIT-1", 5: "
            11: "CLOSING", 12: "NEW-SYN-RECV", 13: "BOUND-INACTIVE"}
 _NAMES = [_STATES.get(i) or f"STATE-{i}" for i in range(256)]
 _HEADER = ("State", "Recv-Q", "Send-Q", "Local Address:Port", "Peer Address:Port")
+_WILD6 = "[::]:"
 LISTEN_NOTE = "LISTEN rows: Recv-Q = connections waiting for accept(), Send-Q = backlog"
 
 
@@ -80,18 +82,17 @@ def _v6only(data: bytes, off: int, end: int) -> "bool | None":
 class Collector:
     """Rows of one table from any number of reply datagrams (pure: feed it bytes).
 
-    ``rows`` are ``(state, recv_q, send_q, local, peer)``, the tuples the format
-    string takes; ``keys`` beside them the sort key (local port, then peer port),
-    as the general reader sorts.
+    ``rows`` are ``((state, recv_q, send_q), local, peer)`` (the first part has few
+    distinct values: rendered once each); ``keys`` beside them the sort key
+    (local port, then peer port), as the general reader sorts.
     """
 
     def __init__(self) -> None:
         self.rows: list = []
         self.keys: list = []
-        self.listening = False
-        # raw 16 address bytes -> the cell text before the port ("127.0.0.1:", "[::1]:"), what
-        # a port 0 reads as there ("*" beside a wildcard, else "0"), and whether it is [::].
-        # One cache per dump: 0.0.0.0 and :: arrive as the same 16 zero bytes.
+        # raw 16 address bytes -> the cell text before the port ("127.0.0.1:", "[::1]:"; [::] is
+        # _WILD6 itself, tested by identity).  One cache per dump: 0.0.0.0 and :: arrive as
+        # the same 16 zero bytes.
         self._caches: dict = {}
         self._hosts: dict = {}
 
@@ -99,40 +100,46 @@ class Collector:
         """The datagrams fed next are the reply to a dump of this address family."""
         self._hosts = self._caches.setdefault(family, {})
 
-    def _host(self, family: int, raw: bytes) -> tuple:
+    def _host(self, family: int, raw: bytes) -> str:
         text = socket.inet_ntop(family, raw[:4] if family == socket.AF_INET else raw)
-        shown = (f"[{text}]:" if ":" in text else f"{text}:",
-                 "*" if text in ("0.0.0.0", "::") else "0", text == "::")
+        shown = _WILD6 if text == "::" else (f"[{text}]:" if ":" in text else f"{text}:")
         self._hosts[raw] = shown
         return shown
 
+    @staticmethod
+    def _rare(prefix: str, port: int, data: bytes, off: int, end: int, local: bool) -> str:
+        """A cell at port 0 or of a local [::]: what ss prints depends on more than the bytes."""
+        if local and prefix is _WILD6 and _v6only(data, off + _ROW_SIZE, end) is False:
+            return f"*:{port}" if port else "*:*"       # [::] that takes IPv4 too: ss's '*'
+        if port:
+            return f"{prefix}{port}"
+        # Port 0 means "any" only beside a wildcard host (a listener's peer, unconnected UDP).
+        return prefix + ("*" if prefix is _WILD6 or prefix == "0.0.0.0:" else "0")
+
     def feed(self, data: bytes) -> bool:
         """Parse one datagram; True once the dump is complete (NLMSG_DONE)."""
-        unpack, hosts, host, names = _ROW.unpack_from, self._hosts, self._host, _NAMES
-        rows, keys = self.rows, self.keys
-        add_row, add_key = rows.append, keys.append
+        unpack, hosts, host, names, rare = _ROW.unpack_from, self._hosts, self._host, _NAMES, self._rare
+        add_row, add_key = self.rows.append, self.keys.append
         off, n = 0, len(data)
-        while off + 16 <= n:
-            if off + _ROW_SIZE > n:
-                break                           # shorter than a socket: NLMSG_DONE, an error
+        last = n - _ROW_SIZE                    # beyond it, no room for a socket message
+        while off <= last:
             length, mtype, family, state, sport, dport, src, dst, rq, wq = unpack(data, off)
             if mtype != SOCK_DIAG_BY_FAMILY or length < _ROW_SIZE or off + length > n:
                 break
-            lp, lz, lwild = hosts.get(src) or host(family, src)
-            rp, rz, _ = hosts.get(dst) or host(family, dst)
+            lp = hosts.get(src) or host(family, src)
+            rp = hosts.get(dst) or host(family, dst)
             # The wire has the ports big-endian; a byte swap is cheaper than socket.ntohs.
             sport = ((sport & 0xFF) << 8) | (sport >> 8)
             dport = ((dport & 0xFF) << 8) | (dport >> 8)
-            local = f"{lp}{sport}" if sport else lp + lz
-            if lwild and _v6only(data, off + _ROW_SIZE, off + length) is False:
-                local = f"*:{sport}" if sport else "*:*"    # [::] that takes IPv4 too: ss's '*'
-            add_row((names[state], rq, wq, local, f"{rp}{dport}" if dport else rp + rz))
+            add_row(((names[state], rq, wq),
+                     f"{lp}{sport}" if sport and lp is not _WILD6
+                     else rare(lp, sport, data, off, off + length, True),
+                     f"{rp}{dport}" if dport else rare(rp, dport, data, off, off + length, False)))
             add_key((sport << 16) | dport)
-            if state == 10:
-                self.listening = True
             off += (length + 3) & ~3
         else:
-            return False
+            if off + 16 > n:
+                return False
         # Not a socket message: the end of the dump, an error, or something malformed.
         mtype = struct.unpack_from("=H", data, off + 4)[0]
         if mtype == NLMSG_DONE:
@@ -147,16 +154,26 @@ class Collector:
         return [rows[i] for i in sorted(range(len(rows)), key=self.keys.__getitem__)]
 
 
-def render(rows: list, listening: bool) -> str:
-    """The table as :func:`socktools.sockets.report.one_shot` renders it for netlink, TCP only."""
-    w_state = max(len(_HEADER[0]), *map(len, {r[0] for r in rows}))
-    w_rq = max(len(_HEADER[1]), len(str(max(r[1] for r in rows))))
-    w_wq = max(len(_HEADER[2]), len(str(max(r[2] for r in rows))))
-    w_local = max(len(_HEADER[3]), *map(len, [r[3] for r in rows]))
-    fmt = f"%-{w_state}s  %{w_rq}d  %{w_wq}d  %-{w_local}s  %s"
-    head = (f"%-{w_state}s  %{w_rq}s  %{w_wq}s  %-{w_local}s  %s" % _HEADER).rstrip()
-    text = "\n".join([head, *[fmt % r for r in rows]])
-    return text + "\n\n" + LISTEN_NOTE if listening else text
+def render(rows: list) -> str:
+    """The table as :func:`socktools.sockets.report.one_shot` renders it for netlink, TCP only.
+
+    Column by column through C-level ``map``/``zip`` (no Python code per cell); the
+    state-and-queues part of a line is formatted once per distinct value.
+    """
+    heads, locals_, peers = zip(*rows)
+    distinct = set(heads)
+    states = {h[0] for h in distinct}
+    w_state = max(len(_HEADER[0]), *map(len, states))
+    w_rq = max(len(_HEADER[1]), *(len(str(h[1])) for h in distinct))
+    w_wq = max(len(_HEADER[2]), *(len(str(h[2])) for h in distinct))
+    w_local = max(len(_HEADER[3]), *map(len, locals_))
+    fmt = f"%-{w_state}s  %{w_rq}s  %{w_wq}s  "
+    shown = {h: fmt % h for h in distinct}
+    head = (fmt % _HEADER[:3] + f"%-{w_local}s  %s" % _HEADER[3:]).rstrip()
+    body = "\n".join(map("".join, zip(map(shown.__getitem__, heads),
+                                      map(str.ljust, locals_, repeat(w_local + 2)), peers)))
+    text = f"{head}\n{body}"
+    return text + "\n\n" + LISTEN_NOTE if "LISTEN" in states else text
 
 
 def read(states: int = 0xFFFFFFFF, bytecode: bytes = b"") -> Collector:
@@ -167,13 +184,16 @@ def read(states: int = 0xFFFFFFFF, bytecode: bytes = b"") -> Collector:
     """
     out = Collector()
     for family in (socket.AF_INET, socket.AF_INET6):
-        with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG) as nl:
+        nl = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG)
+        try:                                # (_socket's socket is no context manager)
             nl.settimeout(TIMEOUT_S)
             nl.sendto(request(family, states, bytecode), (0, 0))
             out.dump(family)
             recv, feed = nl.recv, out.feed
             while not feed(recv(RECV_BUFSIZE)):
                 pass
+        finally:
+            nl.close()
     return out
 
 
@@ -186,7 +206,7 @@ def table_text() -> "str | None":
         got = read()
         if not got.rows:
             return None     # "no sockets match" is the general road's to say
-        return render(got.sorted_rows(), got.listening)
+        return render(got.sorted_rows())
     except (OSError, _Unusual, AttributeError):     # AttributeError: no AF_NETLINK (not Linux)
         return None
     finally:
