@@ -4,7 +4,8 @@ Opens N loopback sockets in this process (one listener, N/2 connected pairs: eac
 pair is a client end and the server end accept() returned), then times the real
 commands as a user runs them, alternating so that both see the same machine:
 
-* ``socktools sockets``              vs ``ss -tan``   (the one-shot table, default columns)
+* ``socktools sockets``              vs ``ss -tan``   (the one-shot table, default columns: the
+  fast road of socktools.sockets.plain, which never imports click)
 * ``socktools sockets --processes``  vs ``ss -tanp``  (with owners: walks /proc/*/fd)
 
 Each figure is the median wall time of ``--runs`` runs (output sent to /dev/null),
@@ -98,7 +99,9 @@ def main() -> int:
     _raise_nofile(args.sockets + _SPARE_FDS)
     tool = _socktools_argv()
     cases = [("socktools sockets", tool + ["sockets"], "ss -tan", ["ss", "-tan"])]
-    # The floor under any Python CLI: the interpreter, site and click (no socket read at all).
+    # The floors: the interpreter and site alone (under the plain table, which skips click), and
+    # with the click switchboard imported (under every other command); no socket read at all.
+    start = [sys.executable, "-c", "pass"]
     floor = [sys.executable, "-c", "import socktools.cli"]
     # The same command with `python -S`: no site-packages .pth start-up hooks (an environment
     # may add its own: a CA-bundle hook, an editable-install finder), the packages found
@@ -127,16 +130,18 @@ def main() -> int:
             first = ours_name == "socktools sockets"
             if first:
                 time_once(*lean)
-            a, b, f, lean_runs = [], [], [], []
+            a, b, f, lean_runs, bare = [], [], [], [], []
             for _ in range(args.runs):
                 a.append(time_once(ours))
                 b.append(time_once(ss))
                 if first:
                     f.append(time_once(floor))
+                    bare.append(time_once(start))
                     lean_runs.append(time_once(*lean))
             rows = [(ours_name, a), (ss_name, b)]
             if first:
-                rows += [("(python + click import alone)", f), ("same, python -S (no .pth hooks)", lean_runs)]
+                rows += [("(python start alone)", bare), ("(python + click import alone)", f),
+                         ("socktools sockets, python -S", lean_runs)]
             for name, runs in rows:
                 wall = [w for w, _ in runs]
                 cpu = [c for _, c in runs]
