@@ -26,6 +26,7 @@ from __future__ import annotations
 import _socket as socket
 import struct
 from itertools import repeat
+from operator import itemgetter
 
 # include/uapi/linux/{netlink,sock_diag,inet_diag}.h, as in socktable.netlink.
 NETLINK_SOCK_DIAG = 4
@@ -52,6 +53,7 @@ _STATES = {1: "ESTABLISHED", 2: "SYN-SENT", 3: "SYN-RECV", 4: "FIN-WAIT-1", 5: "
 _NAMES = [_STATES.get(i) or f"STATE-{i}" for i in range(256)]
 _HEADER = ("State", "Recv-Q", "Send-Q", "Local Address:Port", "Peer Address:Port")
 _WILD6 = "[::]:"
+_KEY = itemgetter(0)
 LISTEN_NOTE = "LISTEN rows: Recv-Q = connections waiting for accept(), Send-Q = backlog"
 
 
@@ -82,14 +84,12 @@ def _v6only(data: bytes, off: int, end: int) -> "bool | None":
 class Collector:
     """Rows of one table from any number of reply datagrams (pure: feed it bytes).
 
-    ``rows`` are ``((state, recv_q, send_q), local, peer)`` (the first part has few
-    distinct values: rendered once each); ``keys`` beside them the sort key
-    (local port, then peer port), as the general reader sorts.
+    ``rows`` are ``(key, state, recv_q, send_q, local, peer)``: the sort key
+    (local port, then peer port, as the general reader sorts), then the cells.
     """
 
     def __init__(self) -> None:
         self.rows: list = []
-        self.keys: list = []
         # raw 16 address bytes -> the cell text before the port ("127.0.0.1:", "[::1]:"; [::] is
         # _WILD6 itself, tested by identity).  One cache per dump: 0.0.0.0 and :: arrive as
         # the same 16 zero bytes.
@@ -119,7 +119,7 @@ class Collector:
     def feed(self, data: bytes) -> bool:
         """Parse one datagram; True once the dump is complete (NLMSG_DONE)."""
         unpack, hosts, host, names, rare = _ROW.unpack_from, self._hosts, self._host, _NAMES, self._rare
-        add_row, add_key = self.rows.append, self.keys.append
+        add_row = self.rows.append
         off, n = 0, len(data)
         last = n - _ROW_SIZE                    # beyond it, no room for a socket message
         while off <= last:
@@ -131,11 +131,10 @@ class Collector:
             # The wire has the ports big-endian; a byte swap is cheaper than socket.ntohs.
             sport = ((sport & 0xFF) << 8) | (sport >> 8)
             dport = ((dport & 0xFF) << 8) | (dport >> 8)
-            add_row(((names[state], rq, wq),
+            add_row(((sport << 16) | dport, names[state], rq, wq,
                      f"{lp}{sport}" if sport and lp is not _WILD6
                      else rare(lp, sport, data, off, off + length, True),
                      f"{rp}{dport}" if dport else rare(rp, dport, data, off, off + length, False)))
-            add_key((sport << 16) | dport)
             off += (length + 3) & ~3
         else:
             if off + 16 > n:
@@ -150,18 +149,20 @@ class Collector:
 
     def sorted_rows(self) -> list:
         """The rows by local port then peer port; ties keep the kernel's order (a stable sort)."""
-        rows = self.rows
-        return [rows[i] for i in sorted(range(len(rows)), key=self.keys.__getitem__)]
+        self.rows.sort(key=_KEY)
+        return self.rows
 
 
 def render(rows: list) -> str:
     """The table as :func:`socktools.sockets.report.one_shot` renders it for netlink, TCP only.
 
     Column by column through C-level ``map``/``zip`` (no Python code per cell); the
-    state-and-queues part of a line is formatted once per distinct value.
+    state-and-queues part of a line is formatted once per distinct value.  ``rows``
+    are a :class:`Collector`'s, sorted.
     """
-    heads, locals_, peers = zip(*rows)
-    distinct = set(heads)
+    _keys, states_, rqs, wqs, locals_, peers = zip(*rows)
+    # (state, Recv-Q, Send-Q) has few distinct values: each is formatted once.
+    distinct = set(zip(states_, rqs, wqs))
     states = {h[0] for h in distinct}
     w_state = max(len(_HEADER[0]), *map(len, states))
     w_rq = max(len(_HEADER[1]), *(len(str(h[1])) for h in distinct))
@@ -170,7 +171,7 @@ def render(rows: list) -> str:
     fmt = f"%-{w_state}s  %{w_rq}s  %{w_wq}s  "
     shown = {h: fmt % h for h in distinct}
     head = (fmt % _HEADER[:3] + f"%-{w_local}s  %s" % _HEADER[3:]).rstrip()
-    body = "\n".join(map("".join, zip(map(shown.__getitem__, heads),
+    body = "\n".join(map("".join, zip(map(shown.__getitem__, zip(states_, rqs, wqs)),
                                       map(str.ljust, locals_, repeat(w_local + 2)), peers)))
     text = f"{head}\n{body}"
     return text + "\n\n" + LISTEN_NOTE if "LISTEN" in states else text
