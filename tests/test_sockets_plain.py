@@ -12,6 +12,7 @@ import socket
 import struct
 
 import pytest
+from test_sockets_units import _inet_msg, _nlmsg, _rta
 
 from socktools import __main__ as entry_point
 from socktools.kernel import socktable
@@ -19,8 +20,6 @@ from socktools.kernel.socktable import bytecode, entry, netlink
 from socktools.kernel.socktable.filters import SocketFilter
 from socktools.sockets import plain, report
 from socktools.sockets.config import SocketsConfig
-
-from test_sockets_units import _inet_msg, _nlmsg, _rta
 
 
 def _general(dumps: dict) -> str:
