@@ -26,8 +26,12 @@ def _cached_help(argv: list) -> "str | None":
 
 
 def _plain_sockets(argv: list) -> "str | None":
-    """``socktools sockets`` with no option: the table's text, or None (take the switchboard)."""
-    if argv[1:] != ["sockets"]:
+    """``socktools sockets`` with no option: the table's text, or None (take the switchboard).
+
+    A ``SOCKTOOLS_SOCKETS_*`` variable is an option too (docs/environment.md), so
+    with one set the switchboard reads it.
+    """
+    if argv[1:] != ["sockets"] or any(k.startswith("SOCKTOOLS_SOCKETS_") for k in os.environ):
         return None
     from socktools.sockets.plain import table_text
 
@@ -35,28 +39,26 @@ def _plain_sockets(argv: list) -> "str | None":
     return None if text is None else text + "\n"
 
 
+def _write(text: str) -> None:
+    """Write a ready screen; an output error ends as the switchboard's one line, exit 1."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except OSError as exc:
+        from socktools.cli import _OUTPUT_ERRNOS, _output_failed
+
+        if exc.errno in _OUTPUT_ERRNOS:
+            _output_failed(exc)
+        raise
+
+
 def main() -> None:
     text = _plain_sockets(sys.argv)
+    if text is None:
+        text = _cached_help(sys.argv)
     if text is not None:
-        try:
-            sys.stdout.write(text)
-            sys.stdout.flush()
-            return
-        except OSError as exc:
-            # EPIPE, ENOSPC...: the switchboard's one line, not a traceback.
-            from socktools.cli import _OUTPUT_ERRNOS, _output_failed
-
-            if exc.errno in _OUTPUT_ERRNOS:
-                _output_failed(exc)
-            raise
-    text = _cached_help(sys.argv)
-    if text is not None:
-        try:
-            sys.stdout.write(text)
-            sys.stdout.flush()
-            return
-        except OSError:
-            pass  # EPIPE, ENOSPC...: let the switchboard say it in its one line
+        _write(text)
+        return
     from socktools.cli import main as switchboard
 
     switchboard()

@@ -8,7 +8,11 @@ loopback, the same kernel-filtered dump of sockets this test opens.
 
 from __future__ import annotations
 
+import json
+import os
 import socket
+import subprocess
+import sys
 import struct
 
 import pytest
@@ -180,3 +184,14 @@ def test_only_the_bare_command_takes_the_fast_road(monkeypatch):
         assert entry_point._plain_sockets(argv) is None
     monkeypatch.setattr(plain, "table_text", lambda: None)
     assert entry_point._plain_sockets(["socktools", "sockets"]) is None
+
+
+def test_a_sockets_variable_sends_the_bare_command_to_the_switchboard(monkeypatch):
+    """SOCKTOOLS_SOCKETS_JSON=1 socktools sockets must print JSON, so the short road steps aside."""
+    monkeypatch.setattr(plain, "table_text", lambda: "TABLE")
+    monkeypatch.setenv("SOCKTOOLS_SOCKETS_JSON", "1")
+    assert entry_point._plain_sockets(["socktools", "sockets"]) is None
+    out = subprocess.run([sys.executable, "-m", "socktools", "sockets"], capture_output=True, text=True,
+                         env=dict(os.environ, SOCKTOOLS_SOCKETS_JSON="1"), timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert isinstance(json.loads(out.stdout), dict)
