@@ -83,7 +83,10 @@ class LazyGroup(click.Group):
         try:
             return _guard_output(lambda: super(LazyGroup, self).main(*args, **kwargs))
         except SystemExit:
-            from click.utils import PacifyFlushWrapper
+            import warnings
+            with warnings.catch_warnings():  # deprecated for click 9 (hence click<9 in pyproject)
+                warnings.simplefilter("ignore", DeprecationWarning)
+                from click.utils import PacifyFlushWrapper
             if isinstance(sys.stdout, PacifyFlushWrapper):  # click swallowed an EPIPE: say it
                 _output_failed(OSError(errno.EPIPE, "Broken pipe"))
             raise
