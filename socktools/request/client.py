@@ -12,7 +12,7 @@ from __future__ import annotations
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from socktools import errors, protocol, reference
 from socktools.addresses import format_addr, resolve
@@ -63,11 +63,15 @@ class PeerClosedError(ConnectionError):
         super().__init__(f"peer closed the connection after {got} bytes, before a response")
 
 
-def request(host: str, port: int, action: str, value: str, *, timeout: float = 5.0,
-            max_content: int = protocol.DEFAULT_MAX_CONTENT) -> RequestResult:
-    """Send ``ACTION VALUE`` to a framed server and return the decoded response."""
-    payload = reference.make_request(action, value)
-    result = RequestResult(address=(host, port), sent=b"", received=b"")
+def _round_trip(host: str, port: int, payload: bytes, result: RequestResult, timeout: float,
+                take: Optional[Callable[[bytes], bool]]) -> None:
+    """Resolve, connect, send ``payload`` and hand each received chunk to ``take`` until it
+    returns True (``take=None``: no reply is read).  One deadline covers every step.
+
+    ``take`` gets ``b""`` when the peer closes and raises :class:`PeerClosedError` or
+    :class:`protocol.RemoteProtocolError`; every failure leaves as :class:`RequestError`
+    naming the phase, with what was sent and received so far in ``result``.
+    """
     started = time.perf_counter()
     deadline = time.monotonic() + timeout
     try:
@@ -93,21 +97,15 @@ def request(host: str, port: int, action: str, value: str, *, timeout: float = 5
             sock.sendall(payload)
             result.sent = payload
             phase = "recv"
-            decoder = protocol.Decoder(max_content)
             received = bytearray()
-            while True:
+            done = take is None
+            while not done:
                 sock.settimeout(remaining())
                 chunk = sock.recv(65536)
                 result.recv_calls += 1
                 received += chunk
                 result.received = bytes(received)
-                decoder.receive_data(chunk)
-                event = decoder.next_event()
-                if isinstance(event, protocol.Message):
-                    result.message = event
-                    break
-                if event is protocol.CLOSED:
-                    raise PeerClosedError(len(received))
+                done = take(chunk)
         except protocol.RemoteProtocolError as exc:
             raise RequestError("protocol", exc, result) from None
         except OSError as exc:  # includes timeouts and resets
@@ -115,6 +113,25 @@ def request(host: str, port: int, action: str, value: str, *, timeout: float = 5
                 result.sent = payload
             raise RequestError(phase, exc, result) from None
     result.total_s = time.perf_counter() - started
+
+
+def request(host: str, port: int, action: str, value: str, *, timeout: float = 5.0,
+            max_content: int = protocol.DEFAULT_MAX_CONTENT) -> RequestResult:
+    """Send ``ACTION VALUE`` to a framed server and return the decoded response."""
+    result = RequestResult(address=(host, port), sent=b"", received=b"")
+    decoder = protocol.Decoder(max_content)
+
+    def take(chunk: bytes) -> bool:
+        decoder.receive_data(chunk)
+        event = decoder.next_event()
+        if isinstance(event, protocol.Message):
+            result.message = event
+            return True
+        if event is protocol.CLOSED:
+            raise PeerClosedError(len(result.received))
+        return False
+
+    _round_trip(host, port, reference.make_request(action, value), result, timeout, take)
     return result
 
 
@@ -134,56 +151,21 @@ def exchange(host: str, port: int, proto: Any, *, timeout: float = 5.0) -> Excha
     """
     from socktools.wire import WireError
 
-    payload = proto.request(0, 0)
     result = ExchangeResult(address=(host, port), sent=b"", received=b"")
-    started = time.perf_counter()
-    deadline = time.monotonic() + timeout
-    try:
-        family, sockaddr = resolve(host, port)
-    except OSError as exc:
-        raise RequestError("resolve", exc, result) from None
-    result.address = sockaddr
     parser = proto.parser()
     parser.keep = []
 
-    def remaining() -> float:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise socket.timeout(f"no answer within {timeout:g}s")
-        return left
-
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        phase = "connect"
+    def take(chunk: bytes) -> bool:
         try:
-            sock.settimeout(remaining())
-            sock.connect(sockaddr)
-            result.connect_s = time.perf_counter() - started
-            phase = "send"
-            sock.settimeout(remaining())
-            sock.sendall(payload)
-            result.sent = payload
-            phase = "recv"
-            received = bytearray()
-            n = 0
-            while proto.replies and n == 0:
-                sock.settimeout(remaining())
-                chunk = sock.recv(65536)
-                result.recv_calls += 1
-                received += chunk
-                result.received = bytes(received)
-                if not chunk:
-                    n = parser.eof() if hasattr(parser, "eof") else 0
-                    if n == 0:
-                        raise PeerClosedError(len(received))
-                    break
-                n = parser.feed(chunk)
+            if not chunk:
+                if not (parser.eof() if hasattr(parser, "eof") else 0):
+                    raise PeerClosedError(len(result.received))
+                return True
+            return parser.feed(chunk) > 0
         except WireError as exc:
-            raise RequestError("protocol", protocol.RemoteProtocolError(str(exc), exc.kind), result) from None
-        except OSError as exc:  # includes timeouts and resets
-            if phase == "send" and not result.sent:
-                result.sent = payload
-            raise RequestError(phase, exc, result) from None
+            raise protocol.RemoteProtocolError(str(exc), exc.kind) from None
+
+    _round_trip(host, port, proto.request(0, 0), result, timeout, take if proto.replies else None)
     result.reply = parser.keep[0] if parser.keep else None
     result.failures = list(parser.failures)
-    result.total_s = time.perf_counter() - started
     return result
