@@ -97,3 +97,61 @@ def test_server_errors_are_tallied_and_the_connection_goes_on():
     assert not conn.closed and len(conn.written) == 3
     assert s.stats.reply_failures == {"server-error": {"ERR one": 2}}
     assert s.stats.samples == {"server-error": "-ERR one\r\n"}
+
+
+def test_a_shared_request_is_rendered_once_and_is_every_connections_own_bytes():
+    # Rotation over two commands, past the first block of the memo: each connection
+    # still sends exactly what proto.request(seq, conn) says, in its own seq order.
+    s, clock, proto = session(WireSpec(mode="redis", commands=("SET k:{seq} v", "GET k:{seq}")))
+    assert proto.shared_requests and s.memo == []
+    slots = [Slot(i, 0) for i in range(3)]
+    for seq in range(600):
+        for slot in slots:
+            assert s.request(slot) == proto.request(seq, slot.index)
+    assert 600 <= len(s.memo) < 600 + 256           # rendered once, in blocks, for all three
+    assert s.memo[599] == b"*2\r\n$3\r\nGET\r\n$5\r\nk:599\r\n"
+
+
+def test_a_request_naming_its_connection_is_rendered_each_time():
+    s, clock, proto = session(WireSpec(mode="raw", sends=("id {conn}:{seq}\\n",), reply_until="\\n"))
+    assert not proto.shared_requests and s.memo is None
+    a, b = Slot(0, 0), Slot(7, 0)
+    assert [s.request(a), s.request(b), s.request(b)] == [b"id 0:0\n", b"id 7:0\n", b"id 7:1\n"]
+
+
+def test_the_memo_stops_at_its_byte_bound_and_requests_stay_right(monkeypatch):
+    monkeypatch.setattr("socktools.flood.session.REQUEST_MEMO_BYTES", 1000)
+    s, clock, proto = session(WireSpec(mode="raw", sends=("n={seq}\\n",), reply_until="\\n"))
+    slot = Slot(0, 0)
+    sent = [s.request(slot) for _ in range(2000)]
+    assert sent == [b"n=%d\n" % i for i in range(2000)]
+    assert len(s.memo) == 256                          # one block, then past the bound
+
+
+class BatchLoop:
+    def __init__(self) -> None:
+        self.batches: list = []
+
+    def write_batch(self, conns: list, datas: list) -> None:
+        self.batches.append(list(zip([c.ctx.index for c in conns], datas)))
+
+
+def test_a_batch_of_answers_sends_each_connection_its_next_shared_request():
+    s, clock, proto = session(WireSpec(mode="redis", commands=("SET k:{seq} v",)), requests=100, duration=None)
+    loop = ClosedLoop(s, 100)
+    s.start_traffic(loop, 100)
+    batch = BatchLoop()
+    conns = []
+    for i in range(2):
+        slot = Slot(i, 0)
+        slot.parser = proto.parser()
+        conn = FakeConn(slot)
+        conn.loop = batch
+        conns.append(conn)
+    loop.start(conns, 0)
+    for _ in range(3):
+        clock.now += 10
+        loop.data_batch(conns, [b"+OK\r\n", b"+OK\r\n"])
+    assert [c.written for c in conns] == [[proto.request(0, 0)], [proto.request(0, 1)]]
+    assert batch.batches == [[(0, proto.request(k, 0)), (1, proto.request(k, 1))] for k in (1, 2, 3)]
+    assert values(s.rec["latency"]) == [10] * 6 and s.sent == 8

@@ -313,6 +313,8 @@ class ClosedLoop(Traffic):
         may_close = s.may_close
         request = s.request
         fixed = s.fixed_request
+        memo = s.memo if s.memo is not None else ()
+        remembered = len(memo)
         out_c: list = []
         out_d: list = []
         sent = 0
@@ -348,7 +350,13 @@ class ClosedLoop(Traffic):
                 except IndexError:
                     self.latency.record(value)
                 times.append(now)
-                out_d.append(fixed if fixed is not None else request(slot))
+                if fixed is not None:
+                    out_d.append(fixed)
+                elif slot.count < remembered:    # Session.request, inlined: a shared request
+                    out_d.append(memo[slot.count])
+                    slot.count += 1
+                else:
+                    out_d.append(request(slot))
             else:
                 pop = times.popleft
                 for _ in range(n):
@@ -365,4 +373,5 @@ class ClosedLoop(Traffic):
         self.left = left - sent
         s.sent += sent
         if out_c:
-            out_c[0].loop.write_batch(out_c, out_d)
+            # Every connection answered: the poll's own list (write_batch knows its fds already).
+            out_c[0].loop.write_batch(conns if len(out_c) == len(conns) else out_c, out_d)

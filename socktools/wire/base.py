@@ -98,7 +98,10 @@ class WireProtocol:
     a reply may announce the server's close (the parser then sets ``closing``
     and flood reconnects instead of sending on).  ``read_size``:
     a good ``recv`` size.  ``tally``: counts of reply classes (HTTP 2xx...)
-    that the parsers add to, reported as they are.
+    that the parsers add to, reported as they are.  ``shared_requests``:
+    ``request(seq, conn)`` depends on ``seq`` alone and gives the same bytes
+    every time (no ``{conn}``, no clock, no randomness) -- flood then renders
+    request ``seq`` once and sends those bytes on every connection.
     """
 
     name = "custom"
@@ -108,6 +111,7 @@ class WireProtocol:
     may_close = False
     read_size = 65536
     tally: Optional[dict] = None
+    shared_requests = False
 
     def request(self, seq: int, conn: int) -> bytes:  # pragma: no cover - interface
         raise NotImplementedError

@@ -64,7 +64,7 @@ class Template:
     template without placeholders is :attr:`fixed` (its bytes every time).
     """
 
-    __slots__ = ("parts", "fixed", "render")
+    __slots__ = ("parts", "fixed", "render", "names")
 
     def __init__(self, raw: bytes) -> None:
         parts: list = []     # bytes, or a placeholder name
@@ -102,6 +102,8 @@ class Template:
         is on flood's hot path, and one C-level format beats joining the pieces."""
         self.parts = parts
         self.fixed = fixed
+        #: The placeholders it uses: a template without ``conn`` says the same on every connection.
+        self.names = frozenset(p for p in parts if type(p) is not bytes)
         if fixed is not None:
             self.render = lambda seq, conn: fixed
             return

@@ -111,6 +111,7 @@ class HttpProtocol(WireProtocol):
             templates.append(Template(f"{method} {p} HTTP/1.1\r\n".encode()).plus(tail))
         self.request = rotation(templates)
         self.fixed_request = templates[0].fixed if len(templates) == 1 else None
+        self.shared_requests = not any("conn" in t.names for t in templates)
         self.accept = _DEFAULT_ACCEPT if accept is None else accept
         self.tally: dict = {}
 

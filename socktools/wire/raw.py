@@ -68,6 +68,7 @@ class RawProtocol(WireProtocol):
         self.templates = tuple(templates)
         self.request = rotation(self.templates)
         self.fixed_request = self.templates[0].fixed if len(self.templates) == 1 else None
+        self.shared_requests = not any("conn" in t.names for t in self.templates)
         self.until = until
         self.size = size
         self.prefix = prefix_struct(prefix) if prefix is not None else None

@@ -53,10 +53,11 @@ class RedisProtocol(WireProtocol):
 
     def __init__(self, commands: Sequence[str] = ("PING",)) -> None:
         self.texts = tuple(commands or ("PING",))
-        self.makers = [_compile(split_command(c)) for c in self.texts]
-        fixed = self.makers[0](0, 0) if len(self.makers) == 1 else None
-        self.fixed_request = fixed if fixed is not None and all(
-            w.fixed is not None for w in split_command(self.texts[0])) else None
+        commands = [split_command(c) for c in self.texts]
+        self.makers = [_compile(words) for words in commands]
+        if len(commands) == 1 and all(w.fixed is not None for w in commands[0]):
+            self.fixed_request = self.makers[0](0, 0)
+        self.shared_requests = not any("conn" in w.names for words in commands for w in words)
         self.n = len(self.makers)
         if self.n == 1:
             self.request = self.makers[0]

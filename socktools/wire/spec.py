@@ -255,7 +255,8 @@ class _Adapted(WireProtocol):
         self.obj = obj
         self.request = obj.request
         self.parser = obj.parser
-        for name in ("name", "fixed_request", "reply_size", "replies", "may_close", "read_size", "tally"):
+        for name in ("name", "fixed_request", "reply_size", "replies", "may_close", "read_size", "tally",
+                     "shared_requests"):
             if hasattr(obj, name):
                 setattr(self, name, getattr(obj, name))
         if callable(getattr(obj, "describe", None)):
