@@ -143,6 +143,40 @@ def test_every_resp_type_is_one_reply_whatever_the_split(step):
     assert {f.kind for f in p.failures} == {"server-error"}
 
 
+def test_a_read_seen_as_one_whole_reply_is_counted_again_without_parsing_but_errors_never_are():
+    proto = build(WireSpec(mode="redis"))
+    a, b = proto.parser(), proto.parser()
+    assert a.feed(b"+OK\r\n") == 1 and a.feed(b"$5\r\nhello\r\n") == 1
+    assert proto.whole == {b"+OK\r\n", b"$5\r\nhello\r\n"}   # one connection teaches the others
+    assert b.feed(b"+OK\r\n") == 1 and b.buffered == 0
+    for _ in range(2):                                  # an error is parsed (and tallied) every time
+        assert b.feed(b"-ERR no\r\n") == 1
+    assert [f.detail for f in b.failures] == ["ERR no", "ERR no"] and b"-ERR no\r\n" not in proto.whole
+    # Two replies in one read, or the tail of a split one, are not "one whole reply".
+    assert b.feed(b"+OK\r\n+OK\r\n") == 2 and b.feed(b"$5\r\nhel") == 0 and b.feed(b"lo\r\n") == 1
+    assert proto.whole == {b"+OK\r\n", b"$5\r\nhello\r\n"}
+    # With bytes buffered, a known read is parsed as the continuation it is.
+    assert b.feed(b"$5\r\n") == 0 and b.feed(b"+OK\r\n") == 0 and b.buffered == 9
+
+
+def test_the_remembered_replies_are_bounded_in_count_and_size():
+    from socktools.wire.base import WHOLE_REPLIES, WHOLE_REPLY_BYTES
+    proto = build(WireSpec(mode="redis", commands=("INCR n",)))
+    p = proto.parser()
+    assert sum(p.feed(b":%d\r\n" % i) for i in range(WHOLE_REPLIES * 3)) == WHOLE_REPLIES * 3
+    big = b"$%d\r\n%s\r\n" % (WHOLE_REPLY_BYTES, b"x" * WHOLE_REPLY_BYTES)
+    assert p.feed(big) == 1 and len(proto.whole) == WHOLE_REPLIES and big not in proto.whole
+    q = raw(reply_until="END\\r\\n").parser()
+    assert q.feed(b"x" * (WHOLE_REPLY_BYTES + 10) + b"END\r\n") == 1 and not q.whole
+
+
+def test_a_known_until_reply_that_fails_its_match_is_never_remembered():
+    p = raw(reply_until="\\r\\n", reply_match="^\\+").parser()
+    assert p.feed(b"-no\r\n") == 1 and p.feed(b"-no\r\n") == 1 and len(p.failures) == 2
+    assert p.feed(b"+ok\r\n") == 1 and p.whole == {b"+ok\r\n"} and p.feed(b"+ok\r\n") == 1
+    assert len(p.failures) == 2
+
+
 def test_pushes_and_attributes_are_not_replies():
     p = RespParser()
     assert p.feed(b">2\r\n+message\r\n+hi\r\n|1\r\n+ttl\r\n:3\r\n+OK\r\n") == 1

@@ -24,11 +24,40 @@ from __future__ import annotations
 
 from typing import NamedTuple, Optional
 
-__all__ = ["WireError", "Failure", "Reply", "WireProtocol", "Parser", "SAMPLE_BYTES"]
+__all__ = ["WireError", "Failure", "Reply", "WireProtocol", "Parser", "SAMPLE_BYTES", "WholeReplies",
+           "WHOLE_REPLIES", "WHOLE_REPLY_BYTES"]
 
 #: Bytes of an offending reply kept for the report: enough to recognise a
 #: status line or an error text, short enough for one line of a table.
 SAMPLE_BYTES = 64
+
+
+#: Distinct reads a protocol remembers as "exactly one whole, successful reply": a
+#: server answering a fixed command says a handful of different things (+OK, +PONG,
+#: a value); 64 holds them, and ever-new replies (INCR's integers) cannot grow it.
+WHOLE_REPLIES = 64
+#: Longest read remembered so: a lookup hashes the read, at a cost that grows with its
+#: length; 256 bytes covers status lines and small values, and a longer reply's own
+#: bytes cost more than its parsing does.
+WHOLE_REPLY_BYTES = 256
+
+
+class WholeReplies(set):
+    """Reads that a parser, from an empty buffer, found to be exactly one complete reply
+    with no failure -- so the same bytes, again from an empty buffer, count as one reply
+    without being parsed.  Only for parsers whose verdict depends on the bytes alone.
+
+    Shared by every parser of one protocol object (a flood worker's connections), so
+    one connection's answer teaches them all.  Why: on this project's Python, the
+    checks of a hand-written fast path (``data[:1] in b"+:"``, ``endswith``,
+    ``count``) cost about 1.5 us per reply; a set lookup costs about 0.1 us.
+    """
+
+    __slots__ = ()
+
+    def learn(self, data: bytes) -> None:
+        if len(self) < WHOLE_REPLIES and len(data) <= WHOLE_REPLY_BYTES:
+            self.add(bytes(data))
 
 
 class WireError(Exception):

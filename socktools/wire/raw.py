@@ -14,7 +14,8 @@ import re
 import struct
 from typing import Optional, Sequence
 
-from socktools.wire.base import SAMPLE_BYTES, Failure, Parser, Reply, WireError, WireProtocol
+from socktools.wire.base import (SAMPLE_BYTES, WHOLE_REPLY_BYTES, Failure, Parser, Reply, WholeReplies,
+                                 WireError, WireProtocol)
 from socktools.wire.escapes import Template, rotation
 
 __all__ = ["RawProtocol", "LineProtocol", "MAX_REPLY", "prefix_struct"]
@@ -75,6 +76,7 @@ class RawProtocol(WireProtocol):
         self.adjust = adjust
         self.replies = not no_reply
         self.match = re.compile(match, re.DOTALL) if match is not None else None
+        self.whole = WholeReplies()
         self.reply_size = size if match is None else None
         if size is not None:
             self.read_size = min(size + 1, 65536)
@@ -83,7 +85,7 @@ class RawProtocol(WireProtocol):
         if not self.replies:
             return _Ignore()
         if self.until is not None:
-            return _UntilParser(self.until, self.match)
+            return _UntilParser(self.until, self.match, self.whole)
         if self.size is not None:
             return _SizeParser(self.size, self.match)
         return _PrefixParser(self.prefix, self.adjust, self.match)
@@ -118,17 +120,20 @@ class _Checked(Parser):
 
 
 class _UntilParser(_Checked):
-    def __init__(self, delim: bytes, match) -> None:
+    def __init__(self, delim: bytes, match, whole: Optional[WholeReplies] = None) -> None:
         super().__init__(match)
         self.delim = delim
         self.plain = match is None
+        self.whole = WholeReplies() if whole is None else whole
 
     def feed(self, data: bytes) -> int:
         delim = self.delim
         buf = self.buf
-        # The common case: one whole reply per read, nothing left over.
-        if self.plain and not buf and self.keep is None and data.endswith(delim) and data.count(delim) == 1:
+        # The common case: a read that was one whole reply before.
+        if not buf and self.keep is None and len(data) <= WHOLE_REPLY_BYTES and data in self.whole:
             return 1
+        fresh = not buf and self.keep is None
+        failures = len(self.failures)
         start = max(0, len(buf) - len(delim) + 1)
         buf += data
         n = 0
@@ -146,6 +151,8 @@ class _UntilParser(_Checked):
             del buf[:pos]
         if len(buf) > MAX_REPLY:
             raise WireError(f"no {delim!r} in {len(buf):,} bytes (the cap is {MAX_REPLY:,})", "reply-too-long")
+        if n == 1 and fresh and not buf and len(self.failures) == failures:
+            self.whole.learn(data)
         return n
 
 

@@ -12,9 +12,10 @@ attributes (``|``) are not replies to a request and are not counted.
 from __future__ import annotations
 
 import shlex
-from typing import Sequence
+from typing import Optional, Sequence
 
-from socktools.wire.base import SAMPLE_BYTES, Failure, Parser, Reply, WireError, WireProtocol
+from socktools.wire.base import (SAMPLE_BYTES, WHOLE_REPLY_BYTES, Failure, Parser, Reply, WholeReplies,
+                                 WireError, WireProtocol)
 from socktools.wire.escapes import Template
 
 __all__ = ["RedisProtocol", "RespParser", "encode_command", "MAX_BULK", "MAX_ELEMENTS"]
@@ -59,6 +60,7 @@ class RedisProtocol(WireProtocol):
             self.fixed_request = self.makers[0](0, 0)
         self.shared_requests = not any("conn" in w.names for words in commands for w in words)
         self.n = len(self.makers)
+        self.whole = WholeReplies()
         if self.n == 1:
             self.request = self.makers[0]
 
@@ -66,7 +68,7 @@ class RedisProtocol(WireProtocol):
         return self.makers[seq % self.n](seq, conn)
 
     def parser(self) -> "RespParser":
-        return RespParser()
+        return RespParser(self.whole)
 
     def describe(self) -> str:
         return "redis, " + " / ".join(f"`{t}`" for t in self.texts)
@@ -114,9 +116,10 @@ _NEED = _Incomplete()
 class RespParser(Parser):
     """Counts whole top-level replies; decodes them when ``keep`` is a list."""
 
-    def __init__(self) -> None:
+    def __init__(self, whole: Optional[WholeReplies] = None) -> None:
         super().__init__()
         self.buf = bytearray()
+        self.whole = WholeReplies() if whole is None else whole
 
     @property
     def buffered(self) -> int:
@@ -124,10 +127,11 @@ class RespParser(Parser):
 
     def feed(self, data: bytes) -> int:
         buf = self.buf
-        # The common case: one simple reply (+OK, +PONG, :1) whole in one read.
-        if not buf and self.keep is None and data[:1] in b"+:" and data.endswith(b"\r\n") \
-                and data.count(b"\r\n") == 1 and len(data) > 2:
+        # The common case: a read that was one whole reply before (+OK, +PONG, $1 x).
+        if not buf and self.keep is None and len(data) <= WHOLE_REPLY_BYTES and data in self.whole:
             return 1
+        fresh = not buf and self.keep is None
+        failures = len(self.failures)
         buf += data
         n = 0
         pos = 0
@@ -150,6 +154,8 @@ class RespParser(Parser):
             n += 1
         if pos:
             del buf[:pos]
+        if n == 1 and fresh and not buf and len(self.failures) == failures:
+            self.whole.learn(data)
         return n
 
     def _line(self, buf: bytearray, pos: int) -> int:
