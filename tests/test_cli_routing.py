@@ -206,6 +206,7 @@ ROUTES = {
         "reply_prefix_adjust": (_RAW + ["--reply-prefix", ">H", "--reply-prefix-adjust", "-2"],
                                 wire("reply_prefix_adjust", -2)),
         "no_reply": (_RAW + ["--no-reply", "--rate", "10"], wire("no_reply", True)),
+        "reply_until_close": (_RAW + ["--reply-until-close"], wire("reply_until_close", True)),
         "reply_match": (_RAW + ["--reply-until", "\\n", "--reply-match", "^A"], wire("reply_match", "^A")),
         "eol": (["--port", "9", "--mode", "line", "--send", "A", "--eol", "crlf"], wire("eol", "crlf")),
         "commands": (["--port", "9", "--mode", "redis", "--command", "GET k"], wire("commands", ("GET k",))),

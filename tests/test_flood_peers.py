@@ -8,8 +8,10 @@ redis ``INFO commandstats``, nginx's access log, memcached's ``stats``.
 from __future__ import annotations
 
 import json
+import socketserver
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -208,6 +210,83 @@ def test_http_connection_close_in_open_loop_and_from_the_cli(nginx):
     assert doc["errors_total"] == 0 and doc["requests"]["traffic_answered"] == doc["requests"]["traffic_sent"] > 0
     assert doc["connections"]["reconnects"] >= doc["requests"]["traffic_answered"]
     assert wait_until(lambda: nginx.log_lines() == doc["requests"]["sent"], 10)
+
+
+def test_raw_until_close_against_nginx_http10_counts_equal_the_access_log(nginx):
+    # HTTP/1.0 without keep-alive: nginx answers and closes, each request on its own connection.
+    spec = WireSpec(mode="raw", sends=("GET / HTTP/1.0\\r\\n\\r\\n",), reply_until_close=True,
+                    reply_match="^HTTP/1\\.[01] 200 .*\r\n\r\nok\n$")
+    stats = run_worker(config(nginx.port, spec, conns=3, requests=30), 0)
+    assert not stats.errors and not stats.protocol_errors and not stats.reply_failures
+    assert stats.traffic_responses == 30 and stats.reconnects == 30
+    assert wait_until(lambda: nginx.log_lines() == stats.requests == 33, 10)
+
+
+class OneShot(socketserver.ThreadingTCPServer):
+    """A server that reads one request (up to a blank line or a newline), answers ``reply``
+    and closes -- the shape of many hand-written servers.  Counts what it answered."""
+
+    daemon_threads = True
+
+    def __init__(self, reply: bytes) -> None:
+        self.reply = reply
+        self.answered = 0
+        self.lock = threading.Lock()
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(h) -> None:
+                got = b""
+                while not (got.endswith(b"\n")):
+                    chunk = h.request.recv(4096)
+                    if not chunk:
+                        return
+                    got += chunk
+                h.request.sendall(self.reply)
+                with self.lock:
+                    self.answered += 1
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.port = self.server_address[1]
+        self.thread = threading.Thread(target=self.serve_forever, daemon=True)
+        self.thread.start()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
+        self.server_close()
+        self.thread.join(10)
+
+
+def test_http_bodies_framed_by_the_close_confirm_and_count(tmp_path):
+    # No Content-Length, not chunked: the body runs to the close -- the confirming reply too.
+    with OneShot(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nhello, no length") as server:
+        spec = WireSpec(mode="http", host="x", paths=("/",))
+        stats = run_worker(config(server.port, spec, conns=3, requests=20), 0)
+        assert not stats.errors and not stats.protocol_errors and not stats.reply_failures
+        assert stats.established == 3 and stats.traffic_responses == 20 and stats.reply_classes == {"2xx": 23}
+        assert wait_until(lambda: server.answered == stats.requests == 23, 10)
+    with OneShot(b"HTTP/1.1 500 Oops\r\n\r\nbroken") as server:   # and a failure is tallied as such
+        stats = run_worker(config(server.port, spec, conns=2, requests=5), 0)
+        assert not stats.errors and stats.reply_failures == {"http-5xx": {"500": 7}}
+
+
+def test_raw_until_close_from_the_cli_counts_wrong_replies_and_request_shows_the_reply():
+    with OneShot(b"hello\n") as server:
+        out = flood_cli("--port", str(server.port), "--mode", "raw", "--send", "hi\\n", "--reply-until-close",
+                        "--reply-match", "^bye", "--conns", "2", "--workers", "1", "--requests", "10", "--json")
+        assert out.returncode == 0, out.stderr
+        doc = json.loads(out.stdout)
+        assert doc["requests"]["traffic_answered"] == 10 and doc["errors_total"] == 0
+        assert doc["reply_failures"] == {"wrong-reply": {"did not match --reply-match": 12}}
+        assert wait_until(lambda: server.answered == 12, 10)
+        out = subprocess.run([sys.executable, "-m", "socktools", "request", "--port", str(server.port), "--mode",
+                              "raw", "--send", "hi\\n", "--reply-until-close"], capture_output=True, text=True,
+                             timeout=30)
+        assert out.returncode == 0 and "hello" in out.stdout, out.stderr
+    bad = flood_cli("--port", "9", "--mode", "raw", "--send", "x", "--reply-until-close", "--pipeline", "2")
+    assert bad.returncode == 2 and "--pipeline" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_http_head_has_no_body_whatever_its_content_length(nginx):

@@ -72,6 +72,25 @@ def test_until_counts_replies_across_any_split(step):
     assert p.feed(b"NG\r\n") == 1 and p.buffered == 0
 
 
+def test_until_close_frames_one_reply_by_the_close():
+    proto = raw(reply_until_close=True, reply_match="^ok")
+    assert proto.may_close and "until the server closes" in proto.describe()
+    p = proto.parser()
+    assert p.feed(b"ok, and") == 0 and p.feed(b" more") == 0 and p.buffered == 12
+    assert not p.closing and p.eof() == 1 and p.closing and p.buffered == 0 and not p.failures
+    q = proto.parser()
+    assert q.eof() == 0                                   # closed before any byte: no reply
+    assert q.feed(b"no") == 0 and q.eof() == 1 and [f.kind for f in q.failures] == ["wrong-reply"]
+
+
+def test_until_close_bounds_what_it_buffers():
+    from socktools.wire.raw import MAX_REPLY
+    p = raw(reply_until_close=True).parser()
+    with pytest.raises(WireError) as exc:
+        p.feed(b"x" * (MAX_REPLY + 1))
+    assert exc.value.kind == "reply-too-long"
+
+
 def test_until_finds_a_delimiter_split_between_reads():
     p = raw(reply_until="END\\r\\n").parser()
     assert p.feed(b"VALUE x EN") == 0

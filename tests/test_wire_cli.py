@@ -25,6 +25,10 @@ def run(*args):
     (["--mode", "echo", "--reply-bytes", "4"], "--reply-bytes", "not for --mode echo"),
     (["--mode", "redis", "--command", "GET 'x"], "--command", "cannot split"),
     (["--mode", "raw", "--protocol", "json:JSONDecoder"], "--mode", "--protocol is the mode"),
+    (["--mode", "raw", "--send", "x", "--reply-until-close", "--reply-until", "\\n"], "--reply-until-close",
+     "exactly one reply framing"),
+    (["--mode", "line", "--send", "x", "--reply-until-close"], "--reply-until-close", "only for --mode raw"),
+    (["--mode", "raw", "--send", "x", "--reply-until-close", "-P", "2"], "--pipeline", "one request"),
 ])
 def test_flood_bad_exchange_options_are_usage_errors_naming_the_option(args, option, words):
     result = run("flood", "--port", "9", *args)

@@ -21,6 +21,9 @@ _OPTIONS = [
                  help="raw: a reply starts with its length in struct notation (>H, >I, <Q...)."),
     click.option("--reply-prefix-adjust", type=int, default=0, show_default=True,
                  help="raw: body bytes = prefix length + N (negative if the length counts the prefix)."),
+    click.option("--reply-until-close", is_flag=True,
+                 help="raw: a reply is every byte until the server closes; flood opens a new "
+                      "connection for each request (servers that answer once and hang up)."),
     click.option("--no-reply", is_flag=True, help="raw: write-only stream at --rate; replies are not awaited (a connection the "
                                             "server does not drain holds at most 256 KiB; requests due "
                                             "beyond it are counted late, not queued)."),
@@ -42,7 +45,7 @@ _OPTIONS = [
 ]
 
 WIRE_PARAMS = ("sends", "send_file", "reply_until", "reply_bytes", "reply_prefix", "reply_prefix_adjust",
-               "no_reply", "reply_match", "eol", "commands", "method", "paths", "headers", "body",
+               "reply_until_close", "no_reply", "reply_match", "eol", "commands", "method", "paths", "headers", "body",
                "accept_status", "plugin")
 
 
@@ -91,6 +94,7 @@ def wire_spec(mode: str, host: str, params: dict, **extra):
                     reply_until=params.get("reply_until"), reply_bytes=params.get("reply_bytes"),
                     reply_prefix=params.get("reply_prefix"),
                     reply_prefix_adjust=params.get("reply_prefix_adjust") or 0,
+                    reply_until_close=bool(params.get("reply_until_close")),
                     no_reply=bool(params.get("no_reply")), reply_match=params.get("reply_match"),
                     eol=params.get("eol") or "lf", commands=tuple(params.get("commands") or ()),
                     method=params.get("method") or "GET", paths=tuple(params.get("paths") or ()),

@@ -33,6 +33,7 @@ Your own server (give its --port):
   socktools flood --port 7000 --mode line --send 'TIME' --reply-match '^[0-9]+'
   socktools flood --port 9000 --mode raw --send-file req.bin --reply-prefix '>I' --reply-prefix-adjust 0
   socktools flood --port 9000 --mode raw --send 'tick\\n' --no-reply --rate 50000
+  socktools flood --port 8080 --mode raw --send 'GET / HTTP/1.0\\r\\n\\r\\n' --reply-until-close
   socktools flood --port 11211 --protocol examples.memcached_plugin:Memcached --command 'get k{conn}'
 
 \b
@@ -111,10 +112,11 @@ def command(ctx, host, port, conns, workers, mode, pipeline, size, action, value
     """Load a TCP server with many concurrent connections and report what happened.
 
     Opens --conns connections over --workers processes (each confirmed by a
-    first round trip), sends echo payloads or framed requests for --duration
-    or --requests, then reports latency percentiles (HdrHistogram, merged
-    across workers), requests/s, bytes/s, and every failure by phase and
-    errno with what it means and what to do.
+    first round trip), sends requests for --duration or --requests -- echo
+    payloads, the framed protocol, your own bytes (raw, line), Redis commands,
+    HTTP/1.1, or a plug-in's -- then reports latency percentiles (HdrHistogram,
+    merged across workers), requests/s, bytes/s, and every failure by phase
+    and errno with what it means and what to do.
     """
     from socktools.flood.config import FloodConfig
 

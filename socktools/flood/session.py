@@ -204,9 +204,17 @@ class Session:
             except WireError as exc:
                 self.broken(conn, exc.kind, str(exc))
                 return
+            if parser.failures:    # the reply the close completed failed (wrong-reply, http-5xx)
+                self.failed(parser.failures)
             if n and self.traffic is not None and slot.confirmed:
                 self.traffic.replies(conn, slot, n)
                 if conn.closed:   # the reply announced the close: reconnected, not a failure
+                    return
+            elif n == 1 and not slot.confirmed and self.phase == "connect":
+                # The confirming reply was framed by the close (an HTTP body without a length,
+                # raw --reply-until-close): confirmed, and replaced as the traffic starts.
+                self.confirmed(conn, self.clock())
+                if self.may_close and parser.closing:
                     return
         phase = "recv" if slot.confirmed or self.config.mode == "connect" or owed(slot) else "connect"
         self.abort(conn, phase, errors.PEER_CLOSED, ConnectionError("peer closed the connection"))

@@ -54,10 +54,9 @@ class RawProtocol(WireProtocol):
 
     def __init__(self, templates: Sequence[Template], *, until: Optional[bytes] = None,
                  size: Optional[int] = None, prefix: Optional[str] = None, adjust: int = 0,
-                 no_reply: bool = False, match: Optional[bytes] = None) -> None:
+                 no_reply: bool = False, until_close: bool = False, match: Optional[bytes] = None) -> None:
         chosen = [n for n, v in (("until", until), ("size", size), ("prefix", prefix)) if v is not None]
-        if no_reply:
-            chosen.append("no_reply")
+        chosen += [n for n, v in (("until_close", until_close), ("no_reply", no_reply)) if v]
         if len(chosen) != 1:
             raise ValueError(f"give exactly one reply framing, not {', '.join(chosen) or 'none'}")
         if not templates:
@@ -75,6 +74,9 @@ class RawProtocol(WireProtocol):
         self.prefix = prefix_struct(prefix) if prefix is not None else None
         self.adjust = adjust
         self.replies = not no_reply
+        self.until_close = until_close
+        # Every reply ends with the server's close: flood reconnects for the next request.
+        self.may_close = until_close
         self.match = re.compile(match, re.DOTALL) if match is not None else None
         self.whole = WholeReplies()
         self.reply_size = size if match is None else None
@@ -86,6 +88,8 @@ class RawProtocol(WireProtocol):
             return _Ignore()
         if self.until is not None:
             return _UntilParser(self.until, self.match, self.whole)
+        if self.until_close:
+            return _CloseParser(self.match)
         if self.size is not None:
             return _SizeParser(self.size, self.match)
         return _PrefixParser(self.prefix, self.adjust, self.match)
@@ -93,6 +97,8 @@ class RawProtocol(WireProtocol):
     def describe(self) -> str:
         if not self.replies:
             framing = "no replies"
+        elif self.until_close:
+            framing = "replies until the server closes"
         elif self.until is not None:
             framing = f"replies until {self.until!r}"
         elif self.size is not None:
@@ -154,6 +160,27 @@ class _UntilParser(_Checked):
         if n == 1 and fresh and not buf and len(self.failures) == failures:
             self.whole.learn(data)
         return n
+
+
+class _CloseParser(_Checked):
+    """A reply is every byte until the peer closes (one per connection)."""
+
+    def feed(self, data: bytes) -> int:
+        buf = self.buf
+        buf += data
+        if len(buf) > MAX_REPLY:
+            raise WireError(f"{len(buf):,} bytes and the server has not closed (the cap is {MAX_REPLY:,})",
+                            "reply-too-long")
+        return 0
+
+    def eof(self) -> int:
+        """The close ends the reply; a close before any byte is no reply (0: peer-closed)."""
+        if not self.buf:
+            return 0
+        self._reply(self.buf)
+        self.buf = bytearray()
+        self.closing = True
+        return 1
 
 
 class _SizeParser(_Checked):

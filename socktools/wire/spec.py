@@ -78,6 +78,7 @@ class WireSpec:
     reply_prefix: Optional[str] = None
     reply_prefix_adjust: int = 0
     no_reply: bool = False
+    reply_until_close: bool = False
     reply_match: Optional[str] = None
     eol: str = "lf"
     commands: tuple = ()                    # redis / plug-ins
@@ -132,6 +133,7 @@ def build(spec: WireSpec) -> WireProtocol:
     used = [name for name, on in (("--reply-until", spec.reply_until is not None),
                                   ("--reply-bytes", spec.reply_bytes is not None),
                                   ("--reply-prefix", spec.reply_prefix is not None),
+                                  ("--reply-until-close", spec.reply_until_close),
                                   ("--no-reply", spec.no_reply)) if on]
     if mode != "raw":
         if used:
@@ -150,8 +152,8 @@ def build(spec: WireSpec) -> WireProtocol:
         if len(used) != 1:
             raise WireOptionError(used[1] if used else "--reply-until",
                                   f"give exactly one reply framing, not {' and '.join(used)}" if used else
-                                  "give one reply framing: --reply-until, --reply-bytes, --reply-prefix "
-                                  "or --no-reply")
+                                  "give one reply framing: --reply-until, --reply-bytes, --reply-prefix, "
+                                  "--reply-until-close or --no-reply")
         until = None
         if spec.reply_until is not None:
             try:
@@ -172,7 +174,8 @@ def build(spec: WireSpec) -> WireProtocol:
         if spec.no_reply and spec.reply_match is not None:
             raise WireOptionError("--reply-match", "there are no replies to check with --no-reply")
         return RawProtocol(templates, until=until, size=spec.reply_bytes, prefix=spec.reply_prefix,
-                           adjust=spec.reply_prefix_adjust, no_reply=spec.no_reply, match=_match(spec))
+                           adjust=spec.reply_prefix_adjust, no_reply=spec.no_reply,
+                           until_close=spec.reply_until_close, match=_match(spec))
     if mode == "line":
         from socktools.wire.raw import LineProtocol
         eol = EOLS.get(spec.eol.lower())
