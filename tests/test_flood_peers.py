@@ -212,6 +212,22 @@ def test_http_connection_close_in_open_loop_and_from_the_cli(nginx):
     assert wait_until(lambda: nginx.log_lines() == doc["requests"]["sent"], 10)
 
 
+@pytest.mark.parametrize("extra", [{"requests": 200}, {"rate": 5000.0, "duration": 0.2}])
+def test_requests_pipelined_past_an_announced_close_are_sent_again_and_every_one_is_accounted(nginx, extra):
+    # nginx answers the first of each pipelined batch and closes: the other three were never
+    # answered, and go out again on the next connection (open loop: from their scheduled times).
+    spec = WireSpec(mode="http", host="x", paths=("/close",))
+    stats = run_worker(config(nginx.port, spec, conns=2, pipeline=4, **extra), 0)
+    # (A send the server's reset refused is not in the bytes sent, but goes out again too.)
+    assert not stats.errors and not stats.protocol_errors
+    assert wait_until(lambda: nginx.log_lines() == stats.responses, 10)
+    if "rate" in extra:      # every scheduled request answered, however many went out twice
+        assert stats.traffic_responses + stats.unanswered == stats.scheduled == 1000
+    else:                    # four at once on every connection: three of them cut off each time
+        assert stats.traffic_requests == stats.traffic_responses + stats.resent + stats.unanswered
+        assert stats.resent >= 3 * stats.reconnects // 2 and stats.traffic_responses + stats.unanswered == 200
+
+
 def test_raw_until_close_against_nginx_http10_counts_equal_the_access_log(nginx):
     # HTTP/1.0 without keep-alive: nginx answers and closes, each request on its own connection.
     spec = WireSpec(mode="raw", sends=("GET / HTTP/1.0\\r\\n\\r\\n",), reply_until_close=True,

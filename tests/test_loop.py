@@ -25,8 +25,9 @@ import pytest
 
 from socktools.core.loop import Connection, Loop, Protocol
 from tests.loop_helpers import (_bystander, _bystander_still_fine, Collect, Echo, Peer, READ, RUN_LIMIT,
-                               Recorder, WRITE, _count_polls, _tcp_tiny, assert_same_bytes, interest, payload,
-                               polls_during, run_until, write_until_buffered)
+                               Recorder, WRITE, _count_polls, _tcp_pair, _tcp_tiny, assert_same_bytes, interest,
+                               payload, polls_during, run_until, write_until_buffered)
+from tests.conftest import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -396,6 +397,57 @@ def test_reset_while_sending_ends_only_that_connection(make_pair, loop):
         assert isinstance(rec.exc, (ConnectionResetError, BrokenPipeError)), rec.exc
     assert conn.closed and conn.pending == 0 and conn.fd not in loop.connections
     _bystander_still_fine(loop, *bystander)
+
+
+class ClosesOnBye(Recorder):
+    """Closes the connection itself once the peer's farewell has arrived."""
+
+    def data_received(self, conn, data) -> None:
+        super().data_received(conn, data)
+        if self.data.endswith(b"bye"):
+            conn.close()
+
+
+@pytest.mark.parametrize("protocol", [Recorder, ClosesOnBye])
+def test_what_a_resetting_peer_said_before_the_reset_is_delivered(protocol):
+    """The peer answers, then closes with our next bytes unread (RST), as a server that
+    announced its close does: a send then fails, yet its answer is still in the kernel's
+    receive queue -- delivered before the connection ends, and a protocol that closes on it
+    ends the connection cleanly."""
+    lp = Loop()
+    a, b = _tcp_pair(socket.AF_INET, "127.0.0.1")
+    try:
+        rec = protocol()
+        rec.close_on_eof = False
+        conn = lp.add_connection(a, rec)
+        b.sendall(b"answer, bye")
+        conn.write(b"ping")                              # unread by the peer when it closes
+        assert wait_until(lambda: _queued(b) == 4, 5)
+        b.close()                                        # unread data: the kernel sends RST
+        assert wait_until(lambda: _reset_seen(a), 5)
+        conn.write(b"more")                              # ECONNRESET (or EPIPE)
+        assert conn.closed and bytes(rec.data) == b"answer, bye"
+        assert rec.calls.index("data") < rec.calls.index("lost")
+        if protocol is ClosesOnBye:
+            assert rec.exc is None and conn.failed_in is None
+        else:
+            assert isinstance(rec.exc, (ConnectionResetError, BrokenPipeError)) and conn.failed_in == "send"
+    finally:
+        a.close()
+        lp.close()
+
+
+def _queued(sock) -> int:
+    """Bytes in ``sock``'s receive queue (FIONREAD)."""
+    import fcntl
+    import termios
+    return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
+
+
+def _reset_seen(sock) -> bool:
+    """The RST arrived: TCP_INFO's state is CLOSE (7) (the read queue is untouched)."""
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)
+    return info[0] == 7
 
 
 def test_abort_drops_pending_data_now(make_pair, loop):

@@ -60,6 +60,9 @@ from typing import Any, Callable, Optional
 from socktools.core.pollers import IN, OUT, EpollPoller, SelectorPoller
 from socktools.errors import CONNECT, INTERNAL, RECV, SEND, SOCKET
 
+#: Send errors that mean the peer is gone, its last bytes possibly still unread (_last_words).
+_RESET = (ConnectionResetError, BrokenPipeError)
+
 __all__ = ["Loop", "Connection", "Protocol", "Timer", "READ_SIZE", "INTERNAL"]
 
 log = logging.getLogger("socktools.core.loop")
@@ -374,8 +377,32 @@ class Connection:
     def _fail(self, exc: BaseException, phase: str) -> None:
         if self.closed:
             return
+        if phase == SEND and exc.__class__ in _RESET and self._reading and not self._shut_wr:
+            self._last_words()
+            if self.closed:
+                return
         self.failed_in = phase
         self._finish(exc)
+
+    def _last_words(self) -> None:
+        """A send found the peer gone (it reset the connection, or closed with our bytes
+        unread -- as an HTTP server does after ``Connection: close`` with pipelined requests
+        still coming): what it sent before is still in the kernel's receive queue (Linux keeps
+        it readable after a reset).  Deliver it, nothing more can be written, so that a reply
+        which announced the close counts as the peer meant it to; the protocol may then close
+        the connection itself.  The queue cannot grow after a reset: the loop ends."""
+        self._shut_wr = True
+        self._out = None
+        self._update()
+        while not self.closed:
+            try:
+                data = _read(self.fd, self.read_size)
+            except OSError:
+                return
+            if not data:
+                return
+            self.bytes_in += len(data)
+            self.protocol.data_received(self, data)
 
     def _finish(self, exc: Optional[BaseException]) -> None:
         self.closed = True

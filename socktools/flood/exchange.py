@@ -116,10 +116,10 @@ class Traffic(Confirm):
         self.opening -= 1
         conn.read_size = self.proto.read_size
         slot.parser = self.proto.parser()
-        if s.phase != "traffic":
-            conn.close()
-        else:
+        if s.phase == "traffic" or (s.phase == "drain" and slot.backlog):
             self.resume(conn, slot, now)
+        else:
+            conn.close()
 
     def connection_lost(self, conn: Connection, exc: Optional[BaseException]) -> None:
         if conn.ctx.parser is None:   # a reconnection that never connected
@@ -132,16 +132,20 @@ class Traffic(Confirm):
             self.send_first(conn, now)
 
     def closing(self, conn: Connection, slot: Slot) -> bool:
-        """The last reply announced the server's close: reconnect (True: ``conn`` is done)."""
+        """The last reply announced the server's close: reconnect (True: ``conn`` is done).
+        Requests pipelined past the close go back to the quota: the replacement sends them."""
         if not slot.parser.closing:
             return False
+        if self.s.phase == "traffic" and slot.times:
+            self.left += self.s.unsend(slot)
         self._renew(conn)
         return True
 
-    def _renew(self, conn: Connection) -> Optional[Connection]:
+    def _renew(self, conn: Connection, must: bool = False) -> Optional[Connection]:
         """Replace ``conn`` -- unless the reconnections already on their way will carry every
-        request still to send (no connection opened only to be closed unused)."""
-        new = self.s.renew(conn, self, reopen=self.left > self.opening * self.pipeline)
+        request still to send (no connection opened only to be closed unused); ``must``:
+        ``conn`` has requests queued that only its replacement will send."""
+        new = self.s.renew(conn, self, reopen=must or self.left > self.opening * self.pipeline)
         if new is not None:
             self.opening += 1
         return new

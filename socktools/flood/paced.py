@@ -137,7 +137,16 @@ class OpenLoop(Traffic):
         """As the closed loop's, and the replacement takes ``conn``'s turn in the schedule."""
         if not slot.parser.closing:
             return False
-        new = self._renew(conn)
+        if self.s.phase in ("traffic", "drain") and slot.times:
+            # Requests pipelined past the close go first in the queue the replacement takes
+            # over, their latency still counted from their scheduled times.
+            dues = slot.dues
+            self.s.unsend(slot)
+            dues.extend(slot.backlog or ())
+            slot.backlog = dues
+        # (Replaced while any request is still to be scheduled: the pacer deals requests to
+        # the connections in turn, this one's turn included.)
+        new = self._renew(conn, must=bool(slot.backlog) or self.left > 0)
         if new is not None:
             self.order[self.order.index(conn)] = new
         return True

@@ -169,7 +169,7 @@ def _body(result: FloodResult) -> dict:
                      "per_second": round(_rate(c["traffic_responses"], secs), 1),
                      "requested_rate": cfg.rate,
                      "scheduled": c["scheduled"] if cfg.rate else None,
-                     "late": c["late"]},
+                     "late": c["late"], "resent": c["resent"]},
         "bytes": {"sent": c["bytes_out"], "received": c["bytes_in"],
                   "traffic_sent": tb_out, "traffic_received": tb_in,
                   "max_buffered": c["max_buffered"],
@@ -277,6 +277,8 @@ def render_table(result: FloodResult, checked: Optional[list] = None) -> str:
             req += f" (asked {cfg.rate:,g}/s)"
         if c["unanswered"]:
             req += f" · {_n(c['unanswered'])} unanswered at the end"
+        if c["resent"]:
+            req += f" · {_n(c['resent'])} sent again (pipelined past the server's close)"
         lines.append(req)
         # One first round trip confirmed each established connection; first requests of
         # connections that never got their reply (stopped, failed) confirmed nothing.

@@ -87,6 +87,7 @@ class Session:
         self.live: set = set()               # confirmed connections still open
         self.outstanding = 0                 # drain: answers still owed
         self.sent = 0                        # traffic requests sent (counted when not fixed)
+        self.stranded = 0                    # pipelined past a close in the drain: never answered
         self.traffic: Any = None
         self.traffic_started = 0
         self.cpu_started = 0.0
@@ -248,20 +249,33 @@ class Session:
             s.cancelled += 1
         self.settled(conn)
 
+    def unsend(self, slot: Slot) -> int:
+        """The requests in flight on ``slot`` will never be answered (pipelined past a close
+        the server announced): forget them, to be sent again; how many."""
+        n = len(slot.times)
+        self.stats.resent += n
+        slot.times = None
+        slot.dues = None
+        return n
+
     def renew(self, conn: Any, protocol: Any, reopen: bool = True) -> Optional[Any]:
         """The server closes ``conn`` after the reply just counted (HTTP ``Connection: close``):
         open its replacement (same connection number) first -- so the traffic never sees
         no live connection -- then close ``conn`` ourselves, cleanly, as wrk does.  Requests
-        still in flight on ``conn`` (pipelined past the close) stay unanswered; requests the
-        pacer queued for it move to the replacement."""
+        the pacer queued for it move to the replacement (the traffic loop has put back the
+        ones pipelined past the close: :meth:`unsend`) -- in the drain too, for they were
+        due inside the traffic window.  What nobody will send again counts as unanswered."""
         old: Slot = conn.ctx
         new = None
-        if reopen and self.phase == "traffic" and self.reopen is not None:
+        if reopen and self.reopen is not None and (
+                self.phase == "traffic" or (self.phase == "drain" and old.backlog)):
             self.stats.reconnects += 1
             new = self.reopen(old.index, protocol)
             if new is not None:
                 new.ctx.count = old.count
                 new.ctx.backlog, old.backlog = old.backlog, None
+        if self.phase != "traffic":
+            self.stranded += owed(old)
         conn.close()   # lost() settles what ``old`` still owed (answered, in the drain)
         return new
 
@@ -310,7 +324,7 @@ class Session:
             s.phases["drain"] = [self.drain_started, self.clock()]
         self.phase = "close"
         start = self.clock()
-        s.unanswered = sum(owed(conn.ctx) for conn in self.live)
+        s.unanswered = sum(owed(conn.ctx) for conn in self.live) + self.stranded
         s.open_at_end = len(self.live)
         for conn in list(self.loop.connections.values()):
             conn.close() if conn.ctx.confirmed else conn.abort()

@@ -251,6 +251,7 @@ class WorkerStats:
     late: int = 0                  # --no-reply: due but not sent (the connection's buffer was full)
     max_buffered: int = 0          # --no-reply: most unsent bytes one connection held in flood
     reconnects: int = 0            # connections reopened after the server's clean close
+    resent: int = 0                # pipelined past such a close (never answered): sent again
     rss_start: int = 0             # bytes, before opening connections
     rss_connected: int = 0         # bytes, after the connect phase
     fd_limit: int = 0
@@ -297,7 +298,7 @@ class Totals:
 _SUMMED = ("conns", "attempted", "connected", "established", "failed", "cancelled", "lost", "open_at_end",
            "cycles", "requests", "responses", "confirm_requests", "traffic_requests",
            "traffic_responses", "unanswered", "bytes_out", "bytes_in", "connect_bytes_out",
-           "connect_bytes_in", "scheduled", "late", "reconnects")
+           "connect_bytes_in", "scheduled", "late", "reconnects", "resent")
 
 
 def merge(stats: Iterable[WorkerStats]) -> Totals:
