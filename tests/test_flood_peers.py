@@ -225,7 +225,8 @@ def test_requests_pipelined_past_an_announced_close_are_sent_again_and_every_one
         assert stats.traffic_responses + stats.unanswered == stats.scheduled == 1000
     else:                    # four at once on every connection: three of them cut off each time
         assert stats.traffic_requests == stats.traffic_responses + stats.resent + stats.unanswered
-        assert stats.resent >= 3 * stats.reconnects // 2 and stats.traffic_responses + stats.unanswered == 200
+        assert stats.resent >= 3 * stats.reconnects // 2 and stats.traffic_responses == 200
+        assert stats.unanswered == 0       # those cut off in the drain went out again as well
 
 
 def test_raw_until_close_against_nginx_http10_counts_equal_the_access_log(nginx):

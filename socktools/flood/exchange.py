@@ -127,18 +127,30 @@ class Traffic(Confirm):
         self.s.lost(conn, exc)
 
     def resume(self, conn: Connection, slot: Slot, now: int) -> None:
-        """Closed loop: a reconnection sends as a fresh connection does."""
-        if self.left > 0:
+        """Closed loop: a reconnection sends as a fresh connection does -- or, in the drain,
+        the requests its predecessor's close cut off (``closing``)."""
+        backlog = slot.backlog
+        if backlog:
+            slot.backlog = None
+            k = len(backlog)
+            self.s.sent += k
+            slot.times = _deque([now] * k)
+            conn.write(b"".join([self.s.request(slot) for _ in range(k)]))
+        elif self.left > 0:
             self.send_first(conn, now)
 
     def closing(self, conn: Connection, slot: Slot) -> bool:
         """The last reply announced the server's close: reconnect (True: ``conn`` is done).
-        Requests pipelined past the close go back to the quota: the replacement sends them."""
+        Requests pipelined past the close go back to the quota -- in the drain (the quota
+        spent), to the replacement's queue: either way the replacement sends them."""
         if not slot.parser.closing:
             return False
-        if self.s.phase == "traffic" and slot.times:
-            self.left += self.s.unsend(slot)
-        self._renew(conn)
+        if slot.times:
+            if self.s.phase == "traffic":
+                self.left += self.s.unsend(slot)
+            elif self.s.phase == "drain":
+                slot.backlog = _deque([0] * self.s.unsend(slot))
+        self._renew(conn, must=bool(slot.backlog))
         return True
 
     def _renew(self, conn: Connection, must: bool = False) -> Optional[Connection]:
