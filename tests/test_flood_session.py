@@ -125,7 +125,10 @@ def test_the_memo_stops_at_its_byte_bound_and_requests_stay_right(monkeypatch):
     slot = Slot(0, 0)
     sent = [s.request(slot) for _ in range(2000)]
     assert sent == [b"n=%d\n" % i for i in range(2000)]
-    assert len(s.memo) == 256                          # one block, then past the bound
+    assert 1000 - 8 < s.memo_bytes <= 1000                # filled to the bound, never past it
+    big = session(WireSpec(mode="raw", sends=("{seq}" + "x" * 600,), reply_until="\\n"))[0]
+    fresh = Slot(0, 0)
+    assert [len(big.request(fresh)) for _ in range(3)] == [601] * 3 and len(big.memo) == 1
 
 
 class BatchLoop:

@@ -133,12 +133,22 @@ class Session:
         connection asks for seq 0, 1, 2... in turn, so ``seq`` is the memo's length)."""
         memo = self.memo
         make = self.proto.request
-        if self.memo_bytes >= REQUEST_MEMO_BYTES or seq != len(memo):
-            return make(seq, conn)
-        block = [make(i, conn) for i in range(seq, seq + _MEMO_BLOCK)]
+        first = make(seq, conn)
+        if seq != len(memo):
+            return first
+        used = self.memo_bytes + len(first)
+        if used > REQUEST_MEMO_BYTES:     # (a --send-file request may be large)
+            return first
+        block = [first]
+        for i in range(seq + 1, seq + _MEMO_BLOCK):
+            request = make(i, conn)
+            if used + len(request) > REQUEST_MEMO_BYTES:
+                break
+            block.append(request)
+            used += len(request)
         memo += block
-        self.memo_bytes += sum(map(len, block))
-        return block[0]
+        self.memo_bytes = used
+        return first
 
     def pace(self, delay_ns: int, callback: Callable[[], None]) -> None:
         """Run the pacer again in ``delay_ns``; end_traffic cancels it."""
