@@ -32,6 +32,7 @@ distributed = pytest.importorskip("distributed", reason="Dask not installed (pip
 def dask_cluster():
     cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                        host="127.0.0.1", dashboard_address=None, memory_limit=0,
+                                       scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
                                        silence_logs=logging.ERROR,
                                        preload=["socktools.flood.shard"])
     client = distributed.Client(cluster)

@@ -100,12 +100,14 @@ def _client(kind: str, value: Any, interrupts: "_Interrupts"):
         # a process (and a GIL) to itself.  memory_limit=0: the nanny must not
         # kill a load shard for holding the connections it was asked to hold.
         with dask.config.set(LOCAL_CONFIG), warnings.catch_warnings():
-            # With no dashboard the scheduler still serves /health on 8787 (loopback here),
-            # or on a free port if 8787 is taken -- and warns about it: not the user's concern.
+            # With no dashboard the scheduler still serves /health: on a free loopback port
+            # (scheduler_kwargs overrides LocalCluster's default of 8787, which another
+            # cluster may hold -- distributed then warns and moves; the filter is for older ones).
             warnings.filterwarnings("ignore", message="Port 8787 is already in use")
             try:
                 cluster = LocalCluster(n_workers=value, threads_per_worker=1, processes=True,
                                        host="127.0.0.1", dashboard_address=None, memory_limit=0,
+                                       scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
                                        silence_logs=logging.CRITICAL,
                                        preload=["socktools.flood.shard"])
             except Exception as exc:
