@@ -195,8 +195,9 @@ def test_reading_writing_and_viewing_a_file_does_not_import_scapy(mixed_pcap, tm
     import sys
     out = tmp_path / "o.pcapng"
     code = ("import sys; from click.testing import CliRunner; from socktools.cli import main; "
-            f"r = CliRunner().invoke(main, ['sniff', '-r', {str(mixed_pcap)!r}, '-w', {str(out)!r}, "
-            "'-X', '--time', 'a', '--json']); "
+            f"r = CliRunner().invoke(main, ['sniff', '-r', {str(mixed_pcap)!r}, '-w', {str(out)!r}, '--json']); "
+            "assert r.exit_code == 0, r.output; "
+            f"r = CliRunner().invoke(main, ['sniff', '-r', {str(mixed_pcap)!r}, '-X', '--time', 'a']); "
             "assert r.exit_code == 0, r.output; "
             "print(sorted(m for m in sys.modules if m.startswith('scapy')))")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
@@ -242,3 +243,13 @@ def test_every_truncation_of_a_frame_dissects_without_raising():
         for cut in range(len(f) + 1):
             d.dissect(f[:cut], d.LINKTYPE_ETHERNET)
             d.dissect(f[14:cut], d.LINKTYPE_RAW)
+
+
+@pytest.mark.parametrize("args", [["--json", "-X"], ["--json", "--show", "1"], ["-q", "--time", "a"]])
+def test_text_view_options_with_json_or_quiet_are_a_usage_error(mixed_pcap, args):
+    from click.testing import CliRunner
+    from socktools.cli import main
+    r = CliRunner().invoke(main, ["sniff", "-r", str(mixed_pcap), *args])
+    assert r.exit_code == 2 and "shapes the text view" in r.output and "Traceback" not in r.output
+    named = {"-X": "--hex", "--show": "--show", "--time": "--time"}
+    assert next(named[a] for a in args if a in named) in r.output

@@ -91,6 +91,11 @@ def command(ctx, iface, port, expression, count, timeout, write, read, decode, a
         raise click.UsageError("--write would overwrite the file being read", ctx)
     if buffer_size < 65536:
         raise click.BadParameter("must be at least 64k", ctx, param_hint="'--buffer'")
+    for name, given in (("--show", show is not None), ("--hex", hexdump), ("--time", time_format != "r")):
+        if given and (as_json or quiet):
+            # They shape the text view; the JSON lines and --quiet have none to shape.
+            raise click.UsageError(f"{name} shapes the text view: not with {'--json' if as_json else '--quiet'}",
+                                   ctx)
     from socktools.capture.render import parse_selection
     try:
         selection = parse_selection(show) if show is not None else None
