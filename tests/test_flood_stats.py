@@ -171,7 +171,7 @@ def test_config_is_picklable_and_frozen():
 @pytest.fixture
 def fake_limits(monkeypatch):
     def setup(fd_limit=1024, hard=1024, ports=(32768, 60999)):
-        monkeypatch.setattr(limits, "raise_nofile", lambda: (fd_limit, fd_limit, hard))
+        monkeypatch.setattr(limits, "fd_limits", lambda: (fd_limit, hard))
         monkeypatch.setattr(limits, "port_range", lambda: ports)
         monkeypatch.setattr(limits, "cpu_count", lambda: 2)
     return setup

@@ -106,7 +106,7 @@ def machine(monkeypatch):
     class M:
         fds, cpus, mem = 20_000, 2, 8 << 30
     m = M()
-    monkeypatch.setattr(limits, "raise_nofile", lambda: (m.fds, m.fds, m.fds))
+    monkeypatch.setattr(limits, "fd_limits", lambda: (m.fds, m.fds))
     monkeypatch.setattr(limits, "cpu_count", lambda: m.cpus)
     monkeypatch.setattr(limits, "mem_available", lambda: m.mem)
     return m

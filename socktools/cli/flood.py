@@ -264,19 +264,7 @@ def _run(config, *, workers_given: bool, sources_given: bool, as_json: bool, row
     from socktools.flood.report import render_table, to_json
     from socktools.flood.runner import FloodError, FloodRefused, run_flood
 
-    import resource
-
-    from socktools.kernel.capacity import raise_nofile
-    from socktools.kernel.doctor import FD_SLACK
     console = _Console(config.conns, config.interval, rows=rows, as_json=as_json)
-    # The one place flood changes a limit of its own (its worker processes, its embedded server
-    # and LocalCluster workers inherit it): the soft limit up to the hard one, and the hard one
-    # too when this run needs more and the process may (CAP_SYS_RESOURCE, up to fs.nr_open).
-    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    want = config.conns + FD_SLACK
-    change = raise_nofile(want if hard == resource.RLIM_INFINITY else max(want, hard))
-    if change is not None:
-        console({"event": "raised", "line": change.line})
     try:
         result = run_flood(config, workers_given=workers_given, sources_given=sources_given,
                            on_event=console, force=yes)

@@ -4,7 +4,8 @@ Three limits stop a load generator long before CPU does:
 
 * file descriptors per process (``RLIMIT_NOFILE``, ``ulimit -n``): every
   socket is one.  The soft limit may be raised up to the hard one without
-  privilege, so :func:`raise_nofile` does that first;
+  privilege: :func:`socktools.flood.runner.run_flood` does that first
+  (:func:`socktools.kernel.capacity.raise_nofile`), and the plan reads the result;
 * local ports: a (source address, destination address:port) pair has one
   ephemeral port range (``net.ipv4.ip_local_port_range``, ~28,000 ports by
   default), so more connections to one server port need more source
@@ -35,7 +36,7 @@ from typing import Optional
 from socktools.flood.config import FloodConfig
 from socktools.kernel.sysctl import port_range, sysctl_int
 
-__all__ = ["FD_RESERVE", "Plan", "raise_nofile", "port_range", "plan", "cpu_count", "mem_available"]
+__all__ = ["FD_RESERVE", "Plan", "fd_limits", "port_range", "plan", "cpu_count", "mem_available"]
 
 #: Descriptors a process needs besides its connections: stdio, the poller,
 #: pipes to the runner, the interpreter's own files.  Generous on purpose.
@@ -74,19 +75,13 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def raise_nofile() -> tuple:
-    """Raise the soft RLIMIT_NOFILE to the hard limit; return ``(before, after, hard)``."""
+def fd_limits() -> tuple:
+    """This process's open-file limit, ``(soft, hard)``, as it is (the planner changes
+    nothing); unlimited reads as ``fs.nr_open``, the most any process may open."""
+    from socktools.kernel.capacity import nr_open
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = hard
-    if hard == resource.RLIM_INFINITY:
-        target = sysctl_int("fs.nr_open") or 1 << 20
-    if soft != resource.RLIM_INFINITY and soft < target:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        except (ValueError, OSError):
-            pass
-    after = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    return soft, after, hard
+    inf = resource.RLIM_INFINITY
+    return (nr_open() if soft == inf else soft), (nr_open() if hard == inf else hard)
 
 
 def mem_available() -> Optional[int]:
@@ -145,13 +140,16 @@ def _is_ipv4_loopback(address: Optional[tuple], host: str) -> bool:
     return ip.version == 4 and ip.is_loopback
 
 
-def plan(config: FloodConfig, *, workers_given: bool = True, sources_given: bool = True) -> Plan:
-    """Raise the fd limit, fill in workers/server workers/sources, and check what fits.
+def plan(config: FloodConfig, *, workers_given: bool = True, sources_given: bool = True,
+         fd_before: Optional[int] = None) -> Plan:
+    """Fill in workers/server workers/sources, and check what fits (nothing is changed).
 
     ``workers_given``/``sources_given`` say whether the user chose them; what
-    they did not choose is picked to fit (and said in ``notes``).
+    they did not choose is picked to fit (and said in ``notes``).  ``fd_before``:
+    the soft fd limit before the caller raised it (the report shows both).
     """
-    before, fd_limit, hard = raise_nofile()
+    fd_limit, hard = fd_limits()
+    before = fd_limit if fd_before is None else fd_before
     per_process = max(1, fd_limit - FD_RESERVE)
     n = config.conns
     cpus = cpu_count()

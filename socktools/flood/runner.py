@@ -53,6 +53,23 @@ def _worker_main(channel: Any, config: FloodConfig, index: int, epoch_ns: int) -
         pass
 
 
+def _raise_fd_limit(config: FloodConfig, emit: Callable[[dict], None]) -> int:
+    """The one place flood changes a limit of its own (its worker processes, its embedded
+    server and LocalCluster workers inherit it): the soft open-file limit up to the hard one,
+    and the hard one too when this run needs more and the process may (CAP_SYS_RESOURCE, up
+    to fs.nr_open).  Says so with a ``raised`` event; returns the soft limit before."""
+    import resource
+
+    from socktools.kernel.capacity import raise_nofile
+    from socktools.kernel.doctor import FD_SLACK
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = config.conns + FD_SLACK
+    change = raise_nofile(want if hard == resource.RLIM_INFINITY else max(want, hard))
+    if change is not None:
+        emit({"event": "raised", "line": change.line})
+    return soft
+
+
 def run_flood(config: FloodConfig, *, workers_given: bool = True, sources_given: bool = True,
               on_event: Optional[Callable[[dict], None]] = None,
               plan: Optional[limits.Plan] = None, force: bool = False) -> FloodResult:
@@ -66,13 +83,15 @@ def run_flood(config: FloodConfig, *, workers_given: bool = True, sources_given:
     (before anything is started) when the plan has refusals and not ``force``.
     ``plan`` is one the caller made already.
     """
+    emit = on_event or (lambda event: None)
+    fd_before = _raise_fd_limit(config, emit)
     if config.cluster:
         from socktools.flood.cluster import run_cluster
         return run_cluster(config, workers_given=workers_given, sources_given=sources_given,
                            on_event=on_event, force=force)
-    emit = on_event or (lambda event: None)
     if plan is None:
-        plan = limits.plan(config, workers_given=workers_given, sources_given=sources_given)
+        plan = limits.plan(config, workers_given=workers_given, sources_given=sources_given,
+                           fd_before=fd_before)
     if plan.refusals and not force:
         raise FloodRefused(plan)
     cfg = plan.config
