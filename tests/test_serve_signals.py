@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import signal
 import socket
 import time
@@ -49,7 +50,10 @@ def _read_reply(sock: socket.socket):
         decoder.receive_data(data)
 
 
-def test_sigterm_lets_supervised_workers_finish_a_request_then_reports(start_server):
+@pytest.mark.parametrize("to", ["supervisor", "group"])
+def test_sigterm_lets_supervised_workers_finish_a_request_then_reports(start_server, to):
+    # "group": the whole process group at once (systemd's control-group kill, `kill -- -PGID`):
+    # each worker gets the signal itself *and* the supervisor's -- still one drain, no abort.
     srv = start_server("--mode", "framed", "--workers", "2", "--drain-timeout", "30", json_events=True)
     assert wait_until(lambda: len(srv.worker_pids()) == 2)
     workers = srv.worker_pids()
@@ -58,7 +62,10 @@ def test_sigterm_lets_supervised_workers_finish_a_request_then_reports(start_ser
         s.sendall(request[:20])  # mid-message: that worker must wait for the rest
         # accepted (not just queued in the kernel's backlog, which a drain does not serve)
         assert wait_until(lambda: _accepted_by(workers, s, srv.port))
-        srv.proc.send_signal(signal.SIGTERM)
+        if to == "group":
+            os.killpg(srv.proc.pid, signal.SIGTERM)
+        else:
+            srv.proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + 20
         line = ""
         while "draining 1 connection" not in line and time.monotonic() < deadline:
@@ -66,6 +73,8 @@ def test_sigterm_lets_supervised_workers_finish_a_request_then_reports(start_ser
             assert line, "serve ended instead of draining"
         assert "draining 1 connection" in line
         assert srv.proc.poll() is None
+        if to == "group":   # the supervisor's SIGTERM follows within milliseconds: no abort
+            assert not select.select([s], [], [], 1.0)[0], "the second SIGTERM aborted the drain"
         s.sendall(request[20:])
         reply = _read_reply(s)
         assert reply.value["result"] == reference.SEARCH_TABLE["morpheus"]

@@ -14,8 +14,9 @@ counts; the parent reports the death, keeps the dead worker's last counts,
 and starts a replacement on the same socket (unless workers keep dying right
 after their start: then it stops).  Stop signals are queued and acted on by
 the supervisor's loop: first SIGINT/SIGTERM → SIGTERM to every worker (each
-drains), second → SIGTERM again (each aborts), then SIGKILL after a grace
-period.  Workers die with the parent (parent-death signal SIGTERM, so they
+drains), second → :data:`FORCE_SIGNAL` (each aborts), then SIGKILL after a
+grace period.  A worker's own SIGTERM only ever drains: one sent to the whole
+process group reaches it twice (directly and forwarded).  Workers die with the parent (parent-death signal SIGTERM, so they
 drain; plus a parent-pid check every second).
 """
 
@@ -180,6 +181,13 @@ def _serve_in_process(config: ServeConfig, sock: socket.socket, on_event,
 
 # --------------------------------------------------------------------- workers
 
+#: What the supervisor sends a worker to abort its connections (the second stop).  Not a
+#: second SIGTERM: a SIGTERM to the process group reaches each worker twice already.
+#: SIGUSR2 is free (SIGUSR1 starts a sink's reading); arriving before the worker's loop
+#: runs, its default action ends the worker -- what "abort" asks for anyway.
+FORCE_SIGNAL = signal.SIGUSR2
+
+
 def _worker_main(pipe: Any, config: ServeConfig, sock: socket.socket, index: int) -> None:
     """Body of a worker process (run by :class:`~socktools.core.procs.Supervisor`)."""
     # The supervisor watches stdin; a worker's is /dev/null (epoll refuses it: EPERM).
@@ -201,7 +209,7 @@ def _worker_main(pipe: Any, config: ServeConfig, sock: socket.socket, index: int
             worker.loop.call_later(PARENT_CHECK_INTERVAL, check_parent)
 
     worker.loop.call_later(PARENT_CHECK_INTERVAL, check_parent)
-    worker.run(handle_sigint=False)
+    worker.run(handle_sigint=False, force_signal=FORCE_SIGNAL)
 
 
 class _Supervisor(procs.Supervisor):
@@ -255,6 +263,9 @@ class _Supervisor(procs.Supervisor):
     def on_message(self, child: procs.Child, msg: Any) -> None:
         kind, data = msg
         self.counts[child.index] = ServerStats.from_dict(data)
+
+    def stop_child(self, child: procs.Child, force: bool) -> None:
+        child.signal(FORCE_SIGNAL if force else signal.SIGTERM)
 
     def on_signal(self, signum: int) -> None:
         for child in list(self.children.values()):

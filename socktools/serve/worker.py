@@ -74,6 +74,7 @@ class Worker:
         self.max_conns = config.per_worker_max_conns
         self.accepting = False
         self.draining = False
+        self.force_signal: Optional[int] = None   # supervised: the signal that aborts (run)
         self.sink_reading = False
         self.stopped = False
         self._retry_timer = None
@@ -85,21 +86,25 @@ class Worker:
 
     # ------------------------------------------------------------ lifecycle
     def run(self, *, signals: Optional[SignalQueue] = None, install_signals: bool = True,
-            handle_sigint: bool = True) -> ServerStats:
+            handle_sigint: bool = True, force_signal: Optional[int] = None) -> ServerStats:
         """Serve until a stop signal (or :meth:`request_stop`) has been handled; return stats.
 
         ``signals`` is a queue the caller installed already (and closes); without
         one the worker installs its own for the run.  A supervised worker passes
         ``handle_sigint=False``: a Ctrl-C on the terminal reaches the whole
         process group, and only the supervisor decides what it means (it then
-        sends SIGTERM to its workers).
+        sends SIGTERM to its workers).  It passes ``force_signal`` too: then only that
+        signal aborts, and SIGTERM always means drain -- a SIGTERM to the whole process group
+        (systemd, ``kill -- -PGID``) reaches a worker twice, itself and forwarded.
         """
         self.listener.setblocking(False)
         self._start_accepting()
         own = None
         if signals is None and install_signals:
-            queued = (signal.SIGTERM, signal.SIGUSR1) + ((signal.SIGINT,) if handle_sigint else ())
+            queued = ((signal.SIGTERM, signal.SIGUSR1) + ((signal.SIGINT,) if handle_sigint else ())
+                      + ((force_signal,) if force_signal is not None else ()))
             signals = own = SignalQueue(queued, ignore=() if handle_sigint else (signal.SIGINT,)).install()
+        self.force_signal = force_signal
         if signals is not None:
             signals.attach(self.loop, self._on_signal)
         if self.config.idle_timeout:
@@ -273,7 +278,11 @@ class Worker:
         if signum == signal.SIGUSR1:
             if self.config.mode == "sink":
                 self.start_sink_reading()
+        elif signum == self.force_signal:
+            self.request_stop(force=True)
         elif signum in (signal.SIGTERM, signal.SIGINT):
+            if self.draining and self.force_signal is not None:
+                return      # the same stop again (see run): only force_signal aborts
             self.request_stop()
 
     def _periodic(self) -> None:
