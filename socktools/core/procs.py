@@ -102,13 +102,15 @@ def describe_exit(code: Optional[int]) -> str:
 
 
 def _child_main(target: Callable[..., Any], conn: Any, args: tuple, parent: int, pdeathsig: int,
-                ignore: tuple, after_fork: Optional[Callable[[], None]]) -> None:
+                ignore: tuple, after_fork: Optional[Callable[[], None]], blocked: tuple = ()) -> None:
     """Body of every supervised child, before and around its target."""
     global _parent_pid
     if after_fork is not None:
         after_fork()  # the parent's signal queue and sibling pipes: not ours
     for sig in ignore:
         signal.signal(sig, signal.SIG_IGN)
+    if blocked:   # blocked across the fork (Supervisor.spawn): now the parent's queue is forgotten
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, blocked)
     set_parent_death_signal(pdeathsig)
     if os.getppid() != parent:  # the parent died before the death signal was armed
         os._exit(0)
@@ -229,12 +231,23 @@ class Supervisor:
         """Start ``target(conn, *args)`` in a child; ``conn`` is its end of a duplex pipe."""
         mine, theirs = self.ctx.Pipe(duplex=True)
         after_fork = None
+        blocked: tuple = ()
         if self.ctx.get_start_method() == "fork":
             after_fork = functools.partial(self._after_fork, mine)
+            # A forked child inherits our handlers and wakeup fd: a signal reaching it before
+            # it forgets our queue (a SIGTERM to the whole process group, say) would be queued
+            # here, as if sent to us -- a second stop.  Blocked across the fork, it waits in
+            # the child until the child has let go of our queue.
+            blocked = tuple(self._signals.signals)
         proc = self.ctx.Process(target=_child_main, name=f"{self.name}-{index}", daemon=True,
                                 args=(target, theirs, args, os.getpid(), self.pdeathsig,
-                                      self.child_ignores, after_fork))
-        proc.start()
+                                      self.child_ignores, after_fork, blocked))
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, blocked) if blocked else None
+        try:
+            proc.start()
+        finally:
+            if mask is not None:
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         theirs.close()
         child = Child(index, proc, mine)
         self.children[index] = child
@@ -317,6 +330,11 @@ class Supervisor:
     def _ended(self, child: Child) -> None:
         if child.ended:
             return
+        # A stop signal that came with this end (a SIGTERM to the whole process group ends a
+        # child still starting up) is acted on first: the policy must not take a child that
+        # was stopped for one that died, and restart it.
+        for signum in self._signals.read():
+            self._on_signal(signum)
         self._read(child, limit=None)  # all it sent before exiting comes first
         child.ended = True
         self.loop.remove_reader(child.process.sentinel)
