@@ -44,7 +44,8 @@ class Confirm(Protocol):
         self.proto = session.proto
         self.surplus = getattr(session.proto, "surplus_kind", "unsolicited")
 
-    def connection_made(self, conn: Connection) -> None:
+    def made(self, conn: Connection) -> tuple:
+        """What every new connection gets: its connect time counted, its parser; (slot, now)."""
         s = self.s
         slot: Slot = conn.ctx
         now = s.clock()
@@ -52,6 +53,11 @@ class Confirm(Protocol):
         s.stats.connected += 1
         conn.read_size = self.proto.read_size
         slot.parser = self.proto.parser()
+        return slot, now
+
+    def connection_made(self, conn: Connection) -> None:
+        s = self.s
+        slot, now = self.made(conn)
         if not self.proto.replies:   # write-only: the handshake is all the confirmation there is
             s.confirmed(conn, now)
             return
@@ -109,13 +115,8 @@ class Traffic(Confirm):
     def connection_made(self, conn: Connection) -> None:
         """A reconnection (:meth:`Session.renew`) is up: time its connect, go on sending."""
         s = self.s
-        slot: Slot = conn.ctx
-        now = s.clock()
-        s.rec["connect"].record(now - slot.started)
-        s.stats.connected += 1
+        slot, now = self.made(conn)
         self.opening -= 1
-        conn.read_size = self.proto.read_size
-        slot.parser = self.proto.parser()
         if s.phase == "traffic" or (s.phase == "drain" and slot.backlog):
             self.resume(conn, slot, now)
         else:
@@ -125,6 +126,12 @@ class Traffic(Confirm):
         if conn.ctx.parser is None:   # a reconnection that never connected
             self.opening -= 1
         self.s.lost(conn, exc)
+
+    def data_received(self, conn: Connection, data: bytes) -> None:
+        slot: Slot = conn.ctx
+        n = self.feed(conn, slot, data)
+        if n > 0:
+            self.replies(conn, slot, n)
 
     def resume(self, conn: Connection, slot: Slot, now: int) -> None:
         """Closed loop: a reconnection sends as a fresh connection does -- or, in the drain,
@@ -292,12 +299,6 @@ class ClosedLoop(Traffic):
     def __init__(self, session: Session, quota: Optional[int]) -> None:
         super().__init__(session, quota)
         self.counts = self.latency.counts
-
-    def data_received(self, conn: Connection, data: bytes) -> None:
-        slot: Slot = conn.ctx
-        n = self.feed(conn, slot, data)
-        if n > 0:
-            self.replies(conn, slot, n)
 
     def replies(self, conn: Connection, slot: Slot, n: int) -> None:
         times = slot.times

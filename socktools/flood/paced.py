@@ -103,12 +103,6 @@ class OpenLoop(Traffic):
         self.s.sent += 1
         conn.write(self.s.request(slot))
 
-    def data_received(self, conn: Connection, data: bytes) -> None:
-        slot: Slot = conn.ctx
-        n = self.feed(conn, slot, data)
-        if n > 0:
-            self.replies(conn, slot, n)
-
     def replies(self, conn: Connection, slot: Slot, n: int) -> None:
         s = self.s
         times = slot.times
