@@ -16,7 +16,7 @@ from typing import BinaryIO, Iterator, Optional
 from socktools.capture.common import CaptureFileError, SameFileError
 from socktools.capture.dissect import SUPPORTED_LINKTYPES
 
-__all__ = ["CaptureFile", "Record", "check_linktype", "open_for_writing"]
+__all__ = ["CaptureFile", "CaptureWriter", "Record", "check_linktype", "open_for_writing"]
 
 _BUFFER = 1 << 20           # write buffer: one system call per MiB, not per packet
 
@@ -56,6 +56,44 @@ def open_for_writing(path: str, protect: Optional[tuple[int, int]] = None) -> Bi
         os.close(fd)
         raise
     return os.fdopen(fd, "wb", buffering=_BUFFER)
+
+
+class CaptureWriter:
+    """What the pcap and pcapng writers share: the file (opened by :func:`open_for_writing`),
+    buffered writes whose errors become :class:`CaptureFileError`, flush and close.  A
+    subclass writes its file header in ``__init__`` and its records in ``write``."""
+
+    format = ""
+
+    def __init__(self, path: str, linktype: int, snaplen: int,
+                 protect: Optional[tuple[int, int]] = None) -> None:
+        self._f = open_for_writing(path, protect)
+        self.path = path
+        self.count = 0
+        self.linktype = linktype
+        self._snaplen = snaplen
+
+    def _failed(self, exc: OSError) -> CaptureFileError:
+        return CaptureFileError(f"cannot write {self.path}: {exc.strerror or exc}")
+
+    def _put(self, data: bytes) -> None:
+        try:
+            self._f.write(data)
+        except OSError as exc:
+            raise self._failed(exc) from None
+
+    def flush(self) -> None:
+        try:
+            self._f.flush()
+        except OSError as exc:
+            raise self._failed(exc) from None
+
+    def close(self) -> None:
+        if not self._f.closed:
+            try:
+                self._f.close()
+            except OSError as exc:
+                raise self._failed(exc) from None
 
 
 class CaptureFile:

@@ -20,7 +20,7 @@ import struct
 from typing import BinaryIO, Iterator, Optional
 
 from socktools.capture.common import CaptureFileError, DEFAULT_SNAPLEN
-from socktools.capture.files import CaptureFile, Record, check_linktype, open_for_writing
+from socktools.capture.files import CaptureFile, CaptureWriter, Record, check_linktype, open_for_writing
 from socktools.capture.pcapng import PcapngWriter, open_pcapng
 
 __all__ = ["PcapWriter", "CaptureFile", "open_capture", "open_writer", "open_for_writing",
@@ -32,7 +32,7 @@ _PCAPNG_SHB = 0x0A0D0D0A
 _RECORD = struct.Struct("<IIII")
 
 
-class PcapWriter:
+class PcapWriter(CaptureWriter):
     """Append frames to a nanosecond pcap file; ``write(ts_ns, frame, wirelen, linktype)``.
 
     Writes are buffered (1 MiB) so a fast capture does not make a system call
@@ -46,19 +46,9 @@ class PcapWriter:
 
     def __init__(self, path: str, linktype: int, snaplen: int = DEFAULT_SNAPLEN, *,
                  protect: Optional[tuple[int, int]] = None) -> None:
-        self._f = open_for_writing(path, protect)
-        self.path = path
-        self.count = 0
-        self.linktype = linktype
-        self._snaplen = snaplen
+        super().__init__(path, linktype, snaplen, protect)
         # magic, version 2.4, thiszone, sigfigs, snaplen, network (link type)
         self._put(struct.pack("<IHHiIII", _MAGIC_NS, 2, 4, 0, 0, snaplen, linktype))
-
-    def _put(self, data: bytes) -> None:
-        try:
-            self._f.write(data)
-        except OSError as exc:
-            raise CaptureFileError(f"cannot write {self.path}: {exc.strerror or exc}") from None
 
     def write(self, ts_ns: int, frame: bytes, wirelen: int, linktype: Optional[int] = None,
               comment: Optional[str] = None) -> None:
@@ -71,19 +61,6 @@ class PcapWriter:
         self._put(_RECORD.pack(sec, ns, caplen, max(wirelen, caplen)))
         self._put(frame[:caplen] if caplen < len(frame) else frame)
         self.count += 1
-
-    def flush(self) -> None:
-        try:
-            self._f.flush()
-        except OSError as exc:
-            raise CaptureFileError(f"cannot write {self.path}: {exc.strerror or exc}") from None
-
-    def close(self) -> None:
-        if not self._f.closed:
-            try:
-                self._f.close()
-            except OSError as exc:
-                raise CaptureFileError(f"cannot write {self.path}: {exc.strerror or exc}") from None
 
 
 def open_writer(path: str, linktype: int, snaplen: int = DEFAULT_SNAPLEN, *,

@@ -20,7 +20,7 @@ import struct
 from typing import BinaryIO, Iterator, Optional
 
 from socktools.capture.common import CaptureFileError, DEFAULT_SNAPLEN
-from socktools.capture.files import CaptureFile, Record, check_linktype, open_for_writing
+from socktools.capture.files import CaptureFile, CaptureWriter, Record, check_linktype
 
 __all__ = ["PcapngWriter", "open_pcapng"]
 
@@ -178,30 +178,20 @@ def _block(kind: int, body: bytes) -> bytes:
 _MAX_COMMENT = 4096
 
 
-class PcapngWriter:
+class PcapngWriter(CaptureWriter):
     """Append frames to a pcapng file: ``write(ts_ns, frame, wirelen, linktype, comment)``."""
 
     format = "pcapng"
 
     def __init__(self, path: str, linktype: int, snaplen: int = DEFAULT_SNAPLEN, *,
                  protect: Optional[tuple[int, int]] = None) -> None:
-        self._f = open_for_writing(path, protect)
-        self.path = path
-        self.count = 0
-        self.linktype = linktype
-        self._snaplen = snaplen
+        super().__init__(path, linktype, snaplen, protect)
         self._ifids: dict[int, int] = {}
         from socktools import __version__
         shb = struct.pack("<IHHq", _BOM, 1, 0, -1) + _option(
             _SHB_USERAPPL, f"socktools {__version__} sniff".encode()) + _option(_OPT_END, b"")
         self._put(_block(_SHB, shb))
         self._interface(linktype)
-
-    def _put(self, data: bytes) -> None:
-        try:
-            self._f.write(data)
-        except OSError as exc:
-            raise CaptureFileError(f"cannot write {self.path}: {exc.strerror or exc}") from None
 
     def _interface(self, linktype: int) -> int:
         ifid = self._ifids.get(linktype)
@@ -224,16 +214,3 @@ class PcapngWriter:
             body += _option(_OPT_COMMENT, text) + _option(_OPT_END, b"")
         self._put(_block(_EPB, body))
         self.count += 1
-
-    def flush(self) -> None:
-        try:
-            self._f.flush()
-        except OSError as exc:
-            raise CaptureFileError(f"cannot write {self.path}: {exc.strerror or exc}") from None
-
-    def close(self) -> None:
-        if not self._f.closed:
-            try:
-                self._f.close()
-            except OSError as exc:
-                raise CaptureFileError(f"cannot write {self.path}: {exc.strerror or exc}") from None
