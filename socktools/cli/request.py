@@ -100,13 +100,7 @@ def command(ctx, words, host, port, timeout, show_bytes, as_json, mode, **wire_p
     try:
         result = request(host, port, action, value, timeout=timeout)
     except RequestError as err:
-        if show_bytes and err.result:
-            _trace(err.result)
-        if as_json:
-            from socktools.cli._common import stamped
-            click.echo(json.dumps(stamped({"ok": False, "phase": err.phase, "error": err.key,
-                                           "message": str(err)})))
-        die(str(err), EXIT_FAILED)
+        _failed(err, show_bytes, as_json)
     message = result.message
     if show_bytes:
         _trace(result)
@@ -128,6 +122,17 @@ def command(ctx, words, host, port, timeout, show_bytes, as_json, mode, **wire_p
         click.echo(_content_text(message))
 
 
+def _failed(err, show_bytes: bool, as_json: bool) -> None:
+    """A request that failed, either kind: the bytes so far, the JSON verdict, one line, exit 1."""
+    if show_bytes and err.result:
+        _trace(err.result)
+    if as_json:
+        from socktools.cli._common import stamped
+        click.echo(json.dumps(stamped({"ok": False, "phase": err.phase, "error": err.key,
+                                       "message": str(err)})))
+    die(str(err), EXIT_FAILED)
+
+
 def _exchange(ctx, words, host, port, timeout, show_bytes, as_json, mode, wire_params) -> None:
     """One request of a wire protocol: build it as flood would, send it, print the reply."""
     from socktools import wire
@@ -147,12 +152,7 @@ def _exchange(ctx, words, host, port, timeout, show_bytes, as_json, mode, wire_p
     try:
         result = exchange(host, port, proto, timeout=timeout)
     except RequestError as err:
-        if show_bytes and err.result:
-            _trace(err.result)
-        if as_json:
-            click.echo(json.dumps(stamped({"ok": False, "phase": err.phase, "error": err.key,
-                                           "message": str(err)})))
-        die(str(err), EXIT_FAILED)
+        _failed(err, show_bytes, as_json)
     if show_bytes:
         _trace(result)
     if as_json:
