@@ -15,7 +15,7 @@ import time
 from datetime import datetime, timezone
 from typing import Optional
 
-__all__ = ["host_facts", "iso_utc", "meta", "stamp"]
+__all__ = ["host_facts", "iso_utc", "meta", "stamp", "usable_cpus"]
 
 
 def iso_utc(wall: float) -> str:
@@ -23,7 +23,7 @@ def iso_utc(wall: float) -> str:
     return datetime.fromtimestamp(wall, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _usable_cpus() -> int:
+def usable_cpus() -> int:
     """CPUs this process may run on (the affinity mask, as `nproc` says), else all of them."""
     try:
         return len(os.sched_getaffinity(0))
@@ -39,7 +39,7 @@ def host_facts() -> dict:
             "kernel": uname.release,
             "machine": uname.machine,
             "cpus": os.cpu_count() or 1,
-            "cpus_usable": _usable_cpus(),
+            "cpus_usable": usable_cpus(),
             "python": f"{platform.python_implementation()} {platform.python_version()}"}
 
 

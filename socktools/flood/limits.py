@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import ipaddress
 import math
-import os
 import resource
 import socket
 from dataclasses import dataclass, replace
@@ -35,6 +34,7 @@ from typing import Optional
 
 from socktools.flood.config import FloodConfig
 from socktools.kernel.sysctl import port_range, sysctl_int
+from socktools.runinfo import usable_cpus
 
 __all__ = ["FD_RESERVE", "Plan", "fd_limits", "port_range", "plan", "cpu_count", "mem_available"]
 
@@ -69,10 +69,8 @@ PORT_FILL = 1 / 3
 
 
 def cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
+    """CPUs flood may use (the affinity mask): :func:`socktools.runinfo.usable_cpus`."""
+    return usable_cpus()
 
 
 def fd_limits() -> tuple:
