@@ -111,6 +111,15 @@ def start_server():
             srv.proc.communicate()
 
 
+def can_capture() -> bool:
+    """Live capture is possible here: a packet socket opens (root or CAP_NET_RAW)."""
+    try:
+        socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0).close()
+        return True
+    except (PermissionError, AttributeError, OSError):
+        return False
+
+
 def ipv6_loopback_available() -> bool:
     """True if this Python has IPv6 and ``::1`` can be bound here."""
     if not socket.has_ipv6:

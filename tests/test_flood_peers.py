@@ -20,7 +20,7 @@ from socktools.flood.config import FloodConfig
 from socktools.flood.runner import run_flood
 from socktools.flood.worker import run_worker
 from socktools.wire.spec import WireSpec
-from conftest import wait_until
+from conftest import can_capture, wait_until
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -347,16 +347,7 @@ def test_memcached_plugin_from_the_cli_and_request(memcached):
 
 # ----------------------------------------------------------------- sniff --decode on a real exchange
 
-def _can_capture() -> bool:
-    import socket
-    try:
-        socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0).close()
-        return True
-    except (PermissionError, AttributeError, OSError):
-        return False
-
-
-@pytest.mark.skipif(not _can_capture(), reason="live capture needs root or CAP_NET_RAW (packet sockets)")
+@pytest.mark.skipif(not can_capture(), reason="live capture needs root or CAP_NET_RAW (packet sockets)")
 @pytest.mark.parametrize("mode", ["redis", "line"])
 def test_sniff_decodes_a_real_redis_exchange(redis, mode):
     import signal

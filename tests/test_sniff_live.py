@@ -16,19 +16,11 @@ import pytest
 from socktools import protocol, reference
 from socktools.capture import SniffConfig, Sniffer
 from socktools.capture.reassembly import MessageEvent
-from tests.conftest import socktools_cmd
-
-
-def _can_capture() -> bool:
-    try:
-        socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0).close()
-        return True
-    except (PermissionError, AttributeError, OSError):
-        return False
+from tests.conftest import can_capture, socktools_cmd
 
 
 pytestmark = pytest.mark.skipif(
-    not _can_capture(),
+    not can_capture(),
     reason="live capture needs root or CAP_NET_RAW (packet sockets); the -r tests cover the rest")
 
 SEARCH_REPLY = reference.SEARCH_TABLE["morpheus"]

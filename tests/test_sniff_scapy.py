@@ -11,6 +11,7 @@ import pytest
 from socktools import protocol, reference
 from socktools.capture import dissect as d
 from socktools.capture.pcap import PcapWriter
+from tests.conftest import can_capture
 
 pytest.importorskip("scapy", reason="scapy is not installed (pip install scapy)")
 
@@ -101,15 +102,7 @@ def test_not_framed_bytes_come_back_raw():
 
 
 # ------------------------------------------------------------------ live
-def _can_capture() -> bool:
-    try:
-        socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0).close()
-        return True
-    except (PermissionError, AttributeError, OSError):
-        return False
-
-
-live = pytest.mark.skipif(not _can_capture(),
+live = pytest.mark.skipif(not can_capture(),
                           reason="live capture needs root or CAP_NET_RAW (packet sockets)")
 
 
