@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional
 from socktools.flood import stats as st
 from socktools.flood.intervals import Intervals
 
-__all__ = ["ClusterRun", "hosts_of", "go_warnings", "GO_LEAD", "STOP_GRACE"]
+__all__ = ["ClusterRun", "hosts_of", "worker_ip", "go_warnings", "GO_LEAD", "STOP_GRACE"]
 
 #: From broadcasting "go" to the instant traffic starts: covers the round trips
 #: through the scheduler (about a millisecond each on a LAN) for many shards.
@@ -187,15 +187,32 @@ class ClusterRun:
             self._dead.add(i)
 
 
+def worker_ip(worker: str) -> str:
+    """The address part of a Dask worker's address: ``tcp://127.0.0.2:4321`` -> ``127.0.0.2``.
+
+    ``tls://[::1]:4321`` -> ``::1``; an address with no port is returned as it is.
+    """
+    rest = worker.split("://", 1)[-1]
+    if rest.startswith("["):
+        return rest[1:].split("]", 1)[0]
+    return rest.rsplit(":", 1)[0] if rest.count(":") == 1 else rest
+
+
 def hosts_of(run: ClusterRun) -> list:
-    """Per host: shards, connections, requests, the shards' own CPU and the host's CPU."""
+    """Per host: shards, connections, requests, the shards' own CPU and the host's CPU.
+
+    A host is a host name *and* the address its Dask workers listen on: two containers (or two
+    machines cloned from one image) can share a name, and two workers bound to different
+    addresses of one machine are told apart the same way, as the user asked the cluster.
+    """
     by: dict = {}
     for i, answer in sorted(run.extras.items()):
         s = run.finals[i]
-        h = by.setdefault(answer["host"], {"host": answer["host"], "shards": 0, "workers": set(),
-                                           "conns": 0, "established": 0, "requests": 0,
-                                           "responses": 0, "cpu_seconds": 0.0, "wall": 0.0,
-                                           "busy": [], "cpus": answer["cpus"]})
+        key = (answer["host"], worker_ip(answer["worker"]))
+        h = by.setdefault(key, {"host": answer["host"], "address": key[1], "shards": 0,
+                                "workers": set(), "conns": 0, "established": 0, "requests": 0,
+                                "responses": 0, "cpu_seconds": 0.0, "wall": 0.0,
+                                "busy": [], "cpus": answer["cpus"]})
         h["shards"] += 1
         h["workers"].add(answer["worker"])
         h["conns"] += s.conns

@@ -364,11 +364,12 @@ def render_hosts(result: FloodResult) -> list:
     info = result.cluster
     lines = [f"hosts        {len(hosts)} load host(s) on the Dask cluster at {info['scheduler']} "
              f"({info['workers']} worker(s)):",
-             f"  {'host':24}{'shards':>7}{'conns':>10}{'established':>13}{'requests':>13}"
-             f"{'shard CPU':>11}{'host CPU':>10}"]
+             f"  {'host (worker address)':34}{'shards':>7}{'conns':>10}{'established':>13}"
+             f"{'requests':>13}{'shard CPU':>11}{'host CPU':>10}"]
     for h in hosts:
         busy = "-" if h["host_cpu_busy"] is None else f"{h['host_cpu_busy']:.0%}"
-        lines.append(f"  {h['host'][:24]:24}{h['shards']:>7}{h['conns']:>10,}{h['established']:>13,}"
+        name = f"{h['host'][:24]} ({h['address']})"
+        lines.append(f"  {name[:34]:34}{h['shards']:>7}{h['conns']:>10,}{h['established']:>13,}"
                      f"{h['requests']:>13,}{h['cpu_seconds']:>10.2f}s{busy:>10}")
     for lost in result.lost:
         last = lost["last_interval"]
