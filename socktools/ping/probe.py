@@ -26,6 +26,7 @@ from typing import Callable, Iterator, Optional
 
 from socktools import errors
 from socktools.addresses import format_addr, resolve
+from socktools.icmpnames import ICMP_TYPES, ICMPV6_TYPES, icmp_name
 
 __all__ = ["PingConfig", "Target", "Probe", "PingStats", "IcmpUnavailable", "resolve_target",
            "probes", "tcp_probe", "IcmpPinger", "check_icmp", "summarize", "icmp_name",
@@ -117,56 +118,6 @@ def summarize(results: list[Probe]) -> PingStats:
         stats = (None, None, None, None)
     return PingStats(sent, received, loss, *stats,
                      failures=tuple(sorted(tally.items(), key=lambda kv: (-kv[1], kv[0]))))
-
-
-# --------------------------------------------------------------------------- ICMP names
-# RFC 792 / RFC 1812 (IPv4) and RFC 4443 (IPv6): type -> (name, {code: name}).
-ICMP_TYPES: dict[int, tuple[str, dict[int, str]]] = {
-    0: ("echo reply", {}),
-    3: ("destination unreachable", {
-        0: "destination network unreachable", 1: "destination host unreachable",
-        2: "destination protocol unreachable", 3: "destination port unreachable",
-        4: "fragmentation needed but DF set", 5: "source route failed",
-        6: "destination network unknown", 7: "destination host unknown",
-        8: "source host isolated", 9: "destination network administratively prohibited",
-        10: "destination host administratively prohibited", 11: "network unreachable for TOS",
-        12: "host unreachable for TOS", 13: "communication administratively prohibited",
-        14: "host precedence violation", 15: "precedence cutoff in effect"}),
-    4: ("source quench", {}),
-    5: ("redirect", {0: "redirect for network", 1: "redirect for host",
-                     2: "redirect for TOS and network", 3: "redirect for TOS and host"}),
-    8: ("echo request", {}),
-    9: ("router advertisement", {}),
-    10: ("router solicitation", {}),
-    11: ("time exceeded", {0: "time to live exceeded in transit",
-                           1: "fragment reassembly time exceeded"}),
-    12: ("parameter problem", {0: "parameter problem: pointer indicates the error",
-                               1: "parameter problem: missing a required option",
-                               2: "parameter problem: bad length"}),
-    13: ("timestamp request", {}),
-    14: ("timestamp reply", {}),
-}
-ICMPV6_TYPES: dict[int, tuple[str, dict[int, str]]] = {
-    1: ("destination unreachable", {
-        0: "no route to destination", 1: "communication administratively prohibited",
-        2: "beyond scope of source address", 3: "address unreachable",
-        4: "destination port unreachable", 5: "source address failed ingress/egress policy",
-        6: "reject route to destination"}),
-    2: ("packet too big", {}),
-    3: ("time exceeded", {0: "hop limit exceeded in transit", 1: "fragment reassembly time exceeded"}),
-    4: ("parameter problem", {0: "erroneous header field", 1: "unrecognized next header",
-                              2: "unrecognized IPv6 option"}),
-    128: ("echo request", {}),
-    129: ("echo reply", {}),
-}
-
-
-def icmp_name(icmp_type: int, code: int, *, v6: bool = False) -> str:
-    """``(3, 3)`` -> ``"destination port unreachable (3/3)"``."""
-    table = ICMPV6_TYPES if v6 else ICMP_TYPES
-    type_name, codes = table.get(icmp_type, (f"ICMP{'v6' if v6 else ''} type {icmp_type}", {}))
-    words = codes.get(code) or (type_name if code == 0 or not codes else f"{type_name}, code {code}")
-    return f"{words} ({icmp_type}/{code})"
 
 
 # --------------------------------------------------------------------------- TCP probe
