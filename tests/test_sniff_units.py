@@ -8,6 +8,8 @@ import socket
 import struct
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from socktools import protocol, reference
 from socktools.capture import bpf, dissect as d
@@ -595,3 +597,15 @@ def test_port_filter_on_a_bsd_loopback_file(tmp_path):
     records, summary = _run(SniffConfig(read=str(path), port=PORT))
     assert [(r.sport, r.dport) for r in records] == [(40000, PORT), (PORT, 40000)]
     assert summary.filter == f"tcp port {PORT}"
+
+
+@given(near=st.integers(0, 2**40), delta=st.integers(-(2**31) + 1, 2**31 - 1))
+def test_unwrap_finds_the_64_bit_offset_nearest_the_expected_one(near, delta):
+    """The one unwrap (tracker and fast lane): a 32-bit offset within 2 GiB of ``near``."""
+    from socktools.capture.tracker import UNWRAP_FROM, unwrap
+    true = near + delta
+    if true < 0:
+        return
+    assert unwrap(true & 0xFFFFFFFF, near) == true
+    if near < UNWRAP_FROM and true < 2**32:
+        assert unwrap(true & 0xFFFFFFFF, near) == true & 0xFFFFFFFF    # the callers' shortcut
