@@ -34,7 +34,7 @@ Example:
 STEP_TIMEOUT = 60.0
 #: After Ctrl-C, how long a step gets to stop and print its results (flood
 #: drains for up to 2 s and then reports) before its process group is killed.
-STOP_GRACE = 10.0
+STEP_STOP_GRACE = 10.0
 
 
 def _own_group() -> dict:
@@ -114,7 +114,7 @@ class Tour:
         if proc.poll() is None:
             self._signal_group(proc, signal.SIGINT)
             try:
-                proc.wait(timeout=STOP_GRACE)
+                proc.wait(timeout=STEP_STOP_GRACE)
             except (subprocess.TimeoutExpired, KeyboardInterrupt):  # or a second Ctrl-C: force
                 pass
         self._signal_group(proc, signal.SIGKILL)  # whatever of the group is left (workers)
