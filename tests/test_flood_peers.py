@@ -8,10 +8,8 @@ redis ``INFO commandstats``, nginx's access log, memcached's ``stats``.
 from __future__ import annotations
 
 import json
-import socketserver
 import subprocess
 import sys
-import threading
 
 import pytest
 
@@ -21,6 +19,7 @@ from socktools.flood.runner import run_flood
 from socktools.flood.worker import run_worker
 from socktools.wire.spec import WireSpec
 from conftest import can_capture, wait_until
+from threadserver import ThreadServer
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -239,58 +238,42 @@ def test_raw_until_close_against_nginx_http10_counts_equal_the_access_log(nginx)
     assert wait_until(lambda: nginx.log_lines() == stats.requests == 33, 10)
 
 
-class OneShot(socketserver.ThreadingTCPServer):
-    """A server that reads one request (up to a blank line or a newline), answers ``reply``
-    and closes -- the shape of many hand-written servers.  Counts what it answered."""
+def one_shot(reply: bytes) -> ThreadServer:
+    """A server that reads one request (up to a newline), answers ``reply`` and closes -- the
+    shape of many hand-written servers.  Counts what it answered (``answered``)."""
 
-    daemon_threads = True
+    def handle(conn) -> None:
+        with conn:
+            got = b""
+            while not got.endswith(b"\n"):
+                chunk = conn.recv(4096)
+                if not chunk:
+                    return
+                got += chunk
+            conn.sendall(reply)
+        with server.lock:
+            server.answered += 1
 
-    def __init__(self, reply: bytes) -> None:
-        self.reply = reply
-        self.answered = 0
-        self.lock = threading.Lock()
-
-        class Handler(socketserver.BaseRequestHandler):
-            def handle(h) -> None:
-                got = b""
-                while not (got.endswith(b"\n")):
-                    chunk = h.request.recv(4096)
-                    if not chunk:
-                        return
-                    got += chunk
-                h.request.sendall(self.reply)
-                with self.lock:
-                    self.answered += 1
-
-        super().__init__(("127.0.0.1", 0), Handler)
-        self.port = self.server_address[1]
-        self.thread = threading.Thread(target=self.serve_forever, daemon=True)
-        self.thread.start()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.shutdown()
-        self.server_close()
-        self.thread.join(10)
+    server = ThreadServer(handle)
+    server.answered = 0
+    return server
 
 
 def test_http_bodies_framed_by_the_close_confirm_and_count(tmp_path):
     # No Content-Length, not chunked: the body runs to the close -- the confirming reply too.
-    with OneShot(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nhello, no length") as server:
+    with one_shot(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nhello, no length") as server:
         spec = WireSpec(mode="http", host="x", paths=("/",))
         stats = run_worker(config(server.port, spec, conns=3, requests=20), 0)
         assert not stats.errors and not stats.protocol_errors and not stats.reply_failures
         assert stats.established == 3 and stats.traffic_responses == 20 and stats.reply_classes == {"2xx": 23}
         assert wait_until(lambda: server.answered == stats.requests == 23, 10)
-    with OneShot(b"HTTP/1.1 500 Oops\r\n\r\nbroken") as server:   # and a failure is tallied as such
+    with one_shot(b"HTTP/1.1 500 Oops\r\n\r\nbroken") as server:   # and a failure is tallied as such
         stats = run_worker(config(server.port, spec, conns=2, requests=5), 0)
         assert not stats.errors and stats.reply_failures == {"http-5xx": {"500": 7}}
 
 
 def test_raw_until_close_from_the_cli_counts_wrong_replies_and_request_shows_the_reply():
-    with OneShot(b"hello\n") as server:
+    with one_shot(b"hello\n") as server:
         out = flood_cli("--port", str(server.port), "--mode", "raw", "--send", "hi\\n", "--reply-until-close",
                         "--reply-match", "^bye", "--conns", "2", "--workers", "1", "--requests", "10", "--json")
         assert out.returncode == 0, out.stderr

@@ -12,7 +12,7 @@ import pytest
 from socktools.flood.config import FloodConfig
 from socktools.flood.worker import run_worker
 from socktools.wire.spec import WireSpec
-from test_flood_run import ThreadServer
+from tests.threadserver import ThreadServer
 
 pytestmark = pytest.mark.timeout(60)
 
