@@ -108,11 +108,10 @@ def _stats(**kw):
 
 
 def test_serve_stats_lines_have_time_and_rates_and_stay_quiet_when_idle():
-    from socktools.cli.serve import _HumanView
+    from socktools.serve.report import HumanView
     now = [100.0]
     lines = []
-    view = _HumanView(clock=lambda: now[0])
-    view.echo = lambda text="", **kw: lines.append(text)
+    view = HumanView(lambda text="", **kw: lines.append(text), clock=lambda: now[0])
     now[0] += 10
     view(_stats(open=2, accepted=20, bytes_in=10_240, bytes_out=10_240, requests=50))
     now[0] += 10

@@ -199,15 +199,6 @@ def port_option(default=65432, help_extra=""):
                         help="TCP port." + help_extra)
 
 
-def fmt_bytes(n: float) -> str:
-    """``1536`` -> ``1.5 KiB``."""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"  # pragma: no cover
-
-
 def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
     """Log lines to stderr as ``HH:MM:SS level message``."""
     import logging
