@@ -33,7 +33,7 @@ LAYERS: dict[str, int] = {
     # 2. readers of the kernel's state: TCP_INFO, /proc/sys, socket tables, doctor
     "kernel": 2,
     # 3. the commands' engines
-    "capture": 3, "serve": 3, "request": 3, "ping": 3, "stall": 3, "flood": 3, "sockets": 3,
+    "capture": 3, "serve": 3, "request": 3, "ping": 3, "stall": 3, "flood": 3, "sockets": 3, "demo": 3,
     # 4. views of saved results, across commands: the HTML report of a flood result
     "report": 4,
     # 5. the switchboard
