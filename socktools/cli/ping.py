@@ -26,40 +26,6 @@ def _split_host_port(host: str, port):
         raise click.BadParameter(str(exc.message), param_hint="HOST") from None
 
 
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
-
-
-def _probe_line(p, icmp: bool) -> str:
-    if icmp:
-        if p.ok:
-            return f"reply from {p.peer}: icmp_seq={p.seq} ttl={p.ttl} time={p.time_ms:.3f} ms"
-        if p.icmp:
-            return f"from {p.peer}: icmp_seq={p.seq} {p.detail}"
-        return f"no reply from {p.peer}: icmp_seq={p.seq} {p.error} - {p.detail}"
-    if p.ok:
-        return f"connected to {p.peer}: seq={p.seq} time={p.time_ms:.3f} ms"
-    took = f" (after {p.elapsed_ms:.3f} ms)" if p.elapsed_ms is not None and p.error != "ETIMEDOUT" else ""
-    return f"no connection to {p.peer}: seq={p.seq} {p.error} - {p.detail}{took}"
-
-
-def _summary_lines(target, stats, elapsed_s: float, icmp: bool) -> list[str]:
-    from socktools import errors
-    what = "icmp" if icmp else "tcp"
-    got = "received" if icmp else "connected"
-    lines = [f"--- {target.display} {what} ping statistics ---",
-             f"{_plural(stats.sent, 'probe')} sent, {stats.received} {got}, {stats.loss_pct:.0f}% loss, "
-             f"time {elapsed_s * 1000:.0f} ms"]
-    if stats.received:
-        lines.append(f"rtt min/avg/max/stddev = {stats.min_ms:.3f}/{stats.avg_ms:.3f}/"
-                     f"{stats.max_ms:.3f}/{stats.stddev_ms:.3f} ms")
-    for key, n in stats.failures:
-        exp = errors.lookup(key)
-        fix = f"; {exp.fix}" if exp else ""
-        lines.append(f"{key} x{n}{fix}")
-    return lines
-
-
 @click.command("ping", context_settings={"max_content_width": 100})
 @click.argument("host", default="127.0.0.1", metavar="[HOST]")
 @click.option("--port", "-p", type=PORT, default=None,
@@ -90,7 +56,10 @@ def command(host, port, count, interval, timeout, icmp, as_json):
       socktools ping [::1]:65432 --interval 200ms
       sudo socktools ping 127.0.0.1 --icmp
     """
-    from socktools.ping.probe import IcmpUnavailable, PingConfig, check_icmp, probes, resolve_target, summarize
+    from socktools.ping.config import PingConfig
+    from socktools.ping.probe import IcmpUnavailable, check_icmp, probes, resolve_target
+    from socktools.ping.report import plural, probe_line, summary_lines, to_json
+    from socktools.ping.results import summarize
     host, port = _split_host_port(host, port)
     if interval < 0.01:
         raise click.BadParameter("must be at least 10ms", param_hint="'--interval'")
@@ -113,7 +82,7 @@ def command(host, port, count, interval, timeout, icmp, as_json):
         shown = target.display if target.display == host or target.display.endswith(host) else \
             f"{host} ({target.display})"
         how = "ICMP echo" if icmp else "TCP connect"
-        click.echo(f"PING {shown}: {how}, {'until Ctrl-C' if not count else _plural(count, 'probe')}")
+        click.echo(f"PING {shown}: {how}, {'until Ctrl-C' if not count else plural(count, 'probe')}")
     results = []
     start = time.monotonic()
     interrupted = False
@@ -121,7 +90,7 @@ def command(host, port, count, interval, timeout, icmp, as_json):
         for probe in probes(config, target):
             results.append(probe)
             if not as_json:
-                click.echo(_probe_line(probe, icmp))
+                click.echo(probe_line(probe, icmp))
     except IcmpUnavailable as exc:
         die(str(exc), EXIT_UNAVAILABLE)
     except KeyboardInterrupt:
@@ -130,14 +99,11 @@ def command(host, port, count, interval, timeout, icmp, as_json):
     stats = summarize(results)
     if as_json:
         from socktools.cli._common import stamped
-        click.echo(json.dumps(stamped({"target": {"host": host, "address": target.display,
-                                          "port": None if icmp else config.port,
-                                          "mode": "icmp" if icmp else "tcp"},
-                               "probes": [p.to_dict() for p in results],
-                               "summary": stats.to_dict(), "interrupted": interrupted}), indent=2))
+        click.echo(json.dumps(stamped(to_json(host, target, config.port, icmp, results, stats,
+                                              interrupted)), indent=2))
     else:
         click.echo("")
-        for line in _summary_lines(target, stats, elapsed, icmp):
+        for line in summary_lines(target, stats, elapsed, icmp):
             click.echo(line)
     if stats.received == 0:
         raise SystemExit(EXIT_FAILED)
