@@ -36,9 +36,9 @@ _GRID = "#e3e6ea"
 #: The percentiles marked on the spectrum's axis, as HdrHistogram's plotter marks them.
 SPECTRUM_TICKS = (0.0, 90.0, 99.0, 99.9, 99.99, 99.999, 99.9999)
 
-#: Most labels on a log latency axis: the 1-2-5 steps of about three decades fit a plot's
-#: height at 10 pt without touching; a wider range is labelled by its decades alone.
-MAX_LOG_TICKS = 10
+#: Most labels on a log latency axis: the 1-2-5 steps of four decades (12 labels, ~20 px apart on
+#: the shorter over-time axis) fit at 10 pt without touching; a wider range gets its decades alone.
+MAX_LOG_TICKS = 12
 
 
 def available() -> bool:
