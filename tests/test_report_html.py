@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from socktools.cli import main
 from tests.conftest import socktools_cmd
+from tests.peers import Nginx
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -130,3 +131,22 @@ def test_a_run_where_nothing_connected_still_makes_a_useful_page(closed_port, tm
     assert "ECONNREFUSED" in text and "nothing is listening on that address and port" in text
     assert "No round trip was measured." in text and "No connection was made." in text
     assert not hgrm.exists() and "did not write" in proc.stderr
+
+
+def test_an_http_run_against_nginx_shows_what_it_sent(tmp_path):
+    """The configuration names the method, the paths (escaped) and the Host, not an echo payload."""
+    pytest.importorskip("matplotlib", reason="pip install 'socktools[report]'")
+    page = tmp_path / "http.html"
+    with Nginx(tmp_path) as server:
+        proc = subprocess.run(socktools_cmd("flood", "--port", str(server.port), "--mode", "http",
+                                            "--path", "/", "--path", "/?q=<script>alert(1)</script>",
+                                            "--header", "X-Run: report", "--conns", "2", "--workers", "1",
+                                            "--duration", "0.5s", "--report", str(page)),
+                              capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    text = page.read_text(encoding="utf-8")
+    config = text[text.index("<h2>Configuration</h2>"):]
+    assert "<script" not in text.lower()
+    assert "<code>/?q=&lt;script&gt;alert(1)&lt;/script&gt;</code>" in config
+    assert "<th>method</th><td>GET</td>" in config and "1 given" in config
+    assert f"127.0.0.1:{server.port}" in config and "payload" not in config

@@ -150,7 +150,7 @@ def _body(result: FloodResult) -> dict:
         "server": result.server,
         "config": {"conns": cfg.conns, "workers": cfg.active_workers, "size": cfg.size,
                    "request": f"{cfg.action} {cfg.value}" if cfg.mode == "framed" else None,
-                   "exchange": describe(cfg), "pipeline": cfg.pipeline,
+                   "exchange": describe(cfg), "wire": cfg.wire_spec.summary(), "pipeline": cfg.pipeline,
                    "duration": cfg.duration, "requests": cfg.requests, "rate": cfg.rate,
                    "connect_rate": cfg.connect_rate, "connect_timeout": cfg.connect_timeout,
                    "sources": list(cfg.sources)},

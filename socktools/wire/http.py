@@ -70,6 +70,9 @@ def parse_accept(values: Sequence[str]) -> frozenset:
 
 _DEFAULT_ACCEPT = frozenset(range(100, 400))
 
+#: What an HTTP exchange asks for when no --path is given.
+DEFAULT_PATHS = ("/",)
+
 
 class HttpProtocol(WireProtocol):
     name = "http"
@@ -77,7 +80,7 @@ class HttpProtocol(WireProtocol):
     # A small response fits in one read; 64 KiB drains a large body in few calls.
     read_size = 65536
 
-    def __init__(self, host: str, *, method: str = "GET", paths: Sequence[str] = ("/",),
+    def __init__(self, host: str, *, method: str = "GET", paths: Sequence[str] = DEFAULT_PATHS,
                  headers: Sequence[str] = (), body: bytes = b"",
                  accept: Optional[frozenset] = None) -> None:
         require_httptools()
@@ -101,7 +104,7 @@ class HttpProtocol(WireProtocol):
             head.append(f"Content-Length: {len(body)}")
         tail = ("\r\n".join(head + lines) + "\r\n\r\n").encode() + body
         self.method = method
-        self.paths = tuple(paths or ("/",))
+        self.paths = tuple(paths or DEFAULT_PATHS)
         templates = []
         for p in self.paths:
             if not p.startswith("/") and p != "*":

@@ -49,11 +49,15 @@ def split_command(text: str) -> list:
     return [Template.from_text(w) for w in words]
 
 
+#: What a Redis exchange sends when no --command is given: the cheapest round trip there is.
+DEFAULT_COMMANDS = ("PING",)
+
+
 class RedisProtocol(WireProtocol):
     name = "redis"
 
-    def __init__(self, commands: Sequence[str] = ("PING",)) -> None:
-        self.texts = tuple(commands or ("PING",))
+    def __init__(self, commands: Sequence[str] = DEFAULT_COMMANDS) -> None:
+        self.texts = tuple(commands or DEFAULT_COMMANDS)
         commands = [split_command(c) for c in self.texts]
         self.makers = [_compile(words) for words in commands]
         if len(commands) == 1 and all(w.fixed is not None for w in commands[0]):

@@ -94,6 +94,38 @@ class WireSpec:
     def name(self) -> str:
         return "plugin" if self.plugin else self.mode
 
+    def summary(self) -> dict:
+        """What each connection sends, as JSON data for reports: texts as typed (escapes and
+        placeholders unexpanded), a ``--send-file`` as its size and its first bytes."""
+        if self.plugin:
+            return {"mode": "plugin", "plugin": self.plugin, "commands": list(self.commands)}
+        out = {"mode": self.mode}
+        if self.mode in ("echo", "framed"):
+            out["request_bytes"] = len(build(self).request(0, 0))
+            if self.mode == "framed":
+                out.update(action=self.action, value=self.value)
+        elif self.mode in ("raw", "line"):
+            if self.send_file is not None:
+                head = self.send_file[:SEND_FILE_SHOWN]
+                out.update(send=[head.decode("utf-8", "backslashreplace")], send_file_bytes=len(self.send_file))
+            else:
+                out["send"] = list(self.sends)
+            if self.mode == "line":
+                out["eol"] = self.eol
+        elif self.mode == "redis":
+            from socktools.wire.redis import DEFAULT_COMMANDS
+            out["commands"] = list(self.commands or DEFAULT_COMMANDS)
+        elif self.mode == "http":
+            from socktools.wire.http import DEFAULT_PATHS
+            given = {n.strip().lower(): v.strip() for n, _, v in (h.partition(":") for h in self.headers)}
+            out.update(method=self.method.upper(), paths=list(self.paths or DEFAULT_PATHS),
+                       headers=len(self.headers), host=given.get("host", self.host), body_bytes=len(self.body))
+        return out
+
+
+#: How much of a --send-file a report keeps: enough to recognise the request (a request line and
+#: its first headers), while the JSON stays small whatever the file's size.
+SEND_FILE_SHOWN = 512
 
 EOLS = {"lf": b"\n", "crlf": b"\r\n", "\\n": b"\n", "\\r\\n": b"\r\n"}
 
