@@ -18,7 +18,7 @@ from socktools.flood.config import FloodConfig
 from socktools.flood.runner import run_flood
 from socktools.flood.worker import run_worker
 from socktools.wire.spec import WireSpec
-from conftest import can_capture, wait_until
+from conftest import after_second_fin, can_capture, wait_until
 from threadserver import ThreadServer
 
 pytestmark = pytest.mark.timeout(90)
@@ -335,7 +335,6 @@ def test_memcached_plugin_from_the_cli_and_request(memcached):
 def test_sniff_decodes_a_real_redis_exchange(redis, mode):
     import signal
     import threading
-    import time
     sniff = subprocess.Popen([sys.executable, "-m", "socktools", "sniff", "--port", str(redis.port),
                               "--decode", mode], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines: list = []
@@ -350,8 +349,7 @@ def test_sniff_decodes_a_real_redis_exchange(redis, mode):
         out = subprocess.run([sys.executable, "-m", "socktools", "request", "--port", str(redis.port), *args],
                              capture_output=True, text=True, timeout=30)
         assert out.returncode == 0, out.stderr
-        assert wait_until(lambda: sum("FIN" in ln for ln in lines) >= 2, 10)
-        time.sleep(0.2)   # the last ACK's line
+        assert wait_until(lambda: after_second_fin(lines), 10), "".join(lines)
         sniff.send_signal(signal.SIGINT)
         sniff.wait(15)
         reader.join(5)

@@ -9,14 +9,13 @@ import signal
 import socket
 import subprocess
 import threading
-import time
 
 import pytest
 
 from socktools import protocol, reference
 from socktools.capture import SniffConfig, Sniffer
 from socktools.capture.reassembly import MessageEvent
-from tests.conftest import can_capture, socktools_cmd
+from tests.conftest import after_second_fin, can_capture, socktools_cmd, wait_until
 
 
 pytestmark = pytest.mark.skipif(
@@ -193,10 +192,7 @@ def test_cli_around_socktools_request_then_ctrl_c(start_server):
         req = subprocess.run(socktools_cmd("request", "search", "morpheus", "--port", str(srv.port)),
                              capture_output=True, text=True, timeout=30)
         assert req.returncode == 0 and SEARCH_REPLY in req.stdout
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and sum("FIN" in ln for ln in lines) < 2:
-            time.sleep(0.05)
-        time.sleep(0.3)
+        assert wait_until(lambda: after_second_fin(lines), 10), "".join(lines)
         sniff.send_signal(signal.SIGINT)
         sniff.wait(15)
         reader.join(5)
