@@ -237,7 +237,7 @@ def test_an_integer_that_is_not_a_number_is_a_protocol_error_when_decoding(bad):
 # ----------------------------------------------------------------- http
 
 needs_httptools = pytest.mark.skipif(importlib.util.find_spec("httptools") is None,
-                                     reason="httptools not installed (pip install 'socktools[http]')")
+                                     reason="httptools not installed (pip install httptools)")
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 CHUNKED = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"

@@ -32,7 +32,7 @@ SPECTRUM_TICKS = (0.0, 90.0, 99.0, 99.9, 99.99, 99.999, 99.9999)
 
 
 def available() -> bool:
-    """Whether matplotlib (the ``socktools[report]`` extra) can be imported."""
+    """Whether matplotlib (the ``report`` extra) can be imported."""
     try:
         import matplotlib  # noqa: F401
     except ImportError:
