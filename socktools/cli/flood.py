@@ -35,7 +35,7 @@ Your own server (give its --port):
   socktools flood --port 9000 --mode raw --send-file req.bin --reply-prefix '>I' --reply-prefix-adjust 0
   socktools flood --port 9000 --mode raw --send 'tick\\n' --no-reply --rate 50000
   socktools flood --port 8080 --mode raw --send 'GET / HTTP/1.0\\r\\n\\r\\n' --reply-until-close
-  socktools flood --port 11211 --protocol examples.memcached_plugin:Memcached --command 'get k{conn}'
+  socktools flood --port 11211 --protocol socktools.examples.memcached:Memcached --command 'get k{conn}'
 
 \b
 With no --port, flood starts `socktools serve` (the matching mode) on a free

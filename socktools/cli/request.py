@@ -23,7 +23,7 @@ Any server, one exchange (the modes of flood):
   socktools request --port 7000 --mode raw --send 'PING\\r\\n' --reply-until '\\r\\n'
   socktools request --port 7000 --mode line --send 'HELLO' --eol crlf
   socktools request --port 8080 --mode raw --send 'GET / HTTP/1.0\\r\\n\\r\\n' --reply-until-close
-  socktools request --port 11211 --protocol examples.memcached_plugin:Memcached --command 'get k'
+  socktools request --port 11211 --protocol socktools.examples.memcached:Memcached --command 'get k'
 
 \b
 Exit codes: 0 answered; 1 refused, reset, timed out, closed early or a
