@@ -128,3 +128,31 @@ def test_serve_stats_lines_have_time_and_rates_and_stay_quiet_when_idle():
     assert "idle" in idle
     # rates over the 5 s since the previous stats event (idle ones included): 10 conns, 50 requests
     assert "2.0 conn/s" in third and "10.0 req/s" in third and "errors 0" in third
+
+
+# ------------------------------------------------------------------ help: one way to write a duration
+
+_DEFAULT = re.compile(r"\[default: ([^;\]]+)")
+
+
+def test_every_duration_default_in_help_is_written_with_its_unit():
+    """`60s`, as the user types it, never `60.0` (serve printed `60.0` where others wrote `60s`)."""
+    from socktools.cli._common import Duration, parse_duration
+    ctx = click.Context(main, info_name="socktools")
+    seen = 0
+    for name, param in all_options():
+        if not isinstance(param.type, Duration):
+            continue
+        command = main.get_command(ctx, name)
+        record = param.get_help_record(click.Context(command, info_name=name, parent=ctx))
+        m = _DEFAULT.search(record[1] if record else "")
+        if m is None or not m.group(1)[0].isdigit():
+            continue            # no default, or one in words ("as fast as they confirm")
+        text = m.group(1).strip()
+        assert re.fullmatch(r"\d+(\.\d+)?(ms|s|m|h)", text), f"{name} {param.opts[0]}: [default: {text}]"
+        default = param.get_default(ctx)
+        if default is not None:   # else the help states a default the command applies itself
+            assert parse_duration(text) == param.type.convert(default, param, ctx)
+        seen += 1
+    assert seen >= 10
+

@@ -62,7 +62,7 @@ def _message_dict(message) -> dict:
 @click.argument("words", nargs=-1, metavar="[HOST PORT] ACTION VALUE")
 @click.option("--host", default="127.0.0.1", show_default=True, metavar="HOST", help="Server address; ::1 for IPv6.")
 @click.option("--port", "-p", type=PORT, default=65432, show_default=True, help="Server port.")
-@click.option("--timeout", type=DURATION, default=5.0, show_default=True, metavar="DURATION",
+@click.option("--timeout", type=DURATION, default="5s", show_default=True, metavar="DURATION",
               help="For the whole exchange (connect, send, receive).")
 @click.option("--show-bytes", is_flag=True, help="Print the exact bytes sent and received (a wire trace).")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole exchange as JSON.")
