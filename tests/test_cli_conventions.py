@@ -156,3 +156,42 @@ def test_every_duration_default_in_help_is_written_with_its_unit():
         seen += 1
     assert seen >= 10
 
+
+# ------------------------------------------------------------------ short flags: one meaning each
+
+#: Commands that stand in for a system tool take their short flags from that tool (a user of
+#: ss types `-t`, of tcpdump `-w FILE`, of ping `-c 4`), so theirs follow the tool, not the
+#: rest of socktools.
+IMITATES = {"sockets": "ss", "ping": "ping", "sniff": "tcpdump"}
+
+
+def short_flag_conflicts(flags: dict) -> list:
+    """``{command: {short: long}}`` -> a line per short flag meaning two long options, or a long
+    option spelled with two short flags, across the commands given."""
+    by_short, by_long = {}, {}
+    for command, pairs in flags.items():
+        for short, long in pairs.items():
+            by_short.setdefault(short, {}).setdefault(long, []).append(command)
+            by_long.setdefault(long, {}).setdefault(short, []).append(command)
+    bad = [f"{s} means {m}" for s, m in by_short.items() if len(m) > 1]
+    bad += [f"{l} is spelled {m}" for l, m in by_long.items() if len(m) > 1]
+    return sorted(bad)
+
+
+def test_the_conflict_check_can_fail():
+    assert short_flag_conflicts({"flood": {"-n": "--requests"}, "doctor": {"-n": "--conns"}}) == [
+        "-n means {'--requests': ['flood'], '--conns': ['doctor']}"]
+    assert short_flag_conflicts({"flood": {"-c": "--conns"}, "doctor": {"-n": "--conns"}}) == [
+        "--conns is spelled {'-c': ['flood'], '-n': ['doctor']}"]
+    assert short_flag_conflicts({"flood": {"-c": "--conns"}, "doctor": {"-c": "--conns"}}) == []
+
+
+def test_one_short_flag_means_one_long_option_in_every_command():
+    flags = {}
+    for name, param in all_options():
+        longs = [o for o in param.opts if o.startswith("--")]
+        for short in (o for o in param.opts + param.secondary_opts if not o.startswith("--")):
+            if name not in IMITATES and longs:
+                flags.setdefault(name, {})[short] = longs[0]
+    assert len(flags) >= 4
+    assert short_flag_conflicts(flags) == []
