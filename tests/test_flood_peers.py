@@ -307,7 +307,7 @@ def test_http_head_has_no_body_whatever_its_content_length(nginx):
 # ----------------------------------------------------------------- memcached (the plug-in example)
 
 def test_memcached_plugin_counts_equal_memcached_stats(memcached):
-    spec = WireSpec(mode="plugin", plugin="examples.memcached_plugin:Memcached",
+    spec = WireSpec(mode="plugin", plugin="socktools.examples.memcached:Memcached",
                     commands=("set key:{conn} hello", "get key:{conn}"))
     result = run_flood(config(memcached.port, spec, conns=4, workers=2, requests=400, pipeline=2))
     c = result.totals.counters
@@ -318,12 +318,12 @@ def test_memcached_plugin_counts_equal_memcached_stats(memcached):
 
 
 def test_memcached_plugin_from_the_cli_and_request(memcached):
-    out = flood_cli("--port", str(memcached.port), "--protocol", "examples.memcached_plugin:Memcached",
+    out = flood_cli("--port", str(memcached.port), "--protocol", "socktools.examples.memcached:Memcached",
                     "--command", "get nothing", "--conns", "2", "--workers", "1", "--requests", "20")
     assert out.returncode == 0, out.stderr
     assert int(memcached.stats()["cmd_get"]) == 22
     out = subprocess.run([sys.executable, "-m", "socktools", "request", "--port", str(memcached.port),
-                          "--protocol", "examples.memcached_plugin:Memcached", "--command", "set k v"],
+                          "--protocol", "socktools.examples.memcached:Memcached", "--command", "set k v"],
                          capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "STORED"
 

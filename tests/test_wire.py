@@ -237,7 +237,7 @@ def test_an_integer_that_is_not_a_number_is_a_protocol_error_when_decoding(bad):
 # ----------------------------------------------------------------- http
 
 needs_httptools = pytest.mark.skipif(importlib.util.find_spec("httptools") is None,
-                                     reason="httptools not installed (pip install 'socktools[http]')")
+                                     reason="httptools not installed (pip install httptools)")
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 CHUNKED = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
@@ -388,7 +388,7 @@ def test_bad_options_name_the_option(spec, option, words):
 
 
 def test_the_plugin_example_loads_and_parses():
-    proto = build(WireSpec(mode="plugin", plugin="examples.memcached_plugin:Memcached",
+    proto = build(WireSpec(mode="plugin", plugin="socktools.examples.memcached:Memcached",
                            commands=("set k{seq} hello", "get k{conn}")))
     assert proto.request(4, 1) == b"set k4 0 0 5\r\nhello\r\n"
     assert proto.request(5, 1) == b"get k1\r\n"
@@ -414,7 +414,7 @@ def _counting_parsers():
     yield raw(reply_until="\\r\\n", reply_match="^\\+").parser()
     yield raw(reply_prefix=">H", reply_prefix_adjust=-1).parser()
     yield raw(reply_bytes=3).parser()
-    yield build(WireSpec(mode="plugin", plugin="examples.memcached_plugin:Memcached")).parser()
+    yield build(WireSpec(mode="plugin", plugin="socktools.examples.memcached:Memcached")).parser()
     if importlib.util.find_spec("httptools") is not None:
         yield http().parser()
         yield http(method="HEAD").parser()

@@ -16,6 +16,7 @@ import time
 import click
 
 from socktools import __version__
+from socktools.optional import MissingPackage
 
 # name -> module under socktools.cli that defines a click command called `command`.
 # Loaded lazily: `socktools serve` imports only what serve needs.
@@ -77,6 +78,17 @@ def _guard_output(call):
         raise
 
 
+def _unavailable(call):
+    """Run ``call()``; a missing optional package, wherever it was found, ends every command
+    the same way: its install hint on one line, exit 3 (README: "a privilege, platform
+    feature or optional package is missing")."""
+    try:
+        return call()
+    except MissingPackage as exc:
+        from socktools.cli._common import EXIT_UNAVAILABLE, die
+        die(str(exc), EXIT_UNAVAILABLE)
+
+
 class LazyGroup(click.Group):
     def main(self, *args, **kwargs):
         # --help/--version write before any command runs: guard them too.
@@ -93,7 +105,7 @@ class LazyGroup(click.Group):
 
     def invoke(self, ctx):
         # Inside click's own handler, which would swallow EPIPE with no word.
-        return _guard_output(lambda: super(LazyGroup, self).invoke(ctx))
+        return _guard_output(lambda: _unavailable(lambda: super(LazyGroup, self).invoke(ctx)))
 
     def list_commands(self, ctx):
         return list(COMMANDS)

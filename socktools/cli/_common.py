@@ -39,6 +39,13 @@ class Duration(click.ParamType):
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
 
+    @staticmethod
+    def text(seconds: float) -> str:
+        """``60.0`` -> ``"60s"``, ``0.5`` -> ``"0.5s"``: a duration as help shows it, the way
+        a user types it (and :func:`parse_duration` reads it back exactly)."""
+        seconds = float(seconds)
+        return f"{int(seconds)}s" if seconds.is_integer() else f"{seconds!r}s"
+
 
 class ByteSize(click.ParamType):
     """``4096`` / ``64k`` / ``1M`` / ``1MiB`` -> bytes."""
@@ -109,7 +116,10 @@ class LazyDefault:
 class LazyOption(click.Option):
     def get_default(self, ctx, call=True):
         value = super().get_default(ctx, call=call)
-        return value() if isinstance(value, LazyDefault) else value
+        value = value() if isinstance(value, LazyDefault) else value
+        if isinstance(self.type, Duration) and isinstance(value, (int, float)):
+            value = Duration.text(value)   # help writes `60s` (as the plain defaults do), not 60.0
+        return value
 
 
 DURATION = Duration()

@@ -15,10 +15,9 @@ from dataclasses import dataclass
 import click
 
 from socktools.cli._common import EXIT_UNAVAILABLE, die
+from socktools.optional import PACKAGES, hint
 
-__all__ = ["Outputs", "output_options", "write_outputs", "need_report_extra", "REPORT_EXTRA_HINT"]
-
-REPORT_EXTRA_HINT = "--report draws its plots with matplotlib: pip install 'socktools[report]'"
+__all__ = ["Outputs", "output_options", "write_outputs", "need_report_extra"]
 
 
 @dataclass(frozen=True)
@@ -59,11 +58,11 @@ def _writable(ctx, param, value):
     return value
 
 
-def need_report_extra() -> None:
-    """Exit with the one-line install hint when matplotlib is missing."""
+def need_report_extra(feature: str = "--report") -> None:
+    """Exit 3 with the one-line install hint when matplotlib is missing."""
     from socktools.report.plots import available
     if not available():
-        die(REPORT_EXTRA_HINT, EXIT_UNAVAILABLE)
+        die(hint("report", feature), EXIT_UNAVAILABLE)
 
 
 def output_options(fn):
@@ -75,7 +74,7 @@ def output_options(fn):
                           "errors==0, rps>10000.  A failed one makes flood exit with code 99."),
         click.option("--report", type=click.Path(dir_okay=False), callback=_writable, metavar="FILE.html",
                      help="Write a self-contained HTML report (plots; opens offline).  "
-                          "Needs: pip install 'socktools[report]'."),
+                          f"Needs matplotlib ({PACKAGES['report'].install})."),
         click.option("--hgrm", type=click.Path(dir_okay=False), callback=_writable, metavar="FILE",
                      help="Write the latency percentile distribution (.hgrm, milliseconds, as wrk2)."),
         click.option("--hlog", type=click.Path(dir_okay=False), callback=_writable, metavar="FILE",

@@ -36,7 +36,7 @@ def render(report) -> str:
 
 
 @click.command("doctor", context_settings={"max_content_width": 100})
-@click.option("--conns", "-n", type=click.IntRange(min=1), default=1000, show_default=True,
+@click.option("--conns", "-c", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Connections you plan to open (client and server both on this machine).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def command(conns, as_json):

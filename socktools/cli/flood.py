@@ -12,6 +12,7 @@ from socktools.cli._common import (BYTESIZE, DURATION, EXIT_FAILED, EXIT_THRESHO
                                    PORT, build_config, die, parse_address_range, warn_target)
 from socktools.cli._outputs import output_options, write_outputs
 from socktools.cli._wire import given_params, option_name, wire_options, wire_spec
+from socktools.optional import PACKAGES
 
 EPILOG = """\b
 Examples:
@@ -34,7 +35,7 @@ Your own server (give its --port):
   socktools flood --port 9000 --mode raw --send-file req.bin --reply-prefix '>I' --reply-prefix-adjust 0
   socktools flood --port 9000 --mode raw --send 'tick\\n' --no-reply --rate 50000
   socktools flood --port 8080 --mode raw --send 'GET / HTTP/1.0\\r\\n\\r\\n' --reply-until-close
-  socktools flood --port 11211 --protocol examples.memcached_plugin:Memcached --command 'get k{conn}'
+  socktools flood --port 11211 --protocol socktools.examples.memcached:Memcached --command 'get k{conn}'
 
 \b
 With no --port, flood starts `socktools serve` (the matching mode) on a free
@@ -43,8 +44,9 @@ stops early and still prints the results (a second one stops at once).  Exit
 codes: 0 the run completed, or Ctrl-C ended it; 1 no connection could be
 established, no request was answered, every connection was lost, a worker
 failed (one line on stderr says which), or the plan does not fit this machine
-(nothing started; --yes runs anyway); 2 a bad option; 99 a --threshold
-failed; 130 interrupted before the start; 143 SIGTERM ended it.
+(nothing started; --yes runs anyway); 2 a bad option; 3 an optional package
+is missing (the message says which); 99 a --threshold failed; 130 interrupted
+before the start; 143 SIGTERM ended it.
 """
 
 #: Exit status after a SIGTERM ended the run (report printed): 128 + 15, what a
@@ -98,7 +100,7 @@ EXIT_SIGTERM = 128 + 15
 @click.option("--cluster", default=None, metavar="local:N|tcp://HOST:8786",
               help="Run the worker shards as tasks on a Dask cluster: a scheduler's address, or "
                    "local:N for N local processes.  --workers then counts shards [default: one "
-                   "per Dask worker thread].  Needs pip install 'socktools[dask]'.")
+                   f"per Dask worker thread].  Needs Dask ({PACKAGES['dask'].install}).")
 @click.option("--json", "as_json", is_flag=True, help="Print the final result as one JSON document.")
 @click.option("--yes", "--force", "yes", is_flag=True,
               help="Run even when the plan says it will not fit this machine (far more processes "

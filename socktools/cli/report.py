@@ -21,7 +21,7 @@ Examples:
 FILE is what `flood --json` printed: one JSON document, or NDJSON lines
 (`--interval --json`) whose last `"event": "result"` line is the result.
 Exit codes: 0 written; 1 FILE is not a flood result; 3 matplotlib is missing
-(pip install 'socktools[report]'); 99 a --threshold failed (the page says which).
+(the message says how to install it); 99 a --threshold failed (the page says which).
 """
 
 
@@ -68,7 +68,7 @@ def command(file, output, thresholds, hgrm, hlog, csv_path):
     connect-time distribution, failures with their meaning, thresholds, the
     configuration and the machine.
     """
-    need_report_extra()
+    need_report_extra("socktools report")
     doc = _load(file)
     if thresholds:
         from socktools.flood.thresholds import check_all

@@ -91,9 +91,9 @@ def _raise_nofile() -> None:
 @click.option("--sndbuf", type=BYTESIZE, default=None, help="SO_SNDBUF for accepted sockets (Linux doubles it).")
 @click.option("--backlog", type=click.IntRange(1), default=4096, show_default=True,
               help="listen() backlog; the kernel caps it at net.core.somaxconn.")
-@click.option("--stats-interval", type=DURATION, default=10.0, show_default=True, metavar="DURATION",
+@click.option("--stats-interval", type=DURATION, default="10s", show_default=True, metavar="DURATION",
               help="Print statistics this often (0 = only the final summary).")
-@click.option("--drain-timeout", type=DURATION, default=5.0, show_default=True, metavar="DURATION",
+@click.option("--drain-timeout", type=DURATION, default="5s", show_default=True, metavar="DURATION",
               help="On the first Ctrl-C/SIGTERM, how long busy connections get to finish.")
 @click.option("--json", "as_json", is_flag=True, help="Print events as JSON lines (listening, stats, summary).")
 @click.option("--quiet", "-q", is_flag=True, help="Log only warnings and errors.")

@@ -103,10 +103,7 @@ def command(ctx, iface, port, expression, count, timeout, write, read, decode, a
         raise click.BadParameter(str(exc), ctx, param_hint="'--show'")
     if decode == "http":
         from socktools.wire.http import require_httptools
-        try:
-            require_httptools()
-        except ImportError as exc:
-            raise click.BadParameter(str(exc).replace("--mode", "--decode"), ctx, param_hint="'--decode'")
+        require_httptools("--decode http")   # missing: exit 3 with the hint (the switchboard)
 
     config = SniffConfig(iface=iface, port=port, expression=expression, count=count,
                          timeout=timeout, write=write, read=read, decode=decode,

@@ -21,7 +21,7 @@ to try it on one machine.  The run, client side:
 5. *merge* the shards' final statistics (HdrHistograms added) and add the
    per-host breakdown.
 
-Dask is optional (``pip install 'socktools[dask]'``): ``distributed`` is
+Dask is optional (the ``dask`` extra, :mod:`socktools.optional`): ``distributed`` is
 imported only here and in :mod:`.shard`, and only when a run asks for it.
 """
 
@@ -42,10 +42,11 @@ from socktools.flood.cluster_run import ClusterRun, go_warnings, hosts_of
 from socktools.flood.config import parse_cluster
 from socktools.flood.result import FloodError, FloodRefused, FloodResult, generator_warnings
 from socktools.flood.own_server import embedded_server
+from socktools.optional import hint
 
 __all__ = ["ClusterUnavailable", "ClusterResult", "run_cluster", "dask_installed", "INSTALL_HINT"]
 
-INSTALL_HINT = "--cluster needs Dask: pip install 'socktools[dask]'"
+INSTALL_HINT = hint("dask", "--cluster")
 
 #: Dask settings for the LocalCluster flood starts (a cluster of one's own is configured by its
 #: owner).  Shards run beside these in the same processes, and on a load generator every
@@ -70,7 +71,7 @@ class ClusterUnavailable(FloodError):
 
 
 def dask_installed() -> bool:
-    """Is Dask's ``distributed`` importable (``pip install 'socktools[dask]'``)?"""
+    """Is Dask's ``distributed`` importable?"""
     try:
         import distributed  # noqa: F401
     except ImportError:

@@ -222,7 +222,7 @@ def _ran(doc: dict) -> str:
 
 
 def render(doc: dict) -> str:
-    """The page for flood document ``doc`` (needs matplotlib: ``socktools[report]``)."""
+    """The page for flood document ``doc`` (needs matplotlib, the ``report`` extra)."""
     lat = doc.get("latency_us") or {}
     req = doc.get("requests") or {}
     conns = doc.get("connections") or {}

@@ -42,7 +42,7 @@ MAX_LOG_TICKS = 12
 
 
 def available() -> bool:
-    """Whether matplotlib (the ``socktools[report]`` extra) can be imported."""
+    """Whether matplotlib (the ``report`` extra) can be imported."""
     try:
         import matplotlib  # noqa: F401
     except ImportError:

@@ -5,7 +5,7 @@ another) h11 costs 70 to 260 times more per response than llhttp -- measured
 with ``benchmarks/bench_http_parsers.py`` on a busy shared 2-core machine
 (h11 140-740 us, httptools 1.6-4 us, this parser with flood's bookkeeping
 3.8-5.6 us) -- and flood's whole budget per round trip is a few microseconds.
-httptools is an optional dependency (``pip install 'socktools[http]'``),
+httptools is an optional dependency (the ``http`` extra, :mod:`socktools.optional`),
 imported only when an HTTP exchange is built.
 
 Responses are framed by Content-Length, chunked transfer-coding, or the
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
+from socktools.optional import MissingPackage
 from socktools.wire.base import SAMPLE_BYTES, Failure, Parser, Reply, WireError, WireProtocol
 from socktools.wire.escapes import Template, rotation
 
@@ -41,14 +42,12 @@ MAX_HEAD = 16 * 1024
 #: than this counts as close-delimited, as it always did.  1 MiB, allocated once per such close.
 EOF_PROBE = 1 << 20
 
-INSTALL_HINT = "--mode http needs the httptools package: pip install 'socktools[http]'"
-
-
-def require_httptools():
+def require_httptools(feature: str = "--mode http"):
+    """The httptools module, or :class:`~socktools.optional.MissingPackage` naming ``feature``."""
     try:
         import httptools
     except ImportError:
-        raise ImportError(INSTALL_HINT) from None
+        raise MissingPackage("http", feature) from None
     return httptools
 
 

@@ -229,8 +229,6 @@ def build(spec: WireSpec) -> WireProtocol:
         try:
             return HttpProtocol(spec.host, method=spec.method, paths=tuple(spec.paths) or ("/",),
                                 headers=spec.headers, body=spec.body, accept=accept)
-        except ImportError as exc:
-            raise WireOptionError("--mode", str(exc)) from None
         except (ValueError, EscapeError) as exc:
             raise WireOptionError("--path", str(exc)) from None
     raise WireOptionError("--mode", f"unknown mode {mode!r} (known: {', '.join(MODES)})")
