@@ -135,7 +135,7 @@ def test_a_run_where_nothing_connected_still_makes_a_useful_page(closed_port, tm
 
 def test_an_http_run_against_nginx_shows_what_it_sent(tmp_path):
     """The configuration names the method, the paths (escaped) and the Host, not an echo payload."""
-    pytest.importorskip("matplotlib", reason="pip install 'socktools[report]'")
+    pytest.importorskip("matplotlib", reason="pip install matplotlib")
     page = tmp_path / "http.html"
     with Nginx(tmp_path) as server:
         proc = subprocess.run(socktools_cmd("flood", "--port", str(server.port), "--mode", "http",

@@ -19,7 +19,7 @@ from socktools.report import html
 from socktools.wire.spec import WireSpec
 
 plots = pytest.importorskip("socktools.report.plots")
-pytest.importorskip("matplotlib", reason="pip install 'socktools[report]'")
+pytest.importorskip("matplotlib", reason="pip install matplotlib")
 
 SVG = "{http://www.w3.org/2000/svg}"
 
