@@ -1,0 +1,121 @@
+"""Where a flood worker and each of its connections are in their lives: every rule, in one place.
+
+h11's ``_state.py`` is the model: the states, the events and the table of (state, event) ->
+next state live here and nowhere else; the session (:mod:`socktools.flood.session`) fires
+events through :class:`Machine` and never assigns a state itself; an event a state does not
+take raises :class:`LifecycleError` -- a bug of ours, named with the state and the event.
+
+A worker's phases::
+
+    connect --connected--> ready --go--> traffic --end--> drain --close--> close
+       |                              ^                      ^
+       +------------- go -------------+ (churn, or no runner: no barrier)
+    connect / ready --stop--> drain (a stop before the traffic: nothing to measure)
+
+A connection's states::
+
+    connecting --made--> confirming --confirmed--> ready --go--> traffic --drain--> draining
+    reopening  --made--> traffic       (a replacement during the traffic: no confirming trip)
+    any state but closed --closed--> closed
+
+Where later work adds states (each is a row or two here, plus the verb that fires it):
+
+* a TLS handshake: ``connecting --made--> handshaking --handshake_done--> confirming``;
+* an opening conversation (greeting, login, challenge-response): ``... --> opening
+  --opened--> confirming``.
+"""
+
+from __future__ import annotations
+
+__all__ = ["LifecycleError", "Machine", "WORKER", "CONNECTION", "worker_machine", "step",
+           "CONNECT", "READY", "TRAFFIC", "DRAIN", "CLOSE",
+           "CONNECTING", "REOPENING", "CONFIRMING", "DRAINING", "CLOSED"]
+
+# ------------------------------------------------------------------ the worker's phases
+CONNECT = "connect"
+READY = "ready"
+TRAFFIC = "traffic"
+DRAIN = "drain"
+CLOSE = "close"
+
+#: (phase, event) -> next phase.
+WORKER: dict = {
+    (CONNECT, "connected"): READY,     # every connection confirmed or failed: wait for "go"
+    (CONNECT, "go"): TRAFFIC,          # churn (--mode connect), and a run with no runner
+    (READY, "go"): TRAFFIC,
+    (CONNECT, "stop"): DRAIN,          # a stop before the traffic started
+    (READY, "stop"): DRAIN,
+    (TRAFFIC, "end"): DRAIN,           # quota, duration, a stop, or no connection left
+    (DRAIN, "close"): CLOSE,           # nothing owed any more, or the drain timeout
+}
+
+# ------------------------------------------------------------------ a connection's states
+CONNECTING = "connecting"
+REOPENING = "reopening"
+CONFIRMING = "confirming"
+DRAINING = "draining"
+CLOSED = "closed"
+
+#: (state, event) -> next state; ``closed`` is taken in every state but ``closed`` itself.
+CONNECTION: dict = {
+    (CONNECTING, "made"): CONFIRMING,
+    (CONFIRMING, "confirmed"): READY,
+    (READY, "go"): TRAFFIC,
+    (REOPENING, "made"): TRAFFIC,
+    (TRAFFIC, "drain"): DRAINING,
+    (READY, "drain"): DRAINING,        # confirmed, but the traffic never started (a stop)
+}
+for _state in (CONNECTING, REOPENING, CONFIRMING, READY, TRAFFIC, DRAINING):
+    CONNECTION[(_state, "closed")] = CLOSED
+del _state
+
+
+class LifecycleError(RuntimeError):
+    """An event the current state does not take: flood's own bug, never the peer's."""
+
+
+class Machine:
+    """One state and its table.  ``fire(event)`` moves it; :attr:`state` is read-only."""
+
+    __slots__ = ("_state", "_table", "what")
+
+    def __init__(self, table: dict, initial: str, what: str) -> None:
+        self._state = initial
+        self._table = table
+        self.what = what                 # "worker 3" / "connection 17", for the error
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    def fire(self, event: str) -> str:
+        """Take ``event``; the new state.  Raises :class:`LifecycleError` if it is not allowed."""
+        try:
+            self._state = self._table[(self._state, event)]
+        except KeyError:
+            raise LifecycleError(f"{self.what}: event {event!r} in state {self._state!r} "
+                                 f"(allowed: {allowed(self._table, self._state) or 'none'})") from None
+        return self._state
+
+    def can(self, event: str) -> bool:
+        return (self._state, event) in self._table
+
+
+def allowed(table: dict, state: str) -> str:
+    return ", ".join(sorted(e for (s, e) in table if s == state))
+
+
+def worker_machine(index: int) -> Machine:
+    return Machine(WORKER, CONNECT, f"flood worker {index}")
+
+
+def step(slot, event: str) -> str:
+    """Fire ``event`` on a connection's state (``slot.state``, kept on its slot: a machine
+    object per connection would cost memory per connection for nothing).  Raises
+    :class:`LifecycleError` if the state does not take it."""
+    try:
+        slot.state = new = CONNECTION[(slot.state, event)]
+    except KeyError:
+        raise LifecycleError(f"connection {slot.index}: event {event!r} in state {slot.state!r} "
+                             f"(allowed: {allowed(CONNECTION, slot.state) or 'none'})") from None
+    return new
