@@ -155,7 +155,8 @@ def command(ctx, iface, port, expression, count, timeout, write, read, decode, a
         die(str(failure))
     if summary.truncated:
         # tcpdump says "truncated dump file"; a script must not take a cut file for a whole one
-        die(f"{read}: truncated capture file ({summary.truncated}); read "
+        # summary.truncated starts "at byte N:", so the line names the file, the offset, the cut
+        die(f"{read}: {summary.truncated}: truncated capture file, read "
             f"{summary.read_packets:,} complete packet{'s' if summary.read_packets != 1 else ''}",
             EXIT_FAILED)
 
