@@ -44,7 +44,8 @@ _MAX_TABLE = 20
               help="Read packets from a pcap/pcapng file instead of an interface (no privilege needed).")
 @click.option("--decode", type=click.Choice(["auto", "framed", "raw", "none", "redis", "http", "line"]),
               default="auto", show_default=True,
-              help="Payloads: auto = framed protocol when it parses, else a hex/ASCII preview; "
+              help="Payloads: auto = the framed protocol, redis, http or line, whichever parses "
+                   "the start of each stream, else a hex/ASCII preview; "
                    "redis/http/line = those messages, by the parsers flood uses.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per packet, then a summary object.")
 @click.option("--quiet", "-q", is_flag=True, help="No packet lines, only the closing summary.")
