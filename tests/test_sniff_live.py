@@ -292,3 +292,51 @@ def test_cli_show_prints_scapys_layers_for_a_live_request(start_server):
     for layer in ("###[ IP ]###", "###[ TCP ]###", "###[ socktools framed message ]###"):
         assert layer in out, out
     assert '"content-type": "text/json"' in out and "morpheus" in out
+
+
+def burst(srv: socket.socket, writes: int) -> None:
+    """``writes`` small segments (TCP_NODELAY) to ``srv``, read to the end by a thread; returns
+    once the server has read every byte and both sides closed: a bounded burst, all sent."""
+    size = 10
+    got = []
+
+    def serve():
+        conn, _ = srv.accept()
+        with conn:
+            n = 0
+            while True:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                n += len(chunk)
+            got.append(n)
+    t = threading.Thread(target=serve)
+    t.start()
+    with socket.create_connection(srv.getsockname(), timeout=5) as c:
+        c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for _ in range(writes):
+            c.sendall(b"x" * size)
+    t.join(10)
+    assert got == [writes * size]
+
+
+@pytest.mark.parametrize("backend", ["ring", "socket"])
+def test_timeout_drains_what_is_already_captured_and_counts_it(backend):
+    """--timeout fires with the whole burst still unread (the capture never read before
+    the deadline): what the kernel took for the filter is shown, none is left behind."""
+    with listener() as srv:
+        port = srv.getsockname()[1]
+        sn = Sniffer(SniffConfig(port=port, timeout=1e-9, backend=backend)).open()
+        try:
+            burst(srv, 3000)               # sent, read and closed before the capture reads
+            records = [r for batch in sn.batches() for r in batch]
+        finally:
+            summary = sn.close()
+    assert summary.stopped_by == "timeout"
+    assert summary.kernel_dropped == 0
+    # every packet the kernel accepted for the filter was read out of the ring and shown
+    assert summary.undrained == 0
+    assert summary.captured == len(records) == summary.kernel_received
+    payload = sum(r.length for r in records)
+    assert payload == 3000 * 10               # the whole burst
+    assert any("FIN" in r.flags for r in records)   # the server read the client's FIN

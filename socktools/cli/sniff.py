@@ -257,6 +257,9 @@ class _Output:
             else:
                 drop = f"{s.kernel_dropped:,} DROPPED" if s.kernel_dropped else "0 dropped"
                 lines.append(f"    kernel: {s.kernel_received:,} received by filter, {drop}{buf}")
+            if s.undrained:
+                lines.append(f"    {s.undrained:,} packets the kernel took were still unread in the "
+                             f"{what} when the capture stopped: not shown")
         if s.written is not None:
             lines.append(f"    wrote {s.written:,} packets to {s.write_path}")
         if s.non_tcp:
