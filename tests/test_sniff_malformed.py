@@ -299,3 +299,20 @@ def test_the_real_command_exits_1_on_a_malformed_file_and_0_on_an_unusual_one(tm
         assert res.returncode == code, res.stderr
         assert "Traceback" not in res.stderr
         assert len(res.stderr.splitlines()) == code, res.stderr
+
+
+@pytest.mark.parametrize("name,words", [
+    ("pcap-ihl-too-small", "bad IPv4 header length 8"), ("pcap-ihl-zero", "bad IPv4 header length 0"),
+    ("pcap-ihl-too-big", "IPv4 header length 60 runs past"), ("pcap-ip-version-9", "IP version 9"),
+    ("pcap-tcp-doff-beyond-packet", "TCP header length 60 runs past"),
+    ("pcap-tcp-doff-too-small", "bad TCP header length 8"),
+    ("ng-ihl-too-small", "bad IPv4 header length 4"),
+    ("ng-tcp-doff-beyond-packet", "TCP header length 56 runs past")])
+def test_a_malformed_packet_in_a_valid_file_is_shown_as_malformed(tmp_path, name, words):
+    path = tmp_path / "x.pcap"
+    path.write_bytes(CASES[name][0])
+    res = CliRunner().invoke(main, ["sniff", "-r", str(path)])
+    assert res.exit_code == 0
+    first = res.stdout.splitlines()[0]
+    assert "malformed" in first and words in first, first
+    assert "None" not in first
