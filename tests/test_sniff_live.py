@@ -340,3 +340,19 @@ def test_timeout_drains_what_is_already_captured_and_counts_it(backend):
     payload = sum(r.length for r in records)
     assert payload == 3000 * 10               # the whole burst
     assert any("FIN" in r.flags for r in records)   # the server read the client's FIN
+
+
+def test_packets_left_unread_at_the_end_are_counted_and_said():
+    """Ctrl-C with the burst still in the ring: the summary says how many were not shown."""
+    from socktools.cli.sniff import _Output
+    with listener() as srv:
+        sn = Sniffer(SniffConfig(port=srv.getsockname()[1], backend="ring")).open()
+        try:
+            burst(srv, 200)
+        finally:
+            summary = sn.close(interrupted=True)
+    assert summary.captured == 0 and summary.kernel_received > 0
+    assert summary.undrained == summary.kernel_received - summary.kernel_dropped
+    text = _Output(as_json=False, quiet=False).summary_text(summary)
+    assert f"{summary.undrained:,} packets the kernel took were still unread in the TPACKET_V3 " \
+           f"ring when the capture stopped: not shown" in text
