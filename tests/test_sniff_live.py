@@ -356,3 +356,23 @@ def test_packets_left_unread_at_the_end_are_counted_and_said():
     text = _Output(as_json=False, quiet=False).summary_text(summary)
     assert f"{summary.undrained:,} packets the kernel took were still unread in the TPACKET_V3 " \
            f"ring when the capture stopped: not shown" in text
+
+
+def test_decode_auto_shows_a_real_redis_conversation(tmp_path):
+    """The issue's case on a real redis-server: a 27-byte SET, +OK, under the default --decode."""
+    from tests.peers import Redis
+    request = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n"
+
+    def talk():
+        with socket.create_connection(("127.0.0.1", peer.port), timeout=5) as c:
+            c.sendall(request)
+            assert c.recv(64) == b"+OK\r\n"
+
+    def both_fins(records):
+        return sum(1 for r in records if "FIN" in r.flags) >= 2 and records[-1].flags == ("ACK",)
+
+    with Redis(tmp_path) as peer:
+        records, _ = capture(peer.port, talk, both_fins)
+    msgs = [e for r in records for e in r.events if isinstance(e, MessageEvent)]
+    assert [(m.role, m.content_type, m.content_preview, m.wire_size) for m in msgs] == [
+        ("request", "redis", "['SET', 'k', 'v']", 27), ("response", "redis", "OK", 5)]
