@@ -370,7 +370,7 @@ class StreamDecoder:
         """The framed decoder was just ruled out: a wire parser that already has a message
         wins, one still waiting keeps the stream undecided, else raw."""
         if not self.guesses:
-            return self._raw(reason, current)
+            return self._raw(f"{reason}; no other parser takes them", current)
         for name, parser in self.guesses:
             if parser.keep and (name != "line" or len(self.guesses) == 1):
                 return self._adopt(name, parser)
