@@ -19,24 +19,15 @@ import threading
 import pytest
 
 from peers import Nginx, Redis, _Peer, free_port
-from socktools.flood.config import FloodConfig
 from socktools.flood.worker import run_worker
 from socktools.wire.spec import WireSpec
 from conftest import wait_until
+from test_flood_peers import config, flood_cli
 
 pytestmark = pytest.mark.timeout(90)
 
 
-def config(port, spec, **kw):
-    kw.setdefault("conns", 4)
-    kw.setdefault("workers", 1)
-    kw.setdefault("duration", 20.0)
-    return FloodConfig(address=("127.0.0.1", port), port=port, mode=spec.name, wire=spec, **kw)
-
-
-def flood(*args):
-    return subprocess.run([sys.executable, "-m", "socktools", "flood", *args], capture_output=True,
-                          text=True, timeout=60)
+flood = flood_cli
 
 
 @pytest.fixture
@@ -56,17 +47,22 @@ class PyHttpServer(_Peer):
         self.cmd = [sys.executable, "-u", "-m", "http.server", str(self.port), "--bind", "127.0.0.1",
                     "--directory", str(tmp / "www")]
 
-    def paths(self) -> list:
-        """The request paths it logged, in order (after :meth:`stop`)."""
-        self.stop()
-        err = self.proc.stderr.read().decode() if not self.proc.stderr.closed else ""
-        return re.findall(r'"GET (\S+) HTTP/1\.1"', err)
+    log = ""
 
-    def stop(self) -> None:   # keep stderr open: paths() reads it
+    def paths(self) -> list:
+        """The request paths it logged, in order (stops it first)."""
+        self.stop()
+        return re.findall(r'"GET (\S+) HTTP/1\.1"', self.log)
+
+    def stop(self) -> None:   # and keep its log (stderr) for paths()
         proc = getattr(self, "proc", None)
-        if proc is not None and proc.poll() is None:
+        if proc is None or proc.stderr.closed:
+            return
+        if proc.poll() is None:
             proc.terminate()
             proc.wait(5)
+        self.log = proc.stderr.read().decode(errors="replace")
+        proc.stderr.close()
 
 
 # ----------------------------------------------------------------- 1. failures fail the gate
@@ -115,14 +111,9 @@ def test_requests_cut_off_by_a_close_are_sent_again_as_they_were(tmp_path):
         stats = run_worker(config(server.port, WireSpec(mode="http", host="x", paths=("/a{seq}", "/b{seq}")),
                                   conns=1, pipeline=2, requests=12, duration=None), 0)
     assert stats.traffic_responses == 12 and stats.resent > 0
-    got = server.paths()
-    # One connection: seq 0 confirmed it, then 1..12 in turn, each sent until it was answered.
-    answered = []
-    for p in got:
-        if not answered or answered[-1] != p:
-            answered.append(p)
-    expected = [("/a%d" if i % 2 == 0 else "/b%d") % i for i in range(13)]
-    assert answered == expected
+    # One connection: seq 0 confirmed it, then 1..12, each handled once by the server (one
+    # request per connection: what it never read, it never logged), in order, none skipped.
+    assert server.paths() == [("/a%d" if i % 2 == 0 else "/b%d") % i for i in range(13)]
 
 
 def test_rotating_paths_keep_rotating_across_closes(tmp_path):
@@ -131,8 +122,10 @@ def test_rotating_paths_keep_rotating_across_closes(tmp_path):
     server = PyHttpServer(tmp_path)
     with server:
         stats = run_worker(config(server.port, WireSpec(mode="http", host="x", paths=("/", "/nope")),
-                                  conns=2, pipeline=2, requests=40, duration=None), 0)
-    assert stats.traffic_responses == 40
+                                  conns=1, pipeline=2, requests=40, duration=None), 0)
+    # One connection (how a shared quota splits over several is timing): seq 0, "/", confirmed
+    # it; then seq 1..40 answered in turn, /nope and / alternately, each close notwithstanding.
+    assert stats.traffic_responses == 40 and stats.resent > 0
     assert stats.reply_classes == {"2xx": 20, "4xx": 20}
 
 

@@ -24,7 +24,7 @@ import operator
 from typing import Optional
 
 from socktools.flood import stats as st
-from socktools.flood.session import Session, Slot
+from socktools.flood.session import Session, Slot, owed
 from socktools.core.loop import Connection, Protocol
 from socktools.wire.base import WireError
 
@@ -125,7 +125,9 @@ class Traffic(Confirm):
         slot, now = self.made(conn)
         self.opening -= 1
         s.reconnected()
-        if s.phase == "traffic" or (s.phase == "drain" and slot.backlog):
+        # In the drain, a reconnection that owes requests goes on: the cut-off ones queued for
+        # it, or one the pacer wrote while it was still connecting (open loop).
+        if s.phase == "traffic" or (s.phase == "drain" and owed(slot)):
             self.resume(conn, slot, now)
         else:
             conn.close()

@@ -108,16 +108,9 @@ def protocol_rules(cfg) -> str:
         return "RESP, the Redis protocol (a reply starts with + - : $ * and its lines end in CRLF)"
     if mode == "http":
         return "HTTP/1.1 (a status line, headers, a body framed by Content-Length, chunks or the close)"
-    if mode == "raw" and spec is not None:
-        if spec.reply_until_close:
-            chosen = "--reply-until-close"
-        elif spec.reply_until is not None:
-            chosen = f"--reply-until {spec.reply_until}"
-        elif spec.reply_bytes is not None:
-            chosen = f"--reply-bytes {spec.reply_bytes}"
-        else:
-            chosen = f"--reply-prefix {spec.reply_prefix}"
-        return f"the reply framing you chose ({chosen})"
+    if mode == "raw":
+        # (the protocol's own one-line description names the framing: "raw, replies until '\n'")
+        return f"the reply framing you chose ({describe(cfg).split(', pipeline')[0].partition(', ')[2]})"
     if mode == "line":
         return "the line protocol (one reply line, ending in a newline, per request)"
     if mode == "framed":

@@ -411,12 +411,12 @@ class _Worker:
         self.loop.call_later(max(0.0, (due - now) / _NS), self._tick)
 
     def _traffic_counts(self) -> tuple:
-        """(requests sent, answered) in the traffic so far: the loop's count of its sends,
-        and one latency record per answer (the histogram so far and what is not yet in it)."""
+        """(requests sent, answered) in the traffic so far: the loop's count of its sends, and
+        one latency record per answer (read after the latest ``take`` into ``self.hist``)."""
         traffic = self.session.traffic
         sent = traffic.requests_sent() if traffic is not None else 0
         hist = self.hist["latency"]
-        return sent, (hist.get_total_count() if hist else 0) + self.rec["latency"].total()
+        return sent, hist.get_total_count() if hist else 0
 
     def _tick(self) -> None:
         if self.channel is None or self.session.done:
