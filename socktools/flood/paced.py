@@ -177,6 +177,7 @@ class WriteOnly(OpenLoop):
         super().__init__(session, quota)
         self.late = 0              # due but not sent: the connection was above HIGH_WATER
         self.max_buffered = 0      # the most unsent bytes one connection held after a write
+        self.stopped = False
 
     def _send_due(self, conn: Connection, slot: Slot, due: int, now: int) -> Optional[bool]:
         if conn.pending > HIGH_WATER:
@@ -188,15 +189,23 @@ class WriteOnly(OpenLoop):
         if pending > self.max_buffered:
             self.max_buffered = pending
 
-    def stop(self) -> None:
-        """The traffic ended, and with nothing to await the run closes now: requests still
-        whole in flood's own buffer never reach the server, so they were not sent (with a fixed
-        request, exactly: a request only partly handed to the kernel is not sent whole, so not
-        counted).  A write-only run's requests sent are those the server could read whole."""
-        super().stop()
+    def _buffered(self) -> int:
+        """Requests written but not yet wholly handed to the kernel (with a fixed request,
+        exactly: one partly handed over is not sent whole); 0 when requests vary in size."""
         size = len(self.s.fixed_request or b"")
-        if size:
-            self.sent -= sum(-(-conn.pending // size) for conn in self.order if not conn.closed)
+        if not size:
+            return 0
+        return sum(-(-conn.pending // size) for conn in self.order if not conn.closed)
+
+    def requests_sent(self) -> int:
+        """Requests the server could read whole: with nothing to await, the run closes as the
+        traffic ends, and what is still in flood's own buffer then never reaches the server."""
+        return self.sent if self.stopped else self.sent - self._buffered()
+
+    def stop(self) -> None:
+        super().stop()
+        self.sent -= self._buffered()     # dropped as the run closes
+        self.stopped = True
 
     def data_received(self, conn: Connection, data: bytes) -> None:
         """Whatever the peer says is read (bytes in counts it) and dropped."""

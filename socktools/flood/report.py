@@ -309,7 +309,7 @@ def render_table(result: FloodResult, checked: Optional[list] = None) -> str:
         if cfg.rate:
             req += f" (asked {cfg.rate:,g}/s)"
         if c["unanswered"]:
-            req += f" · {_n(c['unanswered'])} unanswered at the end"
+            req += f" · {_n(c['unanswered'])} never answered"
         if c["resent"]:
             req += f" · {_n(c['resent'])} sent again (pipelined past the server's close)"
         lines.append(req)
