@@ -272,6 +272,17 @@ def test_accept_status_turns_a_failure_into_a_reply():
     assert p.feed(FAIL + MISSING) == 2 and p.failures == []
 
 
+def test_accept_status_adds_to_the_default_and_a_bang_takes_away():
+    from socktools.wire.http import parse_accept
+    assert {200, 204, 301, 404} <= parse_accept(("404",)) and 500 not in parse_accept(("404",))
+    both = parse_accept(("4xx,5xx",))
+    assert 200 in both and 404 in both and 503 in both
+    assert not any(c in parse_accept(("!2xx",)) for c in range(200, 300))
+    assert 404 in parse_accept(("!2xx", "404")) and 301 not in parse_accept(("!301",))
+    with pytest.raises(ValueError, match="optionally after !"):
+        parse_accept(("!6xx",))
+
+
 @needs_httptools
 def test_a_close_delimited_body_ends_at_eof():
     p = http().parser()

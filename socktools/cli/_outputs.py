@@ -71,7 +71,8 @@ def output_options(fn):
         click.option("--threshold", "thresholds", multiple=True, callback=_parse_thresholds,
                      metavar="EXPR",
                      help="Pass/fail criterion, repeatable: p99<5ms, p50<1ms, connect_p99<50ms, "
-                          "errors==0, rps>10000.  A failed one makes flood exit with code 99."),
+                          "errors==0 (every failure, failed replies included), reply_failures==0, "
+                          "rps>10000.  A failed one makes flood exit with code 99."),
         click.option("--report", type=click.Path(dir_okay=False), callback=_writable, metavar="FILE.html",
                      help="Write a self-contained HTML report (plots; opens offline).  "
                           f"Needs matplotlib ({PACKAGES['report'].install})."),

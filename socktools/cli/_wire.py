@@ -39,7 +39,8 @@ _OPTIONS = [
     click.option("--header", "headers", multiple=True, metavar="'K: V'", help="http: a request header (repeatable)."),
     click.option("--body", default=None, metavar="TEXT|@FILE", help="http: the request body."),
     click.option("--accept-status", multiple=True, metavar="CODES",
-                 help="http: statuses that are not failures, e.g. 404 or 4xx,5xx.  [default: 1xx-3xx]"),
+                 help="http: statuses that are not failures, added to 1xx-3xx, e.g. 404 or 4xx,5xx; "
+                      "!CODE or !CLASS takes one away (!2xx: a 2xx is a failure)."),
     click.option("--protocol", "plugin", metavar="MODULE:CLASS", default=None,
                  help="Your own exchange protocol class (see docs/plugins.md); --command texts go to it."),
 ]

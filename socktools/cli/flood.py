@@ -318,7 +318,10 @@ def failure_reason(result) -> str | None:
         return None
     if c["established"] == 0:
         return "no connection could be established"
-    if c["responses"] == 0:
+    write_only = result.config.wire is not None and result.config.wire.no_reply
+    if c["traffic_requests"] and not c["traffic_responses"] and not write_only:
+        # (the confirming round trips do not count: a server that answers them and then
+        # goes silent answered nothing of the traffic)
         return "no request was answered"
     if c["lost"] >= c["established"]:
         return f"every connection was lost ({c['lost']:,} of {c['established']:,} closed or reset by the server)"

@@ -44,7 +44,8 @@ _MAX_TABLE = 20
               help="Read packets from a pcap/pcapng file instead of an interface (no privilege needed).")
 @click.option("--decode", type=click.Choice(["auto", "framed", "raw", "none", "redis", "http", "line"]),
               default="auto", show_default=True,
-              help="Payloads: auto = framed protocol when it parses, else a hex/ASCII preview; "
+              help="Payloads: auto = the framed protocol, redis, http or line, whichever parses "
+                   "the start of each stream, else a hex/ASCII preview; "
                    "redis/http/line = those messages, by the parsers flood uses.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per packet, then a summary object.")
 @click.option("--quiet", "-q", is_flag=True, help="No packet lines, only the closing summary.")
@@ -152,7 +153,8 @@ def command(ctx, iface, port, expression, count, timeout, write, read, decode, a
         die(str(failure))
     if summary.truncated:
         # tcpdump says "truncated dump file"; a script must not take a cut file for a whole one
-        die(f"{read}: truncated capture file ({summary.truncated}); read "
+        # summary.truncated starts "at byte N:", so the line names the file, the offset, the cut
+        die(f"{read}: {summary.truncated}: truncated capture file, read "
             f"{summary.read_packets:,} complete packet{'s' if summary.read_packets != 1 else ''}",
             EXIT_FAILED)
 
@@ -252,6 +254,9 @@ class _Output:
             else:
                 drop = f"{s.kernel_dropped:,} DROPPED" if s.kernel_dropped else "0 dropped"
                 lines.append(f"    kernel: {s.kernel_received:,} received by filter, {drop}{buf}")
+            if s.undrained:
+                lines.append(f"    {s.undrained:,} packets the kernel took were still unread in the "
+                             f"{what} when the capture stopped: not shown")
         if s.written is not None:
             lines.append(f"    wrote {s.written:,} packets to {s.write_path}")
         if s.non_tcp:

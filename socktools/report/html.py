@@ -84,9 +84,10 @@ def _thresholds(doc: dict) -> str:
 
 def _failures(doc: dict) -> str:
     errs = doc.get("errors") or []
-    if not errs:
-        body = '<p class="quiet">No failures: every connection and request succeeded.</p>'
-    else:
+    replies = [(what, doc.get(key) or {}) for what, key in (("traffic", "reply_failures"),
+                                                           ("confirming", "confirm_reply_failures"))]
+    body = ""
+    if errs:
         rows = [[_e(e["phase"]), f"<code>{_e(e['error'])}</code>", _n(e["count"]),
                  _e(e.get("meaning") or ""), _e(e.get("fix") or "")] for e in errs]
         body = _table(["phase", "error", "count", "what it means", "what to do"], rows, "failures")
@@ -94,7 +95,21 @@ def _failures(doc: dict) -> str:
     if perr:
         body += "<p>Protocol errors by kind: " + ", ".join(f"<code>{_e(k)}</code> {_n(v)}"
                                                           for k, v in sorted(perr.items())) + "</p>"
-    return f"<section><h2>Failures by phase and error ({_n(doc.get('errors_total', 0))})</h2>{body}</section>"
+    # Replies that arrived whole but failed (an HTTP 404 or 500, a redis -ERR): failures too.
+    samples = doc.get("reply_samples") or {}
+    rows = []
+    for what, table in replies:
+        for kind, details in sorted(table.items()):
+            for detail, n in sorted(details.items(), key=lambda kv: -kv[1])[:10]:
+                rows.append([_e(what), f"<code>{_e(kind)}</code>", _e(detail), _n(n),
+                             f"<code>{_e(samples.get(kind, ''))}</code>"])
+    if rows:
+        body += "<h3>Failed replies</h3>" + _table(["replies", "kind", "detail", "count", "first bytes"],
+                                                   rows, "failures")
+    if not body:
+        body = '<p class="quiet">No failures: every connection and request succeeded.</p>'
+    total = doc.get("failures_total", doc.get("errors_total", 0))
+    return f"<section><h2>Failures ({_n(total)})</h2>{body}</section>"
 
 
 def _latency_table(doc: dict) -> str:
@@ -232,7 +247,7 @@ def render(doc: dict) -> str:
     if checked:
         verdict = (f'<span class="pill bad big">{len(failed)} of {len(checked)} thresholds failed</span>'
                    if failed else f'<span class="pill ok big">all {len(checked)} thresholds passed</span>')
-    errors_total = doc.get("errors_total", 0)
+    errors_total = doc.get("failures_total", doc.get("errors_total", 0))
     churn = doc.get("mode") == "connect"     # the cycles are the traffic; no round trips of their own
     if churn:
         lat, what = doc.get("first_reply_us") or {}, "connect to first reply"

@@ -15,7 +15,7 @@ close of the connection (``eof``).  A response that announces the close
 body whatever their headers say; llhttp is told so by its
 ``on_headers_complete`` returning 1, which httptools does not pass on, so
 :class:`HeadParser` frames them here, up to the blank line.  Status classes are tallied; a status the
-user did not accept (default: 4xx and 5xx) is a failure ``http-4xx`` /
+user did not accept (default: 4xx and 5xx; ``--accept-status`` adds to the accepted) is a failure ``http-4xx`` /
 ``http-5xx`` tallied by code.  Bodies are counted, never buffered, in flood.
 """
 
@@ -51,23 +51,37 @@ def require_httptools(feature: str = "--mode http"):
     return httptools
 
 
+#: Statuses that are not failures unless ``--accept-status`` says otherwise: 1xx to 3xx.
+_DEFAULT_ACCEPT = frozenset(range(100, 400))
+
+
 def parse_accept(values: Sequence[str]) -> frozenset:
-    """``("404", "5xx")`` -> the set of accepted codes (classes expanded); raises ValueError."""
-    codes: set = set()
+    """``("404", "5xx")`` -> the set of accepted codes; raises ValueError.
+
+    Each item *adds* a code or a class to the default (1xx-3xx): ``404`` accepts a 404 and
+    still every 2xx.  An item with a ``!`` takes a code or class away: ``!2xx`` makes every
+    2xx a failure (checking that a server refuses), ``!301`` one code.  Items apply in order.
+    """
+    codes: set = set(_DEFAULT_ACCEPT)
     for v in values:
         for item in v.split(","):
             item = item.strip().lower()
+            reject = item.startswith("!")
+            item = item[1:].strip() if reject else item
             if len(item) == 3 and item[0] in "12345" and item[1:] == "xx":
                 base = int(item[0]) * 100
-                codes.update(range(base, base + 100))
+                these = set(range(base, base + 100))
             elif item.isdigit() and 100 <= int(item) <= 599:
-                codes.add(int(item))
+                these = {int(item)}
             else:
-                raise ValueError(f"{item!r} is not a status code (100-599) or class (2xx)")
+                raise ValueError(f"{item!r} is not a status code (100-599) or class (2xx), "
+                                 f"optionally after ! to reject it (!2xx)")
+            if reject:
+                codes -= these
+            else:
+                codes |= these
     return frozenset(codes)
 
-
-_DEFAULT_ACCEPT = frozenset(range(100, 400))
 
 #: What an HTTP exchange asks for when no --path is given.
 DEFAULT_PATHS = ("/",)
