@@ -41,8 +41,17 @@ _OUTPUT_ERRNOS = frozenset(getattr(errno, n) for n in ("EPIPE", "ENOSPC", "EDQUO
                            if hasattr(errno, n))
 
 
+#: Exit status when the reader of our stdout went away (``socktools sockets | head``):
+#: 128 + SIGPIPE, what ss, grep and every C tool the signal ends report.
+EXIT_SIGPIPE = 128 + 13
+
+
 def _output_failed(exc: OSError) -> "NoReturn":  # noqa: F821
-    """Say it in one line on stderr; silence stdout so the exit flush cannot fail again; exit 1."""
+    """Say it in one line on stderr; silence stdout so the exit flush cannot fail again; exit 1.
+
+    A closed pipe is the exception: the reader had what it wanted (``| head``), which is a
+    normal end, so it ends quietly with :data:`EXIT_SIGPIPE`, as ss and grep do.
+    """
     from socktools.errors import errno_name
     what = f"write {exc.filename}" if exc.filename else "write output"
     try:
@@ -52,7 +61,9 @@ def _output_failed(exc: OSError) -> "NoReturn":  # noqa: F821
         os.close(devnull)
     except (OSError, AttributeError, ValueError):
         pass
-    reason = {errno.EPIPE: "the reader closed the pipe early"}.get(exc.errno, exc.strerror or "")
+    if exc.errno == errno.EPIPE and not exc.filename:
+        sys.exit(EXIT_SIGPIPE)
+    reason = exc.strerror or ""
     try:
         sys.stderr.write(f"socktools: cannot {what}: {errno_name(exc.errno)} (errno {exc.errno}) - {reason}\n")
         sys.stderr.flush()
@@ -93,7 +104,13 @@ class LazyGroup(click.Group):
 
     def invoke(self, ctx):
         # Inside click's own handler, which would swallow EPIPE with no word.
-        return _guard_output(lambda: super(LazyGroup, self).invoke(ctx))
+        try:
+            return _guard_output(lambda: super(LazyGroup, self).invoke(ctx))
+        except KeyboardInterrupt:
+            # A command with no report of its own to print (request, explain...): Ctrl-C ends
+            # it with 130 (README's table), not click's "Aborted!" and 1.
+            from socktools.cli._common import EXIT_INTERRUPTED, die
+            die("interrupted", EXIT_INTERRUPTED)
 
     def list_commands(self, ctx):
         return list(COMMANDS)
@@ -127,6 +144,56 @@ class _Lines(click.types.StringParamType):
 _LINES = _Lines()
 
 
+class _Bool(click.types.BoolParamType):
+    """A flag's variable: click's own error lists an empty string first among the values."""
+
+    def convert(self, value, param, ctx):
+        try:
+            return super().convert(value, param, ctx)
+        except click.BadParameter:
+            self.fail(f"{value!r} is not a valid boolean: use 1, true, yes, on or 0, false, no, off",
+                      param, ctx)
+
+
+_BOOL = _Bool()
+
+#: Key in ``ctx.meta``: names of the parameters whose value came from their variable.
+_FROM_ENV = "socktools.from_env"
+
+
+_FROM_VARIABLE_CLASSES: dict = {}
+
+
+def _from_variable(cls: type) -> type:
+    """``cls`` (an option class), made to blame a value its variable gave on the variable:
+    ``SOCKTOOLS_FLOOD_CONNS=abc (for '--conns')``, in click's messages and in
+    :func:`socktools.cli._common.build_config`'s alike.  Every option that has a variable
+    gets it (:func:`_name_envvars`).
+
+    click records where a value came from only after converting it, so the source is
+    noted here, as the value is read.  (A direct subclass: CPython refuses to swap an
+    object's class for one with a mixin in front.)
+    """
+    if cls not in _FROM_VARIABLE_CLASSES:
+        class FromVariable(cls):
+            def consume_value(self, ctx, opts):
+                value, source = super().consume_value(ctx, opts)
+                if source is click.core.ParameterSource.ENVIRONMENT:
+                    ctx.meta.setdefault(_FROM_ENV, set()).add(self.name)
+                return value, source
+
+            def get_error_hint(self, ctx):
+                hint = super().get_error_hint(ctx)
+                if ctx is not None and self.name in ctx.meta.get(_FROM_ENV, ()):
+                    from socktools.cli._common import shown
+                    return f"{self.envvar}={shown(os.environ.get(self.envvar, ''))} (for {hint})"
+                return hint
+
+        FromVariable.__name__ = FromVariable.__qualname__ = cls.__name__
+        _FROM_VARIABLE_CLASSES[cls] = FromVariable
+    return _FROM_VARIABLE_CLASSES[cls]
+
+
 def _name_envvars(name: str, command: click.Command) -> None:
     """Every visible option reads ``SOCKTOOLS_<COMMAND>_<OPTION>``, named after the flag users type.
 
@@ -141,6 +208,9 @@ def _name_envvars(name: str, command: click.Command) -> None:
             if flags:
                 flag = max(param.opts, key=len) if any(o.startswith("--") for o in param.opts) else flags[0]
                 param.envvar = f"SOCKTOOLS_{name.upper()}_{flag.lstrip('-').upper().replace('-', '_')}"
+                param.__class__ = _from_variable(type(param))
+                if type(param.type) is click.types.BoolParamType:
+                    param.type = _BOOL
                 if (param.multiple and flag in ONE_PER_LINE
                         and type(param.type) is click.types.StringParamType):
                     param.type = _LINES
@@ -170,3 +240,21 @@ def main(ctx):
     """
     from socktools.cli._common import STARTED_KEY
     ctx.meta[STARTED_KEY] = time.time()
+    _warn_unknown_variables(ctx)
+
+
+def _warn_unknown_variables(ctx) -> None:
+    """One line on stderr for each ``SOCKTOOLS_*`` variable no option reads (a typo would
+    otherwise be ignored without a word), naming the closest real one."""
+    given = sorted(k for k in os.environ if k.startswith("SOCKTOOLS_"))
+    if not given:
+        return          # the common case costs nothing: no command module is imported
+    known = {p.envvar for name in COMMANDS for p in main.get_command(ctx, name).params
+             if isinstance(p, click.Option) and isinstance(p.envvar, str)}
+    import difflib
+    for name in given:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            click.echo(f"socktools: warning: ignoring {name}: no option reads it{hint}; "
+                       f"see docs/environment.md", err=True)

@@ -15,6 +15,22 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 3
 EXIT_THRESHOLD = 99
+#: 128 + the signal, as a shell reports a process the signal ended: Ctrl-C (SIGINT)
+#: before anything could be reported, and SIGTERM after the report was printed.
+EXIT_INTERRUPTED = 128 + 2
+EXIT_SIGTERM = 128 + 15
+
+
+def shown(text: str) -> str:
+    """``text`` as the user typed it, fit for a message: bytes that are not UTF-8 (which
+    arrive surrogate-escaped) as ``\\xff``, quoted when it has spaces or is empty."""
+    import os
+    import shlex
+    try:
+        raw = os.fsencode(text)
+    except UnicodeError:               # a lone surrogate that no command line can carry
+        return ascii(text)
+    return shlex.quote(raw.decode("utf-8", "backslashreplace"))
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, None: 1.0, "m": 60.0, "h": 3600.0}
@@ -177,7 +193,7 @@ def _option_hint(ctx, field: str) -> str:
     is one (``--max-conns``), else the field spelled as an option."""
     for param in (ctx.command.params if ctx is not None else ()):
         if param.name == field and getattr(param, "opts", None):
-            return "'" + "' / '".join(o for o in param.opts if o.startswith("--")) + "'"
+            return param.get_error_hint(ctx)   # names its variable when the value came from it
     return f"'--{field.replace('_', '-')}'"
 
 
