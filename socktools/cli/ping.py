@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import signal
 import time
 
 import click
 
-from socktools.cli._common import DURATION, EXIT_FAILED, EXIT_UNAVAILABLE, PORT, die, warn_target
+from socktools.cli._common import DURATION, EXIT_FAILED, EXIT_SIGTERM, EXIT_UNAVAILABLE, PORT, die, warn_target
 
 
 def _split_host_port(host: str, port):
@@ -80,8 +81,8 @@ def command(host, port, count, interval, timeout, icmp, as_json):
     with no privilege and through firewalls that drop ICMP.  Failures name
     the errno (ECONNREFUSED: nothing listens; ETIMEDOUT: no answer).  --icmp
     sends ICMP echo instead and names ICMP errors in words.  HOST defaults to
-    127.0.0.1; Ctrl-C stops early and still prints the summary.  Exit status
-    1 when no probe succeeded.
+    127.0.0.1; Ctrl-C or SIGTERM stops early and still prints the summary.
+    Exit status 1 when no probe succeeded; 143 when SIGTERM stopped it.
 
     \b
     Examples:
@@ -117,6 +118,14 @@ def command(host, port, count, interval, timeout, icmp, as_json):
     results = []
     start = time.monotonic()
     interrupted = False
+    terminated = []
+
+    def on_sigterm(signum, frame):
+        # SIGTERM (timeout, systemd, kill) stops the probes like Ctrl-C: the summary still prints.
+        terminated.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         for probe in probes(config, target):
             results.append(probe)
@@ -126,6 +135,8 @@ def command(host, port, count, interval, timeout, icmp, as_json):
         die(str(exc), EXIT_UNAVAILABLE)
     except KeyboardInterrupt:
         interrupted = True
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     elapsed = time.monotonic() - start
     stats = summarize(results)
     if as_json:
@@ -139,5 +150,7 @@ def command(host, port, count, interval, timeout, icmp, as_json):
         click.echo("")
         for line in _summary_lines(target, stats, elapsed, icmp):
             click.echo(line)
+    if terminated:
+        raise SystemExit(EXIT_SIGTERM)
     if stats.received == 0:
         raise SystemExit(EXIT_FAILED)
