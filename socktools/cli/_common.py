@@ -15,6 +15,21 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 3
 EXIT_THRESHOLD = 99
+#: The most connections a command may ask for: ten times the largest run measured on one
+#: machine (1,000,000); a machine runs out of kernel memory (~6 KiB a socket) far sooner,
+#: and a typo must not become a plan for 10^20 sockets (and an `ulimit -n` advice to match).
+MAX_CONNS = 10_000_000
+#: The most processes a command may start: far past any machine's CPUs (flood's plan already
+#: warns at 4 per CPU), and each one costs ~24 MiB and two of the parent's descriptors.
+MAX_PROCESSES = 1024
+#: The most requests, probes, packets or refreshes a count may ask for: 2**53, the largest
+#: integer a JSON number (an IEEE double) holds exactly -- every count lands in a --json.
+MAX_COUNT = 2 ** 53
+#: listen()'s backlog: the kernel trims it to net.core.somaxconn anyway, and 65,535 is what
+#: that could hold until Linux 5.4 (and what nginx and redis document as the ceiling).
+MAX_BACKLOG = 65_535
+
+
 #: 128 + the signal, as a shell reports a process the signal ended: Ctrl-C (SIGINT)
 #: before anything could be reported, and SIGTERM after the report was printed.
 EXIT_INTERRUPTED = 128 + 2

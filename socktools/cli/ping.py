@@ -8,7 +8,8 @@ import time
 
 import click
 
-from socktools.cli._common import DURATION, EXIT_FAILED, EXIT_SIGTERM, EXIT_UNAVAILABLE, PORT, die, warn_target
+from socktools.cli._common import (DURATION, EXIT_FAILED, EXIT_SIGTERM, EXIT_UNAVAILABLE, MAX_COUNT, PORT, die,
+                                   warn_target)
 
 
 def _split_host_port(host: str, port):
@@ -65,7 +66,7 @@ def _summary_lines(target, stats, elapsed_s: float, icmp: bool) -> list[str]:
 @click.argument("host", default="127.0.0.1", metavar="[HOST]")
 @click.option("--port", "-p", type=PORT, default=None,
               help="TCP port to connect to  [default: 65432, or HOST:PORT]")
-@click.option("--count", "-c", type=click.IntRange(min=0), default=4, show_default=True,
+@click.option("--count", "-c", type=click.IntRange(0, MAX_COUNT), default=4, show_default=True,
               help="Probes to send; 0 = until Ctrl-C.")
 @click.option("--interval", "-i", type=DURATION, default="1s", show_default=True,
               help="Time between the starts of two probes (500ms, 1s...).")
