@@ -120,7 +120,10 @@ class LazyGroup(click.Group):
         if module is None:
             return None
         command = importlib.import_module(f"socktools.cli.{module}").command
-        _name_envvars(name, command)
+        if not getattr(command, "_socktools_wired", False):
+            _name_envvars(name, command)
+            _check_text(command)
+            command._socktools_wired = True
         return command
 
 
@@ -129,6 +132,73 @@ class LazyGroup(click.Group):
 #: (``SOCKTOOLS_FLOOD_COMMAND='SET k v'``); click's default splits on whitespace, which
 #: suits token lists (``--threshold``, ``--state``, ``--accept-status``) and is kept for them.
 ONE_PER_LINE = frozenset({"--send", "--command", "--path", "--header"})
+
+
+#: Options whose value goes on the wire as the bytes typed, escapes and all: bytes that are
+#: not UTF-8 are sent as they are (wire.escapes.typed_bytes).  Every other text option and
+#: argument needs text (a host, a JSON value, a module name...) and refuses them.
+AS_TYPED = frozenset({"--send", "--reply-until", "--reply-match", "--command", "--path", "--header", "--body"})
+
+
+def _not_text(value: str) -> "str | None":
+    """Why ``value`` (as the command line decoded it, PEP 383) is not text, or None."""
+    try:
+        value.encode("utf-8")
+        return None
+    except UnicodeEncodeError as exc:
+        raw = value[exc.start]
+        if 0xDC80 <= ord(raw) <= 0xDCFF:
+            return f"byte 0x{ord(raw) - 0xDC00:02x} at position {exc.start} is not UTF-8"
+        return f"U+{ord(raw):04X} at position {exc.start} is a lone surrogate"
+
+
+class _Text(click.types.StringParamType):
+    """Text that must be UTF-8: an option that is not sent as typed (:data:`AS_TYPED`)."""
+
+    def convert(self, value, param, ctx):
+        value = super().convert(value, param, ctx)
+        why = _not_text(value) if isinstance(value, str) else None
+        if why:
+            from socktools.cli._common import shown
+            self.fail(f"{shown(value)} is not UTF-8 text: {why}", param, ctx)
+        return value
+
+
+_TEXT = _Text()
+
+
+class _FileName(click.ParamType):
+    """A :class:`click.Path` that first refuses a name no file can have (a lone surrogate, which
+    ``os.fsencode`` cannot turn back into bytes); any bytes a command line carries are a name."""
+
+    def __init__(self, path: click.Path) -> None:
+        self.path = path
+        self.name = path.name
+
+    def __getattr__(self, attr):
+        return getattr(self.path, attr)
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str):
+            try:
+                os.fsencode(value)
+            except UnicodeEncodeError:
+                self.fail(f"{ascii(value)} cannot be a file name: "
+                          f"{_not_text(value)}", param, ctx)
+        return self.path.convert(value, param, ctx)
+
+    def shell_complete(self, ctx, param, incomplete):
+        return self.path.shell_complete(ctx, param, incomplete)
+
+
+def _check_text(command: click.Command) -> None:
+    """Every text parameter of ``command`` refuses bytes that are not UTF-8 with a usage error
+    naming it, unless it is sent as typed (:data:`AS_TYPED`); file names take any bytes."""
+    for param in command.params:
+        if type(param.type) is click.types.StringParamType and not set(param.opts) & AS_TYPED:
+            param.type = _TEXT
+        elif type(param.type) is click.Path:
+            param.type = _FileName(param.type)
 
 
 class _Lines(click.types.StringParamType):

@@ -39,13 +39,9 @@ EXIT_SIGTERM = 128 + 15
 def shown(text: str) -> str:
     """``text`` as the user typed it, fit for a message: bytes that are not UTF-8 (which
     arrive surrogate-escaped) as ``\\xff``, quoted when it has spaces or is empty."""
-    import os
     import shlex
-    try:
-        raw = os.fsencode(text)
-    except UnicodeError:               # a lone surrogate that no command line can carry
-        return ascii(text)
-    return shlex.quote(raw.decode("utf-8", "backslashreplace"))
+    from socktools.wire.escapes import readable
+    return shlex.quote(readable(text))
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, None: 1.0, "m": 60.0, "h": 3600.0}

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from typing import Optional, Sequence
 
-__all__ = ["EscapeError", "unescape", "typed_bytes", "Template", "PLACEHOLDERS"]
+__all__ = ["EscapeError", "unescape", "typed_bytes", "readable", "Template", "PLACEHOLDERS"]
 
 PLACEHOLDERS = ("seq", "conn")
 
@@ -39,6 +39,15 @@ def typed_bytes(text: str) -> bytes:
         bad = text[exc.start]
         raise EscapeError(f"U+{ord(bad):04X} at position {exc.start} of {ascii(text)} is a lone "
                           f"surrogate, not text (write bytes as \\xHH)") from None
+
+
+def readable(text: str) -> str:
+    """``text`` fit to print: each byte that was not UTF-8 on the command line as ``\\xHH``
+    (a stream in a UTF-8 locale refuses the surrogate that stands for it)."""
+    try:
+        return typed_bytes(text).decode("utf-8", "backslashreplace")
+    except EscapeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def unescape(text: str) -> bytes:

@@ -24,7 +24,7 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 from socktools.wire.base import SAMPLE_BYTES, Failure, Parser, Reply, WireError, WireProtocol
-from socktools.wire.escapes import EscapeError, Template, rotation, typed_bytes
+from socktools.wire.escapes import EscapeError, Template, readable, rotation, typed_bytes
 
 __all__ = ["HttpProtocol", "HttpParser", "HeadParser", "require_httptools", "parse_accept", "KEEP_BODY",
            "MAX_HEAD"]
@@ -137,7 +137,7 @@ class HttpProtocol(WireProtocol):
         return HttpParser(self.accept, self.tally)
 
     def describe(self) -> str:
-        return f"http, {self.method} " + " ".join(self.paths)
+        return f"http, {self.method} " + " ".join(readable(p) for p in self.paths)
 
 
 class HttpParser(Parser):
