@@ -76,7 +76,10 @@ def _writable(ctx, param, value):
     try:
         fd = os.open(value, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666)
     except OSError as exc:
-        raise click.BadParameter(f"cannot write {value!r}: {exc.strerror}", ctx=ctx, param=param) from None
+        parent = os.path.dirname(os.path.abspath(value))
+        why = (f"directory {parent} does not exist" if not os.path.isdir(parent)
+               else exc.strerror)
+        raise click.BadParameter(f"cannot write {value!r}: {why}", ctx=ctx, param=param) from None
     os.close(fd)
     if st is None:
         os.unlink(value)     # made only to try: the run writes it, or leaves no empty file behind
