@@ -201,3 +201,10 @@ def test_ping_on_sigterm_prints_the_summary_and_exits_143(closed_port):
     assert proc.returncode == 143, (out, err)
     assert "ping statistics" in out and "probe" in out, out
     assert "Traceback" not in err, err
+
+
+def test_a_scheduler_address_without_port_is_a_usage_error(closed_port):
+    # dask raised "ValueError: missing port number" from inside the run: a traceback
+    r = _run(["flood", "--cluster", "abc", "--port", str(closed_port[1]), "--requests", "1"])
+    assert r.exit_code == 2, (r.output, r.exception)
+    assert "--cluster" in r.output and "8786" in r.output, r.output
