@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 
 import pytest
 from click.testing import CliRunner
@@ -156,10 +158,23 @@ def test_a_closed_stdout_pipe_ends_quietly(args):
     assert proc.returncode == 128 + signal.SIGPIPE
 
 
-def _popen(*args):
+@contextlib.contextmanager
+def _running(*args):
+    """``socktools ARGS`` with unbuffered pipes; killed on the way out if the test left it running,
+    and after 60 s in any case (a read of its output that never comes then ends too)."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.Popen(socktools_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    proc = subprocess.Popen(socktools_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             stdin=subprocess.DEVNULL, env=env, text=True)
+    deadline = threading.Timer(60, proc.kill)
+    deadline.start()
+    with proc:
+        try:
+            yield proc
+        finally:
+            deadline.cancel()
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
 
 
 def test_request_on_ctrl_c_exits_130_without_aborted():
@@ -167,25 +182,21 @@ def test_request_on_ctrl_c_exits_130_without_aborted():
         listener.bind(("127.0.0.1", 0))
         listener.listen()
         listener.settimeout(30)
-        proc = _popen("request", "--port", str(listener.getsockname()[1]), "--timeout", "60s", "search", "x")
-        try:
+        with _running("request", "--port", str(listener.getsockname()[1]), "--timeout", "60s",
+                      "search", "x") as proc:
             conn, _ = listener.accept()          # it connected...
             with conn:
                 conn.settimeout(30)
                 assert conn.recv(65536)          # ...and sent: it now waits for the answer
                 proc.send_signal(signal.SIGINT)
                 out, err = proc.communicate(timeout=30)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
     assert proc.returncode == 130, (out, err)
     assert "Aborted" not in err and "Traceback" not in err, err
 
 
 def test_ping_on_sigterm_prints_the_summary_and_exits_143(closed_port):
-    proc = _popen("ping", "127.0.0.1", "-p", str(closed_port[1]), "--count", "0", "--interval", "50ms")
-    try:
+    with _running("ping", "127.0.0.1", "-p", str(closed_port[1]), "--count", "0",
+                  "--interval", "50ms") as proc:
         lines = []
         for line in proc.stdout:                 # wait until a probe has been shown
             lines.append(line)
@@ -194,10 +205,6 @@ def test_ping_on_sigterm_prints_the_summary_and_exits_143(closed_port):
         assert any("seq=" in x for x in lines), lines
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert proc.returncode == 143, (out, err)
     assert "ping statistics" in out and "probe" in out, out
     assert "Traceback" not in err, err
