@@ -227,7 +227,7 @@ def test_a_fast_reader_is_said_to_keep_up_and_no_difference_is_negative():
     difference printed under "steady state"."""
     from socktools.stall.report import render_report
     with ThreadSink() as sink:                  # not reading yet: the first send() blocks for sure
-        with Staller(StallConfig(timeout=0.5, settle=0.3), sink) as st:
+        with Staller(StallConfig(timeout=1.0, settle=0.3), sink) as st:
             st.connect()
             assert st.fill().blocked
             sink.drain()                        # now it reads as fast as it can, 1 MiB per recv()
@@ -236,7 +236,7 @@ def test_a_fast_reader_is_said_to_keep_up_and_no_difference_is_negative():
             report = st.report()
     snap = report.snapshot
     assert not settle.steady
-    # what it read in half a second is many times what both queues hold: it keeps up
+    # what it read in a second is many times what both queues hold: it keeps up
     assert -snap.arithmetic.difference > 4 * (snap.sender.sndbuf + sink.rcvbuf)
     text = render_report(report)
     assert "reads a little" not in text and "at the steady state" not in text, text
