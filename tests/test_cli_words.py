@@ -215,3 +215,13 @@ def test_a_scheduler_address_without_port_is_a_usage_error(closed_port):
     r = _run(["flood", "--cluster", "abc", "--port", str(closed_port[1]), "--requests", "1"])
     assert r.exit_code == 2, (r.output, r.exception)
     assert "--cluster" in r.output and "8786" in r.output, r.output
+
+
+def test_a_result_file_that_fails_after_the_run_is_named_without_socket_advice(tmp_path, capsys):
+    from socktools.cli._outputs import Outputs, write_outputs
+    path = str(tmp_path / "gone" / "x.csv")          # its directory went away during the run
+    with pytest.raises(SystemExit) as info:
+        write_outputs({"latency_us": {}, "intervals": []}, Outputs(csv=path))
+    assert info.value.code == 1
+    err = capsys.readouterr().err
+    assert path in err and "man 7 socket" not in err, err

@@ -149,7 +149,9 @@ def write_outputs(doc: dict, outputs: Outputs) -> list:
             with open(outputs.report, "w", encoding="utf-8") as f:
                 f.write(page)
             notes.append(f"wrote {outputs.report} ({len(page.encode()) / 1024:,.0f} KiB)")
-    except OSError as exc:
-        from socktools.errors import one_line
-        die(one_line(exc, "write the result files"))
+    except OSError as exc:   # checked before the run; a full disk can still come: name the file
+        from socktools.cli._common import shown
+        from socktools.errors import errno_name
+        what = shown(exc.filename) if isinstance(exc.filename, str) else "the result files"
+        die(f"cannot write {what}: {errno_name(exc.errno)} (errno {exc.errno}) - {exc.strerror}")
     return notes
