@@ -111,7 +111,7 @@ def test_sniff_write_path_is_checked_before_capture(tmp_path):
 
 #: Arguments after the value tried that end the command before it does anything lasting,
 #: should the value pass: a body-level check that fails, or a run that ends at once.
-_SENTINEL = {"flood": ["--duration", "100ms"], "ping": ["--interval", "1ms"],
+_SENTINEL = {"flood": ["--duration", "100ms"], "ping": ["--interval", "1ms"], "stall": ["--rcvbuf", "4k"],
              "sniff": ["-r", "/nonexistent.pcap"], "serve": ["--max-buffered", "1"]}
 
 
@@ -127,15 +127,22 @@ _SENTINEL = {"flood": ["--duration", "100ms"], "ping": ["--interval", "1ms"],
     (["sniff", "--count", "99999999999999999999"], "--count"),
     (["serve", "--max-conns", "99999999999999999999"], "--max-conns"),
     (["serve", "--backlog", "99999999999999999999"], "--backlog"),
+    (["stall", "--chunk", "99999999999999999999"], "--chunk"),
+    (["stall", "--sndbuf", "99999999999999999999"], "--sndbuf"),
+    (["flood", "--size", "99999999999999999999"], "--size"),
+    (["ping", "--timeout", "99999999999999999999h"], "--timeout"),
+    (["stall", "--timeout", "99999999999999999999h"], "--timeout"),
+    (["flood", "--rate", "nan"], "--rate"),
+    (["flood", "--connect-rate", "1e999"], "--connect-rate"),
 ])
 def test_out_of_range_integers_are_usage_errors_naming_the_range(args, option, closed_port):
     extra = _SENTINEL.get(args[0], [])
-    if args[0] in ("flood", "ping"):
+    if args[0] in ("flood", "ping", "stall"):
         extra = extra + ["--port", str(closed_port[1])]
     r = _run(args + extra)
     assert r.exit_code == 2, r.output
     assert f"'{option}'" in r.output and "ulimit" not in r.output, r.output
-    assert "<=" in r.output or " to " in r.output, r.output
+    assert "<=" in r.output or " to " in r.output or "at most" in r.output, r.output
 
 
 # ------------------------------------------------------------------ exit codes (15)

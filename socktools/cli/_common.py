@@ -43,6 +43,16 @@ def shown(text: str) -> str:
     from socktools.wire.escapes import readable
     return shlex.quote(readable(text))
 
+#: The longest duration any option takes (timeouts, intervals, run lengths): a year is longer
+#: than anyone means, and far below where sleep() and socket timeouts overflow time_t.
+MAX_DURATION = 366 * 86400.0
+#: The largest size any option takes (payloads, chunks, socket buffers, caps): 2 GiB - 1, what
+#: setsockopt's C int holds; one message or send() chunk beyond it is a typo here.
+MAX_BYTES = (1 << 31) - 1
+#: The fastest --rate / --connect-rate: a billion per second is beyond any machine (the
+#: fastest loopback runs measured here are ~10^6/s); inf and nan are typos, not rates.
+MAX_RATE = 1e9
+
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, None: 1.0, "m": 60.0, "h": 3600.0}
 
@@ -62,9 +72,12 @@ class Duration(click.ParamType):
         if isinstance(value, (int, float)):
             return float(value)
         try:
-            return parse_duration(value)
+            seconds = parse_duration(value)
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
+        if seconds > MAX_DURATION:
+            self.fail(f"{value!r} is more than a year: at most {MAX_DURATION / 86400:.0f} days", param, ctx)
+        return seconds
 
 
 class ByteSize(click.ParamType):
@@ -80,7 +93,10 @@ class ByteSize(click.ParamType):
         if not m:
             self.fail(f"{value!r} is not a size in bytes (examples: 4096, 64k, 1M)", param, ctx)
         mult = {"": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}[m.group(2).lower()]
-        return int(m.group(1)) * mult
+        size = int(m.group(1)) * mult
+        if size > MAX_BYTES:
+            self.fail(f"{value!r} is more than 2 GiB: at most {MAX_BYTES:,} bytes", param, ctx)
+        return size
 
 
 class Port(click.ParamType):
@@ -139,7 +155,24 @@ class LazyOption(click.Option):
         return value() if isinstance(value, LazyDefault) else value
 
 
+class Rate(click.ParamType):
+    """Per second, more than 0 and at most :data:`MAX_RATE` (not inf, not nan)."""
+
+    name = "FLOAT"
+
+    def convert(self, value, param, ctx):
+        try:
+            rate = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number per second", param, ctx)
+        if not 0 < rate <= MAX_RATE:      # false for nan too
+            self.fail(f"{value!r} is out of range: more than 0, at most {MAX_RATE:,.0f} per second",
+                      param, ctx)
+        return rate
+
+
 DURATION = Duration()
+RATE = Rate()
 BYTESIZE = ByteSize()
 PORT = Port()
 

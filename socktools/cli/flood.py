@@ -9,7 +9,7 @@ import sys
 import click
 
 from socktools.cli._common import (BYTESIZE, DURATION, EXIT_FAILED, EXIT_THRESHOLD, EXIT_UNAVAILABLE,
-                                   MAX_CONNS, MAX_COUNT, MAX_PROCESSES, PORT, build_config, die,
+                                   MAX_CONNS, MAX_COUNT, MAX_PROCESSES, PORT, RATE, build_config, die,
                                    parse_address_range, warn_target)
 from socktools.cli._outputs import output_options, write_outputs
 from socktools.cli._wire import given_params, option_name, wire_options, wire_spec
@@ -81,10 +81,10 @@ EXIT_SIGTERM = 128 + 15
               help="Length of the traffic phase.  [default: 10s; with --requests: at most 10m]")
 @click.option("--requests", "-n", type=click.IntRange(0, MAX_COUNT), default=None,
               help="Stop after this many requests in all (connect mode: connections).")
-@click.option("--rate", "-r", type=float, default=None, metavar="REQ/S",
+@click.option("--rate", "-r", type=RATE, default=None, metavar="REQ/S",
               help="Open loop: send this many requests/s in total on a fixed schedule; latency "
                    "counts from the scheduled time.  [default: closed loop, as fast as answered]")
-@click.option("--connect-rate", type=float, default=None, metavar="CONN/S",
+@click.option("--connect-rate", type=RATE, default=None, metavar="CONN/S",
               help="Open at most this many connections/s in total.  [default: as fast as they confirm]")
 @click.option("--connect-timeout", type=DURATION, default="5s", show_default=True, metavar="DURATION",
               help="From connect() to the first reply; later ones count as failed (timeout).")
