@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import socket
+import threading
 import time
 
 import click
@@ -102,11 +103,11 @@ def _names(output: str, command: click.Command, param: click.Parameter) -> bool:
     return any(re.search(rf"(?<![\w-]){re.escape(o)}(?![\w-])", output) for o in param.opts)
 
 
-def _invoke(runner, args):
+def _invoke(runner, args, env=None):
     previous = signal.signal(signal.SIGALRM, _alarm)
     signal.alarm(DEADLINE)
     try:
-        return runner.invoke(main, args, catch_exceptions=True)
+        return runner.invoke(main, args, env=env, catch_exceptions=True)
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
@@ -133,29 +134,43 @@ def test_every_text_option_of_every_command_takes_non_utf8_bytes_without_a_trace
                     after = [] if flag in _AFTER.get(name, [])[:1] else _AFTER.get(name, [])
                     args = [name, *_base(name, port, str(empty)), *_mode_for(command, param),
                             flag, bad, *after, *_POSITIONAL.get(name, [])]
-                result = _invoke(runner, args)
-                ran += 1
-                what = f"{' '.join(map(ascii, args))} -> exit {result.exit_code}"
-                exc = result.exception
-                if exc is not None and not isinstance(exc, SystemExit):
-                    problems.append(f"{what}: uncaught {type(exc).__name__}: {exc}")
-                    continue
-                if result.exit_code not in (0, 1, 2, 3):
-                    problems.append(f"{what}: {result.output[-300:]}")
-                elif "Traceback" in result.output:
-                    problems.append(f"{what}: a traceback in the output")
-                elif result.exit_code == 2:
-                    named = [p for p in command.params if _names(result.output, command, p)]
-                    if not named:
-                        problems.append(f"{what}: a usage error naming no option: {result.output[-300:]}")
-                    elif "UTF-8" in result.output and param not in named:
-                        problems.append(f"{what}: the text refusal names another option: "
-                                        f"{result.output[-300:]}")
+                runs = [(args, None)]
+                if isinstance(param, click.Option) and param.envvar and bad != "\ud800":
+                    # the same bytes from the option's variable (an environment holds no lone surrogate)
+                    at = max(i for i, a in enumerate(args) if a == flag and args[i + 1] is bad)
+                    runs.append((args[:at] + args[at + 2:], {param.envvar: bad}))
+                for args, env in runs:
+                    problems += _check(runner, command, param, args, env)
+                    ran += 1
     elapsed = time.monotonic() - started
     assert seen == set(COMMANDS)
     assert ran > 100, ran
     assert not problems, f"{len(problems)} of {ran} invocations:\n" + "\n".join(problems)
     assert elapsed < SWEEP_BUDGET, f"the sweep took {elapsed:.0f} s for {ran} invocations"
+
+
+def _check(runner, command, param, args, env) -> list:
+    """What is wrong with one invocation: [] when it ended as a user should see it end."""
+    result = _invoke(runner, args, env)
+    what = (f"{' '.join(f'{k}={ascii(v)}' for k, v in (env or {}).items())} "
+            f"{' '.join(map(ascii, args))} -> exit {result.exit_code}")
+    exc, out = result.exception, result.output
+    if exc is not None and not isinstance(exc, SystemExit):
+        return [f"{what}: uncaught {type(exc).__name__}: {exc}"]
+    if result.exit_code not in (0, 1, 2, 3):
+        return [f"{what}: {out[-300:]}"]
+    if "Traceback" in out:
+        return [f"{what}: a traceback in the output"]
+    if result.exit_code != 2:
+        return []
+    named = [p for p in command.params if _names(out, command, p)]
+    if not named:
+        return [f"{what}: a usage error naming no option: {out[-300:]}"]
+    if "UTF-8" in out and param not in named:
+        return [f"{what}: the text refusal names another option: {out[-300:]}"]
+    if "UTF-8" in out and env and param.envvar not in out:
+        return [f"{what}: the refusal does not name the variable: {out[-300:]}"]
+    return []
 
 
 @pytest.mark.parametrize("args", [
@@ -169,7 +184,6 @@ def test_bytes_on_the_wire_are_sent_as_typed(args):
         listener.bind(("127.0.0.1", 0))
         listener.listen()
         port = listener.getsockname()[1]
-        import threading
         got = bytearray()
 
         def serve():
