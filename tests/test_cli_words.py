@@ -71,19 +71,26 @@ def test_a_header_without_colon_is_blamed_on_header(closed_port):
     assert "'--header'" in r.output and "'--path'" not in r.output, r.output
 
 
-def test_workers_asked_for_get_a_note_not_a_refusal():
+def test_workers_asked_for_get_a_note_not_a_refusal(monkeypatch):
+    from socktools.flood import limits
     from socktools.flood.config import FloodConfig
-    from socktools.flood.limits import CPU_OVERSUBSCRIPTION, cpu_count, plan
-    workers = CPU_OVERSUBSCRIPTION * cpu_count() + 1
+    from socktools.flood.limits import CPU_OVERSUBSCRIPTION, plan
+    monkeypatch.setattr(limits, "cpu_count", lambda: 2)            # the 2-CPU machine
+    monkeypatch.setattr(limits, "mem_available", lambda: 8 << 30)
+    workers = CPU_OVERSUBSCRIPTION * 2 + 1
     cfg = FloodConfig(conns=workers + 1, workers=workers, embedded=True, duration=1.0)
     p = plan(cfg, workers_given=True)
     assert not p.refusals, p.refusals
     note = [n for n in p.notes if "--workers" in n]
     assert note and "fewer --conns" not in note[0], p.notes
-    # flood's own choice of too many processes is still refused
-    chosen = plan(FloodConfig(conns=workers + 1, workers=0, embedded=True, server_workers=workers,
+    # --server-workers asked for: a note too, advising fewer of those
+    served = plan(FloodConfig(conns=workers + 1, workers=0, embedded=True, server_workers=workers,
                               duration=1.0), workers_given=False)
-    assert chosen.config.workers <= cpu_count() and not chosen.refusals
+    assert not served.refusals and any("fewer --server-workers" in n for n in served.notes), served.notes
+    # flood's own choice of too many processes is still refused (a low descriptor limit)
+    monkeypatch.setattr(limits, "fd_limits", lambda: (1000, 1000))
+    chosen = plan(FloodConfig(conns=20_000, workers=0, embedded=True, duration=1.0), workers_given=False)
+    assert any("CPU" in r for r in chosen.refusals), chosen.refusals
 
 
 @pytest.mark.parametrize("option", ["--csv", "--hgrm", "--hlog", "--report"])
