@@ -27,7 +27,8 @@ Any server, one exchange (the modes of flood):
 
 \b
 Exit codes: 0 answered; 1 refused, reset, timed out, closed early or a
-protocol error (one line says which, with the errno name).
+protocol error (one line says which, with the errno name); 2 a bad option;
+130 Ctrl-C.
 """
 
 
