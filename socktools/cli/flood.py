@@ -9,7 +9,8 @@ import sys
 import click
 
 from socktools.cli._common import (BYTESIZE, DURATION, EXIT_FAILED, EXIT_THRESHOLD, EXIT_UNAVAILABLE,
-                                   PORT, build_config, die, parse_address_range, warn_target)
+                                   MAX_CONNS, MAX_COUNT, MAX_PROCESSES, PORT, RATE, build_config, die,
+                                   parse_address_range, warn_target)
 from socktools.cli._outputs import output_options, write_outputs
 from socktools.cli._wire import given_params, option_name, wire_options, wire_spec
 from socktools.optional import PACKAGES
@@ -61,9 +62,9 @@ EXIT_SIGTERM = 128 + 15
               help="Server address (::1 for IPv6).  Without --port: where the embedded server binds.")
 @click.option("--port", "-p", type=PORT, default=None, metavar="PORT",
               help="Server port.  Omit it to let flood start its own server.")
-@click.option("--conns", "-c", type=click.IntRange(min=1), default=100, show_default=True,
+@click.option("--conns", "-c", type=click.IntRange(1, MAX_CONNS), default=100, show_default=True,
               help="Concurrent connections (connect mode: concurrent connect/close slots).")
-@click.option("--workers", "-w", type=click.IntRange(min=1), default=None,
+@click.option("--workers", "-w", type=click.IntRange(1, MAX_PROCESSES), default=None,
               help="Worker processes.  [default: one per CPU, half of them with the embedded "
                    "server, more if the fd limit needs it]")
 @click.option("--mode", "-m", type=click.Choice(["echo", "framed", "connect", "raw", "line", "redis", "http"]),
@@ -80,19 +81,19 @@ EXIT_SIGTERM = 128 + 15
 @click.option("--value", default="morpheus", show_default=True, help="framed: request value.")
 @click.option("--duration", "-d", type=DURATION, default=None, metavar="DURATION",
               help="Length of the traffic phase.  [default: 10s; with --requests: at most 10m]")
-@click.option("--requests", "-n", type=click.IntRange(min=0), default=None,
+@click.option("--requests", "-n", type=click.IntRange(0, MAX_COUNT), default=None,
               help="Stop after this many requests in all (connect mode: connections).")
-@click.option("--rate", "-r", type=float, default=None, metavar="REQ/S",
+@click.option("--rate", "-r", type=RATE, default=None, metavar="REQ/S",
               help="Open loop: send this many requests/s in total on a fixed schedule; latency "
                    "counts from the scheduled time.  [default: closed loop, as fast as answered]")
-@click.option("--connect-rate", type=float, default=None, metavar="CONN/S",
+@click.option("--connect-rate", type=RATE, default=None, metavar="CONN/S",
               help="Open at most this many connections/s in total.  [default: as fast as they confirm]")
 @click.option("--connect-timeout", type=DURATION, default="5s", show_default=True, metavar="DURATION",
               help="From connect() to the first reply; later ones count as failed (timeout).")
 @click.option("--source", "source", default=None, metavar="ADDR-RANGE",
               help="Local addresses to spread connections over, e.g. 127.0.0.2-127.0.0.9 (each "
                    "has its own ~28k ephemeral ports).  [default: chosen when needed]")
-@click.option("--server-workers", type=click.IntRange(min=1), default=None,
+@click.option("--server-workers", type=click.IntRange(1, MAX_PROCESSES), default=None,
               help="Embedded server processes.  [default: enough for --conns]")
 @click.option("--interval", "-i", type=DURATION, default=None, metavar="DURATION",
               help="Print one progress row per interval (with --json: one NDJSON line).  The JSON, "

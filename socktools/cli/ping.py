@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import signal
 import time
 
 import click
 
-from socktools.cli._common import DURATION, EXIT_FAILED, EXIT_UNAVAILABLE, PORT, die, warn_target
+from socktools.cli._common import (DURATION, EXIT_FAILED, EXIT_SIGTERM, EXIT_UNAVAILABLE, MAX_COUNT, PORT, die,
+                                   warn_target)
 
 
 def _split_host_port(host: str, port):
@@ -30,7 +32,7 @@ def _split_host_port(host: str, port):
 @click.argument("host", default="127.0.0.1", metavar="[HOST]")
 @click.option("--port", "-p", type=PORT, default=None,
               help="TCP port to connect to  [default: 65432, or HOST:PORT]")
-@click.option("--count", "-c", type=click.IntRange(min=0), default=4, show_default=True,
+@click.option("--count", "-c", type=click.IntRange(0, MAX_COUNT), default=4, show_default=True,
               help="Probes to send; 0 = until Ctrl-C.")
 @click.option("--interval", "-i", type=DURATION, default="1s", show_default=True,
               help="Time between the starts of two probes (500ms, 1s...).")
@@ -46,8 +48,8 @@ def command(host, port, count, interval, timeout, icmp, as_json):
     with no privilege and through firewalls that drop ICMP.  Failures name
     the errno (ECONNREFUSED: nothing listens; ETIMEDOUT: no answer).  --icmp
     sends ICMP echo instead and names ICMP errors in words.  HOST defaults to
-    127.0.0.1; Ctrl-C stops early and still prints the summary.  Exit status
-    1 when no probe succeeded.
+    127.0.0.1; Ctrl-C or SIGTERM stops early and still prints the summary.
+    Exit status 1 when no probe succeeded; 143 when SIGTERM stopped it.
 
     \b
     Examples:
@@ -86,6 +88,14 @@ def command(host, port, count, interval, timeout, icmp, as_json):
     results = []
     start = time.monotonic()
     interrupted = False
+    terminated = []
+
+    def on_sigterm(signum, frame):
+        # SIGTERM (timeout, systemd, kill) stops the probes like Ctrl-C: the summary still prints.
+        terminated.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         for probe in probes(config, target):
             results.append(probe)
@@ -95,6 +105,8 @@ def command(host, port, count, interval, timeout, icmp, as_json):
         die(str(exc), EXIT_UNAVAILABLE)
     except KeyboardInterrupt:
         interrupted = True
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     elapsed = time.monotonic() - start
     stats = summarize(results)
     if as_json:
@@ -105,5 +117,7 @@ def command(host, port, count, interval, timeout, icmp, as_json):
         click.echo("")
         for line in summary_lines(target, stats, elapsed, icmp):
             click.echo(line)
+    if terminated:
+        raise SystemExit(EXIT_SIGTERM)
     if stats.received == 0:
         raise SystemExit(EXIT_FAILED)

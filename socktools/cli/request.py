@@ -29,6 +29,7 @@ Any server, one exchange (the modes of flood):
 Exit codes: 0 answered; 1 refused, reset, timed out, closed early or a
 protocol error (one line says which, with the errno name); 2 a bad option;
 3 an optional package is missing (--mode http: httptools).
+130 Ctrl-C.
 """
 
 

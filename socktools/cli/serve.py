@@ -7,8 +7,8 @@ import sys
 
 import click
 
-from socktools.cli._common import (BYTESIZE, DURATION, EXIT_FAILED, PORT, LazyChoice, LazyDefault,
-                                   LazyOption, build_config, die, setup_logging)
+from socktools.cli._common import (BYTESIZE, DURATION, EXIT_FAILED, MAX_BACKLOG, MAX_CONNS, PORT, LazyChoice,
+                                   LazyDefault, LazyOption, build_config, die, setup_logging)
 
 # The engine loads only when the command runs: `socktools --help` builds this
 # command (for its one-line help) and must not pull in the server, core or protocol.
@@ -71,7 +71,7 @@ def _raise_nofile() -> None:
               help="Port to bind; 0 picks a free one and prints it.")
 @click.option("--workers", "-w", type=click.IntRange(1, 256), default=1, show_default=True,
               help="Processes sharing the port (the parent binds and supervises).")
-@click.option("--max-conns", type=click.IntRange(0), default=0, show_default=True,
+@click.option("--max-conns", type=click.IntRange(0, MAX_CONNS), default=0, show_default=True,
               help="Cap on open connections in total (0 = none); beyond it the server stops "
                    "accepting and clients wait in the kernel's backlog.")
 @click.option("--idle-timeout", type=DURATION, default=None, metavar="DURATION",
@@ -89,7 +89,7 @@ def _raise_nofile() -> None:
                    "the connection is closed (slowloris).  0 = no deadline.")
 @click.option("--rcvbuf", type=BYTESIZE, default=None, help="SO_RCVBUF for accepted sockets (Linux doubles it).")
 @click.option("--sndbuf", type=BYTESIZE, default=None, help="SO_SNDBUF for accepted sockets (Linux doubles it).")
-@click.option("--backlog", type=click.IntRange(1), default=4096, show_default=True,
+@click.option("--backlog", type=click.IntRange(1, MAX_BACKLOG), default=4096, show_default=True,
               help="listen() backlog; the kernel caps it at net.core.somaxconn.")
 @click.option("--stats-interval", type=DURATION, default="10s", show_default=True, metavar="DURATION",
               help="Print statistics this often (0 = only the final summary).")

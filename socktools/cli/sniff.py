@@ -9,7 +9,8 @@ import sys
 
 import click
 
-from socktools.cli._common import BYTESIZE, DURATION, EXIT_FAILED, EXIT_UNAVAILABLE, EXIT_USAGE, PORT, die
+from socktools.cli._common import BYTESIZE, DURATION, EXIT_FAILED, EXIT_UNAVAILABLE, EXIT_USAGE, MAX_COUNT, PORT, die
+from socktools.cli._outputs import _writable
 
 _EXAMPLES = """\b
 Examples:
@@ -32,11 +33,11 @@ _MAX_TABLE = 20
               help="Only TCP traffic to or from this port (kernel filter 'tcp port P'; needs no libpcap).")
 @click.option("--filter", "-f", "expression", metavar="BPF",
               help="Any pcap-filter expression, e.g. 'tcp port 80 or icmp' (compiled by libpcap).")
-@click.option("--count", "-c", type=click.IntRange(min=1), default=None,
+@click.option("--count", "-c", type=click.IntRange(1, MAX_COUNT), default=None,
               help="Stop after this many packets.")
 @click.option("--timeout", "-t", type=DURATION, default=None,
               help="Stop after this long (e.g. 10s, 2m).")
-@click.option("--write", "-w", "write", metavar="FILE.pcap", type=click.Path(dir_okay=False),
+@click.option("--write", "-w", "write", metavar="FILE.pcap", type=click.Path(dir_okay=False), callback=_writable,
               help="Also save the packets: nanosecond pcap, or pcapng with each decoded message "
                    "as a packet comment when FILE ends in .pcapng (tcpdump/tshark/Wireshark open "
                    "both). Never follows a symlink, never overwrites the -r file.")

@@ -25,7 +25,7 @@ from typing import Optional, Sequence
 
 from socktools.optional import MissingPackage
 from socktools.wire.base import SAMPLE_BYTES, Failure, Parser, Reply, WireError, WireProtocol
-from socktools.wire.escapes import Template, rotation
+from socktools.wire.escapes import EscapeError, Template, readable, rotation, typed_bytes
 
 __all__ = ["HttpProtocol", "HttpParser", "HeadParser", "require_httptools", "parse_accept", "KEEP_BODY",
            "MAX_HEAD"]
@@ -53,6 +53,21 @@ def require_httptools(feature: str = "--mode http"):
 
 #: Statuses that are not failures unless ``--accept-status`` says otherwise: 1xx to 3xx.
 _DEFAULT_ACCEPT = frozenset(range(100, 400))
+
+
+class RequestPartError(ValueError):
+    """A part of the request the user gave is not HTTP; ``option`` names which (``--header``)."""
+
+    def __init__(self, option: str, message: str) -> None:
+        super().__init__(message)
+        self.option = option
+
+
+def _typed(option: str, text: str) -> bytes:
+    try:
+        return typed_bytes(text)
+    except EscapeError as exc:
+        raise RequestPartError(option, str(exc)) from None
 
 
 def parse_accept(values: Sequence[str]) -> frozenset:
@@ -98,16 +113,17 @@ class HttpProtocol(WireProtocol):
                  accept: Optional[frozenset] = None) -> None:
         require_httptools()
         method = method.upper()
-        if not method.isalpha():
-            raise ValueError(f"{method!r} is not an HTTP method")
+        if not (method.isascii() and method.isalpha()):
+            raise RequestPartError("--method", f"{method!r} is not an HTTP method")
         names = set()
         lines = []
         for h in headers:
             name, sep, value = h.partition(":")
             if not sep or not name.strip() or any(c in name for c in " \t\r\n"):
-                raise ValueError(f"{h!r} is not 'Name: value'")
+                raise RequestPartError("--header", f"{h!r} is not 'Name: value'")
             names.add(name.strip().lower())
             lines.append(f"{name.strip()}: {value.strip()}")
+            _typed("--header", lines[-1])       # a value may carry any byte the user typed
         head = []
         if "host" not in names:
             head.append(f"Host: {host}")
@@ -115,16 +131,16 @@ class HttpProtocol(WireProtocol):
             head.append("User-Agent: socktools")
         if body and "content-length" not in names:
             head.append(f"Content-Length: {len(body)}")
-        tail = ("\r\n".join(head + lines) + "\r\n\r\n").encode() + body
+        tail = typed_bytes("\r\n".join(head + lines) + "\r\n\r\n") + body
         self.method = method
         self.paths = tuple(paths or DEFAULT_PATHS)
         templates = []
         for p in self.paths:
             if not p.startswith("/") and p != "*":
-                raise ValueError(f"{p!r} does not start with /")
+                raise RequestPartError("--path", f"{p!r} does not start with /")
             if any(c in p for c in " \r\n"):
-                raise ValueError(f"{p!r} contains a space or a line break (percent-encode it)")
-            templates.append(Template(f"{method} {p} HTTP/1.1\r\n".encode()).plus(tail))
+                raise RequestPartError("--path", f"{p!r} contains a space or a line break (percent-encode it)")
+            templates.append(Template(_typed("--path", f"{method} {p} HTTP/1.1\r\n")).plus(tail))
         self.request = rotation(templates)
         self.fixed_request = templates[0].fixed if len(templates) == 1 else None
         self.shared_requests = not any("conn" in t.names for t in templates)
@@ -137,7 +153,7 @@ class HttpProtocol(WireProtocol):
         return HttpParser(self.accept, self.tally)
 
     def describe(self) -> str:
-        return f"http, {self.method} " + " ".join(self.paths)
+        return f"http, {self.method} " + " ".join(readable(p) for p in self.paths)
 
 
 class HttpParser(Parser):

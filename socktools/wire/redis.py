@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 
 from socktools.wire.base import (SAMPLE_BYTES, WHOLE_REPLY_BYTES, Failure, Parser, Reply, WholeReplies,
                                  WireError, WireProtocol)
-from socktools.wire.escapes import Template
+from socktools.wire.escapes import Template, readable
 
 __all__ = ["RedisProtocol", "RespParser", "encode_command", "MAX_BULK", "MAX_ELEMENTS"]
 
@@ -75,7 +75,7 @@ class RedisProtocol(WireProtocol):
         return RespParser(self.whole)
 
     def describe(self) -> str:
-        return "redis, " + " / ".join(f"`{t}`" for t in self.texts)
+        return "redis, " + " / ".join(f"`{readable(t)}`" for t in self.texts)
 
 
 def _compile(words: list):

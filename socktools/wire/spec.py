@@ -18,7 +18,7 @@ from typing import Optional
 
 from socktools.errors import OptionError
 from socktools.wire.base import WireProtocol
-from socktools.wire.escapes import EscapeError, Template, unescape
+from socktools.wire.escapes import EscapeError, Template, typed_bytes, unescape
 
 __all__ = ["WireSpec", "WireOptionError", "build", "load_plugin", "MODES", "STREAM_MODES", "stream_parser"]
 
@@ -149,7 +149,10 @@ def _templates(spec: WireSpec, option: str = "--send") -> list:
 def _match(spec: WireSpec) -> Optional[bytes]:
     if spec.reply_match is None:
         return None
-    pattern = spec.reply_match.encode()
+    try:
+        pattern = typed_bytes(spec.reply_match)   # a bytes pattern: it may match any byte typed
+    except EscapeError as exc:
+        raise WireOptionError("--reply-match", str(exc)) from None
     try:
         re.compile(pattern)
     except re.error as exc:
@@ -229,8 +232,8 @@ def build(spec: WireSpec) -> WireProtocol:
         try:
             return HttpProtocol(spec.host, method=spec.method, paths=tuple(spec.paths) or ("/",),
                                 headers=spec.headers, body=spec.body, accept=accept)
-        except (ValueError, EscapeError) as exc:
-            raise WireOptionError("--path", str(exc)) from None
+        except (ValueError, EscapeError) as exc:   # RequestPartError names its option
+            raise WireOptionError(getattr(exc, "option", "--path"), str(exc)) from None
     raise WireOptionError("--mode", f"unknown mode {mode!r} (known: {', '.join(MODES)})")
 
 
