@@ -65,3 +65,57 @@ def test_every_open_state_can_close_and_closed_is_final(state):
 def test_a_reply_cannot_confirm_a_connection_that_never_connected():
     with pytest.raises(lc.LifecycleError, match="allowed: closed, made"):
         lc.step(S(lc.CONNECTING), "confirmed")
+
+
+# ------------------------------------------------------------------ the rule, over flood's own source
+import ast  # noqa: E402
+import pathlib  # noqa: E402
+
+import socktools.flood  # noqa: E402
+
+FLOOD = pathlib.Path(socktools.flood.__file__).parent
+#: What only the session (with the lifecycle tables) may change: the worker's phase, a
+#: connection's state and confirmation, the session's own wiring, and every per-connection
+#: count of WorkerStats (attempted, connected ... cycles).  ``count`` (a connection's next seq)
+#: is the request maker's.
+OWNED = {"phase", "state", "confirmed", "connect_started", "reopen", "pacer_timer", "live",
+         "attempted", "connected", "established", "failed", "lost", "cancelled", "reconnects",
+         "resent", "unanswered", "confirm_requests", "confirm_responses", "cycles", "count"}
+#: Who may: the session and the tables; the request maker for ``count`` alone.  The cluster's
+#: client side has attributes of these names of its own (a list of lost shards, a count of
+#: Ctrl-Cs) and no connection: it is not a party to this rule.
+MAY = {"session.py": OWNED, "lifecycle.py": {"state"}, "requests.py": {"count"}}
+NOT_PARTIES = {"cluster.py", "cluster_run.py"}
+
+
+def violations(source: str, name: str) -> list:
+    """Lines of ``source`` that assign an OWNED attribute (or grow/shrink ``live``) unasked."""
+    allowed = MAY.get(name, set())
+    out = []
+    for node in ast.walk(ast.parse(source)):
+        targets = node.targets if isinstance(node, ast.Assign) else \
+            [node.target] if isinstance(node, (ast.AugAssign, ast.AnnAssign)) else []
+        for target in targets:
+            for sub in ast.walk(target):
+                if isinstance(sub, ast.Attribute) and sub.attr in OWNED and sub.attr not in allowed:
+                    out.append(f"{name}:{node.lineno}: {ast.unparse(target)}")
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and isinstance(node.func.value, ast.Attribute) and node.func.value.attr == "live"
+                and "live" not in allowed):
+            out.append(f"{name}:{node.lineno}: {ast.unparse(node)}")
+    return out
+
+
+def test_no_module_outside_the_session_assigns_a_phase_a_state_or_a_count():
+    found = []
+    for path in sorted(FLOOD.glob("*.py")):
+        if path.name not in NOT_PARTIES:
+            found += violations(path.read_text(), path.name)
+    assert found == []
+
+
+def test_the_rule_can_fail():
+    snippet = ("session.phase = 'ready'\nslot.state = 'x'\nself.stats.reconnects += 1\n"
+               "s.live.add(conn)\nslot.count -= 2\n")
+    assert len(violations(snippet, "worker.py")) == 5
+    assert violations("slot.count -= 2\n", "requests.py") == []

@@ -50,7 +50,7 @@ def test_pipelined_latencies_count_from_each_requests_own_send():
     spec = WireSpec(mode="redis", commands=("GET k:{seq}",))
     s, clock, proto = session(spec, pipeline=3, requests=5, duration=None)
     loop = ClosedLoop(s, 5)
-    s.start_traffic(loop, 5)
+    s.start_traffic(loop)
     slot = Slot(0, 0)
     slot.parser = proto.parser()
     conn = FakeConn(slot)
@@ -75,7 +75,7 @@ def test_pipelined_latencies_count_from_each_requests_own_send():
 def test_a_reply_with_nothing_in_flight_ends_the_connection_as_unsolicited():
     s, clock, proto = session(WireSpec(mode="redis"), requests=1, duration=None)
     loop = ClosedLoop(s, 1)
-    s.start_traffic(loop, 1)
+    s.start_traffic(loop)
     slot = Slot(0, 0)
     slot.parser = proto.parser()
     conn = FakeConn(slot)
@@ -87,7 +87,7 @@ def test_a_reply_with_nothing_in_flight_ends_the_connection_as_unsolicited():
 def test_server_errors_are_tallied_and_the_connection_goes_on():
     s, clock, proto = session(WireSpec(mode="redis"), requests=3, duration=None)
     loop = ClosedLoop(s, 3)
-    s.start_traffic(loop, 3)
+    s.start_traffic(loop)
     slot = Slot(0, 0)
     slot.parser = proto.parser()
     conn = FakeConn(slot)
@@ -103,32 +103,32 @@ def test_a_shared_request_is_rendered_once_and_is_every_connections_own_bytes():
     # Rotation over two commands, past the first block of the memo: each connection
     # still sends exactly what proto.request(seq, conn) says, in its own seq order.
     s, clock, proto = session(WireSpec(mode="redis", commands=("SET k:{seq} v", "GET k:{seq}")))
-    assert proto.shared_requests and s.memo == []
+    assert proto.shared_requests and s.maker.memo == []
     slots = [Slot(i, 0) for i in range(3)]
     for seq in range(600):
         for slot in slots:
             assert s.request(slot) == proto.request(seq, slot.index)
-    assert 600 <= len(s.memo) < 600 + 256           # rendered once, in blocks, for all three
-    assert s.memo[599] == b"*2\r\n$3\r\nGET\r\n$5\r\nk:599\r\n"
+    assert 600 <= len(s.maker.memo) < 600 + 256           # rendered once, in blocks, for all three
+    assert s.maker.memo[599] == b"*2\r\n$3\r\nGET\r\n$5\r\nk:599\r\n"
 
 
 def test_a_request_naming_its_connection_is_rendered_each_time():
     s, clock, proto = session(WireSpec(mode="raw", sends=("id {conn}:{seq}\\n",), reply_until="\\n"))
-    assert not proto.shared_requests and s.memo is None
+    assert not proto.shared_requests and s.maker.memo is None
     a, b = Slot(0, 0), Slot(7, 0)
     assert [s.request(a), s.request(b), s.request(b)] == [b"id 0:0\n", b"id 7:0\n", b"id 7:1\n"]
 
 
 def test_the_memo_stops_at_its_byte_bound_and_requests_stay_right(monkeypatch):
-    monkeypatch.setattr("socktools.flood.session.REQUEST_MEMO_BYTES", 1000)
+    monkeypatch.setattr("socktools.flood.requests.REQUEST_MEMO_BYTES", 1000)
     s, clock, proto = session(WireSpec(mode="raw", sends=("n={seq}\\n",), reply_until="\\n"))
     slot = Slot(0, 0)
     sent = [s.request(slot) for _ in range(2000)]
     assert sent == [b"n=%d\n" % i for i in range(2000)]
-    assert 1000 - 8 < s.memo_bytes <= 1000                # filled to the bound, never past it
+    assert 1000 - 8 < s.maker.memo_bytes <= 1000                # filled to the bound, never past it
     big = session(WireSpec(mode="raw", sends=("{seq}" + "x" * 600,), reply_until="\\n"))[0]
     fresh = Slot(0, 0)
-    assert [len(big.request(fresh)) for _ in range(3)] == [601] * 3 and len(big.memo) == 1
+    assert [len(big.request(fresh)) for _ in range(3)] == [601] * 3 and len(big.maker.memo) == 1
 
 
 class BatchLoop:
@@ -142,7 +142,7 @@ class BatchLoop:
 def test_a_batch_of_answers_sends_each_connection_its_next_shared_request():
     s, clock, proto = session(WireSpec(mode="redis", commands=("SET k:{seq} v",)), requests=100, duration=None)
     loop = ClosedLoop(s, 100)
-    s.start_traffic(loop, 100)
+    s.start_traffic(loop)
     batch = BatchLoop()
     conns = []
     for i in range(2):

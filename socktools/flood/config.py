@@ -136,7 +136,7 @@ class FloodConfig:
         if self.embedded and self.mode not in ("echo", "framed", "connect"):
             raise OptionError("port", f"--mode {self.mode} loads your server: give its --port")
         proto = build(self.wire_spec)   # validates the exchange options (WireOptionError)
-        if self.pipeline > 1 and getattr(proto, "until_close", False):
+        if self.pipeline > 1 and proto.until_close:
             raise OptionError("pipeline", "with --reply-until-close a connection carries one request: "
                                           "no --pipeline")
         if not proto.replies and self.rate is None:

@@ -45,15 +45,11 @@ class Confirm(Protocol):
     def __init__(self, session: Session) -> None:
         self.s = session
         self.proto = session.proto
-        self.surplus = getattr(session.proto, "surplus_kind", "unsolicited")
+        self.surplus = session.proto.surplus_kind
 
     def made(self, conn: Connection) -> tuple:
         """What every new connection gets: its connect time counted, its parser; (slot, now)."""
-        s = self.s
-        slot: Slot = conn.ctx
-        now = s.clock()
-        s.rec["connect"].record(now - slot.started)
-        s.stats.connected += 1
+        slot, now = self.s.made(conn)
         conn.read_size = self.proto.read_size
         slot.parser = self.proto.parser()
         return slot, now
@@ -66,7 +62,7 @@ class Confirm(Protocol):
             return
         slot.sent = now
         conn.write(s.request(slot))
-        s.stats.confirm_requests += 1
+        s.confirm_sent()
 
     def feed(self, conn: Connection, slot: Slot, data: bytes) -> int:
         """Replies completed by ``data`` (-1: the connection was ended for a protocol error)."""
@@ -230,7 +226,7 @@ class FixedLoop(Traffic):
         self.payload = session.proto.fixed_request
         self.size = session.proto.reply_size
         # Echo: the reply must be the request's bytes; raw --reply-bytes: any bytes of that size.
-        self.expect = self.payload if session.proto.name == "echo" else None
+        self.expect = self.payload if session.proto.echoes else None
         self.counts = self.latency.counts
         self.max_value = st.HIGHEST
 
@@ -355,8 +351,6 @@ class ClosedLoop(Traffic):
         may_close = s.may_close
         request = s.request
         fixed = s.fixed_request
-        memo = s.memo if s.memo is not None else ()
-        remembered = len(memo)
         out_c: list = []
         out_d: list = []
         sent = 0
@@ -392,13 +386,7 @@ class ClosedLoop(Traffic):
                 except IndexError:
                     self.latency.record(value)
                 times.append(now)
-                if fixed is not None:
-                    out_d.append(fixed)
-                elif slot.count < remembered:    # Session.request, inlined: a shared request
-                    out_d.append(memo[slot.count])
-                    slot.count += 1
-                else:
-                    out_d.append(request(slot))
+                out_d.append(fixed if fixed is not None else request(slot))
             else:
                 pop = times.popleft
                 for _ in range(n):

@@ -64,7 +64,7 @@ class OpenLoop(Traffic):
         return self.start_ns + int(n * _NS / self.rate)
 
     def _pace(self) -> None:
-        self.s.pacer_timer = None
+        self.s.paced()
         self._dispatch()
 
     def time_up(self) -> None:

@@ -1,21 +1,30 @@
-"""The phase machine of one flood worker: the narrow interface its exchange loops call.
+"""One flood worker's session: the verbs its exchange loops and its connect pump call, and
+the one place where a phase, a connection's state or a count changes.
 
-A worker's traffic goes connect -> ready -> traffic -> drain -> close.  The
-exchange loops (:mod:`socktools.flood.exchange`) see only this object: the
-clock, the recorders, the request maker (``{seq}`` numbering), the quota,
-the pacer's timer, and the verbs of a run -- ``confirmed``, ``answered``,
-``failed`` (a reply that counts as a failure), ``broken`` (a protocol error:
-the connection ends), ``peer_closed``, ``lost``, ``unsend``, ``reconnected``,
-``time_up``, ``end_traffic``.  The worker owns the sockets and the connect
-pump; it learns of connections that settle through the one ``settled``
-callback it passes in.
+The rules -- which phase or state follows which, on what event -- are the tables of
+:mod:`socktools.flood.lifecycle`; this object fires their events as things happen and never
+writes a state by hand.  A worker goes connect -> ready -> traffic -> drain -> close; each
+connection connecting -> confirming -> ready -> traffic -> draining -> closed (a replacement
+opened during the traffic: reopening -> traffic).  Collaborators come in through the
+constructor: the clock, the loop, the statistics, the protocol, and the worker's callbacks
+(``settled``: a connection left the connect phase; ``connecting``: how many are still
+opening; ``reopen``: open a replacement connection).
 
-Counting: each count is taken where its event happens, by these verbs --
-a confirming reply in ``confirmed``, a failed reply in ``failed`` (confirming
-ones apart), a reconnection when it is made, a request never answered
-(``unanswered``, tallied as the error ``no-reply``) when the connection that
-owed it ends, or when the drain does.  Requests sent and answered in the
-traffic are the traffic loop's own counts (its quota, its latency records).
+The verbs, by who calls them.  The connect pump: ``begin_connect``, ``opening``,
+``open_failed``, ``reopening``, ``adopt``, ``reopen_failed``, ``connected_all``.  The exchange
+loops: ``made``, ``confirm_sent``, ``confirmed``, ``failed`` (a reply that counts as a
+failure), ``broken`` (a protocol error: the connection ends), ``peer_closed``, ``lost``,
+``unsend``, ``reconnected``, ``answered``, ``pace``/``paced``, ``end_traffic``.  The worker:
+``start_traffic``, ``time_up``, ``end_traffic``, ``close_all``.
+
+Counting: each count is taken where its event happens, by these verbs -- a connection
+attempted in ``opening``, made in ``made``, a confirming request and reply in
+``confirm_sent`` and ``confirmed``, a failed reply in ``failed`` (confirming ones apart), a
+reconnection when it is made, a request never answered (``unanswered``, tallied as the error
+``no-reply``) when the connection that owed it ends, or when the drain does.  Requests sent
+and answered in the traffic are the traffic loop's own counts (its quota, its latency records).
+``tests/test_flood_lifecycle.py`` checks that no other module of flood assigns a phase, a
+state or one of these counts.
 """
 
 from __future__ import annotations
@@ -24,8 +33,10 @@ import time
 from typing import Any, Callable, Optional
 
 from socktools import errors
+from socktools.flood import lifecycle as lc
 from socktools.flood import stats as st
 from socktools.flood.config import FloodConfig
+from socktools.flood.requests import RequestMaker
 from socktools.wire.base import SAMPLE_BYTES, WireError, WireProtocol
 
 __all__ = ["Session", "Slot", "owed", "NO_QUOTA"]
@@ -35,28 +46,21 @@ _NS = 1_000_000_000
 #: "No quota": a count that a run bounded to a day never reaches.
 NO_QUOTA = 1 << 62
 
-#: Bytes of rendered requests a worker keeps for reuse (``shared_requests``: request
-#: ``seq`` is the same on every connection, so it is rendered once, not once per
-#: connection -- formatting a number costs more than a round trip's other Python work).
-#: 8 MiB is about a third of a flood worker's own resident size with 10,000 connections;
-#: at 40-byte requests it holds the first ~100,000 of every connection.  Past it,
-#: requests are rendered each time, as for templates with ``{conn}``.
-REQUEST_MEMO_BYTES = 8 << 20
-#: Requests rendered at a time as the memo grows: one call per block, not per request.
-_MEMO_BLOCK = 256
-
 #: Distinct failure details kept per kind (an -ERR text, a status): a server
 #: answering with ever-new texts must not grow the tally without bound.
 MAX_DETAILS = 32
 
 
 class Slot:
-    """Per-connection state (``conn.ctx``); slotted to keep memory per connection small."""
+    """Per-connection state (``conn.ctx``); slotted to keep memory per connection small.
+
+    ``state`` is the connection's place in :data:`socktools.flood.lifecycle.CONNECTION`,
+    moved by the session's verbs only."""
 
     __slots__ = ("index", "started", "got", "sent", "due", "backlog", "parser", "times", "dues",
-                 "count", "confirmed", "failed")
+                 "count", "confirmed", "failed", "state")
 
-    def __init__(self, index: int, started: int) -> None:
+    def __init__(self, index: int, started: int, state: str = lc.CONNECTING) -> None:
         self.index = index
         self.started = started
         self.got = 0            # fixed-size replies: bytes of the current one received
@@ -67,7 +71,9 @@ class Slot:
         self.times = None       # pipelined: send times of the requests in flight (deque)
         self.dues = None        # pipelined --rate: their scheduled times (deque)
         self.count = 0          # requests made for this connection: the next one's {seq}
-        self.confirmed = False
+        self.state = state
+        # A replacement opened during the traffic is confirmed by its predecessor's replies.
+        self.confirmed = state == lc.REOPENING
         self.failed = False
 
 
@@ -80,7 +86,7 @@ def owed(slot: Slot) -> int:
 class Session:
     def __init__(self, config: FloodConfig, index: int, loop: Any, clock: Callable[[], int],
                  stats: st.WorkerStats, proto: WireProtocol, settled: Callable[[Any], None],
-                 connecting: Callable[[], int]) -> None:
+                 connecting: Callable[[], int], reopen: Optional[Callable[[int, Any], Any]] = None) -> None:
         self.config = config
         self.index = index
         self.loop = loop
@@ -89,8 +95,9 @@ class Session:
         self.proto = proto
         self.settled = settled               # worker: a connection left the connect phase
         self.connecting = connecting         # worker: connections not yet confirmed or failed
+        self.reopen = reopen                 # worker: (index, protocol) -> a replacement conn
         self.rec = {name: st.Recorder() for name in st.HISTOGRAMS}
-        self.phase = "connect"
+        self.machine = lc.worker_machine(index)
         self.done = False
         self.live: set = set()               # confirmed connections still open
         self.outstanding = 0                 # drain: answers still owed
@@ -101,65 +108,80 @@ class Session:
         self.drain_started = 0
         self.connect_started = 0
         self.pacer_timer = None
-        fixed = proto.fixed_request
-        self.fixed_request = fixed
-        # Request seq's bytes, shared by every connection (see REQUEST_MEMO_BYTES).
-        self.memo: Optional[list] = [] if fixed is None and getattr(proto, "shared_requests", False) else None
-        self.memo_bytes = 0
+        self.maker = RequestMaker(proto)
+        self.fixed_request = self.maker.fixed
+        self.request = self.maker.request    # (bound once: one call per request, as before)
+        self.requests = self.maker.requests
         # A reply may announce the server's close (HTTP): the traffic loops then reconnect.
-        self.may_close = bool(getattr(proto, "may_close", False))
-        self.reopen: Optional[Callable[[int, Any], Any]] = None   # worker: (index, protocol) -> conn
+        self.may_close = proto.may_close
+
+    @property
+    def phase(self) -> str:
+        """The worker's phase (:data:`socktools.flood.lifecycle.WORKER`)."""
+        return self.machine.state
 
     # ------------------------------------------------------------ for the exchange loops
     def now(self) -> int:
         return self.clock()
 
-    def request(self, slot: Slot) -> bytes:
-        """The next request's bytes for ``slot``'s connection.
-
-        ``seq`` counts the requests of one connection (0, 1, 2...), so that
-        rotating templates alternate on each connection -- ``set key:{conn}``
-        then ``get key:{conn}`` reads what it wrote -- and ``{conn}:{seq}`` is
-        unique over the run.
-        """
-        fixed = self.fixed_request
-        if fixed is not None:
-            return fixed
-        seq = slot.count
-        slot.count = seq + 1
-        memo = self.memo
-        if memo is not None:
-            try:
-                return memo[seq]
-            except IndexError:
-                return self._remember(seq, slot.index)
-        return self.proto.request(seq, slot.index)
-
-    def _remember(self, seq: int, conn: int) -> bytes:
-        """Request ``seq`` past the memo's end: render the next block into it (a
-        connection asks for seq 0, 1, 2... in turn, so ``seq`` is the memo's length)."""
-        memo = self.memo
-        make = self.proto.request
-        first = make(seq, conn)
-        if seq != len(memo):
-            return first
-        used = self.memo_bytes + len(first)
-        if used > REQUEST_MEMO_BYTES:     # (a --send-file request may be large)
-            return first
-        block = [first]
-        for i in range(seq + 1, seq + _MEMO_BLOCK):
-            request = make(i, conn)
-            if used + len(request) > REQUEST_MEMO_BYTES:
-                break
-            block.append(request)
-            used += len(request)
-        memo += block
-        self.memo_bytes = used
-        return first
-
     def pace(self, delay_ns: int, callback: Callable[[], None]) -> None:
         """Run the pacer again in ``delay_ns``; end_traffic cancels it."""
         self.pacer_timer = self.loop.call_later(delay_ns / _NS, callback)
+
+    def paced(self) -> None:
+        """The pacer's timer fired (nothing to cancel any more)."""
+        self.pacer_timer = None
+
+    # ------------------------------------------------------------ for the connect pump
+    def begin_connect(self) -> int:
+        """The connect phase (or a churn run's traffic) starts now: its rate counts from here."""
+        now = self.connect_started = self.clock()
+        return now
+
+    def opening(self, index: int) -> Slot:
+        """Connection ``index`` is about to be opened: one attempt more; its slot."""
+        self.stats.attempted += 1
+        return Slot(index, self.clock())
+
+    def open_failed(self, exc: OSError) -> None:
+        """A connection could not even be started (no socket, no source port...)."""
+        s = self.stats
+        st.add_tally(s.errors, getattr(exc, "phase", "socket"), errors.exception_key(exc))
+        s.failed += 1
+
+    def reopening(self, index: int) -> Slot:
+        """A replacement for connection ``index`` is about to be opened (traffic or drain)."""
+        return Slot(index, self.clock(), lc.REOPENING)
+
+    def adopt(self, conn: Any) -> None:
+        """A replacement connection is on its way: it counts as live from now on."""
+        self.live.add(conn)
+
+    def reopen_failed(self, exc: Optional[OSError]) -> None:
+        """A replacement failed at once (``exc``: it could not even be started)."""
+        s = self.stats
+        if exc is not None:
+            st.add_tally(s.errors, getattr(exc, "phase", "socket"), errors.exception_key(exc))
+        s.lost += 1
+
+    def connected_all(self) -> None:
+        """Every connection of the connect phase is confirmed or failed: wait for "go"."""
+        self.machine.fire("connected")
+
+    # ------------------------------------------------------------ a connection's life
+    def made(self, conn: Any) -> tuple:
+        """The handshake of ``conn`` completed: its connect time counted; (slot, now)."""
+        slot: Slot = conn.ctx
+        now = self.clock()
+        self.rec["connect"].record(now - slot.started)
+        self.stats.connected += 1
+        if lc.step(slot, "made") == lc.TRAFFIC and self.machine.state == lc.DRAIN:
+            lc.step(slot, "drain")          # a replacement made after the traffic ended
+        return slot, now
+
+    def confirm_sent(self) -> None:
+        """A connection's first, confirming request went out."""
+        self.stats.confirm_requests += 1
 
     def failed(self, failures: list, confirming: bool = False) -> None:
         """Replies that arrived whole but count as failures (wrong-reply, server-error, http-5xx);
@@ -190,6 +212,7 @@ class Session:
     def confirmed(self, conn: Any, now: int) -> None:
         slot: Slot = conn.ctx
         s = self.stats
+        lc.step(slot, "confirmed")
         slot.confirmed = True
         slot.sent = 0
         s.connect_bytes_out += conn.bytes_out
@@ -244,6 +267,7 @@ class Session:
         """Every connection ends here, whoever closed it."""
         slot: Slot = conn.ctx
         s = self.stats
+        lc.step(slot, "closed")
         if exc is not None and conn.failed_in is not None and not slot.failed:
             slot.failed = True
             st.add_tally(s.errors, conn.failed_in, errors.exception_key(exc))
@@ -285,8 +309,7 @@ class Session:
         self.stats.resent += n
         slot.times = None
         slot.dues = None
-        if self.fixed_request is None:
-            slot.count -= n
+        self.maker.step_back(slot, n)
         return n
 
     def reconnected(self) -> None:
@@ -315,14 +338,17 @@ class Session:
                 self.phase == "traffic" or (self.phase == "drain" and old.backlog)):
             new = self.reopen(old.index, protocol)
             if new is not None:
-                new.ctx.count = old.count
+                self.maker.carry_over(old, new.ctx)
                 new.ctx.backlog, old.backlog = old.backlog, None
         conn.close()   # lost() settles what ``old`` still owed (unanswered)
         return new
 
     # ------------------------------------------------------------ phases
-    def start_traffic(self, traffic: Any, quota: Optional[int]) -> int:
-        self.phase = "traffic"
+    def start_traffic(self, traffic: Any) -> int:
+        """"go": the traffic starts now, with the loop ``traffic`` (None: nothing to send)."""
+        self.machine.fire("go")
+        for conn in self.live:
+            lc.step(conn.ctx, "go")
         self.traffic = traffic
         if self.config.mode != "connect":  # (churn: every reply is a confirming one)
             self.confirm_classes = dict(self.proto.tally or {})
@@ -351,7 +377,11 @@ class Session:
         s.phases["traffic"] = [self.traffic_started, now]
         s.traffic_wall = (now - self.traffic_started) / _NS
         s.traffic_cpu = time.process_time() - self.cpu_started
-        self.phase = "drain"
+        self.machine.fire("end")
+        for conn in self.live:
+            slot = conn.ctx
+            if slot.state == lc.TRAFFIC:    # (a replacement still connecting drains once made)
+                lc.step(slot, "drain")
         if self.traffic is not None:
             self.traffic.stop()
         if self.pacer_timer is not None:
@@ -372,7 +402,7 @@ class Session:
         s = self.stats
         if self.phase == "drain":
             s.phases["drain"] = [self.drain_started, self.clock()]
-        self.phase = "close"
+        self.machine.fire("close")
         start = self.clock()
         owed_at_end = sum(owed(conn.ctx) for conn in self.live)
         if owed_at_end:

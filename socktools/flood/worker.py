@@ -41,7 +41,7 @@ from socktools import errors, wire
 from socktools.flood import exchange, paced
 from socktools.flood import stats as st
 from socktools.flood.config import FloodConfig
-from socktools.flood.session import Session, Slot
+from socktools.flood.session import Session
 from socktools.core.loop import Loop
 
 __all__ = ["run_worker", "MAX_CONNECTING"]
@@ -116,8 +116,7 @@ class _Worker:
         self.stats = st.WorkerStats(worker=index, conns=config.conns_of(index))
         self.proto = wire.build(config.wire_spec)
         self.session = Session(config, index, self.loop, clock, self.stats, self.proto, self._settled_one,
-                               lambda: self.connecting)
-        self.session.reopen = self._reopen
+                               lambda: self.connecting, reopen=self._reopen)
         self.rec = self.session.rec
         self.hist: dict = {name: None for name in st.HISTOGRAMS}
         self.indices = range(index, config.conns, config.workers)
@@ -165,7 +164,7 @@ class _Worker:
             if cfg.interval:
                 self._arm_tick()
         self.loop.call_later(SWEEP_INTERVAL, self._sweep)
-        self.session.connect_started = self.clock()
+        self.session.begin_connect()
         if cfg.mode == "connect":
             self.cycle_quota = cfg.requests_of(self.index)
             self._ready()
@@ -182,7 +181,7 @@ class _Worker:
         if self.channel is None:
             self._go()
         else:
-            self.session.phase = "ready"
+            self.session.connected_all()
             self._send(("ready", None))
 
     def _send(self, msg: tuple) -> None:
@@ -221,7 +220,7 @@ class _Worker:
             if session.phase == "connect":  # the phase ran, however short: report it and its rate
                 self._phase_end("connect")
             self.next_i = len(self.indices)
-            session.start_traffic(None, 0)
+            session.start_traffic(None)
             session.end_traffic()
         elif session.phase == "traffic":
             session.end_traffic()
@@ -291,9 +290,7 @@ class _Worker:
         self._pump()
 
     def _open(self, index: int) -> None:
-        s = self.stats
-        s.attempted += 1
-        slot = Slot(index, self.clock())
+        slot = self.session.opening(index)
         source = self._source_addr(index)
         self.connecting += 1
         try:
@@ -301,8 +298,7 @@ class _Worker:
                                              source=source, setup=self._setup_socket, ctx=slot)
         except OSError as exc:
             self.connecting -= 1
-            st.add_tally(s.errors, getattr(exc, "phase", "socket"), errors.exception_key(exc))
-            s.failed += 1
+            self.session.open_failed(exc)
             return
         if not conn.closed:
             self.pending.append((slot, conn))
@@ -311,21 +307,18 @@ class _Worker:
         """A traffic-phase reconnect (the server closed after a complete reply): a new
         connection for number ``index``, handed straight to the traffic loop ``protocol``,
         which counts it live from now on and sends once it is made (no confirming round trip)."""
-        slot = Slot(index, self.clock())
-        slot.confirmed = True
-        s = self.stats
+        slot = self.session.reopening(index)
         try:
             conn = self.loop.open_connection(self.config.address, protocol, family=self.family,
                                              source=self._source_addr(index), setup=self._setup_socket,
                                              ctx=slot)
         except OSError as exc:
-            st.add_tally(s.errors, getattr(exc, "phase", "socket"), errors.exception_key(exc))
-            s.lost += 1
+            self.session.reopen_failed(exc)
             return None
         if conn.closed:   # failed at once: tallied as it was lost, never in the live set
-            s.lost += 1
+            self.session.reopen_failed(None)
         else:
-            self.session.live.add(conn)
+            self.session.adopt(conn)
             self.pending.append((slot, conn))   # the sweep holds it to the connect timeout
         return conn
 
@@ -378,16 +371,16 @@ class _Worker:
         if cfg.duration is not None:
             self.loop.call_later(cfg.duration, session.time_up)
         if cfg.mode == "connect":
-            now = session.start_traffic(None, quota)
-            session.connect_started = now
+            session.start_traffic(None)
+            session.begin_connect()         # the churn's connect rate counts from "go"
             self._pump()
             return
         if not session.live:  # nothing to send on: no connection was established
-            session.start_traffic(None, quota)
+            session.start_traffic(None)
             session.end_traffic()
             return
         traffic = _choose(session, quota)
-        now = session.start_traffic(traffic, quota)
+        now = session.start_traffic(traffic)
         if quota == 0:
             session.end_traffic()
             return

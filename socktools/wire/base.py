@@ -131,6 +131,13 @@ class WireProtocol:
     ``request(seq, conn)`` depends on ``seq`` alone and gives the same bytes
     every time (no ``{conn}``, no clock, no randomness) -- flood then renders
     request ``seq`` once and sends those bytes on every connection.
+    ``surplus_kind``: the protocol error named when more comes back than
+    the answers owed.  ``until_close``: every reply ends with the server's
+    close (one request per connection, so no pipelining).  ``echoes``: a
+    reply is the request's own bytes (flood's fixed loop then checks each
+    reply against the request, not only its size).  With ``fixed_request``
+    and ``reply_size`` both set, flood uses its batch path (one call per
+    round trip, a batch per poll).
     """
 
     name = "custom"
@@ -141,6 +148,9 @@ class WireProtocol:
     read_size = 65536
     tally: Optional[dict] = None
     shared_requests = False
+    surplus_kind = "unsolicited"
+    until_close = False
+    echoes = False
 
     def request(self, seq: int, conn: int) -> bytes:  # pragma: no cover - interface
         raise NotImplementedError

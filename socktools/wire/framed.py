@@ -13,6 +13,7 @@ class EchoProtocol(WireProtocol):
 
     name = "echo"
     surplus_kind = "echo-surplus"
+    echoes = True
 
     def __init__(self, size: int = 64) -> None:
         self.size = size

@@ -292,7 +292,7 @@ class _Adapted(WireProtocol):
         self.request = obj.request
         self.parser = obj.parser
         for name in ("name", "fixed_request", "reply_size", "replies", "may_close", "read_size", "tally",
-                     "shared_requests"):
+                     "shared_requests", "surplus_kind", "until_close", "echoes"):
             if hasattr(obj, name):
                 setattr(self, name, getattr(obj, name))
         if callable(getattr(obj, "describe", None)):
