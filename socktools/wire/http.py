@@ -23,14 +23,11 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from socktools.wire.base import SAMPLE_BYTES, Failure, Parser, Reply, WireError, WireProtocol
+from socktools.wire.base import KEEP_BODY, SAMPLE_BYTES, Failure, Parser, Reply, WireError, WireProtocol
 from socktools.wire.escapes import Template, rotation
 
 __all__ = ["HttpProtocol", "HttpParser", "HeadParser", "require_httptools", "parse_accept", "KEEP_BODY",
            "MAX_HEAD"]
-
-#: Body bytes kept per message when decoding for ``request``/``sniff`` (flood keeps none).
-KEEP_BODY = 64 << 10
 
 #: Largest response head (status line and headers) a HEAD reply may have: h11's default
 #: ``max_incomplete_event_size`` (16 KiB); nginx sends a few hundred bytes.
