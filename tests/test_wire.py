@@ -464,6 +464,53 @@ def test_decoding_knows_each_message_size_even_when_pipelined():
     assert p.keep[1].fields["body"] == b"abcde"
 
 
+class _CountingFeeds:
+    """Stands between an HttpParser and llhttp to count feed_data calls (the work decoding does)."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.calls = 0
+
+    def feed_data(self, data: bytes) -> None:
+        self.calls += 1
+        self.inner.feed_data(data)
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+
+def _chunked(body: bytes, size: int) -> bytes:
+    out = [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"]
+    for i in range(0, len(body), size):
+        part = body[i:i + size]
+        out.append(b"%x\r\n%s\r\n" % (len(part), part))
+    return b"".join(out) + b"0\r\n\r\n"
+
+
+@needs_httptools
+@pytest.mark.parametrize("framing", ["chunked", "length", "close"])
+def test_decoding_feeds_a_body_in_runs_not_byte_by_byte(framing):
+    from socktools.wire.base import KEEP_BODY
+    body = bytes(range(256)) * 4096                       # 1 MiB
+    if framing == "chunked":
+        reply = _chunked(body, 65536) + OK
+    elif framing == "length":
+        reply = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body) + OK
+    else:
+        reply = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + body
+    p = http().parser()
+    p.keep = []
+    p._make()
+    p.p = counting = _CountingFeeds(p.p)
+    done = feed_all(p, reply, 65536) + (p.eof() if framing == "close" else 0)
+    assert done == (1 if framing == "close" else 2)
+    first = p.keep[0]
+    assert first.fields["body"] == body[:KEEP_BODY] and first.fields["not_kept"] == len(body) - KEEP_BODY
+    assert first.size == (len(reply) - len(OK) if framing != "close" else len(reply))
+    # Byte by byte through heads and chunk-size lines only: ~1,000 calls, not ~1,000,000.
+    assert counting.calls < 2000
+
+
 # ----------------------------------------------------------------- options -> usage errors
 
 @pytest.mark.parametrize("spec, option, words", [
