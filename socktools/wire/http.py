@@ -23,8 +23,9 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from socktools.wire.base import KEEP_BODY, SAMPLE_BYTES, Failure, Parser, Reply, WireError, WireProtocol
+from socktools.wire.base import SAMPLE_BYTES, Failure, Parser, Reply, WireError, WireProtocol
 from socktools.wire.escapes import Template, rotation
+from socktools.wire.base import KEEP_BODY   # the decoding budget, shared with the RESP parser
 
 __all__ = ["HttpProtocol", "HttpParser", "HeadParser", "require_httptools", "parse_accept", "KEEP_BODY",
            "MAX_HEAD"]
@@ -33,13 +34,13 @@ __all__ = ["HttpProtocol", "HttpParser", "HeadParser", "require_httptools", "par
 #: ``max_incomplete_event_size`` (16 KiB); nginx sends a few hundred bytes.
 MAX_HEAD = 16 * 1024
 
+#: ``body_left`` of a body that runs to the close: all the rest of every read is body.
+_TO_THE_CLOSE = 1 << 62
+
 #: NUL bytes fed to a dead counting parser to learn whether the message it was in ran to the
 #: close (see :meth:`HttpParser._close_delimited`): a Content-Length body cut short by more
 #: than this counts as close-delimited, as it always did.  1 MiB, allocated once per such close.
 EOF_PROBE = 1 << 20
-
-#: ``body_left`` of a body that runs to the close: all the rest of every read is body.
-_TO_THE_CLOSE = 1 << 62
 
 INSTALL_HINT = "--mode http needs the httptools package: pip install 'socktools[http]'"
 
