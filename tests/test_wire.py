@@ -319,6 +319,15 @@ def test_an_aggregate_is_parsed_once_the_parser_holds_only_an_unfinished_line(ke
         assert r.size == len(reply) and r.fields["not_kept"] > 0 and r.fields["value"][:2] == ["abc", 12345]
 
 
+@pytest.mark.parametrize("read, replies, left", [
+    (b"$5\r\na\r\nbc\r\n", 1, 0), (b"$0\r\n\r\n", 1, 0), (b"$5\r\na\r\nbc\r\n:1\r\n", 2, 0),
+    (b"$5\r\na\r\nb", 0, 8), (b":1\r\n:2", 1, 2), (b"+OK\r\n+OK\r\n", 2, 0), (b"$3\r\nabc\r\n$1", 1, 2),
+])
+def test_a_read_is_counted_right_whether_or_not_it_is_exactly_one_reply(read, replies, left):
+    p = RespParser()
+    assert p.feed(read) == replies and p.buffered == left
+
+
 NESTED = [b"*3\r\n*2\r\n$1\r\na\r\n%1\r\n+k\r\n*0\r\n~1\r\n$-1\r\n:7\r\n",
           b"$%d\r\n%s\r\n" % (3000, b"z" * 3000), b"*2\r\n$5000\r\n" + b"q" * 5000 + b"\r\n-ERR in\r\n"]
 
