@@ -291,6 +291,16 @@ def test_a_long_bulk_is_counted_whole_and_kept_up_to_the_cap_with_the_rest_said(
     assert "not_kept" not in second.fields
 
 
+def test_a_long_bulk_inside_an_array_is_shown_in_part_and_what_follows_is_counted():
+    from socktools.wire.redis import KEEP_REPLY
+    reply = b"*3\r\n:1\r\n$100000\r\n" + b"b" * 100_000 + b"\r\n:3\r\n"
+    p = _decoding(RespParser())
+    assert feed_all(p, reply + b"+OK\r\n", 1000) == 2
+    value = p.keep[0].fields["value"]
+    assert value[0] == 1 and len(value) == 2 and value[1] == "b" * (KEEP_REPLY - len(b"*3\r\n:1\r\n$100000\r\n"))
+    assert p.keep[0].fields["not_kept"] == len(reply) - KEEP_REPLY and p.keep[1].fields["value"] == "OK"
+
+
 def test_a_blob_error_is_tallied_by_its_first_words_even_when_huge():
     text = b"ERR " + b"y" * 1_000_000
     p = RespParser()

@@ -286,7 +286,7 @@ class RespParser(Parser):
         if kind == 61:       # '=' verbatim: "txt:" then the text
             body = body[4:]
         value = body.decode("utf-8", "replace") if kind != 36 else _text_or_bytes(body)
-        return pos + 2, self._value(kind, value)
+        return pos + 2, self._value(kind, value, kept=True)
 
     def _stop_decoding(self, at: int) -> None:
         """The reply has used its :data:`KEEP_REPLY` bytes at wire offset ``at``: the rest of
@@ -294,15 +294,17 @@ class RespParser(Parser):
         self.decoding = False
         self.cut = at
 
-    def _value(self, kind: int, value) -> bool:
+    def _value(self, kind: int, value, kept: bool = False) -> bool:
         """A value is complete: add it to its aggregate (closing those it fills); True when it
-        was the last of the top-level reply."""
+        was the last of the top-level reply.  ``kept``: a bulk decoded from its start (kept
+        in part if decoding stopped inside it)."""
         stack = self.stack
         while stack:
             frame = stack[-1]
             items = frame.items
-            if items is not None and self.decoding:
+            if items is not None and (self.decoding or kept):
                 items.append(value)
+            kept = False
             frame.left -= 1
             if frame.left:
                 if self.decoding and self.size >= KEEP_REPLY:
