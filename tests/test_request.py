@@ -187,3 +187,7 @@ def test_bytes_the_server_sent_before_the_request_are_unsolicited_not_the_answer
     assert "unsolicited" in result.output and "the server spoke first" in result.output
     assert "8 byte(s) arrived before the request was sent" in result.output
     assert "hello" not in result.output.replace("+hello", "")   # not shown as the answer
+    shown = CliRunner().invoke(main, ["request", "--mode", "redis", "--port", str(peer(greets).port),
+                                      "--show-bytes"])
+    assert shown.exit_code == 1 and "<<< received 8 bytes in 1 recv() call(s)\nb'+hello\\r\\n'" in shown.output
+    assert ">>> sent" not in shown.output                       # the request was not sent

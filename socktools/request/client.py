@@ -18,8 +18,8 @@ from typing import Any, Callable, Optional
 from socktools import errors, protocol, reference
 from socktools.addresses import format_addr, resolve
 
-__all__ = ["RequestResult", "RequestError", "PeerClosedError", "request", "ExchangeResult", "exchange",
-           "KEEP_RECEIVED", "SPOKE_FIRST_WAIT"]
+__all__ = ["RequestResult", "RequestError", "PeerClosedError", "SpokeFirstError", "request", "ExchangeResult",
+           "exchange", "KEEP_RECEIVED", "SPOKE_FIRST_WAIT"]
 
 #: Received bytes kept for the wire trace (``--show-bytes``); the rest is counted in
 #: ``received_bytes``, not kept.  The parsers keep what the reply shows on their own
@@ -122,8 +122,9 @@ def _round_trip(host: str, port: int, payload: bytes, result: RequestResult, tim
             received = bytearray()
             early = _spoke_first(sock, SPOKE_FIRST_WAIT)
             if early:
-                received += early[:KEEP_RECEIVED]
+                received += early
                 result.received_bytes = len(early)
+                result.recv_calls = 1
                 raise SpokeFirstError(len(early))
             phase = "send"
             sock.settimeout(remaining())
