@@ -16,7 +16,7 @@ Usage:
   python benchmarks/bench_flood_cluster.py                     # 3 rounds of 5 s, 100 connections
   python benchmarks/bench_flood_cluster.py --rounds 1 --duration 2
 
-Needs ``pip install 'socktools[dask]'``.  Loopback only; everything it starts it stops.
+Needs Dask: ``pip install 'dask[distributed]'``.  Loopback only; everything it starts it stops.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def main() -> None:
     try:
         import distributed  # noqa: F401
     except ImportError:
-        sys.exit("needs Dask: pip install 'socktools[dask]'")
+        sys.exit("needs Dask: pip install 'dask[distributed]'")
 
     serve = subprocess.Popen([sys.executable, "-m", "socktools", "serve", "--mode", "echo", "--port", "0",
                               "--workers", str(args.server_workers), "--json", "--stats-interval", "0", "-q"],

@@ -178,13 +178,13 @@ def main() -> None:
         if "memcached" in pairs:
             (tmp / "memcached").mkdir()
             with PinnedPeer(Memcached(tmp / "memcached")) as mc:
-                plug = ("--protocol", "examples.memcached_plugin:Memcached", "--command", "get k")
+                plug = ("--protocol", "socktools.examples.memcached:Memcached", "--command", "get k")
                 subprocess.run([sys.executable, "-m", "socktools", "request", "--port", str(mc.port), *plug[:2],
                                 "--command", "set k hello"], cwd=ROOT, capture_output=True, check=True)
                 ra, rb = alternate(r, lambda: flood(mc.port, s, *plug),
                                    lambda: flood(mc.port, s, "--mode", "raw", "--send", "get k\\r\\n",
                                                  "--reply-until", "END\\r\\n"))
-                print(line("memcached", "plug-in (examples/memcached_plugin.py)", ra, "raw --reply-until END",
+                print(line("memcached", "plug-in (socktools/examples/memcached.py)", ra, "raw --reply-until END",
                            rb, TARGETS["memcached"]))
     print("\nflood's own CPU per request (best run; steadier than the rates on a shared machine):")
     for what, values in CPU_US.items():

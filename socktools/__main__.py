@@ -29,9 +29,10 @@ def _plain_sockets(argv: list) -> "str | None":
     """``socktools sockets`` with no option: the table's text, or None (take the switchboard).
 
     A ``SOCKTOOLS_SOCKETS_*`` variable is an option too (docs/environment.md), so
-    with one set the switchboard reads it.
+    with one set the switchboard reads it; so it does with any ``SOCKTOOLS_*`` one,
+    to warn about a mistyped name.
     """
-    if argv[1:] != ["sockets"] or any(k.startswith("SOCKTOOLS_SOCKETS_") for k in os.environ):
+    if argv[1:] != ["sockets"] or any(k.startswith("SOCKTOOLS_") for k in os.environ):
         return None
     from socktools.sockets.plain import table_text
 

@@ -14,7 +14,7 @@ import socket
 from dataclasses import dataclass, replace
 
 __all__ = ["Explanation", "EXPLANATIONS", "lookup", "lookup_text", "suggest", "explain_exception",
-           "errno_name", "one_line", "PEER_CLOSED", "PROTOCOL_ERROR", "TIMEOUT", "OptionError",
+           "errno_name", "one_line", "PEER_CLOSED", "PROTOCOL_ERROR", "TIMEOUT", "NO_REPLY", "OptionError",
            "SOCKET", "CONNECT", "SEND", "RECV", "INTERNAL", "PHASES"]
 
 #: Where a connection failed: the I/O core sets ``conn.failed_in`` to one of
@@ -59,6 +59,7 @@ def _e(name, exception, meaning, causes, fix):
 PEER_CLOSED = "peer-closed"
 PROTOCOL_ERROR = "protocol-error"
 TIMEOUT = "timeout"
+NO_REPLY = "no-reply"
 
 _TABLE = [
     _e("EAGAIN", "BlockingIOError",
@@ -212,6 +213,13 @@ EXPLANATIONS[PROTOCOL_ERROR] = Explanation(
     "the peer's bytes did not follow the framed protocol (docs/protocol.md)",
     ("the peer speaks another protocol", "a bug in the peer's framing", "content over the size cap"),
     "capture the exchange (`socktools sniff --port P`); `socktools request --show-bytes` prints one exchange's bytes")
+EXPLANATIONS[NO_REPLY] = Explanation(
+    NO_REPLY, None, "(none: counted, one per request)",
+    "requests sent that never got an answer: still owed when their connection ended or when the "
+    "drain after the traffic did",
+    ("the server went silent or stopped reading", "the server answers slower than the drain waits",
+     "the server closed connections with requests in flight"),
+    "check the server with `socktools sockets --port P` (is its Recv-Q growing?) and its log")
 EXPLANATIONS[TIMEOUT] = Explanation(
     TIMEOUT, None, "TimeoutError / socket.timeout",
     "no answer within the timeout",

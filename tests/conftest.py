@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from typing import Optional
 
 import pytest
 
@@ -60,6 +61,7 @@ class ServerProcess(EmbeddedServer):
         super().__init__(args=["--port", "0", "--stats-interval", "0", *args], popen_kw=popen_kw)
         self.json_events = json_events
         self.first_line = ""
+        self.log_seen = ""
         try:
             self.start()
         except EmbeddedServerError as exc:
@@ -79,6 +81,22 @@ class ServerProcess(EmbeddedServer):
 
     def worker_pids(self) -> list[int]:
         return children_of(self.pid)
+
+    def wait_for_log(self, needle: str, timeout: float = 10.0) -> bool:
+        """Read the server's stderr (its log) until ``needle`` appears; False at the deadline.
+        What was read is kept in ``log_seen``."""
+        import select
+        deadline = time.monotonic() + timeout
+        fd = self.proc.stderr.fileno()
+        while needle not in self.log_seen:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                return False
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return False
+            self.log_seen += chunk.decode("utf-8", "replace")
+        return True
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0):
         if self.returncode is None:
@@ -118,6 +136,27 @@ def can_capture() -> bool:
         return True
     except (PermissionError, AttributeError, OSError):
         return False
+
+
+def after_second_fin(lines: list) -> bool:
+    """A capture's lines show a whole close: both FINs and a packet after the second (the
+    last ACK), so that stopping the capture now loses none of the connection's lines."""
+    fins = [i for i, line in enumerate(list(lines)) if "FIN" in line]
+    return len(fins) >= 2 and len(lines) > fins[1] + 1
+
+
+def server_recv_queues(port: int) -> Optional[int]:
+    """Bytes in the receive queues of the established sockets whose local port is ``port``
+    (a server's accepted connections), from /proc/net/tcp{,6}; None when there is none."""
+    total = None
+    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(path) as f:
+            next(f)
+            for line in f:
+                fields = line.split()
+                if fields[3] == "01" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    total = (total or 0) + int(fields[4].split(":")[1], 16)
+    return total
 
 
 def ipv6_loopback_available() -> bool:

@@ -108,11 +108,10 @@ def _stats(**kw):
 
 
 def test_serve_stats_lines_have_time_and_rates_and_stay_quiet_when_idle():
-    from socktools.cli.serve import _HumanView
+    from socktools.serve.report import HumanView
     now = [100.0]
     lines = []
-    view = _HumanView(clock=lambda: now[0])
-    view.echo = lambda text="", **kw: lines.append(text)
+    view = HumanView(lambda text="", **kw: lines.append(text), clock=lambda: now[0])
     now[0] += 10
     view(_stats(open=2, accepted=20, bytes_in=10_240, bytes_out=10_240, requests=50))
     now[0] += 10
@@ -128,3 +127,70 @@ def test_serve_stats_lines_have_time_and_rates_and_stay_quiet_when_idle():
     assert "idle" in idle
     # rates over the 5 s since the previous stats event (idle ones included): 10 conns, 50 requests
     assert "2.0 conn/s" in third and "10.0 req/s" in third and "errors 0" in third
+
+
+# ------------------------------------------------------------------ help: one way to write a duration
+
+_DEFAULT = re.compile(r"\[default: ([^;\]]+)")
+
+
+def test_every_duration_default_in_help_is_written_with_its_unit():
+    """`60s`, as the user types it, never `60.0` (serve printed `60.0` where others wrote `60s`)."""
+    from socktools.cli._common import Duration, parse_duration
+    ctx = click.Context(main, info_name="socktools")
+    seen = 0
+    for name, param in all_options():
+        if not isinstance(param.type, Duration):
+            continue
+        command = main.get_command(ctx, name)
+        record = param.get_help_record(click.Context(command, info_name=name, parent=ctx))
+        m = _DEFAULT.search(record[1] if record else "")
+        if m is None or not m.group(1)[0].isdigit():
+            continue            # no default, or one in words ("as fast as they confirm")
+        text = m.group(1).strip()
+        assert re.fullmatch(r"\d+(\.\d+)?(ms|s|m|h)", text), f"{name} {param.opts[0]}: [default: {text}]"
+        default = param.get_default(ctx)
+        if default is not None:   # else the help states a default the command applies itself
+            assert parse_duration(text) == param.type.convert(default, param, ctx)
+        seen += 1
+    assert seen >= 10
+
+
+# ------------------------------------------------------------------ short flags: one meaning each
+
+#: Commands that stand in for a system tool take their short flags from that tool (a user of
+#: ss types `-t`, of tcpdump `-w FILE`, of ping `-c 4`), so theirs follow the tool, not the
+#: rest of socktools.
+IMITATES = {"sockets": "ss", "ping": "ping", "sniff": "tcpdump"}
+
+
+def short_flag_conflicts(flags: dict) -> list:
+    """``{command: {short: long}}`` -> a line per short flag meaning two long options, or a long
+    option spelled with two short flags, across the commands given."""
+    by_short, by_long = {}, {}
+    for command, pairs in flags.items():
+        for short, long in pairs.items():
+            by_short.setdefault(short, {}).setdefault(long, []).append(command)
+            by_long.setdefault(long, {}).setdefault(short, []).append(command)
+    bad = [f"{s} means {m}" for s, m in by_short.items() if len(m) > 1]
+    bad += [f"{l} is spelled {m}" for l, m in by_long.items() if len(m) > 1]
+    return sorted(bad)
+
+
+def test_the_conflict_check_can_fail():
+    assert short_flag_conflicts({"flood": {"-n": "--requests"}, "doctor": {"-n": "--conns"}}) == [
+        "-n means {'--requests': ['flood'], '--conns': ['doctor']}"]
+    assert short_flag_conflicts({"flood": {"-c": "--conns"}, "doctor": {"-n": "--conns"}}) == [
+        "--conns is spelled {'-c': ['flood'], '-n': ['doctor']}"]
+    assert short_flag_conflicts({"flood": {"-c": "--conns"}, "doctor": {"-c": "--conns"}}) == []
+
+
+def test_one_short_flag_means_one_long_option_in_every_command():
+    flags = {}
+    for name, param in all_options():
+        longs = [o for o in param.opts if o.startswith("--")]
+        for short in (o for o in param.opts + param.secondary_opts if not o.startswith("--")):
+            if name not in IMITATES and longs:
+                flags.setdefault(name, {})[short] = longs[0]
+    assert len(flags) >= 4
+    assert short_flag_conflicts(flags) == []

@@ -215,8 +215,8 @@ ROUTES = {
         "headers": (_HTTP + ["--header", "X-A: 1"], wire("headers", ("X-A: 1",))),
         "body": (_HTTP + ["--method", "POST", "--body", "hi"], wire("body", b"hi")),
         "accept_status": (_HTTP + ["--accept-status", "404"], wire("accept_status", ("404",))),
-        "plugin": (["--port", "9", "--protocol", "examples.memcached_plugin:Memcached"],
-                   both(field("mode", "plugin"), wire("plugin", "examples.memcached_plugin:Memcached"))),
+        "plugin": (["--port", "9", "--protocol", "socktools.examples.memcached:Memcached"],
+                   both(field("mode", "plugin"), wire("plugin", "socktools.examples.memcached:Memcached"))),
         "yes": (["--yes"], lambda call, base: (call.force is True and base.force is False) or _fail()),
     }),
     "stall": (cli_stall.command, {

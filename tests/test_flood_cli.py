@@ -7,7 +7,6 @@ import os
 import resource
 import signal
 import subprocess
-import time
 
 import pytest
 from click.testing import CliRunner
@@ -126,17 +125,18 @@ def test_fd_limit_too_low_is_said_before_and_emfile_tallied_with_its_fix():
 
 
 def test_ctrl_c_stops_early_and_still_prints_the_results():
-    proc = subprocess.Popen(socktools_cmd("flood", "--conns", "10", "--duration", "60s"),
+    proc = subprocess.Popen(socktools_cmd("flood", "--conns", "10", "--duration", "60s",
+                                          "--interval", "0.1s"),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:
-        deadline = time.monotonic() + 20
-        line = ""
-        while "started" not in line and time.monotonic() < deadline:
-            line = proc.stderr.readline()
-        time.sleep(1.0)  # into the traffic phase
+        seen = []
+        # An interval row of the traffic phase: requests are flowing (the rows go to stdout).
+        while proc.poll() is None and not (seen and " traffic " in seen[-1]):
+            seen.append(proc.stdout.readline())
         os.killpg(proc.pid, signal.SIGINT)  # like a terminal: the whole process group
         out, err = proc.communicate(timeout=30)
+        out = "".join(seen) + out
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -25,7 +25,7 @@ from socktools.flood.report import render_table, to_json
 from socktools.flood.runner import run_flood
 from tests.conftest import socktools_cmd, wait_until
 
-distributed = pytest.importorskip("distributed", reason="Dask not installed (pip install 'socktools[dask]')")
+distributed = pytest.importorskip("distributed", reason="Dask not installed (pip install 'dask[distributed]')")
 
 
 @pytest.fixture(scope="module")

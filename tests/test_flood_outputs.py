@@ -60,6 +60,14 @@ def test_intervals_add_up_to_the_totals(run):
     assert list(total.counts) == list(whole.counts)
 
 
+def test_the_tail_row_alone_is_partial_and_each_whole_row_is_one_interval(run):
+    """The report leaves partial rows out of its over-time plots: only the tail may be one."""
+    rows = run["doc"]["intervals"]
+    assert [r for r in rows if r["partial"]] == [r for r in rows if r["phase"] == "end"]
+    assert all(r["partial"] for r in rows[len(run["ndjson"]):])        # the rows past the ticks
+    assert all(r["end"] - r["start"] == pytest.approx(0.3, abs=0.002) for r in rows if not r["partial"])
+
+
 def test_ndjson_lines_are_the_json_intervals(run):
     """--interval --json streams the same records the final document keeps (the tail row aside)."""
     doc = run["doc"]

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import itertools
 import socket
-import threading
-from typing import Callable
 
 import pytest
 
@@ -19,48 +17,9 @@ from socktools.flood.report import render_table, server_check, to_json
 from socktools.flood.runner import run_flood
 from socktools.flood.worker import run_worker
 
+from tests.threadserver import ThreadServer
+
 pytestmark = pytest.mark.timeout(60)
-
-
-class ThreadServer:
-    """A loopback server whose per-connection behaviour is a plain function (for misbehaving peers)."""
-
-    def __init__(self, handle: Callable[[socket.socket], None], listen: bool = True) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.address = self.sock.getsockname()
-        self.handle = handle
-        self.conns: list = []
-        self.stopping = False
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        if listen:
-            self.thread.start()
-
-    def _serve(self) -> None:
-        self.sock.settimeout(0.1)
-        while not self.stopping:
-            try:
-                conn, _ = self.sock.accept()
-            except (socket.timeout, OSError):
-                continue
-            self.conns.append(conn)
-            threading.Thread(target=self._run, args=(conn,), daemon=True).start()
-
-    def _run(self, conn: socket.socket) -> None:
-        conn.settimeout(5)
-        try:
-            self.handle(conn)
-        except OSError:
-            pass
-
-    def close(self) -> None:
-        self.stopping = True
-        if self.thread.is_alive():
-            self.thread.join(2)
-        for c in self.conns:
-            c.close()
-        self.sock.close()
 
 
 def cfg(address, **kw) -> FloodConfig:

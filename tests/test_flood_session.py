@@ -68,7 +68,7 @@ def test_pipelined_latencies_count_from_each_requests_own_send():
     loop.data_received(conn, b":1\r\n:2\r\n")     # the 4th: 110, the 5th: 60
     assert values(s.rec["latency"]) == [50, 60, 100, 100, 110]
     assert s.phase == "close"                      # every answer owed is in
-    assert s.sent == 5 and [w.count(b"*2") for w in conn.written] == [3, 1, 1]
+    assert loop.sent == 5 and [w.count(b"*2") for w in conn.written] == [3, 1, 1]
     assert b"k:3" in conn.written[1] and b"k:4" in conn.written[2]
 
 
@@ -157,4 +157,16 @@ def test_a_batch_of_answers_sends_each_connection_its_next_shared_request():
         loop.data_batch(conns, [b"+OK\r\n", b"+OK\r\n"])
     assert [c.written for c in conns] == [[proto.request(0, 0)], [proto.request(0, 1)]]
     assert batch.batches == [[(0, proto.request(k, 0)), (1, proto.request(k, 1))] for k in (1, 2, 3)]
-    assert values(s.rec["latency"]) == [10] * 6 and s.sent == 8
+    assert values(s.rec["latency"]) == [10] * 6 and loop.sent == 8
+
+
+def test_requests_cut_off_by_a_close_are_rendered_again_as_they_were():
+    # unsend: the last n requests of the connection were never answered; the request maker
+    # steps back, so the replacement sends those very requests ({seq}, rotation turn) again.
+    import collections
+    s, clock, proto = session(WireSpec(mode="raw", sends=("a{seq}\\n", "b{seq}\\n"), reply_until="\\n"))
+    slot = Slot(0, 0)
+    made = [s.request(slot) for _ in range(4)]            # a0 b1 a2 b3; b1..b3 pipelined
+    slot.times = collections.deque([1, 1, 1])
+    assert s.unsend(slot) == 3 and s.stats.resent == 3
+    assert [s.request(slot) for _ in range(4)] == made[1:] + [b"a4\n"]

@@ -5,48 +5,22 @@ Loopback only; every server a test starts, it stops.
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
-import threading
+import itertools
 
 import pytest
 
 from socktools import errors
+from tests.threadserver import ThreadServer
 
 pytestmark = pytest.mark.timeout(60)
 
 
-class EchoOnceServer:
+def echo_once(conn) -> None:
     """Answers the first chunk of each connection, then closes it: every confirmed connection is lost."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.sock.settimeout(0.1)
-        self.port = self.sock.getsockname()[1]
-        self.stopping = False
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        while not self.stopping:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                continue
-            with conn:
-                conn.settimeout(5)
-                try:
-                    conn.sendall(conn.recv(65536))
-                except OSError:
-                    pass
-
-    def stop(self) -> None:
-        self.stopping = True
-        self.thread.join(5)
-        self.sock.close()
+    with conn:
+        conn.sendall(conn.recv(65536))
 
 
 def flood(*args: str, **kw) -> subprocess.CompletedProcess:
@@ -55,11 +29,11 @@ def flood(*args: str, **kw) -> subprocess.CompletedProcess:
 
 
 def test_every_connection_lost_exits_1_and_does_not_advise_keep_alive():
-    server = EchoOnceServer()
+    server = ThreadServer(echo_once)
     try:
         proc = flood("--port", str(server.port), "--conns", "4", "--workers", "1", "--duration", "1s")
     finally:
-        server.stop()
+        server.close()
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "flood: every connection was lost (4 of 4" in proc.stderr
     assert "keep-alive" not in proc.stdout + proc.stderr
@@ -179,51 +153,25 @@ import signal  # noqa: E402
 from tests.conftest import wait_until  # noqa: E402
 
 
-class HalfAnsweringServer:
+def half_answering(answer: int) -> ThreadServer:
     """Echoes on the first ``answer`` connections; the others are accepted and never answered."""
+    taken = itertools.count()
 
-    def __init__(self, answer: int) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(256)
-        self.sock.settimeout(0.1)
-        self.port = self.sock.getsockname()[1]
-        self.answer = answer
-        self.accepted = 0
-        self.answered = 0
-        self.conns = []
-        self.stopping = False
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
+    def handle(conn) -> None:
+        if next(taken) < answer:          # itertools.count is atomic under the GIL
+            conn.sendall(conn.recv(64))
+            with server.lock:
+                server.answered += 1
 
-    def _serve(self) -> None:
-        while not self.stopping:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                continue
-            self.accepted += 1
-            self.conns.append(conn)
-            if self.accepted <= self.answer:
-                conn.settimeout(5)
-                try:
-                    conn.sendall(conn.recv(64))
-                    self.answered += 1
-                except OSError:
-                    pass
-
-    def stop(self) -> None:
-        self.stopping = True
-        self.thread.join(5)
-        for c in self.conns:
-            c.close()
-        self.sock.close()
+    server = ThreadServer(handle)
+    server.answered = 0
+    return server
 
 
 @pytest.mark.parametrize("as_json", [True, False], ids=["json", "table"])
 def test_ctrl_c_in_the_connect_phase_reports_consistent_counts(as_json):
     # Issue 12 item 10: first round trips exceeded established connections, no connect phase, "0/s".
-    server = HalfAnsweringServer(answer=5)
+    server = half_answering(answer=5)
     proc = subprocess.Popen([sys.executable, "-m", "socktools", "flood", "--port", str(server.port),
                              "--conns", "10", "--workers", "1", "--connect-timeout", "30s",
                              "--duration", "30s", *(["--json"] if as_json else [])],
@@ -236,7 +184,7 @@ def test_ctrl_c_in_the_connect_phase_reports_consistent_counts(as_json):
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
-        server.stop()
+        server.close()
     assert "Traceback" not in err
     if as_json:
         import json

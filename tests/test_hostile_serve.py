@@ -21,7 +21,7 @@ import time
 import pytest
 
 from socktools import protocol, reference
-from tests.conftest import wait_until
+from tests.conftest import server_recv_queues, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -213,7 +213,7 @@ def test_300_partial_1mib_bodies_stay_inside_the_buffer_budget(server):
         # Every connection is decided: refused (its error reply or reset arrived), or all its
         # bytes reached the server process (our send queue and its receive queue are empty).
         assert wait_until(lambda: all(_answered(s) or _outq(s) == 0 for s in socks)
-                          and _server_recv_queues(srv.address[1]) == 0, timeout=60)
+                          and not server_recv_queues(srv.address[1]), timeout=60)
         kept = [s for s in socks if not _answered(s)]
         assert 0 < len(kept) <= 32, len(kept)
         # During the attack (the budget's holders are still open), a normal request is answered at once.
@@ -249,19 +249,6 @@ def _outq(sock: socket.socket) -> int:
         return struct.unpack("i", fcntl.ioctl(sock.fileno(), SIOCOUTQ, b"\0" * 4))[0]
     except OSError:
         return 0
-
-
-def _server_recv_queues(port: int) -> int:
-    """Bytes waiting in the receive queues of the server's established sockets on ``port``."""
-    total = 0
-    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with open(path) as f:
-            next(f)
-            for line in f:
-                fields = line.split()
-                if fields[3] == "01" and int(fields[1].rsplit(":", 1)[1], 16) == port:
-                    total += int(fields[4].split(":")[1], 16)
-    return total
 
 
 def test_slowloris_is_closed_at_the_request_deadline(server):

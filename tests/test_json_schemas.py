@@ -68,6 +68,19 @@ def test_the_schemas_reject_a_document_without_metadata():
         validate(doc, "explain")
 
 
+@pytest.mark.parametrize("spec", [
+    dict(mode="echo", size=10), dict(mode="framed", action="search", value="x"),
+    dict(mode="raw", sends=("a\\r\\n",), reply_until="\\n"), dict(mode="raw", send_file=b"\xff\x00", no_reply=True),
+    dict(mode="line", sends=("PING",), eol="crlf"), dict(mode="redis"), dict(mode="redis", commands=("GET k",)),
+    dict(mode="http", paths=("/a",), headers=("Host: h",), body=b"x"), dict(plugin="a.b:C", commands=("get k",)),
+], ids=lambda d: d.get("plugin") and "plugin" or d["mode"])
+def test_flood_config_wire_of_every_mode_follows_the_schema(spec):
+    from socktools.wire.spec import WireSpec
+    summary = WireSpec(**spec).summary()
+    assert summary["mode"] == WireSpec(**spec).name
+    validate(summary, "flood", "#/properties/config/properties/wire")
+
+
 def test_flood_json_and_its_interval_lines():
     proc = subprocess.run(socktools_cmd("flood", "--conns", "3", "--workers", "1", "--duration", "0.6s",
                                         "--interval", "0.2s", "--json", "--threshold", "errors==0"),

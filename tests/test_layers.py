@@ -27,13 +27,15 @@ PACKAGE = pathlib.Path(socktools.__file__).parent
 LAYERS: dict[str, int] = {
     # 0. foundations: sans-I/O logic and plain data, no sockets of their own
     "__init__": 0, "protocol": 0, "reference": 0, "errors": 0, "addresses": 0, "wire": 0,
-    "runinfo": 0, "_help_text": 0,
+    "runinfo": 0, "_help_text": 0, "icmpnames": 0, "units": 0, "optional": 0,
+    # worked plug-in examples shipped in the package: they use the wire interface, as a user's would
+    "examples": 0,
     # 1. the shared core: the I/O loop, its pollers, signals, worker processes, embedded server
     "core": 1,
     # 2. readers of the kernel's state: TCP_INFO, /proc/sys, socket tables, doctor
     "kernel": 2,
     # 3. the commands' engines
-    "capture": 3, "serve": 3, "request": 3, "ping": 3, "stall": 3, "flood": 3, "sockets": 3,
+    "capture": 3, "serve": 3, "request": 3, "ping": 3, "stall": 3, "flood": 3, "sockets": 3, "demo": 3,
     # 4. views of saved results, across commands: the HTML report of a flood result
     "report": 4,
     # 5. the switchboard

@@ -227,3 +227,17 @@ def test_cli_icmp_as_root():
     r = CliRunner().invoke(main, ["ping", "::1", "--icmp", "-c", "1", "--json"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["probes"][0]["icmp"] == [129, 0]
+
+
+def test_ping_and_sniff_name_every_icmp_type_and_code_with_the_same_words():
+    """One table (socktools.icmpnames): what `ping --icmp` reports, `sniff` shows."""
+    from socktools.capture.icmp import describe_icmp, describe_icmpv6
+    from socktools.icmpnames import ICMP_TYPES, ICMPV6_TYPES
+
+    for v6, table, describe in ((False, ICMP_TYPES, describe_icmp), (True, ICMPV6_TYPES, describe_icmpv6)):
+        for kind, (_, codes) in table.items():
+            for code in codes or {0: None}:
+                words = icmp_name(kind, code, v6=v6).rsplit(" (", 1)[0]
+                # 8 bytes of ICMP header with a zero rest-of-header: no id/seq/MTU suffixes.
+                shown = describe(bytes([kind, code]) + b"\0" * 30, 0)
+                assert words in shown, (v6, kind, code, words, shown)

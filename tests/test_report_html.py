@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from socktools.cli import main
 from tests.conftest import socktools_cmd
+from tests.peers import Nginx
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -38,7 +39,7 @@ def console_messages(stderr: str) -> list:
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     """A real flood run kept as JSON, as CI would keep it, with one failing threshold."""
-    pytest.importorskip("matplotlib", reason="pip install 'socktools[report]'")
+    pytest.importorskip("matplotlib", reason="pip install matplotlib")
     d = tmp_path_factory.mktemp("report")
     proc = subprocess.run(socktools_cmd("flood", "--conns", "8", "--workers", "2", "--duration", "1.5s",
                                         "--interval", "0.25s", "--json", "--report", str(d / "run.html"),
@@ -87,7 +88,7 @@ def test_missing_extra_is_one_clear_line(saved, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)       # import matplotlib -> ImportError
     result = CliRunner().invoke(main, ["report", str(saved / "run.json"), "-o", str(tmp_path / "x.html")])
     assert result.exit_code == 3
-    assert "pip install 'socktools[report]'" in result.output
+    assert "pip install matplotlib" in result.output
     assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
 
 
@@ -120,7 +121,7 @@ def test_the_console_check_can_fail(tmp_path):
 
 
 def test_a_run_where_nothing_connected_still_makes_a_useful_page(closed_port, tmp_path):
-    pytest.importorskip("matplotlib", reason="pip install 'socktools[report]'")
+    pytest.importorskip("matplotlib", reason="pip install matplotlib")
     page, hgrm = tmp_path / "refused.html", tmp_path / "refused.hgrm"
     proc = subprocess.run(socktools_cmd("flood", "--port", str(closed_port[1]), "--conns", "3", "--duration",
                                         "0.3s", "--report", str(page), "--hgrm", str(hgrm)),
@@ -130,3 +131,22 @@ def test_a_run_where_nothing_connected_still_makes_a_useful_page(closed_port, tm
     assert "ECONNREFUSED" in text and "nothing is listening on that address and port" in text
     assert "No round trip was measured." in text and "No connection was made." in text
     assert not hgrm.exists() and "did not write" in proc.stderr
+
+
+def test_an_http_run_against_nginx_shows_what_it_sent(tmp_path):
+    """The configuration names the method, the paths (escaped) and the Host, not an echo payload."""
+    pytest.importorskip("matplotlib", reason="pip install matplotlib")
+    page = tmp_path / "http.html"
+    with Nginx(tmp_path) as server:
+        proc = subprocess.run(socktools_cmd("flood", "--port", str(server.port), "--mode", "http",
+                                            "--path", "/", "--path", "/?q=<script>alert(1)</script>",
+                                            "--header", "X-Run: report", "--conns", "2", "--workers", "1",
+                                            "--duration", "0.5s", "--report", str(page)),
+                              capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    text = page.read_text(encoding="utf-8")
+    config = text[text.index("<h2>Configuration</h2>"):]
+    assert "<script" not in text.lower()
+    assert "<code>/?q=&lt;script&gt;alert(1)&lt;/script&gt;</code>" in config
+    assert "<th>method</th><td>GET</td>" in config and "1 given" in config
+    assert f"127.0.0.1:{server.port}" in config and "payload" not in config

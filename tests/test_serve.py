@@ -16,7 +16,7 @@ import time
 import pytest
 
 from socktools import protocol, reference
-from tests.conftest import alive, skip_without_ipv6, socktools_cmd, wait_until
+from tests.conftest import alive, server_recv_queues, skip_without_ipv6, socktools_cmd, wait_until
 
 VECTOR_SEARCH_REQ = (b'\x00g{"byteorder": "little", "content-type": "text/json", "content-encoding": "utf-8", '
                      b'"content-length": 41}{"action": "search", "value": "morpheus"}')
@@ -403,9 +403,9 @@ def test_second_signal_forces_a_stop_while_draining(start_server):
     srv = start_server("--mode", "framed", "--drain-timeout", "60", json_events=True)
     s = socket.create_connection(srv.address)
     s.sendall(reference.make_request("search", "morpheus")[:20])  # mid-message: keeps the drain busy
-    time.sleep(0.2)
+    assert wait_until(lambda: server_recv_queues(srv.port) == 0), "the server never read the 20 bytes"
     srv.proc.send_signal(signal.SIGINT)
-    time.sleep(0.5)
+    assert srv.wait_for_log("draining 1 connection(s)"), srv.log_seen
     assert srv.proc.poll() is None, "first signal should drain, not stop, while a request is in flight"
     rc, out, err = srv.stop(signal.SIGINT, timeout=10)
     assert rc == 0

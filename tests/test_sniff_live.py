@@ -9,14 +9,13 @@ import signal
 import socket
 import subprocess
 import threading
-import time
 
 import pytest
 
 from socktools import protocol, reference
 from socktools.capture import SniffConfig, Sniffer
 from socktools.capture.reassembly import MessageEvent
-from tests.conftest import can_capture, socktools_cmd
+from tests.conftest import after_second_fin, can_capture, socktools_cmd, wait_until
 
 
 pytestmark = pytest.mark.skipif(
@@ -193,10 +192,7 @@ def test_cli_around_socktools_request_then_ctrl_c(start_server):
         req = subprocess.run(socktools_cmd("request", "search", "morpheus", "--port", str(srv.port)),
                              capture_output=True, text=True, timeout=30)
         assert req.returncode == 0 and SEARCH_REPLY in req.stdout
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and sum("FIN" in ln for ln in lines) < 2:
-            time.sleep(0.05)
-        time.sleep(0.3)
+        assert wait_until(lambda: after_second_fin(lines), 10), "".join(lines)
         sniff.send_signal(signal.SIGINT)
         sniff.wait(15)
         reader.join(5)
@@ -292,3 +288,87 @@ def test_cli_show_prints_scapys_layers_for_a_live_request(start_server):
     for layer in ("###[ IP ]###", "###[ TCP ]###", "###[ socktools framed message ]###"):
         assert layer in out, out
     assert '"content-type": "text/json"' in out and "morpheus" in out
+
+
+def burst(srv: socket.socket, writes: int) -> None:
+    """``writes`` small segments (TCP_NODELAY) to ``srv``, read to the end by a thread; returns
+    once the server has read every byte and both sides closed: a bounded burst, all sent."""
+    size = 10
+    got = []
+
+    def serve():
+        conn, _ = srv.accept()
+        with conn:
+            n = 0
+            while True:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                n += len(chunk)
+            got.append(n)
+    t = threading.Thread(target=serve)
+    t.start()
+    with socket.create_connection(srv.getsockname(), timeout=5) as c:
+        c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for _ in range(writes):
+            c.sendall(b"x" * size)
+    t.join(10)
+    assert got == [writes * size]
+
+
+@pytest.mark.parametrize("backend", ["ring", "socket"])
+def test_timeout_drains_what_is_already_captured_and_counts_it(backend):
+    """--timeout fires with the whole burst still unread (the capture never read before
+    the deadline): what the kernel took for the filter is shown, none is left behind."""
+    with listener() as srv:
+        port = srv.getsockname()[1]
+        sn = Sniffer(SniffConfig(port=port, timeout=1e-9, backend=backend)).open()
+        try:
+            burst(srv, 3000)               # sent, read and closed before the capture reads
+            records = [r for batch in sn.batches() for r in batch]
+        finally:
+            summary = sn.close()
+    assert summary.stopped_by == "timeout"
+    assert summary.kernel_dropped == 0
+    # every packet the kernel accepted for the filter was read out of the ring and shown
+    assert summary.undrained == 0
+    assert summary.captured == len(records) == summary.kernel_received
+    payload = sum(r.length for r in records)
+    assert payload == 3000 * 10               # the whole burst
+    assert any("FIN" in r.flags for r in records)   # the server read the client's FIN
+
+
+def test_packets_left_unread_at_the_end_are_counted_and_said():
+    """Ctrl-C with the burst still in the ring: the summary says how many were not shown."""
+    from socktools.cli.sniff import _Output
+    with listener() as srv:
+        sn = Sniffer(SniffConfig(port=srv.getsockname()[1], backend="ring")).open()
+        try:
+            burst(srv, 200)
+        finally:
+            summary = sn.close(interrupted=True)
+    assert summary.captured == 0 and summary.kernel_received > 0
+    assert summary.undrained == summary.kernel_received - summary.kernel_dropped
+    text = _Output(as_json=False, quiet=False).summary_text(summary)
+    assert f"{summary.undrained:,} packets the kernel took were still unread in the TPACKET_V3 " \
+           f"ring when the capture stopped: not shown" in text
+
+
+def test_decode_auto_shows_a_real_redis_conversation(tmp_path):
+    """The issue's case on a real redis-server: a 27-byte SET, +OK, under the default --decode."""
+    from tests.peers import Redis
+    request = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n"
+
+    def talk():
+        with socket.create_connection(("127.0.0.1", peer.port), timeout=5) as c:
+            c.sendall(request)
+            assert c.recv(64) == b"+OK\r\n"
+
+    def both_fins(records):
+        return sum(1 for r in records if "FIN" in r.flags) >= 2 and records[-1].flags == ("ACK",)
+
+    with Redis(tmp_path) as peer:
+        records, _ = capture(peer.port, talk, both_fins)
+    msgs = [e for r in records for e in r.events if isinstance(e, MessageEvent)]
+    assert [(m.role, m.content_type, m.content_preview, m.wire_size) for m in msgs] == [
+        ("request", "redis", "['SET', 'k', 'v']", 27), ("response", "redis", "OK", 5)]

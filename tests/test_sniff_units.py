@@ -8,6 +8,8 @@ import socket
 import struct
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from socktools import protocol, reference
 from socktools.capture import bpf, dissect as d
@@ -281,9 +283,9 @@ def test_byte_at_a_time_and_two_messages_in_one_segment():
 
 def test_auto_falls_back_to_raw_preview_at_stream_start():
     s = StreamDecoder("auto", "request")
-    events = s.feed(0, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 1)
+    events = s.feed(0, b"\x16\x03\x01 TLS, not a protocol auto decodes", 1)
     assert [e.kind for e in events] == ["not-framed"] and s.showing_raw
-    assert s.feed(27, b"more", 2) == []
+    assert s.feed(39, b"more", 2) == []
     assert preview_bytes(b"GET / HTTP/1.1\r\n\x00") == (
         "47 45 54 20 2f 20 48 54 54 50 2f 31 2e 31 0d 0a  GET / HTTP/1.1..…")
     # a proto-header that passes the first look but a header that is not JSON
@@ -595,3 +597,15 @@ def test_port_filter_on_a_bsd_loopback_file(tmp_path):
     records, summary = _run(SniffConfig(read=str(path), port=PORT))
     assert [(r.sport, r.dport) for r in records] == [(40000, PORT), (PORT, 40000)]
     assert summary.filter == f"tcp port {PORT}"
+
+
+@given(near=st.integers(0, 2**40), delta=st.integers(-(2**31) + 1, 2**31 - 1))
+def test_unwrap_finds_the_64_bit_offset_nearest_the_expected_one(near, delta):
+    """The one unwrap (tracker and fast lane): a 32-bit offset within 2 GiB of ``near``."""
+    from socktools.capture.tracker import UNWRAP_FROM, unwrap
+    true = near + delta
+    if true < 0:
+        return
+    assert unwrap(true & 0xFFFFFFFF, near) == true
+    if near < UNWRAP_FROM and true < 2**32:
+        assert unwrap(true & 0xFFFFFFFF, near) == true & 0xFFFFFFFF    # the callers' shortcut

@@ -54,10 +54,11 @@ def describe(frame_):
     (3, 2, b"\0" * 4, b"", "destination protocol unreachable"),
     (3, 3, b"\0" * 4, udp_quote(53), "destination port unreachable (udp 10.9.8.7:53)"),
     (3, 4, struct.pack("!HH", 0, 1400), b"", "fragmentation needed (next-hop MTU 1400)"),
-    (11, 0, b"\0" * 4, udp_quote(33434), "time exceeded: TTL exceeded in transit (udp 10.9.8.7:33434)"),
+    (11, 0, b"\0" * 4, udp_quote(33434), "time exceeded: time to live exceeded in transit (udp 10.9.8.7:33434)"),
     (11, 1, b"\0" * 4, b"", "time exceeded: fragment reassembly time exceeded"),
     (3, 13, b"\0" * 4, b"", "communication administratively prohibited"),
-    (42, 3, b"\0" * 4, b"", "type 42 code 3"),
+    (42, 3, b"\0" * 4, b"", "ICMP type 42, code 3"),
+    (3, 10, b"\0" * 4, b"", "host administratively prohibited"),
 ])
 def test_icmp_types_in_words(kind, code, rest, body, words):
     pkt = describe(ether(ipv4(A, A, icmp(kind, code, rest, body), 1)))

@@ -222,6 +222,28 @@ def test_a_slow_reader_never_settles_and_the_report_says_it_reads():
     assert snap.arithmetic.difference < 0       # bytes it read are in neither queue
 
 
+def test_a_fast_reader_is_said_to_keep_up_and_no_difference_is_negative():
+    """issue 21: a peer that read 1.7 GB in 2 s was "a peer that reads a little", with a negative
+    difference printed under "steady state"."""
+    from socktools.stall.report import render_report
+    with ThreadSink() as sink:                  # not reading yet: the first send() blocks for sure
+        with Staller(StallConfig(timeout=1.0, settle=0.3), sink) as st:
+            st.connect()
+            assert st.fill().blocked
+            sink.drain()                        # now it reads as fast as it can, 1 MiB per recv()
+            settle = st.settle()
+            st.snapshot()
+            report = st.report()
+    snap = report.snapshot
+    assert not settle.steady
+    # what it read in a second is many times what both queues hold: it keeps up
+    assert -snap.arithmetic.difference > 4 * (snap.sender.sndbuf + sink.rcvbuf)
+    text = render_report(report)
+    assert "reads a little" not in text and "at the steady state" not in text, text
+    assert not re.search(r"-\d", text.split("2. The kernel", 1)[1]), text      # no negative figure
+    assert "keeps up" in text, text
+
+
 def test_refused_connect_names_the_errno():
     with socket.socket() as s:          # bound, never listening: connecting to it is refused
         s.bind(("127.0.0.1", 0))

@@ -65,3 +65,13 @@ def test_nothing_measured_fails():
     doc = doc_with([1000])
     (c,) = check_all([parse("connect_p99<1s")], doc)
     assert c["actual"] is None and c["passed"] is False
+
+
+def test_errors_count_every_failure_and_reply_failures_have_a_name():
+    # Every reply a 500: no errno, no protocol error -- and the gate must still close.
+    doc = doc_with([1_000_000] * 10)
+    doc.update(reply_failures_total=50, confirm_reply_failures_total=2)
+    got = check_all([parse(t) for t in ("errors==0", "error_rate<0.01", "reply_failures==0",
+                                        "failed_replies<=50")], doc)
+    assert [c["actual"] for c in got] == [52, 52 / 120, 50, 50]
+    assert [c["passed"] for c in got] == [False, False, False, True]

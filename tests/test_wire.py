@@ -358,7 +358,7 @@ def test_random_nested_replies_cut_anywhere_decode_the_same_as_whole(replies, cu
 # ----------------------------------------------------------------- http
 
 needs_httptools = pytest.mark.skipif(importlib.util.find_spec("httptools") is None,
-                                     reason="httptools not installed (pip install 'socktools[http]')")
+                                     reason="httptools not installed (pip install httptools)")
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 CHUNKED = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
@@ -391,6 +391,17 @@ def test_http_lengths_chunks_and_status_classes(step):
 def test_accept_status_turns_a_failure_into_a_reply():
     p = http(accept_status=("404", "5xx")).parser()
     assert p.feed(FAIL + MISSING) == 2 and p.failures == []
+
+
+def test_accept_status_adds_to_the_default_and_a_bang_takes_away():
+    from socktools.wire.http import parse_accept
+    assert {200, 204, 301, 404} <= parse_accept(("404",)) and 500 not in parse_accept(("404",))
+    both = parse_accept(("4xx,5xx",))
+    assert 200 in both and 404 in both and 503 in both
+    assert not any(c in parse_accept(("!2xx",)) for c in range(200, 300))
+    assert 404 in parse_accept(("!2xx", "404")) and 301 not in parse_accept(("!301",))
+    with pytest.raises(ValueError, match="optionally after !"):
+        parse_accept(("!6xx",))
 
 
 @needs_httptools
@@ -556,7 +567,7 @@ def test_bad_options_name_the_option(spec, option, words):
 
 
 def test_the_plugin_example_loads_and_parses():
-    proto = build(WireSpec(mode="plugin", plugin="examples.memcached_plugin:Memcached",
+    proto = build(WireSpec(mode="plugin", plugin="socktools.examples.memcached:Memcached",
                            commands=("set k{seq} hello", "get k{conn}")))
     assert proto.request(4, 1) == b"set k4 0 0 5\r\nhello\r\n"
     assert proto.request(5, 1) == b"get k1\r\n"
@@ -582,7 +593,7 @@ def _counting_parsers():
     yield raw(reply_until="\\r\\n", reply_match="^\\+").parser()
     yield raw(reply_prefix=">H", reply_prefix_adjust=-1).parser()
     yield raw(reply_bytes=3).parser()
-    yield build(WireSpec(mode="plugin", plugin="examples.memcached_plugin:Memcached")).parser()
+    yield build(WireSpec(mode="plugin", plugin="socktools.examples.memcached:Memcached")).parser()
     if importlib.util.find_spec("httptools") is not None:
         yield http().parser()
         yield http(method="HEAD").parser()

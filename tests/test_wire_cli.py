@@ -53,7 +53,7 @@ def test_request_bad_options_name_the_option(args, option):
 
 
 @pytest.mark.parametrize("command, words", [
-    ("flood", ["--mode redis --command", "--mode http --path", "--reply-until", "--protocol examples."]),
+    ("flood", ["--mode redis --command", "--mode http --path", "--reply-until", "--protocol socktools.examples."]),
     ("request", ["--mode redis --command 'INFO server'", "--mode http --path /", "--reply-until '\\r\\n'"]),
 ])
 def test_help_shows_real_examples_of_each_mode(command, words):

@@ -171,6 +171,9 @@ def _l3(frame: bytes, off: int, ethertype: int, linktype: int) -> Dissected:
             return OtherPacket("IPv4", "", "", "truncated IPv4 header", frame, linktype)
         (vihl, _tos, total, _ident, frag, _ttl, proto, _csum, src, dst) = _IPV4.unpack_from(frame, off)
         ihl = (vihl & 0x0F) * 4
+        bad = _bad_ipv4(vihl, ihl, total, n - off)
+        if bad:       # a packet that breaks IPv4 is shown as that, not parsed from wrong offsets
+            return OtherPacket("IPv4", format_ip(src), format_ip(dst), bad, frame, linktype)
         if frag & 0x1FFF or proto != _IPPROTO_TCP:
             return _other_ip("IPv4", proto, frag & 0x1FFF, src, dst, frame, off + ihl,
                              off + total, linktype)
@@ -202,6 +205,12 @@ def _l3(frame: bytes, off: int, ethertype: int, linktype: int) -> Dissected:
                            frame, linktype)
     sport, dport, seq, ack, doff, flags, window, _csum, _urg = _TCP.unpack_from(frame, l4)
     hlen = (doff >> 4) * 4
+    if hlen < 20 or l4 + hlen > min(end, n):
+        what = f"bad TCP header length {hlen} (less than 20)" if hlen < 20 else \
+            f"TCP header length {hlen} runs past the packet ({min(end, n) - l4} bytes)"
+        # (named by its IP version: a "TCP" record is one the TCP view can read)
+        return OtherPacket(f"IPv{version}", format_ip(src), format_ip(dst),
+                           f"TCP {sport} → {dport} malformed: {what}", frame, linktype)
     options = None
     tsval = tsecr = None
     if hlen > 20:
@@ -219,6 +228,19 @@ def _l3(frame: bytes, off: int, ethertype: int, linktype: int) -> Dissected:
     payload = frame[start:min(end, n)] if payload_len else b""
     return _new_tuple(Segment, (src, dst, sport, dport, seq, ack, flags, window, payload_len,
                                 payload, options, version, tsval, tsecr))
+
+
+def _bad_ipv4(vihl: int, ihl: int, total: int, captured: int) -> str:
+    """What makes an IPv4 header unreadable ("" if nothing): as tshark's "Bogus IP ..."."""
+    if vihl >> 4 != 4:
+        return f"malformed: IP version {vihl >> 4} in an IPv4 packet"
+    if ihl < 20:
+        return f"malformed: bad IPv4 header length {ihl} (less than 20)"
+    if ihl > captured:
+        return f"malformed: IPv4 header length {ihl} runs past the frame ({captured} bytes)"
+    if total and total < ihl:          # (0: TSO frames captured before segmentation)
+        return f"malformed: IPv4 total length {total} is less than its header ({ihl})"
+    return ""
 
 
 def _other_ip(family: str, proto: int, fragoff: int, src: bytes, dst: bytes, frame: bytes,

@@ -30,7 +30,7 @@ import struct
 
 from socktools.capture.dissect import LINKTYPE_ETHERNET, flag_names, format_ip
 from socktools.capture.reassembly import _PREVIEW, MessageEvent, message_comment, preview_bytes
-from socktools.capture.tracker import PacketRecord
+from socktools.capture.tracker import UNWRAP_FROM, PacketRecord, unwrap
 
 __all__ = ["FastLane"]
 
@@ -133,20 +133,11 @@ class FastLane:
                     # which is the 32-bit difference itself for the first 2 GiB of a stream
                     near = d.next
                     rel = (seq - d.base) & _M
-                    if near >= 0x80000000:
-                        rel |= near & ~_M
-                        if rel < near - 0x80000000:
-                            rel += 0x100000000
-                        elif rel > near + 0x80000000 and rel >= 0x100000000:
-                            rel -= 0x100000000
-                    ack_near = r.next
+                    if near >= UNWRAP_FROM:
+                        rel = unwrap(rel, near)
                     ack_rel = (ack - r.base) & _M
-                    if ack_near >= 0x80000000:
-                        ack_rel |= ack_near & ~_M
-                        if ack_rel < ack_near - 0x80000000:
-                            ack_rel += 0x100000000
-                        elif ack_rel > ack_near + 0x80000000 and ack_rel >= 0x100000000:
-                            ack_rel -= 0x100000000
+                    if r.next >= UNWRAP_FROM:
+                        ack_rel = unwrap(ack_rel, r.next)
                     stream = d.stream
                     if plen:
                         # new bytes at or past the next expected ones (else Retransmission,

@@ -13,7 +13,7 @@ import os
 import stat
 from typing import BinaryIO, Iterator, Optional
 
-from socktools.capture.common import CaptureFileError, SameFileError
+from socktools.capture.common import CaptureFileError, MalformedCaptureError, SameFileError
 from socktools.capture.dissect import SUPPORTED_LINKTYPES
 
 __all__ = ["CaptureFile", "CaptureWriter", "Record", "check_linktype", "open_for_writing"]
@@ -125,15 +125,21 @@ class CaptureFile:
                 yield batch
             return
         batch: list = []
-        for rec in self._reader:
-            batch.append(rec)
-            if len(batch) >= size:
-                self.count += len(batch)
-                yield batch
-                batch = []
+        failure = None
+        try:
+            for rec in self._reader:
+                batch.append(rec)
+                if len(batch) >= size:
+                    self.count += len(batch)
+                    yield batch
+                    batch = []
+        except CaptureFileError as exc:
+            failure = exc                # the packets before the bad block are still given
         if batch:
             self.count += len(batch)
             yield batch
+        if failure is not None:
+            raise failure
 
     def records(self) -> Iterator[Record]:
         """Yield ``(timestamp_ns, frame, original_length, linktype)`` for each packet."""
@@ -144,8 +150,9 @@ class CaptureFile:
         self._f.close()
 
 
-def check_linktype(path: str, linktype: int) -> None:
+def check_linktype(path: str, linktype: int, offset: int) -> None:
+    """Refuse a link type sniff cannot dissect; ``offset`` is where the file names it."""
     if linktype not in SUPPORTED_LINKTYPES:
-        raise CaptureFileError(
-            f"{path}: link type {linktype} is not supported (Ethernet, raw IP, Linux cooked "
-            f"and BSD loopback captures are)")
+        raise MalformedCaptureError(
+            path, offset, f"link type {linktype} is not supported (Ethernet, raw IP, Linux "
+                          f"cooked and BSD loopback captures are)")

@@ -34,7 +34,7 @@ import select
 import socket
 import struct
 import time
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 from socktools.capture import bpf
 from socktools.capture import dissect as d
@@ -68,6 +68,12 @@ ANY = "any"
 
 #: Packets taken per wake-up before returning to the caller (bounds latency).
 _BATCH = 512
+
+#: How long :meth:`LiveSource.drain` waits for packets it knows are captured but cannot
+#: read yet: the ring hands over a part-filled block only when its timer fires (at most
+#: ring.MAX_BLOCK_TIMEOUT_MS, 250 ms), so four of those, for a busy machine.  The wait
+#: restarts with every block read, so a large backlog drains whole.
+DRAIN_WAIT = 1.0
 _TIMESPEC = struct.Struct("@qq")
 
 
@@ -140,10 +146,41 @@ class LiveSource:
         self._received = 0
         self._dropped = 0
         self._skipped = 0
+        self._read = 0                   # packets handed to the caller
 
     @property
     def skipped_outgoing(self) -> int:
         return self._skipped + (self._ring.skipped_outgoing if self._ring else 0)
+
+    @property
+    def taken(self) -> int:
+        """Packets taken off the ring or queue: handed over, or skipped as outgoing copies.
+        The kernel's received minus dropped, less this, is what is still waiting there."""
+        return self._read + self.skipped_outgoing
+
+    def drain(self) -> Iterator[list]:
+        """Stop capturing and yield the packets already captured (what :meth:`read` gives).
+
+        A reject-all filter goes on first, so nothing new enters; then reads go on until
+        every packet the kernel counted for the filter is taken, or nothing came for
+        :data:`DRAIN_WAIT` seconds (what is left then, :attr:`taken` lets the caller count).
+        """
+        try:
+            _attach(self._sock, bpf.reject_all())
+        except OSError:
+            return        # packets would keep coming: a drain could never end (the rest is counted)
+        idle_until = time.monotonic() + DRAIN_WAIT
+        while True:
+            received, dropped = self.stats()
+            if self.taken >= received - dropped:
+                return
+            left = idle_until - time.monotonic()
+            if left <= 0:
+                return
+            batch = self.read(min(left, 0.05))
+            if batch:
+                idle_until = time.monotonic() + DRAIN_WAIT
+                yield batch
 
     @property
     def mode(self) -> str:
@@ -217,7 +254,9 @@ class LiveSource:
     def read(self, timeout: Optional[float]) -> list[tuple[int, bytes, int, int]]:
         """Wait up to ``timeout`` seconds (None: forever) and return the packets queued."""
         if self._ring is not None:
-            return self._ring.read(timeout)
+            out = self._ring.read(timeout)
+            self._read += len(out)
+            return out
         if not self._poll.poll(None if timeout is None else max(0, int(timeout * 1000))):
             return []
         out = []
@@ -245,6 +284,7 @@ class LiveSource:
                             linktype))
                 continue
             out.append((ts, bytes(view[:n]), n, linktype))
+        self._read += len(out)
         return out
 
     def stats(self) -> tuple[int, int]:

@@ -8,7 +8,10 @@ micro- or nanosecond stamps, and pcapng.
 
 A file cut short (the capture was killed, the disk filled) reads up to its last
 complete packet and then says so: :attr:`CaptureFile.truncated` is set, as
-tcpdump says "truncated dump file".
+tcpdump says "truncated dump file".  A corrupt record (a captured length above the
+original length or above ``MAX_RECORD_BYTES``) raises
+:class:`~socktools.capture.common.MalformedCaptureError` naming its byte offset, after the
+records before it were given.
 
 Opening for writing (``files.open_for_writing``) refuses a symbolic link and
 the file being read.
@@ -19,7 +22,8 @@ from __future__ import annotations
 import struct
 from typing import BinaryIO, Iterator, Optional
 
-from socktools.capture.common import CaptureFileError, DEFAULT_SNAPLEN
+from socktools.capture.common import (CaptureFileError, DEFAULT_SNAPLEN, MAX_RECORD_BYTES,
+                                      MalformedCaptureError)
 from socktools.capture.files import CaptureFile, CaptureWriter, Record, check_linktype, open_for_writing
 from socktools.capture.pcapng import PcapngWriter, open_pcapng
 
@@ -30,6 +34,10 @@ _MAGIC_US = 0xA1B2C3D4
 _MAGIC_NS = 0xA1B23C4D
 _PCAPNG_SHB = 0x0A0D0D0A
 _RECORD = struct.Struct("<IIII")
+#: A pcap record's seconds are an unsigned 32-bit field: 2106-02-07 06:28:15 UTC.
+#: A later packet (pcapng holds 64-bit ticks) is refused, not wrapped or clamped:
+#: a file that silently moved a packet in time would lie.
+_MAX_PCAP_SECONDS = 0xFFFFFFFF
 
 
 class PcapWriter(CaptureWriter):
@@ -57,6 +65,11 @@ class PcapWriter(CaptureWriter):
                 f"cannot write {self.path}: packets of two link types ({self.linktype} and "
                 f"{linktype}); a pcap file holds one, write .pcapng instead")
         sec, ns = divmod(ts_ns, 1_000_000_000)
+        if sec > _MAX_PCAP_SECONDS:
+            raise CaptureFileError(
+                f"cannot write {self.path}: packet {self.count + 1} is stamped {sec} s after "
+                f"1970, later than a pcap file holds (32-bit seconds: up to "
+                f"2106-02-07 06:28:15 UTC); write .pcapng instead (to 2554)")
         caplen = min(len(frame), self._snaplen)
         self._put(_RECORD.pack(sec, ns, caplen, max(wirelen, caplen)))
         self._put(frame[:caplen] if caplen < len(frame) else frame)
@@ -80,21 +93,24 @@ def open_capture(path: str) -> CaptureFile:
     try:
         head = f.read(24)
         if len(head) < 4:
-            raise CaptureFileError(f"{path} is empty or not a capture file")
+            raise MalformedCaptureError(
+                path, 0, "empty file, not a pcap or pcapng capture" if not head else
+                f"only {len(head)} bytes: too short for a pcap or pcapng capture")
         for order in ("<", ">"):
             magic = struct.unpack(order + "I", head[:4])[0]
             if magic in (_MAGIC_US, _MAGIC_NS):
                 if len(head) < 24:
-                    raise CaptureFileError(f"{path}: truncated pcap header")
+                    raise MalformedCaptureError(
+                        path, 0, f"pcap file header cut short ({len(head)} of 24 bytes)")
                 linktype = struct.unpack(order + "I", head[20:24])[0] & 0x0FFFFFFF
-                check_linktype(path, linktype)
+                check_linktype(path, linktype, 20)
                 cap = CaptureFile(f, path, "pcap", linktype)
                 cap._batches = _pcap_batches(f, cap, order, 1 if magic == _MAGIC_NS else 1000)
                 return cap
         if struct.unpack("<I", head[:4])[0] == _PCAPNG_SHB:
             f.seek(0)
             return open_pcapng(f, path)
-        raise CaptureFileError(f"{path} is not a pcap or pcapng file (magic {head[:4].hex()})")
+        raise MalformedCaptureError(path, 0, f"not a pcap or pcapng file (magic {head[:4].hex()})")
     except BaseException:
         f.close()
         raise
@@ -106,10 +122,12 @@ _CHUNK = 1 << 20
 
 
 def _pcap_batches(f: BinaryIO, cap: CaptureFile, order: str, scale: int) -> Iterator[list]:
-    """Lists of records, one list per chunk read; sets ``cap.truncated`` if the file is cut."""
+    """Lists of records, one list per chunk read; sets ``cap.truncated`` if the file is cut,
+    raises MalformedCaptureError (after the records before it) at a corrupt record."""
     unpack = struct.Struct(order + "IIII").unpack_from
     linktype = cap.linktype
     buf = b""
+    base = 24                          # file offset of buf[0]: records follow the 24-byte header
     while True:
         chunk = f.read(_CHUNK)
         buf = buf + chunk if buf else chunk
@@ -117,25 +135,38 @@ def _pcap_batches(f: BinaryIO, cap: CaptureFile, order: str, scale: int) -> Iter
         pos = 0
         out = []
         append = out.append
+        bad = None
         while pos + 16 <= end:
             sec, frac, caplen, wirelen = unpack(buf, pos)
-            if caplen > 0x4000000:
-                raise CaptureFileError(f"{cap.path}: corrupt record (captured length {caplen})")
+            if caplen > wirelen or caplen > MAX_RECORD_BYTES:
+                bad = MalformedCaptureError(cap.path, base + pos, _bad_caplen(caplen, wirelen))
+                break
             nxt = pos + 16 + caplen
             if nxt > end:
                 break
             append((sec * 1_000_000_000 + frac * scale, buf[pos + 16:nxt], wirelen, linktype))
             pos = nxt
-        buf = buf[pos:]
         if out:
             yield out
+        if bad is not None:
+            raise bad
+        buf = buf[pos:]
+        base += pos
         if not chunk:
             if buf:
                 done = cap.count
                 if len(buf) < 16:
-                    cap.truncated = f"cut short in a packet header after {done} packets"
+                    cap.truncated = (f"at byte {base}: cut short in a packet header "
+                                     f"after {done} packets")
                 else:
                     caplen = unpack(buf, 0)[2]
-                    cap.truncated = (f"cut short in packet {done + 1} ({len(buf) - 16} of "
-                                     f"{caplen} bytes)")
+                    cap.truncated = (f"at byte {base}: cut short in packet {done + 1} "
+                                     f"({len(buf) - 16} of {caplen} bytes)")
             return
+
+
+def _bad_caplen(caplen: int, wirelen: int) -> str:
+    if caplen > MAX_RECORD_BYTES:
+        return (f"captured length {caplen} is more than any packet record holds "
+                f"({MAX_RECORD_BYTES >> 20} MiB): corrupt record")
+    return f"captured length {caplen} is more than the packet's original length {wirelen}"

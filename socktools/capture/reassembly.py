@@ -7,9 +7,13 @@ the same decoder the server and the clients use — and reports each message
 with the packets it spanned, attached to the packet that completed it.
 
 Decode modes: ``framed`` decodes and reports protocol errors; ``auto`` tries
-the framed decoder and, when the bytes at the start of the stream are not
-the framed protocol, falls back to ``raw`` (a hex/ASCII preview of each
-segment); ``none`` skips payloads entirely.  ``redis``, ``http`` and
+the framed decoder and, beside it, the wire parsers (redis, http, line) on
+the first bytes of the stream: the first to complete a message decodes the
+rest (line, which takes almost anything with a newline, only once every other
+has failed or the stream ended).  When none parses within
+:data:`AUTO_DECIDE_BYTES`, or by the FIN, the direction falls back to ``raw``
+(a hex/ASCII preview of each segment) and the bytes held while deciding are
+shown in the note that says so; ``none`` skips payloads entirely.  ``redis``, ``http`` and
 ``line`` run the parsers flood and request use (:mod:`socktools.wire`) on
 the ordered bytes instead, one per direction.
 """
@@ -23,7 +27,7 @@ from typing import NamedTuple, Optional
 from socktools.protocol import NEED_DATA, Decoder, Message, RemoteProtocolError
 
 __all__ = ["DECODE_MODES", "MessageEvent", "Note", "StreamDecoder", "preview_bytes",
-           "message_comment", "SNIFF_MAX_CONTENT", "MAX_PENDING"]
+           "message_comment", "SNIFF_MAX_CONTENT", "MAX_PENDING", "AUTO_DECIDE_BYTES"]
 
 #: Decoders of other protocols: the wire parsers, run on the reassembled stream.
 WIRE_DECODES = ("redis", "http", "line")
@@ -38,6 +42,14 @@ SNIFF_MAX_CONTENT = 16 << 20
 #: gap is taken as real (the packet was not captured) and decoding stops for
 #: that direction; 4 MiB is a few round trips of a loopback window.
 MAX_PENDING = 4 << 20
+
+#: ``auto`` guesses the protocol from at most this many bytes per direction: an
+#: HTTP request head (nginx reads one into 8 KiB buffers, most fit in 1 KiB), a
+#: redis command or a line of text is complete well within it.  Past it, an
+#: undecided direction is shown raw (or left to the framed decoder, whose own
+#: header cap applies) and nothing more is held for guessing: with up to
+#: tracker.MAX_CONNECTIONS streams, a guess must stay small.
+AUTO_DECIDE_BYTES = 4096
 
 _PREVIEW = 16            # bytes shown in a raw preview, as one hexdump line
 _CONTENT_PREVIEW = 120   # characters of decoded content shown
@@ -64,7 +76,7 @@ class MessageEvent(NamedTuple):
 class Note(NamedTuple):
     """Something about a stream worth a line: ``kind`` is a stable slug."""
 
-    kind: str    # not-framed | decode-error | gap | truncated
+    kind: str    # not-framed | raw | decode-error | gap | truncated
     text: str
 
 
@@ -119,7 +131,8 @@ class StreamDecoder:
     """
 
     __slots__ = ("mode", "role", "state", "next", "pending", "pending_bytes", "decoder",
-                 "chunks", "consumed", "count", "head", "max_pending", "wire")
+                 "chunks", "consumed", "count", "head", "max_pending", "wire", "protocol",
+                 "guesses", "held")
 
     def __init__(self, mode: str, role: str, *, max_content: int = SNIFF_MAX_CONTENT,
                  max_pending: int = MAX_PENDING) -> None:
@@ -130,9 +143,16 @@ class StreamDecoder:
         # trying (auto, nothing decided) | framed | raw | off
         self.state = {"auto": "trying", "framed": "framed", "raw": "raw", "none": "off"}.get(mode, "wire")
         self.wire = None
+        self.protocol = mode             # what the bytes are decoded as (auto: once found)
         if self.state == "wire":
             from socktools.wire.spec import stream_parser
             self.wire = stream_parser(mode, role)
+        # auto: the wire parsers still in the running, fed beside the framed decoder, and
+        # the bytes they were fed (to show raw if none wins); both end at the verdict
+        # (None: auto, not started; the parsers are made at the first bytes, and only
+        # those the first bytes allow: a framed stream makes none)
+        self.guesses: Optional[list] = None if mode == "auto" else []
+        self.held: Optional[bytearray] = bytearray() if mode == "auto" else None
         self.next = 0
         self.pending: dict[int, tuple[bytes, int]] = {}
         self.pending_bytes = 0
@@ -188,12 +208,15 @@ class StreamDecoder:
             return self._gap(packet)
         if self.state == "wire":
             return self._wire_finish()
+        if self.decoder is None:         # auto: framed ruled out, the wire parsers undecided
+            return self._guess_at_end("the stream ended")
         self.decoder.receive_data(b"")
         try:
             self.decoder.next_event()
         except RemoteProtocolError as exc:
             if self.state == "trying" and self.count == 0:
-                return self._not_framed(str(exc))
+                self.decoder = None
+                return self._guess_at_end(str(exc))
             self.state = "raw"
             return [Note("truncated", f"{self.role} stream ended mid-message: {exc}")]
         self.state = "off"
@@ -206,12 +229,29 @@ class StreamDecoder:
             self.chunks.append((offset, self.next, packet))
             return self._wire_feed(data)
         if self.state == "trying":
+            self.chunks.append((offset, self.next, packet))
+            if self.held is not None:
+                self.held += data
+            if self.guesses is None or self.guesses:
+                found = self._guess(data)
+                if found is not None:
+                    return found
+            if self.held is not None and len(self.held) > AUTO_DECIDE_BYTES:
+                self.guesses = []
+                if self.decoder is None:
+                    return self._raw(f"nothing parsed the first {AUTO_DECIDE_BYTES} bytes",
+                                     len(data))
+                self.held = None         # the framed decoder goes on alone, as it did
+            if self.decoder is None:     # framed ruled out, still guessing
+                return []
             if len(self.head) < 3:
                 self.head += data[:3]
-            verdict = _looks_framed(self.head)
-            if verdict is False:
-                return self._not_framed("the first bytes cannot start a framed message")
-        self.chunks.append((offset, self.next, packet))
+            if _looks_framed(self.head) is False:
+                self.decoder = None
+                return self._guess_or_raw("the first bytes cannot start a framed message",
+                                          len(data))
+        else:
+            self.chunks.append((offset, self.next, packet))
         events: list = []
         try:
             self.decoder.receive_data(data)
@@ -222,7 +262,8 @@ class StreamDecoder:
                 events.append(self._message(ev))
         except RemoteProtocolError as exc:
             if self.state == "trying" and self.count == 0:
-                return events + self._not_framed(str(exc))
+                self.decoder = None
+                return events + self._guess_or_raw(str(exc), len(data))
             self.state = "raw"
             events.append(Note("decode-error", f"{self.role} stream broke the framed protocol after "
                                                f"{self.count} message(s): {exc}; showing raw bytes"))
@@ -237,6 +278,9 @@ class StreamDecoder:
         self.count += 1
         if self.state == "trying":
             self.state = "framed"
+            self.protocol = "framed"
+            self.guesses = []
+            self.held = None
         return MessageEvent(self.role, self.count, msg.header, msg.content_type,
                             content_preview(msg), msg.wire_size, len(set(spanned)),
                             spanned[0] if spanned else 0)
@@ -264,7 +308,7 @@ class StreamDecoder:
         self.state = "raw"
         self.wire = None
         self.chunks.clear()
-        return [Note("decode-error", f"{self.role} stream is not {self.mode} after {self.count} "
+        return [Note("decode-error", f"{self.role} stream is not {self.protocol} after {self.count} "
                                      f"message(s): {reason}; showing raw bytes")]
 
     def _wire_messages(self) -> list:
@@ -283,17 +327,97 @@ class StreamDecoder:
             text = reply.summary
             if len(text) > _CONTENT_PREVIEW:
                 text = text[:_CONTENT_PREVIEW - 1] + "…"
-            events.append(MessageEvent(self.role, self.count, _wire_header(reply.fields), self.mode, text,
+            events.append(MessageEvent(self.role, self.count, _wire_header(reply.fields), self.protocol, text,
                                        reply.size, len(set(spanned)), spanned[0] if spanned else 0))
         parser.keep.clear()
         parser.failures.clear()
         return events
 
-    def _not_framed(self, reason: str) -> list:
+    # ------------------------------------------------------------------ auto's guess
+    def _guess(self, data: bytes) -> Optional[list]:
+        """Feed the wire parsers still in the running; the events of a verdict, or None."""
+        from socktools.wire.base import WireError
+        if self.guesses is None:
+            self.guesses = _guessers(self.role, self.held[0])
+        alive = []
+        text = _is_text(data)
+        for name, parser in self.guesses:
+            if name == "line" and not text:
+                continue                 # ruled out without waiting for a newline
+
+            try:
+                parser.feed(data)
+            except WireError:
+                continue
+            alive.append((name, parser))
+        self.guesses = alive
+        for name, parser in alive:
+            # the first to complete a message wins; line (nearly anything with a newline)
+            # only when nothing else can still win
+            if parser.keep and (name != "line" or (self.decoder is None and len(alive) == 1)):
+                return self._adopt(name, parser)
+        if len(self.held) > AUTO_DECIDE_BYTES:
+            for name, parser in alive:
+                # still parsing, and not just buffering while it waits (an HTTP reply's
+                # long body is counted as it comes; a redis parser waiting for CRLF holds all)
+                if name != "line" and parser.buffered < len(self.held):
+                    return self._adopt(name, parser)
+        if not alive and self.decoder is None:
+            return self._raw("the first bytes are none of them", len(data))
+        return None
+
+    def _guess_or_raw(self, reason: str, current: int) -> list:
+        """The framed decoder was just ruled out: a wire parser that already has a message
+        wins, one still waiting keeps the stream undecided, else raw."""
+        if not self.guesses:
+            return self._raw(f"{reason}; no other parser takes them", current)
+        for name, parser in self.guesses:
+            if parser.keep and (name != "line" or len(self.guesses) == 1):
+                return self._adopt(name, parser)
+        return []
+
+    def _guess_at_end(self, reason: str) -> list:
+        """FIN while undecided: the first parser with whole messages and a clean end wins."""
+        from socktools.wire.base import WireError
+        for name, parser in self.guesses:
+            try:
+                parser.eof()
+            except WireError:
+                continue
+            if parser.keep:
+                events = self._adopt(name, parser)
+                self.state = "off"
+                return events
+        return self._raw(reason, 0)
+
+    def _adopt(self, name: str, parser) -> list:
+        self.state = "wire"
+        self.protocol = name
+        self.wire = parser
+        self.decoder = None
+        self.guesses = []
+        self.held = None
+        return self._wire_messages()
+
+    def _raw(self, reason: str, current: int) -> list:
+        """Nothing parses: show raw from now on, and show here the bytes held while deciding
+        (all but the ``current`` segment's, which gets the usual per-packet preview)."""
+        held = bytes(self.held[:len(self.held) - current]) if self.held else b""
+        self.guesses = []
+        self.held = None
+        tried = "the framed protocol" if self.mode != "auto" else \
+            "the framed protocol, redis, http or line"
+        events = self._not_framed(reason, tried)
+        if held:
+            events.append(Note("raw", f"{self.role} bytes before that ({len(held)}): "
+                                      f"{preview_bytes(held)}"))
+        return events
+
+    def _not_framed(self, reason: str, tried: str = "the framed protocol") -> list:
         self.state = "raw"
         self.decoder = None
         self.chunks.clear()
-        return [Note("not-framed", f"{self.role} stream is not the framed protocol ({reason}); "
+        return [Note("not-framed", f"{self.role} stream is not {tried} ({reason}); "
                                    f"showing raw bytes")]
 
     def _gap(self, packet: int) -> list:
@@ -304,6 +428,34 @@ class StreamDecoder:
         self.decoder = None
         return [Note("gap", f"{self.role} stream is missing {missing} bytes at offset {self.next} "
                             f"(not captured); stopped decoding it")]
+
+
+#: The bytes a RESP value starts with (RESP2 and RESP3 types): a redis parser waits for
+#: a whole line before it judges, auto judges the first byte at once (and makes no parser
+#: for a stream that cannot be redis: a framed flood's first bytes rule out all three).
+_RESP_FIRST = frozenset(b"+-:$*_,#!=(%~>|")
+#: Control bytes no line of text holds (tab, CR and LF aside): line is for text.
+_NOT_TEXT = bytes(b for b in range(32) if b not in b"\t\r\n") + b"\x7f"
+
+
+def _is_text(data: bytes) -> bool:
+    return len(data.translate(None, _NOT_TEXT)) == len(data)
+
+
+def _guessers(role: str, first: int) -> list:
+    """(name, parser) for each wire protocol auto may find in a stream starting with byte
+    ``first``, in the order they are preferred (HTTP only where httptools is installed)."""
+    from socktools.wire.spec import stream_parser
+    out = []
+    for name in WIRE_DECODES:
+        if name == "redis" and first not in _RESP_FIRST or name == "http" and not (
+                65 <= first <= 90 or 97 <= first <= 122) or name == "line" and first in _NOT_TEXT:
+            continue                     # a method or "HTTP/" starts with a letter
+        try:
+            out.append((name, stream_parser(name, role)))
+        except ImportError:
+            pass
+    return out
 
 
 def _wire_header(fields: dict) -> dict:

@@ -91,6 +91,7 @@ class CaptureSummary:
     truncated: Optional[str] = None  # -r: why the file ended before a complete packet
     read_packets: Optional[int] = None   # -r: complete packets in the file (before the filter)
     backend: Optional[str] = None    # live: "ring" (TPACKET_V3), "socket" (recv) or "scapy"
+    undrained: Optional[int] = None  # live: accepted by the kernel, still unread at the end
 
 
 class Sniffer:
@@ -207,6 +208,13 @@ class Sniffer:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     self.stopped_by = "timeout"
+                    if self.source is not None:
+                        # what the kernel captured before the deadline is part of the run:
+                        # take it out of the ring before the summary, not drop it
+                        for raw in self.source.drain():
+                            yield self._within_count(raw)
+                            if limit is not None and self.captured >= limit:
+                                return
                     return
                 wait = min(left, _TICK)
             else:
@@ -222,9 +230,14 @@ class Sniffer:
                     if self.writer:
                         self.writer.flush()
                     continue
-            if limit is not None and len(raw) > limit - self.captured:
-                raw = raw[:limit - self.captured]
-            yield raw
+            yield self._within_count(raw)
+
+    def _within_count(self, raw: list) -> list:
+        """``raw`` cut so the packets taken stay within --count."""
+        limit = self.config.count
+        if limit is not None and len(raw) > limit - self.captured:
+            return raw[:limit - self.captured]
+        return raw
 
     def _read_file(self) -> Iterator[list]:
         first = self.linktype
@@ -288,11 +301,16 @@ class Sniffer:
         """Stop, read the kernel's counters, close files; returns the summary."""
         if interrupted:
             self.stopped_by = "interrupt"
-        received = dropped = buffer = backend = None
+        received = dropped = buffer = backend = undrained = None
         if self.source is not None:
             received, dropped = self.source.stats()
             buffer = self.source.buffer_bytes
             backend = self.source.mode
+            taken = self.source.taken
+            if received is not None and taken is not None and self.stopped_by != "count":
+                # what the kernel accepted for the filter and nobody read (after --count,
+                # the packets past it are not owed)
+                undrained = max(0, received - (dropped or 0) - taken)
         written = self.writer.count if self.writer else None
         truncated = self.file.truncated if self.file else None
         read_packets = self.file.count if self.file else None
@@ -308,7 +326,7 @@ class Sniffer:
             stopped_by=self.stopped_by, non_tcp=self.non_tcp,
             connections=tuple(self.tracker.summaries()),
             connections_forgotten=self.tracker.forgotten, truncated=truncated,
-            read_packets=read_packets, backend=backend)
+            read_packets=read_packets, backend=backend, undrained=undrained)
 
     def _close_io(self) -> None:
         errors = []

@@ -180,8 +180,16 @@ def _fast_key(src: bytes, sport: int, dst: bytes, dport: int) -> bytes:
     return src + dst + _PORTS.pack(sport, dport)
 
 
-def _unwrap(rel32: int, near: int) -> int:
-    """32-bit relative sequence -> the 64-bit value closest to ``near``."""
+#: Below this many bytes into a stream, :func:`unwrap` returns its 32-bit argument unchanged.
+UNWRAP_FROM = 0x80000000
+
+
+def unwrap(rel32: int, near: int) -> int:
+    """32-bit relative sequence -> the 64-bit value closest to ``near``.
+
+    The one unwrap of the tracker and the fast lane.  For ``near`` below 2 GiB the answer is
+    ``rel32`` itself, so callers on a hot path call this only when ``near >= UNWRAP_FROM``.
+    """
     v = (near & ~_M) | rel32
     if v < near - 0x80000000:
         v += 0x100000000
@@ -231,23 +239,17 @@ class Tracker:
                 conn.client, conn.syn_ts = i, ts
         if d.base is None:
             d.base, d.next = (seg.seq - 1) & _M, 1     # mid-stream: first byte seen is Seq=1
-        # _unwrap, inlined (twice per packet): the 32-bit offset nearest the expected one
-        near = d.next
-        rel = (near & ~_M) | ((seg.seq - d.base) & _M)
-        if rel < near - 0x80000000:
-            rel += 0x100000000
-        elif rel > near + 0x80000000 and rel >= 0x100000000:
-            rel -= 0x100000000
+        # the 64-bit offsets nearest the expected ones (unwrap() is the identity below 2 GiB)
+        rel = (seg.seq - d.base) & _M
+        if d.next >= UNWRAP_FROM:
+            rel = unwrap(rel, d.next)
         ack_rel = None
         if flags & ACK:
             if r.base is None:
                 r.base, r.next = (seg.ack - 1) & _M, 1
-            near = r.next
-            ack_rel = (near & ~_M) | ((seg.ack - r.base) & _M)
-            if ack_rel < near - 0x80000000:
-                ack_rel += 0x100000000
-            elif ack_rel > near + 0x80000000 and ack_rel >= 0x100000000:
-                ack_rel -= 0x100000000
+            ack_rel = (seg.ack - r.base) & _M
+            if r.next >= UNWRAP_FROM:
+                ack_rel = unwrap(ack_rel, r.next)
         scale = d.scale_opt if conn.scaled else 1
         win = seg.window if flags & SYN else seg.window * scale
         seglen = plen + (1 if flags & SYN else 0) + (1 if flags & FIN else 0)

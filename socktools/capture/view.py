@@ -71,4 +71,4 @@ def summary_dict(s: CaptureSummary) -> dict:
             "elapsed": round(s.elapsed, 6), "stopped_by": s.stopped_by, "non_tcp": s.non_tcp,
             "connections": [connection_dict(c) for c in s.connections],
             "connections_forgotten": s.connections_forgotten, "truncated": s.truncated,
-            "read_packets": s.read_packets, "backend": s.backend}
+            "read_packets": s.read_packets, "backend": s.backend, "undrained": s.undrained}

@@ -15,6 +15,43 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 3
 EXIT_THRESHOLD = 99
+#: The most connections a command may ask for: ten times the largest run measured on one
+#: machine (1,000,000); a machine runs out of kernel memory (~6 KiB a socket) far sooner,
+#: and a typo must not become a plan for 10^20 sockets (and an `ulimit -n` advice to match).
+MAX_CONNS = 10_000_000
+#: The most processes a command may start: far past any machine's CPUs (flood's plan already
+#: warns at 4 per CPU), and each one costs ~24 MiB and two of the parent's descriptors.
+MAX_PROCESSES = 1024
+#: The most requests, probes, packets or refreshes a count may ask for: 2**53, the largest
+#: integer a JSON number (an IEEE double) holds exactly -- every count lands in a --json.
+MAX_COUNT = 2 ** 53
+#: listen()'s backlog: the kernel trims it to net.core.somaxconn anyway, and 65,535 is what
+#: that could hold until Linux 5.4 (and what nginx and redis document as the ceiling).
+MAX_BACKLOG = 65_535
+
+
+#: 128 + the signal, as a shell reports a process the signal ended: Ctrl-C (SIGINT)
+#: before anything could be reported, and SIGTERM after the report was printed.
+EXIT_INTERRUPTED = 128 + 2
+EXIT_SIGTERM = 128 + 15
+
+
+def shown(text: str) -> str:
+    """``text`` as the user typed it, fit for a message: bytes that are not UTF-8 (which
+    arrive surrogate-escaped) as ``\\xff``, quoted when it has spaces or is empty."""
+    import shlex
+    from socktools.wire.escapes import readable
+    return shlex.quote(readable(text))
+
+#: The longest duration any option takes (timeouts, intervals, run lengths): a year is longer
+#: than anyone means, and far below where sleep() and socket timeouts overflow time_t.
+MAX_DURATION = 366 * 86400.0
+#: The largest size any option takes (payloads, chunks, socket buffers, caps): 2 GiB - 1, what
+#: setsockopt's C int holds; one message or send() chunk beyond it is a typo here.
+MAX_BYTES = (1 << 31) - 1
+#: The fastest --rate / --connect-rate: a billion per second is beyond any machine (the
+#: fastest loopback runs measured here are ~10^6/s); inf and nan are typos, not rates.
+MAX_RATE = 1e9
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, None: 1.0, "m": 60.0, "h": 3600.0}
@@ -35,9 +72,19 @@ class Duration(click.ParamType):
         if isinstance(value, (int, float)):
             return float(value)
         try:
-            return parse_duration(value)
+            seconds = parse_duration(value)
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
+        if seconds > MAX_DURATION:
+            self.fail(f"{value!r} is more than a year: at most {MAX_DURATION / 86400:.0f} days", param, ctx)
+        return seconds
+
+    @staticmethod
+    def text(seconds: float) -> str:
+        """``60.0`` -> ``"60s"``, ``0.5`` -> ``"0.5s"``: a duration as help shows it, the way
+        a user types it (and :func:`parse_duration` reads it back exactly)."""
+        seconds = float(seconds)
+        return f"{int(seconds)}s" if seconds.is_integer() else f"{seconds!r}s"
 
 
 class ByteSize(click.ParamType):
@@ -53,7 +100,10 @@ class ByteSize(click.ParamType):
         if not m:
             self.fail(f"{value!r} is not a size in bytes (examples: 4096, 64k, 1M)", param, ctx)
         mult = {"": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}[m.group(2).lower()]
-        return int(m.group(1)) * mult
+        size = int(m.group(1)) * mult
+        if size > MAX_BYTES:
+            self.fail(f"{value!r} is more than 2 GiB: at most {MAX_BYTES:,} bytes", param, ctx)
+        return size
 
 
 class Port(click.ParamType):
@@ -109,10 +159,30 @@ class LazyDefault:
 class LazyOption(click.Option):
     def get_default(self, ctx, call=True):
         value = super().get_default(ctx, call=call)
-        return value() if isinstance(value, LazyDefault) else value
+        value = value() if isinstance(value, LazyDefault) else value
+        if isinstance(self.type, Duration) and isinstance(value, (int, float)):
+            value = Duration.text(value)   # help writes `60s` (as the plain defaults do), not 60.0
+        return value
+
+
+class Rate(click.ParamType):
+    """Per second, more than 0 and at most :data:`MAX_RATE` (not inf, not nan)."""
+
+    name = "FLOAT"
+
+    def convert(self, value, param, ctx):
+        try:
+            rate = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number per second", param, ctx)
+        if not 0 < rate <= MAX_RATE:      # false for nan too
+            self.fail(f"{value!r} is out of range: more than 0, at most {MAX_RATE:,.0f} per second",
+                      param, ctx)
+        return rate
 
 
 DURATION = Duration()
+RATE = Rate()
 BYTESIZE = ByteSize()
 PORT = Port()
 
@@ -177,7 +247,7 @@ def _option_hint(ctx, field: str) -> str:
     is one (``--max-conns``), else the field spelled as an option."""
     for param in (ctx.command.params if ctx is not None else ()):
         if param.name == field and getattr(param, "opts", None):
-            return "'" + "' / '".join(o for o in param.opts if o.startswith("--")) + "'"
+            return param.get_error_hint(ctx)   # names its variable when the value came from it
     return f"'--{field.replace('_', '-')}'"
 
 
@@ -197,15 +267,6 @@ def host_option(default="127.0.0.1", help_extra=""):
 def port_option(default=65432, help_extra=""):
     return click.option("--port", "-p", type=PORT, default=default, show_default=True,
                         help="TCP port." + help_extra)
-
-
-def fmt_bytes(n: float) -> str:
-    """``1536`` -> ``1.5 KiB``."""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"  # pragma: no cover
 
 
 def setup_logging(verbose: int = 0, quiet: bool = False) -> None:

@@ -15,10 +15,9 @@ from dataclasses import dataclass
 import click
 
 from socktools.cli._common import EXIT_UNAVAILABLE, die
+from socktools.optional import PACKAGES, hint
 
-__all__ = ["Outputs", "output_options", "write_outputs", "need_report_extra", "REPORT_EXTRA_HINT"]
-
-REPORT_EXTRA_HINT = "--report draws its plots with matplotlib: pip install 'socktools[report]'"
+__all__ = ["Outputs", "output_options", "write_outputs", "need_report_extra"]
 
 
 @dataclass(frozen=True)
@@ -46,24 +45,51 @@ def _parse_thresholds(ctx, param, values):
 
 
 def _writable(ctx, param, value):
-    """The parent directory must exist and be writable now, not after the run."""
+    """An output file must be writable now, not after the run: try it, as the run will.
+
+    The file is opened for appending (nothing in it is touched) and, if this made it,
+    removed again; the OS's own reason is the message (EACCES, ENOENT, EROFS, and the
+    EACCES /proc answers that a permission check of the directory cannot foresee).
+    Not a regular file (/dev/stdout, a FIFO): only its permission is checked, since
+    opening a FIFO would wait for a reader; a symbolic link is left to the writer (sniff
+    refuses one; creating through a dangling one here would leave a file behind).
+    """
     if value is None:
         return None
-    parent = os.path.dirname(os.path.abspath(value)) or "."
-    if os.path.isdir(value):
-        raise click.BadParameter(f"{value} is a directory", ctx=ctx, param=param)
-    if not os.path.isdir(parent):
-        raise click.BadParameter(f"directory {parent} does not exist", ctx=ctx, param=param)
-    if not os.access(parent, os.W_OK):
-        raise click.BadParameter(f"cannot write in {parent}", ctx=ctx, param=param)
+    import stat
+    try:
+        st = os.lstat(value)
+    except FileNotFoundError:
+        st = None
+    except (OSError, ValueError) as exc:        # ValueError: a NUL or lone surrogate in the name
+        raise click.BadParameter(f"cannot write {value!r}: {getattr(exc, 'strerror', None) or exc}",
+                                 ctx=ctx, param=param) from None
+    if st is not None and stat.S_ISLNK(st.st_mode):
+        return value
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        raise click.BadParameter(f"{value!r} is a directory", ctx=ctx, param=param)
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        if not os.access(value, os.W_OK):
+            raise click.BadParameter(f"cannot write {value!r}: permission denied", ctx=ctx, param=param)
+        return value
+    try:
+        fd = os.open(value, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+    except OSError as exc:
+        parent = os.path.dirname(os.path.abspath(value))
+        why = (f"directory {parent} does not exist" if not os.path.isdir(parent)
+               else exc.strerror)
+        raise click.BadParameter(f"cannot write {value!r}: {why}", ctx=ctx, param=param) from None
+    os.close(fd)
+    if st is None:
+        os.unlink(value)     # made only to try: the run writes it, or leaves no empty file behind
     return value
 
 
-def need_report_extra() -> None:
-    """Exit with the one-line install hint when matplotlib is missing."""
+def need_report_extra(feature: str = "--report") -> None:
+    """Exit 3 with the one-line install hint when matplotlib is missing."""
     from socktools.report.plots import available
     if not available():
-        die(REPORT_EXTRA_HINT, EXIT_UNAVAILABLE)
+        die(hint("report", feature), EXIT_UNAVAILABLE)
 
 
 def output_options(fn):
@@ -72,10 +98,11 @@ def output_options(fn):
         click.option("--threshold", "thresholds", multiple=True, callback=_parse_thresholds,
                      metavar="EXPR",
                      help="Pass/fail criterion, repeatable: p99<5ms, p50<1ms, connect_p99<50ms, "
-                          "errors==0, rps>10000.  A failed one makes flood exit with code 99."),
+                          "errors==0 (every failure, failed replies included), reply_failures==0, "
+                          "rps>10000.  A failed one makes flood exit with code 99."),
         click.option("--report", type=click.Path(dir_okay=False), callback=_writable, metavar="FILE.html",
                      help="Write a self-contained HTML report (plots; opens offline).  "
-                          "Needs: pip install 'socktools[report]'."),
+                          f"Needs matplotlib ({PACKAGES['report'].install})."),
         click.option("--hgrm", type=click.Path(dir_okay=False), callback=_writable, metavar="FILE",
                      help="Write the latency percentile distribution (.hgrm, milliseconds, as wrk2)."),
         click.option("--hlog", type=click.Path(dir_okay=False), callback=_writable, metavar="FILE",
@@ -122,7 +149,9 @@ def write_outputs(doc: dict, outputs: Outputs) -> list:
             with open(outputs.report, "w", encoding="utf-8") as f:
                 f.write(page)
             notes.append(f"wrote {outputs.report} ({len(page.encode()) / 1024:,.0f} KiB)")
-    except OSError as exc:
-        from socktools.errors import one_line
-        die(one_line(exc, "write the result files"))
+    except OSError as exc:   # checked before the run; a full disk can still come: name the file
+        from socktools.cli._common import shown
+        from socktools.errors import errno_name
+        what = shown(exc.filename) if isinstance(exc.filename, str) else "the result files"
+        die(f"cannot write {what}: {errno_name(exc.errno)} (errno {exc.errno}) - {exc.strerror}")
     return notes

@@ -39,7 +39,8 @@ _OPTIONS = [
     click.option("--header", "headers", multiple=True, metavar="'K: V'", help="http: a request header (repeatable)."),
     click.option("--body", default=None, metavar="TEXT|@FILE", help="http: the request body."),
     click.option("--accept-status", multiple=True, metavar="CODES",
-                 help="http: statuses that are not failures, e.g. 404 or 4xx,5xx.  [default: 1xx-3xx]"),
+                 help="http: statuses that are not failures, added to 1xx-3xx, e.g. 404 or 4xx,5xx; "
+                      "!CODE or !CLASS takes one away (!2xx: a 2xx is a failure)."),
     click.option("--protocol", "plugin", metavar="MODULE:CLASS", default=None,
                  help="Your own exchange protocol class (see docs/plugins.md); --command texts go to it."),
 ]
@@ -74,6 +75,8 @@ def _read(path: str, option: str) -> bytes:
             return fh.read()
     except OSError as exc:
         raise click.BadParameter(f"cannot read {path!r}: {exc.strerror}", param_hint=option)
+    except UnicodeEncodeError:      # a lone surrogate: no file can have that name
+        raise click.BadParameter(f"{path!r} cannot be a file name", param_hint=option) from None
 
 
 def wire_spec(mode: str, host: str, params: dict, **extra):
@@ -86,7 +89,11 @@ def wire_spec(mode: str, host: str, params: dict, **extra):
     elif body.startswith("@"):
         body_bytes = _read(body[1:], "--body")
     else:
-        body_bytes = body.encode()
+        from socktools.wire.escapes import EscapeError, typed_bytes
+        try:
+            body_bytes = typed_bytes(body)       # sent as typed, bytes that are not UTF-8 too
+        except EscapeError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--body'") from None
     send_file = params.get("send_file")
     return WireSpec(mode="plugin" if params.get("plugin") else mode,
                     sends=tuple(params.get("sends") or ()),

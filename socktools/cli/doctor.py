@@ -6,7 +6,7 @@ import json
 
 import click
 
-from socktools.cli._common import EXIT_FAILED
+from socktools.cli._common import EXIT_FAILED, MAX_CONNS
 
 _MARK = {"ok": "ok", "low": "LOW", "warn": "warn", "info": "info", "absent": "n/a"}
 
@@ -36,7 +36,7 @@ def render(report) -> str:
 
 
 @click.command("doctor", context_settings={"max_content_width": 100})
-@click.option("--conns", "-n", type=click.IntRange(min=1), default=1000, show_default=True,
+@click.option("--conns", "-c", type=click.IntRange(1, MAX_CONNS), default=1000, show_default=True,
               help="Connections you plan to open (client and server both on this machine).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def command(conns, as_json):

@@ -9,9 +9,11 @@ import sys
 import click
 
 from socktools.cli._common import (BYTESIZE, DURATION, EXIT_FAILED, EXIT_THRESHOLD, EXIT_UNAVAILABLE,
-                                   PORT, build_config, die, parse_address_range, warn_target)
+                                   MAX_CONNS, MAX_COUNT, MAX_PROCESSES, PORT, RATE, build_config, die,
+                                   parse_address_range, warn_target)
 from socktools.cli._outputs import output_options, write_outputs
 from socktools.cli._wire import given_params, option_name, wire_options, wire_spec
+from socktools.optional import PACKAGES
 
 EPILOG = """\b
 Examples:
@@ -34,7 +36,7 @@ Your own server (give its --port):
   socktools flood --port 9000 --mode raw --send-file req.bin --reply-prefix '>I' --reply-prefix-adjust 0
   socktools flood --port 9000 --mode raw --send 'tick\\n' --no-reply --rate 50000
   socktools flood --port 8080 --mode raw --send 'GET / HTTP/1.0\\r\\n\\r\\n' --reply-until-close
-  socktools flood --port 11211 --protocol examples.memcached_plugin:Memcached --command 'get k{conn}'
+  socktools flood --port 11211 --protocol socktools.examples.memcached:Memcached --command 'get k{conn}'
 
 \b
 With no --port, flood starts `socktools serve` (the matching mode) on a free
@@ -43,8 +45,9 @@ stops early and still prints the results (a second one stops at once).  Exit
 codes: 0 the run completed, or Ctrl-C ended it; 1 no connection could be
 established, no request was answered, every connection was lost, a worker
 failed (one line on stderr says which), or the plan does not fit this machine
-(nothing started; --yes runs anyway); 2 a bad option; 99 a --threshold
-failed; 130 interrupted before the start; 143 SIGTERM ended it.
+(nothing started; --yes runs anyway); 2 a bad option; 3 an optional package
+is missing (the message says which); 99 a --threshold failed; 130 interrupted
+before the start; 143 SIGTERM ended it.
 """
 
 #: Exit status after a SIGTERM ended the run (report printed): 128 + 15, what a
@@ -59,9 +62,9 @@ EXIT_SIGTERM = 128 + 15
               help="Server address (::1 for IPv6).  Without --port: where the embedded server binds.")
 @click.option("--port", "-p", type=PORT, default=None, metavar="PORT",
               help="Server port.  Omit it to let flood start its own server.")
-@click.option("--conns", "-c", type=click.IntRange(min=1), default=100, show_default=True,
+@click.option("--conns", "-c", type=click.IntRange(1, MAX_CONNS), default=100, show_default=True,
               help="Concurrent connections (connect mode: concurrent connect/close slots).")
-@click.option("--workers", "-w", type=click.IntRange(min=1), default=None,
+@click.option("--workers", "-w", type=click.IntRange(1, MAX_PROCESSES), default=None,
               help="Worker processes.  [default: one per CPU, half of them with the embedded "
                    "server, more if the fd limit needs it]")
 @click.option("--mode", "-m", type=click.Choice(["echo", "framed", "connect", "raw", "line", "redis", "http"]),
@@ -78,19 +81,19 @@ EXIT_SIGTERM = 128 + 15
 @click.option("--value", default="morpheus", show_default=True, help="framed: request value.")
 @click.option("--duration", "-d", type=DURATION, default=None, metavar="DURATION",
               help="Length of the traffic phase.  [default: 10s; with --requests: at most 10m]")
-@click.option("--requests", "-n", type=click.IntRange(min=0), default=None,
+@click.option("--requests", "-n", type=click.IntRange(0, MAX_COUNT), default=None,
               help="Stop after this many requests in all (connect mode: connections).")
-@click.option("--rate", "-r", type=float, default=None, metavar="REQ/S",
+@click.option("--rate", "-r", type=RATE, default=None, metavar="REQ/S",
               help="Open loop: send this many requests/s in total on a fixed schedule; latency "
                    "counts from the scheduled time.  [default: closed loop, as fast as answered]")
-@click.option("--connect-rate", type=float, default=None, metavar="CONN/S",
+@click.option("--connect-rate", type=RATE, default=None, metavar="CONN/S",
               help="Open at most this many connections/s in total.  [default: as fast as they confirm]")
 @click.option("--connect-timeout", type=DURATION, default="5s", show_default=True, metavar="DURATION",
               help="From connect() to the first reply; later ones count as failed (timeout).")
 @click.option("--source", "source", default=None, metavar="ADDR-RANGE",
               help="Local addresses to spread connections over, e.g. 127.0.0.2-127.0.0.9 (each "
                    "has its own ~28k ephemeral ports).  [default: chosen when needed]")
-@click.option("--server-workers", type=click.IntRange(min=1), default=None,
+@click.option("--server-workers", type=click.IntRange(1, MAX_PROCESSES), default=None,
               help="Embedded server processes.  [default: enough for --conns]")
 @click.option("--interval", "-i", type=DURATION, default=None, metavar="DURATION",
               help="Print one progress row per interval (with --json: one NDJSON line).  The JSON, "
@@ -98,7 +101,7 @@ EXIT_SIGTERM = 128 + 15
 @click.option("--cluster", default=None, metavar="local:N|tcp://HOST:8786",
               help="Run the worker shards as tasks on a Dask cluster: a scheduler's address, or "
                    "local:N for N local processes.  --workers then counts shards [default: one "
-                   "per Dask worker thread].  Needs pip install 'socktools[dask]'.")
+                   f"per Dask worker thread].  Needs Dask ({PACKAGES['dask'].install}).")
 @click.option("--json", "as_json", is_flag=True, help="Print the final result as one JSON document.")
 @click.option("--yes", "--force", "yes", is_flag=True,
               help="Run even when the plan says it will not fit this machine (far more processes "
@@ -316,7 +319,10 @@ def failure_reason(result) -> str | None:
         return None
     if c["established"] == 0:
         return "no connection could be established"
-    if c["responses"] == 0:
+    write_only = result.config.wire is not None and result.config.wire.no_reply
+    if c["traffic_requests"] and not c["traffic_responses"] and not write_only:
+        # (the confirming round trips do not count: a server that answers them and then
+        # goes silent answered nothing of the traffic)
         return "no request was answered"
     if c["lost"] >= c["established"]:
         return f"every connection was lost ({c['lost']:,} of {c['established']:,} closed or reset by the server)"

@@ -21,17 +21,21 @@ Examples:
 FILE is what `flood --json` printed: one JSON document, or NDJSON lines
 (`--interval --json`) whose last `"event": "result"` line is the result.
 Exit codes: 0 written; 1 FILE is not a flood result; 3 matplotlib is missing
-(pip install 'socktools[report]'); 99 a --threshold failed (the page says which).
+(the message says how to install it); 99 a --threshold failed (the page says which).
 """
 
 
 def _load(path: str) -> dict:
+    from socktools.cli._common import shown
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        with open(path, "rb") as f:
+            text = f.read().decode("utf-8")     # whole: the error's offset is the file's
     except OSError as exc:
         from socktools.errors import one_line
-        die(one_line(exc, f"read {path}"))
+        die(one_line(exc, f"read {shown(path)}"))
+    except UnicodeDecodeError as exc:   # a pcap, a latin-1 file...: flood --json writes UTF-8
+        die(f"{shown(path)} is not a flood result: byte 0x{exc.object[exc.start]:02x} at offset "
+            f"{exc.start} is not UTF-8 (flood --json writes UTF-8 JSON)")
     docs = []
     try:
         docs = [json.loads(text)]
@@ -42,10 +46,10 @@ def _load(path: str) -> dict:
                 try:
                     docs.append(json.loads(line))
                 except ValueError:
-                    die(f"{path} is neither JSON nor JSON lines (flood --json writes those)")
+                    die(f"{shown(path)} is neither JSON nor JSON lines (flood --json writes those)")
     results = [d for d in docs if isinstance(d, dict) and d.get("event") == "result" and "latency_us" in d]
     if not results:
-        die(f"{path} holds no flood result (an object with \"event\": \"result\"; see flood --json)",
+        die(f"{shown(path)} holds no flood result (an object with \"event\": \"result\"; see flood --json)",
             EXIT_FAILED)
     return results[-1]
 
@@ -68,7 +72,7 @@ def command(file, output, thresholds, hgrm, hlog, csv_path):
     connect-time distribution, failures with their meaning, thresholds, the
     configuration and the machine.
     """
-    need_report_extra()
+    need_report_extra("socktools report")
     doc = _load(file)
     if thresholds:
         from socktools.flood.thresholds import check_all

@@ -23,11 +23,13 @@ Any server, one exchange (the modes of flood):
   socktools request --port 7000 --mode raw --send 'PING\\r\\n' --reply-until '\\r\\n'
   socktools request --port 7000 --mode line --send 'HELLO' --eol crlf
   socktools request --port 8080 --mode raw --send 'GET / HTTP/1.0\\r\\n\\r\\n' --reply-until-close
-  socktools request --port 11211 --protocol examples.memcached_plugin:Memcached --command 'get k'
+  socktools request --port 11211 --protocol socktools.examples.memcached:Memcached --command 'get k'
 
 \b
 Exit codes: 0 answered; 1 refused, reset, timed out, closed early or a
-protocol error (one line says which, with the errno name).
+protocol error (one line says which, with the errno name); 2 a bad option;
+3 an optional package is missing (--mode http: httptools).
+130 Ctrl-C.
 """
 
 
@@ -64,7 +66,7 @@ def _message_dict(message) -> dict:
 @click.argument("words", nargs=-1, metavar="[HOST PORT] ACTION VALUE")
 @click.option("--host", default="127.0.0.1", show_default=True, metavar="HOST", help="Server address; ::1 for IPv6.")
 @click.option("--port", "-p", type=PORT, default=65432, show_default=True, help="Server port.")
-@click.option("--timeout", type=DURATION, default=5.0, show_default=True, metavar="DURATION",
+@click.option("--timeout", type=DURATION, default="5s", show_default=True, metavar="DURATION",
               help="For the whole exchange (connect, send, receive).")
 @click.option("--show-bytes", is_flag=True, help="Print the exact bytes sent and received (a wire trace).")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole exchange as JSON.")

@@ -9,7 +9,8 @@ import sys
 
 import click
 
-from socktools.cli._common import BYTESIZE, DURATION, EXIT_FAILED, EXIT_UNAVAILABLE, EXIT_USAGE, PORT, die
+from socktools.cli._common import BYTESIZE, DURATION, EXIT_FAILED, EXIT_UNAVAILABLE, EXIT_USAGE, MAX_COUNT, PORT, die
+from socktools.cli._outputs import _writable
 
 _EXAMPLES = """\b
 Examples:
@@ -32,11 +33,11 @@ _MAX_TABLE = 20
               help="Only TCP traffic to or from this port (kernel filter 'tcp port P'; needs no libpcap).")
 @click.option("--filter", "-f", "expression", metavar="BPF",
               help="Any pcap-filter expression, e.g. 'tcp port 80 or icmp' (compiled by libpcap).")
-@click.option("--count", "-c", type=click.IntRange(min=1), default=None,
+@click.option("--count", "-c", type=click.IntRange(1, MAX_COUNT), default=None,
               help="Stop after this many packets.")
 @click.option("--timeout", "-t", type=DURATION, default=None,
               help="Stop after this long (e.g. 10s, 2m).")
-@click.option("--write", "-w", "write", metavar="FILE.pcap", type=click.Path(dir_okay=False),
+@click.option("--write", "-w", "write", metavar="FILE.pcap", type=click.Path(dir_okay=False), callback=_writable,
               help="Also save the packets: nanosecond pcap, or pcapng with each decoded message "
                    "as a packet comment when FILE ends in .pcapng (tcpdump/tshark/Wireshark open "
                    "both). Never follows a symlink, never overwrites the -r file.")
@@ -44,7 +45,8 @@ _MAX_TABLE = 20
               help="Read packets from a pcap/pcapng file instead of an interface (no privilege needed).")
 @click.option("--decode", type=click.Choice(["auto", "framed", "raw", "none", "redis", "http", "line"]),
               default="auto", show_default=True,
-              help="Payloads: auto = framed protocol when it parses, else a hex/ASCII preview; "
+              help="Payloads: auto = the framed protocol, redis, http or line, whichever parses "
+                   "the start of each stream, else a hex/ASCII preview; "
                    "redis/http/line = those messages, by the parsers flood uses.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per packet, then a summary object.")
 @click.option("--quiet", "-q", is_flag=True, help="No packet lines, only the closing summary.")
@@ -103,10 +105,7 @@ def command(ctx, iface, port, expression, count, timeout, write, read, decode, a
         raise click.BadParameter(str(exc), ctx, param_hint="'--show'")
     if decode == "http":
         from socktools.wire.http import require_httptools
-        try:
-            require_httptools()
-        except ImportError as exc:
-            raise click.BadParameter(str(exc).replace("--mode", "--decode"), ctx, param_hint="'--decode'")
+        require_httptools("--decode http")   # missing: exit 3 with the hint (the switchboard)
 
     config = SniffConfig(iface=iface, port=port, expression=expression, count=count,
                          timeout=timeout, write=write, read=read, decode=decode,
@@ -155,7 +154,8 @@ def command(ctx, iface, port, expression, count, timeout, write, read, decode, a
         die(str(failure))
     if summary.truncated:
         # tcpdump says "truncated dump file"; a script must not take a cut file for a whole one
-        die(f"{read}: truncated capture file ({summary.truncated}); read "
+        # summary.truncated starts "at byte N:", so the line names the file, the offset, the cut
+        die(f"{read}: {summary.truncated}: truncated capture file, read "
             f"{summary.read_packets:,} complete packet{'s' if summary.read_packets != 1 else ''}",
             EXIT_FAILED)
 
@@ -255,6 +255,9 @@ class _Output:
             else:
                 drop = f"{s.kernel_dropped:,} DROPPED" if s.kernel_dropped else "0 dropped"
                 lines.append(f"    kernel: {s.kernel_received:,} received by filter, {drop}{buf}")
+            if s.undrained:
+                lines.append(f"    {s.undrained:,} packets the kernel took were still unread in the "
+                             f"{what} when the capture stopped: not shown")
         if s.written is not None:
             lines.append(f"    wrote {s.written:,} packets to {s.write_path}")
         if s.non_tcp:

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from socktools.cli._common import DURATION, EXIT_UNAVAILABLE, PORT, build_config, die, stamped
+from socktools.cli._common import DURATION, EXIT_UNAVAILABLE, MAX_COUNT, PORT, build_config, die, stamped
 
 
 def _state_param(ctx, param, values):
@@ -60,7 +60,7 @@ def _address_param(ctx, param, values):
               help="Refresh live (in place on a terminal) with rates per socket and the summary line.")
 @click.option("--interval", type=DURATION, default="1s", show_default=True,
               help="Time between refreshes with --watch.")
-@click.option("--count", "-c", type=int, default=None,
+@click.option("--count", "-c", type=click.IntRange(max=MAX_COUNT), default=None,
               help="With --watch: stop after this many refreshes (default: until Ctrl-C).")
 @click.option("--json", "as_json", is_flag=True,
               help="Machine-readable output; with --watch, one JSON line per refresh.")

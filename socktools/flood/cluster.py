@@ -21,7 +21,7 @@ to try it on one machine.  The run, client side:
 5. *merge* the shards' final statistics (HdrHistograms added) and add the
    per-host breakdown.
 
-Dask is optional (``pip install 'socktools[dask]'``): ``distributed`` is
+Dask is optional (the ``dask`` extra, :mod:`socktools.optional`): ``distributed`` is
 imported only here and in :mod:`.shard`, and only when a run asks for it.
 """
 
@@ -39,12 +39,14 @@ from typing import Any, Callable, Optional
 from socktools.flood import limits
 from socktools.flood import stats as st
 from socktools.flood.cluster_run import ClusterRun, go_warnings, hosts_of
-from socktools.flood.config import parse_cluster, server_mode
+from socktools.flood.config import parse_cluster
 from socktools.flood.result import FloodError, FloodRefused, FloodResult, generator_warnings
+from socktools.flood.own_server import embedded_server
+from socktools.optional import hint
 
 __all__ = ["ClusterUnavailable", "ClusterResult", "run_cluster", "dask_installed", "INSTALL_HINT"]
 
-INSTALL_HINT = "--cluster needs Dask: pip install 'socktools[dask]'"
+INSTALL_HINT = hint("dask", "--cluster")
 
 #: Dask settings for the LocalCluster flood starts (a cluster of one's own is configured by its
 #: owner).  Shards run beside these in the same processes, and on a load generator every
@@ -69,7 +71,7 @@ class ClusterUnavailable(FloodError):
 
 
 def dask_installed() -> bool:
-    """Is Dask's ``distributed`` importable (``pip install 'socktools[dask]'``)?"""
+    """Is Dask's ``distributed`` importable?"""
     try:
         import distributed  # noqa: F401
     except ImportError:
@@ -207,15 +209,15 @@ def run_cluster(config: Any, *, workers_given: bool = True, sources_given: bool 
         emit({"event": "plan", "plan": plan})
         cfg = replace(plan.config, interval=plan.config.interval or DEFAULT_TICK)
         interrupts.check()
-        with _embedded(cfg, emit) as (cfg, server_info):
+        with embedded_server(cfg, emit) as (cfg, server_info):
             interrupts.check()
             run = ClusterRun(client, cfg, placement, emit, interrupts)
             run.execute()
-    totals = st.merge(run.finals.values())
+    totals = st.merge(run.policy.finals.values())
     result = ClusterResult(config=replace(cfg, interval=config.interval), plan=plan, totals=totals,
                            server=server_info, stopped_early=run.interrupted or totals.stopped_early,
-                           crashed=run.crashed, started=started, elapsed=time.monotonic() - t0,
-                           intervals=run.intervals.records, epoch_ns=run.epoch_ns,
+                           crashed=run.policy.crashed, started=started, elapsed=time.monotonic() - t0,
+                           intervals=run.policy.intervals, epoch_ns=run.epoch_ns,
                            stop_signal=interrupts.signal,
                            cluster=info, hosts=hosts_of(run), lost=run.lost)
     result.warnings = generator_warnings(result) + go_warnings(run)
@@ -240,25 +242,3 @@ def _host_problems(cfg: Any, placement: dict, probes: dict) -> tuple:
                        f"open-file limit is {p['fd_soft']:,} (hard {p['fd_hard']:,}): expect EMFILE; "
                        f"start it with a higher `ulimit -n`, or add workers")
     return tuple(out)
-
-
-@contextlib.contextmanager
-def _embedded(cfg: Any, emit: Callable[[dict], None]):
-    """flood's own server (``local:N`` without --port), as a local run starts it."""
-    if not cfg.embedded:
-        yield cfg, None
-        return
-    from socktools.core.embedded import EmbeddedServer, EmbeddedServerError
-    server = EmbeddedServer(server_mode(cfg.mode), host=cfg.host or "127.0.0.1",
-                            workers=cfg.server_workers)
-    try:
-        server.start()
-    except EmbeddedServerError as exc:
-        raise FloodError(str(exc)) from None
-    info = {"command": server.display_command, "workers": cfg.server_workers,
-            "pid": server.proc.pid if server.proc else None}
-    emit({"event": "server", **info})
-    try:
-        yield replace(cfg, address=server.address, family=server.family), info
-    finally:
-        info["summary"] = server.stop()

@@ -1,24 +1,24 @@
 """The client's side of a ``flood --cluster`` run, once the shards are submitted: supervise them.
 
 The counterpart of :class:`socktools.flood.runner._Run` for shards on Dask
-(see :mod:`socktools.flood.cluster` for the whole run): it polls the shards'
-queue, opens the start barrier with one wall-clock instant, merges ticks into
-interval records, turns Ctrl-C into a "stop" for every shard, notices a Dask
+(see :mod:`socktools.flood.cluster` for the whole run), with the same policy
+(:class:`~socktools.flood.policy.RunPolicy`: when to go, what a stop means,
+when to give up): it polls the shards' queue, opens the start barrier with one
+wall-clock instant, turns Ctrl-C into a "stop" for every shard, notices a Dask
 worker that disappeared, and collects what each shard returned -- with the
 per-host breakdown built from it.
 """
 
 from __future__ import annotations
 
-import signal
 import time
 import uuid
 from typing import Any, Callable, Optional
 
 from socktools.flood import stats as st
-from socktools.flood.intervals import Intervals
+from socktools.flood.policy import STOP_GRACE, RunPolicy
 
-__all__ = ["ClusterRun", "hosts_of", "go_warnings", "GO_LEAD", "STOP_GRACE"]
+__all__ = ["ClusterRun", "hosts_of", "worker_ip", "go_warnings", "GO_LEAD", "STOP_GRACE"]
 
 #: From broadcasting "go" to the instant traffic starts: covers the round trips
 #: through the scheduler (about a millisecond each on a LAN) for many shards.
@@ -32,8 +32,6 @@ RECEIVE_POLL = 0.1
 #: How often the client asks the scheduler which workers are still there (a lost
 #: worker is reported this much later at most; the scheduler itself notices at once).
 WORKER_CHECK = 1.0
-#: After "stop", how long shards may take to report before the client gives up on them.
-STOP_GRACE = 10.0
 
 
 class ClusterRun:
@@ -56,17 +54,13 @@ class ClusterRun:
         self.go_at = Variable(n["go_at"], client=client)
         self.stop_event = Event(n["stop"], client=client)
         self.futures: dict = {}
-        self.finals: dict = {}      # shard -> WorkerStats
+        self.policy = RunPolicy(placement, config.interval, emit,
+                                name=lambda i: f"shard {i} on {placement[i]}")
         self.extras: dict = {}      # shard -> the rest of run_shard's answer (host, cpu...)
-        self.crashed: list = []
         self.lost: list = []
-        self._dead: set = set()
-        self.ready: set = set()
-        self.went = False
         self.go_wall_ns: Optional[int] = None
         self.interrupts = interrupts
         self.stop_sent_at: Optional[float] = None
-        self.intervals = Intervals(config.interval, emit)
         self.epoch_ns = 0           # wall clock: ticks and (moved) phase times count from it
 
     def execute(self) -> None:
@@ -82,7 +76,7 @@ class ClusterRun:
         finally:
             try:
                 self.stop_event.set()   # shards still waiting on the barrier end too
-                pending = [f for i, f in self.futures.items() if i not in self.finals]
+                pending = [f for i, f in self.futures.items() if i not in self.policy.finals]
                 if pending:
                     self.client.cancel(pending)
                 # A long-lived scheduler keeps what a run leaves: release the queue and the
@@ -96,50 +90,45 @@ class ClusterRun:
     def interrupted(self) -> bool:
         return self.interrupts.count > 0
 
-    def _running(self) -> list:
-        return [i for i in self.placement if i not in self.finals and i not in self._dead]
-
     def _supervise(self) -> None:
         try:
             self._supervise_loop()
         except Exception as exc:   # a round trip to the scheduler failed: it (or the network) is gone
-            if not self._running():
+            if not self.policy.running():
                 raise
-            self._give_up(f"unreachable: the Dask scheduler stopped answering "
-                          f"({type(exc).__name__}: {exc})")
+            self.policy.give_up_running(f"unreachable: the Dask scheduler stopped answering "
+                                        f"({type(exc).__name__}: {exc})")
 
     def _supervise_loop(self) -> None:
         handled = 0
         next_check = time.monotonic() + WORKER_CHECK
-        while self._running():
+        policy = self.policy
+        while policy.running():
             if self.interrupts.count != handled:
                 handled = self.interrupts.count
                 if handled == 1:
                     self.stop_event.set()
                     self.stop_sent_at = time.monotonic()
                 else:
-                    how = "Ctrl-C" if self.interrupts.signal == signal.SIGINT else "stop signal"
-                    self._give_up(f"stopped by a second {how} before reporting")
+                    policy.give_up_running(RunPolicy.second_stop(self.interrupts.signal))
                     break
             if self.stop_sent_at and time.monotonic() - self.stop_sent_at > STOP_GRACE:
-                self._give_up(f"did not report within {STOP_GRACE:g}s of being stopped")
+                policy.give_up_running(RunPolicy.OVERDUE)
                 break
             messages = self.up.get(batch=True)
             if not messages:
                 time.sleep(RECEIVE_POLL)
             for kind, shard, payload in messages:
                 if kind == "ready":
-                    self.ready.add(shard)
+                    policy.on_ready(shard)
                 elif kind == "tick":
-                    self.intervals.add(st.Tick(**payload))
+                    policy.on_tick(st.Tick(**payload))
             self._collect()
             if time.monotonic() >= next_check:
                 next_check = time.monotonic() + WORKER_CHECK
                 self._check_workers()
-            self.intervals.flush(self._running())
-            running = set(self._running())
-            if not self.went and running and self.ready >= running:
-                self.went = True
+            policy.flush()
+            if policy.go_now(stopping=self.stop_sent_at is not None):
                 self.go_wall_ns = time.time_ns() + int(GO_LEAD * 1e9)
                 self.go_at.set(self.go_wall_ns)
                 self.go_event.set()
@@ -148,29 +137,25 @@ class ClusterRun:
 
     def _collect(self) -> None:
         """Shards whose task ended: a final result, or a crash."""
-        for i in self._running():
+        for i in self.policy.running():
             fut = self.futures[i]
             if fut.status == "finished":
                 answer = fut.result()
-                self.finals[i] = answer.pop("stats")
                 self.extras[i] = answer
-                self.intervals.end(i)
+                self.policy.on_final(i, answer.pop("stats"))
             elif fut.status == "error":
                 exc = fut.exception()
-                self.crashed.append(f"shard {i} on {self.placement[i]} crashed: {type(exc).__name__}: {exc}")
-                self._dead.add(i)
-                self.intervals.end(i)
+                self.policy.give_up(i, f"crashed: {type(exc).__name__}: {exc}")
 
     def _check_workers(self) -> None:
         alive = set(self.client.nthreads())   # address -> threads, of the workers there now
-        for i in self._running():
+        for i in self.policy.running():
             addr = self.placement[i]
             if addr in alive:
                 continue
-            self._dead.add(i)
-            self.intervals.end(i)
+            self.policy.lose(i)
             self.client.cancel([self.futures[i]])
-            last = self.intervals.latest(i)
+            last = self.policy.merger.latest(i)
             record = {"shard": i, "worker": addr, "conns": self.config.conns_of(i),
                       "at": round((time.time_ns() - self.go_wall_ns) / 1e9, 3) if self.go_wall_ns else None,
                       "last_interval": None if last is None else {
@@ -181,21 +166,33 @@ class ClusterRun:
             self.lost.append(record)
             self.emit({"event": "lost", **record})
 
-    def _give_up(self, why: str) -> None:
-        for i in self._running():
-            self.crashed.append(f"shard {i} on {self.placement[i]} {why}")
-            self._dead.add(i)
+
+def worker_ip(worker: str) -> str:
+    """The address part of a Dask worker's address: ``tcp://127.0.0.2:4321`` -> ``127.0.0.2``.
+
+    ``tls://[::1]:4321`` -> ``::1``; an address with no port is returned as it is.
+    """
+    rest = worker.split("://", 1)[-1]
+    if rest.startswith("["):
+        return rest[1:].split("]", 1)[0]
+    return rest.rsplit(":", 1)[0] if rest.count(":") == 1 else rest
 
 
 def hosts_of(run: ClusterRun) -> list:
-    """Per host: shards, connections, requests, the shards' own CPU and the host's CPU."""
+    """Per host: shards, connections, requests, the shards' own CPU and the host's CPU.
+
+    A host is a host name *and* the address its Dask workers listen on: two containers (or two
+    machines cloned from one image) can share a name, and two workers bound to different
+    addresses of one machine are told apart the same way, as the user asked the cluster.
+    """
     by: dict = {}
     for i, answer in sorted(run.extras.items()):
-        s = run.finals[i]
-        h = by.setdefault(answer["host"], {"host": answer["host"], "shards": 0, "workers": set(),
-                                           "conns": 0, "established": 0, "requests": 0,
-                                           "responses": 0, "cpu_seconds": 0.0, "wall": 0.0,
-                                           "busy": [], "cpus": answer["cpus"]})
+        s = run.policy.finals[i]
+        key = (answer["host"], worker_ip(answer["worker"]))
+        h = by.setdefault(key, {"host": answer["host"], "address": key[1], "shards": 0,
+                                "workers": set(), "conns": 0, "established": 0, "requests": 0,
+                                "responses": 0, "cpu_seconds": 0.0, "wall": 0.0,
+                                "busy": [], "cpus": answer["cpus"]})
         h["shards"] += 1
         h["workers"].add(answer["worker"])
         h["conns"] += s.conns

@@ -47,6 +47,9 @@ def parse_cluster(spec: str) -> tuple:
     scheme, _, rest = spec.partition("://")
     if scheme not in ("tcp", "tls", "ucx", "ws", "wss") or not rest:
         raise ValueError(f"expected local:N or a scheduler address like tcp://HOST:8786, not {spec!r}")
+    if scheme in ("tcp", "tls") and not rest.rpartition(":")[2].isdigit():
+        # dask has no default port for these: it would fail inside the run, with a traceback
+        raise ValueError(f"a scheduler address needs its port: {scheme}://{rest}:8786, not {spec!r}")
     return "address", spec
 
 

@@ -24,7 +24,7 @@ import operator
 from typing import Optional
 
 from socktools.flood import stats as st
-from socktools.flood.session import Session, Slot
+from socktools.flood.session import Session, Slot, owed
 from socktools.core.loop import Connection, Protocol
 from socktools.wire.base import WireError
 
@@ -38,6 +38,9 @@ _deque = collections.deque
 
 class Confirm(Protocol):
     """Connect phase: handshake done -> first request -> first reply confirms the connection."""
+
+    #: Replies fed here confirm connections (their failures are tallied apart from the traffic's).
+    confirming = True
 
     def __init__(self, session: Session) -> None:
         self.s = session
@@ -74,7 +77,7 @@ class Confirm(Protocol):
             self.s.broken(conn, exc.kind, str(exc))  # propagates: the loop logs its traceback)
             return -1
         if parser.failures:
-            self.s.failed(parser.failures)
+            self.s.failed(parser.failures, self.confirming)
         return n
 
     def data_received(self, conn: Connection, data: bytes) -> None:
@@ -102,11 +105,15 @@ class Confirm(Protocol):
 
 
 class Traffic(Confirm):
-    """Common parts of the traffic loops; ``left`` is the requests still to send."""
+    """Common parts of the traffic loops; ``left`` is the requests still to send (of ``quota``),
+    ``sent`` the requests sent (sent again after a close included), counted as they go."""
+
+    confirming = False
 
     def __init__(self, session: Session, quota: Optional[int]) -> None:
         super().__init__(session)
-        self.left = (1 << 62) if quota is None else quota
+        self.left = self.quota = (1 << 62) if quota is None else quota
+        self.sent = 0
         self.clock = session.clock
         self.latency = session.rec["latency"]
         self.pipeline = session.config.pipeline
@@ -117,7 +124,10 @@ class Traffic(Confirm):
         s = self.s
         slot, now = self.made(conn)
         self.opening -= 1
-        if s.phase == "traffic" or (s.phase == "drain" and slot.backlog):
+        s.reconnected()
+        # In the drain, a reconnection that owes requests goes on: the cut-off ones queued for
+        # it, or one the pacer wrote while it was still connecting (open loop).
+        if s.phase == "traffic" or (s.phase == "drain" and owed(slot)):
             self.resume(conn, slot, now)
         else:
             conn.close()
@@ -133,30 +143,40 @@ class Traffic(Confirm):
         if n > 0:
             self.replies(conn, slot, n)
 
+    def requests_sent(self) -> int:
+        return self.sent
+
+    def stop(self) -> None:
+        """The traffic phase ended: nothing more to send (``quota - left`` stays what was taken)."""
+        self.quota -= self.left
+        self.left = 0
+
+    def time_up(self) -> None:
+        """The duration is over (the open loop completes its schedule first)."""
+
     def resume(self, conn: Connection, slot: Slot, now: int) -> None:
-        """Closed loop: a reconnection sends as a fresh connection does -- or, in the drain,
-        the requests its predecessor's close cut off (``closing``)."""
+        """Closed loop: a reconnection sends first the requests its predecessor's close cut off
+        (``closing``: the same requests, in order), then as a fresh connection does."""
         backlog = slot.backlog
         if backlog:
             slot.backlog = None
             k = len(backlog)
-            self.s.sent += k
+            self.sent += k
             slot.times = _deque([now] * k)
             conn.write(b"".join([self.s.request(slot) for _ in range(k)]))
+            if self.left > 0 and k < self.pipeline:
+                self._send(conn, slot, min(self.pipeline - k, self.left), now)
         elif self.left > 0:
             self.send_first(conn, now)
 
     def closing(self, conn: Connection, slot: Slot) -> bool:
         """The last reply announced the server's close: reconnect (True: ``conn`` is done).
-        Requests pipelined past the close go back to the quota -- in the drain (the quota
-        spent), to the replacement's queue: either way the replacement sends them."""
+        Requests pipelined past the close go to the replacement's queue: it sends those very
+        requests first (:meth:`Session.unsend`), in the traffic and in the drain alike."""
         if not slot.parser.closing:
             return False
-        if slot.times:
-            if self.s.phase == "traffic":
-                self.left += self.s.unsend(slot)
-            elif self.s.phase == "drain":
-                slot.backlog = _deque([0] * self.s.unsend(slot))
+        if slot.times and self.s.phase in ("traffic", "drain"):
+            slot.backlog = _deque([0] * self.s.unsend(slot))
         self._renew(conn, must=bool(slot.backlog))
         return True
 
@@ -188,7 +208,7 @@ class Traffic(Confirm):
         """``k`` requests now, in one write."""
         s = self.s
         self.left -= k
-        s.sent += k
+        self.sent += k
         times = slot.times
         if times is None:
             times = slot.times = _deque()
@@ -213,6 +233,11 @@ class FixedLoop(Traffic):
         self.expect = self.payload if session.proto.name == "echo" else None
         self.counts = self.latency.counts
         self.max_value = st.HIGHEST
+
+    def requests_sent(self) -> int:
+        """Every send takes one from the quota (no request is ever sent twice here): counted
+        by the quota's own decrement, at no cost on the hot path."""
+        return self.quota - self.left
 
     def send_first(self, conn: Connection, now: int) -> None:
         slot: Slot = conn.ctx
@@ -353,7 +378,7 @@ class ClosedLoop(Traffic):
             # (Bytes of a reply beyond those owed, still partial, are caught when they complete.)
             if not times or n > len(times) or left - sent <= n or (may_close and parser.closing):
                 self.left = left - sent
-                s.sent += sent
+                self.sent += sent
                 sent = 0
                 self.replies(conn, slot, n)
                 left = self.left
@@ -388,7 +413,7 @@ class ClosedLoop(Traffic):
             sent += n
             out_c.append(conn)
         self.left = left - sent
-        s.sent += sent
+        self.sent += sent
         if out_c:
             # Every connection answered: the poll's own list (write_batch knows its fds already).
             out_c[0].loop.write_batch(conns if len(out_c) == len(conns) else out_c, out_d)

@@ -19,7 +19,7 @@ import csv
 from datetime import datetime, timezone
 
 from socktools.flood import stats as st
-from socktools.flood.timeline import ROW_FIELDS
+from socktools.flood.timeline import ROW_FIELDS, is_partial
 
 __all__ = ["write_hgrm", "write_hlog", "write_csv", "CSV_LATENCY", "HGRM_UNIT_RATIO"]
 
@@ -76,7 +76,8 @@ def csv_rows(doc: dict) -> list:
     """The CSV's rows as dicts (header names as keys), one per interval."""
     out = []
     for row in doc.get("intervals", []):
-        line = {name: row[name] for name in ROW_FIELDS}
+        line = {name: row[name] for name in ROW_FIELDS if name != "partial"}
+        line["partial"] = is_partial(row)      # also for documents saved before rows carried it
         lat = row.get("latency") or {}
         for name in CSV_LATENCY:
             line[f"latency_{name}_us" if name != "count" else "latency_count"] = lat.get(name, "")

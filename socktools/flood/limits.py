@@ -222,17 +222,25 @@ def plan(config: FloodConfig, *, workers_given: bool = True, sources_given: bool
                         f"{cfg.active_workers:,} worker processes, but the limit is {fd_limit:,} (hard limit "
                         f"{hard:,}): raise it (`ulimit -n {max(4096, runner_fds * 2)}`) or use fewer --conns")
     processes = cfg.active_workers + (server_workers if cfg.embedded else 0)
-    if processes > CPU_OVERSUBSCRIPTION * cpus and not refusals:  # (a low fd limit is the cause: said)
+    # The processes flood chose itself (a low fd limit is then the cause): only those are refused.
+    chosen = ((0 if workers_given else cfg.active_workers)
+              + (server_workers if cfg.embedded and config.server_workers < 1 else 0))
+    if processes > CPU_OVERSUBSCRIPTION * cpus and not refusals:
         who = (f"{cfg.active_workers:,} flood worker processes"
                + (f" and {server_workers:,} server processes" if cfg.embedded else ""))
-        line = (f"{who} on {cpus} CPU(s) ({n:,} connections, at most {per_process:,} per process "
-                f"under the descriptor limit): "
-                f"they would spend the run waiting for each other, and the figures would measure the "
-                f"scheduler; raise the descriptor limit so fewer processes suffice, or use fewer --conns")
-        if workers_given and not (cfg.embedded and config.server_workers < 1):
-            notes.append(line)  # the user asked for this many
-        else:
-            refusals.append(line)
+        if chosen > CPU_OVERSUBSCRIPTION * cpus:
+            refusals.append(
+                f"{who} on {cpus} CPU(s) ({n:,} connections, at most {per_process:,} per process "
+                f"under the descriptor limit): they would spend the run waiting for each other, and "
+                f"the figures would measure the scheduler; raise the descriptor limit so fewer "
+                f"processes suffice, or use fewer --conns")
+        else:   # the user asked for this many (docs/flood.md: a note, not a refusal)
+            asked = [o for o, given in (("--workers", workers_given),
+                                        ("--server-workers", cfg.embedded and config.server_workers > 0))
+                     if given]
+            notes.append(f"{who} on {cpus} CPU(s), more than {CPU_OVERSUBSCRIPTION} per CPU: they will "
+                         f"spend part of the run waiting for each other, and the figures may measure "
+                         f"the scheduler; fewer {' or '.join(asked)} would avoid that")
     memory = processes * PROCESS_MEMORY + n * CONN_MEMORY * (2 if cfg.embedded else 1)
     available = mem_available()
     if available is not None and memory > available and not refusals:

@@ -64,11 +64,23 @@ class OpenLoop(Traffic):
         return self.start_ns + int(n * _NS / self.rate)
 
     def _pace(self) -> None:
+        self.s.pacer_timer = None
+        self._dispatch()
+
+    def time_up(self) -> None:
+        """The duration timer fired: what the schedule still owes inside the window goes out
+        now (its latency still counted from each due time), so ``--rate R --duration D``
+        schedules R x D requests however late the loop ran the timers."""
+        if self.end_ns is not None:
+            self._dispatch(self.end_ns - 1)
+
+    def _dispatch(self, upto: Optional[int] = None) -> None:
+        """Send what is due by now (or by ``upto``); come back when the next one is."""
         s = self.s
-        s.pacer_timer = None
         if s.phase != "traffic":
             return
         now = self.clock()
+        horizon = now if upto is None else max(now, upto)
         order = self.order
         e = len(order)
         lag = s.rec["send_lag"]
@@ -77,7 +89,7 @@ class OpenLoop(Traffic):
             due = self._due(self.scheduled)
             if self.end_ns is not None and due >= self.end_ns:
                 return  # the schedule is complete; the duration timer ends the phase
-            if due > now:
+            if due > horizon:
                 s.pace(due - now, self._pace)
                 return
             conn = order[self.scheduled % e]
@@ -100,7 +112,7 @@ class OpenLoop(Traffic):
             slot.dues = _deque()
         slot.times.append(now)
         slot.dues.append(due)
-        self.s.sent += 1
+        self.sent += 1
         conn.write(self.s.request(slot))
 
     def replies(self, conn: Connection, slot: Slot, n: int) -> None:
@@ -165,16 +177,35 @@ class WriteOnly(OpenLoop):
         super().__init__(session, quota)
         self.late = 0              # due but not sent: the connection was above HIGH_WATER
         self.max_buffered = 0      # the most unsent bytes one connection held after a write
+        self.stopped = False
 
     def _send_due(self, conn: Connection, slot: Slot, due: int, now: int) -> Optional[bool]:
         if conn.pending > HIGH_WATER:
             self.late += 1
             return False
-        self.s.sent += 1
+        self.sent += 1
         conn.write(self.s.request(slot))
         pending = conn.pending
         if pending > self.max_buffered:
             self.max_buffered = pending
+
+    def _buffered(self) -> int:
+        """Requests written but not yet wholly handed to the kernel (with a fixed request,
+        exactly: one partly handed over is not sent whole); 0 when requests vary in size."""
+        size = len(self.s.fixed_request or b"")
+        if not size:
+            return 0
+        return sum(-(-conn.pending // size) for conn in self.order if not conn.closed)
+
+    def requests_sent(self) -> int:
+        """Requests the server could read whole: with nothing to await, the run closes as the
+        traffic ends, and what is still in flood's own buffer then never reaches the server."""
+        return self.sent if self.stopped else self.sent - self._buffered()
+
+    def stop(self) -> None:
+        super().stop()
+        self.sent -= self._buffered()     # dropped as the run closes
+        self.stopped = True
 
     def data_received(self, conn: Connection, data: bytes) -> None:
         """Whatever the peer says is read (bytes in counts it) and dropped."""

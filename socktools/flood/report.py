@@ -98,7 +98,27 @@ def server_check(result: FloodResult) -> Optional[dict]:
     return {"measure": what, "flood": ours, "server": theirs, "equal": ours == theirs}
 
 
-def _errors_list(totals: st.Totals) -> list:
+def protocol_rules(cfg) -> str:
+    """The rules a peer broke when flood counts a ``protocol-error``, in the mode's own terms."""
+    spec = cfg.wire
+    mode = cfg.mode
+    if spec is not None and spec.plugin:
+        return f"the protocol of the plug-in {spec.plugin}"
+    if mode == "redis":
+        return "RESP, the Redis protocol (a reply starts with + - : $ * and its lines end in CRLF)"
+    if mode == "http":
+        return "HTTP/1.1 (a status line, headers, a body framed by Content-Length, chunks or the close)"
+    if mode == "raw":
+        # (the protocol's own one-line description names the framing: "raw, replies until '\n'")
+        return f"the reply framing you chose ({describe(cfg).split(', pipeline')[0].partition(', ')[2]})"
+    if mode == "line":
+        return "the line protocol (one reply line, ending in a newline, per request)"
+    if mode == "framed":
+        return "the framed protocol (docs/protocol.md)"
+    return f"the echo exchange (each reply the request's own {cfg.size:,} bytes)"
+
+
+def _errors_list(totals: st.Totals, cfg=None) -> list:
     out = []
     for phase, inner in totals.errors.items():
         for key, count in inner.items():
@@ -106,6 +126,8 @@ def _errors_list(totals: st.Totals) -> list:
             if exp is None and phase == INTERNAL:
                 meaning, fix = ("an exception in flood's own code ended the connection (a bug: its traceback "
                                 "was logged on stderr)", "please report it with that traceback")
+            elif key == errors.PROTOCOL_ERROR and cfg is not None:
+                meaning, fix = f"the peer's bytes did not follow {protocol_rules(cfg)}", exp.fix
             else:
                 meaning, fix = (exp.meaning, exp.fix) if exp else (None, None)
             out.append({"phase": phase, "error": key, "count": count, "meaning": meaning, "fix": fix})
@@ -130,6 +152,13 @@ def to_json(result: FloodResult, thresholds=()) -> dict:
     return doc
 
 
+def failures_total(t: st.Totals) -> int:
+    """Every failure of the run: errors of every phase (errno, protocol, no-reply) and every reply
+    that failed, confirming ones included -- what ``--threshold errors==0`` reads."""
+    return (st.tally_total(t.errors) + st.tally_total(t.reply_failures)
+            + st.tally_total(t.confirm_reply_failures))
+
+
 def _body(result: FloodResult) -> dict:
     cfg = result.config
     t = result.totals
@@ -150,7 +179,7 @@ def _body(result: FloodResult) -> dict:
         "server": result.server,
         "config": {"conns": cfg.conns, "workers": cfg.active_workers, "size": cfg.size,
                    "request": f"{cfg.action} {cfg.value}" if cfg.mode == "framed" else None,
-                   "exchange": describe(cfg), "pipeline": cfg.pipeline,
+                   "exchange": describe(cfg), "wire": cfg.wire_spec.summary(), "pipeline": cfg.pipeline,
                    "duration": cfg.duration, "requests": cfg.requests, "rate": cfg.rate,
                    "connect_rate": cfg.connect_rate, "connect_timeout": cfg.connect_timeout,
                    "sources": list(cfg.sources)},
@@ -176,13 +205,17 @@ def _body(result: FloodResult) -> dict:
                   "sent_per_second": round(_rate(tb_out, secs)),
                   "received_per_second": round(_rate(tb_in, secs))},
         **hists,
-        "errors": _errors_list(t),
+        "errors": _errors_list(t, cfg),
         "errors_total": st.tally_total(t.errors),
+        "failures_total": failures_total(t),
         "protocol_errors": dict(t.protocol_errors),
         "reply_failures": {k: dict(v) for k, v in t.reply_failures.items()},
         "reply_failures_total": st.tally_total(t.reply_failures),
+        "confirm_reply_failures": {k: dict(v) for k, v in t.confirm_reply_failures.items()},
+        "confirm_reply_failures_total": st.tally_total(t.confirm_reply_failures),
         "reply_samples": dict(t.samples),
         "reply_classes": dict(t.reply_classes),
+        "confirm_reply_classes": dict(t.confirm_reply_classes),
         "server_check": server_check(result),
         "warnings": list(result.warnings),
         "notes": list(result.plan.notes),
@@ -276,7 +309,7 @@ def render_table(result: FloodResult, checked: Optional[list] = None) -> str:
         if cfg.rate:
             req += f" (asked {cfg.rate:,g}/s)"
         if c["unanswered"]:
-            req += f" · {_n(c['unanswered'])} unanswered at the end"
+            req += f" · {_n(c['unanswered'])} never answered"
         if c["resent"]:
             req += f" · {_n(c['resent'])} sent again (pipelined past the server's close)"
         lines.append(req)
@@ -310,7 +343,7 @@ def render_table(result: FloodResult, checked: Optional[list] = None) -> str:
         if cfg.rate and t.histograms.get("latency") is not None:
             lines.append("* from each request's scheduled send time (coordinated omission corrected)")
         lines.append("")
-    errs = _errors_list(t)
+    errs = _errors_list(t, cfg)
     if errs:
         lines.append(f"failures     {st.tally_total(t.errors):,} in all, by phase and error:")
         for e in errs:
@@ -320,15 +353,17 @@ def render_table(result: FloodResult, checked: Optional[list] = None) -> str:
         if t.protocol_errors:
             kinds = ", ".join(f"{k} {v:,}" for k, v in sorted(t.protocol_errors.items()))
             lines.append(f"  protocol errors by kind: {kinds}")
-    elif not t.reply_failures:
+    elif not t.reply_failures and not t.confirm_reply_failures:
         lines.append("failures     none")
-    for kind, details in sorted(t.reply_failures.items()):
-        total = sum(details.values())
-        lines.append(f"failed replies {kind} {total:,} (whole replies, counted as failures):")
-        for detail, n in sorted(details.items(), key=lambda kv: -kv[1])[:10]:
-            lines.append(f"  {n:>8,}  {detail}")
-        if kind in t.samples:
-            lines.append(f"  first offending bytes: {t.samples[kind]!r}")
+    for table, what in ((t.reply_failures, "whole replies, counted as failures"),
+                        (t.confirm_reply_failures, "confirming replies, counted as failures")):
+        for kind, details in sorted(table.items()):
+            total = sum(details.values())
+            lines.append(f"failed replies {kind} {total:,} ({what}):")
+            for detail, n in sorted(details.items(), key=lambda kv: -kv[1])[:10]:
+                lines.append(f"  {n:>8,}  {detail}")
+            if kind in t.samples and (table is t.reply_failures or kind not in t.reply_failures):
+                lines.append(f"  first offending bytes: {t.samples[kind]!r}")
     check = server_check(result)
     if check:
         verdict = "equal" if check["equal"] else "DIFFERENT"
@@ -364,11 +399,12 @@ def render_hosts(result: FloodResult) -> list:
     info = result.cluster
     lines = [f"hosts        {len(hosts)} load host(s) on the Dask cluster at {info['scheduler']} "
              f"({info['workers']} worker(s)):",
-             f"  {'host':24}{'shards':>7}{'conns':>10}{'established':>13}{'requests':>13}"
-             f"{'shard CPU':>11}{'host CPU':>10}"]
+             f"  {'host (worker address)':34}{'shards':>7}{'conns':>10}{'established':>13}"
+             f"{'requests':>13}{'shard CPU':>11}{'host CPU':>10}"]
     for h in hosts:
         busy = "-" if h["host_cpu_busy"] is None else f"{h['host_cpu_busy']:.0%}"
-        lines.append(f"  {h['host'][:24]:24}{h['shards']:>7}{h['conns']:>10,}{h['established']:>13,}"
+        name = f"{h['host'][:24]} ({h['address']})"
+        lines.append(f"  {name[:34]:34}{h['shards']:>7}{h['conns']:>10,}{h['established']:>13,}"
                      f"{h['requests']:>13,}{h['cpu_seconds']:>10.2f}s{busy:>10}")
     for lost in result.lost:
         last = lost["last_interval"]

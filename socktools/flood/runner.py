@@ -24,22 +24,20 @@ from __future__ import annotations
 
 import signal
 import time
-from dataclasses import replace
 from typing import Any, Callable, Optional
 
 from socktools.core import procs
 from socktools.flood import limits
 from socktools.flood import stats as st
-from socktools.flood.config import FloodConfig, server_mode
-from socktools.flood.intervals import Intervals
+from socktools.flood.config import FloodConfig
+from socktools.flood.own_server import embedded_server
+from socktools.flood.policy import STOP_GRACE, RunPolicy
 from socktools.flood.result import FloodError, FloodRefused, FloodResult, generator_warnings, traffic_seconds  # noqa: F401 (public names)
 from socktools.flood.worker import run_worker
 from socktools.kernel.capacity import tighten_timer_slack as _tighten_timer_slack
 
 __all__ = ["FloodResult", "run_flood", "FloodError", "FloodRefused", "traffic_seconds", "generator_warnings"]
 
-#: How long a worker may take to report after "stop" before it is terminated.
-STOP_GRACE = 10.0
 
 
 def _worker_main(channel: Any, config: FloodConfig, index: int, epoch_ns: int) -> None:
@@ -98,39 +96,22 @@ def run_flood(config: FloodConfig, *, workers_given: bool = True, sources_given:
     emit({"event": "plan", "plan": plan})
     started = time.time()
     t0 = time.monotonic()
-    server = None
-    server_info = None
-    if cfg.embedded:
-        from socktools.core.embedded import EmbeddedServer, EmbeddedServerError
-        host = cfg.host if cfg.host else "127.0.0.1"
-        server = EmbeddedServer(server_mode(cfg.mode), host=host, workers=cfg.server_workers)
-        try:
-            server.start()
-        except EmbeddedServerError as exc:
-            raise FloodError(str(exc)) from None
-        cfg = replace(cfg, address=server.address, family=server.family)
-        server_info = {"command": server.display_command, "workers": cfg.server_workers,
-                       "pid": server.proc.pid if server.proc else None}
-        emit({"event": "server", **server_info})
-    try:
+    with embedded_server(cfg, emit) as (cfg, server_info):
         run = _Run(cfg, emit)
         run.execute()
-    finally:
-        if server is not None:
-            summary = server.stop()
-            server_info["summary"] = summary
-    totals = st.merge(run.finals.values())
+    totals = st.merge(run.policy.finals.values())
     result = FloodResult(config=cfg, plan=plan, totals=totals, server=server_info,
                          stopped_early=run.interrupted or totals.stopped_early,
                          stop_signal=run.stop_signal,
-                         crashed=run.crashed, started=started, elapsed=time.monotonic() - t0,
-                         intervals=run.intervals, epoch_ns=run.epoch_ns)
+                         crashed=run.policy.crashed, started=started, elapsed=time.monotonic() - t0,
+                         intervals=run.policy.intervals, epoch_ns=run.epoch_ns)
     result.warnings = generator_warnings(result)
     return result
 
 
 class _Run(procs.Supervisor):
-    """The supervising side of one run: flood's policy on :class:`~socktools.core.procs.Supervisor`.
+    """The supervising side of one local run: :class:`~socktools.flood.policy.RunPolicy` over
+    :class:`~socktools.core.procs.Supervisor`'s worker processes and pipes.
 
     Workers ignore SIGINT and SIGTERM (a terminal's Ctrl-C, or a SIGTERM to
     the process group, reaches every process; only the runner decides what it
@@ -143,15 +124,9 @@ class _Run(procs.Supervisor):
                          child_ignores=(signal.SIGINT, signal.SIGTERM))
         self.config = config
         self.emit = emit
-        self.workers = range(config.active_workers)
-        self.finals: dict = {}      # index -> WorkerStats
-        self.crashed: list = []
-        self.ready: set = set()
-        self.went = False
-        self.merger = Intervals(config.interval or 1.0, emit)
-        self.intervals = self.merger.records   # every record emitted, kept for the result
+        self.policy = RunPolicy(range(config.active_workers), config.interval or 1.0, emit,
+                                name=lambda i: f"worker {i}")
         self.epoch_ns = time.perf_counter_ns()
-        self._dead: set = set()
 
     @property
     def interrupted(self) -> bool:
@@ -162,77 +137,48 @@ class _Run(procs.Supervisor):
         self.run(self._spawn_all)
 
     def _spawn_all(self) -> None:
-        for i in self.workers:
+        for i in self.policy.units:
             self.spawn(i, _worker_main, self.config, i, self.epoch_ns)
 
-    def _running(self) -> list:
-        return [i for i in self.workers if i not in self.finals and i not in self._dead]
-
     def finished(self) -> bool:
-        return not self._running()
+        return self.policy.finished()
 
     def _progress(self) -> None:
         """After any news: start the traffic once every running worker is ready."""
-        running = self._running()
-        if not self.went and self.ready and self.ready >= set(running) and not self.stopping:
-            self.went = True
-            self._send_running(("go", None))
+        if self.policy.go_now(self.stopping):
+            for i in self.policy.running():
+                child = self.children.get(i)
+                if child is not None:
+                    child.send(("go", None))
             self.emit({"event": "go"})
-
-    def _send_running(self, msg: tuple) -> None:
-        for i in self._running():
-            child = self.children.get(i)
-            if child is not None:
-                child.send(msg)
-
-    def _give_up(self, i: int, why: str) -> None:
-        self.crashed.append(f"worker {i} {why}")
-        self._dead.add(i)
 
     # ------------------------------------------------------------ hooks
     def on_message(self, child: procs.Child, msg: tuple) -> None:
         kind, payload = msg
-        i = child.index
         if kind == "final":
-            self.finals[i] = payload
-            self._maybe_emit()
+            self.policy.on_final(child.index, payload)
         elif kind == "ready":
-            self.ready.add(i)
+            self.policy.on_ready(child.index)
         elif kind == "tick":
-            self._on_tick(payload)
+            self.policy.on_tick(payload)
         self._progress()
 
     def on_exit(self, child: procs.Child) -> None:
-        i = child.index
         if child.crash is not None:
-            self._give_up(i, f"crashed: {child.crash}")
-        elif i not in self.finals and i not in self._dead:
-            self._give_up(i, f"exited (code {child.exitcode}) without reporting")
-        self._maybe_emit()
+            self.policy.give_up(child.index, f"crashed: {child.crash}")
+        else:
+            self.policy.give_up(child.index, f"exited (code {child.exitcode}) without reporting")
         self._progress()
 
     def stop_child(self, child: procs.Child, force: bool) -> None:
-        i = child.index
-        if i not in self._running():
+        if child.index not in self.policy.running():
             return
         if not force:
             child.send(("stop", None))  # drain, close, report
         else:
             child.signal(signal.SIGKILL)  # they ignore SIGTERM
-            how = "Ctrl-C" if self.stop_signal == signal.SIGINT else "stop signal"
-            self._give_up(i, f"stopped by a second {how} before reporting")
+            self.policy.give_up(child.index, RunPolicy.second_stop(self.stop_signal))
 
     def on_overdue(self, children: list) -> None:
         for child in children:
-            if child.index in self._running():
-                self._give_up(child.index, f"did not report within {STOP_GRACE:g}s of being stopped")
-
-    # ------------------------------------------------------------ interval records
-    def _on_tick(self, tick: st.Tick) -> None:
-        self.merger.add(tick)
-        self._maybe_emit()
-
-    def _maybe_emit(self) -> None:
-        for i in self.finals:
-            self.merger.end(i)
-        self.merger.flush(self._running())
+            self.policy.give_up(child.index, RunPolicy.OVERDUE)

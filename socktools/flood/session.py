@@ -5,9 +5,17 @@ exchange loops (:mod:`socktools.flood.exchange`) see only this object: the
 clock, the recorders, the request maker (``{seq}`` numbering), the quota,
 the pacer's timer, and the verbs of a run -- ``confirmed``, ``answered``,
 ``failed`` (a reply that counts as a failure), ``broken`` (a protocol error:
-the connection ends), ``peer_closed``, ``lost``, ``end_traffic``.  The
-worker owns the sockets and the connect pump; it learns of connections that
-settle through the one ``settled`` callback it passes in.
+the connection ends), ``peer_closed``, ``lost``, ``unsend``, ``reconnected``,
+``time_up``, ``end_traffic``.  The worker owns the sockets and the connect
+pump; it learns of connections that settle through the one ``settled``
+callback it passes in.
+
+Counting: each count is taken where its event happens, by these verbs --
+a confirming reply in ``confirmed``, a failed reply in ``failed`` (confirming
+ones apart), a reconnection when it is made, a request never answered
+(``unanswered``, tallied as the error ``no-reply``) when the connection that
+owed it ends, or when the drain does.  Requests sent and answered in the
+traffic are the traffic loop's own counts (its quota, its latency records).
 """
 
 from __future__ import annotations
@@ -86,9 +94,8 @@ class Session:
         self.done = False
         self.live: set = set()               # confirmed connections still open
         self.outstanding = 0                 # drain: answers still owed
-        self.sent = 0                        # traffic requests sent (counted when not fixed)
-        self.stranded = 0                    # pipelined past a close in the drain: never answered
         self.traffic: Any = None
+        self.confirm_classes: Optional[dict] = None   # proto.tally as the traffic began
         self.traffic_started = 0
         self.cpu_started = 0.0
         self.drain_started = 0
@@ -154,9 +161,10 @@ class Session:
         """Run the pacer again in ``delay_ns``; end_traffic cancels it."""
         self.pacer_timer = self.loop.call_later(delay_ns / _NS, callback)
 
-    def failed(self, failures: list) -> None:
-        """Replies that arrived whole but count as failures (wrong-reply, server-error, http-5xx)."""
-        table = self.stats.reply_failures
+    def failed(self, failures: list, confirming: bool = False) -> None:
+        """Replies that arrived whole but count as failures (wrong-reply, server-error, http-5xx);
+        ``confirming``: a connection's first reply, tallied apart from the traffic's."""
+        table = self.stats.confirm_reply_failures if confirming else self.stats.reply_failures
         for f in failures:
             kinds = table.setdefault(f.kind, {})
             detail = f.detail if (f.detail in kinds or len(kinds) < MAX_DETAILS) else "(other)"
@@ -188,6 +196,8 @@ class Session:
         s.connect_bytes_in += conn.bytes_in
         self.rec["first_reply"].record(now - slot.started)
         s.established += 1
+        if self.proto.replies:
+            s.confirm_responses += 1
         if self.config.mode == "connect":
             s.cycles += 1
             conn.close()
@@ -216,7 +226,7 @@ class Session:
                 self.broken(conn, exc.kind, str(exc))
                 return
             if parser.failures:    # the reply the close completed failed (wrong-reply, http-5xx)
-                self.failed(parser.failures)
+                self.failed(parser.failures, not slot.confirmed)
             if n and self.traffic is not None and slot.confirmed:
                 self.traffic.replies(conn, slot, n)
                 if conn.closed:   # the reply announced the close: reconnected, not a failure
@@ -246,6 +256,10 @@ class Session:
             slot.sent = 0
             slot.times = None
             slot.backlog = None
+            if was_owed and self.phase in ("traffic", "drain"):
+                # Nobody will send them again.  (A connection that failed is one failure, under
+                # its own name: its requests are unanswered, not a second failure each.)
+                self.unanswered(was_owed, tally=not slot.failed)
             if was_owed and self.phase == "drain":
                 self.answered(was_owed)
             elif self.phase == "traffic" and not self.live and self.config.mode != "connect":
@@ -261,12 +275,32 @@ class Session:
 
     def unsend(self, slot: Slot) -> int:
         """The requests in flight on ``slot`` will never be answered (pipelined past a close
-        the server announced): forget them, to be sent again; how many."""
+        the server announced): forget them, to be sent again; how many.
+
+        They are the last ``n`` requests made for this connection, in order (a connection's
+        requests are answered in the order sent), so the request maker steps back over them:
+        the replacement renders the very same requests again -- the same ``{seq}``, the same
+        turn of a ``--path``/``--send`` rotation -- before any new one."""
         n = len(slot.times)
         self.stats.resent += n
         slot.times = None
         slot.dues = None
+        if self.fixed_request is None:
+            slot.count -= n
         return n
+
+    def reconnected(self) -> None:
+        """A reconnection (:meth:`renew`) is up: a connection made, counted as it is made."""
+        self.stats.reconnects += 1
+
+    def unanswered(self, n: int, tally: bool = True) -> None:
+        """``n`` requests will never be answered: their connection ended owing them, or the
+        drain did.  A failure of their own (``no-reply``, unless ``tally`` is False: another
+        error already counts it): a server that goes silent must not pass a run."""
+        s = self.stats
+        s.unanswered += n
+        if tally:
+            st.add_tally(s.errors, "recv", errors.NO_REPLY, n)
 
     def renew(self, conn: Any, protocol: Any, reopen: bool = True) -> Optional[Any]:
         """The server closes ``conn`` after the reply just counted (HTTP ``Connection: close``):
@@ -279,20 +313,19 @@ class Session:
         new = None
         if reopen and self.reopen is not None and (
                 self.phase == "traffic" or (self.phase == "drain" and old.backlog)):
-            self.stats.reconnects += 1
             new = self.reopen(old.index, protocol)
             if new is not None:
                 new.ctx.count = old.count
                 new.ctx.backlog, old.backlog = old.backlog, None
-        if self.phase != "traffic":
-            self.stranded += owed(old)
-        conn.close()   # lost() settles what ``old`` still owed (answered, in the drain)
+        conn.close()   # lost() settles what ``old`` still owed (unanswered)
         return new
 
     # ------------------------------------------------------------ phases
     def start_traffic(self, traffic: Any, quota: Optional[int]) -> int:
         self.phase = "traffic"
         self.traffic = traffic
+        if self.config.mode != "connect":  # (churn: every reply is a confirming one)
+            self.confirm_classes = dict(self.proto.tally or {})
         now = self.traffic_started = self.clock()
         self.cpu_started = time.process_time()
         return now
@@ -302,6 +335,13 @@ class Session:
         self.outstanding -= n
         if self.outstanding <= 0 and self.phase == "drain":
             self.close_all()
+
+    def time_up(self) -> None:
+        """The duration is over: the traffic loop completes its schedule (``--rate``: every
+        request due inside the window goes out, however late the timer fired), then ends."""
+        if self.phase == "traffic" and self.traffic is not None:
+            self.traffic.time_up()
+        self.end_traffic()
 
     def end_traffic(self) -> None:
         if self.phase != "traffic":
@@ -313,7 +353,7 @@ class Session:
         s.traffic_cpu = time.process_time() - self.cpu_started
         self.phase = "drain"
         if self.traffic is not None:
-            self.traffic.left = 0
+            self.traffic.stop()
         if self.pacer_timer is not None:
             self.pacer_timer.cancel()
             self.pacer_timer = None
@@ -334,7 +374,9 @@ class Session:
             s.phases["drain"] = [self.drain_started, self.clock()]
         self.phase = "close"
         start = self.clock()
-        s.unanswered = sum(owed(conn.ctx) for conn in self.live) + self.stranded
+        owed_at_end = sum(owed(conn.ctx) for conn in self.live)
+        if owed_at_end:
+            self.unanswered(owed_at_end)
         s.open_at_end = len(self.live)
         for conn in list(self.loop.connections.values()):
             conn.close() if conn.ctx.confirmed else conn.abort()

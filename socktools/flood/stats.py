@@ -210,9 +210,11 @@ def tally_total(table: dict) -> int:
 class WorkerStats:
     """What one worker reports at the end (and, partly, in each :class:`Tick`).
 
-    Counters are totals over the worker's life.  ``requests`` and
-    ``responses`` include each connection's first, confirming round trip
-    (``confirm_requests``/``established``); the ``traffic_*`` figures do not.
+    Counters are totals over the worker's life, each counted where it happens.
+    ``requests`` and ``responses`` include each connection's first, confirming
+    round trip (``confirm_requests``/``confirm_responses``); the ``traffic_*``
+    figures do not, and nor do ``reply_failures`` and ``reply_classes``: the
+    confirming replies' are apart (``confirm_reply_*``).
     ``histograms`` maps a name from :data:`HISTOGRAMS` to its encoded form.
     ``phases`` maps a phase name to ``[start_ns, end_ns]`` on the shared
     monotonic clock.
@@ -231,9 +233,11 @@ class WorkerStats:
     requests: int = 0              # requests handed to the kernel
     responses: int = 0             # complete responses received
     confirm_requests: int = 0
+    confirm_responses: int = 0     # confirming replies received (write-only: none)
     traffic_requests: int = 0
     traffic_responses: int = 0
-    unanswered: int = 0            # requests still outstanding when the worker stopped
+    unanswered: int = 0            # requests never answered: owed when their connection ended
+                                   # or when the drain did (also tallied as a no-reply error)
     bytes_out: int = 0
     bytes_in: int = 0
     connect_bytes_out: int = 0     # of those, exchanged before confirmation (the first round trip)
@@ -241,8 +245,10 @@ class WorkerStats:
     errors: dict = field(default_factory=dict)           # phase -> errno name -> count
     protocol_errors: dict = field(default_factory=dict)  # kind -> count
     reply_failures: dict = field(default_factory=dict)   # kind -> detail -> count (whole replies)
+    confirm_reply_failures: dict = field(default_factory=dict)   # the same, confirming replies
     samples: dict = field(default_factory=dict)          # kind -> first bytes of one such reply
     reply_classes: dict = field(default_factory=dict)    # HTTP status class -> count
+    confirm_reply_classes: dict = field(default_factory=dict)   # the same, confirming replies
     histograms: dict = field(default_factory=dict)       # name -> encoded histogram
     phases: dict = field(default_factory=dict)           # name -> [start_ns, end_ns]
     traffic_cpu: float = 0.0       # CPU seconds this process used in the traffic phase
@@ -293,10 +299,12 @@ class Totals:
     reply_failures: dict = field(default_factory=dict)   # kind -> detail -> count
     samples: dict = field(default_factory=dict)          # kind -> first bytes of one offender
     reply_classes: dict = field(default_factory=dict)    # HTTP status class -> count
+    confirm_reply_failures: dict = field(default_factory=dict)
+    confirm_reply_classes: dict = field(default_factory=dict)
 
 
 _SUMMED = ("conns", "attempted", "connected", "established", "failed", "cancelled", "lost", "open_at_end",
-           "cycles", "requests", "responses", "confirm_requests", "traffic_requests",
+           "cycles", "requests", "responses", "confirm_requests", "confirm_responses", "traffic_requests",
            "traffic_responses", "unanswered", "bytes_out", "bytes_in", "connect_bytes_out",
            "connect_bytes_in", "scheduled", "late", "reconnects", "resent")
 
@@ -309,8 +317,10 @@ def merge(stats: Iterable[WorkerStats]) -> Totals:
     errs: dict = {}
     perrs: dict = {}
     rfail: dict = {}
+    cfail: dict = {}
     samples: dict = {}
     classes: dict = {}
+    cclasses: dict = {}
     hists: dict = {}
     phases: dict = {}
     for s in stats:
@@ -318,10 +328,13 @@ def merge(stats: Iterable[WorkerStats]) -> Totals:
         for kind, n in s.protocol_errors.items():
             perrs[kind] = perrs.get(kind, 0) + n
         merge_tally(rfail, s.reply_failures)
+        merge_tally(cfail, s.confirm_reply_failures)
         for kind, text in s.samples.items():
             samples.setdefault(kind, text)
         for cls, n in s.reply_classes.items():
             classes[cls] = classes.get(cls, 0) + n
+        for cls, n in s.confirm_reply_classes.items():
+            cclasses[cls] = cclasses.get(cls, 0) + n
         for name, blob in s.histograms.items():
             hists[name] = add_into(hists.get(name), decode(blob))
         for name, (start, end) in s.phases.items():
@@ -335,4 +348,5 @@ def merge(stats: Iterable[WorkerStats]) -> Totals:
                   traffic_cpu=sum(s.traffic_cpu for s in stats),
                   traffic_wall_max=max((s.traffic_wall for s in stats), default=0.0),
                   stopped_early=any(s.stopped_early for s in stats),
-                  reply_failures=rfail, samples=samples, reply_classes=classes)
+                  reply_failures=rfail, samples=samples, reply_classes=classes,
+                  confirm_reply_failures=cfail, confirm_reply_classes=cclasses)

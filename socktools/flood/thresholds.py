@@ -12,10 +12,14 @@ Grammar: ``METRIC OP VALUE``, spaces allowed.
   of the round trips; the same with a prefix for the other histograms:
   ``connect_p99``, ``first_reply_p50``, ``send_lag_max``, ``uncorrected_p99``;
 * counts and rates (plain numbers, ``k``/``M`` suffixes allowed): ``errors``
-  (failures of every phase), ``failed`` (connections never confirmed), ``lost``,
-  ``unanswered``, ``requests`` (answered in the traffic phase), ``rps``
-  (answered requests/s), ``cps`` (connections/s), ``error_rate`` (errors per
-  attempted connection and request, a fraction: ``error_rate<0.001``);
+  (every failure: errno and protocol errors of every phase, requests never
+  answered, and replies that failed -- the confirming ones too),
+  ``reply_failures`` (alias ``failed_replies``: traffic replies that arrived
+  whole but failed, an HTTP 500, a redis ``-ERR``), ``failed`` (connections
+  never confirmed), ``lost``, ``unanswered``, ``requests`` (answered in the
+  traffic phase), ``rps`` (answered requests/s), ``cps`` (connections/s),
+  ``error_rate`` (``errors`` per attempted connection and request, a
+  fraction: ``error_rate<0.001``);
 * ``OP`` is one of ``<`` ``<=`` ``>`` ``>=`` ``==`` ``!=``.
 """
 
@@ -26,7 +30,7 @@ import re
 from dataclasses import dataclass
 from typing import Optional
 
-__all__ = ["Threshold", "ThresholdError", "parse", "check_all", "HISTOGRAM_PREFIXES", "COUNTS"]
+__all__ = ["Threshold", "ThresholdError", "parse", "check_all", "failures", "HISTOGRAM_PREFIXES", "COUNTS"]
 
 
 class ThresholdError(ValueError):
@@ -43,16 +47,26 @@ HISTOGRAM_PREFIXES = {"": "latency_us", "connect_": "connect_us", "first_reply_"
 _TIME_UNITS = {"ns": 0.001, "us": 1.0, "µs": 1.0, "ms": 1000.0, "s": 1_000_000.0}
 _COUNT_SUFFIX = {"": 1.0, "k": 1e3, "M": 1e6}
 
+def failures(doc: dict) -> int:
+    """Every failure of a run: errors of every phase (errno, protocol, no-reply) and the replies
+    that failed, confirming ones included.  Summed from the parts, so that a document saved
+    before ``failures_total`` existed is read the same way."""
+    return (doc["errors_total"] + doc.get("reply_failures_total", 0)
+            + doc.get("confirm_reply_failures_total", 0))
+
+
 #: Count and rate metrics -> how to read them from the JSON document.
 COUNTS = {
-    "errors": lambda d: d["errors_total"],
+    "errors": failures,
+    "reply_failures": lambda d: d.get("reply_failures_total", 0),
+    "failed_replies": lambda d: d.get("reply_failures_total", 0),
     "failed": lambda d: d["connections"]["failed"],
     "lost": lambda d: d["connections"]["lost"],
     "unanswered": lambda d: d["requests"]["unanswered"],
     "requests": lambda d: d["requests"]["traffic_answered"],
     "rps": lambda d: d["requests"]["per_second"],
     "cps": lambda d: d["connections"]["per_second"],
-    "error_rate": lambda d: d["errors_total"] / max(1, d["connections"]["attempted"] + d["requests"]["sent"]),
+    "error_rate": lambda d: failures(d) / max(1, d["connections"]["attempted"] + d["requests"]["sent"]),
 }
 
 _EXPR = re.compile(r"^\s*([A-Za-z_]+(?:\d+(?:\.\d+)?)?)\s*(<=|>=|==|!=|<|>)\s*"

@@ -2,7 +2,7 @@
 
 The runner emits one record per tick (``config.interval`` seconds, aligned on
 the run's epoch); this module turns them into rows with explicit ``start`` /
-``end`` seconds and adds a last, partial row for what the final reports
+``end`` seconds and adds a last, partial row (``"partial": true``) for what the final reports
 carried after the last complete tick (the drain, the tail of the traffic
 phase).  So the rows add up *exactly* to the totals: their request counts to
 the run's, their latency histograms (by HdrHistogram addition) to the run's
@@ -19,7 +19,7 @@ from typing import Optional
 
 from socktools.flood import stats as st
 
-__all__ = ["DEFAULT_INTERVAL", "ROW_FIELDS", "rows", "subtract", "row_histogram"]
+__all__ = ["DEFAULT_INTERVAL", "ROW_FIELDS", "rows", "is_partial", "subtract", "row_histogram"]
 
 #: Tick length when the user gives no --interval: iperf3's default reporting
 #: interval, fine enough to see a stall, coarse enough to cost nothing (one
@@ -27,7 +27,7 @@ __all__ = ["DEFAULT_INTERVAL", "ROW_FIELDS", "rows", "subtract", "row_histogram"
 DEFAULT_INTERVAL = 1.0
 
 #: Counters of a row, in the order the CSV writes them (latency columns follow).
-ROW_FIELDS = ("start", "end", "phase", "established", "open", "failed", "errors", "requests",
+ROW_FIELDS = ("start", "end", "phase", "partial", "established", "open", "failed", "errors", "requests",
               "responses", "traffic_responses", "rps", "bytes_out", "bytes_in")
 _DELTAS = ("requests", "responses", "traffic_responses", "bytes_out", "bytes_in")
 
@@ -57,8 +57,9 @@ def subtract(total, part):
 
 def _row(record: dict, interval: float) -> dict:
     end = float(record["t"])
-    row = {"start": round(max(0.0, end - interval), 3), "end": round(end, 3)}
-    for name in ROW_FIELDS[2:]:
+    row = {"start": round(max(0.0, end - interval), 3), "end": round(end, 3), "phase": record.get("phase"),
+           "partial": False}
+    for name in ROW_FIELDS[4:]:
         row[name] = record.get(name, 0)
     row["latency"] = record.get("latency")
     return row
@@ -86,6 +87,7 @@ def rows(result) -> list:
             summary["hdr"] = st.encode(rest)
         established = c["established"] if result.config.mode != "connect" else c["cycles"]
         out.append({"start": round(last_end, 3), "end": round(max(run_end, last_end), 3), "phase": "end",
+                    "partial": True,
                     "established": established, "open": 0, "failed": c["failed"] + c["lost"],
                     "errors": st.tally_total(t.errors), **tail,
                     "rps": round(tail["traffic_responses"] / length, 1) if length > 0 else 0.0,
@@ -93,6 +95,13 @@ def rows(result) -> list:
         # keep the ROW_FIELDS order
         out[-1] = {k: out[-1][k] for k in (*ROW_FIELDS, "latency")}
     return out
+
+
+def is_partial(row: dict) -> bool:
+    """Whether ``row`` is the run's tail rather than a whole interval: fewer samples over a span
+    that includes the drain, so its p99 and its rate are not comparable with the others.
+    (Documents saved before rows carried ``partial`` mark the tail by its phase.)"""
+    return bool(row.get("partial", row.get("phase") == "end"))
 
 
 def row_histogram(row: dict) -> Optional[object]:

@@ -19,11 +19,13 @@ but nothing here depends on that.  A worker's life:
 Connect mode folds these into churn: each slot connects, gets its one reply,
 closes and starts over, for the duration.
 
-Nothing is counted per request on the hot path: when every request of a run
-is the same bytes, requests sent are derived from the bytes handed to the
-kernel; responses always come from the latency histogram's count.  The
-phases themselves live in :class:`~socktools.flood.session.Session`, the one
-object the exchange loops talk to.
+Counts are taken where they happen, at no extra cost on the hot path: the
+traffic loop counts the requests it sends (the fixed-request loop by its
+quota's own decrement), each answer is one record in the latency histogram,
+and the session counts the confirming replies, reconnections and requests
+never answered.  The phases themselves live in
+:class:`~socktools.flood.session.Session`, the one object the exchange loops
+talk to.
 """
 
 from __future__ import annotations
@@ -113,8 +115,6 @@ class _Worker:
         self.loop = Loop()
         self.stats = st.WorkerStats(worker=index, conns=config.conns_of(index))
         self.proto = wire.build(config.wire_spec)
-        fixed = self.proto.fixed_request
-        self.req_size = len(fixed) if fixed else 0      # 0: requests are counted one by one
         self.session = Session(config, index, self.loop, clock, self.stats, self.proto, self._settled_one,
                                lambda: self.connecting)
         self.session.reopen = self._reopen
@@ -376,7 +376,7 @@ class _Worker:
         session = self.session
         quota = cfg.requests_of(self.index)
         if cfg.duration is not None:
-            self.loop.call_later(cfg.duration, session.end_traffic)
+            self.loop.call_later(cfg.duration, session.time_up)
         if cfg.mode == "connect":
             now = session.start_traffic(None, quota)
             session.connect_started = now
@@ -410,11 +410,13 @@ class _Worker:
         due = self.epoch + self.tick_seq * step
         self.loop.call_later(max(0.0, (due - now) / _NS), self._tick)
 
-    def _requests(self, out: int) -> int:
-        """Requests handed to the kernel so far (confirming ones included)."""
-        if self.req_size:
-            return out // self.req_size
-        return self.stats.confirm_requests + self.session.sent
+    def _traffic_counts(self) -> tuple:
+        """(requests sent, answered) in the traffic so far: the loop's count of its sends, and
+        one latency record per answer (read after the latest ``take`` into ``self.hist``)."""
+        traffic = self.session.traffic
+        sent = traffic.requests_sent() if traffic is not None else 0
+        hist = self.hist["latency"]
+        return sent, hist.get_total_count() if hist else 0
 
     def _tick(self) -> None:
         if self.channel is None or self.session.done:
@@ -423,11 +425,11 @@ class _Worker:
         latency = self.rec["latency"].take()
         self.hist["latency"] = st.add_into(self.hist["latency"], latency)
         out, inn = self._counts()
-        total_lat = self.hist["latency"].get_total_count() if self.hist["latency"] else 0
+        sent, answered = self._traffic_counts()
         tick = st.Tick(worker=self.index, seq=self.tick_seq, phase=self.phase,
                        established=s.established, open=len(self.session.live), failed=s.failed + s.lost,
-                       requests=self._requests(out), responses=s.established + total_lat,
-                       traffic_responses=total_lat, bytes_out=out, bytes_in=inn,
+                       requests=s.confirm_requests + sent, responses=s.confirm_responses + answered,
+                       traffic_responses=answered, bytes_out=out, bytes_in=inn,
                        errors=st.tally_total(s.errors), latency=st.encode(latency))
         self._send(("tick", tick))
         self._arm_tick()
@@ -440,11 +442,9 @@ class _Worker:
             if blob:
                 s.histograms[name] = blob
         s.bytes_out, s.bytes_in = self._counts()
-        s.requests = self._requests(s.bytes_out)
-        lat = self.hist["latency"]
-        s.traffic_responses = lat.get_total_count() if lat else 0
-        s.responses = s.established + s.traffic_responses
-        s.traffic_requests = s.requests - s.confirm_requests
+        s.traffic_requests, s.traffic_responses = self._traffic_counts()
+        s.requests = s.confirm_requests + s.traffic_requests
+        s.responses = s.confirm_responses + s.traffic_responses
         traffic = self.session.traffic
         if traffic is not None and hasattr(traffic, "scheduled"):
             s.scheduled = traffic.scheduled
@@ -452,5 +452,11 @@ class _Worker:
             s.late = traffic.late
             s.max_buffered = traffic.max_buffered
         if self.proto.tally:
-            s.reply_classes = dict(self.proto.tally)
+            # The classes of the confirming replies apart (tallied before the traffic began).
+            confirm = self.session.confirm_classes
+            if confirm is None:
+                confirm = dict(self.proto.tally)
+            s.confirm_reply_classes = {k: v for k, v in confirm.items() if v}
+            s.reply_classes = {k: v - confirm.get(k, 0) for k, v in self.proto.tally.items()
+                               if v - confirm.get(k, 0)}
         return s

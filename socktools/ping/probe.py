@@ -8,24 +8,26 @@ closed normally.  An ICMP probe sends an echo request on a raw ICMP socket
 (root or CAP_NET_RAW) and names any ICMP error that comes back
 ("destination port unreachable (3/3)").
 
-``probes()`` yields one ``Probe`` per attempt, pacing them by the interval;
-``summarize()`` turns a list of them into ping's summary.  Nothing prints.
+``probes()`` yields one ``Probe`` per attempt, pacing them by the interval
+(:mod:`.results` holds the data and ``summarize()``, :mod:`.report` the
+lines a person reads).  Nothing prints.
 """
 
 from __future__ import annotations
 
 import errno
-import math
 import os
 import select
 import socket
 import struct
 import time
-from dataclasses import dataclass, asdict
 from typing import Callable, Iterator, Optional
 
 from socktools import errors
 from socktools.addresses import format_addr, resolve
+from socktools.icmpnames import ICMP_TYPES, ICMPV6_TYPES, icmp_name
+from socktools.ping.config import PingConfig
+from socktools.ping.results import PingStats, Probe, Target, summarize
 
 __all__ = ["PingConfig", "Target", "Probe", "PingStats", "IcmpUnavailable", "resolve_target",
            "probes", "tcp_probe", "IcmpPinger", "check_icmp", "summarize", "icmp_name",
@@ -34,139 +36,6 @@ __all__ = ["PingConfig", "Target", "Probe", "PingStats", "IcmpUnavailable", "res
 
 class IcmpUnavailable(RuntimeError):
     """ICMP ping cannot run here (no privilege for a raw socket); the message says why."""
-
-
-@dataclass(frozen=True)
-class PingConfig:
-    """What to ping and how.  ``count`` 0 means until interrupted."""
-
-    host: str = "127.0.0.1"
-    port: int = 65432
-    count: int = 4
-    interval: float = 1.0
-    timeout: float = 2.0
-    icmp: bool = False
-
-
-@dataclass(frozen=True)
-class Target:
-    host: str            # as the user typed it
-    family: int
-    sockaddr: tuple      # the address actually used (print it: a name may resolve differently next time)
-    display: str         # "127.0.0.1:65432" or "[::1]:65432" (TCP), "127.0.0.1" (ICMP)
-
-
-@dataclass(frozen=True)
-class Probe:
-    """One attempt.  ``ok`` probes have ``time_ms``; failed ones name what went wrong.
-
-    ``error`` is an errno name (``ECONNREFUSED``), a socktools pseudo-error
-    (``timeout``) or, for ICMP, ``icmp-<type>/<code>``; ``detail`` says it
-    in words (the errors table's meaning, or the ICMP type/code's name).
-    """
-
-    seq: int
-    ok: bool
-    time_ms: Optional[float]
-    peer: str
-    error: Optional[str] = None
-    errno: Optional[int] = None
-    detail: Optional[str] = None
-    ttl: Optional[int] = None
-    icmp: Optional[tuple[int, int]] = None     # (type, code) of the reply, ICMP only
-    elapsed_ms: Optional[float] = None         # time until the failure was known
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class PingStats:
-    """ping's summary.  Times in ms; ``None`` when nothing was received."""
-
-    sent: int
-    received: int
-    loss_pct: float
-    min_ms: Optional[float]
-    avg_ms: Optional[float]
-    max_ms: Optional[float]
-    stddev_ms: Optional[float]
-    failures: tuple[tuple[str, int], ...]      # (error, how many), most frequent first
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["failures"] = dict(self.failures)
-        return d
-
-
-def summarize(results: list[Probe]) -> PingStats:
-    """Sent/received/loss and min/avg/max/stddev (ping's mdev: population stddev)."""
-    sent = len(results)
-    times = [p.time_ms for p in results if p.ok and p.time_ms is not None]
-    received = len(times)
-    tally: dict[str, int] = {}
-    for p in results:
-        if not p.ok:
-            tally[p.error or "?"] = tally.get(p.error or "?", 0) + 1
-    loss = 100.0 * (sent - received) / sent if sent else 0.0
-    if times:
-        avg = sum(times) / received
-        var = max(0.0, sum(t * t for t in times) / received - avg * avg)
-        stats = (min(times), avg, max(times), math.sqrt(var))
-    else:
-        stats = (None, None, None, None)
-    return PingStats(sent, received, loss, *stats,
-                     failures=tuple(sorted(tally.items(), key=lambda kv: (-kv[1], kv[0]))))
-
-
-# --------------------------------------------------------------------------- ICMP names
-# RFC 792 / RFC 1812 (IPv4) and RFC 4443 (IPv6): type -> (name, {code: name}).
-ICMP_TYPES: dict[int, tuple[str, dict[int, str]]] = {
-    0: ("echo reply", {}),
-    3: ("destination unreachable", {
-        0: "destination network unreachable", 1: "destination host unreachable",
-        2: "destination protocol unreachable", 3: "destination port unreachable",
-        4: "fragmentation needed but DF set", 5: "source route failed",
-        6: "destination network unknown", 7: "destination host unknown",
-        8: "source host isolated", 9: "destination network administratively prohibited",
-        10: "destination host administratively prohibited", 11: "network unreachable for TOS",
-        12: "host unreachable for TOS", 13: "communication administratively prohibited",
-        14: "host precedence violation", 15: "precedence cutoff in effect"}),
-    4: ("source quench", {}),
-    5: ("redirect", {0: "redirect for network", 1: "redirect for host",
-                     2: "redirect for TOS and network", 3: "redirect for TOS and host"}),
-    8: ("echo request", {}),
-    9: ("router advertisement", {}),
-    10: ("router solicitation", {}),
-    11: ("time exceeded", {0: "time to live exceeded in transit",
-                           1: "fragment reassembly time exceeded"}),
-    12: ("parameter problem", {0: "parameter problem: pointer indicates the error",
-                               1: "parameter problem: missing a required option",
-                               2: "parameter problem: bad length"}),
-    13: ("timestamp request", {}),
-    14: ("timestamp reply", {}),
-}
-ICMPV6_TYPES: dict[int, tuple[str, dict[int, str]]] = {
-    1: ("destination unreachable", {
-        0: "no route to destination", 1: "communication administratively prohibited",
-        2: "beyond scope of source address", 3: "address unreachable",
-        4: "destination port unreachable", 5: "source address failed ingress/egress policy",
-        6: "reject route to destination"}),
-    2: ("packet too big", {}),
-    3: ("time exceeded", {0: "hop limit exceeded in transit", 1: "fragment reassembly time exceeded"}),
-    4: ("parameter problem", {0: "erroneous header field", 1: "unrecognized next header",
-                              2: "unrecognized IPv6 option"}),
-    128: ("echo request", {}),
-    129: ("echo reply", {}),
-}
-
-
-def icmp_name(icmp_type: int, code: int, *, v6: bool = False) -> str:
-    """``(3, 3)`` -> ``"destination port unreachable (3/3)"``."""
-    table = ICMPV6_TYPES if v6 else ICMP_TYPES
-    type_name, codes = table.get(icmp_type, (f"ICMP{'v6' if v6 else ''} type {icmp_type}", {}))
-    words = codes.get(code) or (type_name if code == 0 or not codes else f"{type_name}, code {code}")
-    return f"{words} ({icmp_type}/{code})"
 
 
 # --------------------------------------------------------------------------- TCP probe

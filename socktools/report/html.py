@@ -14,7 +14,19 @@ from typing import Optional
 
 from socktools.report import plots
 
-__all__ = ["render"]
+__all__ = ["render", "SHOWN_CHARS", "SHOWN_ITEMS"]
+
+#: Characters of one sent text (a --send, a command, a path) the configuration shows: a request
+#: line with a few headers, or a long key, reads whole; a megabyte --send-file does not fill the page.
+SHOWN_CHARS = 160
+
+#: Texts of one list (paths, commands, sends) the configuration shows; flood rotates through them
+#: all, the page names the first ones and counts the rest.
+SHOWN_ITEMS = 12
+
+
+class _Html(str):
+    """Markup built here from escaped parts: :func:`_kv` puts it in as it is."""
 
 
 def _e(value) -> str:
@@ -46,7 +58,8 @@ def _table(head: list, rows: list, cls: str = "") -> str:
 
 
 def _kv(pairs: list) -> str:
-    rows = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in pairs if v not in (None, "", []))
+    rows = "".join(f"<tr><th>{_e(k)}</th><td>{v if isinstance(v, _Html) else _e(v)}</td></tr>"
+                   for k, v in pairs if v not in (None, "", []))
     return f'<table class="kv"><tbody>{rows}</tbody></table>'
 
 
@@ -71,9 +84,10 @@ def _thresholds(doc: dict) -> str:
 
 def _failures(doc: dict) -> str:
     errs = doc.get("errors") or []
-    if not errs:
-        body = '<p class="quiet">No failures: every connection and request succeeded.</p>'
-    else:
+    replies = [(what, doc.get(key) or {}) for what, key in (("traffic", "reply_failures"),
+                                                           ("confirming", "confirm_reply_failures"))]
+    body = ""
+    if errs:
         rows = [[_e(e["phase"]), f"<code>{_e(e['error'])}</code>", _n(e["count"]),
                  _e(e.get("meaning") or ""), _e(e.get("fix") or "")] for e in errs]
         body = _table(["phase", "error", "count", "what it means", "what to do"], rows, "failures")
@@ -81,7 +95,21 @@ def _failures(doc: dict) -> str:
     if perr:
         body += "<p>Protocol errors by kind: " + ", ".join(f"<code>{_e(k)}</code> {_n(v)}"
                                                           for k, v in sorted(perr.items())) + "</p>"
-    return f"<section><h2>Failures by phase and error ({_n(doc.get('errors_total', 0))})</h2>{body}</section>"
+    # Replies that arrived whole but failed (an HTTP 404 or 500, a redis -ERR): failures too.
+    samples = doc.get("reply_samples") or {}
+    rows = []
+    for what, table in replies:
+        for kind, details in sorted(table.items()):
+            for detail, n in sorted(details.items(), key=lambda kv: -kv[1])[:10]:
+                rows.append([_e(what), f"<code>{_e(kind)}</code>", _e(detail), _n(n),
+                             f"<code>{_e(samples.get(kind, ''))}</code>"])
+    if rows:
+        body += "<h3>Failed replies</h3>" + _table(["replies", "kind", "detail", "count", "first bytes"],
+                                                   rows, "failures")
+    if not body:
+        body = '<p class="quiet">No failures: every connection and request succeeded.</p>'
+    total = doc.get("failures_total", doc.get("errors_total", 0))
+    return f"<section><h2>Failures ({_n(total)})</h2>{body}</section>"
 
 
 def _latency_table(doc: dict) -> str:
@@ -98,13 +126,60 @@ def _latency_table(doc: dict) -> str:
     return _table(["", "p50", "p90", "p99", "p99.9", "max", "mean", "count"], rows, "num")
 
 
+def _shown(text: str) -> str:
+    """One sent text, safe to read: control and undecodable characters as escapes (``\\r``,
+    ``\\x00``, ``\\udcff``), cut at :data:`SHOWN_CHARS`; HTML-escaped, in ``<code>``."""
+    flat = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    if len(flat) <= SHOWN_CHARS:
+        return f"<code>{_e(flat)}</code>"
+    return f"<code>{_e(flat[:SHOWN_CHARS])}…</code> ({len(flat):,} characters)"
+
+
+def _shown_list(texts: list) -> _Html:
+    lines = [_shown(t) for t in texts[:SHOWN_ITEMS]]
+    if len(texts) > SHOWN_ITEMS:
+        lines.append(f"and {len(texts) - SHOWN_ITEMS:,} more")
+    return _Html("<br>".join(lines))
+
+
+def _sent(doc: dict) -> list:
+    """The configuration's rows for what each connection sent, per mode (``config.wire``)."""
+    cfg = doc.get("config") or {}
+    w = cfg.get("wire")
+    if w is None:       # a document saved before flood recorded what it sent
+        return [("exchange", cfg.get("exchange")), ("payload", f"{cfg['size']:,} bytes" if cfg.get("size") and doc.get("mode") in ("echo", "connect")
+                 else None), ("request", cfg.get("request"))]
+    mode = w.get("mode")
+    if mode == "echo":
+        return [("payload", f"{w['request_bytes']:,} bytes")]
+    if mode == "framed":
+        return [("request", _Html(f"{_shown(w['action'] + ' ' + w['value'])} ({w['request_bytes']:,}-byte frame)"))]
+    if mode in ("raw", "line"):
+        rows = [("send", _shown_list(w.get("send") or []))]
+        if mode == "raw":       # how the replies were framed
+            rows.insert(0, ("exchange", cfg.get("exchange")))
+        if w.get("send_file_bytes") is not None:
+            rows.append(("send file", f"{w['send_file_bytes']:,} bytes, the start shown above"))
+        return rows + [("line ending", w.get("eol"))]
+    if mode == "redis":
+        return [("commands", _shown_list(w.get("commands") or []))]
+    if mode == "http":
+        return [("method", w.get("method")), ("paths", _shown_list(w.get("paths") or [])),
+                ("headers", _Html(f"{w.get('headers', 0):,} given · Host {_shown(w.get('host') or '')}")),
+                ("body", f"{w['body_bytes']:,} bytes" if w.get("body_bytes") else None)]
+    if mode == "plugin":
+        return [("protocol", _Html(_shown(w.get("plugin") or ""))), ("exchange", cfg.get("exchange")),
+                ("commands", _shown_list(w.get("commands") or []))]
+    return []
+
+
 def _config(doc: dict) -> str:
     cfg = doc.get("config") or {}
     pairs = [("target", doc.get("target")), ("mode", doc.get("mode")),
              ("server", (doc.get("server") or {}).get("command")),
              ("connections", _n(cfg.get("conns"))), ("workers", cfg.get("workers")),
-             ("payload", f"{cfg['size']:,} bytes" if cfg.get("size") and doc.get("mode") != "framed" else None),
-             ("request", cfg.get("request")), ("duration", f"{cfg['duration']:g} s" if cfg.get("duration") else None),
+             *_sent(doc),
+             ("duration", f"{cfg['duration']:g} s" if cfg.get("duration") else None),
              ("requests", cfg.get("requests")), ("rate", f"{cfg['rate']:,g} req/s (open loop)" if cfg.get("rate")
                                                   else "closed loop"),
              ("connect rate", cfg.get("connect_rate")), ("connect timeout", f"{cfg.get('connect_timeout'):g} s"
@@ -112,6 +187,20 @@ def _config(doc: dict) -> str:
              ("sources", ", ".join(cfg.get("sources") or [])), ("interval", f"{doc.get('interval'):g} s"),
              ("phases", " · ".join(f"{k} {v:.2f} s" for k, v in (doc.get("phases") or {}).items()))]
     return _kv(pairs)
+
+
+def _over_time(doc: dict) -> str:
+    """The over-time plot, and what it leaves out: the partial tail, named with its span."""
+    intervals = doc.get("intervals") or []
+    out = _plot(plots.over_time(intervals), "over-time",
+                "Nothing was answered or connected: nothing to draw over time.")
+    for r in plots.over_time_rows(intervals)[1]:
+        out += (f'<p class="quiet">Not drawn: the last interval, {r["start"]:.2f}–{r["end"]:.2f} s, is partial '
+                f'(the tail after the last whole interval, with the drain). Its few samples and shorter span '
+                f'would draw a p99 spike and a drop in throughput that the run did not have; its requests and '
+                f'latencies are in every total above, and in the JSON and CSV intervals '
+                f'(<code>"partial": true</code>).</p>')
+    return out
 
 
 def _machine(doc: dict) -> str:
@@ -148,7 +237,7 @@ def _ran(doc: dict) -> str:
 
 
 def render(doc: dict) -> str:
-    """The page for flood document ``doc`` (needs matplotlib: ``socktools[report]``)."""
+    """The page for flood document ``doc`` (needs matplotlib, the ``report`` extra)."""
     lat = doc.get("latency_us") or {}
     req = doc.get("requests") or {}
     conns = doc.get("connections") or {}
@@ -158,7 +247,7 @@ def render(doc: dict) -> str:
     if checked:
         verdict = (f'<span class="pill bad big">{len(failed)} of {len(checked)} thresholds failed</span>'
                    if failed else f'<span class="pill ok big">all {len(checked)} thresholds passed</span>')
-    errors_total = doc.get("errors_total", 0)
+    errors_total = doc.get("failures_total", doc.get("errors_total", 0))
     churn = doc.get("mode") == "connect"     # the cycles are the traffic; no round trips of their own
     if churn:
         lat, what = doc.get("first_reply_us") or {}, "connect to first reply"
@@ -188,8 +277,7 @@ def render(doc: dict) -> str:
         thresholds=_thresholds(doc), notes=_notes(doc),
         spectrum=_plot(plots.spectrum(doc), "latency-spectrum", "No round trip was measured."),
         latency_table=_latency_table(doc),
-        over_time=_plot(plots.over_time(doc.get("intervals") or []), "over-time",
-                        "Nothing was answered or connected: nothing to draw over time."),
+        over_time=_over_time(doc),
         connect=_plot(plots.connect_distribution(doc), "connect-time", "No connection was made."),
         failures=_failures(doc), config=_config(doc), machine=_machine(doc), meta=_e(raw))
 

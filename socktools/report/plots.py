@@ -7,18 +7,24 @@ is the plotting library people already have.  Text stays text in the SVG
 (``svg.fonttype: none``), so the page's font is used and it stays searchable.
 
 Inputs are the flood JSON document's parts (latencies in microseconds, hdr
-blobs in nanoseconds).  Each function returns ``None`` when there is nothing
+blobs in nanoseconds).  Latency axes are drawn in microseconds and every
+tick is labelled by :func:`~socktools.flood.report.format_us`, the formatter
+of the tables, the annotations and the text report: a value reads the same
+everywhere on the page, with its unit on it.  Each function returns ``None`` when there is nothing
 to draw, so the page can say so instead of showing an empty frame.
 """
 
 from __future__ import annotations
 
 import io
+import math
 from typing import Optional
 
 from socktools.flood import stats as st
+from socktools.flood.timeline import is_partial
 
-__all__ = ["available", "spectrum", "over_time", "connect_distribution", "PALETTE"]
+__all__ = ["available", "spectrum", "over_time", "over_time_rows", "connect_distribution", "log_ticks",
+           "tick_label", "PALETTE", "MAX_LOG_TICKS"]
 
 #: Colours (colour-blind safe, Okabe-Ito) for: round trip, uncorrected, connect, first reply, p99, max.
 PALETTE = {"latency": "#0072B2", "latency_uncorrected": "#999999", "connect": "#E69F00",
@@ -30,9 +36,13 @@ _GRID = "#e3e6ea"
 #: The percentiles marked on the spectrum's axis, as HdrHistogram's plotter marks them.
 SPECTRUM_TICKS = (0.0, 90.0, 99.0, 99.9, 99.99, 99.999, 99.9999)
 
+#: Most labels on a log latency axis: the 1-2-5 steps of four decades (12 labels, ~20 px apart on
+#: the shorter over-time axis) fit at 10 pt without touching; a wider range gets its decades alone.
+MAX_LOG_TICKS = 12
+
 
 def available() -> bool:
-    """Whether matplotlib (the ``socktools[report]`` extra) can be imported."""
+    """Whether matplotlib (the ``report`` extra) can be imported."""
     try:
         import matplotlib  # noqa: F401
     except ImportError:
@@ -72,14 +82,26 @@ def _svg(fig, name: str) -> str:
     return f'{head} class="plot" role="img" aria-label="{name}">{rest}'
 
 
-def _unit(values_us) -> tuple:
-    """(divisor, label) so that the largest value reads well: µs below 1 ms, ms below 10 s."""
-    top = max((v for v in values_us if v is not None), default=0.0)
-    if top < 1000:
-        return 1.0, "µs"
-    if top < 10_000_000:
-        return 1000.0, "ms"
-    return 1_000_000.0, "s"
+def log_ticks(lo: float, hi: float) -> list:
+    """Ticks for a log axis from ``lo`` to ``hi``: every decade and the 2 and 5 between them,
+    or (past :data:`MAX_LOG_TICKS`) the decades alone, every n-th one if even those crowd."""
+    first, last = math.floor(math.log10(lo)), math.ceil(math.log10(hi))
+
+    def within(steps, stride=1):
+        return [float(f"{m}e{k}") for k in range(first, last + 1) if k % stride == 0
+                for m in steps if lo <= m * 10.0 ** k <= hi]
+
+    ticks = within((1, 2, 5))
+    stride = 1
+    while len(ticks) > MAX_LOG_TICKS:
+        ticks = within((1,), stride)
+        stride += 1
+    return [int(t) if t.is_integer() else t for t in ticks]
+
+
+def tick_label(us: float) -> str:
+    """A latency tick's label (microseconds in), written as the tables write it."""
+    return "0" if us == 0 else _fmt_us(us)
 
 
 def _spectrum_points(blob: Optional[str]) -> Optional[tuple]:
@@ -110,17 +132,16 @@ def spectrum(doc: dict) -> Optional[str]:
         return None
     plt = _plt()
     fig, ax = plt.subplots(figsize=(10.6, 4.2))
-    div, unit = _unit([y for _, _, (xs, ys) in series for y in ys])
     for name, label, (xs, ys) in series:
-        ax.step(xs, [y / div for y in ys], where="post", color=PALETTE[name], linewidth=1.8, label=label)
+        ax.step(xs, ys, where="post", color=PALETTE[name], linewidth=1.8, label=label)
     ax.set_xscale("log")
-    _latency_yscale(ax, [y / div for _, _, (_, ys) in series for y in ys])
+    _latency_yscale(ax, [y for _, _, (_, ys) in series for y in ys])
     # Mark the percentiles the tables show on the round trip's curve.
     main = (doc.get("latency_us") or {})
     for key in ("p50", "p99", "p99.9"):
         if main.get(key) is not None:
             q = float(key[1:])
-            x, y = 1 / (1 - q / 100), main[key] / div
+            x, y = 1 / (1 - q / 100), main[key]
             ax.plot([x], [y], "o", color=PALETTE["latency"], markersize=4)
             left = key == "p50"      # at the axis' left edge: write it to the right of its dot
             ax.annotate(f"{key} {_fmt_us(main[key])}", (x, y), xytext=(6, -4) if left else (-6, 8),
@@ -132,31 +153,47 @@ def spectrum(doc: dict) -> Optional[str]:
     ax.minorticks_off()
     ax.set_xlim(1, right)
     ax.set_xlabel("percentile")
-    ax.set_ylabel(f"latency ({unit})")
+    ax.set_ylabel("latency")
     ax.legend(loc="upper left")
     return _svg(fig, "latency-spectrum")
 
 
-def _latency_yscale(ax, values) -> None:
-    """A log y axis when the tail is far above the body (else the body is a flat line at 0)."""
-    positive = [v for v in values if v and v > 0]
+def _latency_yscale(ax, values_us) -> None:
+    """A log y axis when the tail is far above the body (else the body is a flat line at 0),
+    labelled in the tables' units (:func:`tick_label`)."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+    positive = [v for v in values_us if v and v > 0]
     if positive and max(positive) / min(positive) > 30:
         ax.set_yscale("log")
-        from matplotlib.ticker import FuncFormatter, NullFormatter
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.yaxis.set_minor_formatter(NullFormatter())
-        ax.set_ylim(min(positive) * 0.7, max(positive) * 1.4)
+        lo, hi = min(positive) * 0.7, max(positive) * 1.4
+        ax.yaxis.set_major_locator(FixedLocator(log_ticks(lo, hi)))
+        ax.yaxis.set_minor_locator(NullLocator())
+        ax.set_ylim(lo, hi)
     else:
         ax.set_ylim(bottom=0, top=max(positive, default=1) * 1.1)
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: tick_label(v)))
+
+
+def over_time_rows(intervals: list) -> tuple:
+    """(drawn, left out): the interval rows the over-time plot draws, and the partial ones it
+    leaves out.  The run's tail (:func:`~socktools.flood.timeline.is_partial`) holds few samples
+    over a span that includes the drain: drawn, its p99 would spike and its rate drop for no
+    reason in the run.  A run shorter than one interval has only that row: it is drawn."""
+    rows = [r for r in intervals if r["end"] > r["start"]]
+    whole = [r for r in rows if not is_partial(r)]
+    if not whole:
+        return rows, []
+    return whole, [r for r in rows if is_partial(r)]
 
 
 def over_time(intervals: list) -> Optional[str]:
     """Round-trip p50/p99/max per interval above, the rate below, intervals with new failures shaded.
 
     The rate is answered requests/s, or connections/s when no request was
-    answered (connect mode: the churn is the traffic).
+    answered (connect mode: the churn is the traffic).  The partial tail is
+    left out (:func:`over_time_rows`).
     """
-    rows = [r for r in intervals if r["end"] > r["start"]]
+    rows, _ = over_time_rows(intervals)
     if not rows:
         return None
     prev_est = 0
@@ -178,16 +215,15 @@ def over_time(intervals: list) -> Optional[str]:
     xs = [r["end"] for r in rows]
     edges = [rows[0]["start"]] + xs
     if measured:
-        div, unit = _unit([r["latency"]["max"] for r in rows if r.get("latency")])
         drawn = []
         for key, label in (("max", "max"), ("p99", "p99"), ("p50", "p50")):
-            vals = [(r["latency"][key] / div) if r.get("latency") else float("nan") for r in rows]
+            vals = [r["latency"][key] if r.get("latency") else float("nan") for r in rows]
             drawn += vals
             lat.stairs(vals, edges, color=PALETTE[key], linewidth=2.0 if key != "max" else 1.0,
                        linestyle="-" if key != "max" else (0, (2, 2)), label=label, baseline=None)
-        lat.set_ylabel(f"round trip ({unit})")
+        lat.set_ylabel("round trip")
         _latency_yscale(lat, [v for v in drawn if v == v])
-        lat.legend(loc="upper right", ncols=3)
+        lat.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), ncols=3)   # above: never over a line
     thr.stairs(rate, edges, color=PALETTE["rps"], fill=True, alpha=0.35)
     thr.stairs(rate, edges, color=PALETTE["rps"], linewidth=1.6, baseline=None)
     thr.set_ylabel(rate_label)

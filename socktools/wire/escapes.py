@@ -4,7 +4,8 @@ What a user types on the command line (``--send 'GET / HTTP/1.0\\r\\n\\r\\n'``,
 ``--reply-until '\\r\\n'``) becomes bytes here, and nowhere else.  Escapes:
 ``\\r \\n \\t \\\\ \\0 \\xHH``; every other backslash is an error, said with its
 position -- a silent pass-through would put a literal backslash on the wire.
-Text outside escapes is encoded as UTF-8.
+Text outside escapes is encoded as UTF-8, and bytes that were not UTF-8 on the
+command line are sent as typed (:func:`typed_bytes`).
 
 Placeholders: ``{seq}`` (the request's number on its connection: 0, 1, 2...)
 and ``{conn}`` (the connection's number in the run; together they are unique); ``{{`` and ``}}`` stand for literal braces.  Any other
@@ -16,7 +17,7 @@ from __future__ import annotations
 import re
 from typing import Optional, Sequence
 
-__all__ = ["EscapeError", "unescape", "Template", "PLACEHOLDERS"]
+__all__ = ["EscapeError", "unescape", "typed_bytes", "readable", "Template", "PLACEHOLDERS"]
 
 PLACEHOLDERS = ("seq", "conn")
 
@@ -28,6 +29,27 @@ class EscapeError(ValueError):
     """A text that cannot become bytes: a bad escape or an unknown placeholder."""
 
 
+def typed_bytes(text: str) -> bytes:
+    """``text`` from the command line as the bytes the user typed: UTF-8, and each byte that
+    was not UTF-8 as itself (Python hands those over surrogate-escaped, PEP 383, as
+    ``os.fsencode`` undoes).  A surrogate no command line can carry is an :class:`EscapeError`."""
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError as exc:
+        bad = text[exc.start]
+        raise EscapeError(f"U+{ord(bad):04X} at position {exc.start} of {ascii(text)} is a lone "
+                          f"surrogate, not text (write bytes as \\xHH)") from None
+
+
+def readable(text: str) -> str:
+    """``text`` fit to print: each byte that was not UTF-8 on the command line as ``\\xHH``
+    (a stream in a UTF-8 locale refuses the surrogate that stands for it)."""
+    try:
+        return typed_bytes(text).decode("utf-8", "backslashreplace")
+    except EscapeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def unescape(text: str) -> bytes:
     """``'PING\\\\r\\\\n'`` (as typed) -> ``b'PING\\r\\n'``; raises :class:`EscapeError`."""
     out = bytearray()
@@ -36,9 +58,9 @@ def unescape(text: str) -> bytes:
     while i < n:
         j = text.find("\\", i)
         if j < 0:
-            out += text[i:].encode()
+            out += typed_bytes(text[i:])
             break
-        out += text[i:j].encode()
+        out += typed_bytes(text[i:j])
         if j + 1 >= n:
             raise EscapeError(f"a lone backslash at the end of {text!r} (write \\\\ for one)")
         c = text[j + 1]

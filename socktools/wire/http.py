@@ -5,7 +5,7 @@ another) h11 costs 70 to 260 times more per response than llhttp -- measured
 with ``benchmarks/bench_http_parsers.py`` on a busy shared 2-core machine
 (h11 140-740 us, httptools 1.6-4 us, this parser with flood's bookkeeping
 3.8-5.6 us) -- and flood's whole budget per round trip is a few microseconds.
-httptools is an optional dependency (``pip install 'socktools[http]'``),
+httptools is an optional dependency (the ``http`` extra, :mod:`socktools.optional`),
 imported only when an HTTP exchange is built.
 
 Responses are framed by Content-Length, chunked transfer-coding, or the
@@ -15,7 +15,7 @@ close of the connection (``eof``).  A response that announces the close
 body whatever their headers say; llhttp is told so by its
 ``on_headers_complete`` returning 1, which httptools does not pass on, so
 :class:`HeadParser` frames them here, up to the blank line.  Status classes are tallied; a status the
-user did not accept (default: 4xx and 5xx) is a failure ``http-4xx`` /
+user did not accept (default: 4xx and 5xx; ``--accept-status`` adds to the accepted) is a failure ``http-4xx`` /
 ``http-5xx`` tallied by code.  Bodies are counted, never buffered, in flood.
 """
 
@@ -23,9 +23,9 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from socktools.wire.base import SAMPLE_BYTES, Failure, Parser, Reply, WireError, WireProtocol
-from socktools.wire.escapes import Template, rotation
-from socktools.wire.base import KEEP_BODY   # the decoding budget, shared with the RESP parser
+from socktools.optional import MissingPackage
+from socktools.wire.base import KEEP_BODY, SAMPLE_BYTES, Failure, Parser, Reply, WireError, WireProtocol
+from socktools.wire.escapes import EscapeError, Template, readable, rotation, typed_bytes
 
 __all__ = ["HttpProtocol", "HttpParser", "HeadParser", "require_httptools", "parse_accept", "KEEP_BODY",
            "MAX_HEAD"]
@@ -42,34 +42,64 @@ _TO_THE_CLOSE = 1 << 62
 #: than this counts as close-delimited, as it always did.  1 MiB, allocated once per such close.
 EOF_PROBE = 1 << 20
 
-INSTALL_HINT = "--mode http needs the httptools package: pip install 'socktools[http]'"
-
-
-def require_httptools():
+def require_httptools(feature: str = "--mode http"):
+    """The httptools module, or :class:`~socktools.optional.MissingPackage` naming ``feature``."""
     try:
         import httptools
     except ImportError:
-        raise ImportError(INSTALL_HINT) from None
+        raise MissingPackage("http", feature) from None
     return httptools
 
 
+#: Statuses that are not failures unless ``--accept-status`` says otherwise: 1xx to 3xx.
+_DEFAULT_ACCEPT = frozenset(range(100, 400))
+
+
+class RequestPartError(ValueError):
+    """A part of the request the user gave is not HTTP; ``option`` names which (``--header``)."""
+
+    def __init__(self, option: str, message: str) -> None:
+        super().__init__(message)
+        self.option = option
+
+
+def _typed(option: str, text: str) -> bytes:
+    try:
+        return typed_bytes(text)
+    except EscapeError as exc:
+        raise RequestPartError(option, str(exc)) from None
+
+
 def parse_accept(values: Sequence[str]) -> frozenset:
-    """``("404", "5xx")`` -> the set of accepted codes (classes expanded); raises ValueError."""
-    codes: set = set()
+    """``("404", "5xx")`` -> the set of accepted codes; raises ValueError.
+
+    Each item *adds* a code or a class to the default (1xx-3xx): ``404`` accepts a 404 and
+    still every 2xx.  An item with a ``!`` takes a code or class away: ``!2xx`` makes every
+    2xx a failure (checking that a server refuses), ``!301`` one code.  Items apply in order.
+    """
+    codes: set = set(_DEFAULT_ACCEPT)
     for v in values:
         for item in v.split(","):
             item = item.strip().lower()
+            reject = item.startswith("!")
+            item = item[1:].strip() if reject else item
             if len(item) == 3 and item[0] in "12345" and item[1:] == "xx":
                 base = int(item[0]) * 100
-                codes.update(range(base, base + 100))
+                these = set(range(base, base + 100))
             elif item.isdigit() and 100 <= int(item) <= 599:
-                codes.add(int(item))
+                these = {int(item)}
             else:
-                raise ValueError(f"{item!r} is not a status code (100-599) or class (2xx)")
+                raise ValueError(f"{item!r} is not a status code (100-599) or class (2xx), "
+                                 f"optionally after ! to reject it (!2xx)")
+            if reject:
+                codes -= these
+            else:
+                codes |= these
     return frozenset(codes)
 
 
-_DEFAULT_ACCEPT = frozenset(range(100, 400))
+#: What an HTTP exchange asks for when no --path is given.
+DEFAULT_PATHS = ("/",)
 
 
 class HttpProtocol(WireProtocol):
@@ -78,21 +108,22 @@ class HttpProtocol(WireProtocol):
     # A small response fits in one read; 64 KiB drains a large body in few calls.
     read_size = 65536
 
-    def __init__(self, host: str, *, method: str = "GET", paths: Sequence[str] = ("/",),
+    def __init__(self, host: str, *, method: str = "GET", paths: Sequence[str] = DEFAULT_PATHS,
                  headers: Sequence[str] = (), body: bytes = b"",
                  accept: Optional[frozenset] = None) -> None:
         require_httptools()
         method = method.upper()
-        if not method.isalpha():
-            raise ValueError(f"{method!r} is not an HTTP method")
+        if not (method.isascii() and method.isalpha()):
+            raise RequestPartError("--method", f"{method!r} is not an HTTP method")
         names = set()
         lines = []
         for h in headers:
             name, sep, value = h.partition(":")
             if not sep or not name.strip() or any(c in name for c in " \t\r\n"):
-                raise ValueError(f"{h!r} is not 'Name: value'")
+                raise RequestPartError("--header", f"{h!r} is not 'Name: value'")
             names.add(name.strip().lower())
             lines.append(f"{name.strip()}: {value.strip()}")
+            _typed("--header", lines[-1])       # a value may carry any byte the user typed
         head = []
         if "host" not in names:
             head.append(f"Host: {host}")
@@ -100,16 +131,16 @@ class HttpProtocol(WireProtocol):
             head.append("User-Agent: socktools")
         if body and "content-length" not in names:
             head.append(f"Content-Length: {len(body)}")
-        tail = ("\r\n".join(head + lines) + "\r\n\r\n").encode() + body
+        tail = typed_bytes("\r\n".join(head + lines) + "\r\n\r\n") + body
         self.method = method
-        self.paths = tuple(paths or ("/",))
+        self.paths = tuple(paths or DEFAULT_PATHS)
         templates = []
         for p in self.paths:
             if not p.startswith("/") and p != "*":
-                raise ValueError(f"{p!r} does not start with /")
+                raise RequestPartError("--path", f"{p!r} does not start with /")
             if any(c in p for c in " \r\n"):
-                raise ValueError(f"{p!r} contains a space or a line break (percent-encode it)")
-            templates.append(Template(f"{method} {p} HTTP/1.1\r\n".encode()).plus(tail))
+                raise RequestPartError("--path", f"{p!r} contains a space or a line break (percent-encode it)")
+            templates.append(Template(_typed("--path", f"{method} {p} HTTP/1.1\r\n")).plus(tail))
         self.request = rotation(templates)
         self.fixed_request = templates[0].fixed if len(templates) == 1 else None
         self.shared_requests = not any("conn" in t.names for t in templates)
@@ -122,7 +153,7 @@ class HttpProtocol(WireProtocol):
         return HttpParser(self.accept, self.tally)
 
     def describe(self) -> str:
-        return f"http, {self.method} " + " ".join(self.paths)
+        return f"http, {self.method} " + " ".join(readable(p) for p in self.paths)
 
 
 class HttpParser(Parser):

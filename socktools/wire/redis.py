@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 
 from socktools.wire.base import (KEEP_BODY, SAMPLE_BYTES, WHOLE_REPLY_BYTES, Failure, Parser, Reply,
                                  WholeReplies, WireError, WireProtocol)
-from socktools.wire.escapes import Template
+from socktools.wire.escapes import Template, readable
 
 __all__ = ["RedisProtocol", "RespParser", "encode_command", "MAX_BULK", "MAX_ELEMENTS", "MAX_DEPTH", "KEEP_REPLY"]
 
@@ -59,11 +59,15 @@ def split_command(text: str) -> list:
     return [Template.from_text(w) for w in words]
 
 
+#: What a Redis exchange sends when no --command is given: the cheapest round trip there is.
+DEFAULT_COMMANDS = ("PING",)
+
+
 class RedisProtocol(WireProtocol):
     name = "redis"
 
-    def __init__(self, commands: Sequence[str] = ("PING",)) -> None:
-        self.texts = tuple(commands or ("PING",))
+    def __init__(self, commands: Sequence[str] = DEFAULT_COMMANDS) -> None:
+        self.texts = tuple(commands or DEFAULT_COMMANDS)
         commands = [split_command(c) for c in self.texts]
         self.makers = [_compile(words) for words in commands]
         if len(commands) == 1 and all(w.fixed is not None for w in commands[0]):
@@ -81,7 +85,7 @@ class RedisProtocol(WireProtocol):
         return RespParser(self.whole)
 
     def describe(self) -> str:
-        return "redis, " + " / ".join(f"`{t}`" for t in self.texts)
+        return "redis, " + " / ".join(f"`{readable(t)}`" for t in self.texts)
 
 
 def _compile(words: list):

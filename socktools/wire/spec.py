@@ -18,7 +18,7 @@ from typing import Optional
 
 from socktools.errors import OptionError
 from socktools.wire.base import WireProtocol
-from socktools.wire.escapes import EscapeError, Template, unescape
+from socktools.wire.escapes import EscapeError, Template, typed_bytes, unescape
 
 __all__ = ["WireSpec", "WireOptionError", "build", "load_plugin", "MODES", "STREAM_MODES", "stream_parser"]
 
@@ -94,6 +94,38 @@ class WireSpec:
     def name(self) -> str:
         return "plugin" if self.plugin else self.mode
 
+    def summary(self) -> dict:
+        """What each connection sends, as JSON data for reports: texts as typed (escapes and
+        placeholders unexpanded), a ``--send-file`` as its size and its first bytes."""
+        if self.plugin:
+            return {"mode": "plugin", "plugin": self.plugin, "commands": list(self.commands)}
+        out = {"mode": self.mode}
+        if self.mode in ("echo", "framed"):
+            out["request_bytes"] = len(build(self).request(0, 0))
+            if self.mode == "framed":
+                out.update(action=self.action, value=self.value)
+        elif self.mode in ("raw", "line"):
+            if self.send_file is not None:
+                head = self.send_file[:SEND_FILE_SHOWN]
+                out.update(send=[head.decode("utf-8", "backslashreplace")], send_file_bytes=len(self.send_file))
+            else:
+                out["send"] = list(self.sends)
+            if self.mode == "line":
+                out["eol"] = self.eol
+        elif self.mode == "redis":
+            from socktools.wire.redis import DEFAULT_COMMANDS
+            out["commands"] = list(self.commands or DEFAULT_COMMANDS)
+        elif self.mode == "http":
+            from socktools.wire.http import DEFAULT_PATHS
+            given = {n.strip().lower(): v.strip() for n, _, v in (h.partition(":") for h in self.headers)}
+            out.update(method=self.method.upper(), paths=list(self.paths or DEFAULT_PATHS),
+                       headers=len(self.headers), host=given.get("host", self.host), body_bytes=len(self.body))
+        return out
+
+
+#: How much of a --send-file a report keeps: enough to recognise the request (a request line and
+#: its first headers), while the JSON stays small whatever the file's size.
+SEND_FILE_SHOWN = 512
 
 EOLS = {"lf": b"\n", "crlf": b"\r\n", "\\n": b"\n", "\\r\\n": b"\r\n"}
 
@@ -117,7 +149,10 @@ def _templates(spec: WireSpec, option: str = "--send") -> list:
 def _match(spec: WireSpec) -> Optional[bytes]:
     if spec.reply_match is None:
         return None
-    pattern = spec.reply_match.encode()
+    try:
+        pattern = typed_bytes(spec.reply_match)   # a bytes pattern: it may match any byte typed
+    except EscapeError as exc:
+        raise WireOptionError("--reply-match", str(exc)) from None
     try:
         re.compile(pattern)
     except re.error as exc:
@@ -197,10 +232,8 @@ def build(spec: WireSpec) -> WireProtocol:
         try:
             return HttpProtocol(spec.host, method=spec.method, paths=tuple(spec.paths) or ("/",),
                                 headers=spec.headers, body=spec.body, accept=accept)
-        except ImportError as exc:
-            raise WireOptionError("--mode", str(exc)) from None
-        except (ValueError, EscapeError) as exc:
-            raise WireOptionError("--path", str(exc)) from None
+        except (ValueError, EscapeError) as exc:   # RequestPartError names its option
+            raise WireOptionError(getattr(exc, "option", "--path"), str(exc)) from None
     raise WireOptionError("--mode", f"unknown mode {mode!r} (known: {', '.join(MODES)})")
 
 

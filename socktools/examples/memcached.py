@@ -2,9 +2,9 @@
 
 Load memcached with it::
 
-    socktools flood --port 11211 --protocol examples.memcached_plugin:Memcached \\
+    socktools flood --port 11211 --protocol socktools.examples.memcached:Memcached \\
         --command 'set key:{seq} hello' --command 'get key:{seq}'
-    socktools request --port 11211 --protocol examples.memcached_plugin:Memcached --command 'get key:1'
+    socktools request --port 11211 --protocol socktools.examples.memcached:Memcached --command 'get key:1'
 
 The interface (docs/plugins.md): the class is built with the ``--command``
 texts; ``request(seq, conn)`` returns the bytes of request ``seq`` on

@@ -1,1 +1,0 @@
-"""Worked examples: importable from the project root (``--protocol examples.memcached_plugin:Memcached``)."""

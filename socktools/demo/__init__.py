@@ -1,0 +1,1 @@
+"""`socktools demo`: the guided tour (:mod:`.tour`)."""

@@ -1,0 +1,3 @@
+"""Worked examples shipped with the package, so ``--help``'s examples work from any directory
+and after a wheel install (``--protocol socktools.examples.memcached:Memcached``).
+Copy one as the start of your own plug-in (docs/plugins.md)."""
