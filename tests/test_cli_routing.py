@@ -98,7 +98,8 @@ class Recorder:
             self.calls.append(SimpleNamespace(config=config, view=None, **kw))
             return SimpleNamespace(config=config, crashed=[], stopped_early=False, intervals=[],
                                    stop_signal=None, totals=SimpleNamespace(
-                                       counters={"established": 1, "responses": 1, "lost": 0, "cycles": 1}))
+                                       counters={"established": 1, "responses": 1, "lost": 0, "cycles": 1,
+                                                 "traffic_requests": 1, "traffic_responses": 1}))
 
         def view(name):
             # the JSON document is always built (thresholds, files); the view is the last one used

@@ -307,7 +307,10 @@ def test_http_head_has_no_body_whatever_its_content_length(nginx):
     assert wait_until(lambda: nginx.log_lines() == stats.requests == 64, 10)
     codes = nginx.statuses()
     assert stats.confirm_reply_classes == {"2xx": 4}     # seq 0, the first path: /
-    assert stats.reply_classes == {"2xx": codes["200"] - 4, "4xx": codes["404"]} and codes["404"] == 20
+    # Each connection's requests rotate over the three paths from its own seq 0, so how many were
+    # /nothing-here depends on how the 60 spread over the connections: what is exact is that
+    # flood's tally equals nginx's own.
+    assert stats.reply_classes == {"2xx": codes["200"] - 4, "4xx": codes["404"]} and codes["404"] > 0
     assert stats.bytes_in < 64 * 400   # heads only: /big's 'Content-Length' bytes never came
     out = subprocess.run([sys.executable, "-m", "socktools", "request", "--port", str(nginx.port),
                           "--mode", "http", "--method", "HEAD", "--path", "/big"], capture_output=True, text=True)

@@ -127,3 +127,67 @@ def test_json_output_and_the_tutorial_argument_form(start_server):
 def test_wrong_number_of_words_is_a_usage_error():
     result = CliRunner().invoke(main, ["request", "search"])
     assert result.exit_code == 2 and "ACTION VALUE" in result.output
+
+
+# ------------------------------------------------------------- hostile and unusual servers
+
+def _answer(reply: bytes):
+    """A peer that reads the request, then sends ``reply``."""
+    def behave(conn):
+        _read_some(conn)
+        conn.sendall(reply)
+    return behave
+
+
+def test_a_reply_nested_past_the_cap_is_one_line_and_exit_1(peer):
+    p = peer(_answer(b"*1\r\n" * 5000 + b"+x\r\n"))
+    out = subprocess.run(socktools_cmd("request", "--mode", "redis", "--port", str(p.port)),
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "Traceback" not in out.stderr and "RecursionError" not in out.stderr
+    assert "protocol error (protocol-error)" in out.stderr and "nested deeper than" in out.stderr
+
+
+def test_a_long_reply_is_counted_whole_and_only_its_head_kept(peer):
+    from socktools import wire
+    from socktools.request.client import KEEP_RECEIVED, exchange
+    from socktools.wire.redis import KEEP_REPLY
+    from socktools.wire.spec import WireSpec
+    body = b"v" * (8 << 20)
+    reply = b"$%d\r\n%s\r\n" % (len(body), body)
+    p = peer(_answer(reply))
+    result = exchange("127.0.0.1", p.port, wire.build(WireSpec(mode="redis")), timeout=30)
+    assert result.received_bytes == len(reply) and result.received == reply[:KEEP_RECEIVED]
+    assert result.reply.size == len(reply) and result.reply.fields["not_kept"] > len(body) - KEEP_REPLY
+
+
+def test_what_is_shown_of_a_long_reply_says_the_rest_was_counted(peer):
+    reply = b"$%d\r\n%s\r\n" % (1 << 20, b"w" * (1 << 20))
+    p = peer(_answer(reply))
+    result = CliRunner().invoke(main, ["request", "--mode", "redis", "--port", str(p.port), "--show-bytes"])
+    assert result.exit_code == 0, result.output
+    assert f"<<< received {len(reply)} bytes" in result.output
+    assert "counted, not kept" in result.output
+    assert len(result.output) < 300_000
+
+
+def test_bytes_the_server_sent_before_the_request_are_unsolicited_not_the_answer(peer, monkeypatch):
+    """The rule flood follows: an answer comes after its request.  request looks before it
+    sends; the test lets it look until the greeting is there, so the order is certain."""
+    from socktools.request import client
+    monkeypatch.setattr(client, "SPOKE_FIRST_WAIT", 30.0, raising=False)
+
+    def greets(conn):
+        conn.sendall(b"+hello\r\n")
+        _answer(b"+PONG\r\n")(conn)
+
+    p = peer(greets)
+    result = CliRunner().invoke(main, ["request", "--mode", "redis", "--port", str(p.port)])
+    assert result.exit_code == 1, result.output
+    assert "unsolicited" in result.output and "the server spoke first" in result.output
+    assert "8 byte(s) arrived before the request was sent" in result.output
+    assert "hello" not in result.output.replace("+hello", "")   # not shown as the answer
+    shown = CliRunner().invoke(main, ["request", "--mode", "redis", "--port", str(peer(greets).port),
+                                      "--show-bytes"])
+    assert shown.exit_code == 1 and "<<< received 8 bytes in 1 recv() call(s)\nb'+hello\\r\\n'" in shown.output
+    assert ">>> sent" not in shown.output                       # the request was not sent

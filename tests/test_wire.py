@@ -234,6 +234,127 @@ def test_an_integer_that_is_not_a_number_is_a_protocol_error_when_decoding(bad):
         p.feed(bad)
 
 
+def _decoding(parser):
+    parser.keep = []
+    return parser
+
+
+@pytest.mark.parametrize("keep", [None, []])
+@pytest.mark.parametrize("step", [0, 1, 4096])
+def test_nesting_deeper_than_the_cap_is_a_protocol_error_not_a_recursion(keep, step):
+    from socktools.wire.redis import MAX_DEPTH
+    p = RespParser()
+    p.keep = keep
+    with pytest.raises(WireError, match=f"nested deeper than {MAX_DEPTH}"):
+        feed_all(p, b"*1\r\n" * 5000 + b"+x\r\n", step)
+
+
+@pytest.mark.parametrize("step", [0, 1, 7])
+def test_nesting_up_to_the_cap_is_one_reply_and_decodes(step):
+    from socktools.wire.redis import MAX_DEPTH
+    deep = b"*1\r\n" * MAX_DEPTH + b"+x\r\n"
+    assert feed_all(RespParser(), deep + b"+OK\r\n", step) == 2
+    p = _decoding(RespParser())
+    assert feed_all(p, deep, step) == 1
+    value = p.keep[0].fields["value"]
+    for _ in range(MAX_DEPTH):
+        [value] = value
+    assert value == "x" and p.keep[0].size == len(deep) and p.buffered == 0
+
+
+def test_a_huge_bulk_is_counted_as_it_arrives_never_held():
+    p = RespParser()
+    size = 500_000_000
+    assert p.feed(b"$%d\r\n" % size) == 0
+    chunk = b"x" * 65536
+    for _ in range(64):                      # 4 MiB of the promised 500 MB
+        assert p.feed(chunk) == 0
+        assert len(p.buf) == 0               # nothing kept: the payload is counted
+    assert p.buffered == len(b"$%d\r\n" % size) + 64 * 65536
+    with pytest.raises(WireError, match="truncated|closed"):
+        p.eof()
+
+
+@pytest.mark.parametrize("step", [0, 1000, 65536])
+def test_a_long_bulk_is_counted_whole_and_kept_up_to_the_cap_with_the_rest_said(step):
+    from socktools.wire.redis import KEEP_REPLY
+    body = bytes(range(97, 123)) * 40_000                 # ~1 MB of a..z
+    reply = b"$%d\r\n%s\r\n" % (len(body), body)
+    assert feed_all(RespParser(), reply + b":1\r\n", step) == 2
+    p = _decoding(RespParser())
+    assert feed_all(p, reply + b":1\r\n", step) == 2
+    first, second = p.keep
+    assert first.size == len(reply) and second.fields["value"] == 1
+    head = len(b"$%d\r\n" % len(body))
+    assert first.fields["value"] == body[:KEEP_REPLY - head].decode()
+    assert first.fields["not_kept"] == len(reply) - KEEP_REPLY
+    assert "not_kept" not in second.fields
+
+
+def test_a_long_bulk_inside_an_array_is_shown_in_part_and_what_follows_is_counted():
+    from socktools.wire.redis import KEEP_REPLY
+    reply = b"*3\r\n:1\r\n$100000\r\n" + b"b" * 100_000 + b"\r\n:3\r\n"
+    p = _decoding(RespParser())
+    assert feed_all(p, reply + b"+OK\r\n", 1000) == 2
+    value = p.keep[0].fields["value"]
+    assert value[0] == 1 and len(value) == 2 and value[1] == "b" * (KEEP_REPLY - len(b"*3\r\n:1\r\n$100000\r\n"))
+    assert p.keep[0].fields["not_kept"] == len(reply) - KEEP_REPLY and p.keep[1].fields["value"] == "OK"
+
+
+def test_a_blob_error_is_tallied_by_its_first_words_even_when_huge():
+    text = b"ERR " + b"y" * 1_000_000
+    p = RespParser()
+    assert feed_all(p, b"!%d\r\n%s\r\n" % (len(text), text), 65536) == 1
+    [failure] = p.failures
+    assert failure.kind == "server-error" and failure.detail.startswith("ERR yyy") and len(failure.detail) <= 80
+    assert failure.sample.startswith(b"!1000004\r\nERR y") and len(failure.sample) <= 64
+
+
+@pytest.mark.parametrize("keep", [None, []])
+def test_an_aggregate_is_parsed_once_the_parser_holds_only_an_unfinished_line(keep):
+    """Incremental: what has been understood is consumed, so no read re-parses it (the
+    time of a 1M-element reply is in benchmarks/bench_big_replies.py)."""
+    from socktools.wire.redis import MAX_LINE
+    items = 200_000
+    reply = b"*%d\r\n" % items + b"$3\r\nabc\r\n:12345\r\n" * (items // 2)
+    p = RespParser()
+    p.keep = keep
+    done = 0
+    for i in range(0, len(reply), 1000):
+        done += p.feed(reply[i:i + 1000])
+        assert len(p.buf) < 16                  # the tail of one element, never the reply
+    assert done == 1 and p.buffered == 0 and len(p.buf) <= MAX_LINE
+    if keep is not None:
+        [r] = keep
+        assert r.size == len(reply) and r.fields["not_kept"] > 0 and r.fields["value"][:2] == ["abc", 12345]
+
+
+@pytest.mark.parametrize("read, replies, left", [
+    (b"$5\r\na\r\nbc\r\n", 1, 0), (b"$0\r\n\r\n", 1, 0), (b"$5\r\na\r\nbc\r\n:1\r\n", 2, 0),
+    (b"$5\r\na\r\nb", 0, 8), (b":1\r\n:2", 1, 2), (b"+OK\r\n+OK\r\n", 2, 0), (b"$3\r\nabc\r\n$1", 1, 2),
+])
+def test_a_read_is_counted_right_whether_or_not_it_is_exactly_one_reply(read, replies, left):
+    p = RespParser()
+    assert p.feed(read) == replies and p.buffered == left
+
+
+NESTED = [b"*3\r\n*2\r\n$1\r\na\r\n%1\r\n+k\r\n*0\r\n~1\r\n$-1\r\n:7\r\n",
+          b"$%d\r\n%s\r\n" % (3000, b"z" * 3000), b"*2\r\n$5000\r\n" + b"q" * 5000 + b"\r\n-ERR in\r\n"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(hs.lists(hs.sampled_from(REPLIES + NESTED), min_size=1, max_size=10),
+       hs.lists(hs.integers(0, 50_000), max_size=10))
+def test_random_nested_replies_cut_anywhere_decode_the_same_as_whole(replies, cuts):
+    data = b"".join(replies)
+    whole = _decoding(RespParser())
+    assert whole.feed(data) == len(replies)
+    cut = _decoding(RespParser())
+    assert sum(cut.feed(piece) for piece in splits(data, cuts)) == len(replies)
+    assert cut.keep == whole.keep and cut.failures == whole.failures
+    assert [r.size for r in whole.keep] == [len(r) for r in replies]
+
+
 # ----------------------------------------------------------------- http
 
 needs_httptools = pytest.mark.skipif(importlib.util.find_spec("httptools") is None,
@@ -371,6 +492,53 @@ def test_decoding_knows_each_message_size_even_when_pipelined():
     p.feed(OK + CHUNKED + FAIL)
     assert [r.size for r in p.keep] == [len(OK), len(CHUNKED), len(FAIL)]
     assert p.keep[1].fields["body"] == b"abcde"
+
+
+class _CountingFeeds:
+    """Stands between an HttpParser and llhttp to count feed_data calls (the work decoding does)."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.calls = 0
+
+    def feed_data(self, data: bytes) -> None:
+        self.calls += 1
+        self.inner.feed_data(data)
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+
+def _chunked(body: bytes, size: int) -> bytes:
+    out = [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"]
+    for i in range(0, len(body), size):
+        part = body[i:i + size]
+        out.append(b"%x\r\n%s\r\n" % (len(part), part))
+    return b"".join(out) + b"0\r\n\r\n"
+
+
+@needs_httptools
+@pytest.mark.parametrize("framing", ["chunked", "length", "close"])
+def test_decoding_feeds_a_body_in_runs_not_byte_by_byte(framing):
+    from socktools.wire.base import KEEP_BODY
+    body = bytes(range(256)) * 4096                       # 1 MiB
+    if framing == "chunked":
+        reply = _chunked(body, 65536) + OK
+    elif framing == "length":
+        reply = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body) + OK
+    else:
+        reply = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + body
+    p = http().parser()
+    p.keep = []
+    p._make()
+    p.p = counting = _CountingFeeds(p.p)
+    done = feed_all(p, reply, 65536) + (p.eof() if framing == "close" else 0)
+    assert done == (1 if framing == "close" else 2)
+    first = p.keep[0]
+    assert first.fields["body"] == body[:KEEP_BODY] and first.fields["not_kept"] == len(body) - KEEP_BODY
+    assert first.size == (len(reply) - len(OK) if framing != "close" else len(reply))
+    # Byte by byte through heads and chunk-size lines only: ~1,000 calls, not ~1,000,000.
+    assert counting.calls < 2000
 
 
 # ----------------------------------------------------------------- options -> usage errors

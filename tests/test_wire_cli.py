@@ -98,3 +98,25 @@ def test_sniff_line_decoding_and_a_stream_that_is_not_redis():
     d = StreamDecoder("redis", "response")
     (note,) = d.feed(0, b"GET / HTTP/1.1\r\n", 1)
     assert isinstance(note, Note) and note.kind == "decode-error" and d.showing_raw
+
+
+def test_sniff_decode_redis_on_a_capture_of_a_reply_nested_past_the_cap_says_so(tmp_path):
+    from tests.test_sniff_files import ACK, CPORT, FIN, PORT, PSH, SYN, T0, ether, ip_tcp, pcap_ns
+    from socktools.wire.redis import MAX_DEPTH
+    request, reply = b"*1\r\n$4\r\nPING\r\n", b"*1\r\n" * 5000 + b"+x\r\n"
+    seq = {"c": 1000, "s": 5000}
+    packets = []
+    for who, flags, payload in [("c", SYN, b""), ("s", SYN | ACK, b""), ("c", ACK, b""), ("c", PSH | ACK, request),
+                                ("s", PSH | ACK, reply), ("c", FIN | ACK, b""), ("s", FIN | ACK, b"")]:
+        other = "s" if who == "c" else "c"
+        src, dst = (CPORT, PORT) if who == "c" else (PORT, CPORT)
+        packets.append(ip_tcp(src, dst, seq[who], seq[other] if flags & ACK else 0, flags, payload))
+        seq[who] += len(payload) + (1 if flags & (SYN | FIN) else 0)
+    path = tmp_path / "deep.pcap"
+    path.write_bytes(pcap_ns([(T0 + i * 1000, ether(p)) for i, p in enumerate(packets)]))
+    result = CliRunner().invoke(main, ["sniff", "-r", str(path), "--port", str(PORT), "--decode", "redis"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "['PING']" in result.output
+    assert f"response stream is not redis after 0 message(s): RESP aggregates nested deeper than {MAX_DEPTH}" \
+        in result.output

@@ -46,8 +46,11 @@ def _trace(result) -> None:
         click.echo(f">>> sent {len(result.sent)} bytes")
         click.echo(repr(result.sent))
     if result.received:
-        click.echo(f"<<< received {len(result.received)} bytes in {result.recv_calls} recv() call(s)")
+        click.echo(f"<<< received {result.received_bytes} bytes in {result.recv_calls} recv() call(s)")
         click.echo(repr(result.received))
+        if result.received_bytes > len(result.received):
+            click.echo(f"(the first {len(result.received):,} shown; the other "
+                       f"{result.received_bytes - len(result.received):,} were counted, not kept)")
 
 
 def _message_dict(message) -> dict:
@@ -112,7 +115,7 @@ def command(ctx, words, host, port, timeout, show_bytes, as_json, mode, **wire_p
         click.echo(json.dumps(stamped({"ok": True, "address": format_addr(result.address),
                                "connect_ms": round(result.connect_s * 1000, 3),
                                "total_ms": round(result.total_s * 1000, 3),
-                               "bytes_sent": len(result.sent), "bytes_received": len(result.received),
+                               "bytes_sent": len(result.sent), "bytes_received": result.received_bytes,
                                "response": _message_dict(message)}), ensure_ascii=False))
         return
     value_obj = message.value

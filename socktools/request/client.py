@@ -9,6 +9,7 @@ be shown.
 
 from __future__ import annotations
 
+import select
 import socket
 import time
 from dataclasses import dataclass, field
@@ -17,7 +18,23 @@ from typing import Any, Callable, Optional
 from socktools import errors, protocol, reference
 from socktools.addresses import format_addr, resolve
 
-__all__ = ["RequestResult", "RequestError", "PeerClosedError", "request", "ExchangeResult", "exchange"]
+__all__ = ["RequestResult", "RequestError", "PeerClosedError", "SpokeFirstError", "request", "ExchangeResult",
+           "exchange", "KEEP_RECEIVED", "SPOKE_FIRST_WAIT"]
+
+#: Received bytes kept for the wire trace (``--show-bytes``); the rest is counted in
+#: ``received_bytes``, not kept.  The parsers keep what the reply shows on their own
+#: (``wire.base.KEEP_BODY``), so a 1 GB reply costs this much, not a gigabyte.
+KEEP_RECEIVED = 64 << 10
+
+#: Bytes the server sends before the request goes out are not its answer (flood calls
+#: them unsolicited).  request looks for them just before it sends, waiting this long:
+#: 0, only what has already arrived -- waiting for a server that will not speak first
+#: would add the wait to every request.  A greeting that arrives after the request went
+#: out cannot be told from the answer; the rule is "readable before we sent".
+SPOKE_FIRST_WAIT = 0.0
+
+#: One recv(): 256 KiB drains a large reply in few calls (a small one fits either way).
+_READ_SIZE = 256 << 10
 
 
 @dataclass
@@ -29,6 +46,7 @@ class RequestResult:
     connect_s: float = 0.0
     total_s: float = 0.0
     recv_calls: int = 0
+    received_bytes: int = 0      # all of them; ``received`` keeps the first KEEP_RECEIVED
 
 
 @dataclass
@@ -52,6 +70,14 @@ class RequestError(Exception):
         if isinstance(self.exc, protocol.ProtocolError):
             return f"{what}: protocol error ({self.exc.kind}): {self.exc}"
         return errors.one_line(self.exc, what, command="request")
+
+
+class SpokeFirstError(protocol.RemoteProtocolError):
+    """The server sent bytes before the request was sent: not an answer to it."""
+
+    def __init__(self, got: int) -> None:
+        super().__init__(f"the server spoke first: {got} byte(s) arrived before the request was sent "
+                         f"(they are not its answer; the request was not sent)", "unsolicited")
 
 
 class PeerClosedError(ConnectionError):
@@ -92,19 +118,27 @@ def _round_trip(host: str, port: int, payload: bytes, result: RequestResult, tim
             sock.settimeout(remaining())
             sock.connect(sockaddr)
             result.connect_s = time.perf_counter() - started
+            phase = "recv"
+            received = bytearray()
+            early = _spoke_first(sock, SPOKE_FIRST_WAIT)
+            if early:
+                received += early
+                result.received_bytes = len(early)
+                result.recv_calls = 1
+                raise SpokeFirstError(len(early))
             phase = "send"
             sock.settimeout(remaining())
             sock.sendall(payload)
             result.sent = payload
             phase = "recv"
-            received = bytearray()
             done = take is None
             while not done:
                 sock.settimeout(remaining())
-                chunk = sock.recv(65536)
+                chunk = sock.recv(_READ_SIZE)
                 result.recv_calls += 1
-                received += chunk
-                result.received = bytes(received)
+                result.received_bytes += len(chunk)
+                if len(received) < KEEP_RECEIVED:
+                    received += chunk[:KEEP_RECEIVED - len(received)]
                 done = take(chunk)
         except protocol.RemoteProtocolError as exc:
             raise RequestError("protocol", exc, result) from None
@@ -112,7 +146,24 @@ def _round_trip(host: str, port: int, payload: bytes, result: RequestResult, tim
             if phase == "send" and not result.sent:
                 result.sent = payload
             raise RequestError(phase, exc, result) from None
+        finally:
+            if phase == "recv":
+                result.received = bytes(received)
     result.total_s = time.perf_counter() - started
+
+
+def _spoke_first(sock: socket.socket, wait: float) -> bytes:
+    """What the server has sent before our request (``b""``: nothing, or only its close --
+    which the exchange then meets as it would after the send)."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    if not poller.poll(int(wait * 1000)):
+        return b""
+    sock.settimeout(0.0)      # readable: take what is there, never wait for more
+    try:
+        return sock.recv(KEEP_RECEIVED)
+    except BlockingIOError:
+        return b""
 
 
 def request(host: str, port: int, action: str, value: str, *, timeout: float = 5.0,
@@ -128,7 +179,7 @@ def request(host: str, port: int, action: str, value: str, *, timeout: float = 5
             result.message = event
             return True
         if event is protocol.CLOSED:
-            raise PeerClosedError(len(result.received))
+            raise PeerClosedError(result.received_bytes)
         return False
 
     _round_trip(host, port, reference.make_request(action, value), result, timeout, take)
@@ -159,7 +210,7 @@ def exchange(host: str, port: int, proto: Any, *, timeout: float = 5.0) -> Excha
         try:
             if not chunk:
                 if not (parser.eof() if hasattr(parser, "eof") else 0):
-                    raise PeerClosedError(len(result.received))
+                    raise PeerClosedError(result.received_bytes)
                 return True
             return parser.feed(chunk) > 0
         except WireError as exc:

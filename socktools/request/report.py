@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from socktools.addresses import format_addr
+from socktools.wire.base import KEEP_BODY
 
-__all__ = ["reply_text", "exchange_json"]
+__all__ = ["reply_text", "exchange_json", "not_kept_note"]
 
 
 def reply_text(result) -> str:
@@ -17,17 +18,27 @@ def reply_text(result) -> str:
     if "status" in fields and "headers" in fields:
         lines = [reply.summary] + [f"{k}: {v}" for k, v in fields["headers"]] + [""]
         lines.append(fields["body"].decode("utf-8", "backslashreplace"))
-        return "\n".join(lines).rstrip("\n")
-    if fields.get("type") in ("$", "=", "+") and isinstance(fields.get("value"), str):
-        return fields["value"].rstrip("\r\n")
-    return reply.summary
+        text = "\n".join(lines).rstrip("\n")
+    elif fields.get("type") in ("$", "=", "+") and isinstance(fields.get("value"), str):
+        text = fields["value"].rstrip("\r\n")
+    else:
+        text = reply.summary
+    return text + not_kept_note(reply.fields.get("not_kept", 0), reply.size)
+
+
+def not_kept_note(not_kept: int, size: int) -> str:
+    """The line that says a long reply was shown only in part (empty when all of it was kept)."""
+    if not not_kept:
+        return ""
+    return (f"\n(… {not_kept:,} more byte(s) of this {size:,}-byte reply were counted, not kept: "
+            f"request keeps the first {KEEP_BODY:,})")
 
 
 def exchange_json(result, mode: str) -> dict:
     reply = result.reply
     out = {"ok": not result.failures, "mode": mode, "address": format_addr(result.address),
            "connect_ms": round(result.connect_s * 1000, 3), "total_ms": round(result.total_s * 1000, 3),
-           "bytes_sent": len(result.sent), "bytes_received": len(result.received),
+           "bytes_sent": len(result.sent), "bytes_received": result.received_bytes,
            "reply": None, "failures": [{"kind": f.kind, "detail": f.detail} for f in result.failures]}
     if reply is not None:
         fields = {k: (v.decode("utf-8", "backslashreplace") if isinstance(v, bytes) else v)

@@ -24,12 +24,17 @@ from __future__ import annotations
 
 from typing import NamedTuple, Optional
 
-__all__ = ["WireError", "Failure", "Reply", "WireProtocol", "Parser", "SAMPLE_BYTES", "WholeReplies",
+__all__ = ["WireError", "Failure", "Reply", "WireProtocol", "Parser", "SAMPLE_BYTES", "KEEP_BODY", "WholeReplies",
            "WHOLE_REPLIES", "WHOLE_REPLY_BYTES"]
 
 #: Bytes of an offending reply kept for the report: enough to recognise a
 #: status line or an error text, short enough for one line of a table.
 SAMPLE_BYTES = 64
+
+#: Payload bytes of one message that request and sniff decode and keep (an HTTP body, a
+#: Redis reply's values); the rest is counted, not kept, and flood keeps none.  64 KiB is
+#: more than a screen shows and bounds the memory of a 512 MB reply to this much.
+KEEP_BODY = 64 << 10
 
 
 #: Distinct reads a protocol remembers as "exactly one whole, successful reply": a

@@ -24,18 +24,18 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 from socktools.optional import MissingPackage
-from socktools.wire.base import SAMPLE_BYTES, Failure, Parser, Reply, WireError, WireProtocol
+from socktools.wire.base import KEEP_BODY, SAMPLE_BYTES, Failure, Parser, Reply, WireError, WireProtocol
 from socktools.wire.escapes import EscapeError, Template, readable, rotation, typed_bytes
 
 __all__ = ["HttpProtocol", "HttpParser", "HeadParser", "require_httptools", "parse_accept", "KEEP_BODY",
            "MAX_HEAD"]
 
-#: Body bytes kept per message when decoding for ``request``/``sniff`` (flood keeps none).
-KEEP_BODY = 64 << 10
-
 #: Largest response head (status line and headers) a HEAD reply may have: h11's default
 #: ``max_incomplete_event_size`` (16 KiB); nginx sends a few hundred bytes.
 MAX_HEAD = 16 * 1024
+
+#: ``body_left`` of a body that runs to the close: all the rest of every read is body.
+_TO_THE_CLOSE = 1 << 62
 
 #: NUL bytes fed to a dead counting parser to learn whether the message it was in ran to the
 #: close (see :meth:`HttpParser._close_delimited`): a Content-Length body cut short by more
@@ -176,6 +176,8 @@ class HttpParser(Parser):
         self.body_left: Optional[int] = None
         self.headers: list = []
         self.body = bytearray()
+        self.not_kept = 0         # body bytes past KEEP_BODY: counted, not kept
+        self.size_line: Optional[bytearray] = None   # a chunk-size line, as fed (keep mode)
         self.url = b""
 
     def _make(self) -> None:
@@ -203,15 +205,36 @@ class HttpParser(Parser):
         if not self.is_request:
             self.status = self.p.get_status_code()
         if self.keep is not None:
-            length = next((v for k, v in self.headers if k.lower() == "content-length"), None)
-            self.body_left = int(length) if length and length.isdigit() else None
+            names = {k.lower(): v for k, v in self.headers}
+            length = names.get("content-length")
+            if "chunked" in names.get("transfer-encoding", "").lower():
+                self.size_line = bytearray()    # each chunk's size, read by on_chunk_header
+            elif length and length.isdigit():
+                self.body_left = int(length)
+            elif not self.is_request:
+                self.body_left = _TO_THE_CLOSE   # a body framed by nothing but the close
 
     def on_body(self, body: bytes) -> None:
         if self.keep is not None:
-            if len(self.body) < KEEP_BODY:
-                self.body += body[:KEEP_BODY - len(self.body)]
+            room = KEEP_BODY - len(self.body)
+            if room > 0:
+                self.body += body[:room]
+            self.not_kept += max(len(body) - max(room, 0), 0)
             if self.body_left is not None:
                 self.body_left -= len(body)
+
+    def on_chunk_header(self) -> None:
+        """A chunk-size line is in (keep mode feeds it byte by byte): its data can go at once."""
+        if self.size_line is not None:
+            try:
+                self.body_left = int(bytes(self.size_line).split(b";")[0].strip(), 16)
+            except ValueError:    # llhttp accepted it; whatever we misread, feed byte by byte
+                self.body_left = None
+            self.size_line = None
+
+    def on_chunk_complete(self) -> None:
+        if self.keep is not None:
+            self.size_line = bytearray()
 
     def on_message_complete(self) -> None:
         self.done += 1
@@ -231,11 +254,15 @@ class HttpParser(Parser):
             summary = f"{self.p.get_method().decode()} {self.url.decode('latin-1')}"
         else:
             summary = f"HTTP {self.status}"
-        self.keep.append(Reply(self.fed, summary, {"status": self.status, "headers": self.headers,
-                                                   "body": bytes(self.body)}))
+        fields = {"status": self.status, "headers": self.headers, "body": bytes(self.body)}
+        if self.not_kept:
+            fields["not_kept"] = self.not_kept
+        self.keep.append(Reply(self.fed, summary, fields))
         self.fed = 0
         self.headers = []
         self.body = bytearray()
+        self.not_kept = 0
+        self.size_line = None
         self.url = b""
         self.body_left = None
 
@@ -259,11 +286,18 @@ class HttpParser(Parser):
 
     def _feed_exactly(self, data: bytes) -> None:
         """Decoding for sniff/request: feed so that each message's size on the wire is known
-        (byte by byte through heads and chunks, the known rest of a body at once)."""
+        (byte by byte through heads and chunk-size lines, the known rest of a body or of a
+        chunk at once -- so a body costs a few calls, not one per byte)."""
         pos = 0
         while pos < len(data):
-            step = self.body_left if self.body_left and self.body_left > 0 else 1
-            chunk = data[pos:pos + step]
+            left = self.body_left
+            if left and left > 0:
+                chunk = data[pos:pos + left]
+            else:
+                chunk = data[pos:pos + 1]
+                line = self.size_line
+                if line is not None and len(line) < MAX_HEAD:
+                    line += chunk
             self.fed += len(chunk)
             self.p.feed_data(chunk)
             pos += len(chunk)

@@ -14,11 +14,11 @@ from __future__ import annotations
 import shlex
 from typing import Optional, Sequence
 
-from socktools.wire.base import (SAMPLE_BYTES, WHOLE_REPLY_BYTES, Failure, Parser, Reply, WholeReplies,
-                                 WireError, WireProtocol)
+from socktools.wire.base import (KEEP_BODY, SAMPLE_BYTES, WHOLE_REPLY_BYTES, Failure, Parser, Reply,
+                                 WholeReplies, WireError, WireProtocol)
 from socktools.wire.escapes import Template, readable
 
-__all__ = ["RedisProtocol", "RespParser", "encode_command", "MAX_BULK", "MAX_ELEMENTS"]
+__all__ = ["RedisProtocol", "RespParser", "encode_command", "MAX_BULK", "MAX_ELEMENTS", "MAX_DEPTH", "KEEP_REPLY"]
 
 #: Largest bulk string accepted: Redis's own default proto-max-bulk-len (512 MB).
 MAX_BULK = 512 << 20
@@ -27,6 +27,16 @@ MAX_BULK = 512 << 20
 MAX_ELEMENTS = 1 << 20
 #: Longest simple line (+, -, :, ...) before its CRLF: Redis's inline cap, 64 KiB.
 MAX_LINE = 64 << 10
+#: Deepest nesting of aggregates in one reply.  Real replies nest a few levels (XINFO
+#: STREAM FULL, the deepest built-in, about 6; hiredis refused more than 7 until 1.0);
+#: a Lua or function reply may nest its tables further.  512 leaves them room while
+#: bounding the parser's stack (one small frame a level) against ``*1\r\n`` repeated
+#: by a hostile peer: 4 bytes on the wire would otherwise cost a frame each.
+MAX_DEPTH = 512
+#: Wire bytes of one reply that request and sniff decode and keep (values, bulk payloads);
+#: the rest is counted, not kept: the same budget as an HTTP body, so a 512 MB bulk or a
+#: million-element array costs no more memory than a screenful.
+KEEP_REPLY = KEEP_BODY
 
 _ERROR_TEXT = 80   # characters of an error text kept as its tally key
 
@@ -110,128 +120,250 @@ def _compile(words: list):
     return many
 
 
-class _Incomplete(Exception):
-    pass
+class _Frame:
+    """An aggregate still open: its type byte, the values it still needs, those decoded so far."""
 
+    __slots__ = ("kind", "left", "items")
 
-_NEED = _Incomplete()
+    def __init__(self, kind: int, left: int, items: Optional[list]) -> None:
+        self.kind = kind
+        self.left = left
+        self.items = items
 
 
 class RespParser(Parser):
-    """Counts whole top-level replies; decodes them when ``keep`` is a list."""
+    """Counts whole top-level replies; decodes them when ``keep`` is a list.
+
+    Strategy: one pass, resumable.  Input is consumed as soon as it is understood --
+    a whole line, or as much of a bulk payload as has arrived -- and the position in
+    the reply lives in this object (the open aggregates on an explicit stack, the
+    payload bytes still owed), so every byte is examined once however the reply is
+    split, and nothing recurses on nesting the peer chooses.  ``buf`` holds only an
+    unfinished line (at most :data:`MAX_LINE`) and the unread part of the last read.
+
+    Bulk payloads are counted, not kept: flood keeps none of them (a top-level blob
+    error keeps its first bytes, for the tally); request and sniff keep the first
+    :data:`KEEP_REPLY` bytes of each reply and record how much more was counted.
+    """
 
     def __init__(self, whole: Optional[WholeReplies] = None) -> None:
         super().__init__()
         self.buf = bytearray()
         self.whole = WholeReplies() if whole is None else whole
+        self.stack: list = []        # open aggregates, outermost first
+        self.size = 0                # wire bytes of the reply in progress consumed so far
+        self.top = 0                 # type byte of the reply in progress
+        self.head = b""              # its first line (the failure sample of a blob error)
+        self.owed = 0                # bulk payload bytes still to come (+2 for its CRLF); 0: none
+        self.bulk_kind = 0
+        self.kept: Optional[bytearray] = None   # the payload kept so far (decoding, or a blob error)
+        self.decoding = False        # decoding the reply in progress (off once KEEP_REPLY is used)
+        self.cut = 0                 # wire offset in the reply where decoding stopped (0: it did not)
+        self.value = None            # (type byte, value) of the reply just completed
 
     @property
     def buffered(self) -> int:
-        return len(self.buf)
+        return self.size + len(self.buf)
 
     def feed(self, data: bytes) -> int:
         buf = self.buf
+        idle = not buf and not self.size
         # The common case: a read that was one whole reply before (+OK, +PONG, $1 x).
-        if not buf and self.keep is None and len(data) <= WHOLE_REPLY_BYTES and data in self.whole:
+        if idle and self.keep is None and len(data) <= WHOLE_REPLY_BYTES and data in self.whole:
             return 1
-        fresh = not buf and self.keep is None
+        fresh = idle and self.keep is None
+        if fresh and _one_plain_reply(data):
+            self.whole.learn(data)
+            return 1
         failures = len(self.failures)
         buf += data
         n = 0
         pos = 0
-        decode = self.keep is not None
-        while pos < len(buf):
-            try:
-                end, value = self._one(buf, pos, decode or buf[pos] in b"-!")
-            except _Incomplete:
-                break
-            kind = buf[pos]
-            if kind in b">|":       # push / attribute: not a reply to a request
-                pos = end
-                continue
-            if kind in b"-!":
-                self.failures.append(Failure("server-error", value[:_ERROR_TEXT],
-                                             bytes(buf[pos:min(end, pos + SAMPLE_BYTES)])))
-            if decode:
-                self.keep.append(Reply(end - pos, _show(value, kind), {"type": chr(kind), "value": value}))
-            pos = end
-            n += 1
-        if pos:
-            del buf[:pos]
-        if n == 1 and fresh and not buf and len(self.failures) == failures:
+        end = len(buf)
+        try:
+            while pos < end:
+                if self.owed:
+                    pos, done = self._payload(buf, pos, end)
+                    if done is None:
+                        break
+                else:
+                    eol = buf.find(b"\r\n", pos)
+                    if eol < 0:
+                        if end - pos > MAX_LINE:
+                            raise WireError(f"a RESP line longer than {MAX_LINE:,} bytes", "protocol-error")
+                        break
+                    pos, done = self._line(buf, pos, eol, end)
+                if done:
+                    n += self._complete()
+        finally:
+            if pos:
+                del buf[:pos]
+        if n == 1 and fresh and not buf and not self.size and len(self.failures) == failures:
             self.whole.learn(data)
         return n
 
-    def _line(self, buf: bytearray, pos: int) -> int:
-        end = buf.find(b"\r\n", pos)
-        if end < 0:
-            if len(buf) - pos > MAX_LINE:
-                raise WireError(f"a RESP line longer than {MAX_LINE:,} bytes", "protocol-error")
-            raise _NEED
-        return end
-
-    def _one(self, buf: bytearray, pos: int, decode: bool):
-        """(end, value) of the RESP value at ``pos``; raises _NEED when incomplete."""
+    def _line(self, buf: bytearray, pos: int, eol: int, end: int):
+        """One line (a simple value, or the header of a bulk or aggregate) at ``pos``:
+        (where parsing goes on, True if that completed the top-level reply)."""
         kind = buf[pos]
-        eol = self._line(buf, pos + 1)
-        head = bytes(buf[pos + 1:eol])
+        head = buf[pos + 1:eol]
+        if not self.size:                       # the first line of a reply
+            self.top = kind
+            self.decoding = self.keep is not None
+            self.cut = 0
+            if kind in b"-!":                   # a failure's sample starts here
+                self.head = bytes(buf[pos:min(eol + 2, pos + SAMPLE_BYTES)])
+        self.size += eol + 2 - pos
         after = eol + 2
+        decode = self.decoding or (kind in b"-!" and not self.stack)
         if kind in b"+-:_,#(":
-            if not decode:
-                return after, None
-            text = head.decode("utf-8", "replace")
-            if kind == 58:       # ':'
-                return after, _int(head, "integer")
-            if kind == 95:       # '_'
-                return after, None
-            if kind == 35:       # '#'
-                return after, head == b"t"
-            return after, text
+            value = None
+            if decode:
+                if kind == 58:       # ':'
+                    value = _int(head, "integer")
+                elif kind == 35:     # '#'
+                    value = head == b"t"
+                elif kind != 95:     # '_' is null
+                    value = head.decode("utf-8", "replace")
+            return after, self._value(kind, value)
         if kind in b"$!=":
             size = _int(head, "bulk length")
             if size < 0:
-                return after, None           # RESP2 null bulk
+                return after, self._value(kind, None)    # RESP2 null bulk
             if size > MAX_BULK:
                 raise WireError(f"a {size:,}-byte bulk string (the cap is {MAX_BULK:,})", "protocol-error")
-            end = after + size + 2
-            if end > len(buf):
-                raise _NEED
-            if buf[end - 2:end] != b"\r\n":
-                raise WireError("a bulk string not followed by CRLF", "protocol-error")
-            if not decode:
-                return end, None
-            body = bytes(buf[after:end - 2])
-            if kind == 61:       # '=' verbatim: "txt:" then the text
-                body = body[4:]
-            return end, body.decode("utf-8", "replace") if kind != 36 else _text_or_bytes(body)
+            stop = after + size
+            if not decode and stop + 2 <= end:           # counted, and all here: past it at once
+                if buf[stop:stop + 2] != b"\r\n":
+                    raise WireError("a bulk string not followed by CRLF", "protocol-error")
+                self.size += size + 2
+                return stop + 2, self._value(kind, None)
+            self.owed = size + 2
+            self.bulk_kind = kind
+            self.kept = bytearray() if decode else None
+            return after, False
         if kind in b"*%~>|":
             count = _int(head, "aggregate length")
             if count < 0:
-                return after, None           # RESP2 null array
+                return after, self._value(kind, None)    # RESP2 null array
             if count > MAX_ELEMENTS:
                 raise WireError(f"an aggregate of {count:,} elements (the cap is {MAX_ELEMENTS:,})",
                                 "protocol-error")
             if kind in b"%|":
                 count *= 2
-            items = [] if decode else None
-            p = after
-            for _ in range(count):
-                if p >= len(buf):
-                    raise _NEED
-                p, v = self._one(buf, p, decode)
-                if decode:
-                    items.append(v)
-            if decode and kind in b"%|":
-                items = {_key(items[i]): items[i + 1] for i in range(0, len(items), 2)}
-            return p, items
+            if not count:
+                return after, self._value(kind, {} if kind in b"%|" else [])
+            if len(self.stack) >= MAX_DEPTH:
+                raise WireError(f"RESP aggregates nested deeper than {MAX_DEPTH} levels", "protocol-error")
+            self.stack.append(_Frame(kind, count, [] if self.decoding else None))
+            return after, False
         raise WireError(f"{bytes(buf[pos:pos + 16])!r} does not start a RESP value", "protocol-error")
+
+    def _payload(self, buf: bytearray, pos: int, end: int):
+        """Consume what has arrived of a bulk payload: (new pos, True if that completed the
+        reply, False if not, None if more is needed)."""
+        owed = self.owed
+        if owed > 2:
+            take = min(end - pos, owed - 2)
+            kept = self.kept
+            if kept is not None:
+                room = (KEEP_REPLY - self.size) if self.decoding else (_ERROR_TEXT - len(kept))
+                if room > 0:
+                    kept += buf[pos:pos + min(take, room)]
+                if self.decoding and take > room:
+                    self._stop_decoding(self.size + max(room, 0))
+            self.owed = owed - take
+            self.size += take
+            pos += take
+            return pos, (None if self.owed > 2 or pos >= end else False)
+        if end - pos < 2:
+            return pos, None
+        if buf[pos:pos + 2] != b"\r\n":
+            raise WireError("a bulk string not followed by CRLF", "protocol-error")
+        self.size += 2
+        self.owed = 0
+        body, self.kept = self.kept, None
+        kind = self.bulk_kind
+        if body is None:
+            return pos + 2, self._value(kind, None)
+        body = bytes(body)
+        if kind == 61:       # '=' verbatim: "txt:" then the text
+            body = body[4:]
+        value = body.decode("utf-8", "replace") if kind != 36 else _text_or_bytes(body)
+        return pos + 2, self._value(kind, value, kept=True)
+
+    def _stop_decoding(self, at: int) -> None:
+        """The reply has used its :data:`KEEP_REPLY` bytes at wire offset ``at``: the rest of
+        it is counted, not kept."""
+        self.decoding = False
+        self.cut = at
+
+    def _value(self, kind: int, value, kept: bool = False) -> bool:
+        """A value is complete: add it to its aggregate (closing those it fills); True when it
+        was the last of the top-level reply.  ``kept``: a bulk decoded from its start (kept
+        in part if decoding stopped inside it)."""
+        stack = self.stack
+        while stack:
+            frame = stack[-1]
+            items = frame.items
+            if items is not None and (self.decoding or kept):
+                items.append(value)
+            kept = False
+            frame.left -= 1
+            if frame.left:
+                if self.decoding and self.size >= KEEP_REPLY:
+                    self._stop_decoding(self.size)
+                return False
+            stack.pop()
+            kind = frame.kind
+            if items is not None and kind in b"%|":
+                value = {_key(items[i]): items[i + 1] for i in range(0, len(items) - 1, 2)}
+            else:
+                value = items
+        self.value = (kind, value)
+        return True
+
+    def _complete(self) -> int:
+        """The top-level reply is complete: count it (0 for a push or an attribute)."""
+        kind, value = self.value
+        top, size = self.top, self.size
+        not_kept = size - self.cut if self.cut else 0
+        self.size = 0
+        self.value = None
+        if top in b">|":          # push / attribute: not a reply to a request
+            return 0
+        if top in b"-!":
+            sample = self.head if top == 45 else (self.head + (value or "").encode())[:SAMPLE_BYTES]
+            self.failures.append(Failure("server-error", (value or "")[:_ERROR_TEXT], sample))
+        if self.keep is not None:
+            fields = {"type": chr(top), "value": value}
+            if not_kept:
+                fields["not_kept"] = not_kept
+            self.keep.append(Reply(size, _show(value, top), fields))
+        return 1
+
+
+def _one_plain_reply(data: bytes) -> bool:
+    """Is this read exactly one simple line (not an error) or one bulk string?  The common
+    read of a reply never seen before (INCR's integers, GET's values), checked without
+    building any parser state: about half the cost of the general path."""
+    eol = data.find(b"\r\n")
+    if eol < 1:
+        return False
+    kind = data[0]
+    if kind in b"+:_,#(":
+        return eol == len(data) - 2
+    if kind == 36 and data.endswith(b"\r\n"):     # '$'
+        head = data[1:eol]
+        return head.isdigit() and eol + 4 + int(head) == len(data)
+    return False
 
 
 def _int(head: bytes, what: str) -> int:
     try:
         return int(head)
     except ValueError:
-        raise WireError(f"a RESP {what} that is not a number: {head[:20]!r}", "protocol-error") from None
+        raise WireError(f"a RESP {what} that is not a number: {bytes(head[:20])!r}", "protocol-error") from None
 
 
 def _text_or_bytes(body: bytes):
