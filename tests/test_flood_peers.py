@@ -174,7 +174,9 @@ def test_http_500_is_a_failure_by_status_and_404_can_be_accepted(nginx):
     fails = nginx.statuses()["500"]
     # (every connection's confirming request was /fail: seq 0)
     assert stats.confirm_reply_failures == {"http-5xx": {"500": 4}}
-    assert stats.reply_failures == {"http-5xx": {"500": fails - 4}} and fails - 4 == 20
+    # (how many traffic requests were /fail depends on how the 40 spread over the connections:
+    # flood's tally equals nginx's own)
+    assert stats.reply_failures == {"http-5xx": {"500": fails - 4}} and fails - 4 > 0
     spec = WireSpec(mode="http", host="x", paths=("/nothing-here",), accept_status=("404",))
     stats = run_worker(config(nginx.port, spec, requests=10), 0)
     assert not stats.reply_failures and stats.reply_classes == {"4xx": 10}
