@@ -15,9 +15,14 @@ target (flood/redis-benchmark >= 0.95, flood/wrk >= 0.9, raw/echo >= 0.95,
 plug-in/raw >= 0.7).  The best run is the least disturbed one on a shared
 machine; say so when quoting the figures.
 
+With ``--before DIR`` (a checkout of an earlier socktools, e.g. ``git worktree add
+/tmp/before <commit>``) every flood side also runs from that code, alternating with the
+others, and a third row and ratio say how today's flood compares with it in the same run.
+
 Usage:
   python benchmarks/bench_flood_peers.py --seconds 2 --rounds 1
   python benchmarks/bench_flood_peers.py --pairs redis,http --seconds 5 --rounds 3
+  python benchmarks/bench_flood_peers.py --pairs http --before /tmp/before --rounds 5 --seconds 4
 
 Needs 2 CPUs, redis-server, redis-benchmark, nginx, wrk, memcached.  Loopback only.
 """
@@ -62,10 +67,13 @@ class PinnedPeer:
         self.peer.stop()
 
 
-def flood(port: int, seconds: float, *args: str) -> float:
+def flood(port: int, seconds: float, *args: str, code: Path = ROOT) -> float:
+    """One flood run from the socktools in ``code`` (this checkout by default)."""
     cmd = [sys.executable, "-m", "socktools", "flood", "--port", str(port), "--conns", "100",
            "--workers", "1", "--duration", f"{seconds}s", "--json", *args]
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, preexec_fn=pinned(LOAD_CPU), timeout=120)
+    env = {**os.environ, "PYTHONPATH": str(code)}
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=code, env=env,
+                         preexec_fn=pinned(LOAD_CPU), timeout=120)
     if out.returncode != 0:
         raise RuntimeError(f"flood failed: {out.stderr[-400:]}")
     doc = json.loads(out.stdout)
@@ -75,7 +83,8 @@ def flood(port: int, seconds: float, *args: str) -> float:
     # turns on the CPUs; they do not add to our own CPU time as much as to our wall time).
     share = doc["workers"][0]["cpu_share"] or 0.0
     answered = doc["requests"]["traffic_answered"] or 1
-    CPU_US.setdefault(" ".join(args), []).append(share * doc["phases"].get("traffic", 0) / answered * 1e6)
+    label = " ".join(args) + ("" if code == ROOT else f"  [before: {code}]")
+    CPU_US.setdefault(label, []).append(share * doc["phases"].get("traffic", 0) / answered * 1e6)
     return doc["requests"]["per_second"]
 
 
@@ -116,20 +125,50 @@ def serve_echo():
     return proc, json.loads(proc.stdout.readline())["port"]
 
 
+BEFORE: list = []      # --before DIR, when given
+
+
+def plugin(plug: tuple, code: Path) -> tuple:
+    """The memcached plug-in's options for the code in ``code`` (before it shipped in the
+    package it was ``examples/memcached_plugin.py`` of the checkout)."""
+    if (code / "socktools" / "examples" / "memcached.py").is_file():
+        return plug
+    return ("--protocol", "examples.memcached_plugin:Memcached", *plug[2:])
+
+
 def alternate(rounds: int, a, b) -> tuple:
-    ra, rb = [], []
+    """``rounds`` runs of each side, alternating; with --before, flood side ``a`` from the
+    earlier code too, in the same rotation (a, b, a-before, a, b, a-before...)."""
+    ra, rb, rc = [], [], []
     for _ in range(rounds):
         ra.append(a())
         rb.append(b())
+        if BEFORE:
+            rc.append(a(BEFORE[0]))
+    ALT_BEFORE[:] = rc
     return ra, rb
+
+
+ALT_BEFORE: list = []  # the last alternate()'s runs of the earlier code
+
+
+def mean(xs: list) -> float:
+    return sum(xs) / len(xs)
 
 
 def line(name: str, what_a: str, ra: list, what_b: str, rb: list, target: float) -> str:
     ratio = max(ra) / max(rb) if max(rb) else 0.0
     verdict = "meets" if ratio >= target else "BELOW"
-    return (f"{name:10} {what_a}: {', '.join(f'{x:,.0f}' for x in ra)} req/s (best {max(ra):,.0f})\n"
-            f"{'':10} {what_b}: {', '.join(f'{x:,.0f}' for x in rb)} req/s (best {max(rb):,.0f})\n"
-            f"{'':10} ratio {ratio:.2f} (target >= {target}: {verdict})")
+    out = (f"{name:10} {what_a}: {', '.join(f'{x:,.0f}' for x in ra)} req/s (best {max(ra):,.0f})\n"
+           f"{'':10} {what_b}: {', '.join(f'{x:,.0f}' for x in rb)} req/s (best {max(rb):,.0f})\n"
+           f"{'':10} ratio {ratio:.2f} (target >= {target}: {verdict}); "
+           f"means {mean(ra):,.0f} / {mean(rb):,.0f} = {mean(ra) / mean(rb):.2f}")
+    if ALT_BEFORE:
+        rc = ALT_BEFORE
+        out += (f"\n{'':10} the same flood from {BEFORE[0]}: {', '.join(f'{x:,.0f}' for x in rc)} req/s "
+                f"(best {max(rc):,.0f})\n{'':10} today / before: best {max(ra) / max(rc):.2f}, "
+                f"means {mean(ra) / mean(rc):.2f}; before / {what_b.split()[0]}: best {max(rc) / max(rb):.2f}")
+    return out
 
 
 def main() -> None:
@@ -137,7 +176,13 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5.0, help="length of each run")
     ap.add_argument("--rounds", type=int, default=3, help="runs of each side, alternating")
     ap.add_argument("--pairs", default="redis,http,raw,memcached")
+    ap.add_argument("--before", type=Path, metavar="DIR",
+                    help="a checkout of an earlier socktools: its flood runs too, alternating")
     args = ap.parse_args()
+    if args.before:
+        if not (args.before / "socktools" / "__main__.py").is_file():
+            sys.exit(f"bench_flood_peers: --before {args.before}: no socktools package there")
+        BEFORE.append(args.before.resolve())
     if len(os.sched_getaffinity(0)) < 2:
         sys.exit("bench_flood_peers: needs 2 CPUs (server and load on different ones)")
     pairs = args.pairs.split(",")
@@ -148,26 +193,28 @@ def main() -> None:
         if "redis" in pairs:
             (tmp / "redis").mkdir()
             with PinnedPeer(Redis(tmp / "redis")) as redis:
-                ra, rb = alternate(r, lambda: flood(redis.port, s, "--mode", "redis", "--command", "PING"),
+                ra, rb = alternate(r, lambda code=ROOT: flood(redis.port, s, "--mode", "redis", "--command",
+                                                              "PING", code=code),
                                    lambda: redis_benchmark(redis.port, s, "ping_inline"))
                 print(line("redis", "flood --mode redis PING", ra, "redis-benchmark ping_inline", rb,
                            TARGETS["redis"]))
-                ra, rb = alternate(r, lambda: flood(redis.port, s, "--mode", "redis", "--command",
-                                                    "SET key:{seq} xxx"),
+                ra, rb = alternate(r, lambda code=ROOT: flood(redis.port, s, "--mode", "redis", "--command",
+                                                              "SET key:{seq} xxx", code=code),
                                    lambda: redis_benchmark(redis.port, s, "set"))
                 print(line("redis", "flood --mode redis SET", ra, "redis-benchmark set", rb, TARGETS["redis"]))
         if "http" in pairs:
             (tmp / "nginx").mkdir()
             with PinnedPeer(Nginx(tmp / "nginx")) as nginx:
-                ra, rb = alternate(r, lambda: flood(nginx.port, s, "--mode", "http", "--path", "/"),
+                ra, rb = alternate(r, lambda code=ROOT: flood(nginx.port, s, "--mode", "http", "--path", "/",
+                                                              code=code),
                                    lambda: wrk(nginx.port, s))
                 print(line("http", "flood --mode http", ra, "wrk -t1 -c100", rb, TARGETS["http"]))
         if "raw" in pairs:
             proc, port = serve_echo()
             try:
                 payload = "x" * 64
-                ra, rb = alternate(r, lambda: flood(port, s, "--mode", "raw", "--send", payload,
-                                                    "--reply-bytes", "64"),
+                ra, rb = alternate(r, lambda code=ROOT: flood(port, s, "--mode", "raw", "--send", payload,
+                                                              "--reply-bytes", "64", code=code),
                                    lambda: flood(port, s, "--mode", "echo", "--size", "64"))
                 print(line("raw", "flood --mode raw --reply-bytes 64", ra, "flood --mode echo", rb,
                            TARGETS["raw"]))
@@ -181,7 +228,7 @@ def main() -> None:
                 plug = ("--protocol", "socktools.examples.memcached:Memcached", "--command", "get k")
                 subprocess.run([sys.executable, "-m", "socktools", "request", "--port", str(mc.port), *plug[:2],
                                 "--command", "set k hello"], cwd=ROOT, capture_output=True, check=True)
-                ra, rb = alternate(r, lambda: flood(mc.port, s, *plug),
+                ra, rb = alternate(r, lambda code=ROOT: flood(mc.port, s, *plugin(plug, code), code=code),
                                    lambda: flood(mc.port, s, "--mode", "raw", "--send", "get k\\r\\n",
                                                  "--reply-until", "END\\r\\n"))
                 print(line("memcached", "plug-in (socktools/examples/memcached.py)", ra, "raw --reply-until END",

@@ -23,8 +23,12 @@ Servers (``--servers``):
   serve  ``socktools serve --mode echo`` (1 worker): what users will run;
          usually the server is then the limit for both clients.
 
+With ``--before DIR`` (a checkout of an earlier socktools: ``git worktree add /tmp/before
+<commit>``) flood from that code runs too, in the same rotation, as "flood (before)".
+
 Usage:
   python benchmarks/bench_flood_throughput.py                 # ~40 s
+  python benchmarks/bench_flood_throughput.py --servers c --before /tmp/before --no-ceiling
   python benchmarks/bench_flood_throughput.py --rounds 5 --seconds 5 --servers c
 
 Needs gcc and 2 CPUs.  Loopback only.
@@ -46,6 +50,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 MAPBATCH = os.path.join(HERE, "clients", "mapbatch_echo_client.py")
 CEILING = "map() ceiling"
+BEFORE = "flood (before)"
 
 
 def compile_c(workdir: str) -> tuple:
@@ -105,11 +110,12 @@ def run_c(client_exe, port: int, args, cpu: int) -> dict:
             "round_trips": doc["round_trips"]}
 
 
-def run_flood(port: int, args, cpu: int) -> dict:
+def run_flood(port: int, args, cpu: int, code: str = ROOT) -> dict:
+    """One flood run from the socktools in ``code`` (this checkout by default)."""
     cmd = [sys.executable, "-m", "socktools", "flood", "--port", str(port), "--conns", str(args.conns),
            "--workers", "1", "--size", str(args.size), "--duration", f"{args.seconds}s", "--json"]
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, preexec_fn=pinned(cpu),
-                         timeout=args.seconds + 60)
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=code, preexec_fn=pinned(cpu),
+                         env={**os.environ, "PYTHONPATH": code}, timeout=args.seconds + 60)
     if out.returncode != 0:
         sys.exit(f"flood failed: {out.stderr.strip()}")
     doc = json.loads(out.stdout)
@@ -132,7 +138,12 @@ def main() -> None:
     ap.add_argument("--json", action="store_true", help="also print one JSON line with everything")
     ap.add_argument("--no-ceiling", dest="ceiling", action="store_false",
                     help="skip the map() yardstick client (benchmarks/clients/mapbatch_echo_client.py)")
+    ap.add_argument("--before", metavar="DIR", help="a checkout of an earlier socktools: its flood runs too")
     args = ap.parse_args()
+    if args.before:
+        args.before = os.path.abspath(args.before)
+        if not os.path.isfile(os.path.join(args.before, "socktools", "__main__.py")):
+            sys.exit(f"bench_flood_throughput: --before {args.before}: no socktools package there")
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2:
         sys.exit("bench_flood_throughput: needs 2 CPUs (load on one, server on the other)")
@@ -147,10 +158,14 @@ def main() -> None:
             runs = {"C epoll client": [], "socktools flood": []}
             if args.ceiling:
                 runs[CEILING] = []
+            if args.before:
+                runs[BEFORE] = []
             try:
                 for _ in range(args.rounds):
                     runs["C epoll client"].append(run_c(client_exe, port, args, load_cpu))
                     runs["socktools flood"].append(run_flood(port, args, load_cpu))
+                    if args.before:
+                        runs[BEFORE].append(run_flood(port, args, load_cpu, args.before))
                     if args.ceiling:
                         runs[CEILING].append(run_c([sys.executable, MAPBATCH], port, args, load_cpu))
             finally:
@@ -169,6 +184,11 @@ def main() -> None:
             ratio, best_ratio, cpu_ratio = flood[0] / c[0], flood[1] / c[1], c[2] / flood[2]
             print(f"  flood / C: {ratio:.2f}x median round trips/s, {best_ratio:.2f}x best; {cpu_ratio:.2f}x by "
                   f"CPU time per round trip (flood +{flood[2] - c[2]:.2f} µs per round trip)")
+            if args.before:
+                old = med[BEFORE]
+                print(f"  flood / flood (before): {flood[0] / old[0]:.2f}x median, {flood[1] / old[1]:.2f}x best, "
+                      f"{old[2] / flood[2]:.2f}x by CPU per round trip; before / C: {old[0] / c[0]:.2f}x median, "
+                      f"{old[1] / c[1]:.2f}x best")
             if args.ceiling:
                 top = med[CEILING]
                 print(f"  map() ceiling / C: {top[0] / c[0]:.2f}x median, {top[1] / c[1]:.2f}x best; "
