@@ -642,3 +642,48 @@ def test_a_bare_plugin_gets_the_optional_attributes_at_their_defaults():
     assert proto.replies and proto.read_size == 65536
     assert proto.fixed_request is None and proto.describe() == "custom"
     assert proto.parser().feed(b"+PONG\r\n$1\r\n4\r\n") == 2
+
+
+# ------------------------------------------------------------------ the registry of modes
+def test_every_list_of_modes_is_read_from_the_registry():
+    from socktools.capture import reassembly
+    from socktools.flood import config as flood_config
+    from socktools.wire import modes, spec
+    import json
+    import pathlib
+    names = modes.names()
+    assert spec.MODES == names and set(names) <= set(flood_config.MODES)
+    assert set(flood_config.MODES) - set(names) == {"connect", "plugin"}      # flood's own two
+    assert reassembly.WIRE_DECODES == modes.decoders() == ("redis", "http", "line")   # catch-all last
+    assert modes.REQUEST_MODES == tuple(n for n in names if n != "echo")
+    for mode in modes.MODES:
+        assert mode.name in flood_config.MODE_HELP and mode.rules
+    schema = json.loads((pathlib.Path(spec.__file__).parents[2] / "docs/schemas/flood.schema.json").read_text())
+    wire = schema["properties"]["config"]["properties"]["wire"]
+    assert wire["properties"]["mode"]["enum"] == [*names, "plugin"]
+
+
+def test_an_option_another_mode_takes_is_refused_naming_the_modes_that_take_it():
+    with pytest.raises(WireOptionError, match=r"only for --mode raw and line") as info:
+        build(WireSpec(mode="redis", reply_match="x"))
+    assert info.value.flag == "--reply-match"
+    with pytest.raises(WireOptionError, match=r"only for --mode raw$"):
+        build(WireSpec(mode="line", sends=("x",), reply_bytes=3))
+    with pytest.raises(WireOptionError, match=r"unknown mode 'gopher' \(known: echo, framed, raw"):
+        build(WireSpec(mode="gopher"))
+
+
+def test_each_mode_builds_summarises_and_where_it_can_decodes_through_the_registry():
+    from socktools.wire import modes
+    specs = {"echo": WireSpec(mode="echo", size=8), "framed": WireSpec(mode="framed"),
+             "raw": WireSpec(mode="raw", sends=("x",), reply_bytes=1), "line": WireSpec(mode="line", sends=("x",)),
+             "redis": WireSpec(mode="redis"), "http": WireSpec(mode="http")}
+    assert set(specs) == set(modes.names())
+    for name, wire_spec in specs.items():
+        mode = modes.get(name)
+        assert mode.build(wire_spec).parser() is not None
+        assert wire_spec.summary()["mode"] == name
+        if mode.decoder:
+            assert mode.stream_parser("response").keep == []
+    assert modes.get("redis").may_start(ord("+")) and not modes.get("redis").may_start(0)
+    assert modes.get("http").may_start(ord("G")) and not modes.get("http").may_start(ord("*"))

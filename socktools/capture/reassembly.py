@@ -25,14 +25,20 @@ from collections import deque
 from typing import NamedTuple, Optional
 
 from socktools.protocol import NEED_DATA, Decoder, Message, RemoteProtocolError
+from socktools.wire import modes
+from socktools.wire.raw import NOT_TEXT
 
 __all__ = ["DECODE_MODES", "MessageEvent", "Note", "StreamDecoder", "preview_bytes",
            "message_comment", "SNIFF_MAX_CONTENT", "MAX_PENDING", "AUTO_DECIDE_BYTES"]
 
 #: Decoders of other protocols: the wire parsers, run on the reassembled stream.
-WIRE_DECODES = ("redis", "http", "line")
+WIRE_DECODES = modes.decoders()
 
 DECODE_MODES = ("auto", "framed", "raw", "none") + WIRE_DECODES
+#: ``sniff --decode``'s help.
+DECODE_HELP = (f"Payloads: auto = the framed protocol, {', '.join(WIRE_DECODES[:-1])} or {WIRE_DECODES[-1]}, "
+               f"whichever parses the start of each stream, else a hex/ASCII preview; "
+               f"{'/'.join(WIRE_DECODES)} = those messages, by the parsers flood uses.")
 
 #: A sniffer should follow any server the user runs, including one started with
 #: a raised content cap, but must stay bounded: 16 MiB per message in flight.
@@ -145,8 +151,7 @@ class StreamDecoder:
         self.wire = None
         self.protocol = mode             # what the bytes are decoded as (auto: once found)
         if self.state == "wire":
-            from socktools.wire.spec import stream_parser
-            self.wire = stream_parser(mode, role)
+            self.wire = modes.get(mode).stream_parser(role)
         # auto: the wire parsers still in the running, fed beside the framed decoder, and
         # the bytes they were fed (to show raw if none wins); both end at the verdict
         # (None: auto, not started; the parsers are made at the first bytes, and only
@@ -342,7 +347,7 @@ class StreamDecoder:
         alive = []
         text = _is_text(data)
         for name, parser in self.guesses:
-            if name == "line" and not text:
+            if modes.get(name).catch_all and not text:
                 continue                 # ruled out without waiting for a newline
 
             try:
@@ -354,13 +359,13 @@ class StreamDecoder:
         for name, parser in alive:
             # the first to complete a message wins; line (nearly anything with a newline)
             # only when nothing else can still win
-            if parser.keep and (name != "line" or (self.decoder is None and len(alive) == 1)):
+            if parser.keep and (not modes.get(name).catch_all or (self.decoder is None and len(alive) == 1)):
                 return self._adopt(name, parser)
         if len(self.held) > AUTO_DECIDE_BYTES:
             for name, parser in alive:
                 # still parsing, and not just buffering while it waits (an HTTP reply's
                 # long body is counted as it comes; a redis parser waiting for CRLF holds all)
-                if name != "line" and parser.buffered < len(self.held):
+                if not modes.get(name).catch_all and parser.buffered < len(self.held):
                     return self._adopt(name, parser)
         if not alive and self.decoder is None:
             return self._raw("the first bytes are none of them", len(data))
@@ -372,7 +377,7 @@ class StreamDecoder:
         if not self.guesses:
             return self._raw(f"{reason}; no other parser takes them", current)
         for name, parser in self.guesses:
-            if parser.keep and (name != "line" or len(self.guesses) == 1):
+            if parser.keep and (not modes.get(name).catch_all or len(self.guesses) == 1):
                 return self._adopt(name, parser)
         return []
 
@@ -430,12 +435,8 @@ class StreamDecoder:
                             f"(not captured); stopped decoding it")]
 
 
-#: The bytes a RESP value starts with (RESP2 and RESP3 types): a redis parser waits for
-#: a whole line before it judges, auto judges the first byte at once (and makes no parser
-#: for a stream that cannot be redis: a framed flood's first bytes rule out all three).
-_RESP_FIRST = frozenset(b"+-:$*_,#!=(%~>|")
 #: Control bytes no line of text holds (tab, CR and LF aside): line is for text.
-_NOT_TEXT = bytes(b for b in range(32) if b not in b"\t\r\n") + b"\x7f"
+_NOT_TEXT = NOT_TEXT
 
 
 def _is_text(data: bytes) -> bool:
@@ -444,15 +445,15 @@ def _is_text(data: bytes) -> bool:
 
 def _guessers(role: str, first: int) -> list:
     """(name, parser) for each wire protocol auto may find in a stream starting with byte
-    ``first``, in the order they are preferred (HTTP only where httptools is installed)."""
-    from socktools.wire.spec import stream_parser
+    ``first`` (the registry's test of a first byte: a framed flood's first bytes rule out every
+    one), in the order they are preferred (HTTP only where httptools is installed)."""
     out = []
     for name in WIRE_DECODES:
-        if name == "redis" and first not in _RESP_FIRST or name == "http" and not (
-                65 <= first <= 90 or 97 <= first <= 122) or name == "line" and first in _NOT_TEXT:
-            continue                     # a method or "HTTP/" starts with a letter
+        mode = modes.get(name)
+        if not mode.may_start(first):
+            continue
         try:
-            out.append((name, stream_parser(name, role)))
+            out.append((name, mode.stream_parser(role)))
         except ImportError:
             pass
     return out

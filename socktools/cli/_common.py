@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import re
 import sys
+from typing import Optional
 
 import click
 
@@ -157,6 +158,18 @@ class LazyDefault:
 
 
 class LazyOption(click.Option):
+    """An option whose default (:class:`LazyDefault`) or help (``lazy_help="module:NAME"``, a
+    string an engine builds, e.g. from the registry of modes) is read only when shown."""
+
+    def __init__(self, *args, lazy_help: Optional[str] = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy_help = lazy_help
+
+    def get_help_record(self, ctx):
+        if self.lazy_help is not None:
+            self.help, self.lazy_help = _load(self.lazy_help), None
+        return super().get_help_record(ctx)
+
     def get_default(self, ctx, call=True):
         value = super().get_default(ctx, call=call)
         value = value() if isinstance(value, LazyDefault) else value

@@ -10,7 +10,7 @@ import click
 
 from socktools.cli._common import (BYTESIZE, DURATION, EXIT_FAILED, EXIT_THRESHOLD, EXIT_UNAVAILABLE,
                                    MAX_CONNS, MAX_COUNT, MAX_PROCESSES, PORT, RATE, build_config, die,
-                                   parse_address_range, warn_target)
+                                   LazyChoice, LazyOption, parse_address_range, warn_target)
 from socktools.cli._outputs import output_options, write_outputs
 from socktools.cli._wire import given_params, option_name, wire_options, wire_spec
 from socktools.optional import PACKAGES
@@ -67,12 +67,8 @@ EXIT_SIGTERM = 128 + 15
 @click.option("--workers", "-w", type=click.IntRange(1, MAX_PROCESSES), default=None,
               help="Worker processes.  [default: one per CPU, half of them with the embedded "
                    "server, more if the fd limit needs it]")
-@click.option("--mode", "-m", type=click.Choice(["echo", "framed", "connect", "raw", "line", "redis", "http"]),
-              default="echo", show_default=True,
-              help="echo: payloads that must come back whole; framed: the framed protocol with "
-                   "keep-alive, answers checked; connect: connect, one echo, close, again; raw: "
-                   "--send bytes, replies framed by --reply-*; line: one line each way; redis: "
-                   "--command as RESP; http: HTTP/1.1 keep-alive.")
+@click.option("--mode", "-m", type=LazyChoice("socktools.flood.config:CHOICES"), default="echo",
+              show_default=True, cls=LazyOption, lazy_help="socktools.flood.config:MODE_HELP")
 @click.option("--pipeline", "-P", type=click.IntRange(min=1), default=1, show_default=True,
               help="Requests in flight per connection (latency of each from its own send).")
 @click.option("--size", "-s", type=BYTESIZE, default=64, show_default=True,

@@ -6,7 +6,8 @@ import json
 
 import click
 
-from socktools.cli._common import DURATION, EXIT_FAILED, PORT, build_config, die, warn_target
+from socktools.cli._common import (DURATION, EXIT_FAILED, PORT, LazyChoice, LazyOption, build_config, die,
+                                   warn_target)
 from socktools.cli._wire import given_params, option_name, wire_options, wire_spec
 
 EPILOG = """\b
@@ -28,8 +29,7 @@ Any server, one exchange (the modes of flood):
 \b
 Exit codes: 0 answered; 1 refused, reset, timed out, closed early or a
 protocol error (one line says which, with the errno name); 2 a bad option;
-3 an optional package is missing (--mode http: httptools).
-130 Ctrl-C.
+3 an optional package is missing (--mode http: httptools); 130 Ctrl-C.
 """
 
 
@@ -70,9 +70,8 @@ def _message_dict(message) -> dict:
               help="For the whole exchange (connect, send, receive).")
 @click.option("--show-bytes", is_flag=True, help="Print the exact bytes sent and received (a wire trace).")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole exchange as JSON.")
-@click.option("--mode", "-m", type=click.Choice(["framed", "raw", "line", "redis", "http"]), default="framed",
-              show_default=True, help="framed: ACTION VALUE in the framed protocol; the others as in "
-                                      "`socktools flood --help`.")
+@click.option("--mode", "-m", type=LazyChoice("socktools.wire.modes:REQUEST_MODES"), default="framed",
+              show_default=True, cls=LazyOption, lazy_help="socktools.wire.modes:REQUEST_HELP")
 @wire_options
 @click.pass_context
 def command(ctx, words, host, port, timeout, show_bytes, as_json, mode, **wire_params):

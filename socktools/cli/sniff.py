@@ -9,7 +9,8 @@ import sys
 
 import click
 
-from socktools.cli._common import BYTESIZE, DURATION, EXIT_FAILED, EXIT_UNAVAILABLE, EXIT_USAGE, MAX_COUNT, PORT, die
+from socktools.cli._common import (BYTESIZE, DURATION, EXIT_FAILED, EXIT_UNAVAILABLE, EXIT_USAGE, MAX_COUNT, PORT,
+                                   LazyChoice, LazyOption, die)
 from socktools.cli._outputs import _writable
 
 _EXAMPLES = """\b
@@ -43,11 +44,8 @@ _MAX_TABLE = 20
                    "both). Never follows a symlink, never overwrites the -r file.")
 @click.option("--read", "-r", "read", metavar="FILE", type=click.Path(dir_okay=False),
               help="Read packets from a pcap/pcapng file instead of an interface (no privilege needed).")
-@click.option("--decode", type=click.Choice(["auto", "framed", "raw", "none", "redis", "http", "line"]),
-              default="auto", show_default=True,
-              help="Payloads: auto = the framed protocol, redis, http or line, whichever parses "
-                   "the start of each stream, else a hex/ASCII preview; "
-                   "redis/http/line = those messages, by the parsers flood uses.")
+@click.option("--decode", type=LazyChoice("socktools.capture.reassembly:DECODE_MODES"), default="auto",
+              show_default=True, cls=LazyOption, lazy_help="socktools.capture.reassembly:DECODE_HELP")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per packet, then a summary object.")
 @click.option("--quiet", "-q", is_flag=True, help="No packet lines, only the closing summary.")
 @click.option("--buffer", "buffer_size", type=BYTESIZE, default="64M", show_default=True,

@@ -7,12 +7,20 @@ from dataclasses import dataclass
 from typing import Optional
 
 from socktools.errors import OptionError
+from socktools.wire import modes as wire_modes
 from socktools.wire.spec import WireOptionError, WireSpec, build
 
 __all__ = ["FloodConfig", "MODES", "split", "server_mode", "parse_cluster", "LOCAL_MAX"]
 
 #: connect: churn (connect, one echo, close); plugin: ``wire.plugin`` names the class.
-MODES = ("echo", "framed", "connect", "raw", "line", "redis", "http", "plugin")
+#: flood's modes: every exchange of the registry (socktools.wire.modes), and flood's own --
+#: ``connect`` (churn: connect, one echo, close, again) and ``plugin`` (``--protocol``).
+MODES = (*wire_modes.names(), "connect", "plugin")
+#: What ``--mode`` offers (a plug-in is chosen with ``--protocol``).
+CHOICES = tuple(m for m in MODES if m != "plugin")
+#: ``--mode``'s help, one clause per mode.
+MODE_HELP = "; ".join([f"{m.name}: {m.help}" for m in wire_modes.MODES]
+                      + ["connect: connect, one echo, close, again (churn)"]) + "."
 #: Longest traffic phase: a load that runs for more than a day is a mistake, not a test.
 MAX_DURATION = 86_400.0
 

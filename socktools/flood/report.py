@@ -99,23 +99,16 @@ def server_check(result: FloodResult) -> Optional[dict]:
 
 
 def protocol_rules(cfg) -> str:
-    """The rules a peer broke when flood counts a ``protocol-error``, in the mode's own terms."""
+    """The rules a peer broke when flood counts a ``protocol-error``, in the mode's own terms
+    (the registry's words, :mod:`socktools.wire.modes`)."""
     spec = cfg.wire
-    mode = cfg.mode
     if spec is not None and spec.plugin:
         return f"the protocol of the plug-in {spec.plugin}"
-    if mode == "redis":
-        return "RESP, the Redis protocol (a reply starts with + - : $ * and its lines end in CRLF)"
-    if mode == "http":
-        return "HTTP/1.1 (a status line, headers, a body framed by Content-Length, chunks or the close)"
-    if mode == "raw":
-        # (the protocol's own one-line description names the framing: "raw, replies until '\n'")
-        return f"the reply framing you chose ({describe(cfg).split(', pipeline')[0].partition(', ')[2]})"
-    if mode == "line":
-        return "the line protocol (one reply line, ending in a newline, per request)"
-    if mode == "framed":
-        return "the framed protocol (docs/protocol.md)"
-    return f"the echo exchange (each reply the request's own {cfg.size:,} bytes)"
+    from socktools.wire import modes
+    mode = cfg.mode if cfg.mode != "connect" else "echo"      # (churn's one reply is an echo)
+    # (the protocol's own one-line description names the exchange: "raw, replies until '\n'")
+    exchange = describe(cfg).split(", pipeline")[0].partition(", ")[2]
+    return modes.get(mode).rules.format(exchange=exchange, size=cfg.size)
 
 
 def _errors_list(totals: st.Totals, cfg=None) -> list:

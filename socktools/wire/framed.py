@@ -4,8 +4,26 @@ from __future__ import annotations
 
 from socktools import protocol, reference
 from socktools.wire.base import Parser, Reply, WireError, WireProtocol
+from socktools.wire.options import WireSpec
 
-__all__ = ["EchoProtocol", "FramedProtocol"]
+__all__ = ["EchoProtocol", "FramedProtocol", "build_echo", "build_framed", "summary_echo", "summary_framed"]
+
+
+# ------------------------------------------------------------------ the registry's entry points
+def build_echo(spec: WireSpec) -> "EchoProtocol":
+    return EchoProtocol(spec.size)
+
+
+def build_framed(spec: WireSpec) -> "FramedProtocol":
+    return FramedProtocol(spec.action, spec.value)
+
+
+def summary_echo(spec: WireSpec) -> dict:
+    return {"request_bytes": len(build_echo(spec).request(0, 0))}
+
+
+def summary_framed(spec: WireSpec) -> dict:
+    return {"request_bytes": len(build_framed(spec).request(0, 0)), "action": spec.action, "value": spec.value}
 
 
 class EchoProtocol(WireProtocol):

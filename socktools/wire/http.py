@@ -26,9 +26,10 @@ from typing import Optional, Sequence
 from socktools.optional import MissingPackage
 from socktools.wire.base import KEEP_BODY, SAMPLE_BYTES, Failure, Parser, Reply, WireError, WireProtocol
 from socktools.wire.escapes import EscapeError, Template, readable, rotation, typed_bytes
+from socktools.wire.options import WireOptionError, WireSpec
 
 __all__ = ["HttpProtocol", "HttpParser", "HeadParser", "require_httptools", "parse_accept", "KEEP_BODY",
-           "MAX_HEAD"]
+           "MAX_HEAD", "build", "summary", "stream_parser", "may_start"]
 
 #: Largest response head (status line and headers) a HEAD reply may have: h11's default
 #: ``max_incomplete_event_size`` (16 KiB); nginx sends a few hundred bytes.
@@ -426,3 +427,32 @@ class _Counting:
         tally[cls] = tally.get(cls, 0) + 1
         if code not in o.accept:
             o.failures.append(Failure("http-" + cls, str(code)))
+
+
+# ------------------------------------------------------------------ the registry's entry points
+def build(spec: WireSpec) -> HttpProtocol:
+    try:
+        accept = parse_accept(spec.accept_status) if spec.accept_status else None
+    except ValueError as exc:
+        raise WireOptionError("--accept-status", str(exc)) from None
+    try:
+        return HttpProtocol(spec.host, method=spec.method, paths=tuple(spec.paths) or DEFAULT_PATHS,
+                            headers=spec.headers, body=spec.body, accept=accept)
+    except (ValueError, EscapeError) as exc:   # RequestPartError names its option
+        raise WireOptionError(getattr(exc, "option", "--path"), str(exc)) from None
+
+
+def summary(spec: WireSpec) -> dict:
+    given = {n.strip().lower(): v.strip() for n, _, v in (h.partition(":") for h in spec.headers)}
+    return {"method": spec.method.upper(), "paths": list(spec.paths or DEFAULT_PATHS),
+            "headers": len(spec.headers), "host": given.get("host", spec.host), "body_bytes": len(spec.body)}
+
+
+def stream_parser(role: str) -> "HttpParser":
+    """A captured stream, as HTTP/1.1: requests from the client, responses from the server."""
+    return HttpParser(frozenset(range(100, 600)), requests=role == "request")
+
+
+def may_start(first: int) -> bool:
+    """A method or ``HTTP/`` starts with a letter."""
+    return 65 <= first <= 90 or 97 <= first <= 122

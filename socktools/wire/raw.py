@@ -16,9 +16,11 @@ from typing import Optional, Sequence
 
 from socktools.wire.base import (SAMPLE_BYTES, WHOLE_REPLY_BYTES, Failure, Parser, Reply, WholeReplies,
                                  WireError, WireProtocol)
-from socktools.wire.escapes import Template, rotation
+from socktools.wire.escapes import EscapeError, Template, rotation, unescape
+from socktools.wire.options import EOLS, SEND_FILE_SHOWN, WireOptionError, WireSpec, reply_match, templates
 
-__all__ = ["RawProtocol", "LineProtocol", "MAX_REPLY", "prefix_struct"]
+__all__ = ["RawProtocol", "LineProtocol", "MAX_REPLY", "prefix_struct", "build_raw", "build_line",
+           "summary_raw", "summary_line", "line_stream_parser", "line_may_start"]
 
 #: Longest reply (or delimiter search) a raw parser buffers: 1 MiB, Redis's
 #: own cap on an inline request (PROTO_INLINE_MAX_SIZE is 64 KiB; its query
@@ -261,3 +263,91 @@ class LineProtocol(RawProtocol):
 
     def describe(self) -> str:
         return f"line, {self.eol!r} line endings"
+
+
+# ------------------------------------------------------------------ the registry's entry points
+#: raw's reply framings: exactly one of them (its flag, whether the spec gives it).
+FRAMINGS = (("--reply-until", lambda s: s.reply_until is not None),
+            ("--reply-bytes", lambda s: s.reply_bytes is not None),
+            ("--reply-prefix", lambda s: s.reply_prefix is not None),
+            ("--reply-until-close", lambda s: s.reply_until_close),
+            ("--no-reply", lambda s: s.no_reply))
+
+
+def build_raw(spec: WireSpec) -> RawProtocol:
+    request_templates = templates(spec)
+    used = [flag for flag, given in FRAMINGS if given(spec)]
+    if len(used) != 1:
+        raise WireOptionError(used[1] if used else "--reply-until",
+                              f"give exactly one reply framing, not {' and '.join(used)}" if used else
+                              "give one reply framing: --reply-until, --reply-bytes, --reply-prefix, "
+                              "--reply-until-close or --no-reply")
+    until = None
+    if spec.reply_until is not None:
+        try:
+            until = unescape(spec.reply_until)
+        except EscapeError as exc:
+            raise WireOptionError("--reply-until", str(exc)) from None
+        if not until:
+            raise WireOptionError("--reply-until", "the delimiter is empty")
+    if spec.reply_bytes is not None and spec.reply_bytes < 1:
+        raise WireOptionError("--reply-bytes", "must be >= 1")
+    if spec.reply_prefix is not None:
+        try:
+            prefix_struct(spec.reply_prefix)
+        except ValueError as exc:
+            raise WireOptionError("--reply-prefix", str(exc)) from None
+    elif spec.reply_prefix_adjust:
+        raise WireOptionError("--reply-prefix-adjust", "only with --reply-prefix")
+    if spec.no_reply and spec.reply_match is not None:
+        raise WireOptionError("--reply-match", "there are no replies to check with --no-reply")
+    return RawProtocol(request_templates, until=until, size=spec.reply_bytes, prefix=spec.reply_prefix,
+                       adjust=spec.reply_prefix_adjust, no_reply=spec.no_reply,
+                       until_close=spec.reply_until_close, match=reply_match(spec))
+
+
+def build_line(spec: WireSpec) -> LineProtocol:
+    eol = EOLS.get(spec.eol.lower())
+    if eol is None:
+        raise WireOptionError("--eol", f"{spec.eol!r}: use lf or crlf")
+    return LineProtocol(templates(spec), eol=eol, match=reply_match(spec))
+
+
+def _sends(spec: WireSpec) -> dict:
+    if spec.send_file is not None:
+        head = spec.send_file[:SEND_FILE_SHOWN]
+        return {"send": [head.decode("utf-8", "backslashreplace")], "send_file_bytes": len(spec.send_file)}
+    return {"send": list(spec.sends)}
+
+
+def summary_raw(spec: WireSpec) -> dict:
+    """The sends, and how the replies were framed, as the user typed it."""
+    if spec.no_reply:
+        replies = "none expected (--no-reply)"
+    elif spec.reply_until_close:
+        replies = "each until the server's close"
+    elif spec.reply_bytes is not None:
+        replies = f"{spec.reply_bytes:,} bytes each"
+    elif spec.reply_prefix is not None:
+        replies = f"length-prefixed ({spec.reply_prefix}" + (
+            f", {spec.reply_prefix_adjust:+d})" if spec.reply_prefix_adjust else ")")
+    else:
+        replies = f"each until {spec.reply_until}"
+    return {**_sends(spec), "replies": replies}
+
+
+def summary_line(spec: WireSpec) -> dict:
+    return {**_sends(spec), "eol": spec.eol}
+
+
+def line_stream_parser(role: str) -> Parser:
+    """A captured stream, as lines (both directions alike)."""
+    return _UntilParser(b"\n", None)
+
+
+#: Control bytes no line of text holds (tab, CR and LF aside): line is for text.
+NOT_TEXT = bytes(b for b in range(32) if b not in b"\t\r\n") + b"\x7f"
+
+
+def line_may_start(first: int) -> bool:
+    return first not in NOT_TEXT

@@ -16,9 +16,10 @@ from typing import Optional, Sequence
 
 from socktools.wire.base import (KEEP_BODY, SAMPLE_BYTES, WHOLE_REPLY_BYTES, Failure, Parser, Reply,
                                  WholeReplies, WireError, WireProtocol)
-from socktools.wire.escapes import Template, readable
+from socktools.wire.escapes import EscapeError, Template, readable
+from socktools.wire.options import WireOptionError, WireSpec
 
-__all__ = ["RedisProtocol", "RespParser", "encode_command", "MAX_BULK", "MAX_ELEMENTS", "MAX_DEPTH", "KEEP_REPLY"]
+__all__ = ["RedisProtocol", "RespParser", "encode_command", "MAX_BULK", "MAX_ELEMENTS", "MAX_DEPTH", "KEEP_REPLY", "build", "summary", "stream_parser", "may_start"]
 
 #: Largest bulk string accepted: Redis's own default proto-max-bulk-len (512 MB).
 MAX_BULK = 512 << 20
@@ -389,3 +390,29 @@ def _show(value, kind: int) -> str:
         text = repr(value)
         return text if len(text) <= 200 else text[:199] + "…"
     return str(value) if kind in b"+" else repr(value) if len(str(value)) < 200 else repr(value)[:199] + "…"
+
+
+# ------------------------------------------------------------------ the registry's entry points
+def build(spec: WireSpec) -> RedisProtocol:
+    try:
+        return RedisProtocol(tuple(spec.commands) or DEFAULT_COMMANDS)
+    except (ValueError, EscapeError) as exc:
+        raise WireOptionError("--command", str(exc)) from None
+
+
+def summary(spec: WireSpec) -> dict:
+    return {"commands": list(spec.commands or DEFAULT_COMMANDS)}
+
+
+def stream_parser(role: str) -> RespParser:
+    """A captured stream, as RESP (requests and replies are framed alike)."""
+    return RespParser()
+
+
+#: The bytes a RESP value starts with (RESP2 and RESP3 types): a redis parser waits for
+#: a whole line before it judges, sniff's auto judges the first byte at once.
+RESP_FIRST = frozenset(b"+-:$*_,#!=(%~>|")
+
+
+def may_start(first: int) -> bool:
+    return first in RESP_FIRST

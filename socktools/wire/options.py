@@ -1,0 +1,106 @@
+"""What the user asked of an exchange, as a frozen, picklable spec, and the checks every
+mode's builder shares: option texts as typed, turned into request templates and patterns,
+or a :class:`WireOptionError` naming the option to blame."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Optional
+
+from socktools.errors import OptionError
+from socktools.wire.escapes import EscapeError, Template, typed_bytes
+
+__all__ = ["WireSpec", "WireOptionError", "templates", "reply_match", "EOLS", "SEND_FILE_SHOWN"]
+
+
+#: Command-line flags whose config field is spelled otherwise.
+_FIELDS = {"--send": "sends", "--command": "commands", "--path": "paths", "--header": "headers",
+           "--protocol": "plugin", "--accept-status": "accept_status"}
+
+
+class WireOptionError(OptionError):
+    """A bad exchange option.  ``flag`` is the command-line option to blame (``--reply-until``),
+    ``option`` its field (``reply_until``, as :class:`~socktools.errors.OptionError` has it)."""
+
+    def __init__(self, flag: str, message: str) -> None:
+        super().__init__(_FIELDS.get(flag, flag.lstrip("-").replace("-", "_")), message)
+        self.flag = flag
+        self.message = message
+
+
+@dataclass(frozen=True)
+class WireSpec:
+    mode: str = "echo"
+    size: int = 64                          # echo
+    action: str = "search"                  # framed
+    value: str = "morpheus"
+    sends: tuple = ()                       # raw/line: request texts (escapes, placeholders)
+    send_file: Optional[bytes] = None       # raw: the request's bytes from a file
+    reply_until: Optional[str] = None
+    reply_bytes: Optional[int] = None
+    reply_prefix: Optional[str] = None
+    reply_prefix_adjust: int = 0
+    no_reply: bool = False
+    reply_until_close: bool = False
+    reply_match: Optional[str] = None
+    eol: str = "lf"
+    commands: tuple = ()                    # redis / plug-ins
+    method: str = "GET"                     # http
+    paths: tuple = ()
+    headers: tuple = ()
+    body: bytes = b""
+    accept_status: tuple = ()
+    plugin: Optional[str] = None            # "package.module:Name"
+    host: str = "127.0.0.1"                 # the target, for HTTP's Host header
+
+    @property
+    def name(self) -> str:
+        return "plugin" if self.plugin else self.mode
+
+    def summary(self) -> dict:
+        """What each connection sends, as JSON data for reports: texts as typed (escapes and
+        placeholders unexpanded), a ``--send-file`` as its size and its first bytes."""
+        if self.plugin:
+            return {"mode": "plugin", "plugin": self.plugin, "commands": list(self.commands)}
+        from socktools.wire import modes
+        return {"mode": self.mode, **modes.get(self.mode).summary(self)}
+
+
+#: How much of a --send-file a report keeps: enough to recognise the request (a request line and
+#: its first headers), while the JSON stays small whatever the file's size.
+SEND_FILE_SHOWN = 512
+
+EOLS = {"lf": b"\n", "crlf": b"\r\n", "\\n": b"\n", "\\r\\n": b"\r\n"}
+
+
+def templates(spec: WireSpec, option: str = "--send") -> list:
+    """The ``--send`` texts (or the ``--send-file`` bytes) as request templates."""
+    if spec.send_file is not None:
+        if spec.sends:
+            raise WireOptionError("--send-file", "give --send or --send-file, not both")
+        try:
+            return [Template(spec.send_file)]
+        except EscapeError as exc:
+            raise WireOptionError("--send-file", str(exc)) from None
+    if not spec.sends:
+        raise WireOptionError(option, f"--mode {spec.mode} needs at least one --send")
+    try:
+        return [Template.from_text(s) for s in spec.sends]
+    except EscapeError as exc:
+        raise WireOptionError(option, str(exc)) from None
+
+
+def reply_match(spec: WireSpec) -> Optional[bytes]:
+    """``--reply-match`` as a checked bytes pattern (or None)."""
+    if spec.reply_match is None:
+        return None
+    try:
+        pattern = typed_bytes(spec.reply_match)   # a bytes pattern: it may match any byte typed
+    except EscapeError as exc:
+        raise WireOptionError("--reply-match", str(exc)) from None
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise WireOptionError("--reply-match", f"not a regular expression: {exc}") from None
+    return pattern
