@@ -171,7 +171,7 @@ ROUTES = {
                                        field("address", ("127.0.0.1", 9)))),
         "conns": (["--conns", "7"], field("conns", 7)),
         "workers": (["--workers", "3"], both(field("workers", 3),
-                                             lambda call, base: (call.workers_given and not base.workers_given)
+                                             lambda call, base: (call.config.workers_chosen and not base.config.workers_chosen)
                                              or _fail())),
         "mode": (["--mode", "framed"], field("mode", "framed")),
         "size": (["--size", "100"], field("size", 100)),
@@ -184,7 +184,8 @@ ROUTES = {
         "connect_timeout": (["--connect-timeout", "2s"], field("connect_timeout", 2.0)),
         "source": (["--source", "127.0.0.2-127.0.0.3"],
                    both(field("sources", ("127.0.0.2", "127.0.0.3")),
-                        lambda call, base: (call.sources_given and not base.sources_given) or _fail())),
+                        lambda call, base: (call.config.sources_chosen and not base.config.sources_chosen)
+                        or _fail())),
         "server_workers": (["--server-workers", "3"], field("server_workers", 3)),
         "interval": (["--interval", "250ms"], field("interval", 0.25)),   # 1 s is the default
         "cluster": (["--cluster", "local:2"], field("cluster", "local:2")),

@@ -79,17 +79,17 @@ def test_workers_asked_for_get_a_note_not_a_refusal(monkeypatch):
     monkeypatch.setattr(limits, "mem_available", lambda: 8 << 30)
     workers = CPU_OVERSUBSCRIPTION * 2 + 1
     cfg = FloodConfig(conns=workers + 1, workers=workers, embedded=True, duration=1.0)
-    p = plan(cfg, workers_given=True)
+    p = plan(cfg)
     assert not p.refusals, p.refusals
     note = [n for n in p.notes if "--workers" in n]
     assert note and "fewer --conns" not in note[0], p.notes
     # --server-workers asked for: a note too, advising fewer of those
     served = plan(FloodConfig(conns=workers + 1, workers=0, embedded=True, server_workers=workers,
-                              duration=1.0), workers_given=False)
+                              duration=1.0))
     assert not served.refusals and any("fewer --server-workers" in n for n in served.notes), served.notes
     # flood's own choice of too many processes is still refused (a low descriptor limit)
     monkeypatch.setattr(limits, "fd_limits", lambda: (1000, 1000))
-    chosen = plan(FloodConfig(conns=20_000, workers=0, embedded=True, duration=1.0), workers_given=False)
+    chosen = plan(FloodConfig(conns=20_000, workers=0, embedded=True, duration=1.0))
     assert any("CPU" in r for r in chosen.refusals), chosen.refusals
 
 

@@ -6,6 +6,7 @@ No sockets here; the run itself is tested in test_flood_run.py.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 import random
 
 import pytest
@@ -189,19 +190,19 @@ def test_plan_says_plainly_when_fds_cannot_fit(fake_limits):
 
 def test_plan_chooses_enough_workers_when_not_given(fake_limits):
     fake_limits(fd_limit=1024)
-    p = limits.plan(FloodConfig(conns=5000, workers=0, address=("127.0.0.1", 9)), workers_given=False)
+    p = limits.plan(FloodConfig(conns=5000, workers=0, address=("127.0.0.1", 9)))   # 0: flood chooses
     assert p.config.workers == 6 and not p.problems
     assert any("6 worker processes" in n for n in p.notes)
-    p = limits.plan(FloodConfig(conns=50, workers=0, embedded=True), workers_given=False)
+    p = limits.plan(FloodConfig(conns=50, workers=0, embedded=True))
     assert p.config.workers == 1 and p.config.server_workers == 1  # 2 CPUs shared with the server
 
 
 def test_plan_ports_per_source(fake_limits):
     fake_limits(fd_limit=1 << 20, hard=1 << 20, ports=(40000, 40999))
     cfg = FloodConfig(conns=5000, workers=8, address=("127.0.0.1", 9))
-    p = limits.plan(cfg, sources_given=True)
+    p = limits.plan(replace(cfg, sources=("127.0.0.1",)))     # the user's one source address
     assert any("EADDRNOTAVAIL" in x and "--source" in x for x in p.problems)
-    p = limits.plan(cfg, sources_given=False)  # loopback target: flood spreads by itself,
+    p = limits.plan(cfg)  # none chosen, a loopback target: flood spreads by itself,
     assert not p.problems and len(p.config.sources) == 15  # each range at most a third full
     assert p.config.sources[0] == "127.0.0.1"
     assert any("127.0.0.1-127.0.0.15" in n for n in p.notes)
@@ -275,3 +276,8 @@ def test_format_and_live_line():
     line = render_live({"t": 2.5, "phase": "traffic", "open": 500, "rps": 12345.0,
                         "p99_so_far": 812.0, "errors": 3}, 500)
     assert "500/500" in line and "12,345 req/s" in line and "812µs" in line and "errors 3" in line
+
+
+def test_the_config_says_what_the_user_chose():
+    assert not FloodConfig(workers=0).workers_chosen and FloodConfig(workers=3).workers_chosen
+    assert not FloodConfig().sources_chosen and FloodConfig(sources=("127.0.0.2",)).sources_chosen

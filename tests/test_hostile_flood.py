@@ -87,40 +87,37 @@ def machine(monkeypatch):
 
 
 def test_plan_refuses_51_workers_on_2_cpus(machine):
-    plan = limits.plan(FloodConfig(conns=1_000_000, workers=0, embedded=True), workers_given=False,
-                       sources_given=False)
+    plan = limits.plan(FloodConfig(conns=1_000_000, workers=0, embedded=True))
     assert plan.processes == 102
     [line] = [r for r in plan.refusals if "CPU" in r]
     assert line.startswith("51 flood worker processes and 51 server processes on 2 CPU(s)")
 
 
 def test_plan_only_notes_many_workers_the_user_asked_for(machine):
-    plan = limits.plan(FloodConfig(conns=1000, workers=16, port=9, address=("127.0.0.1", 9)),
-                       workers_given=True, sources_given=True)
+    plan = limits.plan(FloodConfig(conns=1000, workers=16, port=9, address=("127.0.0.1", 9)))
     assert not plan.refusals
     assert any("16 flood worker processes on 2 CPU(s)" in n for n in plan.notes)
 
 
 def test_plan_refuses_more_memory_than_available(machine):
     machine.fds, machine.mem = 1 << 20, 1 << 30
-    plan = limits.plan(FloodConfig(conns=500_000, workers=0, embedded=True), workers_given=False,
-                       sources_given=False)
+    plan = limits.plan(FloodConfig(conns=500_000, workers=0, embedded=True))
     [line] = [r for r in plan.refusals if "available" in r]
     assert "need about" in line and "1.0 GiB is available" in line
 
 
 def test_plan_refuses_a_descriptor_limit_the_runner_itself_cannot_live_with(machine):
     machine.fds = 40
-    plan = limits.plan(FloodConfig(conns=200, workers=0, embedded=True), workers_given=False, sources_given=False)
+    plan = limits.plan(FloodConfig(conns=200, workers=0, embedded=True))
     assert len(plan.refusals) == 1  # one cause, one line (the CPU count follows from it)
     assert "flood itself needs" in plan.refusals[0] and "the limit is 40" in plan.refusals[0]
     machine.fds = 20
-    plan = limits.plan(FloodConfig(conns=200, workers=0, embedded=True), workers_given=False, sources_given=False)
+    plan = limits.plan(FloodConfig(conns=200, workers=0, embedded=True))
     assert plan.refusals == (plan.refusals[0],) and "no room for connections" in plan.refusals[0]
 
 
 def test_a_small_run_is_not_refused(machine):
-    plan = limits.plan(FloodConfig(conns=500, workers=0, embedded=True), workers_given=False, sources_given=False)
+    plan = limits.plan(FloodConfig(conns=500, workers=0, embedded=True))
     assert plan.refusals == ()
     assert plan.memory < 200 << 20
 

@@ -165,8 +165,7 @@ def command(ctx, host, port, conns, workers, mode, pipeline, size, action, value
                           connect_timeout=connect_timeout, sources=sources, interval=tick,
                           embedded=embedded, server_workers=server_workers or 0,
                           wire=spec, pipeline=pipeline, cluster=cluster)
-    _run(config, workers_given=workers is not None, sources_given=source is not None,
-         as_json=as_json, rows=interval is not None, outputs=outputs, yes=yes)
+    _run(config, as_json=as_json, rows=interval is not None, outputs=outputs, yes=yes)
 
 
 def _check_cluster(spec: str) -> None:
@@ -258,15 +257,14 @@ class _Console:
             self.drawn = False
 
 
-def _run(config, *, workers_given: bool, sources_given: bool, as_json: bool, rows: bool,
+def _run(config, *, as_json: bool, rows: bool,
          outputs, yes: bool = False) -> None:
     from socktools.flood.report import render_table, to_json
     from socktools.flood.runner import FloodError, FloodRefused, run_flood
 
     console = _Console(config.conns, config.interval, rows=rows, as_json=as_json)
     try:
-        result = run_flood(config, workers_given=workers_given, sources_given=sources_given,
-                           on_event=console, force=yes)
+        result = run_flood(config, on_event=console, force=yes)
     except FloodRefused as exc:  # the plan does not fit: nothing was started
         for refusal in exc.plan.refusals:
             click.echo(f"flood: will not start: {refusal}", err=True)

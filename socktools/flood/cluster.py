@@ -176,8 +176,7 @@ def _placement(workers: dict, shards: int) -> dict:
     return {i: slots[i] for i in range(shards)}
 
 
-def run_cluster(config: Any, *, workers_given: bool = True, sources_given: bool = True,
-                on_event: Optional[Callable[[dict], None]] = None, force: bool = False) -> ClusterResult:
+def run_cluster(config: Any, *, on_event: Optional[Callable[[dict], None]] = None, force: bool = False) -> ClusterResult:
     """:func:`socktools.flood.runner.run_flood` for ``config.cluster``; same events, plus
     ``{"event": "cluster", ...}`` once connected and ``{"event": "lost", ...}`` per lost shard."""
     _require_dask()
@@ -191,7 +190,7 @@ def run_cluster(config: Any, *, workers_given: bool = True, sources_given: bool 
             raise FloodError(f"the Dask cluster at {scheduler} has no workers")
         probes = client.run(_probe_fn())
         threads = sum(w.get("nthreads", 1) for w in workers.values())
-        shards = config.workers if workers_given and config.workers else threads
+        shards = config.workers if config.workers_chosen else threads
         if shards > threads:
             raise FloodError(f"--workers {shards} is more shards than the cluster's {threads} worker "
                              f"thread(s): the rest would queue behind the first ones (the start "
@@ -200,8 +199,7 @@ def run_cluster(config: Any, *, workers_given: bool = True, sources_given: bool 
                 "threads": threads}
         emit({"event": "cluster", **info, "raised": sorted({(p["host"], p["raised"]) for p in
                                                              probes.values() if p["raised"]})})
-        plan = limits.plan(replace(config, workers=shards), workers_given=True,
-                           sources_given=sources_given)
+        plan = limits.plan(replace(config, workers=shards))
         placement = _placement(workers, plan.config.active_workers)
         plan = replace(plan, problems=plan.problems + _host_problems(plan.config, placement, probes))
         if getattr(plan, "refusals", ()) and not force:

@@ -83,7 +83,7 @@ class FloodConfig:
 
     mode: str = "echo"
     conns: int = 100
-    workers: int = 1                        # 0 = let the runner choose
+    workers: int = 1                        # 0 = flood chooses (``workers_chosen`` False)
     host: str = "127.0.0.1"
     port: int = 0
     address: Optional[tuple] = None
@@ -98,6 +98,7 @@ class FloodConfig:
     connect_timeout: float = 5.0            # connect() to first reply
     drain_timeout: float = 2.0              # after the traffic phase, wait this long for answers
     sources: tuple = ()                     # local addresses to bind, spread round-robin
+                                            # (none given: flood may spread over 127.0.0.x)
     interval: Optional[float] = None        # seconds between worker snapshots (None: final only)
     embedded: bool = False                  # the target is flood's own server
     server_workers: int = 0                 # embedded server: processes (0 = choose)
@@ -158,6 +159,16 @@ class FloodConfig:
                 raise OptionError("cluster", "--cluster with a scheduler address needs --port (and "
                                   "--host) of a server every load host can reach: flood's own "
                                   "server would listen on this machine's loopback only")
+
+    @property
+    def workers_chosen(self) -> bool:
+        """The user chose how many workers (0: flood picks them to fit, and says so)."""
+        return self.workers > 0
+
+    @property
+    def sources_chosen(self) -> bool:
+        """The user chose the source addresses (none: flood may spread over 127.0.0.x itself)."""
+        return bool(self.sources)
 
     # ------------------------------------------------------------- per-worker shares
     def conns_of(self, worker: int) -> int:

@@ -138,14 +138,14 @@ def _is_ipv4_loopback(address: Optional[tuple], host: str) -> bool:
     return ip.version == 4 and ip.is_loopback
 
 
-def plan(config: FloodConfig, *, workers_given: bool = True, sources_given: bool = True,
-         fd_before: Optional[int] = None) -> Plan:
+def plan(config: FloodConfig, *, fd_before: Optional[int] = None) -> Plan:
     """Fill in workers/server workers/sources, and check what fits (nothing is changed).
 
-    ``workers_given``/``sources_given`` say whether the user chose them; what
-    they did not choose is picked to fit (and said in ``notes``).  ``fd_before``:
-    the soft fd limit before the caller raised it (the report shows both).
+    What the user did not choose (``config.workers_chosen``, ``config.sources_chosen``) is
+    picked to fit, and said in ``notes``.  ``fd_before``: the soft fd limit before the
+    caller raised it (the report shows both).
     """
+    workers_given, sources_given = config.workers_chosen, config.sources_chosen
     fd_limit, hard = fd_limits()
     before = fd_limit if fd_before is None else fd_before
     per_process = max(1, fd_limit - FD_RESERVE)

@@ -68,8 +68,7 @@ def _raise_fd_limit(config: FloodConfig, emit: Callable[[dict], None]) -> int:
     return soft
 
 
-def run_flood(config: FloodConfig, *, workers_given: bool = True, sources_given: bool = True,
-              on_event: Optional[Callable[[dict], None]] = None,
+def run_flood(config: FloodConfig, *, on_event: Optional[Callable[[dict], None]] = None,
               plan: Optional[limits.Plan] = None, force: bool = False) -> FloodResult:
     """Run ``config`` to the end and return a :class:`FloodResult`.
 
@@ -85,11 +84,9 @@ def run_flood(config: FloodConfig, *, workers_given: bool = True, sources_given:
     fd_before = _raise_fd_limit(config, emit)
     if config.cluster:
         from socktools.flood.cluster import run_cluster
-        return run_cluster(config, workers_given=workers_given, sources_given=sources_given,
-                           on_event=on_event, force=force)
+        return run_cluster(config, on_event=on_event, force=force)
     if plan is None:
-        plan = limits.plan(config, workers_given=workers_given, sources_given=sources_given,
-                           fd_before=fd_before)
+        plan = limits.plan(config, fd_before=fd_before)
     if plan.refusals and not force:
         raise FloodRefused(plan)
     cfg = plan.config
