@@ -194,3 +194,14 @@ def test_one_short_flag_means_one_long_option_in_every_command():
                 flags.setdefault(name, {})[short] = longs[0]
     assert len(flags) >= 4
     assert short_flag_conflicts(flags) == []
+
+
+def test_tests_launch_the_cli_one_way():
+    """Every test that runs the real command builds its command line with conftest's
+    socktools_cmd (one place to change how the CLI is launched); test_cli_lazy alone adds
+    the interpreter's -X importtime in front."""
+    import pathlib
+    here = pathlib.Path(__file__).parent
+    own = [p.name for p in sorted(here.glob("test_*.py"))
+           if '"-m", "socktools"' in p.read_text() and p.name not in ("test_cli_lazy.py", "test_cli_conventions.py")]
+    assert own == []

@@ -21,7 +21,7 @@ import pytest
 from peers import Nginx, Redis, _Peer, free_port
 from socktools.flood.worker import run_worker
 from socktools.wire.spec import WireSpec
-from conftest import wait_until
+from conftest import socktools_cmd, wait_until
 from test_flood_peers import config, flood_cli
 
 pytestmark = pytest.mark.timeout(90)
@@ -144,8 +144,8 @@ def test_accept_status_can_reject_2xx(nginx):
 
 
 def test_request_accept_status_404_on_a_200_exits_0(nginx):
-    out = subprocess.run([sys.executable, "-m", "socktools", "request", "--port", str(nginx.port),
-                          "--mode", "http", "--path", "/", "--accept-status", "404"],
+    out = subprocess.run(socktools_cmd("request", "--port", str(nginx.port),
+                          "--mode", "http", "--path", "/", "--accept-status", "404"),
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stdout + out.stderr
 

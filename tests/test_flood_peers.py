@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 import pytest
 
@@ -18,7 +17,7 @@ from socktools.flood.config import FloodConfig
 from socktools.flood.runner import run_flood
 from socktools.flood.worker import run_worker
 from socktools.wire.spec import WireSpec
-from conftest import after_second_fin, can_capture, wait_until
+from conftest import after_second_fin, can_capture, socktools_cmd, wait_until
 from threadserver import ThreadServer
 
 pytestmark = pytest.mark.timeout(90)
@@ -51,7 +50,7 @@ def config(port, spec, **kw):
 
 
 def flood_cli(*args):
-    return subprocess.run([sys.executable, "-m", "socktools", "flood", *args], capture_output=True,
+    return subprocess.run(socktools_cmd("flood", *args), capture_output=True,
                           text=True, timeout=60)
 
 
@@ -119,8 +118,8 @@ def test_cli_redis_json_counts_and_schemas(redis):
     assert doc["reply_failures"] == {"server-error": {"ERR value is not an integer or out of range":
                                                       calls["incr"]}} and calls["incr"] > 0
     for args in (["--command", "GET a"], ["--command", "NOSUCH"]):
-        out = subprocess.run([sys.executable, "-m", "socktools", "request", "--port", str(redis.port),
-                              "--mode", "redis", *args, "--json"], capture_output=True, text=True)
+        out = subprocess.run(socktools_cmd("request", "--port", str(redis.port),
+                              "--mode", "redis", *args, "--json"), capture_output=True, text=True)
         doc = json.loads(out.stdout)
         validate(doc, "request")
         assert doc["ok"] is (args[1] == "GET a") and doc["mode"] == "redis"
@@ -129,8 +128,8 @@ def test_cli_redis_json_counts_and_schemas(redis):
 def test_commands_with_spaces_from_the_environment(redis):
     import os
     env = dict(os.environ, SOCKTOOLS_FLOOD_COMMAND="SET a b\nINCR n\n")
-    out = subprocess.run([sys.executable, "-m", "socktools", "flood", "--port", str(redis.port), "--mode",
-                          "redis", "--conns", "2", "--workers", "1", "--requests", "40", "--json"],
+    out = subprocess.run(socktools_cmd("flood", "--port", str(redis.port), "--mode",
+                          "redis", "--conns", "2", "--workers", "1", "--requests", "40", "--json"),
                          capture_output=True, text=True, timeout=60, env=env)
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
@@ -140,17 +139,17 @@ def test_commands_with_spaces_from_the_environment(redis):
 
 
 def test_request_redis_info_and_an_error(redis):
-    out = subprocess.run([sys.executable, "-m", "socktools", "request", "--port", str(redis.port),
-                          "--mode", "redis", "--command", "INFO server"], capture_output=True, text=True)
+    out = subprocess.run(socktools_cmd("request", "--port", str(redis.port),
+                          "--mode", "redis", "--command", "INFO server"), capture_output=True, text=True)
     assert out.returncode == 0 and "redis_version:" in out.stdout
-    out = subprocess.run([sys.executable, "-m", "socktools", "request", "--port", str(redis.port),
-                          "--mode", "redis", "--command", "NOSUCH"], capture_output=True, text=True)
+    out = subprocess.run(socktools_cmd("request", "--port", str(redis.port),
+                          "--mode", "redis", "--command", "NOSUCH"), capture_output=True, text=True)
     assert out.returncode == 1 and "server-error" in out.stderr and "unknown command" in out.stdout
 
 
 def test_request_raw_show_bytes(redis):
-    out = subprocess.run([sys.executable, "-m", "socktools", "request", "--port", str(redis.port),
-                          "--mode", "raw", "--send", "PING\\r\\n", "--reply-until", "\\r\\n", "--show-bytes"],
+    out = subprocess.run(socktools_cmd("request", "--port", str(redis.port),
+                          "--mode", "raw", "--send", "PING\\r\\n", "--reply-until", "\\r\\n", "--show-bytes"),
                          capture_output=True, text=True)
     assert out.returncode == 0
     assert "b'PING\\r\\n'" in out.stdout and "b'+PONG\\r\\n'" in out.stdout
@@ -187,8 +186,8 @@ def test_cli_http_and_request_http(nginx):
                     "--workers", "1", "--requests", "30")
     assert out.returncode == 0, out.stderr
     assert "http, GET /" in out.stdout and "2xx 30" in out.stdout     # (not the 2 confirming replies)
-    out = subprocess.run([sys.executable, "-m", "socktools", "request", "--port", str(nginx.port),
-                          "--mode", "http", "--path", "/chunked"], capture_output=True, text=True)
+    out = subprocess.run(socktools_cmd("request", "--port", str(nginx.port),
+                          "--mode", "http", "--path", "/chunked"), capture_output=True, text=True)
     assert out.returncode == 0 and "HTTP 200" in out.stdout and "<p>one</p>two<p>three</p>" in out.stdout
 
 
@@ -293,8 +292,8 @@ def test_raw_until_close_from_the_cli_counts_wrong_replies_and_request_shows_the
         assert doc["reply_failures"] == {"wrong-reply": {"did not match --reply-match": 10}}
         assert doc["confirm_reply_failures"] == {"wrong-reply": {"did not match --reply-match": 2}}
         assert wait_until(lambda: server.answered == 12, 10)
-        out = subprocess.run([sys.executable, "-m", "socktools", "request", "--port", str(server.port), "--mode",
-                              "raw", "--send", "hi\\n", "--reply-until-close"], capture_output=True, text=True,
+        out = subprocess.run(socktools_cmd("request", "--port", str(server.port), "--mode",
+                              "raw", "--send", "hi\\n", "--reply-until-close"), capture_output=True, text=True,
                              timeout=30)
         assert out.returncode == 0 and "hello" in out.stdout, out.stderr
     bad = flood_cli("--port", "9", "--mode", "raw", "--send", "x", "--reply-until-close", "--pipeline", "2")
@@ -314,8 +313,8 @@ def test_http_head_has_no_body_whatever_its_content_length(nginx):
     # flood's tally equals nginx's own.
     assert stats.reply_classes == {"2xx": codes["200"] - 4, "4xx": codes["404"]} and codes["404"] > 0
     assert stats.bytes_in < 64 * 400   # heads only: /big's 'Content-Length' bytes never came
-    out = subprocess.run([sys.executable, "-m", "socktools", "request", "--port", str(nginx.port),
-                          "--mode", "http", "--method", "HEAD", "--path", "/big"], capture_output=True, text=True)
+    out = subprocess.run(socktools_cmd("request", "--port", str(nginx.port),
+                          "--mode", "http", "--method", "HEAD", "--path", "/big"), capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "HTTP 200" in out.stdout
 
@@ -338,8 +337,8 @@ def test_memcached_plugin_from_the_cli_and_request(memcached):
                     "--command", "get nothing", "--conns", "2", "--workers", "1", "--requests", "20")
     assert out.returncode == 0, out.stderr
     assert int(memcached.stats()["cmd_get"]) == 22
-    out = subprocess.run([sys.executable, "-m", "socktools", "request", "--port", str(memcached.port),
-                          "--protocol", "socktools.examples.memcached:Memcached", "--command", "set k v"],
+    out = subprocess.run(socktools_cmd("request", "--port", str(memcached.port),
+                          "--protocol", "socktools.examples.memcached:Memcached", "--command", "set k v"),
                          capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "STORED"
 
@@ -351,8 +350,8 @@ def test_memcached_plugin_from_the_cli_and_request(memcached):
 def test_sniff_decodes_a_real_redis_exchange(redis, mode):
     import signal
     import threading
-    sniff = subprocess.Popen([sys.executable, "-m", "socktools", "sniff", "--port", str(redis.port),
-                              "--decode", mode], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sniff = subprocess.Popen(socktools_cmd("sniff", "--port", str(redis.port),
+                              "--decode", mode), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines: list = []
     try:
         assert "Capturing on" in sniff.stderr.readline()
@@ -362,7 +361,7 @@ def test_sniff_decodes_a_real_redis_exchange(redis, mode):
             args = ["--mode", "redis", "--command", "SET greeting hello"]
         else:
             args = ["--mode", "line", "--send", "PING", "--eol", "crlf"]
-        out = subprocess.run([sys.executable, "-m", "socktools", "request", "--port", str(redis.port), *args],
+        out = subprocess.run(socktools_cmd("request", "--port", str(redis.port), *args),
                              capture_output=True, text=True, timeout=30)
         assert out.returncode == 0, out.stderr
         assert wait_until(lambda: after_second_fin(lines), 10), "".join(lines)
@@ -384,9 +383,9 @@ def test_sniff_decodes_a_real_redis_exchange(redis, mode):
 def test_ctrl_c_in_redis_mode_still_reports_and_counts_equal_the_servers(redis):
     import os
     import signal
-    proc = subprocess.Popen([sys.executable, "-m", "socktools", "flood", "--port", str(redis.port),
+    proc = subprocess.Popen(socktools_cmd("flood", "--port", str(redis.port),
                              "--mode", "redis", "--conns", "4", "--workers", "2", "--duration", "60s",
-                             "--interval", "100ms", "--json"],
+                             "--interval", "100ms", "--json"),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         lines = []

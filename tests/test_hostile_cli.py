@@ -8,6 +8,8 @@ stops before any socket is opened.
 from __future__ import annotations
 
 import pytest
+
+from tests.conftest import socktools_cmd
 from click.testing import CliRunner
 
 from socktools import addresses
@@ -132,14 +134,13 @@ def test_stall_warns_for_a_non_loopback_target(monkeypatch):
 
 import os  # noqa: E402
 import subprocess  # noqa: E402
-import sys  # noqa: E402
 
 OUTPUT_COMMANDS = [["--help"], ["explain", "--list"], ["explain", "ECONNRESET", "--json"], ["sockets"],
                    ["serve", "--help"]]
 
 
 def _socktools(args, stdout):
-    return subprocess.run([sys.executable, "-m", "socktools", *args], stdout=stdout,
+    return subprocess.run(socktools_cmd(*args), stdout=stdout,
                           stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, timeout=60)
 
 

@@ -5,14 +5,13 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import uuid
 
 import pytest
 from click.testing import CliRunner
 
 from socktools.cli import main
-from tests.conftest import wait_until
+from tests.conftest import socktools_cmd, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -53,8 +52,8 @@ def test_ctrl_c_during_the_flood_step_leaves_no_flood_running(target):
     marker = uuid.uuid4().hex
     env = dict(os.environ, SOCKTOOLS_HOSTILE_TEST=marker)
     # Its own session and group, like a shell job: the "terminal's" Ctrl-C goes to that group.
-    demo = subprocess.Popen([sys.executable, "-m", "socktools", "demo", "--no-capture", "--conns", "20",
-                             "--duration", "30s"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    demo = subprocess.Popen(socktools_cmd("demo", "--no-capture", "--conns", "20",
+                             "--duration", "30s"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env, start_new_session=True)
     try:
         # The flood step has started once its workers (children of the flood process) exist.

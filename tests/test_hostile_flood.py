@@ -6,7 +6,6 @@ Loopback only; every server a test starts, it stops.
 from __future__ import annotations
 
 import subprocess
-import sys
 import itertools
 
 import pytest
@@ -24,7 +23,7 @@ def echo_once(conn) -> None:
 
 
 def flood(*args: str, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "socktools", "flood", *args], capture_output=True,
+    return subprocess.run(socktools_cmd("flood", *args), capture_output=True,
                           text=True, timeout=60, stdin=subprocess.DEVNULL, **kw)
 
 
@@ -147,7 +146,7 @@ def test_low_fd_limit_with_yes_fails_in_one_line_not_a_traceback():
 
 import signal  # noqa: E402
 
-from tests.conftest import wait_until  # noqa: E402
+from tests.conftest import socktools_cmd, wait_until  # noqa: E402
 
 
 def half_answering(answer: int) -> ThreadServer:
@@ -169,9 +168,9 @@ def half_answering(answer: int) -> ThreadServer:
 def test_ctrl_c_in_the_connect_phase_reports_consistent_counts(as_json):
     # Issue 12 item 10: first round trips exceeded established connections, no connect phase, "0/s".
     server = half_answering(answer=5)
-    proc = subprocess.Popen([sys.executable, "-m", "socktools", "flood", "--port", str(server.port),
+    proc = subprocess.Popen(socktools_cmd("flood", "--port", str(server.port),
                              "--conns", "10", "--workers", "1", "--connect-timeout", "30s",
-                             "--duration", "30s", *(["--json"] if as_json else [])],
+                             "--duration", "30s", *(["--json"] if as_json else [])),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
     try:
         assert wait_until(lambda: server.accepted >= 10 and server.answered >= 5, timeout=30)

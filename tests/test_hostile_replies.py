@@ -12,6 +12,8 @@ import threading
 
 import pytest
 
+from tests.conftest import socktools_cmd
+
 pytestmark = pytest.mark.timeout(120)
 
 
@@ -79,8 +81,8 @@ def answering():
 
 
 def flood_json(port: int, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "socktools", "flood", "--mode", "redis", "--port", str(port),
-                           "--workers", "1", "--json", *args], capture_output=True, text=True, timeout=90,
+    return subprocess.run(socktools_cmd("flood", "--mode", "redis", "--port", str(port),
+                           "--workers", "1", "--json", *args), capture_output=True, text=True, timeout=90,
                           stdin=subprocess.DEVNULL)
 
 
@@ -103,9 +105,9 @@ _PEAK = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], stdin=s
 def _flood_peak(port: int) -> tuple:
     """(peak RSS in bytes, bytes received) of a short flood whose connect timeout leaves room
     for a slow shared machine to receive a large first reply."""
-    proc = subprocess.run([sys.executable, "-c", _PEAK, sys.executable, "-m", "socktools", "flood", "--mode",
-                           "redis", "--port", str(port), "--workers", "1", "--conns", "2", "--json",
-                           "--connect-timeout", "60s", "--requests", "2"],
+    proc = subprocess.run([sys.executable, "-c", _PEAK, *socktools_cmd(
+                           "flood", "--mode", "redis", "--port", str(port), "--workers", "1", "--conns", "2",
+                           "--json", "--connect-timeout", "60s", "--requests", "2")],
                           capture_output=True, text=True, timeout=110)
     assert proc.stdout, proc.stderr
     doc = json.loads(proc.stdout)

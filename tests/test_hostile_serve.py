@@ -14,14 +14,13 @@ import selectors
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 
 import pytest
 
 from socktools import protocol, reference
-from tests.conftest import server_recv_queues, wait_until
+from tests.conftest import server_recv_queues, socktools_cmd, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -33,8 +32,8 @@ class Server:
 
     def __init__(self, *args: str) -> None:
         self.log = tempfile.TemporaryFile(mode="w+")
-        self.proc = subprocess.Popen([sys.executable, "-m", "socktools", "serve", "--port", "0", "--json",
-                                      "--stats-interval", "0", *args],
+        self.proc = subprocess.Popen(socktools_cmd("serve", "--port", "0", "--json",
+                                      "--stats-interval", "0", *args),
                                      stdout=subprocess.PIPE, stderr=self.log, text=True)
         first = json.loads(self.proc.stdout.readline())
         self.address = (first["host"], first["port"])
@@ -339,7 +338,7 @@ def test_a_killed_workers_connections_are_not_counted_open_in_the_summary(server
 
 def test_binding_an_address_not_on_this_machine_says_so():
     # bind() of 192.0.2.1 (TEST-NET-1) fails locally with EADDRNOTAVAIL: nothing is sent.
-    proc = subprocess.run([sys.executable, "-m", "socktools", "serve", "--host", "192.0.2.1", "--port", "0"],
+    proc = subprocess.run(socktools_cmd("serve", "--host", "192.0.2.1", "--port", "0"),
                           capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
     assert proc.returncode == 1
     assert "EADDRNOTAVAIL" in proc.stderr and "that address is not on this machine" in proc.stderr

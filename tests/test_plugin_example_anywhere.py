@@ -13,9 +13,10 @@ import os
 import pathlib
 import shlex
 import subprocess
-import sys
 
 import pytest
+
+from tests.conftest import socktools_cmd
 from click.testing import CliRunner
 
 from peers import Memcached
@@ -52,7 +53,7 @@ def run_elsewhere(tmp_path, words: list) -> subprocess.CompletedProcess:
     cwd = tmp_path / "elsewhere"
     cwd.mkdir(exist_ok=True)
     env = {**os.environ, "PYTHONPATH": str(site)}
-    return subprocess.run([sys.executable, "-m", "socktools", *words], cwd=cwd, env=env,
+    return subprocess.run(socktools_cmd(*words), cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=60)
 
 

@@ -21,10 +21,11 @@ from __future__ import annotations
 import os
 import struct
 import subprocess
-import sys
 import tracemalloc
 
 import pytest
+
+from tests.conftest import socktools_cmd
 from click.testing import CliRunner
 
 from socktools.capture import dissect as d
@@ -294,7 +295,7 @@ def test_the_real_command_exits_1_on_a_malformed_file_and_0_on_an_unusual_one(tm
     for name, code in [("ng-idb-empty", 1), ("ng-tsresol-0-max-ticks", 1), ("ng-unknown-block-type", 0)]:
         path = tmp_path / f"{name}.pcapng"
         path.write_bytes(CASES[name][0])
-        res = subprocess.run([sys.executable, "-m", "socktools", "sniff", "-r", str(path), "--time", "ad"],
+        res = subprocess.run(socktools_cmd("sniff", "-r", str(path), "--time", "ad"),
                              capture_output=True, text=True, cwd=root, timeout=60)
         assert res.returncode == code, res.stderr
         assert "Traceback" not in res.stderr

@@ -12,10 +12,11 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import struct
 
 import pytest
+
+from tests.conftest import socktools_cmd
 from test_sockets_units import _inet_msg, _nlmsg, _rta
 
 from socktools import __main__ as entry_point
@@ -191,7 +192,7 @@ def test_a_sockets_variable_sends_the_bare_command_to_the_switchboard(monkeypatc
     monkeypatch.setattr(plain, "table_text", lambda: "TABLE")
     monkeypatch.setenv("SOCKTOOLS_SOCKETS_JSON", "1")
     assert entry_point._plain_sockets(["socktools", "sockets"]) is None
-    out = subprocess.run([sys.executable, "-m", "socktools", "sockets"], capture_output=True, text=True,
+    out = subprocess.run(socktools_cmd("sockets"), capture_output=True, text=True,
                          env=dict(os.environ, SOCKTOOLS_SOCKETS_JSON="1"), timeout=60)
     assert out.returncode == 0, out.stderr
     assert isinstance(json.loads(out.stdout), dict)

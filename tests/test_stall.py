@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 from socktools.cli import main
-from tests.conftest import skip_without_ipv6
+from tests.conftest import skip_without_ipv6, socktools_cmd
 from socktools.stall.steps import Arithmetic, StallConfig, StallError, Staller, run_stall
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
@@ -342,7 +342,7 @@ def test_config_validates_and_names_the_option(fields, option):
 
 
 def _run_cli(*args, **kw):
-    return subprocess.run([sys.executable, "-m", "socktools", "stall", *args],
+    return subprocess.run(socktools_cmd("stall", *args),
                           capture_output=True, text=True, timeout=60, **kw)
 
 
@@ -367,8 +367,8 @@ def _stall_connection(pid: int) -> tuple[int, int] | None:
 
 def test_ctrl_c_stops_cleanly_and_stops_the_sink():
     # A long settle keeps stall busy after the connection is made; interrupt it there.
-    proc = subprocess.Popen([sys.executable, "-m", "socktools", "stall", "--settle", "60s",
-                             "--timeout", "60s"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    proc = subprocess.Popen(socktools_cmd("stall", "--settle", "60s",
+                             "--timeout", "60s"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     try:
         found = None
