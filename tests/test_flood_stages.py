@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import random
 import time
+from collections import deque
+from types import SimpleNamespace
 
 import pytest
 from click.testing import CliRunner
@@ -19,11 +21,16 @@ from click.testing import CliRunner
 from socktools.errors import OptionError
 from socktools.flood import lifecycle as lc
 from socktools.flood import stages as stg
+from socktools.flood import stats as st
 from socktools.flood.config import FloodConfig
+from socktools.flood.exchange import ClosedLoop
+from socktools.flood.paced import OpenLoop
 from socktools.flood.report import render_table
 from socktools.flood.runner import run_flood
 from socktools.flood.timeline import rows
+from socktools.flood.session import Session, Slot
 from socktools.flood.worker import RAMP_STEP, run_worker
+from socktools.wire.spec import WireSpec, build
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -214,3 +221,81 @@ def test_a_ramped_rate_schedules_exactly_the_integral_of_the_ramp(start_server):
 
 def test_the_ramp_controller_step_fits_the_shortest_stage():
     assert stg.MIN_STAGE == RAMP_STEP
+
+
+# ----------------------------------------------------------------- retiring, without sockets
+
+class RetiringConn:
+    """A fake connection that, as the real one, runs its protocol's ``connection_lost`` on close."""
+
+    def __init__(self, slot, protocol) -> None:
+        self.ctx = slot
+        self.protocol = protocol
+        self.written: list = []
+        self.closed = False
+        self.eof = False
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def set_protocol(self, protocol) -> None:
+        self.protocol = protocol
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.protocol.connection_lost(self, None)
+
+    abort = close
+
+
+def _pipelined(kind):
+    """A session in traffic with one connection of ``kind``'s loop, three GETs in flight."""
+    spec = WireSpec(mode="redis", commands=("GET k",))
+    extra = dict(stages="1s:1:100,1s:0:0") if kind is OpenLoop else dict(stages="1s:1,1s:0")
+    cfg = FloodConfig(address=("127.0.0.1", 9), port=9, mode="redis", wire=spec, workers=1, pipeline=3,
+                      conns=None, duration=None, **extra)
+    clock = SimpleNamespace(now=0)
+    loop = SimpleNamespace(call_later=lambda delay, cb: None, connections={})
+    proto = build(spec)
+    s = Session(cfg, 0, loop, lambda: clock.now, st.WorkerStats(), proto, lambda conn: None, lambda: 0)
+    traffic = kind(s, None)
+    s.start_traffic(traffic)
+    slot = Slot(0, 0, lc.RAMPING)
+    slot.parser = proto.parser()
+    conn = RetiringConn(slot, traffic)
+    s.adopt(conn)
+    lc.step(slot, "made")
+    if kind is OpenLoop:
+        traffic.order = [conn]
+        slot.times, slot.dues, slot.backlog = deque([10, 10, 10]), deque([5, 6, 7]), deque([8])
+        traffic.sent = 3
+    else:
+        traffic.send_first(conn, 10)              # three requests leave at t=10
+    conn.written.clear()
+    return s, clock, traffic, conn
+
+
+@pytest.mark.parametrize("kind", ["closed", "open"])
+def test_a_retired_connection_answers_what_it_owes_sends_nothing_new_then_closes(kind):
+    s, clock, traffic, conn = _pipelined(ClosedLoop if kind == "closed" else OpenLoop)
+    sent = traffic.requests_sent()
+    traffic.retire([conn])
+    assert conn.ctx.state == lc.RETIRING and conn not in s.live and conn in s.retiring
+    clock.now = 50
+    conn.protocol.data_received(conn, b"$-1\r\n$-")       # one answer and a piece of the next
+    assert not conn.closed
+    conn.protocol.data_received(conn, b"1\r\n$-1\r\n")     # the second and third
+    # The open loop's request queued before the retirement goes out (scheduled in the traffic) ...
+    assert conn.written == ([] if kind == "closed" else [b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"])
+    assert conn.closed == (kind == "closed")               # the closed loop owed no more
+    if kind == "open":
+        conn.protocol.data_received(conn, b"$-1\r\n")      # ... and its answer is awaited too
+    # Answered (each latency counted as the loop counts it), nothing new sent, closed by us:
+    # not a failure, not unanswered, not lost.
+    assert conn.closed and conn.ctx.state == lc.CLOSED and not s.retiring
+    hist = s.rec["latency"].take()
+    assert hist.get_total_count() == (3 if kind == "closed" else 4)
+    assert traffic.requests_sent() == sent + (0 if kind == "closed" else 1)
+    c = s.stats
+    assert c.unanswered == c.lost == c.failed == 0 and not c.errors and s.phase == "traffic"
