@@ -31,6 +31,7 @@ from socktools.flood.timeline import rows
 from socktools.flood.session import Session, Slot
 from socktools.flood.worker import RAMP_STEP, run_worker
 from socktools.wire.spec import WireSpec, build
+from test_flood_session import FakeConn
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -225,18 +226,12 @@ def test_the_ramp_controller_step_fits_the_shortest_stage():
 
 # ----------------------------------------------------------------- retiring, without sockets
 
-class RetiringConn:
+class RetiringConn(FakeConn):
     """A fake connection that, as the real one, runs its protocol's ``connection_lost`` on close."""
 
     def __init__(self, slot, protocol) -> None:
-        self.ctx = slot
+        super().__init__(slot)
         self.protocol = protocol
-        self.written: list = []
-        self.closed = False
-        self.eof = False
-
-    def write(self, data: bytes) -> None:
-        self.written.append(data)
 
     def set_protocol(self, protocol) -> None:
         self.protocol = protocol
