@@ -189,6 +189,9 @@ ROUTES = {
         "server_workers": (["--server-workers", "3"], field("server_workers", 3)),
         "interval": (["--interval", "250ms"], field("interval", 0.25)),   # 1 s is the default
         "cluster": (["--cluster", "local:2"], field("cluster", "local:2")),
+        "stages": (["--stages", "1s:5:50,2s:0:0"],
+                   both(field("stages", ((1.0, 5, 50.0), (2.0, 0, 0.0))), field("conns", 5),
+                        field("duration", 3.0), field("rate", 50.0))),
         "as_json": (["--json"], lambda call, base: (call.view == "json" and base.view == "table") or _fail()),
         # result files and criteria: handed to the JSON view and the file writer
         "thresholds": (["--threshold", "p99<5ms"],

@@ -133,6 +133,34 @@ def test_merged_percentiles_equal_the_shards_histograms_merged_by_hand(dask_clus
     assert srv.final_summary()["bytes_in"] == result.totals.counters["bytes_out"]
 
 
+def test_stages_ramp_on_both_shards_and_the_totals_add_up(dask_cluster, start_server):
+    from socktools.flood.timeline import rows
+    cluster, client = dask_cluster
+    two_workers(client)
+    srv = start_server("--mode", "framed", json_events=True)
+    # 0 -> 10 -> 20 (held, so a tick sees the peak) -> 0: each shard holds half of every target.
+    result = run_flood(cfg(cluster, srv.port, mode="framed", conns=None, requests=None, interval=0.1,
+                           stages="0.4s:10,0.4s:20,0.5s:20,0.4s:0"))
+    srv.stop()
+    c = result.totals.counters
+    shards = result.totals.workers
+    assert len(shards) == 2 and doc_lost(result) == []
+    # Both shards ramped: each opened at least its share of the peak (10 of the 20).
+    assert all(s.established >= 10 and s.failed == 0 and s.lost == 0 for s in shards)
+    assert c["established"] == sum(s.established for s in shards)
+    traffic = [r for r in rows(result) if r["phase"] == "traffic"]
+    assert max(r["open"] for r in traffic) == 20 == max(r["target_conns"] for r in traffic)
+    assert all(r["open"] <= 20 for r in traffic) and traffic[-1]["open"] < 20
+    # The totals are the shards' sums, and equal the server's own count.
+    assert c["traffic_requests"] == sum(s.traffic_requests for s in shards) == c["traffic_responses"] > 0
+    assert c["unanswered"] == 0 and not result.totals.errors
+    assert srv.final_summary()["requests"] == c["requests"] == srv.final_summary()["responses"]
+
+
+def doc_lost(result) -> list:
+    return to_json(result)["lost"]
+
+
 def test_a_dask_worker_killed_mid_run_is_reported_and_the_run_completes(dask_cluster, start_server):
     cluster, client = dask_cluster
     two_workers(client)

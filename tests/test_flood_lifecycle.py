@@ -52,8 +52,8 @@ def test_a_replacement_joins_the_traffic_without_a_confirming_trip():
     assert lc.step(slot, "made") == lc.TRAFFIC
 
 
-@pytest.mark.parametrize("state", [lc.CONNECTING, lc.REOPENING, lc.CONFIRMING, lc.READY, lc.TRAFFIC,
-                                   lc.DRAINING])
+@pytest.mark.parametrize("state", [lc.CONNECTING, lc.REOPENING, lc.RAMPING, lc.CONFIRMING, lc.READY,
+                                   lc.TRAFFIC, lc.RETIRING, lc.DRAINING])
 def test_every_open_state_can_close_and_closed_is_final(state):
     slot = S(state)
     assert lc.step(slot, "closed") == lc.CLOSED

@@ -116,7 +116,7 @@ def test_csv_rows_equal_the_json_intervals(run):
     assert len(rows) == len(doc["intervals"])
     for line, row in zip(rows, doc["intervals"]):
         for name in ROW_FIELDS:
-            assert line[name] == str(row[name]), name
+            assert line[name] == ("" if row[name] is None else str(row[name])), name   # null: empty
         lat = row["latency"] or {}
         assert line["latency_count"] == str(lat.get("count", ""))
         for key in ("p50", "p99", "max"):

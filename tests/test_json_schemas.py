@@ -93,6 +93,19 @@ def test_flood_json_and_its_interval_lines():
         validate(line, "flood", "#/$defs/interval_event")
 
 
+def test_a_staged_flood_json_follows_the_schema():
+    proc = subprocess.run(socktools_cmd("flood", "--stages", "0.3s:3:300,0.3s:0:0", "--workers", "1",
+                                        "--interval", "0.1s", "--json"),
+                          capture_output=True, text=True, timeout=90)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout.splitlines()[-1])
+    validate(doc, "flood")
+    assert doc["config"]["stages"] == [{"duration": 0.3, "conns": 3, "rate": 300.0},
+                                       {"duration": 0.3, "conns": 0, "rate": 0.0}]
+    traffic = [r for r in doc["intervals"] if r["phase"] == "traffic"]
+    assert traffic and all(r["target_conns"] is not None and r["target_rps"] is not None for r in traffic)
+
+
 def test_serve_json_lines(start_server):
     srv = start_server("--stats-interval", "0.1s", json_events=True)
     with socket.create_connection(srv.address, timeout=5) as s:

@@ -48,7 +48,7 @@ NO_SIDEWAYS = {3}
 #: not named here is engine.  The data modules import no engine (so a report or
 #: a parent process can read results without starting anything), and a report
 #: is a view: it reads data and the foundations, never the engine or the core.
-DATA: dict[str, int] = {"config": 0, "limits": 1, "stats": 1, "result": 2, "results": 2,
+DATA: dict[str, int] = {"config": 0, "stages": 0, "limits": 1, "stats": 1, "result": 2, "results": 2,
                         "timeline": 2, "thresholds": 2}
 REPORT = "report"
 #: Third-party modules allowed only inside the listed units or modules.

@@ -184,6 +184,15 @@ def test_a_saved_document_without_the_partial_flag_still_knows_its_tail():
     assert [line["partial"] for line in csv_rows({"intervals": rows})] == [False, True]
 
 
+def test_a_staged_run_draws_the_targets_beside_the_measured_values():
+    rows = [interval(0, 1, 180.0, 900.0, target_conns=10, target_rps=1000.0, partial=False),
+            interval(1, 2, 185.0, 1900.0, target_conns=20, target_rps=2000.0, partial=False)]
+    svg = plots.over_time(rows)
+    assert "open connections" in svg and svg.count("target (--stages)") == 2   # conns and rate
+    plain = plots.over_time([dict(r, target_conns=None, target_rps=None) for r in rows])
+    assert "open connections" not in plain and "target (--stages)" not in plain
+
+
 def test_a_run_shorter_than_one_interval_draws_its_only_interval():
     rows = [interval(0, 0.4, 180.0, 9_000.0, phase="end", partial=True)]
     assert plots.over_time_rows(rows) == (rows, [])

@@ -25,6 +25,8 @@ Examples:
   socktools flood --interval 1s --threshold 'p99<5ms' --threshold errors==0
   socktools flood --duration 30s --report run.html --hgrm run.hgrm --json > run.json
   socktools flood --cluster local:2 --conns 1000 --duration 5s   # shards on Dask
+  socktools flood --stages 10s:100,30s:500,10s:0 --report ramp.html   # ramp the connections
+  socktools flood --stages 10s:100:2000,30s:500:10000,10s:0:0        # ... and the rate
   socktools flood --cluster tcp://scheduler:8786 --host target --port 65432 --conns 100000
 
 \b
@@ -94,6 +96,11 @@ EXIT_SIGTERM = 128 + 15
 @click.option("--interval", "-i", type=DURATION, default=None, metavar="DURATION",
               help="Print one progress row per interval (with --json: one NDJSON line).  The JSON, "
                    "--report and the files have intervals either way: of this length, else 1s.")
+@click.option("--stages", default=None, metavar="DUR:CONNS[:RATE],...",
+              help="Ramp the open connections (and, with a third field, the requests/s) linearly "
+                   "from 0 to each stage's target over its duration, like k6's stages; the traffic "
+                   "lasts the sum of the stages.  Sets --conns (the largest target), --duration "
+                   "and --rate: give none of them.")
 @click.option("--cluster", default=None, metavar="local:N|tcp://HOST:8786",
               help="Run the worker shards as tasks on a Dask cluster: a scheduler's address, or "
                    "local:N for N local processes.  --workers then counts shards [default: one "
@@ -106,7 +113,7 @@ EXIT_SIGTERM = 128 + 15
 @output_options
 @click.pass_context
 def command(ctx, host, port, conns, workers, mode, pipeline, size, action, value, duration, requests, rate,
-            connect_rate, connect_timeout, source, server_workers, interval, cluster, as_json, yes, outputs,
+            connect_rate, connect_timeout, source, server_workers, interval, stages, cluster, as_json, yes, outputs,
             **wire_params):
     """Load a TCP server with many concurrent connections and report what happened.
 
@@ -119,7 +126,11 @@ def command(ctx, host, port, conns, workers, mode, pipeline, size, action, value
     """
     from socktools.flood.config import FloodConfig
 
-    if duration is None:
+    if stages is not None:
+        # The stages set these; a value given anyway is the config's usage error (naming --stages).
+        if ctx.get_parameter_source("conns") is click.core.ParameterSource.DEFAULT:
+            conns = None
+    elif duration is None:
         duration = 600.0 if requests is not None else 10.0
     sources: tuple = ()
     if source is not None:
@@ -164,7 +175,7 @@ def command(ctx, host, port, conns, workers, mode, pipeline, size, action, value
                           requests=requests, rate=rate, connect_rate=connect_rate,
                           connect_timeout=connect_timeout, sources=sources, interval=tick,
                           embedded=embedded, server_workers=server_workers or 0,
-                          wire=spec, pipeline=pipeline, cluster=cluster)
+                          wire=spec, pipeline=pipeline, cluster=cluster, stages=stages or ())
     _run(config, as_json=as_json, rows=interval is not None, outputs=outputs, yes=yes)
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from socktools.errors import OptionError
+from socktools.flood import stages as stg
 from socktools.wire import modes as wire_modes
 from socktools.wire.spec import WireOptionError, WireSpec, build
 
@@ -82,7 +83,7 @@ class FloodConfig:
     """
 
     mode: str = "echo"
-    conns: int = 100
+    conns: int = 100                        # None with stages: the largest target
     workers: int = 1                        # 0 = flood chooses (``workers_chosen`` False)
     host: str = "127.0.0.1"
     port: int = 0
@@ -105,9 +106,12 @@ class FloodConfig:
     wire: Optional[WireSpec] = None         # raw/line/redis/http/plugin: the exchange asked for
     pipeline: int = 1                       # requests in flight per connection
     cluster: Optional[str] = None           # shards on Dask: "local:N" or a scheduler address
+    stages: tuple = ()                      # load stages (a "10s:100,..." text, parsed here)
 
     def __post_init__(self) -> None:
         # OptionError names the field, which is also the CLI option (the CLI says which one).
+        if self.stages or isinstance(self.stages, str):   # ("": a bad --stages, not none)
+            self._take_stages()
         if self.mode not in MODES:
             raise OptionError("mode", f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
         if self.conns < 1:
@@ -160,6 +164,38 @@ class FloodConfig:
                                   "--host) of a server every load host can reach: flood's own "
                                   "server would listen on this machine's loopback only")
 
+    def _take_stages(self) -> None:
+        """Parse the stages; they set the traffic's length (their sum), the pool of connection
+        numbers (``conns``: the largest target) and, with rates, the open loop's peak ``rate``.
+        Leave ``duration`` and ``conns`` (and ``rate``) None: a value given must be the one the
+        stages set (so a copy made with ``dataclasses.replace`` validates again)."""
+        try:
+            parsed = stg.parse(self.stages) if isinstance(self.stages, str) else stg.check(self.stages)
+        except ValueError as exc:
+            raise OptionError("stages", str(exc)) from None
+        derived = {"duration": stg.total(parsed), "conns": stg.peak_conns(parsed),
+                   "rate": stg.peak_rate(parsed)}
+        if derived["duration"] > MAX_DURATION:
+            raise OptionError("stages", "the stages must last at most 24h in all")
+        if self.mode == "connect":
+            raise OptionError("stages", "connect mode keeps no connection open to ramp: no --stages")
+        for name, value in derived.items():
+            given = getattr(self, name)
+            if given is not None and given != value:
+                raise OptionError("stages", {
+                    "duration": "--stages sets the traffic's length (the sum of the stages): no --duration",
+                    "conns": "--stages sets the connections (the largest target): no --conns",
+                    "rate": ("--stages sets the rate (each stage's third field): no --rate" if value is not None
+                             else "the stages set no rate: give every stage one (DURATION:CONNS:RATE), "
+                                  "not --rate")}[name])
+            object.__setattr__(self, name, value)
+        object.__setattr__(self, "stages", parsed)
+
+    @property
+    def staged_rate(self) -> bool:
+        """The stages ramp the request rate too (open loop)."""
+        return bool(self.stages) and self.stages[0].rate is not None
+
     @property
     def workers_chosen(self) -> bool:
         """The user chose how many workers (0: flood picks them to fit, and says so)."""
@@ -183,6 +219,10 @@ class FloodConfig:
 
     def rate_of(self, worker: int) -> Optional[float]:
         return None if self.rate is None else self.rate * self.conns_of(worker) / self.conns
+
+    def share_of(self, worker: int) -> float:
+        """``worker``'s part of the run's rate (and of each stage's): its part of the connections."""
+        return self.conns_of(worker) / self.conns
 
     def connect_rate_of(self, worker: int) -> Optional[float]:
         if self.connect_rate is None:

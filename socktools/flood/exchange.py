@@ -14,7 +14,10 @@ instance serves all the connections of a worker; per-connection state is a
   form for a busy poll;
 * :class:`ClosedLoop` -- closed loop for any protocol, up to ``pipeline``
   requests in flight, each timed from its own send;
-* the paced loops (``--rate``, ``--no-reply``) are in :mod:`socktools.flood.paced`.
+* the paced loops (``--rate``, ``--no-reply``) are in :mod:`socktools.flood.paced`;
+* :class:`Retiring` -- ``--stages`` ramping down: a connection taken off the traffic loop
+  (``conn.set_protocol``, so the hot path has no per-reply check for it) answers what it
+  owes, sends nothing new, and is closed by us.
 """
 
 from __future__ import annotations
@@ -23,12 +26,13 @@ import collections
 import operator
 from typing import Optional
 
+from socktools.flood import lifecycle as lc
 from socktools.flood import stats as st
 from socktools.flood.session import Session, Slot, owed
 from socktools.core.loop import Connection, Protocol
 from socktools.wire.base import WireError
 
-__all__ = ["Confirm", "Traffic", "FixedLoop", "ClosedLoop"]
+__all__ = ["Confirm", "Traffic", "FixedLoop", "ClosedLoop", "Retiring"]
 
 _get_ctx = operator.attrgetter("ctx")
 _get_got = operator.attrgetter("got")
@@ -114,13 +118,16 @@ class Traffic(Confirm):
         self.latency = session.rec["latency"]
         self.pipeline = session.config.pipeline
         self.opening = 0          # reconnections not yet made
+        self.retiring: Optional[Retiring] = None   # --stages: the protocol of retired connections
 
     def connection_made(self, conn: Connection) -> None:
         """A reconnection (:meth:`Session.renew`) is up: time its connect, go on sending."""
         s = self.s
+        ramp = conn.ctx.state == lc.RAMPING    # --stages: one more of the ramp, not a reconnection
         slot, now = self.made(conn)
-        self.opening -= 1
-        s.reconnected()
+        if not ramp:
+            self.opening -= 1
+            s.reconnected()
         # In the drain, a reconnection that owes requests goes on: the cut-off ones queued for
         # it, or one the pacer wrote while it was still connecting (open loop).
         if s.phase == "traffic" or (s.phase == "drain" and owed(slot)):
@@ -129,7 +136,7 @@ class Traffic(Confirm):
             conn.close()
 
     def connection_lost(self, conn: Connection, exc: Optional[BaseException]) -> None:
-        if conn.ctx.parser is None:   # a reconnection that never connected
+        if conn.ctx.parser is None and conn.ctx.state == lc.REOPENING:   # a reconnection that never connected
             self.opening -= 1
         self.s.lost(conn, exc)
 
@@ -149,6 +156,40 @@ class Traffic(Confirm):
 
     def time_up(self) -> None:
         """The duration is over (the open loop completes its schedule first)."""
+
+    # ------------------------------------------------------------ --stages
+    def join(self, conn: Connection) -> None:
+        """A connection of the ramp is on its way (a closed loop sends once it is made)."""
+
+    def retire(self, conns: list) -> None:
+        """The ramp takes ``conns`` down: they send nothing more, answer what they owe, close."""
+        retiring = self.retiring
+        if retiring is None:
+            retiring = self.retiring = Retiring(self)
+        for conn in conns:
+            self.s.retire(conn, retiring)
+
+    def retiring_data(self, conn: Connection, slot: Slot, data: bytes) -> None:
+        n = self.feed(conn, slot, data)
+        if n > 0:
+            self.retiring_replies(conn, slot, n)
+
+    def retiring_replies(self, conn: Connection, slot: Slot, n: int) -> None:
+        """``n`` answers on a retiring connection: timed as the loop times them, nothing sent."""
+        if self.surplus_of(conn, slot, n):
+            return
+        now = self.clock()
+        times = slot.times
+        for _ in range(n):
+            self.latency.record(now - times.popleft())
+        self.s.retired(conn, n)
+
+    def surplus_of(self, conn: Connection, slot: Slot, n: int) -> bool:
+        """More answers than requests in flight on a retiring connection: it ends (True)."""
+        if n > (len(slot.times) if slot.times else 0):
+            self.s.broken(conn, self.surplus, "an answer arrived while no request was outstanding")
+            return True
+        return False
 
     def resume(self, conn: Connection, slot: Slot, now: int) -> None:
         """Closed loop: a reconnection sends first the requests its predecessor's close cut off
@@ -300,18 +341,31 @@ class FixedLoop(Traffic):
         self.left -= n
         conns[0].loop.write_batch(conns, [payload] * n)
 
+    def retiring_data(self, conn: Connection, slot: Slot, data: bytes) -> None:
+        """The one answer a retiring connection owes (whole or in pieces): timed, then closed."""
+        if self._whole(conn, slot, len(data)):
+            self.latency.record(self.clock() - slot.sent)
+            slot.sent = 0
+            self.s.retired(conn, 1)
+
     def _piece(self, conn: Connection, slot: Slot, n: int) -> None:
         """Part of an answer (or too much): count it; once whole, take the common path."""
+        if self._whole(conn, slot, n):
+            self.data_received(conn, self.payload if self.expect is not None else b"\0" * self.size)
+
+    def _whole(self, conn: Connection, slot: Slot, n: int) -> bool:
+        """``n`` more bytes of the answer: True once it is whole (counted again from 0); too
+        many end the connection."""
         got = slot.got + n
         if got < self.size:
             slot.got = got
-            return
+            return False
         if got > self.size:
             self.s.broken(conn, self.surplus, f"the server returned {got - self.size} byte(s) more "
                                               f"than one answer")
-            return
+            return False
         slot.got = 0
-        self.data_received(conn, self.payload if self.expect is not None else b"\0" * self.size)
+        return True
 
 
 class ClosedLoop(Traffic):
@@ -405,3 +459,29 @@ class ClosedLoop(Traffic):
         if out_c:
             # Every connection answered: the poll's own list (write_batch knows its fds already).
             out_c[0].loop.write_batch(conns if len(out_c) == len(conns) else out_c, out_d)
+
+
+class Retiring(Protocol):
+    """``--stages`` ramping down: what a retired connection runs (``conn.set_protocol``).
+
+    It sends nothing; the answers it owes are counted by its traffic loop
+    (``retiring_data``: the same latency records, so *answered* stays exact), then
+    :meth:`Session.retired` closes it.  No ``data_batch``: the batch path leaves it to
+    ``data_received``, and the traffic loops' hot paths carry no check for it."""
+
+    def __init__(self, traffic: Traffic) -> None:
+        self.t = traffic
+        self.s = traffic.s
+
+    def data_received(self, conn: Connection, data: bytes) -> None:
+        self.t.retiring_data(conn, conn.ctx, data)
+
+    def replies(self, conn: Connection, slot: Slot, n: int) -> None:
+        """Answers completed by the peer's close (close-delimited replies)."""
+        self.t.retiring_replies(conn, slot, n)
+
+    def eof_received(self, conn: Connection) -> None:
+        self.s.peer_closed(conn)
+
+    def connection_lost(self, conn: Connection, exc: Optional[BaseException]) -> None:
+        self.s.lost(conn, exc)

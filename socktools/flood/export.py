@@ -76,7 +76,8 @@ def csv_rows(doc: dict) -> list:
     """The CSV's rows as dicts (header names as keys), one per interval."""
     out = []
     for row in doc.get("intervals", []):
-        line = {name: row[name] for name in ROW_FIELDS if name != "partial"}
+        # (.get: rows saved before --stages have no target columns)
+        line = {name: row.get(name) for name in ROW_FIELDS if name != "partial"}
         line["partial"] = is_partial(row)      # also for documents saved before rows carried it
         lat = row.get("latency") or {}
         for name in CSV_LATENCY:

@@ -89,6 +89,9 @@ class Intervals:
         phases = {t.phase for t in latest}
         # No tick yet from anyone (shards still starting): the run is connecting.
         phase = next((p for p in PHASE_ORDER if p in phases), "done" if latest else "connect")
+        # --stages: the targets at the tick (each worker's share, summed); None without stages.
+        targets = [t.target_conns for t in latest if t.target_conns is not None]
+        rates = [t.target_rps for t in latest if t.target_rps is not None]
         record = {"event": "interval", "t": round(seq * interval, 3), "phase": phase,
                   "established": cum["established"], "open": cum["open"], "failed": cum["failed"],
                   "errors": cum["errors"],
@@ -98,6 +101,8 @@ class Intervals:
                   "rps": round((cum["traffic_responses"] - prev["traffic_responses"]) / interval, 1),
                   "bytes_out": cum["bytes_out"] - prev["bytes_out"],
                   "bytes_in": cum["bytes_in"] - prev["bytes_in"],
+                  "target_conns": sum(targets) if targets else None,
+                  "target_rps": round(sum(rates), 1) if rates else None,
                   "latency": st.summarize(delta_hist),
                   # one percentile, not a summary: this runs once per interval, in the loop
                   # that also watches for Ctrl-C

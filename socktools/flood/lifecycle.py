@@ -16,6 +16,8 @@ A connection's states::
 
     connecting --made--> confirming --confirmed--> ready --go--> traffic --drain--> draining
     reopening  --made--> traffic       (a replacement during the traffic: no confirming trip)
+    ramping    --made--> traffic       (--stages: one more connection of the ramp, likewise)
+    traffic    --retire--> retiring    (--stages: the ramp goes down; answered, then closed)
     any state but closed --closed--> closed
 
 Where later work adds states (each is a row or two here, plus the verb that fires it):
@@ -29,7 +31,7 @@ from __future__ import annotations
 
 __all__ = ["LifecycleError", "Machine", "WORKER", "CONNECTION", "worker_machine", "step",
            "CONNECT", "READY", "TRAFFIC", "DRAIN", "CLOSE",
-           "CONNECTING", "REOPENING", "CONFIRMING", "DRAINING", "CLOSED"]
+           "CONNECTING", "REOPENING", "RAMPING", "RETIRING", "CONFIRMING", "DRAINING", "CLOSED"]
 
 # ------------------------------------------------------------------ the worker's phases
 CONNECT = "connect"
@@ -52,6 +54,8 @@ WORKER: dict = {
 # ------------------------------------------------------------------ a connection's states
 CONNECTING = "connecting"
 REOPENING = "reopening"
+RAMPING = "ramping"
+RETIRING = "retiring"
 CONFIRMING = "confirming"
 DRAINING = "draining"
 CLOSED = "closed"
@@ -62,10 +66,12 @@ CONNECTION: dict = {
     (CONFIRMING, "confirmed"): READY,
     (READY, "go"): TRAFFIC,
     (REOPENING, "made"): TRAFFIC,
+    (RAMPING, "made"): TRAFFIC,
+    (TRAFFIC, "retire"): RETIRING,
     (TRAFFIC, "drain"): DRAINING,
     (READY, "drain"): DRAINING,        # confirmed, but the traffic never started (a stop)
 }
-for _state in (CONNECTING, REOPENING, CONFIRMING, READY, TRAFFIC, DRAINING):
+for _state in (CONNECTING, REOPENING, RAMPING, CONFIRMING, READY, TRAFFIC, RETIRING, DRAINING):
     CONNECTION[(_state, "closed")] = CLOSED
 del _state
 

@@ -12,6 +12,7 @@ import collections
 from typing import Optional
 
 from socktools.core.loop import Connection
+from socktools.flood import stages as stg
 from socktools.flood.exchange import Traffic
 from socktools.flood.session import Session, Slot
 
@@ -38,12 +39,24 @@ class OpenLoop(Traffic):
     its next send is due queues that due time and sends as soon as an answer
     is in; latency is counted from the due time (corrected) and from the real
     send (uncorrected).
+
+    With rates in ``--stages`` the schedule follows the ramp: send ``n`` (from 1) is due when
+    the integral of this worker's share of the rate reaches ``n``, and the run schedules
+    ``floor`` of the whole integral (:mod:`socktools.flood.stages`); the pacer deals to the
+    connections open at that moment, in turn (the ramp adds and retires them).
     """
 
     def __init__(self, session: Session, quota: Optional[int]) -> None:
         super().__init__(session, quota)
-        self.rate = session.config.rate_of(session.index)
+        cfg = session.config
+        self.rate = cfg.rate_of(session.index)
         self.scheduled = 0
+        # --stages with rates: the ramped schedule and its count (None: a fixed rate).
+        self.stages = cfg.stages if cfg.staged_rate else None
+        self.share = cfg.share_of(session.index)
+        self.cap = stg.scheduled(self.stages, self.share) if self.stages else None
+        self.late = 0              # due but not sent (--stages: no connection open at that moment)
+        self.max_buffered = 0
         self.uncorrected = session.rec["latency_uncorrected"]
 
     def start(self, conns: list, now: int) -> None:
@@ -55,13 +68,40 @@ class OpenLoop(Traffic):
         duration = self.s.config.duration
         # Sends are due in [start, start + duration): R per second, not one more.
         self.end_ns = None if duration is None else now + int(duration * _NS)
-        if not self.order or self.left == 0:
+        if (not self.order and not self.s.config.stages) or self.left == 0:
             self.s.end_traffic()
             return
         self._pace()
 
     def _due(self, n: int) -> int:
+        if self.stages is not None:
+            return self.start_ns + stg.due_ns(self.stages, n + 1, self.share)
         return self.start_ns + int(n * _NS / self.rate)
+
+    def join(self, conn: Connection) -> None:
+        """A connection of the ramp: the pacer deals to it from now on (if it is still
+        connecting, what is written waits for the handshake)."""
+        self.order.append(conn)
+
+    def retire(self, conns: list) -> None:
+        gone = set(conns)
+        self.order = [c for c in self.order if c not in gone]
+        super().retire(conns)
+
+    def retiring_replies(self, conn: Connection, slot: Slot, n: int) -> None:
+        """As :meth:`replies`, but nothing new is sent: only what the pacer had queued for this
+        connection before it retired (scheduled inside the traffic, as in the drain)."""
+        if self.surplus_of(conn, slot, n):
+            return
+        times = slot.times
+        now = self.clock()
+        for _ in range(n):
+            self.latency.record(now - slot.dues.popleft())
+            self.uncorrected.record(now - times.popleft())
+        backlog = slot.backlog
+        while backlog and len(times) < self.pipeline:
+            self._send_due(conn, slot, backlog.popleft(), now)
+        self.s.retired(conn, n)
 
     def _pace(self) -> None:
         self.s.paced()
@@ -72,7 +112,8 @@ class OpenLoop(Traffic):
         now (its latency still counted from each due time), so ``--rate R --duration D``
         schedules R x D requests however late the loop ran the timers."""
         if self.end_ns is not None:
-            self._dispatch(self.end_ns - 1)
+            # (a ramped schedule is bounded by its count: its last send may fall on the end)
+            self._dispatch(self.end_ns if self.cap is not None else self.end_ns - 1)
 
     def _dispatch(self, upto: Optional[int] = None) -> None:
         """Send what is due by now (or by ``upto``); come back when the next one is."""
@@ -85,13 +126,21 @@ class OpenLoop(Traffic):
         e = len(order)
         lag = s.rec["send_lag"]
         pipeline = self.pipeline
+        cap = self.cap
         while self.left:
+            if cap is not None and self.scheduled >= cap:
+                return  # the ramped schedule is complete; the duration timer ends the phase
             due = self._due(self.scheduled)
-            if self.end_ns is not None and due >= self.end_ns:
+            if cap is None and self.end_ns is not None and due >= self.end_ns:
                 return  # the schedule is complete; the duration timer ends the phase
             if due > horizon:
                 s.pace(due - now, self._pace)
                 return
+            if not e:   # --stages: no connection open at this moment: due, not sent (late)
+                self.scheduled += 1
+                self.left -= 1
+                self.late += 1
+                continue
             conn = order[self.scheduled % e]
             self.scheduled += 1
             self.left -= 1
@@ -175,7 +224,7 @@ class WriteOnly(OpenLoop):
 
     def __init__(self, session: Session, quota: Optional[int]) -> None:
         super().__init__(session, quota)
-        self.late = 0              # due but not sent: the connection was above HIGH_WATER
+        # late: due but not sent -- the connection was above HIGH_WATER (or, --stages, none open)
         self.max_buffered = 0      # the most unsent bytes one connection held after a write
         self.stopped = False
 

@@ -62,6 +62,8 @@ def _connect_rate(result: FloodResult) -> float:
     c = t.counters
     if result.config.mode == "connect":
         return _rate(c["cycles"], traffic_seconds(t))
+    if result.config.stages:   # the ramp opens them during the traffic
+        return _rate(c["established"], traffic_seconds(t))
     span = t.phases.get("connect")
     return _rate(c["established"], (span[1] - span[0]) / 1e9) if span else 0.0
 
@@ -175,7 +177,8 @@ def _body(result: FloodResult) -> dict:
                    "exchange": describe(cfg), "wire": cfg.wire_spec.summary(), "pipeline": cfg.pipeline,
                    "duration": cfg.duration, "requests": cfg.requests, "rate": cfg.rate,
                    "connect_rate": cfg.connect_rate, "connect_timeout": cfg.connect_timeout,
-                   "sources": list(cfg.sources)},
+                   "sources": list(cfg.sources),
+                   "stages": [{"duration": d, "conns": n, "rate": r} for d, n, r in cfg.stages] or None},
         "limits": result.plan.to_dict(),
         "stopped_early": result.stopped_early,
         "elapsed": round(result.elapsed, 3),
@@ -264,6 +267,10 @@ def render_table(result: FloodResult, checked: Optional[list] = None) -> str:
     lines.append(f"flood {cfg.target}: {what}; {cfg.conns:,} connection(s) over "
                  f"{cfg.active_workers} worker(s)" + (", open loop at "
                  f"{cfg.rate:,g} req/s" if cfg.rate else ", closed loop" if cfg.mode != "connect" else ""))
+    if cfg.stages:
+        spelled = ", ".join(f"{d:g}s:{n}" + (f":{r:g}" if r is not None else "") for d, n, r in cfg.stages)
+        lines.append(f"stages  {spelled}  (duration:conns{':req/s' if cfg.staged_rate else ''}, "
+                     f"linear ramps from 0)")
     if result.server:
         lines.append(f"server  {result.server['command']}  (started by flood)")
     if result.stopped_early:
@@ -300,18 +307,22 @@ def render_table(result: FloodResult, checked: Optional[list] = None) -> str:
         if measured:
             req += f" · {_n(_rate(c['traffic_responses'], secs))}/s"
         if cfg.rate:
-            req += f" (asked {cfg.rate:,g}/s)"
+            req += f" (asked {cfg.rate:,g}/s" + (" at the stages' peak)" if cfg.stages else ")")
         if c["unanswered"]:
             req += f" · {_n(c['unanswered'])} never answered"
         if c["resent"]:
             req += f" · {_n(c['resent'])} sent again (pipelined past the server's close)"
+        if c["late"]:
+            req += f" · {_n(c['late'])} due while no connection was open (the ramp's start)"
         lines.append(req)
         # One first round trip confirmed each established connection; first requests of
         # connections that never got their reply (stopped, failed) confirmed nothing.
+        # (--stages: the ramp's connections join the traffic with no confirming round trip.)
         unconfirmed = max(0, c["confirm_requests"] - c["established"])
-        lines.append(f"             (not counting the {_n(c['established'])} first round trips that "
-                     f"confirmed the connections" + (f", nor {_n(unconfirmed)} first requests never "
-                                                     f"answered" if unconfirmed else "") + ")")
+        if c["confirm_requests"]:
+            lines.append(f"             (not counting the {_n(c['established'])} first round trips that "
+                         f"confirmed the connections" + (f", nor {_n(unconfirmed)} first requests never "
+                                                         f"answered" if unconfirmed else "") + ")")
         if t.reply_classes:
             lines.append("replies      " + " · ".join(f"{k} {v:,}" for k, v in sorted(t.reply_classes.items())))
     tb_out, tb_in = _traffic_bytes(result)

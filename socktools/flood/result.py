@@ -75,9 +75,13 @@ def generator_warnings(result: FloodResult) -> list:
     secs = traffic_seconds(t)
     if cfg.rate and secs > 0 and cfg.mode != "connect":
         achieved = c["traffic_requests"] / secs
-        if achieved < 0.95 * cfg.rate:
-            why = ("the generator was CPU-bound" if busy else
-                   "answers came back too slowly to send the next request on time")
+        why = ("the generator was CPU-bound" if busy else
+               "answers came back too slowly to send the next request on time")
+        if cfg.stages:   # a ramped rate: what was sent against what the stages scheduled
+            if c["traffic_requests"] < 0.95 * c["scheduled"]:
+                out.append(f"sent {c['traffic_requests']:,} of the {c['scheduled']:,} requests the "
+                           f"stages scheduled: {why}")
+        elif achieved < 0.95 * cfg.rate:
             out.append(f"sent {achieved:,.0f} requests/s of the {cfg.rate:,.0f} requested: {why}")
         lag = t.histograms.get("send_lag")
         if lag is not None and lag.get_total_count():

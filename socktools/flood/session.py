@@ -5,16 +5,18 @@ The rules -- which phase or state follows which, on what event -- are the tables
 :mod:`socktools.flood.lifecycle`; this object fires their events as things happen and never
 writes a state by hand.  A worker goes connect -> ready -> traffic -> drain -> close; each
 connection connecting -> confirming -> ready -> traffic -> draining -> closed (a replacement
-opened during the traffic: reopening -> traffic).  Collaborators come in through the
+opened during the traffic: reopening -> traffic; one more of a ``--stages`` ramp: ramping ->
+traffic; one the ramp takes down: traffic -> retiring -> closed).  Collaborators come in through the
 constructor: the clock, the loop, the statistics, the protocol, and the worker's callbacks
 (``settled``: a connection left the connect phase; ``connecting``: how many are still
 opening; ``reopen``: open a replacement connection).
 
 The verbs, by who calls them.  The connect pump: ``begin_connect``, ``opening``,
-``open_failed``, ``reopening``, ``adopt``, ``reopen_failed``, ``connected_all``.  The exchange
+``open_failed``, ``reopening``, ``adopt``, ``reopen_failed``, ``connected_all``; the ramp
+controller (``--stages``): ``ramp_opening``, ``retire``.  The exchange
 loops: ``made``, ``confirm_sent``, ``confirmed``, ``failed`` (a reply that counts as a
 failure), ``broken`` (a protocol error: the connection ends), ``peer_closed``, ``lost``,
-``unsend``, ``reconnected``, ``answered``, ``pace``/``paced``, ``end_traffic``.  The worker:
+``unsend``, ``reconnected``, ``answered``, ``retired``, ``pace``/``paced``, ``end_traffic``.  The worker:
 ``start_traffic``, ``time_up``, ``end_traffic``, ``close_all``.
 
 Counting: each count is taken where its event happens, by these verbs -- a connection
@@ -72,8 +74,9 @@ class Slot:
         self.dues = None        # pipelined --rate: their scheduled times (deque)
         self.count = 0          # requests made for this connection: the next one's {seq}
         self.state = state
-        # A replacement opened during the traffic is confirmed by its predecessor's replies.
-        self.confirmed = state == lc.REOPENING
+        # A replacement opened during the traffic is confirmed by its predecessor's replies; a
+        # connection of the ramp joins the traffic as it is made (no confirming round trip).
+        self.confirmed = state == lc.REOPENING or state == lc.RAMPING
         self.failed = False
 
 
@@ -100,6 +103,7 @@ class Session:
         self.machine = lc.worker_machine(index)
         self.done = False
         self.live: set = set()               # confirmed connections still open
+        self.retiring: set = set()           # --stages: taken down, answering what they owe
         self.outstanding = 0                 # drain: answers still owed
         self.traffic: Any = None
         self.confirm_classes: Optional[dict] = None   # proto.tally as the traffic began
@@ -153,6 +157,33 @@ class Session:
         """A replacement for connection ``index`` is about to be opened (traffic or drain)."""
         return Slot(index, self.clock(), lc.REOPENING)
 
+    def ramp_opening(self, index: int) -> Slot:
+        """``--stages``: connection ``index`` is about to be opened, one more of the ramp: an
+        attempt, made straight into the traffic (no confirming round trip: the traffic's first
+        reply is its confirmation, as for a replacement)."""
+        self.stats.attempted += 1
+        return Slot(index, self.clock(), lc.RAMPING)
+
+    def retire(self, conn: Any, protocol: Any) -> None:
+        """``--stages``: the ramp goes down: ``conn`` sends nothing more.  With nothing owed it
+        closes now; else ``protocol`` (the traffic loop's :class:`~socktools.flood.exchange.Retiring`)
+        takes it, counts the answers it owes and closes it (:meth:`retired`).  Not a failure."""
+        lc.step(conn.ctx, "retire")
+        self.live.discard(conn)
+        if owed(conn.ctx):
+            self.retiring.add(conn)
+            conn.set_protocol(protocol)
+        else:
+            conn.close()
+
+    def retired(self, conn: Any, n: int) -> None:
+        """``n`` answers arrived on a retiring connection (counted by the traffic loop): in the
+        drain they are answers owed; once it owes nothing, we close it."""
+        if self.phase == "drain":
+            self.answered(n)
+        if not owed(conn.ctx) and not conn.closed:
+            conn.close()
+
     def adopt(self, conn: Any) -> None:
         """A replacement connection is on its way: it counts as live from now on."""
         self.live.add(conn)
@@ -175,6 +206,8 @@ class Session:
         now = self.clock()
         self.rec["connect"].record(now - slot.started)
         self.stats.connected += 1
+        if slot.state == lc.RAMPING:
+            self.stats.established += 1     # a connection of the ramp is up: it joins the traffic
         if lc.step(slot, "made") == lc.TRAFFIC and self.machine.state == lc.DRAIN:
             lc.step(slot, "drain")          # a replacement made after the traffic ended
         return slot, now
@@ -251,7 +284,7 @@ class Session:
             if parser.failures:    # the reply the close completed failed (wrong-reply, http-5xx)
                 self.failed(parser.failures, not slot.confirmed)
             if n and self.traffic is not None and slot.confirmed:
-                self.traffic.replies(conn, slot, n)
+                conn.protocol.replies(conn, slot, n)   # the traffic loop's, or Retiring's
                 if conn.closed:   # the reply announced the close: reconnected, not a failure
                     return
             elif n == 1 and not slot.confirmed and self.phase == "connect":
@@ -267,13 +300,22 @@ class Session:
         """Every connection ends here, whoever closed it."""
         slot: Slot = conn.ctx
         s = self.stats
+        never_made = slot.state == lc.RAMPING
         lc.step(slot, "closed")
         if exc is not None and conn.failed_in is not None and not slot.failed:
             slot.failed = True
             st.add_tally(s.errors, conn.failed_in, errors.exception_key(exc))
+        if never_made:    # a connection of the ramp that never came up: an attempt that failed
+            self.live.discard(conn)
+            if slot.failed:
+                s.failed += 1
+            else:         # we closed it ourselves before it was made: the run is ending
+                s.cancelled += 1
+            return
         if slot.confirmed:
-            if conn in self.live:
+            if conn in self.live or conn in self.retiring:
                 self.live.discard(conn)
+                self.retiring.discard(conn)
                 if slot.failed:
                     s.lost += 1
             was_owed = owed(slot)
@@ -286,8 +328,11 @@ class Session:
                 self.unanswered(was_owed, tally=not slot.failed)
             if was_owed and self.phase == "drain":
                 self.answered(was_owed)
-            elif self.phase == "traffic" and not self.live and self.config.mode != "connect":
-                self.end_traffic()  # every connection is gone: nothing left to measure
+            elif (self.phase == "traffic" and not self.live and self.config.mode != "connect"
+                  and not self.config.stages):
+                # Every connection is gone: nothing left to measure.  (With --stages the ramp
+                # opens connections again, or its schedule ends the traffic.)
+                self.end_traffic()
             return
         s.connect_bytes_out += conn.bytes_out
         s.connect_bytes_in += conn.bytes_in
@@ -388,13 +433,16 @@ class Session:
             self.pacer_timer.cancel()
             self.pacer_timer = None
         self.drain_started = now
-        self.outstanding = sum(owed(conn.ctx) for conn in self.live)
+        self.outstanding = sum(owed(conn.ctx) for conn in self.live) + self._retiring_owed()
         if self.config.mode == "connect":
             self.outstanding = self.connecting()
         if self.outstanding <= 0:
             self.close_all()
         else:
             self.loop.call_later(self.config.drain_timeout, self.close_all)
+
+    def _retiring_owed(self) -> int:
+        return sum(owed(conn.ctx) for conn in self.retiring)
 
     def close_all(self) -> None:
         if self.phase == "close":
@@ -404,7 +452,7 @@ class Session:
             s.phases["drain"] = [self.drain_started, self.clock()]
         self.machine.fire("close")
         start = self.clock()
-        owed_at_end = sum(owed(conn.ctx) for conn in self.live)
+        owed_at_end = sum(owed(conn.ctx) for conn in self.live) + self._retiring_owed()
         if owed_at_end:
             self.unanswered(owed_at_end)
         s.open_at_end = len(self.live)

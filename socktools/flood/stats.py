@@ -281,6 +281,8 @@ class Tick:
     bytes_in: int
     errors: int                    # failures so far (all phases)
     latency: Optional[str] = None  # encoded histogram of the traffic latencies since the last tick
+    target_conns: Optional[int] = None    # --stages: this worker's share of the targets now
+    target_rps: Optional[float] = None    # (None: no stages; no rate in the stages)
 
 
 @dataclass

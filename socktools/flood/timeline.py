@@ -28,7 +28,9 @@ DEFAULT_INTERVAL = 1.0
 
 #: Counters of a row, in the order the CSV writes them (latency columns follow).
 ROW_FIELDS = ("start", "end", "phase", "partial", "established", "open", "failed", "errors", "requests",
-              "responses", "traffic_responses", "rps", "bytes_out", "bytes_in")
+              "responses", "traffic_responses", "rps", "bytes_out", "bytes_in", "target_conns", "target_rps")
+#: --stages: the stages' targets at the row's end (None without stages, and in the partial tail).
+_TARGETS = ("target_conns", "target_rps")
 _DELTAS = ("requests", "responses", "traffic_responses", "bytes_out", "bytes_in")
 
 
@@ -60,7 +62,7 @@ def _row(record: dict, interval: float) -> dict:
     row = {"start": round(max(0.0, end - interval), 3), "end": round(end, 3), "phase": record.get("phase"),
            "partial": False}
     for name in ROW_FIELDS[4:]:
-        row[name] = record.get(name, 0)
+        row[name] = record.get(name, None if name in _TARGETS else 0)
     row["latency"] = record.get("latency")
     return row
 
@@ -91,7 +93,7 @@ def rows(result) -> list:
                     "established": established, "open": 0, "failed": c["failed"] + c["lost"],
                     "errors": st.tally_total(t.errors), **tail,
                     "rps": round(tail["traffic_responses"] / length, 1) if length > 0 else 0.0,
-                    "latency": summary})
+                    "target_conns": None, "target_rps": None, "latency": summary})
         # keep the ROW_FIELDS order
         out[-1] = {k: out[-1][k] for k in (*ROW_FIELDS, "latency")}
     return out

@@ -16,6 +16,11 @@ but nothing here depends on that.  A worker's life:
 4. *drain* -- stop sending, wait up to ``drain_timeout`` for answers owed.
 5. *close* -- close every connection.
 
+With ``--stages`` the connect phase opens nothing: the traffic starts with no connection
+and a ramp controller (:meth:`_Worker._ramp`, every :data:`RAMP_STEP`) opens connections
+straight into the traffic (the reconnection path, no confirming round trip) or retires
+them, to hold this worker's share of the stages' target.
+
 Connect mode folds these into churn: each slot connects, gets its one reply,
 closes and starts over, for the duration.
 
@@ -39,12 +44,14 @@ from typing import Any, Callable, Optional
 
 from socktools import errors, wire
 from socktools.flood import exchange, paced
+from socktools.flood import lifecycle as lc
+from socktools.flood import stages as stg
 from socktools.flood import stats as st
 from socktools.flood.config import FloodConfig
 from socktools.flood.session import Session
 from socktools.core.loop import Loop
 
-__all__ = ["run_worker", "MAX_CONNECTING"]
+__all__ = ["run_worker", "MAX_CONNECTING", "RAMP_STEP"]
 
 #: Connections of one worker between connect() and their first reply.  Bounds
 #: the burst a worker throws at the server's accept queue (backlog 4096 by
@@ -58,6 +65,11 @@ MAX_CONNECTING = 512
 #: connections' measured times would include the time spent opening all the
 #: others (~40 us each).
 CONNECT_BATCH = 16
+
+#: --stages: how often the ramp controller matches the open connections to the target.  20
+#: steps a second: a 1 s stage to 100 connections moves in steps of 5; each step costs a few
+#: microseconds when nothing changes.  (stages.MIN_STAGE, the shortest stage, is this.)
+RAMP_STEP = 0.05
 
 #: How often pending connections are checked against the connect timeout.
 SWEEP_INTERVAL = 0.05
@@ -131,6 +143,9 @@ class _Worker:
         self._pumping = False
         self._repump = False
         self.family = config.family
+        self.ramp_next = 0                  # --stages: the next connection number the ramp uses
+        if config.stages:
+            self.next_i = len(self.indices)  # the ramp opens them, during the traffic
 
     @property
     def phase(self) -> str:
@@ -303,20 +318,23 @@ class _Worker:
         if not conn.closed:
             self.pending.append((slot, conn))
 
-    def _reopen(self, index: int, protocol: Any) -> Optional[Any]:
-        """A traffic-phase reconnect (the server closed after a complete reply): a new
-        connection for number ``index``, handed straight to the traffic loop ``protocol``,
-        which counts it live from now on and sends once it is made (no confirming round trip)."""
-        slot = self.session.reopening(index)
+    def _reopen(self, index: int, protocol: Any, ramp: bool = False) -> Optional[Any]:
+        """A traffic-phase reconnect (the server closed after a complete reply) -- or, with
+        ``ramp``, one more connection of the --stages ramp: a new connection for number
+        ``index``, handed straight to the traffic loop ``protocol``, which counts it live from
+        now on and sends once it is made (no confirming round trip)."""
+        session = self.session
+        slot = session.ramp_opening(index) if ramp else session.reopening(index)
         try:
             conn = self.loop.open_connection(self.config.address, protocol, family=self.family,
                                              source=self._source_addr(index), setup=self._setup_socket,
                                              ctx=slot)
         except OSError as exc:
-            self.session.reopen_failed(exc)
+            session.open_failed(exc) if ramp else session.reopen_failed(exc)
             return None
         if conn.closed:   # failed at once: tallied as it was lost, never in the live set
-            self.session.reopen_failed(None)
+            if not ramp:  # (a connection of the ramp was counted failed as it was lost)
+                self.session.reopen_failed(None)
         else:
             self.session.adopt(conn)
             self.pending.append((slot, conn))   # the sweep holds it to the connect timeout
@@ -375,7 +393,7 @@ class _Worker:
             session.begin_connect()         # the churn's connect rate counts from "go"
             self._pump()
             return
-        if not session.live:  # nothing to send on: no connection was established
+        if not session.live and not cfg.stages:  # nothing to send on: no connection was established
             session.start_traffic(None)
             session.end_traffic()
             return
@@ -388,6 +406,37 @@ class _Worker:
         for conn in conns:
             conn.set_protocol(traffic)
         traffic.start(conns, now)
+        if cfg.stages:
+            self._ramp()
+
+    def _ramp(self) -> None:
+        """--stages: open or retire connections to this worker's share of the target now."""
+        session = self.session
+        if session.phase != "traffic":
+            return
+        cfg = self.config
+        t = (self.clock() - session.traffic_started) / _NS
+        want = stg.conns_at(cfg.stages, t, self.index, cfg.workers)
+        have = len(session.live)
+        traffic = session.traffic
+        if have < want:
+            indices = self.indices
+            # At most MAX_CONNECTING a step: the same bound on the burst at the accept queue.
+            for _ in range(min(want - have, MAX_CONNECTING)):
+                # Connection numbers in turn over this worker's pool (--conns: the peak target).
+                index = indices[self.ramp_next % len(indices)]
+                self.ramp_next += 1
+                conn = self._reopen(index, traffic, ramp=True)
+                if conn is not None and not conn.closed:
+                    traffic.join(conn)
+                if session.phase != "traffic":
+                    return
+        elif have > want:
+            # (only connections already in the traffic: one still connecting goes at a later step)
+            up = [conn for conn in session.live if conn.ctx.state == lc.TRAFFIC]
+            traffic.retire(up[:have - want])
+        if session.phase == "traffic":
+            self.loop.call_later(RAMP_STEP, self._ramp)
 
     # ------------------------------------------------------------ statistics
     def _counts(self) -> tuple:
@@ -423,9 +472,19 @@ class _Worker:
                        established=s.established, open=len(self.session.live), failed=s.failed + s.lost,
                        requests=s.confirm_requests + sent, responses=s.confirm_responses + answered,
                        traffic_responses=answered, bytes_out=out, bytes_in=inn,
-                       errors=st.tally_total(s.errors), latency=st.encode(latency))
+                       errors=st.tally_total(s.errors), latency=st.encode(latency), **self._targets())
         self._send(("tick", tick))
         self._arm_tick()
+
+    def _targets(self) -> dict:
+        """--stages: this worker's share of the stages' targets now (before the traffic: 0)."""
+        cfg = self.config
+        if not cfg.stages:
+            return {}
+        session = self.session
+        t = (self.clock() - session.traffic_started) / _NS if session.traffic_started else 0.0
+        rps = stg.rate_at(cfg.stages, t, cfg.share_of(self.index)) if cfg.staged_rate else None
+        return {"target_conns": stg.conns_at(cfg.stages, t, self.index, cfg.workers), "target_rps": rps}
 
     def _final(self) -> st.WorkerStats:
         s = self.stats

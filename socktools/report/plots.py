@@ -191,7 +191,9 @@ def over_time(intervals: list) -> Optional[str]:
 
     The rate is answered requests/s, or connections/s when no request was
     answered (connect mode: the churn is the traffic).  The partial tail is
-    left out (:func:`over_time_rows`).
+    left out (:func:`over_time_rows`).  A ``--stages`` run gets a third panel, the open
+    connections at each interval's end beside the stages' target, and its rate target (if
+    the stages set one) dashed over the measured rate.
     """
     rows, _ = over_time_rows(intervals)
     if not rows:
@@ -207,11 +209,13 @@ def over_time(intervals: list) -> Optional[str]:
     if not measured and not any(rate):
         return None
     plt = _plt()
-    if measured:
-        fig, (lat, thr) = plt.subplots(2, 1, figsize=(10.6, 5.4), sharex=True,
-                                       gridspec_kw={"height_ratios": [3, 2], "hspace": 0.12})
-    else:
-        fig, thr = plt.subplots(figsize=(10.6, 2.8))
+    staged = any(r.get("target_conns") is not None for r in rows)
+    heights = ([3] if measured else []) + [2] + ([2] if staged else [])
+    fig, axes = plt.subplots(len(heights), 1, figsize=(10.6, 0.2 + 1.3 * sum(heights)), sharex=True,
+                             squeeze=False, gridspec_kw={"height_ratios": heights, "hspace": 0.12})
+    axes = list(axes[:, 0])
+    lat = axes.pop(0) if measured else None
+    thr = axes.pop(0)
     xs = [r["end"] for r in rows]
     edges = [rows[0]["start"]] + xs
     if measured:
@@ -227,7 +231,12 @@ def over_time(intervals: list) -> Optional[str]:
     thr.stairs(rate, edges, color=PALETTE["rps"], fill=True, alpha=0.35)
     thr.stairs(rate, edges, color=PALETTE["rps"], linewidth=1.6, baseline=None)
     thr.set_ylabel(rate_label)
-    thr.set_xlabel("seconds since start")
+    if any(r.get("target_rps") is not None for r in rows):
+        _target(thr, rows, xs, "target_rps")
+    if staged:
+        _open_and_target(axes.pop(0), rows, xs)
+    else:
+        thr.set_xlabel("seconds since start")
     thr.set_ylim(bottom=0)
     thr.yaxis.set_major_formatter(_thousands())
     prev = 0
@@ -237,6 +246,24 @@ def over_time(intervals: list) -> Optional[str]:
         prev = r["errors"]
     thr.set_xlim(edges[0], edges[-1])
     return _svg(fig, "over-time")
+
+
+def _target(ax, rows: list, xs: list, key: str) -> None:
+    """The stages' target (at each interval's end, from 0 at the first one's start): dashed."""
+    ax.plot([rows[0]["start"]] + xs, [0] + [r.get(key) or 0 for r in rows], color=_INK, linewidth=1.2,
+            linestyle=(0, (4, 3)), label="target (--stages)")
+    ax.legend(loc="upper left", frameon=False)     # a ramp starts from 0: the corner is free
+
+
+def _open_and_target(ax, rows: list, xs: list) -> None:
+    """--stages: the open connections at each interval's end, beside the stages' target."""
+    ax.plot(xs, [r["open"] for r in rows], color=PALETTE["connect"], linewidth=2.0, marker="o",
+            markersize=3, label="open connections")
+    _target(ax, rows, xs, "target_conns")
+    ax.set_ylabel("open connections")
+    ax.set_xlabel("seconds since start")
+    ax.set_ylim(bottom=0)
+    ax.yaxis.set_major_formatter(_thousands())
 
 
 def _thousands():
