@@ -48,6 +48,21 @@ def two_workers(client) -> list:
     return sorted(client.scheduler_info(n_workers=-1)["workers"])
 
 
+def killer(pids: dict, victim: str) -> tuple:
+    """(events, killed, on_event): ``on_event`` keeps every event and, two intervals into the
+    traffic phase, SIGKILLs Dask worker ``victim`` (``pids``: worker address -> pid)."""
+    events: list = []
+    killed: list = []
+
+    def on_event(event):
+        events.append(event)
+        traffic = [e for e in events if e["event"] == "interval" and e["phase"] == "traffic"]
+        if len(traffic) == 2 and not killed:
+            killed.append(victim)
+            os.kill(pids[victim], signal.SIGKILL)
+    return events, killed, on_event
+
+
 def cfg(cluster, port: int, **kw) -> FloodConfig:
     base = dict(conns=20, workers=2, host="127.0.0.1", port=port, address=("127.0.0.1", port),
                 family=socket.AF_INET, duration=None, requests=2000, cluster=cluster.scheduler_address)
@@ -166,17 +181,7 @@ def test_a_dask_worker_killed_mid_run_is_reported_and_the_run_completes(dask_clu
     two_workers(client)
     pids = client.run(os.getpid)                                   # Dask worker address -> pid
     srv = start_server("--mode", "echo", json_events=True)
-    events: list = []
-    killed: list = []
-
-    def on_event(event):
-        events.append(event)
-        # Two intervals into the traffic phase, kill the worker that runs shard 1.
-        traffic = [e for e in events if e["event"] == "interval" and e["phase"] == "traffic"]
-        if len(traffic) == 2 and not killed:
-            victim = sorted(pids)[1]
-            killed.append(victim)
-            os.kill(pids[victim], signal.SIGKILL)
+    events, killed, on_event = killer(pids, sorted(pids)[1])
 
     config = cfg(cluster, srv.port, requests=None, duration=3.0, interval=0.25)
     result = run_flood(config, on_event=on_event)

@@ -24,6 +24,7 @@ from socktools.flood.config import FloodConfig
 from socktools.flood.report import render_table, to_json
 from socktools.flood.runner import run_flood
 from tests.conftest import wait_until
+from tests.test_flood_cluster import killer
 
 distributed = pytest.importorskip("distributed", reason="Dask not installed (pip install 'dask[distributed]')")
 
@@ -141,15 +142,7 @@ def test_killing_one_dask_worker_mid_run_is_reported_and_the_run_completes(real_
     srv = start_server("--mode", "echo", json_events=True)
     pids = real_cluster.workers()
     [victim] = [w for w in pids if worker_ip(w) == HOSTS[1]]
-    events: list = []
-    killed: list = []
-
-    def on_event(event):
-        events.append(event)
-        traffic = [e for e in events if e["event"] == "interval" and e["phase"] == "traffic"]
-        if len(traffic) == 2 and not killed:
-            killed.append(victim)
-            os.kill(pids[victim], signal.SIGKILL)
+    events, killed, on_event = killer(pids, victim)
 
     result = run_flood(cfg(real_cluster.address, srv.port, requests=None, duration=3.0, interval=0.25),
                        on_event=on_event)

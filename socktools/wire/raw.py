@@ -97,17 +97,22 @@ class RawProtocol(WireProtocol):
         return _PrefixParser(self.prefix, self.adjust, self.match)
 
     def describe(self) -> str:
-        if not self.replies:
-            framing = "no replies"
-        elif self.until_close:
-            framing = "replies until the server closes"
-        elif self.until is not None:
-            framing = f"replies until {self.until!r}"
-        elif self.size is not None:
-            framing = f"{self.size:,}-byte replies"
-        else:
-            framing = f"replies with a {self.prefix.format} length prefix"
-        return f"{self.name}, {framing}"
+        return f"{self.name}, " + framing(self.replies, self.until_close, self.until, self.size,
+                                          self.prefix.format if self.prefix else None, self.adjust)
+
+
+def framing(replies: bool, until_close: bool, until: Optional[bytes], size: Optional[int],
+            prefix: Optional[str], adjust: int = 0) -> str:
+    """How raw replies are framed, in words (flood's report and the run's summary)."""
+    if not replies:
+        return "no replies"
+    if until_close:
+        return "replies until the server closes"
+    if until is not None:
+        return f"replies until {until!r}"
+    if size is not None:
+        return f"{size:,}-byte replies"
+    return f"replies with a {prefix} length prefix" + (f" (adjusted by {adjust:+d})" if adjust else "")
 
 
 class _Checked(Parser):
@@ -321,19 +326,13 @@ def _sends(spec: WireSpec) -> dict:
 
 
 def summary_raw(spec: WireSpec) -> dict:
-    """The sends, and how the replies were framed, as the user typed it."""
-    if spec.no_reply:
-        replies = "none expected (--no-reply)"
-    elif spec.reply_until_close:
-        replies = "each until the server's close"
-    elif spec.reply_bytes is not None:
-        replies = f"{spec.reply_bytes:,} bytes each"
-    elif spec.reply_prefix is not None:
-        replies = f"length-prefixed ({spec.reply_prefix}" + (
-            f", {spec.reply_prefix_adjust:+d})" if spec.reply_prefix_adjust else ")")
-    else:
-        replies = f"each until {spec.reply_until}"
-    return {**_sends(spec), "replies": replies}
+    """The sends, and how the replies are framed (the protocol's own words)."""
+    try:
+        until = unescape(spec.reply_until) if spec.reply_until is not None else None
+    except EscapeError:       # (a spec that cannot be built says it as typed)
+        until = spec.reply_until.encode("utf-8", "surrogateescape")
+    return {**_sends(spec), "replies": framing(not spec.no_reply, spec.reply_until_close, until,
+                                               spec.reply_bytes, spec.reply_prefix, spec.reply_prefix_adjust)}
 
 
 def summary_line(spec: WireSpec) -> dict:
