@@ -11,11 +11,13 @@ import errno
 import os
 import re
 import socket
+import ssl
 from dataclasses import dataclass, replace
 
 __all__ = ["Explanation", "EXPLANATIONS", "lookup", "lookup_text", "suggest", "explain_exception",
            "errno_name", "one_line", "PEER_CLOSED", "PROTOCOL_ERROR", "TIMEOUT", "NO_REPLY", "OptionError",
-           "SOCKET", "CONNECT", "SEND", "RECV", "INTERNAL", "PHASES"]
+           "SOCKET", "CONNECT", "SEND", "RECV", "INTERNAL", "PHASES", "tls_key", "TLS_PLAINTEXT_TO_TLS",
+           "TLS_TO_PLAINTEXT", "tls_hint"]
 
 #: Where a connection failed: the I/O core sets ``conn.failed_in`` to one of
 #: these and every command tallies and reports failures as (phase, errno name).
@@ -227,6 +229,195 @@ EXPLANATIONS[TIMEOUT] = Explanation(
     "give it longer (request, ping: --timeout), or check the server with `socktools sockets --port P` "
     "(is its Recv-Q growing?)")
 
+
+# ------------------------------------------------------------------ TLS handshakes
+# A failed handshake is an ssl.SSLError whose errno is OpenSSL's error class, not a
+# kernel errno: tls_key() names it by what went wrong instead -- the verification
+# reason (our side refused the server's certificate) or the alert the server sent
+# (its side refused us) -- so a tally and `socktools explain` share one stable key.
+TLS_PLAINTEXT_TO_TLS = "tls-plaintext-to-tls-port"
+TLS_TO_PLAINTEXT = "tls-to-plaintext-port"
+
+
+def _tls(name, meaning, causes, fix, exception="ssl.SSLError"):
+    return Explanation(name, None, exception, meaning, tuple(causes), fix)
+
+
+_TLS_TABLE = [
+    _tls("tls-unknown-ca", "the server's certificate is signed by a CA this client does not trust",
+         ["a private or test CA (mkcert, trustme, a company CA) not in the system store",
+          "the server sends its certificate without the intermediate CA"],
+         "give the CA with --cafile CA.pem (or --capath DIR); --insecure skips verification (testing only)",
+         "ssl.SSLCertVerificationError"),
+    _tls("tls-self-signed", "the server's certificate is self-signed: it vouches for itself and no CA for it",
+         ["a throwaway certificate (openssl req -x509, serve --tls-self-signed)"],
+         "trust that very certificate with --cafile CERT.pem, or --insecure (testing only)",
+         "ssl.SSLCertVerificationError"),
+    _tls("tls-hostname-mismatch", "the server's certificate is not for the name this client checked (SNI)",
+         ["connecting by address or another name than the certificate's (its SANs)",
+          "the wrong virtual host answered (SNI not what the server expects)"],
+         "use a name the certificate lists (--sni NAME; `openssl x509 -noout -ext subjectAltName`)",
+         "ssl.SSLCertVerificationError"),
+    _tls("tls-expired", "the server's certificate has expired (or the clock here is wrong)",
+         ["the certificate was not renewed", "this machine's clock is ahead"],
+         "renew the server's certificate, or check the clock (`date -u`)", "ssl.SSLCertVerificationError"),
+    _tls("tls-not-yet-valid", "the server's certificate is not valid yet (or the clock here is behind)",
+         ["a certificate issued with a future start date", "this machine's clock is behind"],
+         "check the clock (`date -u`) on both machines", "ssl.SSLCertVerificationError"),
+    _tls("tls-verify-failed", "the server's certificate failed verification",
+         ["a revoked, malformed or wrongly used certificate"],
+         "read the reason in the message; `openssl s_client -connect HOST:PORT` shows the chain",
+         "ssl.SSLCertVerificationError"),
+    _tls(TLS_TO_PLAINTEXT, "TLS spoken to a port that does not speak TLS: its answer is not a TLS record",
+         ["the port serves plaintext (HTTP, redis without --tls-port, ...)",
+          "WRONG_VERSION_NUMBER / record layer failure: OpenSSL read plaintext as a TLS header"],
+         "drop --tls, or use the server's TLS port (redis: --tls-port; nginx: `listen ... ssl`)"),
+    _tls(TLS_PLAINTEXT_TO_TLS, "plaintext spoken to a TLS port: the server expected a TLS handshake",
+         ["nginx answers `400 The plain HTTP request was sent to HTTPS port`",
+          "redis logs `wrong version number` and closes or resets",
+          "other servers answer with a TLS alert record (bytes 15 03 ..)"],
+         "add --tls (and --cafile CA.pem for a private CA)", "(the reply or a reset)"),
+    _tls("tls-eof-in-handshake", "the server closed the connection in the middle of the TLS handshake",
+         ["it wants a client certificate (mutual TLS, TLS 1.2)", "it does not speak TLS on that port",
+          "it rejected the offered versions or ciphers without an alert"],
+         "check the server's log; give --cert/--key if it requires a client certificate", "ssl.SSLEOFError"),
+    _tls("tls-no-common-version", "no TLS version both sides allow (refused on this side)",
+         ["--tls-min/--tls-max exclude every version the server offers"],
+         "widen --tls-min/--tls-max (1.2 .. 1.3)"),
+    _tls("tls-no-common-cipher", "no cipher suite both sides allow (refused on this side)",
+         ["--ciphers names no suite the server offers"], "widen --ciphers, or leave it out"),
+    _tls("tls-alert-handshake-failure", "the server sent alert handshake_failure: it could not agree on "
+         "the parameters offered",
+         ["no common cipher suite or version (--ciphers, --tls-min/--tls-max)",
+          "it requires a client certificate (mutual TLS) and none was sent"],
+         "widen --ciphers/--tls-min/--tls-max, or give --cert/--key"),
+    _tls("tls-alert-protocol-version", "the server sent alert protocol_version: it does not speak the "
+         "TLS versions offered",
+         ["--tls-min/--tls-max exclude every version it allows"], "widen --tls-min/--tls-max (1.2 .. 1.3)"),
+    _tls("tls-alert-unknown-ca", "the server sent alert unknown_ca: it does not trust the CA of the "
+         "client certificate sent",
+         ["the client certificate is signed by a CA the server does not list (ssl_client_certificate, "
+          "tls-ca-cert-file)"],
+         "use a client certificate signed by a CA the server trusts"),
+    _tls("tls-alert-bad-certificate", "the server sent alert bad_certificate: it rejected the client "
+         "certificate",
+         ["a client certificate without clientAuth use, expired, or not matching the key"],
+         "check --cert/--key (`openssl x509 -noout -text -in CERT`)"),
+    _tls("tls-alert-certificate-required", "the server sent alert certificate_required: it requires a "
+         "client certificate (mutual TLS) and none was sent",
+         ["the server verifies clients (nginx ssl_verify_client on, redis tls-auth-clients yes)"],
+         "give --cert CLIENT.pem --key CLIENT.key"),
+    _tls("tls-alert-no-application-protocol", "the server sent alert no_application_protocol: it "
+         "speaks none of the --alpn protocols offered",
+         ["an --alpn list without the server's protocol (e.g. h2 only to a server with http/1.1)"],
+         "offer what it speaks (--alpn http/1.1), or leave --alpn out"),
+    _tls("tls-alert", "the server ended the handshake with a TLS alert",
+         ["see the alert name in the message (RFC 8446, 6.2)"],
+         "check the server's log for why it refused the handshake"),
+    _tls("tls-error", "the TLS layer failed", ["see OpenSSL's reason in the message"],
+         "rerun with --show-bytes, or check the server's log"),
+]
+EXPLANATIONS.update((e.name, e) for e in _TLS_TABLE)
+
+# OpenSSL verify codes (X509_V_ERR_*, `man 1 openssl-verify`) -> key.
+_VERIFY = {10: "tls-expired", 9: "tls-not-yet-valid", 18: "tls-self-signed", 19: "tls-unknown-ca",
+           20: "tls-unknown-ca", 21: "tls-unknown-ca", 2: "tls-unknown-ca",
+           62: "tls-hostname-mismatch", 64: "tls-hostname-mismatch"}
+# OpenSSL reasons for "this is not TLS" and "nothing in common" (refused on this side).
+_REASONS = {"WRONG_VERSION_NUMBER": TLS_TO_PLAINTEXT, "RECORD_LAYER_FAILURE": TLS_TO_PLAINTEXT,
+            "PACKET_LENGTH_TOO_LONG": TLS_TO_PLAINTEXT, "UNKNOWN_PROTOCOL": TLS_TO_PLAINTEXT,
+            "HTTP_REQUEST": TLS_TO_PLAINTEXT, "UNEXPECTED_EOF_WHILE_READING": "tls-eof-in-handshake",
+            "UNSUPPORTED_PROTOCOL": "tls-no-common-version", "NO_PROTOCOLS_AVAILABLE": "tls-no-common-version",
+            "NO_CIPHERS_AVAILABLE": "tls-no-common-cipher"}
+
+
+#: nginx's words when plaintext HTTP reaches its ``ssl`` listener (its 400 page).
+_NGINX_PLAIN_TO_TLS = b"The plain HTTP request was sent to HTTPS port"
+
+
+def tls_hint(received: bytes, key: str | None, *, tls: bool) -> str:
+    """Words for the two mistakes users make first, from what came back: ``""`` when nothing
+    points at either.  ``tls`` says whether this client spoke TLS."""
+    if tls:
+        if key == TIMEOUT:      # a plaintext server waiting for the rest of a "line" it will never get
+            return ("if that port does not speak TLS, it may still be waiting: "
+                    + EXPLANATIONS[TLS_TO_PLAINTEXT].fix)
+        return ""
+    exp = EXPLANATIONS[TLS_PLAINTEXT_TO_TLS]
+    if received[:1] in (b"\x15", b"\x16") and received[1:2] == b"\x03":     # a TLS alert/handshake record
+        return f"the server answered with a TLS record: {exp.meaning}; {exp.fix}"
+    if _NGINX_PLAIN_TO_TLS in received[:4096]:
+        return f"{exp.meaning}; {exp.fix}"
+    if not received and key in ("ECONNRESET", PEER_CLOSED):
+        return f"if that port speaks TLS, as a redis --tls-port resets plaintext: {exp.fix}"
+    return ""
+
+
+def tls_key(exc: ssl.SSLError) -> str:
+    """The stable key for a failed handshake: ``tls-unknown-ca``, ``tls-hostname-mismatch``,
+    ``tls-alert-unknown-ca``, ``tls-to-plaintext-port``... (``tls-alert``/``tls-error`` when
+    OpenSSL's reason is one this table does not name)."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return _VERIFY.get(exc.verify_code, "tls-verify-failed")
+    if isinstance(exc, ssl.SSLEOFError):
+        return "tls-eof-in-handshake"
+    return _reason_key((exc.reason or "").upper(), str(exc)) or "tls-error"
+
+
+def _reason_key(reason: str, text: str) -> str:
+    """The key for OpenSSL's reason code (``WRONG_VERSION_NUMBER``) or, failing that, an alert
+    named in its text; ``""`` when neither is one of ours."""
+    if reason in _REASONS:
+        return _REASONS[reason]
+    alert = _alert_name(reason, text)
+    if alert:
+        key = "tls-alert-" + alert.replace("_", "-")
+        return key if key in EXPLANATIONS else "tls-alert"
+    return ""
+
+
+def _alert_name(reason: str, text: str) -> str:
+    """The alert the server sent, by its RFC name (``unknown_ca``), from OpenSSL's reason
+    (``TLSV1_ALERT_UNKNOWN_CA``) or, when Python gives no reason (alerts OpenSSL has no
+    code for), from its text (``tlsv1 alert no application protocol``)."""
+    m = re.match(r"^(?:SSLV3|TLSV1|TLSV13)_ALERT_(\w+)$", reason)
+    if m:
+        return m.group(1).lower()
+    m = re.search(r"\b(?:sslv3|tlsv1|tlsv13) alert ([a-z ]+)", text.lower())
+    return m.group(1).strip().replace(" ", "_") if m else ""
+
+
+#: OpenSSL's verification messages (``X509_verify_cert_error_string``) -> key, for text pasted
+#: into ``explain``; the longer phrase first, since "self-signed certificate" ends both.
+_VERIFY_TEXT = (("self-signed certificate in certificate chain", "tls-unknown-ca"),
+                ("self signed certificate in certificate chain", "tls-unknown-ca"),
+                ("unable to get local issuer certificate", "tls-unknown-ca"),
+                ("self-signed certificate", "tls-self-signed"), ("self signed certificate", "tls-self-signed"),
+                ("certificate has expired", "tls-expired"), ("certificate is not yet valid", "tls-not-yet-valid"),
+                ("hostname mismatch", "tls-hostname-mismatch"), ("ip address mismatch", "tls-hostname-mismatch"))
+
+
+def _tls_text_key(text: str) -> str:
+    """A TLS key from a message as Python prints it (``[SSL: WRONG_VERSION_NUMBER] wrong version
+    number``, ``certificate verify failed: certificate has expired``) or a bare reason code."""
+    low = text.lower()
+    for phrase, key in _VERIFY_TEXT:
+        if phrase in low:
+            return key
+    m = re.search(r"\[SSL: (\w+)\]", text) or re.fullmatch(r"\s*([A-Z][A-Z0-9_]{5,})\s*", text)
+    return _reason_key(m.group(1).upper() if m else "", text)
+
+
+def _tls_detail(exc: ssl.SSLError) -> str:
+    """OpenSSL's own words: the verification message, or the alert by its RFC name, or the reason."""
+    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
+        return exc.verify_message
+    alert = _alert_name((exc.reason or "").upper(), str(exc))
+    if alert:
+        return f"alert {alert}"
+    return exc.reason or str(exc)
+
+
 # Advice that depends on the command that met the error: each names only options
 # that command has.  (key, command) -> fix.
 _FIX_FOR = {
@@ -317,6 +508,8 @@ def exception_key(exc: BaseException) -> str:
     own = getattr(exc, "socktools_key", None)
     if own:
         return own
+    if isinstance(exc, ssl.SSLError):
+        return tls_key(exc)
     if isinstance(exc, TimeoutError) and getattr(exc, "errno", None) is None:
         return TIMEOUT
     num = getattr(exc, "errno", None)
@@ -337,6 +530,8 @@ def one_line(exc: BaseException, what: str = "", *, command: str | None = None,
     key = exception_key(exc)
     exp = lookup(key, command=command, during=during)
     num = getattr(exc, "errno", None)
+    if isinstance(exc, ssl.SSLError):          # its errno is OpenSSL's error class, not the kernel's
+        num, key = None, f"{key} ({_tls_detail(exc)})"
     label = f"{key} ({'gai error' if isinstance(exc, socket.gaierror) else 'errno'} {num})" \
         if isinstance(num, int) else key
     prefix = f"{what} failed: " if what else ""
@@ -371,6 +566,9 @@ def lookup_text(text: str) -> Explanation | None:
     ``"[Errno 111] Connection refused"``, ``"ConnectionResetError: [Errno 104] ..."``.
     """
     text = text.strip()
+    tls = _tls_text_key(text)
+    if tls:
+        return lookup(tls)
     m = re.search(r"\berrno\s*(-?\d+)", text, re.IGNORECASE)
     if m:
         return lookup(m.group(1))
