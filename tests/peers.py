@@ -20,7 +20,7 @@ from typing import Optional
 
 import pytest
 
-__all__ = ["free_port", "skip_unless", "Redis", "Nginx", "Memcached", "NGINX_BIG"]
+__all__ = ["free_port", "skip_unless", "Redis", "Nginx", "Memcached", "NGINX_BIG", "Certs"]
 
 _PACKAGES = {"redis-server": "redis-server", "nginx": "nginx", "memcached": "memcached",
              "redis-benchmark": "redis-tools", "wrk": "wrk"}
@@ -91,10 +91,39 @@ class _Peer:
         self.stop()
 
 
-def _exchange(port: int, request: bytes, parser) -> list:
-    """One blocking request through a wire parser; its decoded replies."""
+class Certs:
+    """A throwaway CA (trustme), a server certificate for 127.0.0.1 and localhost, and a client
+    certificate, written as PEM files under ``tmp`` for servers and clients to name."""
+
+    def __init__(self, tmp: Path) -> None:
+        trustme = pytest.importorskip("trustme", reason="trustme not installed (pip install 'socktools[test]')")
+        self.ca_obj = trustme.CA()
+        server = self.ca_obj.issue_cert("127.0.0.1", "localhost")
+        client = self.ca_obj.issue_cert("client.socktools.test")
+        self.ca, self.cert, self.key = tmp / "ca.pem", tmp / "server.pem", tmp / "server.key"
+        self.client_cert, self.client_key = tmp / "client.pem", tmp / "client.key"
+        self.ca_obj.cert_pem.write_to_path(str(self.ca))
+        server.private_key_pem.write_to_path(str(self.key))
+        with open(self.cert, "wb") as f:                      # the chain: leaf first
+            for pem in server.cert_chain_pems:
+                f.write(pem.bytes())
+        client.private_key_pem.write_to_path(str(self.client_key))
+        client.cert_chain_pems[0].write_to_path(str(self.client_cert))
+
+    def client_context(self, *, client_cert: bool = False):
+        import ssl
+        ctx = ssl.create_default_context(cafile=str(self.ca))
+        if client_cert:
+            ctx.load_cert_chain(str(self.client_cert), str(self.client_key))
+        return ctx
+
+
+def _exchange(port: int, request: bytes, parser, tls=None) -> list:
+    """One blocking request through a wire parser (over TLS with ``tls``, an SSLContext);
+    its decoded replies."""
     parser.keep = []
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        s = tls.wrap_socket(raw, server_hostname="127.0.0.1") if tls is not None else raw
         s.sendall(request)
         while not parser.keep:
             data = s.recv(65536)
@@ -105,17 +134,28 @@ def _exchange(port: int, request: bytes, parser) -> list:
 
 
 class Redis(_Peer):
+    """With ``tls`` (a :class:`Certs`), only a TLS port (``port``): no plaintext one;
+    ``auth_clients`` requires client certificates signed by the CA (mutual TLS)."""
+
     name = "redis-server"
 
-    def __init__(self, tmp: Path, port: Optional[int] = None) -> None:
+    def __init__(self, tmp: Path, port: Optional[int] = None, tls: Optional[Certs] = None,
+                 auth_clients: bool = False) -> None:
         binary = skip_unless("redis-server")
         self.port = port or free_port()
-        self.cmd = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+        self.tls, self.auth_clients = tls, auth_clients
+        listen = ["--port", str(self.port)]
+        if tls is not None:
+            listen = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(tls.cert),
+                      "--tls-key-file", str(tls.key), "--tls-ca-cert-file", str(tls.ca),
+                      "--tls-auth-clients", "yes" if auth_clients else "no"]
+        self.cmd = [binary, *listen, "--bind", "127.0.0.1", "--save", "",
                     "--appendonly", "no", "--dir", str(tmp), "--daemonize", "no", "--loglevel", "warning"]
 
     def command(self, *args: str):
         from socktools.wire.redis import RespParser, encode_command
-        return _exchange(self.port, encode_command([a.encode() for a in args]), RespParser())[0].fields["value"]
+        ctx = self.tls.client_context(client_cert=self.auth_clients) if self.tls else None
+        return _exchange(self.port, encode_command([a.encode() for a in args]), RespParser(), ctx)[0].fields["value"]
 
     def calls(self) -> dict:
         """``{"ping": 120, "set": 7}`` from INFO commandstats (the server's own count)."""
@@ -138,11 +178,14 @@ NGINX_BIG = 100_000
 class Nginx(_Peer):
     """One worker; ``/`` returns 200 "ok", ``/big`` a 100 kB file (Content-Length),
     ``/chunked`` an SSI page (length unknown: chunked), ``/fail`` 500, ``/status`` stub_status,
-    ``/close`` answers with ``Connection: close`` (``keepalive_timeout 0``)."""
+    ``/close`` answers with ``Connection: close`` (``keepalive_timeout 0``).  With ``tls`` (a
+    :class:`Certs`) the port is an ``ssl`` listener; ``verify_client`` requires a client
+    certificate signed by the CA (``ssl_verify_client on``)."""
 
     name = "nginx"
 
-    def __init__(self, tmp: Path, port: Optional[int] = None) -> None:
+    def __init__(self, tmp: Path, port: Optional[int] = None, tls: Optional[Certs] = None,
+                 verify_client: bool = False) -> None:
         binary = skip_unless("nginx")
         self.port = port or free_port()
         self.tmp = tmp
@@ -152,6 +195,13 @@ class Nginx(_Peer):
         (root / "page.html").write_text("<p>one</p><!--# echo var=\"ssi_var\" default=\"two\" --><p>three</p>\n")
         self.access_log = tmp / "access.log"
         user = "user root;\n" if os.geteuid() == 0 else ""
+        listen, ssl = f"127.0.0.1:{self.port}", ""
+        if tls is not None:
+            listen += " ssl"
+            ssl = (f"ssl_certificate {tls.cert};\n        ssl_certificate_key {tls.key};"
+                   f"\n        ssl_protocols TLSv1.2 TLSv1.3;")
+            if verify_client:
+                ssl += f"\n        ssl_verify_client on;\n        ssl_client_certificate {tls.ca};"
         conf = tmp / "nginx.conf"
         conf.write_text(f"""{user}worker_processes 1;
 daemon off;
@@ -167,7 +217,8 @@ http {{
     scgi_temp_path {tmp}/scgi;
     keepalive_requests 1000000;
     server {{
-        listen 127.0.0.1:{self.port};
+        listen {listen};
+        {ssl}
         root {root};
         location = / {{ default_type text/plain; return 200 "ok\\n"; }}
         location = /big {{ default_type application/octet-stream; try_files /big.bin =404; }}

@@ -262,3 +262,62 @@ def test_option_reaches_the_config(monkeypatch, command, option):
     # the option's own flag is in argv: the case tests what it says
     assert any(a in {o for p in ROUTES[command][0].params if p.name == option for o in p.opts} for a in argv)
     check(recorder.run(*argv), baseline)
+
+
+# -------------------------------------------------------------------- the TLS options (cli/_tls.py)
+# Declared once and shared; routed here through `request`, whose engine is recorded the same way.
+
+#: The routing case's files: a CA as PEM (the trustme test dependency makes it), a key for --cert.
+def _tls_files(tmp_path):
+    trustme = pytest.importorskip("trustme", reason="trustme not installed (pip install 'socktools[test]')")
+    ca = trustme.CA()
+    leaf = ca.issue_cert("client.socktools.test")
+    paths = {"CA": tmp_path / "ca.pem", "CERT": tmp_path / "c.pem", "KEY": tmp_path / "c.key"}
+    ca.cert_pem.write_to_path(str(paths["CA"]))
+    leaf.cert_chain_pems[0].write_to_path(str(paths["CERT"]))
+    leaf.private_key_pem.write_to_path(str(paths["KEY"]))
+    return {k: str(v) for k, v in paths.items()}
+
+
+TLS_ROUTES = {
+    "tls": (["--tls"], "enabled", True),
+    "sni": (["--tls", "--sni", "db.test"], "sni", "db.test"),
+    "cafile": (["--tls", "--cafile", "CA"], "cafile", "CA"),
+    "capath": (["--tls", "--capath", "DIR"], "capath", "DIR"),
+    "insecure": (["--tls", "--insecure"], "insecure", True),
+    "cert": (["--tls", "--cert", "CERT", "--key", "KEY"], "cert", "CERT"),
+    "key": (["--tls", "--cert", "CERT", "--key", "KEY"], "key", "KEY"),
+    "tls_min": (["--tls", "--tls-min", "1.3"], "tls_min", "1.3"),
+    "tls_max": (["--tls", "--tls-max", "1.2"], "tls_max", "1.2"),
+    "ciphers": (["--tls", "--ciphers", "ECDHE-RSA-AES128-GCM-SHA256"], "ciphers", "ECDHE-RSA-AES128-GCM-SHA256"),
+    "alpn": (["--tls", "--alpn", "h2", "--alpn", "http/1.1"], "alpn", ("h2", "http/1.1")),
+    "keylog": (["--tls", "--keylog", "KEYLOG"], "keylog", "KEYLOG"),
+}
+
+
+def test_every_tls_option_has_a_route():
+    from socktools.cli import request as cli_request
+    from socktools.cli._tls import TLS_PARAMS
+    options = {p.name for p in cli_request.command.params}
+    assert set(TLS_PARAMS) <= options
+    assert set(TLS_ROUTES) == set(TLS_PARAMS)
+
+
+@pytest.mark.parametrize("option", list(TLS_ROUTES))
+def test_tls_option_reaches_the_tls_config(monkeypatch, tmp_path, option):
+    import socktools.request.client as client
+    files = {**_tls_files(tmp_path), "DIR": str(tmp_path), "KEYLOG": str(tmp_path / "keys.log")}
+    calls = []
+
+    def exchange(host, port, proto, *, timeout, tls):
+        calls.append(tls)
+        raise SystemExit(0)
+    monkeypatch.setattr(client, "exchange", exchange)
+    argv, name, value = TLS_ROUTES[option]
+    base = ["request", "--port", "9", "--mode", "redis"]
+    assert CliRunner().invoke(main, base).exit_code == 0
+    r = CliRunner().invoke(main, base + [files.get(a, a) for a in argv])
+    assert r.exit_code == 0, r.output
+    baseline, cfg = calls
+    want = files.get(value, value) if isinstance(value, str) else value
+    assert getattr(cfg, name) == want and getattr(baseline, name) != want, (name, cfg)

@@ -8,6 +8,7 @@ import click
 
 from socktools.cli._common import (DURATION, EXIT_FAILED, PORT, LazyChoice, LazyOption, build_config, die,
                                    warn_target)
+from socktools.cli._tls import tls_config, tls_options
 from socktools.cli._wire import given_params, option_name, wire_options, wire_spec
 
 EPILOG = """\b
@@ -27,8 +28,15 @@ Any server, one exchange (the modes of flood):
   socktools request --port 11211 --protocol socktools.examples.memcached:Memcached --command 'get k'
 
 \b
+Over TLS (verified against the CA in ca.pem; the version, cipher and ALPN on stderr):
+  socktools request --port 6380 --mode redis --tls --cafile ca.pem
+  socktools request --host localhost --port 8443 --mode http --tls --cafile ca.pem --alpn http/1.1
+  socktools request --port 8443 --mode http --tls --insecure --keylog keys.log
+
+\b
 Exit codes: 0 answered; 1 refused, reset, timed out, closed early or a
-protocol error (one line says which, with the errno name); 2 a bad option;
+protocol error, or a failed TLS handshake (one line says which, with the
+errno name or TLS reason, what it means and what to do); 2 a bad option;
 3 an optional package is missing (--mode http: httptools); 130 Ctrl-C.
 """
 
@@ -39,9 +47,16 @@ def _content_text(message) -> str:
     return message.content.decode("utf-8", "backslashreplace")
 
 
+def _tls_line(result) -> str:
+    from socktools.request.report import tls_text
+    return tls_text(result)
+
+
 def _trace(result) -> None:
     from socktools.addresses import format_addr
     click.echo(f"connected to {format_addr(result.address)} in {result.connect_s * 1000:.3f} ms")
+    if result.tls:
+        click.echo(_tls_line(result))
     if result.sent:
         click.echo(f">>> sent {len(result.sent)} bytes")
         click.echo(repr(result.sent))
@@ -73,6 +88,7 @@ def _message_dict(message) -> dict:
 @click.option("--mode", "-m", type=LazyChoice("socktools.wire.modes:REQUEST_MODES"), default="framed",
               show_default=True, cls=LazyOption, lazy_help="socktools.wire.modes:REQUEST_HELP")
 @wire_options
+@tls_options
 @click.pass_context
 def command(ctx, words, host, port, timeout, show_bytes, as_json, mode, **wire_params):
     """Send one request and print the decoded response.
@@ -84,8 +100,9 @@ def command(ctx, words, host, port, timeout, show_bytes, as_json, mode, **wire_p
     """
     from socktools.request.client import RequestError, request
 
+    tls = tls_config(wire_params)
     if mode != "framed" or wire_params.get("plugin"):
-        _exchange(ctx, words, host, port, timeout, show_bytes, as_json, mode, wire_params)
+        _exchange(ctx, words, host, port, timeout, show_bytes, as_json, mode, wire_params, tls)
         return
     given = given_params(ctx)
     if given:
@@ -102,20 +119,23 @@ def command(ctx, words, host, port, timeout, show_bytes, as_json, mode, **wire_p
         raise click.UsageError(f"expected ACTION VALUE or HOST PORT ACTION VALUE, got {len(words)} word(s)")
     warn_target("request", host)
     try:
-        result = request(host, port, action, value, timeout=timeout)
+        result = request(host, port, action, value, timeout=timeout, tls=tls)
     except RequestError as err:
         _failed(err, show_bytes, as_json)
     message = result.message
     if show_bytes:
         _trace(result)
+    elif result.tls and not as_json:
+        click.echo(_tls_line(result), err=True)
     if as_json:
         from socktools.addresses import format_addr
         from socktools.cli._common import stamped
+        from socktools.request.report import tls_json
         click.echo(json.dumps(stamped({"ok": True, "address": format_addr(result.address),
                                "connect_ms": round(result.connect_s * 1000, 3),
                                "total_ms": round(result.total_s * 1000, 3),
                                "bytes_sent": len(result.sent), "bytes_received": result.received_bytes,
-                               "response": _message_dict(message)}), ensure_ascii=False))
+                               "response": _message_dict(message), **tls_json(result)}), ensure_ascii=False))
         return
     value_obj = message.value
     if isinstance(value_obj, dict) and "error" in value_obj and "result" not in value_obj:
@@ -137,7 +157,7 @@ def _failed(err, show_bytes: bool, as_json: bool) -> None:
     die(str(err), EXIT_FAILED)
 
 
-def _exchange(ctx, words, host, port, timeout, show_bytes, as_json, mode, wire_params) -> None:
+def _exchange(ctx, words, host, port, timeout, show_bytes, as_json, mode, wire_params, tls) -> None:
     """One request of a wire protocol: build it as flood would, send it, print the reply."""
     from socktools import wire
     from socktools.addresses import format_addr
@@ -154,15 +174,19 @@ def _exchange(ctx, words, host, port, timeout, show_bytes, as_json, mode, wire_p
     proto = build_config(wire.build, spec=spec)
     warn_target("request", host)
     try:
-        result = exchange(host, port, proto, timeout=timeout)
+        result = exchange(host, port, proto, timeout=timeout, tls=tls)
     except RequestError as err:
         _failed(err, show_bytes, as_json)
     if show_bytes:
         _trace(result)
+    elif result.tls and not as_json:
+        click.echo(_tls_line(result), err=True)
     if as_json:
         click.echo(json.dumps(stamped(exchange_json(result, spec.name)), ensure_ascii=False))
     else:
         click.echo(reply_text(result))
     if result.failures:
+        from socktools.errors import tls_hint
         f = result.failures[0]
-        die(f"the reply is a failure ({f.kind}): {f.detail}", EXIT_FAILED)
+        hint = tls_hint(result.received, None, tls=result.tls is not None)
+        die(f"the reply is a failure ({f.kind}): {f.detail}" + (f"; {hint}" if hint else ""), EXIT_FAILED)

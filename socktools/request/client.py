@@ -9,14 +9,17 @@ be shown.
 
 from __future__ import annotations
 
+import contextlib
 import select
 import socket
+import ssl
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from socktools import errors, protocol, reference
 from socktools.addresses import format_addr, resolve
+from socktools.tlsconf import TlsConfig, client_context, negotiated, server_name
 
 __all__ = ["RequestResult", "RequestError", "PeerClosedError", "SpokeFirstError", "request", "ExchangeResult",
            "exchange", "KEEP_RECEIVED", "SPOKE_FIRST_WAIT"]
@@ -47,6 +50,8 @@ class RequestResult:
     total_s: float = 0.0
     recv_calls: int = 0
     received_bytes: int = 0      # all of them; ``received`` keeps the first KEEP_RECEIVED
+    handshake_s: float = 0.0     # TLS: connect done to handshake done
+    tls: Optional[dict] = None   # TLS: what the handshake settled (tlsconf.negotiated) and the name checked
 
 
 @dataclass
@@ -54,6 +59,7 @@ class RequestError(Exception):
     phase: str
     exc: BaseException
     result: RequestResult = field(default=None)  # type: ignore[assignment]
+    tls: bool = False            # spoken over TLS: the hint for a plaintext port differs
 
     @property
     def key(self) -> str:
@@ -64,12 +70,15 @@ class RequestError(Exception):
 
     def __str__(self) -> str:
         where = format_addr(self.result.address) if self.result and self.result.address else "?"
-        what = {"connect": f"connect to {where}", "send": f"send to {where}",
+        what = {"connect": f"connect to {where}", "handshake": f"TLS handshake with {where}", "send": f"send to {where}",
                 "recv": f"receive from {where}", "resolve": f"resolving {where}",
                 "protocol": f"response from {where}"}.get(self.phase, f"{self.phase} {where}")
         if isinstance(self.exc, protocol.ProtocolError):
-            return f"{what}: protocol error ({self.exc.kind}): {self.exc}"
-        return errors.one_line(self.exc, what, command="request")
+            line = f"{what}: protocol error ({self.exc.kind}): {self.exc}"
+        else:
+            line = errors.one_line(self.exc, what, command="request")
+        hint = errors.tls_hint(self.result.received if self.result else b"", self.key, tls=self.tls)
+        return f"{line}; {hint}" if hint else line
 
 
 class SpokeFirstError(protocol.RemoteProtocolError):
@@ -90,9 +99,10 @@ class PeerClosedError(ConnectionError):
 
 
 def _round_trip(host: str, port: int, payload: bytes, result: RequestResult, timeout: float,
-                take: Optional[Callable[[bytes], bool]]) -> None:
-    """Resolve, connect, send ``payload`` and hand each received chunk to ``take`` until it
-    returns True (``take=None``: no reply is read).  One deadline covers every step.
+                take: Optional[Callable[[bytes], bool]], tls: Optional[TlsConfig] = None) -> None:
+    """Resolve, connect, (with ``tls``: handshake,) send ``payload`` and hand each received chunk
+    to ``take`` until it returns True (``take=None``: no reply is read).  One deadline covers
+    every step.
 
     ``take`` gets ``b""`` when the peer closes and raises :class:`PeerClosedError` or
     :class:`protocol.RemoteProtocolError`; every failure leaves as :class:`RequestError`
@@ -105,6 +115,7 @@ def _round_trip(host: str, port: int, payload: bytes, result: RequestResult, tim
     except OSError as exc:
         raise RequestError("resolve", exc, result) from None
     result.address = sockaddr
+    context = client_context(tls) if tls is not None and tls.enabled else None
 
     def remaining() -> float:
         left = deadline - time.monotonic()
@@ -112,12 +123,22 @@ def _round_trip(host: str, port: int, payload: bytes, result: RequestResult, tim
             raise socket.timeout(f"no answer within {timeout:g}s")
         return left
 
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
+    with contextlib.ExitStack() as stack:
+        sock = stack.enter_context(socket.socket(family, socket.SOCK_STREAM))
         phase = "connect"
         try:
             sock.settimeout(remaining())
             sock.connect(sockaddr)
             result.connect_s = time.perf_counter() - started
+            if context is not None:
+                phase = "handshake"
+                name = server_name(tls, host)
+                sock = stack.enter_context(context.wrap_socket(sock, server_hostname=name,
+                                                               do_handshake_on_connect=False))
+                sock.settimeout(remaining())
+                sock.do_handshake()
+                result.handshake_s = time.perf_counter() - started - result.connect_s
+                result.tls = {**negotiated(sock), "server_name": name}
             phase = "recv"
             received = bytearray()
             early = _spoke_first(sock, SPOKE_FIRST_WAIT)
@@ -141,14 +162,16 @@ def _round_trip(host: str, port: int, payload: bytes, result: RequestResult, tim
                     received += chunk[:KEEP_RECEIVED - len(received)]
                 done = take(chunk)
         except protocol.RemoteProtocolError as exc:
-            raise RequestError("protocol", exc, result) from None
-        except OSError as exc:  # includes timeouts and resets
+            result.received = bytes(received)
+            raise RequestError("protocol", exc, result, context is not None) from None
+        except OSError as exc:  # includes timeouts, resets and failed handshakes
             if phase == "send" and not result.sent:
                 result.sent = payload
-            raise RequestError(phase, exc, result) from None
-        finally:
             if phase == "recv":
                 result.received = bytes(received)
+            raise RequestError(phase, exc, result, context is not None) from None
+        if phase == "recv":
+            result.received = bytes(received)
     result.total_s = time.perf_counter() - started
 
 
@@ -162,12 +185,14 @@ def _spoke_first(sock: socket.socket, wait: float) -> bytes:
     sock.settimeout(0.0)      # readable: take what is there, never wait for more
     try:
         return sock.recv(KEEP_RECEIVED)
-    except BlockingIOError:
+    except (BlockingIOError, ssl.SSLWantReadError):
+        # TLS: readable may be only the server's session tickets (TLS 1.3 sends them after
+        # the handshake), which the TLS layer takes in without any plaintext to give
         return b""
 
 
 def request(host: str, port: int, action: str, value: str, *, timeout: float = 5.0,
-            max_content: int = protocol.DEFAULT_MAX_CONTENT) -> RequestResult:
+            max_content: int = protocol.DEFAULT_MAX_CONTENT, tls: Optional[TlsConfig] = None) -> RequestResult:
     """Send ``ACTION VALUE`` to a framed server and return the decoded response."""
     result = RequestResult(address=(host, port), sent=b"", received=b"")
     decoder = protocol.Decoder(max_content)
@@ -182,7 +207,7 @@ def request(host: str, port: int, action: str, value: str, *, timeout: float = 5
             raise PeerClosedError(result.received_bytes)
         return False
 
-    _round_trip(host, port, reference.make_request(action, value), result, timeout, take)
+    _round_trip(host, port, reference.make_request(action, value), result, timeout, take, tls)
     return result
 
 
@@ -194,7 +219,8 @@ class ExchangeResult(RequestResult):
     failures: list = field(default_factory=list)
 
 
-def exchange(host: str, port: int, proto: Any, *, timeout: float = 5.0) -> ExchangeResult:
+def exchange(host: str, port: int, proto: Any, *, timeout: float = 5.0,
+             tls: Optional[TlsConfig] = None) -> ExchangeResult:
     """Send request 0 of ``proto`` (a :mod:`socktools.wire` protocol) and read one whole reply.
 
     The same parser flood uses frames the reply; a protocol without replies
@@ -216,7 +242,7 @@ def exchange(host: str, port: int, proto: Any, *, timeout: float = 5.0) -> Excha
         except WireError as exc:
             raise protocol.RemoteProtocolError(str(exc), exc.kind) from None
 
-    _round_trip(host, port, proto.request(0, 0), result, timeout, take if proto.replies else None)
+    _round_trip(host, port, proto.request(0, 0), result, timeout, take if proto.replies else None, tls)
     result.reply = parser.keep[0] if parser.keep else None
     result.failures = list(parser.failures)
     return result
