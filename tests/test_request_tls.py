@@ -149,6 +149,14 @@ def test_tls_to_a_plaintext_port_says_drop_tls(tmp_path):
     assert "tls-to-plaintext-port" in r.stderr and "drop --tls" in r.stderr
 
 
+def test_tls_to_a_plaintext_port_that_waits_times_out_with_the_hint(tmp_path):
+    """redis' plaintext port takes a ClientHello as the start of a line and waits for its end."""
+    with Redis(tmp_path) as plain:
+        r = run("--port", plain.port, "--mode", "redis", "--tls", "--insecure", "--timeout", "300ms")
+    assert r.exit_code == 1
+    assert "TLS handshake with" in r.stderr and "timeout" in r.stderr and "drop --tls" in r.stderr
+
+
 def test_mutual_tls_with_and_without_a_client_certificate(tmp_path, certs):
     with Redis(tmp_path, tls=certs, auth_clients=True) as server:
         without = run("--port", server.port, "--mode", "redis", "--tls", "--cafile", certs.ca)
@@ -175,22 +183,22 @@ def test_keylog_writes_nss_key_log_lines_from_the_option_and_from_sslkeylogfile(
     assert len(lines) == 1 and lines[0][0] == "CLIENT_RANDOM" and len(lines[0][1]) == 64
 
 
-@pytest.mark.parametrize("args, option", [
-    (["--sni", "x.test"], "--sni"),                                       # without --tls
-    (["--tls", "--cert", "CLIENT"], "--cert"),                           # without --key
-    (["--tls", "--tls-min", "1.3", "--tls-max", "1.2"], "--tls-min"),
-    (["--tls", "--ciphers", "NO-SUCH-CIPHER"], "--ciphers"),
-    (["--tls", "--cafile", "NOTPEM"], "--cafile"),
-    (["--tls", "--alpn", ""], "--alpn"),
-    (["--tls", "--cert", "CLIENT", "--key", "SERVERKEY"], "--key"),       # a key, not this cert's
+@pytest.mark.parametrize("args, option, words", [
+    (["--sni", "x.test"], "--sni", "give --tls too"),                       # without --tls
+    (["--tls", "--cert", "CLIENT"], "--cert", "needs --key"),
+    (["--tls", "--tls-min", "1.3", "--tls-max", "1.2"], "--tls-min", "above --tls-max"),
+    (["--tls", "--ciphers", "NO-SUCH-CIPHER"], "--ciphers", "knows no cipher"),
+    (["--tls", "--cafile", "NOTPEM"], "--cafile", "is not PEM"),
+    (["--tls", "--alpn", ""], "--alpn", "not an ALPN protocol name"),
+    (["--tls", "--cert", "CLIENT", "--key", "SERVERKEY"], "--key", "is not the key"),   # a key, not this cert's
 ])
-def test_bad_tls_options_are_usage_errors_naming_the_option(certs, tmp_path, args, option):
+def test_bad_tls_options_are_usage_errors_naming_the_option(certs, tmp_path, args, option, words):
     notpem = tmp_path / "notpem.txt"
     notpem.write_text("hello\n")
     files = {"CLIENT": str(certs.client_cert), "NOTPEM": str(notpem), "SERVERKEY": str(certs.key)}
     r = run("--port", "9", "--mode", "redis", *[files.get(a, a) for a in args])
     assert r.exit_code == 2, r.output
-    assert option in r.stderr, r.stderr
+    assert option in r.stderr and words in r.stderr, r.stderr
 
 
 def test_the_real_command_end_to_end(redis_tls, certs):
