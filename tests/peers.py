@@ -96,7 +96,7 @@ class Certs:
     certificate, written as PEM files under ``tmp`` for servers and clients to name."""
 
     def __init__(self, tmp: Path) -> None:
-        trustme = pytest.importorskip("trustme", reason="trustme not installed (pip install 'socktools[test]')")
+        trustme = pytest.importorskip("trustme", reason="trustme not installed (pip install trustme)")
         self.ca_obj = trustme.CA()
         server = self.ca_obj.issue_cert("127.0.0.1", "localhost")
         client = self.ca_obj.issue_cert("client.socktools.test")

@@ -269,7 +269,7 @@ def test_option_reaches_the_config(monkeypatch, command, option):
 
 #: The routing case's files: a CA as PEM (the trustme test dependency makes it), a key for --cert.
 def _tls_files(tmp_path):
-    trustme = pytest.importorskip("trustme", reason="trustme not installed (pip install 'socktools[test]')")
+    trustme = pytest.importorskip("trustme", reason="trustme not installed (pip install trustme)")
     ca = trustme.CA()
     leaf = ca.issue_cert("client.socktools.test")
     paths = {"CA": tmp_path / "ca.pem", "CERT": tmp_path / "c.pem", "KEY": tmp_path / "c.key"}

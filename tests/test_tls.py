@@ -14,7 +14,7 @@ from socktools import errors
 from socktools.errors import OptionError
 from socktools.tlsconf import TlsConfig, client_context, server_name
 
-trustme = pytest.importorskip("trustme", reason="trustme not installed (pip install 'socktools[test]')")
+trustme = pytest.importorskip("trustme", reason="trustme not installed (pip install trustme)")
 
 
 @pytest.fixture(scope="module")
