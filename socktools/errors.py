@@ -333,12 +333,17 @@ _REASONS = {"WRONG_VERSION_NUMBER": TLS_TO_PLAINTEXT, "RECORD_LAYER_FAILURE": TL
 
 #: nginx's words when plaintext HTTP reaches its ``ssl`` listener (its 400 page).
 _NGINX_PLAIN_TO_TLS = b"The plain HTTP request was sent to HTTPS port"
+#: nginx's words (a 400 after the handshake) when ``ssl_verify_client on`` and no certificate came.
+_NGINX_NO_CLIENT_CERT = b"No required SSL certificate was sent"
 
 
 def tls_hint(received: bytes, key: str | None, *, tls: bool) -> str:
-    """Words for the two mistakes users make first, from what came back: ``""`` when nothing
-    points at either.  ``tls`` says whether this client spoke TLS."""
+    """Words for the mistakes users make first, from what came back: ``""`` when nothing
+    points at one.  ``tls`` says whether this client spoke TLS."""
     if tls:
+        if _NGINX_NO_CLIENT_CERT in received[:4096]:
+            exp = EXPLANATIONS["tls-alert-certificate-required"]
+            return f"the server requires a client certificate (mutual TLS) and none was sent; {exp.fix}"
         if key == TIMEOUT:      # a plaintext server waiting for the rest of a "line" it will never get
             return ("if that port does not speak TLS, it may still be waiting: "
                     + EXPLANATIONS[TLS_TO_PLAINTEXT].fix)

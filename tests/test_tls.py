@@ -203,6 +203,11 @@ def test_alerts_the_server_sends_have_their_keys_and_words(pki):
          _server(pki, minimum_version=ssl.TLSVersion.TLSv1_3), "tls-alert-protocol-version",
          "does not speak the TLS versions offered"),
     ]
+    # a client certificate from a CA the server does not list
+    stranger = trustme.CA().issue_cert("stranger.socktools.test")
+    foreign = _client(pki)
+    stranger.configure_cert(foreign)
+    cases.append((foreign, server13, "tls-alert-unknown-ca", "does not trust the CA of the client certificate"))
     for client, server, key, words in cases:
         exc = _handshake(client, server)
         assert exc is not None, key
