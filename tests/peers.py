@@ -92,13 +92,18 @@ class _Peer:
 
 
 class Certs:
-    """A throwaway CA (trustme), a server certificate for 127.0.0.1 and localhost, and a client
-    certificate, written as PEM files under ``tmp`` for servers and clients to name."""
+    """A throwaway CA (trustme), a server certificate for 127.0.0.1 and localhost (``expired``:
+    one that expired in 2020), and a client certificate, written as PEM files under ``tmp`` for
+    servers and clients to name."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, *, expired: bool = False) -> None:
+        import datetime
         trustme = pytest.importorskip("trustme", reason="trustme not installed (pip install trustme)")
         self.ca_obj = trustme.CA()
-        server = self.ca_obj.issue_cert("127.0.0.1", "localhost")
+        # expired: valid for January 2020 only, to test what a client says about it
+        span = {"not_before": datetime.datetime(2020, 1, 1), "not_after": datetime.datetime(2020, 2, 1)} \
+            if expired else {}
+        server = self.ca_obj.issue_cert("127.0.0.1", "localhost", **span)
         client = self.ca_obj.issue_cert("client.socktools.test")
         self.ca, self.cert, self.key = tmp / "ca.pem", tmp / "server.pem", tmp / "server.key"
         self.client_cert, self.client_key = tmp / "client.pem", tmp / "client.key"

@@ -99,9 +99,30 @@ def test_an_unknown_ca_fails_in_words_and_insecure_gets_through_with_one_warning
     assert r.exit_code == 1
     assert "tls-unknown-ca" in r.stderr and "does not trust" in r.stderr and "--cafile" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+    r = run("--port", redis_tls.port, "--mode", "redis", "--tls", "--json")
+    doc = json.loads(r.stdout.splitlines()[0])
+    validate(doc, "request")
+    assert r.exit_code == 1 and doc["ok"] is False
+    assert doc["phase"] == "handshake" and doc["error"] == "tls-unknown-ca"
     r = run("--port", redis_tls.port, "--mode", "redis", "--tls", "--insecure")
     assert r.exit_code == 0 and r.stdout.strip() == "PONG", r.output
     assert r.stderr.count("--insecure") == 1 and "NOT verified" in r.stderr
+
+
+def test_an_expired_certificate_fails_in_words(tmp_path):
+    expired = Certs(tmp_path, expired=True)
+    with Redis(tmp_path, tls=expired) as server:
+        r = run("--port", server.port, "--mode", "redis", "--tls", "--cafile", expired.ca)
+    assert r.exit_code == 1
+    assert "tls-expired" in r.stderr and "has expired" in r.stderr and "renew" in r.stderr
+
+
+def test_show_bytes_shows_the_handshake_and_the_plaintext(redis_tls, certs):
+    r = run("--port", redis_tls.port, "--mode", "redis", "--tls", "--cafile", certs.ca, "--show-bytes")
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("connected to 127.0.0.1:") and lines[1].startswith("TLSv1.3 ")
+    assert "b'*1\\r\\n$4\\r\\nPING\\r\\n'" in r.stdout and "b'+PONG\\r\\n'" in r.stdout
 
 
 def test_a_hostname_mismatch_fails_in_words(redis_tls, certs):
