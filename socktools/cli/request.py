@@ -47,16 +47,21 @@ def _content_text(message) -> str:
     return message.content.decode("utf-8", "backslashreplace")
 
 
-def _tls_line(result) -> str:
+def _before_reply(result, show_bytes: bool, as_json: bool) -> None:
+    """The wire trace (--show-bytes), or else the TLS line on stderr: stdout stays the reply."""
     from socktools.request.report import tls_text
-    return tls_text(result)
+    if show_bytes:
+        _trace(result)
+    elif result.tls and not as_json:
+        click.echo(tls_text(result), err=True)
 
 
 def _trace(result) -> None:
     from socktools.addresses import format_addr
+    from socktools.request.report import tls_text
     click.echo(f"connected to {format_addr(result.address)} in {result.connect_s * 1000:.3f} ms")
     if result.tls:
-        click.echo(_tls_line(result))
+        click.echo(tls_text(result))
     if result.sent:
         click.echo(f">>> sent {len(result.sent)} bytes")
         click.echo(repr(result.sent))
@@ -123,10 +128,7 @@ def command(ctx, words, host, port, timeout, show_bytes, as_json, mode, **wire_p
     except RequestError as err:
         _failed(err, show_bytes, as_json)
     message = result.message
-    if show_bytes:
-        _trace(result)
-    elif result.tls and not as_json:
-        click.echo(_tls_line(result), err=True)
+    _before_reply(result, show_bytes, as_json)
     if as_json:
         from socktools.addresses import format_addr
         from socktools.cli._common import stamped
@@ -177,10 +179,7 @@ def _exchange(ctx, words, host, port, timeout, show_bytes, as_json, mode, wire_p
         result = exchange(host, port, proto, timeout=timeout, tls=tls)
     except RequestError as err:
         _failed(err, show_bytes, as_json)
-    if show_bytes:
-        _trace(result)
-    elif result.tls and not as_json:
-        click.echo(_tls_line(result), err=True)
+    _before_reply(result, show_bytes, as_json)
     if as_json:
         click.echo(json.dumps(stamped(exchange_json(result, spec.name)), ensure_ascii=False))
     else:
