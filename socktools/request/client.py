@@ -70,8 +70,8 @@ class RequestError(Exception):
 
     def __str__(self) -> str:
         where = format_addr(self.result.address) if self.result and self.result.address else "?"
-        what = {"connect": f"connect to {where}", "handshake": f"TLS handshake with {where}", "send": f"send to {where}",
-                "recv": f"receive from {where}", "resolve": f"resolving {where}",
+        what = {"connect": f"connect to {where}", "handshake": f"TLS handshake with {where}",
+                "send": f"send to {where}", "recv": f"receive from {where}", "resolve": f"resolving {where}",
                 "protocol": f"response from {where}"}.get(self.phase, f"{self.phase} {where}")
         if isinstance(self.exc, protocol.ProtocolError):
             line = f"{what}: protocol error ({self.exc.kind}): {self.exc}"
