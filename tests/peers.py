@@ -45,8 +45,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _accepts(port: int) -> bool:
+def _accepts(port: int, unix: Optional[Path] = None) -> bool:
+    """Does the server take a connection (on its Unix socket ``unix`` when given)?"""
     try:
+        if unix is not None:
+            with socket.socket(socket.AF_UNIX) as s:
+                s.settimeout(0.5)
+                s.connect(str(unix))
+                return True
         with socket.create_connection(("127.0.0.1", port), timeout=0.5):
             return True
     except OSError:
@@ -56,6 +62,7 @@ def _accepts(port: int) -> bool:
 class _Peer:
     cmd: list
     name = "server"
+    unix: Optional[Path] = None      # the Unix socket it listens on instead of a TCP port
 
     def start(self, timeout: float = 10.0) -> "_Peer":
         self.proc = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -65,11 +72,11 @@ class _Peer:
             if self.proc.poll() is not None:
                 err = self.proc.stderr.read().decode(errors="replace")
                 raise RuntimeError(f"{self.name} exited at once ({self.proc.returncode}): {err[-500:]}")
-            if _accepts(self.port):
+            if _accepts(self.port, self.unix):
                 return self
             time.sleep(0.02)
         self.stop()
-        raise RuntimeError(f"{self.name} did not listen on port {self.port} within {timeout:g}s")
+        raise RuntimeError(f"{self.name} did not listen on {self.unix or self.port} within {timeout:g}s")
 
     def stop(self) -> None:
         proc = getattr(self, "proc", None)
@@ -123,11 +130,17 @@ class Certs:
         return ctx
 
 
-def _exchange(port: int, request: bytes, parser, tls=None) -> list:
-    """One blocking request through a wire parser (over TLS with ``tls``, an SSLContext);
-    its decoded replies."""
+def _exchange(port: int, request: bytes, parser, tls=None, unix: Optional[Path] = None) -> list:
+    """One blocking request through a wire parser (over TLS with ``tls``, an SSLContext; to the
+    Unix socket ``unix`` when given); its decoded replies."""
     parser.keep = []
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+    if unix is not None:
+        raw = socket.socket(socket.AF_UNIX)
+        raw.settimeout(5)
+        raw.connect(str(unix))
+    else:
+        raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+    with raw:
         s = tls.wrap_socket(raw, server_hostname="127.0.0.1") if tls is not None else raw
         s.sendall(request)
         while not parser.keep:
@@ -140,16 +153,20 @@ def _exchange(port: int, request: bytes, parser, tls=None) -> list:
 
 class Redis(_Peer):
     """With ``tls`` (a :class:`Certs`), only a TLS port (``port``): no plaintext one;
-    ``auth_clients`` requires client certificates signed by the CA (mutual TLS)."""
+    ``auth_clients`` requires client certificates signed by the CA (mutual TLS).  With
+    ``unix``, only a Unix socket, ``tmp/redis.sock`` (mode 700), and no TCP port."""
 
     name = "redis-server"
 
     def __init__(self, tmp: Path, port: Optional[int] = None, tls: Optional[Certs] = None,
-                 auth_clients: bool = False) -> None:
+                 auth_clients: bool = False, unix: bool = False) -> None:
         binary = skip_unless("redis-server")
         self.port = port or free_port()
         self.tls, self.auth_clients = tls, auth_clients
         listen = ["--port", str(self.port)]
+        if unix:
+            self.unix = tmp / "redis.sock"
+            listen = ["--port", "0", "--unixsocket", str(self.unix), "--unixsocketperm", "700"]
         if tls is not None:
             listen = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(tls.cert),
                       "--tls-key-file", str(tls.key), "--tls-ca-cert-file", str(tls.ca),
@@ -160,7 +177,8 @@ class Redis(_Peer):
     def command(self, *args: str):
         from socktools.wire.redis import RespParser, encode_command
         ctx = self.tls.client_context(client_cert=self.auth_clients) if self.tls else None
-        return _exchange(self.port, encode_command([a.encode() for a in args]), RespParser(), ctx)[0].fields["value"]
+        return _exchange(self.port, encode_command([a.encode() for a in args]), RespParser(), ctx,
+                         self.unix)[0].fields["value"]
 
     def calls(self) -> dict:
         """``{"ping": 120, "set": 7}`` from INFO commandstats (the server's own count)."""
@@ -185,12 +203,13 @@ class Nginx(_Peer):
     ``/chunked`` an SSI page (length unknown: chunked), ``/fail`` 500, ``/status`` stub_status,
     ``/close`` answers with ``Connection: close`` (``keepalive_timeout 0``).  With ``tls`` (a
     :class:`Certs`) the port is an ``ssl`` listener; ``verify_client`` requires a client
-    certificate signed by the CA (``ssl_verify_client on``)."""
+    certificate signed by the CA (``ssl_verify_client on``).  With ``unix``, it listens on
+    ``tmp/nginx.sock`` instead of a TCP port."""
 
     name = "nginx"
 
     def __init__(self, tmp: Path, port: Optional[int] = None, tls: Optional[Certs] = None,
-                 verify_client: bool = False) -> None:
+                 verify_client: bool = False, unix: bool = False) -> None:
         binary = skip_unless("nginx")
         self.port = port or free_port()
         self.tmp = tmp
@@ -201,6 +220,9 @@ class Nginx(_Peer):
         self.access_log = tmp / "access.log"
         user = "user root;\n" if os.geteuid() == 0 else ""
         listen, ssl = f"127.0.0.1:{self.port}", ""
+        if unix:
+            self.unix = tmp / "nginx.sock"
+            listen = f"unix:{self.unix}"
         if tls is not None:
             listen += " ssl"
             ssl = (f"ssl_certificate {tls.cert};\n        ssl_certificate_key {tls.key};"
