@@ -8,11 +8,13 @@ all bind every interface, and ``127.1`` is loopback, however the text looks.
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
-from typing import Any
+import stat
+from typing import Any, Optional
 
 __all__ = ["resolve", "format_addr", "is_loopback", "is_wildcard", "family_of", "ip_of",
-           "not_local", "target_warning"]
+           "not_local", "target_warning", "unix_problem"]
 
 
 def family_of(host: str) -> int:
@@ -22,11 +24,15 @@ def family_of(host: str) -> int:
         return socket.AF_UNSPEC
 
 
-def resolve(host: str, port: int, *, passive: bool = False) -> tuple[int, Any]:
+def resolve(host: str, port: int, *, passive: bool = False, unix: Optional[str] = None) -> tuple[int, Any]:
     """Return ``(family, sockaddr)`` for a TCP endpoint; numeric addresses skip DNS.
 
+    With ``unix`` (a path, ``--unix``) the target is that Unix-domain socket:
+    ``(AF_UNIX, path)``, and ``host``/``port`` are not looked at -- no DNS.
     Raises ``OSError`` (``socket.gaierror``) when the name does not resolve.
     """
+    if unix is not None:
+        return socket.AF_UNIX, unix
     host = host.strip("[]")
     flags = socket.AI_PASSIVE if passive else 0
     if family_of(host) != socket.AF_UNSPEC:
@@ -37,11 +43,29 @@ def resolve(host: str, port: int, *, passive: bool = False) -> tuple[int, Any]:
 
 
 def format_addr(sockaddr: Any) -> str:
-    """``('127.0.0.1', 80)`` -> ``127.0.0.1:80``; ``('::1', 80, 0, 0)`` -> ``[::1]:80``."""
+    """``('127.0.0.1', 80)`` -> ``127.0.0.1:80``; ``('::1', 80, 0, 0)`` -> ``[::1]:80``;
+    a Unix socket's path as printable text (bytes that are not UTF-8 as ``\\xff``)."""
     if isinstance(sockaddr, (tuple, list)) and len(sockaddr) >= 2:
         host, port = sockaddr[0], sockaddr[1]
         return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    if isinstance(sockaddr, (str, bytes)):
+        try:  # a path is any bytes (surrogate-escaped in a str): shown, never a UnicodeError
+            return os.fsencode(sockaddr).decode("utf-8", "backslashreplace")
+        except UnicodeError:
+            return ascii(sockaddr)
     return str(sockaddr)
+
+
+def unix_problem(path: str) -> Optional[str]:
+    """Why ``path`` cannot be a Unix-socket target (the OS's reason, or "not a socket"); None
+    when it is one.  Checked before a run, so a typo ends at once instead of in every connect."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError) as exc:   # ValueError: an embedded NUL byte
+        return getattr(exc, "strerror", None) or str(exc)
+    if not stat.S_ISSOCK(mode):
+        return "not a socket"
+    return None
 
 
 def ip_of(host: Any, *, passive: bool = False):

@@ -58,6 +58,14 @@ _SEND_FILE.write(b"PING\r\n")
 _SEND_FILE.close()
 atexit.register(os.unlink, _SEND_FILE.name)
 _RAW = ["--port", "9", "--mode", "raw", "--send", "A"]
+#: A Unix socket for --unix (bound, never listened on: the engine is recorded, nothing connects).
+_UNIX_DIR = tempfile.mkdtemp(prefix="socktools-route-")
+_UNIX = os.path.join(_UNIX_DIR, "s.sock")
+_UNIX_SOCK = socket.socket(socket.AF_UNIX)
+_UNIX_SOCK.bind(_UNIX)
+atexit.register(os.rmdir, _UNIX_DIR)
+atexit.register(os.unlink, _UNIX)
+atexit.register(_UNIX_SOCK.close)
 _HTTP = ["--port", "9", "--mode", "http"]
 
 
@@ -167,6 +175,8 @@ ROUTES = {
     }),
     "flood": (cli_flood.command, {
         "host": (["--host", "::1"], both(field("host", "::1"), field("family", socket.AF_INET6))),
+        "unix": (["--unix", _UNIX], both(field("address", _UNIX), field("family", socket.AF_UNIX),
+                                         field("embedded", False))),
         "port": (["--port", "9"], both(field("port", 9), field("embedded", False),
                                        field("address", ("127.0.0.1", 9)))),
         "conns": (["--conns", "7"], field("conns", 7)),
@@ -309,7 +319,7 @@ def test_tls_option_reaches_the_tls_config(monkeypatch, tmp_path, option):
     files = {**_tls_files(tmp_path), "DIR": str(tmp_path), "KEYLOG": str(tmp_path / "keys.log")}
     calls = []
 
-    def exchange(host, port, proto, *, timeout, tls):
+    def exchange(host, port, proto, *, timeout, tls, unix=None):
         calls.append(tls)
         raise SystemExit(0)
     monkeypatch.setattr(client, "exchange", exchange)
@@ -321,3 +331,19 @@ def test_tls_option_reaches_the_tls_config(monkeypatch, tmp_path, option):
     baseline, cfg = calls
     want = files.get(value, value) if isinstance(value, str) else value
     assert getattr(cfg, name) == want and getattr(baseline, name) != want, (name, cfg)
+
+
+def test_request_unix_reaches_the_exchange_and_the_framed_request(monkeypatch):
+    """request --unix PATH: the engine gets the path (both the wire exchange and the framed request)."""
+    import socktools.request.client as client
+    calls = []
+
+    def record(*args, unix=None, **kw):
+        calls.append(unix)
+        raise SystemExit(0)
+    monkeypatch.setattr(client, "exchange", record)
+    monkeypatch.setattr(client, "request", record)
+    for argv in (["--mode", "redis"], ["search", "x"]):
+        assert CliRunner().invoke(main, ["request", *argv]).exit_code == 0
+        assert CliRunner().invoke(main, ["request", "--unix", _UNIX, *argv]).exit_code == 0
+    assert calls == [None, _UNIX, None, _UNIX]

@@ -272,6 +272,45 @@ def warn_target(command: str, address) -> None:
         click.echo(line, err=True)
 
 
+class UnixPath(click.ParamType):
+    """``--unix PATH``: an existing Unix-domain socket.  The path is kept as given (any bytes,
+    surrogate-escaped as Python hands them over); one that cannot be bytes (a lone surrogate),
+    does not exist or is not a socket is a usage error with the OS's reason."""
+
+    name = "path"
+
+    def convert(self, value, param, ctx):
+        import os
+
+        from socktools.addresses import unix_problem
+        try:
+            os.fsencode(value)
+        except UnicodeError:
+            self.fail("not a file name: it holds a character that is not bytes (a lone surrogate; "
+                      "give it as UTF-8)", param, ctx)
+        problem = unix_problem(value)
+        if problem:
+            from socktools.addresses import format_addr
+            self.fail(f"{format_addr(value)}: {problem}", param, ctx)
+        return value
+
+
+def unix_option(help_extra=""):
+    return click.option("--unix", "unix", type=UnixPath(), default=None, metavar="PATH",
+                        help="A Unix-domain socket to connect to instead of --host/--port (no DNS)." + help_extra)
+
+
+def check_target(ctx, host: str, unix) -> None:
+    """--unix excludes --host and --port; a path given as --host is meant for --unix."""
+    from click.core import ParameterSource
+    if unix is not None:
+        for name in ("host", "port"):
+            if ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT):
+                raise click.UsageError(f"--unix names the whole target: give --unix or --{name}, not both")
+    elif "/" in (host or ""):
+        raise click.BadParameter("a path is not a host: give a Unix socket as --unix PATH", param_hint="'--host'")
+
+
 def host_option(default="127.0.0.1", help_extra=""):
     return click.option("--host", default=default, show_default=True, metavar="HOST",
                         help="Address or name; ::1 for IPv6." + help_extra)

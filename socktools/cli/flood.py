@@ -9,8 +9,8 @@ import sys
 import click
 
 from socktools.cli._common import (BYTESIZE, DURATION, EXIT_FAILED, EXIT_THRESHOLD, EXIT_UNAVAILABLE,
-                                   MAX_CONNS, MAX_COUNT, MAX_PROCESSES, PORT, RATE, build_config, die,
-                                   LazyChoice, LazyOption, parse_address_range, warn_target)
+                                   MAX_CONNS, MAX_COUNT, MAX_PROCESSES, PORT, RATE, build_config, check_target,
+                                   die, LazyChoice, LazyOption, parse_address_range, unix_option, warn_target)
 from socktools.cli._outputs import output_options, write_outputs
 from socktools.cli._wire import given_params, option_name, wire_options, wire_spec
 from socktools.optional import PACKAGES
@@ -41,6 +41,11 @@ Your own server (give its --port):
   socktools flood --port 11211 --protocol socktools.examples.memcached:Memcached --command 'get k{conn}'
 
 \b
+A server on a Unix-domain socket (no --host/--port/--source/--cluster; HTTP's Host: localhost):
+  socktools flood --unix /run/redis/redis.sock --mode redis --command PING --requests 100000
+  socktools flood --unix /run/nginx.sock --mode http --path / --conns 50 --duration 5s
+
+\b
 With no --port, flood starts `socktools serve` (the matching mode) on a free
 loopback port, sized for --conns, and stops it afterwards.  Ctrl-C or SIGTERM
 stops early and still prints the results (a second one stops at once).  Exit
@@ -64,6 +69,7 @@ EXIT_SIGTERM = 128 + 15
               help="Server address (::1 for IPv6).  Without --port: where the embedded server binds.")
 @click.option("--port", "-p", type=PORT, default=None, metavar="PORT",
               help="Server port.  Omit it to let flood start its own server.")
+@unix_option("  Not with --source or --cluster.")
 @click.option("--conns", "-c", type=click.IntRange(1, MAX_CONNS), default=100, show_default=True,
               help="Concurrent connections (connect mode: concurrent connect/close slots).")
 @click.option("--workers", "-w", type=click.IntRange(1, MAX_PROCESSES), default=None,
@@ -112,7 +118,7 @@ EXIT_SIGTERM = 128 + 15
 @wire_options
 @output_options
 @click.pass_context
-def command(ctx, host, port, conns, workers, mode, pipeline, size, action, value, duration, requests, rate,
+def command(ctx, host, port, unix, conns, workers, mode, pipeline, size, action, value, duration, requests, rate,
             connect_rate, connect_timeout, source, server_workers, interval, stages, cluster, as_json, yes, outputs,
             **wire_params):
     """Load a TCP server with many concurrent connections and report what happened.
@@ -132,15 +138,22 @@ def command(ctx, host, port, conns, workers, mode, pipeline, size, action, value
             conns = None
     elif duration is None:
         duration = 600.0 if requests is not None else 10.0
+    check_target(ctx, host, unix)
+    if unix is not None:
+        # a Unix socket has no source address, and is on this machine only: not for Dask's hosts
+        for name, given in (("--source", source), ("--cluster", cluster)):
+            if given is not None:
+                raise click.BadParameter(f"not with --unix (a Unix socket has no source address and is "
+                                         f"reached from this machine only)", param_hint=name)
     sources: tuple = ()
     if source is not None:
         try:
             sources = tuple(parse_address_range(source))
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--source")
-    embedded = port is None
-    address, family = _resolve(host, 0 if embedded else port)
-    if not embedded:
+    embedded = port is None and unix is None
+    address, family = _resolve(host, 0 if embedded else (port or 0), unix)
+    if not embedded and unix is None:
         warn_target("flood", address)
     if sources:
         import socket
@@ -164,7 +177,8 @@ def command(ctx, host, port, conns, workers, mode, pipeline, size, action, value
         mode = "plugin"
     if mode not in ("echo", "framed", "connect"):
         from socktools.addresses import format_addr
-        spec = wire_spec(mode, format_addr((host, port or 0)), wire_params)
+        # a Unix socket has no host name: HTTP's Host header (required by HTTP/1.1) says localhost
+        spec = wire_spec(mode, "localhost" if unix is not None else format_addr((host, port or 0)), wire_params)
     else:
         given = given_params(ctx)
         if given:
@@ -190,10 +204,10 @@ def _check_cluster(spec: str) -> None:
         die(INSTALL_HINT, EXIT_UNAVAILABLE)
 
 
-def _resolve(host: str, port: int):
+def _resolve(host: str, port: int, unix=None):
     from socktools.addresses import resolve
     try:
-        family, sockaddr = resolve(host, port)
+        family, sockaddr = resolve(host, port, unix=unix)
     except OSError as exc:
         from socktools.errors import one_line
         die(one_line(exc, f"resolve {host!r}"))

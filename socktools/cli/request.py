@@ -6,8 +6,8 @@ import json
 
 import click
 
-from socktools.cli._common import (DURATION, EXIT_FAILED, PORT, LazyChoice, LazyOption, build_config, die,
-                                   warn_target)
+from socktools.cli._common import (DURATION, EXIT_FAILED, PORT, LazyChoice, LazyOption, build_config,
+                                   check_target, die, unix_option, warn_target)
 from socktools.cli._tls import tls_config, tls_options
 from socktools.cli._wire import given_params, option_name, wire_options, wire_spec
 
@@ -26,6 +26,11 @@ Any server, one exchange (the modes of flood):
   socktools request --port 7000 --mode line --send 'HELLO' --eol crlf
   socktools request --port 8080 --mode raw --send 'GET / HTTP/1.0\\r\\n\\r\\n' --reply-until-close
   socktools request --port 11211 --protocol socktools.examples.memcached:Memcached --command 'get k'
+
+\b
+Over a Unix-domain socket (no host, no port; HTTP's Host header says localhost):
+  socktools request --unix /run/redis/redis.sock --mode redis --command PING
+  socktools request --unix /run/nginx.sock --mode http --path /
 
 \b
 Over TLS (verified against the CA in ca.pem; the version, cipher and ALPN on stderr):
@@ -86,6 +91,7 @@ def _message_dict(message) -> dict:
 @click.argument("words", nargs=-1, metavar="[HOST PORT] ACTION VALUE")
 @click.option("--host", default="127.0.0.1", show_default=True, metavar="HOST", help="Server address; ::1 for IPv6.")
 @click.option("--port", "-p", type=PORT, default=65432, show_default=True, help="Server port.")
+@unix_option()
 @click.option("--timeout", type=DURATION, default="5s", show_default=True, metavar="DURATION",
               help="For the whole exchange (connect, send, receive).")
 @click.option("--show-bytes", is_flag=True, help="Print the exact bytes sent and received (a wire trace).")
@@ -95,7 +101,7 @@ def _message_dict(message) -> dict:
 @wire_options
 @tls_options
 @click.pass_context
-def command(ctx, words, host, port, timeout, show_bytes, as_json, mode, **wire_params):
+def command(ctx, words, host, port, unix, timeout, show_bytes, as_json, mode, **wire_params):
     """Send one request and print the decoded response.
 
     In framed mode (the default), ACTION "search" sends a text/json request;
@@ -106,8 +112,9 @@ def command(ctx, words, host, port, timeout, show_bytes, as_json, mode, **wire_p
     from socktools.request.client import RequestError, request
 
     tls = tls_config(wire_params)
+    check_target(ctx, host, unix)
     if mode != "framed" or wire_params.get("plugin"):
-        _exchange(ctx, words, host, port, timeout, show_bytes, as_json, mode, wire_params, tls)
+        _exchange(ctx, words, host, port, unix, timeout, show_bytes, as_json, mode, wire_params, tls)
         return
     given = given_params(ctx)
     if given:
@@ -115,6 +122,8 @@ def command(ctx, words, host, port, timeout, show_bytes, as_json, mode, **wire_p
     if not words:
         raise click.UsageError("expected ACTION VALUE or HOST PORT ACTION VALUE (or a --mode)")
 
+    if len(words) == 4 and unix is not None:
+        raise click.UsageError("--unix names the whole target: give ACTION VALUE, not HOST PORT")
     if len(words) == 4:
         host, port_text, action, value = words
         port = PORT.convert(port_text, None, click.get_current_context())
@@ -122,9 +131,10 @@ def command(ctx, words, host, port, timeout, show_bytes, as_json, mode, **wire_p
         action, value = words
     else:
         raise click.UsageError(f"expected ACTION VALUE or HOST PORT ACTION VALUE, got {len(words)} word(s)")
-    warn_target("request", host)
+    if unix is None:
+        warn_target("request", host)
     try:
-        result = request(host, port, action, value, timeout=timeout, tls=tls)
+        result = request(host, port, action, value, timeout=timeout, tls=tls, unix=unix)
     except RequestError as err:
         _failed(err, show_bytes, as_json)
     message = result.message
@@ -159,7 +169,7 @@ def _failed(err, show_bytes: bool, as_json: bool) -> None:
     die(str(err), EXIT_FAILED)
 
 
-def _exchange(ctx, words, host, port, timeout, show_bytes, as_json, mode, wire_params, tls) -> None:
+def _exchange(ctx, words, host, port, unix, timeout, show_bytes, as_json, mode, wire_params, tls) -> None:
     """One request of a wire protocol: build it as flood would, send it, print the reply."""
     from socktools import wire
     from socktools.addresses import format_addr
@@ -167,16 +177,20 @@ def _exchange(ctx, words, host, port, timeout, show_bytes, as_json, mode, wire_p
     from socktools.cli._common import stamped
     from socktools.request.report import exchange_json, reply_text
 
+    if words and unix is not None:
+        raise click.UsageError("--unix names the whole target: give no HOST PORT")
     if len(words) == 2:
         host, port_text = words
         port = PORT.convert(port_text, None, ctx)
     elif words:
         raise click.UsageError(f"with --mode {mode}, give HOST PORT or nothing, not {len(words)} word(s)")
-    spec = wire_spec(mode, format_addr((host, port)), wire_params)
+    # a Unix socket has no host name: HTTP's Host header (required by HTTP/1.1) says localhost
+    spec = wire_spec(mode, "localhost" if unix is not None else format_addr((host, port)), wire_params)
     proto = build_config(wire.build, spec=spec)
-    warn_target("request", host)
+    if unix is None:
+        warn_target("request", host)
     try:
-        result = exchange(host, port, proto, timeout=timeout, tls=tls)
+        result = exchange(host, port, proto, timeout=timeout, tls=tls, unix=unix)
     except RequestError as err:
         _failed(err, show_bytes, as_json)
     _before_reply(result, show_bytes, as_json)

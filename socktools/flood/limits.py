@@ -172,8 +172,9 @@ def plan(config: FloodConfig, *, fd_before: Optional[int] = None) -> Plan:
     if config.embedded and server_workers < 1:
         server_workers = max(need, max(1, cpus // 2))
 
-    # --- source addresses: one port range per (source, destination).
-    rng = port_range()
+    # --- source addresses: one port range per (source, destination).  A Unix socket (--unix)
+    # takes no local port: nothing to say about the range.
+    rng = port_range() if config.family != socket.AF_UNIX else None
     ports = (rng[1] - rng[0] + 1) if rng else None
     sources = tuple(config.sources)
     if (not sources_given and not sources and ports and n > ports * PORT_FILL

@@ -159,6 +159,8 @@ class _Worker:
         return (host, 0, 0, 0) if self.family == socket.AF_INET6 else (host, 0)
 
     def _setup_socket(self, sock: socket.socket) -> None:
+        if self.family == socket.AF_UNIX:   # --unix: no TCP options (setsockopt would fail)
+            return
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.config.sources and self.family == socket.AF_INET:
             # Let connect() pick the port per destination (4-tuple), not bind():

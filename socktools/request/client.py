@@ -99,10 +99,11 @@ class PeerClosedError(ConnectionError):
 
 
 def _round_trip(host: str, port: int, payload: bytes, result: RequestResult, timeout: float,
-                take: Optional[Callable[[bytes], bool]], tls: Optional[TlsConfig] = None) -> None:
+                take: Optional[Callable[[bytes], bool]], tls: Optional[TlsConfig] = None,
+                unix: Optional[str] = None) -> None:
     """Resolve, connect, (with ``tls``: handshake,) send ``payload`` and hand each received chunk
     to ``take`` until it returns True (``take=None``: no reply is read).  One deadline covers
-    every step.
+    every step.  With ``unix`` (a path) the connection goes to that Unix-domain socket.
 
     ``take`` gets ``b""`` when the peer closes and raises :class:`PeerClosedError` or
     :class:`protocol.RemoteProtocolError`; every failure leaves as :class:`RequestError`
@@ -111,7 +112,7 @@ def _round_trip(host: str, port: int, payload: bytes, result: RequestResult, tim
     started = time.perf_counter()
     deadline = time.monotonic() + timeout
     try:
-        family, sockaddr = resolve(host, port)
+        family, sockaddr = resolve(host, port, unix=unix)
     except OSError as exc:
         raise RequestError("resolve", exc, result) from None
     result.address = sockaddr
@@ -192,9 +193,11 @@ def _spoke_first(sock: socket.socket, wait: float) -> bytes:
 
 
 def request(host: str, port: int, action: str, value: str, *, timeout: float = 5.0,
-            max_content: int = protocol.DEFAULT_MAX_CONTENT, tls: Optional[TlsConfig] = None) -> RequestResult:
-    """Send ``ACTION VALUE`` to a framed server and return the decoded response."""
-    result = RequestResult(address=(host, port), sent=b"", received=b"")
+            max_content: int = protocol.DEFAULT_MAX_CONTENT, tls: Optional[TlsConfig] = None,
+            unix: Optional[str] = None) -> RequestResult:
+    """Send ``ACTION VALUE`` to a framed server (at the Unix socket ``unix`` when given) and
+    return the decoded response."""
+    result = RequestResult(address=unix if unix is not None else (host, port), sent=b"", received=b"")
     decoder = protocol.Decoder(max_content)
 
     def take(chunk: bytes) -> bool:
@@ -207,7 +210,7 @@ def request(host: str, port: int, action: str, value: str, *, timeout: float = 5
             raise PeerClosedError(result.received_bytes)
         return False
 
-    _round_trip(host, port, reference.make_request(action, value), result, timeout, take, tls)
+    _round_trip(host, port, reference.make_request(action, value), result, timeout, take, tls, unix)
     return result
 
 
@@ -220,15 +223,16 @@ class ExchangeResult(RequestResult):
 
 
 def exchange(host: str, port: int, proto: Any, *, timeout: float = 5.0,
-             tls: Optional[TlsConfig] = None) -> ExchangeResult:
-    """Send request 0 of ``proto`` (a :mod:`socktools.wire` protocol) and read one whole reply.
+             tls: Optional[TlsConfig] = None, unix: Optional[str] = None) -> ExchangeResult:
+    """Send request 0 of ``proto`` (a :mod:`socktools.wire` protocol) and read one whole reply
+    (from the Unix socket ``unix`` when given).
 
     The same parser flood uses frames the reply; a protocol without replies
     (``--no-reply``) returns once the request is sent.
     """
     from socktools.wire import WireError
 
-    result = ExchangeResult(address=(host, port), sent=b"", received=b"")
+    result = ExchangeResult(address=unix if unix is not None else (host, port), sent=b"", received=b"")
     parser = proto.parser()
     parser.keep = []
 
@@ -242,7 +246,7 @@ def exchange(host: str, port: int, proto: Any, *, timeout: float = 5.0,
         except WireError as exc:
             raise protocol.RemoteProtocolError(str(exc), exc.kind) from None
 
-    _round_trip(host, port, proto.request(0, 0), result, timeout, take if proto.replies else None, tls)
+    _round_trip(host, port, proto.request(0, 0), result, timeout, take if proto.replies else None, tls, unix)
     result.reply = parser.keep[0] if parser.keep else None
     result.failures = list(parser.failures)
     return result
