@@ -229,3 +229,58 @@ def test_the_planner_says_nothing_of_ports_for_a_unix_socket():
 def test_flood_unix_with_source_or_cluster_is_a_usage_error(option, redis_unix):
     out = _usage(["flood", "--unix", str(redis_unix.unix), *option, "--mode", "redis"])
     assert option[0] in out and "--unix" in out
+
+
+# ----------------------------------------------------------------- ping
+
+def _connections(redis) -> int:
+    info = redis.command("INFO", "stats")
+    return int(next(line.split(":")[1] for line in info.splitlines()
+                    if line.startswith("total_connections_received:")))
+
+
+def test_ping_times_connects_to_a_unix_socket_and_redis_counts_them(redis_unix):
+    before = _connections(redis_unix)                  # (this INFO's own connection included)
+    r = CliRunner().invoke(main, ["ping", "--unix", str(redis_unix.unix), "--count", "3",
+                                  "--interval", "10ms", "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.output)
+    from tests.test_json_schemas import validate
+    validate(doc, "ping")
+    assert doc["target"]["address"] == str(redis_unix.unix) and doc["target"]["mode"] == "unix"
+    assert [p["ok"] for p in doc["probes"]] == [True, True, True]
+    assert _connections(redis_unix) == before + 3 + 1   # the 3 probes and the INFO that counts them
+
+
+@pytest.mark.parametrize("other", [["127.0.0.1"], ["--port", "6379"], ["--icmp"]])
+def test_ping_unix_with_a_host_port_or_icmp_is_a_usage_error(other, redis_unix):
+    out = _usage(["ping", "--unix", str(redis_unix.unix), *other])
+    assert "--unix" in out and ("--icmp" if other == ["--icmp"] else "the whole target") in out
+
+
+def test_ping_a_path_as_host_points_to_unix(tmp_path):
+    out = _usage(["ping", str(tmp_path / "x.sock")])
+    assert "HOST" in out and "--unix" in out
+
+
+def test_ping_a_unix_socket_whose_backlog_is_full_fails_the_probe(tmp_path):
+    """A nonblocking connect() to a Unix socket with a full backlog returns EAGAIN and connects
+    nothing (unlike TCP's EINPROGRESS): the probe fails, it is not timed as a connect."""
+    path = str(tmp_path / "full.sock")
+    with socket.socket(socket.AF_UNIX) as listener, socket.socket(socket.AF_UNIX) as filler:
+        listener.bind(path)
+        listener.listen(0)                       # one pending connection fills it (Linux: > backlog)
+        filler.setblocking(False)
+        filler.connect(path)
+        r = CliRunner().invoke(main, ["ping", "--unix", path, "--count", "1", "--json"])
+    assert r.exit_code == 1, r.output
+    probe = json.loads(r.output)["probes"][0]
+    assert probe["ok"] is False and probe["error"] == "EAGAIN", probe
+
+
+def test_ping_text_names_the_path_not_a_host(redis_unix):
+    r = CliRunner().invoke(main, ["ping", "--unix", str(redis_unix.unix), "--count", "1"])
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    assert lines[0] == f"PING {redis_unix.unix}: Unix connect, 1 probe"
+    assert f"--- {redis_unix.unix} unix ping statistics ---" in lines

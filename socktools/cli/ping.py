@@ -9,7 +9,7 @@ import time
 import click
 
 from socktools.cli._common import (DURATION, EXIT_FAILED, EXIT_SIGTERM, EXIT_UNAVAILABLE, MAX_COUNT, PORT, die,
-                                   warn_target)
+                                   unix_option, warn_target)
 
 
 def _split_host_port(host: str, port):
@@ -28,6 +28,19 @@ def _split_host_port(host: str, port):
         raise click.BadParameter(str(exc.message), param_hint="HOST") from None
 
 
+def _check_unix(ctx, host: str, port, icmp: bool, unix) -> None:
+    """--unix is the whole target (no HOST, --port or --icmp); a path as HOST is meant for --unix."""
+    from click.core import ParameterSource
+    if unix is None:
+        if "/" in host:
+            raise click.BadParameter("a path is not a host: give a Unix socket as --unix PATH", param_hint="HOST")
+        return
+    if icmp:
+        raise click.BadParameter("not with --unix: ICMP goes to an IP address", param_hint="'--icmp'")
+    if ctx.get_parameter_source("host") not in (None, ParameterSource.DEFAULT) or port is not None:
+        raise click.UsageError("--unix names the whole target: give --unix or HOST/--port, not both")
+
+
 @click.command("ping", context_settings={"max_content_width": 100})
 @click.argument("host", default="127.0.0.1", metavar="[HOST]")
 @click.option("--port", "-p", type=PORT, default=None,
@@ -39,8 +52,10 @@ def _split_host_port(host: str, port):
 @click.option("--timeout", "-W", type=DURATION, default="2s", show_default=True,
               help="How long to wait for each handshake or reply.")
 @click.option("--icmp", is_flag=True, help="ICMP echo instead of TCP connect (needs root or CAP_NET_RAW).")
+@unix_option("  Times connect() to it.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document at the end.")
-def command(host, port, count, interval, timeout, icmp, as_json):
+@click.pass_context
+def command(ctx, host, port, count, interval, timeout, icmp, unix, as_json):
     """Time TCP handshakes to HOST:PORT, one per interval, and summarise like ping.
 
     Each probe is a TCP connect (SYN, SYN-ACK, ACK) timed until it completes,
@@ -57,18 +72,20 @@ def command(host, port, count, interval, timeout, icmp, as_json):
       socktools ping 127.0.0.1 --port 65432 --count 3
       socktools ping [::1]:65432 --interval 200ms
       sudo socktools ping 127.0.0.1 --icmp
+      socktools ping --unix /run/redis/redis.sock --count 3
     """
     from socktools.ping.config import PingConfig
     from socktools.ping.probe import IcmpUnavailable, check_icmp, probes, resolve_target
     from socktools.ping.report import plural, probe_line, summary_lines, to_json
     from socktools.ping.results import summarize
+    _check_unix(ctx, host, port, icmp, unix)
     host, port = _split_host_port(host, port)
     if interval < 0.01:
         raise click.BadParameter("must be at least 10ms", param_hint="'--interval'")
     if timeout <= 0:
         raise click.BadParameter("must be more than 0", param_hint="'--timeout'")
     config = PingConfig(host=host, port=65432 if port is None else port, count=count,
-                        interval=interval, timeout=timeout, icmp=icmp)
+                        interval=interval, timeout=timeout, icmp=icmp, unix=unix)
     if icmp:
         try:
             check_icmp()      # before any output: the refusal is the whole answer
@@ -79,11 +96,12 @@ def command(host, port, count, interval, timeout, icmp, as_json):
     except OSError as exc:
         from socktools.errors import one_line
         die(one_line(exc, f"resolve {host!r}"))
-    warn_target("ping", target.sockaddr)
+    if unix is None:
+        warn_target("ping", target.sockaddr)
     if not as_json:
-        shown = target.display if target.display == host or target.display.endswith(host) else \
-            f"{host} ({target.display})"
-        how = "ICMP echo" if icmp else "TCP connect"
+        shown = target.display if unix is not None or target.display == host or \
+            target.display.endswith(host) else f"{host} ({target.display})"
+        how = "ICMP echo" if icmp else "Unix connect" if unix is not None else "TCP connect"
         click.echo(f"PING {shown}: {how}, {'until Ctrl-C' if not count else plural(count, 'probe')}")
     results = []
     start = time.monotonic()

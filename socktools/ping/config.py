@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 __all__ = ["PingConfig"]
 
@@ -17,3 +18,4 @@ class PingConfig:
     interval: float = 1.0
     timeout: float = 2.0
     icmp: bool = False
+    unix: Optional[str] = None      # --unix: time connect() to this Unix-domain socket instead

@@ -40,13 +40,14 @@ class IcmpUnavailable(RuntimeError):
 
 # --------------------------------------------------------------------------- TCP probe
 def resolve_target(config: PingConfig) -> Target:
-    """Resolve ``config.host`` once (numeric addresses skip DNS); raises ``OSError``."""
-    family, sockaddr = resolve(config.host, config.port)
+    """Resolve ``config.host`` once (numeric addresses skip DNS; ``config.unix``: that path, no
+    DNS); raises ``OSError``."""
+    family, sockaddr = resolve(config.host, config.port, unix=config.unix)
     if config.icmp:
         display = sockaddr[0]
     else:
         display = format_addr(sockaddr)
-    return Target(config.host, family, tuple(sockaddr), display)
+    return Target(config.host, family, sockaddr if config.unix is not None else tuple(sockaddr), display)
 
 
 def _failed(seq: int, peer: str, key: str, num: Optional[int], elapsed_ms: Optional[float],
@@ -68,6 +69,11 @@ def tcp_probe(target: Target, seq: int, timeout: float) -> Probe:
         sock.setblocking(False)
         start = time.perf_counter_ns()
         err = sock.connect_ex(target.sockaddr)
+        if err == errno.EAGAIN and target.family == socket.AF_UNIX:
+            # a Unix socket's connect() does not go on in the background: EAGAIN is a full
+            # listen backlog and nothing connected (man 7 unix), not TCP's "in progress"
+            return _failed(seq, peer, "EAGAIN", err, (time.perf_counter_ns() - start) / 1e6,
+                           "the socket's listen backlog is full: the server does not accept() fast enough")
         if err in (errno.EINPROGRESS, errno.EAGAIN, errno.EALREADY):
             # poll() rather than select(): no FD_SETSIZE cap in a process with many descriptors.
             poller = select.poll()

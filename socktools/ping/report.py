@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 from socktools import errors
 from socktools.ping.results import PingStats, Probe, Target
 
@@ -26,7 +28,7 @@ def probe_line(p: Probe, icmp: bool) -> str:
 
 
 def summary_lines(target: Target, stats: PingStats, elapsed_s: float, icmp: bool) -> list[str]:
-    what = "icmp" if icmp else "tcp"
+    what = "icmp" if icmp else "unix" if target.family == socket.AF_UNIX else "tcp"
     got = "received" if icmp else "connected"
     lines = [f"--- {target.display} {what} ping statistics ---",
              f"{plural(stats.sent, 'probe')} sent, {stats.received} {got}, {stats.loss_pct:.0f}% loss, "
@@ -44,7 +46,8 @@ def summary_lines(target: Target, stats: PingStats, elapsed_s: float, icmp: bool
 def to_json(host: str, target: Target, port, icmp: bool, results: list, stats: PingStats,
             interrupted: bool) -> dict:
     """The ``--json`` document (before the run metadata every command's JSON carries)."""
-    return {"target": {"host": host, "address": target.display, "port": None if icmp else port,
-                       "mode": "icmp" if icmp else "tcp"},
+    unix = target.family == socket.AF_UNIX          # --unix: a path, no port
+    return {"target": {"host": host, "address": target.display, "port": None if icmp or unix else port,
+                       "mode": "icmp" if icmp else "unix" if unix else "tcp"},
             "probes": [p.to_dict() for p in results],
             "summary": stats.to_dict(), "interrupted": interrupted}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Optional
+from typing import Any, Optional
 
 __all__ = ["Target", "Probe", "PingStats", "summarize"]
 
@@ -13,7 +13,8 @@ __all__ = ["Target", "Probe", "PingStats", "summarize"]
 class Target:
     host: str            # as the user typed it
     family: int
-    sockaddr: tuple      # the address actually used (print it: a name may resolve differently next time)
+    sockaddr: Any        # the address actually used (print it: a name may resolve differently next
+                         # time), or a Unix socket's path
     display: str         # "127.0.0.1:65432" or "[::1]:65432" (TCP), "127.0.0.1" (ICMP)
 
 
