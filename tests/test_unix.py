@@ -284,3 +284,9 @@ def test_ping_text_names_the_path_not_a_host(redis_unix):
     lines = r.output.splitlines()
     assert lines[0] == f"PING {redis_unix.unix}: Unix connect, 1 probe"
     assert f"--- {redis_unix.unix} unix ping statistics ---" in lines
+
+
+@pytest.mark.parametrize("args", [["/tmp/x.sock", "6379", "search", "x"], ["--mode", "redis", "/tmp/x.sock", "6379"]])
+def test_a_path_in_request_host_words_points_to_unix(args):
+    out = _usage(["request", *args])
+    assert "HOST" in out and "--unix" in out

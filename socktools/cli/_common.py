@@ -307,8 +307,14 @@ def check_target(ctx, host: str, unix) -> None:
         for name in ("host", "port"):
             if ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT):
                 raise click.UsageError(f"--unix names the whole target: give --unix or --{name}, not both")
-    elif "/" in (host or ""):
-        raise click.BadParameter("a path is not a host: give a Unix socket as --unix PATH", param_hint="'--host'")
+    else:
+        refuse_path_as_host(host, "'--host'")
+
+
+def refuse_path_as_host(host: str, hint: str) -> None:
+    """A path (it has a '/') given where a host goes is meant for --unix: say so, naming ``hint``."""
+    if "/" in (host or ""):
+        raise click.BadParameter("a path is not a host: give a Unix socket as --unix PATH", param_hint=hint)
 
 
 def host_option(default="127.0.0.1", help_extra=""):

@@ -9,7 +9,7 @@ import time
 import click
 
 from socktools.cli._common import (DURATION, EXIT_FAILED, EXIT_SIGTERM, EXIT_UNAVAILABLE, MAX_COUNT, PORT, die,
-                                   unix_option, warn_target)
+                                   refuse_path_as_host, unix_option, warn_target)
 
 
 def _split_host_port(host: str, port):
@@ -32,8 +32,7 @@ def _check_unix(ctx, host: str, port, icmp: bool, unix) -> None:
     """--unix is the whole target (no HOST, --port or --icmp); a path as HOST is meant for --unix."""
     from click.core import ParameterSource
     if unix is None:
-        if "/" in host:
-            raise click.BadParameter("a path is not a host: give a Unix socket as --unix PATH", param_hint="HOST")
+        refuse_path_as_host(host, "HOST")
         return
     if icmp:
         raise click.BadParameter("not with --unix: ICMP goes to an IP address", param_hint="'--icmp'")

@@ -7,7 +7,7 @@ import json
 import click
 
 from socktools.cli._common import (DURATION, EXIT_FAILED, PORT, LazyChoice, LazyOption, build_config,
-                                   check_target, die, unix_option, warn_target)
+                                   check_target, die, refuse_path_as_host, unix_option, warn_target)
 from socktools.cli._tls import tls_config, tls_options
 from socktools.cli._wire import given_params, option_name, wire_options, wire_spec
 
@@ -126,6 +126,7 @@ def command(ctx, words, host, port, unix, timeout, show_bytes, as_json, mode, **
         raise click.UsageError("--unix names the whole target: give ACTION VALUE, not HOST PORT")
     if len(words) == 4:
         host, port_text, action, value = words
+        refuse_path_as_host(host, "HOST")
         port = PORT.convert(port_text, None, click.get_current_context())
     elif len(words) == 2:
         action, value = words
@@ -181,6 +182,7 @@ def _exchange(ctx, words, host, port, unix, timeout, show_bytes, as_json, mode, 
         raise click.UsageError("--unix names the whole target: give no HOST PORT")
     if len(words) == 2:
         host, port_text = words
+        refuse_path_as_host(host, "HOST")
         port = PORT.convert(port_text, None, ctx)
     elif words:
         raise click.UsageError(f"with --mode {mode}, give HOST PORT or nothing, not {len(words)} word(s)")
