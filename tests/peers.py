@@ -20,6 +20,8 @@ from typing import Optional
 
 import pytest
 
+from tests.threadserver import read_until
+
 __all__ = ["free_port", "skip_unless", "Redis", "Nginx", "Memcached", "NGINX_BIG", "Certs"]
 
 _PACKAGES = {"redis-server": "redis-server", "nginx": "nginx", "memcached": "memcached",
@@ -288,12 +290,7 @@ class Memcached(_Peer):
     def stats(self) -> dict:
         with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
             s.sendall(b"stats\r\n")
-            buf = b""
-            while not buf.endswith(b"END\r\n"):
-                data = s.recv(65536)
-                if not data:
-                    break
-                buf += data
+            buf = read_until(s, b"END\r\n")
         out = {}
         for line in buf.decode().splitlines():
             parts = line.split()

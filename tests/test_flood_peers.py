@@ -18,7 +18,7 @@ from socktools.flood.runner import run_flood
 from socktools.flood.worker import run_worker
 from socktools.wire.spec import WireSpec
 from conftest import after_second_fin, can_capture, socktools_cmd, wait_until
-from threadserver import ThreadServer
+from threadserver import ThreadServer, read_until
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -253,12 +253,8 @@ def one_shot(reply: bytes) -> ThreadServer:
 
     def handle(conn) -> None:
         with conn:
-            got = b""
-            while not got.endswith(b"\n"):
-                chunk = conn.recv(4096)
-                if not chunk:
-                    return
-                got += chunk
+            if not read_until(conn, b"\n").endswith(b"\n"):
+                return                       # the peer closed before a whole request
             conn.sendall(reply)
         with server.lock:
             server.answered += 1

@@ -10,12 +10,11 @@ import subprocess
 import pytest
 from click.testing import CliRunner
 
-from socktools import protocol, reference
 from socktools.cli import main
 from tests.conftest import socktools_cmd, wait_until
 from tests.peers import Certs, Nginx, Redis
 from tests.test_json_schemas import validate
-from tests.threadserver import ThreadServer
+from tests.threadserver import ThreadServer, answer_framed
 
 
 @pytest.fixture(scope="module")
@@ -75,15 +74,7 @@ def test_framed_mode_over_tls(certs):
 
     def answer(conn):
         with server_ctx.wrap_socket(conn, server_side=True) as tls:
-            decoder = protocol.Decoder()
-            while True:
-                decoder.receive_data(tls.recv(65536))
-                event = decoder.next_event()
-                if isinstance(event, protocol.Message):
-                    tls.sendall(reference.respond(event))
-                    return
-                if event is protocol.CLOSED:
-                    return
+            answer_framed(tls)
 
     with ThreadServer(answer) as server:
         r = run("--port", server.port, "--tls", "--cafile", certs.ca, "--json", "search", "morpheus")

@@ -12,10 +12,11 @@ import threading
 
 import pytest
 
-from socktools import protocol, reference
+from socktools import reference
 from socktools.capture import SniffConfig, Sniffer
 from socktools.capture.reassembly import MessageEvent
 from tests.conftest import after_second_fin, can_capture, socktools_cmd, wait_until
+from tests.threadserver import answer_framed
 
 
 pytestmark = pytest.mark.skipif(
@@ -39,13 +40,7 @@ def framed_exchange(srv: socket.socket) -> None:
     def serve():
         conn, _ = srv.accept()
         with conn:
-            dec = protocol.Decoder()
-            while True:
-                dec.receive_data(conn.recv(4096))
-                ev = dec.next_event()
-                if isinstance(ev, protocol.Message):
-                    conn.sendall(reference.respond(ev))
-                    return
+            answer_framed(conn)
     t = threading.Thread(target=serve)
     t.start()
     with socket.create_connection(srv.getsockname(), timeout=5) as c:

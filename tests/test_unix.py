@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from socktools.cli import main
 from tests.conftest import socktools_cmd, wait_until
 from tests.peers import Nginx, Redis
+from tests.threadserver import answer_framed
 
 
 @pytest.fixture
@@ -65,7 +66,7 @@ def test_request_framed_over_unix_socket(tmp_path):
     """The framed protocol (the default mode) over a Unix socket: a tiny server thread answers."""
     import threading
 
-    from socktools import protocol, reference
+    from socktools import protocol
     path = tmp_path / "f.sock"
     with socket.socket(socket.AF_UNIX) as listener:
         listener.bind(str(path))
@@ -75,16 +76,7 @@ def test_request_framed_over_unix_socket(tmp_path):
         def serve():
             conn, _ = listener.accept()
             with conn:
-                decoder = protocol.Decoder()
-                while True:
-                    decoder.receive_data(conn.recv(65536))
-                    event = decoder.next_event()
-                    if isinstance(event, protocol.Message):
-                        answer.append(reference.respond(event))
-                        conn.sendall(answer[0])
-                        return
-                    if event is protocol.CLOSED:
-                        return
+                answer.append(answer_framed(conn))
 
         answer: list = []
         t = threading.Thread(target=serve)

@@ -13,13 +13,40 @@ import socket
 import threading
 from typing import Callable
 
-__all__ = ["ThreadServer"]
+__all__ = ["ThreadServer", "answer_framed", "read_until"]
 
 #: How long the accept loop waits before it looks at ``stopping`` again (and so the longest
 #: close() waits for it).
 ACCEPT_POLL = 0.1
 #: A handler's socket timeout: a test peer that waits longer than this is stuck, not patient.
 HANDLER_TIMEOUT = 5.0
+
+
+def read_until(conn, suffix: bytes, chunk: int = 65536) -> bytes:
+    """Read ``conn`` until what came ends with ``suffix`` (or the peer closed): all of it."""
+    got = b""
+    while not got.endswith(suffix):
+        data = conn.recv(chunk)
+        if not data:
+            break
+        got += data
+    return got
+
+
+def answer_framed(conn) -> bytes:
+    """Read one framed request from ``conn`` (a socket, TLS or not) and answer it as the
+    reference server does; the answer's bytes (b"" if the peer closed first)."""
+    from socktools import protocol, reference
+    decoder = protocol.Decoder()
+    while True:
+        decoder.receive_data(conn.recv(65536))
+        event = decoder.next_event()
+        if isinstance(event, protocol.Message):
+            reply = reference.respond(event)
+            conn.sendall(reply)
+            return reply
+        if event is protocol.CLOSED:
+            return b""
 
 
 class ThreadServer:
