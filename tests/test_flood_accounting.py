@@ -93,7 +93,7 @@ def test_every_redis_reply_noauth_fails_errors(tmp_path):
 
 
 def test_the_html_report_shows_reply_failures_with_their_kinds(nginx, tmp_path):
-    pytest.importorskip("matplotlib")
+    pytest.importorskip("matplotlib", reason="the HTML report needs matplotlib (pip install matplotlib)")
     page = tmp_path / "r.html"
     out = flood("--port", str(nginx.port), "--mode", "http", "--path", "/", "--path", "/nope",
                 "--conns", "2", "--workers", "1", "--requests", "40", "--report", str(page))

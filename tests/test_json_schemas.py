@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from socktools.cli import main
 from tests.conftest import socktools_cmd, wait_until
 
-jsonschema = pytest.importorskip("jsonschema")
+jsonschema = pytest.importorskip("jsonschema", reason="jsonschema not installed (pip install jsonschema)")
 from referencing import Registry, Resource  # noqa: E402  (comes with jsonschema >= 4.18)
 
 pytestmark = pytest.mark.timeout(120)

@@ -14,12 +14,11 @@ import pytest
 
 from socktools.flood import stats as st
 from socktools.flood.export import csv_rows
-from socktools.flood.report import format_us
 from socktools.report import html
 from socktools.wire.spec import WireSpec
 
-plots = pytest.importorskip("socktools.report.plots")
-pytest.importorskip("matplotlib", reason="pip install matplotlib")
+pytest.importorskip("matplotlib", reason="the report's plots need matplotlib (pip install matplotlib)")
+from socktools.report import plots  # noqa: E402 (after the skip: it imports matplotlib)
 
 SVG = "{http://www.w3.org/2000/svg}"
 

@@ -17,7 +17,7 @@ from socktools.capture.tracker import PacketRecord
 from socktools.cli import main
 
 A = socket.inet_aton("127.0.0.1")
-B = socket.inet_aton("10.9.8.7")
+B = socket.inet_aton("127.0.0.9")
 A6 = socket.inet_pton(socket.AF_INET6, "::1")
 
 
@@ -49,12 +49,12 @@ def describe(frame_):
 @pytest.mark.parametrize("kind,code,rest,body,words", [
     (8, 0, struct.pack("!HH", 0x1c2d, 7), b"", "echo request id=0x1c2d seq=7"),
     (0, 0, struct.pack("!HH", 0x1c2d, 7), b"", "echo reply id=0x1c2d seq=7"),
-    (3, 0, b"\0" * 4, udp_quote(9), "destination network unreachable (udp 10.9.8.7:9)"),
-    (3, 1, b"\0" * 4, udp_quote(9), "destination host unreachable (udp 10.9.8.7:9)"),
+    (3, 0, b"\0" * 4, udp_quote(9), "destination network unreachable (udp 127.0.0.9:9)"),
+    (3, 1, b"\0" * 4, udp_quote(9), "destination host unreachable (udp 127.0.0.9:9)"),
     (3, 2, b"\0" * 4, b"", "destination protocol unreachable"),
-    (3, 3, b"\0" * 4, udp_quote(53), "destination port unreachable (udp 10.9.8.7:53)"),
+    (3, 3, b"\0" * 4, udp_quote(53), "destination port unreachable (udp 127.0.0.9:53)"),
     (3, 4, struct.pack("!HH", 0, 1400), b"", "fragmentation needed (next-hop MTU 1400)"),
-    (11, 0, b"\0" * 4, udp_quote(33434), "time exceeded: time to live exceeded in transit (udp 10.9.8.7:33434)"),
+    (11, 0, b"\0" * 4, udp_quote(33434), "time exceeded: time to live exceeded in transit (udp 127.0.0.9:33434)"),
     (11, 1, b"\0" * 4, b"", "time exceeded: fragment reassembly time exceeded"),
     (3, 13, b"\0" * 4, b"", "communication administratively prohibited"),
     (42, 3, b"\0" * 4, b"", "ICMP type 42, code 3"),
@@ -157,7 +157,7 @@ def test_cli_view_options(mixed_pcap):
     res = run(main, ["sniff", "-r", str(mixed_pcap), "--time", "d", "-X"], catch_exceptions=False)
     assert res.exit_code == 0, res.output
     out = res.output
-    assert "ICMP destination port unreachable (udp 10.9.8.7:9)" in out
+    assert "ICMP destination port unreachable (udp 127.0.0.9:9)" in out
     assert "ICMP echo request id=0x0009 seq=1" in out
     assert "TSval=111 TSecr=222" in out
     assert "   0.002000 " in out                                  # delta column
