@@ -52,8 +52,28 @@ def test_a_replacement_joins_the_traffic_without_a_confirming_trip():
     assert lc.step(slot, "made") == lc.TRAFFIC
 
 
+@pytest.mark.parametrize("origin,then", [(lc.CONNECTING, lc.CONFIRMING), (lc.REOPENING, lc.TRAFFIC),
+                                          (lc.RAMPING, lc.TRAFFIC)])
+@pytest.mark.parametrize("setup", [[], ["tls"], ["open"], ["tls", "open"]])
+def test_the_setup_phases_are_optional_ordered_and_end_where_the_origin_leads(origin, then, setup):
+    slot = S(origin)
+    for event in setup:
+        state = lc.step(slot, event)
+        assert lc.in_setup(state) and state.endswith({"tls": "handshaking", "open": "opening"}[event])
+        assert state.startswith(origin) or origin == lc.CONNECTING
+    assert lc.step(slot, "made") == then
+
+
+@pytest.mark.parametrize("state,event", [(lc.HANDSHAKING, "tls"), (lc.OPENING, "tls"), (lc.OPENING, "open"),
+                                         (lc.HANDSHAKING, "confirmed"), ("reopening/opening", "go")])
+def test_a_setup_phase_cannot_be_entered_twice_or_out_of_order_or_skipped(state, event):
+    with pytest.raises(lc.LifecycleError, match=f"event '{event}' in state '{state}'"):
+        lc.step(S(state), event)
+
+
 @pytest.mark.parametrize("state", [lc.CONNECTING, lc.REOPENING, lc.RAMPING, lc.CONFIRMING, lc.READY,
-                                   lc.TRAFFIC, lc.RETIRING, lc.DRAINING])
+                                   lc.TRAFFIC, lc.RETIRING, lc.DRAINING, lc.HANDSHAKING, lc.OPENING,
+                                   "reopening/handshaking", "ramping/opening"])
 def test_every_open_state_can_close_and_closed_is_final(state):
     slot = S(state)
     assert lc.step(slot, "closed") == lc.CLOSED

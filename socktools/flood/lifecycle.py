@@ -20,18 +20,28 @@ A connection's states::
     traffic    --retire--> retiring    (--stages: the ramp goes down; answered, then closed)
     any state but closed --closed--> closed
 
-Where later work adds states (each is a row or two here, plus the verb that fires it):
+Between the TCP connect and the first request a connection may go through two setup
+phases, each optional and in this order: a TLS handshake (``--tls``) and an opening
+conversation (``--greeting``, ``--setup``, a plug-in's login).  ``tls`` enters the handshake,
+``open`` the conversation, and ``made`` ends the setup, from whichever state the connection is
+in::
 
-* a TLS handshake: ``connecting --made--> handshaking --handshake_done--> confirming``;
-* an opening conversation (greeting, login, challenge-response): ``... --> opening
-  --opened--> confirming``.
+    connecting --tls--> handshaking --open--> opening --made--> confirming
+        |                    +-----------made----------------^        ^
+        +--open--> opening ---made---------------------------+        |
+        +--made-----------------------------------------------------+
+
+A replacement (``reopening``) and a connection of the ramp (``ramping``) go through the same
+phases in states of their own (``reopening/handshaking``, ``ramping/opening``...), because
+their ``made`` leads to ``traffic``, not ``confirming``: the table stays a function.
 """
 
 from __future__ import annotations
 
 __all__ = ["LifecycleError", "Machine", "WORKER", "CONNECTION", "worker_machine", "step",
            "CONNECT", "READY", "TRAFFIC", "DRAIN", "CLOSE",
-           "CONNECTING", "REOPENING", "RAMPING", "RETIRING", "CONFIRMING", "DRAINING", "CLOSED"]
+           "CONNECTING", "REOPENING", "RAMPING", "RETIRING", "CONFIRMING", "DRAINING", "CLOSED",
+           "HANDSHAKING", "OPENING", "SETUP", "setup_state", "in_setup"]
 
 # ------------------------------------------------------------------ the worker's phases
 CONNECT = "connect"
@@ -60,20 +70,45 @@ CONFIRMING = "confirming"
 DRAINING = "draining"
 CLOSED = "closed"
 
+#: The setup phases between the TCP connect and the first request, in their order.
+HANDSHAKING = "handshaking"            # --tls: the TLS handshake
+OPENING = "opening"                    # the opening conversation (greeting, setup, login)
+SETUP = (HANDSHAKING, OPENING)
+
+#: Where each way of opening a connection leads once its setup is done (``made``).
+_ORIGINS = {CONNECTING: CONFIRMING, REOPENING: TRAFFIC, RAMPING: TRAFFIC}
+
+
+def setup_state(origin: str, phase: str) -> str:
+    """The state of a connection opened as ``origin`` (connecting, reopening, ramping) while in
+    setup ``phase``: ``handshaking`` for a new one, ``reopening/handshaking`` for a replacement."""
+    return phase if origin == CONNECTING else f"{origin}/{phase}"
+
+
+def in_setup(state: str) -> bool:
+    """True while a connection is made (TCP) but not yet ready for its first request."""
+    return state.rpartition("/")[2] in SETUP
+
+
 #: (state, event) -> next state; ``closed`` is taken in every state but ``closed`` itself.
 CONNECTION: dict = {
-    (CONNECTING, "made"): CONFIRMING,
     (CONFIRMING, "confirmed"): READY,
     (READY, "go"): TRAFFIC,
-    (REOPENING, "made"): TRAFFIC,
-    (RAMPING, "made"): TRAFFIC,
     (TRAFFIC, "retire"): RETIRING,
     (TRAFFIC, "drain"): DRAINING,
     (READY, "drain"): DRAINING,        # confirmed, but the traffic never started (a stop)
 }
-for _state in (CONNECTING, REOPENING, RAMPING, CONFIRMING, READY, TRAFFIC, RETIRING, DRAINING):
+for _origin, _then in _ORIGINS.items():
+    _shake, _open = setup_state(_origin, HANDSHAKING), setup_state(_origin, OPENING)
+    CONNECTION[(_origin, "tls")] = _shake
+    CONNECTION[(_origin, "open")] = _open
+    CONNECTION[(_shake, "open")] = _open
+    for _state in (_origin, _shake, _open):
+        CONNECTION[(_state, "made")] = _then
+        CONNECTION[(_state, "closed")] = CLOSED
+for _state in (CONFIRMING, READY, TRAFFIC, RETIRING, DRAINING):
     CONNECTION[(_state, "closed")] = CLOSED
-del _state
+del _origin, _then, _shake, _open, _state
 
 
 class LifecycleError(RuntimeError):

@@ -163,6 +163,11 @@ class WireProtocol:
     def parser(self) -> Parser:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def opening(self):
+        """A new :class:`~socktools.wire.opening.Opening` for one connection (a login, a
+        greeting to wait for), run before the measured traffic; None (the default): none."""
+        return None
+
     def describe(self) -> str:
         """One line for the report's title."""
         return self.name
