@@ -283,9 +283,10 @@ def test_byte_at_a_time_and_two_messages_in_one_segment():
 
 def test_auto_falls_back_to_raw_preview_at_stream_start():
     s = StreamDecoder("auto", "request")
-    events = s.feed(0, b"\x16\x03\x01 TLS, not a protocol auto decodes", 1)
+    mid_tls = b"\x17\x03\x03 TLS mid-stream, not a protocol auto decodes"
+    events = s.feed(0, mid_tls, 1)
     assert [e.kind for e in events] == ["not-framed"] and s.showing_raw
-    assert s.feed(39, b"more", 2) == []
+    assert s.feed(len(mid_tls), b"more", 2) == []
     assert preview_bytes(b"GET / HTTP/1.1\r\n\x00") == (
         "47 45 54 20 2f 20 48 54 54 50 2f 31 2e 31 0d 0a  GET / HTTP/1.1..…")
     # a proto-header that passes the first look but a header that is not JSON

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Callable, Optional
 
-from socktools.capture.reassembly import MessageEvent
+from socktools.capture.reassembly import MessageEvent, TlsEvent
 from socktools.capture.render import Clock, Selection, hexdump
 
 __all__ = ["TextView", "RED_MARKS", "arrows_for"]
@@ -124,6 +124,10 @@ class TextView:
                 out.append(self.style(head, fg="cyan") if self.style is not None else head)
                 out.append(f"{PAD}  header  {json.dumps(ev.header, ensure_ascii=False)}")
                 out.append(f"{PAD}  content {ev.content_preview}")
+            elif isinstance(ev, TlsEvent):
+                segs = "" if ev.segments == 1 else f" ({ev.segments} segments from packet {ev.first_packet})"
+                head = f"{PAD}{self.hook} {ev.role} TLS #{ev.index}: {ev.text}{segs}"
+                out.append(self.style(head, fg="magenta") if self.style is not None else head)
             else:
                 out.append(f"{PAD}! {ev.text}")
         if r.preview is not None:

@@ -22,11 +22,14 @@ from __future__ import annotations
 
 import json
 from collections import deque
-from typing import NamedTuple, Optional
+from typing import Optional
 
+# (MessageEvent, Note, _PREVIEW and preview_bytes are imported from here by the views and fastlane)
+from socktools.capture.events import _PREVIEW, MessageEvent, Note, TlsEvent, preview_bytes  # noqa: F401
 from socktools.protocol import NEED_DATA, Decoder, Message, RemoteProtocolError
 from socktools.wire import modes
 from socktools.wire.raw import NOT_TEXT
+from socktools.wire.tls_records import TlsMalformed, looks_like_tls
 
 __all__ = ["DECODE_MODES", "MessageEvent", "Note", "StreamDecoder", "preview_bytes",
            "message_comment", "SNIFF_MAX_CONTENT", "MAX_PENDING", "AUTO_DECIDE_BYTES"]
@@ -34,11 +37,13 @@ __all__ = ["DECODE_MODES", "MessageEvent", "Note", "StreamDecoder", "preview_byt
 #: Decoders of other protocols: the wire parsers, run on the reassembled stream.
 WIRE_DECODES = modes.decoders()
 
-DECODE_MODES = ("auto", "framed", "raw", "none") + WIRE_DECODES
+DECODE_MODES = ("auto", "framed", "raw", "none", "tls") + WIRE_DECODES
 #: ``sniff --decode``'s help.
-DECODE_HELP = (f"Payloads: auto = the framed protocol, {', '.join(WIRE_DECODES[:-1])} or {WIRE_DECODES[-1]}, "
-               f"whichever parses the start of each stream, else a hex/ASCII preview; "
-               f"{'/'.join(WIRE_DECODES)} = those messages, by the parsers flood uses.")
+DECODE_HELP = (f"Payloads: auto = TLS records, the framed protocol, {', '.join(WIRE_DECODES[:-1])} or "
+               f"{WIRE_DECODES[-1]}, whichever parses the start of each stream, else a hex/ASCII preview; "
+               f"tls = TLS records (with --keylog, auto on the plaintext); "
+               f"{'/'.join(WIRE_DECODES)} = those messages, by the parsers flood uses (with --keylog: "
+               f"inside TLS).")
 
 #: A sniffer should follow any server the user runs, including one started with
 #: a raised content cap, but must stay bounded: 16 MiB per message in flight.
@@ -57,44 +62,7 @@ MAX_PENDING = 4 << 20
 #: tracker.MAX_CONNECTIONS streams, a guess must stay small.
 AUTO_DECIDE_BYTES = 4096
 
-_PREVIEW = 16            # bytes shown in a raw preview, as one hexdump line
 _CONTENT_PREVIEW = 120   # characters of decoded content shown
-
-
-class MessageEvent(NamedTuple):
-    """A framed message completed by a packet.
-
-    ``role`` is ``request`` (client to server) or ``response``; ``index`` counts
-    messages in that direction from 1; ``segments`` is how many packets carried
-    its bytes and ``first_packet`` the number of the first of them.
-    """
-
-    role: str
-    index: int
-    header: dict
-    content_type: str
-    content_preview: str
-    wire_size: int
-    segments: int
-    first_packet: int
-
-
-class Note(NamedTuple):
-    """Something about a stream worth a line: ``kind`` is a stable slug."""
-
-    kind: str    # not-framed | raw | decode-error | gap | truncated
-    text: str
-
-
-#: bytes.translate table: printable ASCII stays, everything else becomes "."
-_PRINTABLE = bytes(b if 32 <= b < 127 else 46 for b in range(256))
-
-
-def preview_bytes(data: bytes, limit: int = _PREVIEW) -> str:
-    """``b"GET /"`` -> ``"47 45 54 20 2f  GET /"`` (hex of the first bytes, then ASCII)."""
-    head = data[:limit]
-    more = "…" if len(data) > limit else ""
-    return f"{head.hex(' ')}  {head.translate(_PRINTABLE).decode('ascii')}{more}"
 
 
 def content_preview(msg: Message) -> str:
@@ -138,16 +106,17 @@ class StreamDecoder:
 
     __slots__ = ("mode", "role", "state", "next", "pending", "pending_bytes", "decoder",
                  "chunks", "consumed", "count", "head", "max_pending", "wire", "protocol",
-                 "guesses", "held")
+                 "guesses", "held", "session", "tls", "undecided")
 
     def __init__(self, mode: str, role: str, *, max_content: int = SNIFF_MAX_CONTENT,
-                 max_pending: int = MAX_PENDING) -> None:
+                 max_pending: int = MAX_PENDING, session=None) -> None:
         if mode not in DECODE_MODES:
             raise ValueError(f"decode mode must be one of {DECODE_MODES}")
         self.mode = mode
         self.role = role
         # trying (auto, nothing decided) | framed | raw | off
-        self.state = {"auto": "trying", "framed": "framed", "raw": "raw", "none": "off"}.get(mode, "wire")
+        self.state = {"auto": "trying", "framed": "framed", "raw": "raw", "none": "off",
+                      "tls": "trying"}.get(mode, "wire")
         self.wire = None
         self.protocol = mode             # what the bytes are decoded as (auto: once found)
         if self.state == "wire":
@@ -162,11 +131,21 @@ class StreamDecoder:
         self.pending: dict[int, tuple[bytes, int]] = {}
         self.pending_bytes = 0
         self.max_pending = max_pending
-        self.decoder = Decoder(max_content) if self.state in ("trying", "framed") else None
+        self.decoder = Decoder(max_content) if self.state in ("trying", "framed") and mode != "tls" else None
         self.chunks: deque = deque()     # (start, end, packet) fed but not yet in a message
         self.consumed = 0                # stream offset where the message in progress starts
         self.count = 0                   # messages decoded
         self.head = b""                  # first bytes, while auto is still deciding
+        # TLS: recognised by the first bytes where the mode allows it (auto, tls, or any
+        # mode given a connection's TLS session, i.e. with --keylog); then self.tls (a
+        # TlsStream) takes the bytes and this decoder's own state is "tls"
+        if mode in ("auto", "tls") and session is None:
+            from socktools.capture.tls_decrypt import TlsSession
+            session = TlsSession(None)
+        self.session = session if mode not in ("raw", "none") else None
+        self.tls = None
+        # segments held while fewer than 3 bytes say whether this is TLS: (offset, data, packet)
+        self.undecided: Optional[list] = [] if self.session is not None else None
 
     @property
     def showing_raw(self) -> bool:
@@ -174,7 +153,7 @@ class StreamDecoder:
 
     @property
     def decoding(self) -> bool:
-        return self.state in ("trying", "framed", "wire")
+        return self.state in ("trying", "framed", "wire", "tls")
 
     def feed(self, offset: int, data: bytes, packet: int) -> list:
         if not data or not self.decoding:
@@ -211,6 +190,11 @@ class StreamDecoder:
             return []
         if self.pending:
             return self._gap(packet)
+        if self.undecided:
+            return self._not_tls(packet, final=True)
+        if self.state == "tls":
+            self.state = "off"
+            return self.tls.finish(packet)
         if self.state == "wire":
             return self._wire_finish()
         if self.decoder is None:         # auto: framed ruled out, the wire parsers undecided
@@ -229,6 +213,11 @@ class StreamDecoder:
 
     # ------------------------------------------------------------------ internals
     def _deliver(self, offset: int, data: bytes, packet: int) -> list:
+        if self.undecided is not None:
+            return self._tls_or_not(offset, data, packet)
+        if self.state == "tls":
+            self.next = offset + len(data)
+            return self._tls_feed(offset, data, packet)
         self.next = offset + len(data)
         if self.state == "wire":
             self.chunks.append((offset, self.next, packet))
@@ -289,6 +278,61 @@ class StreamDecoder:
         return MessageEvent(self.role, self.count, msg.header, msg.content_type,
                             content_preview(msg), msg.wire_size, len(set(spanned)),
                             spanned[0] if spanned else 0)
+
+    # ------------------------------------------------------------------ TLS
+    def _tls_or_not(self, offset: int, data: bytes, packet: int) -> list:
+        """The first bytes decide: TLS (a TlsStream takes them) or the mode's own decoding."""
+        self.undecided.append((offset, data, packet))
+        self.next = offset + len(data)
+        head = b"".join(d for _, d, _ in self.undecided)[:3]
+        verdict = looks_like_tls(head)
+        if verdict is None and len(head) < 3:
+            return []
+        if not verdict:
+            return self._not_tls(packet)
+        held, self.undecided = self.undecided, None
+        from socktools.capture.tls_stream import TlsStream
+        inner_mode = "auto" if self.mode in ("auto", "tls") else self.mode
+        inner = StreamDecoder(inner_mode, self.role) if self.session.keylog is not None else None
+        self.tls = TlsStream(self.role, self.session, inner)
+        self.state = "tls"
+        self.protocol = "tls"
+        self.decoder = None
+        self.guesses = []
+        self.held = None
+        events: list = []
+        for o, d, p in held:
+            events += self._tls_feed(o, d, p)
+            if self.state != "tls":
+                break
+        return events
+
+    def _not_tls(self, packet: int, final: bool = False) -> list:
+        held, self.undecided = self.undecided, None
+        if self.mode == "tls":
+            self.state = "raw"
+            self.chunks.clear()
+            before = b"".join(d for _, d, _ in (held if final else held[:-1]))
+            events = [Note("not-framed", f"{self.role} stream is not TLS (the first bytes are not "
+                                         f"a handshake record, 16 03 01-04); showing raw bytes")]
+            if before:
+                events.append(Note("raw", f"{self.role} bytes before that ({len(before)}): "
+                                          f"{preview_bytes(before)}"))
+            return events
+        events: list = []
+        for o, d, p in held:
+            events += self._deliver(o, d, p)
+        if final:
+            events += self.finish(packet)
+        return events
+
+    def _tls_feed(self, offset: int, data: bytes, packet: int) -> list:
+        try:
+            return self.tls.feed(offset, data, packet)
+        except TlsMalformed as exc:
+            self.state = "raw"
+            self.chunks.clear()
+            return [Note("tls-malformed", f"{self.role} stream breaks TLS: {exc}; showing raw bytes")]
 
     # ------------------------------------------------------------------ wire decoders
     def _wire_feed(self, data: bytes) -> list:
@@ -482,6 +526,8 @@ def message_comment(events) -> str:
                          f"{ev.wire_size} bytes in {segs}")
             lines.append(f"header {json.dumps(ev.header, ensure_ascii=False)}")
             lines.append(f"content {ev.content_preview}")
+        elif isinstance(ev, TlsEvent):
+            lines.append(f"socktools: {ev.role} TLS #{ev.index}: {ev.text}")
         else:
             lines.append(f"socktools: {ev.text}")
     return "\n".join(lines)

@@ -53,12 +53,15 @@ class SniffConfig:
     buffer_size: int = DEFAULT_BUFFER
     snaplen: int = DEFAULT_SNAPLEN
     backend: str = "auto"                # auto | ring | socket | scapy (live capture)
+    keylog: Optional[str] = None         # --keylog FILE: NSS key log, decrypts TLS
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}")
         if self.decode not in DECODE_MODES:
             raise ValueError(f"decode must be one of {DECODE_MODES}")
+        if self.keylog is not None and self.decode in ("raw", "none"):
+            raise ValueError(f"--keylog decrypts for the decoders: not with --decode {self.decode}")
         if self.port is not None and self.expression:
             raise ValueError("give --port or --filter, not both")
 
@@ -99,7 +102,11 @@ class Sniffer:
 
     def __init__(self, config: SniffConfig) -> None:
         self.config = config
-        self.tracker = Tracker(config.decode)
+        keylog = None
+        if config.keylog is not None:
+            from socktools.capture.tls_decrypt import KeyLog
+            keylog = KeyLog(config.keylog)
+        self.tracker = Tracker(config.decode, keylog=keylog)
         self.source = None
         self.file = None
         self.writer = None                     # PcapWriter or PcapngWriter

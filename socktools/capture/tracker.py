@@ -27,6 +27,7 @@ from typing import NamedTuple, Optional
 from socktools.capture.dissect import (_FLAG_CACHE as _FLAG_NAMES, ACK, FIN, RST, SYN, Segment,
                                       flag_names, format_ip)
 from socktools.capture.reassembly import MessageEvent, StreamDecoder, preview_bytes
+from socktools.capture.tls_decrypt import TlsSession
 
 __all__ = ["Tracker", "PacketRecord", "ConnectionSummary"]
 
@@ -128,7 +129,7 @@ class _Half:
 class _Conn:
     __slots__ = ("id", "ends", "halves", "client", "syn_ts", "rtt", "first_ts", "last_ts",
                  "resets", "zero_windows", "retrans", "reset", "texts", "scaled",
-                 "handshake_seen")
+                 "handshake_seen", "tls")
 
     def __init__(self, cid: int, a: tuple, b: tuple, ts: int) -> None:
         self.id = cid
@@ -139,6 +140,7 @@ class _Conn:
         # kept as attributes (updated on SYNs), not properties: read on every packet
         self.scaled = False
         self.handshake_seen = False
+        self.tls: Optional[TlsSession] = None   # made with the first stream decoder (TLS-aware modes)
         self.halves = (_Half(), _Half())
         self.client: Optional[int] = None
         self.syn_ts: Optional[int] = None
@@ -201,8 +203,13 @@ def unwrap(rel32: int, near: int) -> int:
 class Tracker:
     """Turns segments into records and keeps per-connection state and totals."""
 
-    def __init__(self, decode: str = "auto", *, max_connections: int = MAX_CONNECTIONS) -> None:
+    def __init__(self, decode: str = "auto", *, max_connections: int = MAX_CONNECTIONS,
+                 keylog=None) -> None:
         self.decode = decode
+        #: TLS is looked for at the start of each stream in these cases: auto and tls
+        #: always, and with a key log (--keylog) in every mode that decodes
+        self.keylog = keylog
+        self.tls_aware = decode in ("auto", "tls") or (keylog is not None and decode not in ("raw", "none"))
         self.max_connections = max_connections
         self._table: dict[tuple, tuple[_Conn, int]] = {}
         #: The same connections for the fast lane (``fastlane.py``), IPv4 only: keyed by
@@ -316,7 +323,10 @@ class Tracker:
             stream = d.stream
             if stream is None and plen and not d.fin and not conn.reset:
                 role = "request" if i == conn.client_index() else "response"
-                stream = d.stream = StreamDecoder(self.decode, role)
+                if self.tls_aware and conn.tls is None:
+                    # one per connection: its two directions share the hellos and keys
+                    conn.tls = TlsSession(self.keylog)
+                stream = d.stream = StreamDecoder(self.decode, role, session=conn.tls)
             if stream is not None:
                 out = []
                 if plen and seg.payload:

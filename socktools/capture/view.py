@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from socktools.capture.reassembly import MessageEvent, Note
+from socktools.capture.reassembly import MessageEvent, Note, TlsEvent
 from socktools.capture.session import CaptureSummary
 from socktools.capture.tracker import ConnectionSummary, PacketRecord
 
@@ -19,6 +19,11 @@ def event_dict(ev: Any) -> dict:
         return {"type": "message", "role": ev.role, "index": ev.index, "header": ev.header,
                 "content-type": ev.content_type, "content": ev.content_preview,
                 "wire_size": ev.wire_size, "segments": ev.segments, "first_packet": ev.first_packet}
+    if isinstance(ev, TlsEvent):
+        return {"type": "tls", "role": ev.role, "index": ev.index, "record": ev.record,
+                "length": ev.length, "text": ev.text, "segments": ev.segments,
+                "first_packet": ev.first_packet, **{k: v for k, v in ev.fields.items()
+                                                    if k not in ("record", "length")}}
     if isinstance(ev, Note):
         return {"type": "note", "kind": ev.kind, "text": ev.text}
     raise TypeError(f"unknown event {ev!r}")

@@ -21,7 +21,27 @@ Examples:
   sudo socktools sniff --filter 'tcp port 80 or udp port 53' --json
   sudo socktools sniff -i any --filter icmp --time a   # ping errors in words, wall clock
   socktools sniff -r run.pcap --show 4,6               # scapy's full dissection of packets 4 and 6
+  sudo socktools sniff --port 6380                  # TLS: SNI, ALPN, version, cipher, alerts by name
+  socktools sniff -r tls.pcapng --keylog keys.log --decode redis   # decrypted, RESP decoded
 """
+
+#: Why sniff cannot watch a Unix-domain socket, and what can (said for --unix, or a path as --port).
+_UNIX_SOCKETS = ("Unix-domain sockets carry no packets: the kernel copies the bytes from one "
+                 "process's socket buffer to the other's, so no interface (lo included) sees them "
+                 "and no packet capture (sniff, tcpdump, tshark) can.  To watch {path}: "
+                 "strace -f -e trace=read,write,sendmsg,recvmsg -s 256 -p PID (the server's PID); or "
+                 "put socat in the middle and point the client at the new path: "
+                 "socat -v UNIX-LISTEN:/tmp/watch.sock,fork UNIX-CONNECT:{path}; or have the "
+                 "server listen on a TCP port too and sniff --port that.")
+
+
+class _SniffPort(type(PORT)):
+    """--port, where a path (a Unix socket, no packets) gets the explanation, not 'not a port'."""
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and "/" in value:
+            self.fail(_UNIX_SOCKETS.format(path=value), param, ctx)
+        return super().convert(value, param, ctx)
 
 #: Connections listed in the closing table; the rest are counted (all are in --json).
 _MAX_TABLE = 20
@@ -30,7 +50,7 @@ _MAX_TABLE = 20
 @click.command(epilog=_EXAMPLES)
 @click.option("--iface", "-i", default="lo", show_default=True, metavar="IFACE",
               help="Interface to capture on.")
-@click.option("--port", "-p", type=PORT, default=None,
+@click.option("--port", "-p", type=_SniffPort(), default=None,
               help="Only TCP traffic to or from this port (kernel filter 'tcp port P'; needs no libpcap).")
 @click.option("--filter", "-f", "expression", metavar="BPF",
               help="Any pcap-filter expression, e.g. 'tcp port 80 or icmp' (compiled by libpcap).")
@@ -46,6 +66,14 @@ _MAX_TABLE = 20
               help="Read packets from a pcap/pcapng file instead of an interface (no privilege needed).")
 @click.option("--decode", type=LazyChoice("socktools.capture.reassembly:DECODE_MODES"), default="auto",
               show_default=True, cls=LazyOption, lazy_help="socktools.capture.reassembly:DECODE_HELP")
+@click.option("--keylog", metavar="FILE", type=click.Path(dir_okay=False),
+              help="Decrypt TLS with this NSS key log (what SSLKEYLOGFILE, curl, browsers and "
+                   "socktools --keylog write) and run --decode on the plaintext (auto: whatever "
+                   "parses). TLS 1.2 and 1.3, AES-GCM and ChaCha20-Poly1305. Read as it grows, so "
+                   "a live capture may start before the file exists. Needs the cryptography package.")
+@click.option("--unix", metavar="PATH", default=None,
+              help="Refused, with the reason: Unix-domain sockets carry no packets; sniff says what "
+                   "can watch one instead (strace, a socat relay).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per packet, then a summary object.")
 @click.option("--quiet", "-q", is_flag=True, help="No packet lines, only the closing summary.")
 @click.option("--buffer", "buffer_size", type=BYTESIZE, default="64M", show_default=True,
@@ -65,7 +93,7 @@ _MAX_TABLE = 20
               help="scapy's full layered dissection (show()) under the chosen packets: all, or "
                    "a list like 5,9-12.")
 @click.pass_context
-def command(ctx, iface, port, expression, count, timeout, write, read, decode, as_json, quiet,
+def command(ctx, iface, port, expression, count, timeout, write, read, decode, keylog, unix, as_json, quiet,
             buffer_size, time_format, hexdump, show, backend):
     """Capture TCP packets and show them like tshark, with framed messages decoded.
 
@@ -83,6 +111,8 @@ def command(ctx, iface, port, expression, count, timeout, write, read, decode, a
     from socktools.capture import SniffConfig, SniffError, Sniffer
     from socktools.capture import common
 
+    if unix is not None:
+        raise click.UsageError(f"--unix {unix}: " + _UNIX_SOCKETS.format(path=unix), ctx)
     if port is not None and expression:
         raise click.UsageError("give --port or --filter, not both", ctx)
     if read and ctx.get_parameter_source("iface") == click.core.ParameterSource.COMMANDLINE:
@@ -105,9 +135,19 @@ def command(ctx, iface, port, expression, count, timeout, write, read, decode, a
         from socktools.wire.http import require_httptools
         require_httptools("--decode http")   # missing: exit 3 with the hint (the switchboard)
 
+    if keylog is not None:
+        if decode in ("raw", "none"):
+            raise click.UsageError(f"--keylog decrypts for the decoders: not with --decode {decode}", ctx)
+        if (read or os.path.exists(keylog)) and not os.access(keylog, os.R_OK):
+            # live, the file may not exist yet (the client writes it as it connects)
+            raise click.BadParameter(f"{keylog}: cannot be read" if os.path.exists(keylog) else
+                                     f"{keylog}: no such file", ctx, param_hint="'--keylog'")
+        from socktools.capture.tls_decrypt import load_aead
+        load_aead()                          # missing cryptography: exit 3 with the hint, now
+
     config = SniffConfig(iface=iface, port=port, expression=expression, count=count,
                          timeout=timeout, write=write, read=read, decode=decode,
-                         buffer_size=buffer_size, backend=backend)
+                         buffer_size=buffer_size, backend=backend, keylog=keylog)
     sniffer = Sniffer(config)
     try:
         sniffer.open()
