@@ -333,6 +333,26 @@ def test_tls13_handshake_messages_decrypted_show_alpn_and_the_tickets(certs, tmp
     assert msgs == [("http", "GET /"), ("http", "HTTP 200")]
 
 
+def test_damaged_real_records_cost_only_their_stream_with_the_key_log_too(certs, tmp_path):
+    """Bytes flipped anywhere in a real TLS 1.3 conversation (the hellos, the lengths, the
+    ciphertext): the decoders say what broke, never raise, and hold bounded buffers."""
+    pytest.importorskip("cryptography", reason="decryption needs cryptography (pip install cryptography)")
+    keylog = tmp_path / "keys.log"
+    wire, _, _ = conversation(certs, keylog, ssl.TLSVersion.TLSv1_3, [(REDIS_SET, b"+OK\r\n")])
+    rnd = random.Random(3)
+    kinds = set()
+    for _ in range(200):
+        damaged = [(role, bytearray(data)) for role, data in wire]
+        for _ in range(rnd.randint(1, 3)):
+            role, data = rnd.choice(damaged)
+            data[rnd.randrange(len(data))] ^= 1 << rnd.randrange(8)
+        events = decode([(r, bytes(d)) for r, d in damaged], "redis", keylog, seed=rnd.randrange(1 << 30))
+        assert all(isinstance(e, (TlsEvent, Note, MessageEvent)) for e in events)
+        kinds.update(e.kind for e in events if isinstance(e, Note))
+    # flips in lengths and types break the record layer; flips in ciphertext fail its tag
+    assert "tls-malformed" in kinds and "tls-key" in kinds
+
+
 def test_no_key_for_this_connection_is_said_once_and_records_stay_encrypted(certs, tmp_path):
     pytest.importorskip("cryptography", reason="decryption needs cryptography (pip install cryptography)")
     keylog = tmp_path / "keys.log"

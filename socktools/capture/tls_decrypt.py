@@ -49,6 +49,7 @@ SUITES = {
 }
 
 _TAG = 16
+_READ_BLOCK = 1 << 20     # a key log is read in blocks of this size (bounded memory)
 
 
 class NoKey(Exception):
@@ -89,20 +90,28 @@ class KeyLog:
             return False
 
     def read(self) -> None:
-        """Take the lines appended since the last read (a truncated file: from its start)."""
+        """Take the lines appended since the last read (a truncated file: from its start),
+        a block at a time: a key log of a long flood may be hundreds of MB."""
         try:
             with open(self.path, "rb") as f:
                 size = os.fstat(f.fileno()).st_size
                 if size < self.offset:       # rewritten: start again
                     self.offset, self.partial = 0, b""
                 f.seek(self.offset)
-                data = f.read(size - self.offset)
+                while True:
+                    data = f.read(_READ_BLOCK)
+                    if not data:
+                        break
+                    self.offset += len(data)
+                    self._lines(data)
         except OSError:
             return
-        self.offset += len(data)
+
+    def _lines(self, data: bytes) -> None:
         lines = (self.partial + data).split(b"\n")
         self.partial = lines.pop()
         if len(self.partial) > MAX_KEYLOG_LINE:
+            # a line this long is no key log line: drop it, and the rest of it with it
             self.partial, self.ignored = b"", self.ignored + 1
         for line in lines:
             self._take(line)
