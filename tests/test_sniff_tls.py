@@ -110,6 +110,30 @@ def test_server_hello_takes_the_version_from_supported_versions_and_names_the_ci
         "Handshake: ServerHello, TLS 1.2, TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384"
 
 
+def test_tls13_change_cipher_spec_encrypts_nothing_a_hello_retry_stays_readable():
+    """RFC 8446 D.4: after a HelloRetryRequest the compatibility ChangeCipherSpec may come
+    before the client's second ClientHello and the server's ServerHello, both cleartext."""
+    from socktools.wire.tls_records import HELLO_RETRY_RANDOM
+    hrr = bytearray(server_hello())
+    hrr[11:43] = HELLO_RETRY_RANDOM               # 5 (record) + 4 (handshake) + 2 (version)
+    session = TlsSession(None)
+    server = StreamDecoder("auto", "response", session=session)
+    client = StreamDecoder("auto", "request", session=session)
+    texts = [e.text for e in tls_events(client.feed(0, client_hello(), 1))]
+    texts += [e.text for e in tls_events(server.feed(0, bytes(hrr) + record(20, b"\x01"), 2))]
+    second = record(20, b"\x01") + client_hello()
+    texts += [e.text for e in tls_events(client.feed(len(client_hello()), second, 3))]
+    texts += [e.text for e in tls_events(server.feed(len(hrr) + 6, server_hello(), 4))]
+    assert texts[1:] == ["Handshake: HelloRetryRequest, TLS 1.3, TLS_AES_256_GCM_SHA384", "ChangeCipherSpec",
+                         "ChangeCipherSpec",
+                         "Handshake: ClientHello, SNI redis.example, ALPN h2,http/1.1, versions TLS 1.3,TLS 1.2",
+                         "Handshake: ServerHello, TLS 1.3, TLS_AES_256_GCM_SHA384"]
+    # TLS 1.2: after its ChangeCipherSpec a direction's handshake record is encrypted (Finished)
+    tls12 = StreamDecoder("auto", "request")
+    events = tls12.feed(0, client_hello() + record(20, b"\x01") + record(22, bytes(40)), 1)
+    assert tls_events(events)[-1].text == "Handshake: encrypted, 40 bytes"
+
+
 @pytest.mark.parametrize("level,code,words", [(2, 40, "fatal handshake_failure"), (2, 48, "fatal unknown_ca"),
                                               (2, 42, "fatal bad_certificate"),
                                               (2, 70, "fatal protocol_version"), (1, 0, "warning close_notify"),
@@ -130,9 +154,10 @@ def test_several_records_in_one_segment_and_one_record_over_several():
     assert [e.record for e in tls_events(events)] == ["handshake", "change_cipher_spec"]
     assert all(e.segments == 1 and e.first_packet == 1 for e in tls_events(events))
     assert dec.feed(len(seg1), big[1000:3000], 2) == []
+    # (the ServerHello said TLS 1.3: its ChangeCipherSpec encrypts nothing, the alert is cleartext)
     done = tls_events(dec.feed(len(seg1) + 2000, big[3000:] + record(21, b"\x01\x00"), 3))
     assert [(e.text, e.segments, e.first_packet) for e in done] == [
-        ("Application data: encrypted, 5000 bytes", 3, 1), ("Alert: encrypted, 2 bytes", 1, 3)]
+        ("Application data: encrypted, 5000 bytes", 3, 1), ("Alert: warning close_notify", 1, 3)]
 
 
 def test_auto_recognises_tls_by_its_first_three_bytes_and_nothing_else():
@@ -564,6 +589,11 @@ def test_live_tls_capture_then_keylog_and_tshark_agree(certs, tmp_path, version,
     cells = [c for line in shark.stdout.splitlines() for c in line.split("\t") if c]
     assert cells.count("localhost") == 2 and "/tls" in cells and "200" in cells
     assert "48" in cells                                 # unknown_ca, by number
+    # and the records sniff saw are the pcapng's packet comments (Wireshark shows them)
+    comments = subprocess.run(["tshark", "-n", "-r", str(cap), "-T", "fields", "-e", "frame.comment"],
+                              capture_output=True, text=True, timeout=120).stdout
+    assert "socktools: request TLS #1: Handshake: ClientHello, SNI localhost, ALPN http/1.1,h2" in comments
+    assert "socktools: request TLS #2: Alert: fatal unknown_ca" in comments
 
 
 @live

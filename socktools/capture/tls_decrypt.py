@@ -165,25 +165,20 @@ class Decryptor:
     then each KeyUpdate's); the caller says when with :meth:`next_epoch`.
     """
 
-    def __init__(self, aead_class, key: bytes, iv: bytes, *, tls13: bool, suite: tuple,
-                 later: tuple = ()) -> None:
-        self.aead = aead_class(key)
+    def __init__(self, aead_class, suite: tuple, *, key: bytes = b"", iv: bytes = b"",
+                 epochs: tuple = ()) -> None:
+        """TLS 1.2: the record ``key`` and fixed ``iv``.  TLS 1.3: ``epochs``, the logged
+        traffic secrets in order (handshake, then application); the first is taken now."""
         self.aead_class = aead_class
-        self.iv = iv
-        self.tls13 = tls13
         self.suite = suite
+        self.tls13 = bool(epochs)
+        self.aead = aead_class(key) if key else None
+        self.iv = iv
         self.seq = 0
-        self.later = list(later)      # TLS 1.3: the traffic secrets of the epochs still to come
+        self.later = list(epochs)     # TLS 1.3: the traffic secrets of the epochs still to come
         self.secret: Optional[bytes] = None
-
-    @classmethod
-    def tls13_from(cls, aeads: dict, suite: tuple, secrets: list) -> "Decryptor":
-        dec = cls.__new__(cls)
-        dec.aead_class = aeads[suite[0]]
-        dec.tls13, dec.suite = True, suite
-        dec.later = list(secrets)
-        dec.next_epoch()
-        return dec
+        if self.tls13:
+            self.next_epoch()
 
     def next_epoch(self, secret: Optional[bytes] = None) -> bool:
         """TLS 1.3: switch to the next traffic secret (``secret``, or the next logged one)."""
@@ -269,7 +264,7 @@ class TlsSession:
             if not epochs:
                 raise NoKey(f"no key for this connection: the key log has no {side}_TRAFFIC_SECRET_0 "
                             f"for it")
-            return Decryptor.tls13_from(aeads, params, epochs)
+            return Decryptor(aeads[params[0]], params, epochs=tuple(epochs))
         master = secrets.get("CLIENT_RANDOM")
         if master is None:
             raise NoKey("no key for this connection: the key log has no CLIENT_RANDOM line for it")
@@ -279,4 +274,4 @@ class TlsSession:
         ck, sk = block[:key_len], block[key_len:2 * key_len]
         civ, siv = block[2 * key_len:2 * key_len + iv_len], block[2 * key_len + iv_len:]
         key, iv = (ck, civ) if role == "request" else (sk, siv)
-        return Decryptor(aeads[kind], key, iv, tls13=False, suite=params)
+        return Decryptor(aeads[kind], params, key=key, iv=iv)

@@ -40,6 +40,8 @@ class TlsStream:
     def feed(self, offset: int, data: bytes, packet: int) -> list:
         """Raises TlsMalformed (the caller shows raw bytes from there, with the reason)."""
         self.chunks.append((offset, offset + len(data), packet))
+        if self.session.version == 0x0304:
+            self.records.tls13 = True        # the other direction's ServerHello said so
         events: list = []
         for rec in self.records.feed(data):
             events += self._record(rec, packet)
@@ -81,8 +83,10 @@ class TlsStream:
         for msg in fields.get("handshake", ()):
             if msg["type"] == "ClientHello" and self.role == "request":
                 self.session.client_random = bytes.fromhex(msg["random"])
-            elif msg["type"] == "ServerHello" and self.role == "response":
-                self.session.server_random = bytes.fromhex(msg["random"])
+            elif msg["type"] in ("ServerHello", "HelloRetryRequest") and self.role == "response":
+                # a HelloRetryRequest says the version already; its random is a constant
+                if msg["type"] == "ServerHello":
+                    self.session.server_random = bytes.fromhex(msg["random"])
                 self.session.version = msg["version_id"]
                 self.session.suite = msg["cipher_suite_id"]
             msg.pop("random", None)       # 32 random bytes: noise in the view and the JSON

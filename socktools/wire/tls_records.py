@@ -304,10 +304,12 @@ def parse_handshake(kind: int, body: bytes) -> HandshakeInfo:
 class TlsRecords:
     """One direction's record layer: bytes in, :class:`TlsRecord` out.
 
-    ``encrypted`` turns on at this direction's ChangeCipherSpec (TLS 1.2: what follows
-    is encrypted, the Finished included; TLS 1.3 sends one only for middleboxes, and
-    everything after its ServerHello is an application_data record anyway); a
-    decryptor may also set it.  After :class:`TlsMalformed` the object stays broken.
+    ``encrypted`` turns on at this direction's ChangeCipherSpec in TLS 1.2 and before
+    (what follows is encrypted, the Finished included).  Not in TLS 1.3 (``tls13``: set by
+    this direction's own ServerHello, or by the caller from the other direction's): there
+    a ChangeCipherSpec is only for middleboxes, may come before a cleartext second
+    ClientHello or ServerHello (after a HelloRetryRequest), and what is encrypted is an
+    application_data record anyway.  After :class:`TlsMalformed` the object stays broken.
     """
 
     def __init__(self, role: str) -> None:
@@ -315,6 +317,7 @@ class TlsRecords:
         self.buf = bytearray()
         self.handshake = bytearray()     # a handshake message spanning records, so far
         self.encrypted = False
+        self.tls13 = False
         self.records = 0
         self.broken: Optional[str] = None
 
@@ -370,7 +373,7 @@ class TlsRecords:
                                f"length runs past its record)")
         if ctype == 20:
             text = title
-            self.encrypted = True
+            self.encrypted = not self.tls13
         elif self.encrypted or ctype == 23:
             text = f"{title}: encrypted, {n} bytes"
             fields["encrypted"] = True
@@ -382,6 +385,8 @@ class TlsRecords:
             text = f"{title}: {alert_text(fragment[0], fragment[1])}"
         elif ctype == 22:
             messages = self.handshake_messages(fragment)
+            if any(m.fields.get("version_id") == 0x0304 for m in messages):
+                self.tls13 = True            # a ServerHello or HelloRetryRequest said so
             fields["handshake"] = [dict(m.fields, type=m.name) for m in messages]
             shown = "; ".join(m.text for m in messages) or \
                 f"part of a message ({len(self.handshake):,} bytes so far)"
