@@ -12,6 +12,7 @@ with ``--keylog``, cross-checked with tshark.
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import signal
@@ -21,6 +22,7 @@ import struct
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -33,6 +35,8 @@ from socktools.wire.tls_records import (MAX_HANDSHAKE_LENGTH, MAX_RECORD_LENGTH,
                                         looks_like_tls)
 from tests.conftest import can_capture, socktools_cmd, wait_until
 from tests.test_sniff_auto import feed_all, splits
+
+ROOT = Path(__file__).resolve().parent.parent     # the worktree: its socktools is the one under test
 
 # ---------------------------------------------------------------------------- hand-made records
 
@@ -344,6 +348,40 @@ def test_keylog_decrypts_real_records_and_the_decoders_read_the_plaintext(certs,
     assert any(e.text.startswith("Application data: encrypted, ") for e in tls_events(plain))
 
 
+_CHILD = """
+import json, ssl, sys
+from types import SimpleNamespace
+from tests.test_sniff_tls import REDIS_SET, conversation
+ca, cert, key, keylog, out = sys.argv[1:]
+certs = SimpleNamespace(cert=cert, key=key, client_context=lambda: ssl.create_default_context(cafile=ca))
+wire, version, cipher = conversation(certs, keylog, ssl.TLSVersion.TLSv1_3, [(REDIS_SET, b"+OK\\r\\n")])
+json.dump({"wire": [[r, d.hex()] for r, d in wire], "cipher": cipher}, open(out, "w"))
+"""
+
+
+@pytest.mark.parametrize("suite", ["TLS_CHACHA20_POLY1305_SHA256", "TLS_AES_128_GCM_SHA256"])
+def test_keylog_decrypts_the_other_tls13_suites(certs, tmp_path, suite):
+    """Python's ssl cannot choose a TLS 1.3 suite; OpenSSL's configuration can, in a child."""
+    pytest.importorskip("cryptography", reason="decryption needs cryptography (pip install cryptography)")
+    conf, keylog, out = tmp_path / "openssl.cnf", tmp_path / "keys.log", tmp_path / "wire.json"
+    conf.write_text("openssl_conf = default_conf\n[default_conf]\nssl_conf = ssl_sect\n[ssl_sect]\n"
+                    "system_default = system_default_sect\n[system_default_sect]\n"
+                    f"Ciphersuites = {suite}\n")
+    child = subprocess.run([sys.executable, "-c", _CHILD, str(certs.ca), str(certs.cert), str(certs.key),
+                            str(keylog), str(out)], capture_output=True, text=True, timeout=60,
+                           cwd=ROOT, env={**os.environ, "OPENSSL_CONF": str(conf)})
+    assert child.returncode == 0, child.stderr
+    got = json.loads(out.read_text())
+    assert got["cipher"] == suite                  # OpenSSL took the configuration
+    wire = [(role, bytes.fromhex(data)) for role, data in got["wire"]]
+    for kw in ({}, {"byte_by_byte": True}, {"seed": 5}):
+        events = decode(wire, "redis", keylog, **kw)
+        assert f"Handshake: ServerHello, TLS 1.3, {suite}" in [e.text for e in tls_events(events)]
+        msgs = [(e.role, e.content_preview) for e in events if isinstance(e, MessageEvent)]
+        assert msgs == [("request", "['SET', 'hello', 'world']"), ("response", "OK")], kw
+        assert not [e for e in events if isinstance(e, Note)]
+
+
 def test_tls13_handshake_messages_decrypted_show_alpn_and_the_tickets(certs, tmp_path):
     pytest.importorskip("cryptography", reason="decryption needs cryptography (pip install cryptography)")
     keylog = tmp_path / "keys.log"
@@ -412,8 +450,7 @@ def test_missing_cryptography_names_the_extra(tmp_path):
                "sys.argv = ['socktools', 'sniff', '-r', 'x.pcap', '--keylog', 'k.log']; "
                "from socktools.cli import main; main()")
     out = subprocess.run([sys.executable, "-c", blocker], cwd=tmp_path, capture_output=True, text=True,
-                         timeout=60, env={**__import__("os").environ,
-                                          "PYTHONPATH": str(__import__("pathlib").Path.cwd())})
+                         timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
     from socktools.optional import PACKAGES
     assert out.returncode == 3, out.stderr
     assert f"sniff --keylog needs the cryptography package: {PACKAGES['tls'].install}" in out.stderr
