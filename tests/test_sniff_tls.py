@@ -453,7 +453,7 @@ def test_missing_cryptography_names_the_extra(tmp_path):
                          timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
     from socktools.optional import PACKAGES
     assert out.returncode == 3, out.stderr
-    assert f"sniff --keylog needs the cryptography package: {PACKAGES['tls'].install}" in out.stderr
+    assert out.stderr.strip() == f"socktools: --keylog needs the cryptography package: {PACKAGES['tls'].install}"
 
 
 # ---------------------------------------------------------------------------- Unix sockets

@@ -59,10 +59,11 @@ class NoKey(Exception):
 def load_aead():
     """The AEAD classes, or :class:`socktools.optional.MissingPackage` naming the extra."""
     try:
+        import cryptography  # noqa: F401  (the package itself first: a blocked one stops here)
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
     except ImportError:
         from socktools.optional import MissingPackage
-        raise MissingPackage("tls", "sniff --keylog") from None
+        raise MissingPackage("tls", "--keylog") from None
     return {"aes-gcm": AESGCM, "chacha20-poly1305": ChaCha20Poly1305}
 
 
