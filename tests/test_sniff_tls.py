@@ -203,25 +203,35 @@ def test_hostile_input_says_why_and_shows_raw_never_a_traceback(data, why):
         dec = StreamDecoder("auto", "request", session=TlsSession(None))
         events = feed_all(dec, data, cuts, fin=False)
         notes = [e for e in events if isinstance(e, Note)]
-        assert len(notes) == 1 and notes[0].kind == "tls-malformed", events
+        assert notes[0].kind == "tls-malformed", events
+        if data.startswith(client_hello()):          # the records before the bad one stand
+            assert tls_events(events)[0].text.startswith("Handshake: ClientHello, SNI redis.example")
         assert why in notes[0].text and "showing raw bytes" in notes[0].text
+        # then the bytes it was reading, so nothing is hidden (the rest: one preview per packet)
+        assert [n.kind for n in notes[1:]] == ["raw"] and "bytes it was reading" in notes[1].text
         assert dec.showing_raw
-    with pytest.raises(TlsMalformed):
-        TlsRecords("request").feed(data)
+    recs = TlsRecords("request")
+    recs.feed(data)
+    assert why in recs.broken
+    with pytest.raises(TlsMalformed):                # broken stays broken
+        recs.feed(b"\x16\x03\x03\x00\x00")
 
 
-def test_garbage_costs_bounded_memory_and_only_tls_malformed():
+def test_garbage_costs_bounded_memory_and_says_why():
     rnd = random.Random(7)
+    broken = 0
     for _ in range(300):
         recs = TlsRecords("request")
-        try:
-            for _ in range(20):
-                recs.feed(bytes([22, 3, 3]) + rnd.randbytes(rnd.randrange(0, 3000)))
-                assert recs.buffered <= MAX_RECORD_LENGTH + 5 + MAX_HANDSHAKE_LENGTH
-        except TlsMalformed as exc:
-            assert str(exc)
-            with pytest.raises(TlsMalformed):      # broken stays broken
-                recs.feed(b"\x16\x03\x03\x00\x00")
+        for _ in range(20):
+            recs.feed(bytes([22, 3, 3]) + rnd.randbytes(rnd.randrange(0, 3000)))
+            assert recs.buffered <= MAX_RECORD_LENGTH + 5 + MAX_HANDSHAKE_LENGTH
+            if recs.broken is not None:
+                broken += 1
+                assert recs.broken.startswith("record ")
+                with pytest.raises(TlsMalformed):      # broken stays broken
+                    recs.feed(b"\x16\x03\x03\x00\x00")
+                break
+    assert broken > 250                                # garbage is found out, not buffered
 
 
 def test_a_stream_cut_inside_a_record_says_so():

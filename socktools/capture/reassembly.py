@@ -29,7 +29,7 @@ from socktools.capture.events import _PREVIEW, MessageEvent, Note, TlsEvent, pre
 from socktools.protocol import NEED_DATA, Decoder, Message, RemoteProtocolError
 from socktools.wire import modes
 from socktools.wire.raw import NOT_TEXT
-from socktools.wire.tls_records import TlsMalformed, looks_like_tls
+from socktools.wire.tls_records import looks_like_tls
 
 __all__ = ["DECODE_MODES", "MessageEvent", "Note", "StreamDecoder", "preview_bytes",
            "message_comment", "SNIFF_MAX_CONTENT", "MAX_PENDING", "AUTO_DECIDE_BYTES"]
@@ -327,12 +327,20 @@ class StreamDecoder:
         return events
 
     def _tls_feed(self, offset: int, data: bytes, packet: int) -> list:
-        try:
-            return self.tls.feed(offset, data, packet)
-        except TlsMalformed as exc:
-            self.state = "raw"
-            self.chunks.clear()
-            return [Note("tls-malformed", f"{self.role} stream breaks TLS: {exc}; showing raw bytes")]
+        events = self.tls.feed(offset, data, packet)
+        records = self.tls.records
+        if records.broken is None:
+            return events
+        self.state = "raw"
+        self.chunks.clear()
+        events.append(Note("tls-malformed", f"{self.role} stream breaks TLS: {records.broken}; "
+                                            f"showing raw bytes"))
+        # the bytes in question: the record (or handshake message) it was reading
+        held = records.buf or records.handshake
+        if held:
+            events.append(Note("raw", f"{self.role} bytes it was reading ({len(held):,}): "
+                                      f"{preview_bytes(bytes(held))}"))
+        return events
 
     # ------------------------------------------------------------------ wire decoders
     def _wire_feed(self, data: bytes) -> list:

@@ -38,7 +38,8 @@ class TlsStream:
         self.broken = False
 
     def feed(self, offset: int, data: bytes, packet: int) -> list:
-        """Raises TlsMalformed (the caller shows raw bytes from there, with the reason)."""
+        """The events of the records ``data`` completed; bytes that break TLS set
+        ``records.broken`` (the caller shows raw bytes from there, with the reason)."""
         self.chunks.append((offset, offset + len(data), packet))
         if self.session.version == 0x0304:
             self.records.tls13 = True        # the other direction's ServerHello said so

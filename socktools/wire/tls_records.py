@@ -326,6 +326,8 @@ class TlsRecords:
         return len(self.buf) + len(self.handshake)
 
     def feed(self, data: bytes) -> list:
+        """The records ``data`` completed.  Bytes that break TLS end the list there and set
+        ``broken`` (the reason); feeding a broken stream again raises TlsMalformed."""
         if self.broken is not None:
             raise TlsMalformed(self.broken)
         self.buf += data
@@ -338,16 +340,17 @@ class TlsRecords:
                     break
                 header = bytes(self.buf[:5])
                 fragment = bytes(self.buf[5:5 + length])
-                del self.buf[:5 + length]
+                # read before it is dropped: a record that breaks TLS stays in buf, the bytes
+                # a caller shows with the reason
                 out.append(self._record(ctype, version, header, fragment))
+                del self.buf[:5 + length]
             if self.buf:
                 # the header of the record in progress is checked as soon as it is there
                 head = bytes(self.buf[:5])
                 if head[0] not in CONTENT_TYPES or (len(head) >= 2 and head[1] != 3):
                     self._check_header(head[0], head[1] << 8 if len(head) >= 2 else 0x0300, 0)
         except TlsMalformed as exc:
-            self.broken = str(exc)
-            raise TlsMalformed(self.broken) from None
+            self.broken = str(exc)       # the records before it stand
         return out
 
     def _check_header(self, ctype: int, version: int, length: int) -> None:
