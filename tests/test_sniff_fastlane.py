@@ -339,3 +339,21 @@ def test_lane_is_off_for_show():
     sn = Sniffer(SniffConfig(read="unused"))
     assert not FastLane(sn, TextView(show=parse_selection("3"))).enabled
     assert FastLane(sn, TextView()).enabled
+
+
+def test_a_message_completed_by_a_segment_without_time_stamps(tmp_path):
+    """A capture without the TCP time stamp option (not Linux, or a synthesized file): the
+    lane completing a message with such a segment must render it, not stop on its tsecr."""
+    from click.testing import CliRunner
+
+    from socktools.cli import main
+    from tests.test_sniff_files import CPORT, T0, ether, ip_tcp, pcap_ns
+    frames = [(T0 + 1000, ether(ip_tcp(CPORT, PORT, 100, 0, SYN))),
+              (T0 + 2000, ether(ip_tcp(PORT, CPORT, 900, 101, SYN | ACK))),
+              (T0 + 3000, ether(ip_tcp(CPORT, PORT, 101, 901, PSH | ACK, REQ[:5]))),
+              (T0 + 4000, ether(ip_tcp(CPORT, PORT, 106, 901, PSH | ACK, REQ[5:])))]
+    path = tmp_path / "nots.pcap"
+    path.write_bytes(pcap_ns(frames))
+    res = CliRunner().invoke(main, ["sniff", "-r", str(path)])
+    assert res.exit_code == 0, repr(res.exception)
+    assert "request #1: text/json, %d bytes in 2 segments from packet 3" % len(REQ) in res.output

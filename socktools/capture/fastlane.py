@@ -118,7 +118,7 @@ class FastLane:
                     start = 66
                 elif doff == 5:
                     total, frag, proto, seq, ack, flags, window = unpack(frame, 14)
-                    tsval = None
+                    tsval = tsecr = None
                     start = 54
                 else:
                     start = 0
