@@ -234,6 +234,42 @@ def test_garbage_costs_bounded_memory_and_says_why():
     assert broken > 250                                # garbage is found out, not buffered
 
 
+def test_the_command_reading_a_hostile_tls_capture_says_why_and_goes_on(tmp_path):
+    """End to end (-r, the view and --json): a ClientHello, then a record longer than TLS
+    allows split over two segments, then an ordinary framed connection that is still decoded."""
+    from socktools import reference
+    from tests.test_sniff_files import ACK, CPORT, FIN, PORT, PSH, SYN, T0, ether, ip_tcp, pcap_ns
+    bad = client_hello() + b"\x17\x03\x03" + (MAX_RECORD_LENGTH + 1).to_bytes(2, "big") + b"\xee" * 30
+    cut = len(client_hello()) + 2
+    frames, t = [], T0
+
+    def add(*args):
+        nonlocal t
+        t += 1000
+        frames.append((t, ether(ip_tcp(*args))))
+    for sport, payloads in ((CPORT, [bad[:cut], bad[cut:]]), (CPORT + 1, [reference.make_request("search", "x")])):
+        add(sport, PORT, 100, 0, SYN)
+        add(PORT, sport, 900, 101, SYN | ACK)
+        seq = 101
+        for data in payloads:
+            add(sport, PORT, seq, 901, PSH | ACK, data)
+            seq += len(data)
+        add(sport, PORT, seq, 901, FIN | ACK)
+    path = tmp_path / "hostile.pcap"
+    path.write_bytes(pcap_ns(frames))
+    res = CliRunner().invoke(main, ["sniff", "-r", str(path)])
+    assert res.exit_code == 0 and "Traceback" not in res.output, res.output
+    assert "request TLS #1: Handshake: ClientHello, SNI redis.example" in res.output
+    assert ("! request stream breaks TLS: record 2: length 18,433 is more than TLS allows (18,432: 2^14 + 2048); "
+            "showing raw bytes") in res.output
+    assert "! request bytes it was reading (35): 17 03 03 48 01 ee ee ee" in res.output
+    assert "request #1: text/json" in res.output              # the next connection, decoded as ever
+    res = CliRunner().invoke(main, ["sniff", "-r", str(path), "--json"])
+    kinds = [e.get("kind", e["type"]) for line in res.output.splitlines()
+             for e in json.loads(line).get("decoded", ())]
+    assert kinds == ["tls", "tls-malformed", "raw", "message"], kinds
+
+
 def test_a_stream_cut_inside_a_record_says_so():
     dec = StreamDecoder("auto", "request", session=TlsSession(None))
     events = feed_all(dec, CLIENT[:-1], [])
