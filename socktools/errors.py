@@ -15,7 +15,7 @@ import ssl
 from dataclasses import dataclass, replace
 
 __all__ = ["Explanation", "EXPLANATIONS", "lookup", "lookup_text", "suggest", "explain_exception",
-           "errno_name", "one_line", "PEER_CLOSED", "PROTOCOL_ERROR", "TIMEOUT", "NO_REPLY", "OptionError",
+           "errno_name", "one_line", "PEER_CLOSED", "PROTOCOL_ERROR", "TIMEOUT", "NO_REPLY", "DATAGRAM_LOST", "OptionError",
            "SOCKET", "CONNECT", "SEND", "RECV", "INTERNAL", "PHASES", "tls_key", "TLS_PLAINTEXT_TO_TLS",
            "TLS_TO_PLAINTEXT", "tls_hint"]
 
@@ -62,6 +62,8 @@ PEER_CLOSED = "peer-closed"
 PROTOCOL_ERROR = "protocol-error"
 TIMEOUT = "timeout"
 NO_REPLY = "no-reply"
+#: flood --udp: a datagram with no reply within --reply-timeout.
+DATAGRAM_LOST = "datagram-lost"
 
 _TABLE = [
     _e("EAGAIN", "BlockingIOError",
@@ -222,6 +224,15 @@ EXPLANATIONS[NO_REPLY] = Explanation(
     ("the server went silent or stopped reading", "the server answers slower than the drain waits",
      "the server closed connections with requests in flight"),
     "check the server with `socktools sockets --port P` (is its Recv-Q growing?) and its log")
+EXPLANATIONS[DATAGRAM_LOST] = Explanation(
+    DATAGRAM_LOST, None, "(none: counted, one per datagram)",
+    "UDP datagrams with no reply within --reply-timeout: UDP never says a datagram was dropped, "
+    "so only the missing answer tells",
+    ("a receive buffer was full and the kernel dropped it (flood's 'lost where' line counts these)",
+     "the server read it and did not answer, or answered too late (then it is counted late as well)",
+     "nobody listens on the port (ECONNREFUSED, from the ICMP port-unreachable)"),
+    "a lower --rate, a server that reads faster, or a larger receive buffer on the server "
+    "(SO_RCVBUF, capped by net.core.rmem_max); `socktools sockets --udp --port P` shows its drops")
 EXPLANATIONS[TIMEOUT] = Explanation(
     TIMEOUT, None, "TimeoutError / socket.timeout",
     "no answer within the timeout",

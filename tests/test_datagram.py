@@ -106,6 +106,14 @@ def test_a_reply_older_than_the_window_is_stale_and_memory_stays_bounded():
     assert balanced(led)
 
 
+def test_a_datagram_the_kernel_refused_never_left_and_is_not_waited_for():
+    led = ledger()
+    led.send(0)
+    led.refuse()
+    assert (led.sent, led.refused, led.in_flight) == (0, 1, 0) and balanced(led)
+    assert led.expire(10**12) == 0
+
+
 def test_the_zero_timeout_is_refused():
     with pytest.raises(ValueError, match="above 0"):
         dg.Ledger(0, 64, 0)

@@ -41,6 +41,12 @@ Your own server (give its --port):
   socktools flood --port 11211 --protocol socktools.examples.memcached:Memcached --command 'get k{conn}'
 
 \b
+A UDP echo server (datagrams with flood's header; loss, lateness, duplicates and reordering
+counted per datagram, losses attributed to the kernel's buffer drops):
+  socktools flood --udp --port 9000 --conns 10 --duration 5s
+  socktools flood --udp --port 9000 --conns 10 --rate 50000 --reply-timeout 200ms --size 512
+
+\b
 A server on a Unix-domain socket (no --host/--port/--source/--cluster; HTTP's Host: localhost):
   socktools flood --unix /run/redis/redis.sock --mode redis --command PING --requests 100000
   socktools flood --unix /run/nginx.sock --mode http --path / --conns 50 --duration 5s
@@ -111,6 +117,13 @@ EXIT_SIGTERM = 128 + 15
               help="Run the worker shards as tasks on a Dask cluster: a scheduler's address, or "
                    "local:N for N local processes.  --workers then counts shards [default: one "
                    f"per Dask worker thread].  Needs Dask ({PACKAGES['dask'].install}).")
+@click.option("--udp", is_flag=True,
+              help="Datagrams over connected UDP sockets (--conns of them) to a UDP echo server at "
+                   "--port: each carries flood's header (socket, sequence number, send time), and each "
+                   "reply is accounted answered, late, duplicated, reordered or truncated; no reply "
+                   "within --reply-timeout is lost.  --mode echo only.")
+@click.option("--reply-timeout", type=DURATION, default=None, metavar="DURATION",
+              help="--udp: a datagram with no reply by then is lost.  [default: 1s]")
 @click.option("--json", "as_json", is_flag=True, help="Print the final result as one JSON document.")
 @click.option("--yes", "--force", "yes", is_flag=True,
               help="Run even when the plan says it will not fit this machine (far more processes "
@@ -119,9 +132,9 @@ EXIT_SIGTERM = 128 + 15
 @output_options
 @click.pass_context
 def command(ctx, host, port, unix, conns, workers, mode, pipeline, size, action, value, duration, requests, rate,
-            connect_rate, connect_timeout, source, server_workers, interval, stages, cluster, as_json, yes, outputs,
-            **wire_params):
-    """Load a TCP server with many concurrent connections and report what happened.
+            connect_rate, connect_timeout, source, server_workers, interval, stages, cluster, udp, reply_timeout,
+            as_json, yes, outputs, **wire_params):
+    """Load a TCP (or, with --udp, UDP) server with many concurrent connections and report what happened.
 
     Opens --conns connections over --workers processes (each confirmed by a
     first round trip), sends requests for --duration or --requests -- echo
@@ -139,6 +152,11 @@ def command(ctx, host, port, unix, conns, workers, mode, pipeline, size, action,
     elif duration is None:
         duration = 600.0 if requests is not None else 10.0
     check_target(ctx, host, unix)
+    if reply_timeout is not None and not udp:
+        raise click.BadParameter("is for --udp (a TCP request waits as long as its connection lives)",
+                                 param_hint="--reply-timeout")
+    if udp and reply_timeout is None:
+        reply_timeout = 1.0
     if unix is not None:
         # a Unix socket has no source address, and is on this machine only: not for Dask's hosts
         for name, given in (("--source", source), ("--cluster", cluster)):
@@ -189,7 +207,8 @@ def command(ctx, host, port, unix, conns, workers, mode, pipeline, size, action,
                           requests=requests, rate=rate, connect_rate=connect_rate,
                           connect_timeout=connect_timeout, sources=sources, interval=tick,
                           embedded=embedded, server_workers=server_workers or 0,
-                          wire=spec, pipeline=pipeline, cluster=cluster, stages=stages or ())
+                          wire=spec, pipeline=pipeline, cluster=cluster, stages=stages or (),
+                          udp=udp, **({"reply_timeout": reply_timeout} if udp else {}))
     _run(config, as_json=as_json, rows=interval is not None, outputs=outputs, yes=yes)
 
 

@@ -262,6 +262,7 @@ class WorkerStats:
     rss_connected: int = 0         # bytes, after the connect phase
     fd_limit: int = 0
     stopped_early: bool = False
+    datagrams: dict = field(default_factory=dict)   # --udp: the ledgers' counts (wire.datagram.COUNTS)
 
 
 @dataclass
@@ -303,6 +304,7 @@ class Totals:
     reply_classes: dict = field(default_factory=dict)    # HTTP status class -> count
     confirm_reply_failures: dict = field(default_factory=dict)
     confirm_reply_classes: dict = field(default_factory=dict)
+    datagrams: dict = field(default_factory=dict)        # --udp: summed over the workers
 
 
 _SUMMED = ("conns", "attempted", "connected", "established", "failed", "cancelled", "lost", "open_at_end",
@@ -325,7 +327,10 @@ def merge(stats: Iterable[WorkerStats]) -> Totals:
     cclasses: dict = {}
     hists: dict = {}
     phases: dict = {}
+    grams: dict = {}
     for s in stats:
+        for name, n in s.datagrams.items():
+            grams[name] = grams.get(name, 0) + n
         merge_tally(errs, s.errors)
         for kind, n in s.protocol_errors.items():
             perrs[kind] = perrs.get(kind, 0) + n
@@ -351,4 +356,4 @@ def merge(stats: Iterable[WorkerStats]) -> Totals:
                   traffic_wall_max=max((s.traffic_wall for s in stats), default=0.0),
                   stopped_early=any(s.stopped_early for s in stats),
                   reply_failures=rfail, samples=samples, reply_classes=classes,
-                  confirm_reply_failures=cfail, confirm_reply_classes=cclasses)
+                  confirm_reply_failures=cfail, confirm_reply_classes=cclasses, datagrams=grams)

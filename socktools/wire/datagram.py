@@ -17,6 +17,9 @@ back, which of these it was::
     foreign     not a reply to this socket: another header, another socket, a seq never sent
     stale       older than the window this ledger remembers: cannot be placed
 
+and, for a datagram the kernel would not take on the way out (ENOBUFS, EAGAIN: the sender's
+own buffer), ``refused`` -- it never left, so it is not counted sent (:meth:`Ledger.refused`);
+
 and, for those that never came back before their timeout, ``lost`` (:meth:`Ledger.expire`).
 The counts add up exactly: every datagram sent is answered, late, lost or still in flight::
 
@@ -51,7 +54,8 @@ MIN_DATAGRAM = HEADER_SIZE
 #: -- a reply later than that is counted ``stale``, honestly, not guessed.  16 bytes an entry.
 WINDOW = 4096
 
-COUNTS = ("sent", "answered", "late", "lost", "duplicated", "reordered", "truncated", "foreign", "stale")
+COUNTS = ("sent", "answered", "late", "lost", "duplicated", "reordered", "truncated", "foreign", "stale",
+          "refused")
 
 _ANSWERED, _LOST = 1, 2
 
@@ -86,7 +90,7 @@ class Ledger:
 
     __slots__ = ("sock", "size", "timeout_ns", "next_seq", "waiting", "settled", "highest",
                  "sent", "answered", "late", "lost", "duplicated", "reordered", "truncated",
-                 "foreign", "stale", "latency_ns")
+                 "foreign", "stale", "refused", "latency_ns")
 
     def __init__(self, sock: int, size: int, timeout_ns: int) -> None:
         if timeout_ns <= 0:
@@ -99,7 +103,7 @@ class Ledger:
         self.settled: "OrderedDict[int, int]" = OrderedDict()   # seq -> _ANSWERED/_LOST, last WINDOW
         self.highest = -1               # the highest seq answered so far (for reordered)
         self.sent = self.answered = self.late = self.lost = 0
-        self.duplicated = self.reordered = self.truncated = self.foreign = self.stale = 0
+        self.duplicated = self.reordered = self.truncated = self.foreign = self.stale = self.refused = 0
         self.latency_ns = 0             # of the last datagram answered
 
     @property
@@ -113,6 +117,13 @@ class Ledger:
         self.waiting[seq] = now
         self.sent += 1
         return encode(self.sock, seq, now, self.size)
+
+    def refuse(self) -> None:
+        """The kernel did not take the datagram :meth:`send` just made (ENOBUFS, EAGAIN): it
+        never left.  Counted ``refused`` and no longer sent or waiting."""
+        if self.waiting.pop(self.next_seq - 1, None) is not None:
+            self.sent -= 1
+            self.refused += 1
 
     def receive(self, data: bytes, now: int, cut: bool = False) -> str:
         """Account for one datagram received at ``now`` (``cut``: the kernel truncated it,
