@@ -229,7 +229,7 @@ EXPLANATIONS[DATAGRAM_LOST] = Explanation(
     "UDP datagrams with no reply within --reply-timeout: UDP never says a datagram was dropped, "
     "so only the missing answer tells",
     ("a receive buffer was full and the kernel dropped it (flood's 'lost where' line counts these)",
-     "the server read it and did not answer, or answered too late (then it is counted late as well)",
+     "the server read it and did not answer (a reply after --reply-timeout is counted late instead)",
      "nobody listens on the port (ECONNREFUSED, from the ICMP port-unreachable)"),
     "a lower --rate, a server that reads faster, or a larger receive buffer on the server "
     "(SO_RCVBUF, capped by net.core.rmem_max); `socktools sockets --udp --port P` shows its drops")
