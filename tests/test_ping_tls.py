@@ -42,7 +42,7 @@ def test_each_probe_times_connect_and_handshake_apart(nginx_tls, certs):
     assert len(probes) == 3 and all(probes), r.stdout
     assert [int(m.group(2)) for m in probes] == [1, 2, 3]
     assert all(float(m.group(3)) > 0 and float(m.group(4)) > 0 for m in probes)
-    assert "TLS connect" in r.stdout.splitlines()[0]
+    assert "TLS connect" in r.stdout.splitlines()[0] and f"--- 127.0.0.1:{nginx_tls.port} tcp tls ping statistics" in r.stdout
     assert "3 probes sent, 3 connected, 0% loss" in r.stdout
     assert "rtt min/avg/max/stddev = " in r.stdout and "handshake min/avg/max/stddev = " in r.stdout
     assert "expires" not in r.output and "warning" not in r.stderr

@@ -84,6 +84,16 @@ def test_a_failed_step_is_shown_and_the_exit_is_1(redis):
     assert "exchange 2 (NOSUCHCMD)" in r.stderr and "unknown command" in r.stderr
 
 
+def test_show_bytes_shows_each_step_s_bytes_and_then_its_reply_once(redis):
+    r = run("--port", redis.port, "--mode", "redis", "--command", "SET conv:b 1", "--command", "GET conv:b",
+            "--show-bytes")
+    assert r.exit_code == 0, r.output
+    out = r.stdout
+    assert out.count("--- 1: SET conv:b 1, ") == 1 and out.count("--- 2: GET conv:b, ") == 1
+    second = out[out.index("--- 2: GET conv:b"):]
+    assert second.index(">>> sent 25 bytes") < second.index("<<< received 7 bytes") < second.index("\n1\n")
+
+
 def test_a_conversation_over_tls(tmp_path):
     certs = Certs(tmp_path)
     with Redis(tmp_path, tls=certs) as server:

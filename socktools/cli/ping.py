@@ -153,7 +153,7 @@ def command(ctx, host, port, count, interval, timeout, icmp, unix, as_json, **tl
                                               interrupted, tls=tls.enabled)), indent=2))
     else:
         click.echo("")
-        for line in summary_lines(target, stats, elapsed, icmp):
+        for line in summary_lines(target, stats, elapsed, icmp, tls.enabled):
             click.echo(line)
     if terminated:
         raise SystemExit(EXIT_SIGTERM)

@@ -66,19 +66,21 @@ def _before_reply(result, show_bytes: bool, as_json: bool) -> None:
 
 def _trace(result) -> None:
     from socktools.addresses import format_addr
-    from socktools.request.report import chain_lines, is_conversation, record_lines, step_head, tls_text
+    from socktools.request.report import chain_lines, is_conversation, record_lines, reply_text, step_head, tls_text
     click.echo(f"connected to {format_addr(result.address)} in {result.connect_s * 1000:.3f} ms")
     if result.tls:
         click.echo("\n".join([tls_text(result), *chain_lines(result), *record_lines(result)]))
     if not is_conversation(result):
         _bytes(result.sent, len(result.sent), result.received, result.received_bytes, result.recv_calls)
         return
-    if result.greeting is not None:
-        click.echo(step_head(result.greeting, 0))
-        _bytes(b"", 0, result.greeting.received, result.greeting.received_bytes, result.greeting.recv_calls)
-    for i, step in enumerate(result.steps, 1):
+    # a conversation: each step's bytes, then its reply decoded (a step that failed has none yet)
+    steps = ([result.greeting] if result.greeting is not None else []) + result.steps
+    first = 0 if result.greeting is not None else 1
+    for i, step in enumerate(steps, first):
         click.echo(step_head(step, i))
         _bytes(step.sent, step.sent_bytes, step.received, step.received_bytes, step.recv_calls)
+        if step.reply is not None:
+            click.echo(reply_text(step))
 
 
 def _bytes(sent: bytes, sent_bytes: int, received: bytes, received_bytes: int, recv_calls: int) -> None:
@@ -235,8 +237,10 @@ def _exchange(ctx, words, host, port, unix, timeout, show_bytes, as_json, mode, 
     _before_reply(result, show_bytes, as_json)
     if as_json:
         click.echo(json.dumps(stamped(exchange_json(result, spec.name, show_bytes)), ensure_ascii=False))
-    else:
-        click.echo(conversation_text(result) if is_conversation(result) else reply_text(result))
+    elif not is_conversation(result):
+        click.echo(reply_text(result))
+    elif not show_bytes:                    # --show-bytes showed each reply under its bytes
+        click.echo(conversation_text(result))
     if result.failures:
         from socktools.errors import tls_hint
         steps = [s for s in ([result.greeting] if result.greeting else []) + result.steps if s.failures]

@@ -46,8 +46,9 @@ def expiry_warning(leaf, now: datetime.datetime) -> Optional[str]:
             f"ping warns within {EXPIRY_WARNING_DAYS} days of expiry): {leaf.subject or ', '.join(leaf.sans)}")
 
 
-def summary_lines(target: Target, stats: PingStats, elapsed_s: float, icmp: bool) -> list[str]:
+def summary_lines(target: Target, stats: PingStats, elapsed_s: float, icmp: bool, tls: bool = False) -> list[str]:
     what = "icmp" if icmp else "unix" if target.family == socket.AF_UNIX else "tcp"
+    what = f"{what} tls" if tls else what
     got = "received" if icmp else "connected"
     lines = [f"--- {target.display} {what} ping statistics ---",
              f"{plural(stats.sent, 'probe')} sent, {stats.received} {got}, {stats.loss_pct:.0f}% loss, "
