@@ -42,7 +42,8 @@ def test_each_probe_times_connect_and_handshake_apart(nginx_tls, certs):
     assert len(probes) == 3 and all(probes), r.stdout
     assert [int(m.group(2)) for m in probes] == [1, 2, 3]
     assert all(float(m.group(3)) > 0 and float(m.group(4)) > 0 for m in probes)
-    assert "TLS connect" in r.stdout.splitlines()[0] and f"--- 127.0.0.1:{nginx_tls.port} tcp tls ping statistics" in r.stdout
+    assert "TLS connect" in r.stdout.splitlines()[0]
+    assert f"--- 127.0.0.1:{nginx_tls.port} tcp tls ping statistics" in r.stdout
     assert "3 probes sent, 3 connected, 0% loss" in r.stdout
     assert "rtt min/avg/max/stddev = " in r.stdout and "handshake min/avg/max/stddev = " in r.stdout
     assert "expires" not in r.output and "warning" not in r.stderr
@@ -138,3 +139,13 @@ def test_bad_tls_options_are_usage_errors(args, option, words):
     r = ping("127.0.0.1", "--port", "9", *args)
     assert r.exit_code == 2, r.output
     assert option in r.stderr and words in r.stderr
+
+
+def test_tls_over_a_unix_socket(tmp_path, certs):
+    with Nginx(tmp_path, tls=certs, unix=True) as server:
+        r = ping("--unix", server.unix, "--tls", "--cafile", certs.ca, "-c", "1")
+        named = ping("--unix", server.unix, "--tls", "--cafile", certs.ca, "--sni", "localhost", "-c", "1")
+        wrong = ping("--unix", server.unix, "--tls", "--cafile", certs.ca, "--sni", "db.example", "-c", "1")
+    assert r.exit_code == 0 and named.exit_code == 0, r.output + named.output
+    assert "TLS over Unix connect" in r.stdout and "handshake=" in r.stdout
+    assert wrong.exit_code == 1 and "tls-hostname-mismatch" in wrong.stdout

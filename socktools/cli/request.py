@@ -28,15 +28,22 @@ Any server, one exchange (the modes of flood):
   socktools request --port 11211 --protocol socktools.examples.memcached:Memcached --command 'get k'
 
 \b
+A conversation on one connection (each reply in order, with its time):
+  socktools request --port 6379 --mode redis --command 'SET k v' --command 'GET k'
+  socktools request --port 21 --mode line --eol crlf --greeting --send NOOP --send QUIT
+
+\b
 Over a Unix-domain socket (no host, no port; HTTP's Host header says localhost):
   socktools request --unix /run/redis/redis.sock --mode redis --command PING
   socktools request --unix /run/nginx.sock --mode http --path /
 
 \b
-Over TLS (verified against the CA in ca.pem; the version, cipher and ALPN on stderr):
+Over TLS (verified against the CA in ca.pem; the version, cipher, ALPN and the
+certificate chain the server sent on stderr; --show-bytes adds the TLS records):
   socktools request --port 6380 --mode redis --tls --cafile ca.pem
   socktools request --host localhost --port 8443 --mode http --tls --cafile ca.pem --alpn http/1.1
   socktools request --port 8443 --mode http --tls --insecure --keylog keys.log
+  socktools request --port 8443 --mode http --tls --cafile ca.pem --tls-max 1.2 --show-bytes
 
 \b
 Exit codes: 0 answered; 1 refused, reset, timed out, closed early or a

@@ -297,7 +297,7 @@ def probes(config: PingConfig, target: Target, *, sleep: Callable[[float], None]
             yield from _paced(pinger.probe, config, sleep, clock)
     elif config.tls is not None and config.tls.enabled:
         context = client_context(config.tls)       # once: every probe shakes hands the same way
-        name = server_name(config.tls, "localhost" if config.unix is not None else config.host)
+        name = server_name(config.tls, config.host)      # as request: --sni, else the host (127.0.0.1)
         yield from _paced(lambda seq: tls_probe(target, seq, config.timeout, context, name), config, sleep, clock)
     else:
         yield from _paced(lambda seq: tcp_probe(target, seq, config.timeout), config, sleep, clock)

@@ -83,7 +83,8 @@ class RequestError(Exception):
         where = format_addr(self.result.address) if self.result and self.result.address else "?"
         what = {"connect": f"connect to {where}", "handshake": f"TLS handshake with {where}",
                 "send": f"send to {where}", "recv": f"receive from {where}", "resolve": f"resolving {where}",
-                "protocol": f"response from {where}", "greeting": f"waiting for the greeting of {where}"}.get(self.phase, f"{self.phase} {where}")
+                "protocol": f"response from {where}",
+                "greeting": f"waiting for the greeting of {where}"}.get(self.phase, f"{self.phase} {where}")
         if isinstance(self.exc, protocol.ProtocolError):
             line = f"{what}: protocol error ({self.exc.kind}): {self.exc}"
         else:
