@@ -210,3 +210,16 @@ def test_cert_info_from_what_openssl_decodes():
     assert cert.sans == ("DNS:example.test", "IP:::1")
     assert cert.not_after == datetime.datetime(2027, 3, 1, 12, 30, tzinfo=datetime.timezone.utc)
     assert ssl.cert_time_to_seconds(info["notAfter"]) == cert.not_after.timestamp()
+
+
+def test_a_long_tls_reply_lists_records_up_to_the_cap_and_counts_the_rest(nginx_chain, chain_certs, monkeypatch):
+    from socktools.request import client
+    monkeypatch.setattr(client, "MAX_RECORDS_SHOWN", 5)
+    r = run("--port", nginx_chain.port, "--mode", "http", "--path", "/big", "--tls", "--cafile", chain_certs.ca,
+            "--json", "--show-bytes")
+    assert r.exit_code == 0, r.output
+    tls = json.loads(r.stdout)["tls"]
+    assert len(tls["records"]) == 5 and tls["records_total"] > 10      # 100 kB in 16 KiB records, and more
+    text = run("--port", nginx_chain.port, "--mode", "http", "--path", "/big", "--tls", "--cafile",
+               chain_certs.ca, "--show-bytes")
+    assert "more records counted, not listed)" in text.stdout

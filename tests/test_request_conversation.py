@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from socktools.cli import main
+from tests.conftest import wait_until
 from tests.peers import Certs, Redis, Vsftpd
 from tests.test_json_schemas import validate
 from tests.threadserver import ThreadServer, read_until
@@ -166,3 +167,16 @@ def test_bad_conversations_are_usage_errors_naming_the_option(args, option, word
     r = run("--port", "9", *args)
     assert r.exit_code == 2, r.output
     assert option in r.stderr and words in r.stderr
+
+
+def test_no_reply_sends_every_step_in_order():
+    got = []
+
+    def reads_all(conn):
+        got.append(read_until(conn, b"two\n"))
+
+    with ThreadServer(reads_all) as server:
+        r = run("--port", server.port, "--mode", "raw", "--send", "one\\n", "--send", "two\\n", "--no-reply")
+        assert r.exit_code == 0, r.output
+        assert wait_until(lambda: got, 10)
+    assert got == [b"one\ntwo\n"]
