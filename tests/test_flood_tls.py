@@ -244,6 +244,7 @@ def test_keylog_from_two_workers_decrypts_the_capture(tmp_path, certs):
     body = [ln for ln in lines if not ln.startswith("#")]
     assert all(re.fullmatch(r"[A-Z_0-9]+ [0-9a-f]{64} [0-9a-f]+", ln) for ln in body), lines[:5]
     assert sum(ln.startswith("CLIENT_TRAFFIC_SECRET_0 ") for ln in body) == 6
+    assert sum(ln.startswith("#") for ln in lines) == 1     # the header: the parent made the file
     out = subprocess.run(["tshark", "-o", f"tls.keylog_file:{keylog}", "-r", str(pcap), "-Y", "http.request",
                           "-T", "fields", "-e", "http.request.uri"],
                          capture_output=True, text=True, timeout=60)
@@ -286,3 +287,70 @@ def test_the_tls_config_travels_to_workers_and_cluster_shards(certs):
                       tls_resume=True)
     again = pickle.loads(pickle.dumps(cfg))
     assert again == cfg and again.tls_on and again.tls.cafile == str(certs.ca)
+
+
+# ----------------------------------------------------------------- every wire mode, against a Python TLS peer
+
+class TlsPeer:
+    """A ThreadServer whose connections are TLS (Python's ssl, server side) and echo or answer the
+    framed protocol; it counts what it received, its own figure to hold flood's against."""
+
+    def __init__(self, certs, framed: bool = False) -> None:
+        import ssl
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.load_cert_chain(str(certs.cert), str(certs.key))
+        self.framed = framed
+        self.lock = threading.Lock()
+        self.received = self.messages = self.handshakes = 0
+        self.srv = ThreadServer(self._handle)
+        self.port = self.srv.port
+
+    def _handle(self, raw) -> None:
+        import ssl
+        from threadserver import answer_framed
+        try:
+            s = self.ctx.wrap_socket(raw, server_side=True)
+        except (ssl.SSLError, OSError):
+            return
+        with self.lock:
+            self.handshakes += 1
+        while True:
+            if self.framed:
+                if not answer_framed(s):
+                    return
+                with self.lock:
+                    self.messages += 1
+                continue
+            data = s.recv(65536)
+            if not data:
+                return
+            with self.lock:
+                self.received += len(data)
+            s.sendall(data)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.srv.close()
+
+
+@pytest.mark.parametrize("mode", ["echo", "framed", "raw", "line", "connect"])
+def test_every_wire_mode_over_tls_counts_what_the_peer_saw(certs, mode):
+    extra = {"echo": ("--size", "100"), "framed": (), "raw": ("--send", "ping!", "--reply-bytes", "5"),
+             "line": ("--send", "hello"), "connect": ("--size", "10")}[mode]
+    with TlsPeer(certs, framed=mode == "framed") as peer:
+        r, doc = flood(*tls_args(certs, peer.port, "--mode", mode, "--conns", "3", "--workers", "1",
+                                 "--requests", "30", *extra, "--json"))
+        assert r.returncode == 0, r.stderr
+        assert wait_until(lambda: peer.handshakes == doc["tls"]["handshakes"], 5)
+        if mode == "connect":       # churn: each cycle a TCP connect, a handshake, one echo, a close
+            assert doc["connections"]["cycles"] == 30 == doc["tls"]["handshakes"]
+            assert wait_until(lambda: peer.received == 30 * 10, 5)
+        elif mode == "framed":
+            assert wait_until(lambda: peer.messages == doc["requests"]["sent"] == 33, 5)
+        else:
+            size = {"echo": 100, "raw": 5, "line": 6}[mode]
+            assert wait_until(lambda: peer.received == 33 * size, 5), (peer.received, doc["requests"])
+            assert doc["tls"]["handshakes"] == 3
+        assert doc["errors"] == []
