@@ -366,3 +366,29 @@ def test_tls_over_a_local_dask_cluster(tmp_path, certs):
         assert r.returncode == 0, r.stderr
         assert doc["requests"]["sent"] == 204 == redis.calls()["ping"]
         assert doc["tls"]["handshakes"] == 4 == doc["handshake_us"]["count"]
+
+
+def test_a_replacement_stalled_in_its_handshake_meets_the_connect_timeout(certs):
+    """The first connection answers once and closes (Connection: close); its replacement's
+    handshake is never answered: the connect timeout ends it, in the handshake phase."""
+    import ssl
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(str(certs.cert), str(certs.key))
+    first, stop = threading.Event(), threading.Event()
+
+    def handler(raw):
+        if first.is_set():
+            stop.wait(20)               # later connections: accepted, never a ServerHello
+            return
+        first.set()
+        s = ctx.wrap_socket(raw, server_side=True)
+        s.recv(65536)
+        s.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+        s.close()
+
+    with ThreadServer(handler) as srv:
+        r, doc = flood(*tls_args(certs, srv.port, "--mode", "http", "--conns", "1", "--workers", "1",
+                                 "--duration", "5s", "--connect-timeout", "0.5s", "--json"))
+        stop.set()
+    assert errors_of(doc).get(("handshake", errors.TIMEOUT)) == 1, doc["errors"]
+    assert doc["tls"]["handshakes"] == 1

@@ -363,7 +363,9 @@ class _Worker:
         pending = self.pending
         while pending:
             slot, conn = pending[0]
-            if conn.closed or (slot.confirmed and not conn.connecting):
+            # (a replacement is confirmed from the start: it is done once its setup is --
+            # the TCP connect and, with --tls, the handshake)
+            if conn.closed or (slot.confirmed and not conn.connecting and not lc.in_setup(slot.state)):
                 pending.popleft()
                 continue
             if slot.started > limit:
