@@ -392,3 +392,14 @@ def test_a_replacement_stalled_in_its_handshake_meets_the_connect_timeout(certs)
         stop.set()
     assert errors_of(doc).get(("handshake", errors.TIMEOUT)) == 1, doc["errors"]
     assert doc["tls"]["handshakes"] == 1
+
+
+def test_the_html_report_shows_the_handshake_and_the_tls_tally(tmp_path, certs):
+    pytest.importorskip("matplotlib", reason="matplotlib not installed (pip install 'socktools[report]')")
+    from socktools.report import html
+    with Nginx(tmp_path, tls=certs) as nginx:
+        r, doc = flood(*tls_args(certs, nginx.port, "--mode", "http", "--path", "/close", "--conns", "1",
+                                 "--workers", "1", "--requests", "5", "--tls-resume", "--json"))
+        assert r.returncode == 0, r.stderr
+    page = html.render(doc)
+    assert "TLS handshake" in page and "6 handshakes" in page and "resumed 5 of 5 offered" in page
