@@ -403,3 +403,15 @@ def test_the_html_report_shows_the_handshake_and_the_tls_tally(tmp_path, certs):
         assert r.returncode == 0, r.stderr
     page = html.render(doc)
     assert "TLS handshake" in page and "6 handshakes" in page and "resumed 5 of 5 offered" in page
+
+
+def test_tls_resume_in_connect_churn(certs):
+    """--mode connect: each cycle is a new connection; with --tls-resume each offers the session
+    the worker's latest handshake got (TLS 1.3: its ticket came with the echo)."""
+    with TlsPeer(certs) as peer:
+        r, doc = flood(*tls_args(certs, peer.port, "--mode", "connect", "--conns", "1", "--workers", "1",
+                                 "--requests", "20", "--tls-resume", "--json"))
+        assert r.returncode == 0, r.stderr
+        tls = doc["tls"]
+        assert doc["connections"]["cycles"] == 20 == tls["handshakes"]
+        assert tls["offered"] == 19 and tls["resumed"] == 19
