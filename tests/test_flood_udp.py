@@ -147,6 +147,7 @@ def test_the_text_report_says_where_the_datagrams_went():
     (["--udp"], "--port"),
     (["--port", "9", "--reply-timeout", "1s"], "--reply-timeout"),
     (["--udp", "--port", "9", "--stages", "1s:10"], "--stages"),
+    (["--udp", "--port", "9", "--tls", "--insecure"], "--tls"),
 ])
 def test_what_a_datagram_flood_cannot_do_is_a_usage_error_naming_the_option(args, option):
     out = subprocess.run(socktools_cmd("flood", *args), capture_output=True, text=True, timeout=30)

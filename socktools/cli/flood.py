@@ -12,6 +12,7 @@ from socktools.cli._common import (BYTESIZE, DURATION, EXIT_FAILED, EXIT_THRESHO
                                    MAX_CONNS, MAX_COUNT, MAX_PROCESSES, PORT, RATE, build_config, check_target,
                                    die, LazyChoice, LazyOption, parse_address_range, unix_option, warn_target)
 from socktools.cli._outputs import output_options, write_outputs
+from socktools.cli._tls import tls_config, tls_options
 from socktools.cli._wire import given_params, option_name, wire_options, wire_spec
 from socktools.optional import PACKAGES
 
@@ -45,6 +46,10 @@ A UDP echo server (datagrams with flood's header; loss, lateness, duplicates and
 counted per datagram, losses attributed to the kernel's buffer drops):
   socktools flood --udp --port 9000 --conns 10 --duration 5s
   socktools flood --udp --port 9000 --conns 10 --rate 50000 --reply-timeout 200ms --size 512
+Over TLS (the handshake timed apart from connect; --keylog: one file, appended to by every worker):
+  socktools flood --tls --cafile ca.pem --mode redis --host 127.0.0.1 --port 6380
+  socktools flood --tls --cafile ca.pem --port 8443 --mode http --path / --alpn http/1.1
+  socktools flood --tls --cafile ca.pem --port 8443 --mode http --tls-resume --keylog keys.log
 
 \b
 A server on a Unix-domain socket (no --host/--port/--source/--cluster; HTTP's Host: localhost):
@@ -129,11 +134,15 @@ EXIT_SIGTERM = 128 + 15
               help="Run even when the plan says it will not fit this machine (far more processes "
                    "than CPUs, more memory than is available, too few file descriptors).")
 @wire_options
+@tls_options
+@click.option("--tls-resume", is_flag=True,
+              help="With --tls: offer each new connection of a worker (replacements, the ramp's) the "
+                   "TLS session its latest handshake got, and report how many the server resumed.")
 @output_options
 @click.pass_context
 def command(ctx, host, port, unix, conns, workers, mode, pipeline, size, action, value, duration, requests, rate,
             connect_rate, connect_timeout, source, server_workers, interval, stages, cluster, udp, reply_timeout,
-            as_json, yes, outputs, **wire_params):
+            as_json, yes, outputs, tls_resume, **wire_params):
     """Load a TCP (or, with --udp, UDP) server with many concurrent connections and report what happened.
 
     Opens --conns connections over --workers processes (each confirmed by a
@@ -145,6 +154,7 @@ def command(ctx, host, port, unix, conns, workers, mode, pipeline, size, action,
     """
     from socktools.flood.config import FloodConfig
 
+    tls = tls_config(wire_params)
     if stages is not None:
         # The stages set these; a value given anyway is the config's usage error (naming --stages).
         if ctx.get_parameter_source("conns") is click.core.ParameterSource.DEFAULT:
@@ -208,7 +218,8 @@ def command(ctx, host, port, unix, conns, workers, mode, pipeline, size, action,
                           connect_timeout=connect_timeout, sources=sources, interval=tick,
                           embedded=embedded, server_workers=server_workers or 0,
                           wire=spec, pipeline=pipeline, cluster=cluster, stages=stages or (),
-                          udp=udp, **({"reply_timeout": reply_timeout} if udp else {}))
+                          udp=udp, **({"reply_timeout": reply_timeout} if udp else {}),
+                          tls=tls if tls.enabled else None, tls_resume=tls_resume)
     _run(config, as_json=as_json, rows=interval is not None, outputs=outputs, yes=yes)
 
 

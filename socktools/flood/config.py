@@ -8,6 +8,7 @@ from typing import Optional
 
 from socktools.errors import OptionError
 from socktools.flood import stages as stg
+from socktools.tlsconf import TlsConfig
 from socktools.wire import modes as wire_modes
 from socktools.wire.spec import WireOptionError, WireSpec, build
 
@@ -109,6 +110,8 @@ class FloodConfig:
     stages: tuple = ()                      # load stages (a "10s:100,..." text, parsed here)
     udp: bool = False                       # datagrams over connected UDP sockets (flood/udp.py)
     reply_timeout: float = 1.0              # --udp: a datagram unanswered this long is lost
+    tls: Optional[TlsConfig] = None         # --tls and its options (None or not enabled: plaintext)
+    tls_resume: bool = False                # --tls-resume: offer the worker's last TLS session
 
     def __post_init__(self) -> None:
         # OptionError names the field, which is also the CLI option (the CLI says which one).
@@ -158,6 +161,11 @@ class FloodConfig:
                                           "no --pipeline")
         if not proto.replies and self.rate is None:
             raise WireOptionError("--no-reply", "a write-only stream needs --rate (requests/s)")
+        if self.tls_resume and not self.tls_on:
+            raise OptionError("tls_resume", "resumes TLS sessions: give --tls too")
+        if self.tls_on and self.embedded:
+            raise OptionError("tls", "flood's own server speaks plaintext: give the --port of a TLS "
+                                     "server (or start `socktools serve --tls` and give its port)")
         if self.cluster is not None:
             try:
                 kind, _ = parse_cluster(self.cluster)
@@ -191,6 +199,9 @@ class FloodConfig:
         for name in ("stages", "cluster"):
             if getattr(self, name):
                 raise OptionError(name, f"not with --udp (yet): --{name} drives TCP connections")
+        if self.tls is not None and self.tls.enabled:
+            raise OptionError("tls", "not with --udp: TLS runs over a stream (datagrams would need DTLS, "
+                                     "which socktools does not speak)")
 
     def _take_stages(self) -> None:
         """Parse the stages; they set the traffic's length (their sum), the pool of connection
@@ -223,6 +234,11 @@ class FloodConfig:
     def staged_rate(self) -> bool:
         """The stages ramp the request rate too (open loop)."""
         return bool(self.stages) and self.stages[0].rate is not None
+
+    @property
+    def tls_on(self) -> bool:
+        """Connections speak TLS (--tls)."""
+        return self.tls is not None and self.tls.enabled
 
     @property
     def workers_chosen(self) -> bool:
