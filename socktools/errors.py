@@ -15,8 +15,9 @@ import ssl
 from dataclasses import dataclass, replace
 
 __all__ = ["Explanation", "EXPLANATIONS", "lookup", "lookup_text", "suggest", "explain_exception",
-           "errno_name", "one_line", "PEER_CLOSED", "PROTOCOL_ERROR", "TIMEOUT", "NO_REPLY", "OptionError",
-           "SOCKET", "CONNECT", "SEND", "RECV", "INTERNAL", "PHASES", "tls_key", "TLS_PLAINTEXT_TO_TLS",
+           "errno_name", "one_line", "PEER_CLOSED", "PROTOCOL_ERROR", "TIMEOUT", "NO_REPLY", "DATAGRAM_LOST",
+           "OptionError", "SOCKET", "CONNECT", "HANDSHAKE", "SEND", "RECV", "INTERNAL", "PHASES", "tls_key",
+           "TLS_PLAINTEXT_TO_TLS",
            "TLS_TO_PLAINTEXT", "tls_hint"]
 
 #: Where a connection failed: the I/O core sets ``conn.failed_in`` to one of
@@ -24,11 +25,13 @@ __all__ = ["Explanation", "EXPLANATIONS", "lookup", "lookup_text", "suggest", "e
 #: They live here, below the core, so a report can name them without importing it.
 SOCKET = "socket"
 CONNECT = "connect"
+#: The TLS handshake, after the TCP connect (or accept) and before ``connection_made``.
+HANDSHAKE = "handshake"
 SEND = "send"
 RECV = "recv"
 #: A connection ended by an exception from its protocol's own code (a bug), not the kernel.
 INTERNAL = "internal"
-PHASES = (SOCKET, CONNECT, SEND, RECV, INTERNAL)
+PHASES = (SOCKET, CONNECT, HANDSHAKE, SEND, RECV, INTERNAL)
 
 
 class OptionError(ValueError):
@@ -62,6 +65,8 @@ PEER_CLOSED = "peer-closed"
 PROTOCOL_ERROR = "protocol-error"
 TIMEOUT = "timeout"
 NO_REPLY = "no-reply"
+#: flood --udp: a datagram with no reply within --reply-timeout.
+DATAGRAM_LOST = "datagram-lost"
 
 _TABLE = [
     _e("EAGAIN", "BlockingIOError",
@@ -222,6 +227,15 @@ EXPLANATIONS[NO_REPLY] = Explanation(
     ("the server went silent or stopped reading", "the server answers slower than the drain waits",
      "the server closed connections with requests in flight"),
     "check the server with `socktools sockets --port P` (is its Recv-Q growing?) and its log")
+EXPLANATIONS[DATAGRAM_LOST] = Explanation(
+    DATAGRAM_LOST, None, "(none: counted, one per datagram)",
+    "UDP datagrams with no reply within --reply-timeout: UDP never says a datagram was dropped, "
+    "so only the missing answer tells",
+    ("a receive buffer was full and the kernel dropped it (flood's 'lost where' line counts these)",
+     "the server read it and did not answer (a reply after --reply-timeout is counted late instead)",
+     "nobody listens on the port (ECONNREFUSED, from the ICMP port-unreachable)"),
+    "a lower --rate, a server that reads faster, or a larger receive buffer on the server "
+    "(SO_RCVBUF, capped by net.core.rmem_max); `socktools sockets --udp --port P` shows its drops")
 EXPLANATIONS[TIMEOUT] = Explanation(
     TIMEOUT, None, "TimeoutError / socket.timeout",
     "no answer within the timeout",
@@ -326,9 +340,11 @@ _VERIFY = {10: "tls-expired", 9: "tls-not-yet-valid", 18: "tls-self-signed", 19:
 # OpenSSL reasons for "this is not TLS" and "nothing in common" (refused on this side).
 _REASONS = {"WRONG_VERSION_NUMBER": TLS_TO_PLAINTEXT, "RECORD_LAYER_FAILURE": TLS_TO_PLAINTEXT,
             "PACKET_LENGTH_TOO_LONG": TLS_TO_PLAINTEXT, "UNKNOWN_PROTOCOL": TLS_TO_PLAINTEXT,
-            "HTTP_REQUEST": TLS_TO_PLAINTEXT, "UNEXPECTED_EOF_WHILE_READING": "tls-eof-in-handshake",
+            "UNEXPECTED_EOF_WHILE_READING": "tls-eof-in-handshake",
             "UNSUPPORTED_PROTOCOL": "tls-no-common-version", "NO_PROTOCOLS_AVAILABLE": "tls-no-common-version",
-            "NO_CIPHERS_AVAILABLE": "tls-no-common-cipher"}
+            "NO_CIPHERS_AVAILABLE": "tls-no-common-cipher",
+            # a TLS server's side (serve --tls): the client spoke plain HTTP to it
+            "HTTP_REQUEST": TLS_PLAINTEXT_TO_TLS, "HTTPS_PROXY_REQUEST": TLS_PLAINTEXT_TO_TLS}
 
 
 #: nginx's words when plaintext HTTP reaches its ``ssl`` listener (its 400 page).
