@@ -108,15 +108,18 @@ RECORD_TYPES = {20: "change_cipher_spec", 21: "alert", 22: "handshake", 23: "app
 HANDSHAKE_TYPES = {0: "HelloRequest", 1: "ClientHello", 2: "ServerHello", 4: "NewSessionTicket",
                    5: "EndOfEarlyData", 8: "EncryptedExtensions", 11: "Certificate", 12: "ServerKeyExchange",
                    13: "CertificateRequest", 14: "ServerHelloDone", 15: "CertificateVerify",
-                   16: "ClientKeyExchange", 20: "Finished", 24: "KeyUpdate"}
-ALERTS = {0: "close_notify", 10: "unexpected_message", 20: "bad_record_mac", 22: "record_overflow",
-          40: "handshake_failure", 42: "bad_certificate", 43: "unsupported_certificate",
+                   16: "ClientKeyExchange", 20: "Finished", 24: "KeyUpdate", 254: "MessageHash"}
+#: Alert descriptions (RFC 8446 §6 and RFC 5246 §7.2), the names OpenSSL and Wireshark use.
+ALERTS = {0: "close_notify", 10: "unexpected_message", 20: "bad_record_mac", 21: "decryption_failed",
+          22: "record_overflow", 30: "decompression_failure", 40: "handshake_failure", 41: "no_certificate",
+          42: "bad_certificate", 43: "unsupported_certificate",
           44: "certificate_revoked", 45: "certificate_expired", 46: "certificate_unknown",
           47: "illegal_parameter", 48: "unknown_ca", 49: "access_denied", 50: "decode_error",
-          51: "decrypt_error", 70: "protocol_version", 71: "insufficient_security", 80: "internal_error",
-          86: "inappropriate_fallback", 90: "user_canceled", 109: "missing_extension",
-          110: "unsupported_extension", 112: "unrecognized_name", 116: "certificate_required",
-          120: "no_application_protocol"}
+          51: "decrypt_error", 60: "export_restriction", 70: "protocol_version", 71: "insufficient_security",
+          80: "internal_error", 86: "inappropriate_fallback", 90: "user_canceled", 100: "no_renegotiation",
+          109: "missing_extension", 110: "unsupported_extension", 111: "certificate_unobtainable",
+          112: "unrecognized_name", 113: "bad_certificate_status_response", 114: "bad_certificate_hash_value",
+          115: "unknown_psk_identity", 116: "certificate_required", 120: "no_application_protocol"}
 _VERSIONS = {0x0301: "TLS 1.0", 0x0302: "TLS 1.1", 0x0303: "TLS 1.2", 0x0304: "TLS 1.3"}
 
 

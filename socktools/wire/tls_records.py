@@ -21,14 +21,16 @@ from __future__ import annotations
 import struct
 from typing import NamedTuple, Optional
 
+from socktools.tlsinfo import ALERTS, HANDSHAKE_TYPES, MAX_RECORD, RECORD_TYPES
+
 __all__ = ["TlsRecords", "TlsRecord", "TlsMalformed", "looks_like_tls", "MAX_RECORD_LENGTH",
            "MAX_HANDSHAKE_LENGTH", "CONTENT_TYPES", "ALERTS", "CIPHER_SUITES", "version_name",
            "cipher_name", "alert_text", "parse_handshake", "describe_inner", "HandshakeInfo"]
 
-#: The longest record the TLS 1.2 RFC allows on the wire (TLSCiphertext: 2^14 bytes of
-#: plaintext plus 2048 of expansion, RFC 5246 §6.2.3; TLS 1.3 allows less, 2^14 + 256).
-#: A longer length field is not TLS (or is an attack): stop, say so, never buffer it.
-MAX_RECORD_LENGTH = (1 << 14) + 2048
+#: The longest record TLS allows on the wire (2^14 + 2048, RFC 5246 §6.2.3): tlsinfo's bound,
+#: one number for request's record view and sniff's.  A longer length field is not TLS (or is
+#: an attack): stop, say so, never buffer it.
+MAX_RECORD_LENGTH = MAX_RECORD
 
 #: The longest handshake message reassembled across records.  A Certificate chain is the
 #: largest real one; OpenSSL refuses a peer's chain past 100 KiB (``max_cert_list``'s
@@ -39,31 +41,9 @@ MAX_HANDSHAKE_LENGTH = 128 << 10
 #: handful; a hostile one may offer thousands, and one line must stay one line.
 MAX_LISTED = 16
 
-CONTENT_TYPES = {20: "change_cipher_spec", 21: "alert", 22: "handshake", 23: "application_data",
-                 24: "heartbeat"}
+CONTENT_TYPES = RECORD_TYPES      # the tables are tlsinfo's: one set of names for request and sniff
 _TYPE_TITLES = {20: "ChangeCipherSpec", 21: "Alert", 22: "Handshake", 23: "Application data",
                 24: "Heartbeat"}
-
-HANDSHAKE_TYPES = {0: "HelloRequest", 1: "ClientHello", 2: "ServerHello", 4: "NewSessionTicket",
-                   5: "EndOfEarlyData", 8: "EncryptedExtensions", 11: "Certificate",
-                   12: "ServerKeyExchange", 13: "CertificateRequest", 14: "ServerHelloDone",
-                   15: "CertificateVerify", 16: "ClientKeyExchange", 20: "Finished",
-                   24: "KeyUpdate", 254: "MessageHash"}
-
-#: Alert descriptions (RFC 8446 §6 and RFC 5246 §7.2), the names OpenSSL and Wireshark use.
-ALERTS = {0: "close_notify", 10: "unexpected_message", 20: "bad_record_mac",
-          21: "decryption_failed", 22: "record_overflow", 30: "decompression_failure",
-          40: "handshake_failure", 41: "no_certificate", 42: "bad_certificate",
-          43: "unsupported_certificate", 44: "certificate_revoked", 45: "certificate_expired",
-          46: "certificate_unknown", 47: "illegal_parameter", 48: "unknown_ca",
-          49: "access_denied", 50: "decode_error", 51: "decrypt_error",
-          60: "export_restriction", 70: "protocol_version", 71: "insufficient_security",
-          80: "internal_error", 86: "inappropriate_fallback", 90: "user_canceled",
-          100: "no_renegotiation", 109: "missing_extension", 110: "unsupported_extension",
-          111: "certificate_unobtainable", 112: "unrecognized_name",
-          113: "bad_certificate_status_response", 114: "bad_certificate_hash_value",
-          115: "unknown_psk_identity", 116: "certificate_required",
-          120: "no_application_protocol"}
 
 #: Cipher suites by their IANA names: every TLS 1.3 suite and the TLS 1.2 ones OpenSSL
 #: enables by default or that servers still meet (the rest are shown by number).
