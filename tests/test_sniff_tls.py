@@ -477,6 +477,60 @@ def test_no_key_for_this_connection_is_said_once_and_records_stay_encrypted(cert
     assert sum(e.text.startswith("Application data: encrypted") for e in tls_events(events)) >= 4
 
 
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2])
+def test_records_seen_before_their_key_is_logged_wait_for_it(certs, tmp_path, version):
+    """Live, the server's encrypted flight can reach sniff before the client has written the
+    secrets it derives from the ServerHello: those records are held (bounded) and decrypted
+    once the key log has the key, in order, said again under the packet that brought it."""
+    pytest.importorskip("cryptography", reason="decryption needs cryptography (pip install cryptography)")
+    written = tmp_path / "keys.log"
+    wire, _, _ = conversation(certs, written, version, [(REDIS_SET, b"+OK\r\n"), (REDIS_GET, b"$-1\r\n")])
+    late = tmp_path / "late.log"
+    late.write_text("")
+    session = TlsSession(KeyLog(str(late)))
+    decs = {role: StreamDecoder("redis", role, session=session) for role in ("request", "response")}
+    offsets = {"request": 0, "response": 0}
+    events = []
+    for packet, (role, data) in enumerate(wire, 1):
+        events += decs[role].feed(offsets[role], data, packet)
+        offsets[role] += len(data)
+        if role == "response" and not late.read_text():
+            late.write_text(written.read_text())      # the client logs after the server's flight
+    for role in decs:
+        events += decs[role].finish(len(wire) + 1)
+    assert not [e for e in events if isinstance(e, Note)], events
+    msgs = [(e.role, e.content_preview) for e in events if isinstance(e, MessageEvent)]
+    assert msgs == [("request", "['SET', 'hello', 'world']"), ("response", "OK"),
+                    ("request", "['GET', 'hello']"), ("response", "(nil)")]
+    if version == ssl.TLSVersion.TLSv1_3:                 # the flight: held, then decrypted
+        later = [e.text for e in tls_events(events) if e.text.endswith("(its key came later)")]
+        assert later[0] == "Handshake (decrypted): EncryptedExtensions, ALPN http/1.1 (its key came later)"
+        assert "Handshake (decrypted): Finished (its key came later)" in later
+
+
+def test_records_of_a_connection_whose_key_never_comes_are_held_within_the_bound(certs, tmp_path):
+    pytest.importorskip("cryptography", reason="decryption needs cryptography (pip install cryptography)")
+    from socktools.capture.tls_stream import MAX_WAITING_BYTES
+    keylog = tmp_path / "keys.log"
+    big = b"*2\r\n$4\r\nECHO\r\n$60000\r\n" + b"x" * 60000 + b"\r\n"
+    wire, _, _ = conversation(certs, keylog, ssl.TLSVersion.TLSv1_3, [(big, b"+OK\r\n"), (big, b"+OK\r\n")])
+    empty = tmp_path / "empty.log"
+    empty.write_text("")
+    session = TlsSession(KeyLog(str(empty)))
+    decs = {role: StreamDecoder("redis", role, session=session) for role in ("request", "response")}
+    offsets = {"request": 0, "response": 0}
+    events = []
+    for packet, (role, data) in enumerate(wire, 1):
+        events += decs[role].feed(offsets[role], data, packet)
+        offsets[role] += len(data)
+        assert decs[role].tls.waiting_bytes <= MAX_WAITING_BYTES
+    notes = [e for e in events if isinstance(e, Note)]
+    # said once for the connection, when the client's 120 KB passed the bound (not at the end)
+    assert len(notes) == 1 and notes[0].text.startswith("no key for this connection")
+    assert decs["request"].tls.waiting == [] and decs["request"].finish(999) == []
+    assert decs["response"].finish(999) == []             # the server's: given up quietly, at the end
+
+
 def test_keylog_is_read_as_it_grows_and_its_lines_are_bounded(tmp_path):
     path = tmp_path / "k.log"
     path.write_bytes(b"# comment\nCLIENT_RANDOM " + b"01" * 32 + b" " + b"02" * 48 + b"\nnot a line\n"
@@ -707,3 +761,40 @@ def test_live_redis_tls_decrypted_as_resp(certs, tmp_path):
                     ("request", "['GET', 'hello']"), ("response", "'world'")]
     versions = [r["handshake"][0]["version"] for r in json_events(packets, "tls") if "ServerHello" in r["text"]]
     assert versions == ["TLS 1.3"]
+
+
+@live
+def test_flood_keylog_from_two_workers_decrypts_every_request_redis_counted(certs, tmp_path):
+    """flood --tls --keylog (one file appended to by every worker) under sniff -w; read back
+    with --keylog, the decrypted PINGs equal redis' own count (INFO commandstats)."""
+    pytest.importorskip("cryptography", reason="decryption needs cryptography (pip install cryptography)")
+    from tests.peers import Redis
+    keylog, cap = tmp_path / "keys.log", tmp_path / "cap.pcapng"
+    with Redis(tmp_path, tls=certs) as redis:
+        sniff = start_sniff(["--port", str(redis.port), "-w", str(cap), "--json", "--keylog", str(keylog),
+                             "--decode", "redis"])
+        lines, reader = read_lines(sniff)
+        pings = None
+        try:
+            flood = subprocess.run(socktools_cmd("flood", "--tls", "--cafile", str(certs.ca), "--mode", "redis",
+                                                 "--host", "127.0.0.1", "--port", str(redis.port), "--conns", "4",
+                                                 "--workers", "2", "--requests", "200", "--keylog", str(keylog)),
+                                   capture_output=True, text=True, timeout=120, cwd=ROOT)
+            assert flood.returncode == 0, flood.stderr
+            pings = redis.calls()["ping"]
+        finally:
+            # live, the key log is read as flood's workers write it: every PING redis counted
+            # is decrypted by the time the capture has seen them all (and so is in the file)
+            # (flood failed, pings None: stop at once, its own assertion says why)
+            stop_sniff(sniff, lines, lambda ls: pings is None or len(
+                [m for m in json_events([ln for ln in ls if '"event": "packet"' in ln], "message")
+                 if m["role"] == "request"]) >= pings)
+            reader.join(5)
+    out = subprocess.run(socktools_cmd("sniff", "-r", str(cap), "--keylog", str(keylog), "--decode", "redis",
+                                       "--json"), capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    messages = json_events([ln for ln in out.stdout.splitlines() if '"event": "packet"' in ln], "message")
+    requests = [m for m in messages if m["role"] == "request"]
+    assert pings >= 200 and len(requests) == pings       # flood's 200 and its confirming PINGs
+    assert {m["content"] for m in requests} == {"['PING']"}
+    assert len([m for m in messages if m["role"] == "response"]) == pings

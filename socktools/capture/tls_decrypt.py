@@ -23,7 +23,7 @@ import struct
 from collections import OrderedDict
 from typing import Optional
 
-__all__ = ["KeyLog", "TlsSession", "Decryptor", "NoKey", "SUITES", "MAX_KEYLOG_CLIENTS",
+__all__ = ["KeyLog", "TlsSession", "Decryptor", "NoKey", "KeyNotYet", "SUITES", "MAX_KEYLOG_CLIENTS",
            "MAX_KEYLOG_LINE", "load_aead"]
 
 #: Connections (client randoms) whose secrets are held.  A churning flood writes one set
@@ -54,6 +54,12 @@ _READ_BLOCK = 1 << 20     # a key log is read in blocks of this size (bounded me
 
 class NoKey(Exception):
     """This connection's records cannot be decrypted; ``str()`` says why, once."""
+
+
+class KeyNotYet(NoKey):
+    """The key log has no secrets for this connection yet.  Live, the client writes them
+    as it reads the ServerHello, which sniff may see first: the caller may hold the
+    records a little and ask again."""
 
 
 def load_aead():
@@ -255,8 +261,8 @@ class TlsSession:
                         f"(AES-GCM and ChaCha20-Poly1305 only)")
         secrets = self.keylog.lookup(self.client_random)
         if not secrets:
-            raise NoKey(f"no key for this connection in {self.keylog.path} (client random "
-                        f"{self.client_random.hex()[:16]}…)")
+            raise KeyNotYet(f"no key for this connection in {self.keylog.path} (client random "
+                            f"{self.client_random.hex()[:16]}…)")
         aeads = load_aead()
         side = "CLIENT" if role == "request" else "SERVER"
         if self.version == 0x0304:

@@ -13,12 +13,19 @@ from collections import deque
 from typing import Optional
 
 from socktools.capture.events import Note, TlsEvent, preview_bytes
-from socktools.capture.tls_decrypt import NoKey, TlsSession
+from socktools.capture.tls_decrypt import KeyNotYet, NoKey, TlsSession
 from socktools.wire.tls_records import TlsMalformed, TlsRecords, describe_inner
 
 __all__ = ["TlsStream"]
 
 _APPLICATION, _HANDSHAKE, _ALERT = 23, 22, 21
+
+#: Encrypted bytes of one direction held while its key is not in the key log yet.  Live,
+#: the server's first encrypted flight (TLS 1.3: EncryptedExtensions to Finished, the
+#: certificate chain included) can reach sniff before the client has written the secrets
+#: it derives from the ServerHello; 64 KiB holds such a flight (a chain of a few
+#: certificates is a few KiB) and bounds what a connection with no key at all costs.
+MAX_WAITING_BYTES = 64 << 10
 
 
 class TlsStream:
@@ -31,6 +38,8 @@ class TlsStream:
         self.inner = inner                 # a StreamDecoder for the plaintext, or None
         self.decryptor = None
         self.gave_up: Optional[str] = None  # why this direction is shown encrypted
+        self.waiting: list = []            # (record, index) held until the key log has the key
+        self.waiting_bytes = 0
         self.plain_offset = 0
         self.chunks: deque = deque()       # (start, end, packet) not yet in a whole record
         self.consumed = 0
@@ -49,7 +58,7 @@ class TlsStream:
         return events
 
     def finish(self, packet: int) -> list:
-        out = []
+        out = self._late(packet, final=True) if self.waiting else []
         why = self.records.cut_short()
         if why:
             held = bytes(self.records.buf or self.records.handshake)
@@ -98,16 +107,66 @@ class TlsStream:
         """(text, events after the record's own): the record decrypted, or said why not."""
         if self.session.keylog is None or self.gave_up is not None:
             return text, []
-        notes = []
+        late: list = []
         if self.decryptor is None:
-            try:
-                self.decryptor = self.session.decryptor(self.role)
-            except NoKey as exc:
-                self.gave_up = str(exc)
-                if self.session.told:
-                    return text, []
-                self.session.told = True      # once per connection, not per direction
-                return text, [Note("tls-key", f"{exc}; its records are shown encrypted")]
+            if self.waiting:
+                late = self._late(packet)
+            else:
+                try:
+                    self.decryptor = self.session.decryptor(self.role)
+                except KeyNotYet:
+                    pass
+                except NoKey as exc:
+                    return text, self._give_up(str(exc))
+            if self.decryptor is None:
+                if self.gave_up is None and self.waiting_bytes + rec.length <= MAX_WAITING_BYTES:
+                    self.waiting.append((rec, self.count))
+                    self.waiting_bytes += rec.length
+                    return text, late
+                return text, late + self._give_up(self.gave_up or self._why_no_key())
+        text, after = self._decrypt_now(rec, fields, text, packet)
+        return text, late + after
+
+    def _why_no_key(self) -> str:
+        try:
+            self.session.decryptor(self.role)
+        except NoKey as exc:
+            return str(exc)
+        return "no key for this connection"
+
+    def _give_up(self, why: str) -> list:
+        self.gave_up = why
+        self.waiting.clear()
+        self.waiting_bytes = 0
+        if self.session.told:
+            return []
+        self.session.told = True              # once per connection, not per direction
+        return [Note("tls-key", f"{why}; its records are shown encrypted")]
+
+    def _late(self, packet: int, final: bool = False) -> list:
+        """Ask the key log again for the records held; decrypt them in order if it has the key
+        now (each said again, decrypted, under this packet), else hold on (or, at the end of
+        the stream, give up)."""
+        try:
+            self.decryptor = self.session.decryptor(self.role)
+        except KeyNotYet as exc:
+            return self._give_up(str(exc)) if final else []
+        except NoKey as exc:
+            return self._give_up(str(exc))
+        events: list = []
+        held, self.waiting, self.waiting_bytes = self.waiting, [], 0
+        for rec, index in held:
+            if self.gave_up is not None:
+                break
+            fields = dict(rec.fields)
+            text, after = self._decrypt_now(rec, fields, rec.text, packet)
+            events.append(TlsEvent(self.role, index, rec.type, rec.length, text + " (its key came later)",
+                                   fields, 1, packet))
+            events += after
+        return events
+
+    def _decrypt_now(self, rec, fields: dict, text: str, packet: int) -> tuple:
+        notes: list = []
         try:
             ctype, plain = self._open(rec)
         except Exception as exc:  # noqa: BLE001 - InvalidTag, a short record: the key does not fit
