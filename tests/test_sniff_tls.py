@@ -270,6 +270,27 @@ def test_the_command_reading_a_hostile_tls_capture_says_why_and_goes_on(tmp_path
     assert kinds == ["tls", "tls-malformed", "raw", "message"], kinds
 
 
+def test_a_reset_connection_still_says_it_had_no_key(tmp_path):
+    """Records held for a key that never came, then RST: the note is said at the reset."""
+    pytest.importorskip("cryptography", reason="decryption needs cryptography (pip install cryptography)")
+    from socktools.capture.dissect import RST
+    from tests.test_sniff_files import ACK, CPORT, PORT, PSH, SYN, T0, ether, ip_tcp, pcap_ns
+    hello, flight = client_hello(), server_hello() + record(20, b"\x01") + record(23, b"\xbb" * 90)
+    frames = [(T0 + 1, ether(ip_tcp(CPORT, PORT, 100, 0, SYN))),
+              (T0 + 2, ether(ip_tcp(PORT, CPORT, 900, 101, SYN | ACK))),
+              (T0 + 3, ether(ip_tcp(CPORT, PORT, 101, 901, PSH | ACK, hello))),
+              (T0 + 4, ether(ip_tcp(PORT, CPORT, 901, 101 + len(hello), PSH | ACK, flight))),
+              (T0 + 5, ether(ip_tcp(CPORT, PORT, 101 + len(hello), 0, RST)))]
+    path, keylog = tmp_path / "reset.pcap", tmp_path / "keys.log"
+    path.write_bytes(pcap_ns(frames))
+    keylog.write_text("")
+    res = CliRunner().invoke(main, ["sniff", "-r", str(path), "--keylog", str(keylog)])
+    assert res.exit_code == 0, repr(res.exception)
+    assert res.output.count("! no key for this connection in") == 1, res.output
+    tail = res.output.split("[RST]", 1)[1]
+    assert "no key for this connection" in tail                # said under the reset
+
+
 def test_a_stream_cut_inside_a_record_says_so():
     dec = StreamDecoder("auto", "request", session=TlsSession(None))
     events = feed_all(dec, CLIENT[:-1], [])

@@ -279,6 +279,13 @@ class StreamDecoder:
                             content_preview(msg), msg.wire_size, len(set(spanned)),
                             spanned[0] if spanned else 0)
 
+    def abandon(self, packet: int) -> list:
+        """The connection was reset: a TLS stream's records still waiting for their key are
+        decrypted if the key log has it now, else given up, said once."""
+        if self.state == "tls" and self.tls.waiting:
+            return self.tls.finish_waiting(packet)
+        return []
+
     # ------------------------------------------------------------------ TLS
     def _tls_or_not(self, offset: int, data: bytes, packet: int) -> list:
         """The first bytes decide: TLS (a TlsStream takes them) or the mode's own decoding."""

@@ -58,7 +58,7 @@ class TlsStream:
         return events
 
     def finish(self, packet: int) -> list:
-        out = self._late(packet, final=True) if self.waiting else []
+        out = self.finish_waiting(packet)
         why = self.records.cut_short()
         if why:
             held = bytes(self.records.buf or self.records.handshake)
@@ -66,6 +66,10 @@ class TlsStream:
         if self.inner is not None:
             out += self.inner.finish(packet)
         return out
+
+    def finish_waiting(self, packet: int) -> list:
+        """The stream ends: records held for their key are decrypted now or given up."""
+        return self._late(packet, final=True) if self.waiting else []
 
     # ------------------------------------------------------------------ internals
     def _spanned(self, size: int) -> tuple:

@@ -340,6 +340,14 @@ class Tracker:
                     d.messages += sum(1 for e in out if type(e) is MessageEvent)
                     events = tuple(out)
             if flags & RST:
+                # a TLS stream holding records for their key says how that ended (decrypted
+                # after all, or no key); other decoders end silently, as they always have
+                for half in (d, r):
+                    if half.stream is not None:
+                        gone = half.stream.abandon(number)
+                        if gone:
+                            half.messages += sum(1 for e in gone if type(e) is MessageEvent)
+                            events += tuple(gone)
                 d.stream = r.stream = None
         if flags & FIN:
             d.fin = True
