@@ -450,3 +450,14 @@ def test_tls_over_a_unix_socket(tmp_path, certs):
         summary = srv.stop()
     assert summary["handshakes"] == 1 and summary["errors"] == {}
     assert not os.path.exists(srv.path)
+
+
+def test_the_stats_line_and_summary_show_handshakes_only_with_tls():
+    from socktools.serve.report import render_rates, render_stats
+    from socktools.serve.stats import ServerStats
+    plain = ServerStats(accepted=10, closed=10).to_dict()
+    tls = ServerStats(accepted=10, closed=10, handshakes=8).to_dict()
+    assert "handshake" not in render_rates(plain, {}, 2.0) and "handshake" not in render_stats(plain)
+    assert "4.0 handshakes/s" in render_rates(tls, {}, 2.0)
+    assert "TLS handshakes 8" in render_stats(tls)
+    assert ServerStats.from_dict(tls).add(ServerStats.from_dict(tls)).handshakes == 16

@@ -16,7 +16,7 @@ from socktools.units import fmt_bytes
 __all__ = ["HumanView", "json_event", "render_rates", "render_stats", "render_counts", "render_tls"]
 
 #: Counters whose change means "something happened" (an idle server prints no stats line).
-ACTIVITY = ("accepted", "closed", "bytes_in", "bytes_out", "requests", "open")
+ACTIVITY = ("accepted", "closed", "bytes_in", "bytes_out", "requests", "open", "handshakes")
 
 
 def _errors(ev: dict) -> int:
@@ -32,6 +32,8 @@ def render_rates(ev: dict, prev: dict, secs: float) -> str:
             f"out {fmt_bytes(rate('bytes_out'))}/s")
     if ev["requests"]:
         line += f"  {rate('requests'):,.1f} req/s"
+    if ev.get("handshakes"):
+        line += f"  {rate('handshakes'):,.1f} handshakes/s"
     return line + f"  (accepted {ev['accepted']}, closed {ev['closed']})  errors {_errors(ev)}"
 
 
