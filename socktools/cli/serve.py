@@ -118,10 +118,11 @@ def command(ctx, mode, host, port, unix, workers, max_conns, idle_timeout, max_c
             stop_on_stdin_eof, **tls_params):
     """Run a nonblocking TCP server: echo, framed or sink.
 
-    Plaintext, or TLS with --tls. Binds 127.0.0.1 unless --host says otherwise (or --unix names a socket
-    file). With --port 0 the chosen port is printed on the first line
-    ("listening on HOST:PORT"). With --tls every connection is TLS; with
-    --tls-self-signed the certificate's SHA-256 fingerprint and file follow.
+    Binds 127.0.0.1 unless --host says otherwise, or a Unix-domain socket
+    with --unix PATH. With --port 0 the chosen port is printed on the first
+    line ("listening on HOST:PORT"). With --tls every connection is TLS;
+    with --tls-self-signed the certificate's file and SHA-256 fingerprint
+    follow that line.
     """
     from socktools.addresses import is_wildcard
     from socktools.serve.supervisor import ServeError, serve
