@@ -469,3 +469,21 @@ def test_the_stats_line_and_summary_show_handshakes_only_with_tls():
     assert "4.0 handshakes/s" in render_rates(tls, {}, 2.0)
     assert "TLS handshakes 8" in render_stats(tls)
     assert ServerStats.from_dict(tls).add(ServerStats.from_dict(tls)).handshakes == 16
+
+
+def test_alpn_and_version_bounds_reach_the_handshake(start_server, certs):
+    srv = start_server("--mode", "echo", *tls_args(certs, "--alpn", "http/1.1", "--tls-min", "1.3"),
+                       json_events=True)
+    offer = certs.client_context()
+    offer.set_alpn_protocols(["h2", "http/1.1"])
+    client = WireClient(srv.address, offer)
+    assert client.obj.selected_alpn_protocol() == "http/1.1" and client.obj.version() == "TLSv1.3"
+    client.close()
+    old = certs.client_context()
+    old.maximum_version = ssl.TLSVersion.TLSv1_2
+    with pytest.raises(ssl.SSLError):
+        WireClient(srv.address, old)
+    assert srv.wait_for_log("tls-no-common-version")
+    srv.stop()
+    summary = srv.final_summary()
+    assert summary["errors"] == {"tls-no-common-version": 1} and summary["handshakes"] == 1
