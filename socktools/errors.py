@@ -17,8 +17,7 @@ from dataclasses import dataclass, replace
 __all__ = ["Explanation", "EXPLANATIONS", "lookup", "lookup_text", "suggest", "explain_exception",
            "errno_name", "one_line", "PEER_CLOSED", "PROTOCOL_ERROR", "TIMEOUT", "NO_REPLY", "OptionError",
            "SOCKET", "CONNECT", "HANDSHAKE", "SEND", "RECV", "INTERNAL", "PHASES", "tls_key", "TLS_PLAINTEXT_TO_TLS",
-           "TLS_TO_PLAINTEXT", "tls_hint",
-           "tls_server_key"]
+           "TLS_TO_PLAINTEXT", "tls_hint"]
 
 #: Where a connection failed: the I/O core sets ``conn.failed_in`` to one of
 #: these and every command tallies and reports failures as (phase, errno name).
@@ -436,6 +435,9 @@ _SERVER_REASONS = {"PEER_DID_NOT_RETURN_A_CERTIFICATE": "tls-client-sent-no-cert
                    "UNSUPPORTED_PROTOCOL": "tls-no-common-version",
                    "NO_PROTOCOLS_AVAILABLE": "tls-no-common-version",
                    "NO_SHARED_CIPHER": "tls-no-common-cipher"}
+
+
+__all__ += ["tls_server_key"]     # here, not in the list above: the server's side stays one block
 
 
 def tls_server_key(exc: ssl.SSLError) -> str:

@@ -48,7 +48,7 @@ PACKAGES = {
                 ("--report", "socktools report")),
         Package("dask", "distributed", "dask[distributed]", "Dask",
                 ("--cluster",)),
-        Package("tls", "cryptography", "cryptography", "the cryptography package to make a certificate",
+        Package("tls", "cryptography", "cryptography", "the cryptography package",
                 ("--tls-self-signed",)),
     )
 }
