@@ -69,6 +69,39 @@ atexit.register(_UNIX_SOCK.close)
 _HTTP = ["--port", "9", "--mode", "http"]
 
 
+def _server_pem_files() -> dict:
+    """serve --tls's routing cases need files OpenSSL accepts: a throwaway CA and server pair."""
+    trustme = pytest.importorskip("trustme", reason="trustme not installed (pip install trustme)")
+    folder = tempfile.mkdtemp(prefix="socktools-route-tls-")
+    ca = trustme.CA()
+    leaf = ca.issue_cert("127.0.0.1")
+    paths = {"ca": os.path.join(folder, "ca.pem"), "cert": os.path.join(folder, "s.pem"),
+             "key": os.path.join(folder, "s.key")}
+    ca.cert_pem.write_to_path(paths["ca"])
+    leaf.cert_chain_pems[0].write_to_path(paths["cert"])
+    leaf.private_key_pem.write_to_path(paths["key"])
+
+    def remove() -> None:
+        for path in paths.values():
+            os.unlink(path)
+        os.rmdir(folder)
+    atexit.register(remove)
+    return paths
+
+
+_PEM = _server_pem_files()
+_SERVE_TLS = ["--tls", "--cert", _PEM["cert"], "--key", _PEM["key"]]
+
+
+def tls_field(name, value):
+    """Check: ``config.tls.<name> == value``, and plaintext (``config.tls is None``) by default."""
+    def check(call, baseline):
+        assert baseline.config.tls is None, "TLS by default"
+        assert getattr(call.config.tls, name) == value, (name, call.config.tls)
+    check.__name__ = f"config.tls.{name}"
+    return check
+
+
 def both(*checks):
     def check(call, baseline):
         for c in checks:
@@ -168,6 +201,18 @@ ROUTES = {
         "stats_interval": (["--stats-interval", "1s"], field("stats_interval", 1.0)),
         "drain_timeout": (["--drain-timeout", "2s"], field("drain_timeout", 2.0)),
         "stop_on_stdin_eof": (["--stop-on-stdin-eof"], field("stop_on_stdin_eof", True)),
+        "unix": (["--unix", os.path.join(_UNIX_DIR, "serve.sock")],
+                 field("unix", os.path.join(_UNIX_DIR, "serve.sock"))),
+        "tls": (_SERVE_TLS, tls_field("cert", _PEM["cert"])),
+        "cert": (_SERVE_TLS, tls_field("cert", _PEM["cert"])),
+        "key": (_SERVE_TLS, tls_field("key", _PEM["key"])),
+        "tls_self_signed": (["--tls-self-signed"], tls_field("self_signed", True)),
+        "client_ca": ([*_SERVE_TLS, "--client-ca", _PEM["ca"]], tls_field("client_ca", _PEM["ca"])),
+        "tls_min": ([*_SERVE_TLS, "--tls-min", "1.3"], tls_field("tls_min", "1.3")),
+        "tls_max": ([*_SERVE_TLS, "--tls-max", "1.2"], tls_field("tls_max", "1.2")),
+        "ciphers": ([*_SERVE_TLS, "--ciphers", "ECDHE-RSA-AES128-GCM-SHA256"],
+                    tls_field("ciphers", "ECDHE-RSA-AES128-GCM-SHA256")),
+        "alpn": ([*_SERVE_TLS, "--alpn", "h2", "--alpn", "http/1.1"], tls_field("alpn", ("h2", "http/1.1"))),
         # views, not config: which one the engine is handed, and the log level
         "as_json": (["--json"], lambda call, base: (call.view is cli_serve._json_view
                                                     and base.view is not cli_serve._json_view) or _fail()),
