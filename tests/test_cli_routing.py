@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import shutil
 import socket
 import tempfile
 from types import SimpleNamespace
@@ -91,6 +92,11 @@ def _server_pem_files() -> dict:
 
 _PEM = _server_pem_files()
 _SERVE_TLS = ["--tls", "--cert", _PEM["cert"], "--key", _PEM["key"]]
+_FLOOD_TLS = ["--port", "9", "--tls"]
+#: flood --keylog's file: the CLI opens it for appending when it checks the TLS options.
+_KEYLOG_DIR = tempfile.mkdtemp(prefix="socktools-route-keylog-")
+_KEYLOG = os.path.join(_KEYLOG_DIR, "keys.log")
+atexit.register(shutil.rmtree, _KEYLOG_DIR, True)
 
 
 def tls_field(name, value):
@@ -278,6 +284,22 @@ ROUTES = {
         "plugin": (["--port", "9", "--protocol", "socktools.examples.memcached:Memcached"],
                    both(field("mode", "plugin"), wire("plugin", "socktools.examples.memcached:Memcached"))),
         "yes": (["--yes"], lambda call, base: (call.force is True and base.force is False) or _fail()),
+        "tls": (_FLOOD_TLS, tls_field("enabled", True)),
+        "sni": ([*_FLOOD_TLS, "--sni", "db.test"], tls_field("sni", "db.test")),
+        "cafile": ([*_FLOOD_TLS, "--cafile", _PEM["ca"]], tls_field("cafile", _PEM["ca"])),
+        "capath": ([*_FLOOD_TLS, "--capath", _KEYLOG_DIR], tls_field("capath", _KEYLOG_DIR)),
+        "insecure": ([*_FLOOD_TLS, "--insecure"], tls_field("insecure", True)),
+        "cert": ([*_FLOOD_TLS, "--cert", _PEM["cert"], "--key", _PEM["key"]], tls_field("cert", _PEM["cert"])),
+        "key": ([*_FLOOD_TLS, "--cert", _PEM["cert"], "--key", _PEM["key"]], tls_field("key", _PEM["key"])),
+        "tls_min": ([*_FLOOD_TLS, "--tls-min", "1.3"], tls_field("tls_min", "1.3")),
+        "tls_max": ([*_FLOOD_TLS, "--tls-max", "1.2"], tls_field("tls_max", "1.2")),
+        "ciphers": ([*_FLOOD_TLS, "--ciphers", "ECDHE-RSA-AES128-GCM-SHA256"],
+                    tls_field("ciphers", "ECDHE-RSA-AES128-GCM-SHA256")),
+        "alpn": ([*_FLOOD_TLS, "--alpn", "h2", "--alpn", "http/1.1"], tls_field("alpn", ("h2", "http/1.1"))),
+        "keylog": ([*_FLOOD_TLS, "--keylog", _KEYLOG], tls_field("keylog", _KEYLOG)),
+        "tls_resume": ([*_FLOOD_TLS, "--tls-resume"], field("tls_resume", True)),
+        "udp": (["--port", "9", "--udp"], both(field("udp", True))),
+        "reply_timeout": (["--port", "9", "--udp", "--reply-timeout", "250ms"], field("reply_timeout", 0.25)),
     }),
     "stall": (cli_stall.command, {
         "host": (["--host", "::1"], field("host", "::1")),
@@ -364,10 +386,10 @@ def test_tls_option_reaches_the_tls_config(monkeypatch, tmp_path, option):
     files = {**_tls_files(tmp_path), "DIR": str(tmp_path), "KEYLOG": str(tmp_path / "keys.log")}
     calls = []
 
-    def exchange(host, port, proto, *, timeout, tls, unix=None):
+    def converse(host, port, proto, *, tls, unix=None, **kw):
         calls.append(tls)
         raise SystemExit(0)
-    monkeypatch.setattr(client, "exchange", exchange)
+    monkeypatch.setattr(client, "converse", converse)
     argv, name, value = TLS_ROUTES[option]
     base = ["request", "--port", "9", "--mode", "redis"]
     assert CliRunner().invoke(main, base).exit_code == 0
@@ -386,7 +408,7 @@ def test_request_unix_reaches_the_exchange_and_the_framed_request(monkeypatch):
     def record(*args, unix=None, **kw):
         calls.append(unix)
         raise SystemExit(0)
-    monkeypatch.setattr(client, "exchange", record)
+    monkeypatch.setattr(client, "converse", record)
     monkeypatch.setattr(client, "request", record)
     for argv in (["--mode", "redis"], ["search", "x"]):
         assert CliRunner().invoke(main, ["request", *argv]).exit_code == 0
