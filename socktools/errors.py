@@ -233,6 +233,21 @@ EXPLANATIONS[DATAGRAM_LOST] = Explanation(
      "nobody listens on the port (ECONNREFUSED, from the ICMP port-unreachable)"),
     "a lower --rate, a server that reads faster, or a larger receive buffer on the server "
     "(SO_RCVBUF, capped by net.core.rmem_max); `socktools sockets --udp --port P` shows its drops")
+
+
+def udp_words(key: str, sockaddr, timeout: float) -> str | None:
+    """What a refused or unanswered datagram means, in words (request and ping --udp); None for
+    other keys.  A connected UDP socket learns of the ICMP port-unreachable as ECONNREFUSED;
+    silence tells nothing, and the words say so rather than guess."""
+    if key == "ECONNREFUSED":
+        host = sockaddr[0] if isinstance(sockaddr, (tuple, list)) else sockaddr
+        port = sockaddr[1] if isinstance(sockaddr, (tuple, list)) else "?"
+        return (f"nobody listens on UDP port {port} at {host}: "
+                "the kernel there answered with ICMP port unreachable")
+    if key == TIMEOUT:
+        return (f"no reply within {timeout:g}s: UDP does not say whether the datagram or its reply "
+                "was lost, or whether anyone listens")
+    return None
 EXPLANATIONS[TIMEOUT] = Explanation(
     TIMEOUT, None, "TimeoutError / socket.timeout",
     "no answer within the timeout",
