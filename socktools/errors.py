@@ -473,6 +473,14 @@ _FIX_FOR = {
 _DURING = {
     ("EADDRNOTAVAIL", "bind"): ("that address is not on this machine",
                                 "bind an address this machine has (127.0.0.1, ::1; `ip addr` lists them)"),
+    ("ECONNREFUSED", "udp"): ("nobody listens on that UDP port: the kernel there answered with ICMP port "
+                              "unreachable (a connected UDP socket hears of it as ECONNREFUSED)",
+                              "start the server, or check the port and address (`socktools sockets --udp` "
+                              "lists UDP sockets)"),
+    (TIMEOUT, "udp"): ("no reply within the timeout: UDP does not say whether the datagram or its reply was "
+                       "lost, or whether anyone listens",
+                       "check that a server is bound there (`socktools sockets --udp --port P`) and that it "
+                       "answers; give it longer (--timeout)"),
 }
 
 # Aliases: EWOULDBLOCK is EAGAIN on Linux; exceptions map to their errno.

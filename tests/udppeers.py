@@ -24,9 +24,12 @@ class UdpEcho:
     ``hold``: read nothing until the kernel has dropped at least one datagram at this socket
     (its receive buffer is the kernel's minimum), then echo everything.  ``silent``: read and
     count, never answer.  ``copies``: answer each datagram this many times (duplicates);
-    ``answered`` is set once the first datagram's copies have all left."""
+    ``answered`` is set once the first datagram's copies have all left.  ``hold_first``: answer
+    the first datagram only when the second arrives, just before the second's answer (a reply
+    made late by the server, not by a clock)."""
 
-    def __init__(self, hold: bool = False, silent: bool = False, copies: int = 1) -> None:
+    def __init__(self, hold: bool = False, silent: bool = False, copies: int = 1,
+                 hold_first: bool = False) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         if hold:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1)
@@ -35,6 +38,8 @@ class UdpEcho:
         self.hold = hold
         self.silent = silent
         self.copies = copies
+        self.hold_first = hold_first
+        self.held: Optional[bytes] = None
         self.received = 0
         self.got = []                      # the first datagrams received, for the tests to read
         self.answered = threading.Event()
@@ -63,7 +68,13 @@ class UdpEcho:
                 self.got.append(data)
             if self.silent:
                 continue
+            if self.hold_first and self.received == 1:
+                self.held = data
+                continue
             try:
+                if self.held is not None:
+                    sock.sendto(self.held, peer)
+                    self.held = None
                 for _ in range(self.copies):
                     sock.sendto(data, peer)
             except OSError:
