@@ -248,6 +248,13 @@ def udp_words(key: str, sockaddr, timeout: float) -> str | None:
         return (f"no reply within {timeout:g}s: UDP does not say whether the datagram or its reply "
                 "was lost, or whether anyone listens")
     return None
+
+
+class DatagramTimeout(TimeoutError):
+    """No reply datagram within the timeout (request and ping --udp): ``TIMEOUT``, silence --
+    not ETIMEDOUT, which a kernel gives for a connection."""
+
+    socktools_key = TIMEOUT
 EXPLANATIONS[TIMEOUT] = Explanation(
     TIMEOUT, None, "TimeoutError / socket.timeout",
     "no answer within the timeout",

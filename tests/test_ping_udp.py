@@ -111,3 +111,28 @@ def test_a_unix_socket_is_not_for_udp(tmp_path):
 def test_the_help_shows_a_real_udp_example():
     out = subprocess.run(socktools_cmd("ping", "--help"), capture_output=True, text=True, timeout=30)
     assert "socktools ping --udp --port 9000" in out.stdout
+
+
+def test_the_udp_lines_on_hand_made_probes():
+    """The report alone: events above the probe's line, the ledger's odd counts added when not 0."""
+    import socket
+
+    from socktools.ping.report import probe_line, summary_lines
+    from socktools.ping.results import Probe, Target, summarize
+    counts = {"sent": 3, "answered": 2, "late": 0, "lost": 1, "duplicated": 0, "reordered": 1, "truncated": 0,
+              "foreign": 2, "stale": 0, "refused": 0}
+    probes = [Probe(1, True, 0.5, "127.0.0.1:9", size=24, events=()),
+              Probe(2, True, 0.25, "127.0.0.1:9", size=20, events=(("foreign", None), ("stale", 1))),
+              Probe(3, False, None, "127.0.0.1:9", error="timeout", detail="no reply within 1s: ...",
+                    elapsed_ms=1000.0, events=(), counts=counts)]
+    assert probe_line(probes[1], False).splitlines() == [
+        "foreign datagram from 127.0.0.1:9: not an echo of this ping's datagrams",
+        "reply from 127.0.0.1:9 to a probe too old to place: seq=1",
+        "reply from 127.0.0.1:9: seq=2 bytes=20 time=0.250 ms"]
+    assert probe_line(probes[2], False) == "no reply from 127.0.0.1:9: seq=3 timeout - no reply within 1s: ..."
+    stats = summarize(probes)
+    assert stats.datagrams == counts and stats.received == 2
+    lines = summary_lines(Target("127.0.0.1", socket.AF_INET, ("127.0.0.1", 9), "127.0.0.1:9"), stats, 2.0, False)
+    assert lines[0] == "--- 127.0.0.1:9 udp ping statistics ---"
+    assert "datagrams: 3 sent, 2 answered, 0 late, 1 lost, 0 duplicated, 1 reordered, 2 foreign" in lines
+    assert Probe(1, True, 0.1, "x").to_dict().keys().isdisjoint({"size", "events"})   # TCP's JSON unchanged

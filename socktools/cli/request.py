@@ -233,12 +233,7 @@ def _exchange(ctx, words, host, port, unix, timeout, show_bytes, as_json, mode, 
 
     if words and unix is not None:
         raise click.UsageError("--unix names the whole target: give no HOST PORT")
-    if len(words) == 2:
-        host, port_text = words
-        refuse_path_as_host(host, "HOST")
-        port = PORT.convert(port_text, None, ctx)
-    elif words:
-        raise click.UsageError(f"with --mode {mode}, give HOST PORT or nothing, not {len(words)} word(s)")
+    host, port = _host_port(ctx, words, host, port, f"--mode {mode}")
     # a Unix socket has no host name: HTTP's Host header (required by HTTP/1.1) says localhost
     spec = wire_spec(mode, "localhost" if unix is not None else format_addr((host, port)), wire_params)
     proto = build_config(wire.build, spec=spec)
@@ -276,6 +271,17 @@ def _exchange(ctx, words, host, port, unix, timeout, show_bytes, as_json, mode, 
                 f"exchange {result.steps.index(step) + 1} ({step.label}): "
         hint = tls_hint(result.received, None, tls=result.tls is not None)
         die(f"{where}the reply is a failure ({f.kind}): {f.detail}" + (f"; {hint}" if hint else ""), EXIT_FAILED)
+
+
+def _host_port(ctx, words, host: str, port: int, with_what: str) -> tuple:
+    """The target from the HOST PORT words (or --host/--port when there are none)."""
+    if len(words) == 2:
+        host, port_text = words
+        refuse_path_as_host(host, "HOST")
+        return host, PORT.convert(port_text, None, ctx)
+    if words:
+        raise click.UsageError(f"with {with_what}, give HOST PORT or nothing, not {len(words)} word(s)")
+    return host, port
 
 
 #: Reply framings a datagram does not need (it is one whole message); refused with --udp.
@@ -321,12 +327,7 @@ def _udp(ctx, words, host, port, unix, timeout, show_bytes, as_json, mode, greet
         buffer = wire_params["reply_bytes"]
         if not 1 <= buffer <= REPLY_BUFFER:
             refuse("--reply-bytes", f"the reply buffer is 1 to {REPLY_BUFFER:,} bytes (more than any datagram)")
-    if len(words) == 2:
-        host, port_text = words
-        refuse_path_as_host(host, "HOST")
-        port = PORT.convert(port_text, None, ctx)
-    elif words:
-        raise click.UsageError(f"with --udp, give HOST PORT or nothing, not {len(words)} word(s)")
+    host, port = _host_port(ctx, words, host, port, "--udp")
     spec = wire_spec(mode, format_addr((host, port)), wire_params)
     replies = not spec.no_reply
     match = build_config(reply_match, spec=spec)

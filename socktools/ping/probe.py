@@ -310,11 +310,11 @@ class UdpPinger:
         self.ledger = Ledger((os.getpid() if ident is None else ident) & 0xFFFFFFFF, self.size,
                              max(1, int(timeout * 1e9)))
         self.sock = socket.socket(target.family, socket.SOCK_DGRAM)
+        self.refused: Optional[OSError] = None     # connect() failed (no route...): every probe fails so
         try:
             self.sock.connect(target.sockaddr)      # no packet: the peer, for the filter and ICMP
-        except OSError:
-            self.sock.close()
-            raise
+        except OSError as exc:
+            self.refused = exc
         self.poller = select.poll()
         self.poller.register(self.sock, select.POLLIN)
 
@@ -340,6 +340,8 @@ class UdpPinger:
         ledger = self.ledger
         events: list = []
         start = self.clock()
+        if self.refused is not None:
+            return self._failed(seq, self.refused, start, events)
         data = ledger.send(start)
         try:
             self.sock.send(data)
@@ -369,13 +371,7 @@ class UdpPinger:
                              events=tuple(events), counts=ledger.counts())
             events.append((outcome, head.seq + 1 if head is not None and outcome != "foreign" else None))
         ledger.expire(deadline + 1)
-        return self._failed(seq, DatagramTimeout(), start, events)
-
-
-class DatagramTimeout(TimeoutError):
-    """No echo within the timeout (``errors.TIMEOUT``: silence, not a refusal)."""
-
-    socktools_key = errors.TIMEOUT
+        return self._failed(seq, errors.DatagramTimeout(), start, events)
 
 
 # --------------------------------------------------------------------------- the loop

@@ -32,7 +32,7 @@ from socktools.addresses import format_addr, resolve
 from socktools.wire.base import SAMPLE_BYTES, Failure, Reply
 from socktools.wire.datagram import MAX_DATAGRAM
 
-__all__ = ["REPLY_BUFFER", "MAX_IGNORED", "Datagram", "UdpResult", "UdpError", "DatagramTimeout", "datagrams"]
+__all__ = ["REPLY_BUFFER", "MAX_IGNORED", "Datagram", "UdpResult", "UdpError", "datagrams"]
 
 #: The buffer each reply is read into unless --reply-bytes chose one: more than any UDP payload
 #: (65,527 bytes over IPv6 without jumbograms), so that only a buffer the user asked for cuts one.
@@ -41,12 +41,6 @@ REPLY_BUFFER = 65_536
 #: Datagrams read and set aside before one request (already waiting: not its reply).  A peer
 #: flooding us must not hold the request: past this many the request goes out anyway.
 MAX_IGNORED = 1000
-
-
-class DatagramTimeout(TimeoutError):
-    """No reply within the timeout."""
-
-    socktools_key = errors.TIMEOUT
 
 
 @dataclass
@@ -175,7 +169,7 @@ def _exchange(sock, poller, step: Datagram, buf: bytearray, timeout: float, repl
     while True:
         left = deadline - clock()
         if left <= 0:
-            raise UdpError("recv", DatagramTimeout(f"no reply within {timeout:g}s"), result, timeout)
+            raise UdpError("recv", errors.DatagramTimeout(f"no reply within {timeout:g}s"), result, timeout)
         if not poller.poll(left * 1000):
             continue
         try:
