@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from tests.conftest import socktools_cmd
+from tests.conftest import socktools_cmd, wait_until
 from tests.udppeers import SocatUdpEcho, UdpEcho, closed_udp_port
 
 
@@ -46,9 +46,8 @@ def test_every_probe_to_a_closed_port_is_refused_by_icmp_and_said_so():
 def test_a_silent_server_is_a_timeout_per_probe():
     with UdpEcho(silent=True) as peer:
         out = ping("--port", str(peer.port), "-c", "2", "-i", "10ms", "-W", "200ms")
-        received = peer.received
+        assert wait_until(lambda: peer.received == 2)       # both arrived; neither was answered
     assert out.returncode == 1
-    assert received == 2
     assert out.stdout.count("timeout - no reply within 0.2s: UDP does not say whether the datagram or its "
                             "reply was lost, or whether anyone listens") == 2
 
@@ -57,7 +56,7 @@ def test_a_reply_after_its_timeout_is_named_late_not_received():
     """The peer answers probe 1 only when probe 2 arrives: probe 1 times out, and its reply
     comes during probe 2, matched by its sequence number -- late, not probe 2's."""
     with UdpEcho(hold_first=True) as peer:
-        out = ping("--port", str(peer.port), "-c", "2", "-i", "10ms", "-W", "300ms", "--json")
+        out = ping("--port", str(peer.port), "-c", "2", "-i", "10ms", "-W", "1s", "--json")
     doc = json.loads(out.stdout)
     p1, p2 = doc["probes"]
     assert p1["ok"] is False and p1["error"] == "timeout"

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from socktools.request.udp import datagrams
-from tests.conftest import socktools_cmd
+from tests.conftest import socktools_cmd, wait_until
 from tests.udppeers import Dnsmasq, SocatUdpEcho, UdpEcho, a_records, closed_udp_port, dns_query
 
 
@@ -94,9 +94,8 @@ def test_a_closed_port_is_refused_by_icmp_and_said_so_plainly():
 def test_a_server_that_never_answers_is_a_timeout_that_claims_nothing():
     with UdpEcho(silent=True) as peer:
         out = request("--port", str(peer.port), "--send", "hello?", "--timeout", "300ms", "--json")
-        got = list(peer.got)
+        assert wait_until(lambda: peer.got == [b"hello?"])      # it arrived; no reply came
     assert out.returncode == 1
-    assert got == [b"hello?"]       # it arrived; no reply came
     doc = json.loads(out.stdout)
     assert doc["error"]["error"] == "timeout"
     assert doc["error"]["message"] == ("no reply within 0.3s: UDP does not say whether the datagram or its "
@@ -128,13 +127,9 @@ def test_a_reply_that_does_not_match_is_a_failure():
 def test_no_reply_sends_and_waits_for_nothing():
     with UdpEcho(silent=True) as peer:
         out = request("--port", str(peer.port), "--send", "log line", "--no-reply")
-        deadline = time.monotonic() + 10
-        while not peer.got and time.monotonic() < deadline:
-            peer.stopping.wait(0.01)
-        got = list(peer.got)
+        assert wait_until(lambda: peer.got == [b"log line"])
     assert out.returncode == 0, out.stderr
     assert out.stdout == "(sent; no reply expected)\n"
-    assert got == [b"log line"]
 
 
 def test_a_duplicate_already_waiting_is_not_taken_for_the_next_reply():
