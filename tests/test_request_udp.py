@@ -163,7 +163,7 @@ def test_a_duplicate_already_waiting_is_not_taken_for_the_next_reply():
     (["--port", "9", "--send", "x", "--reply-bytes", "70000"], "--reply-bytes"),
     (["--port", "9", "--mode", "line", "--send", "x", "--reply-bytes", "10"], "--reply-bytes"),
     (["--port", "9"], "--send"),
-    (["127.0.0.1", "9", "search", "x"], "HOST PORT"),
+    (["127.0.0.1", "9", "search", "x"], "give HOST PORT or nothing"),
 ])
 def test_what_a_datagram_cannot_carry_is_a_usage_error_naming_the_option(args, option):
     out = request(*args)
