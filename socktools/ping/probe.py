@@ -283,10 +283,6 @@ class IcmpPinger:
 
 
 # --------------------------------------------------------------------------- UDP probe
-#: Replies are read into this many bytes: more than any UDP payload, so none is cut.
-UDP_BUFFER = 65_536
-
-
 class UdpPinger:
     """One connected UDP socket for a whole run; ``probe(seq)`` sends flood's datagram (its
     header: ping's socket number, the sequence number, the send time; :mod:`socktools.wire.datagram`)
@@ -336,7 +332,7 @@ class UdpPinger:
 
     def probe(self, seq: int) -> Probe:
         """Send datagram ``seq`` (the ledger's seq - 1) and wait for its echo, or the timeout."""
-        from socktools.wire.datagram import decode
+        from socktools.wire.datagram import MAX_DATAGRAM, decode
         ledger = self.ledger
         events: list = []
         start = self.clock()
@@ -357,7 +353,8 @@ class UdpPinger:
                     break
                 continue
             try:
-                reply = self.sock.recv(UDP_BUFFER, socket.MSG_DONTWAIT)
+                # as flood reads them: an echo of ours is 24 bytes, anything longer is not one
+                reply = self.sock.recv(MAX_DATAGRAM + 1, socket.MSG_DONTWAIT)
             except BlockingIOError:
                 continue
             except OSError as exc:              # ECONNREFUSED: the ICMP port unreachable
