@@ -236,6 +236,28 @@ EXPLANATIONS[DATAGRAM_LOST] = Explanation(
      "nobody listens on the port (ECONNREFUSED, from the ICMP port-unreachable)"),
     "a lower --rate, a server that reads faster, or a larger receive buffer on the server "
     "(SO_RCVBUF, capped by net.core.rmem_max); `socktools sockets --udp --port P` shows its drops")
+
+
+def udp_words(key: str, sockaddr, timeout: float) -> str | None:
+    """What a refused or unanswered datagram means, in words (request and ping --udp); None for
+    other keys.  A connected UDP socket learns of the ICMP port-unreachable as ECONNREFUSED;
+    silence tells nothing, and the words say so rather than guess."""
+    if key == "ECONNREFUSED":
+        host = sockaddr[0] if isinstance(sockaddr, (tuple, list)) else sockaddr
+        port = sockaddr[1] if isinstance(sockaddr, (tuple, list)) else "?"
+        return (f"nobody listens on UDP port {port} at {host}: "
+                "the kernel there answered with ICMP port unreachable")
+    if key == TIMEOUT:
+        return (f"no reply within {timeout:g}s: UDP does not say whether the datagram or its reply "
+                "was lost, or whether anyone listens")
+    return None
+
+
+class DatagramTimeout(TimeoutError):
+    """No reply datagram within the timeout (request and ping --udp): ``TIMEOUT``, silence --
+    not ETIMEDOUT, which a kernel gives for a connection."""
+
+    socktools_key = TIMEOUT
 EXPLANATIONS[TIMEOUT] = Explanation(
     TIMEOUT, None, "TimeoutError / socket.timeout",
     "no answer within the timeout",
@@ -526,6 +548,14 @@ _FIX_FOR = {
 _DURING = {
     ("EADDRNOTAVAIL", "bind"): ("that address is not on this machine",
                                 "bind an address this machine has (127.0.0.1, ::1; `ip addr` lists them)"),
+    ("ECONNREFUSED", "udp"): ("nobody listens on that UDP port: the kernel there answered with ICMP port "
+                              "unreachable (a connected UDP socket hears of it as ECONNREFUSED)",
+                              "start the server, or check the port and address (`socktools sockets --udp` "
+                              "lists UDP sockets)"),
+    (TIMEOUT, "udp"): ("no reply within the timeout: UDP does not say whether the datagram or its reply was "
+                       "lost, or whether anyone listens",
+                       "check that a server is bound there (`socktools sockets --udp --port P`) and that it "
+                       "answers; give it longer (--timeout)"),
 }
 
 # Aliases: EWOULDBLOCK is EAGAIN on Linux; exceptions map to their errno.
