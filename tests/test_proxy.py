@@ -241,3 +241,20 @@ def test_a_bad_config_file_is_a_usage_error_naming_the_field(tmp_path):
                    '"attributes": {"latency": -1}}]}]')
     r = CliRunner().invoke(main, ["proxy", "--config", str(cfg)])
     assert r.exit_code == 2 and "'latency'" in r.output and "--config" in r.output
+
+
+def test_toxicity_half_applies_to_about_half_of_200_connections():
+    """limit_data:bytes=0 with toxicity 0.5: a connection that drew the toxic is closed on its
+    first byte, one that did not gets its echo.  Binomial(200, 0.5) has a standard deviation
+    of 7.1; the bound is 6 of them (58..142), which chance breaks about twice in a billion runs."""
+    with ThreadServer(echo) as srv, proxy_to(srv.port, "--toxic", "limit_data:bytes=0,toxicity=0.5",
+                                             "--quiet") as px:
+        cut = 0
+        for _ in range(200):
+            with connect(px.port) as c:
+                c.sendall(b"x")
+                got = recv_exactly(c, 1)
+                cut += got == b""
+        summary = px.stop()
+    assert 58 <= cut <= 142
+    assert summary["total"]["ended"].get("closed-by-toxic") == cut

@@ -106,6 +106,15 @@ def command(listens, targets, toxics, config_file, api, drain_timeout, as_json, 
             proxies.extend(cfg.load_config_file(config_file))
         except cfg.SpecError as exc:
             raise click.BadParameter(str(exc), param_hint="'--config'") from None
+    from socktools.addresses import is_wildcard
+    for where in [p.listen for p in proxies] + ([api] if api else []):
+        try:
+            host = cfg.parse_hostport(where, "--listen")[0]
+        except cfg.SpecError:
+            continue            # the config reports it, naming the option
+        if is_wildcard(host):
+            click.echo(f"socktools proxy: warning: {where} binds every interface: the proxy is "
+                       f"reachable from other machines", err=True)
     config = build_config(cfg.ProxyConfig, proxies=tuple(proxies), api=api, drain_timeout=drain_timeout,
                           stop_on_stdin_eof=stop_on_stdin_eof, seed=seed)
     try:

@@ -231,8 +231,10 @@ class Pair:
                 conn.abort()
 
     def lost(self, conn: Connection, exc: Optional[BaseException]) -> None:
-        if conn is self.upstream and not self.connected and conn.failed_in == errors.CONNECT:
-            self.upstream_failed(exc)
+        if conn is not self.client and not self.connected:
+            # (Not ``conn is self.upstream``: a connect that fails at once reports it from
+            # inside open_connection, before self.upstream is set.)
+            self.upstream_failed(exc or ConnectionAbortedError("upstream closed while connecting"))
         elif exc is not None and self.ending is None:
             # An error on one side (ECONNRESET, EPIPE, ...) is passed on as a reset of the other.
             side = "client" if conn is self.client else "upstream"
