@@ -7,7 +7,8 @@ import sys
 
 import click
 
-from socktools.cli._common import DURATION, EXIT_FAILED, LazyDefault, LazyOption, build_config, die, setup_logging
+from socktools.cli._common import (DURATION, EXIT_FAILED, LazyChoice, LazyDefault, LazyOption, build_config, die,
+                                   setup_logging)
 
 EPILOG = """\b
 Examples:
@@ -64,6 +65,9 @@ def _echo_event(as_json: bool, quiet: bool):
                    "list works as it is).")
 @click.option("--api", metavar="HOST:PORT",
               help="Serve Toxiproxy's HTTP API here (its clients drive this proxy), e.g. 127.0.0.1:8474.")
+@click.option("--decode", type=LazyChoice("socktools.proxy.decode:DECODERS"), default=None,
+              help="Print each request and reply crossing the proxy, with the server's time measured "
+                   "at the proxy (upstream) beside the time the client saw (toxics included).")
 @click.option("--drain-timeout", type=DURATION, cls=LazyOption, metavar="DURATION",
               default=LazyDefault("socktools.proxy.config:DEFAULT_DRAIN"), show_default=True,
               help="On the first Ctrl-C/SIGTERM, how long bytes in flight get to pass.")
@@ -71,7 +75,7 @@ def _echo_event(as_json: bool, quiet: bool):
 @click.option("--quiet", "-q", is_flag=True, help="No line per connection; log only warnings and errors.")
 @click.option("--seed", type=int, default=None, hidden=True, help="Seed of toxicity's and jitter's random numbers.")
 @click.option("--stop-on-stdin-eof", is_flag=True, hidden=True, help="Stop when stdin closes (tests, embedders).")
-def command(listens, targets, toxics, config_file, api, drain_timeout, as_json, quiet, seed, stop_on_stdin_eof):
+def command(listens, targets, toxics, config_file, api, decode, drain_timeout, as_json, quiet, seed, stop_on_stdin_eof):
     """A TCP proxy that breaks the link on purpose: Toxiproxy's toxics, its HTTP API.
 
     Forwards both directions with bounded buffers (a slow side pauses reading
@@ -116,7 +120,7 @@ def command(listens, targets, toxics, config_file, api, drain_timeout, as_json, 
             click.echo(f"socktools proxy: warning: {where} binds every interface: the proxy is "
                        f"reachable from other machines", err=True)
     config = build_config(cfg.ProxyConfig, proxies=tuple(proxies), api=api, drain_timeout=drain_timeout,
-                          stop_on_stdin_eof=stop_on_stdin_eof, seed=seed)
+                          stop_on_stdin_eof=stop_on_stdin_eof, seed=seed, decode=decode)
     try:
         run_proxy(config, _echo_event(as_json, quiet))
     except ProxyError as exc:

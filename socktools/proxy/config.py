@@ -264,6 +264,7 @@ class ProxyConfig:
     drain_timeout: float = DEFAULT_DRAIN
     stop_on_stdin_eof: bool = False
     seed: Optional[int] = None       # toxicity's and jitter's random numbers (tests; None: random)
+    decode: Optional[str] = None     # a wire mode with a stream decoder: print each exchange
 
     def __post_init__(self) -> None:
         if not self.proxies and not self.api:
@@ -279,5 +280,10 @@ class ProxyConfig:
                 parse_hostport(self.api, "--api")
             except SpecError as exc:
                 raise OptionError("api", str(exc)) from None
+        if self.decode is not None:
+            from socktools.wire import modes
+            if self.decode not in modes.decoders():
+                raise OptionError("decode", f"no decoder for {self.decode!r} "
+                                            f"(decoders: {', '.join(modes.decoders())})")
         if self.drain_timeout < 0:
             raise OptionError("drain_timeout", "must not be negative")

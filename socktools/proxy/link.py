@@ -120,6 +120,8 @@ class Link:
 
     # ------------------------------------------------------------ the flow
     def feed(self, data: bytes) -> None:
+        if self.pair.watch is not None:
+            self.pair.watch.read(self.stream, data)
         self.head.push((DATA, data, self.pair.proxy.server.clock()))
         self.check()
 
@@ -133,6 +135,8 @@ class Link:
             self.delivered += len(item[1])
             if dst is not None:
                 dst.write(item[1])
+            if self.pair.watch is not None:
+                self.pair.watch.delivered(self.stream, self.delivered)
             self.check()
         elif kind == EOF:
             if dst is not None:
@@ -170,6 +174,7 @@ class Pair:
         self.up = Link(self, "upstream", client)
         self.down: Optional[Link] = None
         self.open = True
+        self.watch: Any = proxy.server.watch(self)     # --decode's Watch, or None
 
     @property
     def connections(self) -> list:

@@ -27,6 +27,10 @@ def human_lines(ev: dict, *, connections: bool = True) -> list:
         return [f"{ev['proxy']} #{ev['number']} {ev['client']}: {ev['how']} after {ev['duration']:.3f}s; "
                 f"client->upstream {_bytes(ev['from_client'])} (delivered {_bytes(ev['to_upstream'])}), "
                 f"upstream->client {_bytes(ev['from_upstream'])} (delivered {_bytes(ev['to_client'])})"]
+    if kind == "exchange":
+        up = "?" if ev["upstream_ms"] is None else f"{ev['upstream_ms']:.3f} ms"
+        return [f"{ev['proxy']} #{ev['number']} {ev['request']} -> {ev['reply']}  "
+                f"upstream {up}, client {ev['client_ms']:.3f} ms"]
     if kind == "summary":
         lines = [f"socktools proxy: stopped after {ev['duration']:.1f}s"]
         rows = list(ev["proxies"].items())

@@ -207,6 +207,24 @@ class ProxyServer:
     def event(self, ev: dict) -> None:
         self.on_event(ev)
 
+    def watch(self, pair: Pair) -> Any:
+        """--decode: a :class:`~socktools.proxy.decode.Watch` for ``pair`` (None without it)."""
+        if self.config.decode is None:
+            return None
+        from socktools.proxy.decode import Watch
+
+        def answered(ex: Any, done_at: float) -> None:
+            up = None if ex.sent_at is None else round((ex.reply_read_at - ex.sent_at) * 1000, 3)
+            self.event({"event": "exchange", "proxy": pair.proxy.name, "number": pair.number,
+                        "request": ex.request, "reply": ex.reply, "upstream_ms": up,
+                        "client_ms": round((done_at - ex.read_at) * 1000, 3)})
+
+        def stopped(why: str) -> None:
+            log.warning("proxy %s: connection %d: --decode %s stops on this connection (its bytes "
+                        "still pass): %s", pair.proxy.name, pair.number, self.config.decode, why)
+
+        return Watch(self.config.decode, answered, self.clock, stopped)
+
     # ------------------------------------------------------------ the table (the API's verbs)
     def get(self, name: str) -> Proxy:
         try:
