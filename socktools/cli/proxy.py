@@ -36,6 +36,8 @@ a second aborts every connection.
 
 def _echo_event(as_json: bool, quiet: bool):
     def on_event(ev: dict) -> None:
+        if quiet and ev.get("event") == "connection":
+            return
         if as_json:
             import time
             from socktools.cli._common import stamped
@@ -45,7 +47,7 @@ def _echo_event(as_json: bool, quiet: bool):
             click.echo(json.dumps(doc))
         else:
             from socktools.proxy.report import human_lines
-            for line in human_lines(ev, connections=not quiet):
+            for line in human_lines(ev):
                 click.echo(line)
         sys.stdout.flush()
     return on_event
@@ -72,7 +74,8 @@ def _echo_event(as_json: bool, quiet: bool):
               default=LazyDefault("socktools.proxy.config:DEFAULT_DRAIN"), show_default=True,
               help="On the first Ctrl-C/SIGTERM, how long bytes in flight get to pass.")
 @click.option("--json", "as_json", is_flag=True, help="Print events as JSON lines (listening, connection, summary).")
-@click.option("--quiet", "-q", is_flag=True, help="No line per connection; log only warnings and errors.")
+@click.option("--quiet", "-q", is_flag=True, help="No line (or JSON event) per connection; log only warnings "
+                                                 "and errors.")
 @click.option("--seed", type=int, default=None, hidden=True, help="Seed of toxicity's and jitter's random numbers.")
 @click.option("--stop-on-stdin-eof", is_flag=True, hidden=True, help="Stop when stdin closes (tests, embedders).")
 def command(listens, targets, toxics, config_file, api, decode, drain_timeout, as_json, quiet, seed, stop_on_stdin_eof):

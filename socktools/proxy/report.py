@@ -14,16 +14,14 @@ def _ended(stats: dict) -> str:
     return ", ".join(parts) if parts else "none"
 
 
-def human_lines(ev: dict, *, connections: bool = True) -> list:
-    """The lines that say ``ev``; ``connections=False`` leaves out each connection's own line."""
+def human_lines(ev: dict) -> list:
+    """The lines that say ``ev``."""
     kind = ev.get("event")
     if kind == "listening":
         return [f"socktools proxy: {ev['proxy']} listening on {ev['listen']} -> {ev['upstream']}"]
     if kind == "api":
         return [f"socktools proxy: API (Toxiproxy 2.x endpoints) on http://{ev['address']}"]
     if kind == "connection":
-        if not connections:
-            return []
         return [f"{ev['proxy']} #{ev['number']} {ev['client']}: {ev['how']} after {ev['duration']:.3f}s; "
                 f"client->upstream {_bytes(ev['from_client'])} (delivered {_bytes(ev['to_upstream'])}), "
                 f"upstream->client {_bytes(ev['from_upstream'])} (delivered {_bytes(ev['to_client'])})"]
