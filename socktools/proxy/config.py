@@ -94,6 +94,18 @@ class ToxicSpec:
                 "attributes": self.attrs}
 
 
+def check_fields(doc: dict, allowed: set, what: str) -> None:
+    """A field ``doc`` has that ``allowed`` does not is an error naming it (a typo is not ignored)."""
+    extra = sorted(set(doc) - allowed)
+    if extra:
+        raise SpecError(f"unknown field {extra[0]!r} in {what} (fields: {', '.join(sorted(allowed))})")
+
+
+#: The fields of a toxic and of a proxy in Toxiproxy's JSON (plus a proxy's ``toxics``).
+TOXIC_FIELDS = {"name", "type", "stream", "toxicity", "attributes"}
+PROXY_FIELDS = {"name", "listen", "upstream", "enabled", "toxics"}
+
+
 def _toxicity(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0 \
             or math.isnan(value):
@@ -125,10 +137,7 @@ def toxic_from_json(doc: Any, *, base: Optional[ToxicSpec] = None) -> ToxicSpec:
     """A toxic from API/config JSON; with ``base``, an update of it (Toxiproxy's PATCH)."""
     if not isinstance(doc, dict):
         raise SpecError(f"a toxic must be a JSON object, got {type(doc).__name__}")
-    allowed = {"name", "type", "stream", "toxicity", "attributes"}
-    extra = sorted(set(doc) - allowed)
-    if extra:
-        raise SpecError(f"unknown field {extra[0]!r} in a toxic (fields: {', '.join(sorted(allowed))})")
+    check_fields(doc, TOXIC_FIELDS, "a toxic")
     if base is not None:
         for key in ("type", "stream"):
             if key in doc and doc[key] != getattr(base, key):
@@ -177,10 +186,7 @@ def proxy_from_json(doc: Any, where: str = "proxy") -> ProxySpec:
     """A proxy from Toxiproxy's JSON (``name``, ``listen``, ``upstream``, ``enabled``) plus ``toxics``."""
     if not isinstance(doc, dict):
         raise SpecError(f"{where}: a proxy must be a JSON object, got {type(doc).__name__}")
-    allowed = {"name", "listen", "upstream", "enabled", "toxics"}
-    extra = sorted(set(doc) - allowed)
-    if extra:
-        raise SpecError(f"{where}: unknown field {extra[0]!r} (fields: {', '.join(sorted(allowed))})")
+    check_fields(doc, PROXY_FIELDS, where)
     for key in ("name", "upstream"):
         if not doc.get(key):
             raise SpecError(f"{where}: missing required field: {key}")

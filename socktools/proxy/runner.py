@@ -31,7 +31,8 @@ from socktools import errors
 from socktools.addresses import format_addr, resolve
 from socktools.core.loop import Connection, Loop
 from socktools.core.signals import SignalQueue, watch_stdin_eof
-from socktools.proxy.config import ProxyConfig, ProxySpec, SpecError, ToxicSpec, parse_hostport
+from socktools.proxy.config import (PROXY_FIELDS, ProxyConfig, ProxySpec, SpecError, ToxicSpec,
+                                    check_fields, parse_hostport)
 from socktools.proxy.link import ClientSide, Pair, UpstreamSide
 from socktools.proxy.listen import Conflict, NotFound, ProxyError, bind_listener
 from socktools.proxy.stats import ProxyStats
@@ -244,10 +245,7 @@ class ProxyServer:
     def update(self, name: str, doc: dict) -> Proxy:
         """Toxiproxy's ProxyUpdate: ``enabled``, ``listen``, ``upstream`` (a restart if they change)."""
         proxy = self.get(name)
-        allowed = {"name", "listen", "upstream", "enabled", "toxics"}
-        extra = sorted(set(doc) - allowed)
-        if extra:
-            raise SpecError(f"unknown field {extra[0]!r} (fields: {', '.join(sorted(allowed))})")
+        check_fields(doc, PROXY_FIELDS, f"proxy {name}")
         enabled = doc.get("enabled", proxy.enabled)
         if not isinstance(enabled, bool):
             raise SpecError(f"enabled: expected true or false, got {enabled!r}")

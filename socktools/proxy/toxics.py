@@ -52,6 +52,7 @@ class Stage:
         self.next: Any = None    # the next stage, or the link's sink: anything with push(item)
         self.held = 0            # bytes this stage holds
         self.stopped = False
+        self.timer: Any = None   # the one pending timer of a stage that waits, if any
 
     def push(self, item: tuple) -> None:
         self.next.push(item)
@@ -64,6 +65,9 @@ class Stage:
 
     def stop(self) -> None:
         self.stopped = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
 
 Pass = Stage
@@ -79,7 +83,6 @@ class _Timed(Stage):
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
         self.queue: collections.deque = collections.deque()
-        self.timer: Any = None
 
     def enqueue(self, release: float, item: tuple) -> None:
         was_empty = not self.queue
@@ -109,12 +112,6 @@ class _Timed(Stage):
         self.queue.clear()
         self.held = 0
         return items
-
-    def stop(self) -> None:
-        self.stopped = True
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
 
 
 class Latency(_Timed):
@@ -175,7 +172,6 @@ class Timeout(Stage):
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
-        self.timer: Any = None
         ms = self.spec.attrs["timeout"]
         if ms > 0:
             self.timer = self.call_at(self.clock() + ms / 1000.0, self._expire)
@@ -198,12 +194,6 @@ class Timeout(Stage):
         self.stop()
         return [] if was_stopped else [(CLOSE,)]
 
-    def stop(self) -> None:
-        self.stopped = True
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-
 
 class ResetPeer(Stage):
     """The first item after the toxic starts (data or a close) arms it: ``timeout`` ms later the
@@ -211,7 +201,6 @@ class ResetPeer(Stage):
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
-        self.timer: Any = None
         self.armed = False
 
     def push(self, item: tuple) -> None:
@@ -229,12 +218,6 @@ class ResetPeer(Stage):
         if not self.stopped:
             self.stopped = True
             self.next.push((RESET,))
-
-    def stop(self) -> None:
-        self.stopped = True
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
 
 
 def slice_points(length: int, average: int, variation: int, rng: random.Random) -> list:
