@@ -164,6 +164,7 @@ def echo(conn):
     while True:
         data = conn.recv(65536)
         if not data:
+            conn.close()
             return
         conn.sendall(data)
 
@@ -247,3 +248,30 @@ def test_toxiproxy_python_errors_come_back_as_its_exceptions(toxiproxy_client):
         proxy.add_toxic(type="packet_loss")
     with pytest.raises(NotFound):
         proxy.destroy_toxic("nothing")
+
+
+def test_metrics_count_the_bytes_of_open_and_closed_connections():
+    import urllib.request
+    with ThreadServer(echo) as srv, ProxyProcess("--api", "127.0.0.1:0") as px:
+        req = urllib.request.Request(f"http://127.0.0.1:{px.api}/proxies", method="POST",
+                                     data=json.dumps({"name": "e", "upstream": f"127.0.0.1:{srv.port}"}).encode())
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            port = int(json.loads(resp.read())["listen"].rsplit(":", 1)[1])
+        with connect(port) as c:                 # a closed connection: 5 bytes each way
+            c.sendall(b"hello")
+            assert recv_exactly(c, 5) == b"hello"
+        px.wait_event(lambda e: e["event"] == "connection")
+        held = connect(port)                     # an open one: 3 more
+        held.sendall(b"abc")
+        assert recv_exactly(held, 3) == b"abc"
+        with urllib.request.urlopen(f"http://127.0.0.1:{px.api}/metrics", timeout=10) as resp:
+            kind = resp.headers["Content-Type"]
+            text = resp.read().decode()
+        held.close()
+        px.stop()
+    assert kind.startswith("text/plain; version=0.0.4")
+    labels = f'proxy="e",listener="127.0.0.1:{port}",upstream="127.0.0.1:{srv.port}"'
+    for metric in ("toxiproxy_proxy_received_bytes_total", "toxiproxy_proxy_sent_bytes_total"):
+        assert f"# TYPE {metric} counter" in text
+        for direction in ("upstream", "downstream"):
+            assert f'{metric}{{direction="{direction}",{labels}}} 8\n' in text

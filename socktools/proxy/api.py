@@ -16,6 +16,7 @@ socktools unchanged:
 ``GET|POST|PATCH|DELETE .../toxics/{t}``    one toxic: show, update attributes, remove (204)
 ``POST /reset``                             every proxy enabled, every toxic removed (204)
 ``GET /version``                            ``{"version": ...}``
+``GET /metrics``                            Toxiproxy's byte counters, Prometheus text format
 ==========================================  ===================================================
 
 Errors are Toxiproxy's ``{"error": "...", "status": N}``: 400 for a body that is
@@ -35,10 +36,37 @@ from socktools import __version__
 from socktools.proxy.config import SpecError, proxy_from_json, toxic_from_json
 from socktools.proxy.listen import Conflict, NotFound, ProxyError
 
-__all__ = ["handle", "VERSION"]
+__all__ = ["handle", "metrics", "VERSION", "METRICS"]
 
 #: What /version says: ours, and which Toxiproxy API it speaks.
 VERSION = f"socktools {__version__} (toxiproxy API 2.x)"
+
+
+#: Toxiproxy's proxy metrics (``collectors/proxy.go``): bytes read from the sender and handed
+#: to the receiver, per proxy and direction.  Open connections count too (Toxiproxy adds a
+#: link's bytes when it ends).
+METRICS = (("toxiproxy_proxy_received_bytes_total", "Bytes read by the proxy, per direction.",
+            {"upstream": "from_client", "downstream": "from_upstream"}),
+           ("toxiproxy_proxy_sent_bytes_total", "Bytes handed on by the proxy, per direction.",
+            {"upstream": "to_upstream", "downstream": "to_client"}))
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def metrics(server: Any) -> str:
+    """The Prometheus text exposition (format 0.0.4) of every proxy's byte counters."""
+    lines = []
+    counts = {name: p.byte_counts() for name, p in server.proxies.items()}
+    for metric, help_text, keys in METRICS:
+        lines += [f"# HELP {metric} {help_text}", f"# TYPE {metric} counter"]
+        for name, proxy in server.proxies.items():
+            for direction, key in keys.items():
+                labels = (f'direction="{direction}",proxy="{_label(name)}",listener="{_label(proxy.listen)}",'
+                          f'upstream="{_label(proxy.upstream)}"')
+                lines.append(f"{metric}{{{labels}}} {counts[name][key]}")
+    return "\n".join(lines) + "\n"
 
 
 class _ApiError(Exception):
@@ -84,6 +112,9 @@ def _route(server: Any, method: str, path: str, body: bytes) -> tuple[int, Optio
     if parts == ["version"]:
         _allow(method, "GET")
         return 200, {"version": VERSION}
+    if parts == ["metrics"]:
+        _allow(method, "GET")
+        return 200, metrics(server)
     if parts == ["reset"]:
         _allow(method, "POST")
         server.reset()

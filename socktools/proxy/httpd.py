@@ -103,9 +103,14 @@ class RequestReader:
 
 
 def response(status: int, doc: Optional[Any], keep_alive: bool) -> bytes:
-    body = b"" if doc is None else json.dumps(doc).encode() + b"\n"
+    """The response bytes: ``doc`` as JSON, or as it is if it is text (/metrics), or no body."""
     head = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}"]
-    if doc is not None:
+    if isinstance(doc, str):
+        body = doc.encode()
+        head.append("Content-Type: text/plain; version=0.0.4; charset=utf-8")
+    else:
+        body = b"" if doc is None else json.dumps(doc).encode() + b"\n"
+    if doc is not None and not isinstance(doc, str):
         head.append("Content-Type: application/json")
     head.append(f"Content-Length: {len(body)}")
     if not keep_alive:

@@ -153,6 +153,14 @@ class Proxy:
                            "client": format_addr(pair.client.peer), "how": how,
                            "duration": round(time.monotonic() - pair.started, 6), **counts})
 
+    def byte_counts(self) -> dict:
+        """Bytes each way so far: the closed connections' and the open ones'."""
+        total = {k: getattr(self.stats, k) for k in ("from_client", "to_upstream", "from_upstream", "to_client")}
+        for pair in self.pairs:
+            for key, value in pair.counts().items():
+                total[key] += value
+        return total
+
     # ------------------------------------------------------------ toxics
     def toxic(self, name: str) -> ToxicSpec:
         for spec in self.toxics:
