@@ -258,3 +258,45 @@ def test_toxicity_half_applies_to_about_half_of_200_connections():
         summary = px.stop()
     assert 58 <= cut <= 142
     assert summary["total"]["ended"].get("closed-by-toxic") == cut
+
+
+def test_a_bug_in_a_toxics_timer_costs_only_its_connection(monkeypatch):
+    """In-process: a toxic's timer that raises resets that pair (logged); the loop and the
+    other connections go on.  (The loop lets timers' exceptions through on purpose.)"""
+    from socktools.proxy.config import ProxyConfig, ProxySpec, toxic_from_json
+    from socktools.proxy.link import Link
+    from socktools.proxy.runner import ProxyServer
+    from socktools.proxy.toxics import DATA
+
+    real = Link.deliver
+
+    def buggy(self, item):
+        if item[0] == DATA and item[1] == b"boom":
+            raise RuntimeError("a bug in the chain")
+        return real(self, item)
+
+    monkeypatch.setattr(Link, "deliver", buggy)
+    events = []
+    with ThreadServer(echo) as srv:
+        lag = toxic_from_json({"type": "latency", "stream": "upstream", "attributes": {"latency": 10}})
+        server = ProxyServer(ProxyConfig(proxies=(ProxySpec("p", "127.0.0.1:0", f"127.0.0.1:{srv.port}",
+                                                            True, (lag,)),)), events.append)
+        server.open()
+        port = int(events[0]["listen"].rsplit(":", 1)[1])
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        try:
+            with connect(port) as c:
+                c.sendall(b"boom")                      # delivered by the latency's timer: raises
+                with pytest.raises(ConnectionResetError):
+                    while c.recv(100):
+                        pass
+            with connect(port) as c:
+                c.sendall(b"fine")
+                assert recv_exactly(c, 4) == b"fine"
+        finally:
+            server.stopped = True
+            connect(port).close()                       # wakes the loop to see it
+            thread.join(10)
+    assert not thread.is_alive()
+    assert any(e.get("how") == "internal-error" for e in events)

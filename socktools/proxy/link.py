@@ -91,7 +91,7 @@ class Link:
     # ------------------------------------------------------------ the chain
     def add(self, spec: Any) -> None:
         server = self.pair.proxy.server
-        stage = make_stage(spec, server.clock, server.call_at, server.rng)
+        stage = make_stage(spec, server.clock, self.pair.call_at, server.rng)
         stage.next = self.sink
         if self.stages:
             self.stages[-1].next = stage
@@ -175,6 +175,19 @@ class Pair:
         self.down: Optional[Link] = None
         self.open = True
         self.watch: Any = proxy.server.watch(self)     # --decode's Watch, or None
+
+    def call_at(self, when: float, callback: Any) -> Any:
+        """The loop's ``call_at`` for this pair's toxics: a bug in a timer's work costs this
+        pair (logged, both sides reset), not the loop -- the loop lets timers' errors through."""
+        def guarded() -> None:
+            try:
+                callback()
+            except Exception as exc:
+                log.error("proxy %s: connection %d: a toxic's timer raised %s; resetting it",
+                          self.proxy.name, self.number, type(exc).__name__, exc_info=exc)
+                self.how = self.how or "internal-error"
+                self.reset(f"internal error: {exc}")
+        return self.proxy.server.call_at(when, guarded)
 
     @property
     def connections(self) -> list:
