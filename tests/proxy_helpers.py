@@ -14,7 +14,7 @@ from typing import Optional
 
 from tests.conftest import socktools_cmd
 
-__all__ = ["ProxyProcess", "connect", "recv_exactly", "recv_until_closed"]
+__all__ = ["ProxyProcess", "connect", "recv_exactly", "recv_until_closed", "in_thread"]
 
 
 class ProxyProcess:
@@ -126,3 +126,26 @@ def recv_until_closed(sock: socket.socket, limit: int = 1 << 26) -> bytes:
             break
         got += data
     return bytes(got)
+
+
+class in_thread:
+    """Run a :class:`~socktools.proxy.runner.ProxyServer` (opened) in a thread for the block;
+    ``wake`` is a port to connect to so that the loop sees ``stopped`` at the end."""
+
+    def __init__(self, server, wake: int) -> None:
+        import threading
+        self.server, self.wake = server, wake
+        self.thread = threading.Thread(target=server.run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self.server
+
+    def __exit__(self, *exc) -> None:
+        self.server.stopped = True
+        try:
+            connect(self.wake).close()
+        except OSError:
+            pass
+        self.thread.join(10)
+        assert not self.thread.is_alive(), "the proxy's loop did not stop"

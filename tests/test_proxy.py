@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from socktools.cli import main
 from tests.conftest import server_recv_queues, wait_until
-from tests.proxy_helpers import ProxyProcess, connect, recv_exactly, recv_until_closed
+from tests.proxy_helpers import ProxyProcess, connect, in_thread, recv_exactly, recv_until_closed
 from tests.threadserver import ThreadServer
 
 
@@ -283,9 +283,7 @@ def test_a_bug_in_a_toxics_timer_costs_only_its_connection(monkeypatch):
                                                             True, (lag,)),)), events.append)
         server.open()
         port = int(events[0]["listen"].rsplit(":", 1)[1])
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        try:
+        with in_thread(server, port):
             with connect(port) as c:
                 c.sendall(b"boom")                      # delivered by the latency's timer: raises
                 with pytest.raises(ConnectionResetError):
@@ -294,9 +292,4 @@ def test_a_bug_in_a_toxics_timer_costs_only_its_connection(monkeypatch):
             with connect(port) as c:
                 c.sendall(b"fine")
                 assert recv_exactly(c, 4) == b"fine"
-        finally:
-            server.stopped = True
-            connect(port).close()                       # wakes the loop to see it
-            thread.join(10)
-    assert not thread.is_alive()
     assert any(e.get("how") == "internal-error" for e in events)

@@ -14,7 +14,7 @@ from socktools.proxy.api import VERSION, handle
 from socktools.proxy.config import ProxyConfig
 from socktools.proxy.httpd import MAX_BODY, RequestError, RequestReader
 from socktools.proxy.runner import ProxyServer
-from tests.proxy_helpers import ProxyProcess, connect, recv_exactly
+from tests.proxy_helpers import ProxyProcess, connect, in_thread, recv_exactly
 from tests.threadserver import ThreadServer
 
 pytest.importorskip("httptools", reason="httptools not installed (pip install httptools)")
@@ -275,3 +275,20 @@ def test_metrics_count_the_bytes_of_open_and_closed_connections():
         assert f"# TYPE {metric} counter" in text
         for direction in ("upstream", "downstream"):
             assert f'{metric}{{direction="{direction}",{labels}}} 8\n' in text
+
+
+def test_an_idle_api_connection_is_closed(monkeypatch):
+    from socktools.proxy import httpd
+    monkeypatch.setattr(httpd, "API_IDLE", 0.2)
+    events = []
+    server = ProxyServer(ProxyConfig(api="127.0.0.1:0"), events.append)
+    server.open()
+    port = int(events[0]["address"].rsplit(":", 1)[1])
+    with in_thread(server, port):
+        with connect(port, timeout=10) as idle:
+            start = time.monotonic()
+            assert idle.recv(100) == b""               # closed by the proxy, not our timeout
+            assert time.monotonic() - start >= 0.1
+        with connect(port, timeout=10) as busy:       # the API still answers
+            busy.sendall(b"GET /version HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert busy.recv(65536).startswith(b"HTTP/1.1 200")

@@ -22,7 +22,7 @@ from socktools.proxy.config import parse_hostport
 from socktools.proxy.listen import bind_listener
 from socktools.wire.http import MAX_HEAD, require_httptools
 
-__all__ = ["ApiServer", "RequestReader", "MAX_BODY", "MAX_API_CONNS", "MAX_PIPELINED"]
+__all__ = ["ApiServer", "RequestReader", "MAX_BODY", "MAX_API_CONNS", "MAX_PIPELINED", "API_IDLE"]
 
 log = logging.getLogger("socktools.proxy")
 
@@ -31,6 +31,10 @@ log = logging.getLogger("socktools.proxy")
 MAX_BODY = 1 << 20
 #: API connections open at once; more are closed on accept (a test suite needs a handful).
 MAX_API_CONNS = 64
+#: An API connection with no request for this long is closed: a client that opens
+#: connections and sends nothing cannot hold all MAX_API_CONNS slots for ever (nginx's
+#: client_header_timeout is 60 s).
+API_IDLE = 60.0
 #: Requests answered from one read before the rest wait for the next: a pipelining client
 #: cannot make one read cost unbounded work.
 MAX_PIPELINED = 32
@@ -163,6 +167,14 @@ class ApiServer:
         self.side = _ApiSide(self)
         self.conns: set = set()
         server.loop.add_reader(self.listener, self._accept)
+        self._sweep = server.loop.call_later(API_IDLE / 4, self._close_idle)
+
+    def _close_idle(self) -> None:
+        limit = self.server.loop.now - API_IDLE
+        for conn in [c for c in self.conns if c.last_active < limit]:
+            log.info("api: closing %s: no request for %gs", format_addr(conn.peer), API_IDLE)
+            conn.abort()
+        self._sweep = self.server.loop.call_later(API_IDLE / 4, self._close_idle)
 
     def _accept(self) -> None:
         for _ in range(MAX_PIPELINED):
@@ -180,6 +192,7 @@ class ApiServer:
             self.conns.add(self.server.loop.add_connection(sock, self.side, peer))
 
     def close(self) -> None:
+        self._sweep.cancel()
         self.server.loop.remove_reader(self.listener)
         self.listener.close()
         for conn in list(self.conns):
