@@ -293,3 +293,39 @@ def test_a_bug_in_a_toxics_timer_costs_only_its_connection(monkeypatch):
                 c.sendall(b"fine")
                 assert recv_exactly(c, 4) == b"fine"
     assert any(e.get("how") == "internal-error" for e in events)
+
+
+def test_a_stall_toxic_fills_the_clients_buffers_until_it_is_removed():
+    """Beyond Toxiproxy: stall upstream -- the proxy stops reading the client, whose send()
+    then blocks; nothing reaches the server; removing the toxic lets every byte through."""
+    import json as _json
+    import urllib.request
+    received = []
+
+    def count(conn):
+        received.append(len(recv_until_closed(conn)))
+
+    with ThreadServer(count) as srv, ProxyProcess("--listen", "127.0.0.1:0", "--to", f"127.0.0.1:{srv.port}",
+                                                 "--toxic", "stall:stream=upstream", "--api", "127.0.0.1:0") as px:
+        c = connect(px.port)
+        c.setblocking(False)
+        sent, chunk, blocked = 0, b"s" * 65536, False
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not blocked:
+            try:
+                sent += c.send(chunk)
+            except BlockingIOError:
+                blocked = True
+        assert blocked, f"sent {sent} bytes and never blocked"
+        assert wait_until(lambda: (server_recv_queues(px.port) or 0) > 0, timeout=10)
+        assert wait_until(lambda: srv.accepted == 1, timeout=10) and not received
+        req = urllib.request.Request(f"http://127.0.0.1:{px.api}/proxies/proxy1/toxics/stall_upstream",
+                                     method="DELETE")
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            assert resp.status == 204
+        c.setblocking(True)
+        c.shutdown(socket.SHUT_WR)
+        assert wait_until(lambda: received, timeout=20) and received == [sent]
+        c.close()
+        with urllib.request.urlopen(f"http://127.0.0.1:{px.api}/proxies/proxy1", timeout=10) as resp:
+            assert _json.loads(resp.read())["toxics"] == []

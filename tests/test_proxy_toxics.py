@@ -296,3 +296,29 @@ def test_a_removed_stage_hands_on_what_it_holds():
     items = st.take()
     assert [i[0] for i in items] == [DATA, DATA, EOF] and b"".join(i[1] for i in items[:2]) == b"onetwo"
     assert st.held == 0 and clock.pending() == 0
+
+
+# ------------------------------------------------------------------ stall (beyond Toxiproxy)
+def test_stall_holds_everything_and_says_it_holds_more_than_any_mark():
+    from socktools.proxy.toxics import STALLED
+    st, clock, sink = stage("stall", timeout=300)
+    woken = []
+    st.wake = lambda: woken.append(clock.t)
+    assert st.held == STALLED
+    st.push(data(clock, b"a"))
+    st.push((EOF,))
+    clock.advance(0.299)
+    assert sink.items == [] and st.held == STALLED
+    clock.advance(0.001)
+    assert sink.data == b"a" and sink.kinds() == [DATA, EOF] and st.held == 0 and woken
+    st.push(data(clock, b"b"))                 # released: passes at once
+    assert sink.data == b"ab"
+
+
+def test_stall_zero_holds_until_removed():
+    st, clock, sink = stage("stall", timeout=0)
+    st.push(data(clock, b"held"))
+    clock.advance(3600)
+    assert sink.items == [] and clock.pending() == 0
+    items = st.take()
+    assert items[0][1] == b"held" and st.held == 0

@@ -25,7 +25,8 @@ Examples:
 \b
 Toxics (Toxiproxy's, units as there): latency (latency, jitter: ms), bandwidth (rate: KB/s),
 slow_close (delay: ms), timeout (timeout: ms, 0 = hold forever), reset_peer (timeout: ms),
-slicer (average_size, size_variation: bytes; delay: us), limit_data (bytes).  Each takes
+slicer (average_size, size_variation: bytes; delay: us), limit_data (bytes); and
+stall (timeout: ms, 0 = until removed): stop reading the sender.  Each takes
 stream=upstream|downstream (default downstream) and toxicity=0..1 (default 1).
 
 \b

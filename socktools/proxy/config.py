@@ -36,6 +36,9 @@ TOXICS: dict[str, dict[str, int]] = {
     "reset_peer": {"timeout": 0},
     "slicer": {"average_size": 0, "size_variation": 0, "delay": 0},
     "limit_data": {"bytes": 0},
+    # Beyond Toxiproxy: stop reading the sender (its kernel buffers fill, its send() blocks);
+    # after timeout ms (0: until the toxic is removed) everything held passes.
+    "stall": {"timeout": 0},
 }
 
 #: upstream: client -> server; downstream: server -> client (Toxiproxy's words).

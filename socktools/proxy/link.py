@@ -93,9 +93,11 @@ class Link:
         server = self.pair.proxy.server
         stage = make_stage(spec, server.clock, self.pair.call_at, server.rng)
         stage.next = self.sink
+        stage.wake = self.check
         if self.stages:
             self.stages[-1].next = stage
         self.stages.append(stage)
+        self.check()             # a stall pauses the source at once
 
     def update(self, spec: Any) -> None:
         for stage in self.stages:
@@ -214,7 +216,8 @@ class Pair:
         self.down.dst = self.client
         for spec in self.proxy.toxics:
             (self.up if spec.stream == "upstream" else self.down).add(spec)
-        self.client.resume_reading()
+        if not self.up.paused:       # (a stall toxic upstream keeps the client unread)
+            self.client.resume_reading()
 
     def upstream_failed(self, exc: BaseException) -> None:
         key = errors.exception_key(exc)

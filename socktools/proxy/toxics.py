@@ -27,7 +27,7 @@ from typing import Any, Callable, Optional
 from socktools.proxy.config import ToxicSpec
 
 __all__ = ["DATA", "EOF", "CLOSE", "RESET", "Stage", "Pass", "make_stage", "slice_points",
-           "BANDWIDTH_PIECE"]
+           "BANDWIDTH_PIECE", "STALLED"]
 
 DATA, EOF, CLOSE, RESET = "data", "eof", "close", "reset"
 
@@ -53,6 +53,7 @@ class Stage:
         self.held = 0            # bytes this stage holds
         self.stopped = False
         self.timer: Any = None   # the one pending timer of a stage that waits, if any
+        self.wake: Callable[[], None] = lambda: None   # the link's back-pressure check
 
     def push(self, item: tuple) -> None:
         self.next.push(item)
@@ -290,8 +291,48 @@ class LimitData(Stage):
             self.next.push((CLOSE,))
 
 
+#: What a stalled stage says it holds: more than any high-water mark, so the link stops
+#: reading its source at once and does not start again while the stall lasts.
+STALLED = float("inf")
+
+
+class Stall(Stage):
+    """Beyond Toxiproxy: the link stops reading the sender, whose kernel buffers then fill and
+    whose ``send()`` blocks -- ``socktools stall``'s full buffer, in a real client's path.
+    What was read before the pause is held; after ``timeout`` ms (0: until the toxic is
+    removed) it all passes and reading resumes."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.queue: list = []
+        self.held = STALLED
+        ms = self.spec.attrs["timeout"]
+        if ms > 0:
+            self.timer = self.call_at(self.clock() + ms / 1000.0, self._release)
+
+    def push(self, item: tuple) -> None:
+        if self.held == STALLED:
+            self.queue.append(item)
+        else:
+            self.next.push(item)
+
+    def _release(self) -> None:
+        self.timer = None
+        items, self.queue, self.held = self.queue, [], 0
+        for item in items:
+            if self.stopped:
+                return
+            self.next.push(item)
+        self.wake()              # held nothing, maybe: the link must still resume reading
+
+    def take(self) -> list:
+        self.stop()
+        items, self.queue, self.held = self.queue, [], 0
+        return items
+
+
 _KINDS = {"latency": Latency, "bandwidth": Bandwidth, "slow_close": SlowClose, "timeout": Timeout,
-          "reset_peer": ResetPeer, "slicer": Slicer, "limit_data": LimitData}
+          "reset_peer": ResetPeer, "slicer": Slicer, "limit_data": LimitData, "stall": Stall}
 
 
 def make_stage(spec: ToxicSpec, clock: Callable[[], float], call_at: Callable, rng: random.Random) -> Stage:
