@@ -167,3 +167,34 @@ def test_a_proxy_taken_down_refuses_redis_clients_and_comes_back(redis):
         doc = request("-p", port, "--mode", "redis", "--command", "PING")
         assert doc["reply"]["value"] == "PONG"
         px.stop()
+
+
+def test_a_reset_in_the_middle_of_the_third_redis_reply(redis):
+    """The issue's example: the message toxic resets the connection 3 bytes into the 3rd reply."""
+    with proxied(redis.port, "message:protocol=redis,nth=3,action=reset,cut=3") as px:
+        with connect(px.port) as c:
+            for _ in range(2):
+                c.sendall(PING)
+                assert recv_exactly(c, 7) == b"+PONG\r\n"
+            c.sendall(PING)
+            got = b""
+            with pytest.raises(ConnectionResetError):
+                while True:
+                    data = c.recv(100)
+                    assert data, "closed with a FIN, not a reset"
+                    got += data
+            assert got in (b"", b"+PO")        # the cut bytes, if they came before the RST
+        ev = px.wait_event(lambda e: e["event"] == "connection")
+        assert ev["how"] == "reset-by-toxic" and ev["to_client"] == 14 + 3
+
+
+def test_a_delayed_reply_matching_a_regex(redis):
+    with proxied(redis.port, "message:protocol=redis,match=^'slow',action=delay,delay=300") as px:
+        redis.command("SET", "k", "slow")
+        with connect(px.port) as c:
+            c.sendall(PING)
+            assert recv_exactly(c, 7) == b"+PONG\r\n"
+            c.sendall(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n")
+            start = time.perf_counter()
+            assert recv_exactly(c, 10) == b"$4\r\nslow\r\n"
+            assert time.perf_counter() - start >= 0.300

@@ -322,3 +322,83 @@ def test_stall_zero_holds_until_removed():
     assert sink.items == [] and clock.pending() == 0
     items = st.take()
     assert items[0][1] == b"held" and st.held == 0
+
+
+# ------------------------------------------------------------------ message (beyond Toxiproxy)
+REPLIES = b"+PONG\r\n$5\r\nhello\r\n$11\r\nhello world\r\n+OK\r\n"
+
+
+def message_stage(**attrs):
+    st, clock, sink = stage("message", **attrs)
+    return st, clock, sink
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_message_resets_in_the_middle_of_the_third_reply_at_any_split(seed):
+    st, clock, sink = message_stage(protocol="redis", nth=3, action="reset", cut=5)
+    rng = random.Random(seed)
+    cuts = sorted(rng.sample(range(1, len(REPLIES)), 6))
+    for a, b in zip([0] + cuts, cuts + [len(REPLIES)]):
+        st.push(data(clock, REPLIES[a:b]))
+    assert sink.data == b"+PONG\r\n$5\r\nhello\r\n" + b"$11\r\n"
+    assert sink.kinds()[-1] == RESET and st.held == 0
+
+
+def test_message_byte_by_byte_holds_each_reply_until_it_is_whole():
+    st, clock, sink = message_stage(protocol="redis", nth=0, match="^nothing$", action="close")
+    for i in range(len(REPLIES)):
+        st.push(data(clock, REPLIES[i:i + 1]))
+        if i == 5:
+            assert sink.data == b""            # "+PONG\r" is not a whole reply yet
+        if i == 6:
+            assert sink.data == b"+PONG\r\n"
+    assert sink.data == REPLIES and RESET not in sink.kinds()
+
+
+def test_message_matching_a_regex_is_delayed_and_the_rest_waits_behind_it():
+    st, clock, sink = message_stage(protocol="redis", match="hello w", action="delay", delay=200)
+    st.push(data(clock, REPLIES))
+    assert sink.data == b"+PONG\r\n$5\r\nhello\r\n"
+    clock.advance(0.1999)
+    assert sink.data == b"+PONG\r\n$5\r\nhello\r\n"
+    clock.advance(0.0001)
+    assert sink.data == REPLIES
+
+
+def test_message_close_on_an_http_5xx():
+    st, clock, sink = message_stage(protocol="http", match="HTTP 5", action="close")
+    ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    bad = b"HTTP/1.1 500 Oops\r\nContent-Length: 4\r\n\r\nfail"
+    st.push(data(clock, ok + bad + ok))
+    assert sink.data == ok and sink.kinds()[-1] == CLOSE
+
+
+def test_message_too_long_to_hold_passes_unjudged():
+    from socktools.proxy.toxics import MESSAGE_HOLD
+    st, clock, sink = message_stage(protocol="redis", nth=1, action="reset")
+    n = MESSAGE_HOLD + 10
+    head = b"$%d\r\n" % n
+    st.push(data(clock, head + b"x" * (MESSAGE_HOLD + 1)))
+    assert len(sink.data) == len(head) + MESSAGE_HOLD + 1 and st.held == 0
+    st.push(data(clock, b"x" * 9 + b"\r\n" + b"+OK\r\n"))
+    assert sink.data.endswith(b"+OK\r\n") and RESET not in sink.kinds()
+
+
+def test_message_on_garbage_stops_judging_and_passes_everything():
+    st, clock, sink = message_stage(protocol="redis", nth=1, action="reset")
+    st.push(data(clock, b"not resp at all\r\n"))
+    st.push(data(clock, b"+OK\r\n"))
+    assert sink.data == b"not resp at all\r\n+OK\r\n" and RESET not in sink.kinds()
+
+
+@pytest.mark.parametrize("attrs,words", [
+    ({"protocol": "smtp"}, "no decoder for 'smtp'"),
+    ({"action": "explode"}, "expected one of delay, close, reset"),
+    ({"match": "("}, "not a regular expression"),
+    ({"nth": "3"}, "whole number"),
+])
+def test_message_attributes_are_checked(attrs, words):
+    from socktools.proxy.config import SpecError
+    with pytest.raises(SpecError) as err:
+        toxic_from_json({"type": "message", "attributes": attrs})
+    assert words in str(err.value)

@@ -25,9 +25,11 @@ Examples:
 \b
 Toxics (Toxiproxy's, units as there): latency (latency, jitter: ms), bandwidth (rate: KB/s),
 slow_close (delay: ms), timeout (timeout: ms, 0 = hold forever), reset_peer (timeout: ms),
-slicer (average_size, size_variation: bytes; delay: us), limit_data (bytes); and
-stall (timeout: ms, 0 = until removed): stop reading the sender.  Each takes
-stream=upstream|downstream (default downstream) and toxicity=0..1 (default 1).
+slicer (average_size, size_variation: bytes; delay: us), limit_data (bytes).
+Beyond Toxiproxy: stall (timeout: ms, 0 = until removed) stops reading the sender;
+message (protocol, nth, match, action=delay|close|reset, delay, cut) acts on whole
+messages: message:protocol=redis,nth=3,action=reset,cut=5 resets mid 3rd reply.
+Each takes stream=upstream|downstream (default downstream) and toxicity=0..1 (default 1).
 
 \b
 Stop with Ctrl-C or SIGTERM: the first stops accepting and lets bytes in flight through,

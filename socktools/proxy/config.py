@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -39,7 +40,16 @@ TOXICS: dict[str, dict[str, int]] = {
     # Beyond Toxiproxy: stop reading the sender (its kernel buffers fill, its send() blocks);
     # after timeout ms (0: until the toxic is removed) everything held passes.
     "stall": {"timeout": 0},
+    # Beyond Toxiproxy: act on whole messages, framed by the wire parsers: the nth (1-based;
+    # 0 = every one) whose summary matches the regex `match` ("" = any) is delayed (`delay`
+    # ms), or cut after `cut` bytes and the connection closed or reset.
+    "message": {"protocol": "redis", "nth": 0, "match": "", "action": "reset", "delay": 0, "cut": 0},
 }
+
+#: What the message toxic does to a message it picks.
+MESSAGE_ACTIONS = ("delay", "close", "reset")
+#: Longest text attribute (a regex): a pattern is a line, not a document.
+MAX_TEXT_ATTRIBUTE = 1000
 
 #: upstream: client -> server; downstream: server -> client (Toxiproxy's words).
 STREAMS = ("upstream", "downstream")
@@ -127,13 +137,33 @@ def _attributes(kind: str, given: Any, base: Optional[dict] = None) -> tuple:
         if key not in known:
             raise SpecError(f"unknown attribute {key!r} for toxic type {kind!r} "
                             f"(it takes {', '.join(known)})")
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_ATTRIBUTE:
+        if isinstance(known[key], str):
+            if not isinstance(value, str) or len(value) > MAX_TEXT_ATTRIBUTE:
+                raise SpecError(f"attribute {key!r} of {kind}: expected text of at most "
+                                f"{MAX_TEXT_ATTRIBUTE} characters, got {value!r}")
+        elif isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_ATTRIBUTE:
             raise SpecError(f"attribute {key!r} of {kind}: expected a whole number from 0 to "
                             f"{MAX_ATTRIBUTE}, got {value!r}")
         values[key] = value
     if kind == "slicer" and values["average_size"] < 1:
         raise SpecError("attribute 'average_size' of slicer: must be at least 1 byte")
+    if kind == "message":
+        _check_message(values)
     return tuple((k, values[k]) for k in known)
+
+
+def _check_message(values: dict) -> None:
+    from socktools.wire import modes
+    if values["protocol"] not in modes.decoders():
+        raise SpecError(f"attribute 'protocol' of message: no decoder for {values['protocol']!r} "
+                        f"(decoders: {', '.join(modes.decoders())})")
+    if values["action"] not in MESSAGE_ACTIONS:
+        raise SpecError(f"attribute 'action' of message: expected one of {', '.join(MESSAGE_ACTIONS)}, "
+                        f"got {values['action']!r}")
+    try:
+        re.compile(values["match"])
+    except re.error as exc:
+        raise SpecError(f"attribute 'match' of message: not a regular expression: {exc}") from None
 
 
 def toxic_from_json(doc: Any, *, base: Optional[ToxicSpec] = None) -> ToxicSpec:
@@ -226,6 +256,8 @@ def parse_toxic_option(text: str) -> dict:
                 doc[key] = float(value)
             except ValueError:
                 raise SpecError(f"toxicity: expected a number from 0 to 1, got {value!r}") from None
+        elif isinstance(TOXICS.get(kind.strip(), {}).get(key), str):
+            attrs[key] = value          # a text attribute (message's protocol, action, match)
         else:
             try:
                 attrs[key] = int(value)

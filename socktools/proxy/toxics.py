@@ -22,12 +22,15 @@ from __future__ import annotations
 
 import collections
 import random
+import re
 from typing import Any, Callable, Optional
 
 from socktools.proxy.config import ToxicSpec
+from socktools.wire.base import WireError
+from socktools.wire.spec import stream_parser
 
 __all__ = ["DATA", "EOF", "CLOSE", "RESET", "Stage", "Pass", "make_stage", "slice_points",
-           "BANDWIDTH_PIECE", "STALLED"]
+           "BANDWIDTH_PIECE", "STALLED", "MESSAGE_HOLD"]
 
 DATA, EOF, CLOSE, RESET = "data", "eof", "close", "reset"
 
@@ -331,8 +334,103 @@ class Stall(Stage):
         return items
 
 
+#: Bytes of one message the message toxic holds while it waits for the message's end: past
+#: this the message passes unjudged (its bytes cannot wait for ever).  The link's high-water
+#: mark (1 MiB) would pause the sender at about the same point.
+MESSAGE_HOLD = 1 << 20
+
+
+class Message(_Timed):
+    """Beyond Toxiproxy: whole messages, framed by the wire parser of ``protocol``, each judged
+    once complete -- the ``nth`` (0: every one) whose one-line summary matches ``match`` is
+    delayed ``delay`` ms, or has only its first ``cut`` bytes passed before the connection is
+    closed or reset ("reset in the middle of the 3rd redis reply": nth=3, cut=5, action=reset).
+    A message is held until it is complete (at most :data:`MESSAGE_HOLD`); bytes that are not
+    the protocol end the judging, and pass as they come."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        a = self.spec.attrs
+        self.parser = stream_parser(a["protocol"], "request" if self.spec.stream == "upstream" else "response")
+        self.pattern = re.compile(a["match"]) if a["match"] else None
+        self.buf = bytearray()      # bytes of messages not yet judged
+        self.passed = 0             # bytes of the current message passed unjudged (too long)
+        self.count = 0
+        self.judging = True
+        self.done = False           # closed or reset: nothing more passes
+        self.ts = 0.0
+
+    def push(self, item: tuple) -> None:
+        if self.done:
+            return
+        if item[0] != DATA:
+            self._flush()
+            self.enqueue(_BEHIND, item)
+            return
+        self.ts = item[2]
+        if not self.judging:
+            self.enqueue(_BEHIND, item)
+            return
+        data = item[1]
+        self.buf += data
+        self.held += len(data)
+        try:
+            self.parser.feed(data)
+        except WireError:
+            self.judging = False
+            self._flush()
+            return
+        messages, self.parser.keep[:] = list(self.parser.keep), []
+        for msg in messages:
+            size = msg.size - self.passed
+            body = bytes(self.buf[:size])
+            del self.buf[:size]
+            self.held -= len(body)
+            unjudged, self.passed = self.passed, 0
+            self.count += 1
+            if unjudged or not self._picks(msg.summary):
+                self.enqueue(_BEHIND, (DATA, body, self.ts))
+            elif self._act(body):
+                return
+        if len(self.buf) > MESSAGE_HOLD:
+            self.passed += len(self.buf)
+            self._flush()
+
+    def _picks(self, summary: str) -> bool:
+        nth = self.spec.attrs["nth"]
+        return (nth == 0 or self.count == nth) and (self.pattern is None or bool(self.pattern.search(summary)))
+
+    def _act(self, body: bytes) -> bool:
+        """Do the action to a picked message; True when the connection ends with it."""
+        a = self.spec.attrs
+        if a["action"] == "delay":
+            self.enqueue(self.clock() + a["delay"] / 1000.0, (DATA, body, self.ts))
+            return False
+        if a["cut"]:
+            self.enqueue(_BEHIND, (DATA, body[:a["cut"]], self.ts))
+        self.done = True
+        self.held -= len(self.buf)
+        self.buf.clear()
+        self.enqueue(_BEHIND, (CLOSE,) if a["action"] == "close" else (RESET,))
+        return True
+
+    def _flush(self) -> None:
+        if self.buf:
+            data, self.buf = bytes(self.buf), bytearray()
+            self.held -= len(data)
+            self.enqueue(_BEHIND, (DATA, data, self.ts))
+
+    def take(self) -> list:
+        items = super().take()
+        if self.buf:
+            items.append((DATA, bytes(self.buf), self.ts))
+            self.buf.clear()
+        return items
+
+
 _KINDS = {"latency": Latency, "bandwidth": Bandwidth, "slow_close": SlowClose, "timeout": Timeout,
-          "reset_peer": ResetPeer, "slicer": Slicer, "limit_data": LimitData, "stall": Stall}
+          "reset_peer": ResetPeer, "slicer": Slicer, "limit_data": LimitData, "stall": Stall,
+          "message": Message}
 
 
 def make_stage(spec: ToxicSpec, clock: Callable[[], float], call_at: Callable, rng: random.Random) -> Stage:
