@@ -329,3 +329,28 @@ def test_a_stall_toxic_fills_the_clients_buffers_until_it_is_removed():
         c.close()
         with urllib.request.urlopen(f"http://127.0.0.1:{px.api}/proxies/proxy1", timeout=10) as resp:
             assert _json.loads(resp.read())["toxics"] == []
+
+
+def test_limit_data_delivers_exactly_n_bytes_to_a_slow_reader():
+    """The bytes before a toxic's close are flushed to the client first, even those the
+    client's kernel could not take yet (they wait in the proxy's out-buffer)."""
+    limit = 6_000_000
+    server_done = []
+
+    def flood(conn):
+        try:
+            conn.sendall(b"d" * 16_000_000)
+        except OSError:
+            pass
+        server_done.append(True)
+
+    with ThreadServer(flood) as srv, proxy_to(srv.port, "--toxic", f"limit_data:bytes={limit}") as px:
+        c = socket.socket()
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)     # a small window: bytes back up
+        c.settimeout(20)
+        c.connect(("127.0.0.1", px.port))
+        # The proxy read its limit and closed the server's side before the client read a byte.
+        assert wait_until(lambda: server_done, timeout=20)
+        got = recv_until_closed(c)
+        c.close()
+    assert len(got) == limit

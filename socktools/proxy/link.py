@@ -44,6 +44,11 @@ HIGH_WATER = 1 << 20
 #: high, 16 KiB low), so a link does not flap between paused and reading on every write.
 LOW_WATER = HIGH_WATER // 4
 
+#: After a close, how long a peer gets to take what it is still owed before the rest is
+#: dropped: a reader that takes nothing for this long is not coming back (nginx's
+#: send_timeout is 60 s; a test suite's patience is shorter).
+CLOSE_GRACE = 10.0
+
 _LINGER_ZERO = struct.pack("ii", 1, 0)
 
 
@@ -195,12 +200,6 @@ class Pair:
     def connections(self) -> list:
         return [c for c in (self.client, self.upstream) if c is not None]
 
-    def link_from(self, conn: Connection) -> Link:
-        return self.up if conn is self.client else self.down
-
-    def link_to(self, conn: Connection) -> Optional[Link]:
-        return self.down if conn is self.client else self.up
-
     def start(self, address: Any, family: int) -> None:
         self.client.pause_reading()          # until the upstream answers
         try:
@@ -237,7 +236,19 @@ class Pair:
         if self.how is None:
             self.how = how
         for conn in self.connections:
-            conn.abort()     # our out-buffer goes; the kernel still sends what it holds, then FIN
+            # What was handed on before the close is delivered first (Toxiproxy's writes are
+            # blocking: all of it reached the kernel), then FIN; reading stops now.
+            conn.close()
+        if any(not c.closed for c in self.connections):
+            self.proxy.server.loop.call_later(CLOSE_GRACE, self._abort_rest)
+
+    def _abort_rest(self) -> None:
+        for conn in self.connections:
+            if not conn.closed:
+                log.info("proxy %s: connection %d: %s still owed %d bytes %gs after the close; "
+                         "dropping them", self.proxy.name, self.number,
+                         "client" if conn is self.client else "upstream", conn.pending, CLOSE_GRACE)
+                conn.abort()
 
     def reset(self, why: str) -> None:
         """End both sides with RST."""
@@ -252,10 +263,15 @@ class Pair:
                 conn.abort()
 
     def lost(self, conn: Connection, exc: Optional[BaseException]) -> None:
-        if conn is not self.client and not self.connected:
+        if not self.connected and conn is not self.client:
             # (Not ``conn is self.upstream``: a connect that fails at once reports it from
-            # inside open_connection, before self.upstream is set.)
-            self.upstream_failed(exc or ConnectionAbortedError("upstream closed while connecting"))
+            # inside open_connection, before self.upstream is set.)  Unless we ended it.
+            if self.ending is None:
+                self.upstream_failed(exc or ConnectionAbortedError("upstream closed while connecting"))
+        elif not self.connected:
+            if self.upstream is not None and not self.upstream.closed:
+                self.ending = self.ending or "the client went before its upstream answered"
+                self.upstream.abort()
         elif exc is not None and self.ending is None:
             # An error on one side (ECONNRESET, EPIPE, ...) is passed on as a reset of the other.
             side = "client" if conn is self.client else "upstream"
