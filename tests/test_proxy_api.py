@@ -292,3 +292,27 @@ def test_an_idle_api_connection_is_closed(monkeypatch):
         with connect(port, timeout=10) as busy:       # the API still answers
             busy.sendall(b"GET /version HTTP/1.1\r\nHost: x\r\n\r\n")
             assert busy.recv(65536).startswith(b"HTTP/1.1 200")
+
+
+def test_a_deleted_proxys_connections_still_count_in_the_total():
+    import urllib.request
+
+    def api(method, path, doc=None):
+        req = urllib.request.Request(f"http://127.0.0.1:{px.api}{path}", method=method,
+                                     data=None if doc is None else json.dumps(doc).encode())
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            body = resp.read()
+        return json.loads(body) if body else None
+
+    with ThreadServer(echo) as srv, ProxyProcess("--api", "127.0.0.1:0") as px:
+        port = int(api("POST", "/proxies", {"name": "gone", "upstream": f"127.0.0.1:{srv.port}"})["listen"]
+                   .rsplit(":", 1)[1])
+        with connect(port) as c:
+            c.sendall(b"12345")
+            assert recv_exactly(c, 5) == b"12345"
+            api("DELETE", "/proxies/gone")
+            assert recv_exactly(c, 1) == b""           # its connections are closed with it
+        summary = px.stop()
+    assert summary["proxies"] == {}
+    assert summary["total"]["accepted"] == 1 and summary["total"]["from_client"] == 5
+    assert summary["total"]["ended"] == {"proxy-deleted": 1}

@@ -206,7 +206,9 @@ class ProxyServer:
         self.clock = time.monotonic
         self.call_at = self.loop.call_at
         self.proxies: dict[str, Proxy] = {}
-        self.retired = ProxyStats()            # counts of proxies deleted through the API
+        # Proxies deleted through the API: their counts still go into the total (read at the end:
+        # a connection closing after the delete -- flushing what it was owed -- still counts).
+        self.retired: list = []
         self.draining = False
         self.stopped = False
         self.api: Any = None
@@ -274,7 +276,7 @@ class ProxyServer:
         proxy = self.get(name)
         proxy.stop("proxy deleted", "proxy-deleted")
         del self.proxies[name]
-        self.retired.add(proxy.stats)
+        self.retired.append(proxy)
 
     def reset(self) -> None:
         """Toxiproxy's /reset: every proxy enabled, every toxic removed."""
@@ -379,8 +381,7 @@ class ProxyServer:
     def totals(self) -> dict:
         out: dict = {"proxies": {name: p.stats.to_dict() for name, p in self.proxies.items()}}
         total = ProxyStats()
-        total.add(self.retired)
-        for proxy in self.proxies.values():
+        for proxy in self.retired + list(self.proxies.values()):
             total.add(proxy.stats)
         out["total"] = total.to_dict()
         return out
