@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import socket
 import struct
 import threading
@@ -354,3 +355,19 @@ def test_limit_data_delivers_exactly_n_bytes_to_a_slow_reader():
         got = recv_until_closed(c)
         c.close()
     assert len(got) == limit
+
+
+def test_a_drain_waits_for_bytes_in_flight_and_a_second_signal_aborts():
+    import signal
+    with ThreadServer(echo) as srv, proxy_to(srv.port, "--toxic", "stall:stream=upstream",
+                                             "--drain-timeout", "60s") as px:
+        c = connect(px.port)
+        c.sendall(b"held by the stall")
+        assert wait_until(lambda: srv.accepted == 1, timeout=10)
+        px.proc.send_signal(signal.SIGTERM)
+        # Still draining: the stall holds bytes, and the drain timeout is a minute away.
+        with pytest.raises(subprocess.TimeoutExpired):
+            px.proc.wait(0.5)
+        summary = px.stop(signal.SIGTERM)           # the second signal: abort now
+        c.close()
+    assert summary["total"]["ended"] == {"aborted": 1}
