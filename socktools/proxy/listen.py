@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import socket
 
 from socktools import errors
@@ -38,7 +39,12 @@ def bind_listener(host: str, port: int) -> socket.socket:
         sock.listen(BACKLOG)
     except OSError as exc:
         sock.close()
-        raise ProxyError(f"cannot listen on {format_addr(sockaddr)}: "
-                         f"{errors.one_line(exc, command='serve', during='bind')}") from None
+        where = format_addr(sockaddr)
+        if exc.errno == errno.EADDRINUSE:
+            raise ProxyError(f"cannot listen on {where}: EADDRINUSE - address already in use: another "
+                             f"process is listening there. Find it with `socktools sockets --listen "
+                             f"--port {port}`, stop it, or choose another port (port 0 picks a free "
+                             f"one).") from None
+        raise ProxyError(f"cannot listen on {where}: {errors.one_line(exc, during='bind')}") from None
     sock.setblocking(False)
     return sock
