@@ -7,6 +7,7 @@ Python ``ssl`` server, server side against a Python ``ssl`` client -- with trust
 from __future__ import annotations
 
 import random
+import os
 import socket
 import ssl
 import threading
@@ -546,3 +547,28 @@ def test_session_resumption_through_open_connection(certs):
         run(lp, lambda: bytes(second.data) == b"two")
         assert c2.tls.session_reused is True
         lp.close()
+
+
+def test_a_peer_gone_without_close_notify_is_closed_quietly_over_a_unix_socket(certs):
+    """The peer hangs up without a close_notify; we answer its EOF with close().  Our own
+    close_notify then meets a closed socket (EPIPE at once on AF_UNIX): best effort, so the
+    connection ends cleanly -- not a send failure.  (serve --unix --tls counted it as EPIPE.)"""
+    lp = Loop()
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    proto = Log(echo=True)
+    conn = lp.add_connection(ours, proto, "peer", tls=server_ctx(certs))
+    done = {}
+
+    def client():
+        ctx = certs.client_context()
+        with ctx.wrap_socket(theirs, server_hostname="127.0.0.1") as s:
+            s.sendall(b"hello")
+            done["reply"] = s.recv(100)     # (and the session tickets: nothing left unread)
+            os.close(s.detach())    # the raw socket closes: no close_notify
+    t = threading.Thread(target=client)
+    t.start()
+    run(lp, lambda: conn.closed)
+    t.join(5)
+    assert done["reply"] == b"hello" and proto.calls[-2:] == ["eof", "lost"]
+    assert conn.failed_in is None and proto.exc is None, (conn.failed_in, proto.exc)
+    lp.close()

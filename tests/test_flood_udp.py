@@ -1,6 +1,6 @@
 """flood --udp on real datagram sockets: every datagram accounted for, losses attributed.
 
-The peers: socat's UDP echo (Debian), and an echo server written here that counts what it
+The peers: socat's UDP echo (Debian), and an echo server (tests/udppeers.py) that counts what it
 receives (the receiver's own count, which flood's must equal) and can be made to drop: a
 receive buffer at the kernel's minimum that it does not read until the kernel has dropped.
 """
@@ -9,60 +9,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
-import threading
 
 import pytest
 
-from socktools.kernel.udpstats import socket_drops
 from tests.conftest import socktools_cmd, wait_until
 from tests.peers import free_port
-
-
-class UdpEcho:
-    """A UDP echo server on 127.0.0.1 in a thread, counting the datagrams it received.
-    ``hold``: read nothing until the kernel has dropped at least one datagram at this socket
-    (its receive buffer is the kernel's minimum), then echo everything."""
-
-    def __init__(self, hold: bool = False) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        if hold:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.hold = hold
-        self.received = 0
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def _serve(self) -> None:
-        sock = self.sock
-        if self.hold:   # a condition with a deadline, not a sleep: the first drop, or the stop
-            while not self.stopping.is_set() and not socket_drops(sock):
-                self.stopping.wait(0.005)
-        sock.settimeout(0.05)
-        while not self.stopping.is_set():
-            try:
-                data, peer = sock.recvfrom(65536)
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            self.received += 1
-            try:
-                sock.sendto(data, peer)
-            except OSError:
-                pass
-
-    def __exit__(self, *exc):
-        self.stopping.set()
-        self.thread.join(5)
-        self.sock.close()
+from tests.udppeers import UdpEcho
 
 
 def flood(*args: str, timeout: float = 60) -> tuple:

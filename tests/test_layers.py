@@ -36,6 +36,7 @@ LAYERS: dict[str, int] = {
     "kernel": 2,
     # 3. the commands' engines
     "capture": 3, "serve": 3, "request": 3, "ping": 3, "stall": 3, "flood": 3, "sockets": 3, "demo": 3,
+    "proxy": 3,
     # 4. views of saved results, across commands: the HTML report of a flood result
     "report": 4,
     # 5. the switchboard

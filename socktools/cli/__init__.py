@@ -32,6 +32,7 @@ COMMANDS = {
     "sniff": "sniff",
     "demo": "demo",
     "report": "report",
+    "proxy": "proxy",
 }
 
 

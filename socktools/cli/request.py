@@ -46,10 +46,18 @@ certificate chain the server sent on stderr; --show-bytes adds the TLS records):
   socktools request --port 8443 --mode http --tls --cafile ca.pem --tls-max 1.2 --show-bytes
 
 \b
+Over UDP (one datagram each way per --send; each reply with its size, time, sender):
+  socktools request --udp --port 53 --mode raw --send-file query.bin
+  socktools request --udp --port 9000 --send 'ping\\n' --send 'again\\n'
+  socktools request --udp --port 514 --send '<13>hello' --no-reply
+
+\b
 Exit codes: 0 answered; 1 refused, reset, timed out, closed early or a
 protocol error, or a failed TLS handshake (one line says which, with the
 errno name or TLS reason, what it means and what to do); 2 a bad option;
 3 an optional package is missing (--mode http: httptools); 130 Ctrl-C.
+With --udp, 1 also for nobody listening (ECONNREFUSED: the ICMP port
+unreachable), no reply within --timeout, or a truncated reply.
 """
 
 
@@ -126,10 +134,15 @@ def _message_dict(message) -> dict:
                    "replies, and show it as the greeting before the first request.")
 @click.option("--mode", "-m", type=LazyChoice("socktools.wire.modes:REQUEST_MODES"), default="framed",
               show_default=True, cls=LazyOption, lazy_help="socktools.wire.modes:REQUEST_HELP")
+@click.option("--udp", is_flag=True,
+              help="One UDP datagram each way per --send (raw, the default with --udp, or line): the reply "
+                   "is the whole datagram, shown with its size, time and sender; --timeout is each "
+                   "datagram's wait; --reply-bytes N reads into an N-byte buffer (a longer reply is "
+                   "truncated).")
 @wire_options
 @tls_options
 @click.pass_context
-def command(ctx, words, host, port, unix, timeout, show_bytes, as_json, greeting, mode, **wire_params):
+def command(ctx, words, host, port, unix, timeout, show_bytes, as_json, greeting, mode, udp, **wire_params):
     """Send one request and print the decoded response.
 
     In framed mode (the default), ACTION "search" sends a text/json request;
@@ -139,10 +152,14 @@ def command(ctx, words, host, port, unix, timeout, show_bytes, as_json, greeting
     several --command/--send/--path are a conversation on one connection, each
     reply shown in order with its own time.  --tls shows the certificates the
     server sent; with --show-bytes, the TLS records as well as the plaintext.
+    --udp sends each request as one datagram and shows each reply datagram.
     """
     from socktools.request.client import RequestError, request
 
     tls = tls_config(wire_params)
+    if udp:
+        _udp(ctx, words, host, port, unix, timeout, show_bytes, as_json, mode, greeting, wire_params, tls)
+        return
     check_target(ctx, host, unix)
     if mode != "framed" or wire_params.get("plugin"):
         _exchange(ctx, words, host, port, unix, timeout, show_bytes, as_json, mode, wire_params, tls, greeting)
@@ -216,12 +233,7 @@ def _exchange(ctx, words, host, port, unix, timeout, show_bytes, as_json, mode, 
 
     if words and unix is not None:
         raise click.UsageError("--unix names the whole target: give no HOST PORT")
-    if len(words) == 2:
-        host, port_text = words
-        refuse_path_as_host(host, "HOST")
-        port = PORT.convert(port_text, None, ctx)
-    elif words:
-        raise click.UsageError(f"with --mode {mode}, give HOST PORT or nothing, not {len(words)} word(s)")
+    host, port = _host_port(ctx, words, host, port, f"--mode {mode}")
     # a Unix socket has no host name: HTTP's Host header (required by HTTP/1.1) says localhost
     spec = wire_spec(mode, "localhost" if unix is not None else format_addr((host, port)), wire_params)
     proto = build_config(wire.build, spec=spec)
@@ -259,6 +271,122 @@ def _exchange(ctx, words, host, port, unix, timeout, show_bytes, as_json, mode, 
                 f"exchange {result.steps.index(step) + 1} ({step.label}): "
         hint = tls_hint(result.received, None, tls=result.tls is not None)
         die(f"{where}the reply is a failure ({f.kind}): {f.detail}" + (f"; {hint}" if hint else ""), EXIT_FAILED)
+
+
+def _host_port(ctx, words, host: str, port: int, with_what: str) -> tuple:
+    """The target from the HOST PORT words (or --host/--port when there are none)."""
+    if len(words) == 2:
+        host, port_text = words
+        refuse_path_as_host(host, "HOST")
+        return host, PORT.convert(port_text, None, ctx)
+    if words:
+        raise click.UsageError(f"with {with_what}, give HOST PORT or nothing, not {len(words)} word(s)")
+    return host, port
+
+
+#: Reply framings a datagram does not need (it is one whole message); refused with --udp.
+_STREAM_FRAMINGS = ("reply_until", "reply_prefix", "reply_prefix_adjust", "reply_until_close")
+
+
+def _udp(ctx, words, host, port, unix, timeout, show_bytes, as_json, mode, greeting, wire_params, tls) -> None:
+    """request --udp: each request one datagram on a connected UDP socket, each reply one datagram."""
+    import dataclasses
+
+    from click.core import ParameterSource
+
+    from socktools import wire
+    from socktools.addresses import format_addr
+    from socktools.request.report import datagram_head, datagram_line, datagram_text, udp_json
+    from socktools.request.udp import REPLY_BUFFER, UdpError, datagrams
+    from socktools.wire.datagram import MAX_DATAGRAM
+    from socktools.wire.options import reply_match
+
+    def refuse(option: str, why: str):
+        raise click.BadParameter(why, param_hint=f"'{option}'")
+
+    if unix is not None:
+        refuse("--unix", "--udp is UDP over IP: a Unix-domain socket is not a UDP port")
+    if tls.enabled:
+        refuse("--tls", "no TLS over UDP (that is DTLS, which socktools does not speak)")
+    if greeting:
+        refuse("--greeting", "a UDP server cannot speak first: it knows no peer until a datagram arrives")
+    if wire_params.get("plugin"):
+        refuse("--protocol", "plug-ins frame replies in a stream: not with --udp")
+    if ctx.get_parameter_source("mode") is ParameterSource.DEFAULT:
+        mode = "raw"
+    if mode not in ("raw", "line"):
+        refuse("--mode", f"{mode} runs over TCP; with --udp: raw or line (a DNS query is a raw datagram)")
+    for param in _STREAM_FRAMINGS:
+        if ctx.get_parameter_source(param) is not ParameterSource.DEFAULT:
+            refuse(option_name(param), "a datagram is one whole reply: it needs no framing (--reply-match "
+                                       "checks it; --reply-bytes sets the buffer it is read into)")
+    if timeout <= 0:
+        refuse("--timeout", "a reply timeout must be above 0")
+    buffer = REPLY_BUFFER
+    if wire_params.get("reply_bytes") is not None:
+        buffer = wire_params["reply_bytes"]
+        if not 1 <= buffer <= REPLY_BUFFER:
+            refuse("--reply-bytes", f"the reply buffer is 1 to {REPLY_BUFFER:,} bytes (more than any datagram)")
+    host, port = _host_port(ctx, words, host, port, "--udp")
+    spec = wire_spec(mode, format_addr((host, port)), wire_params)
+    replies = not spec.no_reply
+    match = build_config(reply_match, spec=spec)
+    # The requests, built by the mode as over TCP (escapes, placeholders, --eol); the reply
+    # framing the builder asks for is a stream's, so it builds them as write-only.
+    if mode == "raw" and replies:
+        spec = dataclasses.replace(spec, no_reply=True, reply_bytes=None, reply_match=None)
+    proto = build_config(wire.build, spec=spec)
+    labels = _labels(spec)
+    payloads = [proto.request(seq, 0) for seq in range(len(labels))]
+    for payload in payloads:
+        if len(payload) > MAX_DATAGRAM:
+            refuse("--send-file" if spec.send_file is not None else "--send",
+                   f"a {len(payload):,}-byte request: a UDP datagram holds at most {MAX_DATAGRAM:,} bytes")
+    warn_target("request", host)
+    try:
+        result = datagrams(host, port, payloads, labels=labels, timeout=timeout, replies=replies,
+                           buffer=buffer, match=match)
+    except UdpError as err:
+        if as_json:
+            from socktools.cli._common import stamped
+            click.echo(json.dumps(stamped(udp_json(err.result, mode, replies, err)), ensure_ascii=False))
+        elif len(err.result.steps) > 1 or show_bytes:
+            _udp_steps(err.result, show_bytes, datagram_head, datagram_text, done_only=True)
+        die(str(err), EXIT_FAILED)
+    if as_json:
+        from socktools.cli._common import stamped
+        click.echo(json.dumps(stamped(udp_json(result, mode, replies)), ensure_ascii=False))
+    elif len(result.steps) == 1 and not show_bytes:
+        step = result.steps[0]
+        click.echo(datagram_text(step))
+        if step.reply is not None:
+            click.echo(datagram_line(step), err=True)     # stdout stays the reply
+    else:
+        _udp_steps(result, show_bytes, datagram_head, datagram_text)
+    failed = [(i, s) for i, s in enumerate(result.steps, 1) if s.failures]
+    if failed:
+        i, step = failed[0]
+        f = step.failures[0]
+        where = f"datagram {i} ({step.label}): " if len(result.steps) > 1 else ""
+        die(f"{where}the reply is a failure ({f.kind}): {f.detail}", EXIT_FAILED)
+
+
+def _udp_steps(result, show_bytes: bool, head, text, done_only: bool = False) -> None:
+    """Each datagram under its head (with --show-bytes: the bytes each way first)."""
+    from socktools.addresses import format_addr
+    if show_bytes and result.local is not None:
+        click.echo(f"UDP {format_addr(result.local)} -> {format_addr(result.address)} (a connected socket: "
+                   "connect() sent nothing; the kernel takes only that peer's datagrams)")
+    for i, step in enumerate(result.steps, 1):
+        if done_only and step.reply is None:
+            break
+        click.echo(head(step, i))
+        if show_bytes:
+            click.echo(f">>> sent {len(step.sent):,} bytes in one datagram")
+            click.echo(repr(step.sent))
+            if step.reply is not None:
+                click.echo(f"<<< received {step.size:,} bytes in one datagram from {format_addr(step.peer)}")
+        click.echo(text(step))
 
 
 def _labels(spec) -> tuple:

@@ -509,7 +509,7 @@ class TlsConnection(Connection):
             self._finish(None)      # nothing was said yet: nothing to flush
             return
         if not self._shut_wr:
-            self._send_wire(self._tx.close_notify())
+            self._send_quietly(self._tx.close_notify())
         Connection.close(self)
 
     def shutdown_write(self) -> None:
@@ -532,6 +532,30 @@ class TlsConnection(Connection):
     def _send_wire(self, wire: bytes) -> None:
         if wire:
             Connection.write(self, wire)
+
+    def _send_quietly(self, wire: bytes) -> None:
+        """TLS's own bytes once the handshake is done -- session tickets, the answer to a key
+        update, our close_notify: best effort.  A peer already gone (EPIPE, ECONNRESET: a
+        Unix socket says so at once) is not a failure of ours; its EOF or reset, read next,
+        ends the connection as it would have without them.  Behind bytes still owed they
+        queue as any write (their failure is those bytes')."""
+        if not wire:
+            return
+        if self._out is not None or self.connecting:
+            Connection.write(self, wire)
+            return
+        try:
+            n = _write(self.fd, wire)
+        except (BlockingIOError, InterruptedError):
+            n = 0
+        except (BrokenPipeError, ConnectionResetError):
+            return
+        except OSError as exc:
+            self._fail(exc, SEND)
+            return
+        self.bytes_out += n
+        if n < len(wire):
+            self._buffer(wire[n:] if n else wire)
 
     def _fail(self, exc: BaseException, phase: str) -> None:
         if self._tx.handshaking and phase in (SEND, RECV):
@@ -616,7 +640,7 @@ class TlsConnection(Connection):
                 return
             self.protocol.data_received(self, data)
         if not self.closed:
-            self._send_wire(tx.to_send())   # post-handshake messages OpenSSL answers (key update)
+            self._send_quietly(tx.to_send())   # post-handshake messages: tickets, a key update's answer
 
     def _on_writable(self) -> None:
         if not self._tx.handshaking:

@@ -22,3 +22,4 @@ class PingConfig:
     icmp: bool = False
     unix: Optional[str] = None      # --unix: time connect() to this Unix-domain socket instead
     tls: Optional[TlsConfig] = None  # --tls: a TLS handshake after each connect, timed apart
+    udp: bool = False               # --udp: a datagram to an echo server per probe, its echo timed

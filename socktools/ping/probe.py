@@ -37,7 +37,7 @@ from socktools.tlsconf import client_context, negotiated, server_name
 from socktools.tlsinfo import peer_chain
 
 __all__ = ["PingConfig", "Target", "Probe", "PingStats", "IcmpUnavailable", "resolve_target",
-           "probes", "tcp_probe", "tls_probe", "IcmpPinger", "check_icmp", "summarize", "icmp_name",
+           "probes", "tcp_probe", "tls_probe", "IcmpPinger", "UdpPinger", "check_icmp", "summarize", "icmp_name",
            "ICMP_TYPES", "ICMPV6_TYPES"]
 
 
@@ -282,6 +282,95 @@ class IcmpPinger:
                          elapsed_ms=ms)
 
 
+# --------------------------------------------------------------------------- UDP probe
+class UdpPinger:
+    """One connected UDP socket for a whole run; ``probe(seq)`` sends flood's datagram (its
+    header: ping's socket number, the sequence number, the send time; :mod:`socktools.wire.datagram`)
+    to an echo server and waits for the echo of *that* datagram.
+
+    Every datagram read goes through one :class:`~socktools.wire.datagram.Ledger`, which
+    matches it by its sequence number: a reply to an earlier probe whose timeout passed is
+    ``late`` (that probe stays failed: its answer came too late), a second copy ``duplicated``,
+    anything else ``foreign``.  They are reported with the probe during which they arrived.
+    Connected, the socket takes only the target's datagrams, and an ICMP port unreachable for
+    ours comes back as ECONNREFUSED: nobody listens there.
+    """
+
+    def __init__(self, target: Target, timeout: float, ident: Optional[int] = None,
+                 clock: Callable[[], int] = time.perf_counter_ns) -> None:
+        from socktools.wire.datagram import HEADER_SIZE, Ledger
+        self.target = target
+        self.timeout = timeout
+        self.clock = clock
+        self.size = HEADER_SIZE
+        self.ledger = Ledger((os.getpid() if ident is None else ident) & 0xFFFFFFFF, self.size,
+                             max(1, int(timeout * 1e9)))
+        self.sock = socket.socket(target.family, socket.SOCK_DGRAM)
+        self.refused: Optional[OSError] = None     # connect() failed (no route...): every probe fails so
+        try:
+            self.sock.connect(target.sockaddr)      # no packet: the peer, for the filter and ICMP
+        except OSError as exc:
+            self.refused = exc
+        self.poller = select.poll()
+        self.poller.register(self.sock, select.POLLIN)
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> "UdpPinger":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _failed(self, seq: int, exc: OSError, start: int, events: list) -> Probe:
+        key = errors.exception_key(exc)
+        num = exc.errno if isinstance(exc.errno, int) else None
+        detail = errors.udp_words(key, self.target.sockaddr, self.timeout)
+        probe = _failed(seq, self.target.display, key, num, (self.clock() - start) / 1e6, detail)
+        return replace(probe, events=tuple(events), counts=self.ledger.counts())
+
+    def probe(self, seq: int) -> Probe:
+        """Send datagram ``seq`` (the ledger's seq - 1) and wait for its echo, or the timeout."""
+        from socktools.wire.datagram import MAX_DATAGRAM, decode
+        ledger = self.ledger
+        events: list = []
+        start = self.clock()
+        if self.refused is not None:
+            return self._failed(seq, self.refused, start, events)
+        data = ledger.send(start)
+        try:
+            self.sock.send(data)
+        except OSError as exc:                  # a pending ICMP error, ENOBUFS...: it never left
+            ledger.refuse()
+            return self._failed(seq, exc, start, events)
+        mine = ledger.next_seq - 1
+        deadline = start + ledger.timeout_ns
+        while True:
+            left = deadline - self.clock()
+            if left <= 0 or not self.poller.poll(left / 1e6):
+                if self.clock() >= deadline:
+                    break
+                continue
+            try:
+                # as flood reads them: an echo of ours is 24 bytes, anything longer is not one
+                reply = self.sock.recv(MAX_DATAGRAM + 1, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                continue
+            except OSError as exc:              # ECONNREFUSED: the ICMP port unreachable
+                ledger.expire(start + ledger.timeout_ns + 1)
+                return self._failed(seq, exc, start, events)
+            now = self.clock()
+            outcome = ledger.receive(reply, now)
+            head = decode(reply)
+            if outcome == "answered" and head.seq == mine:
+                return Probe(seq, True, ledger.latency_ns / 1e6, self.target.display, size=len(reply),
+                             events=tuple(events), counts=ledger.counts())
+            events.append((outcome, head.seq + 1 if head is not None and outcome != "foreign" else None))
+        ledger.expire(deadline + 1)
+        return self._failed(seq, errors.DatagramTimeout(), start, events)
+
+
 # --------------------------------------------------------------------------- the loop
 def probes(config: PingConfig, target: Target, *, sleep: Callable[[float], None] = time.sleep,
            clock: Callable[[], float] = time.monotonic) -> Iterator[Probe]:
@@ -294,6 +383,9 @@ def probes(config: PingConfig, target: Target, *, sleep: Callable[[float], None]
     if config.icmp:
         check_icmp()
         with IcmpPinger(target, config.timeout) as pinger:
+            yield from _paced(pinger.probe, config, sleep, clock)
+    elif config.udp:
+        with UdpPinger(target, config.timeout) as pinger:
             yield from _paced(pinger.probe, config, sleep, clock)
     elif config.tls is not None and config.tls.enabled:
         context = client_context(config.tls)       # once: every probe shakes hands the same way

@@ -45,13 +45,23 @@ class Probe:
     tls_cipher: Optional[str] = None
     phase: Optional[str] = None                # "connect" / "handshake" for a failed TLS probe
     leaf: Any = field(default=None, compare=False)   # the server's certificate (tlsinfo.CertInfo)
+    # --udp: the reply's size, and the other datagrams read while this probe waited -- late
+    # replies to earlier probes, duplicates, foreign ones -- as (kind, seq or None), in order;
+    # counts: the run's datagram.Ledger counts once this probe was settled (None: not UDP)
+    size: Optional[int] = None
+    events: Optional[tuple] = None
+    counts: Any = field(default=None, compare=False)
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        del d["leaf"]
+        del d["leaf"], d["counts"]
         if self.connect_ms is None and self.phase is None:     # no --tls: the keys it always had
             for key in ("connect_ms", "handshake_ms", "tls_version", "tls_cipher", "phase"):
                 del d[key]
+        if self.events is None:                                # no --udp: nor these
+            del d["size"], d["events"]
+        else:
+            d["events"] = [{"kind": kind, "seq": seq} for kind, seq in self.events]
         return d
 
 
@@ -69,11 +79,14 @@ class PingStats:
     failures: tuple[tuple[str, int], ...]      # (error, how many), most frequent first
     handshake: Optional[dict] = None           # --tls: min/avg/max/stddev of the handshakes, ms
     versions: tuple = ()                       # --tls: (version, how many) negotiated
+    datagrams: Optional[dict] = None           # --udp: the ledger's counts (sent, answered, late...)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["failures"] = dict(self.failures)
         d["versions"] = dict(self.versions)
+        if self.datagrams is None:          # not --udp: the keys it always had
+            del d["datagrams"]
         return d
 
 
@@ -103,6 +116,8 @@ def summarize(results: list[Probe]) -> PingStats:
     for p in results:
         if p.tls_version:
             versions[p.tls_version] = versions.get(p.tls_version, 0) + 1
+    counts = next((p.counts for p in reversed(results) if p.counts is not None), None)
     return PingStats(sent, received, loss, *_spread(times),
                      failures=tuple(sorted(tally.items(), key=lambda kv: (-kv[1], kv[0]))),
-                     handshake=handshake, versions=tuple(sorted(versions.items(), key=lambda kv: -kv[1])))
+                     handshake=handshake, versions=tuple(sorted(versions.items(), key=lambda kv: -kv[1])),
+                     datagrams=dict(counts) if counts is not None else None)

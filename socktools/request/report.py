@@ -9,7 +9,8 @@ from socktools.tlsinfo import expiry_words
 from socktools.wire.base import KEEP_BODY
 
 __all__ = ["reply_text", "exchange_json", "not_kept_note", "tls_text", "tls_json", "chain_lines", "record_lines",
-           "conversation_text", "step_head", "is_conversation"]
+           "conversation_text", "step_head", "is_conversation", "datagram_line", "datagram_head", "datagram_text",
+           "udp_json"]
 
 
 def reply_text(result) -> str:
@@ -132,3 +133,69 @@ def tls_json(result, show_bytes: bool = False) -> dict:
         out["records_total"] = result.records_total
         out["wire_bytes"] = dict(result.wire_bytes)
     return {"tls": out}
+
+
+# ------------------------------------------------------------------ request --udp
+def _plural_bytes(n: int) -> str:
+    return f"{n:,} byte" if n == 1 else f"{n:,} bytes"
+
+
+def _odd(step) -> str:
+    """What a reply's line adds when the buffer cut it or datagrams were set aside before it."""
+    out = ""
+    if step.truncated:
+        out += f", truncated to the {len(step.received):,} read"
+    if step.ignored:
+        out += (f" ({step.ignored} datagram(s) already waiting before it was sent were set aside: "
+                "not its reply)")
+    return out
+
+
+def datagram_line(step) -> str:
+    """``45 bytes from 127.0.0.1:53 in 0.211 ms`` (and what was odd about it)."""
+    if step.reply is None:
+        return "(sent; no reply expected)"
+    return f"{_plural_bytes(step.size)} from {format_addr(step.peer)} in {step.time_s * 1000:.3f} ms{_odd(step)}"
+
+
+def datagram_head(step, index: int) -> str:
+    """``--- 2: GET k, 0.311 ms, 45 bytes from 127.0.0.1:53``."""
+    name = f"{index}: {step.label}" if step.label else str(index)
+    if step.reply is None:
+        return f"--- {name}, sent; no reply expected"
+    return f"--- {name}, {step.time_s * 1000:.3f} ms, {_plural_bytes(step.size)} from {format_addr(step.peer)}{_odd(step)}"
+
+
+def datagram_text(step) -> str:
+    """The reply as request shows a raw reply: its bytes as a Python literal."""
+    if step.reply is None:
+        return "(sent; no reply expected)"
+    return repr(step.received)
+
+
+def udp_json(result, mode: str, replies: bool, error=None) -> dict:
+    """``--json`` of ``request --udp``: every datagram (its reply, bytes, size, sender, time),
+    and the error that ended the exchange, if one did."""
+    def reply(step):
+        if step.reply is None:
+            return None
+        return {"size": step.size, "summary": step.reply.summary,
+                "bytes": step.received.decode("utf-8", "backslashreplace"), "hex": step.received.hex()}
+
+    def one(step):
+        answered = step.reply is not None
+        return {"request": step.label, "ms": round(step.time_s * 1000, 3) if answered else None,
+                "bytes_sent": len(step.sent), "bytes_received": step.size if answered else 0,
+                "truncated": step.truncated, "peer": format_addr(step.peer) if answered else None,
+                "ignored": step.ignored, "reply": reply(step),
+                "failures": [{"kind": f.kind, "detail": f.detail} for f in step.failures]}
+
+    failures = [{"kind": f.kind, "detail": f.detail} for f in result.failures]
+    last = result.steps[-1] if result.steps else None
+    return {"ok": error is None and not failures, "udp": True, "mode": mode, "replies": replies,
+            "address": format_addr(result.address),
+            "local": format_addr(result.local) if result.local else None,
+            "total_ms": round(result.total_s * 1000, 3), "bytes_sent": result.bytes_sent,
+            "bytes_received": result.bytes_received, "reply": reply(last) if last else None,
+            "failures": failures, "datagrams": [one(s) for s in result.steps],
+            "error": None if error is None else {"phase": error.phase, "error": error.key, "message": str(error)}}

@@ -1,0 +1,343 @@
+"""One proxied connection: the client's socket, the upstream's, and a toxic chain each way.
+
+A :class:`Pair` is made when a client is accepted.  The client is not read
+until the upstream connect finished (so nothing piles up for a server that may
+refuse); a refused or failed connect closes the client, counted and logged.
+Then two :class:`Link` objects carry the bytes, each through its chain of
+stages (:mod:`socktools.proxy.toxics`) to the other socket.
+
+Back-pressure, so that memory never grows with a slow side: a link sums what
+it holds (bytes queued in its stages plus the destination's out-buffer) and
+pauses reading its source above :data:`HIGH_WATER`, resumes below
+:data:`LOW_WATER`.  The source's kernel buffers then fill and TCP's window
+stops its sender, as it would with no proxy in between.
+
+Ends are passed on as they came: an EOF becomes a half-close on the other side
+(FIN one way keeps the other direction open), a reset (ECONNRESET, or any
+error) becomes a reset of the other side (SO_LINGER 0, then close), and a
+toxic's CLOSE or RESET ends both sides.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import struct
+import time
+from typing import Any, Optional
+
+from socktools import errors
+from socktools.addresses import format_addr
+from socktools.core.loop import Connection, Protocol
+from socktools.proxy.toxics import CLOSE, DATA, EOF, RESET, make_stage
+
+__all__ = ["Pair", "Link", "HIGH_WATER", "LOW_WATER", "ClientSide", "UpstreamSide", "set_linger_zero"]
+
+log = logging.getLogger("socktools.proxy")
+
+#: A link pauses reading its source when it holds more than this (its toxics' queues plus
+#: the destination's out-buffer): 1 MiB, the bandwidth-delay product of 100 Mbit/s over
+#: 80 ms -- a latency toxic of L ms therefore caps one connection near 1 MiB / L per second.
+#: Per connection and direction: memory stays bounded by connections x 2 x (HIGH + one read).
+HIGH_WATER = 1 << 20
+#: ... and resumes once it holds this little: a quarter, as asyncio's transports do (64 KiB
+#: high, 16 KiB low), so a link does not flap between paused and reading on every write.
+LOW_WATER = HIGH_WATER // 4
+
+#: After a close, how long a peer gets to take what it is still owed before the rest is
+#: dropped: a reader that takes nothing for this long is not coming back (nginx's
+#: send_timeout is 60 s; a test suite's patience is shorter).
+CLOSE_GRACE = 10.0
+
+_LINGER_ZERO = struct.pack("ii", 1, 0)
+
+
+def set_linger_zero(sock: socket.socket) -> None:
+    """SO_LINGER on with a 0 s timeout: close() then sends RST instead of FIN."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
+    except OSError:
+        pass
+
+
+class _Sink:
+    """The end of a chain: what reaches it is done to the destination socket."""
+
+    __slots__ = ("link",)
+
+    def __init__(self, link: "Link") -> None:
+        self.link = link
+
+    def push(self, item: tuple) -> None:
+        self.link.deliver(item)
+
+
+class Link:
+    """One direction of a pair: ``src`` is read, its bytes go through ``stages`` to ``dst``."""
+
+    def __init__(self, pair: "Pair", stream: str, src: Connection) -> None:
+        self.pair = pair
+        self.stream = stream
+        self.src = src
+        self.dst: Optional[Connection] = None
+        self.stages: list = []
+        self.sink = _Sink(self)
+        self.paused = False
+        self.delivered = 0
+
+    @property
+    def head(self) -> Any:
+        return self.stages[0] if self.stages else self.sink
+
+    @property
+    def held(self) -> int:
+        return sum(s.held for s in self.stages) + (self.dst.pending if self.dst is not None else 0)
+
+    # ------------------------------------------------------------ the chain
+    def add(self, spec: Any) -> None:
+        server = self.pair.proxy.server
+        stage = make_stage(spec, server.clock, self.pair.call_at, server.rng)
+        stage.next = self.sink
+        stage.wake = self.check
+        if self.stages:
+            self.stages[-1].next = stage
+        self.stages.append(stage)
+        self.check()             # a stall pauses the source at once
+
+    def update(self, spec: Any) -> None:
+        for stage in self.stages:
+            if stage.spec is not None and stage.spec.name == spec.name:
+                stage.spec = spec
+
+    def remove(self, name: str) -> None:
+        for i, stage in enumerate(self.stages):
+            if stage.spec is not None and stage.spec.name == name:
+                items = stage.take()
+                if i:
+                    self.stages[i - 1].next = stage.next
+                del self.stages[i]
+                for item in items:          # what it held goes on: nothing is dropped
+                    stage.next.push(item)
+                self.check()
+                return
+
+    def stop(self) -> None:
+        for stage in self.stages:
+            stage.stop()
+
+    # ------------------------------------------------------------ the flow
+    def feed(self, data: bytes) -> None:
+        if self.pair.watch is not None:
+            self.pair.watch.read(self.stream, data)
+        self.head.push((DATA, data, self.pair.proxy.server.clock()))
+        self.check()
+
+    def feed_eof(self) -> None:
+        self.head.push((EOF,))
+
+    def deliver(self, item: tuple) -> None:
+        kind = item[0]
+        dst = self.dst
+        if kind == DATA:
+            self.delivered += len(item[1])
+            if dst is not None:
+                dst.write(item[1])
+            if self.pair.watch is not None:
+                self.pair.watch.delivered(self.stream, self.delivered)
+            self.check()
+        elif kind == EOF:
+            if dst is not None:
+                dst.shutdown_write()
+        elif kind == CLOSE:
+            self.pair.close(f"closed by a toxic on the {self.stream} stream")
+        elif kind == RESET:
+            self.pair.reset(f"reset by a toxic on the {self.stream} stream")
+
+    def check(self) -> None:
+        """Pause the source above the high-water mark; resume it below the low one."""
+        held = self.held
+        if held > HIGH_WATER:
+            if not self.paused:
+                self.paused = True
+                self.src.pause_reading()
+        elif self.paused and held <= LOW_WATER:
+            self.paused = False
+            if self.pair.connected:
+                self.src.resume_reading()
+
+
+class Pair:
+    """A client, its upstream connection, and the two links between them."""
+
+    def __init__(self, proxy: Any, client: Connection, number: int) -> None:
+        self.proxy = proxy
+        self.number = number
+        self.client = client
+        self.upstream: Optional[Connection] = None
+        self.connected = False
+        self.ending: Optional[str] = None     # why the pair is being ended by us, if it is
+        self.how: Optional[str] = None         # how it ended: "closed", "reset", an error key
+        self.started = time.monotonic()
+        self.up = Link(self, "upstream", client)
+        self.down: Optional[Link] = None
+        self.open = True
+        self.watch: Any = proxy.server.watch(self)     # --decode's Watch, or None
+
+    def call_at(self, when: float, callback: Any) -> Any:
+        """The loop's ``call_at`` for this pair's toxics: a bug in a timer's work costs this
+        pair (logged, both sides reset), not the loop -- the loop lets timers' errors through."""
+        def guarded() -> None:
+            try:
+                callback()
+            except Exception as exc:
+                log.error("proxy %s: connection %d: a toxic's timer raised %s; resetting it",
+                          self.proxy.name, self.number, type(exc).__name__, exc_info=exc)
+                self.how = self.how or "internal-error"
+                self.reset(f"internal error: {exc}")
+        return self.proxy.server.call_at(when, guarded)
+
+    @property
+    def connections(self) -> list:
+        return [c for c in (self.client, self.upstream) if c is not None]
+
+    def start(self, address: Any, family: int) -> None:
+        self.client.pause_reading()          # until the upstream answers
+        try:
+            self.upstream = self.proxy.server.loop.open_connection(
+                address, self.proxy.upstream_side, family=family, ctx=self, setup=_nodelay)
+        except OSError as exc:
+            self.upstream_failed(exc)
+
+    def upstream_ready(self, upstream: Connection) -> None:
+        self.connected = True
+        self.up.dst = upstream
+        self.down = Link(self, "downstream", upstream)
+        self.down.dst = self.client
+        for spec in self.proxy.toxics:
+            (self.up if spec.stream == "upstream" else self.down).add(spec)
+        if not self.up.paused:       # (a stall toxic upstream keeps the client unread)
+            self.client.resume_reading()
+
+    def upstream_failed(self, exc: BaseException) -> None:
+        key = errors.exception_key(exc)
+        self.proxy.stats.upstream_failed[key] = self.proxy.stats.upstream_failed.get(key, 0) + 1
+        log.warning("proxy %s: connection %d from %s: upstream %s failed: %s; closing the client",
+                    self.proxy.name, self.number, format_addr(self.client.peer), self.proxy.upstream,
+                    errors.one_line(exc, during="connect"))
+        self.how = f"upstream-{key}"
+        self.ending = "upstream failed"
+        self.client.close()
+
+    # ------------------------------------------------------------ ends
+    def close(self, why: str, how: str = "closed-by-toxic") -> None:
+        """End both sides with FIN (what a toxic's close does): no more bytes either way."""
+        if self.ending is None:
+            self.ending = why
+        if self.how is None:
+            self.how = how
+        for conn in self.connections:
+            # What was handed on before the close is delivered first (Toxiproxy's writes are
+            # blocking: all of it reached the kernel), then FIN; reading stops now.
+            conn.close()
+        if any(not c.closed for c in self.connections):
+            self.proxy.server.loop.call_later(CLOSE_GRACE, self._abort_rest)
+
+    def _abort_rest(self) -> None:
+        for conn in self.connections:
+            if not conn.closed:
+                log.info("proxy %s: connection %d: %s still owed %d bytes %gs after the close; "
+                         "dropping them", self.proxy.name, self.number,
+                         "client" if conn is self.client else "upstream", conn.pending, CLOSE_GRACE)
+                conn.abort()
+
+    def reset(self, why: str) -> None:
+        """End both sides with RST."""
+        if self.ending is None:
+            self.ending = why
+        if self.how is None:
+            self.how = "reset-by-toxic"
+        self.proxy.stats.resets += 1
+        for conn in self.connections:
+            if not conn.closed:
+                set_linger_zero(conn.sock)
+                conn.abort()
+
+    def lost(self, conn: Connection, exc: Optional[BaseException]) -> None:
+        if not self.connected and conn is not self.client:
+            # (Not ``conn is self.upstream``: a connect that fails at once reports it from
+            # inside open_connection, before self.upstream is set.)  Unless we ended it.
+            if self.ending is None:
+                self.upstream_failed(exc or ConnectionAbortedError("upstream closed while connecting"))
+        elif not self.connected:
+            if self.upstream is not None and not self.upstream.closed:
+                self.ending = self.ending or "the client went before its upstream answered"
+                self.upstream.abort()
+        elif exc is not None and self.ending is None:
+            # An error on one side (ECONNRESET, EPIPE, ...) is passed on as a reset of the other.
+            side = "client" if conn is self.client else "upstream"
+            self.how = f"{side}-{errors.exception_key(exc)}"
+            self.ending = f"{side}: {exc}"
+            self.proxy.stats.resets += 1
+            for other in self.connections:
+                if other is not conn and not other.closed:
+                    set_linger_zero(other.sock)
+                    other.abort()
+        if self.open and all(c.closed for c in self.connections):
+            self.open = False
+            self.up.stop()
+            if self.down is not None:
+                self.down.stop()
+            self.proxy.pair_done(self)
+
+    def counts(self) -> dict:
+        c, u = self.client, self.upstream
+        return {"from_client": c.bytes_in, "to_upstream": u.bytes_out if u else 0,
+                "from_upstream": u.bytes_in if u else 0, "to_client": c.bytes_out}
+
+
+def _nodelay(sock: socket.socket) -> None:
+    # Segments leave when the toxics say so: Nagle would merge a slicer's slices.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class ClientSide(Protocol):
+    """The accepted client's callbacks (one object per proxy)."""
+
+    def __init__(self, proxy: Any) -> None:
+        self.proxy = proxy
+
+    def connection_made(self, conn: Connection) -> None:
+        self.proxy.adopt(conn)
+
+    def data_received(self, conn: Connection, data: bytes) -> None:
+        conn.ctx.up.feed(data)
+
+    def eof_received(self, conn: Connection) -> None:
+        conn.ctx.up.feed_eof()
+
+    def write_drained(self, conn: Connection) -> None:
+        pair = conn.ctx
+        if pair.down is not None:
+            pair.down.check()
+
+    def connection_lost(self, conn: Connection, exc: Optional[BaseException]) -> None:
+        conn.ctx.lost(conn, exc)
+
+
+class UpstreamSide(Protocol):
+    """The upstream connection's callbacks (one object per proxy)."""
+
+    def connection_made(self, conn: Connection) -> None:
+        conn.ctx.upstream_ready(conn)
+
+    def data_received(self, conn: Connection, data: bytes) -> None:
+        conn.ctx.down.feed(data)
+
+    def eof_received(self, conn: Connection) -> None:
+        conn.ctx.down.feed_eof()
+
+    def write_drained(self, conn: Connection) -> None:
+        conn.ctx.up.check()
+
+    def connection_lost(self, conn: Connection, exc: Optional[BaseException]) -> None:
+        conn.ctx.lost(conn, exc)

@@ -1,0 +1,46 @@
+"""The proxy's events for humans: one line per event, the summary as a short table."""
+
+from __future__ import annotations
+
+__all__ = ["human_lines"]
+
+
+def _bytes(n: int) -> str:
+    return f"{n:,} B"
+
+
+def _ended(stats: dict) -> str:
+    parts = [f"{k} {v}" for k, v in sorted(stats["ended"].items())]
+    return ", ".join(parts) if parts else "none"
+
+
+def human_lines(ev: dict) -> list:
+    """The lines that say ``ev``."""
+    kind = ev.get("event")
+    if kind == "listening":
+        return [f"socktools proxy: {ev['proxy']} listening on {ev['listen']} -> {ev['upstream']}"]
+    if kind == "api":
+        return [f"socktools proxy: API (Toxiproxy 2.x endpoints) on http://{ev['address']}"]
+    if kind == "connection":
+        return [f"{ev['proxy']} #{ev['number']} {ev['client']}: {ev['how']} after {ev['duration']:.3f}s; "
+                f"client->upstream {_bytes(ev['from_client'])} (delivered {_bytes(ev['to_upstream'])}), "
+                f"upstream->client {_bytes(ev['from_upstream'])} (delivered {_bytes(ev['to_client'])})"]
+    if kind == "exchange":
+        up = "?" if ev["upstream_ms"] is None else f"{ev['upstream_ms']:.3f} ms"
+        return [f"{ev['proxy']} #{ev['number']} {ev['request']} -> {ev['reply']}  "
+                f"upstream {up}, client {ev['client_ms']:.3f} ms"]
+    if kind == "summary":
+        lines = [f"socktools proxy: stopped after {ev['duration']:.1f}s"]
+        rows = list(ev["proxies"].items())
+        if len(rows) != 1:
+            rows.append(("total", ev["total"]))
+        for name, s in rows:
+            failed = sum(s["upstream_failed"].values())
+            lines.append(f"  {name}: {s['accepted']} connection(s), {s['closed']} closed ({_ended(s)}), "
+                         f"{failed} upstream connect(s) failed, {s['resets']} reset")
+            lines.append(f"    client->upstream {_bytes(s['from_client'])} in, {_bytes(s['to_upstream'])} out; "
+                         f"upstream->client {_bytes(s['from_upstream'])} in, {_bytes(s['to_client'])} out")
+            for key, n in sorted(s["upstream_failed"].items()):
+                lines.append(f"    upstream {key}: {n}")
+        return lines
+    return []
