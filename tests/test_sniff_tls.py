@@ -358,7 +358,10 @@ def conversation(certs, keylog, version, exchanges, ciphers=None, alpn=("http/1.
     return wire, client.version(), client.cipher()[0]
 
 
-def decode(wire, mode, keylog, *, byte_by_byte=False, seed=None):
+def decode(wire, mode, keylog, *, byte_by_byte=False, seed=None, after=None, finish=True, check=None):
+    """Both directions of ``wire`` through a connection's two stream decoders (one shared
+    TlsSession with ``keylog``, a path or None), whole or cut; the events.  ``after(role)``
+    runs after each chunk, ``check(decoder)`` after each piece fed."""
     session = TlsSession(KeyLog(str(keylog)) if keylog else None)
     decs = {role: StreamDecoder(mode, role, session=session) for role in ("request", "response")}
     offsets = {"request": 0, "response": 0}
@@ -376,9 +379,14 @@ def decode(wire, mode, keylog, *, byte_by_byte=False, seed=None):
             packet += 1
             events += decs[role].feed(offsets[role], piece, packet)
             offsets[role] += len(piece)
-    for role in decs:
-        events += decs[role].finish(packet + 1)
-    return events
+            if check is not None:
+                check(decs[role])
+        if after is not None:
+            after(role)
+    if finish:
+        for role in decs:
+            events += decs[role].finish(packet + 1)
+    return events, decs
 
 
 REDIS_SET = b"*3\r\n$3\r\nSET\r\n$5\r\nhello\r\n$5\r\nworld\r\n"
@@ -400,7 +408,7 @@ def test_keylog_decrypts_real_records_and_the_decoders_read_the_plaintext(certs,
                                             ciphers=ciphers)
     name = {"TLSv1.3": "TLS 1.3", "TLSv1.2": "TLS 1.2"}[negotiated]
     for kw in ({}, {"byte_by_byte": True}, {"seed": 1}, {"seed": 2}):
-        events = decode(wire, "redis", keylog, **kw)
+        events, _ = decode(wire, "redis", keylog, **kw)
         hello = next(e for e in tls_events(events) if "ServerHello" in e.text)
         assert hello.text.startswith(f"Handshake: ServerHello, {name}, {suite}")
         msgs = [(e.role, e.content_preview) for e in events if isinstance(e, MessageEvent)]
@@ -410,7 +418,7 @@ def test_keylog_decrypts_real_records_and_the_decoders_read_the_plaintext(certs,
         decrypted = [e for e in tls_events(events) if e.fields.get("decrypted")]
         assert any("Finished" in e.text for e in decrypted)
     # without the key log: encrypted, in words, and nothing decoded
-    plain = decode(wire, "auto", None)
+    plain, _ = decode(wire, "auto", None)
     assert not [e for e in plain if isinstance(e, MessageEvent)]
     assert any(e.text.startswith("Application data: encrypted, ") for e in tls_events(plain))
 
@@ -442,7 +450,7 @@ def test_keylog_decrypts_the_other_tls13_suites(certs, tmp_path, suite):
     assert got["cipher"] == suite                  # OpenSSL took the configuration
     wire = [(role, bytes.fromhex(data)) for role, data in got["wire"]]
     for kw in ({}, {"byte_by_byte": True}, {"seed": 5}):
-        events = decode(wire, "redis", keylog, **kw)
+        events, _ = decode(wire, "redis", keylog, **kw)
         assert f"Handshake: ServerHello, TLS 1.3, {suite}" in [e.text for e in tls_events(events)]
         msgs = [(e.role, e.content_preview) for e in events if isinstance(e, MessageEvent)]
         assert msgs == [("request", "['SET', 'hello', 'world']"), ("response", "OK")], kw
@@ -455,7 +463,7 @@ def test_tls13_handshake_messages_decrypted_show_alpn_and_the_tickets(certs, tmp
     wire, _, _ = conversation(certs, keylog, ssl.TLSVersion.TLSv1_3,
                               [(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n",
                                 b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi")])
-    events = decode(wire, "auto", keylog)
+    events, _ = decode(wire, "auto", keylog)
     texts = [e.text for e in tls_events(events) if e.role == "response"]
     assert "Handshake (decrypted): EncryptedExtensions, ALPN http/1.1" in texts
     assert "Handshake (decrypted): Certificate" in texts and "Handshake (decrypted): Finished" in texts
@@ -476,7 +484,7 @@ def test_damaged_real_records_cost_only_their_stream_with_the_key_log_too(certs,
         for _ in range(rnd.randint(1, 3)):
             role, data = rnd.choice(damaged)
             data[rnd.randrange(len(data))] ^= 1 << rnd.randrange(8)
-        events = decode([(r, bytes(d)) for r, d in damaged], "redis", keylog, seed=rnd.randrange(1 << 30))
+        events, _ = decode([(r, bytes(d)) for r, d in damaged], "redis", keylog, seed=rnd.randrange(1 << 30))
         assert all(isinstance(e, (TlsEvent, Note, MessageEvent)) for e in events)
         kinds.update(e.kind for e in events if isinstance(e, Note))
     # flips in lengths and types break the record layer; flips in ciphertext fail its tag
@@ -490,7 +498,7 @@ def test_no_key_for_this_connection_is_said_once_and_records_stay_encrypted(cert
     other = tmp_path / "other.log"
     other.write_text("".join(line for line in keylog.read_text().splitlines(True)
                              if line.startswith("#")) + "CLIENT_RANDOM " + "ab" * 32 + " " + "cd" * 48 + "\n")
-    events = decode(wire, "redis", other)
+    events, _ = decode(wire, "redis", other)
     notes = [e for e in events if isinstance(e, Note)]
     assert len(notes) == 1 and notes[0].kind == "tls-key"
     assert notes[0].text.startswith(f"no key for this connection in {other}")
@@ -508,17 +516,11 @@ def test_records_seen_before_their_key_is_logged_wait_for_it(certs, tmp_path, ve
     wire, _, _ = conversation(certs, written, version, [(REDIS_SET, b"+OK\r\n"), (REDIS_GET, b"$-1\r\n")])
     late = tmp_path / "late.log"
     late.write_text("")
-    session = TlsSession(KeyLog(str(late)))
-    decs = {role: StreamDecoder("redis", role, session=session) for role in ("request", "response")}
-    offsets = {"request": 0, "response": 0}
-    events = []
-    for packet, (role, data) in enumerate(wire, 1):
-        events += decs[role].feed(offsets[role], data, packet)
-        offsets[role] += len(data)
+
+    def client_logs(role):
         if role == "response" and not late.read_text():
             late.write_text(written.read_text())      # the client logs after the server's flight
-    for role in decs:
-        events += decs[role].finish(len(wire) + 1)
+    events, _ = decode(wire, "redis", late, after=client_logs)
     assert not [e for e in events if isinstance(e, Note)], events
     msgs = [(e.role, e.content_preview) for e in events if isinstance(e, MessageEvent)]
     assert msgs == [("request", "['SET', 'hello', 'world']"), ("response", "OK"),
@@ -537,14 +539,10 @@ def test_records_of_a_connection_whose_key_never_comes_are_held_within_the_bound
     wire, _, _ = conversation(certs, keylog, ssl.TLSVersion.TLSv1_3, [(big, b"+OK\r\n"), (big, b"+OK\r\n")])
     empty = tmp_path / "empty.log"
     empty.write_text("")
-    session = TlsSession(KeyLog(str(empty)))
-    decs = {role: StreamDecoder("redis", role, session=session) for role in ("request", "response")}
-    offsets = {"request": 0, "response": 0}
-    events = []
-    for packet, (role, data) in enumerate(wire, 1):
-        events += decs[role].feed(offsets[role], data, packet)
-        offsets[role] += len(data)
-        assert decs[role].tls.waiting_bytes <= MAX_WAITING_BYTES
+
+    def bounded(dec):
+        assert dec.tls.waiting_bytes <= MAX_WAITING_BYTES
+    events, decs = decode(wire, "redis", empty, check=bounded, finish=False)
     notes = [e for e in events if isinstance(e, Note)]
     # said once for the connection, when the client's 120 KB passed the bound (not at the end)
     assert len(notes) == 1 and notes[0].text.startswith("no key for this connection")
