@@ -104,6 +104,10 @@ def _checked(cls, ref: str):
             parser = obj.parser()
         except Exception as exc:
             raise WireOptionError("--protocol", f"{ref}.parser() failed: {type(exc).__name__}: {exc}") from None
+        try:
+            obj.opening() if callable(getattr(obj, "opening", None)) else None
+        except Exception as exc:
+            raise WireOptionError("--protocol", f"{ref}.opening() failed: {type(exc).__name__}: {exc}") from None
         if not callable(getattr(parser, "feed", None)):
             raise WireOptionError("--protocol", f"{ref}.parser() returned an object without feed(data)")
         lacking = [a for a in ("failures", "buffered") if not hasattr(parser, a)]
