@@ -226,6 +226,7 @@ class Nginx(_Peer):
         (root / "big.bin").write_bytes(b"b" * NGINX_BIG)
         (root / "page.html").write_text("<p>one</p><!--# echo var=\"ssi_var\" default=\"two\" --><p>three</p>\n")
         self.access_log = tmp / "access.log"
+        self.connection_log = tmp / "connections.log"    # $connection: one number per connection
         user = "user root;\n" if os.geteuid() == 0 else ""
         listen, ssl = f"127.0.0.1:{self.port}", ""
         if unix:
@@ -245,6 +246,8 @@ error_log {tmp}/error.log warn;
 events {{ worker_connections 4096; }}
 http {{
     access_log {self.access_log};
+    log_format conn '$connection';
+    access_log {self.connection_log} conn;
     client_body_temp_path {tmp}/body;
     proxy_temp_path {tmp}/proxy;
     fastcgi_temp_path {tmp}/fastcgi;
@@ -273,6 +276,11 @@ http {{
                 return sum(1 for _ in f)
         except FileNotFoundError:
             return 0
+
+    def connections(self) -> int:
+        """Distinct connections nginx logged requests on (its ``$connection`` numbers)."""
+        with open(self.connection_log) as f:
+            return len({line.strip() for line in f if line.strip()})
 
     def statuses(self) -> dict:
         out: dict = {}
