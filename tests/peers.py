@@ -22,7 +22,7 @@ import pytest
 
 from tests.threadserver import read_until
 
-__all__ = ["free_port", "skip_unless", "Redis", "Nginx", "Memcached", "NGINX_BIG", "Certs"]
+__all__ = ["free_port", "skip_unless", "greets", "Redis", "Nginx", "Memcached", "NGINX_BIG", "Certs"]
 
 _PACKAGES = {"redis-server": "redis-server", "nginx": "nginx", "memcached": "memcached",
              "redis-benchmark": "redis-tools", "wrk": "wrk"}
@@ -57,6 +57,16 @@ def _accepts(port: int, unix: Optional[Path] = None) -> bool:
                 return True
         with socket.create_connection(("127.0.0.1", port), timeout=0.5):
             return True
+    except OSError:
+        return False
+
+
+def greets(port: int, prefix: bytes = b"220") -> bool:
+    """Does a server that speaks first (FTP, SMTP) take a connection and greet with ``prefix``?"""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+            s.settimeout(2)
+            return s.recv(200).startswith(prefix)
     except OSError:
         return False
 

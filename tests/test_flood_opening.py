@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from conftest import socktools_cmd, wait_until
-from peers import Redis, free_port, skip_unless
+from peers import greets, Redis, free_port, skip_unless
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -142,16 +141,7 @@ def vsftpd(tmp_path):
     conf.write_text(VSFTPD_CONF.format(port=port, log=log))
     proc = subprocess.Popen([binary, str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        import socket
-
-        def up():
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
-                    s.settimeout(2)
-                    return s.recv(100).startswith(b"220")
-            except OSError:
-                return False
-        assert wait_until(up, 10), "vsftpd did not start"
+        assert wait_until(lambda: greets(port), 10), "vsftpd did not start"
         yield port, log
     finally:
         proc.terminate()
