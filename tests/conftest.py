@@ -194,3 +194,15 @@ def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02) -> bool
             return True
         time.sleep(interval)
     return predicate()
+
+
+def flood_once(*args: str, json_doc: bool = True):
+    """``socktools flood --workers 1 ARGS [--json]`` as a subprocess (one worker: counts a test
+    holds against a server's own): (the JSON document, or None without ``json_doc``; the run)."""
+    import json
+    out = subprocess.run(socktools_cmd("flood", "--workers", "1", *args, *(["--json"] if json_doc else [])),
+                         capture_output=True, text=True, timeout=90)
+    if not json_doc:
+        return None, out
+    assert out.stdout, out.stderr
+    return json.loads(out.stdout), out

@@ -4,7 +4,6 @@ usage errors."""
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 import pwd
@@ -14,26 +13,15 @@ import tempfile
 
 import pytest
 
-from conftest import socktools_cmd, wait_until
+from conftest import flood_once, wait_until
 from peers import greets, Nginx, Redis, free_port, skip_unless
 
 pytestmark = pytest.mark.timeout(120)
 
 
-def flood(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(socktools_cmd("flood", "--workers", "1", *args), capture_output=True, text=True,
-                          timeout=90)
-
-
-def flood_json(*args: str) -> tuple:
-    out = flood(*args, "--json")
-    assert out.stdout, out.stderr
-    return json.loads(out.stdout), out
-
-
 def test_http_churn_1_is_one_request_per_connection_as_nginx_counts_them(tmp_path):
     with Nginx(tmp_path) as nginx:
-        doc, out = flood_json("--port", str(nginx.port), "--mode", "http", "--churn", "1", "--conns", "4",
+        doc, out = flood_once("--port", str(nginx.port), "--mode", "http", "--churn", "1", "--conns", "4",
                               "--requests", "400")
         assert out.returncode == 0, out.stderr
         sent = doc["requests"]["sent"]
@@ -50,7 +38,7 @@ def test_http_churn_1_is_one_request_per_connection_as_nginx_counts_them(tmp_pat
 
 def test_http_churn_with_a_rate_keeps_the_schedule_and_the_count(tmp_path):
     with Nginx(tmp_path) as nginx:
-        doc, out = flood_json("--port", str(nginx.port), "--mode", "http", "--churn", "2", "--conns", "4",
+        doc, out = flood_once("--port", str(nginx.port), "--mode", "http", "--churn", "2", "--conns", "4",
                               "--rate", "400", "--duration", "1s")
         assert out.returncode == 0, out.stderr
         r = doc["requests"]
@@ -62,7 +50,7 @@ def test_http_churn_with_a_rate_keeps_the_schedule_and_the_count(tmp_path):
 
 
 def test_churn_in_echo_mode_against_flood_s_own_server():
-    doc, out = flood_json("--mode", "echo", "--churn", "5", "--conns", "3", "--requests", "300")
+    doc, out = flood_once("--mode", "echo", "--churn", "5", "--conns", "3", "--requests", "300")
     assert out.returncode == 0, out.stderr
     c, r = doc["connections"], doc["requests"]
     assert r["sent"] == r["answered"] == 303
@@ -72,7 +60,7 @@ def test_churn_in_echo_mode_against_flood_s_own_server():
 
 
 def test_connect_mode_is_one_echo_per_connection():
-    doc, out = flood_json("--mode", "connect", "--conns", "3", "--requests", "60")
+    doc, out = flood_once("--mode", "connect", "--conns", "3", "--requests", "60")
     assert out.returncode == 0, out.stderr
     assert doc["connections"]["cycles"] == 60 and doc["requests"]["sent"] == 60
 
@@ -80,7 +68,7 @@ def test_connect_mode_is_one_echo_per_connection():
 def test_redis_churn_with_rate_logs_in_each_time(tmp_path):
     with Redis(tmp_path, password="pw") as redis:
         redis.reset()
-        doc, out = flood_json("--port", str(redis.port), "--mode", "redis", "--setup", "AUTH pw", "--churn", "4",
+        doc, out = flood_once("--port", str(redis.port), "--mode", "redis", "--setup", "AUTH pw", "--churn", "4",
                               "--conns", "2", "--rate", "300", "--duration", "1s")
         assert out.returncode == 0, out.stderr
         calls = redis.calls()
@@ -107,7 +95,7 @@ def test_redis_churn_with_rate_logs_in_each_time(tmp_path):
     (["--port", "9", "--mode", "http", "--setup", "x"], "--setup", "only for --mode raw and line and redis"),
 ])
 def test_bad_churn_and_opening_options_are_usage_errors_naming_the_option(args, option, words):
-    out = flood(*args, "--requests", "1")
+    _, out = flood_once(*args, "--requests", "1", json_doc=False)
     assert out.returncode == 2, out.stderr
     assert option in out.stderr and words in out.stderr
 
@@ -163,7 +151,7 @@ def test_exim_greets_and_churn_stays_inside_its_ten_non_mail_commands(tmp_path):
         assert wait_until(lambda: logged() >= 1, 10)
         probes = logged()
         # 10 NOOPs a connection (the confirming one included): exim's limit of non-mail commands
-        doc, out = flood_json("--port", str(port), "--mode", "line", "--greeting-match", "^220 ", "--send",
+        doc, out = flood_once("--port", str(port), "--mode", "line", "--greeting-match", "^220 ", "--send",
                               "NOOP", "--eol", "crlf", "--reply-match", "^250 ", "--churn", "10",
                               "--conns", "3", "--requests", "197")
         assert out.returncode == 0, out.stderr

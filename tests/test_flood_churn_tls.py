@@ -3,22 +3,12 @@ goes through its TCP connect, its TLS handshake and its opening, each timed apar
 
 from __future__ import annotations
 
-import json
-import subprocess
-
 import pytest
 
-from conftest import socktools_cmd, wait_until
+from conftest import flood_once, wait_until
 from peers import Certs, Nginx, Redis
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def flood_json(*args: str) -> tuple:
-    out = subprocess.run(socktools_cmd("flood", "--workers", "1", *args, "--json"), capture_output=True,
-                         text=True, timeout=90)
-    assert out.stdout, out.stderr
-    return json.loads(out.stdout), out
 
 
 @pytest.fixture
@@ -29,7 +19,7 @@ def certs(tmp_path):
 @pytest.mark.parametrize("resume", [False, True])
 def test_https_churn_1_is_a_handshake_per_request(tmp_path, certs, resume):
     with Nginx(tmp_path, tls=certs) as nginx:
-        doc, out = flood_json("--tls", "--cafile", str(certs.ca), "--port", str(nginx.port), "--mode", "http",
+        doc, out = flood_once("--tls", "--cafile", str(certs.ca), "--port", str(nginx.port), "--mode", "http",
                               "--churn", "1", "--conns", "4", "--requests", "200",
                               *(["--tls-resume"] if resume else []))
         assert out.returncode == 0, out.stderr
@@ -49,7 +39,7 @@ def test_https_churn_1_is_a_handshake_per_request(tmp_path, certs, resume):
 def test_redis_over_tls_logs_in_after_the_handshake_on_every_connection(tmp_path, certs):
     with Redis(tmp_path, tls=certs, password="pw") as redis:
         redis.reset()
-        doc, out = flood_json("--tls", "--cafile", str(certs.ca), "--port", str(redis.port), "--mode", "redis",
+        doc, out = flood_once("--tls", "--cafile", str(certs.ca), "--port", str(redis.port), "--mode", "redis",
                               "--setup", "AUTH pw", "--churn", "5", "--conns", "3", "--requests", "300")
         assert out.returncode == 0, out.stderr
         calls = redis.calls()
@@ -64,7 +54,7 @@ def test_redis_over_tls_logs_in_after_the_handshake_on_every_connection(tmp_path
 
 def test_a_refusal_after_the_handshake_is_tallied_by_the_servers_words(tmp_path, certs):
     with Redis(tmp_path, tls=certs, password="pw") as redis:
-        doc, out = flood_json("--tls", "--cafile", str(certs.ca), "--port", str(redis.port), "--mode", "redis",
+        doc, out = flood_once("--tls", "--cafile", str(certs.ca), "--port", str(redis.port), "--mode", "redis",
                               "--setup", "AUTH nope", "--conns", "3", "--requests", "30")
     assert out.returncode == 1
     assert doc["tls"]["handshakes"] == 3

@@ -4,30 +4,18 @@ Unix socket), vsftpd (a server that greets first).  The check is the server's ow
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from conftest import socktools_cmd, wait_until
+from conftest import flood_once, wait_until
 from peers import greets, Redis, free_port, skip_unless
 
 pytestmark = pytest.mark.timeout(120)
 
 PASSWORD = "s3cret"
-
-
-def flood(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(socktools_cmd("flood", "--workers", "1", *args), capture_output=True, text=True,
-                          timeout=90)
-
-
-def flood_json(*args: str) -> tuple:
-    out = flood(*args, "--json")
-    assert out.stdout, out.stderr
-    return json.loads(out.stdout), out
 
 
 @pytest.fixture
@@ -38,16 +26,17 @@ def redis(tmp_path):
 
 
 def test_without_the_login_every_reply_is_noauth_and_the_run_says_so(redis):
-    out = flood("--port", str(redis.port), "--mode", "redis", "--conns", "3", "--requests", "200")
+    _, out = flood_once("--port", str(redis.port), "--mode", "redis", "--conns", "3", "--requests", "200",
+                        json_doc=False)
     assert "NOAUTH Authentication required." in out.stdout
     assert "hint: the server wants a password: give --setup 'AUTH PASSWORD'" in out.stdout
-    doc, _ = flood_json("--port", str(redis.port), "--mode", "redis", "--conns", "3", "--requests", "200")
+    doc, _ = flood_once("--port", str(redis.port), "--mode", "redis", "--conns", "3", "--requests", "200")
     assert doc["reply_failures"] == {"server-error": {"NOAUTH Authentication required.": 200}}
     assert doc["opening"] is None and doc["hints"]
 
 
 def test_with_setup_auth_the_counts_equal_commandstats(redis):
-    doc, out = flood_json("--port", str(redis.port), "--mode", "redis", "--setup", f"AUTH {PASSWORD}",
+    doc, out = flood_once("--port", str(redis.port), "--mode", "redis", "--setup", f"AUTH {PASSWORD}",
                           "--setup", "SELECT 2", "--command", "SET k:{seq} v", "--conns", "5",
                           "--requests", "1000")
     assert out.returncode == 0, out.stderr
@@ -66,7 +55,7 @@ def test_with_setup_auth_the_counts_equal_commandstats(redis):
 
 
 def test_churn_logs_in_on_every_new_connection(redis):
-    doc, out = flood_json("--port", str(redis.port), "--mode", "redis", "--setup", f"AUTH {PASSWORD}",
+    doc, out = flood_once("--port", str(redis.port), "--mode", "redis", "--setup", f"AUTH {PASSWORD}",
                           "--churn", "3", "--conns", "4", "--requests", "300")
     assert out.returncode == 0, out.stderr
     calls = redis.calls()
@@ -84,22 +73,23 @@ def test_churn_logs_in_on_every_new_connection(redis):
 
 
 def test_a_wrong_password_is_tallied_by_the_servers_words(redis):
-    doc, out = flood_json("--port", str(redis.port), "--mode", "redis", "--setup", "AUTH wrong",
+    doc, out = flood_once("--port", str(redis.port), "--mode", "redis", "--setup", "AUTH wrong",
                           "--conns", "4", "--requests", "100")
     assert out.returncode == 1
     assert doc["opening"]["refusals"] == {"WRONGPASS invalid username-password pair or user is disabled.": 4}
     assert doc["connections"]["failed"] == 4 and doc["connections"]["established"] == 0
     assert {(e["phase"], e["error"], e["count"]) for e in doc["errors"]} == {("open", "opening-refused", 4)}
     assert "no connection could be established" in out.stderr
-    text = flood("--port", str(redis.port), "--mode", "redis", "--setup", "AUTH wrong", "--conns", "2",
-                 "--requests", "10").stdout
+    _, run = flood_once("--port", str(redis.port), "--mode", "redis", "--setup", "AUTH wrong", "--conns", "2",
+                        "--requests", "10", json_doc=False)
+    text = run.stdout
     assert "2 refused by the server:" in text and "WRONGPASS invalid username-password pair" in text
 
 
 def test_redis_over_a_unix_socket_with_setup(tmp_path):
     with Redis(tmp_path, unix=True, password=PASSWORD) as server:
         server.reset()
-        doc, out = flood_json("--unix", str(server.unix), "--mode", "redis", "--setup", f"AUTH {PASSWORD}",
+        doc, out = flood_once("--unix", str(server.unix), "--mode", "redis", "--setup", f"AUTH {PASSWORD}",
                               "--setup", "HELLO 3", "--conns", "3", "--requests", "300")
         assert out.returncode == 0, out.stderr
         calls = server.calls()
@@ -157,7 +147,7 @@ def _ftp_log(log: Path, what: str) -> int:
 
 def test_vsftpd_greets_first_and_every_noop_is_answered_530(vsftpd):
     port, log = vsftpd
-    doc, out = flood_json("--port", str(port), "--mode", "line", "--greeting", "--greeting-match", "^220",
+    doc, out = flood_once("--port", str(port), "--mode", "line", "--greeting", "--greeting-match", "^220",
                           "--send", "NOOP", "--eol", "crlf", "--reply-match", "^530 ", "--conns", "3",
                           "--requests", "150")
     assert out.returncode == 0, out.stderr
@@ -173,7 +163,7 @@ def test_vsftpd_greets_first_and_every_noop_is_answered_530(vsftpd):
 
 def test_without_greeting_the_banner_is_not_taken_for_an_answer(vsftpd):
     port, _ = vsftpd
-    doc, out = flood_json("--port", str(port), "--mode", "line", "--send", "NOOP", "--eol", "crlf",
+    doc, out = flood_once("--port", str(port), "--mode", "line", "--send", "NOOP", "--eol", "crlf",
                           "--reply-match", "^530 ", "--conns", "2", "--requests", "20")
     # the 220 banner comes back as the "reply" to the first NOOP: flood names it wrong-reply
     assert doc["confirm_reply_failures"].get("wrong-reply")
@@ -181,7 +171,7 @@ def test_without_greeting_the_banner_is_not_taken_for_an_answer(vsftpd):
 
 def test_a_greeting_that_does_not_match_refuses_with_the_greeting(vsftpd):
     port, _ = vsftpd
-    doc, out = flood_json("--port", str(port), "--mode", "line", "--greeting-match", "^230", "--send", "NOOP",
+    doc, out = flood_once("--port", str(port), "--mode", "line", "--greeting-match", "^230", "--send", "NOOP",
                           "--conns", "2", "--requests", "10")
     assert out.returncode == 1
     [(words, n)] = doc["opening"]["refusals"].items()
