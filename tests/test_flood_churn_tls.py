@@ -32,6 +32,7 @@ def test_https_churn_1_is_a_handshake_per_request(tmp_path, certs, resume):
     assert doc["tls"]["handshakes"] == c["connected"] == doc["handshake_us"]["count"]
     # (a TCP connect is timed as the handshake begins: one the run's end cut off is in connect_us)
     assert doc["connect_us"]["count"] >= c["connected"] and doc["latency_us"]["count"] == 200
+    assert doc["churn"]["handshakes_per_second"] == doc["churn"]["per_second"] > 0
     if resume:   # every replacement offers the worker's latest session
         assert doc["tls"]["offered"] >= c["reconnects"] and doc["tls"]["resumed"] >= 1
 

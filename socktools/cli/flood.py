@@ -50,6 +50,7 @@ Over TLS (the handshake timed apart from connect; --keylog: one file, appended t
   socktools flood --tls --cafile ca.pem --mode redis --host 127.0.0.1 --port 6380
   socktools flood --tls --cafile ca.pem --port 8443 --mode http --path / --alpn http/1.1
   socktools flood --tls --cafile ca.pem --port 8443 --mode http --tls-resume --keylog keys.log
+  socktools flood --tls --cafile ca.pem --port 8443 --mode http --churn 1 --tls-resume   # a handshake a request
 
 \b
 A server on a Unix-domain socket (no --host/--port/--source/--cluster; HTTP's Host: localhost):

@@ -263,8 +263,11 @@ def _body(result: FloodResult) -> dict:
                         "cycles": c["cycles"] if cfg.mode == "connect" else None,
                         "reconnects": c["reconnects"],
                         "per_second": round(_connect_rate(result), 1)},
+        # (with --tls each connection made had its handshake: handshakes/s are the connects/s)
         "churn": {"every": cfg.churn, "connections": c["reconnects"],
-                  "per_second": round(_rate(c["reconnects"], secs), 1)} if cfg.churn else None,
+                  "per_second": round(_rate(c["reconnects"], secs), 1),
+                  "handshakes_per_second": round(_rate(c["reconnects"], secs), 1) if cfg.tls_on else None}
+        if cfg.churn else None,
         "opening": {"described": opening, "opened": c["opened"], "refused": c["refused"],
                     "refusals": dict(t.refusals), "per_second": round(_open_rate(result), 1)}
         if opening else None,
@@ -375,7 +378,8 @@ def render_table(result: FloodResult, checked: Optional[list] = None) -> str:
         churn_line = (f"churn        a new connection every {cfg.churn:,} request(s): {_n(c['reconnects'])} "
                       f"in the traffic")
         if secs >= 0.05:
-            churn_line += f" · {_n(_rate(c['reconnects'], secs))} connects/s"
+            churn_line += f" · {_n(_rate(c['reconnects'], secs))} connects/s" + (
+                " (each with its TLS handshake)" if cfg.tls_on else "")
         lines.append(churn_line)
     opening = _opening(cfg)
     if opening:
