@@ -176,3 +176,19 @@ def test_a_greeting_that_does_not_match_refuses_with_the_greeting(vsftpd):
     assert out.returncode == 1
     [(words, n)] = doc["opening"]["refusals"].items()
     assert n == 2 and words.startswith("220 (vsFTPd")
+
+
+@pytest.mark.parametrize("stages", ["0.5s:4,0.5s:4", "0.5s:4:400,0.5s:4:400"], ids=["closed", "rate"])
+def test_the_ramp_s_connections_log_in_as_they_join(redis, stages):
+    doc, out = flood_once("--port", str(redis.port), "--mode", "redis", "--setup", f"AUTH {PASSWORD}",
+                          "--stages", stages)
+    assert out.returncode == 0, out.stderr
+    calls = redis.calls()
+    c = doc["connections"]
+    # every connection of the ramp went through its opening before its first request
+    assert doc["opening"]["opened"] == c["established"] == 4 and doc["opening"]["refused"] == 0
+    assert calls["auth"] - 1 == 4
+    assert calls["ping"] == doc["requests"]["sent"] and doc["failures_total"] == 0
+    if doc["requests"]["scheduled"] is not None:   # the pacer's requests waited for the login
+        assert doc["requests"]["traffic_sent"] == doc["requests"]["traffic_answered"]
+        assert doc["requests"]["traffic_sent"] + doc["requests"]["late"] == doc["requests"]["scheduled"]

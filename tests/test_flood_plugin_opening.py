@@ -5,7 +5,10 @@ generic.  The peer is a loopback test server that counts logins and requests its
 from __future__ import annotations
 
 import hashlib
+import select
+import socket
 import threading
+import time
 
 import pytest
 
@@ -89,12 +92,16 @@ class Broken(Challenge):
 
 
 class Server:
-    """Sends a nonce, checks the proof, then answers each PING; counts logins and PINGs."""
+    """Sends a nonce, checks the proof, then answers each PING; counts logins and PINGs.  With
+    ``slow``, it takes that long to check a proof (a bcrypt-like login) and counts the bytes a
+    client sent before the verdict (``early``: a client must wait for the OK)."""
 
-    def __init__(self) -> None:
+    def __init__(self, slow: float = 0.0) -> None:
         self.lock = threading.Lock()
         self.logins = self.refused = self.pings = 0
         self.nonces = 0
+        self.slow = slow
+        self.early = 0
 
     def handle(self, conn) -> None:
         with self.lock:
@@ -107,6 +114,12 @@ class Server:
                 self.refused += 1
             conn.sendall(b"DENIED bad hash\n")
             return
+        if self.slow:
+            time.sleep(self.slow)   # the login's own cost, as the server spends it
+            ready, _, _ = select.select([conn], [], [], 0)    # (a peek, never a wait)
+            early = len(conn.recv(65536, socket.MSG_PEEK)) if ready else 0
+            with self.lock:
+                self.early += early
         with self.lock:
             self.logins += 1
         conn.sendall(b"OK\n")
@@ -145,6 +158,17 @@ def test_churn_logs_in_again_on_every_new_connection():
     # the server counts a login as it checks the proof: a replacement the run's end closed before
     # the OK came back logged in without being through its opening
     assert stats.opened <= server.logins <= stats.connected
+
+
+@pytest.mark.parametrize("rate", [None, 2000.0], ids=["closed", "rate"])
+def test_no_request_goes_out_before_a_slow_login_is_through(rate):
+    # a new connection every 2 requests, each login taking 20 ms: the pacer deals requests to
+    # connections still logging in; they wait for the OK (sent once it came)
+    server = Server(slow=0.02)
+    with ThreadServer(server.handle) as peer:
+        stats = run(peer.port, "s3cret", churn=2, requests=100, conns=4, rate=rate)
+    assert server.early == 0
+    assert stats.requests == server.pings and stats.traffic_responses == 100 and not stats.errors
 
 
 def test_a_refused_login_ends_the_connection_with_the_servers_words():
