@@ -298,7 +298,7 @@ def test_a_stalled_handshake_costs_only_its_own_connection(certs):
     stall = threading.Event()
     with ThreadServer(lambda s: stall.wait(10)) as bad, ssl_server(certs, lambda s: s.sendall(s.recv(10))) as good:
         lp = Loop()
-        lp.set_idle_timeout(0.5)
+        lp.set_idle_timeout(1.0)
         stuck, ok = Log(), Log()
         c1 = lp.open_connection(bad.address, stuck, tls=certs.client_context(), server_hostname="127.0.0.1")
         c2 = lp.open_connection(good.address, ok, tls=certs.client_context(), server_hostname="127.0.0.1")
@@ -399,29 +399,43 @@ def test_eof_from_the_server_with_and_without_close_notify(certs, clean):
 
 
 def test_pause_reading_keeps_decrypted_records_until_resumed(certs):
-    """Records read in one go but delivered after a pause: resume hands them over without a
-    readiness event (the socket has nothing more)."""
+    """Two records read from the socket in one go, the protocol pausing after the first: the
+    second waits in the TLS layer and is delivered on resume, though the socket has nothing
+    more to announce."""
     class Pauser(Log):
         def data_received(self, conn, data):
             super().data_received(conn, data)
             conn.pause_reading()
 
+    sent, done = threading.Event(), threading.Event()
+
     def two_records(s):
-        s.sendall(b"a" * 20000)     # two records (16 KiB max each), likely one read
-        s.recv(1)
+        s.sendall(b"a" * 20000)     # two records (16 KiB of plaintext at most each)
+        sent.set()
+        done.wait(20)               # and nothing more: no EOF either, until the test is over
+
+    def queued(sock) -> int:
+        try:
+            return len(sock.recv(1 << 20, socket.MSG_PEEK))
+        except BlockingIOError:
+            return 0
 
     with ssl_server(certs, two_records) as srv:
         lp = Loop()
         proto = Pauser()
         conn = lp.open_connection(srv.address, proto, tls=certs.client_context(), server_hostname="127.0.0.1")
+        run(lp, lambda: "made" in proto.calls)
+        conn.pause_reading()
+        assert sent.wait(5)
+        assert wait_until(lambda: queued(conn.sock) >= 20000 + 2 * 22, 5)   # both records, whole
+        conn.resume_reading()
         run(lp, lambda: len(proto.data) > 0)
-        first = len(proto.data)
-        while len(proto.data) < 20000:
-            conn.resume_reading()
-            lp.run(timeout=0.05)
-            assert len(proto.data) > first or len(proto.data) == 20000
-            first = len(proto.data)
+        assert 0 < len(proto.data) < 20000 and conn._tx.buffered()   # one record delivered, one kept
+        assert queued(conn.sock) == 0                               # ... and nothing left in the kernel
+        conn.resume_reading()
+        run(lp, lambda: len(proto.data) == 20000)
         assert bytes(proto.data) == b"a" * 20000
+        done.set()
         lp.close()
 
 

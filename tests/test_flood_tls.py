@@ -279,7 +279,7 @@ def test_tls_options_are_usage_errors_naming_the_option(certs, args, option):
     r = subprocess.run(socktools_cmd("flood", *args, "--requests", "1"), capture_output=True, text=True,
                        timeout=30)
     assert r.returncode == 2, r.stderr
-    assert option in r.stderr and "Traceback" not in r.stderr
+    assert f"Invalid value for '{option}'" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_the_tls_config_travels_to_workers_and_cluster_shards(certs):
@@ -354,3 +354,64 @@ def test_every_wire_mode_over_tls_counts_what_the_peer_saw(certs, mode):
             assert wait_until(lambda: peer.received == 33 * size, 5), (peer.received, doc["requests"])
             assert doc["tls"]["handshakes"] == 3
         assert doc["errors"] == []
+
+
+def test_tls_over_a_local_dask_cluster(tmp_path, certs):
+    """--cluster: the TlsConfig travels to the shards (it pickles); each makes its own context."""
+    pytest.importorskip("distributed", reason="Dask not installed (pip install 'dask[distributed]')")
+    with Redis(tmp_path, tls=certs) as redis:
+        redis.reset()
+        r, doc = flood(*tls_args(certs, redis.port, "--mode", "redis", "--conns", "4", "--cluster", "local:2",
+                                 "--requests", "200", "--json"))
+        assert r.returncode == 0, r.stderr
+        assert doc["requests"]["sent"] == 204 == redis.calls()["ping"]
+        assert doc["tls"]["handshakes"] == 4 == doc["handshake_us"]["count"]
+
+
+def test_a_replacement_stalled_in_its_handshake_meets_the_connect_timeout(certs):
+    """The first connection answers once and closes (Connection: close); its replacement's
+    handshake is never answered: the connect timeout ends it, in the handshake phase."""
+    import ssl
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(str(certs.cert), str(certs.key))
+    first, stop = threading.Event(), threading.Event()
+
+    def handler(raw):
+        if first.is_set():
+            stop.wait(20)               # later connections: accepted, never a ServerHello
+            return
+        first.set()
+        s = ctx.wrap_socket(raw, server_side=True)
+        s.recv(65536)
+        s.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+        s.close()
+
+    with ThreadServer(handler) as srv:
+        r, doc = flood(*tls_args(certs, srv.port, "--mode", "http", "--conns", "1", "--workers", "1",
+                                 "--duration", "5s", "--connect-timeout", "0.5s", "--json"))
+        stop.set()
+    assert errors_of(doc).get(("handshake", errors.TIMEOUT)) == 1, doc["errors"]
+    assert doc["tls"]["handshakes"] == 1
+
+
+def test_the_html_report_shows_the_handshake_and_the_tls_tally(tmp_path, certs):
+    pytest.importorskip("matplotlib", reason="matplotlib not installed (pip install 'socktools[report]')")
+    from socktools.report import html
+    with Nginx(tmp_path, tls=certs) as nginx:
+        r, doc = flood(*tls_args(certs, nginx.port, "--mode", "http", "--path", "/close", "--conns", "1",
+                                 "--workers", "1", "--requests", "5", "--tls-resume", "--json"))
+        assert r.returncode == 0, r.stderr
+    page = html.render(doc)
+    assert "TLS handshake" in page and "6 handshakes" in page and "resumed 5 of 5 offered" in page
+
+
+def test_tls_resume_in_connect_churn(certs):
+    """--mode connect: each cycle is a new connection; with --tls-resume each offers the session
+    the worker's latest handshake got (TLS 1.3: its ticket came with the echo)."""
+    with TlsPeer(certs) as peer:
+        r, doc = flood(*tls_args(certs, peer.port, "--mode", "connect", "--conns", "1", "--workers", "1",
+                                 "--requests", "20", "--tls-resume", "--json"))
+        assert r.returncode == 0, r.stderr
+        tls = doc["tls"]
+        assert doc["connections"]["cycles"] == 20 == tls["handshakes"]
+        assert tls["offered"] == 19 and tls["resumed"] == 19

@@ -459,10 +459,13 @@ def render_table(result: FloodResult, checked: Optional[list] = None) -> str:
     errs = _errors_list(t, cfg)
     if errs:
         lines.append(f"failures     {st.tally_total(t.errors):,} in all, by phase and error:")
+        # columns as wide as the longest name ("handshake", "tls-hostname-mismatch"), so fixes line up
+        pw = max(8, *(len(e["phase"]) for e in errs))
+        ew = max(15, *(len(e["error"]) for e in errs))
         for e in errs:
-            lines.append(f"  {e['phase']:8} {e['error']:15} {e['count']:>8,}  {e['meaning'] or ''}")
+            lines.append(f"  {e['phase']:{pw}} {e['error']:{ew}} {e['count']:>8,}  {e['meaning'] or ''}")
             if e["fix"]:
-                lines.append(f"  {'':8} {'':15} {'':>8}  fix: {e['fix']}")
+                lines.append(f"  {'':{pw}} {'':{ew}} {'':>8}  fix: {e['fix']}")
         if t.protocol_errors:
             kinds = ", ".join(f"{k} {v:,}" for k, v in sorted(t.protocol_errors.items()))
             lines.append(f"  protocol errors by kind: {kinds}")

@@ -366,6 +366,8 @@ class _Worker:
         pending = self.pending
         while pending:
             slot, conn = pending[0]
+            # (a replacement is confirmed from the start: it is done once its setup is -- the TCP
+            # connect, with --tls the handshake, and its opening conversation)
             if conn.closed or (slot.confirmed and not conn.connecting and not lc.in_setup(slot.state)):
                 pending.popleft()
                 continue
