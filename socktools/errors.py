@@ -15,8 +15,9 @@ import ssl
 from dataclasses import dataclass, replace
 
 __all__ = ["Explanation", "EXPLANATIONS", "lookup", "lookup_text", "suggest", "explain_exception",
-           "errno_name", "one_line", "PEER_CLOSED", "PROTOCOL_ERROR", "TIMEOUT", "NO_REPLY", "OptionError",
-           "SOCKET", "CONNECT", "HANDSHAKE", "SEND", "RECV", "INTERNAL", "PHASES", "OPEN", "OPENING_REFUSED", "tls_key", "TLS_PLAINTEXT_TO_TLS",
+           "errno_name", "one_line", "PEER_CLOSED", "PROTOCOL_ERROR", "TIMEOUT", "NO_REPLY", "DATAGRAM_LOST",
+           "OptionError", "SOCKET", "CONNECT", "HANDSHAKE", "SEND", "RECV", "INTERNAL", "PHASES", "OPEN", "OPENING_REFUSED", "tls_key",
+           "TLS_PLAINTEXT_TO_TLS",
            "TLS_TO_PLAINTEXT", "tls_hint"]
 
 #: Where a connection failed: the I/O core sets ``conn.failed_in`` to one of
@@ -67,6 +68,8 @@ PROTOCOL_ERROR = "protocol-error"
 TIMEOUT = "timeout"
 NO_REPLY = "no-reply"
 OPENING_REFUSED = "opening-refused"
+#: flood --udp: a datagram with no reply within --reply-timeout.
+DATAGRAM_LOST = "datagram-lost"
 
 _TABLE = [
     _e("EAGAIN", "BlockingIOError",
@@ -236,6 +239,15 @@ EXPLANATIONS[OPENING_REFUSED] = Explanation(
      "the server turns connections away (421 too many connections)"),
     "read the server's words in the report; check --setup (the password, the command) and "
     "--greeting-match against what the server says")
+EXPLANATIONS[DATAGRAM_LOST] = Explanation(
+    DATAGRAM_LOST, None, "(none: counted, one per datagram)",
+    "UDP datagrams with no reply within --reply-timeout: UDP never says a datagram was dropped, "
+    "so only the missing answer tells",
+    ("a receive buffer was full and the kernel dropped it (flood's 'lost where' line counts these)",
+     "the server read it and did not answer (a reply after --reply-timeout is counted late instead)",
+     "nobody listens on the port (ECONNREFUSED, from the ICMP port-unreachable)"),
+    "a lower --rate, a server that reads faster, or a larger receive buffer on the server "
+    "(SO_RCVBUF, capped by net.core.rmem_max); `socktools sockets --udp --port P` shows its drops")
 EXPLANATIONS[TIMEOUT] = Explanation(
     TIMEOUT, None, "TimeoutError / socket.timeout",
     "no answer within the timeout",
@@ -406,6 +418,69 @@ def _alert_name(reason: str, text: str) -> str:
         return m.group(1).lower()
     m = re.search(r"\b(?:sslv3|tlsv1|tlsv13) alert ([a-z ]+)", text.lower())
     return m.group(1).strip().replace(" ", "_") if m else ""
+
+
+# ------------------------------------------------------------------ TLS handshakes, the server's side
+# serve --tls sees the same failures from the other end: the client spoke plaintext, left,
+# sent no certificate or one --client-ca does not vouch for, or refused ours (its alert).
+# tls_server_key() names them so; the keys a client uses would blame "the server".
+_TLS_SERVER_TABLE = [
+    _tls("tls-client-left-in-handshake", "a client closed the connection in the middle of the TLS "
+         "handshake (or before it began)",
+         ["a plaintext client that connected and closed without sending", "a port scanner or health check "
+          "that only connects", "a client that gave up on this server's certificate without an alert"],
+         "nothing to do on the server; the client's own output says why it left", "ssl.SSLEOFError"),
+    _tls("tls-client-sent-no-certificate", "a client sent no certificate, and this server requires one "
+         "(--client-ca: mutual TLS)",
+         ["the client was not given --cert/--key (curl: --cert/--key; openssl s_client: -cert/-key)"],
+         "give the client a certificate signed by a --client-ca CA, or drop --client-ca"),
+    _tls("tls-client-certificate-rejected", "a client's certificate failed verification against --client-ca",
+         ["it is signed by a CA not in the --client-ca file", "it expired, or is not valid yet"],
+         "issue the client a certificate from a --client-ca CA (the message says why this one failed)",
+         "ssl.SSLCertVerificationError"),
+    _tls("tls-client-refused-certificate", "a client refused this server's certificate (its alert: "
+         "unknown_ca, bad_certificate, certificate_unknown...)",
+         ["the client does not trust the CA (with --tls-self-signed: the certificate itself)",
+          "the client checked a name the certificate does not list"],
+         "give the client the CA file (serve --tls-self-signed prints the path for --cafile) and a name "
+         "the certificate lists"),
+    _tls("tls-client-alert", "a client ended the handshake with a TLS alert",
+         ["see the alert name in the message (RFC 8446, 6.2)"], "check the client's own output"),
+]
+EXPLANATIONS.update((e.name, e) for e in _TLS_SERVER_TABLE)
+
+#: OpenSSL reasons a TLS server sees when the first bytes are not a ClientHello.
+_PLAINTEXT_REASONS = {"HTTP_REQUEST", "HTTPS_PROXY_REQUEST", "WRONG_VERSION_NUMBER", "UNKNOWN_PROTOCOL",
+                      "PACKET_LENGTH_TOO_LONG", "RECORD_LAYER_FAILURE"}
+#: The alerts a client sends when it refuses the server's certificate.
+_REFUSED_ALERTS = {"unknown_ca", "bad_certificate", "certificate_unknown", "certificate_expired",
+                   "unsupported_certificate", "certificate_revoked"}
+_SERVER_REASONS = {"PEER_DID_NOT_RETURN_A_CERTIFICATE": "tls-client-sent-no-certificate",
+                   "UNSUPPORTED_PROTOCOL": "tls-no-common-version",
+                   "NO_PROTOCOLS_AVAILABLE": "tls-no-common-version",
+                   "NO_SHARED_CIPHER": "tls-no-common-cipher"}
+
+
+__all__ += ["tls_server_key"]     # here, not in the list above: the server's side stays one block
+
+
+def tls_server_key(exc: ssl.SSLError) -> str:
+    """The stable key for a handshake a TLS *server* failed (``serve --tls``), worded from its
+    side: ``tls-plaintext-to-tls-port``, ``tls-client-sent-no-certificate``,
+    ``tls-client-refused-certificate``... (``tls-error`` for a reason not named here)."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return "tls-client-certificate-rejected"
+    if isinstance(exc, ssl.SSLEOFError):
+        return "tls-client-left-in-handshake"
+    reason = (exc.reason or "").upper()
+    if reason in _PLAINTEXT_REASONS:
+        return TLS_PLAINTEXT_TO_TLS
+    if reason in _SERVER_REASONS:
+        return _SERVER_REASONS[reason]
+    alert = _alert_name(reason, str(exc))
+    if alert:
+        return "tls-client-refused-certificate" if alert in _REFUSED_ALERTS else "tls-client-alert"
+    return "tls-error"
 
 
 #: OpenSSL's verification messages (``X509_verify_cert_error_string``) -> key, for text pasted

@@ -92,6 +92,7 @@ def test_redis_churn_with_rate_logs_in_each_time(tmp_path):
     (["--port", "9", "--mode", "line", "--send", "x", "--greeting-match", "(["], "--greeting-match",
      "not a regular expression"),
     (["--setup", "x"], "--setup", "not for --mode echo"),
+    (["--port", "9", "--udp", "--churn", "2"], "--churn", "not with --udp"),
     (["--port", "9", "--mode", "http", "--setup", "x"], "--setup", "only for --mode raw and line and redis"),
 ])
 def test_bad_churn_and_opening_options_are_usage_errors_naming_the_option(args, option, words):

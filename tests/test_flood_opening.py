@@ -4,14 +4,10 @@ Unix socket), vsftpd (a server that greets first).  The check is the server's ow
 
 from __future__ import annotations
 
-import os
-import subprocess
-from pathlib import Path
-
 import pytest
 
 from conftest import flood_once, wait_until
-from peers import greets, Redis, free_port, skip_unless
+from peers import Redis, Vsftpd, greets
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -99,54 +95,15 @@ def test_redis_over_a_unix_socket_with_setup(tmp_path):
 
 
 # ------------------------------------------------------------------ vsftpd: the server speaks first
-VSFTPD_CONF = """listen=YES
-listen_ipv6=NO
-listen_address=127.0.0.1
-listen_port={port}
-background=NO
-anonymous_enable=YES
-no_anon_password=YES
-anon_root=/var/run/vsftpd/empty
-local_enable=NO
-seccomp_sandbox=NO
-max_clients=2000
-max_per_ip=2000
-secure_chroot_dir=/var/run/vsftpd/empty
-log_ftp_protocol=YES
-xferlog_enable=YES
-xferlog_std_format=NO
-vsftpd_log_file={log}
-"""
-
-
 @pytest.fixture
 def vsftpd(tmp_path):
-    binary = skip_unless("vsftpd")
-    if os.geteuid() != 0:
-        pytest.skip("vsftpd runs as root here (it changes to its secure_chroot_dir)")
-    os.makedirs("/var/run/vsftpd/empty", exist_ok=True)
-    port = free_port()
-    log = tmp_path / "vsftpd.log"
-    conf = tmp_path / "vsftpd.conf"
-    conf.write_text(VSFTPD_CONF.format(port=port, log=log))
-    proc = subprocess.Popen([binary, str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        assert wait_until(lambda: greets(port), 10), "vsftpd did not start"
-        yield port, log
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
-def _ftp_log(log: Path, what: str) -> int:
-    try:
-        return sum(1 for line in log.read_text(errors="replace").splitlines() if what in line)
-    except FileNotFoundError:
-        return 0
+    with Vsftpd(tmp_path) as server:
+        assert wait_until(lambda: greets(server.port), 10), "vsftpd did not greet"
+        yield server
 
 
 def test_vsftpd_greets_first_and_every_noop_is_answered_530(vsftpd):
-    port, log = vsftpd
+    port = vsftpd.port
     doc, out = flood_once("--port", str(port), "--mode", "line", "--greeting", "--greeting-match", "^220",
                           "--send", "NOOP", "--eol", "crlf", "--reply-match", "^530 ", "--conns", "3",
                           "--requests", "150")
@@ -156,13 +113,13 @@ def test_vsftpd_greets_first_and_every_noop_is_answered_530(vsftpd):
     assert doc["reply_failures_total"] == 0 and doc["confirm_reply_failures_total"] == 0
     assert doc["protocol_errors"] == {}
     # vsftpd's own log: each NOOP it read, and each 530 it said
-    assert wait_until(lambda: _ftp_log(log, '"NOOP"') >= 153, 10)
-    assert _ftp_log(log, '"NOOP"') == 153
-    assert _ftp_log(log, '"530 Please login with USER and PASS."') == 153
+    assert wait_until(lambda: vsftpd.logged('"NOOP"') >= 153, 10)
+    assert vsftpd.logged('"NOOP"') == 153
+    assert vsftpd.logged('"530 Please login with USER and PASS."') == 153
 
 
 def test_without_greeting_the_banner_is_not_taken_for_an_answer(vsftpd):
-    port, _ = vsftpd
+    port = vsftpd.port
     doc, out = flood_once("--port", str(port), "--mode", "line", "--send", "NOOP", "--eol", "crlf",
                           "--reply-match", "^530 ", "--conns", "2", "--requests", "20")
     # the 220 banner comes back as the "reply" to the first NOOP: flood names it wrong-reply
@@ -170,7 +127,7 @@ def test_without_greeting_the_banner_is_not_taken_for_an_answer(vsftpd):
 
 
 def test_a_greeting_that_does_not_match_refuses_with_the_greeting(vsftpd):
-    port, _ = vsftpd
+    port = vsftpd.port
     doc, out = flood_once("--port", str(port), "--mode", "line", "--greeting-match", "^230", "--send", "NOOP",
                           "--conns", "2", "--requests", "10")
     assert out.returncode == 1

@@ -395,7 +395,7 @@ def test_a_replacement_stalled_in_its_handshake_meets_the_connect_timeout(certs)
 
 
 def test_the_html_report_shows_the_handshake_and_the_tls_tally(tmp_path, certs):
-    pytest.importorskip("matplotlib", reason="matplotlib not installed (pip install 'socktools[report]')")
+    pytest.importorskip("matplotlib", reason="matplotlib not installed (pip install matplotlib)")
     from socktools.report import html
     with Nginx(tmp_path, tls=certs) as nginx:
         r, doc = flood(*tls_args(certs, nginx.port, "--mode", "http", "--path", "/close", "--conns", "1",

@@ -46,6 +46,10 @@ Your own server (give its --port):
   socktools flood --port 8080 --mode http --churn 1 --conns 50   # one request per connection
 
 \b
+A UDP echo server (datagrams with flood's header; loss, lateness, duplicates and reordering
+counted per datagram, losses attributed to the kernel's buffer drops):
+  socktools flood --udp --port 9000 --conns 10 --duration 5s
+  socktools flood --udp --port 9000 --conns 10 --rate 50000 --reply-timeout 200ms --size 512
 Over TLS (the handshake timed apart from connect; --keylog: one file, appended to by every worker):
   socktools flood --tls --cafile ca.pem --mode redis --host 127.0.0.1 --port 6380
   socktools flood --tls --cafile ca.pem --port 8443 --mode http --path / --alpn http/1.1
@@ -127,6 +131,13 @@ EXIT_SIGTERM = 128 + 15
               help="Open a new connection after every N requests on one (1: one request per "
                    "connection; the confirming one counts), with its opening each time; the report "
                    "gives connects/s, opens/s and requests/s apart.  --mode connect is echo --churn 1.")
+@click.option("--udp", is_flag=True,
+              help="Datagrams over connected UDP sockets (--conns of them) to a UDP echo server at "
+                   "--port: each carries flood's header (socket, sequence number, send time), and each "
+                   "reply is accounted answered, late, duplicated, reordered or truncated; no reply "
+                   "within --reply-timeout is lost.  --mode echo only.")
+@click.option("--reply-timeout", type=DURATION, default=None, metavar="DURATION",
+              help="--udp: a datagram with no reply by then is lost.  [default: 1s]")
 @click.option("--json", "as_json", is_flag=True, help="Print the final result as one JSON document.")
 @click.option("--yes", "--force", "yes", is_flag=True,
               help="Run even when the plan says it will not fit this machine (far more processes "
@@ -140,9 +151,9 @@ EXIT_SIGTERM = 128 + 15
 @output_options
 @click.pass_context
 def command(ctx, host, port, unix, conns, workers, mode, pipeline, size, action, value, duration, requests, rate,
-            connect_rate, connect_timeout, source, server_workers, interval, stages, cluster, churn, as_json, yes,
-            outputs, tls_resume, **wire_params):
-    """Load a TCP server with many concurrent connections and report what happened.
+            connect_rate, connect_timeout, source, server_workers, interval, stages, cluster, churn, udp,
+            reply_timeout, as_json, yes, outputs, tls_resume, **wire_params):
+    """Load a TCP (or, with --udp, UDP) server with many concurrent connections and report what happened.
 
     Opens --conns connections over --workers processes (each confirmed by a
     first round trip), sends requests for --duration or --requests -- echo
@@ -161,6 +172,11 @@ def command(ctx, host, port, unix, conns, workers, mode, pipeline, size, action,
     elif duration is None:
         duration = 600.0 if requests is not None else 10.0
     check_target(ctx, host, unix)
+    if reply_timeout is not None and not udp:
+        raise click.BadParameter("is for --udp (a TCP request waits as long as its connection lives)",
+                                 param_hint="--reply-timeout")
+    if udp and reply_timeout is None:
+        reply_timeout = 1.0
     if unix is not None:
         # a Unix socket has no source address, and is on this machine only: not for Dask's hosts
         for name, given in (("--source", source), ("--cluster", cluster)):
@@ -212,6 +228,7 @@ def command(ctx, host, port, unix, conns, workers, mode, pipeline, size, action,
                           connect_timeout=connect_timeout, sources=sources, interval=tick,
                           embedded=embedded, server_workers=server_workers or 0,
                           wire=spec, pipeline=pipeline, cluster=cluster, stages=stages or (), churn=churn,
+                          udp=udp, **({"reply_timeout": reply_timeout} if udp else {}),
                           tls=tls if tls.enabled else None, tls_resume=tls_resume)
     _run(config, as_json=as_json, rows=interval is not None, outputs=outputs, yes=yes)
 

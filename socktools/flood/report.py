@@ -251,7 +251,8 @@ def _body(result: FloodResult) -> dict:
                    "exchange": describe(cfg), "wire": cfg.wire_spec.summary(), "pipeline": cfg.pipeline,
                    "duration": cfg.duration, "requests": cfg.requests, "rate": cfg.rate,
                    "connect_rate": cfg.connect_rate, "connect_timeout": cfg.connect_timeout,
-                   "sources": list(cfg.sources),
+                   "sources": list(cfg.sources), "udp": cfg.udp,
+                   "reply_timeout": cfg.reply_timeout if cfg.udp else None,
                    "stages": [{"duration": d, "conns": n, "rate": r} for d, n, r in cfg.stages] or None},
         "limits": result.plan.to_dict(),
         "stopped_early": result.stopped_early,
@@ -294,6 +295,7 @@ def _body(result: FloodResult) -> dict:
         "confirm_reply_failures": {k: dict(v) for k, v in t.confirm_reply_failures.items()},
         "confirm_reply_failures_total": st.tally_total(t.confirm_reply_failures),
         "reply_samples": dict(t.samples),
+        "datagrams": dict(t.datagrams) if cfg.udp else None,
         "reply_classes": dict(t.reply_classes),
         "confirm_reply_classes": dict(t.confirm_reply_classes),
         "server_check": server_check(result),
@@ -348,7 +350,7 @@ def render_table(result: FloodResult, checked: Optional[list] = None) -> str:
     secs = traffic_seconds(t)
     lines = []
     what = describe(cfg)
-    lines.append(f"flood {cfg.target}: {what}; {cfg.conns:,} connection(s) over "
+    lines.append(f"flood {cfg.target}: {what}; {cfg.conns:,} {'UDP socket(s)' if cfg.udp else 'connection(s)'} over "
                  f"{cfg.active_workers} worker(s)" + (", open loop at "
                  f"{cfg.rate:,g} req/s" if cfg.rate else ", closed loop" if cfg.mode != "connect" else ""))
     if cfg.stages:
@@ -363,7 +365,8 @@ def render_table(result: FloodResult, checked: Optional[list] = None) -> str:
     phases = _phase_seconds(t, cfg.mode)
     lines.append("phases  " + " · ".join(f"{name} {secs_:.2f}s" for name, secs_ in phases.items()))
     lines.append("")
-    conn_line = (f"connections  {_n(c['established'])} of {_n(cfg.conns)} established"
+    conn_line = (f"sockets      {_n(c['established'])} of {_n(cfg.conns)} UDP sockets connected" if cfg.udp
+                 else f"connections  {_n(c['established'])} of {_n(cfg.conns)} established"
                  if cfg.mode != "connect" else f"connections  {_n(c['cycles'])} connect+reply+close cycles")
     conn_line += f" · {_n(c['failed'])} failed"
     if c["lost"]:
@@ -372,7 +375,8 @@ def render_table(result: FloodResult, checked: Optional[list] = None) -> str:
         conn_line += f" · {_n(c['cancelled'])} cancelled"
     if c["reconnects"] and not cfg.churn:
         conn_line += f" · {_n(c['reconnects'])} reconnects (closed by the server after a reply)"
-    conn_line += f" · {_n(_connect_rate(result))}/s"
+    if not cfg.udp:   # (a UDP connect() sends nothing: its rate says nothing)
+        conn_line += f" · {_n(_connect_rate(result))}/s"
     lines.append(conn_line)
     if cfg.churn:
         churn_line = (f"churn        a new connection every {cfg.churn:,} request(s): {_n(c['reconnects'])} "
@@ -424,6 +428,8 @@ def render_table(result: FloodResult, checked: Optional[list] = None) -> str:
                                                          f"answered" if unconfirmed else "") + ")")
         if t.reply_classes:
             lines.append("replies      " + " · ".join(f"{k} {v:,}" for k, v in sorted(t.reply_classes.items())))
+    if cfg.udp:
+        lines.extend(render_datagrams(t.datagrams, cfg.reply_timeout))
     tb_out, tb_in = _traffic_bytes(result)
     if measured and (tb_out or tb_in):
         lines.append(f"throughput   {_mb(_rate(tb_out, secs))} out · {_mb(_rate(tb_in, secs))} in"
@@ -445,7 +451,7 @@ def render_table(result: FloodResult, checked: Optional[list] = None) -> str:
         summary = st.summarize(t.histograms.get(name))
         if summary is None:
             continue
-        if name == "latency" and cfg.rate:
+        if name == "latency" and cfg.rate and not cfg.udp:   # (--udp: datagrams leave on schedule)
             label = "round trip*"
         rows.append(f"{label:14}" + "".join(f"{format_us(summary[k]):>9}" for k in
                                             ("p50", "p90", "p99", "p99.9", "max", "mean"))
@@ -453,7 +459,7 @@ def render_table(result: FloodResult, checked: Optional[list] = None) -> str:
     if rows:
         lines.append(header)
         lines.extend(rows)
-        if cfg.rate and t.histograms.get("latency") is not None:
+        if cfg.rate and not cfg.udp and t.histograms.get("latency") is not None:
             lines.append("* from each request's scheduled send time (coordinated omission corrected)")
         lines.append("")
     errs = _errors_list(t, cfg)
@@ -499,6 +505,32 @@ def render_table(result: FloodResult, checked: Optional[list] = None) -> str:
         lines.append("")
         lines.extend(render_thresholds(checked))
     return "\n".join(lines)
+
+
+def render_datagrams(d: dict, timeout: float) -> list:
+    """--udp: what became of every datagram, and where the lost ones were dropped."""
+    if not d:
+        return []
+    lines = [f"datagrams    {_n(d['sent'])} sent · {_n(d['answered'])} answered · {_n(d['lost'])} lost "
+             f"(no reply within {timeout:g}s) · {_n(d['late'])} late · {_n(d['duplicated'])} duplicated · "
+             f"{_n(d['reordered'])} reordered · {_n(d['truncated'])} truncated"]
+    if d["lost"]:
+        server = d.get("server_drops")
+        where = (f"the server's socket {_n(server)}" if server is not None
+                 else "the server's socket: not known (not on this machine)")
+        lines.append(f"lost where   {_n(d['lost_at_receive_buffer'])} dropped at a full receive buffer "
+                     f"({where}, ours {_n(d['client_drops'])}) · {_n(d['lost_unexplained'])} unexplained "
+                     f"(the kernel counted no drop for them)")
+        if d.get("machine_rcvbuf_errors") is not None:
+            lines.append(f"             (the machine counted {_n(d['machine_rcvbuf_errors'])} UDP receive-buffer "
+                         f"errors in all during the run, every program's)")
+    if d["refused"]:
+        lines.append(f"refused      {_n(d['refused'])} datagrams our own kernel would not take (send buffer "
+                     f"full): never sent, not counted sent")
+    if d["foreign"] or d["stale"]:
+        lines.append(f"unplaced     {_n(d['foreign'])} datagrams that were no reply of ours · "
+                     f"{_n(d['stale'])} too old to place")
+    return lines
 
 
 def cluster_json(result: FloodResult) -> dict:

@@ -266,6 +266,7 @@ class WorkerStats:
     rss_connected: int = 0         # bytes, after the connect phase
     fd_limit: int = 0
     stopped_early: bool = False
+    datagrams: dict = field(default_factory=dict)   # --udp: the ledgers' counts (wire.datagram.COUNTS)
     tls_handshakes: int = 0        # --tls: handshakes completed (connect time and handshake apart)
     tls_offered: int = 0           # --tls-resume: of those, how many offered an earlier session
     tls_resumed: int = 0           # ... and how many the server resumed (session_reused)
@@ -313,6 +314,7 @@ class Totals:
     confirm_reply_failures: dict = field(default_factory=dict)
     confirm_reply_classes: dict = field(default_factory=dict)
     refusals: dict = field(default_factory=dict)         # the server's words -> count (openings)
+    datagrams: dict = field(default_factory=dict)        # --udp: summed over the workers
     tls_negotiated: dict = field(default_factory=dict)   # "version cipher alpn" -> handshakes
     hints: list = field(default_factory=list)            # distinct, in the order the workers saw them
 
@@ -338,10 +340,13 @@ def merge(stats: Iterable[WorkerStats]) -> Totals:
     cclasses: dict = {}
     hists: dict = {}
     phases: dict = {}
+    grams: dict = {}
     negotiated: dict = {}
     hints: list = []
     refusals: dict = {}
     for s in stats:
+        for name, n in s.datagrams.items():
+            grams[name] = grams.get(name, 0) + n
         for what, n in s.tls_negotiated.items():
             negotiated[what] = negotiated.get(what, 0) + n
         hints.extend(h for h in s.hints if h not in hints)
@@ -372,5 +377,5 @@ def merge(stats: Iterable[WorkerStats]) -> Totals:
                   traffic_wall_max=max((s.traffic_wall for s in stats), default=0.0),
                   stopped_early=any(s.stopped_early for s in stats),
                   reply_failures=rfail, samples=samples, reply_classes=classes,
-                  confirm_reply_failures=cfail, confirm_reply_classes=cclasses, tls_negotiated=negotiated, hints=hints,
-                  refusals=refusals)
+                  confirm_reply_failures=cfail, confirm_reply_classes=cclasses, datagrams=grams,
+                  tls_negotiated=negotiated, hints=hints, refusals=refusals)
