@@ -75,7 +75,7 @@ def test_redis_churn_with_rate_logs_in_each_time(tmp_path):
     assert calls["ping"] == doc["requests"]["sent"]
     assert doc["requests"]["traffic_sent"] == doc["requests"]["traffic_answered"] == 300
     opening, c = doc["opening"], doc["connections"]
-    assert opening["opened"] <= calls["auth"] - 1 <= c["connected"]
+    assert calls["auth"] - 1 == opening["opened"] == c["connected"]     # (calls() logs in too)
     assert opening["refused"] == 0 and doc["failures_total"] == 0
 
 
@@ -160,9 +160,10 @@ def test_exim_greets_and_churn_stays_inside_its_ten_non_mail_commands(tmp_path):
         assert r["sent"] == r["answered"] == 200
         assert doc["failures_total"] == 0 and c["lost"] == 0
         assert c["established"] + c["reconnects"] == doc["opening"]["opened"] >= 20
-        # and flood's (one perhaps closed by the run's end before its greeting was read)
+        # and flood's: one per opening, and perhaps a replacement per connection number that
+        # the run's end closed as it came up (accepted by exim, closed before its greeting)
         assert wait_until(lambda: logged() - probes >= doc["opening"]["opened"], 10)
-        assert doc["opening"]["opened"] <= logged() - probes <= c["connected"]
+        assert doc["opening"]["opened"] <= logged() - probes <= doc["opening"]["opened"] + 3
     finally:
         proc.terminate()
         proc.wait(10)

@@ -137,6 +137,9 @@ class Session:
         # it (the exchange loops' Opener, given by the worker).
         self.opens = proto.opening() is not None
         self.opener: Any = None
+        # Openings under way as the traffic ended: the server has what they sent (a login it
+        # counts), so the drain lets them finish or fail rather than cut them off.
+        self.drain_opens: set = set()
         self.tls_last: Any = None            # --tls-resume: the latest handshake's SSLObject
 
     @property
@@ -289,6 +292,10 @@ class Session:
         slot: Slot = conn.ctx
         if slot.state.rpartition("/")[2] == lc.OPENING:
             return False
+        if self.machine.state in (lc.DRAIN, lc.CLOSE) and lc.origin(slot.state) != lc.CONNECTING \
+                and not owed(slot):
+            conn.close()    # a replacement up after the traffic, with nothing to send: no login for nothing
+            return True
         now = self.clock()
         self._up(slot, conn, now)
         lc.step(slot, "open")
@@ -332,8 +339,12 @@ class Session:
             self.broken(conn, "unsolicited", f"{len(leftover)} byte(s) arrived after the opening, before "
                                              f"any request", errors.OPEN)
             return
+        waited = conn in self.drain_opens
+        self.drain_opens.discard(conn)
         conn.set_protocol(then)
         then.connection_made(conn)
+        if waited:
+            self.answered()
 
     def refused(self, conn: Any, exc: OpeningFailed) -> None:
         """The server refused the opening: the connection ends, tallied by the server's words."""
@@ -435,6 +446,16 @@ class Session:
 
     def lost(self, conn: Any, exc: Optional[BaseException]) -> None:
         """Every connection ends here, whoever closed it."""
+        waited = conn in self.drain_opens
+        if waited:   # an opening the drain waited for ended without being through
+            self.drain_opens.discard(conn)
+        try:
+            self._lost(conn, exc)
+        finally:
+            if waited and self.phase == "drain":
+                self.answered()
+
+    def _lost(self, conn: Any, exc: Optional[BaseException]) -> None:
         slot: Slot = conn.ctx
         s = self.stats
         never_made = lc.origin(slot.state) == lc.RAMPING
@@ -571,6 +592,8 @@ class Session:
             self.pacer_timer = None
         self.drain_started = now
         self.outstanding = sum(owed(conn.ctx) for conn in self.live) + self._retiring_owed()
+        self.drain_opens = {conn for conn in self.live if conn.ctx.opening is not None}
+        self.outstanding += len(self.drain_opens)
         if self.config.mode == "connect":
             self.outstanding = self.connecting()
         if self.outstanding <= 0:
