@@ -26,6 +26,7 @@ import collections
 import operator
 from typing import Optional
 
+from socktools import errors
 from socktools.flood import lifecycle as lc
 from socktools.flood import stats as st
 from socktools.flood.session import Session, Slot, owed
@@ -506,7 +507,6 @@ class Opener(Protocol):
         self.s.opening_data(conn, data)
 
     def eof_received(self, conn: Connection) -> None:
-        from socktools import errors
         self.s.abort(conn, errors.OPEN, errors.PEER_CLOSED,
                      ConnectionError("the peer closed the connection during the opening"))
 
