@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 
 __all__ = ["Explanation", "EXPLANATIONS", "lookup", "lookup_text", "suggest", "explain_exception",
            "errno_name", "one_line", "PEER_CLOSED", "PROTOCOL_ERROR", "TIMEOUT", "NO_REPLY", "DATAGRAM_LOST",
-           "OptionError", "SOCKET", "CONNECT", "HANDSHAKE", "SEND", "RECV", "INTERNAL", "PHASES", "tls_key",
+           "OptionError", "SOCKET", "CONNECT", "HANDSHAKE", "SEND", "RECV", "INTERNAL", "PHASES", "OPEN", "OPENING_REFUSED", "tls_key",
            "TLS_PLAINTEXT_TO_TLS",
            "TLS_TO_PLAINTEXT", "tls_hint"]
 
@@ -31,7 +31,9 @@ SEND = "send"
 RECV = "recv"
 #: A connection ended by an exception from its protocol's own code (a bug), not the kernel.
 INTERNAL = "internal"
-PHASES = (SOCKET, CONNECT, HANDSHAKE, SEND, RECV, INTERNAL)
+#: The opening conversation (a greeting, a login: flood's --greeting, --setup, a plug-in's).
+OPEN = "open"
+PHASES = (SOCKET, CONNECT, HANDSHAKE, SEND, RECV, INTERNAL, OPEN)
 
 
 class OptionError(ValueError):
@@ -65,6 +67,7 @@ PEER_CLOSED = "peer-closed"
 PROTOCOL_ERROR = "protocol-error"
 TIMEOUT = "timeout"
 NO_REPLY = "no-reply"
+OPENING_REFUSED = "opening-refused"
 #: flood --udp: a datagram with no reply within --reply-timeout.
 DATAGRAM_LOST = "datagram-lost"
 
@@ -227,6 +230,15 @@ EXPLANATIONS[NO_REPLY] = Explanation(
     ("the server went silent or stopped reading", "the server answers slower than the drain waits",
      "the server closed connections with requests in flight"),
     "check the server with `socktools sockets --port P` (is its Recv-Q growing?) and its log")
+EXPLANATIONS[OPENING_REFUSED] = Explanation(
+    OPENING_REFUSED, None, "socktools.wire.opening.OpeningFailed",
+    "the server refused the opening conversation (its greeting, a login, a setup command): its own "
+    "words are tallied with the count",
+    ("a wrong or missing password (-NOAUTH, -WRONGPASS, password authentication failed)",
+     "a setup command the server does not take", "a greeting other than --greeting-match expects",
+     "the server turns connections away (421 too many connections)"),
+    "read the server's words in the report; check --setup (the password, the command) and "
+    "--greeting-match against what the server says")
 EXPLANATIONS[DATAGRAM_LOST] = Explanation(
     DATAGRAM_LOST, None, "(none: counted, one per datagram)",
     "UDP datagrams with no reply within --reply-timeout: UDP never says a datagram was dropped, "

@@ -206,3 +206,15 @@ def _socktools_logger_restored():
     saved = (logger.handlers[:], logger.level, logger.propagate)
     yield
     logger.handlers[:], logger.level, logger.propagate = saved[0], saved[1], saved[2]
+
+
+def flood_once(*args: str, json_doc: bool = True):
+    """``socktools flood --workers 1 ARGS [--json]`` as a subprocess (one worker: counts a test
+    holds against a server's own): (the JSON document, or None without ``json_doc``; the run)."""
+    import json
+    out = subprocess.run(socktools_cmd("flood", "--workers", "1", *args, *(["--json"] if json_doc else [])),
+                         capture_output=True, text=True, timeout=90)
+    if not json_doc:
+        return None, out
+    assert out.stdout, out.stderr
+    return json.loads(out.stdout), out

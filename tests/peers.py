@@ -22,7 +22,7 @@ import pytest
 
 from tests.threadserver import read_until
 
-__all__ = ["free_port", "skip_unless", "Redis", "Nginx", "Memcached", "NGINX_BIG", "Certs", "Vsftpd"]
+__all__ = ["free_port", "skip_unless", "greets", "Redis", "Nginx", "Memcached", "NGINX_BIG", "Certs", "Vsftpd"]
 
 _PACKAGES = {"redis-server": "redis-server", "nginx": "nginx", "memcached": "memcached",
              "redis-benchmark": "redis-tools", "wrk": "wrk", "vsftpd": "vsftpd"}
@@ -57,6 +57,16 @@ def _accepts(port: int, unix: Optional[Path] = None) -> bool:
                 return True
         with socket.create_connection(("127.0.0.1", port), timeout=0.5):
             return True
+    except OSError:
+        return False
+
+
+def greets(port: int, prefix: bytes = b"220") -> bool:
+    """Does a server that speaks first (FTP, SMTP) take a connection and greet with ``prefix``?"""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+            s.settimeout(2)
+            return s.recv(200).startswith(prefix)
     except OSError:
         return False
 
@@ -135,9 +145,9 @@ class Certs:
         return ctx
 
 
-def _exchange(port: int, request: bytes, parser, tls=None, unix: Optional[Path] = None) -> list:
+def _exchange(port: int, request: bytes, parser, tls=None, unix: Optional[Path] = None, replies: int = 1) -> list:
     """One blocking request through a wire parser (over TLS with ``tls``, an SSLContext; to the
-    Unix socket ``unix`` when given); its decoded replies."""
+    Unix socket ``unix`` when given); its decoded replies (``replies`` of them awaited)."""
     parser.keep = []
     if unix is not None:
         raw = socket.socket(socket.AF_UNIX)
@@ -148,7 +158,7 @@ def _exchange(port: int, request: bytes, parser, tls=None, unix: Optional[Path] 
     with raw:
         s = tls.wrap_socket(raw, server_hostname="127.0.0.1") if tls is not None else raw
         s.sendall(request)
-        while not parser.keep:
+        while len(parser.keep) < replies:
             data = s.recv(65536)
             if not data:
                 break
@@ -159,13 +169,15 @@ def _exchange(port: int, request: bytes, parser, tls=None, unix: Optional[Path] 
 class Redis(_Peer):
     """With ``tls`` (a :class:`Certs`), only a TLS port (``port``): no plaintext one;
     ``auth_clients`` requires client certificates signed by the CA (mutual TLS).  With
-    ``unix``, only a Unix socket, ``tmp/redis.sock`` (mode 700), and no TCP port."""
+    ``unix``, only a Unix socket, ``tmp/redis.sock`` (mode 700), and no TCP port.  With
+    ``password``, ``requirepass``: :meth:`command` logs in (AUTH) before each command."""
 
     name = "redis-server"
 
     def __init__(self, tmp: Path, port: Optional[int] = None, tls: Optional[Certs] = None,
-                 auth_clients: bool = False, unix: bool = False) -> None:
+                 auth_clients: bool = False, unix: bool = False, password: Optional[str] = None) -> None:
         binary = skip_unless("redis-server")
+        self.password = password
         self.port = port or free_port()
         self.tls, self.auth_clients = tls, auth_clients
         listen = ["--port", str(self.port)]
@@ -178,12 +190,16 @@ class Redis(_Peer):
                       "--tls-auth-clients", "yes" if auth_clients else "no"]
         self.cmd = [binary, *listen, "--bind", "127.0.0.1", "--save", "",
                     "--appendonly", "no", "--dir", str(tmp), "--daemonize", "no", "--loglevel", "warning"]
+        if password is not None:
+            self.cmd += ["--requirepass", password]
 
     def command(self, *args: str):
         from socktools.wire.redis import RespParser, encode_command
         ctx = self.tls.client_context(client_cert=self.auth_clients) if self.tls else None
-        return _exchange(self.port, encode_command([a.encode() for a in args]), RespParser(), ctx,
-                         self.unix)[0].fields["value"]
+        request = encode_command([a.encode() for a in args])
+        login = encode_command([b"AUTH", self.password.encode()]) if self.password is not None else b""
+        replies = _exchange(self.port, login + request, RespParser(), ctx, self.unix, 2 if login else 1)
+        return replies[-1].fields["value"]
 
     def calls(self) -> dict:
         """``{"ping": 120, "set": 7}`` from INFO commandstats (the server's own count)."""
@@ -223,6 +239,7 @@ class Nginx(_Peer):
         (root / "big.bin").write_bytes(b"b" * NGINX_BIG)
         (root / "page.html").write_text("<p>one</p><!--# echo var=\"ssi_var\" default=\"two\" --><p>three</p>\n")
         self.access_log = tmp / "access.log"
+        self.connection_log = tmp / "connections.log"    # $connection: one number per connection
         user = "user root;\n" if os.geteuid() == 0 else ""
         listen, ssl = f"127.0.0.1:{self.port}", ""
         if unix:
@@ -242,6 +259,8 @@ error_log {tmp}/error.log warn;
 events {{ worker_connections 4096; }}
 http {{
     access_log {self.access_log};
+    log_format conn '$connection';
+    access_log {self.connection_log} conn;
     client_body_temp_path {tmp}/body;
     proxy_temp_path {tmp}/proxy;
     fastcgi_temp_path {tmp}/fastcgi;
@@ -270,6 +289,11 @@ http {{
                 return sum(1 for _ in f)
         except FileNotFoundError:
             return 0
+
+    def connections(self) -> int:
+        """Distinct connections nginx logged requests on (its ``$connection`` numbers)."""
+        with open(self.connection_log) as f:
+            return len({line.strip() for line in f if line.strip()})
 
     def statuses(self) -> dict:
         out: dict = {}
@@ -329,5 +353,16 @@ max_clients=200
 max_per_ip=200
 secure_chroot_dir={empty}
 vsftpd_log_file={tmp}/vsftpd.log
+log_ftp_protocol=YES
+xferlog_enable=YES
+xferlog_std_format=NO
 """)
+        self.log = tmp / "vsftpd.log"    # every command and every answer (log_ftp_protocol)
         self.cmd = [binary, str(conf)]
+
+    def logged(self, text: str) -> int:
+        """Lines of its protocol log holding ``text`` (``'"NOOP"'``: the NOOPs it read)."""
+        try:
+            return sum(1 for line in self.log.read_text(errors="replace").splitlines() if text in line)
+        except FileNotFoundError:
+            return 0

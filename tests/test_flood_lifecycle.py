@@ -103,9 +103,12 @@ OWNED = {"phase", "state", "confirmed", "connect_started", "reopen", "pacer_time
          "resent", "unanswered", "confirm_requests", "confirm_responses", "cycles", "count"}
 #: Who may: the session and the tables; the request maker for ``count`` alone.  The cluster's
 #: client side has attributes of these names of its own (a list of lost shards, a count of
-#: Ctrl-Cs) and no connection: it is not a party to this rule.
+#: Ctrl-Cs) and no connection: it is not a party to this rule; nor is the UDP worker (below).
 MAY = {"session.py": OWNED, "lifecycle.py": {"state"}, "requests.py": {"count"}}
-NOT_PARTIES = {"cluster.py", "cluster_run.py"}
+#: ``udp.py`` (``flood --udp``) runs datagram sockets, which have no connection to open,
+#: confirm or lose: no session, no lifecycle; its counts are its sockets' ledgers
+#: (wire.datagram.Ledger), summed where it reports them.
+NOT_PARTIES = {"cluster.py", "cluster_run.py", "udp.py"}
 
 
 def violations(source: str, name: str) -> list:

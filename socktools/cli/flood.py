@@ -13,7 +13,7 @@ from socktools.cli._common import (BYTESIZE, DURATION, EXIT_FAILED, EXIT_THRESHO
                                    die, LazyChoice, LazyOption, parse_address_range, unix_option, warn_target)
 from socktools.cli._outputs import output_options, write_outputs
 from socktools.cli._tls import tls_config, tls_options
-from socktools.cli._wire import given_params, option_name, wire_options, wire_spec
+from socktools.cli._wire import given_params, opening_options, option_name, wire_options, wire_spec
 from socktools.optional import PACKAGES
 
 EPILOG = """\b
@@ -21,7 +21,8 @@ Examples:
   socktools flood --conns 500                      # starts its own echo server, 10 s
   socktools flood --mode framed --conns 200 --rate 2000 --duration 5s
   socktools flood --port 65432 --conns 1000 --workers 2 --json
-  socktools flood --mode connect --conns 50 --duration 3s   # connect/close churn
+  socktools flood --mode connect --conns 50 --duration 3s   # connect/close churn (echo --churn 1)
+  socktools flood --mode echo --churn 10 --duration 3s      # a new connection every 10 requests
   socktools flood --conns 60000 --source 127.0.0.2-127.0.0.9 --rate 1000
   socktools flood --interval 1s --threshold 'p99<5ms' --threshold errors==0
   socktools flood --duration 30s --report run.html --hgrm run.hgrm --json > run.json
@@ -40,6 +41,9 @@ Your own server (give its --port):
   socktools flood --port 9000 --mode raw --send 'tick\\n' --no-reply --rate 50000
   socktools flood --port 8080 --mode raw --send 'GET / HTTP/1.0\\r\\n\\r\\n' --reply-until-close
   socktools flood --port 11211 --protocol socktools.examples.memcached:Memcached --command 'get k{conn}'
+  socktools flood --port 6379 --mode redis --setup 'AUTH s3cret' --setup 'SELECT 2' --command 'GET k'
+  socktools flood --port 21 --mode line --greeting-match '^220' --send NOOP --eol crlf
+  socktools flood --port 8080 --mode http --churn 1 --conns 50   # one request per connection
 
 \b
 A UDP echo server (datagrams with flood's header; loss, lateness, duplicates and reordering
@@ -50,6 +54,7 @@ Over TLS (the handshake timed apart from connect; --keylog: one file, appended t
   socktools flood --tls --cafile ca.pem --mode redis --host 127.0.0.1 --port 6380
   socktools flood --tls --cafile ca.pem --port 8443 --mode http --path / --alpn http/1.1
   socktools flood --tls --cafile ca.pem --port 8443 --mode http --tls-resume --keylog keys.log
+  socktools flood --tls --cafile ca.pem --port 8443 --mode http --churn 1 --tls-resume   # a handshake a request
 
 \b
 A server on a Unix-domain socket (no --host/--port/--source/--cluster; HTTP's Host: localhost):
@@ -122,6 +127,10 @@ EXIT_SIGTERM = 128 + 15
               help="Run the worker shards as tasks on a Dask cluster: a scheduler's address, or "
                    "local:N for N local processes.  --workers then counts shards [default: one "
                    f"per Dask worker thread].  Needs Dask ({PACKAGES['dask'].install}).")
+@click.option("--churn", type=int, default=None, metavar="N",
+              help="Open a new connection after every N requests on one (1: one request per "
+                   "connection; the confirming one counts), with its opening each time; the report "
+                   "gives connects/s, opens/s and requests/s apart.  --mode connect is echo --churn 1.")
 @click.option("--udp", is_flag=True,
               help="Datagrams over connected UDP sockets (--conns of them) to a UDP echo server at "
                    "--port: each carries flood's header (socket, sequence number, send time), and each "
@@ -134,6 +143,7 @@ EXIT_SIGTERM = 128 + 15
               help="Run even when the plan says it will not fit this machine (far more processes "
                    "than CPUs, more memory than is available, too few file descriptors).")
 @wire_options
+@opening_options
 @tls_options
 @click.option("--tls-resume", is_flag=True,
               help="With --tls: offer each new connection of a worker (replacements, the ramp's) the "
@@ -141,8 +151,8 @@ EXIT_SIGTERM = 128 + 15
 @output_options
 @click.pass_context
 def command(ctx, host, port, unix, conns, workers, mode, pipeline, size, action, value, duration, requests, rate,
-            connect_rate, connect_timeout, source, server_workers, interval, stages, cluster, udp, reply_timeout,
-            as_json, yes, outputs, tls_resume, **wire_params):
+            connect_rate, connect_timeout, source, server_workers, interval, stages, cluster, churn, udp,
+            reply_timeout, as_json, yes, outputs, tls_resume, **wire_params):
     """Load a TCP (or, with --udp, UDP) server with many concurrent connections and report what happened.
 
     Opens --conns connections over --workers processes (each confirmed by a
@@ -217,7 +227,7 @@ def command(ctx, host, port, unix, conns, workers, mode, pipeline, size, action,
                           requests=requests, rate=rate, connect_rate=connect_rate,
                           connect_timeout=connect_timeout, sources=sources, interval=tick,
                           embedded=embedded, server_workers=server_workers or 0,
-                          wire=spec, pipeline=pipeline, cluster=cluster, stages=stages or (),
+                          wire=spec, pipeline=pipeline, cluster=cluster, stages=stages or (), churn=churn,
                           udp=udp, **({"reply_timeout": reply_timeout} if udp else {}),
                           tls=tls if tls.enabled else None, tls_resume=tls_resume)
     _run(config, as_json=as_json, rows=interval is not None, outputs=outputs, yes=yes)

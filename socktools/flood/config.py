@@ -108,6 +108,7 @@ class FloodConfig:
     pipeline: int = 1                       # requests in flight per connection
     cluster: Optional[str] = None           # shards on Dask: "local:N" or a scheduler address
     stages: tuple = ()                      # load stages (a "10s:100,..." text, parsed here)
+    churn: Optional[int] = None             # a new connection after every N requests (None: keep)
     udp: bool = False                       # datagrams over connected UDP sockets (flood/udp.py)
     reply_timeout: float = 1.0              # --udp: a datagram unanswered this long is lost
     tls: Optional[TlsConfig] = None         # --tls and its options (None or not enabled: plaintext)
@@ -149,6 +150,15 @@ class FloodConfig:
             raise OptionError("pipeline", f"pipeline must be 1 to {MAX_PIPELINE}")
         if self.pipeline > 1 and self.mode == "connect":
             raise OptionError("pipeline", "connect mode sends one request per connection: no --pipeline")
+        if self.churn is not None:
+            if self.churn < 1:
+                raise OptionError("churn", "churn must be >= 1 (requests per connection)")
+            if self.mode == "connect":
+                raise OptionError("churn", "connect mode is churn already (one echo per connection): "
+                                           "give --mode echo --churn N for N per connection")
+            if self.pipeline > self.churn:
+                raise OptionError("pipeline", f"--pipeline {self.pipeline} is more than a connection carries "
+                                              f"with --churn {self.churn}")
         if self.wire is not None and self.wire.name != self.exchange_mode:
             raise OptionError("mode", f"the exchange options are for {self.wire.name}, the mode is {self.mode}")
         if self.embedded and self.mode not in ("echo", "framed", "connect"):
@@ -161,6 +171,8 @@ class FloodConfig:
                                           "no --pipeline")
         if not proto.replies and self.rate is None:
             raise WireOptionError("--no-reply", "a write-only stream needs --rate (requests/s)")
+        if not proto.replies and self.churn:
+            raise OptionError("churn", "a write-only stream has no answers to count: no --churn with --no-reply")
         if self.tls_resume and not self.tls_on:
             raise OptionError("tls_resume", "resumes TLS sessions: give --tls too")
         if self.tls_on and self.embedded:
@@ -196,7 +208,7 @@ class FloodConfig:
                                       "speaks TCP)")
         if self.family not in (socket.AF_INET, socket.AF_INET6):
             raise OptionError("unix", "--udp is UDP over IP: not with --unix")
-        for name in ("stages", "cluster"):
+        for name in ("stages", "cluster", "churn"):
             if getattr(self, name):
                 raise OptionError(name, f"not with --udp (yet): --{name} drives TCP connections")
         if self.tls is not None and self.tls.enabled:

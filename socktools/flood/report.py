@@ -22,8 +22,8 @@ __all__ = ["to_json", "render_table", "render_live", "render_interval_header", "
 HDR_UNIT = "ns"
 
 _LATENCY_ROWS = (("latency", "round trip"), ("latency_uncorrected", "  uncorrected"),
-                 ("connect", "connect"), ("handshake", "tls handshake"), ("first_reply", "first reply"),
-                 ("send_lag", "send lag"))
+                 ("connect", "connect"), ("handshake", "tls handshake"), ("open", "opening"),
+                 ("first_reply", "first reply"), ("send_lag", "send lag"))
 
 
 def format_us(us: Optional[float]) -> str:
@@ -67,6 +67,44 @@ def _connect_rate(result: FloodResult) -> float:
         return _rate(c["established"], traffic_seconds(t))
     span = t.phases.get("connect")
     return _rate(c["established"], (span[1] - span[0]) / 1e9) if span else 0.0
+
+
+def _open_rate(result: FloodResult) -> float:
+    """Openings completed per second: over the traffic when connections are opened during it
+    (--churn, --stages), else over the connect phase (as the connections' own rate)."""
+    t = result.totals
+    c = t.counters
+    if result.config.churn or result.config.stages:
+        return _rate(c["traffic_opened"], traffic_seconds(t))
+    span = t.phases.get("connect")
+    return _rate(c["opened"], (span[1] - span[0]) / 1e9) if span else 0.0
+
+
+def _opening(cfg) -> Optional[str]:
+    """The opening conversation in words (None: the protocol has none)."""
+    from socktools import wire
+    try:
+        op = wire.build(cfg.wire_spec).opening() if cfg.mode != "connect" else None
+    except Exception:  # a plug-in whose opening cannot even be made still gets a report
+        return "the plug-in's opening"
+    if op is None:
+        return None
+    return op.describe() or "the protocol's own"
+
+
+#: Words of a refused reply and what to give flood for it (the server asks for a login).
+_LOGIN_HINTS = (("NOAUTH", "the server wants a password: give --setup 'AUTH PASSWORD' (redis), sent once "
+                           "per connection before the measured requests"),)
+
+
+def login_hints(t: st.Totals) -> list:
+    """What the failures say to do, when they say it plainly (every reply a NOAUTH)."""
+    out = []
+    for prefix, hint in _LOGIN_HINTS:
+        if any(d.startswith(prefix) for table in (t.reply_failures, t.confirm_reply_failures)
+               for details in table.values() for d in details):
+            out.append(hint)
+    return out
 
 
 def describe(cfg) -> str:
@@ -195,6 +233,7 @@ def _body(result: FloodResult) -> dict:
     c = t.counters
     secs = traffic_seconds(t)
     tb_out, tb_in = _traffic_bytes(result)
+    opening = _opening(cfg)
     hists = {}
     for name, _ in _LATENCY_ROWS:
         summary = st.summarize(t.histograms.get(name))
@@ -225,6 +264,14 @@ def _body(result: FloodResult) -> dict:
                         "cycles": c["cycles"] if cfg.mode == "connect" else None,
                         "reconnects": c["reconnects"],
                         "per_second": round(_connect_rate(result), 1)},
+        # (with --tls each connection made had its handshake: handshakes/s are the connects/s)
+        "churn": {"every": cfg.churn, "connections": c["reconnects"],
+                  "per_second": round(_rate(c["reconnects"], secs), 1),
+                  "handshakes_per_second": round(_rate(c["reconnects"], secs), 1) if cfg.tls_on else None}
+        if cfg.churn else None,
+        "opening": {"described": opening, "opened": c["opened"], "refused": c["refused"],
+                    "refusals": dict(t.refusals), "per_second": round(_open_rate(result), 1)}
+        if opening else None,
         "requests": {"sent": c["requests"], "answered": c["responses"], "unanswered": c["unanswered"],
                      "traffic_sent": c["traffic_requests"], "traffic_answered": c["traffic_responses"],
                      "per_second": round(_rate(c["traffic_responses"], secs), 1),
@@ -240,7 +287,7 @@ def _body(result: FloodResult) -> dict:
         "tls": tls_summary(result),
         "errors": _errors_list(t, cfg),
         "errors_total": st.tally_total(t.errors),
-        "hints": tls_hints(result),
+        "hints": tls_hints(result) + login_hints(t),
         "failures_total": failures_total(t),
         "protocol_errors": dict(t.protocol_errors),
         "reply_failures": {k: dict(v) for k, v in t.reply_failures.items()},
@@ -326,11 +373,26 @@ def render_table(result: FloodResult, checked: Optional[list] = None) -> str:
         conn_line += f" · {_n(c['lost'])} lost later"
     if c["cancelled"]:
         conn_line += f" · {_n(c['cancelled'])} cancelled"
-    if c["reconnects"]:
+    if c["reconnects"] and not cfg.churn:
         conn_line += f" · {_n(c['reconnects'])} reconnects (closed by the server after a reply)"
     if not cfg.udp:   # (a UDP connect() sends nothing: its rate says nothing)
         conn_line += f" · {_n(_connect_rate(result))}/s"
     lines.append(conn_line)
+    if cfg.churn:
+        churn_line = (f"churn        a new connection every {cfg.churn:,} request(s): {_n(c['reconnects'])} "
+                      f"in the traffic")
+        if secs >= 0.05:
+            churn_line += f" · {_n(_rate(c['reconnects'], secs))} connects/s" + (
+                " (each with its TLS handshake)" if cfg.tls_on else "")
+        lines.append(churn_line)
+    opening = _opening(cfg)
+    if opening:
+        open_line = f"opening      {opening}: {_n(c['opened'])} opened · {_n(_open_rate(result))}/s"
+        if c["refused"]:
+            open_line += f" · {_n(c['refused'])} refused by the server:"
+        lines.append(open_line)
+        for words, n in sorted(t.refusals.items(), key=lambda kv: -kv[1])[:10]:
+            lines.append(f"  {n:>8,}  {words}")
     measured = secs >= 0.05  # rates of a phase that hardly ran would be noise
     write_only = cfg.wire is not None and cfg.wire.no_reply
     if cfg.mode != "connect" and c["established"] and write_only:
@@ -424,7 +486,7 @@ def render_table(result: FloodResult, checked: Optional[list] = None) -> str:
                 lines.append(f"  {n:>8,}  {detail}")
             if kind in t.samples and (table is t.reply_failures or kind not in t.reply_failures):
                 lines.append(f"  first offending bytes: {t.samples[kind]!r}")
-    for hint in tls_hints(result):
+    for hint in tls_hints(result) + login_hints(t):
         lines.append(f"hint: {hint}")
     check = server_check(result)
     if check:

@@ -40,6 +40,7 @@ from socktools.flood import stats as st
 from socktools.flood.config import FloodConfig
 from socktools.flood.requests import RequestMaker
 from socktools.wire.base import SAMPLE_BYTES, WireError, WireProtocol
+from socktools.wire.opening import OpeningFailed
 
 __all__ = ["Session", "Slot", "owed", "NO_QUOTA"]
 
@@ -64,9 +65,10 @@ class Slot:
     moved by the session's verbs only."""
 
     __slots__ = ("index", "started", "got", "sent", "due", "backlog", "parser", "times", "dues",
-                 "count", "confirmed", "failed", "state", "shake", "offered")
+                 "count", "confirmed", "failed", "state", "budget", "opening", "then", "opened",
+                 "shake", "offered")
 
-    def __init__(self, index: int, started: int, state: str = lc.CONNECTING) -> None:
+    def __init__(self, index: int, started: int, state: str = lc.CONNECTING, budget: int = NO_QUOTA) -> None:
         self.index = index
         self.started = started
         self.got = 0            # fixed-size replies: bytes of the current one received
@@ -82,6 +84,10 @@ class Slot:
         # connection of the ramp joins the traffic as it is made (no confirming round trip).
         self.confirmed = state == lc.REOPENING or state == lc.RAMPING
         self.failed = False
+        self.budget = budget    # --churn: requests this connection may still send (then replaced)
+        self.opening = None     # its opening conversation, while it runs (wire.opening.Opening)
+        self.then = None        # ... and the protocol that takes the connection once it is done
+        self.opened = 0         # when the opening started (ns)
         self.shake = 0          # --tls: when the handshake began (0: no TLS, or not yet)
         self.offered = False    # --tls-resume: an earlier session was offered to resume
 
@@ -122,8 +128,18 @@ class Session:
         self.fixed_request = self.maker.fixed
         self.request = self.maker.request    # (bound once: one call per request, as before)
         self.requests = self.maker.requests
-        # A reply may announce the server's close (HTTP): the traffic loops then reconnect.
-        self.may_close = proto.may_close
+        # --churn N: a new connection after every N requests (the confirming one included).
+        self.budget = config.churn or NO_QUOTA
+        # A reply may announce the server's close (HTTP), or --churn may end a connection: the
+        # traffic loops then reconnect.
+        self.may_close = proto.may_close or bool(config.churn)
+        # The opening conversation of every connection (None: none), and the protocol that runs
+        # it (the exchange loops' Opener, given by the worker).
+        self.opens = proto.opening() is not None
+        self.opener: Any = None
+        # Openings under way as the traffic ended: the server has what they sent (a login it
+        # counts), so the drain lets them finish or fail rather than cut them off.
+        self.drain_opens: set = set()
         self.tls_last: Any = None            # --tls-resume: the latest handshake's SSLObject
 
     @property
@@ -152,7 +168,7 @@ class Session:
     def opening(self, index: int) -> Slot:
         """Connection ``index`` is about to be opened: one attempt more; its slot."""
         self.stats.attempted += 1
-        return Slot(index, self.clock())
+        return Slot(index, self.clock(), lc.CONNECTING, self.budget)
 
     def open_failed(self, exc: OSError) -> None:
         """A connection could not even be started (no socket, no source port...)."""
@@ -162,7 +178,7 @@ class Session:
 
     def reopening(self, index: int) -> Slot:
         """A replacement for connection ``index`` is about to be opened (traffic or drain)."""
-        return Slot(index, self.clock(), lc.REOPENING)
+        return Slot(index, self.clock(), lc.REOPENING, self.budget)
 
     def tls_session(self, slot: Slot) -> Any:
         """--tls-resume: the session to offer for the connection of ``slot`` (the latest one
@@ -179,7 +195,7 @@ class Session:
         attempt, made straight into the traffic (no confirming round trip: the traffic's first
         reply is its confirmation, as for a replacement)."""
         self.stats.attempted += 1
-        return Slot(index, self.clock(), lc.RAMPING)
+        return Slot(index, self.clock(), lc.RAMPING, self.budget)
 
     def retire(self, conn: Any, protocol: Any) -> None:
         """``--stages``: the ramp goes down: ``conn`` sends nothing more.  With nothing owed it
@@ -226,17 +242,24 @@ class Session:
         slot.shake = now
         lc.step(slot, "tls")
 
-    def made(self, conn: Any) -> tuple:
-        """The handshake of ``conn`` completed (TCP's, and TLS's with --tls): its connect time
-        -- and handshake time -- counted; (slot, now)."""
-        slot: Slot = conn.ctx
-        now = self.clock()
+    def _up(self, slot: Slot, conn: Any, now: int) -> None:
+        """``conn``'s transport is up -- TCP's handshake, and TLS's with --tls: its connect time
+        (or its TLS handshake's) counted, one connection more.  Once per connection: as its
+        opening conversation starts, or as it is made when it has none."""
         if slot.shake:
             self.rec["handshake"].record(now - slot.shake)
             self._handshook(slot, conn.tls)
         else:
             self.rec["connect"].record(now - slot.started)
         self.stats.connected += 1
+
+    def made(self, conn: Any) -> tuple:
+        """``conn`` is ready for its first request (connected, TLS and its opening done): its
+        connect time -- and handshake time -- counted unless its opening did; (slot, now)."""
+        slot: Slot = conn.ctx
+        now = self.clock()
+        if slot.state.rpartition("/")[2] != lc.OPENING:
+            self._up(slot, conn, now)
         if lc.origin(slot.state) == lc.RAMPING:
             self.stats.established += 1     # a connection of the ramp is up: it joins the traffic
         if lc.step(slot, "made") == lc.TRAFFIC and self.machine.state == lc.DRAIN:
@@ -261,6 +284,76 @@ class Session:
         if self.config.tls_resume:
             self.tls_last = tls
 
+    # ------------------------------------------------------------ the opening conversation
+    def open(self, conn: Any, then: Any) -> bool:
+        """The protocol's opening conversation starts on ``conn`` (connected; after TLS when
+        there is TLS), run by ``self.opener`` until it is done, then ``then`` takes ``conn``
+        (its ``connection_made`` again).  False: ``conn`` is through its opening already."""
+        slot: Slot = conn.ctx
+        if slot.state.rpartition("/")[2] == lc.OPENING:
+            return False
+        if self.machine.state in (lc.DRAIN, lc.CLOSE) and lc.origin(slot.state) != lc.CONNECTING \
+                and not owed(slot):
+            conn.close()    # a replacement up after the traffic, with nothing to send: no login for nothing
+            return True
+        now = self.clock()
+        self._up(slot, conn, now)
+        lc.step(slot, "open")
+        slot.opened = now
+        slot.then = then
+        op = slot.opening = self.proto.opening()
+        conn.set_protocol(self.opener)
+        out = op.data_to_send()
+        if out:
+            conn.write(out)
+        return True
+
+    def opening_data(self, conn: Any, data: bytes) -> None:
+        """The server's bytes during the opening: fed to it; what it says next is sent; once it
+        is done, its time is counted and the connection goes on as ``made``."""
+        slot: Slot = conn.ctx
+        op = slot.opening
+        try:
+            op.receive_data(data)
+        except OpeningFailed as exc:
+            self.refused(conn, exc)
+            return
+        except WireError as exc:
+            self.broken(conn, exc.kind, f"in the opening: {exc}", errors.OPEN)
+            return
+        out = op.data_to_send()
+        if out:
+            conn.write(out)
+        if not op.done:
+            return
+        now = self.clock()
+        self.rec["open"].record(now - slot.opened)
+        s = self.stats
+        s.opened += 1
+        if self.machine.state == lc.TRAFFIC:
+            s.traffic_opened += 1
+        leftover = op.leftover()
+        slot.opening = None
+        then = slot.then
+        if leftover:    # the server spoke before it was asked: not an answer to anything
+            self.broken(conn, "unsolicited", f"{len(leftover)} byte(s) arrived after the opening, before "
+                                             f"any request", errors.OPEN)
+            return
+        waited = conn in self.drain_opens
+        self.drain_opens.discard(conn)
+        conn.set_protocol(then)
+        then.connection_made(conn)
+        if waited:
+            self.answered()
+
+    def refused(self, conn: Any, exc: OpeningFailed) -> None:
+        """The server refused the opening: the connection ends, tallied by the server's words."""
+        s = self.stats
+        s.refused += 1
+        words = exc.words if (exc.words in s.refusals or len(s.refusals) < MAX_DETAILS) else "(other)"
+        s.refusals[words] = s.refusals.get(words, 0) + 1
+        self.abort(conn, errors.OPEN, errors.OPENING_REFUSED, exc)
+
     def confirm_sent(self) -> None:
         """A connection's first, confirming request went out."""
         self.stats.confirm_requests += 1
@@ -283,12 +376,12 @@ class Session:
                 self.stats.samples[f.kind] = f.sample[:SAMPLE_BYTES].decode("latin-1")
         failures.clear()
 
-    def broken(self, conn: Any, kind: str, message: str) -> None:
+    def broken(self, conn: Any, kind: str, message: str, phase: str = errors.RECV) -> None:
         """The peer broke the protocol: count the kind, end this connection."""
         pe = self.stats.protocol_errors
         pe[kind] = pe.get(kind, 0) + 1
         from socktools.protocol import RemoteProtocolError
-        self.abort(conn, "recv", errors.PROTOCOL_ERROR, RemoteProtocolError(message, kind))
+        self.abort(conn, phase, errors.PROTOCOL_ERROR, RemoteProtocolError(message, kind))
 
     def abort(self, conn: Any, phase: str, key: str, exc: BaseException) -> None:
         slot = conn.ctx
@@ -353,6 +446,16 @@ class Session:
 
     def lost(self, conn: Any, exc: Optional[BaseException]) -> None:
         """Every connection ends here, whoever closed it."""
+        waited = conn in self.drain_opens
+        if waited:   # an opening the drain waited for ended without being through
+            self.drain_opens.discard(conn)
+        try:
+            self._lost(conn, exc)
+        finally:
+            if waited and self.phase == "drain":
+                self.answered()
+
+    def _lost(self, conn: Any, exc: Optional[BaseException]) -> None:
         slot: Slot = conn.ctx
         s = self.stats
         never_made = lc.origin(slot.state) == lc.RAMPING
@@ -489,6 +592,8 @@ class Session:
             self.pacer_timer = None
         self.drain_started = now
         self.outstanding = sum(owed(conn.ctx) for conn in self.live) + self._retiring_owed()
+        self.drain_opens = {conn for conn in self.live if conn.ctx.opening is not None}
+        self.outstanding += len(self.drain_opens)
         if self.config.mode == "connect":
             self.outstanding = self.connecting()
         if self.outstanding <= 0:

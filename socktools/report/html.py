@@ -116,7 +116,7 @@ def _latency_table(doc: dict) -> str:
     rows = []
     for key, label in (("latency_us", "round trip"), ("latency_uncorrected_us", "round trip, uncorrected"),
                        ("connect_us", "connect"), ("handshake_us", "TLS handshake"),
-                       ("first_reply_us", "first reply"),
+                       ("open_us", "opening"), ("first_reply_us", "first reply"),
                        ("send_lag_us", "send lag")):
         s = doc.get(key)
         if s:
@@ -193,6 +193,7 @@ def _config(doc: dict) -> str:
              ("connect rate", cfg.get("connect_rate")), ("connect timeout", f"{cfg.get('connect_timeout'):g} s"
                                                          if cfg.get("connect_timeout") else None),
              ("sources", ", ".join(cfg.get("sources") or [])), ("tls", _tls(doc.get("tls"))),
+             ("opening", _opening(doc.get("opening"))), ("churn", _churn(doc.get("churn"))),
              ("interval", f"{doc.get('interval'):g} s"),
              ("phases", " · ".join(f"{k} {v:.2f} s" for k, v in (doc.get("phases") or {}).items()))]
     return _kv(pairs)
@@ -207,6 +208,25 @@ def _tls(tls: Optional[dict]) -> Optional[str]:
     if tls.get("resume"):
         text += f" · resumed {_n(tls['resumed'])} of {_n(tls['offered'])} offered"
     return text
+
+
+def _opening(opening: Optional[dict]) -> Optional[str]:
+    """The opening conversation: what it was, how many went through, refusals by the server's words."""
+    if not opening:
+        return None
+    text = f"{opening['described']}: {_n(opening['opened'])} opened"
+    refusals = sorted(opening.get("refusals", {}).items(), key=lambda kv: -kv[1])
+    if refusals:
+        text += f" · {_n(opening['refused'])} refused: " + " · ".join(f"{w} ({_n(n)})" for w, n in refusals[:5])
+    return text
+
+
+def _churn(churn: Optional[dict]) -> Optional[str]:
+    """--churn: a new connection every N requests, and how many per second."""
+    if not churn:
+        return None
+    return (f"a new connection every {_n(churn['every'])} request(s): {_n(churn['connections'])} · "
+            f"{_n(round(churn['per_second']))} connects/s")
 
 
 def _over_time(doc: dict) -> str:
