@@ -8,7 +8,7 @@ records' own ``to_dict()``.  The CLI prints what this returns.
 from __future__ import annotations
 
 __all__ = ["render_report", "render_fill", "render_table", "render_arithmetic", "render_drain",
-           "render_explanation", "keeps_up", "KEEPS_UP_FACTOR"]
+           "render_explanation", "keeps_up", "KEEPS_UP_FACTOR", "render_answer", "answer_line"]
 
 _SCALE = (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10))
 
@@ -77,8 +77,9 @@ def render_fill(r) -> list[str]:
     f, s = r.fill, r.settle
     lines = ["", "1. Fill: send() until the kernel refuses"]
     if not f.blocked:
+        why = "until the peer closed" if r.answer is not None else "- the peer is reading"
         lines.append(f"  send() never blocked: {_n(f.bytes)} bytes accepted in {_ms(f.seconds)} "
-                     f"({f.sends} sends) - the peer is reading")
+                     f"({f.sends} sends) {why}")
         return lines
     alias = " (EWOULDBLOCK is the same number)" if f.errno_name == "EAGAIN" else ""
     lines.append(f"  {f.exception}: {f.message}")
@@ -88,7 +89,9 @@ def render_fill(r) -> list[str]:
     if s is not None:
         more = (f"+{_n(s.extra_bytes)} bytes in {_calls(s.extra_sends)}"
                 if s.extra_bytes else "no more bytes")
-        if s.steady:
+        if r.answer is not None:
+            state = f"then the peer closed ({_ms(s.seconds)})"
+        elif s.steady:
             state = f"steady after {_ms(s.seconds)}"
         elif keeps_up(r):
             rate = s.extra_bytes / s.seconds if s.seconds > 0 else 0
@@ -108,6 +111,14 @@ def _sender_lines(snap) -> list[str]:
            _buffer_line("SO_SNDBUF", sv.sndbuf, sv.sndbuf_requested)]
     if sv.send_q is None:
         out.append(f"    Send-Q        {sv.queues_unavailable}")
+    elif sv.tcp_info is None and sv.notsent_bytes is None and sv.persist.probing is None and \
+            sv.tcp_info_unavailable.startswith("TCP only"):
+        out.append(f"    Send-Q        {_n(sv.send_q):>11}  (SIOCOUTQ on a Unix socket: memory, not bytes - what the "
+                   "bytes we sent, bookkeeping included, still charge to our SO_SNDBUF while they wait "
+                   "in the receiver's queue)")
+        out.append(f"    Recv-Q        {_n(sv.recv_q):>11}  (SIOCINQ: bytes the peer sent us, unread)")
+        out.append(f"    TCP_INFO      {sv.tcp_info_unavailable}")
+        return out
     else:
         out.append(f"    Send-Q        {_n(sv.send_q):>11}  = sent, not yet acknowledged {_n(sv.unacked_bytes)}"
                    f" + not yet sent {_n(sv.notsent_bytes)}")
@@ -172,7 +183,14 @@ def render_table(snap) -> list[str]:
     return out
 
 
-def render_arithmetic(a) -> list[str]:
+def render_arithmetic(a, unix: bool = False) -> list[str]:
+    if unix and a.difference is not None:
+        out = [f"  accepted {_n(a.accepted)} = receiver Recv-Q {_n(a.receiver_recv_q)}   (difference {a.difference:,})",
+               "  a Unix socket has no send queue of its own: send() appends the bytes to the receiver's "
+               "queue, so they are all there"]
+        if a.returning:
+            out.append(f"  and {_n(a.returning)} bytes the peer sent wait unread in our receive queue")
+        return out
     if a.difference is None:
         return [f"  accepted {_n(a.accepted)} bytes; the receiver's Recv-Q is unavailable, "
                 "so the sum cannot be checked"]
@@ -219,6 +237,14 @@ def render_explanation(r) -> list[str]:
     rv = snap.receiver if snap else None
     lines = ["", "What happened"]
     a = snap.arithmetic
+    if r.transport == "unix" and (a.difference is None or a.difference >= 0):
+        lines += _wrap(
+            "The peer accepted the connection and never called recv().  On a Unix-domain socket "
+            "send() puts the bytes straight into the peer's receive queue (there are no packets, no "
+            "window and no ACKs); the kernel charges them to our SO_SNDBUF until the peer reads, and "
+            f"once that charge reached it, send() raised {f.exception} ({f.errno_name}): {exp.meaning}.  "
+            "Nothing is broken: the next read by the peer frees room at once.")
+        return lines + _advice(exp, r)
     if a.difference is not None and a.difference < 0 and a.returning:
         lines += _wrap(
             f"The peer does read - it took {_n(-a.difference)} bytes - but it answers, and this program "
@@ -290,16 +316,75 @@ def render_report(r, *, quiet: bool = False) -> str:
     lines = [f"socktools stall: {r.family} {r.local} -> {r.remote}, nonblocking, "
              f"{_human(r.config.chunk)} per send()",
              f"  peer: {peer}" + (f", pid {r.peer.pid}" if r.peer.pid else "")]
+    if r.payload != "zeros":
+        whole = f"; {r.whole_requests:,} whole requests taken by send()" if r.whole_requests is not None else ""
+        lines.append(f"  payload: {r.payload}{whole}")
+    if r.tls is not None or r.transport == "tls":
+        t = r.tls
+        lines.append(f"  TLS: {t.version} {t.cipher}, server name {t.server_name}" if t else "  TLS")
     lines += render_fill(r)
+    if r.answer is not None:
+        return "\n".join(lines + render_answer(r, quiet=quiet))
     snap = r.snapshot
     if snap is not None and r.fill.blocked:
         settled = r.settle is None or r.settle.steady
         lines += ["", "2. The kernel's view at the steady state" if settled else
                   "2. The kernel's view when the timeout passed (the queues never stood still)"]
         lines += _sender_lines(snap) + _receiver_lines(r, snap) + [""]
-        lines += render_table(snap) + [""] + render_arithmetic(snap.arithmetic)
+        lines += render_table(snap) + [""] + render_arithmetic(snap.arithmetic, r.transport == "unix")
+        if r.tls is not None:
+            lines += [""] + render_tls(r)
     if r.drain is not None:
         lines += render_drain(r.drain)
     if not quiet and r.fill.blocked and snap is not None:
         lines += render_explanation(r)
     return "\n".join(lines)
+
+
+def render_tls(r) -> list[str]:
+    """The TLS layer between send() and the kernel: what is counted, what is not visible."""
+    t = r.tls
+    out = [f"  TLS layer (ssl.SSLSocket, {t.version}, {t.cipher})",
+           f"    plaintext send() accepted      {_n(t.plaintext_accepted):>13}"]
+    if t.ciphertext_written is None:
+        out.append("    TLS record bytes our kernel took: unavailable (needs TCP_INFO bytes_acked, Linux 4.1)")
+    else:
+        out.append(f"    TLS record bytes kernel took   {_n(t.ciphertext_written):>13}  "
+                   f"({_n(t.beyond_plaintext)} more than the plaintext: record headers and tags, and "
+                   "records of the refused send())")
+    out += _wrap("Both kernels' queues above hold TLS records (ciphertext), not your plaintext.  "
+                 "Held by OpenSSL itself: " + t.held_by_tls + ".")
+    return out
+
+
+def answer_line(r) -> str:
+    """One line for stderr: the peer answered and closed, what it said, not a full buffer."""
+    a = r.answer
+    said = a.replies[0] if a.replies else (repr(a.first[:60]) if a.first else "nothing")
+    how = "reset the connection" if a.how == "reset" else "closed the connection"
+    return (f"the peer at {r.remote} answered ({said}) and {how} after {_n(a.accepted_before)} bytes: "
+            "not a full buffer; send what it expects (--mode, --send)")
+
+
+def render_answer(r, quiet: bool = False) -> list[str]:
+    a = r.answer
+    how = ("reset the connection (RST)" if a.how == "reset"
+           else "closed the connection (its FIN" + (", or TLS close_notify)" if r.transport == "tls" else ")"))
+    err = f"; our socket met {a.errno_name}" if a.errno_name else ""
+    step = "while filling" if a.step == "fill" else "while we retried after the first EAGAIN"
+    more = "" if a.counted_all else f" (counted up to {_n(a.bytes)}; more came)"
+    lines = ["", "The peer answered and " + how,
+             f"  {step}, after send() had accepted {_n(a.accepted_before)} bytes{err}",
+             f"  it answered {_n(a.bytes)} bytes{more}" + (f", first: {a.first[:120]}" if a.first else "")]
+    if a.replies:
+        lines.append(f"  decoded as {a.decoder}:")
+        lines += [f"    {reply[:160]}" for reply in a.replies]
+    if not quiet:
+        lines += ["", "What happened"] + _wrap(
+            "This is not a full-buffer case: the peer read what we sent, answered, and ended the "
+            "connection, so no queue filled and there is nothing to wait for.  Usually it did not "
+            "understand the bytes (a protocol error, an HTTP 400) or a limit of its own ended the "
+            "connection (redis' client-output-buffer-limit when replies are never read).  Its answer "
+            "above says which; send what it expects (--mode and its options, or --send), or point "
+            "stall at a peer that accepts and does not read.")
+    return lines

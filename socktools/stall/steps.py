@@ -31,24 +31,66 @@ results are the frozen dataclasses of :mod:`socktools.stall.results`.
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
 import os
+import select
 import selectors
 import socket
+import ssl
 import time
 from typing import Any, Callable, Optional, Protocol
 
 from socktools.kernel import socktable, tcpinfo
 from socktools.addresses import format_addr, resolve
 from socktools.errors import errno_name
+from socktools.stall.payload import PayloadStream, decode_answer
 from socktools.stall.config import (DEFAULT_CHUNK, DEFAULT_SETTLE, DEFAULT_TIMEOUT,  # noqa: F401
                                     StallConfig)
 from socktools.stall.results import (Arithmetic, DrainResult, DrainSample, FillResult, PeerInfo,
-                                     PersistState, ReceiverView, SenderView, SettleResult, Snapshot,
-                                     StallReport, TableRow)
+                                     PeerAnswer, PersistState, ReceiverView, SenderView, SettleResult,
+                                     Snapshot, StallReport, TableRow, TlsView)
 
 __all__ = ["StallConfig", "StallError", "Peer", "TargetPeer", "Staller", "run_stall",
            "StallReport", "DEFAULT_CHUNK", "DEFAULT_SETTLE", "DEFAULT_TIMEOUT"]
+
+#: Bytes of the peer's answer kept to show and decode: a status line and its headers, a redis
+#: error, the first replies of a stream of them - what says why it closed.
+ANSWER_KEPT = 4096
+#: Bytes of the answer stall reads and counts after the peer closed: our receive queue holds
+#: at most a few MiB on Linux; the bound keeps a peer that streams until it closes from
+#: holding the command for long.
+ANSWER_COUNTED = 64 << 20
+#: How long stall keeps reading the answer once the peer closed (its last bytes and FIN or
+#: RST are already in our queue; this only bounds a peer that half-closed and writes on).
+ANSWER_WAIT = 1.0
+#: What stall can and cannot see of the bytes OpenSSL itself holds (checked by
+#: tests/test_stall_tls.py against a peer that never reads).
+TLS_HELD = ("not visible through ssl.SSLSocket: a refused send() leaves the records it already "
+            "encrypted in OpenSSL's write buffer (part of one may be in the kernel), and Python "
+            "exposes no count of them (SSLSocket.pending() is the read side); retry send() with "
+            "the same bytes and OpenSSL writes them first")
+#: poll() bits that say the peer is gone: it shut down its sending side (RDHUP: FIN or TLS
+#: close under it), both sides (HUP), or the connection failed (ERR: a reset).
+_GONE = select.POLLRDHUP | select.POLLHUP | select.POLLERR
+#: What send() raises when the peer closed (EPIPE) or reset (ECONNRESET) the connection, and
+#: what an SSLSocket raises for a peer that closed without (or with) close_notify.
+_PEER_GONE = (ConnectionError, ssl.SSLEOFError, ssl.SSLZeroReturnError)
+#: The two refusals that mean "the kernel's send buffer is full, not now": plaintext, and
+#: the same EAGAIN seen through OpenSSL on a nonblocking SSLSocket.
+_REFUSED = (BlockingIOError, ssl.SSLWantWriteError)
+
+
+def make_payload(config: StallConfig) -> PayloadStream:
+    """What to repeat: ``config.spec``'s requests (built by the wire modes), or zeros."""
+    if config.spec is None:
+        return PayloadStream.repeat(b"\0", config.chunk)
+    from socktools.wire.spec import build
+    proto = build(config.spec)
+    summary = config.spec.summary()
+    label = " ".join(f"{k}={v!r}" for k, v in summary.items() if v not in (None, [], (), ""))
+    return PayloadStream.requests(proto, config.chunk, label=label)
+
 
 class StallError(Exception):
     """A step failed; ``what`` says which ("connect to 127.0.0.1:9"), ``cause`` is the OSError."""
@@ -104,7 +146,8 @@ class Staller:
 
     def __init__(self, config: StallConfig, peer: Any, *, peer_info: Optional[PeerInfo] = None,
                  clock: Callable[[], float] = time.perf_counter,
-                 find_socket: Callable[..., Any] = socktable.find_socket) -> None:
+                 find_socket: Callable[..., Any] = socktable.find_socket,
+                 payload: Optional[PayloadStream] = None) -> None:
         self.config = config
         self.peer = peer
         self.peer_info = peer_info or describe_peer(peer, "injected")
@@ -119,17 +162,30 @@ class Staller:
         self.settle_result: Optional[SettleResult] = None
         self.snapshot_result: Optional[Snapshot] = None
         self.drain_result: Optional[DrainResult] = None
-        self._payload = memoryview(b"\0" * config.chunk)
+        self.stream = payload or PayloadStream.repeat(b"\0", config.chunk)
+        self.answer: Optional[PeerAnswer] = None
+        self.tls_view: Optional[TlsView] = None
+        self.tls_info: Optional[dict] = None
+        self._tls_base: Optional[int] = None   # ciphertext our kernel took by the handshake's end
+        self._poll: Any = None
+        self._step = "fill"
 
     # ------------------------------------------------------------------ steps
+    @property
+    def unix(self) -> bool:
+        return self.sock is not None and self.sock.family == socket.AF_UNIX
+
     def connect(self) -> None:
-        """Connect (blocking, bounded), then switch to nonblocking."""
-        host, port = str(self.peer.address[0]), int(self.peer.address[1])
-        try:
-            family, sockaddr = resolve(host, port)
-        except OSError as exc:
-            raise StallError(f"resolve {host!r}", exc,
-                             f"cannot resolve {host!r}: {exc.strerror or exc}") from exc
+        """Connect (blocking, bounded; with TLS, the handshake too), then switch to nonblocking."""
+        if isinstance(self.peer.address, (str, bytes)):     # a Unix-domain socket's path
+            family, sockaddr, host = socket.AF_UNIX, self.peer.address, "localhost"
+        else:
+            host, port = str(self.peer.address[0]), int(self.peer.address[1])
+            try:
+                family, sockaddr = resolve(host, port)
+            except OSError as exc:
+                raise StallError(f"resolve {host!r}", exc,
+                                 f"cannot resolve {host!r}: {exc.strerror or exc}") from exc
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
             if self.config.sndbuf:
@@ -139,24 +195,118 @@ class Staller:
         except OSError as exc:
             sock.close()
             raise StallError(f"connect to {format_addr(sockaddr)}", exc) from exc
+        local, remote = sock.getsockname(), sock.getpeername()
+        tls = self.config.tls
+        if tls is not None and tls.enabled:
+            sock = self._handshake(sock, tls, host, sockaddr)
         sock.setblocking(False)
-        self.sock, self.local, self.remote = sock, sock.getsockname(), sock.getpeername()
+        self.sock, self.local, self.remote = sock, local, remote
+        self._poll = select.poll()
+        self._poll.register(sock.fileno(), select.POLLIN | _GONE)
         self.connected_at = self.clock()
 
-    def _send_until_blocked(self, deadline: float) -> tuple[int, int, int, Optional[BlockingIOError]]:
-        """send() chunks until EAGAIN or ``deadline``: (bytes, sends, partial sends, the error)."""
+    def _handshake(self, sock: socket.socket, tls: Any, host: str, sockaddr: Any) -> Any:
+        """The TLS handshake, blocking under the connect timeout; the SSLSocket."""
+        from socktools.tlsconf import client_context, negotiated, server_name
+        name = server_name(tls, host)
+        try:
+            tsock = client_context(tls).wrap_socket(sock, server_hostname=name, do_handshake_on_connect=False)
+        except (OSError, ValueError) as exc:
+            sock.close()
+            raise StallError(f"TLS setup for {format_addr(sockaddr)}", exc) from exc
+        try:
+            tsock.do_handshake()
+        except OSError as exc:
+            tsock.close()
+            raise StallError(f"TLS handshake with {format_addr(sockaddr)}", exc) from exc
+        self.tls_info = {**negotiated(tsock), "server_name": name}
+        self._tls_base = self._ciphertext_written(tsock)
+        return tsock
+
+    @staticmethod
+    def _ciphertext_written(sock: Any) -> Optional[int]:
+        """Bytes our kernel took from this socket so far: acknowledged + still in Send-Q."""
+        info, _ = tcpinfo.read_tcp_info(sock)
+        q = tcpinfo.read_queues(sock)
+        acked = info.get("bytes_acked") if info else None
+        if acked is None or q.send_q is None:
+            return None
+        return acked + q.send_q
+
+    def _gone(self) -> bool:
+        """Has the peer closed, shut down its side or reset the connection?  (One poll(0).)"""
+        return any(ev & _GONE for _, ev in self._poll.poll(0))
+
+    def _peer_closed(self, exc: Optional[BaseException], accepted: int) -> None:
+        """The peer closed or reset: read what it answered (bounded) and record it."""
+        assert self.sock is not None
+        kept = bytearray()
+        count, eof, reset = 0, False, isinstance(exc, ConnectionResetError)
+        seen_err = exc
+        deadline = self.clock() + ANSWER_WAIT
+        while count < ANSWER_COUNTED and self.clock() < deadline:
+            try:
+                data = self.sock.recv(65536)
+            except (BlockingIOError, ssl.SSLWantReadError):
+                if self._gone() and not self._poll_in():
+                    break           # nothing left, and nothing more will come
+                select.select([self.sock], [], [], max(0.0, min(0.05, deadline - self.clock())))
+                continue
+            except ssl.SSLZeroReturnError:      # its close_notify: a clean TLS close
+                eof = True
+                break
+            except (OSError, ssl.SSLError) as err:  # a reset, or TCP closed under TLS
+                seen_err = err
+                reset = reset or isinstance(err, ConnectionResetError)
+                eof = not reset
+                break
+            if not data:
+                eof = True
+                break
+            if len(kept) < ANSWER_KEPT:
+                kept += data[:ANSWER_KEPT - len(kept)]
+            count += len(data)
+        mode = self.config.spec.mode if self.config.spec is not None else None
+        decoded = decode_answer(bytes(kept), mode)
+        num = getattr(seen_err, "errno", None)
+        self.answer = PeerAnswer(
+            how="reset" if reset else "closed", step=self._step,
+            errno_name=errno_name(num) if isinstance(num, int) and num > 0 else (
+                type(seen_err).__name__ if seen_err is not None else None),
+            bytes=count, counted_all=eof or reset or count < ANSWER_COUNTED,
+            first=repr(bytes(kept[:256]))[2:-1],
+            decoder=decoded.decoder, replies=decoded.replies, accepted_before=accepted)
+
+    def _poll_in(self) -> bool:
+        pending = getattr(self.sock, "pending", None)
+        if pending is not None and pending():
+            return True
+        return any(ev & select.POLLIN for _, ev in self._poll.poll(0))
+
+    def _send_until_blocked(self, deadline: float) -> tuple[int, int, int, Optional[OSError]]:
+        """send() chunks until EAGAIN or ``deadline``, or until the peer closes (then
+        ``self.answer`` says what it answered): (bytes, sends, partial sends, the refusal)."""
         assert self.sock is not None
         total = sends = partial = 0
-        while self.clock() < deadline:
+        while self.clock() < deadline and self.answer is None:
+            view = self.stream.view()
             try:
-                n = self.sock.send(self._payload)
-            except BlockingIOError as exc:
+                n = self.sock.send(view)
+            except _REFUSED as exc:
+                if self._gone():
+                    self._peer_closed(None, self.accepted + total)
                 return total, sends, partial, exc
+            except _PEER_GONE as exc:
+                self._peer_closed(exc, self.accepted + total)
+                break
             except OSError as exc:
                 raise StallError(f"send to {format_addr(self.remote)}", exc) from exc
+            self.stream.advance(n)
             total += n
             sends += 1
-            partial += n < len(self._payload)
+            partial += n < len(view)
+            if self._gone():
+                self._peer_closed(None, self.accepted + total)
         return total, sends, partial, None
 
     def fill(self) -> FillResult:
@@ -164,21 +314,34 @@ class Staller:
         start = self.clock()
         total, sends, partial, exc = self._send_until_blocked(start + self.config.timeout)
         self.accepted += total
-        num = exc.errno if exc is not None else None
+        if isinstance(exc, ssl.SSLWantWriteError):
+            # its errno is OpenSSL's SSL_ERROR_WANT_WRITE (3), not an errno: named as OpenSSL does
+            num, name = None, "SSL_ERROR_WANT_WRITE"
+        else:
+            num = exc.errno if exc is not None else None
+            name = errno_name(num) if num else None
         self.fill_result = FillResult(
             blocked=exc is not None, bytes=total, sends=sends, partial_sends=partial,
-            seconds=self.clock() - start, errno=num, errno_name=errno_name(num) if num else None,
+            seconds=self.clock() - start, errno=num, errno_name=name,
             exception=type(exc).__name__ if exc else None, message=str(exc) if exc else None)
         return self.fill_result
 
+    def _queues(self) -> tcpinfo.Queues:
+        """Our queues: TCP's three ioctls, or for AF_UNIX the two Linux has (SIOCINQ: bytes
+        in our receive queue; SIOCOUTQ: memory our sent bytes still hold, see docs/stall.md)."""
+        if not self.unix:
+            return tcpinfo.read_queues(self.sock)
+        return read_unix_queues(self.sock)
+
     def _fingerprint(self) -> tuple:
-        q = tcpinfo.read_queues(self.sock)
-        info, _ = tcpinfo.read_tcp_info(self.sock)
+        q = self._queues()
+        info, _ = tcpinfo.read_tcp_info(self.sock) if not self.unix else (None, "")
         return (q.send_q, q.notsent, info.get("snd_wnd") if info else None)
 
     def settle(self) -> SettleResult:
         """Retry until nothing changes for ``config.settle`` seconds (or ``timeout`` passes)."""
         assert self.sock is not None
+        self._step = "settle"
         start = self.clock()
         deadline = start + self.config.timeout
         extra = extra_sends = 0
@@ -188,6 +351,9 @@ class Staller:
             sel.register(self.sock, selectors.EVENT_WRITE)
             while True:
                 now = self.clock()
+                if self.answer is not None:     # the peer closed: there is nothing to settle
+                    steady = False
+                    break
                 if now - quiet_since >= self.config.settle:
                     steady = True
                     break
@@ -199,12 +365,12 @@ class Staller:
                 # third of the buffer free for EVENT_WRITE, not one byte).
                 sel.select(min(self.config.sample_interval, deadline - now))
                 n, sends, _, _ = self._send_until_blocked(deadline)
+                self.accepted += n      # now, so a peer that closes is told what it had been sent
                 extra += n
                 extra_sends += sends
                 fp = self._fingerprint()
                 if n or fp != last:
                     last, quiet_since = fp, self.clock()
-        self.accepted += extra
         self.settle_result = SettleResult(steady=steady, seconds=self.clock() - start,
                                           extra_bytes=extra, extra_sends=extra_sends,
                                           total_accepted=self.accepted)
@@ -237,6 +403,10 @@ class Staller:
     def snapshot(self) -> Snapshot:
         """The kernel's view of both ends now (call it once the queues have settled)."""
         assert self.sock is not None
+        if self.tls_info is not None:
+            self.tls_view = self._tls_view()
+        if self.unix:
+            return self._unix_snapshot()
         at = self.clock()
         q = tcpinfo.read_queues(self.sock)
         info, info_reason = tcpinfo.read_tcp_info(self.sock)
@@ -270,6 +440,65 @@ class Staller:
             seconds=at - self.connected_at, sender=sender, receiver=receiver, table=table,
             table_source=source, arithmetic=arithmetic,
             table_sender_send_q=s_entry.send_q if s_entry else None)
+        return self.snapshot_result
+
+    def _tls_view(self) -> TlsView:
+        """Plaintext send() accepted against the TLS record bytes our kernel took."""
+        now = self._ciphertext_written(self.sock)
+        written = None if now is None or self._tls_base is None else now - self._tls_base
+        info = self.tls_info or {}
+        return TlsView(version=info.get("version"), cipher=info.get("cipher"),
+                       server_name=info.get("server_name"), plaintext_accepted=self.accepted,
+                       ciphertext_written=written,
+                       beyond_plaintext=None if written is None else written - self.accepted,
+                       held_by_tls=TLS_HELD)
+
+    def _unix_snapshot(self) -> Snapshot:
+        """The kernel's view of an AF_UNIX connection: our ioctls, both ends from unix_diag."""
+        at = self.clock()
+        q = read_unix_queues(self.sock)
+        bufs = tcpinfo.read_buffers(self.sock)
+        none = "TCP only: a Unix socket has no window, no ACKs and no persist timer"
+        sender = SenderView(
+            local=format_addr(self.local) or "(unnamed)", remote=format_addr(self.remote),
+            sndbuf_requested=self.config.sndbuf, sndbuf=bufs.sndbuf, rcvbuf=bufs.rcvbuf,
+            send_q=q.send_q, unacked_bytes=None, notsent_bytes=None, recv_q=q.recv_q,
+            queues_unavailable=q.reason, tcp_info=None, tcp_info_unavailable=none,
+            persist=PersistState(None, None, None, None, unavailable=none))
+        ours = theirs = listener = None
+        reason, source = "", ""
+        try:
+            ino = os.fstat(self.sock.fileno()).st_ino
+            rows = socktable.read_sockets(families=("unix",), processes=True)
+            by_inode = {e.inode: e for e in rows if e.inode}
+            ours = by_inode.get(ino)
+            theirs = by_inode.get(ours.remote[1]) if ours is not None else None
+            path = format_addr(self.remote)
+            listener = next((e for e in rows if e.state == "LISTEN" and e.local[0] == path), None)
+            source = socktable.resolve_source()
+        except (socktable.SocketTableUnavailable, OSError) as exc:
+            reason = f"cannot read the socket table: {exc}"
+        if theirs is None:
+            receiver = ReceiverView(found=False, reason=reason or (
+                "its peer socket is not in this namespace's unix_diag table (already closed?)"))
+        else:
+            receiver = ReceiverView(found=True, reason="", local=theirs.local[0], remote="*",
+                                    state=theirs.state, recv_q=theirs.recv_q, send_q=theirs.send_q,
+                                    pids=tuple(theirs.pids))
+        me = ((os.getpid(), "this process"),)
+        table = [TableRow(role=role, proto=e.proto, recv_q=e.recv_q, send_q=e.send_q,
+                          local=f"{e.local[0]} {e.local[1]}", foreign=f"* {e.remote[1]}", state=e.state,
+                          pids=tuple(pids or e.pids))
+                 for e, role, pids in ((theirs, "receiver", ()), (ours, "sender", me),
+                                       (listener, "listener", ())) if e is not None]
+        # AF_UNIX: send() puts the bytes straight into the receiver's queue, so the receiver's
+        # Recv-Q alone holds them; what comes back waits in our receive queue
+        arithmetic = Arithmetic.of(self.accepted, theirs.recv_q if theirs else None, 0,
+                                   q.recv_q if theirs else None)
+        self.snapshot_result = Snapshot(
+            seconds=at - self.connected_at, sender=sender, receiver=receiver, table=table,
+            table_source=source, arithmetic=arithmetic,
+            table_sender_send_q=ours.send_q if ours else None)
         return self.snapshot_result
 
     def _receiver_view(self, entry: Optional[socktable.SocketEntry], reason: str) -> ReceiverView:
@@ -353,11 +582,16 @@ class Staller:
     # ------------------------------------------------------------------ result
     def report(self) -> StallReport:
         assert self.fill_result is not None
+        family = {socket.AF_INET6: "IPv6", socket.AF_UNIX: "Unix"}.get(
+            self.sock.family if self.sock else socket.AF_INET, "IPv4")
+        transport = "unix" if family == "Unix" else ("tls" if self.tls_info is not None else "tcp")
         return StallReport(config=self.config, peer=self.peer_info,
-                           local=format_addr(self.local), remote=format_addr(self.remote),
-                           family="IPv6" if self.sock and self.sock.family == socket.AF_INET6 else "IPv4",
-                           fill=self.fill_result, settle=self.settle_result,
-                           snapshot=self.snapshot_result, drain=self.drain_result)
+                           local=format_addr(self.local) or "(unnamed)", remote=format_addr(self.remote),
+                           family=family, fill=self.fill_result, settle=self.settle_result,
+                           snapshot=self.snapshot_result, drain=self.drain_result,
+                           transport=transport, payload=self.stream.label or "zeros",
+                           whole_requests=self.stream.whole_requests, answer=self.answer,
+                           tls=self.tls_view)
 
     def close(self) -> None:
         """Close; abortively (RST) if data is still queued, so no orphan keeps probing a full peer."""
@@ -376,17 +610,40 @@ class Staller:
         self.close()
 
 
-def run_stall(config: StallConfig, *, peer: Any = None) -> StallReport:
-    """Stall a connection and report.  ``peer=None``: the embedded sink, or ``config.port``'s server.
+def read_unix_queues(sock: socket.socket) -> tcpinfo.Queues:
+    """An AF_UNIX stream socket's queues as Linux reports them: SIOCINQ is the bytes in its
+    receive queue; SIOCOUTQ is sk_wmem_alloc, the memory (skb truesize, bookkeeping included)
+    of the bytes it sent that still wait in the peer's receive queue -- a Unix socket has no
+    send queue of its own.  SIOCOUTQNSD has no meaning here (no "not yet sent")."""
+    if not tcpinfo.IS_LINUX:
+        return tcpinfo.Queues(None, None, None, tcpinfo.UNAVAILABLE_PLATFORM)
+    import array
+    import fcntl
+    out = []
+    try:
+        for request in (tcpinfo.SIOCINQ, tcpinfo.SIOCOUTQ):
+            buf = array.array("i", [0])
+            fcntl.ioctl(sock.fileno(), request, buf, True)
+            out.append(buf[0])
+    except OSError as exc:
+        return tcpinfo.Queues(None, None, None, f"queue ioctl failed: {exc}")
+    return tcpinfo.Queues(out[0], out[1], None)
 
-    Raises :class:`StallError` (connect refused, peer reset...) and
+
+def run_stall(config: StallConfig, *, peer: Any = None) -> StallReport:
+    """Stall a connection and report.  ``peer=None``: the embedded sink, or the server at
+    ``config.port`` / ``config.unix``.  A peer that answers and closes or resets ends the run
+    early: the report's ``answer`` says what it said, and no buffer figures are taken.
+
+    Raises :class:`StallError` (connect refused, a failed handshake...) and
     ``socktools.core.embedded.EmbeddedServerError`` if the embedded sink cannot start.
     """
+    payload = make_payload(config)
     with contextlib.ExitStack() as stack:
         if peer is not None:
             info = describe_peer(peer, "injected")
-        elif config.port is not None:
-            peer = TargetPeer((config.host, config.port))
+        elif config.external:
+            peer = TargetPeer(config.unix if config.unix is not None else (config.host, config.port))
             info = describe_peer(peer, "target")
         else:
             from socktools.core.embedded import EmbeddedServer
@@ -398,13 +655,14 @@ def run_stall(config: StallConfig, *, peer: Any = None) -> StallReport:
             args = ["--rcvbuf", str(config.rcvbuf)] if config.rcvbuf else []
             peer = stack.enter_context(EmbeddedServer(mode="sink", host=host, args=args))
             info = describe_peer(peer, "embedded")
-        staller = stack.enter_context(Staller(config, peer, peer_info=info))
+        staller = stack.enter_context(Staller(config, peer, peer_info=info, payload=payload))
         staller.connect()
-        if staller.fill().blocked:
+        if staller.fill().blocked and staller.answer is None:
             staller.settle()
-            staller.snapshot()
-            if config.drain:
-                staller.drain()
-        else:
+            if staller.answer is None:
+                staller.snapshot()
+                if config.drain:
+                    staller.drain()
+        elif staller.answer is None:
             staller.snapshot()
         return staller.report()
