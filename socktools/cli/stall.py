@@ -133,14 +133,20 @@ def _spec(ctx, mode, host, port, unix, params):
     bytes; --send without --mode is those bytes as they are (raw, no reply awaited)."""
     from socktools.addresses import format_addr
     sends = list(params.get("sends") or ())
+    given = given_params(ctx)
     if any(s.startswith("@") for s in sends):
         if len(sends) > 1 or params.get("send_file"):
             raise click.BadParameter("--send @FILE is the whole payload: give it once, without --send-file",
                                      param_hint="'--send'")
-        params["send_file"], params["sends"] = sends[0][1:], ()
-    given = given_params(ctx)
-    if "sends" in given and params.get("send_file"):
-        given = [g for g in given if g != "sends"]     # --send @FILE became the file
+        path = sends[0][1:]
+        try:
+            with open(path, "rb"):
+                pass
+        except (OSError, ValueError) as exc:
+            raise click.BadParameter(f"cannot read {path!r}: {getattr(exc, 'strerror', None) or exc}",
+                                     param_hint="'--send'") from None
+        params["send_file"], params["sends"] = path, ()
+        given = [g for g in given if g != "sends"] + ["send_file"]     # --send @FILE is the file
     if mode is None:
         if not given:
             return None

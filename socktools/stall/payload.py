@@ -16,6 +16,7 @@ first decoder that takes them.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -52,6 +53,9 @@ class PayloadStream:
         else:
             self._buf = bytearray()
             self._seq = 0
+            self._made = 0                  # bytes rendered so far
+            self._ends: deque = deque()     # where each rendered, not yet wholly sent request ends
+            self._whole = 0
 
     @classmethod
     def repeat(cls, unit: bytes, chunk: int, label: str = "") -> "PayloadStream":
@@ -68,7 +72,7 @@ class PayloadStream:
             return cls(chunk, unit=first, label=label)
         return cls(chunk, make=lambda seq: proto.request(seq, 0), label=label)
 
-    def view(self) -> memoryview:
+    def view(self) -> memoryview:  # noqa: D401
         """The next ``chunk`` bytes (the same ones again until :meth:`advance` moves past them)."""
         if self._make is None:
             return self._ring[self._offset:self._offset + self.chunk]
@@ -78,9 +82,13 @@ class PayloadStream:
             if not data:
                 raise ValueError(f"request {self._seq} is empty: nothing to send")
             self._buf += data
+            self._made += len(data)
+            self._ends.append(self._made)
             self._seq += 1
             made += 1
-        return memoryview(self._buf)[:self.chunk]
+        # a copy (64 KiB per send: cheap beside the syscall): a view would pin the buffer
+        # that advance() trims while the caller still holds it
+        return memoryview(bytes(self._buf[:self.chunk]))
 
     def advance(self, n: int) -> None:
         """send() took ``n`` bytes of the last view."""
@@ -89,13 +97,16 @@ class PayloadStream:
             self._offset = (self._offset + n) % len(self.unit)
         else:
             del self._buf[:n]
+            while self._ends and self._ends[0] <= self.sent:
+                self._ends.popleft()
+                self._whole += 1
 
     @property
     def whole_requests(self) -> Optional[int]:
         """Requests send() took entirely (None for the zeros, which are no requests)."""
         if self._make is None:
             return self.sent // len(self.unit) if self.label else None
-        return self._seq - (1 if self._buf else 0)
+        return self._whole
 
 
 @dataclass(frozen=True)
