@@ -190,9 +190,9 @@ def test_connect_failure_json_is_one_object():
 
 
 @pytest.mark.parametrize("args,option", [
-    (["--command", "SET k v"], "--command"),
-    (["--send", "@/nonexistent/file"], "--send"),
-    (["--send", "@a", "--send", "b"], "--send"),
+    (["--command", "SET k v"], "--command: shapes a wire mode's requests: give --mode"),
+    (["--send", "@/nonexistent/file"], "'--send': cannot read '/nonexistent/file'"),
+    (["--send", "@a", "--send", "b"], "--send @FILE is the whole payload"),
     (["--mode", "raw", "--send", "x\\q"], "--send"),
     (["--mode", "redis", "--reply-until", "x"], "--reply-until"),
 ])
