@@ -1,0 +1,130 @@
+"""stall --tls: the full-buffer case through OpenSSL (SSLWantWriteError), and real TLS servers
+(redis' --tls-port, nginx's ssl listener) that answer and close.  Certificates from trustme."""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from tests.conftest import socktools_cmd
+from tests.peers import Certs, Nginx, Redis
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
+                                reason="stall reads Linux's TCP_INFO, queue ioctls and socket table")
+
+
+def _stall(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(socktools_cmd("stall", *args), capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture
+def certs(tmp_path):
+    return Certs(tmp_path)
+
+
+class TlsSink:
+    """Accepts one TLS connection, completes the handshake, and never reads."""
+
+    def __init__(self, certs: Certs) -> None:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(str(certs.cert), str(certs.key))
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen()
+        self.port = self.listener.getsockname()[1]
+        self.ctx = ctx
+        self.conn = None
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            raw, _ = self.listener.accept()
+            raw.settimeout(10)
+            self.conn = self.ctx.wrap_socket(raw, server_side=True)   # the handshake, then nothing
+        except OSError:
+            pass
+        self.done.set()
+
+    def close(self) -> None:
+        self.listener.close()
+        self.done.wait(10)
+        if self.conn is not None:
+            self.conn.close()
+        self.thread.join(10)
+
+
+def test_tls_full_buffer_is_ssl_want_write_with_both_queues_holding_records(certs):
+    sink = TlsSink(certs)
+    try:
+        r = _stall("--port", str(sink.port), "--tls", "--cafile", str(certs.ca), "--json")
+        assert r.returncode == 0, r.stderr
+        doc = json.loads(r.stdout)
+    finally:
+        sink.close()
+    assert doc["outcome"] == "stalled" and doc["transport"] == "tls"
+    assert doc["fill"]["exception"] == "SSLWantWriteError"
+    assert doc["fill"]["errno_name"] == "SSL_ERROR_WANT_WRITE"
+    t = doc["tls"]
+    assert t["version"] in ("TLSv1.2", "TLSv1.3") and t["cipher"]
+    assert t["plaintext_accepted"] == doc["settle"]["total_accepted"] > 0
+    # the kernels hold TLS records: more bytes than the plaintext (headers and tags at least)
+    assert t["ciphertext_written"] > t["plaintext_accepted"]
+    snap = doc["snapshot"]
+    held = snap["receiver"]["recv_q"] + snap["sender"]["send_q"]
+    assert held == t["ciphertext_written"]                  # every record byte is in one queue
+    assert "not visible through ssl.SSLSocket" in t["held_by_tls"]
+    from tests.test_json_schemas import validate
+    validate(doc, "stall")
+
+
+def test_tls_text_report_says_the_queues_hold_records(certs):
+    sink = TlsSink(certs)
+    try:
+        r = _stall("--port", str(sink.port), "--tls", "--cafile", str(certs.ca))
+    finally:
+        sink.close()
+    assert r.returncode == 0, r.stderr
+    assert "SSLWantWriteError" in r.stdout and "TLS layer (ssl.SSLSocket" in r.stdout
+    assert "hold TLS records (ciphertext)" in r.stdout
+
+
+def test_tls_to_redis_tls_port_closed_by_its_output_buffer_limit(tmp_path, certs):
+    with Redis(tmp_path, tls=certs) as redis:
+        redis.command("CONFIG", "SET", "client-output-buffer-limit", "normal 1mb 0 0")
+        r = _stall("--port", str(redis.port), "--tls", "--cafile", str(certs.ca), "--mode", "redis",
+                   "--command", "SET k v", "--timeout", "20s", "--json")
+        calls = redis.calls().get("set", 0)
+    assert r.returncode == 1, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["outcome"] == "peer-closed" and doc["transport"] == "tls"
+    assert doc["answer"]["decoder"] == "redis" and doc["answer"]["replies"][0] == "OK"
+    assert 0 < calls <= doc["whole_requests"]
+
+
+def test_tls_to_nginx_zeros_answered_400_and_closed(tmp_path, certs):
+    with Nginx(tmp_path, tls=certs) as nginx:
+        r = _stall("--port", str(nginx.port), "--tls", "--cafile", str(certs.ca), "--timeout", "5s")
+    assert r.returncode == 1, r.stderr
+    assert "The peer answered and closed the connection" in r.stdout and "HTTP 400" in r.stdout
+
+
+def test_tls_failed_handshake_json_is_one_object(tmp_path, certs):
+    with Nginx(tmp_path, tls=certs) as nginx:      # no --cafile: the test CA is unknown
+        r = _stall("--port", str(nginx.port), "--tls", "--json")
+    assert r.returncode == 1
+    doc = json.loads(r.stdout)
+    assert doc["ok"] is False and doc["outcome"] == "failed" and doc["phase"] == "handshake"
+    assert doc["error"].startswith("tls-")
+
+
+def test_tls_without_a_target_is_a_usage_error():
+    r = _stall("--tls")
+    assert r.returncode == 2 and "--tls" in r.stderr and "--port" in r.stderr
