@@ -31,7 +31,6 @@ results are the frozen dataclasses of :mod:`socktools.stall.results`.
 from __future__ import annotations
 
 import contextlib
-import errno
 import ipaddress
 import os
 import select
