@@ -213,3 +213,16 @@ def test_bad_exchange_options_are_usage_errors_naming_the_option(args, option):
     r = _stall(*args)
     assert r.returncode == 2, r.stderr
     assert option in r.stderr
+
+
+def test_redis_without_a_limit_keeps_reading_and_buffers_the_answers_itself(redis):
+    # redis' default: no output buffer limit for normal clients.  It reads on and keeps the
+    # unread replies in its memory, so the queues never settle: stall must not call that a
+    # peer that stopped reading (back-pressure).  Bounded: 2 s of settling.
+    r = _stall("--port", str(redis.port), "--mode", "redis", "--command", "SET k v", "--timeout", "2s")
+    text = " ".join(r.stdout.split())
+    assert "and still the peer did not stop reading" in text, r.stdout
+    assert "the peer stopped reading because it could not write" not in text
+    assert "still moving when the timeout passed" in text
+    # stall's connection is gone when it exits; redis then frees its buffered answers
+    assert _wait_for(lambda: "connected_clients:1\r" in redis.command("INFO", "clients"))

@@ -245,6 +245,18 @@ def render_explanation(r) -> list[str]:
             f"once that charge reached it, send() raised {f.exception} ({f.errno_name}): {exp.meaning}.  "
             "Nothing is broken: the next read by the peer frees room at once.")
         return lines + _advice(exp, r)
+    if a.difference is not None and a.difference < 0 and a.returning and r.settle is not None \
+            and not r.settle.steady:
+        lines += _wrap(
+            f"The peer reads everything - it took {_n(-a.difference)} bytes - and answers, and this "
+            "program never reads the answers.  They filled our receive queue and the peer's send queue, "
+            "and still the peer did not stop reading: it keeps the answers it cannot send in its own "
+            "memory (redis does: its client-output-buffer-limit for normal clients is none by default, "
+            f"so its memory grows as long as this runs).  send() raised {f.exception} ({f.errno_name}) "
+            "only for moments, and the queues never stood still.  That is no full buffer: read the "
+            "answers, or give the peer a limit (redis: CONFIG SET client-output-buffer-limit "
+            "\"normal 1mb 0 0\", after which it closes the connection, as stall then says).")
+        return lines + _advice(exp, r)
     if a.difference is not None and a.difference < 0 and a.returning:
         lines += _wrap(
             f"The peer does read - it took {_n(-a.difference)} bytes - but it answers, and this program "
