@@ -48,6 +48,8 @@ PACKAGES = {
                 ("--report", "socktools report")),
         Package("dask", "distributed", "dask[distributed]", "Dask",
                 ("--cluster",)),
+        Package("tls", "cryptography", "cryptography", "the cryptography package",
+                ("stall --tls",)),
     )
 }
 

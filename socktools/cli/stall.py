@@ -28,13 +28,15 @@ Speak the server's protocol (the payload repeated, request after request):
   socktools stall --port 7000 --send @request.bin        # a file's bytes
 
 \b
-Over TLS and Unix sockets (the server must be running; options as request's):
+Over TLS and Unix sockets (TLS options as request's):
+  socktools stall --tls --drain              # its own TLS peer, a throwaway certificate
   socktools stall --port 6380 --tls --cafile ca.pem --mode redis --command 'SET k v'
   socktools stall --unix /run/redis/redis.sock --mode redis --command 'SET k v'
 
 \b
 Without --port or --unix, stall starts `socktools serve --mode sink` on --host
-(a free loopback port) and stops it afterwards (plaintext TCP only).  A peer
+(a free loopback port; with --tls its own TLS sink, which needs the
+cryptography package) and stops it afterwards.  A peer
 that answers and then closes or resets (nginx's 400, redis' protocol error
 or its output buffer limit) is said as such: what it answered, and that this
 is not a full buffer.  Exit codes: 0 send() blocked and the report was

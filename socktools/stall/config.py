@@ -71,9 +71,6 @@ class StallConfig:
         if self.external and self.drain:
             raise OptionError("drain", f"--drain tells the embedded sink to start reading; with {target} "
                               "the server is another program, which stall cannot make read")
-        if self.tls is not None and getattr(self.tls, "enabled", False) and not self.external:
-            raise OptionError("tls", "--tls stalls a server that speaks TLS: give its --port (or --unix); "
-                              "the embedded sink speaks plaintext")
         if not self.external and not is_loopback(self.host):
             raise OptionError("host", f"{self.host} is not a loopback address: the embedded sink listens "
                               "only on loopback (127.0.0.1, ::1); add --port to stall a server there")

@@ -83,7 +83,11 @@ def render_fill(r) -> list[str]:
         return lines
     alias = " (EWOULDBLOCK is the same number)" if f.errno_name == "EAGAIN" else ""
     lines.append(f"  {f.exception}: {f.message}")
-    lines.append(f"  = {f.errno_name}, errno {f.errno}{alias}")
+    if f.errno is None:     # SSLWantWriteError: OpenSSL's error code, not an errno
+        lines.append(f"  = {f.errno_name}: the kernel's EAGAIN under OpenSSL (plaintext send() raises "
+                     "BlockingIOError here)")
+    else:
+        lines.append(f"  = {f.errno_name}, errno {f.errno}{alias}")
     lines.append(f"  after {_n(f.bytes)} bytes ({_human(f.bytes)}) in {_calls(f.sends)} "
                  f"({f.partial_sends} partial), {_ms(f.seconds)} after the first one")
     if s is not None:
@@ -194,14 +198,18 @@ def render_arithmetic(a, unix: bool = False) -> list[str]:
     if a.difference is None:
         return [f"  accepted {_n(a.accepted)} bytes; the receiver's Recv-Q is unavailable, "
                 "so the sum cannot be checked"]
+    what = a.counted
     if a.difference < 0:    # said as the bytes the peer took: a negative "difference" reads as a loss
-        out = [f"  accepted {_n(a.accepted)} = receiver Recv-Q {_n(a.receiver_recv_q)} + sender Send-Q "
+        out = [f"  {what} {_n(a.accepted)} = receiver Recv-Q {_n(a.receiver_recv_q)} + sender Send-Q "
                f"{_n(a.sender_send_q)} + {_n(-a.difference)} read by the peer (or in flight)"]
     else:
-        out = [f"  accepted {_n(a.accepted)} = receiver Recv-Q {_n(a.receiver_recv_q)} + sender Send-Q "
+        out = [f"  {what} {_n(a.accepted)} = receiver Recv-Q {_n(a.receiver_recv_q)} + sender Send-Q "
                f"{_n(a.sender_send_q)}   (difference {a.difference:,})"]
     if a.difference == 0:
-        out.append("  every byte send() accepted sits in one of the two queues: nothing lost, nothing in flight")
+        out.append("  every byte send() accepted sits in one of the two queues: nothing lost, nothing in flight"
+                   if what == "accepted" else
+                   "  every TLS record byte our kernel took sits in one of the two queues: nothing lost, "
+                   "nothing in flight")
     elif a.difference > 0:
         out.append(f"  {_n(a.difference)} bytes are counted twice: the receiver has them, but their ACK has not "
                    "reached the sender yet (delayed or in flight), so they are still in its Send-Q too")
@@ -323,7 +331,9 @@ def _wrap(text: str) -> list[str]:
 
 def render_report(r, *, quiet: bool = False) -> str:
     """The human report: header, fill, the kernel's view, drain, and (unless quiet) the story."""
-    peer = (f"embedded sink `{r.peer.command}`" if r.peer.kind == "embedded"
+    command = r.peer.command or ""
+    shown = f"`{command}`" if command.startswith("socktools") else command
+    peer = (f"embedded sink {shown}" if r.peer.kind == "embedded"
             else f"{r.peer.address} ({'the server you named' if r.peer.kind == 'target' else 'injected'})")
     lines = [f"socktools stall: {r.family} {r.local} -> {r.remote}, nonblocking, "
              f"{_human(r.config.chunk)} per send()",
@@ -364,8 +374,13 @@ def render_tls(r) -> list[str]:
         out.append(f"    TLS record bytes kernel took   {_n(t.ciphertext_written):>13}  "
                    f"({_n(t.beyond_plaintext)} more than the plaintext: record headers and tags, and "
                    "records of the refused send())")
+    if t.held_by_openssl is not None:
+        out.append(f"    of the refused send()          {_n(t.refused_in_kernel):>13}  record bytes already in the "
+                   f"kernel (inferred: {t.records:,} records of {t.record_overhead} bytes overhead each)")
+        out.append(f"    held by OpenSSL                {_n(t.held_by_openssl):>13}  the rest of that partly "
+                   "written record (inferred the same way)")
     out += _wrap("Both kernels' queues above hold TLS records (ciphertext), not your plaintext.  "
-                 "Held by OpenSSL itself: " + t.held_by_tls + ".")
+                 "What OpenSSL itself holds is " + t.held_by_tls + ".")
     return out
 
 

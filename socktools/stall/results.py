@@ -158,13 +158,16 @@ class Arithmetic(_Plain):
     #: Bytes travelling back to us (the peer's Send-Q + our Recv-Q): a peer that reads and
     #: answers, like an echo server, then stalls on *our* not reading.
     returning: Optional[int] = None
+    #: What ``accepted`` counts: the bytes send() accepted, or over TLS the record bytes our
+    #: kernel took (the queues hold records, not plaintext).
+    counted: str = "accepted"
 
     @classmethod
     def of(cls, accepted: int, recv_q: Optional[int], send_q: Optional[int],
-           returning: Optional[int] = None) -> "Arithmetic":
+           returning: Optional[int] = None, counted: str = "accepted") -> "Arithmetic":
         total = None if recv_q is None or send_q is None else recv_q + send_q
         return cls(accepted, recv_q, send_q, total, None if total is None else total - accepted,
-                   returning)
+                   returning, counted)
 
 
 @dataclass(frozen=True)
@@ -225,6 +228,10 @@ class TlsView(_Plain):
     ciphertext_written: Optional[int]   # TLS record bytes our kernel took after the handshake
     beyond_plaintext: Optional[int]     # ciphertext_written - plaintext_accepted
     held_by_tls: str                # what is and is not visible of the bytes OpenSSL holds
+    records: int = 0                # TLS records of the accepted plaintext (RECORD_PLAINTEXT each)
+    record_overhead: Optional[int] = None   # bytes a record adds (TLS 1.3 AEAD: 22); None: unknown
+    refused_in_kernel: Optional[int] = None  # inferred: record bytes of the refused send() in the kernel
+    held_by_openssl: Optional[int] = None    # inferred: the rest of its partly written record
 
 
 #: What a run came to: the full-buffer case, a peer that kept reading, one that answered and

@@ -31,6 +31,7 @@ results are the frozen dataclasses of :mod:`socktools.stall.results`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ipaddress
 import os
 import select
@@ -65,10 +66,20 @@ ANSWER_COUNTED = 64 << 20
 ANSWER_WAIT = 1.0
 #: What stall can and cannot see of the bytes OpenSSL itself holds (checked by
 #: tests/test_stall_tls.py against a peer that never reads).
-TLS_HELD = ("not visible through ssl.SSLSocket: a refused send() leaves the records it already "
+TLS_HELD = ("not exposed by ssl.SSLSocket: a refused send() leaves the records it already "
             "encrypted in OpenSSL's write buffer (part of one may be in the kernel), and Python "
-            "exposes no count of them (SSLSocket.pending() is the read side); retry send() with "
-            "the same bytes and OpenSSL writes them first")
+            "gives no count of them (SSLSocket.pending() is the read side; over TLS 1.3 stall "
+            "infers them from the kernel's count); retry send() with the same bytes and OpenSSL "
+            "writes them first")
+#: Plaintext bytes per TLS record: OpenSSL cuts a write into records of at most 2**14 bytes
+#: (the TLS maximum; Python sets no smaller max_fragment_length).
+RECORD_PLAINTEXT = 1 << 14
+#: Bytes a TLS 1.3 record adds to its plaintext: 5 of header, 1 of inner content type and 16
+#: of AEAD tag (every TLS 1.3 cipher suite has a 16-byte tag; OpenSSL adds no padding).
+#: TLS 1.2's overhead depends on the cipher, so stall infers nothing there.
+TLS13_RECORD_OVERHEAD = 22
+#: Tries at reading acked + Send-Q without an ACK landing between the two reads.
+STABLE_READS = 100
 #: poll() bits that say the peer is gone: it shut down its sending side (RDHUP: FIN or TLS
 #: close under it), both sides (HUP), or the connection failed (ERR: a reset).
 _GONE = select.POLLRDHUP | select.POLLHUP | select.POLLERR
@@ -168,6 +179,7 @@ class Staller:
         self._tls_base: Optional[int] = None   # ciphertext our kernel took by the handshake's end
         self._poll: Any = None
         self._step = "fill"
+        self._records = 0                      # TLS records of what send() accepted
 
     # ------------------------------------------------------------------ steps
     @property
@@ -224,13 +236,21 @@ class Staller:
 
     @staticmethod
     def _ciphertext_written(sock: Any) -> Optional[int]:
-        """Bytes our kernel took from this socket so far: acknowledged + still in Send-Q."""
-        info, _ = tcpinfo.read_tcp_info(sock)
-        q = tcpinfo.read_queues(sock)
-        acked = info.get("bytes_acked") if info else None
-        if acked is None or q.send_q is None:
-            return None
-        return acked + q.send_q
+        """Bytes our kernel took from this socket so far: acknowledged + still in Send-Q.
+
+        Two syscalls: an ACK arriving between them would move bytes from Send-Q to acked
+        unseen, so Send-Q is read before and after TCP_INFO and the pair kept only when it
+        did not change (at most STABLE_READS tries: on loopback an ACK lands in microseconds)."""
+        for _ in range(STABLE_READS):
+            before = tcpinfo.read_queues(sock).send_q
+            info, _ = tcpinfo.read_tcp_info(sock)
+            after = tcpinfo.read_queues(sock).send_q
+            acked = info.get("bytes_acked") if info else None
+            if acked is None or before is None:
+                return None
+            if before == after:
+                return acked + before
+        return None
 
     def _gone(self) -> bool:
         """Has the peer closed, shut down its side or reset the connection?  (One poll(0).)"""
@@ -301,6 +321,8 @@ class Staller:
             except OSError as exc:
                 raise StallError(f"send to {format_addr(self.remote)}", exc) from exc
             self.stream.advance(n)
+            if self.tls_info is not None:
+                self._records += -(-n // RECORD_PLAINTEXT)
             total += n
             sends += 1
             partial += n < len(view)
@@ -431,7 +453,11 @@ class Staller:
                   (self._listener(), "listener", ())) if e]
         recv_q = r_entry.recv_q if r_entry else None
         returning = (r_entry.send_q or 0) + (q.recv_q or 0) if r_entry else None
-        arithmetic = Arithmetic.of(self.accepted, recv_q, q.send_q, returning)
+        written = self.tls_view.ciphertext_written if self.tls_view is not None else None
+        if written is not None:     # the queues hold TLS records: count those
+            arithmetic = Arithmetic.of(written, recv_q, q.send_q, returning, "TLS record bytes")
+        else:
+            arithmetic = Arithmetic.of(self.accepted, recv_q, q.send_q, returning)
         source = ""
         with contextlib.suppress(socktable.SocketTableUnavailable, OSError):
             source = socktable.resolve_source()
@@ -446,11 +472,26 @@ class Staller:
         now = self._ciphertext_written(self.sock)
         written = None if now is None or self._tls_base is None else now - self._tls_base
         info = self.tls_info or {}
+        overhead = TLS13_RECORD_OVERHEAD if info.get("version") == "TLSv1.3" else None
+        in_kernel = held = None
+        if written is not None and overhead is not None:
+            # what the kernel took beyond the accepted sends' records belongs to the refused
+            # send(): its records in order, the last one partly written, its rest in OpenSSL
+            in_kernel = written - self.accepted - overhead * self._records
+            rest, left = in_kernel, len(self.stream.view())
+            while left > 0 and rest >= 0:
+                record = min(left, RECORD_PLAINTEXT) + overhead
+                if rest < record:
+                    held = record - rest if rest > 0 else None
+                    break
+                rest -= record
+                left -= record - overhead
         return TlsView(version=info.get("version"), cipher=info.get("cipher"),
                        server_name=info.get("server_name"), plaintext_accepted=self.accepted,
                        ciphertext_written=written,
                        beyond_plaintext=None if written is None else written - self.accepted,
-                       held_by_tls=TLS_HELD)
+                       held_by_tls=TLS_HELD, records=self._records, record_overhead=overhead,
+                       refused_in_kernel=in_kernel, held_by_openssl=held)
 
     def _unix_snapshot(self) -> Snapshot:
         """The kernel's view of an AF_UNIX connection: our ioctls, both ends from unix_diag."""
@@ -651,8 +692,15 @@ def run_stall(config: StallConfig, *, peer: Any = None) -> StallReport:
             except OSError as exc:
                 raise StallError(f"resolve {config.host!r}", exc,
                                  f"cannot resolve {config.host!r}: {exc.strerror or exc}") from exc
-            args = ["--rcvbuf", str(config.rcvbuf)] if config.rcvbuf else []
-            peer = stack.enter_context(EmbeddedServer(mode="sink", host=host, args=args))
+            if config.tls is not None and config.tls.enabled:
+                # the sink speaks plaintext: stall's own TLS peer, trusted by exactly its certificate
+                from socktools.stall.tlspeer import TlsSink
+                peer = stack.enter_context(TlsSink(host, rcvbuf=config.rcvbuf))
+                if not (config.tls.cafile or config.tls.capath or config.tls.insecure):
+                    config = dataclasses.replace(config, tls=dataclasses.replace(config.tls, cafile=peer.cafile))
+            else:
+                args = ["--rcvbuf", str(config.rcvbuf)] if config.rcvbuf else []
+                peer = stack.enter_context(EmbeddedServer(mode="sink", host=host, args=args))
             info = describe_peer(peer, "embedded")
         staller = stack.enter_context(Staller(config, peer, peer_info=info, payload=payload))
         staller.connect()
