@@ -148,6 +148,10 @@ def test_tls_own_sink_without_cryptography_says_what_to_install(monkeypatch):
     result = CliRunner().invoke(main, ["stall", "--tls"])
     assert result.exit_code == 3
     assert "stall --tls needs the cryptography package: pip install cryptography" in result.output
+    result = CliRunner().invoke(main, ["stall", "--tls", "--json"])
+    assert result.exit_code == 3
+    doc = json.loads(result.stdout)
+    assert doc["ok"] is False and doc["error"] == "missing-package" and "pip install cryptography" in doc["message"]
 
 
 def _check_inference(doc) -> None:

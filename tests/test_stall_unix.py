@@ -52,6 +52,10 @@ class UnixSink:
         return buf[0]
 
     def close(self) -> None:
+        try:    # wakes the accept() of a sink nobody connected to (close alone does not)
+            self.listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self.listener.close()
         if self.conn is not None:
             self.conn.close()

@@ -85,6 +85,7 @@ def command(ctx, host, port, unix, chunk, sndbuf, rcvbuf, settle, drain, timeout
     """
     from socktools.core.embedded import EmbeddedServerError
     from socktools.errors import exception_key, one_line
+    from socktools.optional import MissingPackage
     from socktools.stall.config import StallConfig
     from socktools.stall.report import render_report
     from socktools.stall.steps import StallError, run_stall
@@ -115,6 +116,13 @@ def command(ctx, host, port, unix, chunk, sndbuf, rcvbuf, settle, drain, timeout
         failed(phase, exception_key(exc.cause), one_line(exc.cause, exc.what))
     except EmbeddedServerError as exc:
         failed("sink", "sink-failed", str(exc))
+    except MissingPackage as exc:       # the switchboard says it and exits 3; --json says it too
+        if as_json:
+            from socktools.cli._common import stamped
+            click.echo(json.dumps(stamped({"ok": False, "outcome": "failed", "phase": "sink",
+                                           "error": "missing-package", "message": str(exc),
+                                           "config": config.to_dict()}), indent=2))
+        raise
     except KeyboardInterrupt:
         failed("interrupted", "interrupted", "interrupted; connection closed and the embedded sink stopped", 130)
     if as_json:
