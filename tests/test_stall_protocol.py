@@ -10,7 +10,6 @@ import json
 import random
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -18,22 +17,11 @@ from socktools.stall.payload import PayloadStream, decode_answer
 from socktools.wire import WireSpec
 from socktools.wire.redis import RespParser
 from socktools.wire.spec import build
-from tests.conftest import socktools_cmd
+from tests.conftest import socktools_cmd, wait_until
 from tests.peers import Nginx, Redis
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="stall reads Linux's TCP_INFO, queue ioctls and socket table")
-
-
-def _wait_for(condition, timeout: float = 10.0) -> bool:
-    """True once ``condition()`` is; False when ``timeout`` passes first (nginx logs a request
-    when it ends, which may be just after stall's connection is gone)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
 
 
 def _stall(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -120,7 +108,7 @@ def test_nginx_answers_400_and_closes_stall_says_so_and_exits_1(nginx):
     assert "not a full-buffer case" in r.stdout
     assert "2. The kernel's view" not in r.stdout          # no buffer diagnosis
     assert "answered (HTTP 400) and closed the connection" in r.stderr
-    assert _wait_for(lambda: nginx.log_lines() >= 1)
+    assert wait_until(lambda: nginx.log_lines() >= 1)
     assert nginx.statuses() == {"400": 1}                    # nginx's own log: one 400
 
 
@@ -143,7 +131,7 @@ def test_nginx_spoken_to_in_http_stops_reading_when_we_do_not_read_its_answers(n
     doc = json.loads(r.stdout)
     assert doc["outcome"] == "stalled" and doc["answer"] is None
     assert doc["snapshot"]["arithmetic"]["returning"] > 0
-    assert _wait_for(lambda: nginx.log_lines() > 0)
+    assert wait_until(lambda: nginx.log_lines() > 0)
     assert nginx.log_lines() <= doc["whole_requests"]
 
 
@@ -225,4 +213,4 @@ def test_redis_without_a_limit_keeps_reading_and_buffers_the_answers_itself(redi
     assert "the peer stopped reading because it could not write" not in text
     assert "still moving when the timeout passed" in text
     # stall's connection is gone when it exits; redis then frees its buffered answers
-    assert _wait_for(lambda: "connected_clients:1\r" in redis.command("INFO", "clients"))
+    assert wait_until(lambda: "connected_clients:1\r" in redis.command("INFO", "clients"))
