@@ -395,7 +395,8 @@ def answer_line(r) -> str:
 
 def render_answer(r, quiet: bool = False) -> list[str]:
     a = r.answer
-    how = ("reset the connection (RST)" if a.how == "reset"
+    how = (("reset the connection (it closed with our bytes unread: ECONNRESET)" if r.transport == "unix"
+            else "reset the connection (RST)") if a.how == "reset"
            else "closed the connection (its FIN" + (", or TLS close_notify)" if r.transport == "tls" else ")"))
     err = f"; our socket met {a.errno_name}" if a.errno_name else ""
     step = "while filling" if a.step == "fill" else "while we retried after the first EAGAIN"
@@ -405,7 +406,13 @@ def render_answer(r, quiet: bool = False) -> list[str]:
              f"  it answered {_n(a.bytes)} bytes{more}" + (f", first: {a.first[:120]}" if a.first else "")]
     if a.replies:
         lines.append(f"  decoded as {a.decoder}:")
-        lines += [f"    {reply[:160]}" for reply in a.replies]
+        runs: list = []         # consecutive equal replies once, with their count
+        for reply in a.replies:
+            if runs and runs[-1][0] == reply:
+                runs[-1][1] += 1
+            else:
+                runs.append([reply, 1])
+        lines += [f"    {reply[:160]}" + (f"  (x{n})" if n > 1 else "") for reply, n in runs]
     if not quiet:
         lines += ["", "What happened"] + _wrap(
             "This is not a full-buffer case: the peer read what we sent, answered, and ended the "
