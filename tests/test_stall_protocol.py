@@ -164,7 +164,7 @@ def test_embedded_sink_with_redis_requests_still_stalls():
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
     assert doc["ok"] is True and doc["outcome"] == "stalled" and doc["fill"]["blocked"]
-    assert doc["whole_requests"] > 0 and doc["payload"].startswith("mode='redis'")
+    assert doc["whole_requests"] > 0 and doc["payload"] == "redis, `SET k:{seq} v`"
 
 
 def test_send_at_file_repeats_the_files_bytes(tmp_path):
@@ -175,6 +175,7 @@ def test_send_at_file_repeats_the_files_bytes(tmp_path):
     doc = json.loads(r.stdout)
     assert doc["config"]["exchange"]["mode"] == "raw"
     assert doc["config"]["exchange"]["send_file_bytes"] == 7
+    assert doc["payload"] == "raw, 7 bytes from a file"
     assert doc["whole_requests"] == doc["settle"]["total_accepted"] // 7
 
 

@@ -97,8 +97,12 @@ def make_payload(config: StallConfig) -> PayloadStream:
         return PayloadStream.repeat(b"\0", config.chunk)
     from socktools.wire.spec import build
     proto = build(config.spec)
+    label = proto.describe()
     summary = config.spec.summary()
-    label = " ".join(f"{k}={v!r}" for k, v in summary.items() if v not in (None, [], (), ""))
+    if config.spec.mode in ("raw", "line"):     # their describe() names the framing, not the bytes
+        file_bytes = summary.get("send_file_bytes")
+        label = f"{config.spec.mode}, " + (f"{file_bytes:,} bytes from a file" if file_bytes is not None
+                                           else " | ".join(f"`{t}`" for t in summary.get("send", ())))
     return PayloadStream.requests(proto, config.chunk, label=label)
 
 
