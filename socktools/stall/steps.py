@@ -22,6 +22,13 @@ walks through that in explicit steps so tests can stop between them:
 5. ``drain()``   - tell the peer to read (a sink's SIGUSR1), and watch the
    queues empty and our socket turn writable (``EVENT_WRITE``).
 
+What is sent is a :class:`~socktools.stall.payload.PayloadStream`: zeros, or a wire mode's
+requests (made by the registry's builders, as flood and request make them).  After each
+``send()`` one ``poll(0)`` asks whether the peer closed or reset; if it did, the run ends
+there and :mod:`socktools.stall.answer` reads what it said: no buffer figures are taken.  The
+connection may be TLS (a nonblocking ``ssl.SSLSocket``: ``SSLWantWriteError`` is its EAGAIN;
+:mod:`socktools.stall.tlsview`) or a Unix-domain socket (:mod:`socktools.stall.unixview`).
+
 The peer is injectable: anything with ``address`` and ``drain()``.  By default
 :func:`run_stall` starts the real ``socktools serve --mode sink`` in a child
 process (:class:`socktools.core.embedded.EmbeddedServer`).  Nothing here prints;
@@ -44,7 +51,10 @@ from typing import Any, Callable, Optional, Protocol
 from socktools.kernel import socktable, tcpinfo
 from socktools.addresses import format_addr, resolve
 from socktools.errors import errno_name
-from socktools.stall.payload import PayloadStream, decode_answer
+from socktools.stall.answer import GONE, PEER_GONE, gone, read_answer
+from socktools.stall.payload import PayloadStream
+from socktools.stall.tlsview import ciphertext_written, records_of, tls_view
+from socktools.stall.unixview import read_unix_queues, unix_snapshot
 from socktools.stall.config import (DEFAULT_CHUNK, DEFAULT_SETTLE, DEFAULT_TIMEOUT,  # noqa: F401
                                     StallConfig)
 from socktools.stall.results import (Arithmetic, DrainResult, DrainSample, FillResult, PeerInfo,
@@ -54,38 +64,6 @@ from socktools.stall.results import (Arithmetic, DrainResult, DrainSample, FillR
 __all__ = ["StallConfig", "StallError", "Peer", "TargetPeer", "Staller", "run_stall",
            "StallReport", "DEFAULT_CHUNK", "DEFAULT_SETTLE", "DEFAULT_TIMEOUT"]
 
-#: Bytes of the peer's answer kept to show and decode: a status line and its headers, a redis
-#: error, the first replies of a stream of them - what says why it closed.
-ANSWER_KEPT = 4096
-#: Bytes of the answer stall reads and counts after the peer closed: our receive queue holds
-#: at most a few MiB on Linux; the bound keeps a peer that streams until it closes from
-#: holding the command for long.
-ANSWER_COUNTED = 64 << 20
-#: How long stall keeps reading the answer once the peer closed (its last bytes and FIN or
-#: RST are already in our queue; this only bounds a peer that half-closed and writes on).
-ANSWER_WAIT = 1.0
-#: What stall can and cannot see of the bytes OpenSSL itself holds (checked by
-#: tests/test_stall_tls.py against a peer that never reads).
-TLS_HELD = ("not exposed by ssl.SSLSocket: a refused send() leaves the records it already "
-            "encrypted in OpenSSL's write buffer (part of one may be in the kernel), and Python "
-            "gives no count of them (SSLSocket.pending() is the read side; over TLS 1.3 stall "
-            "infers them from the kernel's count); retry send() with the same bytes and OpenSSL "
-            "writes them first")
-#: Plaintext bytes per TLS record: OpenSSL cuts a write into records of at most 2**14 bytes
-#: (the TLS maximum; Python sets no smaller max_fragment_length).
-RECORD_PLAINTEXT = 1 << 14
-#: Bytes a TLS 1.3 record adds to its plaintext: 5 of header, 1 of inner content type and 16
-#: of AEAD tag (every TLS 1.3 cipher suite has a 16-byte tag; OpenSSL adds no padding).
-#: TLS 1.2's overhead depends on the cipher, so stall infers nothing there.
-TLS13_RECORD_OVERHEAD = 22
-#: Tries at reading acked + Send-Q without an ACK landing between the two reads.
-STABLE_READS = 100
-#: poll() bits that say the peer is gone: it shut down its sending side (RDHUP: FIN or TLS
-#: close under it), both sides (HUP), or the connection failed (ERR: a reset).
-_GONE = select.POLLRDHUP | select.POLLHUP | select.POLLERR
-#: What send() raises when the peer closed (EPIPE) or reset (ECONNRESET) the connection, and
-#: what an SSLSocket raises for a peer that closed without (or with) close_notify.
-_PEER_GONE = (ConnectionError, ssl.SSLEOFError, ssl.SSLZeroReturnError)
 #: The two refusals that mean "the kernel's send buffer is full, not now": plaintext, and
 #: the same EAGAIN seen through OpenSSL on a nonblocking SSLSocket.
 _REFUSED = (BlockingIOError, ssl.SSLWantWriteError)
@@ -217,7 +195,7 @@ class Staller:
         sock.setblocking(False)
         self.sock, self.local, self.remote = sock, local, remote
         self._poll = select.poll()
-        self._poll.register(sock.fileno(), select.POLLIN | _GONE)
+        self._poll.register(sock.fileno(), select.POLLIN | GONE)
         self.connected_at = self.clock()
 
     def _handshake(self, sock: socket.socket, tls: Any, host: str, sockaddr: Any) -> Any:
@@ -235,76 +213,17 @@ class Staller:
             tsock.close()
             raise StallError(f"TLS handshake with {format_addr(sockaddr)}", exc) from exc
         self.tls_info = {**negotiated(tsock), "server_name": name}
-        self._tls_base = self._ciphertext_written(tsock)
+        self._tls_base = ciphertext_written(tsock)
         return tsock
 
-    @staticmethod
-    def _ciphertext_written(sock: Any) -> Optional[int]:
-        """Bytes our kernel took from this socket so far: acknowledged + still in Send-Q.
-
-        Two syscalls: an ACK arriving between them would move bytes from Send-Q to acked
-        unseen, so Send-Q is read before and after TCP_INFO and the pair kept only when it
-        did not change (at most STABLE_READS tries: on loopback an ACK lands in microseconds)."""
-        for _ in range(STABLE_READS):
-            before = tcpinfo.read_queues(sock).send_q
-            info, _ = tcpinfo.read_tcp_info(sock)
-            after = tcpinfo.read_queues(sock).send_q
-            acked = info.get("bytes_acked") if info else None
-            if acked is None or before is None:
-                return None
-            if before == after:
-                return acked + before
-        return None
-
     def _gone(self) -> bool:
-        """Has the peer closed, shut down its side or reset the connection?  (One poll(0).)"""
-        return any(ev & _GONE for _, ev in self._poll.poll(0))
+        return gone(self._poll)
 
     def _peer_closed(self, exc: Optional[BaseException], accepted: int) -> None:
         """The peer closed or reset: read what it answered (bounded) and record it."""
-        assert self.sock is not None
-        kept = bytearray()
-        count, eof, reset = 0, False, isinstance(exc, ConnectionResetError)
-        seen_err = exc
-        deadline = self.clock() + ANSWER_WAIT
-        while count < ANSWER_COUNTED and self.clock() < deadline:
-            try:
-                data = self.sock.recv(65536)
-            except (BlockingIOError, ssl.SSLWantReadError):
-                if self._gone() and not self._poll_in():
-                    break           # nothing left, and nothing more will come
-                select.select([self.sock], [], [], max(0.0, min(0.05, deadline - self.clock())))
-                continue
-            except ssl.SSLZeroReturnError:      # its close_notify: a clean TLS close
-                eof = True
-                break
-            except (OSError, ssl.SSLError) as err:  # a reset, or TCP closed under TLS
-                seen_err = err
-                reset = reset or isinstance(err, ConnectionResetError)
-                eof = not reset
-                break
-            if not data:
-                eof = True
-                break
-            if len(kept) < ANSWER_KEPT:
-                kept += data[:ANSWER_KEPT - len(kept)]
-            count += len(data)
-        mode = self.config.spec.mode if self.config.spec is not None else None
-        decoded = decode_answer(bytes(kept), mode)
-        num = getattr(seen_err, "errno", None)
-        self.answer = PeerAnswer(
-            how="reset" if reset else "closed", step=self._step,
-            errno_name=errno_name(num) if isinstance(num, int) and num > 0 else (
-                type(seen_err).__name__ if seen_err is not None else None),
-            bytes=count, counted_all=eof or reset or count < ANSWER_COUNTED,
-            first=repr(bytes(kept[:256]))[2:-1],
-            decoder=decoded.decoder, replies=decoded.replies, accepted_before=accepted)
-
-    def _poll_in(self) -> bool:
-        pending = getattr(self.sock, "pending", None)
-        if pending is not None and pending():
-            return True
-        return any(ev & select.POLLIN for _, ev in self._poll.poll(0))
+        self.answer = read_answer(self.sock, self._poll, self.clock,
+                                  mode=self.config.spec.mode if self.config.spec is not None else None,
+                                  step=self._step, exc=exc, accepted=accepted)
 
     def _send_until_blocked(self, deadline: float) -> tuple[int, int, int, Optional[OSError]]:
         """send() chunks until EAGAIN or ``deadline``, or until the peer closes (then
@@ -319,14 +238,14 @@ class Staller:
                 if self._gone():
                     self._peer_closed(None, self.accepted + total)
                 return total, sends, partial, exc
-            except _PEER_GONE as exc:
+            except PEER_GONE as exc:
                 self._peer_closed(exc, self.accepted + total)
                 break
             except OSError as exc:
                 raise StallError(f"send to {format_addr(self.remote)}", exc) from exc
             self.stream.advance(n)
             if self.tls_info is not None:
-                self._records += -(-n // RECORD_PLAINTEXT)
+                self._records += records_of(n)
             total += n
             sends += 1
             partial += n < len(view)
@@ -429,10 +348,15 @@ class Staller:
         """The kernel's view of both ends now (call it once the queues have settled)."""
         assert self.sock is not None
         if self.tls_info is not None:
-            self.tls_view = self._tls_view()
-        if self.unix:
-            return self._unix_snapshot()
+            now = ciphertext_written(self.sock)
+            written = None if now is None or self._tls_base is None else now - self._tls_base
+            self.tls_view = tls_view(self.tls_info, written, self.accepted, self._records,
+                                     len(self.stream.view()))
         at = self.clock()
+        if self.unix:
+            self.snapshot_result = unix_snapshot(self.sock, self.local, self.remote, self.accepted,
+                                                 self.config.sndbuf, at - self.connected_at)
+            return self.snapshot_result
         q = tcpinfo.read_queues(self.sock)
         info, info_reason = tcpinfo.read_tcp_info(self.sock)
         bufs = tcpinfo.read_buffers(self.sock)
@@ -469,80 +393,6 @@ class Staller:
             seconds=at - self.connected_at, sender=sender, receiver=receiver, table=table,
             table_source=source, arithmetic=arithmetic,
             table_sender_send_q=s_entry.send_q if s_entry else None)
-        return self.snapshot_result
-
-    def _tls_view(self) -> TlsView:
-        """Plaintext send() accepted against the TLS record bytes our kernel took."""
-        now = self._ciphertext_written(self.sock)
-        written = None if now is None or self._tls_base is None else now - self._tls_base
-        info = self.tls_info or {}
-        overhead = TLS13_RECORD_OVERHEAD if info.get("version") == "TLSv1.3" else None
-        in_kernel = held = None
-        if written is not None and overhead is not None:
-            # what the kernel took beyond the accepted sends' records belongs to the refused
-            # send(): its records in order, the last one partly written, its rest in OpenSSL
-            in_kernel = written - self.accepted - overhead * self._records
-            rest, left = in_kernel, len(self.stream.view())
-            while left > 0 and rest >= 0:
-                record = min(left, RECORD_PLAINTEXT) + overhead
-                if rest < record:
-                    held = record - rest if rest > 0 else None
-                    break
-                rest -= record
-                left -= record - overhead
-        return TlsView(version=info.get("version"), cipher=info.get("cipher"),
-                       server_name=info.get("server_name"), plaintext_accepted=self.accepted,
-                       ciphertext_written=written,
-                       beyond_plaintext=None if written is None else written - self.accepted,
-                       held_by_tls=TLS_HELD, records=self._records, record_overhead=overhead,
-                       refused_in_kernel=in_kernel, held_by_openssl=held)
-
-    def _unix_snapshot(self) -> Snapshot:
-        """The kernel's view of an AF_UNIX connection: our ioctls, both ends from unix_diag."""
-        at = self.clock()
-        q = read_unix_queues(self.sock)
-        bufs = tcpinfo.read_buffers(self.sock)
-        none = "TCP only: a Unix socket has no window, no ACKs and no persist timer"
-        sender = SenderView(
-            local=format_addr(self.local) or "(unnamed)", remote=format_addr(self.remote),
-            sndbuf_requested=self.config.sndbuf, sndbuf=bufs.sndbuf, rcvbuf=bufs.rcvbuf,
-            send_q=q.send_q, unacked_bytes=None, notsent_bytes=None, recv_q=q.recv_q,
-            queues_unavailable=q.reason, tcp_info=None, tcp_info_unavailable=none,
-            persist=PersistState(None, None, None, None, unavailable=none))
-        ours = theirs = listener = None
-        reason, source = "", ""
-        try:
-            ino = os.fstat(self.sock.fileno()).st_ino
-            rows = socktable.read_sockets(families=("unix",), processes=True)
-            by_inode = {e.inode: e for e in rows if e.inode}
-            ours = by_inode.get(ino)
-            theirs = by_inode.get(ours.remote[1]) if ours is not None else None
-            path = format_addr(self.remote)
-            listener = next((e for e in rows if e.state == "LISTEN" and e.local[0] == path), None)
-            source = socktable.resolve_source()
-        except (socktable.SocketTableUnavailable, OSError) as exc:
-            reason = f"cannot read the socket table: {exc}"
-        if theirs is None:
-            receiver = ReceiverView(found=False, reason=reason or (
-                "its peer socket is not in this namespace's unix_diag table (already closed?)"))
-        else:
-            receiver = ReceiverView(found=True, reason="", local=theirs.local[0], remote="*",
-                                    state=theirs.state, recv_q=theirs.recv_q, send_q=theirs.send_q,
-                                    pids=tuple(theirs.pids))
-        me = ((os.getpid(), "this process"),)
-        table = [TableRow(role=role, proto=e.proto, recv_q=e.recv_q, send_q=e.send_q,
-                          local=f"{e.local[0]} {e.local[1]}", foreign=f"* {e.remote[1]}", state=e.state,
-                          pids=tuple(pids or e.pids))
-                 for e, role, pids in ((theirs, "receiver", ()), (ours, "sender", me),
-                                       (listener, "listener", ())) if e is not None]
-        # AF_UNIX: send() puts the bytes straight into the receiver's queue, so the receiver's
-        # Recv-Q alone holds them; what comes back waits in our receive queue
-        arithmetic = Arithmetic.of(self.accepted, theirs.recv_q if theirs else None, 0,
-                                   q.recv_q if theirs else None)
-        self.snapshot_result = Snapshot(
-            seconds=at - self.connected_at, sender=sender, receiver=receiver, table=table,
-            table_source=source, arithmetic=arithmetic,
-            table_sender_send_q=ours.send_q if ours else None)
         return self.snapshot_result
 
     def _receiver_view(self, entry: Optional[socktable.SocketEntry], reason: str) -> ReceiverView:
@@ -652,26 +502,6 @@ class Staller:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
-
-
-def read_unix_queues(sock: socket.socket) -> tcpinfo.Queues:
-    """An AF_UNIX stream socket's queues as Linux reports them: SIOCINQ is the bytes in its
-    receive queue; SIOCOUTQ is sk_wmem_alloc, the memory (skb truesize, bookkeeping included)
-    of the bytes it sent that still wait in the peer's receive queue -- a Unix socket has no
-    send queue of its own.  SIOCOUTQNSD has no meaning here (no "not yet sent")."""
-    if not tcpinfo.IS_LINUX:
-        return tcpinfo.Queues(None, None, None, tcpinfo.UNAVAILABLE_PLATFORM)
-    import array
-    import fcntl
-    out = []
-    try:
-        for request in (tcpinfo.SIOCINQ, tcpinfo.SIOCOUTQ):
-            buf = array.array("i", [0])
-            fcntl.ioctl(sock.fileno(), request, buf, True)
-            out.append(buf[0])
-    except OSError as exc:
-        return tcpinfo.Queues(None, None, None, f"queue ioctl failed: {exc}")
-    return tcpinfo.Queues(out[0], out[1], None)
 
 
 def run_stall(config: StallConfig, *, peer: Any = None) -> StallReport:
