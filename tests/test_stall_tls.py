@@ -166,3 +166,21 @@ def _check_inference(doc) -> None:
     record = min(doc["config"]["chunk"], 16384) + 22
     assert 0 < t["held_by_openssl"] <= record
     assert (t["refused_in_kernel"] + t["held_by_openssl"]) % record == 0
+
+
+@pytest.mark.parametrize("in_kernel,held", [(1000, 16406 - 1000), (16406 + 500, 16406 - 500), (0, None)])
+def test_the_held_bytes_inference_walks_the_refused_sends_records(in_kernel, held):
+    from socktools.stall.tlsview import tls_view
+    accepted, records = 2 * 65536, 8
+    written = accepted + 22 * records + in_kernel
+    v = tls_view({"version": "TLSv1.3", "cipher": "TLS_AES_128_GCM_SHA256"}, written, accepted, records, 65536)
+    assert v.refused_in_kernel == in_kernel and v.held_by_openssl == held
+    assert v.beyond_plaintext == 22 * records + in_kernel
+
+
+def test_no_inference_over_tls_1_2_or_without_the_kernels_count():
+    from socktools.stall.tlsview import tls_view
+    v12 = tls_view({"version": "TLSv1.2"}, 70000, 65536, 4, 65536)
+    assert v12.record_overhead is None and v12.held_by_openssl is None and v12.beyond_plaintext == 4464
+    none = tls_view({"version": "TLSv1.3"}, None, 65536, 4, 65536)
+    assert none.ciphertext_written is None and none.held_by_openssl is None
