@@ -126,3 +126,45 @@ def test_unix_path_that_is_not_a_socket(tmp_path):
     f.write_text("x")
     r = _stall("--unix", str(f))
     assert r.returncode == 2 and "not a socket" in r.stderr
+
+
+@pytest.fixture
+def socat(tmp_path):
+    """socat copying a Unix socket to a pipe nobody reads: once the pipe is full it stops
+    reading the socket -- another program that reads a little, then stalls."""
+    from tests.conftest import wait_until
+    from tests.peers import skip_unless
+    binary = skip_unless("socat")
+    path = tmp_path / "socat.sock"
+    proc = subprocess.Popen([binary, f"UNIX-LISTEN:{path}", "STDOUT"], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL)
+    try:
+        assert wait_until(path.exists), "socat did not listen"
+        yield proc, str(path)
+    finally:
+        proc.kill()
+        proc.wait(10)
+        proc.stdout.close()
+
+
+def test_unix_against_socat_that_stops_reading_when_its_stdout_is_full(socat):
+    proc, path = socat
+    r = _stall("--unix", path, "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["outcome"] == "stalled"
+    snap = doc["snapshot"]
+    assert [pid for pid, name in snap["receiver"]["pids"]] == [proc.pid]
+    # socat read what filled its stdout pipe: the peer's reads are the negative difference
+    assert snap["arithmetic"]["difference"] < 0
+    assert doc["settle"]["total_accepted"] == snap["receiver"]["recv_q"] - snap["arithmetic"]["difference"]
+
+
+def test_unix_text_against_socat_speaks_of_a_unix_socket(socat):
+    _, path = socat
+    r = _stall("--unix", path)
+    assert r.returncode == 0, r.stderr
+    text = " ".join(r.stdout.split())
+    assert "tcp_wmem" not in text and "TCP flow control" not in text
+    assert "not set: net.core.wmem_default" in text and "read by the peer" in text
+    assert "every byte the peer has not read is there" in text

@@ -59,13 +59,15 @@ def _human(value: int) -> str:
     return f"{value} bytes"
 
 
-def _buffer_line(name: str, effective, requested, reported_by: str = "") -> str:
+def _buffer_line(name: str, effective, requested, reported_by: str = "", unix: bool = False) -> str:
     if effective is None:
         return f"    {name:<13} unavailable"
     if reported_by:
         why = f"as {reported_by} reports it; Linux doubles what is set"
     elif requested:
         why = f"set {_n(requested)}: Linux doubles what you set, to cover its bookkeeping"
+    elif unix:
+        why = "not set: net.core.wmem_default, a Unix socket's default"
     elif name == "SO_SNDBUF":
         why = "not set: autotuned, up to net.ipv4.tcp_wmem's maximum"
     else:
@@ -109,14 +111,13 @@ def render_fill(r) -> list[str]:
     return lines
 
 
-def _sender_lines(snap) -> list[str]:
+def _sender_lines(snap, unix: bool = False) -> list[str]:
     sv = snap.sender
     out = [f"  sender (this process)  {sv.local}",
-           _buffer_line("SO_SNDBUF", sv.sndbuf, sv.sndbuf_requested)]
+           _buffer_line("SO_SNDBUF", sv.sndbuf, sv.sndbuf_requested, unix=unix)]
     if sv.send_q is None:
         out.append(f"    Send-Q        {sv.queues_unavailable}")
-    elif sv.tcp_info is None and sv.notsent_bytes is None and sv.persist.probing is None and \
-            sv.tcp_info_unavailable.startswith("TCP only"):
+    elif unix:
         out.append(f"    Send-Q        {_n(sv.send_q):>11}  (SIOCOUTQ on a Unix socket: memory, not bytes - what the "
                    "bytes we sent, bookkeeping included, still charge to our SO_SNDBUF while they wait "
                    "in the receiver's queue)")
@@ -189,9 +190,11 @@ def render_table(snap) -> list[str]:
 
 def render_arithmetic(a, unix: bool = False) -> list[str]:
     if unix and a.difference is not None:
-        out = [f"  accepted {_n(a.accepted)} = receiver Recv-Q {_n(a.receiver_recv_q)}   (difference {a.difference:,})",
+        read = f" + {_n(-a.difference)} read by the peer" if a.difference < 0 else ""
+        out = [f"  accepted {_n(a.accepted)} = receiver Recv-Q {_n(a.receiver_recv_q)}{read}   "
+               f"(difference {a.difference:,})",
                "  a Unix socket has no send queue of its own: send() appends the bytes to the receiver's "
-               "queue, so they are all there"]
+               "queue, so every byte the peer has not read is there"]
         if a.returning:
             out.append(f"  and {_n(a.returning)} bytes the peer sent wait unread in our receive queue")
         return out
@@ -288,7 +291,8 @@ def render_explanation(r) -> list[str]:
         lines += _wrap(
             f"The peer does read - it took {_n(-a.difference)} bytes - but more slowly than this program "
             "writes.  The queues absorbed the difference until they were full; then send() raised "
-            f"{f.exception} ({f.errno_name}): {exp.meaning}.  That is TCP flow control doing its job: "
+            f"{f.exception} ({f.errno_name}): {exp.meaning}.  That is "
+            f"{'flow control' if r.transport == 'unix' else 'TCP flow control'} doing its job: "
             "EAGAIN means \"not now\", and any sender faster than its reader meets it sooner or later."
             + ("" if r.settle is None or r.settle.steady else
                "  The queues never stood still, which is what a slow reader looks like; a stuck one "
@@ -352,7 +356,7 @@ def render_report(r, *, quiet: bool = False) -> str:
         settled = r.settle is None or r.settle.steady
         lines += ["", "2. The kernel's view at the steady state" if settled else
                   "2. The kernel's view when the timeout passed (the queues never stood still)"]
-        lines += _sender_lines(snap) + _receiver_lines(r, snap) + [""]
+        lines += _sender_lines(snap, r.transport == "unix") + _receiver_lines(r, snap) + [""]
         lines += render_table(snap) + [""] + render_arithmetic(snap.arithmetic, r.transport == "unix")
         if r.tls is not None:
             lines += [""] + render_tls(r)
