@@ -6,6 +6,7 @@ from __future__ import annotations
 import array
 import fcntl
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -168,3 +169,16 @@ def test_unix_text_against_socat_speaks_of_a_unix_socket(socat):
     assert "tcp_wmem" not in text and "TCP flow control" not in text
     assert "not set: net.core.wmem_default" in text and "read by the peer" in text
     assert "every byte the peer has not read is there" in text
+
+
+def test_unix_path_that_is_not_utf8_is_shown_in_json(tmp_path):
+    raw = os.fsencode(str(tmp_path)) + b"/s\xff.sock"
+    sink = UnixSink(os.fsdecode(raw))
+    try:
+        r = subprocess.run(socktools_cmd("stall", "--unix", os.fsdecode(raw), "--json"), capture_output=True,
+                           timeout=60)
+    finally:
+        sink.close()
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["config"]["unix"].endswith("/s\\xff.sock") and doc["remote"].endswith("/s\\xff.sock")

@@ -80,6 +80,9 @@ class StallConfig:
         its options (file names, not contents)."""
         from dataclasses import fields
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("tls", "spec")}
+        if self.unix is not None:   # any bytes; shown as text (a lone surrogate is no JSON)
+            from socktools.addresses import format_addr
+            out["unix"] = format_addr(self.unix)
         out["tls"] = asdict(self.tls) if self.tls is not None and self.tls.enabled else None
         out["exchange"] = self.spec.summary() if self.spec is not None else None
         return out
