@@ -122,6 +122,8 @@ class TlsSink:
         self._listener, self._ctx, self.cafile = listener, ctx, certfile
         self.address = listener.getsockname()[:2]
         self.rcvbuf = listener.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        # as the embedded sink's "listening" event says it (stall's describe_peer reads it)
+        self.events = [{"event": "listening", "pid": os.getpid(), "rcvbuf": self.rcvbuf}]
         self.display_command = (f"an in-process TLS sink (throwaway certificate, SHA-256 "
                                 f"{self.fingerprint[:23]}...)")
         thread = threading.Thread(target=self._accept_loop, name="stall-tls-sink", daemon=True)
