@@ -4,11 +4,8 @@
 from __future__ import annotations
 
 import json
-import socket
-import ssl
 import subprocess
 import sys
-import threading
 
 import pytest
 
@@ -28,47 +25,20 @@ def certs(tmp_path):
     return Certs(tmp_path)
 
 
-class TlsSink:
-    """Accepts one TLS connection, completes the handshake, and never reads."""
-
-    def __init__(self, certs: Certs) -> None:
-        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ctx.load_cert_chain(str(certs.cert), str(certs.key))
-        self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen()
-        self.port = self.listener.getsockname()[1]
-        self.ctx = ctx
-        self.conn = None
-        self.done = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        try:
-            raw, _ = self.listener.accept()
-            raw.settimeout(10)
-            self.conn = self.ctx.wrap_socket(raw, server_side=True)   # the handshake, then nothing
-        except OSError:
-            pass
-        self.done.set()
-
-    def close(self) -> None:
-        self.listener.close()
-        self.done.wait(10)
-        if self.conn is not None:
-            self.conn.close()
-        self.thread.join(10)
+@pytest.fixture
+def sink():
+    """A TLS server that handshakes and never reads, named to stall as a target (--port): stall's
+    own TLS sink, run here in the test's process, trusted through --cafile."""
+    pytest.importorskip("cryptography", reason="cryptography not installed (pip install cryptography)")
+    from socktools.stall.tlspeer import TlsSink
+    with TlsSink("127.0.0.1") as server:
+        yield server
 
 
-def test_tls_full_buffer_is_ssl_want_write_with_both_queues_holding_records(certs):
-    sink = TlsSink(certs)
-    try:
-        r = _stall("--port", str(sink.port), "--tls", "--cafile", str(certs.ca), "--json")
-        assert r.returncode == 0, r.stderr
-        doc = json.loads(r.stdout)
-    finally:
-        sink.close()
+def test_tls_full_buffer_is_ssl_want_write_with_both_queues_holding_records(sink):
+    r = _stall("--port", str(sink.address[1]), "--tls", "--cafile", sink.cafile, "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
     assert doc["outcome"] == "stalled" and doc["transport"] == "tls"
     assert doc["fill"]["exception"] == "SSLWantWriteError"
     assert doc["fill"]["errno_name"] == "SSL_ERROR_WANT_WRITE"
@@ -86,12 +56,8 @@ def test_tls_full_buffer_is_ssl_want_write_with_both_queues_holding_records(cert
     validate(doc, "stall")
 
 
-def test_tls_text_report_says_the_queues_hold_records(certs):
-    sink = TlsSink(certs)
-    try:
-        r = _stall("--port", str(sink.port), "--tls", "--cafile", str(certs.ca))
-    finally:
-        sink.close()
+def test_tls_text_report_says_the_queues_hold_records(sink):
+    r = _stall("--port", str(sink.address[1]), "--tls", "--cafile", sink.cafile)
     assert r.returncode == 0, r.stderr
     assert "SSLWantWriteError" in r.stdout and "TLS layer (ssl.SSLSocket" in r.stdout
     assert "hold TLS records (ciphertext)" in r.stdout
