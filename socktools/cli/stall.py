@@ -111,7 +111,7 @@ def command(ctx, host, port, unix, chunk, sndbuf, rcvbuf, settle, drain, timeout
         report = run_stall(config)
     except StallError as exc:
         phase = exc.what.split()[0] if exc.what else "stall"
-        phase = {"TLS": "handshake"}.get(phase, phase)
+        phase = {"TLS": "handshake", "tell": "drain"}.get(phase, phase)
         if exc.cause is None:
             failed(phase, "stall-error", str(exc))
         failed(phase, exception_key(exc.cause), one_line(exc.cause, exc.what))
