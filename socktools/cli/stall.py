@@ -42,7 +42,7 @@ or its output buffer limit) is said as such: what it answered, and that this
 is not a full buffer.  Exit codes: 0 send() blocked and the report was
 printed; 1 connect/handshake/send failed, the peer closed or reset, or send()
 never blocked (the peer reads); 2 bad options; 3 --tls without a target
-and no cryptography package (pip install cryptography).  With --json, one object on
+and no cryptography package (the message says how to get it).  With --json, one object on
 stdout every time, failures included ("ok", "outcome").
 """
 
