@@ -15,8 +15,9 @@ import ssl
 from dataclasses import dataclass, replace
 
 __all__ = ["Explanation", "EXPLANATIONS", "lookup", "lookup_text", "suggest", "explain_exception",
-           "errno_name", "one_line", "PEER_CLOSED", "PROTOCOL_ERROR", "TIMEOUT", "NO_REPLY", "OptionError",
-           "SOCKET", "CONNECT", "SEND", "RECV", "INTERNAL", "PHASES", "tls_key", "TLS_PLAINTEXT_TO_TLS",
+           "errno_name", "one_line", "PEER_CLOSED", "PROTOCOL_ERROR", "TIMEOUT", "NO_REPLY", "DATAGRAM_LOST",
+           "OptionError", "SOCKET", "CONNECT", "HANDSHAKE", "SEND", "RECV", "INTERNAL", "PHASES", "tls_key",
+           "TLS_PLAINTEXT_TO_TLS",
            "TLS_TO_PLAINTEXT", "tls_hint"]
 
 #: Where a connection failed: the I/O core sets ``conn.failed_in`` to one of
@@ -24,11 +25,13 @@ __all__ = ["Explanation", "EXPLANATIONS", "lookup", "lookup_text", "suggest", "e
 #: They live here, below the core, so a report can name them without importing it.
 SOCKET = "socket"
 CONNECT = "connect"
+#: The TLS handshake, after the TCP connect (or accept) and before ``connection_made``.
+HANDSHAKE = "handshake"
 SEND = "send"
 RECV = "recv"
 #: A connection ended by an exception from its protocol's own code (a bug), not the kernel.
 INTERNAL = "internal"
-PHASES = (SOCKET, CONNECT, SEND, RECV, INTERNAL)
+PHASES = (SOCKET, CONNECT, HANDSHAKE, SEND, RECV, INTERNAL)
 
 
 class OptionError(ValueError):
@@ -62,6 +65,8 @@ PEER_CLOSED = "peer-closed"
 PROTOCOL_ERROR = "protocol-error"
 TIMEOUT = "timeout"
 NO_REPLY = "no-reply"
+#: flood --udp: a datagram with no reply within --reply-timeout.
+DATAGRAM_LOST = "datagram-lost"
 
 _TABLE = [
     _e("EAGAIN", "BlockingIOError",
@@ -222,6 +227,37 @@ EXPLANATIONS[NO_REPLY] = Explanation(
     ("the server went silent or stopped reading", "the server answers slower than the drain waits",
      "the server closed connections with requests in flight"),
     "check the server with `socktools sockets --port P` (is its Recv-Q growing?) and its log")
+EXPLANATIONS[DATAGRAM_LOST] = Explanation(
+    DATAGRAM_LOST, None, "(none: counted, one per datagram)",
+    "UDP datagrams with no reply within --reply-timeout: UDP never says a datagram was dropped, "
+    "so only the missing answer tells",
+    ("a receive buffer was full and the kernel dropped it (flood's 'lost where' line counts these)",
+     "the server read it and did not answer (a reply after --reply-timeout is counted late instead)",
+     "nobody listens on the port (ECONNREFUSED, from the ICMP port-unreachable)"),
+    "a lower --rate, a server that reads faster, or a larger receive buffer on the server "
+    "(SO_RCVBUF, capped by net.core.rmem_max); `socktools sockets --udp --port P` shows its drops")
+
+
+def udp_words(key: str, sockaddr, timeout: float) -> str | None:
+    """What a refused or unanswered datagram means, in words (request and ping --udp); None for
+    other keys.  A connected UDP socket learns of the ICMP port-unreachable as ECONNREFUSED;
+    silence tells nothing, and the words say so rather than guess."""
+    if key == "ECONNREFUSED":
+        host = sockaddr[0] if isinstance(sockaddr, (tuple, list)) else sockaddr
+        port = sockaddr[1] if isinstance(sockaddr, (tuple, list)) else "?"
+        return (f"nobody listens on UDP port {port} at {host}: "
+                "the kernel there answered with ICMP port unreachable")
+    if key == TIMEOUT:
+        return (f"no reply within {timeout:g}s: UDP does not say whether the datagram or its reply "
+                "was lost, or whether anyone listens")
+    return None
+
+
+class DatagramTimeout(TimeoutError):
+    """No reply datagram within the timeout (request and ping --udp): ``TIMEOUT``, silence --
+    not ETIMEDOUT, which a kernel gives for a connection."""
+
+    socktools_key = TIMEOUT
 EXPLANATIONS[TIMEOUT] = Explanation(
     TIMEOUT, None, "TimeoutError / socket.timeout",
     "no answer within the timeout",
@@ -326,9 +362,11 @@ _VERIFY = {10: "tls-expired", 9: "tls-not-yet-valid", 18: "tls-self-signed", 19:
 # OpenSSL reasons for "this is not TLS" and "nothing in common" (refused on this side).
 _REASONS = {"WRONG_VERSION_NUMBER": TLS_TO_PLAINTEXT, "RECORD_LAYER_FAILURE": TLS_TO_PLAINTEXT,
             "PACKET_LENGTH_TOO_LONG": TLS_TO_PLAINTEXT, "UNKNOWN_PROTOCOL": TLS_TO_PLAINTEXT,
-            "HTTP_REQUEST": TLS_TO_PLAINTEXT, "UNEXPECTED_EOF_WHILE_READING": "tls-eof-in-handshake",
+            "UNEXPECTED_EOF_WHILE_READING": "tls-eof-in-handshake",
             "UNSUPPORTED_PROTOCOL": "tls-no-common-version", "NO_PROTOCOLS_AVAILABLE": "tls-no-common-version",
-            "NO_CIPHERS_AVAILABLE": "tls-no-common-cipher"}
+            "NO_CIPHERS_AVAILABLE": "tls-no-common-cipher",
+            # a TLS server's side (serve --tls): the client spoke plain HTTP to it
+            "HTTP_REQUEST": TLS_PLAINTEXT_TO_TLS, "HTTPS_PROXY_REQUEST": TLS_PLAINTEXT_TO_TLS}
 
 
 #: nginx's words when plaintext HTTP reaches its ``ssl`` listener (its 400 page).
@@ -392,6 +430,69 @@ def _alert_name(reason: str, text: str) -> str:
     return m.group(1).strip().replace(" ", "_") if m else ""
 
 
+# ------------------------------------------------------------------ TLS handshakes, the server's side
+# serve --tls sees the same failures from the other end: the client spoke plaintext, left,
+# sent no certificate or one --client-ca does not vouch for, or refused ours (its alert).
+# tls_server_key() names them so; the keys a client uses would blame "the server".
+_TLS_SERVER_TABLE = [
+    _tls("tls-client-left-in-handshake", "a client closed the connection in the middle of the TLS "
+         "handshake (or before it began)",
+         ["a plaintext client that connected and closed without sending", "a port scanner or health check "
+          "that only connects", "a client that gave up on this server's certificate without an alert"],
+         "nothing to do on the server; the client's own output says why it left", "ssl.SSLEOFError"),
+    _tls("tls-client-sent-no-certificate", "a client sent no certificate, and this server requires one "
+         "(--client-ca: mutual TLS)",
+         ["the client was not given --cert/--key (curl: --cert/--key; openssl s_client: -cert/-key)"],
+         "give the client a certificate signed by a --client-ca CA, or drop --client-ca"),
+    _tls("tls-client-certificate-rejected", "a client's certificate failed verification against --client-ca",
+         ["it is signed by a CA not in the --client-ca file", "it expired, or is not valid yet"],
+         "issue the client a certificate from a --client-ca CA (the message says why this one failed)",
+         "ssl.SSLCertVerificationError"),
+    _tls("tls-client-refused-certificate", "a client refused this server's certificate (its alert: "
+         "unknown_ca, bad_certificate, certificate_unknown...)",
+         ["the client does not trust the CA (with --tls-self-signed: the certificate itself)",
+          "the client checked a name the certificate does not list"],
+         "give the client the CA file (serve --tls-self-signed prints the path for --cafile) and a name "
+         "the certificate lists"),
+    _tls("tls-client-alert", "a client ended the handshake with a TLS alert",
+         ["see the alert name in the message (RFC 8446, 6.2)"], "check the client's own output"),
+]
+EXPLANATIONS.update((e.name, e) for e in _TLS_SERVER_TABLE)
+
+#: OpenSSL reasons a TLS server sees when the first bytes are not a ClientHello.
+_PLAINTEXT_REASONS = {"HTTP_REQUEST", "HTTPS_PROXY_REQUEST", "WRONG_VERSION_NUMBER", "UNKNOWN_PROTOCOL",
+                      "PACKET_LENGTH_TOO_LONG", "RECORD_LAYER_FAILURE"}
+#: The alerts a client sends when it refuses the server's certificate.
+_REFUSED_ALERTS = {"unknown_ca", "bad_certificate", "certificate_unknown", "certificate_expired",
+                   "unsupported_certificate", "certificate_revoked"}
+_SERVER_REASONS = {"PEER_DID_NOT_RETURN_A_CERTIFICATE": "tls-client-sent-no-certificate",
+                   "UNSUPPORTED_PROTOCOL": "tls-no-common-version",
+                   "NO_PROTOCOLS_AVAILABLE": "tls-no-common-version",
+                   "NO_SHARED_CIPHER": "tls-no-common-cipher"}
+
+
+__all__ += ["tls_server_key"]     # here, not in the list above: the server's side stays one block
+
+
+def tls_server_key(exc: ssl.SSLError) -> str:
+    """The stable key for a handshake a TLS *server* failed (``serve --tls``), worded from its
+    side: ``tls-plaintext-to-tls-port``, ``tls-client-sent-no-certificate``,
+    ``tls-client-refused-certificate``... (``tls-error`` for a reason not named here)."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return "tls-client-certificate-rejected"
+    if isinstance(exc, ssl.SSLEOFError):
+        return "tls-client-left-in-handshake"
+    reason = (exc.reason or "").upper()
+    if reason in _PLAINTEXT_REASONS:
+        return TLS_PLAINTEXT_TO_TLS
+    if reason in _SERVER_REASONS:
+        return _SERVER_REASONS[reason]
+    alert = _alert_name(reason, str(exc))
+    if alert:
+        return "tls-client-refused-certificate" if alert in _REFUSED_ALERTS else "tls-client-alert"
+    return "tls-error"
+
+
 #: OpenSSL's verification messages (``X509_verify_cert_error_string``) -> key, for text pasted
 #: into ``explain``; the longer phrase first, since "self-signed certificate" ends both.
 _VERIFY_TEXT = (("self-signed certificate in certificate chain", "tls-unknown-ca"),
@@ -447,6 +548,14 @@ _FIX_FOR = {
 _DURING = {
     ("EADDRNOTAVAIL", "bind"): ("that address is not on this machine",
                                 "bind an address this machine has (127.0.0.1, ::1; `ip addr` lists them)"),
+    ("ECONNREFUSED", "udp"): ("nobody listens on that UDP port: the kernel there answered with ICMP port "
+                              "unreachable (a connected UDP socket hears of it as ECONNREFUSED)",
+                              "start the server, or check the port and address (`socktools sockets --udp` "
+                              "lists UDP sockets)"),
+    (TIMEOUT, "udp"): ("no reply within the timeout: UDP does not say whether the datagram or its reply was "
+                       "lost, or whether anyone listens",
+                       "check that a server is bound there (`socktools sockets --udp --port P`) and that it "
+                       "answers; give it longer (--timeout)"),
 }
 
 # Aliases: EWOULDBLOCK is EAGAIN on Linux; exceptions map to their errno.

@@ -49,7 +49,7 @@ PACKAGES = {
         Package("dask", "distributed", "dask[distributed]", "Dask",
                 ("--cluster",)),
         Package("tls", "cryptography", "cryptography", "the cryptography package",
-                ("stall --tls",)),
+                ("--tls-self-signed",)),
     )
 }
 

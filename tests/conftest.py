@@ -194,3 +194,15 @@ def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02) -> bool
             return True
         time.sleep(interval)
     return predicate()
+
+
+@pytest.fixture(autouse=True)
+def _socktools_logger_restored():
+    """A command run in-process (CliRunner) sets up the "socktools" logger for a terminal --
+    its own handler, no propagation -- and that would outlive the test: a later test's
+    ``caplog`` would then see nothing.  Put it back as it was."""
+    import logging
+    logger = logging.getLogger("socktools")
+    saved = (logger.handlers[:], logger.level, logger.propagate)
+    yield
+    logger.handlers[:], logger.level, logger.propagate = saved[0], saved[1], saved[2]

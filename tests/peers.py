@@ -22,10 +22,10 @@ import pytest
 
 from tests.threadserver import read_until
 
-__all__ = ["free_port", "skip_unless", "Redis", "Nginx", "Memcached", "NGINX_BIG", "Certs"]
+__all__ = ["free_port", "skip_unless", "Redis", "Nginx", "Memcached", "NGINX_BIG", "Certs", "Vsftpd"]
 
 _PACKAGES = {"redis-server": "redis-server", "nginx": "nginx", "memcached": "memcached",
-             "redis-benchmark": "redis-tools", "wrk": "wrk"}
+             "redis-benchmark": "redis-tools", "wrk": "wrk", "vsftpd": "vsftpd"}
 _SBIN = ("/usr/sbin", "/usr/local/sbin", "/sbin")
 
 
@@ -102,17 +102,20 @@ class _Peer:
 
 class Certs:
     """A throwaway CA (trustme), a server certificate for 127.0.0.1 and localhost (``expired``:
-    one that expired in 2020), and a client certificate, written as PEM files under ``tmp`` for
-    servers and clients to name."""
+    one that expired in 2020; ``not_after``: one valid until then, a UTC datetime;
+    ``intermediate``: issued by an intermediate CA, which the server file carries after the
+    leaf), and a client certificate, written as PEM files under ``tmp`` for servers and clients
+    to name."""
 
-    def __init__(self, tmp: Path, *, expired: bool = False) -> None:
+    def __init__(self, tmp: Path, *, expired: bool = False, not_after=None, intermediate: bool = False) -> None:
         import datetime
         trustme = pytest.importorskip("trustme", reason="trustme not installed (pip install trustme)")
         self.ca_obj = trustme.CA()
         # expired: valid for January 2020 only, to test what a client says about it
         span = {"not_before": datetime.datetime(2020, 1, 1), "not_after": datetime.datetime(2020, 2, 1)} \
-            if expired else {}
-        server = self.ca_obj.issue_cert("127.0.0.1", "localhost", **span)
+            if expired else {"not_after": not_after} if not_after else {}
+        issuer = self.ca_obj.create_child_ca() if intermediate else self.ca_obj
+        server = issuer.issue_cert("127.0.0.1", "localhost", **span)
         client = self.ca_obj.issue_cert("client.socktools.test")
         self.ca, self.cert, self.key = tmp / "ca.pem", tmp / "server.pem", tmp / "server.key"
         self.client_cert, self.client_key = tmp / "client.pem", tmp / "client.key"
@@ -297,3 +300,34 @@ class Memcached(_Peer):
             if len(parts) == 3 and parts[0] == "STAT":
                 out[parts[1]] = parts[2]
         return out
+
+
+class Vsftpd(_Peer):
+    """vsftpd, a server that speaks first (``220 (vsFTPd 3.0.3)``), anonymous only, on a free
+    loopback port (the recipe in /work/shared/REAL-SERVERS.md)."""
+
+    name = "vsftpd"
+
+    def __init__(self, tmp: Path, port: Optional[int] = None) -> None:
+        binary = skip_unless("vsftpd")
+        self.port = port or free_port()
+        empty = tmp / "empty"
+        empty.mkdir(exist_ok=True)
+        os.chmod(empty, 0o555)          # vsftpd refuses a writable chroot
+        conf = tmp / "vsftpd.conf"
+        conf.write_text(f"""listen=YES
+listen_ipv6=NO
+listen_address=127.0.0.1
+listen_port={self.port}
+background=NO
+anonymous_enable=YES
+no_anon_password=YES
+anon_root={empty}
+local_enable=NO
+seccomp_sandbox=NO
+max_clients=200
+max_per_ip=200
+secure_chroot_dir={empty}
+vsftpd_log_file={tmp}/vsftpd.log
+""")
+        self.cmd = [binary, str(conf)]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import shutil
 import socket
 import tempfile
 from types import SimpleNamespace
@@ -67,6 +68,44 @@ atexit.register(os.rmdir, _UNIX_DIR)
 atexit.register(os.unlink, _UNIX)
 atexit.register(_UNIX_SOCK.close)
 _HTTP = ["--port", "9", "--mode", "http"]
+
+
+def _server_pem_files() -> dict:
+    """serve --tls's routing cases need files OpenSSL accepts: a throwaway CA and server pair."""
+    trustme = pytest.importorskip("trustme", reason="trustme not installed (pip install trustme)")
+    folder = tempfile.mkdtemp(prefix="socktools-route-tls-")
+    ca = trustme.CA()
+    leaf = ca.issue_cert("127.0.0.1")
+    paths = {"ca": os.path.join(folder, "ca.pem"), "cert": os.path.join(folder, "s.pem"),
+             "key": os.path.join(folder, "s.key")}
+    ca.cert_pem.write_to_path(paths["ca"])
+    leaf.cert_chain_pems[0].write_to_path(paths["cert"])
+    leaf.private_key_pem.write_to_path(paths["key"])
+
+    def remove() -> None:
+        for path in paths.values():
+            os.unlink(path)
+        os.rmdir(folder)
+    atexit.register(remove)
+    return paths
+
+
+_PEM = _server_pem_files()
+_SERVE_TLS = ["--tls", "--cert", _PEM["cert"], "--key", _PEM["key"]]
+_FLOOD_TLS = ["--port", "9", "--tls"]
+#: flood --keylog's file: the CLI opens it for appending when it checks the TLS options.
+_KEYLOG_DIR = tempfile.mkdtemp(prefix="socktools-route-keylog-")
+_KEYLOG = os.path.join(_KEYLOG_DIR, "keys.log")
+atexit.register(shutil.rmtree, _KEYLOG_DIR, True)
+
+
+def tls_field(name, value):
+    """Check: ``config.tls.<name> == value``, and plaintext (``config.tls is None``) by default."""
+    def check(call, baseline):
+        assert baseline.config.tls is None, "TLS by default"
+        assert getattr(call.config.tls, name) == value, (name, call.config.tls)
+    check.__name__ = f"config.tls.{name}"
+    return check
 
 
 def both(*checks):
@@ -168,6 +207,18 @@ ROUTES = {
         "stats_interval": (["--stats-interval", "1s"], field("stats_interval", 1.0)),
         "drain_timeout": (["--drain-timeout", "2s"], field("drain_timeout", 2.0)),
         "stop_on_stdin_eof": (["--stop-on-stdin-eof"], field("stop_on_stdin_eof", True)),
+        "unix": (["--unix", os.path.join(_UNIX_DIR, "serve.sock")],
+                 field("unix", os.path.join(_UNIX_DIR, "serve.sock"))),
+        "tls": (_SERVE_TLS, tls_field("cert", _PEM["cert"])),
+        "cert": (_SERVE_TLS, tls_field("cert", _PEM["cert"])),
+        "key": (_SERVE_TLS, tls_field("key", _PEM["key"])),
+        "tls_self_signed": (["--tls-self-signed"], tls_field("self_signed", True)),
+        "client_ca": ([*_SERVE_TLS, "--client-ca", _PEM["ca"]], tls_field("client_ca", _PEM["ca"])),
+        "tls_min": ([*_SERVE_TLS, "--tls-min", "1.3"], tls_field("tls_min", "1.3")),
+        "tls_max": ([*_SERVE_TLS, "--tls-max", "1.2"], tls_field("tls_max", "1.2")),
+        "ciphers": ([*_SERVE_TLS, "--ciphers", "ECDHE-RSA-AES128-GCM-SHA256"],
+                    tls_field("ciphers", "ECDHE-RSA-AES128-GCM-SHA256")),
+        "alpn": ([*_SERVE_TLS, "--alpn", "h2", "--alpn", "http/1.1"], tls_field("alpn", ("h2", "http/1.1"))),
         # views, not config: which one the engine is handed, and the log level
         "as_json": (["--json"], lambda call, base: (call.view is cli_serve._json_view
                                                     and base.view is not cli_serve._json_view) or _fail()),
@@ -233,6 +284,22 @@ ROUTES = {
         "plugin": (["--port", "9", "--protocol", "socktools.examples.memcached:Memcached"],
                    both(field("mode", "plugin"), wire("plugin", "socktools.examples.memcached:Memcached"))),
         "yes": (["--yes"], lambda call, base: (call.force is True and base.force is False) or _fail()),
+        "tls": (_FLOOD_TLS, tls_field("enabled", True)),
+        "sni": ([*_FLOOD_TLS, "--sni", "db.test"], tls_field("sni", "db.test")),
+        "cafile": ([*_FLOOD_TLS, "--cafile", _PEM["ca"]], tls_field("cafile", _PEM["ca"])),
+        "capath": ([*_FLOOD_TLS, "--capath", _KEYLOG_DIR], tls_field("capath", _KEYLOG_DIR)),
+        "insecure": ([*_FLOOD_TLS, "--insecure"], tls_field("insecure", True)),
+        "cert": ([*_FLOOD_TLS, "--cert", _PEM["cert"], "--key", _PEM["key"]], tls_field("cert", _PEM["cert"])),
+        "key": ([*_FLOOD_TLS, "--cert", _PEM["cert"], "--key", _PEM["key"]], tls_field("key", _PEM["key"])),
+        "tls_min": ([*_FLOOD_TLS, "--tls-min", "1.3"], tls_field("tls_min", "1.3")),
+        "tls_max": ([*_FLOOD_TLS, "--tls-max", "1.2"], tls_field("tls_max", "1.2")),
+        "ciphers": ([*_FLOOD_TLS, "--ciphers", "ECDHE-RSA-AES128-GCM-SHA256"],
+                    tls_field("ciphers", "ECDHE-RSA-AES128-GCM-SHA256")),
+        "alpn": ([*_FLOOD_TLS, "--alpn", "h2", "--alpn", "http/1.1"], tls_field("alpn", ("h2", "http/1.1"))),
+        "keylog": ([*_FLOOD_TLS, "--keylog", _KEYLOG], tls_field("keylog", _KEYLOG)),
+        "tls_resume": ([*_FLOOD_TLS, "--tls-resume"], field("tls_resume", True)),
+        "udp": (["--port", "9", "--udp"], both(field("udp", True))),
+        "reply_timeout": (["--port", "9", "--udp", "--reply-timeout", "250ms"], field("reply_timeout", 0.25)),
     }),
     "stall": (cli_stall.command, {
         "host": (["--host", "::1"], field("host", "::1")),
@@ -319,10 +386,10 @@ def test_tls_option_reaches_the_tls_config(monkeypatch, tmp_path, option):
     files = {**_tls_files(tmp_path), "DIR": str(tmp_path), "KEYLOG": str(tmp_path / "keys.log")}
     calls = []
 
-    def exchange(host, port, proto, *, timeout, tls, unix=None):
+    def converse(host, port, proto, *, tls, unix=None, **kw):
         calls.append(tls)
         raise SystemExit(0)
-    monkeypatch.setattr(client, "exchange", exchange)
+    monkeypatch.setattr(client, "converse", converse)
     argv, name, value = TLS_ROUTES[option]
     base = ["request", "--port", "9", "--mode", "redis"]
     assert CliRunner().invoke(main, base).exit_code == 0
@@ -341,7 +408,7 @@ def test_request_unix_reaches_the_exchange_and_the_framed_request(monkeypatch):
     def record(*args, unix=None, **kw):
         calls.append(unix)
         raise SystemExit(0)
-    monkeypatch.setattr(client, "exchange", record)
+    monkeypatch.setattr(client, "converse", record)
     monkeypatch.setattr(client, "request", record)
     for argv in (["--mode", "redis"], ["search", "x"]):
         assert CliRunner().invoke(main, ["request", *argv]).exit_code == 0

@@ -27,7 +27,7 @@ PACKAGE = pathlib.Path(socktools.__file__).parent
 LAYERS: dict[str, int] = {
     # 0. foundations: sans-I/O logic and plain data, no sockets of their own
     "__init__": 0, "protocol": 0, "reference": 0, "errors": 0, "addresses": 0, "wire": 0,
-    "runinfo": 0, "_help_text": 0, "icmpnames": 0, "units": 0, "optional": 0, "tlsconf": 0,
+    "runinfo": 0, "_help_text": 0, "icmpnames": 0, "units": 0, "optional": 0, "tlsconf": 0, "tlsinfo": 0,
     # worked plug-in examples shipped in the package: they use the wire interface, as a user's would
     "examples": 0,
     # 1. the shared core: the I/O loop, its pollers, signals, worker processes, embedded server

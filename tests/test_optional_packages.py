@@ -79,7 +79,7 @@ def test_every_hint_installs_the_real_dependency_by_its_own_name():
     from socktools.optional import DISTRIBUTION, PACKAGES, hint
     declared = {_key(r)[0] for rs in pyproject()["project"]["optional-dependencies"].values() for r in rs}
     hints = [hint(extra, feature) for extra, p in PACKAGES.items() for feature in p.needed_by]
-    assert len(hints) == 5
+    assert len(hints) == 6
     for text in hints:
         args = list(_pip_install_args(text))
         assert len(args) == 1, text
@@ -149,11 +149,12 @@ def _cases(saved, tmp_path):
         "flood --report": ("matplotlib", ["flood", "--report", out, "--conns", "1"]),
         "socktools report": ("matplotlib", ["report", str(saved), "-o", out]),
         "flood --cluster": ("distributed", ["flood", "--cluster", "local:1", "--conns", "1"]),
+        "serve --tls-self-signed": ("cryptography", ["serve", "--tls-self-signed", "--port", "0"]),
     }
 
 
 CASES = ["flood --mode http", "request --mode http", "sniff --decode http", "flood --report",
-         "socktools report", "flood --cluster"]
+         "socktools report", "flood --cluster", "serve --tls-self-signed"]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -186,5 +187,6 @@ def test_the_readme_exit_code_table_says_a_missing_package_is_3():
     row = next(line for line in text.splitlines() if line.startswith("| 3 |"))
     assert "optional package" in row
     commands = row.split("|")[3]
-    for command in ("`flood --mode http`", "`request --mode http`", "`sniff --decode http`", "`report`"):
+    for command in ("`flood --mode http`", "`request --mode http`", "`sniff --decode http`", "`report`",
+                    "`serve --tls-self-signed`"):
         assert command in commands, command

@@ -55,3 +55,60 @@ def tls_config(params: dict):
             click.echo("warning: --insecure: the server's certificate and name are NOT verified; "
                        "anyone in the path can read and change this exchange", err=True)
     return cfg
+
+
+# ------------------------------------------------------------------ the server's side (serve --tls)
+
+_SERVER_OPTIONS = [
+    click.option("--tls", is_flag=True, help="Speak TLS on every connection, with --cert/--key (or "
+                                             "--tls-self-signed, which implies it)."),
+    click.option("--cert", metavar="FILE", default=None,
+                 help="The server's certificate chain, PEM, leaf first (with --tls; needs --key)."),
+    click.option("--key", metavar="FILE", default=None, help="The certificate's private key, PEM."),
+    click.option("--tls-self-signed", is_flag=True,
+                 help="Make a throwaway certificate for localhost, 127.0.0.1 and ::1 at start; print "
+                      "its SHA-256 fingerprint and the file clients give as --cafile.  Needs the "
+                      "cryptography package."),
+    click.option("--client-ca", metavar="FILE", default=None,
+                 help="Require client certificates signed by a CA in this PEM file (mutual TLS)."),
+    click.option("--tls-min", type=click.Choice(["1.2", "1.3"]), default=None, help="Lowest TLS version accepted."),
+    click.option("--tls-max", type=click.Choice(["1.2", "1.3"]), default=None, help="Highest TLS version accepted."),
+    click.option("--ciphers", metavar="LIST", default=None,
+                 help="OpenSSL cipher list for TLS 1.2, e.g. ECDHE-ECDSA-AES128-GCM-SHA256."),
+    click.option("--alpn", multiple=True, metavar="PROTO",
+                 help="Accept this application protocol (ALPN) when a client offers it; repeat, in order "
+                      "of preference."),
+]
+
+SERVER_TLS_PARAMS = ("tls", "cert", "key", "tls_self_signed", "client_ca", "tls_min", "tls_max", "ciphers", "alpn")
+
+
+def server_tls_options(f):
+    for opt in reversed(_SERVER_OPTIONS):
+        f = opt(f)
+    return f
+
+
+def server_tls_config(params: dict):
+    """The ServerTlsConfig for serve's TLS options (popped from ``params``), or None for
+    plaintext; checked: a bad value, or a TLS option without --tls, is a usage error naming
+    the option.  The files given are loaded once here (a key not the certificate's)."""
+    from socktools.tlsconf import ServerTlsConfig, server_context
+
+    values = {name: params.pop(name, None) for name in SERVER_TLS_PARAMS}
+    values["alpn"] = tuple(values["alpn"] or ())
+    on, self_signed = bool(values.pop("tls")), bool(values.pop("tls_self_signed"))
+    if not on and not self_signed:
+        for name, value in values.items():
+            if value:
+                build_config(_refuse, option=name)
+        return None
+    cfg = build_config(ServerTlsConfig, self_signed=self_signed, **values)
+    if not self_signed:
+        build_config(server_context, cfg=cfg)
+    return cfg
+
+
+def _refuse(option: str):
+    from socktools.errors import OptionError
+    raise OptionError(option, "is a TLS option: give --tls (or --tls-self-signed) too")

@@ -12,6 +12,7 @@ from socktools.cli._common import (BYTESIZE, DURATION, EXIT_FAILED, EXIT_THRESHO
                                    MAX_CONNS, MAX_COUNT, MAX_PROCESSES, PORT, RATE, build_config, check_target,
                                    die, LazyChoice, LazyOption, parse_address_range, unix_option, warn_target)
 from socktools.cli._outputs import output_options, write_outputs
+from socktools.cli._tls import tls_config, tls_options
 from socktools.cli._wire import given_params, option_name, wire_options, wire_spec
 from socktools.optional import PACKAGES
 
@@ -39,6 +40,16 @@ Your own server (give its --port):
   socktools flood --port 9000 --mode raw --send 'tick\\n' --no-reply --rate 50000
   socktools flood --port 8080 --mode raw --send 'GET / HTTP/1.0\\r\\n\\r\\n' --reply-until-close
   socktools flood --port 11211 --protocol socktools.examples.memcached:Memcached --command 'get k{conn}'
+
+\b
+A UDP echo server (datagrams with flood's header; loss, lateness, duplicates and reordering
+counted per datagram, losses attributed to the kernel's buffer drops):
+  socktools flood --udp --port 9000 --conns 10 --duration 5s
+  socktools flood --udp --port 9000 --conns 10 --rate 50000 --reply-timeout 200ms --size 512
+Over TLS (the handshake timed apart from connect; --keylog: one file, appended to by every worker):
+  socktools flood --tls --cafile ca.pem --mode redis --host 127.0.0.1 --port 6380
+  socktools flood --tls --cafile ca.pem --port 8443 --mode http --path / --alpn http/1.1
+  socktools flood --tls --cafile ca.pem --port 8443 --mode http --tls-resume --keylog keys.log
 
 \b
 A server on a Unix-domain socket (no --host/--port/--source/--cluster; HTTP's Host: localhost):
@@ -111,17 +122,28 @@ EXIT_SIGTERM = 128 + 15
               help="Run the worker shards as tasks on a Dask cluster: a scheduler's address, or "
                    "local:N for N local processes.  --workers then counts shards [default: one "
                    f"per Dask worker thread].  Needs Dask ({PACKAGES['dask'].install}).")
+@click.option("--udp", is_flag=True,
+              help="Datagrams over connected UDP sockets (--conns of them) to a UDP echo server at "
+                   "--port: each carries flood's header (socket, sequence number, send time), and each "
+                   "reply is accounted answered, late, duplicated, reordered or truncated; no reply "
+                   "within --reply-timeout is lost.  --mode echo only.")
+@click.option("--reply-timeout", type=DURATION, default=None, metavar="DURATION",
+              help="--udp: a datagram with no reply by then is lost.  [default: 1s]")
 @click.option("--json", "as_json", is_flag=True, help="Print the final result as one JSON document.")
 @click.option("--yes", "--force", "yes", is_flag=True,
               help="Run even when the plan says it will not fit this machine (far more processes "
                    "than CPUs, more memory than is available, too few file descriptors).")
 @wire_options
+@tls_options
+@click.option("--tls-resume", is_flag=True,
+              help="With --tls: offer each new connection of a worker (replacements, the ramp's) the "
+                   "TLS session its latest handshake got, and report how many the server resumed.")
 @output_options
 @click.pass_context
 def command(ctx, host, port, unix, conns, workers, mode, pipeline, size, action, value, duration, requests, rate,
-            connect_rate, connect_timeout, source, server_workers, interval, stages, cluster, as_json, yes, outputs,
-            **wire_params):
-    """Load a TCP server with many concurrent connections and report what happened.
+            connect_rate, connect_timeout, source, server_workers, interval, stages, cluster, udp, reply_timeout,
+            as_json, yes, outputs, tls_resume, **wire_params):
+    """Load a TCP (or, with --udp, UDP) server with many concurrent connections and report what happened.
 
     Opens --conns connections over --workers processes (each confirmed by a
     first round trip), sends requests for --duration or --requests -- echo
@@ -132,6 +154,7 @@ def command(ctx, host, port, unix, conns, workers, mode, pipeline, size, action,
     """
     from socktools.flood.config import FloodConfig
 
+    tls = tls_config(wire_params)
     if stages is not None:
         # The stages set these; a value given anyway is the config's usage error (naming --stages).
         if ctx.get_parameter_source("conns") is click.core.ParameterSource.DEFAULT:
@@ -139,6 +162,11 @@ def command(ctx, host, port, unix, conns, workers, mode, pipeline, size, action,
     elif duration is None:
         duration = 600.0 if requests is not None else 10.0
     check_target(ctx, host, unix)
+    if reply_timeout is not None and not udp:
+        raise click.BadParameter("is for --udp (a TCP request waits as long as its connection lives)",
+                                 param_hint="--reply-timeout")
+    if udp and reply_timeout is None:
+        reply_timeout = 1.0
     if unix is not None:
         # a Unix socket has no source address, and is on this machine only: not for Dask's hosts
         for name, given in (("--source", source), ("--cluster", cluster)):
@@ -189,7 +217,9 @@ def command(ctx, host, port, unix, conns, workers, mode, pipeline, size, action,
                           requests=requests, rate=rate, connect_rate=connect_rate,
                           connect_timeout=connect_timeout, sources=sources, interval=tick,
                           embedded=embedded, server_workers=server_workers or 0,
-                          wire=spec, pipeline=pipeline, cluster=cluster, stages=stages or ())
+                          wire=spec, pipeline=pipeline, cluster=cluster, stages=stages or (),
+                          udp=udp, **({"reply_timeout": reply_timeout} if udp else {}),
+                          tls=tls if tls.enabled else None, tls_resume=tls_resume)
     _run(config, as_json=as_json, rows=interval is not None, outputs=outputs, yes=yes)
 
 

@@ -28,21 +28,36 @@ Any server, one exchange (the modes of flood):
   socktools request --port 11211 --protocol socktools.examples.memcached:Memcached --command 'get k'
 
 \b
+A conversation on one connection (each reply in order, with its time):
+  socktools request --port 6379 --mode redis --command 'SET k v' --command 'GET k'
+  socktools request --port 21 --mode line --eol crlf --greeting --send NOOP --send QUIT
+
+\b
 Over a Unix-domain socket (no host, no port; HTTP's Host header says localhost):
   socktools request --unix /run/redis/redis.sock --mode redis --command PING
   socktools request --unix /run/nginx.sock --mode http --path /
 
 \b
-Over TLS (verified against the CA in ca.pem; the version, cipher and ALPN on stderr):
+Over TLS (verified against the CA in ca.pem; the version, cipher, ALPN and the
+certificate chain the server sent on stderr; --show-bytes adds the TLS records):
   socktools request --port 6380 --mode redis --tls --cafile ca.pem
   socktools request --host localhost --port 8443 --mode http --tls --cafile ca.pem --alpn http/1.1
   socktools request --port 8443 --mode http --tls --insecure --keylog keys.log
+  socktools request --port 8443 --mode http --tls --cafile ca.pem --tls-max 1.2 --show-bytes
+
+\b
+Over UDP (one datagram each way per --send; each reply with its size, time, sender):
+  socktools request --udp --port 53 --mode raw --send-file query.bin
+  socktools request --udp --port 9000 --send 'ping\\n' --send 'again\\n'
+  socktools request --udp --port 514 --send '<13>hello' --no-reply
 
 \b
 Exit codes: 0 answered; 1 refused, reset, timed out, closed early or a
 protocol error, or a failed TLS handshake (one line says which, with the
 errno name or TLS reason, what it means and what to do); 2 a bad option;
 3 an optional package is missing (--mode http: httptools); 130 Ctrl-C.
+With --udp, 1 also for nobody listening (ECONNREFUSED: the ICMP port
+unreachable), no reply within --timeout, or a truncated reply.
 """
 
 
@@ -53,29 +68,47 @@ def _content_text(message) -> str:
 
 
 def _before_reply(result, show_bytes: bool, as_json: bool) -> None:
-    """The wire trace (--show-bytes), or else the TLS line on stderr: stdout stays the reply."""
-    from socktools.request.report import tls_text
+    """The wire trace (--show-bytes), or else the TLS lines (what the handshake settled, the
+    certificate chain) on stderr: stdout stays the reply.  --json says it all in the document."""
+    from socktools.request.report import chain_lines, tls_text
+    if as_json:
+        return
     if show_bytes:
         _trace(result)
-    elif result.tls and not as_json:
-        click.echo(tls_text(result), err=True)
+    elif result.tls:
+        click.echo("\n".join([tls_text(result), *chain_lines(result)]), err=True)
 
 
 def _trace(result) -> None:
     from socktools.addresses import format_addr
-    from socktools.request.report import tls_text
+    from socktools.request.report import chain_lines, is_conversation, record_lines, reply_text, step_head, tls_text
     click.echo(f"connected to {format_addr(result.address)} in {result.connect_s * 1000:.3f} ms")
     if result.tls:
-        click.echo(tls_text(result))
-    if result.sent:
-        click.echo(f">>> sent {len(result.sent)} bytes")
-        click.echo(repr(result.sent))
-    if result.received:
-        click.echo(f"<<< received {result.received_bytes} bytes in {result.recv_calls} recv() call(s)")
-        click.echo(repr(result.received))
-        if result.received_bytes > len(result.received):
-            click.echo(f"(the first {len(result.received):,} shown; the other "
-                       f"{result.received_bytes - len(result.received):,} were counted, not kept)")
+        click.echo("\n".join([tls_text(result), *chain_lines(result), *record_lines(result)]))
+    if not is_conversation(result):
+        _bytes(result.sent, len(result.sent), result.received, result.received_bytes, result.recv_calls)
+        return
+    # a conversation: each step's bytes, then its reply decoded (a step that failed has none yet)
+    steps = ([result.greeting] if result.greeting is not None else []) + result.steps
+    first = 0 if result.greeting is not None else 1
+    for i, step in enumerate(steps, first):
+        click.echo(step_head(step, i))
+        _bytes(step.sent, step.sent_bytes, step.received, step.received_bytes, step.recv_calls)
+        if step.reply is not None:
+            click.echo(reply_text(step))
+
+
+def _bytes(sent: bytes, sent_bytes: int, received: bytes, received_bytes: int, recv_calls: int) -> None:
+    """One direction's bytes each way, as Python literals (plaintext, over TLS too)."""
+    if sent:
+        click.echo(f">>> sent {sent_bytes} bytes")
+        click.echo(repr(sent))
+    if received:
+        click.echo(f"<<< received {received_bytes} bytes in {recv_calls} recv() call(s)")
+        click.echo(repr(received))
+        if received_bytes > len(received):
+            click.echo(f"(the first {len(received):,} shown; the other "
+                       f"{received_bytes - len(received):,} were counted, not kept)")
 
 
 def _message_dict(message) -> dict:
@@ -96,26 +129,44 @@ def _message_dict(message) -> dict:
               help="For the whole exchange (connect, send, receive).")
 @click.option("--show-bytes", is_flag=True, help="Print the exact bytes sent and received (a wire trace).")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole exchange as JSON.")
+@click.option("--greeting", is_flag=True,
+              help="Wait for the server's first message (SMTP's 220, FTP's banner), framed as the mode frames "
+                   "replies, and show it as the greeting before the first request.")
 @click.option("--mode", "-m", type=LazyChoice("socktools.wire.modes:REQUEST_MODES"), default="framed",
               show_default=True, cls=LazyOption, lazy_help="socktools.wire.modes:REQUEST_HELP")
+@click.option("--udp", is_flag=True,
+              help="One UDP datagram each way per --send (raw, the default with --udp, or line): the reply "
+                   "is the whole datagram, shown with its size, time and sender; --timeout is each "
+                   "datagram's wait; --reply-bytes N reads into an N-byte buffer (a longer reply is "
+                   "truncated).")
 @wire_options
 @tls_options
 @click.pass_context
-def command(ctx, words, host, port, unix, timeout, show_bytes, as_json, mode, **wire_params):
+def command(ctx, words, host, port, unix, timeout, show_bytes, as_json, greeting, mode, udp, **wire_params):
     """Send one request and print the decoded response.
 
     In framed mode (the default), ACTION "search" sends a text/json request;
     any other action a binary one (content ACTION+VALUE), as docs/protocol.md
     describes.  --mode raw/line/redis/http or --protocol send one request of
-    that protocol and print its reply, framed by the same parser flood uses.
+    that protocol and print its reply, framed by the same parser flood uses;
+    several --command/--send/--path are a conversation on one connection, each
+    reply shown in order with its own time.  --tls shows the certificates the
+    server sent; with --show-bytes, the TLS records as well as the plaintext.
+    --udp sends each request as one datagram and shows each reply datagram.
     """
     from socktools.request.client import RequestError, request
 
     tls = tls_config(wire_params)
+    if udp:
+        _udp(ctx, words, host, port, unix, timeout, show_bytes, as_json, mode, greeting, wire_params, tls)
+        return
     check_target(ctx, host, unix)
     if mode != "framed" or wire_params.get("plugin"):
-        _exchange(ctx, words, host, port, unix, timeout, show_bytes, as_json, mode, wire_params, tls)
+        _exchange(ctx, words, host, port, unix, timeout, show_bytes, as_json, mode, wire_params, tls, greeting)
         return
+    if greeting:
+        raise click.BadParameter("a framed server answers and never speaks first: --greeting is for "
+                                 "--mode raw, line, redis, http or --protocol", param_hint="'--greeting'")
     given = given_params(ctx)
     if given:
         raise click.BadParameter("not for the framed protocol: give --mode", param_hint=option_name(given[0]))
@@ -148,7 +199,8 @@ def command(ctx, words, host, port, unix, timeout, show_bytes, as_json, mode, **
                                "connect_ms": round(result.connect_s * 1000, 3),
                                "total_ms": round(result.total_s * 1000, 3),
                                "bytes_sent": len(result.sent), "bytes_received": result.received_bytes,
-                               "response": _message_dict(message), **tls_json(result)}), ensure_ascii=False))
+                               "response": _message_dict(message), **tls_json(result, show_bytes)}),
+                               ensure_ascii=False))
         return
     value_obj = message.value
     if isinstance(value_obj, dict) and "error" in value_obj and "result" not in value_obj:
@@ -170,38 +222,179 @@ def _failed(err, show_bytes: bool, as_json: bool) -> None:
     die(str(err), EXIT_FAILED)
 
 
-def _exchange(ctx, words, host, port, unix, timeout, show_bytes, as_json, mode, wire_params, tls) -> None:
-    """One request of a wire protocol: build it as flood would, send it, print the reply."""
+def _exchange(ctx, words, host, port, unix, timeout, show_bytes, as_json, mode, wire_params, tls, greeting) -> None:
+    """A conversation in a wire protocol: build each request as flood would, send them in
+    order on one connection (after the greeting, with --greeting), print each reply."""
     from socktools import wire
     from socktools.addresses import format_addr
-    from socktools.request.client import RequestError, exchange
+    from socktools.request.client import MAX_EXCHANGES, RequestError, converse
     from socktools.cli._common import stamped
-    from socktools.request.report import exchange_json, reply_text
+    from socktools.request.report import conversation_text, exchange_json, is_conversation, reply_text
 
     if words and unix is not None:
         raise click.UsageError("--unix names the whole target: give no HOST PORT")
-    if len(words) == 2:
-        host, port_text = words
-        refuse_path_as_host(host, "HOST")
-        port = PORT.convert(port_text, None, ctx)
-    elif words:
-        raise click.UsageError(f"with --mode {mode}, give HOST PORT or nothing, not {len(words)} word(s)")
+    host, port = _host_port(ctx, words, host, port, f"--mode {mode}")
     # a Unix socket has no host name: HTTP's Host header (required by HTTP/1.1) says localhost
     spec = wire_spec(mode, "localhost" if unix is not None else format_addr((host, port)), wire_params)
     proto = build_config(wire.build, spec=spec)
+    labels = _labels(spec)
+    if len(labels) > MAX_EXCHANGES:
+        raise click.UsageError(f"{len(labels):,} exchanges: one conversation holds at most {MAX_EXCHANGES:,}")
+    if greeting and not proto.replies:
+        raise click.BadParameter("not with --no-reply: a greeting is read as a reply is",
+                                 param_hint="'--greeting'")
+    if len(labels) > 1 and proto.until_close:
+        raise click.BadParameter("the server closes after each reply: one exchange per connection, "
+                                 f"not {len(labels)}", param_hint="'--reply-until-close'")
     if unix is None:
         warn_target("request", host)
     try:
-        result = exchange(host, port, proto, timeout=timeout, tls=tls, unix=unix)
+        result = converse(host, port, proto, count=len(labels), labels=labels, greeting=greeting,
+                          timeout=timeout, tls=tls, unix=unix)
     except RequestError as err:
         _failed(err, show_bytes, as_json)
     _before_reply(result, show_bytes, as_json)
     if as_json:
-        click.echo(json.dumps(stamped(exchange_json(result, spec.name)), ensure_ascii=False))
-    else:
+        click.echo(json.dumps(stamped(exchange_json(result, spec.name, show_bytes)), ensure_ascii=False))
+    elif not is_conversation(result):
         click.echo(reply_text(result))
+    elif not show_bytes:                    # --show-bytes showed each reply under its bytes
+        click.echo(conversation_text(result))
     if result.failures:
         from socktools.errors import tls_hint
-        f = result.failures[0]
+        steps = [s for s in ([result.greeting] if result.greeting else []) + result.steps if s.failures]
+        step = steps[0] if steps else None
+        f = step.failures[0] if step else result.failures[0]
+        where = ""
+        if step is not None and is_conversation(result):
+            where = "the greeting: " if step is result.greeting else \
+                f"exchange {result.steps.index(step) + 1} ({step.label}): "
         hint = tls_hint(result.received, None, tls=result.tls is not None)
-        die(f"the reply is a failure ({f.kind}): {f.detail}" + (f"; {hint}" if hint else ""), EXIT_FAILED)
+        die(f"{where}the reply is a failure ({f.kind}): {f.detail}" + (f"; {hint}" if hint else ""), EXIT_FAILED)
+
+
+def _host_port(ctx, words, host: str, port: int, with_what: str) -> tuple:
+    """The target from the HOST PORT words (or --host/--port when there are none)."""
+    if len(words) == 2:
+        host, port_text = words
+        refuse_path_as_host(host, "HOST")
+        return host, PORT.convert(port_text, None, ctx)
+    if words:
+        raise click.UsageError(f"with {with_what}, give HOST PORT or nothing, not {len(words)} word(s)")
+    return host, port
+
+
+#: Reply framings a datagram does not need (it is one whole message); refused with --udp.
+_STREAM_FRAMINGS = ("reply_until", "reply_prefix", "reply_prefix_adjust", "reply_until_close")
+
+
+def _udp(ctx, words, host, port, unix, timeout, show_bytes, as_json, mode, greeting, wire_params, tls) -> None:
+    """request --udp: each request one datagram on a connected UDP socket, each reply one datagram."""
+    import dataclasses
+
+    from click.core import ParameterSource
+
+    from socktools import wire
+    from socktools.addresses import format_addr
+    from socktools.request.report import datagram_head, datagram_line, datagram_text, udp_json
+    from socktools.request.udp import REPLY_BUFFER, UdpError, datagrams
+    from socktools.wire.datagram import MAX_DATAGRAM
+    from socktools.wire.options import reply_match
+
+    def refuse(option: str, why: str):
+        raise click.BadParameter(why, param_hint=f"'{option}'")
+
+    if unix is not None:
+        refuse("--unix", "--udp is UDP over IP: a Unix-domain socket is not a UDP port")
+    if tls.enabled:
+        refuse("--tls", "no TLS over UDP (that is DTLS, which socktools does not speak)")
+    if greeting:
+        refuse("--greeting", "a UDP server cannot speak first: it knows no peer until a datagram arrives")
+    if wire_params.get("plugin"):
+        refuse("--protocol", "plug-ins frame replies in a stream: not with --udp")
+    if ctx.get_parameter_source("mode") is ParameterSource.DEFAULT:
+        mode = "raw"
+    if mode not in ("raw", "line"):
+        refuse("--mode", f"{mode} runs over TCP; with --udp: raw or line (a DNS query is a raw datagram)")
+    for param in _STREAM_FRAMINGS:
+        if ctx.get_parameter_source(param) is not ParameterSource.DEFAULT:
+            refuse(option_name(param), "a datagram is one whole reply: it needs no framing (--reply-match "
+                                       "checks it; --reply-bytes sets the buffer it is read into)")
+    if timeout <= 0:
+        refuse("--timeout", "a reply timeout must be above 0")
+    buffer = REPLY_BUFFER
+    if wire_params.get("reply_bytes") is not None:
+        buffer = wire_params["reply_bytes"]
+        if not 1 <= buffer <= REPLY_BUFFER:
+            refuse("--reply-bytes", f"the reply buffer is 1 to {REPLY_BUFFER:,} bytes (more than any datagram)")
+    host, port = _host_port(ctx, words, host, port, "--udp")
+    spec = wire_spec(mode, format_addr((host, port)), wire_params)
+    replies = not spec.no_reply
+    match = build_config(reply_match, spec=spec)
+    # The requests, built by the mode as over TCP (escapes, placeholders, --eol); the reply
+    # framing the builder asks for is a stream's, so it builds them as write-only.
+    if mode == "raw" and replies:
+        spec = dataclasses.replace(spec, no_reply=True, reply_bytes=None, reply_match=None)
+    proto = build_config(wire.build, spec=spec)
+    labels = _labels(spec)
+    payloads = [proto.request(seq, 0) for seq in range(len(labels))]
+    for payload in payloads:
+        if len(payload) > MAX_DATAGRAM:
+            refuse("--send-file" if spec.send_file is not None else "--send",
+                   f"a {len(payload):,}-byte request: a UDP datagram holds at most {MAX_DATAGRAM:,} bytes")
+    warn_target("request", host)
+    try:
+        result = datagrams(host, port, payloads, labels=labels, timeout=timeout, replies=replies,
+                           buffer=buffer, match=match)
+    except UdpError as err:
+        if as_json:
+            from socktools.cli._common import stamped
+            click.echo(json.dumps(stamped(udp_json(err.result, mode, replies, err)), ensure_ascii=False))
+        elif len(err.result.steps) > 1 or show_bytes:
+            _udp_steps(err.result, show_bytes, datagram_head, datagram_text, done_only=True)
+        die(str(err), EXIT_FAILED)
+    if as_json:
+        from socktools.cli._common import stamped
+        click.echo(json.dumps(stamped(udp_json(result, mode, replies)), ensure_ascii=False))
+    elif len(result.steps) == 1 and not show_bytes:
+        step = result.steps[0]
+        click.echo(datagram_text(step))
+        if step.reply is not None:
+            click.echo(datagram_line(step), err=True)     # stdout stays the reply
+    else:
+        _udp_steps(result, show_bytes, datagram_head, datagram_text)
+    failed = [(i, s) for i, s in enumerate(result.steps, 1) if s.failures]
+    if failed:
+        i, step = failed[0]
+        f = step.failures[0]
+        where = f"datagram {i} ({step.label}): " if len(result.steps) > 1 else ""
+        die(f"{where}the reply is a failure ({f.kind}): {f.detail}", EXIT_FAILED)
+
+
+def _udp_steps(result, show_bytes: bool, head, text, done_only: bool = False) -> None:
+    """Each datagram under its head (with --show-bytes: the bytes each way first)."""
+    from socktools.addresses import format_addr
+    if show_bytes and result.local is not None:
+        click.echo(f"UDP {format_addr(result.local)} -> {format_addr(result.address)} (a connected socket: "
+                   "connect() sent nothing; the kernel takes only that peer's datagrams)")
+    for i, step in enumerate(result.steps, 1):
+        if done_only and step.reply is None:
+            break
+        click.echo(head(step, i))
+        if show_bytes:
+            click.echo(f">>> sent {len(step.sent):,} bytes in one datagram")
+            click.echo(repr(step.sent))
+            if step.reply is not None:
+                click.echo(f"<<< received {step.size:,} bytes in one datagram from {format_addr(step.peer)}")
+        click.echo(text(step))
+
+
+def _labels(spec) -> tuple:
+    """What the user typed for each exchange, in order: every --command, --send or --path
+    (or the one default request)."""
+    if spec.mode == "http" and spec.paths:
+        return tuple(f"{spec.method} {p}" for p in spec.paths)
+    texts = spec.commands or spec.sends
+    if texts:
+        return tuple(texts)
+    return ("",)

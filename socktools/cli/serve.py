@@ -8,7 +8,8 @@ import sys
 import click
 
 from socktools.cli._common import (BYTESIZE, DURATION, EXIT_FAILED, MAX_BACKLOG, MAX_CONNS, PORT, LazyChoice,
-                                   LazyDefault, LazyOption, build_config, die, setup_logging)
+                                   LazyDefault, LazyOption, build_config, check_target, die, setup_logging)
+from socktools.cli._tls import server_tls_config, server_tls_options
 
 # The engine loads only when the command runs: `socktools --help` builds this
 # command (for its one-line help) and must not pull in the server, core or protocol.
@@ -19,6 +20,14 @@ Examples:
   socktools serve --mode echo --workers 2         # echo on 127.0.0.1:65432, 2 processes
   socktools serve --mode sink --rcvbuf 4096       # never reads: fills up on purpose
   socktools serve --host ::1 --port 8000          # IPv6 loopback
+  socktools serve --tls-self-signed --mode echo   # TLS with a throwaway certificate (prints its path)
+  socktools serve --tls --cert srv.pem --key srv.key --client-ca ca.pem   # mutual TLS
+  socktools serve --unix /tmp/echo.sock           # a Unix-domain socket instead of a port
+
+\b
+Then, for example:
+  socktools request --unix /tmp/echo.sock --mode line --send hi
+  socktools request --tls --cafile /tmp/socktools-tls-XXXX/cert.pem --mode line --send hi
 
 \b
 Stop with Ctrl-C or SIGTERM: the first drains gracefully, a second forces.
@@ -69,6 +78,9 @@ def _raise_nofile() -> None:
                    "expose the server to the network.")
 @click.option("--port", "-p", type=PORT, default=65432, show_default=True,
               help="Port to bind; 0 picks a free one and prints it.")
+@click.option("--unix", metavar="PATH", default=None,
+              help="Serve on this Unix-domain socket instead of --host/--port.  A stale socket file "
+                   "(connecting is refused) is replaced; any other file there is an error.  Removed at exit.")
 @click.option("--workers", "-w", type=click.IntRange(1, 256), default=1, show_default=True,
               help="Processes sharing the port (the parent binds and supervises).")
 @click.option("--max-conns", type=click.IntRange(0, MAX_CONNS), default=0, show_default=True,
@@ -95,23 +107,31 @@ def _raise_nofile() -> None:
               help="Print statistics this often (0 = only the final summary).")
 @click.option("--drain-timeout", type=DURATION, default="5s", show_default=True, metavar="DURATION",
               help="On the first Ctrl-C/SIGTERM, how long busy connections get to finish.")
+@server_tls_options
 @click.option("--json", "as_json", is_flag=True, help="Print events as JSON lines (listening, stats, summary).")
 @click.option("--quiet", "-q", is_flag=True, help="Log only warnings and errors.")
 @click.option("--stop-on-stdin-eof", is_flag=True, hidden=True,
               help="Stop when stdin closes (used by commands that embed a server).")
-def command(mode, host, port, workers, max_conns, idle_timeout, max_content, max_buffered, request_timeout,
-            rcvbuf, sndbuf, backlog, stats_interval, drain_timeout, as_json, quiet, stop_on_stdin_eof):
+@click.pass_context
+def command(ctx, mode, host, port, unix, workers, max_conns, idle_timeout, max_content, max_buffered,
+            request_timeout, rcvbuf, sndbuf, backlog, stats_interval, drain_timeout, as_json, quiet,
+            stop_on_stdin_eof, **tls_params):
     """Run a nonblocking TCP server: echo, framed or sink.
 
-    Binds 127.0.0.1 unless --host says otherwise. With --port 0 the chosen
-    port is printed on the first line ("listening on HOST:PORT").
+    Binds 127.0.0.1 unless --host says otherwise, or a Unix-domain socket
+    with --unix PATH. With --port 0 the chosen port is printed on the first
+    line ("listening on HOST:PORT"). With --tls every connection is TLS;
+    with --tls-self-signed the certificate's file and SHA-256 fingerprint
+    follow that line.
     """
     from socktools.addresses import is_wildcard
     from socktools.serve.supervisor import ServeError, serve
     from socktools.serve.config import ServeConfig
 
     setup_logging(quiet=quiet)
-    if is_wildcard(host):
+    check_target(ctx, host, unix)
+    tls = server_tls_config(tls_params)
+    if unix is None and is_wildcard(host):
         click.echo(f"socktools serve: warning: --host {host} binds every interface: the server is "
                    f"reachable from other machines", err=True)
     _raise_nofile()
@@ -119,7 +139,7 @@ def command(mode, host, port, workers, max_conns, idle_timeout, max_content, max
                           max_conns=max_conns, idle_timeout=idle_timeout or None, max_content=max_content,
                           max_buffered=max_buffered, request_timeout=request_timeout or None,
                           rcvbuf=rcvbuf, sndbuf=sndbuf, backlog=backlog, stats_interval=stats_interval,
-                          drain_timeout=drain_timeout, stop_on_stdin_eof=stop_on_stdin_eof)
+                          drain_timeout=drain_timeout, stop_on_stdin_eof=stop_on_stdin_eof, unix=unix, tls=tls)
     try:
         serve(config, _json_view if as_json else _human_view())
     except ServeError as exc:

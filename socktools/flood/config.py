@@ -8,6 +8,7 @@ from typing import Optional
 
 from socktools.errors import OptionError
 from socktools.flood import stages as stg
+from socktools.tlsconf import TlsConfig
 from socktools.wire import modes as wire_modes
 from socktools.wire.spec import WireOptionError, WireSpec, build
 
@@ -107,6 +108,10 @@ class FloodConfig:
     pipeline: int = 1                       # requests in flight per connection
     cluster: Optional[str] = None           # shards on Dask: "local:N" or a scheduler address
     stages: tuple = ()                      # load stages (a "10s:100,..." text, parsed here)
+    udp: bool = False                       # datagrams over connected UDP sockets (flood/udp.py)
+    reply_timeout: float = 1.0              # --udp: a datagram unanswered this long is lost
+    tls: Optional[TlsConfig] = None         # --tls and its options (None or not enabled: plaintext)
+    tls_resume: bool = False                # --tls-resume: offer the worker's last TLS session
 
     def __post_init__(self) -> None:
         # OptionError names the field, which is also the CLI option (the CLI says which one).
@@ -148,12 +153,19 @@ class FloodConfig:
             raise OptionError("mode", f"the exchange options are for {self.wire.name}, the mode is {self.mode}")
         if self.embedded and self.mode not in ("echo", "framed", "connect"):
             raise OptionError("port", f"--mode {self.mode} loads your server: give its --port")
+        if self.udp:
+            self._check_udp()
         proto = build(self.wire_spec)   # validates the exchange options (WireOptionError)
         if self.pipeline > 1 and proto.until_close:
             raise OptionError("pipeline", "with --reply-until-close a connection carries one request: "
                                           "no --pipeline")
         if not proto.replies and self.rate is None:
             raise WireOptionError("--no-reply", "a write-only stream needs --rate (requests/s)")
+        if self.tls_resume and not self.tls_on:
+            raise OptionError("tls_resume", "resumes TLS sessions: give --tls too")
+        if self.tls_on and self.embedded:
+            raise OptionError("tls", "flood's own server speaks plaintext: give the --port of a TLS "
+                                     "server (or start `socktools serve --tls` and give its port)")
         if self.cluster is not None:
             try:
                 kind, _ = parse_cluster(self.cluster)
@@ -163,6 +175,33 @@ class FloodConfig:
                 raise OptionError("cluster", "--cluster with a scheduler address needs --port (and "
                                   "--host) of a server every load host can reach: flood's own "
                                   "server would listen on this machine's loopback only")
+
+    def _check_udp(self) -> None:
+        """What a datagram flood can do: echo datagrams that carry flood's header, one in flight
+        per socket (or paced with --rate), against a UDP server given by its --port."""
+        from socktools.wire.datagram import HEADER_SIZE, MAX_DATAGRAM
+        if self.mode != "echo":
+            raise OptionError("mode", f"--udp sends echo datagrams (flood's header, padded to --size): "
+                                      f"not --mode {self.mode}")
+        if not HEADER_SIZE <= self.size <= MAX_DATAGRAM:
+            raise OptionError("size", f"a datagram is {HEADER_SIZE} (flood's header) to {MAX_DATAGRAM} bytes "
+                                      f"(the largest UDP payload over IPv4), not {self.size}")
+        if not 0 < self.reply_timeout <= MAX_DURATION:
+            raise OptionError("reply_timeout", "the reply timeout must be above 0 (a datagram with no reply "
+                                               "by then is lost)")
+        if self.pipeline != 1:
+            raise OptionError("pipeline", "--udp keeps one datagram in flight per socket: use --rate for more")
+        if self.embedded:
+            raise OptionError("port", "--udp loads a UDP server you give with --port (flood's own server "
+                                      "speaks TCP)")
+        if self.family not in (socket.AF_INET, socket.AF_INET6):
+            raise OptionError("unix", "--udp is UDP over IP: not with --unix")
+        for name in ("stages", "cluster"):
+            if getattr(self, name):
+                raise OptionError(name, f"not with --udp (yet): --{name} drives TCP connections")
+        if self.tls is not None and self.tls.enabled:
+            raise OptionError("tls", "not with --udp: TLS runs over a stream (datagrams would need DTLS, "
+                                     "which socktools does not speak)")
 
     def _take_stages(self) -> None:
         """Parse the stages; they set the traffic's length (their sum), the pool of connection
@@ -195,6 +234,11 @@ class FloodConfig:
     def staged_rate(self) -> bool:
         """The stages ramp the request rate too (open loop)."""
         return bool(self.stages) and self.stages[0].rate is not None
+
+    @property
+    def tls_on(self) -> bool:
+        """Connections speak TLS (--tls)."""
+        return self.tls is not None and self.tls.enabled
 
     @property
     def workers_chosen(self) -> bool:

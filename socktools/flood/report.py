@@ -22,7 +22,8 @@ __all__ = ["to_json", "render_table", "render_live", "render_interval_header", "
 HDR_UNIT = "ns"
 
 _LATENCY_ROWS = (("latency", "round trip"), ("latency_uncorrected", "  uncorrected"),
-                 ("connect", "connect"), ("first_reply", "first reply"), ("send_lag", "send lag"))
+                 ("connect", "connect"), ("handshake", "tls handshake"), ("first_reply", "first reply"),
+                 ("send_lag", "send lag"))
 
 
 def format_us(us: Optional[float]) -> str:
@@ -130,6 +131,40 @@ def _errors_list(totals: st.Totals, cfg=None) -> list:
     return out
 
 
+def tls_summary(result: FloodResult) -> Optional[dict]:
+    """--tls: handshakes completed, what they negotiated (a tally: "TLSv1.3 CIPHER ALPN" -> n)
+    and, with --tls-resume, how many offered an earlier session and how many the server resumed."""
+    cfg = result.config
+    if not cfg.tls_on:
+        return None
+    c = result.totals.counters
+    offered = c["tls_offered"]
+    return {"handshakes": c["tls_handshakes"], "negotiated": dict(result.totals.tls_negotiated),
+            "sni": cfg.tls.sni or cfg.host, "verify": not cfg.tls.insecure, "resume": cfg.tls_resume,
+            "offered": offered if cfg.tls_resume else None,
+            "resumed": c["tls_resumed"] if cfg.tls_resume else None,
+            "reuse_ratio": round(c["tls_resumed"] / offered, 4) if cfg.tls_resume and offered else None}
+
+
+def tls_hints(result: FloodResult) -> list:
+    """The TLS mistakes users make first, recognised in what came back (errors.tls_hint): plaintext
+    spoken to a TLS port (nginx's 400 page, a TLS alert record, a reset before any reply), a TLS
+    handshake a plaintext port never answers, a client certificate the server wanted."""
+    t = result.totals
+    tls = result.config.tls_on
+    hints = list(t.hints)       # from the replies themselves, as the workers read them
+    for text in t.samples.values():
+        hints.append(errors.tls_hint(text.encode("latin-1", "replace"), None, tls=tls))
+    # a reset or a close with nothing said: a hint only when no connection got a single reply
+    # (a TLS port resets plaintext before any), or when the TLS handshake was not answered
+    nothing_answered = not t.counters["established"]
+    for phase, inner in t.errors.items():
+        for key in inner:
+            if (phase == errors.HANDSHAKE) if tls else nothing_answered:
+                hints.append(errors.tls_hint(b"", key, tls=tls))
+    return list(dict.fromkeys(h for h in hints if h))
+
+
 def to_json(result: FloodResult, thresholds=()) -> dict:
     """The full result as a JSON-ready dict (latencies in microseconds, ``hdr`` blobs in ns).
 
@@ -177,7 +212,8 @@ def _body(result: FloodResult) -> dict:
                    "exchange": describe(cfg), "wire": cfg.wire_spec.summary(), "pipeline": cfg.pipeline,
                    "duration": cfg.duration, "requests": cfg.requests, "rate": cfg.rate,
                    "connect_rate": cfg.connect_rate, "connect_timeout": cfg.connect_timeout,
-                   "sources": list(cfg.sources),
+                   "sources": list(cfg.sources), "udp": cfg.udp,
+                   "reply_timeout": cfg.reply_timeout if cfg.udp else None,
                    "stages": [{"duration": d, "conns": n, "rate": r} for d, n, r in cfg.stages] or None},
         "limits": result.plan.to_dict(),
         "stopped_early": result.stopped_early,
@@ -201,8 +237,10 @@ def _body(result: FloodResult) -> dict:
                   "sent_per_second": round(_rate(tb_out, secs)),
                   "received_per_second": round(_rate(tb_in, secs))},
         **hists,
+        "tls": tls_summary(result),
         "errors": _errors_list(t, cfg),
         "errors_total": st.tally_total(t.errors),
+        "hints": tls_hints(result),
         "failures_total": failures_total(t),
         "protocol_errors": dict(t.protocol_errors),
         "reply_failures": {k: dict(v) for k, v in t.reply_failures.items()},
@@ -210,6 +248,7 @@ def _body(result: FloodResult) -> dict:
         "confirm_reply_failures": {k: dict(v) for k, v in t.confirm_reply_failures.items()},
         "confirm_reply_failures_total": st.tally_total(t.confirm_reply_failures),
         "reply_samples": dict(t.samples),
+        "datagrams": dict(t.datagrams) if cfg.udp else None,
         "reply_classes": dict(t.reply_classes),
         "confirm_reply_classes": dict(t.confirm_reply_classes),
         "server_check": server_check(result),
@@ -264,7 +303,7 @@ def render_table(result: FloodResult, checked: Optional[list] = None) -> str:
     secs = traffic_seconds(t)
     lines = []
     what = describe(cfg)
-    lines.append(f"flood {cfg.target}: {what}; {cfg.conns:,} connection(s) over "
+    lines.append(f"flood {cfg.target}: {what}; {cfg.conns:,} {'UDP socket(s)' if cfg.udp else 'connection(s)'} over "
                  f"{cfg.active_workers} worker(s)" + (", open loop at "
                  f"{cfg.rate:,g} req/s" if cfg.rate else ", closed loop" if cfg.mode != "connect" else ""))
     if cfg.stages:
@@ -279,7 +318,8 @@ def render_table(result: FloodResult, checked: Optional[list] = None) -> str:
     phases = _phase_seconds(t, cfg.mode)
     lines.append("phases  " + " · ".join(f"{name} {secs_:.2f}s" for name, secs_ in phases.items()))
     lines.append("")
-    conn_line = (f"connections  {_n(c['established'])} of {_n(cfg.conns)} established"
+    conn_line = (f"sockets      {_n(c['established'])} of {_n(cfg.conns)} UDP sockets connected" if cfg.udp
+                 else f"connections  {_n(c['established'])} of {_n(cfg.conns)} established"
                  if cfg.mode != "connect" else f"connections  {_n(c['cycles'])} connect+reply+close cycles")
     conn_line += f" · {_n(c['failed'])} failed"
     if c["lost"]:
@@ -288,7 +328,8 @@ def render_table(result: FloodResult, checked: Optional[list] = None) -> str:
         conn_line += f" · {_n(c['cancelled'])} cancelled"
     if c["reconnects"]:
         conn_line += f" · {_n(c['reconnects'])} reconnects (closed by the server after a reply)"
-    conn_line += f" · {_n(_connect_rate(result))}/s"
+    if not cfg.udp:   # (a UDP connect() sends nothing: its rate says nothing)
+        conn_line += f" · {_n(_connect_rate(result))}/s"
     lines.append(conn_line)
     measured = secs >= 0.05  # rates of a phase that hardly ran would be noise
     write_only = cfg.wire is not None and cfg.wire.no_reply
@@ -325,10 +366,22 @@ def render_table(result: FloodResult, checked: Optional[list] = None) -> str:
                                                          f"answered" if unconfirmed else "") + ")")
         if t.reply_classes:
             lines.append("replies      " + " · ".join(f"{k} {v:,}" for k, v in sorted(t.reply_classes.items())))
+    if cfg.udp:
+        lines.extend(render_datagrams(t.datagrams, cfg.reply_timeout))
     tb_out, tb_in = _traffic_bytes(result)
     if measured and (tb_out or tb_in):
         lines.append(f"throughput   {_mb(_rate(tb_out, secs))} out · {_mb(_rate(tb_in, secs))} in"
                      f"  ({_n(tb_out)} / {_n(tb_in)} bytes)")
+    tls = tls_summary(result)
+    if tls is not None and tls["handshakes"]:
+        tally = sorted(tls["negotiated"].items(), key=lambda kv: -kv[1])
+        what = (f"{tally[0][0]}" if len(tally) == 1 else
+                " · ".join(f"{k} {n:,}" for k, n in tally))
+        lines.append(f"tls          {_n(tls['handshakes'])} handshakes · {what}")
+        if tls["resume"]:
+            ratio = f" ({tls['reuse_ratio']:.0%})" if tls["reuse_ratio"] is not None else ""
+            lines.append(f"             resumed {_n(tls['resumed'])} of {_n(tls['offered'])} that offered "
+                         f"an earlier session{ratio}")
     lines.append("")
     header = f"{'':14}{'p50':>9}{'p90':>9}{'p99':>9}{'p99.9':>9}{'max':>9}{'mean':>9}{'count':>12}"
     rows = []
@@ -336,7 +389,7 @@ def render_table(result: FloodResult, checked: Optional[list] = None) -> str:
         summary = st.summarize(t.histograms.get(name))
         if summary is None:
             continue
-        if name == "latency" and cfg.rate:
+        if name == "latency" and cfg.rate and not cfg.udp:   # (--udp: datagrams leave on schedule)
             label = "round trip*"
         rows.append(f"{label:14}" + "".join(f"{format_us(summary[k]):>9}" for k in
                                             ("p50", "p90", "p99", "p99.9", "max", "mean"))
@@ -344,16 +397,19 @@ def render_table(result: FloodResult, checked: Optional[list] = None) -> str:
     if rows:
         lines.append(header)
         lines.extend(rows)
-        if cfg.rate and t.histograms.get("latency") is not None:
+        if cfg.rate and not cfg.udp and t.histograms.get("latency") is not None:
             lines.append("* from each request's scheduled send time (coordinated omission corrected)")
         lines.append("")
     errs = _errors_list(t, cfg)
     if errs:
         lines.append(f"failures     {st.tally_total(t.errors):,} in all, by phase and error:")
+        # columns as wide as the longest name ("handshake", "tls-hostname-mismatch"), so fixes line up
+        pw = max(8, *(len(e["phase"]) for e in errs))
+        ew = max(15, *(len(e["error"]) for e in errs))
         for e in errs:
-            lines.append(f"  {e['phase']:8} {e['error']:15} {e['count']:>8,}  {e['meaning'] or ''}")
+            lines.append(f"  {e['phase']:{pw}} {e['error']:{ew}} {e['count']:>8,}  {e['meaning'] or ''}")
             if e["fix"]:
-                lines.append(f"  {'':8} {'':15} {'':>8}  fix: {e['fix']}")
+                lines.append(f"  {'':{pw}} {'':{ew}} {'':>8}  fix: {e['fix']}")
         if t.protocol_errors:
             kinds = ", ".join(f"{k} {v:,}" for k, v in sorted(t.protocol_errors.items()))
             lines.append(f"  protocol errors by kind: {kinds}")
@@ -368,6 +424,8 @@ def render_table(result: FloodResult, checked: Optional[list] = None) -> str:
                 lines.append(f"  {n:>8,}  {detail}")
             if kind in t.samples and (table is t.reply_failures or kind not in t.reply_failures):
                 lines.append(f"  first offending bytes: {t.samples[kind]!r}")
+    for hint in tls_hints(result):
+        lines.append(f"hint: {hint}")
     check = server_check(result)
     if check:
         verdict = "equal" if check["equal"] else "DIFFERENT"
@@ -385,6 +443,32 @@ def render_table(result: FloodResult, checked: Optional[list] = None) -> str:
         lines.append("")
         lines.extend(render_thresholds(checked))
     return "\n".join(lines)
+
+
+def render_datagrams(d: dict, timeout: float) -> list:
+    """--udp: what became of every datagram, and where the lost ones were dropped."""
+    if not d:
+        return []
+    lines = [f"datagrams    {_n(d['sent'])} sent · {_n(d['answered'])} answered · {_n(d['lost'])} lost "
+             f"(no reply within {timeout:g}s) · {_n(d['late'])} late · {_n(d['duplicated'])} duplicated · "
+             f"{_n(d['reordered'])} reordered · {_n(d['truncated'])} truncated"]
+    if d["lost"]:
+        server = d.get("server_drops")
+        where = (f"the server's socket {_n(server)}" if server is not None
+                 else "the server's socket: not known (not on this machine)")
+        lines.append(f"lost where   {_n(d['lost_at_receive_buffer'])} dropped at a full receive buffer "
+                     f"({where}, ours {_n(d['client_drops'])}) · {_n(d['lost_unexplained'])} unexplained "
+                     f"(the kernel counted no drop for them)")
+        if d.get("machine_rcvbuf_errors") is not None:
+            lines.append(f"             (the machine counted {_n(d['machine_rcvbuf_errors'])} UDP receive-buffer "
+                         f"errors in all during the run, every program's)")
+    if d["refused"]:
+        lines.append(f"refused      {_n(d['refused'])} datagrams our own kernel would not take (send buffer "
+                     f"full): never sent, not counted sent")
+    if d["foreign"] or d["stale"]:
+        lines.append(f"unplaced     {_n(d['foreign'])} datagrams that were no reply of ours · "
+                     f"{_n(d['stale'])} too old to place")
+    return lines
 
 
 def cluster_json(result: FloodResult) -> dict:

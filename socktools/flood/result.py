@@ -76,6 +76,7 @@ def generator_warnings(result: FloodResult) -> list:
     if cfg.rate and secs > 0 and cfg.mode != "connect":
         achieved = c["traffic_requests"] / secs
         why = ("the generator was CPU-bound" if busy else
+               "the generator's pacer fell behind" if cfg.udp else
                "answers came back too slowly to send the next request on time")
         if cfg.stages:   # a ramped rate: what was sent against what the stages scheduled
             if c["traffic_requests"] < 0.95 * c["scheduled"]:

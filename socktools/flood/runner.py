@@ -33,6 +33,7 @@ from socktools.flood.config import FloodConfig
 from socktools.flood.own_server import embedded_server
 from socktools.flood.policy import STOP_GRACE, RunPolicy
 from socktools.flood.result import FloodError, FloodRefused, FloodResult, generator_warnings, traffic_seconds  # noqa: F401 (public names)
+from socktools.flood.udp import attribute_losses, run_udp_worker, snapshot as udp_snapshot
 from socktools.flood.worker import run_worker
 from socktools.kernel.capacity import tighten_timer_slack as _tighten_timer_slack
 
@@ -44,7 +45,10 @@ def _worker_main(channel: Any, config: FloodConfig, index: int, epoch_ns: int) -
     """Process body: run, send the result (core.procs reports a crash and exits 70)."""
     if config.rate is not None:
         _tighten_timer_slack()
-    result = run_worker(config, index, channel, epoch_ns=epoch_ns)
+    if config.udp:
+        result = run_udp_worker(config, index, channel, epoch_ns=epoch_ns)
+    else:
+        result = run_worker(config, index, channel, epoch_ns=epoch_ns)
     try:
         channel.send(("final", result))
     except (OSError, ValueError):
@@ -94,9 +98,12 @@ def run_flood(config: FloodConfig, *, on_event: Optional[Callable[[dict], None]]
     started = time.time()
     t0 = time.monotonic()
     with embedded_server(cfg, emit) as (cfg, server_info):
+        kernel_before = udp_snapshot(cfg) if cfg.udp else None
         run = _Run(cfg, emit)
         run.execute()
     totals = st.merge(run.policy.finals.values())
+    if cfg.udp:
+        attribute_losses(cfg, totals.datagrams, kernel_before)
     result = FloodResult(config=cfg, plan=plan, totals=totals, server=server_info,
                          stopped_early=run.interrupted or totals.stopped_early,
                          stop_signal=run.stop_signal,

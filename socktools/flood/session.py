@@ -52,6 +52,10 @@ NO_QUOTA = 1 << 62
 #: answering with ever-new texts must not grow the tally without bound.
 MAX_DETAILS = 32
 
+#: Distinct negotiated TLS parameters (version, cipher, ALPN) kept per worker: a handful in
+#: practice; a server rotating through more is still tallied, the rest as "(other)".
+MAX_NEGOTIATED = 16
+
 
 class Slot:
     """Per-connection state (``conn.ctx``); slotted to keep memory per connection small.
@@ -60,7 +64,7 @@ class Slot:
     moved by the session's verbs only."""
 
     __slots__ = ("index", "started", "got", "sent", "due", "backlog", "parser", "times", "dues",
-                 "count", "confirmed", "failed", "state")
+                 "count", "confirmed", "failed", "state", "shake", "offered")
 
     def __init__(self, index: int, started: int, state: str = lc.CONNECTING) -> None:
         self.index = index
@@ -78,6 +82,8 @@ class Slot:
         # connection of the ramp joins the traffic as it is made (no confirming round trip).
         self.confirmed = state == lc.REOPENING or state == lc.RAMPING
         self.failed = False
+        self.shake = 0          # --tls: when the handshake began (0: no TLS, or not yet)
+        self.offered = False    # --tls-resume: an earlier session was offered to resume
 
 
 def owed(slot: Slot) -> int:
@@ -118,6 +124,7 @@ class Session:
         self.requests = self.maker.requests
         # A reply may announce the server's close (HTTP): the traffic loops then reconnect.
         self.may_close = proto.may_close
+        self.tls_last: Any = None            # --tls-resume: the latest handshake's SSLObject
 
     @property
     def phase(self) -> str:
@@ -156,6 +163,16 @@ class Session:
     def reopening(self, index: int) -> Slot:
         """A replacement for connection ``index`` is about to be opened (traffic or drain)."""
         return Slot(index, self.clock(), lc.REOPENING)
+
+    def tls_session(self, slot: Slot) -> Any:
+        """--tls-resume: the session to offer for the connection of ``slot`` (the latest one
+        this worker's handshakes got; None: nothing to resume yet -- a full handshake)."""
+        last = self.tls_last
+        session = last.session if last is not None else None
+        if session is None:
+            return None
+        slot.offered = True
+        return session
 
     def ramp_opening(self, index: int) -> Slot:
         """``--stages``: connection ``index`` is about to be opened, one more of the ramp: an
@@ -200,25 +217,63 @@ class Session:
         self.machine.fire("connected")
 
     # ------------------------------------------------------------ a connection's life
-    def made(self, conn: Any) -> tuple:
-        """The handshake of ``conn`` completed: its connect time counted; (slot, now)."""
+    def tls_started(self, conn: Any) -> None:
+        """``conn``'s TCP connection is up and its TLS handshake begins: the connect time
+        (TCP only) is counted now, the handshake's from now."""
         slot: Slot = conn.ctx
         now = self.clock()
         self.rec["connect"].record(now - slot.started)
+        slot.shake = now
+        lc.step(slot, "tls")
+
+    def made(self, conn: Any) -> tuple:
+        """The handshake of ``conn`` completed (TCP's, and TLS's with --tls): its connect time
+        -- and handshake time -- counted; (slot, now)."""
+        slot: Slot = conn.ctx
+        now = self.clock()
+        if slot.shake:
+            self.rec["handshake"].record(now - slot.shake)
+            self._handshook(slot, conn.tls)
+        else:
+            self.rec["connect"].record(now - slot.started)
         self.stats.connected += 1
-        if slot.state == lc.RAMPING:
+        if lc.origin(slot.state) == lc.RAMPING:
             self.stats.established += 1     # a connection of the ramp is up: it joins the traffic
         if lc.step(slot, "made") == lc.TRAFFIC and self.machine.state == lc.DRAIN:
             lc.step(slot, "drain")          # a replacement made after the traffic ended
         return slot, now
 
+    def _handshook(self, slot: Slot, tls: Any) -> None:
+        """A TLS handshake completed: what it settled, tallied; whether it resumed a session."""
+        s = self.stats
+        s.tls_handshakes += 1
+        if slot.offered:
+            s.tls_offered += 1
+            if tls.session_reused:
+                s.tls_resumed += 1
+        cipher = tls.cipher()
+        what = " ".join(x for x in (tls.version(), cipher[0] if cipher else None,
+                                    tls.selected_alpn_protocol()) if x)
+        table = s.tls_negotiated
+        if what not in table and len(table) >= MAX_NEGOTIATED:
+            what = "(other)"
+        table[what] = table.get(what, 0) + 1
+        if self.config.tls_resume:
+            self.tls_last = tls
+
     def confirm_sent(self) -> None:
         """A connection's first, confirming request went out."""
         self.stats.confirm_requests += 1
 
-    def failed(self, failures: list, confirming: bool = False) -> None:
+    def failed(self, failures: list, confirming: bool = False, data: bytes = b"") -> None:
         """Replies that arrived whole but count as failures (wrong-reply, server-error, http-5xx);
-        ``confirming``: a connection's first reply, tallied apart from the traffic's."""
+        ``confirming``: a connection's first reply, tallied apart from the traffic's.  ``data``,
+        the bytes that completed them, is read for the TLS mistakes users make first (nginx's
+        400 "The plain HTTP request was sent to HTTPS port"), once per worker."""
+        if confirming and data and not self.stats.hints:
+            hint = errors.tls_hint(data, None, tls=self.config.tls_on)
+            if hint:
+                self.stats.hints.append(hint)
         table = self.stats.confirm_reply_failures if confirming else self.stats.reply_failures
         for f in failures:
             kinds = table.setdefault(f.kind, {})
@@ -300,7 +355,7 @@ class Session:
         """Every connection ends here, whoever closed it."""
         slot: Slot = conn.ctx
         s = self.stats
-        never_made = slot.state == lc.RAMPING
+        never_made = lc.origin(slot.state) == lc.RAMPING
         lc.step(slot, "closed")
         if exc is not None and conn.failed_in is not None and not slot.failed:
             slot.failed = True

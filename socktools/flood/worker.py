@@ -144,6 +144,13 @@ class _Worker:
         self._repump = False
         self.family = config.family
         self.ramp_next = 0                  # --stages: the next connection number the ramp uses
+        # --tls: one client context per worker (made here, in the worker's process: contexts do
+        # not pickle), the name its handshakes send and check
+        self.tls_ctx = self.sni = None
+        if config.tls_on:
+            from socktools.tlsconf import client_context, server_name
+            self.tls_ctx = client_context(config.tls)
+            self.sni = server_name(config.tls, config.host)
         if config.stages:
             self.next_i = len(self.indices)  # the ramp opens them, during the traffic
 
@@ -311,14 +318,24 @@ class _Worker:
         source = self._source_addr(index)
         self.connecting += 1
         try:
-            conn = self.loop.open_connection(self.config.address, self.confirm, family=self.family,
-                                             source=source, setup=self._setup_socket, ctx=slot)
+            conn = self._connect(self.confirm, source, slot)
         except OSError as exc:
             self.connecting -= 1
             self.session.open_failed(exc)
             return
         if not conn.closed:
             self.pending.append((slot, conn))
+
+    def _connect(self, protocol: Any, source: Optional[tuple], slot: Any) -> Any:
+        """open_connection for one slot: TLS with --tls (offering the latest session with
+        --tls-resume)."""
+        if self.tls_ctx is None:
+            return self.loop.open_connection(self.config.address, protocol, family=self.family,
+                                             source=source, setup=self._setup_socket, ctx=slot)
+        return self.loop.open_connection(
+            self.config.address, protocol, family=self.family, source=source, setup=self._setup_socket,
+            ctx=slot, tls=self.tls_ctx, server_hostname=self.sni,
+            tls_session=self.session.tls_session(slot) if self.config.tls_resume else None)
 
     def _reopen(self, index: int, protocol: Any, ramp: bool = False) -> Optional[Any]:
         """A traffic-phase reconnect (the server closed after a complete reply) -- or, with
@@ -328,9 +345,7 @@ class _Worker:
         session = self.session
         slot = session.ramp_opening(index) if ramp else session.reopening(index)
         try:
-            conn = self.loop.open_connection(self.config.address, protocol, family=self.family,
-                                             source=self._source_addr(index), setup=self._setup_socket,
-                                             ctx=slot)
+            conn = self._connect(protocol, self._source_addr(index), slot)
         except OSError as exc:
             session.open_failed(exc) if ramp else session.reopen_failed(exc)
             return None
@@ -348,13 +363,16 @@ class _Worker:
         pending = self.pending
         while pending:
             slot, conn = pending[0]
-            if conn.closed or (slot.confirmed and not conn.connecting):
+            # (a replacement is confirmed from the start: it is done once its setup is --
+            # the TCP connect and, with --tls, the handshake)
+            if conn.closed or (slot.confirmed and not conn.connecting and not lc.in_setup(slot.state)):
                 pending.popleft()
                 continue
             if slot.started > limit:
                 break
             pending.popleft()
-            phase = "connect" if conn.connecting else "recv"
+            phase = ("connect" if conn.connecting else
+                     errors.HANDSHAKE if getattr(conn, "handshaking", False) else "recv")
             self._abort(conn, phase, errors.TIMEOUT, TimeoutError(
                 f"no reply within the connect timeout ({self.config.connect_timeout:g}s)"))
         if not self.session.done:

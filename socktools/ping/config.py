@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from socktools.tlsconf import TlsConfig
+
 __all__ = ["PingConfig"]
 
 
@@ -19,3 +21,5 @@ class PingConfig:
     timeout: float = 2.0
     icmp: bool = False
     unix: Optional[str] = None      # --unix: time connect() to this Unix-domain socket instead
+    tls: Optional[TlsConfig] = None  # --tls: a TLS handshake after each connect, timed apart
+    udp: bool = False               # --udp: a datagram to an echo server per probe, its echo timed

@@ -4,7 +4,10 @@ A TCP probe times the three-way handshake: a nonblocking ``connect()``,
 then wait until the socket is writable and read ``SO_ERROR``; the time
 between is one round trip to the peer's kernel (SYN -> SYN-ACK), which needs
 no privilege and goes wherever a TCP connection goes.  The connection is then
-closed normally.  An ICMP probe sends an echo request on a raw ICMP socket
+closed normally.  With TLS (``config.tls``) the probe then does a TLS
+handshake, timed apart from the connect (the connect is the kernel's answer,
+the handshake the server process's: its CPU, its certificate), and closes with
+close_notify.  An ICMP probe sends an echo request on a raw ICMP socket
 (root or CAP_NET_RAW) and names any ICMP error that comes back
 ("destination port unreachable (3/3)").
 
@@ -21,16 +24,20 @@ import select
 import socket
 import struct
 import time
+from dataclasses import replace
 from typing import Callable, Iterator, Optional
 
 from socktools import errors
 from socktools.addresses import format_addr, resolve
+from socktools.core.stream import Stream
 from socktools.icmpnames import ICMP_TYPES, ICMPV6_TYPES, icmp_name
 from socktools.ping.config import PingConfig
 from socktools.ping.results import PingStats, Probe, Target, summarize
+from socktools.tlsconf import client_context, negotiated, server_name
+from socktools.tlsinfo import peer_chain
 
 __all__ = ["PingConfig", "Target", "Probe", "PingStats", "IcmpUnavailable", "resolve_target",
-           "probes", "tcp_probe", "IcmpPinger", "check_icmp", "summarize", "icmp_name",
+           "probes", "tcp_probe", "tls_probe", "IcmpPinger", "UdpPinger", "check_icmp", "summarize", "icmp_name",
            "ICMP_TYPES", "ICMPV6_TYPES"]
 
 
@@ -66,27 +73,68 @@ def tcp_probe(target: Target, seq: int, timeout: float) -> Probe:
     except OSError as exc:        # EMFILE, ENOBUFS...: this side's limits, still a failed probe
         return _failed(seq, peer, errors.exception_key(exc), exc.errno, None)
     with sock:
-        sock.setblocking(False)
+        return _connect(sock, target, seq, timeout)
+
+
+def tls_probe(target: Target, seq: int, timeout: float, context, name: str) -> Probe:
+    """A TCP connect, then a TLS handshake sending and checking ``name`` (each given
+    ``timeout``), timed apart.  A refused handshake is a failed probe named by its TLS key
+    (``tls-unknown-ca``...), with the connect time it still had."""
+    peer = target.display
+    try:
+        sock = socket.socket(target.family, socket.SOCK_STREAM)
+    except OSError as exc:
+        return _failed(seq, peer, errors.exception_key(exc), exc.errno, None)
+    with sock:
+        connected = _connect(sock, target, seq, timeout)
+        if not connected.ok:
+            return replace(connected, phase=errors.CONNECT)
+        sock.setblocking(True)
+        stream = Stream(sock, time.monotonic() + timeout, f"no handshake within {timeout:g} s")
         start = time.perf_counter_ns()
-        err = sock.connect_ex(target.sockaddr)
-        if err == errno.EAGAIN and target.family == socket.AF_UNIX:
-            # a Unix socket's connect() does not go on in the background: EAGAIN is a full
-            # listen backlog and nothing connected (man 7 unix), not TCP's "in progress"
-            return _failed(seq, peer, "EAGAIN", err, (time.perf_counter_ns() - start) / 1e6,
-                           "the socket's listen backlog is full: the server does not accept() fast enough")
-        if err in (errno.EINPROGRESS, errno.EAGAIN, errno.EALREADY):
-            # poll() rather than select(): no FD_SETSIZE cap in a process with many descriptors.
-            poller = select.poll()
-            poller.register(sock, select.POLLOUT)
-            if not poller.poll(max(0.0, timeout) * 1000):
-                elapsed = (time.perf_counter_ns() - start) / 1e6
-                return _failed(seq, peer, "ETIMEDOUT", errno.ETIMEDOUT, elapsed,
-                               f"no answer within {timeout:g} s (the SYN got no SYN-ACK or RST)")
-            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        elapsed = (time.perf_counter_ns() - start) / 1e6
-        if err:
-            return _failed(seq, peer, errors.errno_name(err), err, elapsed)
-        return Probe(seq, True, elapsed, peer)
+        try:
+            obj = stream.tls_handshake(context, name)
+        except OSError as exc:       # ssl.SSLError, a reset, the timeout
+            elapsed = (time.perf_counter_ns() - start) / 1e6
+            key = errors.exception_key(exc)
+            exp = errors.lookup(key)
+            hint = errors.tls_hint(b"", key, tls=True)
+            detail = (exp.meaning if exp else str(exc)) + (f"; {hint}" if hint else "")
+            return Probe(seq, False, None, peer, error=key, errno=None, detail=detail, elapsed_ms=elapsed,
+                         connect_ms=connected.time_ms, phase="handshake")
+        handshake = (time.perf_counter_ns() - start) / 1e6
+        settled = negotiated(obj)
+        chain, _sent = peer_chain(obj)
+        stream.close_notify()
+        return replace(connected, connect_ms=connected.time_ms, handshake_ms=handshake,
+                       tls_version=settled["version"], tls_cipher=settled["cipher"],
+                       leaf=chain[0] if chain else None)
+
+
+def _connect(sock: socket.socket, target: Target, seq: int, timeout: float) -> Probe:
+    """The timed nonblocking connect of :func:`tcp_probe`, on ``sock``."""
+    peer = target.display
+    sock.setblocking(False)
+    start = time.perf_counter_ns()
+    err = sock.connect_ex(target.sockaddr)
+    if err == errno.EAGAIN and target.family == socket.AF_UNIX:
+        # a Unix socket's connect() does not go on in the background: EAGAIN is a full
+        # listen backlog and nothing connected (man 7 unix), not TCP's "in progress"
+        return _failed(seq, peer, "EAGAIN", err, (time.perf_counter_ns() - start) / 1e6,
+                       "the socket's listen backlog is full: the server does not accept() fast enough")
+    if err in (errno.EINPROGRESS, errno.EAGAIN, errno.EALREADY):
+        # poll() rather than select(): no FD_SETSIZE cap in a process with many descriptors.
+        poller = select.poll()
+        poller.register(sock, select.POLLOUT)
+        if not poller.poll(max(0.0, timeout) * 1000):
+            elapsed = (time.perf_counter_ns() - start) / 1e6
+            return _failed(seq, peer, "ETIMEDOUT", errno.ETIMEDOUT, elapsed,
+                           f"no answer within {timeout:g} s (the SYN got no SYN-ACK or RST)")
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    elapsed = (time.perf_counter_ns() - start) / 1e6
+    if err:
+        return _failed(seq, peer, errors.errno_name(err), err, elapsed)
+    return Probe(seq, True, elapsed, peer)
 
 
 # --------------------------------------------------------------------------- ICMP probe
@@ -234,6 +282,95 @@ class IcmpPinger:
                          elapsed_ms=ms)
 
 
+# --------------------------------------------------------------------------- UDP probe
+class UdpPinger:
+    """One connected UDP socket for a whole run; ``probe(seq)`` sends flood's datagram (its
+    header: ping's socket number, the sequence number, the send time; :mod:`socktools.wire.datagram`)
+    to an echo server and waits for the echo of *that* datagram.
+
+    Every datagram read goes through one :class:`~socktools.wire.datagram.Ledger`, which
+    matches it by its sequence number: a reply to an earlier probe whose timeout passed is
+    ``late`` (that probe stays failed: its answer came too late), a second copy ``duplicated``,
+    anything else ``foreign``.  They are reported with the probe during which they arrived.
+    Connected, the socket takes only the target's datagrams, and an ICMP port unreachable for
+    ours comes back as ECONNREFUSED: nobody listens there.
+    """
+
+    def __init__(self, target: Target, timeout: float, ident: Optional[int] = None,
+                 clock: Callable[[], int] = time.perf_counter_ns) -> None:
+        from socktools.wire.datagram import HEADER_SIZE, Ledger
+        self.target = target
+        self.timeout = timeout
+        self.clock = clock
+        self.size = HEADER_SIZE
+        self.ledger = Ledger((os.getpid() if ident is None else ident) & 0xFFFFFFFF, self.size,
+                             max(1, int(timeout * 1e9)))
+        self.sock = socket.socket(target.family, socket.SOCK_DGRAM)
+        self.refused: Optional[OSError] = None     # connect() failed (no route...): every probe fails so
+        try:
+            self.sock.connect(target.sockaddr)      # no packet: the peer, for the filter and ICMP
+        except OSError as exc:
+            self.refused = exc
+        self.poller = select.poll()
+        self.poller.register(self.sock, select.POLLIN)
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> "UdpPinger":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _failed(self, seq: int, exc: OSError, start: int, events: list) -> Probe:
+        key = errors.exception_key(exc)
+        num = exc.errno if isinstance(exc.errno, int) else None
+        detail = errors.udp_words(key, self.target.sockaddr, self.timeout)
+        probe = _failed(seq, self.target.display, key, num, (self.clock() - start) / 1e6, detail)
+        return replace(probe, events=tuple(events), counts=self.ledger.counts())
+
+    def probe(self, seq: int) -> Probe:
+        """Send datagram ``seq`` (the ledger's seq - 1) and wait for its echo, or the timeout."""
+        from socktools.wire.datagram import MAX_DATAGRAM, decode
+        ledger = self.ledger
+        events: list = []
+        start = self.clock()
+        if self.refused is not None:
+            return self._failed(seq, self.refused, start, events)
+        data = ledger.send(start)
+        try:
+            self.sock.send(data)
+        except OSError as exc:                  # a pending ICMP error, ENOBUFS...: it never left
+            ledger.refuse()
+            return self._failed(seq, exc, start, events)
+        mine = ledger.next_seq - 1
+        deadline = start + ledger.timeout_ns
+        while True:
+            left = deadline - self.clock()
+            if left <= 0 or not self.poller.poll(left / 1e6):
+                if self.clock() >= deadline:
+                    break
+                continue
+            try:
+                # as flood reads them: an echo of ours is 24 bytes, anything longer is not one
+                reply = self.sock.recv(MAX_DATAGRAM + 1, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                continue
+            except OSError as exc:              # ECONNREFUSED: the ICMP port unreachable
+                ledger.expire(start + ledger.timeout_ns + 1)
+                return self._failed(seq, exc, start, events)
+            now = self.clock()
+            outcome = ledger.receive(reply, now)
+            head = decode(reply)
+            if outcome == "answered" and head.seq == mine:
+                return Probe(seq, True, ledger.latency_ns / 1e6, self.target.display, size=len(reply),
+                             events=tuple(events), counts=ledger.counts())
+            events.append((outcome, head.seq + 1 if head is not None and outcome != "foreign" else None))
+        ledger.expire(deadline + 1)
+        return self._failed(seq, errors.DatagramTimeout(), start, events)
+
+
 # --------------------------------------------------------------------------- the loop
 def probes(config: PingConfig, target: Target, *, sleep: Callable[[float], None] = time.sleep,
            clock: Callable[[], float] = time.monotonic) -> Iterator[Probe]:
@@ -247,6 +384,13 @@ def probes(config: PingConfig, target: Target, *, sleep: Callable[[float], None]
         check_icmp()
         with IcmpPinger(target, config.timeout) as pinger:
             yield from _paced(pinger.probe, config, sleep, clock)
+    elif config.udp:
+        with UdpPinger(target, config.timeout) as pinger:
+            yield from _paced(pinger.probe, config, sleep, clock)
+    elif config.tls is not None and config.tls.enabled:
+        context = client_context(config.tls)       # once: every probe shakes hands the same way
+        name = server_name(config.tls, config.host)      # as request: --sni, else the host (127.0.0.1)
+        yield from _paced(lambda seq: tls_probe(target, seq, config.timeout, context, name), config, sleep, clock)
     else:
         yield from _paced(lambda seq: tcp_probe(target, seq, config.timeout), config, sleep, clock)
 

@@ -115,7 +115,8 @@ def _failures(doc: dict) -> str:
 def _latency_table(doc: dict) -> str:
     rows = []
     for key, label in (("latency_us", "round trip"), ("latency_uncorrected_us", "round trip, uncorrected"),
-                       ("connect_us", "connect"), ("first_reply_us", "first reply"),
+                       ("connect_us", "connect"), ("handshake_us", "TLS handshake"),
+                       ("first_reply_us", "first reply"),
                        ("send_lag_us", "send lag")):
         s = doc.get(key)
         if s:
@@ -191,9 +192,21 @@ def _config(doc: dict) -> str:
                                                   else "closed loop"),
              ("connect rate", cfg.get("connect_rate")), ("connect timeout", f"{cfg.get('connect_timeout'):g} s"
                                                          if cfg.get("connect_timeout") else None),
-             ("sources", ", ".join(cfg.get("sources") or [])), ("interval", f"{doc.get('interval'):g} s"),
+             ("sources", ", ".join(cfg.get("sources") or [])), ("tls", _tls(doc.get("tls"))),
+             ("interval", f"{doc.get('interval'):g} s"),
              ("phases", " · ".join(f"{k} {v:.2f} s" for k, v in (doc.get("phases") or {}).items()))]
     return _kv(pairs)
+
+
+def _tls(tls: Optional[dict]) -> Optional[str]:
+    """--tls: handshakes, what they negotiated (a tally when it differs), sessions resumed."""
+    if not tls:
+        return None
+    tally = " · ".join(f"{k} ({_n(n)})" for k, n in sorted(tls["negotiated"].items(), key=lambda kv: -kv[1]))
+    text = f"{_n(tls['handshakes'])} handshakes" + (f" · {tally}" if tally else "")
+    if tls.get("resume"):
+        text += f" · resumed {_n(tls['resumed'])} of {_n(tls['offered'])} offered"
+    return text
 
 
 def _over_time(doc: dict) -> str:

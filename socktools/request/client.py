@@ -10,19 +10,20 @@ be shown.
 from __future__ import annotations
 
 import contextlib
-import select
 import socket
-import ssl
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from socktools import errors, protocol, reference
 from socktools.addresses import format_addr, resolve
+from socktools.core.stream import Stream
 from socktools.tlsconf import TlsConfig, client_context, negotiated, server_name
+from socktools.tlsinfo import TlsRecords, peer_chain
 
 __all__ = ["RequestResult", "RequestError", "PeerClosedError", "SpokeFirstError", "request", "ExchangeResult",
-           "exchange", "KEEP_RECEIVED", "SPOKE_FIRST_WAIT"]
+           "exchange", "converse", "Step", "KEEP_RECEIVED", "SPOKE_FIRST_WAIT", "MAX_RECORDS_SHOWN",
+           "MAX_EXCHANGES"]
 
 #: Received bytes kept for the wire trace (``--show-bytes``); the rest is counted in
 #: ``received_bytes``, not kept.  The parsers keep what the reply shows on their own
@@ -36,8 +37,10 @@ KEEP_RECEIVED = 64 << 10
 #: out cannot be told from the answer; the rule is "readable before we sent".
 SPOKE_FIRST_WAIT = 0.0
 
-#: One recv(): 256 KiB drains a large reply in few calls (a small one fits either way).
-_READ_SIZE = 256 << 10
+#: Exchanges in one conversation (``--command``/``--send``/``--path`` repeated): a conversation
+#: is typed by hand, a dozen steps is a long one; the cap keeps a generated command line from
+#: holding a connection (and the output) open without end.
+MAX_EXCHANGES = 1000
 
 
 @dataclass
@@ -51,7 +54,15 @@ class RequestResult:
     recv_calls: int = 0
     received_bytes: int = 0      # all of them; ``received`` keeps the first KEEP_RECEIVED
     handshake_s: float = 0.0     # TLS: connect done to handshake done
-    tls: Optional[dict] = None   # TLS: what the handshake settled (tlsconf.negotiated) and the name checked
+    tls: Optional[dict] = None   # TLS: what the handshake settled (tlsconf.negotiated), the name checked,
+                                 # and whether the certificate was verified
+    chain: list = field(default_factory=list)      # TLS: the certificates the server sent (tlsinfo.CertInfo)
+    chain_sent: int = 0          # how many it sent (chain keeps tlsinfo.MAX_CHAIN)
+    records: list = field(default_factory=list)    # TLS: (direction, tlsinfo.Record), wire order
+    records_total: int = 0       # records keeps MAX_RECORDS_SHOWN of them
+    greeting: Optional["Step"] = None              # --greeting: the server's first message
+    steps: list = field(default_factory=list)      # one Step per exchange, in order
+    wire_bytes: dict = field(default_factory=dict)  # {"out": n, "in": n}: what the kernel carried
 
 
 @dataclass
@@ -72,7 +83,8 @@ class RequestError(Exception):
         where = format_addr(self.result.address) if self.result and self.result.address else "?"
         what = {"connect": f"connect to {where}", "handshake": f"TLS handshake with {where}",
                 "send": f"send to {where}", "recv": f"receive from {where}", "resolve": f"resolving {where}",
-                "protocol": f"response from {where}"}.get(self.phase, f"{self.phase} {where}")
+                "protocol": f"response from {where}",
+                "greeting": f"waiting for the greeting of {where}"}.get(self.phase, f"{self.phase} {where}")
         if isinstance(self.exc, protocol.ProtocolError):
             line = f"{what}: protocol error ({self.exc.kind}): {self.exc}"
         else:
@@ -84,9 +96,14 @@ class RequestError(Exception):
 class SpokeFirstError(protocol.RemoteProtocolError):
     """The server sent bytes before the request was sent: not an answer to it."""
 
-    def __init__(self, got: int) -> None:
-        super().__init__(f"the server spoke first: {got} byte(s) arrived before the request was sent "
-                         f"(they are not its answer; the request was not sent)", "unsolicited")
+    def __init__(self, got: int, greeted: bool = False, index: int = 0) -> None:
+        which = "the request" if not index else f"request {index + 1}"
+        if not greeted and not index:
+            why = "; if the server greets first (SMTP, FTP), give --greeting to wait for it and show it"
+        else:
+            why = ", beyond the answers to the requests before it" if index else ", beyond its greeting"
+        super().__init__(f"the server spoke first: {got} byte(s) arrived before {which} was sent "
+                         f"(they are not its answer; {which} was not sent){why}", "unsolicited")
 
 
 class PeerClosedError(ConnectionError):
@@ -98,98 +115,158 @@ class PeerClosedError(ConnectionError):
         super().__init__(f"peer closed the connection after {got} bytes, before a response")
 
 
-def _round_trip(host: str, port: int, payload: bytes, result: RequestResult, timeout: float,
-                take: Optional[Callable[[bytes], bool]], tls: Optional[TlsConfig] = None,
-                unix: Optional[str] = None) -> None:
-    """Resolve, connect, (with ``tls``: handshake,) send ``payload`` and hand each received chunk
-    to ``take`` until it returns True (``take=None``: no reply is read).  One deadline covers
-    every step.  With ``unix`` (a path) the connection goes to that Unix-domain socket.
+#: TLS records listed for ``--show-bytes`` (and ``--json``'s ``tls.records``): a handshake is
+#: ~10, one exchange a few more.  A long reply in 16 KiB records would list thousands: the
+#: rest are counted in ``records_total``, not listed.
+MAX_RECORDS_SHOWN = 200
 
-    ``take`` gets ``b""`` when the peer closes and raises :class:`PeerClosedError` or
-    :class:`protocol.RemoteProtocolError`; every failure leaves as :class:`RequestError`
-    naming the phase, with what was sent and received so far in ``result``.
-    """
-    started = time.perf_counter()
-    deadline = time.monotonic() + timeout
-    try:
-        family, sockaddr = resolve(host, port, unix=unix)
-    except OSError as exc:
-        raise RequestError("resolve", exc, result) from None
-    result.address = sockaddr
-    context = client_context(tls) if tls is not None and tls.enabled else None
 
-    def remaining() -> float:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise socket.timeout(f"no answer within {timeout:g}s")
-        return left
+@dataclass
+class Step:
+    """One exchange of a conversation (or the server's greeting): what went each way, the
+    reply framed by the mode's parser, and how long it took -- from the send (the greeting:
+    from the connection's being ready) until the reply was whole."""
 
-    with contextlib.ExitStack() as stack:
-        sock = stack.enter_context(socket.socket(family, socket.SOCK_STREAM))
-        phase = "connect"
+    label: str = ""              # what the user typed (--command, --send...), or "greeting"
+    sent: bytes = b""            # kept up to KEEP_RECEIVED, like the reply's bytes
+    sent_bytes: int = 0
+    received: bytes = b""
+    received_bytes: int = 0
+    recv_calls: int = 0
+    reply: Any = None            # socktools.wire.Reply (wire modes), protocol.Message (framed)
+    failures: list = field(default_factory=list)
+    time_s: float = 0.0
+
+
+def _keep(buf: bytearray, data: bytes) -> None:
+    if len(buf) < KEEP_RECEIVED:
+        buf += data[:KEEP_RECEIVED - len(buf)]
+
+
+class _Conversation:
+    """One connection, step by step: open it (connect, TLS), then :meth:`greet` and
+    :meth:`exchange` as asked.  Every step appends to ``result`` (and its ``steps``) as it
+    goes, so a failure still shows what crossed; every failure leaves as :class:`RequestError`
+    naming the phase.  One deadline covers everything."""
+
+    def __init__(self, host: str, port: int, result: "RequestResult", timeout: float,
+                 tls: Optional[TlsConfig], unix: Optional[str]) -> None:
+        self.host, self.port, self.result, self.timeout = host, port, result, timeout
+        self.tls_cfg = tls if tls is not None and tls.enabled else None
+        self.unix = unix
+        self.stream: Optional[Stream] = None
+        self._sent, self._received = bytearray(), bytearray()
+        self._records = {"out": TlsRecords(), "in": TlsRecords()} if self.tls_cfg else None
+
+    def _on_wire(self, direction: str, data: bytes) -> None:
+        """TLS: the records as they crossed the wire, in order."""
+        if self._records is None:
+            return
+        for record in self._records[direction].feed(data):
+            self.result.records_total += 1
+            if len(self.result.records) < MAX_RECORDS_SHOWN:
+                self.result.records.append((direction, record))
+
+    def _failed(self, phase: str, exc: BaseException) -> RequestError:
+        self.finish()
+        return RequestError(phase, exc, self.result, self.tls_cfg is not None)
+
+    def open(self, stack: contextlib.ExitStack) -> None:
+        self._started = time.perf_counter()
+        r = self.result
         try:
-            sock.settimeout(remaining())
+            family, sockaddr = resolve(self.host, self.port, unix=self.unix)
+        except OSError as exc:
+            raise RequestError("resolve", exc, r) from None
+        r.address = sockaddr
+        context = client_context(self.tls_cfg) if self.tls_cfg else None
+        sock = stack.enter_context(socket.socket(family, socket.SOCK_STREAM))
+        self.stream = stream = Stream(sock, time.monotonic() + self.timeout, f"no answer within {self.timeout:g}s",
+                                      self._on_wire)
+        stack.callback(self._tally)             # runs after close_notify (registered later)
+        try:
+            stream._arm()
             sock.connect(sockaddr)
-            result.connect_s = time.perf_counter() - started
-            if context is not None:
-                phase = "handshake"
-                name = server_name(tls, host)
-                sock = stack.enter_context(context.wrap_socket(sock, server_hostname=name,
-                                                               do_handshake_on_connect=False))
-                sock.settimeout(remaining())
-                sock.do_handshake()
-                result.handshake_s = time.perf_counter() - started - result.connect_s
-                result.tls = {**negotiated(sock), "server_name": name}
-            phase = "recv"
-            received = bytearray()
-            early = _spoke_first(sock, SPOKE_FIRST_WAIT)
-            if early:
-                received += early
-                result.received_bytes = len(early)
-                result.recv_calls = 1
-                raise SpokeFirstError(len(early))
-            phase = "send"
-            sock.settimeout(remaining())
-            sock.sendall(payload)
-            result.sent = payload
-            phase = "recv"
-            done = take is None
+        except OSError as exc:
+            raise self._failed("connect", exc) from None
+        r.connect_s = time.perf_counter() - self._started
+        if context is not None:
+            name = server_name(self.tls_cfg, self.host)
+            try:
+                obj = stream.tls_handshake(context, name)
+            except OSError as exc:              # ssl.SSLError, resets and timeouts
+                raise self._failed("handshake", exc) from None
+            finally:
+                r.handshake_s = time.perf_counter() - self._started - r.connect_s
+            r.tls = {**negotiated(obj), "server_name": name, "verified": not self.tls_cfg.insecure}
+            r.chain, r.chain_sent = peer_chain(obj)
+            stack.callback(stream.close_notify)
+        self._ready_at = time.perf_counter()
+
+    def _read(self, step: Step, take: Callable[[bytes], bool], phase: str = "recv") -> None:
+        """Hand each chunk to ``take`` until it says the reply is whole (``b""``: the peer closed)."""
+        r = self.result
+        done = False
+        try:
             while not done:
-                sock.settimeout(remaining())
-                chunk = sock.recv(_READ_SIZE)
-                result.recv_calls += 1
-                result.received_bytes += len(chunk)
-                if len(received) < KEEP_RECEIVED:
-                    received += chunk[:KEEP_RECEIVED - len(received)]
+                chunk = self.stream.recv()
+                r.recv_calls += 1
+                step.recv_calls += 1
+                r.received_bytes += len(chunk)
+                step.received_bytes += len(chunk)
+                _keep(self._received, chunk)
+                step.received += chunk[:max(0, KEEP_RECEIVED - len(step.received))]
                 done = take(chunk)
         except protocol.RemoteProtocolError as exc:
-            result.received = bytes(received)
-            raise RequestError("protocol", exc, result, context is not None) from None
-        except OSError as exc:  # includes timeouts, resets and failed handshakes
-            if phase == "send" and not result.sent:
-                result.sent = payload
-            if phase == "recv":
-                result.received = bytes(received)
-            raise RequestError(phase, exc, result, context is not None) from None
-        if phase == "recv":
-            result.received = bytes(received)
-    result.total_s = time.perf_counter() - started
+            raise self._failed("protocol", exc) from None
+        except OSError as exc:
+            raise self._failed(phase, exc) from None
 
+    def greet(self, take: Callable[[bytes], bool]) -> Step:
+        """Wait for the server's first message (``take`` frames it) and show it as the greeting."""
+        step = Step(label="greeting")
+        self.result.greeting = step
+        self._read(step, take, "greeting")
+        step.time_s = time.perf_counter() - self._ready_at
+        return step
 
-def _spoke_first(sock: socket.socket, wait: float) -> bytes:
-    """What the server has sent before our request (``b""``: nothing, or only its close --
-    which the exchange then meets as it would after the send)."""
-    poller = select.poll()
-    poller.register(sock, select.POLLIN)
-    if not poller.poll(int(wait * 1000)):
-        return b""
-    sock.settimeout(0.0)      # readable: take what is there, never wait for more
-    try:
-        return sock.recv(KEEP_RECEIVED)
-    except (BlockingIOError, ssl.SSLWantReadError):
-        # TLS: readable may be only the server's session tickets (TLS 1.3 sends them after
-        # the handshake), which the TLS layer takes in without any plaintext to give
-        return b""
+    def exchange(self, payload: bytes, take: Optional[Callable[[bytes], bool]], label: str = "") -> Step:
+        """Send ``payload`` (after checking that the server has not spoken out of turn), then
+        read until ``take`` says the reply is whole (``take=None``: no reply is read)."""
+        step = Step(label=label)
+        self.result.steps.append(step)
+        r = self.result
+        try:
+            early = self.stream.ready(SPOKE_FIRST_WAIT)
+        except OSError as exc:
+            raise self._failed("recv", exc) from None
+        if early:
+            r.recv_calls += 1
+            r.received_bytes += len(early)
+            _keep(self._received, early)
+            raise self._failed("protocol", SpokeFirstError(len(early), self.result.greeting is not None,
+                                                           len(r.steps) - 1))
+        started = time.perf_counter()
+        try:
+            self.stream.send(payload)
+        except OSError as exc:
+            _keep(self._sent, payload)
+            raise self._failed("send", exc) from None
+        _keep(self._sent, payload)
+        step.sent, step.sent_bytes = payload[:KEEP_RECEIVED], len(payload)
+        if take is not None:
+            self._read(step, take)
+        step.time_s = time.perf_counter() - started
+        return step
+
+    def finish(self) -> None:
+        r = self.result
+        r.sent, r.received = bytes(self._sent), bytes(self._received)
+        r.total_s = time.perf_counter() - self._started
+
+    def _tally(self) -> None:
+        """The bytes the kernel carried, counted last (after TLS's close_notify went out)."""
+        self.result.wire_bytes = {"out": self.stream.wire_out, "in": self.stream.wire_in}
 
 
 def request(host: str, port: int, action: str, value: str, *, timeout: float = 5.0,
@@ -210,43 +287,84 @@ def request(host: str, port: int, action: str, value: str, *, timeout: float = 5
             raise PeerClosedError(result.received_bytes)
         return False
 
-    _round_trip(host, port, reference.make_request(action, value), result, timeout, take, tls, unix)
+    with contextlib.ExitStack() as stack:
+        conv = _Conversation(host, port, result, timeout, tls, unix)
+        conv.open(stack)
+        conv.exchange(reference.make_request(action, value), take, f"{action} {value}").reply = result.message
+        conv.finish()
     return result
 
 
 @dataclass
 class ExchangeResult(RequestResult):
-    """One request of a wire protocol (redis, http, raw...): the decoded reply and any failure."""
+    """A conversation in a wire protocol (redis, http, raw...): each step's decoded reply, the
+    last one as ``reply``, and every failure."""
 
-    reply: Any = None            # socktools.wire.Reply
+    reply: Any = None            # socktools.wire.Reply: the last exchange's
     failures: list = field(default_factory=list)
 
 
 def exchange(host: str, port: int, proto: Any, *, timeout: float = 5.0,
              tls: Optional[TlsConfig] = None, unix: Optional[str] = None) -> ExchangeResult:
     """Send request 0 of ``proto`` (a :mod:`socktools.wire` protocol) and read one whole reply
-    (from the Unix socket ``unix`` when given).
+    (from the Unix socket ``unix`` when given): a conversation of one exchange."""
+    return converse(host, port, proto, timeout=timeout, tls=tls, unix=unix)
 
-    The same parser flood uses frames the reply; a protocol without replies
-    (``--no-reply``) returns once the request is sent.
+
+def converse(host: str, port: int, proto: Any, *, count: int = 1, labels: tuple = (), greeting: bool = False,
+             timeout: float = 5.0, tls: Optional[TlsConfig] = None, unix: Optional[str] = None) -> ExchangeResult:
+    """On one connection: with ``greeting``, wait for the server's first message; then send
+    requests 0 .. ``count``-1 of ``proto`` in order, each after the reply to the one before.
+
+    One parser frames every reply -- the greeting too, as flood's ``--greeting`` frames it: by
+    the mode's reply parser -- so bytes that arrive together are split where the protocol
+    says.  Bytes the server sends out of turn (before a request, beyond the reply owed) are
+    not taken as an answer: :class:`SpokeFirstError`, the request is not sent.  A protocol
+    without replies (``--no-reply``) sends them all and reads nothing.
     """
     from socktools.wire import WireError
 
+    if not 1 <= count <= MAX_EXCHANGES:
+        raise ValueError(f"count must be 1 .. {MAX_EXCHANGES}")
     result = ExchangeResult(address=unix if unix is not None else (host, port), sent=b"", received=b"")
     parser = proto.parser()
     parser.keep = []
+    done, owed = [0], [0]          # replies framed so far; replies owed (greeting and answers)
 
     def take(chunk: bytes) -> bool:
         try:
             if not chunk:
-                if not (parser.eof() if hasattr(parser, "eof") else 0):
+                done[0] += parser.eof() if hasattr(parser, "eof") else 0
+                if done[0] < owed[0]:
                     raise PeerClosedError(result.received_bytes)
                 return True
-            return parser.feed(chunk) > 0
+            done[0] += parser.feed(chunk)
+            return done[0] >= owed[0]
         except WireError as exc:
             raise protocol.RemoteProtocolError(str(exc), exc.kind) from None
 
-    _round_trip(host, port, proto.request(0, 0), result, timeout, take if proto.replies else None, tls, unix)
-    result.reply = parser.keep[0] if parser.keep else None
+    def settle(step: Step, failures_before: int) -> None:
+        step.reply = parser.keep[owed[0] - 1] if len(parser.keep) >= owed[0] else None
+        step.failures = list(parser.failures[failures_before:])
+
+    with contextlib.ExitStack() as stack:
+        conv = _Conversation(host, port, result, timeout, tls, unix)
+        conv.open(stack)
+        if greeting:
+            owed[0] = 1
+            settle(conv.greet(take), 0)
+        for seq in range(count):
+            if done[0] > owed[0] or parser.buffered:       # already here, before this request
+                extra = sum(r.size for r in parser.keep[owed[0]:]) + parser.buffered
+                raise conv._failed("protocol", SpokeFirstError(extra, greeting, seq))
+            before = len(parser.failures)
+            label = labels[seq] if seq < len(labels) else ""
+            if proto.replies:
+                owed[0] += 1
+            step = conv.exchange(proto.request(seq, 0), take if proto.replies else None, label)
+            if proto.replies:
+                settle(step, before)
+        conv.finish()
+    result.reply = result.steps[-1].reply
     result.failures = list(parser.failures)
     return result

@@ -6,14 +6,18 @@ hands a copy to every worker process.
 
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass
 from typing import Optional
 
 from socktools import protocol
 from socktools.errors import OptionError
+from socktools.tlsconf import ServerTlsConfig
 
 __all__ = ["ServeConfig", "MODES", "HIGH_WATER", "ACCEPT_BATCH", "ACCEPT_RETRY", "DEFAULT_MAX_BUFFERED",
-           "DEFAULT_REQUEST_TIMEOUT", "DEFAULT_MAX_CONNS", "default_max_buffered"]
+           "DEFAULT_REQUEST_TIMEOUT", "DEFAULT_MAX_CONNS", "default_max_buffered", "MAX_UNIX_PATH",
+           "unix_path_problem"]
 
 MODES = ("echo", "framed", "sink")
 
@@ -57,6 +61,37 @@ DEFAULT_REQUEST_TIMEOUT = 60.0
 DEFAULT_MAX_CONNS = 0
 
 
+#: The longest path ``--unix`` takes, in bytes: Linux's ``sockaddr_un.sun_path`` is 108 bytes
+#: and holds the path with its terminating NUL (man 7 unix); longer paths cannot be bound.
+MAX_UNIX_PATH = 107
+
+
+def unix_path_problem(path: str) -> Optional[str]:
+    """Why serve cannot bind a Unix socket at ``path`` (None when it can try): too long, a
+    folder that does not exist, or an existing file that is not a socket (never replaced)."""
+    try:
+        raw = os.fsencode(path)
+    except UnicodeError:
+        return "not a file name: it holds a character that is not bytes"
+    if not raw or b"\0" in raw:
+        return "not a file name (empty, or a NUL byte in it)"
+    if len(raw) > MAX_UNIX_PATH:
+        return (f"{len(raw)} bytes long: a Unix socket path holds at most {MAX_UNIX_PATH} bytes "
+                f"(sun_path is 108 with its NUL); choose a shorter path")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        return f"its folder {folder} does not exist"
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return exc.strerror
+    if not stat.S_ISSOCK(mode):
+        return "exists and is not a socket: serve replaces only a stale socket file, never other files"
+    return None
+
+
 def default_max_buffered(max_content: int) -> int:
     """The budget when none is given: at least :data:`DEFAULT_MAX_BUFFERED`, and room for
     four requests of the largest allowed size (a smaller budget would refuse them all)."""
@@ -83,6 +118,8 @@ class ServeConfig:
     # framed: the per-worker request budget (serve/budget.py says why these numbers)
     max_buffered: Optional[int] = None  # bytes held for incomplete requests; None = the default
     request_timeout: Optional[float] = DEFAULT_REQUEST_TIMEOUT  # first byte to complete; None = none
+    unix: Optional[str] = None      # serve on this Unix-domain socket path instead of host/port
+    tls: Optional[ServerTlsConfig] = None   # None: plaintext
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -94,6 +131,10 @@ class ServeConfig:
                               f"{self.max_content:,}: every request of the largest allowed size would be refused")
         if self.request_timeout is not None and self.request_timeout <= 0:
             raise OptionError("request_timeout", "request timeout must be > 0 (0 on the command line: none)")
+        if self.unix is not None:
+            problem = unix_path_problem(self.unix)
+            if problem:
+                raise OptionError("unix", problem)
 
     @property
     def buffer_budget(self) -> int:

@@ -21,6 +21,9 @@ class _Base(Protocol):
     def __init__(self, worker: Any) -> None:
         self.worker = worker  # the serve Worker (not imported: it imports us)
 
+    def connection_made(self, conn: Connection) -> None:
+        self.worker.connection_made(conn)
+
     def connection_lost(self, conn: Connection, exc: Optional[BaseException]) -> None:
         self.worker.connection_closed(conn, exc)
 
@@ -48,6 +51,7 @@ class FramedProtocol(_Base):
     """docs/protocol.md: decode requests, answer each in order, close unless keep-alive."""
 
     def connection_made(self, conn: Connection) -> None:
+        self.worker.connection_made(conn)
         conn.ctx = protocol.Decoder(self.worker.config.max_content)
 
     def data_received(self, conn: Connection, data: bytes) -> None:
@@ -103,8 +107,9 @@ class SinkProtocol(_Base):
     """Accepts and never reads — until told to drain (SIGUSR1), then reads and discards."""
 
     def connection_made(self, conn: Connection) -> None:
+        self.worker.connection_made(conn)
         if not self.worker.sink_reading:
-            conn.pause_reading()
+            conn.pause_reading()     # with TLS: after the handshake, which needed reading
 
     def data_received(self, conn: Connection, data: bytes) -> None:
         pass  # discarded: we only drain the queue

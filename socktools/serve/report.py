@@ -13,10 +13,10 @@ from typing import Callable
 
 from socktools.units import fmt_bytes
 
-__all__ = ["HumanView", "json_event", "render_rates", "render_stats", "render_counts"]
+__all__ = ["HumanView", "json_event", "render_rates", "render_stats", "render_counts", "render_tls"]
 
 #: Counters whose change means "something happened" (an idle server prints no stats line).
-ACTIVITY = ("accepted", "closed", "bytes_in", "bytes_out", "requests", "open")
+ACTIVITY = ("accepted", "closed", "bytes_in", "bytes_out", "requests", "open", "handshakes")
 
 
 def _errors(ev: dict) -> int:
@@ -32,6 +32,8 @@ def render_rates(ev: dict, prev: dict, secs: float) -> str:
             f"out {fmt_bytes(rate('bytes_out'))}/s")
     if ev["requests"]:
         line += f"  {rate('requests'):,.1f} req/s"
+    if ev.get("handshakes"):
+        line += f"  {rate('handshakes'):,.1f} handshakes/s"
     return line + f"  (accepted {ev['accepted']}, closed {ev['closed']})  errors {_errors(ev)}"
 
 
@@ -40,7 +42,20 @@ def render_stats(ev: dict) -> str:
             f"in {fmt_bytes(ev['bytes_in'])}  out {fmt_bytes(ev['bytes_out'])}")
     if ev["requests"]:
         line += f"  requests {ev['requests']}"
+    if ev.get("handshakes"):
+        line += f"  TLS handshakes {ev['handshakes']}"
     return line + f"  errors {_errors(ev)}"
+
+
+def render_tls(tls: dict) -> list:
+    """What a TLS server serves, for the person who must point clients at it."""
+    lines = [f"  certificate {tls['cert']}", f"  SHA-256 fingerprint {tls['sha256']}"]
+    if tls.get("self_signed"):
+        lines[0] += f" (self-signed for {', '.join(tls['names'])}; removed at exit)"
+        lines.append(f"  clients trust it with: --cafile {tls['cert']}  (curl --cacert, openssl s_client -CAfile)")
+    if tls.get("client_ca"):
+        lines.append(f"  client certificates required, signed by a CA in {tls['client_ca']}")
+    return lines
 
 
 def render_counts(table: dict) -> str:
@@ -67,8 +82,13 @@ class HumanView:
         kind = ev["event"]
         if kind == "listening":
             workers = ev["workers"]
-            self.echo(f"socktools serve: {ev['mode']} server listening on {ev['address']} "
+            what = f"{ev['mode']} server" if "tls" not in ev else f"TLS {ev['mode']} server"
+            where = ev["address"] if "unix" not in ev else f"Unix socket {ev['address']}"
+            self.echo(f"socktools serve: {what} listening on {where} "
                       f"({workers} worker{'s' if workers != 1 else ''}, pid {ev['pid']}, backlog {ev['backlog']})")
+            if "tls" in ev:
+                for line in render_tls(ev["tls"]):
+                    self.echo(line)
             self.echo("stop with Ctrl-C (first drains, second forces)")
         elif kind == "stats":
             self._stats(ev)

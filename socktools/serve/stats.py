@@ -19,6 +19,7 @@ class ServerStats:
     responses: int = 0
     idle_closed: int = 0
     accept_paused: int = 0
+    handshakes: int = 0         # TLS handshakes completed (serve --tls)
     protocol_errors: dict = field(default_factory=dict)   # kind -> count
     errors: dict = field(default_factory=dict)            # errno name -> count (connection errors)
 
@@ -58,5 +59,5 @@ class ServerStats:
 
 
 _COUNTERS = ("accepted", "closed", "bytes_in", "bytes_out", "requests", "responses",
-             "idle_closed", "accept_paused")
+             "idle_closed", "accept_paused", "handshakes")
 

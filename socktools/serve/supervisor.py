@@ -6,8 +6,9 @@ plain dicts (``{"event": "listening", ...}``, ``"stats"``, ``"worker-exit"``,
 JSON lines.  Nothing here prints or exits.
 
 Supervision (uvicorn-style): the parent binds -- with several workers, one
-SO_REUSEPORT socket per worker on the same port (see :func:`bind_listeners`)
--- and starts the workers through :class:`socktools.core.procs.Supervisor`,
+SO_REUSEPORT socket per worker on the same port (see :func:`bind_listeners`);
+with ``--unix``, one socket all workers share (see :func:`bind_unix`) --
+and starts the workers through :class:`socktools.core.procs.Supervisor`,
 each serving its own socket.  Each worker sends its statistics to the parent
 over its pipe every second, so a worker that dies loses at most a second of
 counts; the parent reports the death, keeps the dead worker's last counts,
@@ -25,8 +26,10 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import shutil
 import signal
 import socket
+import stat
 import time
 from dataclasses import replace
 from typing import Any, Callable, Optional
@@ -38,8 +41,9 @@ from socktools.core.signals import SignalQueue, watch_stdin_eof
 from socktools.serve.config import ServeConfig
 from socktools.serve.stats import ServerStats
 from socktools.serve.worker import Worker
+from socktools.tlsconf import fingerprint, server_context
 
-__all__ = ["ServeError", "bind_listener", "bind_listeners", "serve", "somaxconn"]
+__all__ = ["ServeError", "bind_listener", "bind_listeners", "bind_unix", "serve", "somaxconn"]
 
 log = logging.getLogger("socktools.serve.worker")
 
@@ -56,6 +60,10 @@ CRASH_LOOP_MEMORY = 30.0
 #: The tally key (in the summary's ``errors``) of connections that were open in a worker
 #: when it died: the kernel closed them with the process, nobody answered them.
 WORKER_DIED = "worker-died"
+#: How long the check of an existing socket file waits for a server there to accept.  A
+#: listening server answers a local connect at once (the kernel completes it, even with a
+#: busy server); a refusal is immediate too.  Longer than that: someone holds it, leave it.
+STALE_PROBE_TIMEOUT = 1.0
 
 
 class ServeError(Exception):
@@ -81,12 +89,7 @@ def bind_listener(config: ServeConfig, *, port: Optional[int] = None, reuseport:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6 and hasattr(socket, "IPV6_V6ONLY"):
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        # Buffer sizes must be set before listen(): accepted sockets inherit them,
-        # and the window scale is negotiated in the handshake.
-        if config.rcvbuf:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, config.rcvbuf)
-        if config.sndbuf:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, config.sndbuf)
+        _set_buffers(sock, config)
         sock.bind(sockaddr)
         sock.listen(config.backlog)
     except OSError as exc:
@@ -107,6 +110,102 @@ def bind_listener(config: ServeConfig, *, port: Optional[int] = None, reuseport:
     return sock
 
 
+def _set_buffers(sock: socket.socket, config: ServeConfig) -> None:
+    # Buffer sizes must be set before listen(): accepted sockets inherit them,
+    # and (TCP) the window scale is negotiated in the handshake.
+    if config.rcvbuf:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, config.rcvbuf)
+    if config.sndbuf:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, config.sndbuf)
+
+
+def bind_unix(config: ServeConfig) -> socket.socket:
+    """The listening Unix-domain socket at ``config.unix``: one for every worker.
+
+    SO_REUSEPORT spreads connections only over TCP and UDP sockets; two AF_UNIX sockets
+    cannot share a path.  So the supervisor binds once and every worker accepts from this
+    one socket: whichever worker the kernel wakes first takes a new connection, so the
+    spread over workers is uneven, but every connection is served and no path is shared.
+
+    An existing file at the path is replaced only when it is a socket nobody listens on
+    (connecting to it is refused: the server that made it is gone) -- a stale file of a
+    killed server; that is logged.  Anything else there is an error and is left alone.
+    """
+    path = config.unix
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        _set_buffers(sock, config)
+        try:
+            sock.bind(path)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            _remove_stale(path)
+            sock.bind(path)
+        sock.listen(config.backlog)
+    except ServeError:
+        sock.close()
+        raise
+    except OSError as exc:
+        sock.close()
+        where = format_addr(path)
+        if exc.errno == errno.EADDRINUSE:
+            raise ServeError(f"cannot listen on {where}: in use: it appeared again while serve replaced "
+                             f"a stale socket there (another server starting?)") from None
+        raise ServeError(f"cannot listen on {where}: {errors.one_line(exc, during='bind')}") from None
+    sock.setblocking(False)
+    return sock
+
+
+def _remove_stale(path: str) -> None:
+    """Remove the socket file at ``path`` if connecting to it is refused; else ServeError."""
+    where = format_addr(path)
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return                                      # gone meanwhile: bind again
+    if not stat.S_ISSOCK(mode):
+        raise ServeError(f"cannot listen on {where}: it exists and is not a socket; serve replaces only "
+                         f"a stale socket file, never other files")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(STALE_PROBE_TIMEOUT)
+    try:
+        probe.connect(path)
+    except ConnectionRefusedError:
+        os.unlink(path)
+        log.warning("removed the stale socket %s: connecting to it was refused (no server listens there)",
+                    where)
+        return
+    except OSError as exc:
+        raise ServeError(f"cannot listen on {where}: a socket file is there and connecting to it failed "
+                         f"({errors.one_line(exc)}); remove it if no server uses it") from None
+    finally:
+        probe.close()
+    raise ServeError(f"cannot listen on {where}: in use: a server is listening there (it accepted a "
+                     f"connection). Stop it, or choose another path.")
+
+
+def _own_path(sock: socket.socket):
+    """(device, inode) of the socket file we bound, to remove it at exit only if it is still ours."""
+    try:
+        st = os.stat(sock.getsockname())
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _remove_own_path(path: str, ident) -> None:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return
+    if ident is not None and (st.st_dev, st.st_ino) == ident:
+        try:
+            os.unlink(path)
+        except OSError as exc:
+            log.warning("could not remove %s: %s", format_addr(path), exc.strerror)
+
+
 def bind_listeners(config: ServeConfig) -> list[socket.socket]:
     """One listening socket, or with several workers one SO_REUSEPORT socket per worker.
 
@@ -117,6 +216,8 @@ def bind_listeners(config: ServeConfig) -> list[socket.socket]:
     plain one (which fails with EADDRINUSE if anybody holds the port) and is
     replaced by the SO_REUSEPORT group on the same port.
     """
+    if config.unix is not None:
+        return [bind_unix(config)]
     first = bind_listener(config)
     if config.workers == 1 or not hasattr(socket, "SO_REUSEPORT"):
         return [first]
@@ -129,14 +230,43 @@ def bind_listeners(config: ServeConfig) -> list[socket.socket]:
         return [bind_listener(config, port=port)]
 
 
-def _listening_event(config: ServeConfig, sock: socket.socket) -> dict:
+def _listening_event(config: ServeConfig, sock: socket.socket, tls: Optional[dict] = None) -> dict:
     addr = sock.getsockname()
     cap = somaxconn()
-    return {"event": "listening", "host": addr[0], "port": addr[1], "address": format_addr(addr),
+    where = {"unix": config.unix} if config.unix is not None else {"host": addr[0], "port": addr[1]}
+    return {"event": "listening", **where, "address": format_addr(addr if config.unix is None else config.unix),
             "mode": config.mode, "workers": config.workers, "pid": os.getpid(),
             "backlog": min(config.backlog, cap) if cap else config.backlog,
             "rcvbuf": sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
-            "sndbuf": sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)}
+            "sndbuf": sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF),
+            **({"tls": tls} if tls is not None else {})}
+
+
+def _prepare_tls(config: ServeConfig) -> tuple[ServeConfig, Optional[dict], Optional[str]]:
+    """With --tls: make the throwaway pair (--tls-self-signed), check that OpenSSL takes the
+    files, and say what is served -- ``(config with cert/key set, the listening event's "tls",
+    the folder to remove at exit or None)``.  Workers build their own context from the files."""
+    tls = config.tls
+    if tls is None:
+        return config, None, None
+    folder = None
+    if tls.self_signed:
+        from socktools.serve.selfsigned import ADDRESSES, NAMES, make_self_signed
+        made = make_self_signed()
+        folder = made.folder
+        tls = replace(tls, self_signed=False, cert=made.cert, key=made.key)
+        config = replace(config, tls=tls)
+    try:
+        server_context(tls)              # OptionError (a key not the cert's...): before any bind
+    except BaseException:
+        if folder:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+    info = {"cert": tls.cert, "sha256": fingerprint(tls.cert), "self_signed": folder is not None,
+            "client_ca": tls.client_ca, "tls_min": tls.tls_min, "tls_max": tls.tls_max, "alpn": list(tls.alpn)}
+    if folder is not None:
+        info["names"] = [*NAMES, *ADDRESSES]
+    return config, info, folder
 
 
 def serve(config: ServeConfig, on_event: Callable[[dict], None]) -> ServerStats:
@@ -145,13 +275,20 @@ def serve(config: ServeConfig, on_event: Callable[[dict], None]) -> ServerStats:
     # loop handles it, so an early "start draining" cannot kill the server.
     if hasattr(signal, "SIGUSR1"):
         signal.signal(signal.SIGUSR1, signal.SIG_IGN)
-    socks = bind_listeners(config)
+    config, tls_info, made = _prepare_tls(config)
+    try:
+        socks = bind_listeners(config)
+    except BaseException:
+        if made:
+            shutil.rmtree(made, ignore_errors=True)
+        raise
+    own_path = _own_path(socks[0]) if config.unix is not None else None
     started = time.monotonic()
     # Queue the signals before saying "listening": whoever reads that line may
     # signal at once, before the loop that acts on it runs.
     signals = SignalQueue((signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)).install()
     try:
-        on_event(_listening_event(config, socks[0]))
+        on_event(_listening_event(config, socks[0], tls_info))
         if config.workers == 1:
             total = _serve_in_process(config, socks[0], on_event, signals)
             restarts = 0
@@ -163,6 +300,10 @@ def serve(config: ServeConfig, on_event: Callable[[dict], None]) -> ServerStats:
         signals.close()
         for sock in socks:
             sock.close()
+        if config.unix is not None:
+            _remove_own_path(config.unix, own_path)   # ours still: a clean exit leaves no file behind
+        if made:
+            shutil.rmtree(made, ignore_errors=True)   # the throwaway certificate and its key
     summary = {"event": "summary", **total.to_dict(), "worker_restarts": restarts,
                "duration": round(time.monotonic() - started, 3)}
     on_event(summary)

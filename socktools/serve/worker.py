@@ -19,6 +19,16 @@ are refused first) and to ``--request-timeout`` from a request's first byte to
 its last; each refusal is an error reply, a log line naming the peer and a
 ``protocol_errors`` count (``over-budget``, ``request-timeout``).
 
+With ``--tls`` every accepted socket is handed to the core with the worker's server
+context (``Loop.add_connection(..., tls=ctx)``): the core runs the handshake and calls the
+protocol once it completed, so echo, framed and sink see plaintext as before.  A failed
+handshake (a plaintext client, a missing client certificate) costs only that connection: a
+log line naming the peer and the reason, and an ``errors`` count under the server-side key
+(``errors.tls_server_key``).  ``handshakes`` counts the completed ones.
+
+With ``--unix`` the listener is the one socket the supervisor bound (shared by all workers);
+a peer has no address, so logs name it by its process (SO_PEERCRED).
+
 Accept-side resource errors (EMFILE, ENFILE, ENOBUFS, ENOMEM) and the
 ``max_conns`` cap pause accepting instead of spinning: the listener leaves the
 selector and comes back when a connection closes or after a short back-off,
@@ -31,7 +41,9 @@ import errno
 import logging
 import signal
 import socket
-from typing import Callable, Optional
+import ssl
+import struct
+from typing import Any, Callable, Optional
 
 from socktools import errors, protocol
 from socktools.addresses import format_addr
@@ -41,12 +53,16 @@ from socktools.serve.budget import RequestBudget
 from socktools.serve.config import ACCEPT_BATCH, ACCEPT_RETRY, ServeConfig
 from socktools.serve.protocols import PROTOCOLS
 from socktools.serve.stats import ServerStats
+from socktools.tlsconf import server_context
 
 __all__ = ["Worker"]
 
 log = logging.getLogger("socktools.serve.worker")
 
 _ACCEPT_RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+
+#: SO_PEERCRED's ``struct ucred``: pid, uid, gid (man 7 unix).
+_UCRED = struct.Struct("3i")
 
 #: How often, at most, request deadlines are checked: a late request is closed
 #: within this (or a quarter of a short deadline) after its time is up.
@@ -79,7 +95,10 @@ class Worker:
         self.stopped = False
         self._retry_timer = None
         self._drain_deadline = None
-        self._nodelay = config.mode != "sink"
+        # Nagle off for answers (not for a sink, which sends nothing; not on AF_UNIX, which has none).
+        self._nodelay = config.mode != "sink" and config.unix is None
+        # Each worker makes its own context from the files (an SSLContext does not pickle).
+        self.tls: Optional[ssl.SSLContext] = server_context(config.tls) if config.tls is not None else None
         self.budget: Optional[RequestBudget] = None
         if config.mode == "framed":
             self.budget = RequestBudget(config.buffer_budget, config.request_timeout)
@@ -178,7 +197,12 @@ class Worker:
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 except OSError:
                     pass
-            self.loop.add_connection(sock, self.protocol, peer)
+            elif self.config.unix is not None:
+                peer = _unix_peer(sock)
+            if self.tls is None:
+                self.loop.add_connection(sock, self.protocol, peer)
+            else:
+                self.loop.add_connection(sock, self.protocol, peer, tls=self.tls)
 
     def _schedule_accept_retry(self) -> None:
         if self._retry_timer is None:
@@ -191,11 +215,21 @@ class Worker:
             self._start_accepting()
 
     # ------------------------------------------------------------ connection events
+    def connection_made(self, conn: Connection) -> None:
+        """A connection is ready for its protocol (with TLS: its handshake completed)."""
+        if self.tls is not None:
+            self.stats.handshakes += 1
+
     def connection_closed(self, conn: Connection, exc: Optional[BaseException]) -> None:
         self.stats.closed += 1
         if self.budget is not None:
             self.budget.forget(conn)
-        if exc is not None and not isinstance(exc, (protocol.ProtocolError, TimeoutError)):
+        if exc is not None and self.tls is not None and conn.failed_in == errors.HANDSHAKE:
+            key = errors.tls_server_key(exc) if isinstance(exc, ssl.SSLError) else errors.exception_key(exc)
+            self.stats.count_error(key)
+            log.warning("worker %d: TLS handshake with %s failed: %s (%s); closing that connection",
+                        self.index, format_addr(conn.peer), key, getattr(exc, "reason", None) or exc)
+        elif exc is not None and not isinstance(exc, (protocol.ProtocolError, TimeoutError)):
             self.stats.count_error(errors.exception_key(exc))
         if not self.accepting and not self.draining and self._retry_timer is None:
             self._retry_accept()  # an fd or a slot just freed up
@@ -293,3 +327,12 @@ class Worker:
     def _stdin_closed(self) -> None:
         log.info("stdin closed: stopping")
         self.request_stop()
+
+
+def _unix_peer(sock: socket.socket) -> Any:
+    """A Unix-socket client has no address (accept() gives ''): name it by its process."""
+    try:
+        pid, uid, _ = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+    except (OSError, AttributeError, struct.error):
+        return "a Unix-socket client"
+    return f"pid {pid} (uid {uid})"
