@@ -6,8 +6,8 @@ import json
 
 import click
 
-from socktools.cli._common import (BYTESIZE, DURATION, EXIT_FAILED, PORT, LazyChoice, LazyOption, build_config,
-                                   check_target, die, unix_option, warn_target)
+from socktools.cli._common import (BYTESIZE, DURATION, EXIT_FAILED, EXIT_UNAVAILABLE, PORT, LazyChoice,
+                                   LazyOption, build_config, check_target, die, unix_option, warn_target)
 from socktools.cli._tls import tls_config, tls_options
 from socktools.cli._wire import given_params, option_name, wire_options, wire_spec
 
@@ -29,13 +29,13 @@ Speak the server's protocol (the payload repeated, request after request):
 
 \b
 Over TLS and Unix sockets (TLS options as request's):
-  socktools stall --tls --drain              # its own TLS peer, a throwaway certificate
+  socktools stall --tls --drain              # its own sink over TLS (a throwaway certificate)
   socktools stall --port 6380 --tls --cafile ca.pem --mode redis --command 'SET k v'
   socktools stall --unix /run/redis/redis.sock --mode redis --command 'SET k v'
 
 \b
 Without --port or --unix, stall starts `socktools serve --mode sink` on --host
-(a free loopback port; with --tls its own TLS sink, which needs the
+(a free loopback port; with --tls, `--tls-self-signed` too, which needs the
 cryptography package) and stops it afterwards.  A peer
 that answers and then closes or resets (nginx's 400, redis' protocol error
 or its output buffer limit) is said as such: what it answered, and that this
@@ -86,7 +86,6 @@ def command(ctx, host, port, unix, chunk, sndbuf, rcvbuf, settle, drain, timeout
     """
     from socktools.core.embedded import EmbeddedServerError
     from socktools.errors import exception_key, one_line
-    from socktools.optional import MissingPackage
     from socktools.stall.config import StallConfig
     from socktools.stall.report import render_report
     from socktools.stall.steps import StallError, run_stall
@@ -116,14 +115,11 @@ def command(ctx, host, port, unix, chunk, sndbuf, rcvbuf, settle, drain, timeout
             failed(phase, "stall-error", str(exc))
         failed(phase, exception_key(exc.cause), one_line(exc.cause, exc.what))
     except EmbeddedServerError as exc:
+        # the sink exits 3 when an optional package it needs is missing (--tls-self-signed:
+        # cryptography); its message names the pip install, and stall exits 3 as it did
+        if exc.returncode == EXIT_UNAVAILABLE:
+            failed("sink", "missing-package", str(exc), EXIT_UNAVAILABLE)
         failed("sink", "sink-failed", str(exc))
-    except MissingPackage as exc:       # the switchboard says it and exits 3; --json says it too
-        if as_json:
-            from socktools.cli._common import stamped
-            click.echo(json.dumps(stamped({"ok": False, "outcome": "failed", "phase": "sink",
-                                           "error": "missing-package", "message": str(exc),
-                                           "config": config.to_dict()}), indent=2))
-        raise
     except KeyboardInterrupt:
         failed("interrupted", "interrupted", "interrupted; connection closed and the embedded sink stopped", 130)
     if as_json:

@@ -7,8 +7,11 @@ records' own ``to_dict()``.  The CLI prints what this returns.
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = ["render_report", "render_fill", "render_table", "render_arithmetic", "render_drain",
-           "render_explanation", "keeps_up", "KEEPS_UP_FACTOR", "render_answer", "answer_line"]
+           "render_explanation", "keeps_up", "KEEPS_UP_FACTOR", "render_answer", "answer_line",
+           "tls_layers", "TLS_READ_AHEAD", "TLS_UNASKED"]
 
 _SCALE = (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10))
 
@@ -17,6 +20,28 @@ _SCALE = (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10))
 #: of its reads, not a full pipe.  (The fast reader of issue 21 took ~70 times its buffers in
 #: 2 s; a slow one, 4 KiB every 5 ms, takes less than one.)
 KEEPS_UP_FACTOR = 4
+
+
+#: What a TLS peer's own layer may take from the kernel in the read that completes the
+#: handshake, before its application stops reading: records read ahead into its buffer, not
+#: read by the application.  socktools serve's TLS sink reads 64 KiB at a time, and was seen
+#: to take 65,536 - 80 bytes (the client's last flight, then our first records) in that read.
+TLS_READ_AHEAD = 1 << 16
+#: What a TLS 1.3 server sends after the handshake without being asked, which this client
+#: never reads and so sees waiting in its Recv-Q: NewSessionTicket messages (OpenSSL sends two,
+#: about 255 bytes each).  Up to this much coming back is the TLS layer's, not an answer.
+TLS_UNASKED = 4096
+
+
+def tls_layers(transport: str, arithmetic: Any, steady: bool) -> tuple:
+    """Bytes that are the TLS layers' own, not the applications': ``(read ahead by the peer's
+    TLS layer, unasked post-handshake messages waiting for us)`` -- (0, 0) unless over TLS."""
+    a = arithmetic
+    if transport != "tls" or a is None or a.difference is None:
+        return 0, 0
+    ahead = -a.difference if steady and 0 < -a.difference <= TLS_READ_AHEAD else 0
+    unasked = a.returning if a.returning and a.returning <= TLS_UNASKED else 0
+    return ahead, unasked
 
 
 def _read_by_peer(r):
@@ -218,7 +243,9 @@ def render_arithmetic(a, unix: bool = False) -> list[str]:
                    "reached the sender yet (delayed or in flight), so they are still in its Send-Q too")
     else:
         out.append(f"  {_n(-a.difference)} bytes are in neither queue: the peer application read them "
-                   "(or they are still in flight)")
+                   "(or they are still in flight)" + ("; over TLS, its TLS layer may have read records "
+                                                      "ahead of its application" if a.counted != "accepted"
+                                                      else ""))
         if a.returning:
             out.append(f"  and {_n(a.returning)} bytes are on their way back to us (its Send-Q + our Recv-Q): "
                        "it answers, and we never read the answers")
@@ -243,11 +270,16 @@ def render_drain(d) -> list[str]:
 
 def render_explanation(r) -> list[str]:
     from socktools.errors import lookup
+    from socktools.stall.results import Arithmetic
     exp = lookup("EAGAIN")
     snap, f = r.snapshot, r.fill
     rv = snap.receiver if snap else None
     lines = ["", "What happened"]
     a = snap.arithmetic
+    ahead, unasked = tls_layers(r.transport, a, r.settle is None or r.settle.steady)
+    if ahead or unasked:    # the TLS layers' own bytes: judged without them
+        a = Arithmetic.of(a.accepted - ahead, a.receiver_recv_q, a.sender_send_q,
+                          (a.returning or 0) - unasked, a.counted)
     if r.transport == "unix" and (a.difference is None or a.difference >= 0):
         lines += _wrap(
             "The peer accepted the connection and never called recv().  On a Unix-domain socket "
@@ -311,6 +343,13 @@ def render_explanation(r) -> list[str]:
     if r.settle and r.settle.extra_bytes:
         body += (f"  The first EAGAIN came while data was still moving: the kernels took "
                  f"{_n(r.settle.extra_bytes)} more bytes before the queues stood still.")
+    if ahead:
+        body += (f"  (The peer's TLS layer took {_n(ahead)} bytes of records from its receive queue with "
+                 "the handshake's last flight, before its application stopped reading: they wait in its "
+                 "TLS buffer instead.)")
+    if unasked:
+        body += (f"  (The {_n(unasked)} bytes waiting in our receive queue are the peer's TLS session "
+                 "tickets, sent after the handshake unasked, which this program never reads.)")
     body += ("  Nothing is broken: the connection stays ESTABLISHED, the sender's persist timer probes "
              "the zero window, and everything resumes the moment the peer reads"
              + (" - as the drain above shows." if r.drain else " (try --drain)."))

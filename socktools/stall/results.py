@@ -232,6 +232,7 @@ class TlsView(_Plain):
     record_overhead: Optional[int] = None   # bytes a record adds (TLS 1.3 AEAD: 22); None: unknown
     refused_in_kernel: Optional[int] = None  # inferred: record bytes of the refused send() in the kernel
     held_by_openssl: Optional[int] = None    # inferred: the rest of its partly written record
+    handshake_bytes: Optional[int] = None    # record bytes our kernel took for the handshake
 
 
 #: What a run came to: the full-buffer case, a peer that kept reading, one that answered and

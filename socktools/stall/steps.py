@@ -53,7 +53,7 @@ from socktools.addresses import format_addr, resolve
 from socktools.errors import errno_name
 from socktools.stall.answer import GONE, PEER_GONE, gone, read_answer
 from socktools.stall.payload import PayloadStream
-from socktools.stall.tlsview import ciphertext_written, records_of, tls_view
+from socktools.stall.tlsview import SYN_ACKED, ciphertext_written, records_of, tls_view
 from socktools.stall.unixview import read_unix_queues, unix_snapshot
 from socktools.stall.config import (DEFAULT_CHUNK, DEFAULT_SETTLE, DEFAULT_TIMEOUT,  # noqa: F401
                                     StallConfig)
@@ -350,8 +350,9 @@ class Staller:
         if self.tls_info is not None:
             now = ciphertext_written(self.sock)
             written = None if now is None or self._tls_base is None else now - self._tls_base
+            handshake = None if self._tls_base is None else self._tls_base - SYN_ACKED
             self.tls_view = tls_view(self.tls_info, written, self.accepted, self._records,
-                                     len(self.stream.view()))
+                                     len(self.stream.view()), handshake)
         at = self.clock()
         if self.unix:
             self.snapshot_result = unix_snapshot(self.sock, self.local, self.remote, self.accepted,
@@ -526,15 +527,15 @@ def run_stall(config: StallConfig, *, peer: Any = None) -> StallReport:
             except OSError as exc:
                 raise StallError(f"resolve {config.host!r}", exc,
                                  f"cannot resolve {config.host!r}: {exc.strerror or exc}") from exc
-            if config.tls is not None and config.tls.enabled:
-                # the sink speaks plaintext: stall's own TLS peer, trusted by exactly its certificate
-                from socktools.stall.tlspeer import TlsSink
-                peer = stack.enter_context(TlsSink(host, rcvbuf=config.rcvbuf))
-                if not (config.tls.cafile or config.tls.capath or config.tls.insecure):
-                    config = dataclasses.replace(config, tls=dataclasses.replace(config.tls, cafile=peer.cafile))
-            else:
-                args = ["--rcvbuf", str(config.rcvbuf)] if config.rcvbuf else []
-                peer = stack.enter_context(EmbeddedServer(mode="sink", host=host, args=args))
+            args = ["--rcvbuf", str(config.rcvbuf)] if config.rcvbuf else []
+            tls = config.tls is not None and config.tls.enabled
+            if tls:     # the sink over TLS, with a throwaway certificate it makes and names
+                args.append("--tls-self-signed")
+            peer = stack.enter_context(EmbeddedServer(mode="sink", host=host, args=args))
+            if tls and not (config.tls.cafile or config.tls.capath or config.tls.insecure):
+                # trust exactly the sink's certificate, as its "listening" event names it
+                cert = next(e["tls"]["cert"] for e in peer.events if e.get("event") == "listening")
+                config = dataclasses.replace(config, tls=dataclasses.replace(config.tls, cafile=cert))
             info = describe_peer(peer, "embedded")
         staller = stack.enter_context(Staller(config, peer, peer_info=info, payload=payload))
         staller.connect()

@@ -15,7 +15,7 @@ from socktools.kernel import tcpinfo
 from socktools.stall.results import TlsView
 
 __all__ = ["ciphertext_written", "tls_view", "TLS_HELD", "RECORD_PLAINTEXT", "TLS13_RECORD_OVERHEAD",
-           "STABLE_READS"]
+           "STABLE_READS", "SYN_ACKED"]
 
 #: What stall can and cannot see of the bytes OpenSSL itself holds (checked by
 #: tests/test_stall_tls.py against a peer that never reads).
@@ -31,6 +31,9 @@ RECORD_PLAINTEXT = 1 << 14
 #: of AEAD tag (every TLS 1.3 cipher suite has a 16-byte tag; OpenSSL adds no padding).
 #: TLS 1.2's overhead depends on the cipher, so stall infers nothing there.
 TLS13_RECORD_OVERHEAD = 22
+#: What tcpi_bytes_acked counts beyond data: the SYN's one sequence number (Linux adds the
+#: SYN-ACK's advance of snd_una to it), taken off to tell the handshake's record bytes.
+SYN_ACKED = 1
 #: Tries at reading acked + Send-Q without an ACK landing between the two reads.
 STABLE_READS = 100
 
@@ -58,9 +61,11 @@ def records_of(n: int) -> int:
     return -(-n // RECORD_PLAINTEXT)
 
 
-def tls_view(info: dict, written: Optional[int], accepted: int, records: int, refused: int) -> TlsView:
+def tls_view(info: dict, written: Optional[int], accepted: int, records: int, refused: int,
+             handshake: Optional[int] = None) -> TlsView:
     """Plaintext ``accepted`` (in ``records`` records) against the record bytes our kernel took
-    after the handshake (``written``); ``refused``: the length of the send() that was refused."""
+    after the handshake (``written``; ``handshake``: those it took for the handshake);
+    ``refused``: the length of the send() that was refused."""
     overhead = TLS13_RECORD_OVERHEAD if info.get("version") == "TLSv1.3" else None
     in_kernel = held = None
     if written is not None and overhead is not None:
@@ -80,4 +85,5 @@ def tls_view(info: dict, written: Optional[int], accepted: int, records: int, re
                    ciphertext_written=written,
                    beyond_plaintext=None if written is None else written - accepted,
                    held_by_tls=TLS_HELD, records=records, record_overhead=overhead,
-                   refused_in_kernel=in_kernel, held_by_openssl=held)
+                   refused_in_kernel=in_kernel, held_by_openssl=held, handshake_bytes=handshake)
+
