@@ -36,14 +36,14 @@ Over TLS and Unix sockets (TLS options as request's):
 \b
 Without --port or --unix, stall starts `socktools serve --mode sink` on --host
 (a free loopback port; with --tls, `--tls-self-signed` too, which needs the
-cryptography package) and stops it afterwards.  A peer
-that answers and then closes or resets (nginx's 400, redis' protocol error
-or its output buffer limit) is said as such: what it answered, and that this
-is not a full buffer.  Exit codes: 0 send() blocked and the report was
-printed; 1 connect/handshake/send failed, the peer closed or reset, or send()
-never blocked (the peer reads); 2 bad options; 3 --tls without a target
-and no cryptography package (the message says how to get it).  With --json, one object on
-stdout every time, failures included ("ok", "outcome").
+cryptography package) and stops it afterwards. A peer that answers and then
+closes or resets (nginx's 400, redis' protocol error or its output buffer
+limit) is said as such: what it answered, and that this is not a full buffer.
+Exit codes: 0 send() blocked and the report was printed; 1
+connect/handshake/send failed, the peer closed or reset, or send() never
+blocked (the peer reads); 2 bad options; 3 --tls without a target and no
+cryptography package (the message says how to get it). With --json, one object
+on stdout every time, failures included ("ok", "outcome").
 """
 
 
