@@ -50,7 +50,12 @@ def socktools_argv(*args: str) -> list:
 
 
 class EmbeddedServerError(RuntimeError):
-    pass
+    """The server did not start; ``returncode`` is its exit status when it exited (3: an
+    optional package it needs is missing, which the caller may pass on as its own exit 3)."""
+
+    def __init__(self, message: str, returncode: Optional[int] = None) -> None:
+        super().__init__(message)
+        self.returncode = returncode
 
 
 class EmbeddedServer:
@@ -124,7 +129,8 @@ class EmbeddedServer:
             line = self._readline(deadline)
             if line is None:
                 err = self._kill_and_read_stderr()
-                raise EmbeddedServerError(f"embedded server did not start: {err or 'no output'}")
+                raise EmbeddedServerError(f"embedded server did not start: {err or 'no output'}",
+                                          self.returncode)
             found = self._listening(line)
             if found:
                 host, port = found
@@ -205,6 +211,7 @@ class EmbeddedServer:
         if self.proc.poll() is None:
             self.proc.kill()
         _, err = self.proc.communicate()
+        self.returncode = self.proc.returncode
         self.proc = None
         self.stderr = err.decode("utf-8", "replace") if err is not None else self._read_log()
         lines = self.stderr.strip().splitlines()

@@ -8,10 +8,11 @@ without repeating the check.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Optional
+from typing import Any, Optional
 
 from socktools.addresses import is_loopback
 from socktools.errors import OptionError
+from socktools.wire import modes as _modes
 
 __all__ = ["StallConfig", "OptionError", "DEFAULT_CHUNK", "DEFAULT_SETTLE", "DEFAULT_TIMEOUT",
            "SAMPLE_INTERVAL"]
@@ -45,6 +46,14 @@ class StallConfig:
     timeout: float = DEFAULT_TIMEOUT
     connect_timeout: float = 5.0
     sample_interval: float = SAMPLE_INTERVAL
+    unix: Optional[str] = None        # a Unix-domain socket to stall instead of host/port
+    tls: Any = None                   # a socktools.tlsconf.TlsConfig (enabled) or None
+    spec: Any = None                  # a socktools.wire.WireSpec: what to repeat; None: zeros
+
+    @property
+    def external(self) -> bool:
+        """The peer is another program (--port or --unix), not the embedded sink."""
+        return self.port is not None or self.unix is not None
 
     def __post_init__(self) -> None:
         if self.chunk < 1:
@@ -55,15 +64,32 @@ class StallConfig:
             raise OptionError("timeout", "must be more than 0")
         if self.sample_interval <= 0:
             raise OptionError("sample_interval", "must be more than 0")
-        if self.port is not None and self.rcvbuf is not None:
-            raise OptionError("rcvbuf", "--rcvbuf sets the embedded sink's SO_RCVBUF; with --port the "
+        target = "--unix" if self.unix is not None else "--port"
+        if self.external and self.rcvbuf is not None:
+            raise OptionError("rcvbuf", f"--rcvbuf sets the embedded sink's SO_RCVBUF; with {target} the "
                               "server is another program, whose buffers stall cannot change")
-        if self.port is not None and self.drain:
-            raise OptionError("drain", "--drain tells the embedded sink to start reading; with --port "
+        if self.external and self.drain:
+            raise OptionError("drain", f"--drain tells the embedded sink to start reading; with {target} "
                               "the server is another program, which stall cannot make read")
-        if self.port is None and not is_loopback(self.host):
+        if not self.external and not is_loopback(self.host):
             raise OptionError("host", f"{self.host} is not a loopback address: the embedded sink listens "
                               "only on loopback (127.0.0.1, ::1); add --port to stall a server there")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """JSON-ready: the exchange as its summary (texts as typed, a file as its size), TLS as
+        its options (file names, not contents)."""
+        from dataclasses import fields
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("tls", "spec")}
+        if self.unix is not None:   # any bytes; shown as text (a lone surrogate is no JSON)
+            from socktools.addresses import format_addr
+            out["unix"] = format_addr(self.unix)
+        out["tls"] = asdict(self.tls) if self.tls is not None and self.tls.enabled else None
+        out["exchange"] = self.spec.summary() if self.spec is not None else None
+        return out
+
+
+
+#: ``stall --mode``'s help, from the registry of exchanges (its choices are the registry's
+#: ``REQUEST_MODES``): the CLI reads it only when help is shown.
+MODE_HELP = ("Repeat this exchange's requests, made as request and flood make them: " + _modes.REQUEST_HELP
+             + "  [default: zeros, or the --send bytes as they are]")

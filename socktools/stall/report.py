@@ -7,8 +7,11 @@ records' own ``to_dict()``.  The CLI prints what this returns.
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = ["render_report", "render_fill", "render_table", "render_arithmetic", "render_drain",
-           "render_explanation", "keeps_up", "KEEPS_UP_FACTOR"]
+           "render_explanation", "keeps_up", "KEEPS_UP_FACTOR", "render_answer", "answer_line",
+           "tls_layers", "TLS_READ_AHEAD", "TLS_UNASKED"]
 
 _SCALE = (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10))
 
@@ -17,6 +20,28 @@ _SCALE = (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10))
 #: of its reads, not a full pipe.  (The fast reader of issue 21 took ~70 times its buffers in
 #: 2 s; a slow one, 4 KiB every 5 ms, takes less than one.)
 KEEPS_UP_FACTOR = 4
+
+
+#: What a TLS peer's own layer may take from the kernel in the read that completes the
+#: handshake, before its application stops reading: records read ahead into its buffer, not
+#: read by the application.  socktools serve's TLS sink reads 64 KiB at a time, and was seen
+#: to take 65,536 - 80 bytes (the client's last flight, then our first records) in that read.
+TLS_READ_AHEAD = 1 << 16
+#: What a TLS 1.3 server sends after the handshake without being asked, which this client
+#: never reads and so sees waiting in its Recv-Q: NewSessionTicket messages (OpenSSL sends two,
+#: about 255 bytes each).  Up to this much coming back is the TLS layer's, not an answer.
+TLS_UNASKED = 4096
+
+
+def tls_layers(transport: str, arithmetic: Any, steady: bool) -> tuple:
+    """Bytes that are the TLS layers' own, not the applications': ``(read ahead by the peer's
+    TLS layer, unasked post-handshake messages waiting for us)`` -- (0, 0) unless over TLS."""
+    a = arithmetic
+    if transport != "tls" or a is None or a.difference is None:
+        return 0, 0
+    ahead = -a.difference if steady and 0 < -a.difference <= TLS_READ_AHEAD else 0
+    unasked = a.returning if a.returning and a.returning <= TLS_UNASKED else 0
+    return ahead, unasked
 
 
 def _read_by_peer(r):
@@ -59,13 +84,15 @@ def _human(value: int) -> str:
     return f"{value} bytes"
 
 
-def _buffer_line(name: str, effective, requested, reported_by: str = "") -> str:
+def _buffer_line(name: str, effective, requested, reported_by: str = "", unix: bool = False) -> str:
     if effective is None:
         return f"    {name:<13} unavailable"
     if reported_by:
         why = f"as {reported_by} reports it; Linux doubles what is set"
     elif requested:
         why = f"set {_n(requested)}: Linux doubles what you set, to cover its bookkeeping"
+    elif unix:
+        why = "not set: net.core.wmem_default, a Unix socket's default"
     elif name == "SO_SNDBUF":
         why = "not set: autotuned, up to net.ipv4.tcp_wmem's maximum"
     else:
@@ -77,18 +104,25 @@ def render_fill(r) -> list[str]:
     f, s = r.fill, r.settle
     lines = ["", "1. Fill: send() until the kernel refuses"]
     if not f.blocked:
+        why = "until the peer closed" if r.answer is not None else "- the peer is reading"
         lines.append(f"  send() never blocked: {_n(f.bytes)} bytes accepted in {_ms(f.seconds)} "
-                     f"({f.sends} sends) - the peer is reading")
+                     f"({f.sends} sends) {why}")
         return lines
     alias = " (EWOULDBLOCK is the same number)" if f.errno_name == "EAGAIN" else ""
     lines.append(f"  {f.exception}: {f.message}")
-    lines.append(f"  = {f.errno_name}, errno {f.errno}{alias}")
+    if f.errno is None:     # SSLWantWriteError: OpenSSL's error code, not an errno
+        lines.append(f"  = {f.errno_name}: the kernel's EAGAIN under OpenSSL (plaintext send() raises "
+                     "BlockingIOError here)")
+    else:
+        lines.append(f"  = {f.errno_name}, errno {f.errno}{alias}")
     lines.append(f"  after {_n(f.bytes)} bytes ({_human(f.bytes)}) in {_calls(f.sends)} "
                  f"({f.partial_sends} partial), {_ms(f.seconds)} after the first one")
     if s is not None:
         more = (f"+{_n(s.extra_bytes)} bytes in {_calls(s.extra_sends)}"
                 if s.extra_bytes else "no more bytes")
-        if s.steady:
+        if r.answer is not None:
+            state = f"then the peer closed ({_ms(s.seconds)})"
+        elif s.steady:
             state = f"steady after {_ms(s.seconds)}"
         elif keeps_up(r):
             rate = s.extra_bytes / s.seconds if s.seconds > 0 else 0
@@ -102,12 +136,19 @@ def render_fill(r) -> list[str]:
     return lines
 
 
-def _sender_lines(snap) -> list[str]:
+def _sender_lines(snap, unix: bool = False) -> list[str]:
     sv = snap.sender
     out = [f"  sender (this process)  {sv.local}",
-           _buffer_line("SO_SNDBUF", sv.sndbuf, sv.sndbuf_requested)]
+           _buffer_line("SO_SNDBUF", sv.sndbuf, sv.sndbuf_requested, unix=unix)]
     if sv.send_q is None:
         out.append(f"    Send-Q        {sv.queues_unavailable}")
+    elif unix:
+        out.append(f"    Send-Q        {_n(sv.send_q):>11}  (SIOCOUTQ on a Unix socket: memory, not bytes - what the "
+                   "bytes we sent, bookkeeping included, still charge to our SO_SNDBUF while they wait "
+                   "in the receiver's queue)")
+        out.append(f"    Recv-Q        {_n(sv.recv_q):>11}  (SIOCINQ: bytes the peer sent us, unread)")
+        out.append(f"    TCP_INFO      {sv.tcp_info_unavailable}")
+        return out
     else:
         out.append(f"    Send-Q        {_n(sv.send_q):>11}  = sent, not yet acknowledged {_n(sv.unacked_bytes)}"
                    f" + not yet sent {_n(sv.notsent_bytes)}")
@@ -172,24 +213,39 @@ def render_table(snap) -> list[str]:
     return out
 
 
-def render_arithmetic(a) -> list[str]:
+def render_arithmetic(a, unix: bool = False) -> list[str]:
+    if unix and a.difference is not None:
+        read = f" + {_n(-a.difference)} read by the peer" if a.difference < 0 else ""
+        out = [f"  accepted {_n(a.accepted)} = receiver Recv-Q {_n(a.receiver_recv_q)}{read}   "
+               f"(difference {a.difference:,})",
+               "  a Unix socket has no send queue of its own: send() appends the bytes to the receiver's "
+               "queue, so every byte the peer has not read is there"]
+        if a.returning:
+            out.append(f"  and {_n(a.returning)} bytes the peer sent wait unread in our receive queue")
+        return out
     if a.difference is None:
         return [f"  accepted {_n(a.accepted)} bytes; the receiver's Recv-Q is unavailable, "
                 "so the sum cannot be checked"]
+    what = a.counted
     if a.difference < 0:    # said as the bytes the peer took: a negative "difference" reads as a loss
-        out = [f"  accepted {_n(a.accepted)} = receiver Recv-Q {_n(a.receiver_recv_q)} + sender Send-Q "
+        out = [f"  {what} {_n(a.accepted)} = receiver Recv-Q {_n(a.receiver_recv_q)} + sender Send-Q "
                f"{_n(a.sender_send_q)} + {_n(-a.difference)} read by the peer (or in flight)"]
     else:
-        out = [f"  accepted {_n(a.accepted)} = receiver Recv-Q {_n(a.receiver_recv_q)} + sender Send-Q "
+        out = [f"  {what} {_n(a.accepted)} = receiver Recv-Q {_n(a.receiver_recv_q)} + sender Send-Q "
                f"{_n(a.sender_send_q)}   (difference {a.difference:,})"]
     if a.difference == 0:
-        out.append("  every byte send() accepted sits in one of the two queues: nothing lost, nothing in flight")
+        out.append("  every byte send() accepted sits in one of the two queues: nothing lost, nothing in flight"
+                   if what == "accepted" else
+                   "  every TLS record byte our kernel took sits in one of the two queues: nothing lost, "
+                   "nothing in flight")
     elif a.difference > 0:
         out.append(f"  {_n(a.difference)} bytes are counted twice: the receiver has them, but their ACK has not "
                    "reached the sender yet (delayed or in flight), so they are still in its Send-Q too")
     else:
         out.append(f"  {_n(-a.difference)} bytes are in neither queue: the peer application read them "
-                   "(or they are still in flight)")
+                   "(or they are still in flight)" + ("; over TLS, its TLS layer may have read records "
+                                                      "ahead of its application" if a.counted != "accepted"
+                                                      else ""))
         if a.returning:
             out.append(f"  and {_n(a.returning)} bytes are on their way back to us (its Send-Q + our Recv-Q): "
                        "it answers, and we never read the answers")
@@ -214,11 +270,36 @@ def render_drain(d) -> list[str]:
 
 def render_explanation(r) -> list[str]:
     from socktools.errors import lookup
+    from socktools.stall.results import Arithmetic
     exp = lookup("EAGAIN")
     snap, f = r.snapshot, r.fill
     rv = snap.receiver if snap else None
     lines = ["", "What happened"]
     a = snap.arithmetic
+    ahead, unasked = tls_layers(r.transport, a, r.settle is None or r.settle.steady)
+    if ahead or unasked:    # the TLS layers' own bytes: judged without them
+        a = Arithmetic.of(a.accepted - ahead, a.receiver_recv_q, a.sender_send_q,
+                          (a.returning or 0) - unasked, a.counted)
+    if r.transport == "unix" and (a.difference is None or a.difference >= 0):
+        lines += _wrap(
+            "The peer accepted the connection and never called recv().  On a Unix-domain socket "
+            "send() puts the bytes straight into the peer's receive queue (there are no packets, no "
+            "window and no ACKs); the kernel charges them to our SO_SNDBUF until the peer reads, and "
+            f"once that charge reached it, send() raised {f.exception} ({f.errno_name}): {exp.meaning}.  "
+            "Nothing is broken: the next read by the peer frees room at once.")
+        return lines + _advice(exp, r)
+    if a.difference is not None and a.difference < 0 and a.returning and r.settle is not None \
+            and not r.settle.steady:
+        lines += _wrap(
+            f"The peer reads everything - it took {_n(-a.difference)} bytes - and answers, and this "
+            "program never reads the answers.  They filled our receive queue and the peer's send queue, "
+            "and still the peer did not stop reading: it keeps the answers it cannot send in its own "
+            "memory (redis does: its client-output-buffer-limit for normal clients is none by default, "
+            f"so its memory grows as long as this runs).  send() raised {f.exception} ({f.errno_name}) "
+            "only for moments, and the queues never stood still.  That is no full buffer: read the "
+            "answers, or give the peer a limit (redis: CONFIG SET client-output-buffer-limit "
+            "\"normal 1mb 0 0\", after which it closes the connection, as stall then says).")
+        return lines + _advice(exp, r)
     if a.difference is not None and a.difference < 0 and a.returning:
         lines += _wrap(
             f"The peer does read - it took {_n(-a.difference)} bytes - but it answers, and this program "
@@ -242,7 +323,8 @@ def render_explanation(r) -> list[str]:
         lines += _wrap(
             f"The peer does read - it took {_n(-a.difference)} bytes - but more slowly than this program "
             "writes.  The queues absorbed the difference until they were full; then send() raised "
-            f"{f.exception} ({f.errno_name}): {exp.meaning}.  That is TCP flow control doing its job: "
+            f"{f.exception} ({f.errno_name}): {exp.meaning}.  That is "
+            f"{'flow control' if r.transport == 'unix' else 'TCP flow control'} doing its job: "
             "EAGAIN means \"not now\", and any sender faster than its reader meets it sooner or later."
             + ("" if r.settle is None or r.settle.steady else
                "  The queues never stood still, which is what a slow reader looks like; a stuck one "
@@ -261,6 +343,13 @@ def render_explanation(r) -> list[str]:
     if r.settle and r.settle.extra_bytes:
         body += (f"  The first EAGAIN came while data was still moving: the kernels took "
                  f"{_n(r.settle.extra_bytes)} more bytes before the queues stood still.")
+    if ahead:
+        body += (f"  (The peer's TLS layer took {_n(ahead)} bytes of records from its receive queue with "
+                 "the handshake's last flight, before its application stopped reading: they wait in its "
+                 "TLS buffer instead.)")
+    if unasked:
+        body += (f"  (The {_n(unasked)} bytes waiting in our receive queue are the peer's TLS session "
+                 "tickets, sent after the handshake unasked, which this program never reads.)")
     body += ("  Nothing is broken: the connection stays ESTABLISHED, the sender's persist timer probes "
              "the zero window, and everything resumes the moment the peer reads"
              + (" - as the drain above shows." if r.drain else " (try --drain)."))
@@ -285,21 +374,94 @@ def _wrap(text: str) -> list[str]:
 
 def render_report(r, *, quiet: bool = False) -> str:
     """The human report: header, fill, the kernel's view, drain, and (unless quiet) the story."""
-    peer = (f"embedded sink `{r.peer.command}`" if r.peer.kind == "embedded"
+    command = r.peer.command or ""
+    shown = f"`{command}`" if command.startswith("socktools") else command
+    peer = (f"embedded sink {shown}" if r.peer.kind == "embedded"
             else f"{r.peer.address} ({'the server you named' if r.peer.kind == 'target' else 'injected'})")
     lines = [f"socktools stall: {r.family} {r.local} -> {r.remote}, nonblocking, "
              f"{_human(r.config.chunk)} per send()",
              f"  peer: {peer}" + (f", pid {r.peer.pid}" if r.peer.pid else "")]
+    if r.payload != "zeros":
+        whole = f"; {r.whole_requests:,} whole requests taken by send()" if r.whole_requests is not None else ""
+        lines.append(f"  payload: {r.payload}{whole}")
+    if r.tls is not None or r.transport == "tls":
+        t = r.tls
+        lines.append(f"  TLS: {t.version} {t.cipher}, server name {t.server_name}" if t else "  TLS")
     lines += render_fill(r)
+    if r.answer is not None:
+        return "\n".join(lines + render_answer(r, quiet=quiet))
     snap = r.snapshot
     if snap is not None and r.fill.blocked:
         settled = r.settle is None or r.settle.steady
         lines += ["", "2. The kernel's view at the steady state" if settled else
                   "2. The kernel's view when the timeout passed (the queues never stood still)"]
-        lines += _sender_lines(snap) + _receiver_lines(r, snap) + [""]
-        lines += render_table(snap) + [""] + render_arithmetic(snap.arithmetic)
+        lines += _sender_lines(snap, r.transport == "unix") + _receiver_lines(r, snap) + [""]
+        lines += render_table(snap) + [""] + render_arithmetic(snap.arithmetic, r.transport == "unix")
+        if r.tls is not None:
+            lines += [""] + render_tls(r)
     if r.drain is not None:
         lines += render_drain(r.drain)
     if not quiet and r.fill.blocked and snap is not None:
         lines += render_explanation(r)
     return "\n".join(lines)
+
+
+def render_tls(r) -> list[str]:
+    """The TLS layer between send() and the kernel: what is counted, what is not visible."""
+    t = r.tls
+    out = [f"  TLS layer (ssl.SSLSocket, {t.version}, {t.cipher})",
+           f"    plaintext send() accepted      {_n(t.plaintext_accepted):>13}"]
+    if t.ciphertext_written is None:
+        out.append("    TLS record bytes our kernel took: unavailable (needs TCP_INFO bytes_acked, Linux 4.1)")
+    else:
+        out.append(f"    TLS record bytes kernel took   {_n(t.ciphertext_written):>13}  "
+                   f"({_n(t.beyond_plaintext)} more than the plaintext: record headers and tags, and "
+                   "records of the refused send())")
+    if t.held_by_openssl is not None:
+        out.append(f"    of the refused send()          {_n(t.refused_in_kernel):>13}  record bytes already in the "
+                   f"kernel (inferred: {t.records:,} records of {t.record_overhead} bytes overhead each)")
+        out.append(f"    held by OpenSSL                {_n(t.held_by_openssl):>13}  the rest of that partly "
+                   "written record (inferred the same way)")
+    out += _wrap("Both kernels' queues above hold TLS records (ciphertext), not your plaintext.  "
+                 "What OpenSSL itself holds is " + t.held_by_tls + ".")
+    return out
+
+
+def answer_line(r) -> str:
+    """One line for stderr: the peer answered and closed, what it said, not a full buffer."""
+    a = r.answer
+    said = a.replies[0] if a.replies else (repr(a.first[:60]) if a.first else "nothing")
+    how = "reset the connection" if a.how == "reset" else "closed the connection"
+    return (f"the peer at {r.remote} answered ({said}) and {how} after {_n(a.accepted_before)} bytes: "
+            "not a full buffer; send what it expects (--mode, --send)")
+
+
+def render_answer(r, quiet: bool = False) -> list[str]:
+    a = r.answer
+    how = (("reset the connection (it closed with our bytes unread: ECONNRESET)" if r.transport == "unix"
+            else "reset the connection (RST)") if a.how == "reset"
+           else "closed the connection (its FIN" + (", or TLS close_notify)" if r.transport == "tls" else ")"))
+    err = f"; our socket met {a.errno_name}" if a.errno_name else ""
+    step = "while filling" if a.step == "fill" else "while we retried after the first EAGAIN"
+    more = "" if a.counted_all else f" (counted up to {_n(a.bytes)}; more came)"
+    lines = ["", "The peer answered and " + how,
+             f"  {step}, after send() had accepted {_n(a.accepted_before)} bytes{err}",
+             f"  it answered {_n(a.bytes)} bytes{more}" + (f", first: {a.first[:120]}" if a.first else "")]
+    if a.replies:
+        lines.append(f"  decoded as {a.decoder}:")
+        runs: list = []         # consecutive equal replies once, with their count
+        for reply in a.replies:
+            if runs and runs[-1][0] == reply:
+                runs[-1][1] += 1
+            else:
+                runs.append([reply, 1])
+        lines += [f"    {reply[:160]}" + (f"  (x{n})" if n > 1 else "") for reply, n in runs]
+    if not quiet:
+        lines += ["", "What happened"] + _wrap(
+            "This is not a full-buffer case: the peer read what we sent, answered, and ended the "
+            "connection, so no queue filled and there is nothing to wait for.  Usually it did not "
+            "understand the bytes (a protocol error, an HTTP 400) or a limit of its own ended the "
+            "connection (redis' client-output-buffer-limit when replies are never read).  Its answer "
+            "above says which; send what it expects (--mode and its options, or --send), or point "
+            "stall at a peer that accepts and does not read.")
+    return lines

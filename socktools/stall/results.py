@@ -15,7 +15,8 @@ from socktools.addresses import format_addr
 if TYPE_CHECKING:  # pragma: no cover
     from socktools.stall.config import StallConfig
 
-__all__ = ["PeerInfo", "FillResult", "SettleResult", "PersistState", "SenderView", "ReceiverView", "TableRow", "Arithmetic", "Snapshot", "DrainSample", "DrainResult", "StallReport"]
+__all__ = ["PeerInfo", "FillResult", "SettleResult", "PersistState", "SenderView", "ReceiverView", "TableRow", "Arithmetic", "Snapshot", "DrainSample", "DrainResult", "PeerAnswer", "TlsView", "StallReport",
+           "OUTCOMES"]
 
 
 def _plain(value: Any) -> Any:
@@ -157,13 +158,16 @@ class Arithmetic(_Plain):
     #: Bytes travelling back to us (the peer's Send-Q + our Recv-Q): a peer that reads and
     #: answers, like an echo server, then stalls on *our* not reading.
     returning: Optional[int] = None
+    #: What ``accepted`` counts: the bytes send() accepted, or over TLS the record bytes our
+    #: kernel took (the queues hold records, not plaintext).
+    counted: str = "accepted"
 
     @classmethod
     def of(cls, accepted: int, recv_q: Optional[int], send_q: Optional[int],
-           returning: Optional[int] = None) -> "Arithmetic":
+           returning: Optional[int] = None, counted: str = "accepted") -> "Arithmetic":
         total = None if recv_q is None or send_q is None else recv_q + send_q
         return cls(accepted, recv_q, send_q, total, None if total is None else total - accepted,
-                   returning)
+                   returning, counted)
 
 
 @dataclass(frozen=True)
@@ -199,6 +203,44 @@ class DrainResult(_Plain):
 
 
 @dataclass(frozen=True)
+class PeerAnswer(_Plain):
+    """The peer answered and closed or reset while we were filling: not a full-buffer case."""
+
+    how: str                        # "closed" (its FIN, or TLS close_notify) or "reset" (RST)
+    step: str                       # "fill" or "settle": when we noticed
+    errno_name: Optional[str]       # what our send()/recv() met (ECONNRESET, EPIPE), None for a clean EOF
+    bytes: int                      # bytes it answered (read by us, up to ANSWER_COUNTED)
+    counted_all: bool               # False: more came than stall counts (ANSWER_COUNTED)
+    first: str                      # its first bytes, printable (escapes for the rest)
+    decoder: Optional[str]          # the mode whose reply parser framed them
+    replies: tuple                  # the first replies, one line each
+    accepted_before: int            # bytes send() had accepted when it closed
+
+
+@dataclass(frozen=True)
+class TlsView(_Plain):
+    """The TLS layer between send() and the kernel (a nonblocking ``ssl.SSLSocket``)."""
+
+    version: Optional[str]
+    cipher: Optional[str]
+    server_name: Optional[str]
+    plaintext_accepted: int         # plaintext bytes SSLSocket.send() reported written
+    ciphertext_written: Optional[int]   # TLS record bytes our kernel took after the handshake
+    beyond_plaintext: Optional[int]     # ciphertext_written - plaintext_accepted
+    held_by_tls: str                # what is and is not visible of the bytes OpenSSL holds
+    records: int = 0                # TLS records of the accepted plaintext (RECORD_PLAINTEXT each)
+    record_overhead: Optional[int] = None   # bytes a record adds (TLS 1.3 AEAD: 22); None: unknown
+    refused_in_kernel: Optional[int] = None  # inferred: record bytes of the refused send() in the kernel
+    held_by_openssl: Optional[int] = None    # inferred: the rest of its partly written record
+    handshake_bytes: Optional[int] = None    # record bytes our kernel took for the handshake
+
+
+#: What a run came to: the full-buffer case, a peer that kept reading, one that answered and
+#: closed or reset.  (A failed connect is no report: the CLI's JSON says ``"outcome": "failed"``.)
+OUTCOMES = ("stalled", "reading", "peer-closed")
+
+
+@dataclass(frozen=True)
 class StallReport(_Plain):
     """Everything ``socktools stall`` measured; ``to_dict()`` is its JSON."""
 
@@ -211,3 +253,23 @@ class StallReport(_Plain):
     settle: Optional[SettleResult]
     snapshot: Optional[Snapshot]
     drain: Optional[DrainResult]
+    transport: str = "tcp"          # "tcp", "tls" (TCP under TLS) or "unix"
+    payload: str = "zeros"          # what was repeated, as typed
+    whole_requests: Optional[int] = None    # requests send() took whole (None: no requests)
+    answer: Optional[PeerAnswer] = None
+    tls: Optional[TlsView] = None
+
+    @property
+    def outcome(self) -> str:
+        if self.answer is not None:
+            return "peer-closed"
+        return "stalled" if self.fill.blocked else "reading"
+
+    @property
+    def ok(self) -> bool:
+        """The full-buffer case was reproduced (the CLI exits 0)."""
+        return self.outcome == "stalled"
+
+    def to_dict(self) -> dict:
+        # the config's own to_dict: the exchange as its summary (a --send-file's bytes are no JSON)
+        return {"ok": self.ok, "outcome": self.outcome, **_plain(self), "config": self.config.to_dict()}
