@@ -108,6 +108,16 @@ def tls_field(name, value):
     return check
 
 
+def spec(name, value):
+    """Check: stall's ``config.spec.<name> == value`` (what it repeats; None: zeros, the default)."""
+    def check(call, baseline):
+        assert call.config.spec is not None and getattr(call.config.spec, name) == value, \
+            (name, call.config.spec)
+        assert baseline.config.spec is None, "the default stall sends zeros"
+    check.__name__ = f"config.spec.{name}"
+    return check
+
+
 def both(*checks):
     def check(call, baseline):
         for c in checks:
@@ -172,7 +182,7 @@ class Recorder:
         def run_stall(config, *, peer=None):
             self.calls.append(SimpleNamespace(config=config, view="json", quiet=None))
             return SimpleNamespace(to_dict=lambda: {}, fill=SimpleNamespace(blocked=True, bytes=1),
-                                   remote="peer")
+                                   remote="peer", answer=None)
 
         def render_report(r, *, quiet=False):
             self.calls[-1].view, self.calls[-1].quiet = "text", quiet
@@ -318,6 +328,45 @@ ROUTES = {
         "timeout": (["--timeout", "3s"], field("timeout", 3.0)),
         "as_json": (["--json"], lambda call, base: (call.view == "json" and base.view == "text") or _fail()),
         "quiet": (["--quiet"], lambda call, base: (call.quiet is True and base.quiet is False) or _fail()),
+        "unix": (["--unix", _UNIX], field("unix", _UNIX)),
+        **{name: ([*["--port", "9"], *argv], check) for name, (argv, check) in {
+            "tls": (["--tls"], tls_field("enabled", True)),
+            "sni": (["--tls", "--sni", "db.test"], tls_field("sni", "db.test")),
+            "cafile": (["--tls", "--cafile", _PEM["ca"]], tls_field("cafile", _PEM["ca"])),
+            "capath": (["--tls", "--capath", _KEYLOG_DIR], tls_field("capath", _KEYLOG_DIR)),
+            "insecure": (["--tls", "--insecure"], tls_field("insecure", True)),
+            "cert": (["--tls", "--cert", _PEM["cert"], "--key", _PEM["key"]], tls_field("cert", _PEM["cert"])),
+            "key": (["--tls", "--cert", _PEM["cert"], "--key", _PEM["key"]], tls_field("key", _PEM["key"])),
+            "tls_min": (["--tls", "--tls-min", "1.3"], tls_field("tls_min", "1.3")),
+            "tls_max": (["--tls", "--tls-max", "1.2"], tls_field("tls_max", "1.2")),
+            "ciphers": (["--tls", "--ciphers", "ECDHE-RSA-AES128-GCM-SHA256"],
+                        tls_field("ciphers", "ECDHE-RSA-AES128-GCM-SHA256")),
+            "alpn": (["--tls", "--alpn", "h2", "--alpn", "http/1.1"], tls_field("alpn", ("h2", "http/1.1"))),
+            "keylog": (["--tls", "--keylog", _KEYLOG], tls_field("keylog", _KEYLOG)),
+            # what stall repeats: the exchange spec of the wire modes (None: zeros)
+            "mode": (["--mode", "line", "--send", "A"], spec("name", "line")),
+            "sends": (["--mode", "raw", "--send", "A", "--send", "B"], spec("sends", ("A", "B"))),
+            "send_file": (["--mode", "raw", "--send-file", _SEND_FILE.name], spec("send_file", b"PING\r\n")),
+            "reply_until": (["--mode", "raw", "--send", "A", "--reply-until", "\\n"], spec("reply_until", "\\n")),
+            "reply_bytes": (["--mode", "raw", "--send", "A", "--reply-bytes", "4"], spec("reply_bytes", 4)),
+            "reply_prefix": (["--mode", "raw", "--send", "A", "--reply-prefix", ">H"], spec("reply_prefix", ">H")),
+            "reply_prefix_adjust": (["--mode", "raw", "--send", "A", "--reply-prefix", ">H",
+                                     "--reply-prefix-adjust", "-2"], spec("reply_prefix_adjust", -2)),
+            "no_reply": (["--mode", "raw", "--send", "A", "--no-reply"], spec("no_reply", True)),
+            "reply_until_close": (["--mode", "raw", "--send", "A", "--reply-until-close"],
+                                  spec("reply_until_close", True)),
+            "reply_match": (["--mode", "raw", "--send", "A", "--reply-until", "\\n", "--reply-match", "^A"],
+                            spec("reply_match", "^A")),
+            "eol": (["--mode", "line", "--send", "A", "--eol", "crlf"], spec("eol", "crlf")),
+            "commands": (["--mode", "redis", "--command", "GET k"], spec("commands", ("GET k",))),
+            "method": (["--mode", "http", "--method", "POST"], spec("method", "POST")),
+            "paths": (["--mode", "http", "--path", "/x"], spec("paths", ("/x",))),
+            "headers": (["--mode", "http", "--header", "X-A: 1"], spec("headers", ("X-A: 1",))),
+            "body": (["--mode", "http", "--method", "POST", "--body", "hi"], spec("body", b"hi")),
+            "accept_status": (["--mode", "http", "--accept-status", "404"], spec("accept_status", ("404",))),
+            "plugin": (["--protocol", "socktools.examples.memcached:Memcached"],
+                       spec("plugin", "socktools.examples.memcached:Memcached")),
+        }.items()},
     }),
 }
 

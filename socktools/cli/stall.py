@@ -154,6 +154,8 @@ def _spec(ctx, mode, host, port, unix, params):
                                      param_hint="'--send'") from None
         params["send_file"], params["sends"] = path, ()
         given = [g for g in given if g != "sends"] + ["send_file"]     # --send @FILE is the file
+    if mode is None and params.get("plugin"):
+        mode = "plugin"                 # --protocol is the mode, as for flood and request
     if mode is None:
         if not given:
             return None
