@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["ServerStats"]
+__all__ = ["ServerStats", "DatagramStats", "stats_class"]
 
 
 @dataclass
@@ -61,3 +61,58 @@ class ServerStats:
 _COUNTERS = ("accepted", "closed", "bytes_in", "bytes_out", "requests", "responses",
              "idle_closed", "accept_paused", "handshakes")
 
+
+
+@dataclass
+class DatagramStats:
+    """Counters of one ``--udp`` worker, or of all merged.  Every datagram received is
+    answered, refused by our own full send buffer (``send_dropped``) or failed to send for
+    another reason (``send_errors``, by errno name); in sink mode none is answered::
+
+        echo: datagrams_in == datagrams_out + send_dropped + sum(send_errors)
+
+    ``kernel_drops`` is not the worker's count: it is what the kernel dropped at the server's
+    sockets (their receive buffers were full), read from the sockets by whoever holds them
+    (:func:`socktools.kernel.udpstats.socket_drops`); a worker leaves it 0."""
+
+    datagrams_in: int = 0
+    datagrams_out: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    send_dropped: int = 0
+    kernel_drops: int = 0
+    send_errors: dict = field(default_factory=dict)   # errno name -> count (sendto failed)
+    recv_errors: dict = field(default_factory=dict)   # errno name -> count (recvfrom failed)
+
+    #: A UDP server holds no connection: nothing is open, nothing can be lost with a worker.
+    open = 0
+
+    def add(self, other: "DatagramStats") -> "DatagramStats":
+        out = DatagramStats(**{k: getattr(self, k) + getattr(other, k) for k in _DATAGRAM_COUNTERS})
+        for name in ("send_errors", "recv_errors"):
+            merged = dict(getattr(self, name))
+            for k, v in getattr(other, name).items():
+                merged[k] = merged.get(k, 0) + v
+            setattr(out, name, merged)
+        return out
+
+    def to_dict(self) -> dict:
+        d = {"udp": True, **{k: getattr(self, k) for k in _DATAGRAM_COUNTERS}}
+        d["send_errors"] = dict(self.send_errors)
+        d["recv_errors"] = dict(self.recv_errors)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DatagramStats":
+        s = cls(**{k: d.get(k, 0) for k in _DATAGRAM_COUNTERS})
+        s.send_errors = dict(d.get("send_errors", {}))
+        s.recv_errors = dict(d.get("recv_errors", {}))
+        return s
+
+
+_DATAGRAM_COUNTERS = ("datagrams_in", "datagrams_out", "bytes_in", "bytes_out", "send_dropped", "kernel_drops")
+
+
+def stats_class(udp: bool):
+    """The counters a server keeps: :class:`DatagramStats` with ``--udp``, else :class:`ServerStats`."""
+    return DatagramStats if udp else ServerStats
