@@ -226,6 +226,17 @@ def test_an_answer_the_kernel_refuses_is_counted_never_queued(code, dropped, tab
         server.close()
 
 
+# ------------------------------------------------------------------ flood's own UDP server
+
+def test_flood_udp_without_a_port_starts_its_own_udp_echo_and_checks_its_count():
+    rc, doc, err = flood("--conns", "4", "--workers", "1", "--requests", "1000")
+    assert rc == 0, err
+    assert "--udp" in doc["server"]["command"]
+    assert doc["server"]["summary"]["datagrams_in"] == doc["datagrams"]["sent"] == 1000
+    check = doc["server_check"]
+    assert check["measure"] == "datagrams" and check["equal"] is True and check["server"] == 1000
+
+
 # ------------------------------------------------------------------ usage errors
 
 @pytest.mark.parametrize("args,option", [
