@@ -7,8 +7,43 @@ from dataclasses import dataclass, field
 __all__ = ["ServerStats", "DatagramStats", "stats_class"]
 
 
+class _Counters:
+    """Counters that add up (``_COUNTERS``, integers) and tables of counts by name
+    (``_TABLES``, dicts): the one way both kinds of server stats add, serialise and load."""
+
+    _COUNTERS: tuple = ()
+    _TABLES: tuple = ()
+
+    def add(self, other):
+        out = type(self)(**{k: getattr(self, k) + getattr(other, k) for k in self._COUNTERS})
+        for name in self._TABLES:
+            merged = dict(getattr(self, name))
+            for k, v in getattr(other, name).items():
+                merged[k] = merged.get(k, 0) + v
+            setattr(out, name, merged)
+        return out
+
+    def _derived(self) -> dict:
+        """What ``to_dict`` says besides the counters and tables."""
+        return {}
+
+    def to_dict(self) -> dict:
+        d = {k: getattr(self, k) for k in self._COUNTERS}
+        d.update(self._derived())
+        for name in self._TABLES:
+            d[name] = dict(getattr(self, name))
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        s = cls(**{k: d.get(k, 0) for k in cls._COUNTERS})
+        for name in cls._TABLES:
+            setattr(s, name, dict(d.get(name, {})))
+        return s
+
+
 @dataclass
-class ServerStats:
+class ServerStats(_Counters):
     """Counters of one worker, or of all merged.  Plain data: add, serialise, compare."""
 
     accepted: int = 0
@@ -23,18 +58,13 @@ class ServerStats:
     protocol_errors: dict = field(default_factory=dict)   # kind -> count
     errors: dict = field(default_factory=dict)            # errno name -> count (connection errors)
 
+    _COUNTERS = ("accepted", "closed", "bytes_in", "bytes_out", "requests", "responses",
+                 "idle_closed", "accept_paused", "handshakes")
+    _TABLES = ("protocol_errors", "errors")
+
     @property
     def open(self) -> int:
         return self.accepted - self.closed
-
-    def add(self, other: "ServerStats") -> "ServerStats":
-        out = ServerStats(**{k: getattr(self, k) + getattr(other, k) for k in _COUNTERS})
-        for name in ("protocol_errors", "errors"):
-            merged = dict(getattr(self, name))
-            for k, v in getattr(other, name).items():
-                merged[k] = merged.get(k, 0) + v
-            setattr(out, name, merged)
-        return out
 
     def count_error(self, key: str) -> None:
         """One more connection error named ``key`` (an errno name, or an exception's)."""
@@ -43,28 +73,12 @@ class ServerStats:
     def count_protocol_error(self, kind: str) -> None:
         self.protocol_errors[kind] = self.protocol_errors.get(kind, 0) + 1
 
-    def to_dict(self) -> dict:
-        d = {k: getattr(self, k) for k in _COUNTERS}
-        d["open"] = self.open
-        d["protocol_errors"] = dict(self.protocol_errors)
-        d["errors"] = dict(self.errors)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ServerStats":
-        s = cls(**{k: d.get(k, 0) for k in _COUNTERS})
-        s.protocol_errors = dict(d.get("protocol_errors", {}))
-        s.errors = dict(d.get("errors", {}))
-        return s
-
-
-_COUNTERS = ("accepted", "closed", "bytes_in", "bytes_out", "requests", "responses",
-             "idle_closed", "accept_paused", "handshakes")
-
+    def _derived(self) -> dict:
+        return {"open": self.open}
 
 
 @dataclass
-class DatagramStats:
+class DatagramStats(_Counters):
     """Counters of one ``--udp`` worker, or of all merged.  Every datagram received is
     answered, refused by our own full send buffer (``send_dropped``) or failed to send for
     another reason (``send_errors``, by errno name); in sink mode none is answered::
@@ -84,33 +98,14 @@ class DatagramStats:
     send_errors: dict = field(default_factory=dict)   # errno name -> count (sendto failed)
     recv_errors: dict = field(default_factory=dict)   # errno name -> count (recvfrom failed)
 
+    _COUNTERS = ("datagrams_in", "datagrams_out", "bytes_in", "bytes_out", "send_dropped", "kernel_drops")
+    _TABLES = ("send_errors", "recv_errors")
+
     #: A UDP server holds no connection: nothing is open, nothing can be lost with a worker.
     open = 0
 
-    def add(self, other: "DatagramStats") -> "DatagramStats":
-        out = DatagramStats(**{k: getattr(self, k) + getattr(other, k) for k in _DATAGRAM_COUNTERS})
-        for name in ("send_errors", "recv_errors"):
-            merged = dict(getattr(self, name))
-            for k, v in getattr(other, name).items():
-                merged[k] = merged.get(k, 0) + v
-            setattr(out, name, merged)
-        return out
-
-    def to_dict(self) -> dict:
-        d = {"udp": True, **{k: getattr(self, k) for k in _DATAGRAM_COUNTERS}}
-        d["send_errors"] = dict(self.send_errors)
-        d["recv_errors"] = dict(self.recv_errors)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "DatagramStats":
-        s = cls(**{k: d.get(k, 0) for k in _DATAGRAM_COUNTERS})
-        s.send_errors = dict(d.get("send_errors", {}))
-        s.recv_errors = dict(d.get("recv_errors", {}))
-        return s
-
-
-_DATAGRAM_COUNTERS = ("datagrams_in", "datagrams_out", "bytes_in", "bytes_out", "send_dropped", "kernel_drops")
+    def _derived(self) -> dict:
+        return {"udp": True}
 
 
 def stats_class(udp: bool):

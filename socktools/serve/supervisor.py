@@ -327,8 +327,9 @@ def _serve_in_process(config: ServeConfig, sock: socket.socket, on_event,
                       signals: SignalQueue) -> ServerStats:
     def report(kind: str, stats: dict) -> None:
         if kind == "stats":
-            on_event({"event": "stats", **with_kernel_drops(stats_class(config.udp).from_dict(stats),
-                                                            [sock]).to_dict()})
+            if config.udp:
+                stats = with_kernel_drops(DatagramStats.from_dict(stats), [sock]).to_dict()
+            on_event({"event": "stats", **stats})
 
     worker = _worker_class(config)(config, sock, index=0, report=report if config.stats_interval else None)
     return with_kernel_drops(worker.run(signals=signals), [sock])
@@ -423,7 +424,7 @@ class _Supervisor(procs.Supervisor):
         for i in range(self.config.workers):
             counts = self.retired_by.get(i, self.stats_class()).add(self.counts.get(i, self.stats_class()))
             row = {"worker": i, **counts.to_dict()}
-            row["kernel_drops"] = socket_drops(self.socks[i]) or 0 if own else None
+            row["kernel_drops"] = (socket_drops(self.socks[i]) or 0) if own else None
             out.append(row)
         return out
 
