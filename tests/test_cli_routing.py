@@ -229,6 +229,7 @@ ROUTES = {
         "ciphers": ([*_SERVE_TLS, "--ciphers", "ECDHE-RSA-AES128-GCM-SHA256"],
                     tls_field("ciphers", "ECDHE-RSA-AES128-GCM-SHA256")),
         "alpn": ([*_SERVE_TLS, "--alpn", "h2", "--alpn", "http/1.1"], tls_field("alpn", ("h2", "http/1.1"))),
+        "udp": (["--udp"], field("udp", True)),
         # views, not config: which one the engine is handed, and the log level
         "as_json": (["--json"], lambda call, base: (call.view is cli_serve._json_view
                                                     and base.view is not cli_serve._json_view) or _fail()),

@@ -97,7 +97,6 @@ def test_the_text_report_says_where_the_datagrams_went():
     (["--udp", "--port", "9", "--size", "70000"], "--size"),
     (["--udp", "--port", "9", "--size", "10"], "--size"),
     (["--udp", "--port", "9", "--pipeline", "2"], "--pipeline"),
-    (["--udp"], "--port"),
     (["--port", "9", "--reply-timeout", "1s"], "--reply-timeout"),
     (["--udp", "--port", "9", "--stages", "1s:10"], "--stages"),
     (["--udp", "--port", "9", "--tls", "--insecure"], "--tls"),

@@ -48,6 +48,7 @@ Your own server (give its --port):
 \b
 A UDP echo server (datagrams with flood's header; loss, lateness, duplicates and reordering
 counted per datagram, losses attributed to the kernel's buffer drops):
+  socktools flood --udp --conns 10 --requests 10000    # against its own `serve --udp`
   socktools flood --udp --port 9000 --conns 10 --duration 5s
   socktools flood --udp --port 9000 --conns 10 --rate 50000 --reply-timeout 200ms --size 512
 Over TLS (the handshake timed apart from connect; --keylog: one file, appended to by every worker):
@@ -133,7 +134,7 @@ EXIT_SIGTERM = 128 + 15
                    "gives connects/s, opens/s and requests/s apart.  --mode connect is echo --churn 1.")
 @click.option("--udp", is_flag=True,
               help="Datagrams over connected UDP sockets (--conns of them) to a UDP echo server at "
-                   "--port: each carries flood's header (socket, sequence number, send time), and each "
+                   "--port (without it, flood starts `socktools serve --udp`): each carries flood's header (socket, sequence number, send time), and each "
                    "reply is accounted answered, late, duplicated, reordered or truncated; no reply "
                    "within --reply-timeout is lost.  --mode echo only.")
 @click.option("--reply-timeout", type=DURATION, default=None, metavar="DURATION",

@@ -23,15 +23,19 @@ Examples:
   socktools serve --tls-self-signed --mode echo   # TLS with a throwaway certificate (prints its path)
   socktools serve --tls --cert srv.pem --key srv.key --client-ca ca.pem   # mutual TLS
   socktools serve --unix /tmp/echo.sock           # a Unix-domain socket instead of a port
+  socktools serve --udp --port 9000               # UDP echo: each datagram back to its sender
+  socktools serve --udp --mode sink --workers 2   # UDP: count datagrams, answer none
 
 \b
 Then, for example:
   socktools request --unix /tmp/echo.sock --mode line --send hi
   socktools request --tls --cafile /tmp/socktools-tls-XXXX/cert.pem --mode line --send hi
+  socktools flood --udp --port 9000 --conns 10 --duration 5s
 
 \b
 Stop with Ctrl-C or SIGTERM: the first drains gracefully, a second forces.
 In sink mode, SIGUSR1 makes the server start reading (and discarding).
+With --udp a stop reads what is queued and ends at once (no connection to drain).
 """
 
 
@@ -81,6 +85,10 @@ def _raise_nofile() -> None:
 @click.option("--unix", metavar="PATH", default=None,
               help="Serve on this Unix-domain socket instead of --host/--port.  A stale socket file "
                    "(connecting is refused) is replaced; any other file there is an error.  Removed at exit.")
+@click.option("--udp", is_flag=True,
+              help="Serve UDP datagrams: echo sends each back to its sender, sink counts them.  "
+                   "Counts what the kernel dropped at a full receive buffer.  Not with the "
+                   "stream's options (--mode framed, --tls, --unix, --max-conns, ...).")
 @click.option("--workers", "-w", type=click.IntRange(1, 256), default=1, show_default=True,
               help="Processes sharing the port (the parent binds and supervises).")
 @click.option("--max-conns", type=click.IntRange(0, MAX_CONNS), default=0, show_default=True,
@@ -99,8 +107,8 @@ def _raise_nofile() -> None:
               default=LazyDefault("socktools.serve.config:DEFAULT_REQUEST_TIMEOUT"), show_default=True,
               help="framed: time from a request's first byte to its last; later, an error reply and "
                    "the connection is closed (slowloris).  0 = no deadline.")
-@click.option("--rcvbuf", type=BYTESIZE, default=None, help="SO_RCVBUF for accepted sockets (Linux doubles it).")
-@click.option("--sndbuf", type=BYTESIZE, default=None, help="SO_SNDBUF for accepted sockets (Linux doubles it).")
+@click.option("--rcvbuf", type=BYTESIZE, default=None, help="SO_RCVBUF for accepted sockets, or --udp's sockets (Linux doubles it).")
+@click.option("--sndbuf", type=BYTESIZE, default=None, help="SO_SNDBUF for accepted sockets, or --udp's sockets (Linux doubles it).")
 @click.option("--backlog", type=click.IntRange(1, MAX_BACKLOG), default=4096, show_default=True,
               help="listen() backlog; the kernel caps it at net.core.somaxconn.")
 @click.option("--stats-interval", type=DURATION, default="10s", show_default=True, metavar="DURATION",
@@ -113,10 +121,10 @@ def _raise_nofile() -> None:
 @click.option("--stop-on-stdin-eof", is_flag=True, hidden=True,
               help="Stop when stdin closes (used by commands that embed a server).")
 @click.pass_context
-def command(ctx, mode, host, port, unix, workers, max_conns, idle_timeout, max_content, max_buffered,
+def command(ctx, mode, host, port, unix, udp, workers, max_conns, idle_timeout, max_content, max_buffered,
             request_timeout, rcvbuf, sndbuf, backlog, stats_interval, drain_timeout, as_json, quiet,
             stop_on_stdin_eof, **tls_params):
-    """Run a nonblocking TCP server: echo, framed or sink.
+    """Run a nonblocking TCP (or, with --udp, UDP) server: echo, framed or sink.
 
     Binds 127.0.0.1 unless --host says otherwise, or a Unix-domain socket
     with --unix PATH. With --port 0 the chosen port is printed on the first
@@ -139,7 +147,8 @@ def command(ctx, mode, host, port, unix, workers, max_conns, idle_timeout, max_c
                           max_conns=max_conns, idle_timeout=idle_timeout or None, max_content=max_content,
                           max_buffered=max_buffered, request_timeout=request_timeout or None,
                           rcvbuf=rcvbuf, sndbuf=sndbuf, backlog=backlog, stats_interval=stats_interval,
-                          drain_timeout=drain_timeout, stop_on_stdin_eof=stop_on_stdin_eof, unix=unix, tls=tls)
+                          drain_timeout=drain_timeout, stop_on_stdin_eof=stop_on_stdin_eof, unix=unix, tls=tls,
+                          udp=udp)
     try:
         serve(config, _json_view if as_json else _human_view())
     except ServeError as exc:

@@ -190,7 +190,8 @@ class FloodConfig:
 
     def _check_udp(self) -> None:
         """What a datagram flood can do: echo datagrams that carry flood's header, one in flight
-        per socket (or paced with --rate), against a UDP server given by its --port."""
+        per socket (or paced with --rate), against a UDP server given by its --port or its own
+        (``socktools serve --udp --mode echo``)."""
         from socktools.wire.datagram import HEADER_SIZE, MAX_DATAGRAM
         if self.mode != "echo":
             raise OptionError("mode", f"--udp sends echo datagrams (flood's header, padded to --size): "
@@ -203,9 +204,6 @@ class FloodConfig:
                                                "by then is lost)")
         if self.pipeline != 1:
             raise OptionError("pipeline", "--udp keeps one datagram in flight per socket: use --rate for more")
-        if self.embedded:
-            raise OptionError("port", "--udp loads a UDP server you give with --port (flood's own server "
-                                      "speaks TCP)")
         if self.family not in (socket.AF_INET, socket.AF_INET6):
             raise OptionError("unix", "--udp is UDP over IP: not with --unix")
         for name in ("stages", "cluster", "churn"):

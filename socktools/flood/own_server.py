@@ -22,7 +22,7 @@ def embedded_server(cfg: FloodConfig, emit: Callable[[dict], None]):
         return
     from socktools.core.embedded import EmbeddedServer, EmbeddedServerError
     server = EmbeddedServer(server_mode(cfg.mode), host=cfg.host or "127.0.0.1",
-                            workers=cfg.server_workers)
+                            workers=cfg.server_workers, args=("--udp",) if cfg.udp else ())
     try:
         server.start()
     except EmbeddedServerError as exc:

@@ -123,13 +123,23 @@ def server_check(result: FloodResult) -> Optional[dict]:
     """Compare flood's count with the embedded server's, in the same run.
 
     Echo (and connect) mode compares bytes (flood sent = server received);
-    framed mode compares requests (flood sent = server answered).
+    framed mode compares requests (flood sent = server answered); ``--udp`` compares
+    datagrams (flood sent, less those the kernel dropped at the server's full receive
+    buffer, = the server received).
     """
     server = result.server or {}
     summary = server.get("summary")
     if not summary:
         return None
     c = result.totals.counters
+    if result.config.udp:
+        grams = result.totals.datagrams
+        dropped = grams.get("server_drops") or 0
+        theirs = summary.get("datagrams_in")
+        if theirs is None:
+            return None
+        return {"measure": "datagrams", "flood": grams["sent"] - dropped, "server": theirs,
+                "equal": grams["sent"] - dropped == theirs, "sent": grams["sent"], "server_drops": dropped}
     if result.config.mode == "framed":
         ours, theirs, what = c["requests"], summary.get("requests"), "requests"
     else:
@@ -492,8 +502,13 @@ def render_table(result: FloodResult, checked: Optional[list] = None) -> str:
     if check:
         verdict = "equal" if check["equal"] else "DIFFERENT"
         did = "answered" if check["measure"] == "requests" else "received"
-        lines.append(f"server check flood sent {check['flood']:,} {check['measure']} in all, the server "
-                     f"{did} {check['server']:,}: {verdict}")
+        if check["measure"] == "datagrams":
+            lines.append(f"server check flood sent {check['sent']:,} datagrams, the kernel dropped "
+                         f"{check['server_drops']:,} at the server's full receive buffer, the server "
+                         f"received {check['server']:,}: {verdict}")
+        else:
+            lines.append(f"server check flood sent {check['flood']:,} {check['measure']} in all, the server "
+                         f"{did} {check['server']:,}: {verdict}")
     lines.extend(render_hosts(result))
     for line in result.crashed:
         lines.append(f"worker trouble: {line}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Optional
 
 from socktools import protocol
@@ -17,9 +17,21 @@ from socktools.tlsconf import ServerTlsConfig
 
 __all__ = ["ServeConfig", "MODES", "HIGH_WATER", "ACCEPT_BATCH", "ACCEPT_RETRY", "DEFAULT_MAX_BUFFERED",
            "DEFAULT_REQUEST_TIMEOUT", "DEFAULT_MAX_CONNS", "default_max_buffered", "MAX_UNIX_PATH",
-           "unix_path_problem"]
+           "unix_path_problem", "UDP_MODES", "STREAM_ONLY"]
 
 MODES = ("echo", "framed", "sink")
+
+#: The modes ``--udp`` serves: a datagram answered to its sender, or only counted.  framed
+#: is a message protocol over a stream (a 2-byte header length, then the header and the
+#: content, split over reads at will): a datagram has its own boundaries and no stream to
+#: frame, so it gets no datagram meaning.
+UDP_MODES = ("echo", "sink")
+
+#: The fields that only mean something for connections on a stream: with ``--udp`` each must
+#: keep its default, and a value given is a usage error naming its option (there is no
+#: connection to cap, time out, frame or queue, and no accept backlog; nothing to drain).
+STREAM_ONLY = ("max_conns", "idle_timeout", "max_content", "max_buffered", "request_timeout", "backlog",
+               "drain_timeout", "unix", "tls")
 
 #: Stop reading from a connection whose unsent output exceeds this; resume when
 #: it drains.  Bounds memory per connection when a client sends but does not
@@ -120,10 +132,13 @@ class ServeConfig:
     request_timeout: Optional[float] = DEFAULT_REQUEST_TIMEOUT  # first byte to complete; None = none
     unix: Optional[str] = None      # serve on this Unix-domain socket path instead of host/port
     tls: Optional[ServerTlsConfig] = None   # None: plaintext
+    udp: bool = False               # datagrams on a UDP socket (serve/udp.py) instead of TCP
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
+        if self.udp:
+            self._check_udp()
         if self.workers < 1:
             raise ValueError("workers must be >= 1")
         if self.max_buffered is not None and self.max_buffered < max(1, self.max_content):
@@ -136,6 +151,16 @@ class ServeConfig:
             if problem:
                 raise OptionError("unix", problem)
 
+    def _check_udp(self) -> None:
+        """--udp takes echo or sink and none of the stream's options (see :data:`STREAM_ONLY`)."""
+        if self.mode not in UDP_MODES:
+            raise OptionError("mode", f"--udp serves {' or '.join(UDP_MODES)}: --mode {self.mode} is a "
+                                      f"protocol over a stream (datagrams carry their own boundaries)")
+        defaults = {f.name: f.default for f in fields(self)}
+        for name in STREAM_ONLY:
+            if getattr(self, name) != defaults[name]:
+                raise OptionError(name, f"not with --udp: {_STREAM_ONLY_WHY[name]}")
+
     @property
     def buffer_budget(self) -> int:
         """Bytes one worker may hold for incomplete requests (framed mode)."""
@@ -147,3 +172,16 @@ class ServeConfig:
             return 0
         return -(-self.max_conns // self.workers)  # ceil: the caps add up to >= max_conns
 
+
+
+_STREAM_ONLY_WHY = {
+    "max_conns": "a UDP server has no connections to cap",
+    "idle_timeout": "a UDP server has no connections to close",
+    "max_content": "it bounds the framed protocol's content, and --udp serves echo or sink",
+    "max_buffered": "it bounds the framed protocol's incomplete requests; a datagram arrives whole",
+    "request_timeout": "a datagram arrives whole: there is no request to wait for",
+    "backlog": "a UDP socket does not listen(): there is no accept queue",
+    "drain_timeout": "a UDP server has no connection to drain: it stops at once, after reading what is queued",
+    "unix": "--udp is UDP over IP (a Unix datagram socket is not served)",
+    "tls": "TLS runs over a stream (datagrams would need DTLS, which socktools does not speak)",
+}

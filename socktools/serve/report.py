@@ -13,14 +13,42 @@ from typing import Callable
 
 from socktools.units import fmt_bytes
 
-__all__ = ["HumanView", "json_event", "render_rates", "render_stats", "render_counts", "render_tls"]
+__all__ = ["HumanView", "json_event", "render_rates", "render_stats", "render_counts", "render_tls",
+           "render_datagram_rates", "render_datagrams"]
 
 #: Counters whose change means "something happened" (an idle server prints no stats line).
 ACTIVITY = ("accepted", "closed", "bytes_in", "bytes_out", "requests", "open", "handshakes")
+#: The same for a ``--udp`` server (its events say ``"udp": true``).
+UDP_ACTIVITY = ("datagrams_in", "datagrams_out", "send_dropped", "kernel_drops")
+
+
+def _is_udp(ev: dict) -> bool:
+    return bool(ev.get("udp"))
 
 
 def _errors(ev: dict) -> int:
+    if _is_udp(ev):
+        return sum(ev["send_errors"].values()) + sum(ev["recv_errors"].values())
     return sum(ev["protocol_errors"].values()) + sum(ev["errors"].values())
+
+
+def render_datagram_rates(ev: dict, prev: dict, secs: float) -> str:
+    """``in 1,200.0 datagrams/s (75.0 KiB/s)  answered 1,200.0/s  (received 4000, answered 4000)
+    send dropped 0  kernel dropped 0  errors 0`` -- a ``--udp`` stats line."""
+    def rate(name: str) -> float:
+        return (ev[name] - prev.get(name, 0)) / secs if secs > 0 else 0.0
+    return (f"in {rate('datagrams_in'):,.1f} datagrams/s ({fmt_bytes(rate('bytes_in'))}/s)  "
+            f"answered {rate('datagrams_out'):,.1f}/s  (received {ev['datagrams_in']:,}, answered "
+            f"{ev['datagrams_out']:,})  send dropped {ev['send_dropped']:,}  kernel dropped {ev['kernel_drops']:,}  "
+            f"errors {_errors(ev)}")
+
+
+def render_datagrams(ev: dict) -> str:
+    """A ``--udp`` server's counts, the kernel's drops at its receive buffers included."""
+    return (f"received {ev['datagrams_in']:,} datagrams ({fmt_bytes(ev['bytes_in'])}), answered "
+            f"{ev['datagrams_out']:,} ({fmt_bytes(ev['bytes_out'])}); send dropped {ev['send_dropped']:,} "
+            f"(our send buffer full); the kernel dropped {ev['kernel_drops']:,} at the full receive "
+            f"buffer{'s' if ev.get('workers_detail') else ''}")
 
 
 def render_rates(ev: dict, prev: dict, secs: float) -> str:
@@ -83,13 +111,19 @@ class HumanView:
         if kind == "listening":
             workers = ev["workers"]
             what = f"{ev['mode']} server" if "tls" not in ev else f"TLS {ev['mode']} server"
+            if _is_udp(ev):
+                what = f"UDP {what}"
             where = ev["address"] if "unix" not in ev else f"Unix socket {ev['address']}"
+            queue = "" if _is_udp(ev) else f", backlog {ev['backlog']}"
             self.echo(f"socktools serve: {what} listening on {where} "
-                      f"({workers} worker{'s' if workers != 1 else ''}, pid {ev['pid']}, backlog {ev['backlog']})")
+                      f"({workers} worker{'s' if workers != 1 else ''}, pid {ev['pid']}{queue})")
             if "tls" in ev:
                 for line in render_tls(ev["tls"]):
                     self.echo(line)
-            self.echo("stop with Ctrl-C (first drains, second forces)")
+            if _is_udp(ev):
+                self.echo("stop with Ctrl-C (reads what is queued, then stops; a second one at once)")
+            else:
+                self.echo("stop with Ctrl-C (first drains, second forces)")
         elif kind == "stats":
             self._stats(ev)
         elif kind == "worker-exit":
@@ -97,26 +131,43 @@ class HumanView:
         elif kind == "summary":
             if self.on_terminal():
                 self.echo("")
+            if _is_udp(ev):
+                self._udp_summary(ev)
+                return
             self.echo(f"summary: {render_stats(ev)}")
             self.echo(f"  protocol errors: {render_counts(ev['protocol_errors'])}; "
                       f"connection errors: {render_counts(ev['errors'])}; idle closed {ev['idle_closed']}; "
                       f"accept paused {ev['accept_paused']}x; worker restarts {ev['worker_restarts']}; "
                       f"ran {ev['duration']:.1f} s")
 
+    def _udp_summary(self, ev: dict) -> None:
+        self.echo(f"summary: {render_datagrams(ev)}")
+        for row in ev.get("workers_detail") or ():
+            drops = "?" if row["kernel_drops"] is None else f"{row['kernel_drops']:,}"
+            self.echo(f"  worker {row['worker']}: received {row['datagrams_in']:,}, answered {row['datagrams_out']:,}, "
+                      f"send dropped {row['send_dropped']:,}, kernel dropped {drops}")
+        self.echo(f"  send errors: {render_counts(ev['send_errors'])}; receive errors: "
+                  f"{render_counts(ev['recv_errors'])}; worker restarts {ev['worker_restarts']}; "
+                  f"ran {ev['duration']:.1f} s")
+
     def _stats(self, ev: dict) -> None:
         """A timestamped line with rates; nothing while nothing changes (one "idle" line said once)."""
         now = self.clock()
         errs = _errors(ev)
-        same = all(ev.get(k, 0) == self.prev.get(k, 0) for k in ACTIVITY) and errs == self.prev.get("_errs", 0)
+        udp = _is_udp(ev)
+        keys = UDP_ACTIVITY if udp else ACTIVITY
+        same = all(ev.get(k, 0) == self.prev.get(k, 0) for k in keys) and errs == self.prev.get("_errs", 0)
         stamp = time.strftime("%H:%M:%S")
         if same:
             if not self.idle_said:
-                self.echo(f"{stamp} stats: idle (open {ev['open']}); next line when something happens")
+                held = "" if udp else f" (open {ev['open']})"
+                self.echo(f"{stamp} stats: idle{held}; next line when something happens")
                 self.idle_said = True
             self.prev_at = now
             return
-        self.echo(f"{stamp} stats: {render_rates(ev, self.prev, now - self.prev_at)}")
-        self.prev = {**{k: ev.get(k, 0) for k in ACTIVITY}, "_errs": errs}
+        render = render_datagram_rates if udp else render_rates
+        self.echo(f"{stamp} stats: {render(ev, self.prev, now - self.prev_at)}")
+        self.prev = {**{k: ev.get(k, 0) for k in keys + ("bytes_in", "bytes_out")}, "_errs": errs}
         self.prev_at = now
         self.idle_said = False
 

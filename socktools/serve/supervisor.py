@@ -9,7 +9,8 @@ Supervision (uvicorn-style): the parent binds -- with several workers, one
 SO_REUSEPORT socket per worker on the same port (see :func:`bind_listeners`);
 with ``--unix``, one socket all workers share (see :func:`bind_unix`) --
 and starts the workers through :class:`socktools.core.procs.Supervisor`,
-each serving its own socket.  Each worker sends its statistics to the parent
+each serving its own socket.  With ``--udp`` the sockets are UDP sockets and the workers
+:class:`socktools.serve.udp.UdpWorker`: the same binding, supervision and signals.  Each worker sends its statistics to the parent
 over its pipe every second, so a worker that dies loses at most a second of
 counts; the parent reports the death, keeps the dead worker's last counts,
 and starts a replacement on the same socket (unless workers keep dying right
@@ -39,7 +40,8 @@ from socktools.addresses import format_addr, resolve
 from socktools.core import procs
 from socktools.core.signals import SignalQueue, watch_stdin_eof
 from socktools.serve.config import ServeConfig
-from socktools.serve.stats import ServerStats
+from socktools.kernel.udpstats import socket_drops
+from socktools.serve.stats import DatagramStats, ServerStats, stats_class
 from socktools.serve.worker import Worker
 from socktools.tlsconf import fingerprint, server_context
 
@@ -82,24 +84,29 @@ def bind_listener(config: ServeConfig, *, port: Optional[int] = None, reuseport:
         family, sockaddr = resolve(config.host, port, passive=True)
     except OSError as exc:
         raise ServeError(errors.one_line(exc, f"resolve --host {config.host!r}")) from None
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(family, socket.SOCK_DGRAM if config.udp else socket.SOCK_STREAM)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if not config.udp:
+            # TCP: rebind over TIME-WAITs of a previous run.  Not for UDP, where it would let
+            # a second server bind the same port and silently take half its datagrams.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if reuseport:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6 and hasattr(socket, "IPV6_V6ONLY"):
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         _set_buffers(sock, config)
         sock.bind(sockaddr)
-        sock.listen(config.backlog)
+        if not config.udp:
+            sock.listen(config.backlog)
     except OSError as exc:
         sock.close()
         where = format_addr(sockaddr)
         if exc.errno == errno.EADDRINUSE:
+            find = "--udp" if config.udp else "--listen"
             raise ServeError(
                 f"cannot listen on {where}: EADDRINUSE - address already in use: another process is "
-                f"listening there. Find it with `socktools sockets --listen --port {port}`, "
-                f"stop it, or choose another port (--port 0 picks a free one).") from None
+                f"{'bound' if config.udp else 'listening'} there. Find it with `socktools sockets {find} "
+                f"--port {port}`, stop it, or choose another port (--port 0 picks a free one).") from None
         if exc.errno == errno.EADDRNOTAVAIL:
             raise ServeError(f"cannot listen on {where}: {errors.one_line(exc, during='bind')}") from None
         if exc.errno in (errno.EACCES, errno.EPERM):
@@ -207,7 +214,9 @@ def _remove_own_path(path: str, ident) -> None:
 
 
 def bind_listeners(config: ServeConfig) -> list[socket.socket]:
-    """One listening socket, or with several workers one SO_REUSEPORT socket per worker.
+    """One listening socket, or with several workers one SO_REUSEPORT socket per worker
+    (with ``--udp``: UDP sockets, bound the same way; the kernel spreads datagrams over the
+    group by the hash of their 4-tuple, so one client's datagrams all reach one worker).
 
     Per-worker sockets let the kernel spread new connections evenly over the
     workers by hashing the 4-tuple; one shared socket would let whichever
@@ -234,9 +243,10 @@ def _listening_event(config: ServeConfig, sock: socket.socket, tls: Optional[dic
     addr = sock.getsockname()
     cap = somaxconn()
     where = {"unix": config.unix} if config.unix is not None else {"host": addr[0], "port": addr[1]}
+    # a UDP socket has no accept queue: no backlog, and "udp" says what kind of server this is
+    kind = {"udp": True} if config.udp else {"backlog": min(config.backlog, cap) if cap else config.backlog}
     return {"event": "listening", **where, "address": format_addr(addr if config.unix is None else config.unix),
-            "mode": config.mode, "workers": config.workers, "pid": os.getpid(),
-            "backlog": min(config.backlog, cap) if cap else config.backlog,
+            "mode": config.mode, "workers": config.workers, "pid": os.getpid(), **kind,
             "rcvbuf": sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
             "sndbuf": sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF),
             **({"tls": tls} if tls is not None else {})}
@@ -289,6 +299,7 @@ def serve(config: ServeConfig, on_event: Callable[[dict], None]) -> ServerStats:
     signals = SignalQueue((signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)).install()
     try:
         on_event(_listening_event(config, socks[0], tls_info))
+        per_worker = None
         if config.workers == 1:
             total = _serve_in_process(config, socks[0], on_event, signals)
             restarts = 0
@@ -296,6 +307,7 @@ def serve(config: ServeConfig, on_event: Callable[[dict], None]) -> ServerStats:
             sup = _Supervisor(config, socks, on_event, signals)
             total = sup.serve()
             restarts = sup.restarts
+            per_worker = sup.per_worker() if config.udp else None
     finally:
         signals.close()
         for sock in socks:
@@ -305,7 +317,8 @@ def serve(config: ServeConfig, on_event: Callable[[dict], None]) -> ServerStats:
         if made:
             shutil.rmtree(made, ignore_errors=True)   # the throwaway certificate and its key
     summary = {"event": "summary", **total.to_dict(), "worker_restarts": restarts,
-               "duration": round(time.monotonic() - started, 3)}
+               "duration": round(time.monotonic() - started, 3),
+               **({"workers_detail": per_worker} if per_worker is not None else {})}
     on_event(summary)
     return total
 
@@ -314,10 +327,30 @@ def _serve_in_process(config: ServeConfig, sock: socket.socket, on_event,
                       signals: SignalQueue) -> ServerStats:
     def report(kind: str, stats: dict) -> None:
         if kind == "stats":
+            if config.udp:
+                stats = with_kernel_drops(DatagramStats.from_dict(stats), [sock]).to_dict()
             on_event({"event": "stats", **stats})
 
-    worker = Worker(config, sock, index=0, report=report if config.stats_interval else None)
-    return worker.run(signals=signals)
+    worker = _worker_class(config)(config, sock, index=0, report=report if config.stats_interval else None)
+    return with_kernel_drops(worker.run(signals=signals), [sock])
+
+
+def _worker_class(config: ServeConfig):
+    """What serves a socket: TCP connections (:class:`Worker`) or datagrams (``--udp``)."""
+    if config.udp:
+        from socktools.serve.udp import UdpWorker
+        return UdpWorker
+    return Worker
+
+
+def with_kernel_drops(stats, socks: list):
+    """``stats`` with the datagrams the kernel dropped at ``socks`` (their full receive buffers:
+    sk_drops, counted since each was bound) -- for ``--udp`` counts; TCP counts unchanged.  Read
+    from the sockets the supervisor holds, not from the workers: a replacement worker serves
+    the same socket, and a count per worker life would say those drops twice."""
+    if isinstance(stats, DatagramStats):
+        stats.kernel_drops = sum(socket_drops(sock) or 0 for sock in socks)
+    return stats
 
 
 # --------------------------------------------------------------------- workers
@@ -340,7 +373,8 @@ def _worker_main(pipe: Any, config: ServeConfig, sock: socket.socket, index: int
         except (BrokenPipeError, OSError):
             worker.request_stop(force=True)  # parent is gone
 
-    worker = Worker(config, sock, index=index, report=report, report_interval=WORKER_REPORT_INTERVAL)
+    worker = _worker_class(config)(config, sock, index=index, report=report,
+                                   report_interval=WORKER_REPORT_INTERVAL)
 
     def check_parent() -> None:
         if procs.orphaned():
@@ -365,8 +399,10 @@ class _Supervisor(procs.Supervisor):
         self.config = config
         self.socks = socks
         self.on_event = on_event
+        self.stats_class = stats_class(config.udp)
         self.counts: dict[int, ServerStats] = {}   # worker index -> its latest counts
-        self.retired = ServerStats()               # the last counts of workers that ended
+        self.retired = self.stats_class()          # the last counts of workers that ended
+        self.retired_by: dict[int, Any] = {}       # worker index -> the counts of its ended lives
         self.restarts = 0
         self.crashes: list[float] = []             # when workers died right after their start
 
@@ -378,7 +414,19 @@ class _Supervisor(procs.Supervisor):
         total = self.retired
         for counts in self.counts.values():
             total = total.add(counts)
-        return total
+        return with_kernel_drops(total, self.socks)
+
+    def per_worker(self) -> list:
+        """Each worker's counts over all its lives, with the kernel's drops at its own socket
+        (None when the workers share one socket: the kernel's count is not per worker then)."""
+        own = len(self.socks) == self.config.workers
+        out = []
+        for i in range(self.config.workers):
+            counts = self.retired_by.get(i, self.stats_class()).add(self.counts.get(i, self.stats_class()))
+            row = {"worker": i, **counts.to_dict()}
+            row["kernel_drops"] = (socket_drops(self.socks[i]) or 0) if own else None
+            out.append(row)
+        return out
 
     def _begin(self) -> None:
         for i in range(self.config.workers):
@@ -389,7 +437,7 @@ class _Supervisor(procs.Supervisor):
             watch_stdin_eof(self.loop, self._stdin_closed)
 
     def _start(self, index: int) -> None:
-        self.counts[index] = ServerStats()
+        self.counts[index] = self.stats_class()
         self.spawn(index, _worker_main, self.config, self.socks[index % len(self.socks)], index)
 
     def _periodic(self) -> None:
@@ -403,7 +451,7 @@ class _Supervisor(procs.Supervisor):
     # ------------------------------------------------------------ hooks
     def on_message(self, child: procs.Child, msg: Any) -> None:
         kind, data = msg
-        self.counts[child.index] = ServerStats.from_dict(data)
+        self.counts[child.index] = self.stats_class.from_dict(data)
 
     def stop_child(self, child: procs.Child, force: bool) -> None:
         child.signal(FORCE_SIGNAL if force else signal.SIGTERM)
@@ -413,7 +461,8 @@ class _Supervisor(procs.Supervisor):
             child.signal(signum)  # SIGUSR1: sink workers start reading
 
     def on_exit(self, child: procs.Child) -> None:
-        last = self.counts.pop(child.index, ServerStats())
+        last = self.counts.pop(child.index, self.stats_class())
+        self.retired_by[child.index] = self.retired_by.get(child.index, self.stats_class()).add(last)
         lost = last.open
         if lost > 0:
             # Its last report still counts connections open that died with the process (the
@@ -441,5 +490,6 @@ class _Supervisor(procs.Supervisor):
         self.on_event({"event": "worker-exit", "worker": child.index, "pid": child.pid, "how": how,
                        "restarting": True, "lost_connections": lost,
                        "message": f"worker {child.index} (pid {child.pid}) died ({how}); "
-                                  f"its {lost} open connection(s) were lost; starting a replacement"})
+                                  + ("starting a replacement on its socket" if self.config.udp else
+                                     f"its {lost} open connection(s) were lost; starting a replacement")})
         self._start(child.index)

@@ -55,7 +55,7 @@ from socktools.serve.protocols import PROTOCOLS
 from socktools.serve.stats import ServerStats
 from socktools.tlsconf import server_context
 
-__all__ = ["Worker"]
+__all__ = ["LoopWorker", "Worker", "stop_signals"]
 
 log = logging.getLogger("socktools.serve.worker")
 
@@ -69,7 +69,78 @@ _UCRED = struct.Struct("3i")
 DEADLINE_SWEEP = 1.0
 
 
-class Worker:
+class LoopWorker:
+    """What every serve worker shares -- TCP connections (:class:`Worker`) or datagrams
+    (:class:`socktools.serve.udp.UdpWorker`): a loop run until ``stopped``, the stop
+    signals, periodic and final reports.  A subclass sets ``config``, ``report``,
+    ``report_interval``, ``loop``, ``stopped`` and ``force_signal``, and gives
+    :meth:`start`, :meth:`request_stop`, :meth:`snapshot` and :meth:`_on_signal`."""
+
+    config: ServeConfig
+    loop: Loop
+    stopped: bool
+    force_signal: Optional[int]
+    report: Optional[Callable[[str, dict], None]]
+    report_interval: Optional[float]
+
+    def run(self, *, signals: Optional[SignalQueue] = None, install_signals: bool = True,
+            handle_sigint: bool = True, force_signal: Optional[int] = None):
+        """Serve until a stop signal (or :meth:`request_stop`) has been handled; return stats.
+
+        ``signals`` is a queue the caller installed already (and closes); without
+        one the worker installs its own for the run.  A supervised worker passes
+        ``handle_sigint=False``: a Ctrl-C on the terminal reaches the whole
+        process group, and only the supervisor decides what it means (it then
+        sends SIGTERM to its workers).  It passes ``force_signal`` too: then only that
+        signal aborts, and SIGTERM always means drain -- a SIGTERM to the whole process group
+        (systemd, ``kill -- -PGID``) reaches a worker twice, itself and forwarded.
+        """
+        self.start()
+        own = None
+        if signals is None and install_signals:
+            signals = own = stop_signals(handle_sigint, force_signal)
+        self.force_signal = force_signal
+        if signals is not None:
+            signals.attach(self.loop, self._on_signal)
+        if self.report and self.report_interval:
+            self.loop.call_later(self.report_interval, self._periodic)
+        if self.config.stop_on_stdin_eof:
+            watch_stdin_eof(self.loop, self._stdin_closed)
+        try:
+            self.loop.run(until=lambda: self.stopped)
+        finally:
+            self.loop.close()
+            if own is not None:
+                own.close()
+        final = self.snapshot()
+        if self.report:
+            self.report("final", final.to_dict())
+        return final
+
+    def start(self) -> None:
+        """Register the worker's sockets and timers with the loop, before it runs."""
+        raise NotImplementedError
+
+    def request_stop(self, force: bool = False) -> None:
+        raise NotImplementedError
+
+    def snapshot(self):
+        raise NotImplementedError
+
+    def _on_signal(self, signum: int) -> None:
+        raise NotImplementedError
+
+    def _periodic(self) -> None:
+        if self.report:
+            self.report("stats", self.snapshot().to_dict())
+        self.loop.call_later(self.report_interval, self._periodic)
+
+    def _stdin_closed(self) -> None:
+        log.info("stdin closed: stopping")
+        self.request_stop()
+
+
+class Worker(LoopWorker):
     """Serve connections from ``listener`` until stopped.
 
     ``report(kind, stats_dict)`` receives periodic (``"stats"``) and final
@@ -104,47 +175,14 @@ class Worker:
             self.budget = RequestBudget(config.buffer_budget, config.request_timeout)
 
     # ------------------------------------------------------------ lifecycle
-    def run(self, *, signals: Optional[SignalQueue] = None, install_signals: bool = True,
-            handle_sigint: bool = True, force_signal: Optional[int] = None) -> ServerStats:
-        """Serve until a stop signal (or :meth:`request_stop`) has been handled; return stats.
-
-        ``signals`` is a queue the caller installed already (and closes); without
-        one the worker installs its own for the run.  A supervised worker passes
-        ``handle_sigint=False``: a Ctrl-C on the terminal reaches the whole
-        process group, and only the supervisor decides what it means (it then
-        sends SIGTERM to its workers).  It passes ``force_signal`` too: then only that
-        signal aborts, and SIGTERM always means drain -- a SIGTERM to the whole process group
-        (systemd, ``kill -- -PGID``) reaches a worker twice, itself and forwarded.
-        """
+    def start(self) -> None:
         self.listener.setblocking(False)
         self._start_accepting()
-        own = None
-        if signals is None and install_signals:
-            queued = ((signal.SIGTERM, signal.SIGUSR1) + ((signal.SIGINT,) if handle_sigint else ())
-                      + ((force_signal,) if force_signal is not None else ()))
-            signals = own = SignalQueue(queued, ignore=() if handle_sigint else (signal.SIGINT,)).install()
-        self.force_signal = force_signal
-        if signals is not None:
-            signals.attach(self.loop, self._on_signal)
         if self.config.idle_timeout:
             self.loop.set_idle_timeout(self.config.idle_timeout)
             self.loop.on_idle_close = self._idle_close
-        if self.report and self.report_interval:
-            self.loop.call_later(self.report_interval, self._periodic)
         if self.budget is not None and self.budget.timeout:
             self.loop.call_later(self._sweep_every, self._sweep_deadlines)
-        if self.config.stop_on_stdin_eof:
-            watch_stdin_eof(self.loop, self._stdin_closed)
-        try:
-            self.loop.run(until=lambda: self.stopped)
-        finally:
-            self.loop.close()
-            if own is not None:
-                own.close()
-        final = self.snapshot()
-        if self.report:
-            self.report("final", final.to_dict())
-        return final
 
     def request_stop(self, force: bool = False) -> None:
         """First call drains; a second (or ``force``) aborts every connection."""
@@ -319,14 +357,14 @@ class Worker:
                 return      # the same stop again (see run): only force_signal aborts
             self.request_stop()
 
-    def _periodic(self) -> None:
-        if self.report:
-            self.report("stats", self.snapshot().to_dict())
-        self.loop.call_later(self.report_interval, self._periodic)
 
-    def _stdin_closed(self) -> None:
-        log.info("stdin closed: stopping")
-        self.request_stop()
+
+def stop_signals(handle_sigint: bool, force_signal: Optional[int]) -> SignalQueue:
+    """A worker's own signal queue, installed: SIGTERM and SIGUSR1, SIGINT unless supervised
+    (then ignored: the supervisor decides what a Ctrl-C means), and the force signal."""
+    queued = ((signal.SIGTERM, signal.SIGUSR1) + ((signal.SIGINT,) if handle_sigint else ())
+              + ((force_signal,) if force_signal is not None else ()))
+    return SignalQueue(queued, ignore=() if handle_sigint else (signal.SIGINT,)).install()
 
 
 def _unix_peer(sock: socket.socket) -> Any:
