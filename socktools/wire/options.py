@@ -16,7 +16,7 @@ __all__ = ["WireSpec", "WireOptionError", "templates", "reply_match", "EOLS", "S
 
 #: Command-line flags whose config field is spelled otherwise.
 _FIELDS = {"--send": "sends", "--command": "commands", "--path": "paths", "--header": "headers",
-           "--protocol": "plugin", "--accept-status": "accept_status"}
+           "--protocol": "plugin", "--protocol-option": "plugin_options", "--accept-status": "accept_status"}
 
 
 class WireOptionError(OptionError):
@@ -52,6 +52,7 @@ class WireSpec:
     body: bytes = b""
     accept_status: tuple = ()
     plugin: Optional[str] = None            # "package.module:Name"
+    plugin_options: tuple = ()              # --protocol-option KEY=VALUE texts, as typed
     host: str = "127.0.0.1"                 # the target, for HTTP's Host header
 
     @property
@@ -62,7 +63,10 @@ class WireSpec:
         """What each connection sends, as JSON data for reports: texts as typed (escapes and
         placeholders unexpanded), a ``--send-file`` as its size and its first bytes."""
         if self.plugin:
-            return {"mode": "plugin", "plugin": self.plugin, "commands": list(self.commands)}
+            # option values as typed, but never a password or secret in a report
+            options = {k: "(hidden)" if any(w in k.lower() for w in ("pass", "secret")) else v
+                       for k, _, v in (t.partition("=") for t in self.plugin_options)}
+            return {"mode": "plugin", "plugin": self.plugin, "commands": list(self.commands), "options": options}
         from socktools.wire import modes
         return {"mode": self.mode, **modes.get(self.mode).summary(self)}
 
