@@ -19,8 +19,8 @@ EHLO_REPLY = (b"250-test.invalid Hello localhost [127.0.0.1]\r\n250-SIZE 5242880
               b"250-PIPELINING\r\n250-PIPECONNECT\r\n250-CHUNKING\r\n250-STARTTLS\r\n250-SMTPUTF8\r\n250 HELP\r\n")
 NOOP_OK = b"250 OK\r\n"
 NONMAIL = b"554 Too many nonmail commands\r\n"
-#: MAIL, RCPT, then BDAT LAST's reply (Exim answers a last chunk in two lines).
-TRANSACTION_OK = (b"250 OK\r\n250 Accepted\r\n250- 22 byte chunk, total 22\r\n"
+#: RSET, MAIL, RCPT, then BDAT LAST's reply (Exim answers a last chunk in two lines).
+TRANSACTION_OK = (b"250 Reset OK\r\n250 OK\r\n250 Accepted\r\n250- 22 byte chunk, total 22\r\n"
                   b"250 OK id=1xa4R9-0001GO-1x\r\n")
 MAIL = "MAIL FROM:<a@test.invalid> RCPT TO:<b@test.invalid>"
 
@@ -126,13 +126,13 @@ def test_a_whole_transaction_is_one_request_and_one_reply(how):
     proto = Smtp((MAIL.replace("RCPT", "RCPT TO:<c@test.invalid> RCPT", 1),))
     request = proto.request(7, 2)
     head, message = request.split(b" LAST\r\n", 1)
-    assert head.split(b"\r\n")[:3] == [b"MAIL FROM:<a@test.invalid>", b"RCPT TO:<c@test.invalid>",
+    assert head.split(b"\r\n")[:4] == [b"RSET", b"MAIL FROM:<a@test.invalid>", b"RCPT TO:<c@test.invalid>",
                                        b"RCPT TO:<b@test.invalid>"]
     assert head.endswith(b"BDAT %d" % len(message))
     assert b"Subject: socktools 7\r\n" in message and b"To: <c@test.invalid>, <b@test.invalid>\r\n" in message
     p = proto.parser()
-    three = b"250 OK\r\n250 Accepted\r\n" + TRANSACTION_OK[8:]      # MAIL, two RCPTs, BDAT
-    assert feed(p, three * 2, how) == 2
+    two = TRANSACTION_OK.replace(b"250 Accepted\r\n", b"250 Accepted\r\n" * 2)   # two RCPTs
+    assert feed(p, two * 2, how) == 2
     assert p.buffered == 0 and not p.failures
 
 
@@ -140,7 +140,9 @@ def test_a_whole_transaction_is_one_request_and_one_reply(how):
 def test_a_refused_recipient_fails_the_transaction_by_its_code(how):
     proto = Smtp((MAIL,))
     p = proto.parser()
-    refused = b"250 OK\r\n550 Administrative prohibition\r\n554 5.5.1 no valid recipients\r\n"
+    refused = (b"250 Reset OK\r\n250 OK\r\n550 Administrative prohibition\r\n"
+               b"503-All RCPT commands were rejected with this error:\r\n503-Administrative prohibition\r\n"
+               b"503 Valid RCPT command must precede BDAT\r\n")
     assert feed(p, refused + TRANSACTION_OK, how) == 2
     assert [(f.kind, f.detail) for f in p.failures] == [("smtp-5xx", "550 Administrative prohibition")]
     assert proto.tally == {"5xx": 1, "2xx": 1}
@@ -159,7 +161,7 @@ def test_the_servers_close_after_n_commands_is_a_reconnect_not_a_failure(how):
 
 def test_a_421_in_the_middle_of_a_transaction_ends_it():
     p = Smtp((MAIL,)).parser()
-    assert p.feed(b"250 OK\r\n421 shutting down\r\n") == 1
+    assert p.feed(b"250 Reset OK\r\n250 OK\r\n421 shutting down\r\n") == 1
     assert p.closing and not p.failures
     with pytest.raises(WireError) as caught:
         p.feed(b"250 OK\r\n")
@@ -168,7 +170,7 @@ def test_a_421_in_the_middle_of_a_transaction_ends_it():
 
 def test_a_554_in_a_transaction_is_a_failure_not_a_close():
     p = Smtp((MAIL,)).parser()
-    assert p.feed(b"554 sender refused\r\n503 no sender\r\n503 no recipients\r\n") == 1
+    assert p.feed(b"250 Reset OK\r\n554 sender refused\r\n503 no sender\r\n503 no recipients\r\n") == 1
     assert not p.closing and [f.detail for f in p.failures] == ["554 sender refused"]
 
 

@@ -13,13 +13,16 @@ refuses the connection with the server's own words), then ``EHLO`` and its multi
 ``250`` reply.  A request is one command line (``NOOP`` by default) or a whole mail
 transaction, sent at once and answered by one reply per command.
 
-Why a transaction goes as ``MAIL``, ``RCPT``, ``BDAT <size> LAST`` + the message (CHUNKING,
-RFC 3030) and not ``DATA``: after ``DATA`` a client must wait for ``354`` before sending the
+Why a transaction goes as ``RSET``, ``MAIL``, ``RCPT``, ``BDAT <size> LAST`` + the message
+(CHUNKING, RFC 3030) and not ``DATA``: after ``DATA`` a client must wait for ``354`` before sending the
 message (RFC 2920 3.1), and a request is sent whole.  Exim answers a message sent on the
 heels of ``DATA`` with ``554 SMTP synchronization error`` and hangs up; ``BDAT`` carries the
 message's length, so the server never mistakes it for commands, even when it refused the
 sender.  So a transaction needs a server that offers PIPELINING and CHUNKING (Exim 4.88+,
-Postfix 3.4+): the opening checks the EHLO reply.
+Postfix 3.4+): the opening checks the EHLO reply.  The leading ``RSET`` keeps transactions
+apart: when Exim refuses a ``BDAT`` (no valid recipient) the sender stays given, and the
+next ``MAIL`` would be answered ``503 sender already given`` -- its message then sent with
+the previous sender.  Exim does not count an RSET among a mail flow as a non-mail command.
 
 Replies are framed by SMTP's rules (RFC 5321 4.2: ``250-`` continues, ``250 `` ends).  A
 ``4xx``/``5xx`` reply is a failure named by its code (``smtp-5xx``, ``550 5.1.1 ...``).
@@ -201,8 +204,8 @@ class Smtp(WireProtocol):
                              or len({len(t[1]) for t in transactions}) != 1):
             raise ValueError("rotate either simple commands or transactions with as many recipients each: "
                              "a reply is counted by how many replies each request owes")
-        #: SMTP replies per request: one per simple command; MAIL, each RCPT and BDAT.
-        self.group = len(transactions[0][1]) + 2 if transactions else 1
+        #: SMTP replies per request: one per simple command; RSET, MAIL, each RCPT and BDAT.
+        self.group = len(transactions[0][1]) + 3 if transactions else 1
         self.transactions = bool(transactions)
         self.tally: dict = {}
         self.whole = WholeReplies()
@@ -223,7 +226,7 @@ class Smtp(WireProtocol):
         for key, value in fill.items():
             body = body.replace(key, value)
         data = body.encode("utf-8")
-        lines = [f"MAIL FROM:<{sender}>"] + [f"RCPT TO:<{r}>" for r in recipients] + [f"BDAT {len(data)} LAST"]
+        lines = ["RSET", f"MAIL FROM:<{sender}>", *(f"RCPT TO:<{r}>" for r in recipients), f"BDAT {len(data)} LAST"]
         return ("\r\n".join(lines) + "\r\n").encode("utf-8") + data
 
     def opening(self) -> SmtpOpening:
@@ -237,8 +240,8 @@ class Smtp(WireProtocol):
 
 
 class SmtpParser(Parser):
-    """One reply per request: ``group`` SMTP replies (1 for a simple command; MAIL, RCPTs, BDAT
-    for a transaction).  The group's first 4xx/5xx is its failure; a close ends it early."""
+    """One reply per request: ``group`` SMTP replies (1 for a simple command; RSET, MAIL, RCPTs,
+    BDAT for a transaction).  The group's first 4xx/5xx is its failure; a close ends it early."""
 
     def __init__(self, group: int = 1, simple: bool = True, whole: Optional[WholeReplies] = None,
                  tally: Optional[dict] = None) -> None:
