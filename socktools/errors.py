@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 
 __all__ = ["Explanation", "EXPLANATIONS", "lookup", "lookup_text", "suggest", "explain_exception",
            "errno_name", "one_line", "PEER_CLOSED", "PROTOCOL_ERROR", "TIMEOUT", "NO_REPLY", "OptionError",
-           "SOCKET", "CONNECT", "SEND", "RECV", "INTERNAL", "PHASES", "tls_key", "TLS_PLAINTEXT_TO_TLS",
+           "SOCKET", "CONNECT", "SEND", "RECV", "INTERNAL", "PHASES", "OPEN", "OPENING_REFUSED", "tls_key", "TLS_PLAINTEXT_TO_TLS",
            "TLS_TO_PLAINTEXT", "tls_hint"]
 
 #: Where a connection failed: the I/O core sets ``conn.failed_in`` to one of
@@ -28,7 +28,9 @@ SEND = "send"
 RECV = "recv"
 #: A connection ended by an exception from its protocol's own code (a bug), not the kernel.
 INTERNAL = "internal"
-PHASES = (SOCKET, CONNECT, SEND, RECV, INTERNAL)
+#: The opening conversation (a greeting, a login: flood's --greeting, --setup, a plug-in's).
+OPEN = "open"
+PHASES = (SOCKET, CONNECT, SEND, RECV, INTERNAL, OPEN)
 
 
 class OptionError(ValueError):
@@ -62,6 +64,7 @@ PEER_CLOSED = "peer-closed"
 PROTOCOL_ERROR = "protocol-error"
 TIMEOUT = "timeout"
 NO_REPLY = "no-reply"
+OPENING_REFUSED = "opening-refused"
 
 _TABLE = [
     _e("EAGAIN", "BlockingIOError",
@@ -222,6 +225,15 @@ EXPLANATIONS[NO_REPLY] = Explanation(
     ("the server went silent or stopped reading", "the server answers slower than the drain waits",
      "the server closed connections with requests in flight"),
     "check the server with `socktools sockets --port P` (is its Recv-Q growing?) and its log")
+EXPLANATIONS[OPENING_REFUSED] = Explanation(
+    OPENING_REFUSED, None, "socktools.wire.opening.OpeningFailed",
+    "the server refused the opening conversation (its greeting, a login, a setup command): its own "
+    "words are tallied with the count",
+    ("a wrong or missing password (-NOAUTH, -WRONGPASS, password authentication failed)",
+     "a setup command the server does not take", "a greeting other than --greeting-match expects",
+     "the server turns connections away (421 too many connections)"),
+    "read the server's words in the report; check --setup (the password, the command) and "
+    "--greeting-match against what the server says")
 EXPLANATIONS[TIMEOUT] = Explanation(
     TIMEOUT, None, "TimeoutError / socket.timeout",
     "no answer within the timeout",

@@ -132,9 +132,9 @@ class Certs:
         return ctx
 
 
-def _exchange(port: int, request: bytes, parser, tls=None, unix: Optional[Path] = None) -> list:
+def _exchange(port: int, request: bytes, parser, tls=None, unix: Optional[Path] = None, replies: int = 1) -> list:
     """One blocking request through a wire parser (over TLS with ``tls``, an SSLContext; to the
-    Unix socket ``unix`` when given); its decoded replies."""
+    Unix socket ``unix`` when given); its decoded replies (``replies`` of them awaited)."""
     parser.keep = []
     if unix is not None:
         raw = socket.socket(socket.AF_UNIX)
@@ -145,7 +145,7 @@ def _exchange(port: int, request: bytes, parser, tls=None, unix: Optional[Path] 
     with raw:
         s = tls.wrap_socket(raw, server_hostname="127.0.0.1") if tls is not None else raw
         s.sendall(request)
-        while not parser.keep:
+        while len(parser.keep) < replies:
             data = s.recv(65536)
             if not data:
                 break
@@ -156,13 +156,15 @@ def _exchange(port: int, request: bytes, parser, tls=None, unix: Optional[Path] 
 class Redis(_Peer):
     """With ``tls`` (a :class:`Certs`), only a TLS port (``port``): no plaintext one;
     ``auth_clients`` requires client certificates signed by the CA (mutual TLS).  With
-    ``unix``, only a Unix socket, ``tmp/redis.sock`` (mode 700), and no TCP port."""
+    ``unix``, only a Unix socket, ``tmp/redis.sock`` (mode 700), and no TCP port.  With
+    ``password``, ``requirepass``: :meth:`command` logs in (AUTH) before each command."""
 
     name = "redis-server"
 
     def __init__(self, tmp: Path, port: Optional[int] = None, tls: Optional[Certs] = None,
-                 auth_clients: bool = False, unix: bool = False) -> None:
+                 auth_clients: bool = False, unix: bool = False, password: Optional[str] = None) -> None:
         binary = skip_unless("redis-server")
+        self.password = password
         self.port = port or free_port()
         self.tls, self.auth_clients = tls, auth_clients
         listen = ["--port", str(self.port)]
@@ -175,12 +177,16 @@ class Redis(_Peer):
                       "--tls-auth-clients", "yes" if auth_clients else "no"]
         self.cmd = [binary, *listen, "--bind", "127.0.0.1", "--save", "",
                     "--appendonly", "no", "--dir", str(tmp), "--daemonize", "no", "--loglevel", "warning"]
+        if password is not None:
+            self.cmd += ["--requirepass", password]
 
     def command(self, *args: str):
         from socktools.wire.redis import RespParser, encode_command
         ctx = self.tls.client_context(client_cert=self.auth_clients) if self.tls else None
-        return _exchange(self.port, encode_command([a.encode() for a in args]), RespParser(), ctx,
-                         self.unix)[0].fields["value"]
+        request = encode_command([a.encode() for a in args])
+        login = encode_command([b"AUTH", self.password.encode()]) if self.password is not None else b""
+        replies = _exchange(self.port, login + request, RespParser(), ctx, self.unix, 2 if login else 1)
+        return replies[-1].fields["value"]
 
     def calls(self) -> dict:
         """``{"ping": 120, "set": 7}`` from INFO commandstats (the server's own count)."""

@@ -6,7 +6,7 @@ import click
 
 from socktools.cli._common import BYTESIZE
 
-__all__ = ["wire_options", "wire_spec", "WIRE_PARAMS"]
+__all__ = ["wire_options", "wire_spec", "WIRE_PARAMS", "opening_options", "OPENING_PARAMS"]
 
 _OPTIONS = [
     click.option("--send", "sends", multiple=True, metavar="TEXT",
@@ -48,12 +48,27 @@ _OPTIONS = [
                  help="A keyword argument for the --protocol class (repeatable), e.g. user=bob."),
 ]
 
+#: The built-in opening conversation (flood's; the modes registry says which modes take them).
+_OPENING_OPTIONS = [
+    click.option("--greeting", is_flag=True,
+                 help="raw/line/redis: wait for the server's first message (SMTP's 220, FTP's banner) "
+                      "before anything is sent on a connection; framed as the mode frames replies."),
+    click.option("--greeting-match", metavar="REGEX", default=None,
+                 help="Check the greeting against REGEX (implies --greeting); one that does not match "
+                      "refuses the connection with the greeting's words."),
+    click.option("--setup", "setups", multiple=True, metavar="TEXT",
+                 help="raw/line/redis: send TEXT once per connection before the measured requests, "
+                      "await its reply and check it (redis: a command line, e.g. 'AUTH s3cret'; an "
+                      "error reply refuses; line: a 4xx/5xx line refuses).  Repeat: sent in order."),
+]
+OPENING_PARAMS = ("greeting", "greeting_match", "setups")
+
 WIRE_PARAMS = ("sends", "send_file", "reply_until", "reply_bytes", "reply_prefix", "reply_prefix_adjust",
                "reply_until_close", "no_reply", "reply_match", "eol", "commands", "method", "paths", "headers", "body",
                "accept_status", "plugin", "plugin_options")
 
 
-_NAMES = {"sends": "--send", "commands": "--command", "paths": "--path", "headers": "--header",
+_NAMES = {"setups": "--setup", "sends": "--send", "commands": "--command", "paths": "--path", "headers": "--header",
           "plugin": "--protocol", "plugin_options": "--protocol-option"}
 
 
@@ -63,7 +78,14 @@ def option_name(param: str) -> str:
 
 def given_params(ctx) -> list:
     """The exchange options the user typed (not left at their defaults)."""
-    return [p for p in WIRE_PARAMS if ctx.get_parameter_source(p) is not click.core.ParameterSource.DEFAULT]
+    return [p for p in WIRE_PARAMS + OPENING_PARAMS if p in ctx.params
+            and ctx.get_parameter_source(p) is not click.core.ParameterSource.DEFAULT]
+
+
+def opening_options(f):
+    for opt in reversed(_OPENING_OPTIONS):
+        f = opt(f)
+    return f
 
 
 def wire_options(f):
@@ -110,4 +132,6 @@ def wire_spec(mode: str, host: str, params: dict, **extra):
                     method=params.get("method") or "GET", paths=tuple(params.get("paths") or ()),
                     headers=tuple(params.get("headers") or ()), body=body_bytes,
                     accept_status=tuple(params.get("accept_status") or ()), plugin=params.get("plugin"),
-                    plugin_options=tuple(params.get("plugin_options") or ()), host=host, **extra)
+                    plugin_options=tuple(params.get("plugin_options") or ()),
+                    host=host, greeting=bool(params.get("greeting")), greeting_match=params.get("greeting_match"),
+                    setups=tuple(params.get("setups") or ()), **extra)

@@ -12,7 +12,7 @@ from socktools.cli._common import (BYTESIZE, DURATION, EXIT_FAILED, EXIT_THRESHO
                                    MAX_CONNS, MAX_COUNT, MAX_PROCESSES, PORT, RATE, build_config, check_target,
                                    die, LazyChoice, LazyOption, parse_address_range, unix_option, warn_target)
 from socktools.cli._outputs import output_options, write_outputs
-from socktools.cli._wire import given_params, option_name, wire_options, wire_spec
+from socktools.cli._wire import given_params, opening_options, option_name, wire_options, wire_spec
 from socktools.optional import PACKAGES
 
 EPILOG = """\b
@@ -20,7 +20,8 @@ Examples:
   socktools flood --conns 500                      # starts its own echo server, 10 s
   socktools flood --mode framed --conns 200 --rate 2000 --duration 5s
   socktools flood --port 65432 --conns 1000 --workers 2 --json
-  socktools flood --mode connect --conns 50 --duration 3s   # connect/close churn
+  socktools flood --mode connect --conns 50 --duration 3s   # connect/close churn (echo --churn 1)
+  socktools flood --mode echo --churn 10 --duration 3s      # a new connection every 10 requests
   socktools flood --conns 60000 --source 127.0.0.2-127.0.0.9 --rate 1000
   socktools flood --interval 1s --threshold 'p99<5ms' --threshold errors==0
   socktools flood --duration 30s --report run.html --hgrm run.hgrm --json > run.json
@@ -39,6 +40,9 @@ Your own server (give its --port):
   socktools flood --port 9000 --mode raw --send 'tick\\n' --no-reply --rate 50000
   socktools flood --port 8080 --mode raw --send 'GET / HTTP/1.0\\r\\n\\r\\n' --reply-until-close
   socktools flood --port 11211 --protocol socktools.examples.memcached:Memcached --command 'get k{conn}'
+  socktools flood --port 6379 --mode redis --setup 'AUTH s3cret' --setup 'SELECT 2' --command 'GET k'
+  socktools flood --port 21 --mode line --greeting-match '^220' --send NOOP --eol crlf
+  socktools flood --port 8080 --mode http --churn 1 --conns 50   # one request per connection
 
 \b
 A server on a Unix-domain socket (no --host/--port/--source/--cluster; HTTP's Host: localhost):
@@ -111,16 +115,21 @@ EXIT_SIGTERM = 128 + 15
               help="Run the worker shards as tasks on a Dask cluster: a scheduler's address, or "
                    "local:N for N local processes.  --workers then counts shards [default: one "
                    f"per Dask worker thread].  Needs Dask ({PACKAGES['dask'].install}).")
+@click.option("--churn", type=int, default=None, metavar="N",
+              help="Open a new connection after every N requests on one (1: one request per "
+                   "connection; the confirming one counts), with its opening each time; the report "
+                   "gives connects/s, opens/s and requests/s apart.  --mode connect is echo --churn 1.")
 @click.option("--json", "as_json", is_flag=True, help="Print the final result as one JSON document.")
 @click.option("--yes", "--force", "yes", is_flag=True,
               help="Run even when the plan says it will not fit this machine (far more processes "
                    "than CPUs, more memory than is available, too few file descriptors).")
 @wire_options
+@opening_options
 @output_options
 @click.pass_context
 def command(ctx, host, port, unix, conns, workers, mode, pipeline, size, action, value, duration, requests, rate,
-            connect_rate, connect_timeout, source, server_workers, interval, stages, cluster, as_json, yes, outputs,
-            **wire_params):
+            connect_rate, connect_timeout, source, server_workers, interval, stages, cluster, churn, as_json, yes,
+            outputs, **wire_params):
     """Load a TCP server with many concurrent connections and report what happened.
 
     Opens --conns connections over --workers processes (each confirmed by a
@@ -189,7 +198,7 @@ def command(ctx, host, port, unix, conns, workers, mode, pipeline, size, action,
                           requests=requests, rate=rate, connect_rate=connect_rate,
                           connect_timeout=connect_timeout, sources=sources, interval=tick,
                           embedded=embedded, server_workers=server_workers or 0,
-                          wire=spec, pipeline=pipeline, cluster=cluster, stages=stages or ())
+                          wire=spec, pipeline=pipeline, cluster=cluster, stages=stages or (), churn=churn)
     _run(config, as_json=as_json, rows=interval is not None, outputs=outputs, yes=yes)
 
 

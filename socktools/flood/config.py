@@ -107,6 +107,7 @@ class FloodConfig:
     pipeline: int = 1                       # requests in flight per connection
     cluster: Optional[str] = None           # shards on Dask: "local:N" or a scheduler address
     stages: tuple = ()                      # load stages (a "10s:100,..." text, parsed here)
+    churn: Optional[int] = None             # a new connection after every N requests (None: keep)
 
     def __post_init__(self) -> None:
         # OptionError names the field, which is also the CLI option (the CLI says which one).
@@ -144,6 +145,15 @@ class FloodConfig:
             raise OptionError("pipeline", f"pipeline must be 1 to {MAX_PIPELINE}")
         if self.pipeline > 1 and self.mode == "connect":
             raise OptionError("pipeline", "connect mode sends one request per connection: no --pipeline")
+        if self.churn is not None:
+            if self.churn < 1:
+                raise OptionError("churn", "churn must be >= 1 (requests per connection)")
+            if self.mode == "connect":
+                raise OptionError("churn", "connect mode is churn already (one echo per connection): "
+                                           "give --mode echo --churn N for N per connection")
+            if self.pipeline > self.churn:
+                raise OptionError("pipeline", f"--pipeline {self.pipeline} is more than a connection carries "
+                                              f"with --churn {self.churn}")
         if self.wire is not None and self.wire.name != self.exchange_mode:
             raise OptionError("mode", f"the exchange options are for {self.wire.name}, the mode is {self.mode}")
         if self.embedded and self.mode not in ("echo", "framed", "connect"):
@@ -154,6 +164,8 @@ class FloodConfig:
                                           "no --pipeline")
         if not proto.replies and self.rate is None:
             raise WireOptionError("--no-reply", "a write-only stream needs --rate (requests/s)")
+        if not proto.replies and self.churn:
+            raise OptionError("churn", "a write-only stream has no answers to count: no --churn with --no-reply")
         if self.cluster is not None:
             try:
                 kind, _ = parse_cluster(self.cluster)

@@ -32,7 +32,7 @@ from socktools.flood.session import Session, Slot, owed
 from socktools.core.loop import Connection, Protocol
 from socktools.wire.base import WireError
 
-__all__ = ["Confirm", "Traffic", "FixedLoop", "ClosedLoop", "Retiring"]
+__all__ = ["Confirm", "Traffic", "FixedLoop", "ClosedLoop", "ChurnLoop", "Retiring", "Opener"]
 
 _get_ctx = operator.attrgetter("ctx")
 _get_got = operator.attrgetter("got")
@@ -60,11 +60,14 @@ class Confirm(Protocol):
 
     def connection_made(self, conn: Connection) -> None:
         s = self.s
+        if s.opens and s.open(conn, self):   # the opening conversation first (the Opener)
+            return
         slot, now = self.made(conn)
         if not self.proto.replies:   # write-only: the handshake is all the confirmation there is
             s.confirmed(conn, now)
             return
         slot.sent = now
+        slot.budget -= 1             # (--churn: the confirming request is one of the connection's)
         conn.write(s.request(slot))
         s.confirm_sent()
 
@@ -123,7 +126,10 @@ class Traffic(Confirm):
     def connection_made(self, conn: Connection) -> None:
         """A reconnection (:meth:`Session.renew`) is up: time its connect, go on sending."""
         s = self.s
-        ramp = conn.ctx.state == lc.RAMPING    # --stages: one more of the ramp, not a reconnection
+        if s.opens and s.open(conn, self):     # the opening conversation first (the Opener)
+            return
+        # --stages: one more of the ramp, not a reconnection
+        ramp = conn.ctx.state.partition("/")[0] == lc.RAMPING
         slot, now = self.made(conn)
         if not ramp:
             self.opening -= 1
@@ -136,7 +142,8 @@ class Traffic(Confirm):
             conn.close()
 
     def connection_lost(self, conn: Connection, exc: Optional[BaseException]) -> None:
-        if conn.ctx.parser is None and conn.ctx.state == lc.REOPENING:   # a reconnection that never connected
+        # a reconnection that was never made (not connected, or still in its opening)
+        if conn.ctx.parser is None and conn.ctx.state.partition("/")[0] == lc.REOPENING:
             self.opening -= 1
         self.s.lost(conn, exc)
 
@@ -196,22 +203,30 @@ class Traffic(Confirm):
         (``closing``: the same requests, in order), then as a fresh connection does."""
         backlog = slot.backlog
         if backlog:
-            slot.backlog = None
-            k = len(backlog)
+            k = min(len(backlog), slot.budget)     # (--churn: what one connection may carry)
+            for _ in range(k):
+                backlog.pop()
+            if not backlog:
+                slot.backlog = None
+            slot.budget -= k
             self.sent += k
             slot.times = _deque([now] * k)
             conn.write(b"".join([self.s.request(slot) for _ in range(k)]))
-            if self.left > 0 and k < self.pipeline:
+            if self.left > 0 and k < self.pipeline and slot.budget > 0:
                 self._send(conn, slot, min(self.pipeline - k, self.left), now)
         elif self.left > 0:
             self.send_first(conn, now)
 
     def closing(self, conn: Connection, slot: Slot) -> bool:
-        """The last reply announced the server's close: reconnect (True: ``conn`` is done).
+        """The last reply announced the server's close, or (--churn) the connection carried its
+        requests and has every answer: reconnect (True: ``conn`` is done).
         Requests pipelined past the close go to the replacement's queue: it sends those very
         requests first (:meth:`Session.unsend`), in the traffic and in the drain alike."""
         if not slot.parser.closing:
-            return False
+            if slot.budget > 0 or slot.times:    # (--churn: not yet, or answers still owed)
+                return False
+            self._renew(conn, must=bool(slot.backlog))
+            return True
         if slot.times and self.s.phase in ("traffic", "drain"):
             slot.backlog = _deque([0] * self.s.unsend(slot))
         self._renew(conn, must=bool(slot.backlog))
@@ -242,7 +257,13 @@ class Traffic(Confirm):
         self._send(conn, slot, k, now)
 
     def _send(self, conn: Connection, slot: Slot, k: int, now: int) -> None:
-        """``k`` requests now, in one write."""
+        """``k`` requests now, in one write (--churn: as many as the connection may still carry)."""
+        budget = slot.budget
+        if k >= budget:
+            k = budget
+            if k <= 0:
+                return
+        slot.budget = budget - k
         s = self.s
         self.left -= k
         self.sent += k
@@ -459,6 +480,36 @@ class ClosedLoop(Traffic):
         if out_c:
             # Every connection answered: the poll's own list (write_batch knows its fds already).
             out_c[0].loop.write_batch(conns if len(out_c) == len(conns) else out_c, out_d)
+
+
+class ChurnLoop(ClosedLoop):
+    """--churn N in the closed loop: every connection carries N requests (its confirming one
+    included), then, with every answer in, is replaced (:meth:`Traffic.closing`) -- the
+    opening conversation and all.  No batch path: a connection's count is checked per reply,
+    and the connects, not the replies, are what a churn run measures."""
+
+    data_batch = None
+
+
+class Opener(Protocol):
+    """What a connection runs during its opening conversation (``conn.set_protocol``): the
+    session feeds the server's bytes to the connection's :class:`~socktools.wire.opening.Opening`
+    and, once it is done, hands the connection to the loop that opened it.  No ``data_batch``:
+    an opening is a handful of reads, and the traffic loops' hot paths carry no check for it."""
+
+    def __init__(self, session: Session) -> None:
+        self.s = session
+
+    def data_received(self, conn: Connection, data: bytes) -> None:
+        self.s.opening_data(conn, data)
+
+    def eof_received(self, conn: Connection) -> None:
+        from socktools import errors
+        self.s.abort(conn, errors.OPEN, errors.PEER_CLOSED,
+                     ConnectionError("the peer closed the connection during the opening"))
+
+    def connection_lost(self, conn: Connection, exc: Optional[BaseException]) -> None:
+        conn.ctx.then.connection_lost(conn, exc)    # the loop that opened it settles its counts
 
 
 class Retiring(Protocol):

@@ -14,6 +14,7 @@ from typing import Optional
 from socktools.core.loop import Connection
 from socktools.flood import stages as stg
 from socktools.flood.exchange import Traffic
+from socktools.flood.lifecycle import TRAFFIC
 from socktools.flood.session import Session, Slot
 
 __all__ = ["OpenLoop", "WriteOnly", "HIGH_WATER"]
@@ -127,6 +128,7 @@ class OpenLoop(Traffic):
         lag = s.rec["send_lag"]
         pipeline = self.pipeline
         cap = self.cap
+        opens = s.opens
         while self.left:
             if cap is not None and self.scheduled >= cap:
                 return  # the ramped schedule is complete; the duration timer ends the phase
@@ -147,7 +149,10 @@ class OpenLoop(Traffic):
             if conn.closed:
                 continue  # its connection is gone: the request is not sent
             slot: Slot = conn.ctx
-            if slot.times and len(slot.times) >= pipeline:
+            # Queued: the pipeline is full, the connection carried its --churn requests, or it
+            # is not yet through its opening (a replacement, the ramp: it sends them once made).
+            if ((slot.times and len(slot.times) >= pipeline) or slot.budget <= 0
+                    or (opens and slot.state != TRAFFIC)):
                 if slot.backlog is None:
                     slot.backlog = _deque()
                 slot.backlog.append(due)
@@ -156,6 +161,7 @@ class OpenLoop(Traffic):
         s.end_traffic()
 
     def _send_due(self, conn: Connection, slot: Slot, due: int, now: int) -> None:
+        slot.budget -= 1
         if slot.times is None:
             slot.times = _deque()
             slot.dues = _deque()
@@ -180,7 +186,7 @@ class OpenLoop(Traffic):
                 s.answered(n)
             return
         backlog = slot.backlog
-        while backlog and len(times) < self.pipeline:
+        while backlog and len(times) < self.pipeline and slot.budget > 0:
             # Queued sends were scheduled inside the traffic window: they go out
             # even during the drain, and their latency counts from their due time.
             self._send_due(conn, slot, backlog.popleft(), now)
@@ -209,7 +215,7 @@ class OpenLoop(Traffic):
     def resume(self, conn: Connection, slot: Slot, now: int) -> None:
         """A reconnection sends what the pacer queued for its predecessor."""
         backlog = slot.backlog
-        while backlog and (not slot.times or len(slot.times) < self.pipeline):
+        while backlog and (not slot.times or len(slot.times) < self.pipeline) and slot.budget > 0:
             self._send_due(conn, slot, backlog.popleft(), now)
 
 

@@ -22,7 +22,8 @@ __all__ = ["to_json", "render_table", "render_live", "render_interval_header", "
 HDR_UNIT = "ns"
 
 _LATENCY_ROWS = (("latency", "round trip"), ("latency_uncorrected", "  uncorrected"),
-                 ("connect", "connect"), ("first_reply", "first reply"), ("send_lag", "send lag"))
+                 ("connect", "connect"), ("first_reply", "first reply"), ("send_lag", "send lag"),
+                 ("open", "opening"))
 
 
 def format_us(us: Optional[float]) -> str:
@@ -66,6 +67,44 @@ def _connect_rate(result: FloodResult) -> float:
         return _rate(c["established"], traffic_seconds(t))
     span = t.phases.get("connect")
     return _rate(c["established"], (span[1] - span[0]) / 1e9) if span else 0.0
+
+
+def _open_rate(result: FloodResult) -> float:
+    """Openings completed per second: over the traffic when connections are opened during it
+    (--churn, --stages), else over the connect phase (as the connections' own rate)."""
+    t = result.totals
+    c = t.counters
+    if result.config.churn or result.config.stages:
+        return _rate(c["traffic_opened"], traffic_seconds(t))
+    span = t.phases.get("connect")
+    return _rate(c["opened"], (span[1] - span[0]) / 1e9) if span else 0.0
+
+
+def _opening(cfg) -> Optional[str]:
+    """The opening conversation in words (None: the protocol has none)."""
+    from socktools import wire
+    try:
+        op = wire.build(cfg.wire_spec).opening() if cfg.mode != "connect" else None
+    except Exception:  # a plug-in whose opening cannot even be made still gets a report
+        return "the plug-in's opening"
+    if op is None:
+        return None
+    return op.describe() or "the protocol's own"
+
+
+#: Words of a refused reply and what to give flood for it (the server asks for a login).
+_LOGIN_HINTS = (("NOAUTH", "the server wants a password: give --setup 'AUTH PASSWORD' (redis), sent once "
+                           "per connection before the measured requests"),)
+
+
+def hints(t: st.Totals) -> list:
+    """What the failures say to do, when they say it plainly (every reply a NOAUTH)."""
+    out = []
+    for prefix, hint in _LOGIN_HINTS:
+        if any(d.startswith(prefix) for table in (t.reply_failures, t.confirm_reply_failures)
+               for details in table.values() for d in details):
+            out.append(hint)
+    return out
 
 
 def describe(cfg) -> str:
@@ -160,6 +199,7 @@ def _body(result: FloodResult) -> dict:
     c = t.counters
     secs = traffic_seconds(t)
     tb_out, tb_in = _traffic_bytes(result)
+    opening = _opening(cfg)
     hists = {}
     for name, _ in _LATENCY_ROWS:
         summary = st.summarize(t.histograms.get(name))
@@ -189,6 +229,11 @@ def _body(result: FloodResult) -> dict:
                         "cycles": c["cycles"] if cfg.mode == "connect" else None,
                         "reconnects": c["reconnects"],
                         "per_second": round(_connect_rate(result), 1)},
+        "churn": {"every": cfg.churn, "connections": c["reconnects"],
+                  "per_second": round(_rate(c["reconnects"], secs), 1)} if cfg.churn else None,
+        "opening": {"described": opening, "opened": c["opened"], "refused": c["refused"],
+                    "refusals": dict(t.refusals), "per_second": round(_open_rate(result), 1)}
+        if opening else None,
         "requests": {"sent": c["requests"], "answered": c["responses"], "unanswered": c["unanswered"],
                      "traffic_sent": c["traffic_requests"], "traffic_answered": c["traffic_responses"],
                      "per_second": round(_rate(c["traffic_responses"], secs), 1),
@@ -214,6 +259,7 @@ def _body(result: FloodResult) -> dict:
         "confirm_reply_classes": dict(t.confirm_reply_classes),
         "server_check": server_check(result),
         "warnings": list(result.warnings),
+        "hints": hints(t),
         "notes": list(result.plan.notes),
         "crashed": list(result.crashed),
         "workers": [{"worker": s.worker, "conns": s.conns, "established": s.established,
@@ -286,10 +332,24 @@ def render_table(result: FloodResult, checked: Optional[list] = None) -> str:
         conn_line += f" · {_n(c['lost'])} lost later"
     if c["cancelled"]:
         conn_line += f" · {_n(c['cancelled'])} cancelled"
-    if c["reconnects"]:
+    if c["reconnects"] and not cfg.churn:
         conn_line += f" · {_n(c['reconnects'])} reconnects (closed by the server after a reply)"
     conn_line += f" · {_n(_connect_rate(result))}/s"
     lines.append(conn_line)
+    if cfg.churn:
+        churn_line = (f"churn        a new connection every {cfg.churn:,} request(s): {_n(c['reconnects'])} "
+                      f"in the traffic")
+        if secs >= 0.05:
+            churn_line += f" · {_n(_rate(c['reconnects'], secs))} connects/s"
+        lines.append(churn_line)
+    opening = _opening(cfg)
+    if opening:
+        open_line = f"opening      {opening}: {_n(c['opened'])} opened · {_n(_open_rate(result))}/s"
+        if c["refused"]:
+            open_line += f" · {_n(c['refused'])} refused by the server:"
+        lines.append(open_line)
+        for words, n in sorted(t.refusals.items(), key=lambda kv: -kv[1])[:10]:
+            lines.append(f"  {n:>8,}  {words}")
     measured = secs >= 0.05  # rates of a phase that hardly ran would be noise
     write_only = cfg.wire is not None and cfg.wire.no_reply
     if cfg.mode != "connect" and c["established"] and write_only:
@@ -381,6 +441,8 @@ def render_table(result: FloodResult, checked: Optional[list] = None) -> str:
         lines.append(f"note: {note}")
     for warning in result.warnings:
         lines.append(f"warning: {warning}")
+    for hint in hints(t):
+        lines.append(f"hint: {hint}")
     if checked:
         lines.append("")
         lines.extend(render_thresholds(checked))

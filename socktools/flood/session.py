@@ -40,6 +40,7 @@ from socktools.flood import stats as st
 from socktools.flood.config import FloodConfig
 from socktools.flood.requests import RequestMaker
 from socktools.wire.base import SAMPLE_BYTES, WireError, WireProtocol
+from socktools.wire.opening import OpeningFailed
 
 __all__ = ["Session", "Slot", "owed", "NO_QUOTA"]
 
@@ -60,9 +61,9 @@ class Slot:
     moved by the session's verbs only."""
 
     __slots__ = ("index", "started", "got", "sent", "due", "backlog", "parser", "times", "dues",
-                 "count", "confirmed", "failed", "state")
+                 "count", "confirmed", "failed", "state", "budget", "opening", "then", "opened")
 
-    def __init__(self, index: int, started: int, state: str = lc.CONNECTING) -> None:
+    def __init__(self, index: int, started: int, state: str = lc.CONNECTING, budget: int = NO_QUOTA) -> None:
         self.index = index
         self.started = started
         self.got = 0            # fixed-size replies: bytes of the current one received
@@ -78,6 +79,10 @@ class Slot:
         # connection of the ramp joins the traffic as it is made (no confirming round trip).
         self.confirmed = state == lc.REOPENING or state == lc.RAMPING
         self.failed = False
+        self.budget = budget    # --churn: requests this connection may still send (then replaced)
+        self.opening = None     # its opening conversation, while it runs (wire.opening.Opening)
+        self.then = None        # ... and the protocol that takes the connection once it is done
+        self.opened = 0         # when the opening started (ns)
 
 
 def owed(slot: Slot) -> int:
@@ -116,8 +121,15 @@ class Session:
         self.fixed_request = self.maker.fixed
         self.request = self.maker.request    # (bound once: one call per request, as before)
         self.requests = self.maker.requests
-        # A reply may announce the server's close (HTTP): the traffic loops then reconnect.
-        self.may_close = proto.may_close
+        # --churn N: a new connection after every N requests (the confirming one included).
+        self.budget = config.churn or NO_QUOTA
+        # A reply may announce the server's close (HTTP), or --churn may end a connection: the
+        # traffic loops then reconnect.
+        self.may_close = proto.may_close or bool(config.churn)
+        # The opening conversation of every connection (None: none), and the protocol that runs
+        # it (the exchange loops' Opener, given by the worker).
+        self.opens = proto.opening() is not None
+        self.opener: Any = None
 
     @property
     def phase(self) -> str:
@@ -145,7 +157,7 @@ class Session:
     def opening(self, index: int) -> Slot:
         """Connection ``index`` is about to be opened: one attempt more; its slot."""
         self.stats.attempted += 1
-        return Slot(index, self.clock())
+        return Slot(index, self.clock(), lc.CONNECTING, self.budget)
 
     def open_failed(self, exc: OSError) -> None:
         """A connection could not even be started (no socket, no source port...)."""
@@ -155,14 +167,14 @@ class Session:
 
     def reopening(self, index: int) -> Slot:
         """A replacement for connection ``index`` is about to be opened (traffic or drain)."""
-        return Slot(index, self.clock(), lc.REOPENING)
+        return Slot(index, self.clock(), lc.REOPENING, self.budget)
 
     def ramp_opening(self, index: int) -> Slot:
         """``--stages``: connection ``index`` is about to be opened, one more of the ramp: an
         attempt, made straight into the traffic (no confirming round trip: the traffic's first
         reply is its confirmation, as for a replacement)."""
         self.stats.attempted += 1
-        return Slot(index, self.clock(), lc.RAMPING)
+        return Slot(index, self.clock(), lc.RAMPING, self.budget)
 
     def retire(self, conn: Any, protocol: Any) -> None:
         """``--stages``: the ramp goes down: ``conn`` sends nothing more.  With nothing owed it
@@ -200,17 +212,86 @@ class Session:
         self.machine.fire("connected")
 
     # ------------------------------------------------------------ a connection's life
-    def made(self, conn: Any) -> tuple:
-        """The handshake of ``conn`` completed: its connect time counted; (slot, now)."""
-        slot: Slot = conn.ctx
-        now = self.clock()
+    def _connected(self, slot: Slot, now: int) -> None:
+        """The TCP connect of ``slot`` completed: its time, and one connection more."""
         self.rec["connect"].record(now - slot.started)
         self.stats.connected += 1
-        if slot.state == lc.RAMPING:
+
+    def made(self, conn: Any) -> tuple:
+        """``conn`` is ready for its first request (connected, and its setup done): its connect
+        time counted unless a setup phase counted it already; (slot, now)."""
+        slot: Slot = conn.ctx
+        now = self.clock()
+        if not lc.in_setup(slot.state):
+            self._connected(slot, now)
+        if slot.state.partition("/")[0] == lc.RAMPING:
             self.stats.established += 1     # a connection of the ramp is up: it joins the traffic
         if lc.step(slot, "made") == lc.TRAFFIC and self.machine.state == lc.DRAIN:
             lc.step(slot, "drain")          # a replacement made after the traffic ended
         return slot, now
+
+    # ------------------------------------------------------------ the opening conversation
+    def open(self, conn: Any, then: Any) -> bool:
+        """The protocol's opening conversation starts on ``conn`` (connected; after TLS when
+        there is TLS), run by ``self.opener`` until it is done, then ``then`` takes ``conn``
+        (its ``connection_made`` again).  False: ``conn`` is through its opening already."""
+        slot: Slot = conn.ctx
+        if slot.state.rpartition("/")[2] == lc.OPENING:
+            return False
+        now = self.clock()
+        if not lc.in_setup(slot.state):
+            self._connected(slot, now)
+        lc.step(slot, "open")
+        slot.opened = now
+        slot.then = then
+        op = slot.opening = self.proto.opening()
+        conn.set_protocol(self.opener)
+        out = op.data_to_send()
+        if out:
+            conn.write(out)
+        return True
+
+    def opening_data(self, conn: Any, data: bytes) -> None:
+        """The server's bytes during the opening: fed to it; what it says next is sent; once it
+        is done, its time is counted and the connection goes on as ``made``."""
+        slot: Slot = conn.ctx
+        op = slot.opening
+        try:
+            op.receive_data(data)
+        except OpeningFailed as exc:
+            self.refused(conn, exc)
+            return
+        except WireError as exc:
+            self.broken(conn, exc.kind, f"in the opening: {exc}", errors.OPEN)
+            return
+        out = op.data_to_send()
+        if out:
+            conn.write(out)
+        if not op.done:
+            return
+        now = self.clock()
+        self.rec["open"].record(now - slot.opened)
+        s = self.stats
+        s.opened += 1
+        if self.machine.state == lc.TRAFFIC:
+            s.traffic_opened += 1
+        leftover = op.leftover()
+        slot.opening = None
+        then = slot.then
+        if leftover:    # the server spoke before it was asked: not an answer to anything
+            self.broken(conn, "unsolicited", f"{len(leftover)} byte(s) arrived after the opening, before "
+                                             f"any request", errors.OPEN)
+            return
+        conn.set_protocol(then)
+        then.connection_made(conn)
+
+    def refused(self, conn: Any, exc: OpeningFailed) -> None:
+        """The server refused the opening: the connection ends, tallied by the server's words."""
+        s = self.stats
+        s.refused += 1
+        words = exc.words if (exc.words in s.refusals or len(s.refusals) < MAX_DETAILS) else "(other)"
+        s.refusals[words] = s.refusals.get(words, 0) + 1
+        self.abort(conn, errors.OPEN, errors.OPENING_REFUSED, exc)
 
     def confirm_sent(self) -> None:
         """A connection's first, confirming request went out."""
@@ -228,12 +309,12 @@ class Session:
                 self.stats.samples[f.kind] = f.sample[:SAMPLE_BYTES].decode("latin-1")
         failures.clear()
 
-    def broken(self, conn: Any, kind: str, message: str) -> None:
+    def broken(self, conn: Any, kind: str, message: str, phase: str = errors.RECV) -> None:
         """The peer broke the protocol: count the kind, end this connection."""
         pe = self.stats.protocol_errors
         pe[kind] = pe.get(kind, 0) + 1
         from socktools.protocol import RemoteProtocolError
-        self.abort(conn, "recv", errors.PROTOCOL_ERROR, RemoteProtocolError(message, kind))
+        self.abort(conn, phase, errors.PROTOCOL_ERROR, RemoteProtocolError(message, kind))
 
     def abort(self, conn: Any, phase: str, key: str, exc: BaseException) -> None:
         slot = conn.ctx
@@ -300,7 +381,7 @@ class Session:
         """Every connection ends here, whoever closed it."""
         slot: Slot = conn.ctx
         s = self.stats
-        never_made = slot.state == lc.RAMPING
+        never_made = slot.state.partition("/")[0] == lc.RAMPING
         lc.step(slot, "closed")
         if exc is not None and conn.failed_in is not None and not slot.failed:
             slot.failed = True

@@ -41,7 +41,7 @@ _SUB_BITS = 11
 _HALF_BITS = 10
 
 #: Histograms a worker keeps, by name.
-HISTOGRAMS = ("connect", "first_reply", "latency", "latency_uncorrected", "send_lag")
+HISTOGRAMS = ("connect", "first_reply", "latency", "latency_uncorrected", "send_lag", "open")
 
 
 def counts_index(value: int) -> int:
@@ -256,7 +256,11 @@ class WorkerStats:
     scheduled: int = 0             # --rate: sends scheduled by the pacer
     late: int = 0                  # --no-reply: due but not sent (the connection's buffer was full)
     max_buffered: int = 0          # --no-reply: most unsent bytes one connection held in flood
-    reconnects: int = 0            # connections reopened after the server's clean close
+    reconnects: int = 0            # connections reopened after the server's clean close (or --churn)
+    opened: int = 0                # opening conversations completed (--greeting, --setup, a plug-in's)
+    traffic_opened: int = 0        # ... of them, during the traffic (replacements, --churn, the ramp)
+    refused: int = 0               # openings the server refused (each ends its connection)
+    refusals: dict = field(default_factory=dict)         # the server's words -> count (bounded)
     resent: int = 0                # pipelined past such a close (never answered): sent again
     rss_start: int = 0             # bytes, before opening connections
     rss_connected: int = 0         # bytes, after the connect phase
@@ -303,12 +307,13 @@ class Totals:
     reply_classes: dict = field(default_factory=dict)    # HTTP status class -> count
     confirm_reply_failures: dict = field(default_factory=dict)
     confirm_reply_classes: dict = field(default_factory=dict)
+    refusals: dict = field(default_factory=dict)         # the server's words -> count (openings)
 
 
 _SUMMED = ("conns", "attempted", "connected", "established", "failed", "cancelled", "lost", "open_at_end",
            "cycles", "requests", "responses", "confirm_requests", "confirm_responses", "traffic_requests",
            "traffic_responses", "unanswered", "bytes_out", "bytes_in", "connect_bytes_out",
-           "connect_bytes_in", "scheduled", "late", "reconnects", "resent")
+           "connect_bytes_in", "scheduled", "late", "reconnects", "resent", "opened", "traffic_opened", "refused")
 
 
 def merge(stats: Iterable[WorkerStats]) -> Totals:
@@ -325,7 +330,10 @@ def merge(stats: Iterable[WorkerStats]) -> Totals:
     cclasses: dict = {}
     hists: dict = {}
     phases: dict = {}
+    refusals: dict = {}
     for s in stats:
+        for words, n in s.refusals.items():
+            refusals[words] = refusals.get(words, 0) + n
         merge_tally(errs, s.errors)
         for kind, n in s.protocol_errors.items():
             perrs[kind] = perrs.get(kind, 0) + n
@@ -351,4 +359,4 @@ def merge(stats: Iterable[WorkerStats]) -> Totals:
                   traffic_wall_max=max((s.traffic_wall for s in stats), default=0.0),
                   stopped_early=any(s.stopped_early for s in stats),
                   reply_failures=rfail, samples=samples, reply_classes=classes,
-                  confirm_reply_failures=cfail, confirm_reply_classes=cclasses)
+                  confirm_reply_failures=cfail, confirm_reply_classes=cclasses, refusals=refusals)

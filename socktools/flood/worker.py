@@ -100,6 +100,8 @@ def _choose(session: Session, quota: Optional[int]) -> "exchange.Traffic":
         return paced.WriteOnly(session, quota)
     if cfg.rate is not None:
         return paced.OpenLoop(session, quota)
+    if cfg.churn:
+        return exchange.ChurnLoop(session, quota)
     if (cfg.pipeline == 1 and proto.fixed_request is not None and proto.reply_size is not None):
         return exchange.FixedLoop(session, quota)
     return exchange.ClosedLoop(session, quota)
@@ -139,6 +141,7 @@ class _Worker:
         self.cycle_quota: Optional[int] = None
         self.tick_seq = 0
         self.confirm = exchange.Confirm(self.session)
+        self.session.opener = exchange.Opener(self.session)
         self.pump_timer = None
         self._pumping = False
         self._repump = False
@@ -348,13 +351,14 @@ class _Worker:
         pending = self.pending
         while pending:
             slot, conn = pending[0]
-            if conn.closed or (slot.confirmed and not conn.connecting):
+            if conn.closed or (slot.confirmed and not conn.connecting and not lc.in_setup(slot.state)):
                 pending.popleft()
                 continue
             if slot.started > limit:
                 break
             pending.popleft()
-            phase = "connect" if conn.connecting else "recv"
+            # (an opening that never finishes is bounded by the same timeout)
+            phase = "connect" if conn.connecting else errors.OPEN if lc.in_setup(slot.state) else "recv"
             self._abort(conn, phase, errors.TIMEOUT, TimeoutError(
                 f"no reply within the connect timeout ({self.config.connect_timeout:g}s)"))
         if not self.session.done:

@@ -41,6 +41,9 @@ class Mode:
     #: takes nearly anything (line: any text with a newline): ``--decode auto`` picks it only
     #: once every other decoder has failed, and drops it at the first chunk that is not text
     catch_all: bool = False
+    #: "module:function": (spec, protocol) -> a factory of the built-in opening (--greeting,
+    #: --setup), framed and judged by this mode's parser; None: the mode takes no opening
+    opener: Optional[str] = None
 
     def build(self, spec: Any) -> Any:
         return _load(self.builder)(spec)
@@ -56,6 +59,10 @@ class Mode:
         parser.keep = []
         return parser
 
+    def opening(self, spec: Any, proto: Any) -> Any:
+        """The built-in opening's factory for ``spec`` (``proto.opening``)."""
+        return _load(self.opener)(spec, proto)
+
     def may_start(self, first: int) -> bool:
         """Could a stream of this protocol start with byte ``first``?"""
         return self.starts is None or _load(self.starts)(first)
@@ -70,6 +77,10 @@ def _load(ref: str) -> Callable:
     return getattr(importlib.import_module(module), name)
 
 
+#: The built-in opening's options (socktools.wire.options.OPENING_FLAGS, spelled here: this
+#: module imports nothing): the modes whose replies have words take them.
+_OPENING = ("--greeting", "--greeting-match", "--setup")
+
 #: Every built-in exchange, in the order the help lists them.
 MODES: tuple = (
     Mode("echo", "payloads that must come back whole (--size)", ("--size",),
@@ -80,15 +91,18 @@ MODES: tuple = (
          rules="the framed protocol (docs/protocol.md)"),
     Mode("raw", "your --send bytes, replies framed by --reply-*",
          ("--send", "--send-file", "--reply-until", "--reply-bytes", "--reply-prefix",
-          "--reply-prefix-adjust", "--reply-until-close", "--no-reply", "--reply-match"),
+          "--reply-prefix-adjust", "--reply-until-close", "--no-reply", "--reply-match", *_OPENING),
          "socktools.wire.raw:build_raw", "socktools.wire.raw:summary_raw",
-         rules="the reply framing you chose ({exchange})"),
-    Mode("line", "one line each way (--send, --eol)", ("--send", "--send-file", "--eol", "--reply-match"),
+         rules="the reply framing you chose ({exchange})", opener="socktools.wire.raw:opening_raw"),
+    Mode("line", "one line each way (--send, --eol)",
+         ("--send", "--send-file", "--eol", "--reply-match", *_OPENING),
          "socktools.wire.raw:build_line", "socktools.wire.raw:summary_line",
+         opener="socktools.wire.raw:opening_line",
          decoder="socktools.wire.raw:line_stream_parser", starts="socktools.wire.raw:line_may_start",
          rules="the line protocol (one reply line, ending in a newline, per request)", catch_all=True),
-    Mode("redis", "RESP commands (--command)", ("--command",),
+    Mode("redis", "RESP commands (--command)", ("--command", *_OPENING),
          "socktools.wire.redis:build", "socktools.wire.redis:summary",
+         opener="socktools.wire.redis:opening",
          decoder="socktools.wire.redis:stream_parser", starts="socktools.wire.redis:may_start",
          rules="RESP, the Redis protocol (a reply starts with + - : $ * and its lines end in CRLF)"),
     Mode("http", "HTTP/1.1 keep-alive (--method, --path, --header, --body, --accept-status)",

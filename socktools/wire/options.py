@@ -11,11 +11,12 @@ from typing import Optional
 from socktools.errors import OptionError
 from socktools.wire.escapes import EscapeError, Template, typed_bytes
 
-__all__ = ["WireSpec", "WireOptionError", "templates", "reply_match", "EOLS", "SEND_FILE_SHOWN"]
+__all__ = ["WireSpec", "WireOptionError", "templates", "reply_match", "EOLS", "SEND_FILE_SHOWN",
+           "opening_steps", "OPENING_FLAGS"]
 
 
 #: Command-line flags whose config field is spelled otherwise.
-_FIELDS = {"--send": "sends", "--command": "commands", "--path": "paths", "--header": "headers",
+_FIELDS = {"--setup": "setups", "--send": "sends", "--command": "commands", "--path": "paths", "--header": "headers",
            "--protocol": "plugin", "--protocol-option": "plugin_options", "--accept-status": "accept_status"}
 
 
@@ -54,6 +55,14 @@ class WireSpec:
     plugin: Optional[str] = None            # "package.module:Name"
     plugin_options: tuple = ()              # --protocol-option KEY=VALUE texts, as typed
     host: str = "127.0.0.1"                 # the target, for HTTP's Host header
+    greeting: bool = False                  # the opening: wait for the server's first message
+    greeting_match: Optional[str] = None    # ... and check it (a regex; implies greeting)
+    setups: tuple = ()                      # ... then these messages, each reply awaited and judged
+
+    @property
+    def opens(self) -> bool:
+        """A built-in opening was asked for (--greeting, --greeting-match, --setup)."""
+        return self.greeting or self.greeting_match is not None or bool(self.setups)
 
     @property
     def name(self) -> str:
@@ -68,7 +77,11 @@ class WireSpec:
                        for k, _, v in (t.partition("=") for t in self.plugin_options)}
             return {"mode": "plugin", "plugin": self.plugin, "commands": list(self.commands), "options": options}
         from socktools.wire import modes
-        return {"mode": self.mode, **modes.get(self.mode).summary(self)}
+        out = {"mode": self.mode, **modes.get(self.mode).summary(self)}
+        if self.opens:   # (the --setup texts are not shown: an AUTH carries a password)
+            out["opening"] = {"greeting": self.greeting or self.greeting_match is not None,
+                              "greeting_match": self.greeting_match, "setup": len(self.setups)}
+        return out
 
 
 #: How much of a --send-file a report keeps: enough to recognise the request (a request line and
@@ -108,3 +121,36 @@ def reply_match(spec: WireSpec) -> Optional[bytes]:
     except re.error as exc:
         raise WireOptionError("--reply-match", f"not a regular expression: {exc}") from None
     return pattern
+
+
+#: The built-in opening's options (flood declares them; the registry says which modes take them).
+OPENING_FLAGS = ("--greeting", "--greeting-match", "--setup")
+
+
+def opening_steps(spec: WireSpec, encode) -> tuple:
+    """The built-in opening of ``spec`` as (steps, greeting pattern): ``("greeting", None)``
+    first with --greeting or --greeting-match, then ``("setup N", encode(text))`` for each
+    --setup; ``encode`` is the mode's (a ValueError from it names --setup).  A --setup is
+    sent as typed once per connection: a {seq}/{conn} placeholder would be a request's."""
+    match = None
+    if spec.greeting_match is not None:
+        try:
+            match = typed_bytes(spec.greeting_match)
+            re.compile(match)
+        except EscapeError as exc:
+            raise WireOptionError("--greeting-match", str(exc)) from None
+        except re.error as exc:
+            raise WireOptionError("--greeting-match", f"not a regular expression: {exc}") from None
+    steps = [("greeting", None)] if spec.greeting or match is not None else []
+    for i, text in enumerate(spec.setups, 1):
+        try:
+            message = encode(text)
+        except (ValueError, EscapeError) as exc:
+            raise WireOptionError("--setup", f"{text!r}: {exc}") from None
+        if message is None:
+            raise WireOptionError("--setup", f"{text!r}: sent once per connection, as typed: "
+                                             f"no {{seq}} or {{conn}} (write {{{{ for a brace)")
+        if not message:
+            raise WireOptionError("--setup", "an empty setup message")
+        steps.append((f"setup {i}", message))
+    return tuple(steps), match

@@ -17,7 +17,9 @@ from typing import Optional, Sequence
 from socktools.wire.base import (SAMPLE_BYTES, WHOLE_REPLY_BYTES, Failure, Parser, Reply, WholeReplies,
                                  WireError, WireProtocol)
 from socktools.wire.escapes import EscapeError, Template, rotation, unescape
-from socktools.wire.options import EOLS, SEND_FILE_SHOWN, WireOptionError, WireSpec, reply_match, templates
+from socktools.wire.opening import Scripted, coded_continues, coded_refusal, describe_steps
+from socktools.wire.options import (EOLS, SEND_FILE_SHOWN, WireOptionError, WireSpec, opening_steps, reply_match,
+                                    templates)
 
 __all__ = ["RawProtocol", "LineProtocol", "MAX_REPLY", "prefix_struct", "build_raw", "build_line",
            "summary_raw", "summary_line", "line_stream_parser", "line_may_start"]
@@ -95,6 +97,15 @@ class RawProtocol(WireProtocol):
         if self.size is not None:
             return _SizeParser(self.size, self.match)
         return _PrefixParser(self.prefix, self.adjust, self.match)
+
+    def framer(self) -> Parser:
+        """A parser of this framing that judges nothing (--reply-match is the traffic's): the
+        opening's replies are framed as the traffic's are."""
+        if self.until is not None:
+            return _UntilParser(self.until, None)
+        if self.size is not None:
+            return _SizeParser(self.size, None)
+        return _PrefixParser(self.prefix, self.adjust, None)
 
     def describe(self) -> str:
         return f"{self.name}, " + framing(self.replies, self.until_close, self.until, self.size,
@@ -316,6 +327,34 @@ def build_line(spec: WireSpec) -> LineProtocol:
     if eol is None:
         raise WireOptionError("--eol", f"{spec.eol!r}: use lf or crlf")
     return LineProtocol(templates(spec), eol=eol, match=reply_match(spec))
+
+
+def _blamed(spec: WireSpec) -> str:
+    return "--setup" if spec.setups else "--greeting-match" if spec.greeting_match is not None else "--greeting"
+
+
+def opening_raw(spec: WireSpec, proto: RawProtocol):
+    """raw's built-in opening: each --setup's bytes as typed (escapes as --send), each reply
+    framed as the traffic's replies are; a reply is judged only by --greeting-match (raw
+    bytes have no agreed way of saying no)."""
+    if not proto.replies or proto.until_close:
+        why = "--no-reply" if not proto.replies else "--reply-until-close (a reply that ends with the close " \
+                                                    "leaves no connection for the traffic)"
+        raise WireOptionError(_blamed(spec), f"the opening's replies need a framing: not with {why}; "
+                                             f"give --reply-until, --reply-bytes or --reply-prefix")
+    steps, match = opening_steps(spec, lambda text: Template.from_text(text).fixed)
+    what = describe_steps(steps)
+    return lambda: Scripted(steps, proto.framer, match=match, what=what)
+
+
+def opening_line(spec: WireSpec, proto: LineProtocol):
+    """line's built-in opening: each --setup a line (the --eol appended), each reply a line;
+    a line with a 4xx/5xx code (SMTP, FTP) or POP3's -ERR refuses; ``NNN-`` lines continue
+    the reply (multi-line SMTP and FTP replies)."""
+    steps, match = opening_steps(spec, lambda text: Template.from_text(text).plus(proto.eol).fixed)
+    what = describe_steps(steps)
+    return lambda: Scripted(steps, proto.framer, judge=coded_refusal, more=coded_continues, match=match,
+                            what=what)
 
 
 def _sends(spec: WireSpec) -> dict:

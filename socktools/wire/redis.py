@@ -400,6 +400,21 @@ def build(spec: WireSpec) -> RedisProtocol:
         raise WireOptionError("--command", str(exc)) from None
 
 
+def opening(spec: WireSpec, proto: RedisProtocol):
+    """redis' built-in opening: each --setup a command line encoded as --command is (``AUTH
+    s3cret``, ``SELECT 2``, ``HELLO 3``), each reply RESP; an error reply (``-NOAUTH``,
+    ``-WRONGPASS``) refuses the opening with its text."""
+    from socktools.wire.opening import Scripted, describe_steps
+    from socktools.wire.options import opening_steps
+
+    def encode(text: str) -> Optional[bytes]:
+        words = split_command(text)
+        return None if any(w.fixed is None for w in words) else encode_command([w.fixed for w in words])
+    steps, match = opening_steps(spec, encode)
+    what = describe_steps(steps)
+    return lambda: Scripted(steps, RespParser, match=match, what=what)
+
+
 def summary(spec: WireSpec) -> dict:
     return {"commands": list(spec.commands or DEFAULT_COMMANDS)}
 

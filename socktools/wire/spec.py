@@ -32,7 +32,10 @@ GATED = (("--reply-until", lambda s: s.reply_until is not None),
          ("--reply-prefix", lambda s: s.reply_prefix is not None),
          ("--reply-until-close", lambda s: s.reply_until_close),
          ("--no-reply", lambda s: s.no_reply),
-         ("--reply-match", lambda s: s.reply_match is not None))
+         ("--reply-match", lambda s: s.reply_match is not None),
+         ("--greeting", lambda s: s.greeting),
+         ("--greeting-match", lambda s: s.greeting_match is not None),
+         ("--setup", lambda s: bool(s.setups)))
 
 
 def stream_parser(mode: str, role: str):
@@ -47,6 +50,10 @@ def stream_parser(mode: str, role: str):
 def build(spec: WireSpec) -> WireProtocol:
     """The protocol object for ``spec``; raises :class:`WireOptionError`."""
     if spec.plugin:
+        for flag, given in GATED[-3:]:
+            if given(spec):   # a plug-in's opening is its own (WireProtocol.opening)
+                raise WireOptionError(flag, f"only for --mode {' and '.join(modes.taking(flag))}; "
+                                            f"a plug-in's opening is its own opening()")
         return load_plugin(spec.plugin)(tuple(spec.commands), **plugin_options(spec.plugin_options))
     if spec.plugin_options:
         raise WireOptionError("--protocol-option", "only with --protocol (a plug-in's own options)")
@@ -57,7 +64,10 @@ def build(spec: WireSpec) -> WireProtocol:
     for flag, given in GATED:
         if given(spec) and flag not in mode.options:
             raise WireOptionError(flag, f"only for --mode {' and '.join(modes.taking(flag))}")
-    return mode.build(spec)
+    proto = mode.build(spec)
+    if spec.opens:
+        proto.opening = mode.opening(spec, proto)
+    return proto
 
 
 def plugin_options(texts: tuple) -> dict:
@@ -140,6 +150,10 @@ def _checked(cls, ref: str):
             parser = obj.parser()
         except Exception as exc:
             raise WireOptionError("--protocol", f"{ref}.parser() failed: {type(exc).__name__}: {exc}") from None
+        try:
+            obj.opening() if callable(getattr(obj, "opening", None)) else None
+        except Exception as exc:
+            raise WireOptionError("--protocol", f"{ref}.opening() failed: {type(exc).__name__}: {exc}") from None
         if not callable(getattr(parser, "feed", None)):
             raise WireOptionError("--protocol", f"{ref}.parser() returned an object without feed(data)")
         lacking = [a for a in ("failures", "buffered") if not hasattr(parser, a)]
@@ -159,7 +173,7 @@ class _Adapted(WireProtocol):
         self.request = obj.request
         self.parser = obj.parser
         for name in ("name", "fixed_request", "reply_size", "replies", "may_close", "read_size", "tally",
-                     "shared_requests", "surplus_kind", "until_close", "echoes"):
+                     "shared_requests", "surplus_kind", "until_close", "echoes", "opening"):
             if hasattr(obj, name):
                 setattr(self, name, getattr(obj, name))
         if callable(getattr(obj, "describe", None)):
