@@ -389,8 +389,14 @@ class Postgres(_Peer):
 
     def xact_commit(self, database: str) -> int:
         """Transactions the server committed in ``database`` (pg_stat_database), flushed first."""
+        return self.stat(database)[0]
+
+    def stat(self, database: str) -> tuple:
+        """``(xact_commit, sessions)`` of ``database`` (pg_stat_database): transactions committed
+        -- a query each, and one per backend's start -- and sessions (logins) established."""
         self.sql("SELECT pg_stat_force_next_flush()")
-        return int(self.sql(f"SELECT xact_commit FROM pg_stat_database WHERE datname = '{database}'"))
+        row = self.sql(f"SELECT xact_commit, sessions FROM pg_stat_database WHERE datname = '{database}'")
+        return tuple(int(x) for x in row.split("|"))
 
     def stop(self) -> None:
         super().stop()

@@ -8,14 +8,19 @@ The conversation is the plug-in's own Opening and parser over one blocking socke
 
 from __future__ import annotations
 
+import json
+import subprocess
 import time
 
 import pytest
 
 from peers import Postgres
+from tests.conftest import socktools_cmd
 from plugin_driver import DEADLINE, Conversation
 from socktools.examples.postgres import Postgres as PostgresProtocol
 from socktools.wire.opening import OpeningFailed
+
+PLUGIN = "socktools.examples.postgres:Postgres"
 
 
 @pytest.fixture(scope="module")
@@ -87,3 +92,60 @@ def test_a_failed_query_is_a_failure_named_by_its_sqlstate_and_the_stream_goes_o
                                                    "ERROR 22012 division by zero"]
     assert [r.fields["sqlstate"] for r in parser.keep] == ["42P01", "22012", None]
     assert parser.keep[2].summary == "SELECT 1 · 2"
+
+
+# --- flood, with the opening on every connection (flood's engine: h3's Opener) -------------------
+
+def flood(pg: Postgres, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(socktools_cmd("flood", "--port", str(pg.port), "--protocol", PLUGIN, "--workers", "1",
+                                        "--json", *args), capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("user, password", [("bob", "s3cret"), ("carol", "md5secret")])
+def test_flood_logs_in_then_its_queries_are_the_servers_transactions(pg, user, password):
+    before = pg.xact_commit(user)
+    out = flood(pg, "--protocol-option", f"user={user}", "--protocol-option", f"password={password}",
+                "--requests", "300", "--conns", "4")
+    assert out.returncode == 0, out.stderr
+    r = json.loads(out.stdout)
+    assert r["failures_total"] == 0
+    assert r["opening"]["opened"] == 4 and r["opening"]["refused"] == 0
+    assert r["requests"]["sent"] == r["requests"]["answered"] == 300 + 4       # and the 4 confirming
+    assert r["config"]["wire"]["options"] == {"user": user, "password": "(hidden)"}
+    # the server's count: one transaction per query, and one per backend's start
+    assert commits_reach(pg, user, before + 304 + 4) - before == 304 + 4
+
+
+def queries_reach(pg: Postgres, database: str, before: tuple, target: int) -> tuple:
+    """The queries ``database`` ran since ``before`` (its commits less one per session's start) once
+    they reached ``target`` (or at the deadline), and the sessions started since."""
+    deadline = time.monotonic() + DEADLINE
+    while True:
+        commits, sessions = (a - b for a, b in zip(pg.stat(database), before))
+        if commits - sessions >= target or time.monotonic() > deadline:
+            return commits - sessions, sessions
+        time.sleep(0.05)
+
+
+def test_flood_with_churn_logs_in_on_every_new_connection(pg):
+    before = pg.stat("bob")
+    out = flood(pg, "--protocol-option", "user=bob", "--protocol-option", "password=s3cret",
+                "--requests", "60", "--conns", "2", "--churn", "10")
+    assert out.returncode == 0, out.stderr
+    r = json.loads(out.stdout)
+    opened, sent = r["opening"]["opened"], r["requests"]["sent"]
+    assert r["failures_total"] == 0 and r["opening"]["refused"] == 0
+    queries, sessions = queries_reach(pg, "bob", before, sent)
+    assert queries == sent
+    # a login each time; a replacement still logging in when the run ended is the server's
+    # session but not one flood finished opening
+    assert opened >= 60 // 10 and opened <= sessions <= opened + 2
+
+
+def test_flood_tallies_a_wrong_password_by_the_servers_words(pg):
+    out = flood(pg, "--protocol-option", "user=bob", "--protocol-option", "password=wrong",
+                "--requests", "10", "--conns", "3")
+    assert out.returncode == 1
+    r = json.loads(out.stdout)
+    assert r["opening"]["refusals"] == {'FATAL 28P01 password authentication failed for user "bob"': 3}
+    assert r["requests"]["sent"] == 0

@@ -8,17 +8,21 @@ The conversation is the plug-in's own Opening and parser over one blocking socke
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
 import time
 
 import pytest
 
 from peers import Exim
+from tests.conftest import socktools_cmd
 from plugin_driver import DEADLINE, Conversation
 from socktools.examples.smtp import Smtp
 from socktools.wire.opening import OpeningFailed
 
 MAIL = "MAIL FROM:<a@test.invalid> RCPT TO:<b@test.invalid>"
+PLUGIN = "socktools.examples.smtp:Smtp"
 
 
 @pytest.fixture(scope="module")
@@ -96,3 +100,51 @@ def test_a_refused_greeting_is_tallied_by_exims_words(tmp_path):
                 c.open()
     assert caught.value.step == "greeting"
     assert caught.value.words == "550 no SMTP service here"     # exim refuses a connection ACL with 550
+
+
+# --- flood, with the opening on every connection (flood's engine: h3's Opener) -------------------
+
+def flood(exim: Exim, *args: str) -> dict:
+    out = subprocess.run(socktools_cmd("flood", "--port", str(exim.port), "--protocol", PLUGIN, "--workers", "1",
+                                       "--json", *args), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr + out.stdout[-2000:]
+    return json.loads(out.stdout)
+
+
+def test_flood_reconnects_through_exims_close_after_ten_noops(exim):
+    dropped = r"dropped: too many nonmail commands"
+    before = log_count(exim, dropped, 0)
+    r = flood(exim, "--requests", "100", "--conns", "2")
+    assert r["failures_total"] == 0
+    assert r["requests"]["sent"] == r["requests"]["answered"] == 102
+    classes = {**r["confirm_reply_classes"]}
+    for k, v in r["reply_classes"].items():
+        classes[k] = classes.get(k, 0) + v
+    closes = classes.pop("closed: 554 Too many nonmail commands")
+    assert classes == {"2xx": 102 - closes}
+    # exim answers 11 NOOPs per connection (10, then the 554) and drops it: 102 answers take
+    # 9 such lives and a part of one or two more (the last two connections end unfinished)
+    assert 102 // 11 - 1 <= closes <= 102 // 11
+    # every 554 is one of exim's drops; flood replaced each dropped connection it still needed
+    assert log_count(exim, dropped, before + closes) - before == closes
+    reconnects = r["connections"]["reconnects"]
+    assert closes - 2 <= reconnects <= closes
+    assert r["opening"]["opened"] == 2 + reconnects
+
+
+def test_flood_transactions_are_the_messages_exim_logs(exim):
+    received = r" <= a@test\.invalid "
+    before = log_count(exim, received, 0)
+    r = flood(exim, "--command", MAIL, "--requests", "60", "--conns", "2")
+    assert r["failures_total"] == 0 and r["connections"]["reconnects"] == 0
+    assert r["requests"]["sent"] == r["requests"]["answered"] == 62
+    assert log_count(exim, received, before + 62) - before == 62
+
+
+def test_flood_tallies_a_refused_greeting_by_exims_words(tmp_path):
+    with Exim(tmp_path, refuse_connections=True) as refusing:
+        out = subprocess.run(socktools_cmd("flood", "--port", str(refusing.port), "--protocol", PLUGIN,
+                                           "--workers", "1", "--json", "--requests", "5", "--conns", "2"),
+                             capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1
+    assert json.loads(out.stdout)["opening"]["refusals"] == {"550 no SMTP service here": 2}

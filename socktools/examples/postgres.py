@@ -202,7 +202,7 @@ class PostgresOpening(Opening):
         return self.rest
 
     def describe(self) -> str:
-        return f"login as {self.user} to {self.database} ({self.step})"
+        return f"startup, login as {self.user} to database {self.database}"
 
     def receive_data(self, data: bytes) -> None:
         if self.done:
