@@ -22,7 +22,7 @@ import pytest
 
 from tests.threadserver import read_until
 
-__all__ = ["free_port", "skip_unless", "Redis", "Nginx", "Memcached", "NGINX_BIG", "Certs"]
+__all__ = ["free_port", "skip_unless", "greets", "Redis", "Nginx", "Memcached", "NGINX_BIG", "Certs"]
 
 _PACKAGES = {"redis-server": "redis-server", "nginx": "nginx", "memcached": "memcached",
              "redis-benchmark": "redis-tools", "wrk": "wrk"}
@@ -57,6 +57,16 @@ def _accepts(port: int, unix: Optional[Path] = None) -> bool:
                 return True
         with socket.create_connection(("127.0.0.1", port), timeout=0.5):
             return True
+    except OSError:
+        return False
+
+
+def greets(port: int, prefix: bytes = b"220") -> bool:
+    """Does a server that speaks first (FTP, SMTP) take a connection and greet with ``prefix``?"""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+            s.settimeout(2)
+            return s.recv(200).startswith(prefix)
     except OSError:
         return False
 
@@ -226,6 +236,7 @@ class Nginx(_Peer):
         (root / "big.bin").write_bytes(b"b" * NGINX_BIG)
         (root / "page.html").write_text("<p>one</p><!--# echo var=\"ssi_var\" default=\"two\" --><p>three</p>\n")
         self.access_log = tmp / "access.log"
+        self.connection_log = tmp / "connections.log"    # $connection: one number per connection
         user = "user root;\n" if os.geteuid() == 0 else ""
         listen, ssl = f"127.0.0.1:{self.port}", ""
         if unix:
@@ -245,6 +256,8 @@ error_log {tmp}/error.log warn;
 events {{ worker_connections 4096; }}
 http {{
     access_log {self.access_log};
+    log_format conn '$connection';
+    access_log {self.connection_log} conn;
     client_body_temp_path {tmp}/body;
     proxy_temp_path {tmp}/proxy;
     fastcgi_temp_path {tmp}/fastcgi;
@@ -273,6 +286,11 @@ http {{
                 return sum(1 for _ in f)
         except FileNotFoundError:
             return 0
+
+    def connections(self) -> int:
+        """Distinct connections nginx logged requests on (its ``$connection`` numbers)."""
+        with open(self.connection_log) as f:
+            return len({line.strip() for line in f if line.strip()})
 
     def statuses(self) -> dict:
         out: dict = {}

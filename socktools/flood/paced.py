@@ -196,8 +196,8 @@ class OpenLoop(Traffic):
 
     def closing(self, conn: Connection, slot: Slot) -> bool:
         """As the closed loop's, and the replacement takes ``conn``'s turn in the schedule."""
-        if not slot.parser.closing:
-            return False
+        if not slot.parser.closing and (slot.budget > 0 or slot.times):
+            return False    # (--churn: the connection has requests left to carry, or answers owed)
         if self.s.phase in ("traffic", "drain") and slot.times:
             # Requests pipelined past the close go first in the queue the replacement takes
             # over, their latency still counted from their scheduled times.
