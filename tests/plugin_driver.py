@@ -1,17 +1,37 @@
-"""A small blocking driver for a plug-in's opening and requests over one real socket.
+"""A small blocking driver for a plug-in's opening and requests over one real socket, and the
+splits its sans-I/O tests feed.
 
-For the real-server tests of the example plug-ins: the conversation a flood or request
-connection holds, without the event loop (the Opening and the parser are the same objects).
+For the real-server tests of the example plug-ins: the conversation a flood connection
+holds, without the event loop (the Opening and the parser are the same objects).
 """
 
 from __future__ import annotations
 
+import random
 import socket
 import time
 
 #: Seconds a test waits for a server's answer before it fails: a loopback server answers in
 #: milliseconds; a conversation that stalls this long is a bug, not a slow machine.
 DEADLINE = 10.0
+
+
+#: How the sans-I/O tests cut a server's bytes: all at once, one byte at a time, at random.
+SPLITS = ("whole", "bytes", "random")
+
+
+def chunks(data: bytes, how: str, rng: random.Random, most: int = 9) -> list:
+    """``data`` cut as ``how`` says (random pieces of 1 to ``most`` bytes, from ``rng``)."""
+    if how == "whole":
+        return [data]
+    if how == "bytes":
+        return [data[i:i + 1] for i in range(len(data))]
+    out, pos = [], 0
+    while pos < len(data):
+        step = rng.randint(1, most)
+        out.append(data[pos:pos + step])
+        pos += step
+    return out
 
 
 class Conversation:

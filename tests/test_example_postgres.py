@@ -17,6 +17,7 @@ import pytest
 
 from socktools.examples.postgres import (MAX_BODY, MAX_SCRAM_ITERATIONS, Postgres, PostgresOpening,
                                          PostgresParser, ScramSha256, md5_password, saslprep)
+from plugin_driver import SPLITS, chunks
 from socktools.wire import WireError
 from socktools.wire.opening import OpeningFailed
 
@@ -42,20 +43,6 @@ SELECT1 = (msg(b"T", b"\0\x01?column?\0" + b"\0" * 6 + b"\0\x17\0\x04\xff\xff\xf
 ERROR_REPLY = error("ERROR", "42P01", 'relation "nope" does not exist') + msg(b"Z", b"I")
 
 
-def chunks(data: bytes, how: str, rng: random.Random) -> list:
-    if how == "whole":
-        return [data]
-    if how == "bytes":
-        return [data[i:i + 1] for i in range(len(data))]
-    out, pos = [], 0
-    while pos < len(data):
-        step = rng.randint(1, 9)
-        out.append(data[pos:pos + step])
-        pos += step
-    return out
-
-
-SPLITS = ("whole", "bytes", "random")
 
 
 # --- SCRAM-SHA-256 and md5: the arithmetic ------------------------------------------------------

@@ -10,6 +10,7 @@ import random
 import pytest
 
 from socktools.examples.smtp import MAX_LINE, MAX_REPLY_LINES, Smtp, SmtpParser, SmtpReplies
+from plugin_driver import SPLITS, chunks
 from socktools.wire import WireError
 from socktools.wire.opening import OpeningFailed
 
@@ -25,20 +26,6 @@ TRANSACTION_OK = (b"250 Reset OK\r\n250 OK\r\n250 Accepted\r\n250- 22 byte chunk
 MAIL = "MAIL FROM:<a@test.invalid> RCPT TO:<b@test.invalid>"
 
 
-def chunks(data: bytes, how: str, rng: random.Random) -> list:
-    if how == "whole":
-        return [data]
-    if how == "bytes":
-        return [data[i:i + 1] for i in range(len(data))]
-    out, pos = [], 0
-    while pos < len(data):
-        step = rng.randint(1, 7)
-        out.append(data[pos:pos + step])
-        pos += step
-    return out
-
-
-SPLITS = ("whole", "bytes", "random")
 
 
 def feed(parser, data: bytes, how: str, rng=None) -> int:
