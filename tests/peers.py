@@ -375,7 +375,8 @@ class Postgres(_Peer):
                     "-c", "log_destination=stderr", "-c", "logging_collector=off"]
 
     def start(self, timeout: float = 30.0) -> "Postgres":
-        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **self.as_postgres)
+        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     preexec_fn=getattr(self, "preexec", None), **self.as_postgres)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:      # ready: the superuser's query answers
             if self.proc.poll() is not None:
@@ -415,6 +416,11 @@ class Postgres(_Peer):
         self.sql("SELECT pg_stat_force_next_flush()")
         row = self.sql(f"SELECT xact_commit, sessions FROM pg_stat_database WHERE datname = '{database}'")
         return tuple(int(x) for x in row.split("|"))
+
+    def pgbench_env(self, user: str, password: str) -> dict:
+        """The environment for libpq tools (pgbench, psql) logging in as ``user`` over TCP."""
+        return {**os.environ, "PGHOST": "127.0.0.1", "PGPORT": str(self.port), "PGUSER": user,
+                "PGDATABASE": user, "PGPASSWORD": password}
 
     def stop(self) -> None:
         super().stop()
