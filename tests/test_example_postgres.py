@@ -342,3 +342,11 @@ def test_requests_are_simple_queries_rotated_with_placeholders():
     assert Postgres((), user="u").fixed_request == msg(b"Q", b"SELECT 1\0")
     with pytest.raises(ValueError, match="NUL"):
         Postgres(("SELECT '\0'",))
+
+
+def test_a_server_that_ends_the_session_is_named_by_its_words_at_the_close():
+    # what PostgreSQL sends to a session pg_terminate_backend() ended, then it closes
+    p = PostgresParser()
+    assert p.feed(error("FATAL", "57P01", "terminating connection due to administrator command")) == 0
+    with pytest.raises(WireError, match="FATAL 57P01 terminating connection due to administrator command"):
+        p.eof()

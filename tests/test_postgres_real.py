@@ -18,6 +18,7 @@ from peers import Postgres
 from tests.conftest import socktools_cmd
 from plugin_driver import DEADLINE, Conversation
 from socktools.examples.postgres import Postgres as PostgresProtocol
+from socktools.wire import WireError
 from socktools.wire.opening import OpeningFailed
 
 PLUGIN = "socktools.examples.postgres:Postgres"
@@ -92,6 +93,21 @@ def test_a_failed_query_is_a_failure_named_by_its_sqlstate_and_the_stream_goes_o
                                                    "ERROR 22012 division by zero"]
     assert [r.fields["sqlstate"] for r in parser.keep] == ["42P01", "22012", None]
     assert parser.keep[2].summary == "SELECT 1 · 2"
+
+
+def test_a_session_the_server_ends_is_named_by_its_words(pg):
+    with Conversation(proto("bob", "s3cret"), pg.port) as c:
+        c.open()
+        c.ask(1)
+        assert pg.sql("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                      "WHERE usename = 'bob' AND application_name = 'socktools'") == "1"
+        while True:
+            data = c.sock.recv(65536)
+            if not data:
+                break
+            assert c.parser.feed(data) == 0
+        with pytest.raises(WireError, match="FATAL 57P01 terminating connection due to administrator command"):
+            c.parser.eof()
 
 
 # --- flood, with the opening on every connection (flood's engine: h3's Opener) -------------------

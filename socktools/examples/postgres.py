@@ -399,6 +399,13 @@ class PostgresParser(Parser):
             self.whole.learn(data)
         return n
 
+    def eof(self) -> int:
+        """The server closed: after an error it sent (a FATAL: the session was ended, the
+        server shuts down) the close is named by the server's words."""
+        if self.error is not None:
+            raise WireError(f"the server closed the connection after: {self.error[1]}", "truncated")
+        return super().eof()
+
     def _reply_done(self) -> None:
         if self.error is not None:
             code, words, sample = self.error
