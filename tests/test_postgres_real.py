@@ -34,6 +34,13 @@ def proto(user: str, password: str, *queries: str, database=None) -> PostgresPro
     return PostgresProtocol(queries, user=user, password=password, database=database or user)
 
 
+def own_database(pg: Postgres, user: str, name: str) -> str:
+    """A database of ``user``'s that no other test touches: its counts are this test's alone
+    (a backend of an earlier test reports its counts as it ends, a moment after its close)."""
+    pg.sql(f"CREATE DATABASE {name} OWNER {user}")
+    return name
+
+
 def commits_reach(pg: Postgres, database: str, target: int) -> int:
     """xact_commit of ``database`` once it reached ``target`` (a backend reports its counts when
     it ends, a moment after our close), or what it is at the deadline."""
@@ -51,8 +58,9 @@ def commits_reach(pg: Postgres, database: str, target: int) -> int:
     ("dave", "plain", "session"),             # cleartext
 ])
 def test_each_login_then_queries_counted_as_the_server_counts_them(pg, user, password, step):
-    before = pg.xact_commit(user)
-    p = proto(user, password)
+    db = own_database(pg, user, f"logins_{user}")
+    before = pg.xact_commit(db)
+    p = proto(user, password, database=db)
     with Conversation(p, pg.port, conn=0) as one, Conversation(p, pg.port, conn=1) as two:
         assert one.open().step == step and two.open().step == step
         assert one.opening.parameters["server_version"].startswith("15")
@@ -61,7 +69,7 @@ def test_each_login_then_queries_counted_as_the_server_counts_them(pg, user, pas
         parser = two.ask(2)
         assert [r.summary for r in parser.keep] == ["SELECT 1 · 1"] * 2 and not parser.failures
     # each query is a transaction; so is each backend's own start (it reads the catalog in one)
-    assert commits_reach(pg, user, before + 6 + 2) - before == 6 + 2
+    assert commits_reach(pg, db, before + 6 + 2) - before == 6 + 2
 
 
 def test_the_md5_users_stored_hash_is_the_one_the_plugin_computes_from(pg):
@@ -119,17 +127,18 @@ def flood(pg: Postgres, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("user, password", [("bob", "s3cret"), ("carol", "md5secret")])
 def test_flood_logs_in_then_its_queries_are_the_servers_transactions(pg, user, password):
-    before = pg.xact_commit(user)
+    db = own_database(pg, user, f"flood_{user}")
+    before = pg.xact_commit(db)
     out = flood(pg, "--protocol-option", f"user={user}", "--protocol-option", f"password={password}",
-                "--requests", "300", "--conns", "4")
+                "--protocol-option", f"database={db}", "--requests", "300", "--conns", "4")
     assert out.returncode == 0, out.stderr
     r = json.loads(out.stdout)
     assert r["failures_total"] == 0
     assert r["opening"]["opened"] == 4 and r["opening"]["refused"] == 0
     assert r["requests"]["sent"] == r["requests"]["answered"] == 300 + 4       # and the 4 confirming
-    assert r["config"]["wire"]["options"] == {"user": user, "password": "(hidden)"}
+    assert r["config"]["wire"]["options"] == {"user": user, "password": "(hidden)", "database": db}
     # the server's count: one transaction per query, and one per backend's start
-    assert commits_reach(pg, user, before + 304 + 4) - before == 304 + 4
+    assert commits_reach(pg, db, before + 304 + 4) - before == 304 + 4
 
 
 def queries_reach(pg: Postgres, database: str, before: tuple, target: int) -> tuple:
@@ -144,14 +153,15 @@ def queries_reach(pg: Postgres, database: str, before: tuple, target: int) -> tu
 
 
 def test_flood_with_churn_logs_in_on_every_new_connection(pg):
-    before = pg.stat("bob")
+    db = own_database(pg, "bob", "churn")
+    before = pg.stat(db)
     out = flood(pg, "--protocol-option", "user=bob", "--protocol-option", "password=s3cret",
-                "--requests", "60", "--conns", "2", "--churn", "10")
+                "--protocol-option", f"database={db}", "--requests", "60", "--conns", "2", "--churn", "10")
     assert out.returncode == 0, out.stderr
     r = json.loads(out.stdout)
     opened, sent = r["opening"]["opened"], r["requests"]["sent"]
     assert r["failures_total"] == 0 and r["opening"]["refused"] == 0
-    queries, sessions = queries_reach(pg, "bob", before, sent)
+    queries, sessions = queries_reach(pg, db, before, sent)
     assert queries == sent
     # a login each time; a replacement still logging in when the run ended is the server's
     # session but not one flood finished opening
