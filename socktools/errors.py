@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 
 __all__ = ["Explanation", "EXPLANATIONS", "lookup", "lookup_text", "suggest", "explain_exception",
            "errno_name", "one_line", "PEER_CLOSED", "PROTOCOL_ERROR", "TIMEOUT", "NO_REPLY", "OptionError",
-           "SOCKET", "CONNECT", "SEND", "RECV", "INTERNAL", "PHASES", "OPEN", "OPENING_REFUSED", "tls_key", "TLS_PLAINTEXT_TO_TLS",
+           "SOCKET", "CONNECT", "HANDSHAKE", "SEND", "RECV", "INTERNAL", "PHASES", "OPEN", "OPENING_REFUSED", "tls_key", "TLS_PLAINTEXT_TO_TLS",
            "TLS_TO_PLAINTEXT", "tls_hint"]
 
 #: Where a connection failed: the I/O core sets ``conn.failed_in`` to one of
@@ -24,13 +24,15 @@ __all__ = ["Explanation", "EXPLANATIONS", "lookup", "lookup_text", "suggest", "e
 #: They live here, below the core, so a report can name them without importing it.
 SOCKET = "socket"
 CONNECT = "connect"
+#: The TLS handshake, after the TCP connect (or accept) and before ``connection_made``.
+HANDSHAKE = "handshake"
 SEND = "send"
 RECV = "recv"
 #: A connection ended by an exception from its protocol's own code (a bug), not the kernel.
 INTERNAL = "internal"
 #: The opening conversation (a greeting, a login: flood's --greeting, --setup, a plug-in's).
 OPEN = "open"
-PHASES = (SOCKET, CONNECT, SEND, RECV, INTERNAL, OPEN)
+PHASES = (SOCKET, CONNECT, HANDSHAKE, SEND, RECV, INTERNAL, OPEN)
 
 
 class OptionError(ValueError):
@@ -338,9 +340,11 @@ _VERIFY = {10: "tls-expired", 9: "tls-not-yet-valid", 18: "tls-self-signed", 19:
 # OpenSSL reasons for "this is not TLS" and "nothing in common" (refused on this side).
 _REASONS = {"WRONG_VERSION_NUMBER": TLS_TO_PLAINTEXT, "RECORD_LAYER_FAILURE": TLS_TO_PLAINTEXT,
             "PACKET_LENGTH_TOO_LONG": TLS_TO_PLAINTEXT, "UNKNOWN_PROTOCOL": TLS_TO_PLAINTEXT,
-            "HTTP_REQUEST": TLS_TO_PLAINTEXT, "UNEXPECTED_EOF_WHILE_READING": "tls-eof-in-handshake",
+            "UNEXPECTED_EOF_WHILE_READING": "tls-eof-in-handshake",
             "UNSUPPORTED_PROTOCOL": "tls-no-common-version", "NO_PROTOCOLS_AVAILABLE": "tls-no-common-version",
-            "NO_CIPHERS_AVAILABLE": "tls-no-common-cipher"}
+            "NO_CIPHERS_AVAILABLE": "tls-no-common-cipher",
+            # a TLS server's side (serve --tls): the client spoke plain HTTP to it
+            "HTTP_REQUEST": TLS_PLAINTEXT_TO_TLS, "HTTPS_PROXY_REQUEST": TLS_PLAINTEXT_TO_TLS}
 
 
 #: nginx's words when plaintext HTTP reaches its ``ssl`` listener (its 400 page).

@@ -12,6 +12,7 @@ from socktools.cli._common import (BYTESIZE, DURATION, EXIT_FAILED, EXIT_THRESHO
                                    MAX_CONNS, MAX_COUNT, MAX_PROCESSES, PORT, RATE, build_config, check_target,
                                    die, LazyChoice, LazyOption, parse_address_range, unix_option, warn_target)
 from socktools.cli._outputs import output_options, write_outputs
+from socktools.cli._tls import tls_config, tls_options
 from socktools.cli._wire import given_params, opening_options, option_name, wire_options, wire_spec
 from socktools.optional import PACKAGES
 
@@ -45,6 +46,12 @@ Your own server (give its --port):
   socktools flood --port 6379 --mode redis --setup 'AUTH s3cret' --setup 'SELECT 2' --command 'GET k'
   socktools flood --port 21 --mode line --greeting-match '^220' --send NOOP --eol crlf
   socktools flood --port 8080 --mode http --churn 1 --conns 50   # one request per connection
+
+\b
+Over TLS (the handshake timed apart from connect; --keylog: one file, appended to by every worker):
+  socktools flood --tls --cafile ca.pem --mode redis --host 127.0.0.1 --port 6380
+  socktools flood --tls --cafile ca.pem --port 8443 --mode http --path / --alpn http/1.1
+  socktools flood --tls --cafile ca.pem --port 8443 --mode http --tls-resume --keylog keys.log
 
 \b
 A server on a Unix-domain socket (no --host/--port/--source/--cluster; HTTP's Host: localhost):
@@ -127,11 +134,15 @@ EXIT_SIGTERM = 128 + 15
                    "than CPUs, more memory than is available, too few file descriptors).")
 @wire_options
 @opening_options
+@tls_options
+@click.option("--tls-resume", is_flag=True,
+              help="With --tls: offer each new connection of a worker (replacements, the ramp's) the "
+                   "TLS session its latest handshake got, and report how many the server resumed.")
 @output_options
 @click.pass_context
 def command(ctx, host, port, unix, conns, workers, mode, pipeline, size, action, value, duration, requests, rate,
             connect_rate, connect_timeout, source, server_workers, interval, stages, cluster, churn, as_json, yes,
-            outputs, **wire_params):
+            outputs, tls_resume, **wire_params):
     """Load a TCP server with many concurrent connections and report what happened.
 
     Opens --conns connections over --workers processes (each confirmed by a
@@ -143,6 +154,7 @@ def command(ctx, host, port, unix, conns, workers, mode, pipeline, size, action,
     """
     from socktools.flood.config import FloodConfig
 
+    tls = tls_config(wire_params)
     if stages is not None:
         # The stages set these; a value given anyway is the config's usage error (naming --stages).
         if ctx.get_parameter_source("conns") is click.core.ParameterSource.DEFAULT:
@@ -200,7 +212,8 @@ def command(ctx, host, port, unix, conns, workers, mode, pipeline, size, action,
                           requests=requests, rate=rate, connect_rate=connect_rate,
                           connect_timeout=connect_timeout, sources=sources, interval=tick,
                           embedded=embedded, server_workers=server_workers or 0,
-                          wire=spec, pipeline=pipeline, cluster=cluster, stages=stages or (), churn=churn)
+                          wire=spec, pipeline=pipeline, cluster=cluster, stages=stages or (), churn=churn,
+                          tls=tls if tls.enabled else None, tls_resume=tls_resume)
     _run(config, as_json=as_json, rows=interval is not None, outputs=outputs, yes=yes)
 
 

@@ -54,16 +54,18 @@ import os
 import select
 import selectors
 import socket
+import ssl
 import time
 from typing import Any, Callable, Optional
 
 from socktools.core.pollers import IN, OUT, EpollPoller, SelectorPoller
-from socktools.errors import CONNECT, INTERNAL, RECV, SEND, SOCKET
+from socktools.core.tls import WIRE_READ_SIZE, TlsTransport
+from socktools.errors import CONNECT, HANDSHAKE, INTERNAL, RECV, SEND, SOCKET
 
 #: Send errors that mean the peer is gone, its last bytes possibly still unread (_last_words).
 _RESET = (ConnectionResetError, BrokenPipeError)
 
-__all__ = ["Loop", "Connection", "Protocol", "Timer", "READ_SIZE", "INTERNAL"]
+__all__ = ["Loop", "Connection", "TlsConnection", "Protocol", "Timer", "READ_SIZE", "INTERNAL"]
 
 log = logging.getLogger("socktools.core.loop")
 
@@ -105,8 +107,13 @@ class Protocol:
     serve many connections.
     """
 
+    def tls_started(self, conn: "Connection") -> None:
+        """TLS connections only: the TCP connection is up (connected, or accepted) and the TLS
+        handshake begins; ``connection_made`` follows once it completed."""
+
     def connection_made(self, conn: "Connection") -> None:
-        """The socket is connected (accepted, or an outgoing connect finished)."""
+        """The socket is connected (accepted, or an outgoing connect finished; with TLS: the
+        handshake completed too)."""
 
     def data_received(self, conn: "Connection", data: bytes) -> None:
         """Bytes arrived."""
@@ -146,8 +153,12 @@ class Connection:
 
     ``read_size`` is how many bytes one ``recv`` asks for (default
     :data:`READ_SIZE`); a protocol that knows its peer's message size may
-    lower it.
+    lower it.  ``tls`` is None: a :class:`TlsConnection` sets it once its handshake completed.
     """
+
+    #: A plaintext connection in steady state may take the batch path; TLS ones never do.
+    _batchable = True
+    tls: Any = None
 
     __slots__ = ("loop", "sock", "fd", "protocol", "ctx", "peer", "_out", "_events",
                  "_reading", "_closing", "_shut_wr", "closed", "eof", "failed_in",
@@ -265,7 +276,7 @@ class Connection:
             self._events = want
         # Steady state -- reading, nothing buffered, no close or half-close
         # pending -- is what the batch path assumes; every state change passes here.
-        if want == _IN and self.protocol.data_batch is not None and not (
+        if want == _IN and self._batchable and self.protocol.data_batch is not None and not (
                 self._closing or self._shut_wr or self.eof):
             if self.fd not in self.loop._batch:
                 self.loop._batch_join(self)
@@ -327,20 +338,27 @@ class Connection:
             # Both directions are done: nothing more can happen.
             self._finish(None)
 
-    def _on_writable(self) -> None:
+    def _flush(self) -> bool:
+        """Hand the out-buffer to the kernel as far as it takes it: True once it is empty
+        (False: the kernel refused the rest, or the send failed and ended the connection)."""
         out = self._out
         if out:
             try:
                 n = _write(self.fd, out)
             except (BlockingIOError, InterruptedError):
-                return
+                return False
             except OSError as exc:
                 self._fail(exc, SEND)
-                return
+                return False
             self.bytes_out += n
             del out[:n]
-        if not out:
-            self._out = None
+            if out:
+                return False
+        self._out = None
+        return True
+
+    def _on_writable(self) -> None:
+        if self._flush():
             if self._closing:
                 self._finish(None)
                 return
@@ -368,6 +386,10 @@ class Connection:
             return
         self.last_active = self.loop.now
         self._update()
+        self._made()
+
+    def _made(self) -> None:
+        """The connection is ready for its protocol (TLS: once the handshake completed)."""
         self.protocol.connection_made(self)
         if self._out and not self.closed:
             self._on_writable()
@@ -421,6 +443,203 @@ class Connection:
     def __repr__(self) -> str:
         state = "closed" if self.closed else ("connecting" if self.connecting else "open")
         return f"<Connection fd={self.fd} peer={self.peer} {state} out={self.pending}>"
+
+
+class TlsConnection(Connection):
+    """A :class:`Connection` that speaks TLS (:class:`~socktools.core.tls.TlsTransport`).
+
+    The socket is read and written exactly as for plaintext -- the same out-buffer of wire
+    bytes, the same interest mask, so want-write is "the kernel refused some records" and
+    want-read is "a record is incomplete: wait for the socket" -- and ``bytes_in``/``bytes_out``
+    count those wire bytes.  The protocol sees plaintext only: ``tls_started`` when the TCP
+    connection is up, ``connection_made`` once the handshake completed (``conn.tls`` is then
+    the ``ssl.SSLObject``), then ``data_received``/``write`` in plaintext.  A refused
+    handshake ends the connection with ``failed_in`` "handshake" and the ``ssl.SSLError``
+    (a socket error during the handshake too); our alert goes out first, best effort.
+    Plaintext written before the handshake completed waits in ``_early``.  ``close()``
+    sends close_notify first, best effort (nothing waits for the peer's); ``abort()`` does not.
+    TLS connections never take the batch path (``_batchable``): every record is decrypted
+    and encrypted one connection at a time.
+    """
+
+    _batchable = False
+
+    __slots__ = ("tls", "_tx", "_early", "_shut_later")
+
+    def __init__(self, loop: "Loop", sock: socket.socket, protocol: Protocol, peer: Any,
+                 transport: TlsTransport) -> None:
+        super().__init__(loop, sock, protocol, peer)
+        self.tls = None
+        self._tx = transport
+        self._early: Optional[bytearray] = None
+        self._shut_later = False
+
+    @property
+    def handshaking(self) -> bool:
+        return self._tx.handshaking
+
+    @property
+    def pending(self) -> int:
+        """Bytes not yet accepted by the kernel: records in the out-buffer, plus plaintext
+        written before the handshake completed."""
+        return (len(self._out) if self._out else 0) + (len(self._early) if self._early else 0)
+
+    def write(self, data: bytes) -> None:
+        if self.closed or self._closing or self._shut_wr or self._shut_later:
+            return
+        tx = self._tx
+        if tx.handshaking:
+            if data:
+                if self._early is None:
+                    self._early = bytearray(data)
+                else:
+                    self._early += data
+            return
+        try:
+            wire = tx.encrypt(data)
+        except ssl.SSLError as exc:
+            self._fail(exc, SEND)
+            return
+        Connection.write(self, wire)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        if self._tx.handshaking:
+            self._finish(None)      # nothing was said yet: nothing to flush
+            return
+        if not self._shut_wr:
+            self._send_wire(self._tx.close_notify())
+        Connection.close(self)
+
+    def shutdown_write(self) -> None:
+        if self.closed or self._shut_wr:
+            return
+        if self._tx.handshaking:
+            self._shut_later = True   # after the handshake and what was written before it
+            return
+        self._send_wire(self._tx.close_notify())
+        Connection.shutdown_write(self)
+
+    def resume_reading(self) -> None:
+        was = self._reading
+        Connection.resume_reading(self)
+        if not was and self._reading and not self._tx.handshaking and self._tx.buffered():
+            # Records already read from the socket: no readiness event will announce them.
+            self.loop.call_later(0, self._deliver)
+
+    # ------------------------------------------------------------- internals
+    def _send_wire(self, wire: bytes) -> None:
+        if wire:
+            Connection.write(self, wire)
+
+    def _fail(self, exc: BaseException, phase: str) -> None:
+        if self._tx.handshaking and phase in (SEND, RECV):
+            phase = HANDSHAKE       # a reset or an EOF in the middle of the handshake
+        Connection._fail(self, exc, phase)
+
+    def _made(self) -> None:
+        """TCP is up: the handshake begins (the client speaks first)."""
+        self.protocol.tls_started(self)
+        if not self.closed:
+            self._handshake()
+
+    def _handshake(self) -> None:
+        tx = self._tx
+        try:
+            done = tx.handshake()
+        except ssl.SSLError as exc:
+            self._send_wire(tx.to_send())   # our alert, if the kernel takes it now
+            self._fail(exc, HANDSHAKE)
+            return
+        self._send_wire(tx.to_send())
+        if not done or self.closed:
+            return
+        self.tls = tx.obj
+        self.protocol.connection_made(self)
+        if self.closed:
+            return
+        early, self._early = self._early, None
+        if early:
+            self.write(bytes(early))
+        if self._shut_later and not self.closed:
+            self._shut_later = False
+            self.shutdown_write()
+
+    def _on_event(self, mask: int) -> None:
+        # Connection._on_event's steps, with the read going through the TLS layer.  (Not one
+        # shared method with a hook for the bytes read: that would cost plaintext's hot path
+        # one more call per event.)
+        if self.closed:
+            return
+        if self.connecting:
+            self._on_connected()
+            return
+        self.last_active = self.loop.now
+        if self._out is not None and mask & _WRITABLE:
+            self._on_writable()
+            if self.closed:
+                return
+        if self._reading and mask & _READABLE:
+            try:
+                wire = _read(self.fd, WIRE_READ_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self._fail(exc, RECV)
+                return
+            tx = self._tx
+            if wire:
+                self.bytes_in += len(wire)
+                tx.feed(wire)
+            else:
+                tx.feed_eof()
+            if tx.handshaking:
+                self._handshake()
+                if self.closed or tx.handshaking:
+                    return
+            self._deliver()
+
+    def _deliver(self) -> None:
+        """Hand the plaintext decrypted so far to the protocol (until it pauses reading)."""
+        tx = self._tx
+        while self._reading and not self.closed:
+            try:
+                data = tx.read()
+            except ssl.SSLError as exc:     # a corrupt or forged record, an alert from the peer
+                self._fail(exc, RECV)
+                return
+            if data is None:
+                break
+            if not data:
+                self._on_eof()
+                return
+            self.protocol.data_received(self, data)
+        if not self.closed:
+            self._send_wire(tx.to_send())   # post-handshake messages OpenSSL answers (key update)
+
+    def _on_writable(self) -> None:
+        if not self._tx.handshaking:
+            Connection._on_writable(self)
+        elif self._flush():     # handshake records: no protocol to tell, nothing to close yet
+            self._update()
+
+    def _last_words(self) -> None:
+        # As Connection's, through the TLS layer: what the peer sent before it went away.
+        self._shut_wr = True
+        self._out = None
+        self._update()
+        tx = self._tx
+        while not self.closed and not tx.handshaking:
+            try:
+                wire = _read(self.fd, WIRE_READ_SIZE)
+            except OSError:
+                return
+            if not wire:
+                return
+            self.bytes_in += len(wire)
+            tx.feed(wire)
+            self._deliver()
 
 
 def _fileno(fileobj: Any) -> int:
@@ -524,28 +743,48 @@ class Loop:
         if self._handlers.pop(fd, None) is not None:
             self._poller.unregister(fd)
 
-    def add_connection(self, sock: socket.socket, protocol: Protocol, peer: Any = None) -> Connection:
-        """Adopt a connected socket (e.g. from accept()) and call ``connection_made``."""
+    def add_connection(self, sock: socket.socket, protocol: Protocol, peer: Any = None, *,
+                       tls: Optional[ssl.SSLContext] = None) -> Connection:
+        """Adopt a connected socket (e.g. from accept()) and call ``connection_made``.
+
+        With ``tls`` (a server context, ``ssl.PROTOCOL_TLS_SERVER``): ``tls_started`` now, the
+        handshake driven by the loop, ``connection_made`` once it completed."""
         sock.setblocking(False)
-        conn = Connection(self, sock, protocol, peer)
+        if tls is None:
+            conn = Connection(self, sock, protocol, peer)
+        else:
+            conn = TlsConnection(self, sock, protocol, peer, TlsTransport(tls, server_side=True))
         self.connections[conn.fd] = conn
         conn._update()
         try:
-            protocol.connection_made(conn)
+            if tls is None:
+                protocol.connection_made(conn)
+            else:
+                conn._made()
         except Exception as exc:
             self._protocol_failed([conn], exc)
         return conn
 
     def open_connection(self, address: Any, protocol: Protocol, *, family: int = socket.AF_INET,
                         source: Any = None, setup: Optional[Callable[[socket.socket], None]] = None,
-                        ctx: Any = None) -> Connection:
+                        ctx: Any = None, tls: Optional[ssl.SSLContext] = None,
+                        server_hostname: Optional[str] = None,
+                        tls_session: Optional[ssl.SSLSession] = None) -> Connection:
         """Start a nonblocking connect; ``connection_made`` or ``connection_lost`` follows.
 
         Errors from socket()/bind() raise at once (``OSError`` with
         ``failed_in`` set as attribute ``phase``: "socket"), because no
         connection exists yet to report them on.  ``ctx`` becomes
         ``conn.ctx`` before any callback, even an immediate failure's.
+
+        With ``tls`` (a client context): once connected, ``tls_started`` and the handshake,
+        which sends and checks ``server_hostname``; ``connection_made`` once it completed.
+        ``tls_session`` (an earlier connection's ``conn.tls.session``) asks to resume it.
+        Bad TLS arguments (``server_hostname`` missing while the context checks it) raise
+        ``ValueError`` here, before any socket exists.
         """
+        transport = None if tls is None else TlsTransport(tls, server_hostname=server_hostname,
+                                                           session=tls_session)
         try:
             sock = socket.socket(family, socket.SOCK_STREAM)
         except OSError as exc:
@@ -562,7 +801,8 @@ class Loop:
             sock.close()
             exc.phase = CONNECT  # type: ignore[attr-defined]
             raise
-        conn = Connection(self, sock, protocol, address)
+        conn = Connection(self, sock, protocol, address) if transport is None else \
+            TlsConnection(self, sock, protocol, address, transport)
         conn.ctx = ctx
         self.connections[conn.fd] = conn
         if rc in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):

@@ -8,6 +8,7 @@ from typing import Optional
 
 from socktools.errors import OptionError
 from socktools.flood import stages as stg
+from socktools.tlsconf import TlsConfig
 from socktools.wire import modes as wire_modes
 from socktools.wire.spec import WireOptionError, WireSpec, build
 
@@ -108,6 +109,8 @@ class FloodConfig:
     cluster: Optional[str] = None           # shards on Dask: "local:N" or a scheduler address
     stages: tuple = ()                      # load stages (a "10s:100,..." text, parsed here)
     churn: Optional[int] = None             # a new connection after every N requests (None: keep)
+    tls: Optional[TlsConfig] = None         # --tls and its options (None or not enabled: plaintext)
+    tls_resume: bool = False                # --tls-resume: offer the worker's last TLS session
 
     def __post_init__(self) -> None:
         # OptionError names the field, which is also the CLI option (the CLI says which one).
@@ -166,6 +169,11 @@ class FloodConfig:
             raise WireOptionError("--no-reply", "a write-only stream needs --rate (requests/s)")
         if not proto.replies and self.churn:
             raise OptionError("churn", "a write-only stream has no answers to count: no --churn with --no-reply")
+        if self.tls_resume and not self.tls_on:
+            raise OptionError("tls_resume", "resumes TLS sessions: give --tls too")
+        if self.tls_on and self.embedded:
+            raise OptionError("tls", "flood's own server speaks plaintext: give the --port of a TLS "
+                                     "server (or start `socktools serve --tls` and give its port)")
         if self.cluster is not None:
             try:
                 kind, _ = parse_cluster(self.cluster)
@@ -207,6 +215,11 @@ class FloodConfig:
     def staged_rate(self) -> bool:
         """The stages ramp the request rate too (open loop)."""
         return bool(self.stages) and self.stages[0].rate is not None
+
+    @property
+    def tls_on(self) -> bool:
+        """Connections speak TLS (--tls)."""
+        return self.tls is not None and self.tls.enabled
 
     @property
     def workers_chosen(self) -> bool:

@@ -51,6 +51,9 @@ class Confirm(Protocol):
         self.proto = session.proto
         self.surplus = session.proto.surplus_kind
 
+    def tls_started(self, conn: Connection) -> None:
+        self.s.tls_started(conn)
+
     def made(self, conn: Connection) -> tuple:
         """What every new connection gets: its connect time counted, its parser; (slot, now)."""
         slot, now = self.s.made(conn)
@@ -80,7 +83,7 @@ class Confirm(Protocol):
             self.s.broken(conn, exc.kind, str(exc))  # propagates: the loop logs its traceback)
             return -1
         if parser.failures:
-            self.s.failed(parser.failures, self.confirming)
+            self.s.failed(parser.failures, self.confirming, data)
         return n
 
     def data_received(self, conn: Connection, data: bytes) -> None:
@@ -128,8 +131,7 @@ class Traffic(Confirm):
         s = self.s
         if s.opens and s.open(conn, self):     # the opening conversation first (the Opener)
             return
-        # --stages: one more of the ramp, not a reconnection
-        ramp = conn.ctx.state.partition("/")[0] == lc.RAMPING
+        ramp = lc.origin(conn.ctx.state) == lc.RAMPING    # --stages: one more of the ramp, not a reconnection
         slot, now = self.made(conn)
         if not ramp:
             self.opening -= 1
@@ -142,8 +144,8 @@ class Traffic(Confirm):
             conn.close()
 
     def connection_lost(self, conn: Connection, exc: Optional[BaseException]) -> None:
-        # a reconnection that was never made (not connected, or still in its opening)
-        if conn.ctx.parser is None and conn.ctx.state.partition("/")[0] == lc.REOPENING:
+        # a reconnection that was never made (not connected, or still in its TLS handshake or opening)
+        if conn.ctx.parser is None and lc.origin(conn.ctx.state) == lc.REOPENING:
             self.opening -= 1
         self.s.lost(conn, exc)
 
@@ -439,7 +441,7 @@ class ClosedLoop(Traffic):
                 s.broken(conn, exc.kind, str(exc))
                 continue
             if parser.failures:
-                s.failed(parser.failures)
+                s.failed(parser.failures, False, data)
             if not n:
                 continue
             times = slot.times

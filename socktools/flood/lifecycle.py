@@ -41,7 +41,7 @@ from __future__ import annotations
 __all__ = ["LifecycleError", "Machine", "WORKER", "CONNECTION", "worker_machine", "step",
            "CONNECT", "READY", "TRAFFIC", "DRAIN", "CLOSE",
            "CONNECTING", "REOPENING", "RAMPING", "RETIRING", "CONFIRMING", "DRAINING", "CLOSED",
-           "HANDSHAKING", "OPENING", "SETUP", "setup_state", "in_setup"]
+           "HANDSHAKING", "OPENING", "SETUP", "setup_state", "in_setup", "origin"]
 
 # ------------------------------------------------------------------ the worker's phases
 CONNECT = "connect"
@@ -83,6 +83,16 @@ def setup_state(origin: str, phase: str) -> str:
     """The state of a connection opened as ``origin`` (connecting, reopening, ramping) while in
     setup ``phase``: ``handshaking`` for a new one, ``reopening/handshaking`` for a replacement."""
     return phase if origin == CONNECTING else f"{origin}/{phase}"
+
+
+def origin(state: str) -> str:
+    """How a connection not yet made was opened, whatever setup phase it is in: ``ramping`` for
+    ``ramping`` and ``ramping/handshaking``, ``connecting`` for ``handshaking``; a made
+    connection's state as it is."""
+    head, sep, _ = state.partition("/")
+    if sep:
+        return head
+    return CONNECTING if state in SETUP else state
 
 
 def in_setup(state: str) -> bool:

@@ -22,8 +22,8 @@ __all__ = ["to_json", "render_table", "render_live", "render_interval_header", "
 HDR_UNIT = "ns"
 
 _LATENCY_ROWS = (("latency", "round trip"), ("latency_uncorrected", "  uncorrected"),
-                 ("connect", "connect"), ("first_reply", "first reply"), ("send_lag", "send lag"),
-                 ("open", "opening"))
+                 ("connect", "connect"), ("handshake", "tls handshake"), ("open", "opening"),
+                 ("first_reply", "first reply"), ("send_lag", "send lag"))
 
 
 def format_us(us: Optional[float]) -> str:
@@ -97,7 +97,7 @@ _LOGIN_HINTS = (("NOAUTH", "the server wants a password: give --setup 'AUTH PASS
                            "per connection before the measured requests"),)
 
 
-def hints(t: st.Totals) -> list:
+def login_hints(t: st.Totals) -> list:
     """What the failures say to do, when they say it plainly (every reply a NOAUTH)."""
     out = []
     for prefix, hint in _LOGIN_HINTS:
@@ -167,6 +167,40 @@ def _errors_list(totals: st.Totals, cfg=None) -> list:
             out.append({"phase": phase, "error": key, "count": count, "meaning": meaning, "fix": fix})
     out.sort(key=lambda e: -e["count"])
     return out
+
+
+def tls_summary(result: FloodResult) -> Optional[dict]:
+    """--tls: handshakes completed, what they negotiated (a tally: "TLSv1.3 CIPHER ALPN" -> n)
+    and, with --tls-resume, how many offered an earlier session and how many the server resumed."""
+    cfg = result.config
+    if not cfg.tls_on:
+        return None
+    c = result.totals.counters
+    offered = c["tls_offered"]
+    return {"handshakes": c["tls_handshakes"], "negotiated": dict(result.totals.tls_negotiated),
+            "sni": cfg.tls.sni or cfg.host, "verify": not cfg.tls.insecure, "resume": cfg.tls_resume,
+            "offered": offered if cfg.tls_resume else None,
+            "resumed": c["tls_resumed"] if cfg.tls_resume else None,
+            "reuse_ratio": round(c["tls_resumed"] / offered, 4) if cfg.tls_resume and offered else None}
+
+
+def tls_hints(result: FloodResult) -> list:
+    """The TLS mistakes users make first, recognised in what came back (errors.tls_hint): plaintext
+    spoken to a TLS port (nginx's 400 page, a TLS alert record, a reset before any reply), a TLS
+    handshake a plaintext port never answers, a client certificate the server wanted."""
+    t = result.totals
+    tls = result.config.tls_on
+    hints = list(t.hints)       # from the replies themselves, as the workers read them
+    for text in t.samples.values():
+        hints.append(errors.tls_hint(text.encode("latin-1", "replace"), None, tls=tls))
+    # a reset or a close with nothing said: a hint only when no connection got a single reply
+    # (a TLS port resets plaintext before any), or when the TLS handshake was not answered
+    nothing_answered = not t.counters["established"]
+    for phase, inner in t.errors.items():
+        for key in inner:
+            if (phase == errors.HANDSHAKE) if tls else nothing_answered:
+                hints.append(errors.tls_hint(b"", key, tls=tls))
+    return list(dict.fromkeys(h for h in hints if h))
 
 
 def to_json(result: FloodResult, thresholds=()) -> dict:
@@ -246,8 +280,10 @@ def _body(result: FloodResult) -> dict:
                   "sent_per_second": round(_rate(tb_out, secs)),
                   "received_per_second": round(_rate(tb_in, secs))},
         **hists,
+        "tls": tls_summary(result),
         "errors": _errors_list(t, cfg),
         "errors_total": st.tally_total(t.errors),
+        "hints": tls_hints(result) + login_hints(t),
         "failures_total": failures_total(t),
         "protocol_errors": dict(t.protocol_errors),
         "reply_failures": {k: dict(v) for k, v in t.reply_failures.items()},
@@ -259,7 +295,6 @@ def _body(result: FloodResult) -> dict:
         "confirm_reply_classes": dict(t.confirm_reply_classes),
         "server_check": server_check(result),
         "warnings": list(result.warnings),
-        "hints": hints(t),
         "notes": list(result.plan.notes),
         "crashed": list(result.crashed),
         "workers": [{"worker": s.worker, "conns": s.conns, "established": s.established,
@@ -389,6 +424,16 @@ def render_table(result: FloodResult, checked: Optional[list] = None) -> str:
     if measured and (tb_out or tb_in):
         lines.append(f"throughput   {_mb(_rate(tb_out, secs))} out · {_mb(_rate(tb_in, secs))} in"
                      f"  ({_n(tb_out)} / {_n(tb_in)} bytes)")
+    tls = tls_summary(result)
+    if tls is not None and tls["handshakes"]:
+        tally = sorted(tls["negotiated"].items(), key=lambda kv: -kv[1])
+        what = (f"{tally[0][0]}" if len(tally) == 1 else
+                " · ".join(f"{k} {n:,}" for k, n in tally))
+        lines.append(f"tls          {_n(tls['handshakes'])} handshakes · {what}")
+        if tls["resume"]:
+            ratio = f" ({tls['reuse_ratio']:.0%})" if tls["reuse_ratio"] is not None else ""
+            lines.append(f"             resumed {_n(tls['resumed'])} of {_n(tls['offered'])} that offered "
+                         f"an earlier session{ratio}")
     lines.append("")
     header = f"{'':14}{'p50':>9}{'p90':>9}{'p99':>9}{'p99.9':>9}{'max':>9}{'mean':>9}{'count':>12}"
     rows = []
@@ -428,6 +473,8 @@ def render_table(result: FloodResult, checked: Optional[list] = None) -> str:
                 lines.append(f"  {n:>8,}  {detail}")
             if kind in t.samples and (table is t.reply_failures or kind not in t.reply_failures):
                 lines.append(f"  first offending bytes: {t.samples[kind]!r}")
+    for hint in tls_hints(result) + login_hints(t):
+        lines.append(f"hint: {hint}")
     check = server_check(result)
     if check:
         verdict = "equal" if check["equal"] else "DIFFERENT"
@@ -441,8 +488,6 @@ def render_table(result: FloodResult, checked: Optional[list] = None) -> str:
         lines.append(f"note: {note}")
     for warning in result.warnings:
         lines.append(f"warning: {warning}")
-    for hint in hints(t):
-        lines.append(f"hint: {hint}")
     if checked:
         lines.append("")
         lines.extend(render_thresholds(checked))

@@ -53,6 +53,10 @@ NO_QUOTA = 1 << 62
 #: answering with ever-new texts must not grow the tally without bound.
 MAX_DETAILS = 32
 
+#: Distinct negotiated TLS parameters (version, cipher, ALPN) kept per worker: a handful in
+#: practice; a server rotating through more is still tallied, the rest as "(other)".
+MAX_NEGOTIATED = 16
+
 
 class Slot:
     """Per-connection state (``conn.ctx``); slotted to keep memory per connection small.
@@ -61,7 +65,8 @@ class Slot:
     moved by the session's verbs only."""
 
     __slots__ = ("index", "started", "got", "sent", "due", "backlog", "parser", "times", "dues",
-                 "count", "confirmed", "failed", "state", "budget", "opening", "then", "opened")
+                 "count", "confirmed", "failed", "state", "budget", "opening", "then", "opened",
+                 "shake", "offered")
 
     def __init__(self, index: int, started: int, state: str = lc.CONNECTING, budget: int = NO_QUOTA) -> None:
         self.index = index
@@ -83,6 +88,8 @@ class Slot:
         self.opening = None     # its opening conversation, while it runs (wire.opening.Opening)
         self.then = None        # ... and the protocol that takes the connection once it is done
         self.opened = 0         # when the opening started (ns)
+        self.shake = 0          # --tls: when the handshake began (0: no TLS, or not yet)
+        self.offered = False    # --tls-resume: an earlier session was offered to resume
 
 
 def owed(slot: Slot) -> int:
@@ -130,6 +137,7 @@ class Session:
         # it (the exchange loops' Opener, given by the worker).
         self.opens = proto.opening() is not None
         self.opener: Any = None
+        self.tls_last: Any = None            # --tls-resume: the latest handshake's SSLObject
 
     @property
     def phase(self) -> str:
@@ -168,6 +176,16 @@ class Session:
     def reopening(self, index: int) -> Slot:
         """A replacement for connection ``index`` is about to be opened (traffic or drain)."""
         return Slot(index, self.clock(), lc.REOPENING, self.budget)
+
+    def tls_session(self, slot: Slot) -> Any:
+        """--tls-resume: the session to offer for the connection of ``slot`` (the latest one
+        this worker's handshakes got; None: nothing to resume yet -- a full handshake)."""
+        last = self.tls_last
+        session = last.session if last is not None else None
+        if session is None:
+            return None
+        slot.offered = True
+        return session
 
     def ramp_opening(self, index: int) -> Slot:
         """``--stages``: connection ``index`` is about to be opened, one more of the ramp: an
@@ -212,23 +230,56 @@ class Session:
         self.machine.fire("connected")
 
     # ------------------------------------------------------------ a connection's life
-    def _connected(self, slot: Slot, now: int) -> None:
-        """The TCP connect of ``slot`` completed: its time, and one connection more."""
+    def tls_started(self, conn: Any) -> None:
+        """``conn``'s TCP connection is up and its TLS handshake begins: the connect time
+        (TCP only) is counted now, the handshake's from now."""
+        slot: Slot = conn.ctx
+        now = self.clock()
         self.rec["connect"].record(now - slot.started)
+        slot.shake = now
+        lc.step(slot, "tls")
+
+    def _up(self, slot: Slot, conn: Any, now: int) -> None:
+        """``conn``'s transport is up -- TCP's handshake, and TLS's with --tls: its connect time
+        (or its TLS handshake's) counted, one connection more.  Once per connection: as its
+        opening conversation starts, or as it is made when it has none."""
+        if slot.shake:
+            self.rec["handshake"].record(now - slot.shake)
+            self._handshook(slot, conn.tls)
+        else:
+            self.rec["connect"].record(now - slot.started)
         self.stats.connected += 1
 
     def made(self, conn: Any) -> tuple:
-        """``conn`` is ready for its first request (connected, and its setup done): its connect
-        time counted unless a setup phase counted it already; (slot, now)."""
+        """``conn`` is ready for its first request (connected, TLS and its opening done): its
+        connect time -- and handshake time -- counted unless its opening did; (slot, now)."""
         slot: Slot = conn.ctx
         now = self.clock()
-        if not lc.in_setup(slot.state):
-            self._connected(slot, now)
-        if slot.state.partition("/")[0] == lc.RAMPING:
+        if slot.state.rpartition("/")[2] != lc.OPENING:
+            self._up(slot, conn, now)
+        if lc.origin(slot.state) == lc.RAMPING:
             self.stats.established += 1     # a connection of the ramp is up: it joins the traffic
         if lc.step(slot, "made") == lc.TRAFFIC and self.machine.state == lc.DRAIN:
             lc.step(slot, "drain")          # a replacement made after the traffic ended
         return slot, now
+
+    def _handshook(self, slot: Slot, tls: Any) -> None:
+        """A TLS handshake completed: what it settled, tallied; whether it resumed a session."""
+        s = self.stats
+        s.tls_handshakes += 1
+        if slot.offered:
+            s.tls_offered += 1
+            if tls.session_reused:
+                s.tls_resumed += 1
+        cipher = tls.cipher()
+        what = " ".join(x for x in (tls.version(), cipher[0] if cipher else None,
+                                    tls.selected_alpn_protocol()) if x)
+        table = s.tls_negotiated
+        if what not in table and len(table) >= MAX_NEGOTIATED:
+            what = "(other)"
+        table[what] = table.get(what, 0) + 1
+        if self.config.tls_resume:
+            self.tls_last = tls
 
     # ------------------------------------------------------------ the opening conversation
     def open(self, conn: Any, then: Any) -> bool:
@@ -239,8 +290,7 @@ class Session:
         if slot.state.rpartition("/")[2] == lc.OPENING:
             return False
         now = self.clock()
-        if not lc.in_setup(slot.state):
-            self._connected(slot, now)
+        self._up(slot, conn, now)
         lc.step(slot, "open")
         slot.opened = now
         slot.then = then
@@ -297,9 +347,15 @@ class Session:
         """A connection's first, confirming request went out."""
         self.stats.confirm_requests += 1
 
-    def failed(self, failures: list, confirming: bool = False) -> None:
+    def failed(self, failures: list, confirming: bool = False, data: bytes = b"") -> None:
         """Replies that arrived whole but count as failures (wrong-reply, server-error, http-5xx);
-        ``confirming``: a connection's first reply, tallied apart from the traffic's."""
+        ``confirming``: a connection's first reply, tallied apart from the traffic's.  ``data``,
+        the bytes that completed them, is read for the TLS mistakes users make first (nginx's
+        400 "The plain HTTP request was sent to HTTPS port"), once per worker."""
+        if confirming and data and not self.stats.hints:
+            hint = errors.tls_hint(data, None, tls=self.config.tls_on)
+            if hint:
+                self.stats.hints.append(hint)
         table = self.stats.confirm_reply_failures if confirming else self.stats.reply_failures
         for f in failures:
             kinds = table.setdefault(f.kind, {})
@@ -381,7 +437,7 @@ class Session:
         """Every connection ends here, whoever closed it."""
         slot: Slot = conn.ctx
         s = self.stats
-        never_made = slot.state.partition("/")[0] == lc.RAMPING
+        never_made = lc.origin(slot.state) == lc.RAMPING
         lc.step(slot, "closed")
         if exc is not None and conn.failed_in is not None and not slot.failed:
             slot.failed = True

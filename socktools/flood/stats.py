@@ -41,7 +41,7 @@ _SUB_BITS = 11
 _HALF_BITS = 10
 
 #: Histograms a worker keeps, by name.
-HISTOGRAMS = ("connect", "first_reply", "latency", "latency_uncorrected", "send_lag", "open")
+HISTOGRAMS = ("connect", "first_reply", "latency", "latency_uncorrected", "send_lag", "handshake", "open")
 
 
 def counts_index(value: int) -> int:
@@ -266,6 +266,11 @@ class WorkerStats:
     rss_connected: int = 0         # bytes, after the connect phase
     fd_limit: int = 0
     stopped_early: bool = False
+    tls_handshakes: int = 0        # --tls: handshakes completed (connect time and handshake apart)
+    tls_offered: int = 0           # --tls-resume: of those, how many offered an earlier session
+    tls_resumed: int = 0           # ... and how many the server resumed (session_reused)
+    tls_negotiated: dict = field(default_factory=dict)   # "TLSv1.3 CIPHER ALPN" -> handshakes
+    hints: list = field(default_factory=list)   # what a reply says about a mistake (errors.tls_hint)
 
 
 @dataclass
@@ -308,12 +313,15 @@ class Totals:
     confirm_reply_failures: dict = field(default_factory=dict)
     confirm_reply_classes: dict = field(default_factory=dict)
     refusals: dict = field(default_factory=dict)         # the server's words -> count (openings)
+    tls_negotiated: dict = field(default_factory=dict)   # "version cipher alpn" -> handshakes
+    hints: list = field(default_factory=list)            # distinct, in the order the workers saw them
 
 
 _SUMMED = ("conns", "attempted", "connected", "established", "failed", "cancelled", "lost", "open_at_end",
            "cycles", "requests", "responses", "confirm_requests", "confirm_responses", "traffic_requests",
            "traffic_responses", "unanswered", "bytes_out", "bytes_in", "connect_bytes_out",
-           "connect_bytes_in", "scheduled", "late", "reconnects", "resent", "opened", "traffic_opened", "refused")
+           "connect_bytes_in", "scheduled", "late", "reconnects", "resent", "tls_handshakes", "tls_offered",
+           "tls_resumed", "opened", "traffic_opened", "refused")
 
 
 def merge(stats: Iterable[WorkerStats]) -> Totals:
@@ -330,8 +338,13 @@ def merge(stats: Iterable[WorkerStats]) -> Totals:
     cclasses: dict = {}
     hists: dict = {}
     phases: dict = {}
+    negotiated: dict = {}
+    hints: list = []
     refusals: dict = {}
     for s in stats:
+        for what, n in s.tls_negotiated.items():
+            negotiated[what] = negotiated.get(what, 0) + n
+        hints.extend(h for h in s.hints if h not in hints)
         for words, n in s.refusals.items():
             refusals[words] = refusals.get(words, 0) + n
         merge_tally(errs, s.errors)
@@ -359,4 +372,5 @@ def merge(stats: Iterable[WorkerStats]) -> Totals:
                   traffic_wall_max=max((s.traffic_wall for s in stats), default=0.0),
                   stopped_early=any(s.stopped_early for s in stats),
                   reply_failures=rfail, samples=samples, reply_classes=classes,
-                  confirm_reply_failures=cfail, confirm_reply_classes=cclasses, refusals=refusals)
+                  confirm_reply_failures=cfail, confirm_reply_classes=cclasses, tls_negotiated=negotiated, hints=hints,
+                  refusals=refusals)

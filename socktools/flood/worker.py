@@ -147,6 +147,13 @@ class _Worker:
         self._repump = False
         self.family = config.family
         self.ramp_next = 0                  # --stages: the next connection number the ramp uses
+        # --tls: one client context per worker (made here, in the worker's process: contexts do
+        # not pickle), the name its handshakes send and check
+        self.tls_ctx = self.sni = None
+        if config.tls_on:
+            from socktools.tlsconf import client_context, server_name
+            self.tls_ctx = client_context(config.tls)
+            self.sni = server_name(config.tls, config.host)
         if config.stages:
             self.next_i = len(self.indices)  # the ramp opens them, during the traffic
 
@@ -314,14 +321,24 @@ class _Worker:
         source = self._source_addr(index)
         self.connecting += 1
         try:
-            conn = self.loop.open_connection(self.config.address, self.confirm, family=self.family,
-                                             source=source, setup=self._setup_socket, ctx=slot)
+            conn = self._connect(self.confirm, source, slot)
         except OSError as exc:
             self.connecting -= 1
             self.session.open_failed(exc)
             return
         if not conn.closed:
             self.pending.append((slot, conn))
+
+    def _connect(self, protocol: Any, source: Optional[tuple], slot: Any) -> Any:
+        """open_connection for one slot: TLS with --tls (offering the latest session with
+        --tls-resume)."""
+        if self.tls_ctx is None:
+            return self.loop.open_connection(self.config.address, protocol, family=self.family,
+                                             source=source, setup=self._setup_socket, ctx=slot)
+        return self.loop.open_connection(
+            self.config.address, protocol, family=self.family, source=source, setup=self._setup_socket,
+            ctx=slot, tls=self.tls_ctx, server_hostname=self.sni,
+            tls_session=self.session.tls_session(slot) if self.config.tls_resume else None)
 
     def _reopen(self, index: int, protocol: Any, ramp: bool = False) -> Optional[Any]:
         """A traffic-phase reconnect (the server closed after a complete reply) -- or, with
@@ -331,9 +348,7 @@ class _Worker:
         session = self.session
         slot = session.ramp_opening(index) if ramp else session.reopening(index)
         try:
-            conn = self.loop.open_connection(self.config.address, protocol, family=self.family,
-                                             source=self._source_addr(index), setup=self._setup_socket,
-                                             ctx=slot)
+            conn = self._connect(protocol, self._source_addr(index), slot)
         except OSError as exc:
             session.open_failed(exc) if ramp else session.reopen_failed(exc)
             return None
@@ -358,7 +373,9 @@ class _Worker:
                 break
             pending.popleft()
             # (an opening that never finishes is bounded by the same timeout)
-            phase = "connect" if conn.connecting else errors.OPEN if lc.in_setup(slot.state) else "recv"
+            phase = ("connect" if conn.connecting else
+                     errors.HANDSHAKE if getattr(conn, "handshaking", False) else
+                     errors.OPEN if lc.in_setup(slot.state) else "recv")
             self._abort(conn, phase, errors.TIMEOUT, TimeoutError(
                 f"no reply within the connect timeout ({self.config.connect_timeout:g}s)"))
         if not self.session.done:

@@ -115,7 +115,8 @@ def _failures(doc: dict) -> str:
 def _latency_table(doc: dict) -> str:
     rows = []
     for key, label in (("latency_us", "round trip"), ("latency_uncorrected_us", "round trip, uncorrected"),
-                       ("connect_us", "connect"), ("first_reply_us", "first reply"),
+                       ("connect_us", "connect"), ("handshake_us", "TLS handshake"),
+                       ("first_reply_us", "first reply"),
                        ("send_lag_us", "send lag")):
         s = doc.get(key)
         if s:
