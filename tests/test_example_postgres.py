@@ -15,7 +15,7 @@ import random
 
 import pytest
 
-from socktools.examples.postgres import (MAX_BODY, MAX_SCRAM_ITERATIONS, Postgres, PostgresOpening,
+from socktools.examples.postgres import (MAX_BODY, MAX_PARAMETERS, MAX_SCRAM_ITERATIONS, Postgres, PostgresOpening,
                                          PostgresParser, ScramSha256, md5_password, saslprep)
 from plugin_driver import SPLITS, chunks
 from socktools.wire import WireError
@@ -350,3 +350,17 @@ def test_a_server_that_ends_the_session_is_named_by_its_words_at_the_close():
     assert p.feed(error("FATAL", "57P01", "terminating connection due to administrator command")) == 0
     with pytest.raises(WireError, match="FATAL 57P01 terminating connection due to administrator command"):
         p.eof()
+
+
+def test_a_server_that_says_ok_before_scrams_final_proof_is_refused():
+    op = scram_started()
+    op.receive_data(auth(11, b"r=clientnonceX,s=c2FsdA==,i=4096"))
+    with pytest.raises(OpeningFailed, match="without proving") as caught:
+        op.receive_data(auth(0) + READY)          # AuthenticationOk, no SASLFinal
+    assert caught.value.step == "SCRAM-SHA-256"
+
+
+def test_endless_parameter_statuses_are_not_all_kept():
+    op = started()
+    op.receive_data(auth(0) + b"".join(msg(b"S", b"p%d\0v\0" % i) for i in range(10_000)))
+    assert not op.done and len(op.parameters) <= MAX_PARAMETERS

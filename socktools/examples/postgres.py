@@ -61,6 +61,9 @@ MAX_SCRAM_ITERATIONS = 1_000_000
 #: Salted passwords remembered per protocol object (one per user and salt: a flood logs in
 #: as one user, so one entry; a few more cover a server that changed its salt mid-run).
 SALTED_CACHE = 8
+#: ParameterStatus values kept from a login: PostgreSQL 15 reports 14 (server_version,
+#: client_encoding, TimeZone...); a server that sends thousands costs no more memory than this.
+MAX_PARAMETERS = 64
 #: Bytes of random client nonce (libpq uses 18, base64 to 24 characters).
 NONCE_BYTES = 18
 
@@ -234,7 +237,8 @@ class PostgresOpening(Opening):
             raise OpeningFailed(error_words(body)[1], self.step)
         elif kind == 0x53:                                 # 'S': ParameterStatus
             name, _, value = body.rstrip(b"\0").partition(b"\0")
-            self.parameters[name.decode("utf-8", "replace")] = value.decode("utf-8", "replace")
+            if len(self.parameters) < MAX_PARAMETERS:
+                self.parameters[name.decode("utf-8", "replace")] = value.decode("utf-8", "replace")
         elif kind == 0x5A:                                 # 'Z': ReadyForQuery
             if self.step != "session":
                 raise WireError("ReadyForQuery before the login ended", "protocol-error")
@@ -250,6 +254,11 @@ class PostgresOpening(Opening):
         code = int.from_bytes(body[:4], "big")
         rest = body[4:]
         if code == 0:
+            if self.scram is not None and self.step != "SCRAM-SHA-256 verified":
+                # libpq refuses this too: a server that skips SCRAM's last message never
+                # proved it holds the password's verifier (it may be anyone's).
+                raise OpeningFailed("the server said AuthenticationOk without proving it knows the "
+                                    "password (no SCRAM final message)", "SCRAM-SHA-256")
             self.step = "session"
         elif code == 3:
             self.out += _message(b"p", self._password("password").encode() + b"\0")
