@@ -8,11 +8,12 @@ load (either tool) to the other, runs alternating A, B, A, B...:
   http       flood --mode http --path /        vs  wrk -t1 -c100          (nginx, one worker)
   raw        flood --mode raw --reply-bytes 64 vs  flood --mode echo      (socktools serve --mode echo)
   memcached  the plug-in (examples/)           vs  the same bytes in raw mode (get, reply until END)
+  postgres   the plug-in (SELECT 1, SCRAM login) vs  pgbench -n -f select1.sql -c 100 -j 1 (PostgreSQL)
 
 Every flood run uses 100 connections and one worker process (one CPU).  It
 prints requests/s per run, the best of each side, and the ratio against the
 target (flood/redis-benchmark >= 0.95, flood/wrk >= 0.9, raw/echo >= 0.95,
-plug-in/raw >= 0.7).  The best run is the least disturbed one on a shared
+plug-in/raw >= 0.7, plug-in/pgbench >= 0.9).  The best run is the least disturbed one on a shared
 machine; say so when quoting the figures.
 
 With ``--before DIR`` (a checkout of an earlier socktools, e.g. ``git worktree add
@@ -24,7 +25,8 @@ Usage:
   python benchmarks/bench_flood_peers.py --pairs redis,http --seconds 5 --rounds 3
   python benchmarks/bench_flood_peers.py --pairs http --before /tmp/before --rounds 5 --seconds 4
 
-Needs 2 CPUs, redis-server, redis-benchmark, nginx, wrk, memcached.  Loopback only.
+Needs 2 CPUs, redis-server, redis-benchmark, nginx, wrk, memcached, postgresql (its pgbench).
+Loopback only.
 """
 
 from __future__ import annotations
@@ -43,10 +45,10 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
-from peers import Memcached, Nginx, Redis, which  # noqa: E402
+from peers import Memcached, Nginx, Postgres, Redis, which  # noqa: E402
 
 SERVER_CPU, LOAD_CPU = 0, 1
-TARGETS = {"redis": 0.95, "http": 0.9, "raw": 0.95, "memcached": 0.7}
+TARGETS = {"redis": 0.95, "http": 0.9, "raw": 0.95, "memcached": 0.7, "postgres": 0.9}
 
 
 def pinned(cpu: int):
@@ -117,6 +119,18 @@ def wrk(port: int, seconds: float) -> float:
     return float(m.group(1))
 
 
+def pgbench(pg: Postgres, seconds: float, script: Path) -> float:
+    """pgbench's transactions per second: one ``SELECT 1`` each, 100 clients on one thread (as
+    flood's one worker), no vacuum (no pgbench tables), logging in as bob (SCRAM)."""
+    out = subprocess.run([str(pg.bin / "pgbench"), "-n", "-f", str(script), "-c", "100", "-j", "1",
+                          "-T", str(max(1, round(seconds)))], capture_output=True, text=True,
+                         env=pg.pgbench_env("bob", "s3cret"), preexec_fn=pinned(LOAD_CPU), timeout=120)
+    m = re.search(r"tps = ([\d.]+) \(without initial connection time\)", out.stdout)
+    if not m or out.returncode != 0:
+        raise RuntimeError(f"no figure from pgbench: {out.stdout[-300:]} {out.stderr[-300:]}")
+    return float(m.group(1))
+
+
 def serve_echo():
     cmd = [sys.executable, "-m", "socktools", "serve", "--mode", "echo", "--port", "0", "--json",
            "--stats-interval", "0", "--workers", "1"]
@@ -175,7 +189,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=float, default=5.0, help="length of each run")
     ap.add_argument("--rounds", type=int, default=3, help="runs of each side, alternating")
-    ap.add_argument("--pairs", default="redis,http,raw,memcached")
+    ap.add_argument("--pairs", default="redis,http,raw,memcached,postgres")
     ap.add_argument("--before", type=Path, metavar="DIR",
                     help="a checkout of an earlier socktools: its flood runs too, alternating")
     args = ap.parse_args()
@@ -233,6 +247,17 @@ def main() -> None:
                                                  "--reply-until", "END\\r\\n"))
                 print(line("memcached", "plug-in (socktools/examples/memcached.py)", ra, "raw --reply-until END",
                            rb, TARGETS["memcached"]))
+        if "postgres" in pairs:
+            (tmp / "postgres").mkdir()
+            with PinnedPeer(Postgres(tmp / "postgres")) as pg:
+                script = tmp / "select1.sql"
+                script.write_text("SELECT 1;\n")
+                plug = ("--protocol", "socktools.examples.postgres:Postgres", "--protocol-option", "user=bob",
+                        "--protocol-option", "password=s3cret", "--command", "SELECT 1")
+                ra, rb = alternate(r, lambda code=ROOT: flood(pg.port, s, *plug, code=code),
+                                   lambda: pgbench(pg, s, script))
+                print(line("postgres", "plug-in (socktools/examples/postgres.py)", ra,
+                           "pgbench -n -f select1.sql -c 100 -j 1", rb, TARGETS["postgres"]))
     print("\nflood's own CPU per request (best run; steadier than the rates on a shared machine):")
     for what, values in CPU_US.items():
         print(f"  {min(values):7.2f} us  flood {what}")

@@ -366,3 +366,162 @@ xferlog_std_format=NO
             return sum(1 for line in self.log.read_text(errors="replace").splitlines() if text in line)
         except FileNotFoundError:
             return 0
+def _service_dir(prefix: str, owner: str) -> Path:
+    """A directory under the system temp dir that the service user ``owner`` can reach:
+    PostgreSQL and Exim drop root for their own user, which cannot traverse pytest's 0700
+    ``tmp_path``.  The peer removes it when it stops."""
+    import pwd
+    import tempfile
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o755)
+    entry = pwd.getpwnam(owner)
+    os.chown(path, entry.pw_uid, entry.pw_gid)
+    return path
+
+
+class Postgres(_Peer):
+    """PostgreSQL (Debian's ``postgresql``), initdb'd into a fresh directory and started on a
+    free loopback port and a socket directory, as the ``postgres`` user (it refuses root).
+    ``users``: (name, password, method) logins over TCP, method ``scram-sha-256``, ``md5`` or
+    ``password`` (cleartext); each also owns a database of its name.  ``sql()`` runs a query
+    as the superuser over the Unix socket (trust) and returns psql's unaligned output."""
+
+    name = "postgres"
+
+    def __init__(self, tmp: Path, port: Optional[int] = None,
+                 users: tuple = (("bob", "s3cret", "scram-sha-256"), ("carol", "md5secret", "md5"),
+                                 ("dave", "plain", "password"))) -> None:
+        import glob
+        import pwd
+        found = sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"))
+        if not found:
+            pytest.skip("postgres not installed (apt-get install postgresql)")
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("no postgres user (apt-get install postgresql creates it)")
+        self.bin = Path(found[-1]).parent
+        self.port = port or free_port()
+        self.users = users
+        self.dir = _service_dir("socktools-pg-", "postgres")
+        self.data, self.sock = self.dir / "data", self.dir / "sock"
+        self.sock.mkdir()
+        os.chown(self.sock, pwd.getpwnam("postgres").pw_uid, -1)
+        self.as_postgres = {"user": "postgres", "group": "postgres", "extra_groups": []} if os.geteuid() == 0 else {}
+        subprocess.run([str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust",
+                        "--no-sync", "--no-instructions"], check=True, capture_output=True, timeout=120,
+                       **self.as_postgres)
+        hba = [f"host all {name} 127.0.0.1/32 {method}" for name, _, method in users]
+        (self.data / "pg_hba.conf").write_text("local all postgres trust\n" + "\n".join(hba) + "\n")
+        self.cmd = [str(self.bin / "postgres"), "-D", str(self.data), "-p", str(self.port), "-k", str(self.sock),
+                    "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "max_connections=200",
+                    "-c", "log_destination=stderr", "-c", "logging_collector=off"]
+
+    def start(self, timeout: float = 30.0) -> "Postgres":
+        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     preexec_fn=getattr(self, "preexec", None), **self.as_postgres)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:      # ready: the superuser's query answers
+            if self.proc.poll() is not None:
+                err = self.proc.stderr.read().decode(errors="replace")
+                raise RuntimeError(f"postgres exited at once ({self.proc.returncode}): {err[-500:]}")
+            if _accepts(self.port) and self._psql("SELECT 1", check=False).returncode == 0:
+                break
+            time.sleep(0.05)
+        else:
+            self.stop()
+            raise RuntimeError(f"postgres did not answer on {self.port} within {timeout:g}s")
+        try:
+            for name, password, method in self.users:
+                encryption = "md5" if method == "md5" else "scram-sha-256"
+                self.sql(f"SET password_encryption = '{encryption}'; CREATE ROLE {name} LOGIN PASSWORD '{password}'")
+                self.sql(f"CREATE DATABASE {name} OWNER {name}")      # not in a transaction block
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _psql(self, query: str, check: bool = True) -> subprocess.CompletedProcess:
+        return subprocess.run([str(self.bin / "psql"), "-h", str(self.sock), "-p", str(self.port), "-U", "postgres",
+                               "-d", "postgres", "-X", "-At", "-v", "ON_ERROR_STOP=1", "-c", query],
+                              capture_output=True, text=True, timeout=30, check=check)
+
+    def sql(self, query: str) -> str:
+        return self._psql(query).stdout.strip()
+
+    def xact_commit(self, database: str) -> int:
+        """Transactions the server committed in ``database`` (pg_stat_database), flushed first."""
+        return self.stat(database)[0]
+
+    def stat(self, database: str) -> tuple:
+        """``(xact_commit, sessions)`` of ``database`` (pg_stat_database): transactions committed
+        -- a query each, and one per backend's start -- and sessions (logins) established."""
+        self.sql("SELECT pg_stat_force_next_flush()")
+        row = self.sql(f"SELECT xact_commit, sessions FROM pg_stat_database WHERE datname = '{database}'")
+        return tuple(int(x) for x in row.split("|"))
+
+    def pgbench_env(self, user: str, password: str) -> dict:
+        """The environment for libpq tools (pgbench, psql) logging in as ``user`` over TCP."""
+        return {**os.environ, "PGHOST": "127.0.0.1", "PGPORT": str(self.port), "PGUSER": user,
+                "PGDATABASE": user, "PGPASSWORD": password}
+
+    def stop(self) -> None:
+        super().stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Exim(_Peer):
+    """exim4 (``exim4-daemon-light``) as a foreground daemon on a free loopback port, with a
+    config this writes: recipients accepted, messages queued (``queue_only``: never
+    delivered), spool and log in a fresh directory owned by Debian-exim.  ``mainlog()`` is
+    the server's own log, to count what it received (``<=`` lines) and dropped."""
+
+    name = "exim"
+
+    def __init__(self, tmp: Path, port: Optional[int] = None, nonmail: int = 10,
+                 refuse_connections: bool = False) -> None:
+        binary = which("exim4")
+        if binary is None:
+            pytest.skip("exim4 not installed (apt-get install exim4-daemon-light)")
+        self.port = port or free_port()
+        self.dir = _service_dir("socktools-exim-", "Debian-exim")
+        for sub in ("spool", "log"):
+            (self.dir / sub).mkdir()
+            shutil.chown(self.dir / sub, "Debian-exim")
+        conf = self.dir / "exim.conf"
+        conf.write_text(f"""primary_hostname = test.invalid
+daemon_smtp_ports = {self.port}
+local_interfaces = 127.0.0.1
+host_lookup =
+rfc1413_hosts =
+rfc1413_query_timeout = 0s
+smtp_accept_max = 500
+smtp_accept_max_per_host = 500
+smtp_accept_max_nonmail = {nonmail}
+tls_advertise_hosts =
+queue_only = true
+spool_directory = {self.dir}/spool
+log_file_path = {self.dir}/log/%slog
+pid_file_path = {self.dir}/exim.pid
+acl_smtp_connect = acl_check_connect
+acl_smtp_mail = acl_check_mail
+acl_smtp_rcpt = acl_check_rcpt
+begin acl
+acl_check_connect:
+  {"deny message = no SMTP service here" if refuse_connections else "accept"}
+acl_check_mail:
+  deny senders = refused@test.invalid
+  accept
+acl_check_rcpt:
+  deny recipients = nobody@test.invalid
+  accept
+""")
+        self.cmd = [binary, "-bdf", "-C", str(conf)]
+
+    def mainlog(self) -> str:
+        path = self.dir / "log" / "mainlog"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop(self) -> None:
+        super().stop()
+        shutil.rmtree(self.dir, ignore_errors=True)

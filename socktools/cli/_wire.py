@@ -42,7 +42,10 @@ _OPTIONS = [
                  help="http: statuses that are not failures, added to 1xx-3xx, e.g. 404 or 4xx,5xx; "
                       "!CODE or !CLASS takes one away (!2xx: a 2xx is a failure)."),
     click.option("--protocol", "plugin", metavar="MODULE:CLASS", default=None,
-                 help="Your own exchange protocol class (see docs/plugins.md); --command texts go to it."),
+                 help="Your own exchange protocol class, package.module:Class or ./file.py:Class "
+                      "(see docs/plugins.md); --command texts go to it."),
+    click.option("--protocol-option", "plugin_options", multiple=True, metavar="KEY=VALUE",
+                 help="A keyword argument for the --protocol class (repeatable), e.g. user=bob."),
 ]
 
 #: The built-in opening conversation (flood's; the modes registry says which modes take them).
@@ -62,11 +65,11 @@ OPENING_PARAMS = ("greeting", "greeting_match", "setups")
 
 WIRE_PARAMS = ("sends", "send_file", "reply_until", "reply_bytes", "reply_prefix", "reply_prefix_adjust",
                "reply_until_close", "no_reply", "reply_match", "eol", "commands", "method", "paths", "headers", "body",
-               "accept_status", "plugin")
+               "accept_status", "plugin", "plugin_options")
 
 
 _NAMES = {"setups": "--setup", "sends": "--send", "commands": "--command", "paths": "--path", "headers": "--header",
-          "plugin": "--protocol"}
+          "plugin": "--protocol", "plugin_options": "--protocol-option"}
 
 
 def option_name(param: str) -> str:
@@ -129,5 +132,6 @@ def wire_spec(mode: str, host: str, params: dict, **extra):
                     method=params.get("method") or "GET", paths=tuple(params.get("paths") or ()),
                     headers=tuple(params.get("headers") or ()), body=body_bytes,
                     accept_status=tuple(params.get("accept_status") or ()), plugin=params.get("plugin"),
+                    plugin_options=tuple(params.get("plugin_options") or ()),
                     host=host, greeting=bool(params.get("greeting")), greeting_match=params.get("greeting_match"),
                     setups=tuple(params.get("setups") or ()), **extra)

@@ -41,6 +41,8 @@ Your own server (give its --port):
   socktools flood --port 9000 --mode raw --send 'tick\\n' --no-reply --rate 50000
   socktools flood --port 8080 --mode raw --send 'GET / HTTP/1.0\\r\\n\\r\\n' --reply-until-close
   socktools flood --port 11211 --protocol socktools.examples.memcached:Memcached --command 'get k{conn}'
+  PGPASSWORD=s3cret socktools flood --port 5432 --protocol socktools.examples.postgres:Postgres --protocol-option user=bob
+  socktools flood --port 25 --protocol socktools.examples.smtp:Smtp --command 'MAIL FROM:<a@x.test> RCPT TO:<b@x.test>'
   socktools flood --port 6379 --mode redis --setup 'AUTH s3cret' --setup 'SELECT 2' --command 'GET k'
   socktools flood --port 21 --mode line --greeting-match '^220' --send NOOP --eol crlf
   socktools flood --port 8080 --mode http --churn 1 --conns 50   # one request per connection

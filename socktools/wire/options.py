@@ -17,7 +17,7 @@ __all__ = ["WireSpec", "WireOptionError", "templates", "reply_match", "EOLS", "S
 
 #: Command-line flags whose config field is spelled otherwise.
 _FIELDS = {"--setup": "setups", "--send": "sends", "--command": "commands", "--path": "paths", "--header": "headers",
-           "--protocol": "plugin", "--accept-status": "accept_status"}
+           "--protocol": "plugin", "--protocol-option": "plugin_options", "--accept-status": "accept_status"}
 
 
 class WireOptionError(OptionError):
@@ -53,6 +53,7 @@ class WireSpec:
     body: bytes = b""
     accept_status: tuple = ()
     plugin: Optional[str] = None            # "package.module:Name"
+    plugin_options: tuple = ()              # --protocol-option KEY=VALUE texts, as typed
     host: str = "127.0.0.1"                 # the target, for HTTP's Host header
     greeting: bool = False                  # the opening: wait for the server's first message
     greeting_match: Optional[str] = None    # ... and check it (a regex; implies greeting)
@@ -71,7 +72,10 @@ class WireSpec:
         """What each connection sends, as JSON data for reports: texts as typed (escapes and
         placeholders unexpanded), a ``--send-file`` as its size and its first bytes."""
         if self.plugin:
-            return {"mode": "plugin", "plugin": self.plugin, "commands": list(self.commands)}
+            # option values as typed, but never a password or secret in a report
+            options = {k: "(hidden)" if any(w in k.lower() for w in ("pass", "secret")) else v
+                       for k, _, v in (t.partition("=") for t in self.plugin_options)}
+            return {"mode": "plugin", "plugin": self.plugin, "commands": list(self.commands), "options": options}
         from socktools.wire import modes
         out = {"mode": self.mode, **modes.get(self.mode).summary(self)}
         if self.opens:   # (the --setup texts are not shown: an AUTH carries a password)

@@ -18,7 +18,7 @@ from socktools.wire import modes
 from socktools.wire.base import WireProtocol
 from socktools.wire.options import WireOptionError, WireSpec
 
-__all__ = ["WireSpec", "WireOptionError", "build", "load_plugin", "MODES", "STREAM_MODES", "stream_parser"]
+__all__ = ["WireSpec", "WireOptionError", "build", "load_plugin", "plugin_options", "MODES", "STREAM_MODES", "stream_parser"]
 
 #: Exchange modes with a built-in protocol ("connect" is flood's churn, on echo).
 MODES = modes.names()
@@ -54,7 +54,9 @@ def build(spec: WireSpec) -> WireProtocol:
             if given(spec):   # a plug-in's opening is its own (WireProtocol.opening)
                 raise WireOptionError(flag, f"only for --mode {' and '.join(modes.taking(flag))}; "
                                             f"a plug-in's opening is its own opening()")
-        return load_plugin(spec.plugin)(tuple(spec.commands))
+        return load_plugin(spec.plugin)(tuple(spec.commands), **plugin_options(spec.plugin_options))
+    if spec.plugin_options:
+        raise WireOptionError("--protocol-option", "only with --protocol (a plug-in's own options)")
     try:
         mode = modes.get(spec.mode)
     except modes.UnknownMode as exc:
@@ -68,18 +70,33 @@ def build(spec: WireSpec) -> WireProtocol:
     return proto
 
 
+def plugin_options(texts: tuple) -> dict:
+    """``--protocol-option KEY=VALUE`` texts as the keyword arguments of the plug-in's class."""
+    options = {}
+    for text in texts:
+        key, sep, value = text.partition("=")
+        if not sep or not key.isidentifier():
+            raise WireOptionError("--protocol-option", f"{text!r}: write KEY=VALUE (KEY a Python name)")
+        options[key] = value
+    return options
+
+
 def load_plugin(ref: str):
-    """``"package.module:Name"`` -> the class, checked for the interface; raises WireOptionError."""
-    module_name, sep, attr = ref.partition(":")
+    """``"package.module:Name"`` or ``"path/to/file.py:Name"`` -> the class, checked for the
+    interface; raises WireOptionError."""
+    module_name, sep, attr = ref.rpartition(":")
     if not sep or not module_name or not attr:
-        raise WireOptionError("--protocol", f"{ref!r}: write package.module:ClassName")
+        raise WireOptionError("--protocol", f"{ref!r}: write package.module:ClassName or ./file.py:ClassName")
     # Like uvicorn's --app-dir default: a module beside the user's working
     # directory is found when socktools runs as a console script, too.
     cwd = os.getcwd()
     if cwd not in sys.path:
         sys.path.insert(0, cwd)
     try:
-        module = importlib.import_module(module_name)
+        if module_name.endswith(".py") or os.sep in module_name:
+            module = _from_file(module_name)
+        else:
+            module = importlib.import_module(module_name)
     except Exception as exc:  # any import-time failure of the user's module is theirs to see
         raise WireOptionError("--protocol", f"cannot import {module_name!r}: "
                                             f"{type(exc).__name__}: {exc}") from None
@@ -93,13 +110,42 @@ def load_plugin(ref: str):
     return _checked(cls, ref)
 
 
+def _from_file(path: str):
+    """A plug-in module loaded from its file (``--protocol ./pg.py:Postgres``), once per process."""
+    import hashlib
+    import importlib.util
+
+    full = os.path.abspath(path)
+    name = "socktools_plugin_" + hashlib.sha1(full.encode()).hexdigest()[:12]   # one module per file
+    if name in sys.modules:
+        return sys.modules[name]
+    if not os.path.isfile(full):
+        raise FileNotFoundError(f"no such file: {path}")
+    module_spec = importlib.util.spec_from_file_location(name, full)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[name] = module
+    try:
+        module_spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
 def _checked(cls, ref: str):
-    def make(commands: tuple):
+    def make(commands: tuple, **options):
+        if options:
+            import inspect
+            try:
+                inspect.signature(cls).bind(commands, **options)
+            except (TypeError, ValueError) as exc:
+                raise WireOptionError("--protocol-option", f"{ref} does not take {', '.join(options)}: {exc}") from None
         try:
-            obj = cls(commands)
+            obj = cls(commands, **options)
         except Exception as exc:
-            raise WireOptionError("--protocol", f"{ref}({commands!r}) failed: "
-                                                f"{type(exc).__name__}: {exc}") from None
+            flag = "--protocol-option" if options else "--protocol"
+            raise WireOptionError(flag, f"{ref}({commands!r}) failed: "
+                                        f"{type(exc).__name__}: {exc}") from None
         try:
             parser = obj.parser()
         except Exception as exc:
