@@ -294,6 +294,8 @@ ROUTES = {
         "accept_status": (_HTTP + ["--accept-status", "404"], wire("accept_status", ("404",))),
         "plugin": (["--port", "9", "--protocol", "socktools.examples.memcached:Memcached"],
                    both(field("mode", "plugin"), wire("plugin", "socktools.examples.memcached:Memcached"))),
+        "plugin_options": (["--port", "9", "--protocol", "socktools.examples.postgres:Postgres",
+                            "--protocol-option", "user=bob"], wire("plugin_options", ("user=bob",))),
         "yes": (["--yes"], lambda call, base: (call.force is True and base.force is False) or _fail()),
         "tls": (_FLOOD_TLS, tls_field("enabled", True)),
         "sni": ([*_FLOOD_TLS, "--sni", "db.test"], tls_field("sni", "db.test")),
@@ -367,6 +369,8 @@ ROUTES = {
             "accept_status": (["--mode", "http", "--accept-status", "404"], spec("accept_status", ("404",))),
             "plugin": (["--protocol", "socktools.examples.memcached:Memcached"],
                        spec("plugin", "socktools.examples.memcached:Memcached")),
+            "plugin_options": (["--protocol", "socktools.examples.postgres:Postgres", "--protocol-option",
+                                "user=bob"], spec("plugin_options", ("user=bob",))),
         }.items()},
     }),
 }
