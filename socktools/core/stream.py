@@ -1,12 +1,13 @@
 """One blocking client connection under a deadline, plaintext or TLS, for request and ping.
 
 The nonblocking loop (:mod:`socktools.core.loop`) is for servers and load; a single exchange
-or a ping probe reads best as straight-line blocking code with one deadline.  TLS here is
-``ssl.SSLObject`` + two ``MemoryBIO``s over the plain socket, not ``SSLContext.wrap_socket``:
-every byte that crosses the socket passes through :meth:`Stream._wire`, so the TLS records can
-be counted and named as they went (``request --show-bytes``) while the caller still reads and
-writes plaintext.  The same class carries plaintext with the TLS parts left out, so callers
-have one path.
+or a ping probe reads best as straight-line blocking code with one deadline.  TLS here is the
+loop's own sans-I/O :class:`~socktools.core.tls.TlsTransport` (``ssl.SSLObject`` + two
+``MemoryBIO``s) over the plain socket, not ``SSLContext.wrap_socket``: one TLS mechanism in the
+core, and every byte that crosses the socket passes through :meth:`Stream._wire`, so the TLS
+records can be counted and named as they went (``request --show-bytes``) while the caller
+still reads and writes plaintext.  The same class carries plaintext with the TLS parts left
+out, so callers have one path.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import socket
 import ssl
 import time
 from typing import Callable, Optional
+
+from socktools.core.tls import TlsTransport
 
 __all__ = ["Stream", "READ_SIZE"]
 
@@ -38,8 +41,7 @@ class Stream:
         self.timeout_text = timeout_text       # "no answer within 5s": the timeout's words
         self.on_wire = on_wire
         self.tls: Optional[ssl.SSLObject] = None
-        self._in: Optional[ssl.MemoryBIO] = None
-        self._out: Optional[ssl.MemoryBIO] = None
+        self._tx: Optional[TlsTransport] = None
         self.wire_in = 0                       # bytes the kernel carried, each way
         self.wire_out = 0
 
@@ -74,23 +76,22 @@ class Stream:
     def tls_handshake(self, context: ssl.SSLContext, server_hostname: Optional[str]) -> ssl.SSLObject:
         """The client handshake; raises ``ssl.SSLError`` (a refused certificate, an alert, not
         TLS at all) or ``OSError``/``socket.timeout``."""
-        self._in, self._out = ssl.MemoryBIO(), ssl.MemoryBIO()
-        self.tls = context.wrap_bio(self._in, self._out, server_hostname=server_hostname)
+        self._tx = tx = TlsTransport(context, server_hostname=server_hostname)
         while True:
             try:
-                self.tls.do_handshake()
-                break
-            except ssl.SSLWantReadError:
-                self._flush()
-                self._fill()
+                done = tx.handshake()
             except ssl.SSLError:
                 self._flush_quietly()          # our alert (unknown_ca...) tells the server why
                 raise
-        self._flush()                          # TLS 1.3: the client's Finished
+            self._flush()                      # our flight (TLS 1.3: the client's Finished)
+            if done:
+                break
+            self._fill()
+        self.tls = tx.obj
         return self.tls
 
     def _flush(self) -> None:
-        self._send_raw(self._out.read())
+        self._send_raw(self._tx.to_send())
 
     def _flush_quietly(self) -> None:
         try:
@@ -102,45 +103,40 @@ class Stream:
         """Read once from the socket into the TLS layer; False at the peer's close."""
         data = self._recv_raw()
         if data:
-            self._in.write(data)
+            self._tx.feed(data)
             return True
-        self._in.write_eof()
+        self._tx.feed_eof()
         return False
 
     # ------------------------------------------------------------------ plaintext either way
     def send(self, data: bytes) -> None:
-        if self.tls is None:
+        if self._tx is None:
             self._send_raw(data)
             return
-        self.tls.write(data)                   # a memory BIO takes it all at once
-        self._flush()
+        self._send_raw(self._tx.encrypt(data))  # a memory BIO takes it all at once
 
     def recv(self) -> bytes:
         """The next plaintext bytes; ``b""`` when the peer closed (with close_notify or, as
         ``SSLSocket``'s ``suppress_ragged_eofs`` does, without)."""
-        if self.tls is None:
+        if self._tx is None:
             return self._recv_raw()
         while True:
-            try:
-                return self.tls.read(READ_SIZE)
-            except ssl.SSLWantReadError:
-                self._flush()                  # a key update may want an answer
-                self._fill()
-            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-                return b""
+            data = self._tx.read()
+            if data is not None:
+                return data
+            self._flush()                      # a key update may want an answer
+            self._fill()
 
     def ready(self, wait: float) -> bytes:
         """Plaintext the peer has sent already (waiting at most ``wait`` seconds for the first
         bytes), without blocking for more; ``b""``: none yet, or only its close.  TLS: bytes
         that are only the server's session tickets (TLS 1.3 sends them after the handshake)
         give no plaintext and count as none."""
-        if self.tls is not None:
-            try:
-                return self.tls.read(READ_SIZE)
-            except ssl.SSLWantReadError:
-                pass
-            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-                return b""
+        tx = self._tx
+        if tx is not None:
+            data = tx.read()
+            if data is not None:
+                return data
         poller = select.poll()
         poller.register(self.sock, select.POLLIN)
         if not poller.poll(int(wait * 1000)):
@@ -151,29 +147,20 @@ class Stream:
         except BlockingIOError:
             return b""
         self._wire("in", data)
-        if self.tls is None:
+        if tx is None:
             return data
         if not data:
-            self._in.write_eof()
+            tx.feed_eof()
             return b""
-        self._in.write(data)
-        try:
-            return self.tls.read(READ_SIZE)
-        except ssl.SSLWantReadError:
-            return b""
-        except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-            return b""
+        tx.feed(data)
+        return tx.read() or b""
 
     def close_notify(self) -> None:
         """TLS: send close_notify, best effort, without waiting for the server's."""
-        if self.tls is None:
+        if self._tx is None:
             return
         try:
-            self.tls.unwrap()
-        except (ssl.SSLError, ValueError):
-            pass                               # SSLWantReadError: ours is written, theirs not awaited
-        try:
-            data = self._out.read()
+            data = self._tx.close_notify()
             if data:
                 self.sock.settimeout(0.0)
                 self.sock.send(data)
