@@ -82,8 +82,12 @@ def given_params(ctx) -> list:
             and ctx.get_parameter_source(p) is not click.core.ParameterSource.DEFAULT]
 
 
-def opening_options(f):
-    for opt in reversed(_OPENING_OPTIONS):
+def opening_options(f=None, *, greeting: bool = True):
+    """The opening's options on a command; ``greeting=False``: without ``--greeting`` (request
+    declares its own, whose help says how it shows the greeting)."""
+    if f is None:
+        return lambda g: opening_options(g, greeting=greeting)
+    for opt in reversed(_OPENING_OPTIONS if greeting else _OPENING_OPTIONS[1:]):
         f = opt(f)
     return f
 

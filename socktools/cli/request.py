@@ -9,7 +9,7 @@ import click
 from socktools.cli._common import (DURATION, EXIT_FAILED, PORT, LazyChoice, LazyOption, build_config,
                                    check_target, die, refuse_path_as_host, unix_option, warn_target)
 from socktools.cli._tls import tls_config, tls_options
-from socktools.cli._wire import given_params, option_name, wire_options, wire_spec
+from socktools.cli._wire import given_params, opening_options, option_name, wire_options, wire_spec
 
 EPILOG = """\b
 Examples:
@@ -31,6 +31,12 @@ Any server, one exchange (the modes of flood):
 A conversation on one connection (each reply in order, with its time):
   socktools request --port 6379 --mode redis --command 'SET k v' --command 'GET k'
   socktools request --port 21 --mode line --eol crlf --greeting --send NOOP --send QUIT
+
+\b
+A login first (the opening conversation flood holds; its steps shown, never a setup's text):
+  socktools request --port 6379 --mode redis --setup 'AUTH s3cret' --command PING
+  socktools request --port 5432 --protocol socktools.examples.postgres:Postgres \\
+      --protocol-option user=bob --protocol-option password=s3cret --command 'SELECT 1'
 
 \b
 Over a Unix-domain socket (no host, no port; HTTP's Host header says localhost):
@@ -88,10 +94,17 @@ def _trace(result) -> None:
     if not is_conversation(result):
         _bytes(result.sent, len(result.sent), result.received, result.received_bytes, result.recv_calls)
         return
-    # a conversation: each step's bytes, then its reply decoded (a step that failed has none yet)
-    steps = ([result.greeting] if result.greeting is not None else []) + result.steps
-    first = 0 if result.greeting is not None else 1
-    for i, step in enumerate(steps, first):
+    # a conversation: each step's bytes, then its reply decoded (a step that failed has none yet);
+    # the opening's own messages are counted, not shown (a setup or a login may carry a password)
+    from socktools.request.report import opening_head, opening_reply
+    for step in ([result.greeting] if result.greeting is not None else []) + result.opening:
+        click.echo(opening_head(step))
+        if step.sent_bytes:
+            click.echo(f">>> sent {step.sent_bytes} bytes (not shown: an opening may carry a password)")
+        _bytes(b"", 0, step.received, step.received_bytes, step.recv_calls)
+        if step.received_bytes:
+            click.echo(opening_reply(step))
+    for i, step in enumerate(result.steps, 1):
         click.echo(step_head(step, i))
         _bytes(step.sent, step.sent_bytes, step.received, step.received_bytes, step.recv_calls)
         if step.reply is not None:
@@ -132,6 +145,7 @@ def _message_dict(message) -> dict:
 @click.option("--greeting", is_flag=True,
               help="Wait for the server's first message (SMTP's 220, FTP's banner), framed as the mode frames "
                    "replies, and show it as the greeting before the first request.")
+@opening_options(greeting=False)
 @click.option("--mode", "-m", type=LazyChoice("socktools.wire.modes:REQUEST_MODES"), default="framed",
               show_default=True, cls=LazyOption, lazy_help="socktools.wire.modes:REQUEST_HELP")
 @click.option("--udp", is_flag=True,
@@ -227,6 +241,7 @@ def _exchange(ctx, words, host, port, unix, timeout, show_bytes, as_json, mode, 
     order on one connection (after the greeting, with --greeting), print each reply."""
     from socktools import wire
     from socktools.addresses import format_addr
+    from socktools.wire import modes
     from socktools.request.client import MAX_EXCHANGES, RequestError, converse
     from socktools.cli._common import stamped
     from socktools.request.report import conversation_text, exchange_json, is_conversation, reply_text
@@ -234,13 +249,20 @@ def _exchange(ctx, words, host, port, unix, timeout, show_bytes, as_json, mode, 
     if words and unix is not None:
         raise click.UsageError("--unix names the whole target: give no HOST PORT")
     host, port = _host_port(ctx, words, host, port, f"--mode {mode}")
+    if greeting and not wire_params.get("plugin") and "--greeting" in modes.get(mode).options:
+        # the mode's opening waits for the greeting, as flood's does (a 5xx greeting refuses,
+        # continuation lines are one greeting): request's own wait is for http and plug-ins
+        wire_params, greeting = {**wire_params, "greeting": True}, False
     # a Unix socket has no host name: HTTP's Host header (required by HTTP/1.1) says localhost
     spec = wire_spec(mode, "localhost" if unix is not None else format_addr((host, port)), wire_params)
     proto = build_config(wire.build, spec=spec)
     labels = _labels(spec)
     if len(labels) > MAX_EXCHANGES:
         raise click.UsageError(f"{len(labels):,} exchanges: one conversation holds at most {MAX_EXCHANGES:,}")
-    if greeting and not proto.replies:
+    if greeting and proto.opening() is not None:
+        raise click.BadParameter("the plug-in's opening() holds the whole opening conversation, its "
+                                 "greeting too", param_hint="'--greeting'")
+    if greeting and not proto.replies:      # (the modes with an opening say so when it is built)
         raise click.BadParameter("not with --no-reply: a greeting is read as a reply is",
                                  param_hint="'--greeting'")
     if len(labels) > 1 and proto.until_close:
@@ -312,6 +334,9 @@ def _udp(ctx, words, host, port, unix, timeout, show_bytes, as_json, mode, greet
         refuse("--greeting", "a UDP server cannot speak first: it knows no peer until a datagram arrives")
     if wire_params.get("plugin"):
         refuse("--protocol", "plug-ins frame replies in a stream: not with --udp")
+    for param in ("greeting_match", "setups"):
+        if wire_params.get(param):
+            refuse(option_name(param), "no opening conversation over UDP: each datagram stands alone")
     if ctx.get_parameter_source("mode") is ParameterSource.DEFAULT:
         mode = "raw"
     if mode not in ("raw", "line"):

@@ -20,6 +20,7 @@ from socktools.addresses import format_addr, resolve
 from socktools.core.stream import Stream
 from socktools.tlsconf import TlsConfig, client_context, negotiated, server_name
 from socktools.tlsinfo import TlsRecords, peer_chain
+from socktools.wire.opening import OpeningFailed
 
 __all__ = ["RequestResult", "RequestError", "PeerClosedError", "SpokeFirstError", "request", "ExchangeResult",
            "exchange", "converse", "Step", "KEEP_RECEIVED", "SPOKE_FIRST_WAIT", "MAX_RECORDS_SHOWN",
@@ -61,6 +62,7 @@ class RequestResult:
     records: list = field(default_factory=list)    # TLS: (direction, tlsinfo.Record), wire order
     records_total: int = 0       # records keeps MAX_RECORDS_SHOWN of them
     greeting: Optional["Step"] = None              # --greeting: the server's first message
+    opening: list = field(default_factory=list)    # the opening's other steps (--setup, a plug-in's login)
     steps: list = field(default_factory=list)      # one Step per exchange, in order
     wire_bytes: dict = field(default_factory=dict)  # {"out": n, "in": n}: what the kernel carried
 
@@ -77,6 +79,8 @@ class RequestError(Exception):
         """The errno name or pseudo-error (errors.PEER_CLOSED, PROTOCOL_ERROR, TIMEOUT)."""
         if isinstance(self.exc, protocol.ProtocolError):
             return errors.PROTOCOL_ERROR
+        if isinstance(self.exc, OpeningFailed):
+            return errors.OPENING_REFUSED
         return errors.exception_key(self.exc)
 
     def __str__(self) -> str:
@@ -84,7 +88,10 @@ class RequestError(Exception):
         what = {"connect": f"connect to {where}", "handshake": f"TLS handshake with {where}",
                 "send": f"send to {where}", "recv": f"receive from {where}", "resolve": f"resolving {where}",
                 "protocol": f"response from {where}",
-                "greeting": f"waiting for the greeting of {where}"}.get(self.phase, f"{self.phase} {where}")
+                "greeting": f"waiting for the greeting of {where}",
+                "opening": f"the opening conversation with {where}"}.get(self.phase, f"{self.phase} {where}")
+        if isinstance(self.exc, OpeningFailed):      # the server's own words (never our setup's text)
+            return f"{what} was refused ({self.exc.step}): {self.exc.words}"
         if isinstance(self.exc, protocol.ProtocolError):
             line = f"{what}: protocol error ({self.exc.kind}): {self.exc}"
         else:
@@ -96,9 +103,11 @@ class RequestError(Exception):
 class SpokeFirstError(protocol.RemoteProtocolError):
     """The server sent bytes before the request was sent: not an answer to it."""
 
-    def __init__(self, got: int, greeted: bool = False, index: int = 0) -> None:
+    def __init__(self, got: int, greeted: bool = False, index: int = 0, opened: bool = False) -> None:
         which = "the request" if not index else f"request {index + 1}"
-        if not greeted and not index:
+        if opened:
+            why = ", beyond the replies of the opening conversation"
+        elif not greeted and not index:
             why = "; if the server greets first (SMTP, FTP), give --greeting to wait for it and show it"
         else:
             why = ", beyond the answers to the requests before it" if index else ", beyond its greeting"
@@ -219,8 +228,62 @@ class _Conversation:
                 done = take(chunk)
         except protocol.RemoteProtocolError as exc:
             raise self._failed("protocol", exc) from None
+        except OpeningFailed as exc:
+            raise self._failed("opening", exc) from None
         except OSError as exc:
             raise self._failed(phase, exc) from None
+
+    def run_opening(self, op: Any, frame: Callable[[Step], None]) -> None:
+        """Hold the opening conversation ``op`` (a :class:`~socktools.wire.opening.Opening`,
+        as flood drives it): send what it says, feed it the server's bytes, until it is done.
+        Each message it sends and the server's answer to it is one :class:`Step` -- named as a
+        built-in opening names its steps (``greeting``, ``setup 1``), else ``opening N`` --
+        the greeting as ``result.greeting``, the rest in ``result.opening``; ``frame(step)``
+        frames a built-in step's reply as the mode frames replies.  What was sent is counted,
+        never kept: a setup or a login may carry a password."""
+        from socktools.wire import WireError
+
+        names = [name for name, _ in getattr(op, "steps", ())]
+        out = [op.data_to_send()]
+
+        def take(chunk: bytes) -> bool:
+            if not chunk:
+                raise PeerClosedError(self.result.received_bytes)
+            try:
+                op.receive_data(chunk)
+            except WireError as exc:
+                raise protocol.RemoteProtocolError(f"in the opening: {exc}", exc.kind) from None
+            out[0] = op.data_to_send()
+            return bool(out[0]) or op.done
+
+        index, started = 0, self._ready_at
+        while not op.done:
+            step = Step(label=names[index] if index < len(names) else f"opening {index + 1}")
+            if step.label == "greeting" and not out[0]:
+                self.result.greeting = step
+            else:
+                self.result.opening.append(step)
+            if out[0]:
+                started = time.perf_counter()
+                self._send(out[0], step)
+                step.sent = b""                         # counted (sent_bytes), not kept
+            self._read(step, take, "greeting" if step is self.result.greeting else "opening")
+            step.time_s = time.perf_counter() - started
+            if names:
+                frame(step)
+            index += 1
+        if out[0]:                                      # its last word needs no answer
+            self._send(out[0], Step())
+        left = op.leftover()
+        if left:
+            raise self._failed("protocol", SpokeFirstError(len(left), True, opened=bool(self.result.opening)))
+
+    def _send(self, payload: bytes, step: Step) -> None:
+        try:
+            self.stream.send(payload)
+        except OSError as exc:
+            raise self._failed("send", exc) from None
+        step.sent_bytes += len(payload)
 
     def greet(self, take: Callable[[bytes], bool]) -> Step:
         """Wait for the server's first message (``take`` frames it) and show it as the greeting."""
@@ -313,8 +376,10 @@ def exchange(host: str, port: int, proto: Any, *, timeout: float = 5.0,
 
 def converse(host: str, port: int, proto: Any, *, count: int = 1, labels: tuple = (), greeting: bool = False,
              timeout: float = 5.0, tls: Optional[TlsConfig] = None, unix: Optional[str] = None) -> ExchangeResult:
-    """On one connection: with ``greeting``, wait for the server's first message; then send
-    requests 0 .. ``count``-1 of ``proto`` in order, each after the reply to the one before.
+    """On one connection: with ``greeting``, wait for the server's first message; then hold
+    the protocol's opening conversation (``proto.opening()``: ``--greeting``/``--setup`` built
+    in, or a plug-in's login), as flood does before its traffic; then send requests 0 ..
+    ``count``-1 of ``proto`` in order, each after the reply to the one before.
 
     One parser frames every reply -- the greeting too, as flood's ``--greeting`` frames it: by
     the mode's reply parser -- so bytes that arrive together are split where the protocol
@@ -347,12 +412,27 @@ def converse(host: str, port: int, proto: Any, *, count: int = 1, labels: tuple 
         step.reply = parser.keep[owed[0] - 1] if len(parser.keep) >= owed[0] else None
         step.failures = list(parser.failures[failures_before:])
 
+    def frame(step: Step) -> None:
+        """A built-in opening's reply, framed by a fresh parser of the mode (as flood's is)."""
+        own = proto.parser()
+        own.keep = []
+        try:
+            own.feed(step.received)
+        except WireError:
+            return
+        # one reply framed: shown as the mode shows replies; several (SMTP's 250- lines), or
+        # none: the bytes as they came
+        step.reply = own.keep[0] if len(own.keep) == 1 else None
+
     with contextlib.ExitStack() as stack:
         conv = _Conversation(host, port, result, timeout, tls, unix)
         conv.open(stack)
         if greeting:
             owed[0] = 1
             settle(conv.greet(take), 0)
+        op = proto.opening()
+        if op is not None:
+            conv.run_opening(op, frame)
         for seq in range(count):
             if done[0] > owed[0] or parser.buffered:       # already here, before this request
                 extra = sum(r.size for r in parser.keep[owed[0]:]) + parser.buffered

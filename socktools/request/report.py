@@ -9,7 +9,7 @@ from socktools.tlsinfo import expiry_words
 from socktools.wire.base import KEEP_BODY
 
 __all__ = ["reply_text", "exchange_json", "not_kept_note", "tls_text", "tls_json", "chain_lines", "record_lines",
-           "conversation_text", "step_head", "is_conversation", "datagram_line", "datagram_head", "datagram_text",
+           "conversation_text", "step_head", "is_conversation", "opening_head", "opening_reply", "datagram_line", "datagram_head", "datagram_text",
            "udp_json"]
 
 
@@ -40,8 +40,28 @@ def not_kept_note(not_kept: int, size: int) -> str:
 
 
 def is_conversation(result) -> bool:
-    """More than one exchange, or a greeting: each step is shown under its own head."""
-    return len(result.steps) > 1 or result.greeting is not None
+    """More than one exchange, a greeting or an opening: each step is shown under its own head."""
+    return len(result.steps) > 1 or result.greeting is not None or bool(getattr(result, "opening", ()))
+
+
+#: Characters of a reply in an opening shown when no parser of the mode frames it (a plug-in's
+#: login: PostgreSQL's authentication messages are binary): the server's words are in the first
+#: few hundred; a long one (a dozen ParameterStatus messages) is cut, not wrapped over a screen.
+MAX_OPENING_SHOWN = 300
+
+
+def opening_head(step) -> str:
+    """``--- greeting, 1.204 ms`` / ``--- setup 1, 0.311 ms`` / ``--- opening 2, 4.130 ms``."""
+    return f"--- {step.label}, {step.time_s * 1000:.3f} ms"
+
+
+def opening_reply(step) -> str:
+    """The server's words in a step of the opening: framed by the mode's parser (a built-in
+    opening), else its bytes as a Python literal, cut at :data:`MAX_OPENING_SHOWN`."""
+    if step.reply is not None:
+        return reply_text(step)
+    text = repr(step.received)
+    return text if len(text) <= MAX_OPENING_SHOWN else text[:MAX_OPENING_SHOWN] + " …"
 
 
 def step_head(step, index: int) -> str:
@@ -53,8 +73,8 @@ def step_head(step, index: int) -> str:
 def conversation_text(result) -> str:
     """Every step in order, each reply under its head (the greeting first)."""
     lines = []
-    if result.greeting is not None:
-        lines += [step_head(result.greeting, 0), reply_text(result.greeting)]
+    for step in ([result.greeting] if result.greeting is not None else []) + list(getattr(result, "opening", ())):
+        lines += [opening_head(step), opening_reply(step)]
     for i, step in enumerate(result.steps, 1):
         lines += [step_head(step, i), reply_text(step)]
     return "\n".join(lines)
@@ -81,6 +101,7 @@ def exchange_json(result, mode: str, show_bytes: bool = False) -> dict:
            "reply": _reply_json(result.reply),
            "failures": [{"kind": f.kind, "detail": f.detail} for f in result.failures],
            "greeting": _step_json(result.greeting) if result.greeting is not None else None,
+           "opening": [_step_json(s) for s in result.opening],
            "exchanges": [_step_json(s) for s in result.steps]}
     out.update(tls_json(result, show_bytes))
     return out
