@@ -265,10 +265,10 @@ class _Conversation:
                 self.result.opening.append(step)
             if out[0]:
                 started = time.perf_counter()
-                self._send(out[0], step)
-                step.sent = b""                         # counted (sent_bytes), not kept
+                self._send(out[0], step)                # counted (sent_bytes), not kept
             self._read(step, take, "greeting" if step is self.result.greeting else "opening")
             step.time_s = time.perf_counter() - started
+            started = time.perf_counter()               # a step that sends nothing: from here
             if names:
                 frame(step)
             index += 1
