@@ -326,11 +326,7 @@ class _Output:
                              _ms(c.handshake_rtt), _ms(c.duration), str(c.resets),
                              str(c.zero_windows), str(c.retransmissions),
                              f"{c.requests}/{c.responses}"))
-            widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-            for row in rows:
-                lines.append("  " + "  ".join(
-                    cell.rjust(w) if i in (0, 4, 5, 6, 7, 8, 9, 10, 11) else cell.ljust(w)
-                    for i, (cell, w) in enumerate(zip(row, widths))).rstrip())
+            lines += _table(rows, left=(1, 2, 3))
             more = len(s.connections) - len(conns)
             if more > 0:
                 lines.append(f"  ... and {more:,} more connections (all are in --json)")
@@ -354,16 +350,12 @@ class _Output:
                 f"{d.rtt_min * 1e3:.3f}/{d.rtt_avg * 1e3:.3f}/{d.rtt_max * 1e3:.3f} ms"
             rows.append((str(d.sock), d.client, d.server, f"{d.out:,}", f"{d.replies:,}",
                          f"{d.unanswered:,}", f"{d.duplicates:,}", f"{d.unmatched_replies:,}", rtt))
-        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         out = ["  flood datagrams, per socket (request and reply matched by socket and seq; "
-               "round trips from the capture's time stamps)"]
-        for row in rows:
-            out.append("  " + "  ".join(cell.ljust(w) if i in (1, 2) else cell.rjust(w)
-                                        for i, (cell, w) in enumerate(zip(row, widths))).rstrip())
+               "round trips from the capture's time stamps)"] + _table(rows, left=(1, 2))
         for d in socks:
             if d.unanswered:
                 runs = ", ".join(str(x) if x == y else f"{x}-{y}" for x, y in d.unanswered_seqs)
-                more = f" … and {d.unanswered_unlisted:,} more" if d.unanswered_unlisted else ""
+                more = f" ... and {d.unanswered_unlisted:,} more" if d.unanswered_unlisted else ""
                 out.append(f"    sock {d.sock} {d.client} {a} {d.server}: no reply to seq {runs}{more}")
         hidden = len(s.datagrams) - len(socks)
         if hidden > 0:
@@ -376,9 +368,17 @@ class _Output:
         if lost:
             out.append(f"  {lost:,} of {sent:,} requests seen got no reply in the capture: each "
                        f"reached the receiver's side of loopback and was lost at or after it "
-                       f"(its socket's full buffer, or no answer) — or is still in flight if "
+                       f"(its socket's full buffer, or no answer); or is still in flight if "
                        f"the capture stopped first")
         return out
+
+
+def _table(rows: list, left: tuple) -> list:
+    """Rows of cells as aligned lines: the columns in ``left`` flush left, the rest right."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  " + "  ".join(cell.ljust(w) if i in left else cell.rjust(w)
+                             for i, (cell, w) in enumerate(zip(row, widths))).rstrip()
+            for row in rows]
 
 
 def _stopped(why: str) -> str:
