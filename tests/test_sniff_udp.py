@@ -463,3 +463,41 @@ def test_a_live_capture_of_a_lossy_flood_sees_exactly_the_datagrams_flood_lost(t
         lengths = shark.stdout.split()
         assert len(lengths) == summary.captured               # tshark reads every packet
         assert lengths.count("208") == sum(s.out + s.replies for s in socks)   # 200 + 8
+
+
+@live
+def test_ctrl_c_ends_a_live_udp_capture_with_the_per_socket_summary():
+    import signal
+
+    from tests.conftest import wait_until
+    from tests.udppeers import UdpEcho
+
+    with UdpEcho() as echo:
+        sniff = subprocess.Popen(socktools_cmd("sniff", "--udp", "--port", str(echo.port)),
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert f"(filter: udp port {echo.port})" in sniff.stderr.readline()
+            lines: list = []
+            reader = threading.Thread(target=lambda: lines.extend(iter(sniff.stdout.readline, "")))
+            reader.start()
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
+                c.connect(("127.0.0.1", echo.port))
+                c.settimeout(5)
+                for seq in range(3):                     # what one flood socket does, by hand
+                    c.send(dg.encode(5, seq, 0, 64))
+                    assert dg.decode(c.recv(100)).seq == seq
+                c.send(dg.encode(5, 3, 0, 64))           # and one the echo may or may not answer
+            assert wait_until(lambda: sum("flood sock=5" in ln for ln in lines) >= 7, 10), "".join(lines)
+            sniff.send_signal(signal.SIGINT)
+            sniff.wait(15)
+            reader.join(5)
+        finally:
+            if sniff.poll() is None:
+                sniff.kill()
+                sniff.wait()
+    out = "".join(lines)
+    assert sniff.returncode == 0, out
+    assert "flood sock=5 seq=2 reply to #5 RTT=" in out and "(stopped)" in out
+    row = next(ln for ln in out.splitlines() if ln.startswith("     5  127.0.0.1:"))
+    replies = 4 if "seq=3 reply" in out else 3
+    assert row.split()[3:6] == ["4", str(replies), str(4 - replies)], row
