@@ -127,6 +127,18 @@ def test_a_capture_that_starts_with_a_reply_turns_the_sides_round():
     assert t.waiting == 1
 
 
+def test_turning_round_counts_what_the_first_side_had_given_up_as_replies_too():
+    """More replies from before the capture than one socket waits on, then the real client."""
+    t = DatagramTracker(max_waiting=2)
+    events = feed(t, [(T0 + q, SERVER, CLIENT, dg.encode(0, q, 1)) for q in range(5)] +
+                  [(T0 + 10, CLIENT, SERVER, dg.encode(0, 9, 1))])
+    assert events[-1].role == "request"
+    (s,) = t.summaries()
+    assert (s.client, s.out, s.unanswered, s.unanswered_seqs, s.unmatched_replies) == \
+        ("127.0.0.1:40000", 1, 1, ((9, 9),), 5)
+    assert t.waiting == 1
+
+
 def test_duplicates_are_counted_not_matched_twice():
     t = DatagramTracker()
     gram = dg.encode(3, 0, 1)
@@ -277,6 +289,13 @@ def test_udp_picks_the_datagrams_and_filters_the_file_as_udp_port(udp_pcap):
 def test_udp_with_a_filter_is_a_usage_error_naming_both(udp_pcap):
     res = run("-r", str(udp_pcap), "--udp", "--filter", "udp port 53")
     assert res.exit_code == 2 and "--udp" in res.stderr and "--filter" in res.stderr
+
+
+def test_keylog_with_decode_datagram_is_a_usage_error(udp_pcap, tmp_path):
+    keys = tmp_path / "keys.log"
+    keys.write_text("")
+    res = run("-r", str(udp_pcap), "--decode", "datagram", "--keylog", str(keys))
+    assert res.exit_code == 2 and "--keylog" in res.stderr and "--decode datagram" in res.stderr
 
 
 def test_decode_datagram_says_what_is_not_floods_and_previews_tcp_raw(udp_pcap):

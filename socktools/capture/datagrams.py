@@ -131,6 +131,18 @@ class _Socket:
         else:
             self.given_up_unlisted += 1
 
+    def turn_round(self) -> None:
+        """What this socket took for requests were replies to requests from before the
+        capture (those waiting and those given up): the other side is the client."""
+        gone = len(self.waiting) + self.given_up
+        self.unmatched += gone
+        self.out -= gone
+        self.waiting.clear()
+        self.given_up = self.given_up_unlisted = 0
+        self.given_up_runs = []
+        self.client, self.server = self.server, self.client
+        self.first_seq = self.last_seq = None
+
     def answered(self, seq: int, ts: int) -> tuple:
         """The reply to ``seq`` came at ``ts``: (round trip in ns, the request's packet)."""
         sent, number = self.waiting.pop(seq)
@@ -232,12 +244,8 @@ class DatagramTracker:
         if not s.replies and s.last_seq is not None and seq > s.last_seq:
             # what "the client" sent were replies to requests from before the capture: this
             # is the real client's next request (see the module's note)
-            s.unmatched += len(s.waiting)
-            s.out -= len(s.waiting)
             self.waiting -= len(s.waiting)
-            s.waiting.clear()
-            s.client, s.server = s.server, s.client
-            s.first_seq = s.last_seq = None
+            s.turn_round()
             return self._request(s, seq, ts, number, head)
         s.unmatched += 1
         return _event(head, "unmatched-reply", None, None)

@@ -72,7 +72,7 @@ class SniffConfig:
             raise ValueError(f"decode must be one of {SNIFF_DECODES}")
         if self.udp and self.expression:
             raise ValueError("give --udp or --filter, not both (say udp in the expression)")
-        if self.keylog is not None and self.decode in ("raw", "none"):
+        if self.keylog is not None and self.decode in ("raw", "none", "datagram"):
             raise ValueError(f"--keylog decrypts for the decoders: not with --decode {self.decode}")
         if self.port is not None and self.expression:
             raise ValueError("give --port or --filter, not both")

@@ -148,7 +148,7 @@ def command(ctx, iface, port, udp, expression, count, timeout, write, read, deco
         require_httptools("--decode http")   # missing: exit 3 with the hint (the switchboard)
 
     if keylog is not None:
-        if decode in ("raw", "none"):
+        if decode in ("raw", "none", "datagram"):
             raise click.UsageError(f"--keylog decrypts for the decoders: not with --decode {decode}", ctx)
         if (read or os.path.exists(keylog)) and not os.access(keylog, os.R_OK):
             # live, the file may not exist yet (the client writes it as it connects)
