@@ -457,12 +457,15 @@ def test_a_live_capture_of_a_lossy_flood_sees_exactly_the_datagrams_flood_lost(t
     grams = json.loads(res.stdout)["datagrams"]
     assert summary.stopped_by != "timeout", "the capture never saw the datagram after flood's"
     assert summary.kernel_dropped == 0
-    assert grams["server_drops"] >= 1 and grams["client_drops"] == 0, grams
+    assert grams["server_drops"] >= 1, grams          # the echo reads nothing until then
     socks = summary.datagrams
     assert len(socks) == 4
     assert sum(s.out for s in socks) == grams["sent"]
-    assert sum(s.replies for s in socks) == grams["answered"] + grams["late"]
-    assert sum(s.unanswered for s in socks) == grams["lost"] == grams["server_drops"]
+    # a reply dropped at flood's own socket (client_drops: 0 on a quiet machine) was captured
+    # on its way there: flood lost it, the capture saw it answered
+    assert sum(s.replies for s in socks) == grams["answered"] + grams["late"] + grams["client_drops"]
+    assert sum(s.unanswered for s in socks) == grams["lost"] - grams["client_drops"] == \
+        grams["server_drops"]
     assert all(s.unmatched_replies == 0 and s.duplicates == 0 for s in socks)
     # every packet captured is one of flood's, placed, but the marker (and its echo, if read)
     assert summary.captured - sum(s.out + s.replies for s in socks) in (1, 2)
