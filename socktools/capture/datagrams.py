@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from typing import NamedTuple, Optional
 
+from socktools.capture.dissect import format_ip
 from socktools.capture.events import DatagramEvent, Note
 from socktools.wire import datagram as dg
 
@@ -84,7 +85,6 @@ class SocketSummary(NamedTuple):
 
 
 def _endpoint(end: tuple) -> str:
-    from socktools.capture.dissect import format_ip
     text = format_ip(end[0])
     return f"[{text}]:{end[1]}" if ":" in text else f"{text}:{end[1]}"
 
