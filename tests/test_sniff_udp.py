@@ -248,6 +248,26 @@ def test_the_unanswered_seqs_are_exactly_the_ones_whose_reply_never_came(data):
     assert listed <= got <= lost
 
 
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 2), st.integers(0, 12), st.booleans()),
+                max_size=120))
+def test_any_order_of_datagrams_keeps_every_count_whole_and_every_table_bounded(steps):
+    """Requests and replies in any order and direction, cut headers among them: no error,
+    the counts add up, nothing outgrows its bound."""
+    t = DatagramTracker(max_sockets=2, max_waiting=3, max_waiting_total=5)
+    for number, (forward, sock, seq, cut) in enumerate(steps, 1):
+        src, dst = (CLIENT, SERVER) if forward else (SERVER, CLIENT)
+        payload = dg.encode(sock, seq, 1, 64)[:10 if cut else 64]
+        events, _ = t.datagram(number, T0 + number, src, dst, 64, payload)
+        assert len(events) == 1
+    socks = t._socks.values()
+    assert len(socks) <= 2 and t.waiting == sum(len(s.waiting) for s in socks) <= 5
+    for summ in t.summaries():
+        assert min(summ.out, summ.replies, summ.unanswered, summ.unmatched_replies) >= 0
+        assert summ.replies + summ.unanswered <= summ.out
+        assert len(summ.unanswered_seqs) <= MAX_LISTED
+
+
 # ------------------------------------------------------------ files, -r
 @pytest.fixture
 def udp_pcap(tmp_path):
