@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 from socktools.capture import dissect as d
 from socktools.capture.common import DEFAULT_SNAPLEN, FilterError, LibpcapMissing, LIBPCAP_PACKAGE
 
-__all__ = ["Insn", "Program", "tcp_port_program", "accept_all", "drop_outgoing", "compile_expression",
+__all__ = ["Insn", "Program", "tcp_port_program", "port_program", "udp_program", "accept_all", "drop_outgoing", "compile_expression",
            "build", "run", "pack", "PACKET_OUTGOING"]
 
 Insn = tuple  # (code, jt, jf, k), as struct sock_filter
@@ -69,6 +69,9 @@ def accept_all(snaplen: int = DEFAULT_SNAPLEN) -> Program:
     return [(RET | K, 0, 0, snaplen)]
 
 
+_TCP, _UDP, _IPV6_FRAGMENT = 6, 17, 44
+
+
 def tcp_port_program(port: int, linktype: int = d.LINKTYPE_ETHERNET,
                      snaplen: int = DEFAULT_SNAPLEN) -> Program:
     """``tcp port PORT`` for a link type: IPv4 (first fragments only) and IPv6, either port.
@@ -76,19 +79,57 @@ def tcp_port_program(port: int, linktype: int = d.LINKTYPE_ETHERNET,
     Like libpcap, IPv6 is matched only when TCP is the first next-header
     (no extension headers) — what every TCP stack sends on loopback.
     """
+    return port_program(port, linktype, snaplen, proto=_TCP)
+
+
+def _network(linktype: int) -> tuple:
+    """Where the network header starts, and what says which one it is."""
+    if linktype == d.LINKTYPE_ETHERNET:
+        return 14, ("ethertype", 12)
+    if linktype == d.LINKTYPE_LINUX_SLL:
+        return 16, ("ethertype", 14)
+    if linktype == d.LINKTYPE_LINUX_SLL2:
+        return 20, ("ethertype", 0)
+    if linktype in (d.LINKTYPE_RAW, 12, 14):
+        return 0, ("version", 0)
+    raise FilterError(f"sniff has no built-in filter for link type {linktype} "
+                      f"({d.LINKTYPE_NAMES.get(linktype, 'unknown')}); use --filter with libpcap")
+
+
+def udp_program(linktype: int = d.LINKTYPE_ETHERNET, snaplen: int = DEFAULT_SNAPLEN) -> Program:
+    """``udp`` (``sniff --udp`` without a port), as libpcap compiles it: IPv4 protocol 17 (every
+    fragment), IPv6 next header 17 directly or after a fragment header."""
+    net, kind = _network(linktype)
+    if kind[0] == "ethertype":
+        head = [(LD | H | ABS, 0, 0, kind[1]), (JMP | JEQ | K, 0, "not4", d.ETH_P_IP)]
+        is_v6 = (JMP | JEQ | K, 0, "drop", d.ETH_P_IPV6)
+    else:
+        head = [(LD | B | ABS, 0, 0, net), (ALU | RSH | K, 0, 0, 4), (JMP | JEQ | K, 0, "not4", 4)]
+        is_v6 = (JMP | JEQ | K, 0, "drop", 6)
+    return _assemble(head + [
+        (LD | B | ABS, 0, 0, net + 9),                 # protocol
+        (JMP | JEQ | K, "accept", "drop", _UDP),
+        "not4",
+        is_v6,
+        (LD | B | ABS, 0, 0, net + 6),                 # next header
+        (JMP | JEQ | K, "accept", 0, _UDP),
+        (JMP | JEQ | K, 0, "drop", _IPV6_FRAGMENT),
+        (LD | B | ABS, 0, 0, net + 40),                # the fragment header's next header
+        (JMP | JEQ | K, "accept", "drop", _UDP),
+        "accept",
+        (RET | K, 0, 0, snaplen),
+        "drop",
+        (RET | K, 0, 0, 0),
+    ])
+
+
+def port_program(port: int, linktype: int = d.LINKTYPE_ETHERNET,
+                 snaplen: int = DEFAULT_SNAPLEN, *, proto: int = _TCP) -> Program:
+    """``tcp port PORT`` (``proto`` 6) or ``udp port PORT`` (17): the same program libpcap
+    emits, the protocol number aside."""
     if not 0 <= port <= 65535:
         raise ValueError("port out of range")
-    if linktype == d.LINKTYPE_ETHERNET:
-        net, kind = 14, ("ethertype", 12)
-    elif linktype == d.LINKTYPE_LINUX_SLL:
-        net, kind = 16, ("ethertype", 14)
-    elif linktype == d.LINKTYPE_LINUX_SLL2:
-        net, kind = 20, ("ethertype", 0)
-    elif linktype in (d.LINKTYPE_RAW, 12, 14):
-        net, kind = 0, ("version", 0)
-    else:
-        raise FilterError(f"sniff has no built-in filter for link type {linktype} "
-                          f"({d.LINKTYPE_NAMES.get(linktype, 'unknown')}); use --filter with libpcap")
+    net, kind = _network(linktype)
     if kind[0] == "ethertype":
         head = [(LD | H | ABS, 0, 0, kind[1]), (JMP | JEQ | K, 0, "not6", d.ETH_P_IPV6)]
         is_v4 = (JMP | JEQ | K, 0, "drop", d.ETH_P_IP)
@@ -97,7 +138,7 @@ def tcp_port_program(port: int, linktype: int = d.LINKTYPE_ETHERNET,
         is_v4 = (JMP | JEQ | K, 0, "drop", 4)
     return _assemble(head + [
         (LD | B | ABS, 0, 0, net + 6),                 # next header
-        (JMP | JEQ | K, 0, "drop", 6),
+        (JMP | JEQ | K, 0, "drop", proto),
         (LD | H | ABS, 0, 0, net + 40),                # source port
         (JMP | JEQ | K, "accept", 0, port),
         (LD | H | ABS, 0, 0, net + 42),                # destination port
@@ -105,9 +146,9 @@ def tcp_port_program(port: int, linktype: int = d.LINKTYPE_ETHERNET,
         "not6",
         is_v4,
         (LD | B | ABS, 0, 0, net + 9),                 # protocol
-        (JMP | JEQ | K, 0, "drop", 6),
+        (JMP | JEQ | K, 0, "drop", proto),
         (LD | H | ABS, 0, 0, net + 6),                 # flags + fragment offset
-        (JMP | JSET | K, "drop", 0, 0x1FFF),           # a later fragment has no TCP header
+        (JMP | JSET | K, "drop", 0, 0x1FFF),           # a later fragment has no ports
         (LDX | B | MSH, 0, 0, net),                    # X = IPv4 header length
         (LD | H | IND, 0, 0, net),                     # source port
         (JMP | JEQ | K, "accept", 0, port),
@@ -170,10 +211,15 @@ def compile_expression(expression: str, linktype: int, snaplen: int = DEFAULT_SN
 
 
 def build(*, port: Optional[int], expression: Optional[str], linktype: int,
-          snaplen: int = DEFAULT_SNAPLEN) -> tuple[Program, str]:
-    """The program for the user's filter choice and its text (for the header line)."""
+          snaplen: int = DEFAULT_SNAPLEN, udp: bool = False) -> tuple[Program, str]:
+    """The program for the user's filter choice and its text (for the header line);
+    ``udp`` (``--udp``): ``udp port P``, or ``udp`` without a port."""
     if expression:
         return compile_expression(expression, linktype, snaplen), expression
+    if udp:
+        if port is not None:
+            return port_program(port, linktype, snaplen, proto=_UDP), f"udp port {port}"
+        return udp_program(linktype, snaplen), "udp"
     if port is not None:
         return tcp_port_program(port, linktype, snaplen), f"tcp port {port}"
     return accept_all(snaplen), ""

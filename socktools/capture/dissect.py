@@ -19,7 +19,7 @@ __all__ = [
     "LINKTYPE_NULL", "LINKTYPE_ETHERNET", "LINKTYPE_RAW", "LINKTYPE_LOOP", "LINKTYPE_LINUX_SLL",
     "LINKTYPE_LINUX_SLL2", "LINKTYPE_NAMES", "SUPPORTED_LINKTYPES",
     "FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR", "flag_names",
-    "Segment", "OtherPacket", "dissect", "describe_other", "format_ip",
+    "Segment", "Datagram", "OtherPacket", "dissect", "describe_other", "format_ip",
 ]
 
 # pcap LINKTYPE_* values (https://www.tcpdump.org/linktypes.html).
@@ -116,6 +116,22 @@ class Segment(NamedTuple):
     tsecr: Optional[int] = None
 
 
+class Datagram(NamedTuple):
+    """One UDP datagram whose header is whole.
+
+    ``length`` is the payload length the UDP header gives; ``payload`` what
+    was captured of it (shorter when the snap length cut the frame).
+    """
+
+    src: bytes
+    dst: bytes
+    sport: int
+    dport: int
+    length: int
+    payload: bytes
+    ip_version: int
+
+
 class OtherPacket(NamedTuple):
     """A packet that is not a TCP segment (or whose TCP header was not captured).
 
@@ -131,7 +147,7 @@ class OtherPacket(NamedTuple):
     linktype: int
 
 
-Dissected = Union[Segment, OtherPacket]
+Dissected = Union[Segment, Datagram, OtherPacket]
 #: Builds a Segment without the NamedTuple's generated __new__ (a per-packet cost).
 _new_tuple = tuple.__new__
 
@@ -249,15 +265,35 @@ def _other_ip(family: str, proto: int, fragoff: int, src: bytes, dst: bytes, fra
     if fragoff:
         return OtherPacket(family, s, d, f"fragment of protocol {proto}, offset {max(fragoff, 0) * 8}",
                            frame, linktype)
-    if proto == _IPPROTO_UDP and len(frame) >= l4 + 8:
-        sport, dport, ulen, _ = _UDP.unpack_from(frame, l4)
-        return OtherPacket("UDP", s, d, f"{sport} → {dport} Len={max(0, ulen - 8)}", frame, linktype)
+    if proto == _IPPROTO_UDP:
+        return _udp(family, src, dst, frame, l4, end, linktype)
     if proto in (_IPPROTO_ICMP, _IPPROTO_ICMPV6) and len(frame) >= l4 + 2:
         from socktools.capture.icmp import describe_icmp, describe_icmpv6
         if proto == _IPPROTO_ICMP:
             return OtherPacket("ICMP", s, d, describe_icmp(frame, l4, end), frame, linktype)
         return OtherPacket("ICMPv6", s, d, describe_icmpv6(frame, l4, end), frame, linktype)
     return OtherPacket(family, s, d, f"protocol {proto}", frame, linktype)
+
+
+def _udp(family: str, src: bytes, dst: bytes, frame: bytes, l4: int, end: int,
+         linktype: int) -> Dissected:
+    """A UDP datagram, or what makes its header unreadable (as tshark's "Bad length")."""
+    n = len(frame)
+    if n < l4 + 8:
+        return OtherPacket("UDP", format_ip(src), format_ip(dst), "UDP header not captured",
+                           frame, linktype)
+    sport, dport, ulen, _ = _UDP.unpack_from(frame, l4)
+    room = (end if end > l4 else n) - l4    # what the IP header says follows (0: the frame)
+    if ulen == 0 and family == "IPv6":
+        ulen = room                      # RFC 2675: a jumbogram's length is the IPv6 one's
+    if ulen < 8 or ulen > room:
+        what = f"UDP length {ulen} is less than its header (8)" if ulen < 8 else \
+            f"UDP length {ulen} runs past the packet ({room} bytes)"
+        return OtherPacket(family, format_ip(src), format_ip(dst),
+                           f"UDP {sport} → {dport} malformed: {what}", frame, linktype)
+    stop = l4 + ulen
+    return _new_tuple(Datagram, (src, dst, sport, dport, ulen - 8,
+                                 frame[l4 + 8:stop if stop < n else n], 4 if family == "IPv4" else 6))
 
 
 def _fast_ipv4_tcp(frame: bytes) -> Optional[Segment]:

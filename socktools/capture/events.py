@@ -6,9 +6,9 @@ drives, makes the same events without importing it back.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
-__all__ = ["MessageEvent", "Note", "TlsEvent", "preview_bytes"]
+__all__ = ["MessageEvent", "Note", "TlsEvent", "DatagramEvent", "preview_bytes"]
 
 _PREVIEW = 16            # bytes shown in a raw preview, as one hexdump line
 
@@ -36,6 +36,25 @@ class Note(NamedTuple):
     """Something about a stream worth a line: ``kind`` is a stable slug."""
 
     kind: str    # not-framed | raw | decode-error | gap | truncated | tls-malformed | tls-key
+    #              | datagram-cut | not-datagram
+    text: str
+
+
+class DatagramEvent(NamedTuple):
+    """One of flood's UDP datagrams (``sktU`` header), placed by ``capture/datagrams.py``.
+
+    ``role``: ``request``, ``reply`` (to the request in packet ``request_packet``, ``rtt_ns``
+    later by the capture's clock), ``duplicate``, ``duplicate-reply``, ``unmatched-reply``
+    (its request is not in the capture) or ``untracked`` (past the bound on sockets);
+    ``sent_ns`` is the header's send time, the sender's own monotonic clock; ``text`` is
+    what the packet line says."""
+
+    sock: int
+    seq: int
+    sent_ns: int
+    role: str
+    rtt_ns: Optional[int]
+    request_packet: Optional[int]
     text: str
 
 

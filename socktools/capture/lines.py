@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from typing import Callable, Optional
 
+from socktools.capture.events import DatagramEvent
 from socktools.capture.reassembly import MessageEvent, TlsEvent
 from socktools.capture.render import Clock, Selection, hexdump
 
@@ -86,7 +87,14 @@ class TextView:
         stamp = f"{r.time:>11.6f}" if self.relative else self.clock(r)
         if r.proto != "TCP":
             ends = f"{r.src} {self.arrow} {r.dst} " if r.src else ""
-            return f"{r.number:>5} {stamp} {ends}{r.proto} {r.info}"
+            if r.sport is None:
+                return f"{r.number:>5} {stamp} {ends}{r.proto} {r.info}"
+            # UDP, as tshark puts it; flood's header decoded on the same line
+            text = f"{r.number:>5} {stamp} {ends}UDP {r.sport} {self.arrow} {r.dport} Len={r.length}"
+            for ev in r.events:
+                if type(ev) is DatagramEvent:
+                    text += " " + ev.text
+            return text
         key = (r.src, r.sport, r.dst, r.dport)
         ends = self._ends.get(key)
         if ends is None:
@@ -128,6 +136,8 @@ class TextView:
                 segs = "" if ev.segments == 1 else f" ({ev.segments} segments from packet {ev.first_packet})"
                 head = f"{PAD}{self.hook} {ev.role} TLS #{ev.index}: {ev.text}{segs}"
                 out.append(self.style(head, fg="magenta") if self.style is not None else head)
+            elif isinstance(ev, DatagramEvent):
+                continue                     # on the packet line
             else:
                 out.append(f"{PAD}! {ev.text}")
         if r.preview is not None:

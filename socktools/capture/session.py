@@ -19,19 +19,28 @@ from typing import Iterator, Optional
 
 from socktools.capture import bpf
 from socktools.capture.common import DEFAULT_SNAPLEN, FilterError, SniffError
-from socktools.capture.dissect import LINKTYPE_NAMES, OtherPacket, describe_other, dissect
+from socktools.capture.datagrams import DatagramTracker, SocketSummary
+from socktools.capture.dissect import (LINKTYPE_NAMES, Datagram, Segment, describe_other, dissect,
+                                      format_ip)
+from socktools.capture.events import preview_bytes
 from socktools.capture.live import DEFAULT_BUFFER, LiveSource
 from socktools.capture.pcap import open_capture, open_writer
-from socktools.capture.reassembly import DECODE_MODES, message_comment
+from socktools.capture.reassembly import DECODE_HELP, DECODE_MODES, message_comment
 from socktools.capture.tracker import ConnectionSummary, PacketRecord, Tracker
 
-__all__ = ["SniffConfig", "Sniffer", "CaptureSummary"]
+__all__ = ["SniffConfig", "Sniffer", "CaptureSummary", "SNIFF_DECODES", "SNIFF_DECODE_HELP"]
 
 #: Live capture backends: ``ring`` a TPACKET_V3 ring on a Linux packet socket (the
 #: default), ``socket`` the same socket read one recvmsg per packet, ``scapy``
 #: scapy's capture sockets (libpcap/BPF/Npcap: macOS, the BSDs, Windows).  ``auto``
 #: is ``ring`` where Linux packet sockets exist and ``scapy`` elsewhere.
 BACKENDS = ("auto", "ring", "socket", "scapy")
+
+#: ``--decode``'s choices: the stream decoders', and ``datagram`` -- flood's UDP datagrams
+#: (``auto`` recognises them too); with it, TCP streams are previewed raw.
+SNIFF_DECODES = DECODE_MODES + ("datagram",)
+SNIFF_DECODE_HELP = DECODE_HELP + (" datagram = flood's UDP datagrams only (sktU header: socket, "
+                                   "seq, the round trip of each reply; auto decodes them too).")
 
 #: How long one wait for packets may last, so --timeout and Ctrl-C stay prompt.
 _TICK = 0.2
@@ -54,13 +63,16 @@ class SniffConfig:
     snaplen: int = DEFAULT_SNAPLEN
     backend: str = "auto"                # auto | ring | socket | scapy (live capture)
     keylog: Optional[str] = None         # --keylog FILE: NSS key log, decrypts TLS
+    udp: bool = False                    # --udp: the filter is "udp" or "udp port P"
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}")
-        if self.decode not in DECODE_MODES:
-            raise ValueError(f"decode must be one of {DECODE_MODES}")
-        if self.keylog is not None and self.decode in ("raw", "none"):
+        if self.decode not in SNIFF_DECODES:
+            raise ValueError(f"decode must be one of {SNIFF_DECODES}")
+        if self.udp and self.expression:
+            raise ValueError("give --udp or --filter, not both (say udp in the expression)")
+        if self.keylog is not None and self.decode in ("raw", "none", "datagram"):
             raise ValueError(f"--keylog decrypts for the decoders: not with --decode {self.decode}")
         if self.port is not None and self.expression:
             raise ValueError("give --port or --filter, not both")
@@ -95,6 +107,8 @@ class CaptureSummary:
     read_packets: Optional[int] = None   # -r: complete packets in the file (before the filter)
     backend: Optional[str] = None    # live: "ring" (TPACKET_V3), "socket" (recv) or "scapy"
     undrained: Optional[int] = None  # live: accepted by the kernel, still unread at the end
+    datagrams: tuple[SocketSummary, ...] = ()   # flood's UDP datagrams, per socket
+    datagrams_untracked: int = 0     # flood datagrams of sockets past datagrams.MAX_SOCKETS
 
 
 class Sniffer:
@@ -106,7 +120,9 @@ class Sniffer:
         if config.keylog is not None:
             from socktools.capture.tls_decrypt import KeyLog
             keylog = KeyLog(config.keylog)
-        self.tracker = Tracker(config.decode, keylog=keylog)
+        # --decode datagram is for UDP: TCP streams are previewed raw beside it
+        self.tracker = Tracker("raw" if config.decode == "datagram" else config.decode, keylog=keylog)
+        self.datagrams = DatagramTracker(config.decode)
         self.source = None
         self.file = None
         self.writer = None                     # PcapWriter or PcapngWriter
@@ -115,6 +131,7 @@ class Sniffer:
         self._program: Optional[list] = None   # applied in user space (files only)
         self._programs: dict = {}              # link type -> program (pcapng mixes them)
         self._port: Optional[int] = None       # --port on a file with no built-in program
+        self._matched = Datagram if config.udp else Segment   # ... matches this protocol
         self.captured = 0
         self.non_tcp = 0
         self.stopped_by = "interrupt"
@@ -133,17 +150,17 @@ class Sniffer:
                 try:
                     program, self.filter_text = bpf.build(
                         port=cfg.port, expression=cfg.expression, linktype=self.linktype,
-                        snaplen=cfg.snaplen)
+                        snaplen=cfg.snaplen, udp=cfg.udp)
                     self._program = program if self.filter_text else None
                 except FilterError:
                     if cfg.port is None:
                         raise
                     # no built-in program for this link type (BSD loopback): match in Python
                     self._port = cfg.port
-                    self.filter_text = f"tcp port {cfg.port}"
+                    self.filter_text = f"{'udp' if cfg.udp else 'tcp'} port {cfg.port}"
             else:
                 program_for = (lambda lt: bpf.build(port=cfg.port, expression=cfg.expression,
-                                                    linktype=lt, snaplen=cfg.snaplen))
+                                                    linktype=lt, snaplen=cfg.snaplen, udp=cfg.udp))
                 backend = cfg.backend
                 if backend == "auto":
                     backend = "ring" if hasattr(socket, "AF_PACKET") else "scapy"
@@ -263,7 +280,7 @@ class Sniffer:
                     continue
                 if port is not None:
                     seg = dissect(rec[1], linktype)
-                    if type(seg) is OtherPacket or port not in (seg.sport, seg.dport):
+                    if type(seg) is not self._matched or port not in (seg.sport, seg.dport):
                         continue
                 batch.append(rec)
             if batch:
@@ -276,7 +293,7 @@ class Sniffer:
             cfg = self.config
             try:
                 program, text = bpf.build(port=cfg.port, expression=cfg.expression,
-                                          linktype=linktype, snaplen=cfg.snaplen)
+                                          linktype=linktype, snaplen=cfg.snaplen, udp=cfg.udp)
             except FilterError:
                 if cfg.port is None:
                     raise
@@ -292,17 +309,32 @@ class Sniffer:
         self.captured += 1
         number = self.captured
         pkt = dissect(frame, linktype)
-        if type(pkt) is OtherPacket:
+        kind = type(pkt)
+        if kind is Segment:
+            rec = self.tracker.process(number, ts, self.t0, pkt, frame, linktype)
+        elif kind is Datagram:
+            self.non_tcp += 1
+            rec = self._datagram(number, ts, pkt, frame, linktype)
+        else:
             self.non_tcp += 1
             rec = PacketRecord(number, (ts - self.t0) / 1e9, ts, pkt.proto, pkt.src, None,
                                pkt.dst, None, (), None, None, None, 0, (), None,
                                info=describe_other(pkt), frame=frame, linktype=linktype)
-        else:
-            rec = self.tracker.process(number, ts, self.t0, pkt, frame, linktype)
         if self.writer:
             self.writer.write(ts, frame, wirelen, linktype,
                               message_comment(rec.events) if rec.events else None)
         return rec
+
+    def _datagram(self, number: int, ts: int, pkt: Datagram, frame: bytes,
+                  linktype: int) -> PacketRecord:
+        """A UDP datagram's record: flood's header decoded (datagrams.py), or a preview."""
+        events, preview = self.datagrams.datagram(number, ts, (pkt.src, pkt.sport),
+                                                  (pkt.dst, pkt.dport), pkt.length, pkt.payload)
+        return PacketRecord(number, (ts - self.t0) / 1e9, ts, "UDP", format_ip(pkt.src), pkt.sport,
+                            format_ip(pkt.dst), pkt.dport, (), None, None, None, pkt.length, (),
+                            None, events, preview_bytes(pkt.payload) if preview else None,
+                            info=f"{pkt.sport} → {pkt.dport} Len={pkt.length}", frame=frame,
+                            linktype=linktype)
 
     def close(self, *, interrupted: bool = False) -> CaptureSummary:
         """Stop, read the kernel's counters, close files; returns the summary."""
@@ -333,7 +365,8 @@ class Sniffer:
             stopped_by=self.stopped_by, non_tcp=self.non_tcp,
             connections=tuple(self.tracker.summaries()),
             connections_forgotten=self.tracker.forgotten, truncated=truncated,
-            read_packets=read_packets, backend=backend, undrained=undrained)
+            read_packets=read_packets, backend=backend, undrained=undrained,
+            datagrams=tuple(self.datagrams.summaries()), datagrams_untracked=self.datagrams.untracked)
 
     def _close_io(self) -> None:
         errors = []

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from socktools.capture.datagrams import SocketSummary
+from socktools.capture.events import DatagramEvent
 from socktools.capture.reassembly import MessageEvent, Note, TlsEvent
 from socktools.capture.session import CaptureSummary
 from socktools.capture.tracker import ConnectionSummary, PacketRecord
 
-__all__ = ["record_dict", "event_dict", "summary_dict", "connection_dict", "drop_ratio"]
+__all__ = ["record_dict", "event_dict", "summary_dict", "connection_dict", "socket_dict", "drop_ratio"]
 
 
 def event_dict(ev: Any) -> dict:
@@ -24,6 +26,10 @@ def event_dict(ev: Any) -> dict:
                 "length": ev.length, "text": ev.text, "segments": ev.segments,
                 "first_packet": ev.first_packet, **{k: v for k, v in ev.fields.items()
                                                     if k not in ("record", "length")}}
+    if isinstance(ev, DatagramEvent):
+        return {"type": "datagram", "sock": ev.sock, "seq": ev.seq, "sent_ns": ev.sent_ns,
+                "role": ev.role, "rtt": None if ev.rtt_ns is None else ev.rtt_ns / 1e9,
+                "request_packet": ev.request_packet}
     if isinstance(ev, Note):
         return {"type": "note", "kind": ev.kind, "text": ev.text}
     raise TypeError(f"unknown event {ev!r}")
@@ -47,6 +53,12 @@ def record_dict(rec: PacketRecord) -> dict:
             out["preview"] = rec.preview
     else:
         out["info"] = rec.info
+        if rec.sport is not None:          # UDP
+            out.update(sport=rec.sport, dport=rec.dport, len=rec.length)
+            if rec.events:
+                out["decoded"] = [event_dict(e) for e in rec.events]
+            if rec.preview is not None:
+                out["preview"] = rec.preview
     return out
 
 
@@ -58,6 +70,17 @@ def connection_dict(c: ConnectionSummary) -> dict:
             "resets": c.resets, "zero_windows": c.zero_windows,
             "retransmissions": c.retransmissions,
             "messages": {"requests": c.requests, "responses": c.responses}, "state": c.state}
+
+
+def socket_dict(s: SocketSummary) -> dict:
+    """One flood socket's datagrams as the capture saw them."""
+    return {"sock": s.sock, "client": s.client, "server": s.server, "out": s.out,
+            "replies": s.replies, "unanswered": s.unanswered,
+            "unanswered_seqs": [list(run) for run in s.unanswered_seqs],
+            "unanswered_unlisted": s.unanswered_unlisted, "duplicates": s.duplicates,
+            "unmatched_replies": s.unmatched_replies,
+            "rtt": {"min": s.rtt_min, "avg": s.rtt_avg, "max": s.rtt_max},
+            "first_seq": s.first_seq, "last_seq": s.last_seq}
 
 
 def drop_ratio(s: CaptureSummary) -> float:
@@ -76,4 +99,6 @@ def summary_dict(s: CaptureSummary) -> dict:
             "elapsed": round(s.elapsed, 6), "stopped_by": s.stopped_by, "non_tcp": s.non_tcp,
             "connections": [connection_dict(c) for c in s.connections],
             "connections_forgotten": s.connections_forgotten, "truncated": s.truncated,
-            "read_packets": s.read_packets, "backend": s.backend, "undrained": s.undrained}
+            "read_packets": s.read_packets, "backend": s.backend, "undrained": s.undrained,
+            "datagrams": [socket_dict(d) for d in s.datagrams],
+            "datagrams_untracked": s.datagrams_untracked}

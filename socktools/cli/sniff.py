@@ -1,4 +1,5 @@
-"""``socktools sniff``: watch TCP packets on loopback, with the framed protocol decoded."""
+"""``socktools sniff``: watch TCP and UDP packets on loopback, with the framed protocol and
+flood's datagrams decoded."""
 
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ Examples:
   socktools sniff -r run.pcap --show 4,6               # scapy's full dissection of packets 4 and 6
   sudo socktools sniff --port 6380                  # TLS: SNI, ALPN, version, cipher, alerts by name
   socktools sniff -r tls.pcapng --keylog keys.log --decode redis   # decrypted, RESP decoded
+  sudo socktools sniff --udp --port 9000 -q -w udp.pcapng   # flood --udp: which seqs got no reply
+  socktools sniff -r udp.pcapng --decode datagram      # each datagram's socket, seq, reply RTT
 """
 
 #: Why sniff cannot watch a Unix-domain socket, and what can (said for --unix, or a path as --port).
@@ -52,6 +55,10 @@ _MAX_TABLE = 20
               help="Interface to capture on.")
 @click.option("--port", "-p", type=_SniffPort(), default=None,
               help="Only TCP traffic to or from this port (kernel filter 'tcp port P'; needs no libpcap).")
+@click.option("--udp", is_flag=True,
+              help="UDP instead: --port P means 'udp port P', alone 'udp' (built in, no libpcap). "
+                   "flood's datagrams are matched to their replies: per socket, what went out, "
+                   "what came back, and which seqs never did.")
 @click.option("--filter", "-f", "expression", metavar="BPF",
               help="Any pcap-filter expression, e.g. 'tcp port 80 or icmp' (compiled by libpcap).")
 @click.option("--count", "-c", type=click.IntRange(1, MAX_COUNT), default=None,
@@ -64,8 +71,8 @@ _MAX_TABLE = 20
                    "both). Never follows a symlink, never overwrites the -r file.")
 @click.option("--read", "-r", "read", metavar="FILE", type=click.Path(dir_okay=False),
               help="Read packets from a pcap/pcapng file instead of an interface (no privilege needed).")
-@click.option("--decode", type=LazyChoice("socktools.capture.reassembly:DECODE_MODES"), default="auto",
-              show_default=True, cls=LazyOption, lazy_help="socktools.capture.reassembly:DECODE_HELP")
+@click.option("--decode", type=LazyChoice("socktools.capture.session:SNIFF_DECODES"), default="auto",
+              show_default=True, cls=LazyOption, lazy_help="socktools.capture.session:SNIFF_DECODE_HELP")
 @click.option("--keylog", metavar="FILE", type=click.Path(dir_okay=False),
               help="Decrypt TLS with this NSS key log (what SSLKEYLOGFILE, curl, browsers and "
                    "socktools --keylog write) and run --decode on the plaintext (auto: whatever "
@@ -93,17 +100,19 @@ _MAX_TABLE = 20
               help="scapy's full layered dissection (show()) under the chosen packets: all, or "
                    "a list like 5,9-12.")
 @click.pass_context
-def command(ctx, iface, port, expression, count, timeout, write, read, decode, keylog, unix, as_json, quiet,
+def command(ctx, iface, port, udp, expression, count, timeout, write, read, decode, keylog, unix, as_json, quiet,
             buffer_size, time_format, hexdump, show, backend):
-    """Capture TCP packets and show them like tshark, with framed messages decoded.
+    """Capture TCP and UDP packets and show them like tshark, messages decoded.
 
     Each packet is one line: number, time since the first packet, source →
     destination, TCP flags, relative Seq/Ack, window, payload length, and
     marks a troubleshooter looks for ([ZeroWindow], [Window Full],
     [ZeroWindowProbe], [Retransmission], [RST]...).  Messages of the framed
     protocol are reassembled from the stream and printed under the packet that
-    completed them.  At the end: packets captured and dropped by the kernel,
-    and a summary per connection.
+    completed them.  A UDP datagram of flood --udp shows its socket and seq,
+    and a reply its round trip.  At the end: packets captured and dropped by
+    the kernel, a summary per connection, and per flood socket the datagrams
+    out, the replies in and the seqs never answered.
 
     Live capture needs root or CAP_NET_RAW; reading a file (-r) does not.
     Loopback shows every packet once.
@@ -115,6 +124,9 @@ def command(ctx, iface, port, expression, count, timeout, write, read, decode, k
         raise click.UsageError(f"--unix {unix}: " + _UNIX_SOCKETS.format(path=unix), ctx)
     if port is not None and expression:
         raise click.UsageError("give --port or --filter, not both", ctx)
+    if udp and expression:
+        raise click.UsageError("give --udp or --filter, not both (say udp in the expression: "
+                               "--filter 'udp port 53')", ctx)
     if read and ctx.get_parameter_source("iface") == click.core.ParameterSource.COMMANDLINE:
         raise click.UsageError("--iface has no meaning with --read (the file says where it came from)", ctx)
     if read and write and os.path.abspath(read) == os.path.abspath(write):
@@ -136,7 +148,7 @@ def command(ctx, iface, port, expression, count, timeout, write, read, decode, k
         require_httptools("--decode http")   # missing: exit 3 with the hint (the switchboard)
 
     if keylog is not None:
-        if decode in ("raw", "none"):
+        if decode in ("raw", "none", "datagram"):
             raise click.UsageError(f"--keylog decrypts for the decoders: not with --decode {decode}", ctx)
         if (read or os.path.exists(keylog)) and not os.access(keylog, os.R_OK):
             # live, the file may not exist yet (the client writes it as it connects)
@@ -147,7 +159,7 @@ def command(ctx, iface, port, expression, count, timeout, write, read, decode, k
 
     config = SniffConfig(iface=iface, port=port, expression=expression, count=count,
                          timeout=timeout, write=write, read=read, decode=decode,
-                         buffer_size=buffer_size, backend=backend, keylog=keylog)
+                         buffer_size=buffer_size, backend=backend, keylog=keylog, udp=udp)
     sniffer = Sniffer(config)
     try:
         sniffer.open()
@@ -314,18 +326,59 @@ class _Output:
                              _ms(c.handshake_rtt), _ms(c.duration), str(c.resets),
                              str(c.zero_windows), str(c.retransmissions),
                              f"{c.requests}/{c.responses}"))
-            widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-            for row in rows:
-                lines.append("  " + "  ".join(
-                    cell.rjust(w) if i in (0, 4, 5, 6, 7, 8, 9, 10, 11) else cell.ljust(w)
-                    for i, (cell, w) in enumerate(zip(row, widths))).rstrip())
+            lines += _table(rows, left=(1, 2, 3))
             more = len(s.connections) - len(conns)
             if more > 0:
                 lines.append(f"  ... and {more:,} more connections (all are in --json)")
         if s.connections_forgotten:
             lines.append(f"  ... and {s.connections_forgotten:,} older finished connections not kept "
                          f"(memory bound)")
+        lines += self.datagrams_text(s)
         return "\n".join(lines) + "\n"
+
+    def datagrams_text(self, s) -> list:
+        """flood's datagrams per socket: out, replies in, the seqs that never got one."""
+        if not s.datagrams and not s.datagrams_untracked:
+            return []
+        socks = sorted(s.datagrams, key=lambda d: (-d.unanswered, -d.out))[:_MAX_TABLE]
+        socks.sort(key=lambda d: (d.sock, d.client))
+        a = self.arrow
+        rows = [("sock", "client", "server", "out", "replies", "unanswered", "dup", "no request",
+                 "RTT min/avg/max")]
+        for d in socks:
+            rtt = "-" if d.rtt_min is None else \
+                f"{d.rtt_min * 1e3:.3f}/{d.rtt_avg * 1e3:.3f}/{d.rtt_max * 1e3:.3f} ms"
+            rows.append((str(d.sock), d.client, d.server, f"{d.out:,}", f"{d.replies:,}",
+                         f"{d.unanswered:,}", f"{d.duplicates:,}", f"{d.unmatched_replies:,}", rtt))
+        out = ["  flood datagrams, per socket (request and reply matched by socket and seq; "
+               "round trips from the capture's time stamps)"] + _table(rows, left=(1, 2))
+        for d in socks:
+            if d.unanswered:
+                runs = ", ".join(str(x) if x == y else f"{x}-{y}" for x, y in d.unanswered_seqs)
+                more = f" ... and {d.unanswered_unlisted:,} more" if d.unanswered_unlisted else ""
+                out.append(f"    sock {d.sock} {d.client} {a} {d.server}: no reply to seq {runs}{more}")
+        hidden = len(s.datagrams) - len(socks)
+        if hidden > 0:
+            out.append(f"  ... and {hidden:,} more sockets (all are in --json)")
+        if s.datagrams_untracked:
+            out.append(f"  {s.datagrams_untracked:,} flood datagrams of sockets past the bound "
+                       f"(datagrams.MAX_SOCKETS) were shown but not matched")
+        sent = sum(d.out for d in s.datagrams)
+        lost = sum(d.unanswered for d in s.datagrams)
+        if lost:
+            out.append(f"  {lost:,} of {sent:,} requests seen got no reply in the capture: each "
+                       f"reached the receiver's side of loopback and was lost at or after it "
+                       f"(its socket's full buffer, or no answer); or is still in flight if "
+                       f"the capture stopped first")
+        return out
+
+
+def _table(rows: list, left: tuple) -> list:
+    """Rows of cells as aligned lines: the columns in ``left`` flush left, the rest right."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  " + "  ".join(cell.ljust(w) if i in left else cell.rjust(w)
+                             for i, (cell, w) in enumerate(zip(row, widths))).rstrip()
+            for row in rows]
 
 
 def _stopped(why: str) -> str:
