@@ -149,6 +149,26 @@ def test_options_that_do_not_apply_to_datagrams_are_usage_errors_naming_the_opti
     assert re.search(f"Invalid value for '?{option}'?:", result.output), result.output
 
 
-def test_a_udp_chunk_of_the_largest_payload_is_accepted():
+def test_a_udp_chunk_of_the_largest_payload_is_accepted_and_the_default_size_is_the_datagrams_own():
     config = StallConfig(udp=True, chunk=65507)
     assert config.chunk == 65507 and config.datagrams == 10_000
+    assert StallConfig(udp=True).chunk == 1024 and StallConfig().chunk == 65536
+
+
+def test_a_receiver_whose_counts_cannot_be_read_is_unseen_not_fit(monkeypatch):
+    """A server on another host (or namespace) is in no socket table here: stall must not say
+    the datagrams fit -- it cannot know -- but that their fate is unseen, and why."""
+    from socktools.kernel import socktable, udpstats
+    from socktools.stall.udpreport import render_udp_report, udp_failure_line
+
+    def unreadable(host, port, *, processes=False):
+        raise socktable.SocketTableUnavailable("no socket table in this test")
+    monkeypatch.setattr(udpstats, "bound_sockets", unreadable)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server:    # bound, never reads
+        server.bind(("127.0.0.1", 0))
+        r = run_udp_stall(StallConfig(udp=True, port=server.getsockname()[1], count=500, settle=0.05))
+    assert r.send.sent == 500 and r.account.dropped is None and r.account.reached is None
+    assert r.outcome == "unseen" and not r.ok
+    assert "no socket table in this test" in r.receiver.unavailable
+    assert "no socket table in this test" in udp_failure_line(r)
+    assert "could not read" in render_udp_report(r)

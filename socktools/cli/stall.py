@@ -103,7 +103,7 @@ def command(ctx, host, port, unix, chunk, sndbuf, rcvbuf, settle, drain, timeout
     """
     from socktools.core.embedded import EmbeddedServerError
     from socktools.errors import exception_key, one_line
-    from socktools.stall.config import DEFAULT_CHUNK, DEFAULT_UDP_CHUNK, StallConfig
+    from socktools.stall.config import StallConfig
     from socktools.stall.report import render_report
     from socktools.stall.steps import StallError, run_stall
 
@@ -112,8 +112,6 @@ def command(ctx, host, port, unix, chunk, sndbuf, rcvbuf, settle, drain, timeout
     if udp:
         _no_exchange(ctx, mode)
     spec = _spec(ctx, mode, host, port, unix, wire_params)
-    if chunk is None:
-        chunk = DEFAULT_UDP_CHUNK if udp else DEFAULT_CHUNK
     config = build_config(StallConfig, host=host, port=port, chunk=chunk, sndbuf=sndbuf, rcvbuf=rcvbuf,
                           settle=settle, drain=drain, timeout=timeout, unix=unix,
                           tls=tls if tls.enabled else None, spec=spec, udp=udp, count=count)

@@ -50,7 +50,7 @@ class StallConfig:
 
     host: str = "127.0.0.1"
     port: Optional[int] = None
-    chunk: int = DEFAULT_CHUNK
+    chunk: Optional[int] = None       # bytes per send(); None: DEFAULT_CHUNK, with --udp DEFAULT_UDP_CHUNK
     sndbuf: Optional[int] = None      # our SO_SNDBUF, set before connect
     rcvbuf: Optional[int] = None      # the embedded sink's SO_RCVBUF (``serve --rcvbuf``)
     settle: float = DEFAULT_SETTLE
@@ -70,6 +70,8 @@ class StallConfig:
         return self.port is not None or self.unix is not None
 
     def __post_init__(self) -> None:
+        if self.chunk is None:      # each kind of run has its own default size; the one place it is chosen
+            object.__setattr__(self, "chunk", DEFAULT_UDP_CHUNK if self.udp else DEFAULT_CHUNK)
         if self.chunk < 1:
             raise OptionError("chunk", "must be at least 1 byte")
         if self.settle < 0:

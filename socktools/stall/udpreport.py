@@ -72,6 +72,10 @@ def render_udp_report(r, *, quiet: bool = False) -> str:
     elif r.outcome == "reading":
         lines.append(_wrap("The server's queue is empty and its kernel dropped nothing: it read every "
                            "datagram as it came."))
+    elif r.outcome == "unseen":
+        lines.append(_wrap("Every send() succeeded, and that is all a UDP sender learns: whether the "
+                           "datagrams were held, read or dropped is counted only by the receiver's kernel, "
+                           "which stall could not read here."))
     else:
         lines.append(_wrap("Every datagram fit in the receiver's buffer: send more (--count) or make the "
                            "buffer smaller (--rcvbuf) to see it overflow."))
@@ -91,6 +95,9 @@ def _wrap(text: str) -> str:
 
 def udp_failure_line(r) -> str:
     """Why a run that dropped nothing exits 1."""
+    if r.outcome == "unseen":
+        return (f"the receiver's drops are not visible from here ({r.receiver.unavailable}): "
+                f"{r.send.sent:,} datagrams sent, their fate unknown")
     if r.outcome == "reading":
         return (f"nothing was dropped: the server at {r.remote} read every datagram "
                 f"({r.send.sent:,} sent)")

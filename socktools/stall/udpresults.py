@@ -17,9 +17,11 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["UdpSend", "UdpReceiver", "UdpAccount", "UdpStallReport", "UDP_OUTCOMES"]
 
 #: What a --udp run came to: the receiver's kernel dropped datagrams (the case shown), every
-#: datagram fit in its buffer (send more, or a smaller --rcvbuf), or another program's
-#: server read them as they came (its queue is empty and nothing was dropped).
-UDP_OUTCOMES = ("dropped", "fit", "reading")
+#: datagram fit in its buffer (send more, or a smaller --rcvbuf), another program's server
+#: read them as they came (its queue is empty and nothing was dropped), or the receiver's
+#: counts could not be read (a server on another host or network namespace: UDP itself tells
+#: the sender nothing).
+UDP_OUTCOMES = ("dropped", "fit", "reading", "unseen")
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,8 @@ class UdpStallReport(_Plain):
 
     @property
     def outcome(self) -> str:
+        if self.account.dropped is None:
+            return "unseen"
         if self.account.dropped:
             return "dropped"
         if self.receiver.kind == "target" and self.receiver.recv_q == 0:
