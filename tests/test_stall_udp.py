@@ -59,7 +59,7 @@ def test_every_datagram_sent_to_its_own_receiver_is_held_or_dropped_by_the_kerne
 
 
 def test_the_json_is_one_object_with_the_equation_and_exit_0():
-    jsonschema = pytest.importorskip("jsonschema", reason="jsonschema not installed")
+    pytest.importorskip("jsonschema", reason="jsonschema not installed")
     from tests.test_json_schemas import validate
     rc, doc, err = stall_json("--rcvbuf", "1", "--count", "200", "--settle", "100ms")
     assert rc == 0, err
@@ -68,7 +68,7 @@ def test_the_json_is_one_object_with_the_equation_and_exit_0():
     a = doc["account"]
     assert a["sent"] == 200 == a["reached"] + a["dropped"] and a["unaccounted"] == 0 and a["counted"]
     assert doc["receiver"]["source"] == "SO_MEMINFO" and doc["config"]["udp"] is True
-    assert jsonschema is not None
+    assert doc["config"]["chunk"] == 1024       # the datagram's default size, not TCP's 64 KiB
 
 
 def test_datagrams_that_all_fit_are_no_drop_and_exit_1():
@@ -125,7 +125,7 @@ def test_against_a_stopped_udp_sink_stall_infers_what_the_sink_then_counts(start
 def test_against_a_reading_udp_sink_nothing_is_dropped_and_the_outcome_says_reading(start_server):
     srv = start_server("--udp", "--mode", "sink", "--stats-interval", "100ms", json_events=True)
     # 50 datagrams fit the sink's default buffer even unread; it reads them: its queue empties
-    rc, doc, err = stall_json("--port", str(srv.port), "--count", "50", "--settle", "300ms")
+    rc, doc, err = stall_json("--port", str(srv.port), "--count", "50", "--settle", "1s")
     assert rc == 1
     assert doc["outcome"] == "reading" and doc["account"]["dropped"] == 0 and doc["receiver"]["recv_q"] == 0
     assert "read every datagram" in err
@@ -172,3 +172,10 @@ def test_a_receiver_whose_counts_cannot_be_read_is_unseen_not_fit(monkeypatch):
     assert "no socket table in this test" in r.receiver.unavailable
     assert "no socket table in this test" in udp_failure_line(r)
     assert "could not read" in render_udp_report(r)
+
+
+def test_the_timeout_bounds_the_send_and_the_account_stays_exact():
+    from socktools.stall.config import MAX_UDP_COUNT
+    r = run_udp_stall(StallConfig(udp=True, count=MAX_UDP_COUNT, timeout=0.05, settle=0.01, chunk=64))
+    assert r.send.stopped_by == "timeout" and 0 < r.send.attempted < MAX_UDP_COUNT
+    assert r.account.sent == r.account.reached + r.account.dropped and r.account.unaccounted == 0

@@ -144,11 +144,7 @@ def command(ctx, host, port, unix, chunk, sndbuf, rcvbuf, settle, drain, timeout
         failed("sink", "sink-failed", str(exc))
     except KeyboardInterrupt:
         failed("interrupted", "interrupted", "interrupted; connection closed and the embedded sink stopped", 130)
-    if as_json:
-        from socktools.cli._common import stamped
-        click.echo(json.dumps(stamped(report.to_dict()), indent=2, ensure_ascii=False))
-    else:
-        click.echo(render_report(report, quiet=quiet))
+    _show(report, as_json, lambda: render_report(report, quiet=quiet))
     if report.answer is not None:
         from socktools.stall.report import answer_line
         die(answer_line(report), EXIT_FAILED)
@@ -157,24 +153,30 @@ def command(ctx, host, port, unix, chunk, sndbuf, rcvbuf, settle, drain, timeout
             f"({report.fill.bytes:,} bytes accepted)", EXIT_FAILED)
 
 
+def _show(report, as_json: bool, render) -> None:
+    """The report on stdout: its JSON object, or ``render()``'s text."""
+    if as_json:
+        from socktools.cli._common import stamped
+        click.echo(json.dumps(stamped(report.to_dict()), indent=2, ensure_ascii=False))
+    else:
+        click.echo(render())
+
+
 def _run_udp(config, as_json, quiet, failed) -> None:
     """``stall --udp``: run, print the report (or the JSON object), exit 1 when nothing was dropped."""
     from socktools.errors import exception_key, one_line, udp_words
-    from socktools.stall.udp import StallUdpError, run_udp_stall
+    from socktools.stall.steps import StallError
+    from socktools.stall.udp import run_udp_stall
     from socktools.stall.udpreport import render_udp_report, udp_failure_line
     try:
         report = run_udp_stall(config)
-    except StallUdpError as exc:
+    except StallError as exc:
         key = exception_key(exc.cause) if exc.cause is not None else "stall-error"
         words = udp_words(key, (config.host, config.port), config.timeout) if exc.what == "send" else None
         failed(exc.what.split()[0], key, words or one_line(exc.cause, exc.what))
     except KeyboardInterrupt:
         failed("interrupted", "interrupted", "interrupted; the sockets are closed", 130)
-    if as_json:
-        from socktools.cli._common import stamped
-        click.echo(json.dumps(stamped(report.to_dict()), indent=2, ensure_ascii=False))
-    else:
-        click.echo(render_udp_report(report, quiet=quiet))
+    _show(report, as_json, lambda: render_udp_report(report, quiet=quiet))
     if not report.ok:
         die(udp_failure_line(report), EXIT_FAILED)
 

@@ -44,6 +44,7 @@ from socktools.errors import errno_name
 from socktools.kernel import socktable, udpstats
 from socktools.stall.config import StallConfig
 from socktools.stall.results import PeerInfo
+from socktools.stall.steps import StallError
 from socktools.stall.udpresults import UdpAccount, UdpReceiver, UdpSend, UdpStallReport
 
 __all__ = ["OwnReceiver", "TargetReceiver", "run_udp_stall", "SEQ", "READ_BACK_BUFFER"]
@@ -56,15 +57,6 @@ READ_BACK_BUFFER = 65_536
 #: How often the clock is read while sending: reading it per send() would cost as much as
 #: the send on loopback; every 256 sends bounds the overshoot of --timeout to well under 1 ms.
 CLOCK_EVERY = 256
-
-
-class StallUdpError(Exception):
-    """The run could not be made: ``what`` says which step, ``cause`` is the OSError."""
-
-    def __init__(self, what: str, cause: Optional[BaseException] = None, message: str = "") -> None:
-        super().__init__(message or f"{what}: {cause}")
-        self.what = what
-        self.cause = cause
 
 
 class OwnReceiver:
@@ -169,7 +161,7 @@ def _send_all(sock: socket.socket, config: StallConfig, clock: Callable[[], floa
             sock.send(payload)
         except OSError as exc:
             if exc.errno == errno.ECONNREFUSED:
-                raise StallUdpError("send", exc) from exc
+                raise StallError("send", exc) from exc
             name = errno_name(exc.errno) if exc.errno else type(exc).__name__
             refused[name] = refused.get(name, 0) + 1
             continue
@@ -202,7 +194,7 @@ def _settle(receiver: Any, config: StallConfig, clock: Callable[[], float]) -> t
 def run_udp_stall(config: StallConfig, *, clock: Callable[[], float] = time.perf_counter) -> UdpStallReport:
     """Send ``config.datagrams`` datagrams to a receiver that never reads; report the kernel's counts.
 
-    Raises :class:`StallUdpError` (cannot resolve, bind or connect; nobody bound at --port)."""
+    Raises :class:`StallError` (cannot resolve, bind or connect; nobody bound at --port)."""
     with contextlib.ExitStack() as stack:
         try:
             if config.external:
@@ -212,7 +204,7 @@ def run_udp_stall(config: StallConfig, *, clock: Callable[[], float] = time.perf
                 receiver = OwnReceiver(config.host, config.rcvbuf)
                 family, target = receiver.sock.family, receiver.address
         except OSError as exc:
-            raise StallUdpError(f"resolve {config.host!r}" if isinstance(exc, socket.gaierror)
+            raise StallError(f"resolve {config.host!r}" if isinstance(exc, socket.gaierror)
                                 else f"bind on {config.host}", exc) from exc
         stack.callback(receiver.close)
         sock = stack.enter_context(socket.socket(family, socket.SOCK_DGRAM))
@@ -221,7 +213,7 @@ def run_udp_stall(config: StallConfig, *, clock: Callable[[], float] = time.perf
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, config.sndbuf)
             sock.connect(target)        # connected: ECONNREFUSED tells us nobody is bound there
         except OSError as exc:
-            raise StallUdpError(f"connect to {format_addr(target)}", exc) from exc
+            raise StallError(f"connect to {format_addr(target)}", exc) from exc
         sock.setblocking(False)
         local = sock.getsockname()
         before = receiver.counts()

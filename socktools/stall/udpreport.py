@@ -37,15 +37,15 @@ def render_udp_report(r, *, quiet: bool = False) -> str:
               + (f" (its counts stood still for {c.settle:g} s)" if r.settled
                  else f" (still changing after --timeout {c.timeout:g}s)")]
     lines.append(f"    SO_RCVBUF  {_n(rv.rcvbuf):>12}" + ("  (each socket)" if rv.sockets > 1 else ""))
-    lines.append(f"    Recv-Q     {_n(rv.recv_q):>12}  bytes held, as the kernel accounts them: each datagram's "
-                 "payload plus its buffer overhead")
-    lines.append(f"    drops      {_n(rv.dropped):>12}  (sk_drops by {rv.source}: arrived at a full buffer, "
-                 "discarded)")
+    lines.append(f"    Recv-Q     {_n(rv.recv_q):>12}  bytes held: the payloads plus the kernel's overhead per "
+                 "datagram")
+    lines.append(f"    drops      {_n(rv.dropped):>12}  sk_drops ({rv.source}): arrived at a full buffer, "
+                 "discarded")
     if rv.unavailable:
         lines.append(f"    ({rv.unavailable})")
     if a.machine_rcvbuf_errors is not None:
         lines.append(f"  machine: Udp RcvbufErrors +{a.machine_rcvbuf_errors:,}, SndbufErrors "
-                     f"+{a.machine_sndbuf_errors:,} (/proc/net/snmp: every program's datagrams, an upper bound)")
+                     f"+{a.machine_sndbuf_errors:,}  (/proc/net/snmp: every program's, an upper bound)")
     lines.append("")
     if own:
         lines.append(f"  sent {a.sent:,} = held {_n(a.reached)} (read back afterwards and counted) + dropped "
@@ -56,9 +56,9 @@ def render_udp_report(r, *, quiet: bool = False) -> str:
     else:
         lines.append(f"  sent {a.sent:,} = reached the server {_n(a.reached)} (inferred: sent - dropped) + "
                      f"dropped {_n(a.dropped)}")
-        lines.append("  stall sees another program's sockets in the kernel's socket table (Recv-Q, drops, "
-                     "owners), never its datagrams: which reached datagrams it holds or has read, only its "
-                     "own count says")
+        lines.append("  stall sees another program's sockets in the kernel's socket table (Recv-Q, drops,")
+        lines.append("  owners), never its datagrams: how many of those it holds and how many it has read,")
+        lines.append("  only its own count says")
     if quiet:
         return "\n".join(lines)
     lines += ["", "What happened"]
