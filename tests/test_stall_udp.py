@@ -179,3 +179,12 @@ def test_the_timeout_bounds_the_send_and_the_account_stays_exact():
     r = run_udp_stall(StallConfig(udp=True, count=MAX_UDP_COUNT, timeout=0.05, settle=0.01, chunk=64))
     assert r.send.stopped_by == "timeout" and 0 < r.send.attempted < MAX_UDP_COUNT
     assert r.account.sent == r.account.reached + r.account.dropped and r.account.unaccounted == 0
+
+
+def test_udp_with_a_unix_socket_is_a_usage_error_naming_unix(tmp_path):
+    path = str(tmp_path / "s.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(path)
+        result = CliRunner().invoke(cli_stall.command, ["--udp", "--unix", path])
+    assert result.exit_code == 2, result.output
+    assert re.search("Invalid value for '?--unix'?:", result.output), result.output

@@ -49,9 +49,10 @@ Exit codes: 0 send() blocked and the report was printed; 1
 connect/handshake/send failed, the peer closed or reset, or send() never
 blocked (the peer reads); 2 bad options; 3 --tls without a target and no
 cryptography package (the message says how to get it). With --udp: 0 the
-receiver's kernel dropped datagrams, 1 nothing was dropped (they fit, or the
-server read them) or nobody is bound at --port. With --json, one object on
-stdout every time, failures included ("ok", "outcome").
+receiver's kernel dropped datagrams; 1 nothing was dropped (they fit, or the
+server read them), the receiver's counts could not be read, or nobody is
+bound at --port. With --json, one object on stdout every time, failures
+included ("ok", "outcome").
 """
 
 
