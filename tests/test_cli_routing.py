@@ -189,6 +189,18 @@ class Recorder:
             return "report"
         mp.setattr(steps, "run_stall", run_stall)
         mp.setattr(report, "render_report", render_report)
+        import socktools.stall.udp as udp
+        import socktools.stall.udpreport as udpreport
+
+        def run_udp_stall(config):
+            self.calls.append(SimpleNamespace(config=config, view="json", quiet=None))
+            return SimpleNamespace(to_dict=lambda: {}, ok=True)
+
+        def render_udp_report(r, *, quiet=False):
+            self.calls[-1].view, self.calls[-1].quiet = "text", quiet
+            return "report"
+        mp.setattr(udp, "run_udp_stall", run_udp_stall)
+        mp.setattr(udpreport, "render_udp_report", render_udp_report)
 
     def run(self, *argv: str) -> SimpleNamespace:
         before = len(self.calls)
@@ -332,6 +344,9 @@ ROUTES = {
         "as_json": (["--json"], lambda call, base: (call.view == "json" and base.view == "text") or _fail()),
         "quiet": (["--quiet"], lambda call, base: (call.quiet is True and base.quiet is False) or _fail()),
         "unix": (["--unix", _UNIX], field("unix", _UNIX)),
+        # datagrams: the --udp run (stall/udp.py), --chunk its datagram size (1 KiB unless given)
+        "udp": (["--udp"], both(field("udp", True), field("chunk", 1024))),
+        "count": (["--udp", "--count", "7"], field("count", 7)),
         **{name: ([*["--port", "9"], *argv], check) for name, (argv, check) in {
             "tls": (["--tls"], tls_field("enabled", True)),
             "sni": (["--tls", "--sni", "db.test"], tls_field("sni", "db.test")),

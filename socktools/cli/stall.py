@@ -34,6 +34,12 @@ Over TLS and Unix sockets (TLS options as request's):
   socktools stall --unix /run/redis/redis.sock --mode redis --command 'SET k v'
 
 \b
+Datagrams (--udp): send() never blocks, the receiver's kernel drops and counts:
+  socktools stall --udp                      # 10,000 x 1 KiB to its own socket that never reads
+  socktools stall --udp --rcvbuf 1 --chunk 65507 --count 100 --json
+  socktools stall --udp --port 9000          # a UDP server there (its sockets seen by sock_diag)
+
+\b
 Without --port or --unix, stall starts `socktools serve --mode sink` on --host
 (a free loopback port; with --tls, `--tls-self-signed` too, which needs the
 cryptography package) and stops it afterwards. A peer that answers and then
@@ -42,8 +48,11 @@ limit) is said as such: what it answered, and that this is not a full buffer.
 Exit codes: 0 send() blocked and the report was printed; 1
 connect/handshake/send failed, the peer closed or reset, or send() never
 blocked (the peer reads); 2 bad options; 3 --tls without a target and no
-cryptography package (the message says how to get it). With --json, one object
-on stdout every time, failures included ("ok", "outcome").
+cryptography package (the message says how to get it). With --udp: 0 the
+receiver's kernel dropped datagrams; 1 nothing was dropped (they fit, or the
+server read them), the receiver's counts could not be read, or nobody is
+bound at --port. With --json, one object on stdout every time, failures
+included ("ok", "outcome").
 """
 
 
@@ -53,7 +62,9 @@ on stdout every time, failures included ("ok", "outcome").
 @click.option("--port", "-p", type=PORT, default=None,
               help="Stall this server instead of starting a sink.  [default: start a sink on a free port]")
 @unix_option("  The server must be running: stall starts no sink there.")
-@click.option("--chunk", type=BYTESIZE, default="64k", show_default=True, help="Bytes per send().")
+@click.option("--chunk", type=BYTESIZE, default=None,
+              help="Bytes per send(); with --udp the datagram's size (at most 65,507).  [default: 64k; "
+                   "with --udp 1024]")
 @click.option("--sndbuf", type=BYTESIZE, default=None,
               help="Our SO_SNDBUF, set before connect (Linux doubles it).  [default: autotuned]")
 @click.option("--rcvbuf", type=BYTESIZE, default=None,
@@ -64,6 +75,13 @@ on stdout every time, failures included ("ok", "outcome").
                                             "become writable again.")
 @click.option("--timeout", type=DURATION, default="10s", show_default=True, metavar="DURATION",
               help="Give up on each phase (fill, settle, drain) after this long.")
+@click.option("--udp", is_flag=True,
+              help="Datagrams instead of a stream: --count datagrams of --chunk bytes to a UDP receiver "
+                   "that never reads (its own socket, or the server at --port); send() never blocks, "
+                   "the receiver's kernel drops them, and stall shows its count: sent = held + dropped.")
+@click.option("--count", type=click.IntRange(min=1), default=None, metavar="N",
+              help="With --udp: datagrams to send (at most 1,000,000; --timeout bounds the time too).  "
+                   "[default: 10000]")
 @click.option("--json", "as_json", is_flag=True, help="Print every figure as JSON (failures too).")
 @click.option("--quiet", "-q", is_flag=True, help="Figures only, without the explanation at the end.")
 @click.option("--mode", "-m", type=LazyChoice("socktools.wire.modes:REQUEST_MODES"), default=None,
@@ -71,8 +89,8 @@ on stdout every time, failures included ("ok", "outcome").
 @wire_options
 @tls_options
 @click.pass_context
-def command(ctx, host, port, unix, chunk, sndbuf, rcvbuf, settle, drain, timeout, as_json, quiet, mode,
-            **wire_params):
+def command(ctx, host, port, unix, chunk, sndbuf, rcvbuf, settle, drain, timeout, udp, count, as_json, quiet,
+            mode, **wire_params):
     """Reproduce the full socket buffer: send() until BlockingIOError, and show why.
 
     Connects a nonblocking socket to a peer that does not read, sends until
@@ -92,10 +110,12 @@ def command(ctx, host, port, unix, chunk, sndbuf, rcvbuf, settle, drain, timeout
 
     tls = tls_config(wire_params)
     check_target(ctx, host, unix)
+    if udp:
+        _no_exchange(ctx, mode)
     spec = _spec(ctx, mode, host, port, unix, wire_params)
     config = build_config(StallConfig, host=host, port=port, chunk=chunk, sndbuf=sndbuf, rcvbuf=rcvbuf,
                           settle=settle, drain=drain, timeout=timeout, unix=unix,
-                          tls=tls if tls.enabled else None, spec=spec)
+                          tls=tls if tls.enabled else None, spec=spec, udp=udp, count=count)
     if port is not None and unix is None:
         warn_target("stall", host)
 
@@ -106,6 +126,9 @@ def command(ctx, host, port, unix, chunk, sndbuf, rcvbuf, settle, drain, timeout
                                            "message": message, "config": config.to_dict()}), indent=2))
         die(message, code)
 
+    if udp:
+        _run_udp(config, as_json, quiet, failed)
+        return
     try:
         report = run_stall(config)
     except StallError as exc:
@@ -122,17 +145,51 @@ def command(ctx, host, port, unix, chunk, sndbuf, rcvbuf, settle, drain, timeout
         failed("sink", "sink-failed", str(exc))
     except KeyboardInterrupt:
         failed("interrupted", "interrupted", "interrupted; connection closed and the embedded sink stopped", 130)
-    if as_json:
-        from socktools.cli._common import stamped
-        click.echo(json.dumps(stamped(report.to_dict()), indent=2, ensure_ascii=False))
-    else:
-        click.echo(render_report(report, quiet=quiet))
+    _show(report, as_json, lambda: render_report(report, quiet=quiet))
     if report.answer is not None:
         from socktools.stall.report import answer_line
         die(answer_line(report), EXIT_FAILED)
     if not report.fill.blocked:
         die(f"send() never blocked in {timeout:g} s: the peer at {report.remote} is reading "
             f"({report.fill.bytes:,} bytes accepted)", EXIT_FAILED)
+
+
+def _show(report, as_json: bool, render) -> None:
+    """The report on stdout: its JSON object, or ``render()``'s text."""
+    if as_json:
+        from socktools.cli._common import stamped
+        click.echo(json.dumps(stamped(report.to_dict()), indent=2, ensure_ascii=False))
+    else:
+        click.echo(render())
+
+
+def _run_udp(config, as_json, quiet, failed) -> None:
+    """``stall --udp``: run, print the report (or the JSON object), exit 1 when nothing was dropped."""
+    from socktools.errors import exception_key, one_line, udp_words
+    from socktools.stall.steps import StallError
+    from socktools.stall.udp import run_udp_stall
+    from socktools.stall.udpreport import render_udp_report, udp_failure_line
+    try:
+        report = run_udp_stall(config)
+    except StallError as exc:
+        key = exception_key(exc.cause) if exc.cause is not None else "stall-error"
+        words = udp_words(key, (config.host, config.port), config.timeout) if exc.what == "send" else None
+        failed(exc.what.split()[0], key, words or one_line(exc.cause, exc.what))
+    except KeyboardInterrupt:
+        failed("interrupted", "interrupted", "interrupted; the sockets are closed", 130)
+    _show(report, as_json, lambda: render_udp_report(report, quiet=quiet))
+    if not report.ok:
+        die(udp_failure_line(report), EXIT_FAILED)
+
+
+def _no_exchange(ctx, mode) -> None:
+    """--udp sends datagrams of --chunk bytes: a wire mode's option is a usage error naming it."""
+    given = given_params(ctx)
+    if mode is not None:
+        given = ["mode", *given]
+    if given:
+        raise click.BadParameter("not with --udp: stall --udp sends datagrams of --chunk bytes, no wire "
+                                 "mode's requests", param_hint=option_name(given[0]))
 
 
 def _spec(ctx, mode, host, port, unix, params):

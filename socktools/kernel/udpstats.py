@@ -22,12 +22,15 @@ import socket
 import struct
 from typing import NamedTuple, Optional
 
-__all__ = ["read_counters", "socket_drops", "Attribution", "attribute", "SO_MEMINFO", "COUNTERS"]
+__all__ = ["read_counters", "socket_drops", "socket_memory", "bound_sockets", "Attribution", "attribute",
+           "SO_MEMINFO", "COUNTERS"]
 
 #: getsockopt(SOL_SOCKET, SO_MEMINFO): the socket's sk_meminfo array (Linux 4.3+).
 SO_MEMINFO = getattr(socket, "SO_MEMINFO", 55)
-#: SK_MEMINFO_DROPS is the 9th member of the array (Linux 3.6+).
+#: SK_MEMINFO_DROPS is the 9th member of the array (Linux 3.6+); RMEM_ALLOC (the receive
+#: queue's memory, ss's Recv-Q for UDP) the 1st, RCVBUF the 2nd.
 _DROPS = 8
+_RMEM_ALLOC, _RCVBUF = 0, 1
 
 #: The counters read from /proc/net/snmp's ``Udp:`` rows (and snmp6's ``Udp6*``), summed.
 COUNTERS = ("InDatagrams", "NoPorts", "InErrors", "OutDatagrams", "RcvbufErrors", "SndbufErrors",
@@ -61,13 +64,35 @@ def read_counters(snmp: str = "/proc/net/snmp", snmp6: str = "/proc/net/snmp6") 
 def socket_drops(sock: socket.socket) -> Optional[int]:
     """Datagrams the kernel dropped at ``sock`` (its receive buffer was full, or a filter
     refused them), or None when this kernel does not say."""
+    mem = socket_memory(sock)
+    return None if mem is None else mem[2]
+
+
+def socket_memory(sock: socket.socket) -> Optional[tuple]:
+    """``(rmem_alloc, rcvbuf, drops)`` of a socket we hold, from SO_MEMINFO: the bytes its
+    receive queue holds as the kernel accounts them (each datagram's payload *and* its
+    buffer overhead -- what ``ss`` shows as a UDP socket's Recv-Q), its effective SO_RCVBUF,
+    and its sk_drops; None when this kernel does not say."""
     try:
         raw = sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 9 * 4)
     except OSError:
         return None
     if len(raw) < 9 * 4:
         return None
-    return struct.unpack_from("=9I", raw)[_DROPS]
+    values = struct.unpack_from("=9I", raw)
+    return values[_RMEM_ALLOC], values[_RCVBUF], values[_DROPS]
+
+
+def bound_sockets(host: str, port: int, *, processes: bool = False) -> list:
+    """The UDP sockets on this machine that receive what is sent to ``host``:``port`` -- bound
+    to that port on that address or a wildcard, connected to nobody or to anyone (socat's
+    UDP-LISTEN connects to its first client); a SO_REUSEPORT server has one per worker.
+    Socket-table entries with their memory (``skmem``: sk_drops, Recv-Q) and, with
+    ``processes``, their owners.  Raises ``SocketTableUnavailable``/``OSError`` as
+    :func:`socktools.kernel.socktable.read_sockets` does."""
+    from socktools.kernel.socktable import read_sockets
+    entries = read_sockets(port=port, families=("udp",), memory=True, processes=processes, sort=False)
+    return [e for e in entries if e.local[1] == port and e.local[0] in (host, "0.0.0.0", "::")]
 
 
 class Attribution(NamedTuple):

@@ -37,7 +37,7 @@ class _Plain:
 
 @dataclass(frozen=True)
 class PeerInfo(_Plain):
-    kind: str                       # "embedded", "target" or "injected"
+    kind: str                       # "embedded", "target" or "injected"; with --udp "own" or "target"
     address: str
     command: Optional[str] = None   # the equivalent `socktools serve ...` for the embedded sink
     pid: Optional[int] = None
