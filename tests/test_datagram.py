@@ -149,3 +149,80 @@ def test_random_losses_delays_duplicates_and_reorderings_always_add_up(seed):
     assert balanced(led) and led.in_flight == 0
     assert led.lost == dropped         # every datagram that arrived was placed: answered or late
     assert led.foreign == 0 and led.stale == 0
+
+
+# ------------------------------------------------------------------ no header: raw and line
+import re  # noqa: E402
+
+
+def unstamped(timeout_ms=100, match=None):
+    return dg.Unstamped(2, lambda seq: b"Q%d" % seq, timeout_ms * MS, re.compile(match) if match else None)
+
+
+def test_without_a_header_the_one_request_in_flight_is_answered_by_the_next_datagram():
+    u = unstamped()
+    assert u.send(0) == b"Q0"
+    assert u.receive(b"anything", 2 * MS) == "answered" and u.latency_ns == 2 * MS
+    assert u.send(3 * MS) == b"Q1"
+    assert (u.sent, u.answered, u.in_flight) == (2, 1, 1) and balanced(u)
+
+
+def test_without_a_header_a_second_request_cannot_leave_before_the_first_is_settled():
+    u = unstamped()
+    u.send(0)
+    with pytest.raises(RuntimeError, match="one request in flight"):
+        u.send(1)
+
+
+def test_without_a_header_a_reply_after_the_timeout_is_late_and_one_owed_nothing_is_foreign():
+    u = unstamped(timeout_ms=10)
+    u.send(0)
+    assert u.expire(11 * MS) == 1 and (u.lost, u.in_flight) == (1, 0)
+    assert u.receive(b"r", 12 * MS) == "late"
+    assert (u.lost, u.late) == (0, 1) and balanced(u)
+    assert u.receive(b"r", 13 * MS) == "foreign"          # a second copy: nothing owed any more
+    assert u.foreign == 1 and balanced(u)
+
+
+def test_without_a_header_a_reply_that_does_not_match_still_answers_and_is_counted():
+    u = unstamped(match=rb"^OK")
+    u.send(0)
+    u.receive(b"ERR", MS)
+    u.send(2 * MS)
+    u.receive(b"OK fine", 3 * MS)
+    assert (u.answered, u.mismatched) == (2, 1)
+
+
+def test_without_a_header_a_refused_send_never_left():
+    u = unstamped()
+    u.send(0)
+    u.refuse()
+    assert (u.sent, u.refused, u.in_flight) == (0, 1, 0) and balanced(u)
+    assert u.send(1) == b"Q1"
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_without_a_header_random_losses_and_delays_always_add_up(seed):
+    rng = random.Random(seed)
+    u = unstamped(timeout_ms=10)
+    now = 0
+    pending = []                       # (arrival time, data) of replies on their way
+    for _ in range(300):
+        now += MS
+        pending.sort()
+        while pending and pending[0][0] <= now:
+            when, data = pending.pop(0)
+            u.expire(when)
+            u.receive(data, when)
+        u.expire(now)
+        if u.in_flight:
+            continue
+        u.send(now)
+        fate = rng.random()
+        if fate < 0.7:
+            pending.append((now + rng.randint(1, 5) * MS, b"r"))
+        elif fate < 0.9:
+            pending.append((now + rng.randint(11, 30) * MS, b"r"))
+        assert balanced(u)
+    u.expire(now + 100 * MS)
+    assert balanced(u) and u.in_flight == 0

@@ -115,3 +115,59 @@ def test_the_json_of_a_datagram_flood_follows_the_published_schema():
     assert rc == 0, err
     validate(doc, "flood")
     assert doc["config"]["udp"] is True and doc["config"]["reply_timeout"] == 1.0
+
+
+# ------------------------------------------------------------------ your own bytes: raw and line
+def test_raw_dns_queries_against_dnsmasq_every_one_answered_and_counted_by_dnsmasq(tmp_path):
+    """flood --udp --mode raw: a DNS query as the datagram (no header of ours), one in flight
+    per socket; dnsmasq's own log counts the queries, and every answer holds 127.0.0.1."""
+    from tests.udppeers import Dnsmasq, dns_query
+    query = tmp_path / "query.bin"
+    query.write_bytes(dns_query("example.test"))
+    log = tmp_path / "dnsmasq.log"
+    log.touch(mode=0o666)               # dnsmasq drops root before it opens its log
+    with Dnsmasq(log=log) as dns:
+        rc, doc, err = flood("--port", str(dns.port), "--mode", "raw", "--send-file", str(query), "--conns", "4",
+                             "--workers", "2", "--requests", "1000", "--reply-match", "\\x7f\\x00\\x00\\x01")
+        assert rc == 0, err
+        assert wait_until(lambda: dns.queries() >= 1000, 10), dns.queries()
+        counted = dns.queries()
+    d = doc["datagrams"]
+    assert d["sent"] == d["answered"] == counted == 1000
+    assert d["lost"] == d["mismatched"] == 0 and doc["failures_total"] == 0
+
+
+def test_raw_replies_that_do_not_match_are_answers_that_failed():
+    with UdpEcho() as echo:
+        rc, doc, err = flood("--port", str(echo.port), "--mode", "line", "--send", "PING", "--conns", "2",
+                             "--requests", "20", "--reply-match", "^PONG")
+    assert rc == 0, err
+    d = doc["datagrams"]
+    assert (d["answered"], d["mismatched"]) == (20, 20)
+    assert doc["reply_failures"] == {"wrong-reply": {"did not match --reply-match": 20}}
+
+
+def test_raw_datagrams_a_silent_server_never_answers_are_lost():
+    with UdpEcho(silent=True) as echo:
+        rc, doc, err = flood("--port", str(echo.port), "--mode", "raw", "--send", "hello", "--conns", "2",
+                             "--requests", "6", "--reply-timeout", "100ms")
+    d = doc["datagrams"]
+    assert rc == 1 and d["answered"] == 0 and d["lost"] == d["sent"] >= 2
+
+
+@pytest.mark.parametrize("args,option", [
+    (["--mode", "raw", "--send", "A", "--reply-until", "\\n"], "--reply-until"),
+    (["--mode", "raw", "--send", "A", "--reply-bytes", "4"], "--reply-bytes"),
+    (["--mode", "raw", "--send", "A", "--no-reply"], "--no-reply"),
+    (["--mode", "line", "--send", "A", "--greeting"], "--greeting"),
+    (["--mode", "raw", "--send", "A", "--rate", "100"], "--rate"),
+    (["--mode", "raw", "--send-file", "BIG"], "--send-file"),
+])
+def test_raw_over_udp_refuses_what_a_datagram_cannot_do_naming_the_option(tmp_path, args, option):
+    big = tmp_path / "big.bin"
+    big.write_bytes(b"x" * 70_000)
+    argv = [str(big) if a == "BIG" else a for a in args]
+    out = subprocess.run(socktools_cmd("flood", "--udp", "--port", "9", *argv), capture_output=True, text=True,
+                         timeout=30)
+    assert out.returncode == 2, out.stderr
+    assert option in out.stderr and "Traceback" not in out.stderr

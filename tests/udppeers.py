@@ -149,16 +149,31 @@ class SocatUdpEcho(_Daemon):
 
 class Dnsmasq(_Daemon):
     """dnsmasq answering ``example.test`` with 127.0.0.1 and nothing else (no upstream, no hosts
-    file), in the foreground on a loopback port."""
+    file), in the foreground on a loopback port.  With ``log`` (a path), every query it answers
+    is a line there (``--log-queries``; written as it happens: dnsmasq logs synchronously unless
+    told --log-async), its own count: :meth:`queries`."""
 
     binary = "dnsmasq"
     install = "dnsmasq"
 
+    def __init__(self, log=None) -> None:
+        super().__init__()
+        self.log = log
+
     def argv(self) -> list:
         exe = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
+        logging = ["--log-queries", f"--log-facility={self.log}"] if self.log is not None else []
         return [exe, "-k", "-p", str(self.port), "--listen-address=127.0.0.1", "--bind-interfaces",
                 "--no-resolv", "--no-hosts", "--address=/example.test/127.0.0.1", "--user=" + _user(),
-                "--pid-file="]
+                "--pid-file=", *logging]
+
+    def queries(self, name: str = "example.test") -> int:
+        """A-record queries for ``name`` that dnsmasq logged (its own count)."""
+        try:
+            with open(self.log, errors="replace") as f:
+                return sum(1 for line in f if f"query[A] {name} " in line)
+        except FileNotFoundError:
+            return 0
 
 
 def _user() -> str:

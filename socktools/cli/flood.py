@@ -53,6 +53,7 @@ counted per datagram, losses attributed to the kernel's buffer drops):
   socktools flood --udp --conns 10 --requests 10000    # against its own `serve --udp`
   socktools flood --udp --port 9000 --conns 10 --duration 5s
   socktools flood --udp --port 9000 --conns 10 --rate 50000 --reply-timeout 200ms --size 512
+  socktools flood --udp --port 53 --mode raw --send-file query.bin --reply-match '\\x7f\\x00\\x00\\x01'
 Over TLS (the handshake timed apart from connect; --keylog: one file, appended to by every worker):
   socktools flood --tls --cafile ca.pem --mode redis --host 127.0.0.1 --port 6380
   socktools flood --tls --cafile ca.pem --port 8443 --mode http --path / --alpn http/1.1
@@ -135,10 +136,11 @@ EXIT_SIGTERM = 128 + 15
                    "connection; the confirming one counts), with its opening each time; the report "
                    "gives connects/s, opens/s and requests/s apart.  --mode connect is echo --churn 1.")
 @click.option("--udp", is_flag=True,
-              help="Datagrams over connected UDP sockets (--conns of them) to a UDP echo server at "
-                   "--port (without it, flood starts `socktools serve --udp`): each carries flood's header (socket, sequence number, send time), and each "
-                   "reply is accounted answered, late, duplicated, reordered or truncated; no reply "
-                   "within --reply-timeout is lost.  --mode echo only.")
+              help="Datagrams over connected UDP sockets (--conns of them) to a UDP server at --port "
+                   "(without it, flood starts `socktools serve --udp`).  Echo mode: each carries flood's "
+                   "header (socket, sequence number, send time), and each reply is accounted answered, "
+                   "late, duplicated, reordered or truncated.  --mode raw/line: your own bytes (a DNS "
+                   "query), one in flight per socket, closed loop.  No reply within --reply-timeout: lost.")
 @click.option("--reply-timeout", type=DURATION, default=None, metavar="DURATION",
               help="--udp: a datagram with no reply by then is lost.  [default: 1s]")
 @click.option("--json", "as_json", is_flag=True, help="Print the final result as one JSON document.")

@@ -165,11 +165,13 @@ class FloodConfig:
             raise OptionError("port", f"--mode {self.mode} loads your server: give its --port")
         if self.udp:
             self._check_udp()
-        proto = build(self.wire_spec)   # validates the exchange options (WireOptionError)
+        # (--udp raw/line: the requests are built as a write-only stream's; a datagram is its
+        # own reply, needing no framing)
+        proto = build(self.udp_request_spec if self.udp and self.wire is not None else self.wire_spec)
         if self.pipeline > 1 and proto.until_close:
             raise OptionError("pipeline", "with --reply-until-close a connection carries one request: "
                                           "no --pipeline")
-        if not proto.replies and self.rate is None:
+        if not proto.replies and self.rate is None and not self.udp:
             raise WireOptionError("--no-reply", "a write-only stream needs --rate (requests/s)")
         if not proto.replies and self.churn:
             raise OptionError("churn", "a write-only stream has no answers to count: no --churn with --no-reply")
@@ -193,10 +195,12 @@ class FloodConfig:
         per socket (or paced with --rate), against a UDP server given by its --port or its own
         (``socktools serve --udp --mode echo``)."""
         from socktools.wire.datagram import HEADER_SIZE, MAX_DATAGRAM
+        if self.mode not in ("echo", "raw", "line"):
+            raise OptionError("mode", f"--udp sends echo datagrams (flood's header, padded to --size), or "
+                                      f"your own bytes (--mode raw, line): not --mode {self.mode}")
         if self.mode != "echo":
-            raise OptionError("mode", f"--udp sends echo datagrams (flood's header, padded to --size): "
-                                      f"not --mode {self.mode}")
-        if not HEADER_SIZE <= self.size <= MAX_DATAGRAM:
+            self._check_udp_bytes()
+        elif not HEADER_SIZE <= self.size <= MAX_DATAGRAM:
             raise OptionError("size", f"a datagram is {HEADER_SIZE} (flood's header) to {MAX_DATAGRAM} bytes "
                                       f"(the largest UDP payload over IPv4), not {self.size}")
         if not 0 < self.reply_timeout <= MAX_DURATION:
@@ -212,6 +216,37 @@ class FloodConfig:
         if self.tls is not None and self.tls.enabled:
             raise OptionError("tls", "not with --udp: TLS runs over a stream (datagrams would need DTLS, "
                                      "which socktools does not speak)")
+
+    def _check_udp_bytes(self) -> None:
+        """--udp with your own bytes (raw, line): one datagram each way, nothing of ours in them."""
+        from socktools.wire.datagram import MAX_DATAGRAM
+        spec = self.wire
+        if spec is None:
+            raise OptionError("mode", f"--mode {self.mode} --udp: give the datagram to send (--send)")
+        for flag, given in (("--reply-until", spec.reply_until), ("--reply-bytes", spec.reply_bytes),
+                            ("--reply-prefix", spec.reply_prefix),
+                            ("--reply-until-close", spec.reply_until_close), ("--no-reply", spec.no_reply),
+                            ("--greeting", spec.greeting or spec.greeting_match), ("--setup", spec.setups)):
+            if given:
+                raise WireOptionError(flag, "not with --udp: a datagram is one whole reply (--reply-match "
+                                            "checks it), and each stands alone (no opening conversation)")
+        if self.rate is not None:
+            raise OptionError("rate", f"--mode {self.mode} --udp: your datagrams carry no header of ours, so a "
+                                      f"reply is matched to its request only while one is in flight: closed "
+                                      f"loop only (--mode echo carries the header and takes --rate)")
+        request = build(self.udp_request_spec).request(0, 0)
+        if len(request) > MAX_DATAGRAM:
+            raise WireOptionError("--send-file" if spec.send_file is not None else "--send",
+                                  f"a {len(request):,}-byte request: a UDP datagram holds at most "
+                                  f"{MAX_DATAGRAM:,} bytes")
+
+    @property
+    def udp_request_spec(self):
+        """--udp raw/line: the exchange spec as a write-only stream's (what builds the requests:
+        escapes, placeholders, --eol; a datagram needs no reply framing)."""
+        import dataclasses
+        # (raw insists on a reply framing unless it is write-only; line frames by its --eol)
+        return dataclasses.replace(self.wire, reply_match=None, **({"no_reply": True} if self.mode == "raw" else {}))
 
     def _take_stages(self) -> None:
         """Parse the stages; they set the traffic's length (their sum), the pool of connection

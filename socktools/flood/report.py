@@ -83,6 +83,8 @@ def _open_rate(result: FloodResult) -> float:
 def _opening(cfg) -> Optional[str]:
     """The opening conversation in words (None: the protocol has none)."""
     from socktools import wire
+    if cfg.udp:     # each datagram stands alone: no opening conversation over UDP
+        return None
     try:
         op = wire.build(cfg.wire_spec).opening() if cfg.mode != "connect" else None
     except Exception:  # a plug-in whose opening cannot even be made still gets a report
@@ -539,6 +541,9 @@ def render_datagrams(d: dict, timeout: float) -> list:
         if d.get("machine_rcvbuf_errors") is not None:
             lines.append(f"             (the machine counted {_n(d['machine_rcvbuf_errors'])} UDP receive-buffer "
                          f"errors in all during the run, every program's)")
+    if d.get("mismatched"):
+        lines.append(f"mismatched   {_n(d['mismatched'])} answers did not match --reply-match (counted answered, "
+                     f"and as failed replies)")
     if d["refused"]:
         lines.append(f"refused      {_n(d['refused'])} datagrams our own kernel would not take (send buffer "
                      f"full): never sent, not counted sent")

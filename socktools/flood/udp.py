@@ -90,6 +90,17 @@ class _UdpWorker:
         self.quota: Optional[int] = config.requests_of(index)
         self.timeout_ns = int(config.reply_timeout * _NS)
         self.closed_loop = config.rate is None
+        # Your own bytes (--mode raw, line): no header of ours, so one datagram in flight per
+        # socket, its reply whatever comes next (wire.datagram.Unstamped); else flood's header.
+        self.unstamped = config.mode != "echo"
+        if self.unstamped:
+            import re
+
+            from socktools import wire
+            from socktools.wire.options import reply_match
+            self.make = wire.build(config.udp_request_spec).request
+            pattern = reply_match(config.wire)
+            self.match = re.compile(pattern, re.DOTALL) if pattern is not None else None
         self.traffic_started = 0
         self.cpu_started = 0.0
         self.drain_started = 0
@@ -149,7 +160,11 @@ class _UdpWorker:
             st.add_tally(s.errors, errors.CONNECT, errors.exception_key(exc))
             s.failed += 1
             return
-        sk = _Socket(sock, dg.Ledger(i, cfg.size, self.timeout_ns), i)
+        if self.unstamped:
+            ledger = dg.Unstamped(i, lambda seq, i=i: self.make(seq, i), self.timeout_ns, self.match)
+        else:
+            ledger = dg.Ledger(i, cfg.size, self.timeout_ns)
+        sk = _Socket(sock, ledger, i)
         self.socks.append(sk)
         self.loop.add_reader(sk.fd, lambda sk=sk: self._readable(sk))
         s.connected += 1
@@ -370,6 +385,10 @@ class _UdpWorker:
                 s.histograms[name] = blob
         c = self._totals()
         c["client_drops"] = self.client_drops
+        if self.unstamped:   # replies that did not match --reply-match: answers that failed
+            c["mismatched"] = mismatched = sum(sk.ledger.mismatched for sk in self.socks)
+            if mismatched:
+                s.reply_failures.setdefault("wrong-reply", {})["did not match --reply-match"] = mismatched
         s.datagrams = c
         s.bytes_out, s.bytes_in = self.bytes_out, self.bytes_in
         s.traffic_requests = s.requests = c["sent"]
@@ -385,25 +404,21 @@ class _UdpWorker:
 
 def server_drops(address: Any) -> Optional[int]:
     """Datagrams the kernel dropped at the target's UDP socket(s) so far (their ``sk_drops``,
-    summed: a SO_REUSEPORT server has one per worker), read with sock_diag; None when the
-    target is not on this machine's loopback or the socket table cannot say.  Read before
-    and after a run, the difference is what the server's full receive buffer cost it."""
+    summed: a SO_REUSEPORT server has one per worker, socat one per client it forked for),
+    read with sock_diag; None when the target is not on this machine's loopback or the socket
+    table cannot say.  Read before and after a run, the difference is what the server's full
+    receive buffer cost it."""
     from socktools.addresses import is_loopback
-    from socktools.kernel.socktable import read_sockets
-    from socktools.kernel.socktable.entry import UNCONN
+    from socktools.kernel.udpstats import bound_sockets
     host, port = address[0], address[1]
     if not is_loopback(host):
         return None
     try:
-        entries = read_sockets(port=port, families=("udp",), memory=True, sort=False)
+        entries = bound_sockets(host, port)
     except Exception:   # no netlink, no /proc: the attribution says "not known"
         return None
-    total = None
-    for e in entries:
-        if e.local[1] == port and e.state == UNCONN and e.skmem is not None \
-                and e.local[0] in (host, "0.0.0.0", "::"):
-            total = (total or 0) + e.skmem.drops
-    return total
+    drops = [e.skmem.drops for e in entries if e.skmem is not None]
+    return sum(drops) if drops else None
 
 
 def snapshot(config: FloodConfig) -> dict:

@@ -35,7 +35,7 @@ from collections import OrderedDict
 from typing import NamedTuple, Optional
 
 __all__ = ["HEADER", "HEADER_SIZE", "MAGIC", "MAX_DATAGRAM", "MIN_DATAGRAM", "WINDOW", "Header",
-           "encode", "decode", "Ledger", "COUNTS"]
+           "encode", "decode", "Ledger", "Unstamped", "COUNTS"]
 
 #: Magic, socket number, sequence number, send time (ns, the sender's monotonic clock).
 HEADER = struct.Struct("!4sIQQ")
@@ -195,3 +195,93 @@ class Ledger:
         settled[seq] = state
         if len(settled) > WINDOW:
             settled.popitem(last=False)
+
+
+class Unstamped:
+    """One socket's account when its datagrams carry no header of ours -- ``--mode raw`` or
+    ``line``: the user's bytes as they are (a DNS query, a syslog line).  Nothing in a reply
+    says which request it answers, so there is only ever one in flight: a datagram that
+    arrives while one waits is its reply; one that arrives when none waits is counted ``late``
+    while requests declared lost might still be answered (the oldest of them, as far as anyone
+    can tell), else ``foreign`` (a second copy of an answer, or no answer at all: without a
+    header the two look the same).  The same counts as :class:`Ledger`, and the same sum:
+    ``sent == answered + late + lost + in_flight``.
+
+    ``make(seq)`` gives request ``seq``'s bytes; ``match`` (a compiled bytes regex, or None)
+    judges each reply: one that does not match still answers, and is counted ``mismatched``."""
+
+    __slots__ = ("sock", "make", "match", "timeout_ns", "next_seq", "waiting_since", "owed_late",
+                 "sent", "answered", "late", "lost", "duplicated", "reordered", "truncated",
+                 "foreign", "stale", "refused", "mismatched", "latency_ns")
+
+    def __init__(self, sock: int, make, timeout_ns: int, match=None) -> None:
+        if timeout_ns <= 0:
+            raise ValueError("a reply timeout must be above 0")
+        self.sock = sock
+        self.make = make
+        self.match = match
+        self.timeout_ns = timeout_ns
+        self.next_seq = 0
+        self.waiting_since: Optional[int] = None   # the one request in flight: when it left
+        self.owed_late = 0              # requests declared lost whose reply may still come
+        self.sent = self.answered = self.late = self.lost = 0
+        self.duplicated = self.reordered = self.truncated = self.foreign = self.stale = self.refused = 0
+        self.mismatched = 0
+        self.latency_ns = 0
+
+    @property
+    def in_flight(self) -> int:
+        return 0 if self.waiting_since is None else 1
+
+    def send(self, now: int) -> bytes:
+        """The next request, counted sent and waiting from ``now`` (only one may wait)."""
+        if self.waiting_since is not None:
+            raise RuntimeError("one request in flight at a time without a header to match replies")
+        data = self.make(self.next_seq)
+        self.next_seq += 1
+        self.waiting_since = now
+        self.sent += 1
+        return data
+
+    def refuse(self) -> None:
+        """The kernel did not take the request :meth:`send` just made: it never left."""
+        if self.waiting_since is not None:
+            self.waiting_since = None
+            self.sent -= 1
+            self.refused += 1
+
+    def receive(self, data: bytes, now: int, cut: bool = False) -> str:
+        """``answered`` (the request waiting, in time), ``late`` (past its timeout, or after it:
+        a request declared lost, then this came) or ``foreign`` (nothing was owed)."""
+        if self.waiting_since is not None and now - self.waiting_since > self.timeout_ns:
+            self.expire(now)
+        if self.waiting_since is None:
+            if self.owed_late:          # the reply to a request already declared lost
+                self.owed_late -= 1
+                self.lost -= 1
+                self.late += 1
+                return "late"
+            self.foreign += 1           # nothing owed: a second copy, or not an answer at all
+            return "foreign"
+        self.latency_ns = now - self.waiting_since
+        self.waiting_since = None
+        self.answered += 1
+        if cut:
+            self.truncated += 1
+        if self.match is not None and self.match.search(data) is None:
+            self.mismatched += 1
+        return "answered"
+
+    def expire(self, now: int) -> int:
+        if self.waiting_since is None or now - self.waiting_since <= self.timeout_ns:
+            return 0
+        self.waiting_since = None
+        self.lost += 1
+        self.owed_late += 1
+        return 1
+
+    def next_deadline(self) -> Optional[int]:
+        return None if self.waiting_since is None else self.waiting_since + self.timeout_ns
+
+    def counts(self) -> dict:
+        return {name: getattr(self, name) for name in COUNTS}
