@@ -54,6 +54,8 @@ counted per datagram, losses attributed to the kernel's buffer drops):
   socktools flood --udp --port 9000 --conns 10 --duration 5s
   socktools flood --udp --port 9000 --conns 10 --rate 50000 --reply-timeout 200ms --size 512
   socktools flood --udp --port 53 --mode raw --send-file query.bin --reply-match '\\x7f\\x00\\x00\\x01'
+
+\b
 Over TLS (the handshake timed apart from connect; --keylog: one file, appended to by every worker):
   socktools flood --tls --cafile ca.pem --mode redis --host 127.0.0.1 --port 6380
   socktools flood --tls --cafile ca.pem --port 8443 --mode http --path / --alpn http/1.1
