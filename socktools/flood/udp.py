@@ -22,7 +22,6 @@ comes back as ECONNREFUSED on the next call -- tallied, and explained by ``expla
 
 from __future__ import annotations
 
-import errno
 import os
 import resource
 import socket
@@ -32,6 +31,7 @@ from typing import Any, Callable, Optional
 from socktools import errors
 from socktools.core.loop import Loop
 from socktools.flood import stats as st
+from socktools.flood.channel import RunnerLink
 from socktools.flood.config import FloodConfig
 from socktools.kernel.udpstats import socket_drops
 from socktools.wire import datagram as dg
@@ -72,7 +72,9 @@ class _Socket:
         self.index = index
 
 
-class _UdpWorker:
+class _UdpWorker(RunnerLink):
+    """One worker's datagram sockets, their ledgers, the pacer and the sweep."""
+
     def __init__(self, config: FloodConfig, index: int, channel: Any, epoch_ns: Optional[int],
                  clock: Callable[[], int]) -> None:
         self.config = config
@@ -128,7 +130,7 @@ class _UdpWorker:
             self._go()
         else:
             self.phase = "ready"
-            self._send_runner(("ready", None))
+            self._tell(("ready", None))
         self.loop.call_later(self._sweep_every(), self._sweep)
         try:
             self.loop.run(until=lambda: self.done)
@@ -170,35 +172,6 @@ class _UdpWorker:
         s.connected += 1
         s.established += 1
 
-    # ------------------------------------------------------------ the runner's channel
-    def _send_runner(self, msg: tuple) -> None:
-        try:
-            self.channel.send(msg)
-        except (OSError, ValueError):
-            self._runner_gone()
-
-    def _on_channel(self) -> None:
-        try:
-            while self.channel is not None and self.channel.poll():
-                kind, _ = self.channel.recv()
-                if kind == "go":
-                    self._go()
-                elif kind == "stop":
-                    self.stats.stopped_early = True
-                    self._stop()
-        except (EOFError, OSError):
-            self._runner_gone()
-
-    def _runner_gone(self) -> None:
-        channel, self.channel = self.channel, None
-        if channel is not None:
-            try:
-                self.loop.remove_reader(channel.fileno())
-            except (OSError, ValueError):
-                pass
-        self.stats.stopped_early = True
-        self._stop()
-
     def _stop(self) -> None:
         if self.phase in ("connect", "ready"):
             self.phase = "traffic"
@@ -227,11 +200,11 @@ class _UdpWorker:
             for sk in list(self.socks):
                 if self.phase != "traffic":
                     break
-                self._send(sk)
+                self._send_datagram(sk)
         else:
             self._pace()
 
-    def _send(self, sk: _Socket) -> bool:
+    def _send_datagram(self, sk: _Socket) -> bool:
         """One datagram on ``sk`` now, if the quota allows; False once it is spent."""
         if self.quota is not None:
             if self.quota <= 0:
@@ -265,7 +238,7 @@ class _UdpWorker:
             self.scheduled += 1
             sk = socks[self.next_sock % len(socks)]
             self.next_sock += 1
-            if not self._send(sk):
+            if not self._send_datagram(sk):
                 return
         if self.phase == "traffic":
             self.loop.call_later(PACE_STEP, self._pace)
@@ -289,7 +262,7 @@ class _UdpWorker:
             if outcome == "answered":
                 self.latency.record(ledger.latency_ns)
                 if self.closed_loop and self.phase == "traffic":
-                    self._send(sk)
+                    self._send_datagram(sk)
         self._check_drained()
 
     def _sweep_every(self) -> float:
@@ -302,7 +275,7 @@ class _UdpWorker:
         now = self.clock()
         for sk in self.socks:
             if sk.ledger.expire(now) and self.closed_loop and self.phase == "traffic" and not sk.ledger.in_flight:
-                self._send(sk)
+                self._send_datagram(sk)
         self._check_drained()
         if not self.done:
             self.loop.call_later(self._sweep_every(), self._sweep)
@@ -347,13 +320,6 @@ class _UdpWorker:
         self.done = True
 
     # ------------------------------------------------------------ ticks and the result
-    def _arm_tick(self) -> None:
-        step = int(self.config.interval * _NS)
-        now = self.clock()
-        self.tick_seq = max(self.tick_seq + 1, (now - self.epoch) // step + 1)
-        due = self.epoch + self.tick_seq * step
-        self.loop.call_later(max(0.0, (due - now) / _NS), self._tick)
-
     def _totals(self) -> dict:
         out = dict.fromkeys(dg.COUNTS, 0)
         for sk in self.socks:
@@ -373,7 +339,7 @@ class _UdpWorker:
                        open=len(self.socks), failed=s.failed, requests=c["sent"], responses=answered,
                        traffic_responses=answered, bytes_out=self.bytes_out, bytes_in=self.bytes_in,
                        errors=st.tally_total(s.errors) + c["lost"], latency=st.encode(latency))
-        self._send_runner(("tick", tick))
+        self._tell(("tick", tick))
         self._arm_tick()
 
     def _final(self) -> st.WorkerStats:

@@ -44,6 +44,7 @@ from typing import Any, Callable, Optional
 
 from socktools import errors, wire
 from socktools.flood import exchange, paced
+from socktools.flood.channel import RunnerLink
 from socktools.flood import lifecycle as lc
 from socktools.flood import stages as stg
 from socktools.flood import stats as st
@@ -115,7 +116,7 @@ def _rss() -> int:
         return 0
 
 
-class _Worker:
+class _Worker(RunnerLink):
     """The sockets of one worker: the connect pump, the runner's channel, ticks and the final
     statistics.  Phases and per-request bookkeeping are the session's."""
 
@@ -209,36 +210,7 @@ class _Worker:
             self._go()
         else:
             self.session.connected_all()
-            self._send(("ready", None))
-
-    def _send(self, msg: tuple) -> None:
-        try:
-            self.channel.send(msg)
-        except (OSError, ValueError):
-            self._runner_gone()
-
-    def _on_channel(self) -> None:
-        try:
-            while self.channel is not None and self.channel.poll():
-                kind, _ = self.channel.recv()
-                if kind == "go":
-                    self._go()
-                elif kind == "stop":
-                    self.stats.stopped_early = True
-                    self._stop()
-        except (EOFError, OSError):
-            self._runner_gone()
-
-    def _runner_gone(self) -> None:
-        """The runner died or closed our pipe: finish on our own, quietly."""
-        channel, self.channel = self.channel, None
-        if channel is not None:
-            try:
-                self.loop.remove_reader(channel.fileno())
-            except (OSError, ValueError):
-                pass
-        self.stats.stopped_early = True
-        self._stop()
+            self._tell(("ready", None))
 
     def _stop(self) -> None:
         """Stop early (Ctrl-C in the runner): wind down from whatever phase we are in."""
@@ -469,14 +441,6 @@ class _Worker:
         inn, out = self.loop.byte_totals()
         return out, inn
 
-    def _arm_tick(self) -> None:
-        """Tick k is due at epoch + k * interval in every worker; a missed one is skipped."""
-        step = int(self.config.interval * _NS)
-        now = self.clock()
-        self.tick_seq = max(self.tick_seq + 1, (now - self.epoch) // step + 1)
-        due = self.epoch + self.tick_seq * step
-        self.loop.call_later(max(0.0, (due - now) / _NS), self._tick)
-
     def _traffic_counts(self) -> tuple:
         """(requests sent, answered) in the traffic so far: the loop's count of its sends, and
         one latency record per answer (read after the latest ``take`` into ``self.hist``)."""
@@ -498,7 +462,7 @@ class _Worker:
                        requests=s.confirm_requests + sent, responses=s.confirm_responses + answered,
                        traffic_responses=answered, bytes_out=out, bytes_in=inn,
                        errors=st.tally_total(s.errors), latency=st.encode(latency), **self._targets())
-        self._send(("tick", tick))
+        self._tell(("tick", tick))
         self._arm_tick()
 
     def _targets(self) -> dict:
