@@ -577,9 +577,7 @@ class Session:
             return
         s = self.stats
         now = self.clock()
-        s.phases["traffic"] = [self.traffic_started, now]
-        s.traffic_wall = (now - self.traffic_started) / _NS
-        s.traffic_cpu = time.process_time() - self.cpu_started
+        st.traffic_ended(s, self.traffic_started, now, self.cpu_started)
         self.machine.fire("end")
         for conn in self.live:
             slot = conn.ctx

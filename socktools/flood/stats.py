@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Iterable, Optional
 
@@ -27,7 +28,7 @@ from hdrh.histogram import HdrHistogram
 
 __all__ = ["LOWEST", "HIGHEST", "SIGNIFICANT", "COUNTS_LEN", "counts_index", "Recorder",
            "new_histogram", "encode", "decode", "summarize", "WorkerStats", "Tick", "Totals",
-           "merge", "add_tally", "tally_total", "HISTOGRAMS"]
+           "merge", "add_tally", "tally_total", "HISTOGRAMS", "traffic_ended"]
 
 #: Histogram range: 1 ns to one day (a run is bounded well below that), with
 #: 3 significant digits -- the resolution wrk2 and tcpkali report.
@@ -272,6 +273,15 @@ class WorkerStats:
     tls_resumed: int = 0           # ... and how many the server resumed (session_reused)
     tls_negotiated: dict = field(default_factory=dict)   # "TLSv1.3 CIPHER ALPN" -> handshakes
     hints: list = field(default_factory=list)   # what a reply says about a mistake (errors.tls_hint)
+
+
+def traffic_ended(s: WorkerStats, started: int, now: int, cpu_started: float) -> None:
+    """Stamp the traffic phase on ``s`` as it ends: its span (ns, the shared clock), its wall
+    seconds, and the CPU seconds this process spent in it (from ``cpu_started``,
+    ``time.process_time()`` as it began)."""
+    s.phases["traffic"] = [started, now]
+    s.traffic_wall = (now - started) / 1e9
+    s.traffic_cpu = time.process_time() - cpu_started
 
 
 @dataclass

@@ -289,9 +289,7 @@ class _UdpWorker(RunnerLink):
             return
         s = self.stats
         now = self.clock()
-        s.phases["traffic"] = [self.traffic_started, now]
-        s.traffic_wall = (now - self.traffic_started) / _NS
-        s.traffic_cpu = time.process_time() - self.cpu_started
+        st.traffic_ended(s, self.traffic_started, now, self.cpu_started)
         self.phase = "drain"
         self.drain_started = now
         # A datagram in flight gets its whole reply timeout (bounded by the drain timeout):
