@@ -305,7 +305,7 @@ def _name_envvars(name: str, command: click.Command) -> None:
 @click.version_option(__version__, prog_name="socktools")
 @click.pass_context
 def main(ctx):
-    """Serve, load, break and watch TCP sockets on your own machine.
+    """Serve, load, break and watch sockets on your own machine: TCP, TLS, UDP, Unix.
 
     Everything binds and connects to loopback (127.0.0.1) unless you ask
     otherwise.
@@ -320,6 +320,8 @@ def main(ctx):
       socktools sniff --port 65432 --count 10        # watch the packets (root)
       socktools explain ECONNRESET                   # what an error means
       socktools report run.json -o run.html          # a saved flood result as a page
+      socktools proxy --listen 127.0.0.1:16379 --to 127.0.0.1:6379 --toxic latency:latency=100
+      socktools flood --udp --conns 10 --requests 10000   # datagrams, every loss accounted
     """
     from socktools.cli._common import STARTED_KEY
     ctx.meta[STARTED_KEY] = time.time()
