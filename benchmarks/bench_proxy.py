@@ -153,6 +153,7 @@ global
     maxconn 4096
 defaults
     mode tcp
+{splice}
     timeout connect 5s
     timeout client 60s
     timeout server 60s
@@ -176,6 +177,9 @@ def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
     p.add_argument("--proxy-cpu", type=int, default=None)
     p.add_argument("--load-cpu", type=int, default=None)
     p.add_argument("--haproxy", default=shutil.which("haproxy") or "/usr/sbin/haproxy")
+    p.add_argument("--haproxy-no-splice", action="store_true",
+                   help="leave out haproxy's `option splice-auto` (its default config copies bytes through "
+                        "user space; with the option it forwards bulk data with splice(2))")
     p.add_argument("--json", action="store_true", help="the full report as JSON on stdout")
     return p.parse_args(argv)
 
@@ -214,7 +218,9 @@ def main(argv: Optional[list] = None) -> int:
             if "haproxy" in targets:
                 he, hb = free_port(), free_port()
                 cfg = logdir / "haproxy.cfg"
-                cfg.write_text(HAPROXY_CFG.format(host=HOST, echo_listen=he, echo=echo, bulk_listen=hb, bulk=sink))
+                cfg.write_text(HAPROXY_CFG.format(
+                    host=HOST, echo_listen=he, echo=echo, bulk_listen=hb, bulk=sink,
+                    splice="" if opts.haproxy_no_splice else "    option splice-auto"))
                 hap = Proc("haproxy", [opts.haproxy, "-f", str(cfg), "-db"], place.server_cpu, logdir, [he, hb])
                 procs.append(hap)
                 ports["haproxy"], pgids["haproxy"] = (he, hb), hap.proc.pid
