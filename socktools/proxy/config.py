@@ -306,6 +306,7 @@ class ProxyConfig:
     stop_on_stdin_eof: bool = False
     seed: Optional[int] = None       # toxicity's and jitter's random numbers (tests; None: random)
     decode: Optional[str] = None     # a wire mode with a stream decoder: print each exchange
+    splice: bool = True              # links no toxic or decoder sees forward with os.splice (Linux)
 
     def __post_init__(self) -> None:
         if not self.proxies and not self.api:

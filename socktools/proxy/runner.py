@@ -34,6 +34,7 @@ from socktools.core.signals import SignalQueue, watch_stdin_eof
 from socktools.proxy.config import (PROXY_FIELDS, ProxyConfig, ProxySpec, SpecError, ToxicSpec,
                                     check_fields, parse_hostport)
 from socktools.proxy.link import ClientSide, Pair, UpstreamSide
+from socktools.proxy.splice import SpliceConnection
 from socktools.proxy.listen import Conflict, NotFound, ProxyError, bind_listener
 from socktools.proxy.stats import ProxyStats
 
@@ -122,7 +123,7 @@ class Proxy:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
-            self.server.loop.add_connection(sock, self.client_side, peer)
+            self.server.loop.add_connection(sock, self.client_side, peer, conn_class=SpliceConnection)
 
     def _resume_accepting(self) -> None:
         self._retry = None
