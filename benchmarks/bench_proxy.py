@@ -15,8 +15,9 @@ would not be compared on equal terms.  Both proxies meet the same upstream on
 the same CPU; "direct" (the client talking to the upstream itself) is the
 floor the proxies add to, with both ends on one CPU.
 
-Per round, each target (direct, socktools, haproxy; the order reversed every
-round so drift falls on all alike):
+Per round, each target (direct, socktools, haproxy, and with --with-copy
+socktools-copy: the proxy with --no-splice; the order reversed every round so
+drift falls on all alike):
   round trips  the C client (bench_serve's) with --conns connections, each
                sending 64 bytes and waiting for them back: round trips/s.
   latency      the same client with one connection: p50/p99 per round trip;
@@ -180,6 +181,9 @@ def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
     p.add_argument("--haproxy-no-splice", action="store_true",
                    help="leave out haproxy's `option splice-auto` (its default config copies bytes through "
                         "user space; with the option it forwards bulk data with splice(2))")
+    p.add_argument("--with-copy", action="store_true",
+                   help="also measure `socktools proxy --no-splice` (every byte copied through Python), "
+                        "as the column socktools-copy: splice's effect, in the same run")
     p.add_argument("--json", action="store_true", help="the full report as JSON on stdout")
     return p.parse_args(argv)
 
@@ -192,6 +196,8 @@ def main(argv: Optional[list] = None) -> int:
         os.sched_setaffinity(0, {place.load_cpu})      # the bulk sender is this process
     say = (lambda m="": print(m, file=sys.stderr, flush=True)) if opts.json else (lambda m="": print(m, flush=True))
     targets = [t for t in TARGETS if t != "haproxy" or os.path.exists(opts.haproxy)]
+    if opts.with_copy:
+        targets.insert(2, "socktools-copy")
     if "haproxy" not in targets:
         say(f"haproxy not found at {opts.haproxy}: its column is left out")
     py = sys.executable
@@ -207,14 +213,15 @@ def main(argv: Optional[list] = None) -> int:
                               place.load_cpu, logdir, [sink]))
             ports = {"direct": (echo, sink)}
             pgids = {"direct": None}
-            se, sb = free_port(), free_port()
-            socktools = Proc("socktools-proxy",
-                             [py, "-m", "socktools", "proxy", "--quiet", "--stop-on-stdin-eof",
-                              "--listen", f"{HOST}:{se}", "--to", f"{HOST}:{echo}",
-                              "--listen", f"{HOST}:{sb}", "--to", f"{HOST}:{sink}"],
+            for name in [t for t in targets if t.startswith("socktools")]:
+                se, sb = free_port(), free_port()
+                proxy = Proc(name, [py, "-m", "socktools", "proxy", "--quiet", "--stop-on-stdin-eof",
+                                    "--listen", f"{HOST}:{se}", "--to", f"{HOST}:{echo}",
+                                    "--listen", f"{HOST}:{sb}", "--to", f"{HOST}:{sink}",
+                                    *(["--no-splice"] if name == "socktools-copy" else [])],
                              place.server_cpu, logdir, [se, sb], stdin=subprocess.PIPE)
-            procs.append(socktools)
-            ports["socktools"], pgids["socktools"] = (se, sb), socktools.proc.pid
+                procs.append(proxy)
+                ports[name], pgids[name] = (se, sb), proxy.proc.pid
             if "haproxy" in targets:
                 he, hb = free_port(), free_port()
                 cfg = logdir / "haproxy.cfg"
@@ -270,7 +277,9 @@ def main(argv: Optional[list] = None) -> int:
             report["median"] = med
             if "haproxy" in targets:
                 report["targets"] = print_targets(say, med)
-            socktools.proc.stdin.close()      # --stop-on-stdin-eof: a clean stop
+            for p in procs:
+                if p.name.startswith("socktools") and p.proc.stdin:
+                    p.proc.stdin.close()          # --stop-on-stdin-eof: a clean stop
             if opts.json:
                 print(json.dumps(report, indent=1, default=str))
         finally:
@@ -280,11 +289,11 @@ def main(argv: Optional[list] = None) -> int:
 
 
 def print_table(say, cells: dict, targets: list) -> None:
-    say(f"  {'':10} {'round trips/s':>14} {'p50 us':>8} {'p99 us':>8} {'added p50':>10} {'added p99':>10} "
+    say(f"  {'':14} {'round trips/s':>14} {'p50 us':>8} {'p99 us':>8} {'added p50':>10} {'added p99':>10} "
         f"{'bulk MB/s':>10}")
     for name in targets:
         c = cells[name]
-        say(f"  {name:10} {c['rt_s']:>14,.0f} {c['p50_us']:>8.1f} {c['p99_us']:>8.1f} "
+        say(f"  {name:14} {c['rt_s']:>14,.0f} {c['p50_us']:>8.1f} {c['p99_us']:>8.1f} "
             f"{c['added_p50_us']:>10.1f} {c['added_p99_us']:>10.1f} {c['bulk_mb_s']:>10,.0f}")
 
 
