@@ -19,6 +19,8 @@ Examples:
   socktools proxy --listen 127.0.0.1:8081 --to 127.0.0.1:8080 \\
       --toxic bandwidth:rate=100 --toxic reset_peer:timeout=2000,toxicity=0.5
       # 100 KB/s downstream; half of the connections reset 2 s after the first reply byte
+  socktools proxy --listen 127.0.0.1:26379 --to unix:/run/redis/redis.sock
+      # TCP clients in front of a redis that listens on a Unix socket (either side may be one)
   socktools proxy --config proxies.toml --api 127.0.0.1:8474
       # many proxies from a file; Toxiproxy's clients drive them over HTTP
 
@@ -57,11 +59,11 @@ def _echo_event(as_json: bool, quiet: bool):
 
 
 @click.command(epilog=EPILOG)
-@click.option("--listen", "-l", "listens", multiple=True, metavar="HOST:PORT",
+@click.option("--listen", "-l", "listens", multiple=True, metavar="HOST:PORT|unix:PATH",
               help="Where a proxy listens (repeatable; the n-th --listen goes with the n-th --to). "
-                   "Port 0 picks a free one.")
-@click.option("--to", "-t", "targets", multiple=True, metavar="HOST:PORT",
-              help="The upstream server of the matching --listen.")
+                   "Port 0 picks a free one; unix:PATH listens on a Unix-domain socket.")
+@click.option("--to", "-t", "targets", multiple=True, metavar="HOST:PORT|unix:PATH",
+              help="The upstream server of the matching --listen; unix:PATH is a Unix-domain socket.")
 @click.option("--toxic", "toxics", multiple=True, metavar="TYPE[:NAME=VALUE,...]",
               help="A toxic on every --listen/--to proxy (repeatable), e.g. latency:latency=100 or "
                    "limit_data:bytes=1000,stream=upstream.")

@@ -348,7 +348,8 @@ class Pair:
 
 def _nodelay(sock: socket.socket) -> None:
     # Segments leave when the toxics say so: Nagle would merge a slicer's slices.
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if sock.family != socket.AF_UNIX:        # (a Unix socket has no Nagle to turn off)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 class ClientSide(Protocol):
