@@ -116,7 +116,8 @@ class Pipe:
             dst.bytes_out += moved
             link.delivered += moved
             dst.last_active = dst.loop.now
-        dst.refresh()                    # write interest while the pipe owes it bytes
+        if self.count or dst._events & OUT:
+            dst.refresh()                # write interest while the pipe owes it bytes, not after
         if link.paused and self.count <= self.low:
             link.paused = False
             link.src.resume_reading()
