@@ -60,6 +60,8 @@ def test_a_unix_listener_in_front_of_redis_on_its_unix_socket_with_a_toxic(unix_
             assert recv_exactly(c, 7) == b"+PONG\r\n"
             assert time.perf_counter() - start >= 0.050          # the toxic acts on Unix links too
             assert set_get(c, b"over unix") == b"over unix"
+        ev = px.wait_event(lambda e: e["event"] == "connection")
+        assert ev["client"] == f"unix:{path}" and ev["how"] == "closed"
         px.stop()
     assert not path.exists()                                      # its socket file goes with it
 

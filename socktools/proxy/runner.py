@@ -128,7 +128,9 @@ class Proxy:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
-            self.server.loop.add_connection(sock, self.client_side, peer, conn_class=SpliceConnection)
+            # (A Unix socket's client is unnamed: it is shown by the socket it came through.)
+            self.server.loop.add_connection(sock, self.client_side, peer or self.listen,
+                                            conn_class=SpliceConnection)
 
     def _resume_accepting(self) -> None:
         self._retry = None
