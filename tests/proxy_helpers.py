@@ -55,7 +55,7 @@ class ProxyProcess:
 
     def _note(self, ev: dict) -> None:
         self.events.append(ev)
-        if ev["event"] == "listening":
+        if ev["event"] == "listening" and not ev["listen"].startswith("unix:"):
             self.ports[ev["proxy"]] = int(ev["listen"].rsplit(":", 1)[1])
         elif ev["event"] == "api":
             self.api = int(ev["address"].rsplit(":", 1)[1])

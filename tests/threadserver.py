@@ -79,8 +79,9 @@ class ThreadServer:
             threading.Thread(target=self._run, args=(conn,), daemon=True).start()
 
     def _run(self, conn: socket.socket) -> None:
-        conn.settimeout(HANDLER_TIMEOUT)
         try:
+            # (inside the try: close() may have closed a connection accepted just before it)
+            conn.settimeout(HANDLER_TIMEOUT)
             self.handle(conn)
         except OSError:
             pass

@@ -19,6 +19,8 @@ Examples:
   socktools proxy --listen 127.0.0.1:8081 --to 127.0.0.1:8080 \\
       --toxic bandwidth:rate=100 --toxic reset_peer:timeout=2000,toxicity=0.5
       # 100 KB/s downstream; half of the connections reset 2 s after the first reply byte
+  socktools proxy --listen 127.0.0.1:26379 --to unix:/run/redis/redis.sock
+      # TCP clients in front of a redis that listens on a Unix socket (either side may be one)
   socktools proxy --config proxies.toml --api 127.0.0.1:8474
       # many proxies from a file; Toxiproxy's clients drive them over HTTP
 
@@ -57,11 +59,11 @@ def _echo_event(as_json: bool, quiet: bool):
 
 
 @click.command(epilog=EPILOG)
-@click.option("--listen", "-l", "listens", multiple=True, metavar="HOST:PORT",
+@click.option("--listen", "-l", "listens", multiple=True, metavar="HOST:PORT|unix:PATH",
               help="Where a proxy listens (repeatable; the n-th --listen goes with the n-th --to). "
-                   "Port 0 picks a free one.")
-@click.option("--to", "-t", "targets", multiple=True, metavar="HOST:PORT",
-              help="The upstream server of the matching --listen.")
+                   "Port 0 picks a free one; unix:PATH listens on a Unix-domain socket.")
+@click.option("--to", "-t", "targets", multiple=True, metavar="HOST:PORT|unix:PATH",
+              help="The upstream server of the matching --listen; unix:PATH is a Unix-domain socket.")
 @click.option("--toxic", "toxics", multiple=True, metavar="TYPE[:NAME=VALUE,...]",
               help="A toxic on every --listen/--to proxy (repeatable), e.g. latency:latency=100 or "
                    "limit_data:bytes=1000,stream=upstream.")
@@ -76,12 +78,15 @@ def _echo_event(as_json: bool, quiet: bool):
 @click.option("--drain-timeout", type=DURATION, cls=LazyOption, metavar="DURATION",
               default=LazyDefault("socktools.proxy.config:DEFAULT_DRAIN"), show_default=True,
               help="On the first Ctrl-C/SIGTERM, how long bytes in flight get to pass.")
+@click.option("--no-splice", "no_splice", is_flag=True,
+              help="Copy every byte through Python. By default (Linux) a link that no toxic and no "
+                   "--decode needs to see forwards with splice(2), socket to pipe to socket.")
 @click.option("--json", "as_json", is_flag=True, help="Print events as JSON lines (listening, connection, summary).")
 @click.option("--quiet", "-q", is_flag=True, help="No line (or JSON event) per connection; log only warnings "
                                                  "and errors.")
 @click.option("--seed", type=int, default=None, hidden=True, help="Seed of toxicity's and jitter's random numbers.")
 @click.option("--stop-on-stdin-eof", is_flag=True, hidden=True, help="Stop when stdin closes (tests, embedders).")
-def command(listens, targets, toxics, config_file, api, decode, drain_timeout, as_json, quiet, seed, stop_on_stdin_eof):
+def command(listens, targets, toxics, config_file, api, decode, drain_timeout, no_splice, as_json, quiet, seed, stop_on_stdin_eof):
     """A TCP proxy that breaks the link on purpose: Toxiproxy's toxics, its HTTP API.
 
     Forwards both directions with bounded buffers (a slow side pauses reading
@@ -126,7 +131,8 @@ def command(listens, targets, toxics, config_file, api, decode, drain_timeout, a
             click.echo(f"socktools proxy: warning: {where} binds every interface: the proxy is "
                        f"reachable from other machines", err=True)
     config = build_config(cfg.ProxyConfig, proxies=tuple(proxies), api=api, drain_timeout=drain_timeout,
-                          stop_on_stdin_eof=stop_on_stdin_eof, seed=seed, decode=decode)
+                          stop_on_stdin_eof=stop_on_stdin_eof, seed=seed, decode=decode,
+                          splice=not no_splice)
     try:
         run_proxy(config, _echo_event(as_json, quiet))
     except ProxyError as exc:

@@ -768,14 +768,17 @@ class Loop:
             self._poller.unregister(fd)
 
     def add_connection(self, sock: socket.socket, protocol: Protocol, peer: Any = None, *,
-                       tls: Optional[ssl.SSLContext] = None) -> Connection:
+                       tls: Optional[ssl.SSLContext] = None, conn_class: type = Connection) -> Connection:
         """Adopt a connected socket (e.g. from accept()) and call ``connection_made``.
+
+        ``conn_class``: a :class:`Connection` subclass for a plaintext connection (the proxy's
+        splicing one).
 
         With ``tls`` (a server context, ``ssl.PROTOCOL_TLS_SERVER``): ``tls_started`` now, the
         handshake driven by the loop, ``connection_made`` once it completed."""
         sock.setblocking(False)
         if tls is None:
-            conn = Connection(self, sock, protocol, peer)
+            conn = conn_class(self, sock, protocol, peer)
         else:
             conn = TlsConnection(self, sock, protocol, peer, TlsTransport(tls, server_side=True))
         self.connections[conn.fd] = conn
@@ -793,7 +796,8 @@ class Loop:
                         source: Any = None, setup: Optional[Callable[[socket.socket], None]] = None,
                         ctx: Any = None, tls: Optional[ssl.SSLContext] = None,
                         server_hostname: Optional[str] = None,
-                        tls_session: Optional[ssl.SSLSession] = None) -> Connection:
+                        tls_session: Optional[ssl.SSLSession] = None,
+                        conn_class: type = Connection) -> Connection:
         """Start a nonblocking connect; ``connection_made`` or ``connection_lost`` follows.
 
         Errors from socket()/bind() raise at once (``OSError`` with
@@ -825,7 +829,7 @@ class Loop:
             sock.close()
             exc.phase = CONNECT  # type: ignore[attr-defined]
             raise
-        conn = Connection(self, sock, protocol, address) if transport is None else \
+        conn = conn_class(self, sock, protocol, address) if transport is None else \
             TlsConnection(self, sock, protocol, address, transport)
         conn.ctx = ctx
         self.connections[conn.fd] = conn

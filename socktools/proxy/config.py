@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -23,7 +24,7 @@ from typing import Any, Optional
 from socktools.errors import OptionError
 
 __all__ = ["TOXICS", "STREAMS", "ToxicSpec", "ProxySpec", "ProxyConfig", "SpecError", "toxic_from_json",
-           "proxy_from_json", "parse_hostport", "parse_toxic_option", "load_config_file",
+           "proxy_from_json", "parse_hostport", "check_address", "unix_path", "UNIX_PREFIX", "parse_toxic_option", "load_config_file",
            "MAX_ATTRIBUTE", "MAX_PROXIES", "MAX_TOXICS", "DEFAULT_API", "DEFAULT_DRAIN"]
 
 #: Each toxic's attributes and their defaults (Toxiproxy's zero values).  Units: latency,
@@ -69,6 +70,41 @@ DEFAULT_DRAIN = 5.0
 
 class SpecError(ValueError):
     """A proxy or toxic description that cannot work; the message names the field."""
+
+
+#: A Unix-domain socket on either side is written ``unix:PATH`` -- nginx's and haproxy's
+#: spelling -- in --listen, --to, a config file and the API alike (one address field each).
+UNIX_PREFIX = "unix:"
+#: The longest Unix socket path, in bytes: Linux's ``sockaddr_un.sun_path`` is 108 bytes with
+#: its terminating NUL (man 7 unix); a longer one cannot be bound or connected to.
+MAX_UNIX_PATH = 107
+
+
+def unix_path(text: Any) -> Optional[str]:
+    """The path of a ``unix:PATH`` address; None for ``HOST:PORT``."""
+    if isinstance(text, str) and text.startswith(UNIX_PREFIX):
+        return text[len(UNIX_PREFIX):]
+    return None
+
+
+def check_address(text: Any, what: str) -> None:
+    """``HOST:PORT`` or ``unix:PATH``, or :class:`SpecError` naming ``what`` and the problem."""
+    path = unix_path(text)
+    if path is None:
+        try:
+            parse_hostport(text, what)
+        except SpecError as exc:
+            raise SpecError(str(exc).replace("expected HOST:PORT", "expected HOST:PORT or unix:PATH")) from None
+        return
+    try:
+        raw = os.fsencode(path)
+    except UnicodeError:
+        raise SpecError(f"{what}: {text!r}: the path holds a character that is not bytes") from None
+    if not raw or b"\0" in raw:
+        raise SpecError(f"{what}: expected unix:PATH with a path (and no NUL byte), got {text!r}")
+    if len(raw) > MAX_UNIX_PATH:
+        raise SpecError(f"{what}: the path is {len(raw)} bytes long: a Unix socket path holds at most "
+                        f"{MAX_UNIX_PATH} bytes; choose a shorter one")
 
 
 def parse_hostport(text: str, what: str) -> tuple[str, int]:
@@ -205,8 +241,8 @@ class ProxySpec:
     def __post_init__(self) -> None:
         if not self.name or not isinstance(self.name, str) or "/" in self.name:
             raise SpecError(f"name: a proxy needs a name without '/', got {self.name!r}")
-        parse_hostport(self.listen, "listen")
-        parse_hostport(self.upstream, "upstream")
+        check_address(self.listen, "listen")
+        check_address(self.upstream, "upstream")
         if len(self.toxics) > MAX_TOXICS:
             raise SpecError(f"{self.name}: more than {MAX_TOXICS} toxics")
         names = [t.name for t in self.toxics]
@@ -306,6 +342,7 @@ class ProxyConfig:
     stop_on_stdin_eof: bool = False
     seed: Optional[int] = None       # toxicity's and jitter's random numbers (tests; None: random)
     decode: Optional[str] = None     # a wire mode with a stream decoder: print each exchange
+    splice: bool = True              # links no toxic or decoder sees forward with os.splice (Linux)
 
     def __post_init__(self) -> None:
         if not self.proxies and not self.api:

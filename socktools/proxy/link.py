@@ -16,6 +16,11 @@ Ends are passed on as they came: an EOF becomes a half-close on the other side
 (FIN one way keeps the other direction open), a reset (ECONNRESET, or any
 error) becomes a reset of the other side (SO_LINGER 0, then close), and a
 toxic's CLOSE or RESET ends both sides.
+
+A link with no toxic and no ``--decode`` watching it splices (on Linux): its
+bytes go socket -> pipe -> socket without entering Python
+(:mod:`socktools.proxy.splice`); anything but steady forwarding unsplices it
+first, and the copying path above takes over.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ from typing import Any, Optional
 from socktools import errors
 from socktools.addresses import format_addr
 from socktools.core.loop import Connection, Protocol
+from socktools.proxy import splice as _splice
+from socktools.proxy.splice import SpliceConnection
 from socktools.proxy.toxics import CLOSE, DATA, EOF, RESET, make_stage
 
 __all__ = ["Pair", "Link", "HIGH_WATER", "LOW_WATER", "ClientSide", "UpstreamSide", "set_linger_zero"]
@@ -84,6 +91,7 @@ class Link:
         self.sink = _Sink(self)
         self.paused = False
         self.delivered = 0
+        self.pipe: Optional[_splice.Pipe] = None     # while spliced
 
     @property
     def head(self) -> Any:
@@ -95,6 +103,7 @@ class Link:
 
     # ------------------------------------------------------------ the chain
     def add(self, spec: Any) -> None:
+        self.unsplice(deliver=True)      # the toxic sees every byte from now on
         server = self.pair.proxy.server
         stage = make_stage(spec, server.clock, self.pair.call_at, server.rng)
         stage.next = self.sink
@@ -119,11 +128,48 @@ class Link:
                 for item in items:          # what it held goes on: nothing is dropped
                     stage.next.push(item)
                 self.check()
+                self.splice()               # the last toxic gone: zero-copy again
                 return
 
     def stop(self) -> None:
         for stage in self.stages:
             stage.stop()
+        self.unsplice(deliver=False)
+
+    # ------------------------------------------------------------ zero copy
+    def splice(self) -> None:
+        """Forward with os.splice from now on, if nothing needs to see the bytes."""
+        src, dst = self.src, self.dst
+        if (self.pipe is not None or self.stages or self.pair.watch is not None or not _splice.AVAILABLE
+                or not self.pair.proxy.server.config.splice
+                or not isinstance(src, SpliceConnection) or not isinstance(dst, SpliceConnection)
+                or not src.steady or not dst.steady):
+            return
+        try:
+            self.pipe = _splice.Pipe(self)
+        except OSError as exc:         # out of descriptors: this link copies, as before
+            log.debug("proxy %s: connection %d: no pipe for splicing (%s); copying",
+                      self.pair.proxy.name, self.pair.number, exc)
+            return
+        src.splice_out = dst.splice_in = self.pipe
+
+    def unsplice(self, deliver: bool) -> None:
+        """Back to the copying path; what the pipe holds is written to ``dst`` (or dropped)."""
+        pipe = self.pipe
+        if pipe is None:
+            return
+        self.pipe = None
+        self.src.splice_out = None
+        dst = self.dst
+        dst.splice_in = None
+        data = pipe.drain() if deliver and not dst.closed else b""
+        pipe.close()
+        if data:
+            self.delivered += len(data)
+            dst.write(data)
+        dst.refresh()
+        if not self.src.closed:
+            self.check()
 
     # ------------------------------------------------------------ the flow
     def feed(self, data: bytes) -> None:
@@ -137,6 +183,8 @@ class Link:
 
     def deliver(self, item: tuple) -> None:
         kind = item[0]
+        if self.pipe is not None:
+            self.unsplice(deliver=True)     # (a reset peer's last words): the pipe's bytes first
         dst = self.dst
         if kind == DATA:
             self.delivered += len(item[1])
@@ -204,7 +252,8 @@ class Pair:
         self.client.pause_reading()          # until the upstream answers
         try:
             self.upstream = self.proxy.server.loop.open_connection(
-                address, self.proxy.upstream_side, family=family, ctx=self, setup=_nodelay)
+                address, self.proxy.upstream_side, family=family, ctx=self, setup=_nodelay,
+                conn_class=SpliceConnection)
         except OSError as exc:
             self.upstream_failed(exc)
 
@@ -215,6 +264,8 @@ class Pair:
         self.down.dst = self.client
         for spec in self.proxy.toxics:
             (self.up if spec.stream == "upstream" else self.down).add(spec)
+        self.up.splice()
+        self.down.splice()
         if not self.up.paused:       # (a stall toxic upstream keeps the client unread)
             self.client.resume_reading()
 
@@ -297,7 +348,8 @@ class Pair:
 
 def _nodelay(sock: socket.socket) -> None:
     # Segments leave when the toxics say so: Nagle would merge a slicer's slices.
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if sock.family != socket.AF_UNIX:        # (a Unix socket has no Nagle to turn off)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 class ClientSide(Protocol):

@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import errno
+import os
 import socket
+import stat
 
 from socktools import errors
 from socktools.addresses import format_addr, resolve
 
-__all__ = ["ProxyError", "NotFound", "Conflict", "bind_listener", "BACKLOG"]
+__all__ = ["ProxyError", "NotFound", "Conflict", "bind_listener", "bind_unix_listener", "close_listener",
+           "BACKLOG", "STALE_PROBE_TIMEOUT"]
 
 #: listen() backlog of each proxy: the kernel caps it at net.core.somaxconn (4096 here).
 BACKLOG = 1024
+#: How long a connect to an existing socket file may take to say whether a process listens
+#: there (a refused connect -- a stale file -- is immediate; a live listener answers at once too).
+STALE_PROBE_TIMEOUT = 1.0
+
+# The Unix sockets this process bound, by listener fd: (path, device, inode), so that a stop
+# removes the file only while it is still the one we made.
+_OWN_PATHS: dict = {}
 
 
 class ProxyError(Exception):
@@ -48,3 +58,69 @@ def bind_listener(host: str, port: int) -> socket.socket:
         raise ProxyError(f"cannot listen on {where}: {errors.one_line(exc, during='bind')}") from None
     sock.setblocking(False)
     return sock
+
+
+def bind_unix_listener(path: str) -> socket.socket:
+    """A nonblocking listening Unix-domain socket at ``path``, or :class:`ProxyError`.
+
+    An existing file there is replaced only when it is a socket nobody listens on (a connect
+    is refused: the process that made it is gone) -- anything else is left alone and is an error.
+    """
+    where = format_addr(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        try:
+            sock.bind(path)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            _remove_stale(path, where)
+            sock.bind(path)
+        sock.listen(BACKLOG)
+        st = os.stat(path)
+    except ProxyError:
+        sock.close()
+        raise
+    except OSError as exc:
+        sock.close()
+        raise ProxyError(f"cannot listen on {where}: {errors.one_line(exc, during='bind')}") from None
+    sock.setblocking(False)
+    _OWN_PATHS[sock.fileno()] = (path, st.st_dev, st.st_ino)
+    return sock
+
+
+def _remove_stale(path: str, where: str) -> None:
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise ProxyError(f"cannot listen on {where}: it exists and is not a socket (the proxy replaces "
+                         f"only a stale socket file)")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(STALE_PROBE_TIMEOUT)
+    try:
+        probe.connect(path)
+    except ConnectionRefusedError:
+        os.unlink(path)               # nobody listens: a stale file of a process gone
+        return
+    except OSError:
+        pass
+    finally:
+        probe.close()
+    raise ProxyError(f"cannot listen on {where}: EADDRINUSE - another process listens there; stop it "
+                     f"or choose another path")
+
+
+def close_listener(sock: socket.socket) -> None:
+    """Close a listener; a Unix socket's file goes too, if it is still the one we bound."""
+    own = _OWN_PATHS.pop(sock.fileno(), None)
+    sock.close()
+    if own is not None:
+        path, dev, ino = own
+        try:
+            st = os.stat(path)
+            if (st.st_dev, st.st_ino) == (dev, ino):
+                os.unlink(path)
+        except OSError:
+            pass

@@ -32,9 +32,11 @@ from socktools.addresses import format_addr, resolve
 from socktools.core.loop import Connection, Loop
 from socktools.core.signals import SignalQueue, watch_stdin_eof
 from socktools.proxy.config import (PROXY_FIELDS, ProxyConfig, ProxySpec, SpecError, ToxicSpec,
-                                    check_fields, parse_hostport)
+                                    check_address, check_fields, parse_hostport, unix_path)
 from socktools.proxy.link import ClientSide, Pair, UpstreamSide
-from socktools.proxy.listen import Conflict, NotFound, ProxyError, bind_listener
+from socktools.proxy.listen import (Conflict, NotFound, ProxyError, bind_listener, bind_unix_listener,
+                                    close_listener)
+from socktools.proxy.splice import SpliceConnection
 from socktools.proxy.stats import ProxyStats
 
 __all__ = ["ProxyServer", "Proxy", "run_proxy"]
@@ -78,10 +80,14 @@ class Proxy:
     def start(self) -> None:
         if self.enabled:
             return
-        host, port = parse_hostport(self.listen, "listen")
-        self.listener = bind_listener(host, port)
-        # Toxiproxy shows the address it got: a port 0 becomes the real one.
-        self.listen = format_addr(self.listener.getsockname())
+        path = unix_path(self.listen)
+        if path is not None:
+            self.listener = bind_unix_listener(path)
+        else:
+            host, port = parse_hostport(self.listen, "listen")
+            self.listener = bind_listener(host, port)
+            # Toxiproxy shows the address it got: a port 0 becomes the real one.
+            self.listen = format_addr(self.listener.getsockname())
         self.server.loop.add_reader(self.listener, self._accept)
         self.enabled = True
         self.server.event({"event": "listening", "proxy": self.name, "listen": self.listen,
@@ -91,7 +97,7 @@ class Proxy:
         """Stop listening and close every connection (Toxiproxy's ``enabled: false``)."""
         self._stop_accepting()
         if self.listener is not None:
-            self.listener.close()
+            close_listener(self.listener)
             self.listener = None
         self.enabled = False
         for pair in list(self.pairs):
@@ -122,7 +128,9 @@ class Proxy:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
-            self.server.loop.add_connection(sock, self.client_side, peer)
+            # (A Unix socket's client is unnamed: it is shown by the socket it came through.)
+            self.server.loop.add_connection(sock, self.client_side, peer or self.listen,
+                                            conn_class=SpliceConnection)
 
     def _resume_accepting(self) -> None:
         self._retry = None
@@ -136,9 +144,10 @@ class Proxy:
         client.ctx = pair
         self.pairs.add(pair)
         self.stats.accepted += 1
-        host, port = parse_hostport(self.upstream, "upstream")
+        path = unix_path(self.upstream)
+        host, port = parse_hostport(self.upstream, "upstream") if path is None else ("", 0)
         try:
-            family, address = resolve(host, port)
+            family, address = resolve(host, port, unix=path)
         except OSError as exc:
             pair.upstream_failed(exc)
             return
@@ -261,8 +270,8 @@ class ProxyServer:
             raise SpecError(f"enabled: expected true or false, got {enabled!r}")
         listen = doc.get("listen", proxy.listen)
         upstream = doc.get("upstream", proxy.upstream)
-        parse_hostport(listen, "listen")
-        parse_hostport(upstream, "upstream")
+        check_address(listen, "listen")
+        check_address(upstream, "upstream")
         moved = listen != proxy.listen or upstream != proxy.upstream
         if moved or not enabled:
             if proxy.enabled:
