@@ -9,11 +9,15 @@ load (either tool) to the other, runs alternating A, B, A, B...:
   raw        flood --mode raw --reply-bytes 64 vs  flood --mode echo      (socktools serve --mode echo)
   memcached  the plug-in (examples/)           vs  the same bytes in raw mode (get, reply until END)
   postgres   the plug-in (SELECT 1, SCRAM login) vs  pgbench -n -f select1.sql -c 100 -j 1 (PostgreSQL)
+  auth       flood --mode redis --setup 'AUTH s3cret' PING  vs  redis-benchmark -a s3cret (requirepass)
+  unix       flood --unix redis.sock --mode redis PING      vs  redis-benchmark -s redis.sock
+  churn      flood --mode http --churn 1 (a connection per request)  vs  wrk -H 'Connection: close'
 
 Every flood run uses 100 connections and one worker process (one CPU).  It
 prints requests/s per run, the best of each side, and the ratio against the
 target (flood/redis-benchmark >= 0.95, flood/wrk >= 0.9, raw/echo >= 0.95,
-plug-in/raw >= 0.7, plug-in/pgbench >= 0.9).  The best run is the least disturbed one on a shared
+plug-in/raw >= 0.7, plug-in/pgbench >= 0.9; auth and unix >= 0.95, churn >= 0.9).  The best run is the
+least disturbed one on a shared
 machine; say so when quoting the figures.
 
 With ``--before DIR`` (a checkout of an earlier socktools, e.g. ``git worktree add
@@ -24,6 +28,7 @@ Usage:
   python benchmarks/bench_flood_peers.py --seconds 2 --rounds 1
   python benchmarks/bench_flood_peers.py --pairs redis,http --seconds 5 --rounds 3
   python benchmarks/bench_flood_peers.py --pairs http --before /tmp/before --rounds 5 --seconds 4
+  python benchmarks/bench_flood_peers.py --pairs auth,unix,churn --rounds 3
 
 Needs 2 CPUs, redis-server, redis-benchmark, nginx, wrk, memcached, postgresql (its pgbench).
 Loopback only.
@@ -48,7 +53,8 @@ sys.path.insert(0, str(ROOT))
 from peers import Memcached, Nginx, Postgres, Redis, which  # noqa: E402
 
 SERVER_CPU, LOAD_CPU = 0, 1
-TARGETS = {"redis": 0.95, "http": 0.9, "raw": 0.95, "memcached": 0.7, "postgres": 0.9}
+TARGETS = {"redis": 0.95, "http": 0.9, "raw": 0.95, "memcached": 0.7, "postgres": 0.9, "auth": 0.95,
+           "unix": 0.95, "churn": 0.9}
 
 
 def pinned(cpu: int):
@@ -69,9 +75,11 @@ class PinnedPeer:
         self.peer.stop()
 
 
-def flood(port: int, seconds: float, *args: str, code: Path = ROOT) -> float:
-    """One flood run from the socktools in ``code`` (this checkout by default)."""
-    cmd = [sys.executable, "-m", "socktools", "flood", "--port", str(port), "--conns", "100",
+def flood(port, seconds: float, *args: str, code: Path = ROOT) -> float:
+    """One flood run from the socktools in ``code`` (this checkout by default); ``port`` None:
+    the target is in ``args`` (--unix PATH)."""
+    target = ["--port", str(port)] if port is not None else []
+    cmd = [sys.executable, "-m", "socktools", "flood", *target, "--conns", "100",
            "--workers", "1", "--duration", f"{seconds}s", "--json", *args]
     env = {**os.environ, "PYTHONPATH": str(code)}
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=code, env=env,
@@ -94,9 +102,11 @@ def flood(port: int, seconds: float, *args: str, code: Path = ROOT) -> float:
 CPU_US: dict = {}
 
 
-def redis_benchmark(port: int, seconds: float, test: str) -> float:
+def redis_benchmark(port, seconds: float, test: str, *extra: str) -> float:
+    """``port`` None: the target is in ``extra`` (-s PATH)."""
     n = max(20_000, int(60_000 * seconds))   # redis-benchmark counts requests, not time
-    out = subprocess.run([which("redis-benchmark"), "-p", str(port), "-t", test, "-c", "100", "-P", "1",
+    target = ["-p", str(port)] if port is not None else []
+    out = subprocess.run([which("redis-benchmark"), *target, *extra, "-t", test, "-c", "100", "-P", "1",
                           "-n", str(n), "--csv"], capture_output=True, text=True,
                          preexec_fn=pinned(LOAD_CPU), timeout=300)
     for line in out.stdout.splitlines():
@@ -109,8 +119,8 @@ def redis_benchmark(port: int, seconds: float, test: str) -> float:
     raise RuntimeError(f"no figure from redis-benchmark: {out.stdout[-300:]} {out.stderr[-300:]}")
 
 
-def wrk(port: int, seconds: float) -> float:
-    out = subprocess.run([which("wrk"), "-t1", "-c100", f"-d{max(1, round(seconds))}s",
+def wrk(port: int, seconds: float, *extra: str) -> float:
+    out = subprocess.run([which("wrk"), "-t1", "-c100", f"-d{max(1, round(seconds))}s", *extra,
                           f"http://127.0.0.1:{port}/"], capture_output=True, text=True,
                          preexec_fn=pinned(LOAD_CPU), timeout=120)
     m = re.search(r"Requests/sec:\s+([\d.]+)", out.stdout)
@@ -189,7 +199,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=float, default=5.0, help="length of each run")
     ap.add_argument("--rounds", type=int, default=3, help="runs of each side, alternating")
-    ap.add_argument("--pairs", default="redis,http,raw,memcached,postgres")
+    ap.add_argument("--pairs", default="redis,http,raw,memcached,postgres,auth,unix,churn")
     ap.add_argument("--before", type=Path, metavar="DIR",
                     help="a checkout of an earlier socktools: its flood runs too, alternating")
     args = ap.parse_args()
@@ -258,6 +268,31 @@ def main() -> None:
                                    lambda: pgbench(pg, s, script))
                 print(line("postgres", "plug-in (socktools/examples/postgres.py)", ra,
                            "pgbench -n -f select1.sql -c 100 -j 1", rb, TARGETS["postgres"]))
+        if "auth" in pairs:
+            (tmp / "auth").mkdir()
+            with PinnedPeer(Redis(tmp / "auth", password="s3cret")) as redis:
+                ra, rb = alternate(r, lambda code=ROOT: flood(redis.port, s, "--mode", "redis", "--setup",
+                                                              "AUTH s3cret", "--command", "PING", code=code),
+                                   lambda: redis_benchmark(redis.port, s, "ping_inline", "-a", "s3cret"))
+                print(line("auth", "flood --setup 'AUTH s3cret' PING", ra, "redis-benchmark -a ping_inline", rb,
+                           TARGETS["auth"]))
+        if "unix" in pairs:
+            (tmp / "unix").mkdir()
+            with PinnedPeer(Redis(tmp / "unix", unix=True)) as redis:
+                sock = str(redis.unix)
+                ra, rb = alternate(r, lambda code=ROOT: flood(None, s, "--unix", sock, "--mode", "redis",
+                                                              "--command", "PING", code=code),
+                                   lambda: redis_benchmark(None, s, "ping_inline", "-s", sock))
+                print(line("unix", "flood --unix --mode redis PING", ra, "redis-benchmark -s ping_inline", rb,
+                           TARGETS["unix"]))
+        if "churn" in pairs:
+            (tmp / "churn").mkdir()
+            with PinnedPeer(Nginx(tmp / "churn")) as nginx:
+                ra, rb = alternate(r, lambda code=ROOT: flood(nginx.port, s, "--mode", "http", "--path", "/",
+                                                              "--churn", "1", code=code),
+                                   lambda: wrk(nginx.port, s, "-H", "Connection: close"))
+                print(line("churn", "flood --mode http --churn 1", ra, "wrk -H 'Connection: close'", rb,
+                           TARGETS["churn"]))
     print("\nflood's own CPU per request (best run; steadier than the rates on a shared machine):")
     for what, values in CPU_US.items():
         print(f"  {min(values):7.2f} us  flood {what}")
