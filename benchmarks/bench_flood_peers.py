@@ -16,9 +16,8 @@ load (either tool) to the other, runs alternating A, B, A, B...:
 Every flood run uses 100 connections and one worker process (one CPU).  It
 prints requests/s per run, the best of each side, and the ratio against the
 target (flood/redis-benchmark >= 0.95, flood/wrk >= 0.9, raw/echo >= 0.95,
-plug-in/raw >= 0.7, plug-in/pgbench >= 0.9; auth and unix >= 0.95, churn >= 0.9).  The best run is the
-least disturbed one on a shared
-machine; say so when quoting the figures.
+plug-in/raw >= 0.7, plug-in/pgbench >= 0.9; auth and unix >= 0.95, churn >= 0.9).  The best
+run is the least disturbed one on a shared machine; say so when quoting the figures.
 
 With ``--before DIR`` (a checkout of an earlier socktools, e.g. ``git worktree add
 /tmp/before <commit>``) every flood side also runs from that code, alternating with the
