@@ -170,3 +170,45 @@ def test_requests_cut_off_by_a_close_are_rendered_again_as_they_were():
     slot.times = collections.deque([1, 1, 1])
     assert s.unsend(slot) == 3 and s.stats.resent == 3
     assert [s.request(slot) for _ in range(4)] == made[1:] + [b"a4\n"]
+
+
+class _Handshake:
+    """What the session reads of a finished TLS handshake (an ``SSLObject``'s answers), counting
+    the reads of ``session``: each one is a DER round trip of the session in CPython."""
+
+    def __init__(self, reused: bool, session: object) -> None:
+        self.session_reused = reused
+        self._session = session
+        self.reads = 0
+
+    @property
+    def session(self):
+        self.reads += 1
+        return self._session
+
+    def cipher(self):
+        return ("TLS_AES_128_GCM_SHA256", "TLSv1.3", 128)
+
+    def version(self):
+        return "TLSv1.3"
+
+    def selected_alpn_protocol(self):
+        return None
+
+
+def test_tls_resume_reads_a_session_once_per_full_handshake_not_once_per_connection():
+    from socktools.flood.session import Slot
+    from socktools.tlsconf import TlsConfig
+    s, _, _ = session(WireSpec(mode="raw", sends=("x",), reply_bytes=1),
+                      tls=TlsConfig(enabled=True, insecure=True), tls_resume=True)
+    full = _Handshake(reused=False, session="S1")
+    s._handshook(Slot(0, 0), full)
+    offered = []
+    for i in range(5):                       # five more connections, each resumed
+        slot = Slot(i, 0)
+        offered.append(s.tls_session(slot))
+        s._handshook(slot, _Handshake(reused=True, session="never read"))
+    assert offered == ["S1"] * 5 and full.reads == 1
+    again = _Handshake(reused=False, session="S2")   # a full handshake again: a new session
+    s._handshook(Slot(9, 0), again)
+    assert s.tls_session(Slot(10, 0)) == "S2" and again.reads == 1

@@ -140,7 +140,11 @@ class Session:
         # Openings under way as the traffic ended: the server has what they sent (a login it
         # counts), so the drain lets them finish or fail rather than cut them off.
         self.drain_opens: set = set()
-        self.tls_last: Any = None            # --tls-resume: the latest handshake's SSLObject
+        self.tls_last: Any = None            # --tls-resume: the latest full handshake's SSLObject
+        # ... and the session read from it, once: reading ``SSLObject.session`` copies the
+        # session through DER (CPython's _ssl_session_dup, its peer certificate decoded
+        # again) -- about 150 us a time here, more than the resumed handshake itself.
+        self.tls_cached: Any = None
 
     @property
     def phase(self) -> str:
@@ -183,12 +187,12 @@ class Session:
     def tls_session(self, slot: Slot) -> Any:
         """--tls-resume: the session to offer for the connection of ``slot`` (the latest one
         this worker's handshakes got; None: nothing to resume yet -- a full handshake)."""
-        last = self.tls_last
-        session = last.session if last is not None else None
-        if session is None:
+        if self.tls_cached is None and self.tls_last is not None:
+            self.tls_cached = self.tls_last.session
+        if self.tls_cached is None:
             return None
         slot.offered = True
-        return session
+        return self.tls_cached
 
     def ramp_opening(self, index: int) -> Slot:
         """``--stages``: connection ``index`` is about to be opened, one more of the ramp: an
@@ -281,8 +285,11 @@ class Session:
         if what not in table and len(table) >= MAX_NEGOTIATED:
             what = "(other)"
         table[what] = table.get(what, 0) + 1
-        if self.config.tls_resume:
-            self.tls_last = tls
+        if self.config.tls_resume and not tls.session_reused:
+            # A full handshake made a new session: read it when the next connection needs it
+            # (late enough for TLS 1.3's tickets, which arrive after the handshake).  A resumed
+            # one keeps the session offered, read once.
+            self.tls_last, self.tls_cached = tls, None
 
     # ------------------------------------------------------------ the opening conversation
     def open(self, conn: Any, then: Any) -> bool:
