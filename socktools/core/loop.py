@@ -639,6 +639,8 @@ class TlsConnection(Connection):
                 self._on_eof()
                 return
             self.protocol.data_received(self, data)
+            if not tx.more():
+                break
         if not self.closed:
             self._send_quietly(tx.to_send())   # post-handshake messages: tickets, a key update's answer
 
