@@ -7,6 +7,9 @@ Pairs, the server pinned to one CPU and the load to the other, runs alternating 
              vs  sockperf ping-pong -m 64 against sockperf's own server
   serve      socktools serve --udp --mode echo  vs  socat UDP4-LISTEN,fork PIPE,
              both under the same flood --udp load (--conns 1, closed loop)
+  serve20    the same with --conns 20: 20 datagrams in flight, so the server's own cost shows
+             (with one in flight both sides wait on the other CPU's wake-up: a latency test);
+             socat's fork mode misroutes some first datagrams of concurrent peers (docs/flood.md)
 
 Targets: flood >= 0.8x sockperf's round trips/s; serve >= 1.0x socat.  Each side is a round
 trip per datagram, one in flight: the rate is 1 / (the round-trip time), so the ratio says
@@ -40,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 from peers import free_port  # noqa: E402
 
 SERVER_CPU, LOAD_CPU = 0, 1
-TARGETS = {"pingpong": 0.8, "serve": 1.0}
+TARGETS = {"pingpong": 0.8, "serve": 1.0, "serve20": 1.0}
 
 
 def pinned(cpu: int):
@@ -95,9 +98,9 @@ def serve_udp() -> Server:
                    "--workers", "1", "--stats-interval", "0"], port)
 
 
-def flood(port: int, seconds: float) -> float:
+def flood(port: int, seconds: float, conns: int = 1) -> float:
     out = subprocess.run([sys.executable, "-m", "socktools", "flood", "--udp", "--port", str(port),
-                          "--conns", "1", "--workers", "1", "--size", "64", "--duration", f"{seconds}s",
+                          "--conns", str(conns), "--workers", "1", "--size", "64", "--duration", f"{seconds}s",
                           "--json"], capture_output=True, text=True, cwd=ROOT, preexec_fn=pinned(LOAD_CPU),
                          timeout=120)
     doc = json.loads(out.stdout)
@@ -138,7 +141,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=float, default=3.0, help="length of each run")
     ap.add_argument("--rounds", type=int, default=3, help="runs of each side, alternating")
-    ap.add_argument("--pairs", default="pingpong,serve")
+    ap.add_argument("--pairs", default="pingpong,serve,serve20")
     args = ap.parse_args()
     if len(os.sched_getaffinity(0)) < 2:
         sys.exit("bench_udp: needs 2 CPUs (server and load on different ones)")
@@ -155,6 +158,11 @@ def main() -> None:
         with serve_udp() as ours, socat() as theirs:
             ra, rb = alternate(r, lambda: flood(ours.port, s), lambda: flood(theirs.port, s))
         print(line("serve", "socktools serve --udp", ra, "socat UDP4-LISTEN,fork PIPE", rb, TARGETS["serve"]))
+    if "serve20" in pairs:
+        with serve_udp() as ours, socat() as theirs:
+            ra, rb = alternate(r, lambda: flood(ours.port, s, 20), lambda: flood(theirs.port, s, 20))
+        print(line("serve20", "socktools serve --udp, 20 in flight", ra, "socat, 20 in flight", rb,
+                   TARGETS["serve20"]))
 
 
 if __name__ == "__main__":
