@@ -148,7 +148,7 @@ def main() -> None:
     pairs = args.pairs.split(",")
     s, r = args.seconds, args.rounds
     print(f"server on CPU {SERVER_CPU}, load on CPU {LOAD_CPU}; {r} round(s) of {s:g}s; "
-          f"one socket, one 64-byte datagram in flight")
+          f"64-byte datagrams, one socket and one in flight unless the pair says otherwise")
     if "pingpong" in pairs:
         with socat() as echo, sockperf_server() as sp:
             ra, rb = alternate(r, lambda: flood(echo.port, s), lambda: sockperf_pp(sp.port, s))
