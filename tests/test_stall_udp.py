@@ -59,7 +59,7 @@ def test_every_datagram_sent_to_its_own_receiver_is_held_or_dropped_by_the_kerne
 
 
 def test_the_json_is_one_object_with_the_equation_and_exit_0():
-    pytest.importorskip("jsonschema", reason="jsonschema not installed")
+    pytest.importorskip("jsonschema", reason="jsonschema not installed (pip install jsonschema)")
     from tests.test_json_schemas import validate
     rc, doc, err = stall_json("--rcvbuf", "1", "--count", "200", "--settle", "100ms")
     assert rc == 0, err
