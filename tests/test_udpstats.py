@@ -10,7 +10,8 @@ import pytest
 from socktools.kernel import udpstats
 from socktools.wire import datagram as dg
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the UDP drop counters are Linux's (SO_MEMINFO, /proc/net/snmp)")
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
+                                reason="the UDP drop counters are Linux's (SO_MEMINFO, /proc/net/snmp)")
 
 
 def test_the_machine_counters_are_read_from_proc(tmp_path):
