@@ -30,6 +30,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -62,8 +63,10 @@ class Server:
 
     def __init__(self, cmd: list, port: int) -> None:
         self.port = port
+        # Its own process group: socat's fork mode leaves a child per peer, stopped with it.
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     stdin=subprocess.PIPE, preexec_fn=pinned(SERVER_CPU))
+                                     stdin=subprocess.PIPE, preexec_fn=pinned(SERVER_CPU),
+                                     start_new_session=True)
         deadline = time.monotonic() + 10
         while not self._bound():
             if time.monotonic() > deadline or self.proc.poll() is not None:
@@ -78,13 +81,17 @@ class Server:
         return self
 
     def __exit__(self, *exc):
-        self.proc.terminate()
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)    # the server and any child it forked
+        except ProcessLookupError:
+            pass
         self.proc.wait(10)
 
 
 def socat() -> Server:
     port = free_port()
-    return Server([need("socat"), f"UDP4-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork", "PIPE"], port)
+    # -T2: a child idle for 2 s exits by itself too
+    return Server([need("socat"), "-T2", f"UDP4-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork", "PIPE"], port)
 
 
 def sockperf_server() -> Server:
