@@ -480,9 +480,17 @@ class Exim(_Peer):
 
     def __init__(self, tmp: Path, port: Optional[int] = None, nonmail: int = 10,
                  refuse_connections: bool = False) -> None:
+        import pwd
         binary = which("exim4")
         if binary is None:
             pytest.skip("exim4 not installed (apt-get install exim4-daemon-light)")
+        if os.geteuid() != 0:
+            pytest.skip("exim's daemon must start as root (it then hands its spool to Debian-exim); "
+                        "this run is unprivileged")
+        try:
+            pwd.getpwnam("Debian-exim")
+        except KeyError:
+            pytest.skip("no Debian-exim user (apt-get install exim4-daemon-light creates it)")
         self.port = port or free_port()
         self.dir = _service_dir("socktools-exim-", "Debian-exim")
         for sub in ("spool", "log"):
@@ -500,6 +508,7 @@ smtp_accept_max_per_host = 500
 smtp_accept_max_nonmail = {nonmail}
 tls_advertise_hosts =
 queue_only = true
+log_selector = +smtp_connection
 spool_directory = {self.dir}/spool
 log_file_path = {self.dir}/log/%slog
 pid_file_path = {self.dir}/exim.pid
@@ -521,6 +530,10 @@ acl_check_rcpt:
     def mainlog(self) -> str:
         path = self.dir / "log" / "mainlog"
         return path.read_text(errors="replace") if path.exists() else ""
+
+    def connections(self) -> int:
+        """Connections exim logged as it took them, before its greeting (``+smtp_connection``)."""
+        return self.mainlog().count("(TCP/IP connection count")
 
     def stop(self) -> None:
         super().stop()

@@ -4,17 +4,10 @@ usage errors."""
 
 from __future__ import annotations
 
-import os
-import pathlib
-import pwd
-import shutil
-import subprocess
-import tempfile
-
 import pytest
 
 from conftest import flood_once, wait_until
-from peers import greets, Nginx, Redis, free_port, skip_unless
+from peers import Exim, Nginx, Redis
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -102,57 +95,13 @@ def test_bad_churn_and_opening_options_are_usage_errors_naming_the_option(args, 
 
 
 # ------------------------------------------------------------------ exim: greets, and churns
-EXIM_CONF = """primary_hostname = test.invalid
-daemon_smtp_ports = {port}
-local_interfaces = 127.0.0.1
-host_lookup =
-rfc1413_hosts =
-rfc1413_query_timeout = 0s
-smtp_accept_max = 500
-smtp_accept_max_per_host = 500
-spool_directory = {tmp}/spool
-log_file_path = {tmp}/log/%slog
-pid_file_path = {tmp}/exim.pid
-log_selector = +smtp_connection
-acl_smtp_rcpt = acl_check_rcpt
-begin acl
-acl_check_rcpt:
-  deny
-"""
-
-
 def test_exim_greets_and_churn_stays_inside_its_ten_non_mail_commands(tmp_path):
-    binary = skip_unless("exim4")
-    if os.geteuid() != 0:
-        pytest.skip("exim's daemon runs as root here (it hands its spool to Debian-exim)")
-    try:
-        exim_user = pwd.getpwnam("Debian-exim")
-    except KeyError:
-        pytest.skip("no Debian-exim user (apt-get install exim4-daemon-light)")
-    port = free_port()
-    # exim's processes run as Debian-exim: pytest's tmp_path (mode 700 above it) is out of their
-    # reach, so the spool and the log go in a directory of their own that they can enter
-    home = pathlib.Path(tempfile.mkdtemp(prefix="socktools-exim-"))
-    home.chmod(0o755)
-    for d in ("spool", "log"):
-        (home / d).mkdir()
-        os.chown(home / d, exim_user.pw_uid, exim_user.pw_gid)
-    conf = tmp_path / "exim.conf"
-    conf.write_text(EXIM_CONF.format(port=port, tmp=home))
-    proc = subprocess.Popen([binary, "-bdf", "-C", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        assert wait_until(lambda: greets(port), 15), "exim did not start"
-
-        def logged():
-            try:
-                return (home / "log" / "mainlog").read_text().count("(TCP/IP connection count")
-            except FileNotFoundError:
-                return 0
-        # exim logs each connection as it takes it (before its greeting): the probes' are in
-        assert wait_until(lambda: logged() >= 1, 10)
-        probes = logged()
+    with Exim(tmp_path) as exim:
+        # exim logs each connection as it takes it (before its greeting): the start's probe is in
+        assert wait_until(lambda: exim.connections() >= 1, 10)
+        probes = exim.connections()
         # 10 NOOPs a connection (the confirming one included): exim's limit of non-mail commands
-        doc, out = flood_once("--port", str(port), "--mode", "line", "--greeting-match", "^220 ", "--send",
+        doc, out = flood_once("--port", str(exim.port), "--mode", "line", "--greeting-match", "^220 ", "--send",
                               "NOOP", "--eol", "crlf", "--reply-match", "^250 ", "--churn", "10",
                               "--conns", "3", "--requests", "197")
         assert out.returncode == 0, out.stderr
@@ -162,9 +111,5 @@ def test_exim_greets_and_churn_stays_inside_its_ten_non_mail_commands(tmp_path):
         assert c["established"] + c["reconnects"] == doc["opening"]["opened"] >= 20
         # and flood's: one per opening, and perhaps a replacement per connection number that
         # the run's end closed as it came up (accepted by exim, closed before its greeting)
-        assert wait_until(lambda: logged() - probes >= doc["opening"]["opened"], 10)
-        assert doc["opening"]["opened"] <= logged() - probes <= doc["opening"]["opened"] + 3
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        shutil.rmtree(home, ignore_errors=True)
+        assert wait_until(lambda: exim.connections() - probes >= doc["opening"]["opened"], 10)
+        assert doc["opening"]["opened"] <= exim.connections() - probes <= doc["opening"]["opened"] + 3
