@@ -228,6 +228,6 @@ def test_report_on_a_binary_file_is_one_line_naming_the_file(tmp_path, content):
     r = CliRunner().invoke(main, ["report", str(path), "-o", str(tmp_path / "out.html")])
     assert not isinstance(r.exception, UnicodeError), r.exception
     if r.exit_code == 3:
-        pytest.skip("matplotlib is not installed: report stops before reading")
+        pytest.skip("matplotlib is not installed (pip install matplotlib): report stops before reading the file")
     assert r.exit_code == 1, r.output
     assert str(path) in r.output and "UTF-8" in r.output, r.output

@@ -39,7 +39,7 @@ def console_messages(stderr: str) -> list:
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     """A real flood run kept as JSON, as CI would keep it, with one failing threshold."""
-    pytest.importorskip("matplotlib", reason="pip install matplotlib")
+    pytest.importorskip("matplotlib", reason="the report's plots need matplotlib (pip install matplotlib)")
     d = tmp_path_factory.mktemp("report")
     proc = subprocess.run(socktools_cmd("flood", "--conns", "8", "--workers", "2", "--duration", "1.5s",
                                         "--interval", "0.25s", "--json", "--report", str(d / "run.html"),
@@ -121,7 +121,7 @@ def test_the_console_check_can_fail(tmp_path):
 
 
 def test_a_run_where_nothing_connected_still_makes_a_useful_page(closed_port, tmp_path):
-    pytest.importorskip("matplotlib", reason="pip install matplotlib")
+    pytest.importorskip("matplotlib", reason="the report's plots need matplotlib (pip install matplotlib)")
     page, hgrm = tmp_path / "refused.html", tmp_path / "refused.hgrm"
     proc = subprocess.run(socktools_cmd("flood", "--port", str(closed_port[1]), "--conns", "3", "--duration",
                                         "0.3s", "--report", str(page), "--hgrm", str(hgrm)),
@@ -135,7 +135,7 @@ def test_a_run_where_nothing_connected_still_makes_a_useful_page(closed_port, tm
 
 def test_an_http_run_against_nginx_shows_what_it_sent(tmp_path):
     """The configuration names the method, the paths (escaped) and the Host, not an echo payload."""
-    pytest.importorskip("matplotlib", reason="pip install matplotlib")
+    pytest.importorskip("matplotlib", reason="the report's plots need matplotlib (pip install matplotlib)")
     page = tmp_path / "http.html"
     with Nginx(tmp_path) as server:
         proc = subprocess.run(socktools_cmd("flood", "--port", str(server.port), "--mode", "http",

@@ -269,7 +269,7 @@ def lane(path, view_args=None, quiet=False, **cfg):
 @pytest.mark.parametrize("time_format", ["r", "d", "e", "ad"])
 def test_the_lane_prints_what_the_general_path_prints(busy_pcap, decode, time_format):
     if decode == "http":
-        pytest.importorskip("httptools", reason="sniff --decode http needs httptools")
+        pytest.importorskip("httptools", reason="sniff --decode http needs httptools (pip install httptools)")
     view = {"time_format": time_format}
     want, want_summary = general(busy_pcap, view, decode=decode)
     got, got_summary, fast = lane(busy_pcap, view, decode=decode)

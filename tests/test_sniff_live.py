@@ -261,7 +261,7 @@ def test_the_default_backend_is_the_tpacket_v3_ring_and_any_is_cooked(tmp_path):
 
 
 def test_cli_show_prints_scapys_layers_for_a_live_request(start_server):
-    pytest.importorskip("scapy", reason="scapy is not installed")
+    pytest.importorskip("scapy", reason="scapy is not installed (pip install scapy)")
     srv = start_server("--mode", "framed")
     sniff = subprocess.Popen(socktools_cmd("sniff", "--port", str(srv.port), "--count", "4",
                                            "--show", "4"),
