@@ -3,23 +3,18 @@
 from __future__ import annotations
 
 import errno
-import os
 import socket
-import stat
 
 from socktools import errors
 from socktools.addresses import format_addr, resolve
+from socktools.core import unixpath
 
 __all__ = ["ProxyError", "NotFound", "Conflict", "bind_listener", "bind_unix_listener", "close_listener",
-           "BACKLOG", "STALE_PROBE_TIMEOUT"]
+           "BACKLOG"]
 
 #: listen() backlog of each proxy: the kernel caps it at net.core.somaxconn (4096 here).
 BACKLOG = 1024
-#: How long a connect to an existing socket file may take to say whether a process listens
-#: there (a refused connect -- a stale file -- is immediate; a live listener answers at once too).
-STALE_PROBE_TIMEOUT = 1.0
-
-# The Unix sockets this process bound, by listener fd: (path, device, inode), so that a stop
+# The Unix sockets this process bound, by listener fd: (path, (device, inode)), so that a stop
 # removes the file only while it is still the one we made.
 _OWN_PATHS: dict = {}
 
@@ -77,7 +72,7 @@ def bind_unix_listener(path: str) -> socket.socket:
             _remove_stale(path, where)
             sock.bind(path)
         sock.listen(BACKLOG)
-        st = os.stat(path)
+        ident = unixpath.identity(path)
     except ProxyError:
         sock.close()
         raise
@@ -85,31 +80,19 @@ def bind_unix_listener(path: str) -> socket.socket:
         sock.close()
         raise ProxyError(f"cannot listen on {where}: {errors.one_line(exc, during='bind')}") from None
     sock.setblocking(False)
-    _OWN_PATHS[sock.fileno()] = (path, st.st_dev, st.st_ino)
+    _OWN_PATHS[sock.fileno()] = (path, ident)
     return sock
 
 
 def _remove_stale(path: str, where: str) -> None:
     try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(mode):
-        raise ProxyError(f"cannot listen on {where}: it exists and is not a socket (the proxy replaces "
-                         f"only a stale socket file)")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.settimeout(STALE_PROBE_TIMEOUT)
-    try:
-        probe.connect(path)
-    except ConnectionRefusedError:
-        os.unlink(path)               # nobody listens: a stale file of a process gone
-        return
-    except OSError:
-        pass
-    finally:
-        probe.close()
-    raise ProxyError(f"cannot listen on {where}: EADDRINUSE - another process listens there; stop it "
-                     f"or choose another path")
+        unixpath.clear_stale(path)
+    except unixpath.PathTaken as exc:
+        if exc.why == "not-a-socket":
+            raise ProxyError(f"cannot listen on {where}: it exists and is not a socket (the proxy replaces "
+                             f"only a stale socket file)") from None
+        raise ProxyError(f"cannot listen on {where}: EADDRINUSE - another process listens there; stop it "
+                         f"or choose another path") from None
 
 
 def close_listener(sock: socket.socket) -> None:
@@ -117,10 +100,4 @@ def close_listener(sock: socket.socket) -> None:
     own = _OWN_PATHS.pop(sock.fileno(), None)
     sock.close()
     if own is not None:
-        path, dev, ino = own
-        try:
-            st = os.stat(path)
-            if (st.st_dev, st.st_ino) == (dev, ino):
-                os.unlink(path)
-        except OSError:
-            pass
+        unixpath.remove_if_ours(*own)

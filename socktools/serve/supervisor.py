@@ -30,14 +30,13 @@ import os
 import shutil
 import signal
 import socket
-import stat
 import time
 from dataclasses import replace
 from typing import Any, Callable, Optional
 
 from socktools import errors
 from socktools.addresses import format_addr, resolve
-from socktools.core import procs
+from socktools.core import procs, unixpath
 from socktools.core.signals import SignalQueue, watch_stdin_eof
 from socktools.serve.config import ServeConfig
 from socktools.kernel.udpstats import socket_drops
@@ -62,10 +61,6 @@ CRASH_LOOP_MEMORY = 30.0
 #: The tally key (in the summary's ``errors``) of connections that were open in a worker
 #: when it died: the kernel closed them with the process, nobody answered them.
 WORKER_DIED = "worker-died"
-#: How long the check of an existing socket file waits for a server there to accept.  A
-#: listening server answers a local connect at once (the kernel completes it, even with a
-#: busy server); a refusal is immediate too.  Longer than that: someone holds it, leave it.
-STALE_PROBE_TIMEOUT = 1.0
 
 
 class ServeError(Exception):
@@ -168,49 +163,25 @@ def _remove_stale(path: str) -> None:
     """Remove the socket file at ``path`` if connecting to it is refused; else ServeError."""
     where = format_addr(path)
     try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        return                                      # gone meanwhile: bind again
-    if not stat.S_ISSOCK(mode):
-        raise ServeError(f"cannot listen on {where}: it exists and is not a socket; serve replaces only "
-                         f"a stale socket file, never other files")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.settimeout(STALE_PROBE_TIMEOUT)
-    try:
-        probe.connect(path)
-    except ConnectionRefusedError:
-        os.unlink(path)
+        removed = unixpath.clear_stale(path)
+    except unixpath.PathTaken as exc:
+        if exc.why == "not-a-socket":
+            raise ServeError(f"cannot listen on {where}: it exists and is not a socket; serve replaces only "
+                             f"a stale socket file, never other files") from None
+        if exc.why == "probe-failed":
+            raise ServeError(f"cannot listen on {where}: a socket file is there and connecting to it failed "
+                             f"({errors.one_line(exc.cause)}); remove it if no server uses it") from None
+        raise ServeError(f"cannot listen on {where}: in use: a server is listening there (it accepted a "
+                         f"connection). Stop it, or choose another path.") from None
+    if removed:
         log.warning("removed the stale socket %s: connecting to it was refused (no server listens there)",
                     where)
-        return
-    except OSError as exc:
-        raise ServeError(f"cannot listen on {where}: a socket file is there and connecting to it failed "
-                         f"({errors.one_line(exc)}); remove it if no server uses it") from None
-    finally:
-        probe.close()
-    raise ServeError(f"cannot listen on {where}: in use: a server is listening there (it accepted a "
-                     f"connection). Stop it, or choose another path.")
-
-
-def _own_path(sock: socket.socket):
-    """(device, inode) of the socket file we bound, to remove it at exit only if it is still ours."""
-    try:
-        st = os.stat(sock.getsockname())
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
 
 
 def _remove_own_path(path: str, ident) -> None:
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return
-    if ident is not None and (st.st_dev, st.st_ino) == ident:
-        try:
-            os.unlink(path)
-        except OSError as exc:
-            log.warning("could not remove %s: %s", format_addr(path), exc.strerror)
+    exc = unixpath.remove_if_ours(path, ident)
+    if exc is not None:
+        log.warning("could not remove %s: %s", format_addr(path), exc.strerror)
 
 
 def bind_listeners(config: ServeConfig) -> list[socket.socket]:
@@ -292,7 +263,7 @@ def serve(config: ServeConfig, on_event: Callable[[dict], None]) -> ServerStats:
         if made:
             shutil.rmtree(made, ignore_errors=True)
         raise
-    own_path = _own_path(socks[0]) if config.unix is not None else None
+    own_path = unixpath.identity(socks[0].getsockname()) if config.unix is not None else None
     started = time.monotonic()
     # Queue the signals before saying "listening": whoever reads that line may
     # signal at once, before the loop that acts on it runs.
