@@ -5,11 +5,17 @@ worker sends ``("ready", None)`` when its sockets are up and a ``("tick", Tick)`
 ``interval`` (aligned to the shared epoch), and obeys ``("go", None)`` and ``("stop", None)``;
 a pipe that breaks means the runner is gone, and the worker finishes on its own, quietly.
 :class:`RunnerLink` is that protocol once; a worker mixes it in and provides ``_go``, ``_stop``
-and ``_tick`` (and the attributes ``channel``, ``loop``, ``stats``, ``config``, ``clock``,
-``epoch``, ``tick_seq``).
+and ``_tick``; :meth:`RunnerLink._attach` sets up what every worker has (its config and
+number, the pipe, the shared clock and epoch, its loop, its statistics and histograms), and
+:meth:`RunnerLink._store_histograms` puts the histograms into the final statistics.
 """
 
 from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+from socktools.core.loop import Loop
+from socktools.flood import stats as st
 
 __all__ = ["RunnerLink"]
 
@@ -18,6 +24,28 @@ _NS = 1_000_000_000
 
 class RunnerLink:
     """The runner's pipe, for a worker class to mix in."""
+
+    def _attach(self, config: Any, index: int, channel: Any, epoch_ns: Optional[int],
+                clock: Callable[[], int]) -> None:
+        self.config = config
+        self.index = index
+        self.channel = channel
+        self.clock = clock
+        self.epoch = clock() if epoch_ns is None else epoch_ns
+        self.loop = Loop()
+        self.stats = st.WorkerStats(worker=index, conns=config.conns_of(index))
+        self.hist: dict = {name: None for name in st.HISTOGRAMS}   # what the ticks took so far
+        self.tick_seq = 0
+
+    def _store_histograms(self) -> None:
+        """Each recorder's values since the last tick, added to what the ticks took, encoded
+        into the final statistics (``self.rec``: name -> Recorder)."""
+        s = self.stats
+        for name, rec in self.rec.items():
+            self.hist[name] = st.add_into(self.hist[name], rec.take())
+            blob = st.encode(self.hist[name])
+            if blob:
+                s.histograms[name] = blob
 
     def _tell(self, msg: tuple) -> None:
         """Send ``msg`` to the runner; a broken pipe means it is gone."""

@@ -29,7 +29,6 @@ import time
 from typing import Any, Callable, Optional
 
 from socktools import errors
-from socktools.core.loop import Loop
 from socktools.flood import stats as st
 from socktools.flood.channel import RunnerLink
 from socktools.flood.config import FloodConfig
@@ -77,16 +76,9 @@ class _UdpWorker(RunnerLink):
 
     def __init__(self, config: FloodConfig, index: int, channel: Any, epoch_ns: Optional[int],
                  clock: Callable[[], int]) -> None:
-        self.config = config
-        self.index = index
-        self.channel = channel
-        self.clock = clock
-        self.epoch = clock() if epoch_ns is None else epoch_ns
-        self.loop = Loop()
-        self.stats = st.WorkerStats(worker=index, conns=config.conns_of(index))
+        self._attach(config, index, channel, epoch_ns, clock)
         self.rec = {name: st.Recorder() for name in st.HISTOGRAMS}
         self.latency = self.rec["latency"]
-        self.hist: dict = {name: None for name in st.HISTOGRAMS}
         self.socks: list = []
         self.phase = "connect"
         self.quota: Optional[int] = config.requests_of(index)
@@ -109,7 +101,6 @@ class _UdpWorker(RunnerLink):
         self.last_reply = 0              # when the latest reply of any kind arrived
         self.scheduled = 0               # open loop: datagrams due so far
         self.next_sock = 0               # open loop: round-robin
-        self.tick_seq = 0
         self.bytes_out = self.bytes_in = 0
         self.client_drops = 0            # replies the kernel dropped at our own sockets (sk_drops)
         self.done = False
@@ -342,11 +333,7 @@ class _UdpWorker(RunnerLink):
 
     def _final(self) -> st.WorkerStats:
         s = self.stats
-        for name, rec in self.rec.items():
-            self.hist[name] = st.add_into(self.hist[name], rec.take())
-            blob = st.encode(self.hist[name])
-            if blob:
-                s.histograms[name] = blob
+        self._store_histograms()
         c = self._totals()
         c["client_drops"] = self.client_drops
         if self.unstamped:   # replies that did not match --reply-match: answers that failed

@@ -50,7 +50,6 @@ from socktools.flood import stages as stg
 from socktools.flood import stats as st
 from socktools.flood.config import FloodConfig
 from socktools.flood.session import Session
-from socktools.core.loop import Loop
 
 __all__ = ["run_worker", "MAX_CONNECTING", "RAMP_STEP"]
 
@@ -122,25 +121,17 @@ class _Worker(RunnerLink):
 
     def __init__(self, config: FloodConfig, index: int, channel: Any, epoch_ns: Optional[int],
                  clock: Callable[[], int]) -> None:
-        self.config = config
-        self.index = index
-        self.channel = channel
-        self.clock = clock
-        self.epoch = clock() if epoch_ns is None else epoch_ns
-        self.loop = Loop()
-        self.stats = st.WorkerStats(worker=index, conns=config.conns_of(index))
+        self._attach(config, index, channel, epoch_ns, clock)
         self.proto = wire.build(config.wire_spec)
         self.session = Session(config, index, self.loop, clock, self.stats, self.proto, self._settled_one,
                                lambda: self.connecting, reopen=self._reopen)
         self.rec = self.session.rec
-        self.hist: dict = {name: None for name in st.HISTOGRAMS}
         self.indices = range(index, config.conns, config.workers)
         self.next_i = 0                     # next of self.indices to open
         self.connecting = 0                 # opened, not yet confirmed or failed
         self.pending: collections.deque = collections.deque()   # slots by connect time
         self.connect_rate = config.connect_rate_of(index)
         self.cycle_quota: Optional[int] = None
-        self.tick_seq = 0
         self.confirm = exchange.Confirm(self.session)
         self.session.opener = exchange.Opener(self.session)
         self.pump_timer = None
@@ -477,11 +468,7 @@ class _Worker(RunnerLink):
 
     def _final(self) -> st.WorkerStats:
         s = self.stats
-        for name, rec in self.rec.items():
-            self.hist[name] = st.add_into(self.hist[name], rec.take())
-            blob = st.encode(self.hist[name])
-            if blob:
-                s.histograms[name] = blob
+        self._store_histograms()
         s.bytes_out, s.bytes_in = self._counts()
         s.traffic_requests, s.traffic_responses = self._traffic_counts()
         s.requests = s.confirm_requests + s.traffic_requests
