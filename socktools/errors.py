@@ -11,8 +11,12 @@ import errno
 import os
 import re
 import socket
-import ssl
+import sys
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:    # (imported where a TLS failure is named: not on every command's start-up)
+    import ssl
 
 __all__ = ["Explanation", "EXPLANATIONS", "lookup", "lookup_text", "suggest", "explain_exception",
            "errno_name", "one_line", "PEER_CLOSED", "PROTOCOL_ERROR", "TIMEOUT", "NO_REPLY", "DATAGRAM_LOST",
@@ -412,6 +416,7 @@ def tls_key(exc: ssl.SSLError) -> str:
     """The stable key for a failed handshake: ``tls-unknown-ca``, ``tls-hostname-mismatch``,
     ``tls-alert-unknown-ca``, ``tls-to-plaintext-port``... (``tls-alert``/``tls-error`` when
     OpenSSL's reason is one this table does not name)."""
+    import ssl
     if isinstance(exc, ssl.SSLCertVerificationError):
         return _VERIFY.get(exc.verify_code, "tls-verify-failed")
     if isinstance(exc, ssl.SSLEOFError):
@@ -490,6 +495,7 @@ def tls_server_key(exc: ssl.SSLError) -> str:
     """The stable key for a handshake a TLS *server* failed (``serve --tls``), worded from its
     side: ``tls-plaintext-to-tls-port``, ``tls-client-sent-no-certificate``,
     ``tls-client-refused-certificate``... (``tls-error`` for a reason not named here)."""
+    import ssl
     if isinstance(exc, ssl.SSLCertVerificationError):
         return "tls-client-certificate-rejected"
     if isinstance(exc, ssl.SSLEOFError):
@@ -528,6 +534,7 @@ def _tls_text_key(text: str) -> str:
 
 def _tls_detail(exc: ssl.SSLError) -> str:
     """OpenSSL's own words: the verification message, or the alert by its RFC name, or the reason."""
+    import ssl
     if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
         return exc.verify_message
     alert = _alert_name((exc.reason or "").upper(), str(exc))
@@ -634,7 +641,7 @@ def exception_key(exc: BaseException) -> str:
     own = getattr(exc, "socktools_key", None)
     if own:
         return own
-    if isinstance(exc, ssl.SSLError):
+    if _is_tls_error(exc):
         return tls_key(exc)
     if isinstance(exc, TimeoutError) and getattr(exc, "errno", None) is None:
         return TIMEOUT
@@ -644,6 +651,13 @@ def exception_key(exc: BaseException) -> str:
     if isinstance(num, int):
         return errno_name(num)
     return type(exc).__name__
+
+
+def _is_tls_error(exc: BaseException) -> bool:
+    """An ``ssl.SSLError``?  Asked of every failure, so without importing ``ssl`` (this module
+    is on every command's start-up path): a program that never loaded ``ssl`` has none."""
+    ssl = sys.modules.get("ssl")
+    return ssl is not None and isinstance(exc, ssl.SSLError)
 
 
 def explain_exception(exc: BaseException) -> Explanation | None:
@@ -656,7 +670,7 @@ def one_line(exc: BaseException, what: str = "", *, command: str | None = None,
     key = exception_key(exc)
     exp = lookup(key, command=command, during=during)
     num = getattr(exc, "errno", None)
-    if isinstance(exc, ssl.SSLError):          # its errno is OpenSSL's error class, not the kernel's
+    if _is_tls_error(exc):                     # its errno is OpenSSL's error class, not the kernel's
         num, key = None, f"{key} ({_tls_detail(exc)})"
     label = f"{key} ({'gai error' if isinstance(exc, socket.gaierror) else 'errno'} {num})" \
         if isinstance(num, int) else key
