@@ -118,13 +118,13 @@ def redis_benchmark(port, seconds: float, test: str, *extra: str) -> float:
     raise RuntimeError(f"no figure from redis-benchmark: {out.stdout[-300:]} {out.stderr[-300:]}")
 
 
-def wrk(port: int, seconds: float, *extra: str) -> float:
+def wrk(port: int, seconds: float, *extra: str, scheme: str = "http") -> float:
     out = subprocess.run([which("wrk"), "-t1", "-c100", f"-d{max(1, round(seconds))}s", *extra,
-                          f"http://127.0.0.1:{port}/"], capture_output=True, text=True,
+                          f"{scheme}://127.0.0.1:{port}/"], capture_output=True, text=True,
                          preexec_fn=pinned(LOAD_CPU), timeout=120)
     m = re.search(r"Requests/sec:\s+([\d.]+)", out.stdout)
     if not m:
-        raise RuntimeError(f"no figure from wrk: {out.stdout[-300:]}")
+        raise RuntimeError(f"no figure from wrk: {out.stdout[-300:]} {out.stderr[-300:]}")
     return float(m.group(1))
 
 

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -44,22 +43,12 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from bench_flood_peers import (CPU_US, LOAD_CPU, SERVER_CPU, PinnedPeer, alternate, flood,  # noqa: E402
-                               line, pinned)
+                               line, pinned, wrk)
 from peers import Certs, Nginx, Redis, which  # noqa: E402
 
 TARGETS = {"https": 0.9, "handshake": 0.9, "redis": 0.95, "serve": 1.0}
 #: TLS may cost flood this much more CPU per request than plaintext (the issue's bound).
 CPU_TARGET = 1.6
-
-
-def wrk_https(port: int, seconds: float, *extra: str) -> float:
-    out = subprocess.run([which("wrk"), "-t1", "-c100", f"-d{max(1, round(seconds))}s", *extra,
-                          f"https://127.0.0.1:{port}/"], capture_output=True, text=True,
-                         preexec_fn=pinned(LOAD_CPU), timeout=120)
-    m = re.search(r"Requests/sec:\s+([\d.]+)", out.stdout)
-    if not m:
-        raise RuntimeError(f"no figure from wrk: {out.stdout[-300:]} {out.stderr[-300:]}")
-    return float(m.group(1))
 
 
 def redis_benchmark_tls(port: int, seconds: float, ca: Path) -> float:
@@ -126,13 +115,13 @@ def main() -> None:
                 if "https" in pairs:
                     ra, rb = alternate(r, lambda code=ROOT: flood(nginx.port, s, "--mode", "http", *like_wrk,
                                                                   code=code),
-                                       lambda: wrk_https(nginx.port, s))
+                                       lambda: wrk(nginx.port, s, scheme="https"))
                     print(line("https", "flood --mode http --tls (1.2)", ra, "wrk https:// -t1 -c100", rb,
                                TARGETS["https"]))
                 if "handshake" in pairs:
                     ra, rb = alternate(r, lambda code=ROOT: flood(nginx.port, s, "--mode", "http", "--churn", "1",
                                                                   *like_wrk, "--tls-resume", code=code),
-                                       lambda: wrk_https(nginx.port, s, "-H", "Connection: close"))
+                                       lambda: wrk(nginx.port, s, "-H", "Connection: close", scheme="https"))
                     print(line("handshake", "flood --tls --churn 1 --tls-resume (1.2)", ra,
                                "wrk -H 'Connection: close' https://", rb, TARGETS["handshake"]))
         if "redis" in pairs:
