@@ -171,3 +171,14 @@ def test_signals_are_restored_after_run():
     sup.run(lambda: sup.spawn(0, _crashing))
     assert {s: signal.getsignal(s) for s in procs.STOP_SIGNALS} == before
     assert signal.set_wakeup_fd(-1) == -1
+
+
+def test_a_crash_loop_is_children_dying_right_after_their_start():
+    from types import SimpleNamespace
+    now = time.monotonic()
+    loop = procs.CrashLoop()
+    long_lived = SimpleNamespace(started=now - 10 * procs.CRASH_LOOP_WINDOW)
+    assert not any(loop.died(long_lived) for _ in range(3 * procs.CRASH_LOOP_LIMIT))
+    fresh = SimpleNamespace(started=now)
+    assert [loop.died(fresh) for _ in range(procs.CRASH_LOOP_LIMIT)] == \
+        [False] * (procs.CRASH_LOOP_LIMIT - 1) + [True]

@@ -21,8 +21,8 @@ that a parent watches.  :class:`Supervisor` is that parent, as one mechanism:
   finish and report), the second *forces*; a child still alive after the grace
   period gets SIGKILL.
 
-Policies sit on top as a subclass overriding the hooks below: serve restarts a
-crashed worker (with a crash-loop limit), flood broadcasts "go" and "stop" and
+Policies sit on top as a subclass overriding the hooks below: serve and proxy restart a
+crashed worker (with a crash-loop limit, :class:`CrashLoop`), flood broadcasts "go" and "stop" and
 merges ticks.  The hooks are called from the loop, never from a signal handler.
 """
 
@@ -42,7 +42,7 @@ from typing import Any, Callable, Optional
 from socktools.core.loop import Loop
 from socktools.core.signals import SignalQueue
 
-__all__ = ["Supervisor", "Child", "EXIT_CRASHED", "FORCE_GRACE", "set_parent_death_signal",
+__all__ = ["Supervisor", "Child", "CrashLoop", "EXIT_CRASHED", "FORCE_GRACE", "set_parent_death_signal",
            "orphaned", "describe_exit", "describe_exception"]
 
 log = logging.getLogger("socktools.core.procs")
@@ -61,6 +61,13 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 #: triggered, so the rest are read on the next pass, after the other ready fds:
 #: a chatty child cannot starve the signal queue or its siblings.
 MESSAGES_PER_WAKEUP = 16
+
+#: A child dying sooner than this after its start counts toward a crash loop; this many such
+#: deaths within CRASH_LOOP_MEMORY seconds is one (a restart policy then stops instead: a
+#: worker that cannot start would otherwise be restarted as fast as it dies).
+CRASH_LOOP_WINDOW = 1.0
+CRASH_LOOP_LIMIT = 5
+CRASH_LOOP_MEMORY = 30.0
 
 _PR_SET_PDEATHSIG = 1
 _parent_pid: Optional[int] = None   # set in a supervised child: who its supervisor is
@@ -168,6 +175,21 @@ class Child:
 
     def __repr__(self) -> str:
         return f"<Child {self.index} pid {self.pid}{' ended' if self.ended else ''}>"
+
+
+class CrashLoop:
+    """For a policy that restarts children: are they dying right after their start?"""
+
+    def __init__(self) -> None:
+        self.deaths: list[float] = []      # when children died right after their start
+
+    def died(self, child: Child) -> bool:
+        """Note ``child``'s end; True if that makes a crash loop (stop restarting)."""
+        now = time.monotonic()
+        self.deaths = [t for t in self.deaths if now - t < CRASH_LOOP_MEMORY]
+        if now - child.started < CRASH_LOOP_WINDOW:
+            self.deaths.append(now)
+        return len(self.deaths) >= CRASH_LOOP_LIMIT
 
 
 class Supervisor:

@@ -53,11 +53,6 @@ WORKER_REPORT_INTERVAL = 1.0
 #: How often a supervised worker checks that its parent is still there (where
 #: no parent-death signal exists, or it was armed too late).
 PARENT_CHECK_INTERVAL = 1.0
-#: A worker dying sooner than this after its start counts as a crash loop;
-#: this many such deaths within CRASH_LOOP_MEMORY seconds stop the server.
-CRASH_LOOP_WINDOW = 1.0
-CRASH_LOOP_LIMIT = 5
-CRASH_LOOP_MEMORY = 30.0
 #: The tally key (in the summary's ``errors``) of connections that were open in a worker
 #: when it died: the kernel closed them with the process, nobody answered them.
 WORKER_DIED = "worker-died"
@@ -375,7 +370,7 @@ class _Supervisor(procs.Supervisor):
         self.retired = self.stats_class()          # the last counts of workers that ended
         self.retired_by: dict[int, Any] = {}       # worker index -> the counts of its ended lives
         self.restarts = 0
-        self.crashes: list[float] = []             # when workers died right after their start
+        self.crash_loop = procs.CrashLoop()
 
     def serve(self) -> ServerStats:
         self.run(self._begin)
@@ -447,11 +442,7 @@ class _Supervisor(procs.Supervisor):
         if self.stopping:
             return
         how = child.how
-        now = time.monotonic()
-        self.crashes = [t for t in self.crashes if now - t < CRASH_LOOP_MEMORY]
-        if now - child.started < CRASH_LOOP_WINDOW:
-            self.crashes.append(now)
-        if len(self.crashes) >= CRASH_LOOP_LIMIT:
+        if self.crash_loop.died(child):
             self.on_event({"event": "worker-exit", "worker": child.index, "pid": child.pid,
                            "how": how, "restarting": False,
                            "message": f"worker {child.index} keeps dying right after start; stopping"})
