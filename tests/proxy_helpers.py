@@ -21,10 +21,13 @@ class ProxyProcess:
     """``ProxyProcess("--listen", "127.0.0.1:0", "--to", ...)``: ``ports`` (name -> port),
     ``port`` (the first), ``api`` (the API's port, with --api); ``stop()`` -> the summary."""
 
-    def __init__(self, *args: str, expect: Optional[int] = None, timeout: float = 15.0) -> None:
+    def __init__(self, *args: str, expect: Optional[int] = None, timeout: float = 15.0,
+                 new_session: bool = False) -> None:
+        # new_session: its own process group, for a test that signals the group (a Ctrl-C)
         self.stderr_file = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(socktools_cmd("proxy", "--json", "--stop-on-stdin-eof", *args),
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr_file)
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr_file,
+                                     start_new_session=new_session)
         self.events: list = []
         self._buf = b""
         self.ports: dict = {}

@@ -23,6 +23,9 @@ Examples:
       # TCP clients in front of a redis that listens on a Unix socket (either side may be one)
   socktools proxy --config proxies.toml --api 127.0.0.1:8474
       # many proxies from a file; Toxiproxy's clients drive them over HTTP
+  socktools proxy --workers 4 --listen 127.0.0.1:8081 --to 127.0.0.1:8080 --api 127.0.0.1:8474
+      # 4 processes share the port; a toxic added over the API acts in all of them
+      # by the time the API answers
 
 \b
 Toxics (Toxiproxy's, units as there): latency (latency, jitter: ms), bandwidth (rate: KB/s),
@@ -75,6 +78,9 @@ def _echo_event(as_json: bool, quiet: bool):
 @click.option("--decode", type=LazyChoice("socktools.proxy.decode:DECODERS"), default=None,
               help="Print each request and reply crossing the proxy, with the server's time measured "
                    "at the proxy (upstream) beside the time the client saw (toxics included).")
+@click.option("--workers", "-w", type=int, default=1, show_default=True,
+              help="Processes forwarding (the parent binds every listener, owns the toxics' table "
+                   "and the API, and supervises them; a crashed one is replaced).")
 @click.option("--drain-timeout", type=DURATION, cls=LazyOption, metavar="DURATION",
               default=LazyDefault("socktools.proxy.config:DEFAULT_DRAIN"), show_default=True,
               help="On the first Ctrl-C/SIGTERM, how long bytes in flight get to pass.")
@@ -86,7 +92,7 @@ def _echo_event(as_json: bool, quiet: bool):
                                                  "and errors.")
 @click.option("--seed", type=int, default=None, hidden=True, help="Seed of toxicity's and jitter's random numbers.")
 @click.option("--stop-on-stdin-eof", is_flag=True, hidden=True, help="Stop when stdin closes (tests, embedders).")
-def command(listens, targets, toxics, config_file, api, decode, drain_timeout, no_splice, as_json, quiet, seed, stop_on_stdin_eof):
+def command(listens, targets, toxics, config_file, api, decode, workers, drain_timeout, no_splice, as_json, quiet, seed, stop_on_stdin_eof):
     """A TCP proxy that breaks the link on purpose: Toxiproxy's toxics, its HTTP API.
 
     Forwards both directions with bounded buffers (a slow side pauses reading
@@ -132,7 +138,7 @@ def command(listens, targets, toxics, config_file, api, decode, drain_timeout, n
                        f"reachable from other machines", err=True)
     config = build_config(cfg.ProxyConfig, proxies=tuple(proxies), api=api, drain_timeout=drain_timeout,
                           stop_on_stdin_eof=stop_on_stdin_eof, seed=seed, decode=decode,
-                          splice=not no_splice)
+                          splice=not no_splice, workers=workers)
     try:
         run_proxy(config, _echo_event(as_json, quiet))
     except ProxyError as exc:

@@ -25,7 +25,7 @@ from socktools.errors import OptionError
 
 __all__ = ["TOXICS", "STREAMS", "ToxicSpec", "ProxySpec", "ProxyConfig", "SpecError", "toxic_from_json",
            "proxy_from_json", "parse_hostport", "check_address", "unix_path", "UNIX_PREFIX", "parse_toxic_option", "load_config_file",
-           "MAX_ATTRIBUTE", "MAX_PROXIES", "MAX_TOXICS", "DEFAULT_API", "DEFAULT_DRAIN"]
+           "MAX_ATTRIBUTE", "MAX_PROXIES", "MAX_TOXICS", "MAX_WORKERS", "DEFAULT_API", "DEFAULT_DRAIN"]
 
 #: Each toxic's attributes and their defaults (Toxiproxy's zero values).  Units: latency,
 #: jitter, delay (slow_close), timeout: ms; rate: KB/s (1000 bytes); slicer's delay: us;
@@ -62,6 +62,10 @@ MAX_ATTRIBUTE = 2 ** 31 - 1
 MAX_PROXIES = 1000
 #: Toxics on one proxy: each is a stage every chunk passes, per direction and connection.
 MAX_TOXICS = 64
+#: Most worker processes of one run (--workers).  A worker is worth one CPU, and the parent
+#: holds one listening socket per proxy and worker (1000 proxies x 64 workers is already
+#: 64,000 descriptors): more than 64 buys nothing on any machine this runs on.
+MAX_WORKERS = 64
 #: Where --api listens by default: Toxiproxy's own port, on loopback.
 DEFAULT_API = "127.0.0.1:8474"
 #: How long the first Ctrl-C/SIGTERM lets connections with bytes in flight finish.
@@ -343,6 +347,7 @@ class ProxyConfig:
     seed: Optional[int] = None       # toxicity's and jitter's random numbers (tests; None: random)
     decode: Optional[str] = None     # a wire mode with a stream decoder: print each exchange
     splice: bool = True              # links no toxic or decoder sees forward with os.splice (Linux)
+    workers: int = 1                 # processes forwarding (1: this one; more: supervised children)
 
     def __post_init__(self) -> None:
         if not self.proxies and not self.api:
@@ -365,3 +370,6 @@ class ProxyConfig:
                                             f"(decoders: {', '.join(modes.decoders())})")
         if self.drain_timeout < 0:
             raise OptionError("drain_timeout", "must not be negative")
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) \
+                or not 1 <= self.workers <= MAX_WORKERS:
+            raise OptionError("workers", f"expected 1 to {MAX_WORKERS} worker processes, got {self.workers!r}")

@@ -2,14 +2,18 @@
 
 Requests are framed by llhttp (httptools, the parser ``socktools.wire.http``
 uses for responses): keep-alive, Content-Length and chunked bodies.  Each
-complete request is answered at once by :func:`socktools.proxy.api.handle`
--- a few table operations, no I/O of its own -- so the API shares the loop with
-the data path without blocking it.  A malformed or oversized request gets a
+complete request goes to the server's ``dispatch`` (in one process:
+:func:`socktools.proxy.api.handle` at once -- a few table operations, no I/O of
+its own -- so the API shares the loop with the data path without blocking it;
+with worker processes a change is answered once every worker has it).  The
+requests of one connection are answered in order: one answered later holds the
+ones behind it.  A malformed or oversized request gets a
 400/413 in Toxiproxy's error shape and costs only its own connection.
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 from typing import Any, Optional
@@ -17,7 +21,6 @@ from typing import Any, Optional
 from socktools import errors
 from socktools.addresses import format_addr
 from socktools.core.loop import Connection, Protocol
-from socktools.proxy.api import handle
 from socktools.proxy.config import parse_hostport
 from socktools.proxy.listen import bind_listener
 from socktools.wire.http import MAX_HEAD, require_httptools
@@ -122,34 +125,84 @@ def response(status: int, doc: Optional[Any], keep_alive: bool) -> bytes:
     return ("\r\n".join(head) + "\r\n\r\n").encode() + body
 
 
+class _Session:
+    """One API connection: its parser, the requests waiting their turn, and whether one is
+    being answered (a change the workers have not all acknowledged yet)."""
+
+    __slots__ = ("reader", "queue", "busy", "pumping")
+
+    def __init__(self) -> None:
+        self.reader = RequestReader()
+        self.queue: collections.deque = collections.deque()
+        self.busy = False
+        self.pumping = False
+
+
 class _ApiSide(Protocol):
     def __init__(self, api: "ApiServer") -> None:
         self.api = api
 
     def connection_made(self, conn: Connection) -> None:
-        conn.ctx = RequestReader()
+        conn.ctx = _Session()
 
     def data_received(self, conn: Connection, data: bytes) -> None:
+        session = conn.ctx
         try:
-            requests = conn.ctx.feed(data)
+            requests = session.reader.feed(data)
         except RequestError as exc:
             log.warning("api: %s from %s; closing that connection", exc, format_addr(conn.peer))
-            conn.write(response(exc.status, {"error": str(exc), "status": exc.status}, False))
+            self._refuse(conn, exc.status, str(exc))
+            return
+        session.queue.extend(requests)
+        excess = len(session.queue) - MAX_PIPELINED
+        if excess > 0:
+            # The first MAX_PIPELINED are answered, then a 400 (None) closes the connection;
+            # nothing more is read from it.
+            for _ in range(excess):
+                session.queue.pop()
+            session.queue.append(None)
+            conn.pause_reading()
+        self._pump(conn)
+
+    def _pump(self, conn: Connection) -> None:
+        """Answer the queued requests in order; one answered later stops the rest until then."""
+        session = conn.ctx
+        if session.pumping:
+            return
+        session.pumping = True
+        try:
+            while session.queue and not session.busy and not conn.closed:
+                request = session.queue.popleft()
+                if request is None:
+                    self._refuse(conn, 400, f"more than {MAX_PIPELINED} pipelined requests")
+                    return
+                method, path, body, keep = request
+                session.busy = True
+                self.api.server.dispatch(method, path, body,
+                                         lambda status, doc, m=method, p=path, k=keep:
+                                         self._answer(conn, m, p, k, status, doc))
+        finally:
+            session.pumping = False
+
+    def _answer(self, conn: Connection, method: str, path: str, keep: bool, status: int, doc: Any) -> None:
+        session = conn.ctx
+        session.busy = False
+        if conn.closed:
+            return
+        log.debug("api: %s %s -> %d", method, path, status)
+        conn.write(response(status, doc, keep))
+        if not keep:
+            session.queue.clear()
             conn.pause_reading()
             conn.close()
             return
-        for method, path, body, keep in requests[:MAX_PIPELINED]:
-            status, doc = handle(self.api.server, method, path, body)
-            log.debug("api: %s %s -> %d", method, path, status)
-            conn.write(response(status, doc, keep))
-            if not keep:
-                conn.pause_reading()
-                conn.close()
-                return
-        if len(requests) > MAX_PIPELINED:
-            conn.write(response(400, {"error": f"more than {MAX_PIPELINED} pipelined requests",
-                                      "status": 400}, False))
-            conn.close()
+        self._pump(conn)
+
+    def _refuse(self, conn: Connection, status: int, message: str) -> None:
+        conn.ctx.queue.clear()
+        conn.write(response(status, {"error": message, "status": status}, False))
+        conn.pause_reading()
+        conn.close()
 
     def connection_lost(self, conn: Connection, exc: Optional[BaseException]) -> None:
         self.api.conns.discard(conn)

@@ -31,8 +31,9 @@ class Conflict(Exception):
     """A proxy or toxic of that name exists already (the API's 409)."""
 
 
-def bind_listener(host: str, port: int) -> socket.socket:
-    """A nonblocking listening socket, or :class:`ProxyError` explaining the errno."""
+def bind_listener(host: str, port: int, *, reuseport: bool = False) -> socket.socket:
+    """A nonblocking listening socket, or :class:`ProxyError` explaining the errno.
+    ``reuseport``: one of a SO_REUSEPORT group (``--workers``: one per worker, same port)."""
     try:
         family, sockaddr = resolve(host, port, passive=True)
     except OSError as exc:
@@ -40,6 +41,8 @@ def bind_listener(host: str, port: int) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuseport:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(sockaddr)
         sock.listen(BACKLOG)
     except OSError as exc:

@@ -14,6 +14,11 @@ def _ended(stats: dict) -> str:
     return ", ".join(parts) if parts else "none"
 
 
+def _number(ev: dict) -> str:
+    # With --workers each worker numbers its own connections: "#3/w1" is worker 1's third.
+    return f"{ev['number']}/w{ev['worker']}" if "worker" in ev else str(ev["number"])
+
+
 def human_lines(ev: dict) -> list:
     """The lines that say ``ev``."""
     kind = ev.get("event")
@@ -22,12 +27,12 @@ def human_lines(ev: dict) -> list:
     if kind == "api":
         return [f"socktools proxy: API (Toxiproxy 2.x endpoints) on http://{ev['address']}"]
     if kind == "connection":
-        return [f"{ev['proxy']} #{ev['number']} {ev['client']}: {ev['how']} after {ev['duration']:.3f}s; "
+        return [f"{ev['proxy']} #{_number(ev)} {ev['client']}: {ev['how']} after {ev['duration']:.3f}s; "
                 f"client->upstream {_bytes(ev['from_client'])} (delivered {_bytes(ev['to_upstream'])}), "
                 f"upstream->client {_bytes(ev['from_upstream'])} (delivered {_bytes(ev['to_client'])})"]
     if kind == "exchange":
         up = "?" if ev["upstream_ms"] is None else f"{ev['upstream_ms']:.3f} ms"
-        return [f"{ev['proxy']} #{ev['number']} {ev['request']} -> {ev['reply']}  "
+        return [f"{ev['proxy']} #{_number(ev)} {ev['request']} -> {ev['reply']}  "
                 f"upstream {up}, client {ev['client_ms']:.3f} ms"]
     if kind == "summary":
         lines = [f"socktools proxy: stopped after {ev['duration']:.1f}s"]
@@ -42,5 +47,11 @@ def human_lines(ev: dict) -> list:
                          f"upstream->client {_bytes(s['from_upstream'])} in, {_bytes(s['to_client'])} out")
             for key, n in sorted(s["upstream_failed"].items()):
                 lines.append(f"    upstream {key}: {n}")
+        if "workers" in ev:        # --workers N
+            lines.append("  connections per worker: " + ", ".join(
+                f"{w['worker']}: {w['accepted']}" for w in ev["workers"])
+                + f"; {ev['worker_restarts']} worker(s) replaced")
         return lines
+    if kind == "worker-exit":
+        return [f"socktools proxy: {ev['message']}"]
     return []

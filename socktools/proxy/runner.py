@@ -80,12 +80,8 @@ class Proxy:
     def start(self) -> None:
         if self.enabled:
             return
-        path = unix_path(self.listen)
-        if path is not None:
-            self.listener = bind_unix_listener(path)
-        else:
-            host, port = parse_hostport(self.listen, "listen")
-            self.listener = bind_listener(host, port)
+        self.listener = self.server.bind(self.listen)
+        if unix_path(self.listen) is None:
             # Toxiproxy shows the address it got: a port 0 becomes the real one.
             self.listen = format_addr(self.listener.getsockname())
         self.server.loop.add_reader(self.listener, self._accept)
@@ -97,7 +93,7 @@ class Proxy:
         """Stop listening and close every connection (Toxiproxy's ``enabled: false``)."""
         self._stop_accepting()
         if self.listener is not None:
-            close_listener(self.listener)
+            self.server.unbind(self.listener)
             self.listener = None
         self.enabled = False
         for pair in list(self.pairs):
@@ -206,6 +202,9 @@ class Proxy:
 class ProxyServer:
     """Every proxy of a run, the loop they share, and the operations the API calls."""
 
+    #: What :meth:`create` makes (the supervisor's table has its own, which forwards nothing).
+    proxy_class = Proxy
+
     def __init__(self, config: ProxyConfig, on_event: Callable[[dict], None],
                  loop: Optional[Loop] = None) -> None:
         self.config = config
@@ -245,6 +244,22 @@ class ProxyServer:
 
         return Watch(self.config.decode, answered, self.clock, stopped)
 
+    def bind(self, listen: str) -> socket.socket:
+        """A listening socket for a proxy starting at ``listen`` (a worker is handed its own)."""
+        path = unix_path(listen)
+        if path is not None:
+            return bind_unix_listener(path)
+        return bind_listener(*parse_hostport(listen, "listen"))
+
+    def unbind(self, sock: socket.socket) -> None:
+        close_listener(sock)
+
+    def dispatch(self, method: str, path: str, body: bytes, respond: Callable[[int, Any], None]) -> None:
+        """One API request: ``respond(status, document)``, at once here (the supervisor's
+        table answers a change once every worker has it)."""
+        from socktools.proxy.api import handle
+        respond(*handle(self, method, path, body))
+
     # ------------------------------------------------------------ the table (the API's verbs)
     def get(self, name: str) -> Proxy:
         try:
@@ -255,7 +270,7 @@ class ProxyServer:
     def create(self, spec: ProxySpec) -> Proxy:
         if spec.name in self.proxies:
             raise Conflict(f"proxy already exists: {spec.name!r}")
-        proxy = Proxy(self, spec)
+        proxy = self.proxy_class(self, spec)
         if spec.enabled:
             proxy.start()
         self.proxies[spec.name] = proxy
@@ -399,6 +414,12 @@ class ProxyServer:
 def run_proxy(config: ProxyConfig, on_event: Callable[[dict], None]) -> dict:
     """Start the proxies (and the API), serve until stopped, return the summary event."""
     signals = SignalQueue((signal.SIGINT, signal.SIGTERM)).install()
+    if config.workers > 1:
+        from socktools.proxy.supervisor import run_workers
+        try:
+            return run_workers(config, on_event, signals)
+        finally:
+            signals.close()
     try:
         server = ProxyServer(config, on_event)
         server.open()
