@@ -13,6 +13,7 @@ import os
 import random
 import signal
 import socket
+import subprocess
 import threading
 import time
 import urllib.error
@@ -124,6 +125,27 @@ def test_bytes_pass_exactly_through_two_workers_and_ctrl_c_prints_one_summary():
     assert all(w["accepted"] > 0 for w in per_worker.values()), per_worker
     assert sum(w["accepted"] for w in per_worker.values()) == 4 * SPREAD
     assert {e["worker"] for e in px.events if e["event"] == "connection"} == {0, 1}
+
+
+def test_stdin_eof_drains_every_worker_and_a_signal_then_aborts():
+    with ThreadServer(echo, backlog=512) as srv, \
+            ProxyProcess("--workers", "2", "--listen", "127.0.0.1:0", "--to", f"127.0.0.1:{srv.port}",
+                         "--toxic", "stall:stream=upstream", "--drain-timeout", "60s") as px:
+        socks = [connect(px.port) for _ in range(SPREAD)]
+        for c in socks:
+            c.sendall(b"held by the stall")
+        assert wait_until(lambda: srv.accepted == SPREAD, timeout=10)
+        px.proc.stdin.close()                       # the first stop: drain
+        px.proc.stdin = None                        # (closed: communicate() must not touch it)
+        # Still draining: the stalls hold bytes, and the drain timeout is a minute away.
+        with pytest.raises(subprocess.TimeoutExpired):
+            px.proc.wait(0.5)
+        summary = px.stop(signal.SIGTERM)           # the second: abort now
+        for c in socks:
+            c.close()
+    assert px.proc.returncode == 0, px.stderr()
+    assert summary["total"]["ended"] == {"aborted": SPREAD}
+    assert all(w["accepted"] > 0 for w in summary["workers"]), summary["workers"]
 
 
 # ------------------------------------------------------------------ the API over two workers

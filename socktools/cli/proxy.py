@@ -78,7 +78,7 @@ def _echo_event(as_json: bool, quiet: bool):
 @click.option("--decode", type=LazyChoice("socktools.proxy.decode:DECODERS"), default=None,
               help="Print each request and reply crossing the proxy, with the server's time measured "
                    "at the proxy (upstream) beside the time the client saw (toxics included).")
-@click.option("--workers", "-w", type=int, default=1, show_default=True,
+@click.option("--workers", "-w", type=int, default=1, show_default=True, metavar="N",
               help="Processes forwarding (the parent binds every listener, owns the toxics' table "
                    "and the API, and supervises them; a crashed one is replaced).")
 @click.option("--drain-timeout", type=DURATION, cls=LazyOption, metavar="DURATION",
@@ -139,7 +139,10 @@ def command(listens, targets, toxics, config_file, api, decode, workers, drain_t
     config = build_config(cfg.ProxyConfig, proxies=tuple(proxies), api=api, drain_timeout=drain_timeout,
                           stop_on_stdin_eof=stop_on_stdin_eof, seed=seed, decode=decode,
                           splice=not no_splice, workers=workers)
+    run = run_proxy
+    if config.workers > 1:
+        from socktools.proxy.supervisor import run_workers as run
     try:
-        run_proxy(config, _echo_event(as_json, quiet))
+        run(config, _echo_event(as_json, quiet))
     except ProxyError as exc:
         die(str(exc), EXIT_FAILED)

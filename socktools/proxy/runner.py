@@ -1,6 +1,7 @@
 """The proxy's engine: listeners, proxied pairs, the toxics' table and the stop, on one loop.
 
-``run_proxy(config, on_event)`` is the one entry point the CLI calls.  Events
+``run_proxy(config, on_event)`` is the one entry point the CLI calls (with
+``--workers N``: :func:`socktools.proxy.supervisor.run_workers`, the same shape).  Events
 are plain dicts (``listening``, ``api``, ``connection``, ``summary``) handed to
 ``on_event``; nothing here prints or exits.
 
@@ -414,12 +415,6 @@ class ProxyServer:
 def run_proxy(config: ProxyConfig, on_event: Callable[[dict], None]) -> dict:
     """Start the proxies (and the API), serve until stopped, return the summary event."""
     signals = SignalQueue((signal.SIGINT, signal.SIGTERM)).install()
-    if config.workers > 1:
-        from socktools.proxy.supervisor import run_workers
-        try:
-            return run_workers(config, on_event, signals)
-        finally:
-            signals.close()
     try:
         server = ProxyServer(config, on_event)
         server.open()

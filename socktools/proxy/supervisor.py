@@ -586,14 +586,19 @@ class ProxySupervisor(procs.Supervisor):
                 "worker_restarts": self.restarts, "duration": round(time.monotonic() - self.started, 3)}
 
 
-def run_workers(config: ProxyConfig, on_event: Callable[[dict], None], signals: SignalQueue) -> dict:
+def run_workers(config: ProxyConfig, on_event: Callable[[dict], None]) -> dict:
     """``run_proxy`` with ``config.workers`` processes: bind, supervise, return the summary event."""
-    sup = ProxySupervisor(config, on_event, signals)
+    # Queued before anything is said: whoever reads "listening" may signal at once.
+    signals = SignalQueue((signal.SIGINT, signal.SIGTERM)).install()
     try:
-        sup.open()
-    except ProxyError:
-        sup.loop.close()
-        raise
-    summary = sup.serve()
+        sup = ProxySupervisor(config, on_event, signals)
+        try:
+            sup.open()
+        except ProxyError:
+            sup.loop.close()
+            raise
+        summary = sup.serve()
+    finally:
+        signals.close()
     on_event(summary)
     return summary
