@@ -14,7 +14,7 @@ from typing import Optional
 
 from tests.conftest import socktools_cmd
 
-__all__ = ["ProxyProcess", "connect", "recv_exactly", "recv_until_closed", "in_thread"]
+__all__ = ["ProxyProcess", "echo", "connect", "recv_exactly", "recv_until_closed", "in_thread"]
 
 
 class ProxyProcess:
@@ -105,6 +105,16 @@ class ProxyProcess:
             self.proc.kill()
             self.proc.communicate()
         # (the log file stays readable after the block; it goes with the object)
+
+
+def echo(conn: socket.socket) -> None:
+    """A ThreadServer handler: send back what comes, close when the client does."""
+    while True:
+        data = conn.recv(65536)
+        if not data:
+            conn.close()
+            return
+        conn.sendall(data)
 
 
 def connect(port: int, timeout: float = 5.0) -> socket.socket:

@@ -14,7 +14,7 @@ from socktools.proxy.api import VERSION, handle
 from socktools.proxy.config import ProxyConfig
 from socktools.proxy.httpd import MAX_BODY, RequestError, RequestReader
 from socktools.proxy.runner import ProxyServer
-from tests.proxy_helpers import ProxyProcess, connect, in_thread, recv_exactly
+from tests.proxy_helpers import ProxyProcess, connect, echo, in_thread, recv_exactly
 from tests.threadserver import ThreadServer
 
 pytest.importorskip("httptools", reason="httptools not installed (pip install httptools)")
@@ -160,15 +160,6 @@ def test_a_listen_address_in_use_is_a_500_with_the_errno(table):
 
 
 # ------------------------------------------------------------------ the real client
-def echo(conn):
-    while True:
-        data = conn.recv(65536)
-        if not data:
-            conn.close()
-            return
-        conn.sendall(data)
-
-
 def round_trip(port: int, sock=None) -> float:
     own = sock is None
     sock = sock or connect(port, timeout=10)

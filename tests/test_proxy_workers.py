@@ -25,7 +25,7 @@ from click.testing import CliRunner
 from socktools.cli import main
 from socktools.proxy.config import MAX_WORKERS
 from tests.conftest import alive, children_of, wait_until
-from tests.proxy_helpers import ProxyProcess, connect, recv_exactly
+from tests.proxy_helpers import ProxyProcess, connect, echo, recv_exactly
 from tests.threadserver import ThreadServer
 
 #: Connections a test opens to see both workers take some: the kernel spreads them by the hash
@@ -34,15 +34,6 @@ SPREAD = 24
 #: A latency large against a loopback round trip, so "at least this" with the toxic and "less
 #: than this" without it hold on a loaded machine.
 LATENCY_MS = 1000
-
-
-def echo(conn):
-    while True:
-        data = conn.recv(65536)
-        if not data:
-            conn.close()
-            return
-        conn.sendall(data)
 
 
 def api(px, method, path, doc=None):

@@ -221,6 +221,8 @@ class Supervisor:
         self.children: dict[int, Child] = {}   # index -> live child
         self.stopping = 0                      # 0 running, 1 draining, 2+ forcing
         self.stop_signal: Optional[int] = None  # the first stop signal received, if any
+        self.crash_loop = CrashLoop()           # for restart()
+        self.restarts = 0                      # children restart() replaced
         self._own_signals = signals is None
         self._signals = signals or SignalQueue(STOP_SIGNALS + tuple(self.extra_signals))
         self._kill_timer = None
@@ -299,6 +301,27 @@ class Supervisor:
     def broadcast(self, msg: Any) -> None:
         for child in list(self.children.values()):
             child.send(msg)
+
+    def restart(self, child: Child, start: Callable[[int], Any], say: Callable[[dict], None],
+                replacing: str, **facts: Any) -> bool:
+        """The restart policy (serve's and proxy's workers): ``child`` ended; unless stopping,
+        ``start(child.index)`` a replacement -- or, in a crash loop, stop everything.  ``say``
+        gets the ``worker-exit`` event (``facts`` added); ``replacing`` ends its message."""
+        if self.stopping:
+            return False
+        how = child.how
+        if self.crash_loop.died(child):
+            say({"event": "worker-exit", "worker": child.index, "pid": child.pid, "how": how,
+                 "restarting": False, **facts,
+                 "message": f"worker {child.index} keeps dying right after start; stopping"})
+            self.request_stop()
+            return False
+        self.restarts += 1
+        say({"event": "worker-exit", "worker": child.index, "pid": child.pid, "how": how,
+             "restarting": True, **facts,
+             "message": f"worker {child.index} (pid {child.pid}) died ({how}); {replacing}"})
+        start(child.index)
+        return True
 
     def request_stop(self) -> None:
         """What a stop signal does: the first call drains, later ones force."""

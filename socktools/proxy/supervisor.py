@@ -366,8 +366,6 @@ class ProxySupervisor(procs.Supervisor):
         self.config = config
         self.on_event = on_event
         self.table = TableServer(self, config, on_event)
-        self.crash_loop = procs.CrashLoop()
-        self.restarts = 0
         self.seq = 0
         self.waiting: dict[int, _Waiting] = {}
         self.reports: dict[int, dict] = {}        # worker index -> its latest counts
@@ -553,21 +551,8 @@ class ProxySupervisor(procs.Supervisor):
                 self._check(seq)
         if child.crash:
             log.error("worker %d crashed: %s", child.index, child.crash)
-        if self.stopping:
-            return
-        how = child.how
-        if self.crash_loop.died(child):
-            self.on_event({"event": "worker-exit", "worker": child.index, "pid": child.pid, "how": how,
-                           "restarting": False,
-                           "message": f"worker {child.index} keeps dying right after start; stopping"})
-            self.request_stop()
-            return
-        self.restarts += 1
-        self.on_event({"event": "worker-exit", "worker": child.index, "pid": child.pid, "how": how,
-                       "restarting": True,
-                       "message": f"worker {child.index} (pid {child.pid}) died ({how}); its open "
-                                  f"connections were lost; starting a replacement"})
-        self._start(child.index)
+        self.restart(child, self._start, self.on_event,
+                     "its open connections were lost; starting a replacement with the current table")
 
     def _retire(self, index: int, report: Optional[dict]) -> None:
         if report is None:

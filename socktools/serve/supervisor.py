@@ -369,8 +369,6 @@ class _Supervisor(procs.Supervisor):
         self.counts: dict[int, ServerStats] = {}   # worker index -> its latest counts
         self.retired = self.stats_class()          # the last counts of workers that ended
         self.retired_by: dict[int, Any] = {}       # worker index -> the counts of its ended lives
-        self.restarts = 0
-        self.crash_loop = procs.CrashLoop()
 
     def serve(self) -> ServerStats:
         self.run(self._begin)
@@ -439,19 +437,7 @@ class _Supervisor(procs.Supervisor):
         self.retired = self.retired.add(last)
         if child.crash:
             log.error("worker %d crashed: %s", child.index, child.crash)
-        if self.stopping:
-            return
-        how = child.how
-        if self.crash_loop.died(child):
-            self.on_event({"event": "worker-exit", "worker": child.index, "pid": child.pid,
-                           "how": how, "restarting": False,
-                           "message": f"worker {child.index} keeps dying right after start; stopping"})
-            self.request_stop()
-            return
-        self.restarts += 1
-        self.on_event({"event": "worker-exit", "worker": child.index, "pid": child.pid, "how": how,
-                       "restarting": True, "lost_connections": lost,
-                       "message": f"worker {child.index} (pid {child.pid}) died ({how}); "
-                                  + ("starting a replacement on its socket" if self.config.udp else
-                                     f"its {lost} open connection(s) were lost; starting a replacement")})
-        self._start(child.index)
+        self.restart(child, self._start, self.on_event,
+                     "starting a replacement on its socket" if self.config.udp else
+                     f"its {lost} open connection(s) were lost; starting a replacement",
+                     lost_connections=lost)
