@@ -82,8 +82,9 @@ class ProxyProcess:
         self.stderr_file.seek(0)
         return self.stderr_file.read().decode("utf-8", "replace")
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> Optional[dict]:
-        if self.proc.poll() is None:
+    def stop(self, sig: Optional[int] = signal.SIGTERM, timeout: float = 20.0) -> Optional[dict]:
+        """Send ``sig`` (None: none, it is stopping already), wait for the exit, read the rest."""
+        if sig is not None and self.proc.poll() is None:
             self.proc.send_signal(sig)
         try:
             out, _ = self.proc.communicate(timeout=timeout)

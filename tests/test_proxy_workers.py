@@ -103,7 +103,7 @@ def test_bytes_pass_exactly_through_two_workers_and_ctrl_c_prints_one_summary():
         # Ctrl-C in a terminal: SIGINT to the whole process group (the workers ignore it; the
         # parent drains them).
         os.killpg(px.proc.pid, signal.SIGINT)
-        summary = px.stop()
+        summary = px.stop(None)
     assert px.proc.returncode == 0, px.stderr()
     assert [e["event"] for e in px.events].count("summary") == 1
     total = summary["total"]
