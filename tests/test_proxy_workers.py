@@ -206,6 +206,25 @@ def test_the_api_answers_a_change_only_once_every_worker_has_it(two_workers):
     assert api(px, "DELETE", "/proxies/ack")[0] == 204
 
 
+def test_populate_and_reset_reach_every_worker(two_workers):
+    px, srv = two_workers
+    upstream = f"127.0.0.1:{srv.port}"
+    slow = {"type": "latency", "attributes": {"latency": LATENCY_MS}}
+    status, doc = api(px, "POST", "/populate", [{"name": "pa", "upstream": upstream, "toxics": [slow]},
+                                                 {"name": "pb", "upstream": upstream}])
+    assert status == 201
+    ports = {p["name"]: port_of(p["listen"]) for p in doc["proxies"]}
+    took, clients = round_trips(ports["pa"], SPREAD)
+    assert min(took) >= LATENCY_MS / 1000 and workers_of(px, clients) == {0, 1}
+    took, clients = round_trips(ports["pb"], SPREAD)
+    assert max(took) < LATENCY_MS / 1000 and workers_of(px, clients) == {0, 1}
+    assert api(px, "POST", "/reset")[0] == 204       # every toxic gone, on every worker
+    took, clients = round_trips(ports["pa"], SPREAD)
+    assert max(took) < LATENCY_MS / 1000 and workers_of(px, clients) == {0, 1}
+    for name in ports:
+        assert api(px, "DELETE", f"/proxies/{name}")[0] == 204
+
+
 def test_metrics_sum_both_workers(two_workers):
     px, srv = two_workers
     status, doc = api(px, "POST", "/proxies", {"name": "m", "upstream": f"127.0.0.1:{srv.port}"})
@@ -273,6 +292,20 @@ def test_a_killed_worker_is_replaced_with_the_current_toxics():
         summary = px.stop()
     assert px.proc.returncode == 0, px.stderr()
     assert summary["worker_restarts"] == 1
+
+
+def test_a_listen_address_in_use_at_the_start_says_so_before_any_worker_starts():
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with ProxyProcess("--workers", "2", "--listen", "127.0.0.1:0", "--to", "127.0.0.1:9",
+                          "--listen", f"127.0.0.1:{port}", "--to", "127.0.0.1:9", expect=0) as px:
+            px.proc.wait(15)
+            err = px.stderr()
+    assert px.proc.returncode == 1, err
+    assert f"cannot listen on 127.0.0.1:{port}" in err and "EADDRINUSE" in err
+    assert "worker" not in err
 
 
 # ------------------------------------------------------------------ the option
