@@ -23,6 +23,9 @@ Examples:
       # TCP clients in front of a redis that listens on a Unix socket (either side may be one)
   socktools proxy --config proxies.toml --api 127.0.0.1:8474
       # many proxies from a file; Toxiproxy's clients drive them over HTTP
+  socktools proxy --listen 127.0.0.1:25432 --to 127.0.0.1:5432 \\
+      --decode socktools.examples.postgres:Postgres
+      # each query and its reply (up to ReadyForQuery), the server's time beside the client's
 
 \b
 Toxics (Toxiproxy's, units as there): latency (latency, jitter: ms), bandwidth (rate: KB/s),
@@ -37,6 +40,19 @@ Each takes stream=upstream|downstream (default downstream) and toxicity=0..1 (de
 Stop with Ctrl-C or SIGTERM: the first stops accepting and lets bytes in flight through,
 a second aborts every connection.
 """
+
+
+class DecodeChoice(LazyChoice):
+    """``--decode``: a built-in decoder's name, or a plug-in's MODULE:CLASS (any value with a
+    ``:``), which the config loads and checks, naming --decode with flood's --protocol words."""
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and ":" in value:
+            return value
+        return super().convert(value, param, ctx)
+
+    def get_metavar(self, param, ctx=None) -> str:
+        return f"[{'|'.join(self.choices)}|MODULE:CLASS]"
 
 
 def _echo_event(as_json: bool, quiet: bool):
@@ -72,9 +88,10 @@ def _echo_event(as_json: bool, quiet: bool):
                    "list works as it is).")
 @click.option("--api", metavar="HOST:PORT",
               help="Serve Toxiproxy's HTTP API here (its clients drive this proxy), e.g. 127.0.0.1:8474.")
-@click.option("--decode", type=LazyChoice("socktools.proxy.decode:DECODERS"), default=None,
+@click.option("--decode", type=DecodeChoice("socktools.proxy.decode:DECODERS"), default=None,
               help="Print each request and reply crossing the proxy, with the server's time measured "
-                   "at the proxy (upstream) beside the time the client saw (toxics included).")
+                   "at the proxy (upstream) beside the time the client saw (toxics included). "
+                   "MODULE:CLASS or ./file.py:Class: a plug-in's stream decoder (docs/plugins.md).")
 @click.option("--drain-timeout", type=DURATION, cls=LazyOption, metavar="DURATION",
               default=LazyDefault("socktools.proxy.config:DEFAULT_DRAIN"), show_default=True,
               help="On the first Ctrl-C/SIGTERM, how long bytes in flight get to pass.")

@@ -341,7 +341,7 @@ class ProxyConfig:
     drain_timeout: float = DEFAULT_DRAIN
     stop_on_stdin_eof: bool = False
     seed: Optional[int] = None       # toxicity's and jitter's random numbers (tests; None: random)
-    decode: Optional[str] = None     # a wire mode with a stream decoder: print each exchange
+    decode: Optional[str] = None     # a wire mode with a stream decoder, or a plug-in's MODULE:CLASS
     splice: bool = True              # links no toxic or decoder sees forward with os.splice (Linux)
 
     def __post_init__(self) -> None:
@@ -359,9 +359,7 @@ class ProxyConfig:
             except SpecError as exc:
                 raise OptionError("api", str(exc)) from None
         if self.decode is not None:
-            from socktools.wire import modes
-            if self.decode not in modes.decoders():
-                raise OptionError("decode", f"no decoder for {self.decode!r} "
-                                            f"(decoders: {', '.join(modes.decoders())})")
+            from socktools.wire.spec import stream_decoder
+            stream_decoder(self.decode)   # a WireOptionError names --decode (a plug-in: flood's words)
         if self.drain_timeout < 0:
             raise OptionError("drain_timeout", "must not be negative")

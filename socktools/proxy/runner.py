@@ -222,6 +222,7 @@ class ProxyServer:
         self.stopped = False
         self.api: Any = None
         self._drain_deadline = None
+        self._decoder: Any = None        # --decode's role -> parser, made at the first watch
         self.started = time.monotonic()
 
     def event(self, ev: dict) -> None:
@@ -232,6 +233,9 @@ class ProxyServer:
         if self.config.decode is None:
             return None
         from socktools.proxy.decode import Watch
+        if self._decoder is None:     # built once: a plug-in is loaded and made once per run
+            from socktools.wire.spec import stream_decoder
+            self._decoder = stream_decoder(self.config.decode)
 
         def answered(ex: Any, done_at: float) -> None:
             up = None if ex.sent_at is None else round((ex.reply_read_at - ex.sent_at) * 1000, 3)
@@ -243,7 +247,7 @@ class ProxyServer:
             log.warning("proxy %s: connection %d: --decode %s stops on this connection (its bytes "
                         "still pass): %s", pair.proxy.name, pair.number, self.config.decode, why)
 
-        return Watch(self.config.decode, answered, self.clock, stopped)
+        return Watch(self._decoder, answered, self.clock, stopped)
 
     # ------------------------------------------------------------ the table (the API's verbs)
     def get(self, name: str) -> Proxy:
