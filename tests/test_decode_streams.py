@@ -267,3 +267,44 @@ def test_a_plugin_without_the_hook_has_no_stream_decoder():
     from socktools.wire import WireProtocol
     assert WireProtocol().stream_parser("request") is None
     assert Memcached(()).stream_parser("response") is None
+
+
+# ------------------------------------------------------------------ any cut, any garbage
+STREAMS = {
+    "framed": (lambda role: framed(role), REQUEST + BINARY, _answer(REQUEST) + _answer(BINARY)),
+    "postgres": (pg, SSL_REQUEST + STARTUP + SASL_FIRST + SASL_FINAL + QUERY + EXTENDED,
+                 b"N" + auth(10, b"SCRAM-SHA-256\0\0") + LOGIN_DONE + SELECT_1 + FAILED + EXTENDED_REPLY),
+    "smtp": (smtp, COMMANDS, GREETING + EHLO_REPLY + b"250 OK\r\n354 go\r\n"),
+}
+
+
+@settings(max_examples=80, deadline=None)
+@given(hs.sampled_from(sorted(STREAMS)), hs.sampled_from(["request", "response"]),
+       hs.lists(hs.integers(0, 5000), max_size=10))
+def test_any_cut_gives_the_same_replies(name, role, cuts):
+    make, request, response = STREAMS[name]
+    data = request if role == "request" else response
+    whole = make(role)
+    whole.feed(data)
+    points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
+    cut = make(role)
+    for a, b in zip(points, points[1:]):
+        cut.feed(data[a:b])
+    assert cut.keep == whole.keep and whole.keep
+
+
+_PIECES = hs.sampled_from([b"\0", b"\0\0\0\x08", b"\x04\xd2\x16\x2f", b"\0\x03\0\0", b"Q", b"Z", b"R", b"D", b"E",
+                           b"N", b"S", b"\0\0\0\x05", b"\xff\xff\xff\xff", b"250", b"250-", b" ", b"\r\n", b".",
+                           b"DATA", b"BDAT 3", b"AUTH", b"{", b"x" * 20])
+
+
+@settings(max_examples=150, deadline=None)
+@given(hs.sampled_from(sorted(STREAMS)), hs.sampled_from(["request", "response"]), hs.lists(_PIECES, max_size=30))
+def test_garbage_is_a_wire_error_or_replies_never_a_crash(name, role, pieces):
+    parser = STREAMS[name][0](role)
+    try:
+        for piece in pieces:
+            assert parser.feed(piece) >= 0
+    except WireError:
+        pass
+    assert all(r.size > 0 for r in parser.keep)

@@ -11,8 +11,9 @@ from socktools.cli import main
 from socktools.errors import OptionError
 from socktools.proxy.config import ProxyConfig, ProxySpec
 from socktools.proxy.decode import Watch
+from socktools.wire import Parser, WireProtocol
 from tests.conftest import flood_once
-from tests.peers import Postgres
+from tests.peers import Exim, Postgres
 from tests.proxy_helpers import ProxyProcess
 from tests.test_decode_streams import (BINARY, LOGIN_DONE, QUERY, REQUEST, SELECT_1, STARTUP, TERMINATE, _answer,
                                        auth)
@@ -128,3 +129,80 @@ def test_a_refused_postgres_login_is_shown_in_the_servers_words(pg):
         px.stop()
     assert ev["request"] == "PasswordMessage"
     assert ev["reply"] == 'ErrorResponse FATAL 28P01 password authentication failed for user "carol"'
+
+
+class _Broken(Parser):
+    def feed(self, data: bytes) -> int:
+        raise IndexError("a bug in the plug-in")
+
+
+class BuggyDecoder(WireProtocol):
+    """A plug-in whose stream decoder has a bug: only that connection's decoding may stop."""
+
+    def __init__(self, commands: tuple = ()) -> None:
+        pass
+
+    def request(self, seq: int, conn: int) -> bytes:
+        return b"x"
+
+    def parser(self) -> Parser:
+        return _Broken()
+
+    def stream_parser(self, role: str) -> Parser:
+        return _Broken()
+
+
+def test_a_plugin_decoders_bug_stops_decoding_that_connection_with_the_reason():
+    stops = []
+    w = Watch("tests.test_proxy_decode_more:BuggyDecoder", lambda ex, done: None, lambda: 1.0, stops.append)
+    w.read("upstream", b"hello")
+    w.read("upstream", b"again")
+    assert stops == ["request: the decoder failed: IndexError: a bug in the plug-in"]
+
+
+def test_smtp_exchanges_through_the_proxy_in_front_of_exim(tmp_path):
+    smtp = "socktools.examples.smtp:Smtp"
+    with Exim(tmp_path) as exim, ProxyProcess("--listen", "127.0.0.1:0", "--to", f"127.0.0.1:{exim.port}",
+                                              "--decode", smtp) as px:
+        r = CliRunner().invoke(main, ["request", "--port", str(px.port), "--protocol", smtp, "--command", "NOOP",
+                                      "--command", "VRFY bob"])
+        assert r.exit_code in (0, 1), r.output
+        px.wait_event(lambda e: e["event"] == "exchange" and e["request"] == "VRFY bob")
+        px.stop()
+    seen = [(e["request"], e["reply"]) for e in px.events if e["event"] == "exchange"]
+    assert seen[0][0] == "EHLO localhost"           # the greeting answered no request: not an exchange
+    assert seen[0][1].startswith("250 test.invalid Hello localhost") and seen[0][1].endswith(" lines)")
+    assert seen[1] == ("NOOP", "250 OK")
+    assert seen[2][0] == "VRFY bob" and seen[2][1][:1] in "25" and len(seen) == 3
+
+
+def test_libpq_clients_through_the_proxy_ssl_request_and_extended_queries(pg, tmp_path):
+    """psql and pgbench (libpq): SSLRequest refused by 'N', then the login; pgbench's extended
+    protocol pairs Parse..Sync with its answer up to ReadyForQuery."""
+    import os
+    import subprocess
+    from tests.peers import skip_unless
+    psql, pgbench = skip_unless("psql"), skip_unless("pgbench")
+    script = tmp_path / "one.sql"
+    script.write_text("select 1;\n")
+    env = dict(os.environ, PGPASSWORD="s3cret", PGSSLMODE="prefer")
+    with ProxyProcess("--listen", "127.0.0.1:0", "--to", f"127.0.0.1:{pg.port}", "--decode", PG) as px:
+        where = ["-h", "127.0.0.1", "-p", str(px.port), "-U", "bob"]
+        out = subprocess.run([psql, *where, "-d", "bob", "-X", "-c", "select 1 as a; select 2"], env=env,
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        out = subprocess.run([pgbench, *where, "-n", "-M", "extended", "-f", str(script), "-t", "2", "bob"], env=env,
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        px.stop()      # (each exchange was printed before its reply reached the client)
+    seen = [(e["number"], e["request"], e["reply"]) for e in px.events if e["event"] == "exchange"]
+    firsts = {}
+    for number, request, reply in seen:
+        firsts.setdefault(number, (request, reply))
+    assert set(firsts.values()) == {("SSLRequest", "N (no encryption)")} and len(firsts) >= 2
+    pairs = [s[1:] for s in seen]
+    assert pairs.count(("Query 'select 1 as a; select 2'", "RowDescription · DataRow · CommandComplete SELECT 1 · "
+                        "RowDescription · DataRow · CommandComplete SELECT 1 · ReadyForQuery I")) == 1
+    extended = ("Parse 'select 1;' · Bind · Describe · Execute · Sync",
+                "ParseComplete · BindComplete · RowDescription · DataRow · CommandComplete SELECT 1 · ReadyForQuery I")
+    assert pairs.count(extended) == 2

@@ -80,6 +80,10 @@ class Watch:
         except WireError as exc:
             self._stop(f"{'request' if stream == 'upstream' else 'reply'}: {exc}")
             return
+        except Exception as exc:  # noqa: BLE001 - a plug-in's bug costs its decoding, not the link
+            self._stop(f"{'request' if stream == 'upstream' else 'reply'}: the decoder failed: "
+                       f"{type(exc).__name__}: {exc}")
+            return
         if not parser.keep:
             return
         now = self.clock()
