@@ -206,3 +206,14 @@ def test_libpq_clients_through_the_proxy_ssl_request_and_extended_queries(pg, tm
     extended = ("Parse 'select 1;' · Bind · Describe · Execute · Sync",
                 "ParseComplete · BindComplete · RowDescription · DataRow · CommandComplete SELECT 1 · ReadyForQuery I")
     assert pairs.count(extended) == 2
+
+
+def test_a_decoder_that_cannot_be_made_for_a_connection_stops_only_its_decoding():
+    stops = []
+
+    def make(role: str):
+        raise RuntimeError("no parser today")
+    w = Watch(make, lambda ex, done: None, lambda: 1.0, stops.append)
+    w.read("upstream", b"x")
+    w.delivered("upstream", 1)
+    assert stops == ["the decoder failed: RuntimeError: no parser today"]

@@ -61,7 +61,6 @@ class Watch:
                  clock: Callable[[], float], on_stop: Callable[[str], None] = lambda why: None) -> None:
         # decoder: --decode's value, or what spec.stream_decoder made of it (a run makes it once)
         make = stream_decoder(decoder) if isinstance(decoder, str) else decoder
-        self.parsers = {"upstream": make("request"), "downstream": make("response")}
         self.ends = {"upstream": 0, "downstream": 0}
         self.on_exchange = on_exchange
         self.on_stop = on_stop
@@ -70,6 +69,11 @@ class Watch:
         self.unanswered: collections.deque = collections.deque()  # no reply read yet
         self.answered: collections.deque = collections.deque()    # reply read, not yet handed on
         self.broken: Optional[str] = None
+        try:
+            self.parsers = {"upstream": make("request"), "downstream": make("response")}
+        except Exception as exc:  # noqa: BLE001 - a plug-in's bug costs this connection's decoding
+            self.parsers = {}
+            self._stop(f"the decoder failed: {type(exc).__name__}: {exc}")
 
     def read(self, stream: str, data: bytes) -> None:
         if self.broken:
