@@ -104,7 +104,8 @@ def test_plaintext_client_to_a_tls_only_redis_decoded(tmp_path, certs):
     plaintext between, one exchange per PING, and redis counts the same."""
     with Redis(tmp_path, tls=certs) as redis, \
             ProxyProcess("--listen", "127.0.0.1:0", "--to", f"127.0.0.1:{redis.port}", "--upstream-tls",
-                         "--upstream-cafile", str(certs.ca), "--decode", "redis") as px:
+                         "--upstream-cafile", str(certs.ca), "--upstream-keylog", str(tmp_path / "keys.log"),
+                         "--decode", "redis") as px:
         with connect(px.port) as c:
             pings(c, 5)
         done = wait_count(px, "exchange", 5)
@@ -113,6 +114,9 @@ def test_plaintext_client_to_a_tls_only_redis_decoded(tmp_path, certs):
         assert ev["upstream_tls"]["version"] in ("TLSv1.2", "TLSv1.3") and "client_tls" not in ev
         assert redis.calls()["ping"] == 5
         px.stop()
+    # The upstream session's secrets, for tshark/sniff --keylog (NSS format: LABEL CLIENT_RANDOM SECRET).
+    lines = (tmp_path / "keys.log").read_text().split("\n")
+    assert any(line.startswith(("CLIENT_RANDOM ", "CLIENT_TRAFFIC_SECRET_0 ")) for line in lines), lines
 
 
 def test_tls_to_tls_with_a_latency_toxic_and_a_self_signed_listener(tmp_path, certs):
@@ -194,6 +198,55 @@ def test_plaintext_to_the_tls_listener_costs_only_that_connection(tmp_path, cert
     assert "tls-plaintext-to-tls-port" in err and "TLS handshake" in err
     assert summary["total"]["client_tls_failed"] == {"tls-plaintext-to-tls-port": 1}
     assert summary["total"]["accepted"] == 1
+
+
+def test_mutual_tls_on_both_sides(tmp_path, certs):
+    """--client-ca: a client without a certificate is refused (that connection only, logged); one
+    with a certificate is served, through a proxy that shows redis (--tls-auth-clients yes) its
+    own client certificate (--upstream-cert/--upstream-key)."""
+    with Redis(tmp_path, tls=certs, auth_clients=True) as redis, \
+            ProxyProcess("--listen", "127.0.0.1:0", "--to", f"127.0.0.1:{redis.port}", *listen_tls(certs),
+                         "--client-ca", str(certs.ca), "--upstream-tls", "--upstream-cafile", str(certs.ca),
+                         "--upstream-cert", str(certs.client_cert),
+                         "--upstream-key", str(certs.client_key)) as px:
+        with tls_connect(px.port, certs.ca) as c:      # no client certificate
+            with pytest.raises((ssl.SSLError, ConnectionResetError, AssertionError)):
+                pings(c, 1)                            # (TLS 1.3: refused after the client's Finished)
+        ctx = certs.client_context(client_cert=True)
+        with ctx.wrap_socket(connect(px.port), server_hostname="127.0.0.1") as c:
+            pings(c, 3)
+        px.wait_event(lambda e: e["event"] == "connection")
+        assert redis.calls()["ping"] == 3
+        summary = px.stop()
+    assert summary["total"]["client_tls_failed"] == {"tls-client-sent-no-certificate": 1}
+
+
+def test_an_upstream_that_never_answers_the_handshake_closes_its_client(monkeypatch, caplog):
+    """An upstream that takes the connection and never answers the ClientHello (here: a
+    listening socket nobody accepts from) closes the client after HANDSHAKE_TIMEOUT (shortened),
+    with the reason logged; the proxy serves on."""
+    from socktools.proxy import runner
+    from socktools.proxy.config import ProxyConfig, ProxySpec
+    from socktools.tlsconf import TlsConfig
+    monkeypatch.setattr(runner, "HANDSHAKE_TIMEOUT", 0.2)
+    with socket.socket() as mute:
+        mute.bind(("127.0.0.1", 0))
+        mute.listen()
+        spec = ProxySpec("p", "127.0.0.1:0", f"127.0.0.1:{mute.getsockname()[1]}",
+                         upstream_tls=TlsConfig(enabled=True, insecure=True))
+        events: list = []
+        server = runner.ProxyServer(ProxyConfig(proxies=(spec,)), events.append)
+        server.open()
+        port = int(server.proxies["p"].listen.rsplit(":", 1)[1])
+        with caplog.at_level("WARNING", logger="socktools.proxy"), in_thread(server, port):
+            with connect(port) as c:
+                start = time.monotonic()
+                c.settimeout(10)
+                assert c.recv(100) == b""
+                assert time.monotonic() - start >= 0.2
+            assert server.proxies["p"].stats.upstream_failed == {"timeout": 1}
+    assert any("failed its TLS handshake" in r.getMessage() and "timeout" in r.getMessage()
+               for r in caplog.records)
 
 
 def test_a_silent_client_is_closed_after_the_handshake_timeout(certs, monkeypatch, caplog):
