@@ -355,6 +355,7 @@ PAIR = ["--listen", "127.0.0.1:0", "--to", "127.0.0.1:1"]
     (PAIR + ["--upstream-tls", "--upstream-tls-min", "1.3", "--upstream-tls-max", "1.2"],
      "--upstream-tls-min", "--upstream-tls-max"),
     (PAIR + ["--upstream-tls", "--upstream-sni", "a b"], "--upstream-sni", "not a host name"),
+    (["--listen", "127.0.0.1:0", "--to", "unix:/tmp/x.sock", "--upstream-tls"], "--upstream-sni", "no host name"),
     (["--api", "127.0.0.1:0", "--upstream-tls"], "--upstream-tls", "--listen/--to"),
     (["--api", "127.0.0.1:0", "--listen-tls", "--cert", "CERT", "--key", "KEY"], "--listen-tls", "--listen/--to"),
 ])

@@ -260,6 +260,10 @@ class ProxySpec:
             raise SpecError(f"name: a proxy needs a name without '/', got {self.name!r}")
         check_address(self.listen, "listen")
         check_address(self.upstream, "upstream")
+        tls = self.upstream_tls
+        if tls is not None and unix_path(self.upstream) is not None and not tls.sni and not tls.insecure:
+            raise SpecError(f"upstream_tls: {self.name}: a unix:PATH upstream has no host name to check its "
+                            f"certificate against: give sni (--upstream-sni NAME), or insecure")
         if len(self.toxics) > MAX_TOXICS:
             raise SpecError(f"{self.name}: more than {MAX_TOXICS} toxics")
         names = [t.name for t in self.toxics]
