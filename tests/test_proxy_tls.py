@@ -99,6 +99,55 @@ def test_tls_offload_in_front_of_a_plain_redis(tmp_path, certs):
     assert summary["total"]["accepted"] == 1
 
 
+def test_limit_data_counts_plaintext_bytes_on_a_tls_side(tmp_path, certs):
+    """limit_data on the downstream of a TLS listener passes exactly N plaintext bytes (the
+    records that carry them are larger), then closes."""
+    with Redis(tmp_path) as redis, \
+            ProxyProcess("--listen", "127.0.0.1:0", "--to", f"127.0.0.1:{redis.port}", *listen_tls(certs),
+                         "--toxic", "limit_data:bytes=3") as px:
+        with tls_connect(px.port, certs.ca) as c:
+            c.sendall(PING)
+            got = b""
+            try:
+                while True:
+                    data = c.recv(100)
+                    if not data:
+                        break
+                    got += data
+            except (ssl.SSLError, ConnectionResetError):
+                pass
+        assert got == PONG[:3]
+        ev = px.wait_event(lambda e: e["event"] == "connection")
+        assert ev["how"] == "closed-by-toxic" and ev["to_client"] == 3
+        px.stop()
+
+
+def test_a_pair_with_tls_on_either_side_is_copied_not_spliced(tmp_path, certs):
+    """Splicing moves bytes as they are; a TLS side's are records.  A pair with TLS on one side
+    copies both ways, while a plaintext pair of the same run splices (so the check can fail)."""
+    from socktools.proxy import splice
+    from socktools.proxy.config import ProxyConfig, ProxySpec
+    from socktools.proxy.runner import ProxyServer
+    from socktools.tlsconf import ServerTlsConfig
+    if not splice.AVAILABLE:
+        pytest.skip("os.splice is Linux-only (Python 3.10+)")
+    with Redis(tmp_path) as redis:
+        up = f"127.0.0.1:{redis.port}"
+        tls = ServerTlsConfig(cert=str(certs.cert), key=str(certs.key))
+        server = ProxyServer(ProxyConfig(proxies=(ProxySpec("tls", "127.0.0.1:0", up, listen_tls=tls),
+                                                  ProxySpec("plain", "127.0.0.1:0", up))), lambda ev: None)
+        server.open()
+        port = {name: int(p.listen.rsplit(":", 1)[1]) for name, p in server.proxies.items()}
+        with in_thread(server, port["plain"]):
+            with tls_connect(port["tls"], certs.ca) as a, connect(port["plain"]) as b:
+                pings(a, 1)
+                pings(b, 1)
+                pipes = {name: [(pair.up.pipe is not None, pair.down.pipe is not None)
+                                for pair in list(p.pairs)] for name, p in server.proxies.items()}
+        assert pipes == {"tls": [(False, False)], "plain": [(True, True)]}
+        assert redis.calls()["ping"] == 2
+
+
 def test_plaintext_client_to_a_tls_only_redis_decoded(tmp_path, certs):
     """plaintext -> TLS: a plaintext client reaches redis' --tls-port; --decode redis sees the
     plaintext between, one exchange per PING, and redis counts the same."""
