@@ -559,6 +559,15 @@ _FIX_FOR = {
                             "or raise --connect-timeout",
     ("ETIMEDOUT", "request"): "check that the host is up and reachable (`socktools ping HOST --port P`), "
                               "or raise --timeout",
+    # proxy --upstream-tls: the upstream's certificate, checked by the proxy (its options' names)
+    ("tls-unknown-ca", "proxy"): "give the upstream's CA with --upstream-cafile CA.pem (config: upstream_tls "
+                                 "cafile); --upstream-insecure skips verification (testing only)",
+    ("tls-self-signed", "proxy"): "trust that very certificate with --upstream-cafile CERT.pem, or "
+                                  "--upstream-insecure (testing only)",
+    ("tls-hostname-mismatch", "proxy"): "check against a name the certificate lists (--upstream-sni NAME; config: "
+                                        "upstream_tls sni)",
+    (TLS_TO_PLAINTEXT, "proxy"): "the upstream does not speak TLS there: drop --upstream-tls, or point --to "
+                                 "at its TLS port",
 }
 
 # Where the error happened changes what it means: EADDRNOTAVAIL from connect() is

@@ -102,7 +102,7 @@ def test_a_pipeline_without_replies_is_bounded():
 
 
 def test_decode_takes_only_modes_with_a_decoder():
-    r = CliRunner().invoke(main, ["proxy", "--listen", "127.0.0.1:0", "--to", "127.0.0.1:1", "--decode", "framed"])
+    r = CliRunner().invoke(main, ["proxy", "--listen", "127.0.0.1:0", "--to", "127.0.0.1:1", "--decode", "echo"])
     assert r.exit_code == 2 and "--decode" in r.output
 
 

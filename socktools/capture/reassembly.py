@@ -28,6 +28,7 @@ from typing import Optional
 from socktools.capture.events import _PREVIEW, MessageEvent, Note, TlsEvent, preview_bytes  # noqa: F401
 from socktools.protocol import NEED_DATA, Decoder, Message, RemoteProtocolError
 from socktools.wire import modes
+from socktools.wire.framed import CONTENT_PREVIEW as _CONTENT_PREVIEW, content_preview
 from socktools.wire.raw import NOT_TEXT
 from socktools.wire.tls_records import looks_like_tls
 
@@ -61,25 +62,6 @@ MAX_PENDING = 4 << 20
 #: header cap applies) and nothing more is held for guessing: with up to
 #: tracker.MAX_CONNECTIONS streams, a guess must stay small.
 AUTO_DECIDE_BYTES = 4096
-
-_CONTENT_PREVIEW = 120   # characters of decoded content shown
-
-
-def content_preview(msg: Message) -> str:
-    """The content in one short line: JSON re-serialised, text decoded, bytes as a literal."""
-    if msg.value is not None:
-        text = json.dumps(msg.value, ensure_ascii=False)
-    else:
-        text = repr(msg.content)[2:-1] if msg.content_encoding == "binary" else _decode(msg)
-    return text if len(text) <= _CONTENT_PREVIEW else text[:_CONTENT_PREVIEW - 1] + "…"
-
-
-def _decode(msg: Message) -> str:
-    try:
-        return msg.content.decode(msg.content_encoding)
-    except (LookupError, UnicodeDecodeError):
-        return repr(msg.content)[2:-1]
-
 
 def _looks_framed(buf: bytes) -> Optional[bool]:
     """Early recognition for ``auto``: can these first bytes start a framed message?

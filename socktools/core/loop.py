@@ -521,6 +521,16 @@ class TlsConnection(Connection):
         self._send_wire(self._tx.close_notify())
         Connection.shutdown_write(self)
 
+    def _do_shutdown(self) -> None:
+        if self.eof:
+            # The peer's stream ended first: ours ends with the close_notify just sent and the
+            # close that follows anyway.  No shutdown() before it: a peer that closed entirely
+            # answers close_notify with a reset, and shutdown() would then fail (ENOTCONN) --
+            # a failure of nothing but the courtesy alert (a proxy would report it as one).
+            self._finish(None)
+            return
+        Connection._do_shutdown(self)
+
     def resume_reading(self) -> None:
         was = self._reading
         Connection.resume_reading(self)

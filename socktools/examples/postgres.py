@@ -35,7 +35,8 @@ from socktools.wire import Failure, Parser, Reply, WireError, WireProtocol
 from socktools.wire.base import WholeReplies, WHOLE_REPLY_BYTES
 from socktools.wire.opening import Opening, OpeningFailed
 
-__all__ = ["Postgres", "PostgresOpening", "PostgresParser", "ScramSha256", "md5_password", "saslprep"]
+__all__ = ["Postgres", "PostgresOpening", "PostgresParser", "ScramSha256", "md5_password", "saslprep",
+           "PostgresRequests", "PostgresResponses"]
 
 #: The protocol version of the startup message: 3.0, what every server since 7.4 speaks.
 PROTOCOL_3_0 = 196608
@@ -76,12 +77,12 @@ def _message(kind: bytes, body: bytes) -> bytes:
     return kind + (len(body) + 4).to_bytes(4, "big") + body
 
 
-def _header(buf, pos: int) -> tuple:
+def _header(buf, pos: int, long_types: frozenset = LONG_TYPES) -> tuple:
     """The type and length of the message at ``buf[pos:]`` (5 bytes there); WireError if the
-    length cannot be PostgreSQL's."""
+    length cannot be PostgreSQL's (``long_types``: the server's types that may be long)."""
     kind = buf[pos]
     length = int.from_bytes(buf[pos + 1:pos + 5], "big")
-    limit = MAX_MESSAGE if kind in LONG_TYPES else MAX_SHORT_MESSAGE
+    limit = MAX_MESSAGE if kind in long_types else MAX_SHORT_MESSAGE
     if length < 4 or length > limit:
         raise WireError(f"a message {chr(kind)!r} of {length} bytes: not PostgreSQL "
                         f"(at most {limit} for this type)", "protocol-error")
@@ -332,6 +333,11 @@ class Postgres(WireProtocol):
     def parser(self) -> "PostgresParser":
         return PostgresParser(self.whole)
 
+    def stream_parser(self, role: str) -> Parser:
+        """``proxy --decode``: a client's messages (``request``) or a server's (``response``),
+        one Reply per answer a client waits for (see :class:`PostgresResponses`)."""
+        return PostgresRequests() if role == "request" else PostgresResponses()
+
     def describe(self) -> str:
         return f"postgres {self.user}@{self.database}, " + " / ".join(f"`{q}`" for q in self.queries)
 
@@ -456,3 +462,296 @@ def _row_values(body: bytes) -> list:
         pos += max(size, 0)
     return values
 
+
+
+# ------------------------------------------------------------------ stream decoders (proxy --decode)
+#: Start-up messages (the first a client sends: no type byte) by their code.
+SSL_REQUEST, GSSENC_REQUEST, CANCEL_REQUEST = 80877103, 80877104, 80877102
+#: Longest start-up message: the server refuses a longer one (postmaster.c's
+#: MAX_STARTUP_PACKET_LENGTH), so past it the client is not speaking PostgreSQL.
+MAX_STARTUP = 10000
+#: A client's message types that may be long (the server reads them with its large-message
+#: limit): Query, Parse, Bind, FunctionCall, CopyData, and a password or SASL token.
+FRONTEND_LONG = frozenset(b"QPBFdp")
+#: A client's message types (protocol 3.0, "Message Formats").
+FRONTEND_NAMES = {"Q": "Query", "P": "Parse", "B": "Bind", "E": "Execute", "D": "Describe", "C": "Close",
+                  "S": "Sync", "H": "Flush", "F": "FunctionCall", "d": "CopyData", "c": "CopyDone",
+                  "f": "CopyFail", "p": "PasswordMessage", "X": "Terminate"}
+#: A server's message types; the authentication requests by their code.
+BACKEND_NAMES = {"R": "Authentication", "E": "ErrorResponse", "S": "ParameterStatus", "K": "BackendKeyData",
+                 "Z": "ReadyForQuery", "T": "RowDescription", "D": "DataRow", "C": "CommandComplete",
+                 "I": "EmptyQueryResponse", "N": "NoticeResponse", "A": "NotificationResponse",
+                 "1": "ParseComplete", "2": "BindComplete", "3": "CloseComplete", "n": "NoData",
+                 "s": "PortalSuspended", "t": "ParameterDescription", "G": "CopyInResponse",
+                 "H": "CopyOutResponse", "W": "CopyBothResponse", "d": "CopyData", "c": "CopyDone",
+                 "V": "FunctionCallResponse", "v": "NegotiateProtocolVersion"}
+AUTH_REQUESTS = {0: "AuthenticationOk", 2: "AuthenticationKerberosV5", 3: "AuthenticationCleartextPassword",
+                 5: "AuthenticationMD5Password", 7: "AuthenticationGSS", 8: "AuthenticationGSSContinue",
+                 9: "AuthenticationSSPI", 10: "AuthenticationSASL", 11: "AuthenticationSASLContinue",
+                 12: "AuthenticationSASLFinal"}
+#: Messages named in one summary before the rest are only counted: a reply of a million rows
+#: is "DataRow ×1000000" (runs are counted), one whose messages keep changing stays one line.
+MAX_PARTS = 12
+#: Characters of a query shown (a screen line; the statement's text is the client's business).
+QUERY_CHARS = 80
+
+
+class _Messages:
+    """One direction's messages, one at a time: ``next()`` gives ``(type, body, size)`` (type
+    None for a start-up message, while ``untyped``) or None for "need more".  Of a body past
+    MAX_BODY only the first MAX_BODY bytes are kept and the rest is skipped as it arrives, so
+    a message of any size costs at most that much memory."""
+
+    def __init__(self, long_types: frozenset, untyped: bool = False) -> None:
+        self.long_types = long_types
+        self.untyped = untyped
+        self.buf = bytearray()
+        self.pos = 0                    # start of the unread bytes in buf
+        self.skip = 0                   # bytes still to come of the message held
+        self.held: Optional[tuple] = None
+
+    @property
+    def buffered(self) -> int:
+        return len(self.buf) - self.pos + (self.held[2] - self.skip if self.held else 0)
+
+    def receive(self, data: bytes) -> None:
+        if self.skip:
+            cut = min(self.skip, len(data))
+            self.skip -= cut
+            data = data[cut:]
+        if self.pos:
+            del self.buf[:self.pos]
+            self.pos = 0
+        self.buf += data
+
+    def peek(self) -> Optional[int]:
+        return self.buf[self.pos] if self.held is None and self.pos < len(self.buf) else None
+
+    def take(self, n: int) -> None:
+        self.pos += n
+
+    def next(self) -> Optional[tuple]:
+        if self.held is not None:
+            if self.skip:
+                return None
+            out, self.held = self.held, None
+            return out
+        buf, pos = self.buf, self.pos
+        if len(buf) == pos:
+            return None
+        if self.untyped:
+            if buf[pos] == 0x16:        # a TLS record where a start-up message belongs
+                raise WireError("the client started TLS (after SSLRequest): the rest is encrypted", "tls")
+            if len(buf) - pos < 8:
+                return None
+            kind, head = None, 4
+            size = int.from_bytes(buf[pos:pos + 4], "big")
+            if not 8 <= size <= MAX_STARTUP:
+                raise WireError(f"a startup message of {size} bytes: not PostgreSQL (at most {MAX_STARTUP})",
+                                "protocol-error")
+        else:
+            if len(buf) - pos < 5:
+                return None
+            kind, length = _header(buf, pos, self.long_types)
+            head, size = 5, length + 1
+        kept = min(size - head, MAX_BODY)
+        if len(buf) - pos < head + kept:
+            return None
+        body = bytes(buf[pos + head:pos + head + kept])
+        rest = size - head - kept
+        cut = min(rest, len(buf) - pos - head - kept)
+        self.pos = pos + head + kept + cut
+        self.skip = rest - cut
+        if self.skip:
+            self.held = (kind, body, size)
+            return None
+        return kind, body, size
+
+
+class _Parts:
+    """The messages of one request or reply named in order, runs counted ("DataRow ×3")."""
+
+    def __init__(self) -> None:
+        self.parts: list = []
+        self.more = 0
+
+    def add(self, name: str) -> None:
+        if self.more:                            # past the cap every message is only counted
+            self.more += 1
+        elif self.parts and self.parts[-1][0] == name:
+            self.parts[-1][1] += 1
+        elif len(self.parts) < MAX_PARTS:
+            self.parts.append([name, 1])
+        else:
+            self.more += 1
+
+    def close(self, last: str) -> str:
+        words = [name if count == 1 else f"{name} ×{count}" for name, count in self.parts]
+        if self.more:
+            words.append(f"+{self.more} more")
+        self.parts, self.more = [], 0
+        return " · ".join(words + [last])
+
+
+def _quoted(raw: bytes) -> str:
+    text = raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+    return "'" + (text if len(text) <= QUERY_CHARS else text[:QUERY_CHARS - 1] + "…") + "'"
+
+
+class PostgresRequests(Parser):
+    """A client's messages for ``proxy --decode``: one Reply per message the server answers --
+    a start-up message, a password or SASL token (never shown), a Query, an extended query's
+    messages up to its Sync, COPY data up to CopyDone; Terminate is answered by nobody."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.keep = []
+        self.stream = _Messages(FRONTEND_LONG, untyped=True)
+        self.parts = _Parts()
+        self.size = 0                   # bytes of the request in progress
+        self.sasl = False               # a SASL exchange began: the next tokens are its
+
+    @property
+    def buffered(self) -> int:
+        return self.stream.buffered + self.size
+
+    def feed(self, data: bytes) -> int:
+        self.stream.receive(data)
+        n = 0
+        while True:
+            message = self.stream.next()
+            if message is None:
+                return n
+            kind, body, size = message
+            self.size += size
+            summary = self._untyped(body) if kind is None else self._typed(chr(kind), body)
+            if summary is not None:
+                self.keep.append(Reply(self.size, summary, {}))
+                self.size = 0
+                n += 1
+
+    def _untyped(self, body: bytes) -> Optional[str]:
+        code = int.from_bytes(body[:4], "big")
+        if code == SSL_REQUEST:
+            return "SSLRequest"
+        if code == GSSENC_REQUEST:
+            return "GSSENCRequest"
+        if code == CANCEL_REQUEST:              # answered by the server's close alone
+            return None
+        if code >> 16 != 3:
+            raise WireError(f"a startup message for protocol {code >> 16}.{code & 0xFFFF}: not PostgreSQL 3",
+                            "protocol-error")
+        self.stream.untyped = False
+        fields = body[4:].split(b"\0")
+        pairs = [f"{k.decode('utf-8', 'replace')}={v.decode('utf-8', 'replace')}"
+                 for k, v in zip(fields[::2], fields[1::2]) if k][:SHOWN_VALUES]
+        return " ".join(["StartupMessage", *pairs])
+
+    def _typed(self, kind: str, body: bytes) -> Optional[str]:
+        name = FRONTEND_NAMES.get(kind)
+        if name is None:
+            raise WireError(f"an unknown client message {kind!r}: not PostgreSQL", "protocol-error")
+        if kind == "Q":
+            return self.parts.close(f"Query {_quoted(body)}")
+        if kind == "p":
+            mechanism, _, rest = body.partition(b"\0")
+            if not self.sasl and mechanism.startswith(b"SCRAM-") and len(rest) >= 4:
+                self.sasl = True
+                return f"SASLInitialResponse {mechanism.decode('ascii', 'replace')}"
+            return "SASLResponse" if self.sasl else "PasswordMessage"
+        if kind in "ScfF":                     # Sync, CopyDone, CopyFail, FunctionCall: answered
+            return self.parts.close(name)
+        if kind == "X":
+            return None
+        if kind == "P":                        # Parse: the statement's name, then its text
+            name = f"Parse {_quoted(body.partition(bytes(1))[2])}"
+        self.parts.add(name)
+        return None
+
+
+class PostgresResponses(Parser):
+    """A server's messages for ``proxy --decode``: one Reply per answer a client waits for --
+    up to ReadyForQuery; during the login also an authentication request that asks the client
+    for something, and an ErrorResponse (the server then closes); CopyInResponse (the client
+    then sends data).  The one-byte answer to SSLRequest/GSSENCRequest is a reply of its own.
+    The summary names the messages in order ("RowDescription · DataRow ×3 · CommandComplete
+    SELECT 3 · ReadyForQuery I")."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.keep = []
+        self.stream = _Messages(LONG_TYPES)
+        self.parts = _Parts()
+        self.started = False            # a typed message came: no more one-byte answers
+        self.session = False            # the login ended (a ReadyForQuery came)
+        self.size = 0
+        self.rows = 0
+        self.tag = ""
+        self.sqlstate: Optional[str] = None
+
+    @property
+    def buffered(self) -> int:
+        return self.stream.buffered + self.size
+
+    def feed(self, data: bytes) -> int:
+        stream = self.stream
+        stream.receive(data)
+        n = 0
+        while True:
+            if not self.started:
+                first = stream.peek()
+                if first is None:
+                    return n
+                if first in b"SG":    # 'S'/'G' here: encryption accepted (never a first message)
+                    how = "TLS (SSLRequest)" if first == 0x53 else "GSSAPI encryption (GSSENCRequest)"
+                    raise WireError(f"the server accepted {how}: the rest is encrypted", "tls")
+                if first == 0x4E:     # 'N': refused (a notice never comes before the login)
+                    stream.take(1)
+                    self.keep.append(Reply(1, "N (no encryption)", {}))
+                    n += 1
+                    continue
+                self.started = True
+            message = stream.next()
+            if message is None:
+                return n
+            kind, body, size = message
+            self.size += size
+            last = self._message(chr(kind), body)
+            if last is not None:
+                self.keep.append(Reply(self.size, self.parts.close(last),
+                                       {"rows": self.rows, "tag": self.tag, "sqlstate": self.sqlstate}))
+                self.size = self.rows = 0
+                self.tag, self.sqlstate = "", None
+                n += 1
+
+    def _message(self, kind: str, body: bytes) -> Optional[str]:
+        """The message's name if it ends a reply, else None (it is added to the reply's parts)."""
+        name = BACKEND_NAMES.get(kind)
+        if name is None:
+            raise WireError(f"an unknown server message {kind!r}: not PostgreSQL", "protocol-error")
+        if kind == "R":
+            code = int.from_bytes(body[:4], "big") if len(body) >= 4 else -1
+            name = AUTH_REQUESTS.get(code, f"Authentication {code}")
+            if code == 10:
+                name += " " + ",".join(m.decode("ascii", "replace") for m in body[4:].split(b"\0") if m)
+            if code in (0, 12):                # the server goes on without the client
+                self.parts.add(name)
+                return None
+            return name
+        if kind == "Z":
+            self.session = True
+            return f"ReadyForQuery {body[:1].decode('ascii', 'replace')}"
+        if kind == "E":
+            self.sqlstate, words = error_words(body)
+            name = f"ErrorResponse {words}"
+            if not self.session:               # a login refused: the server closes after it
+                return name
+        elif kind in "GW":
+            return name
+        elif kind == "D":
+            self.rows += 1
+        elif kind == "C":
+            self.tag = body.rstrip(b"\0").decode("utf-8", "replace")
+            name = f"CommandComplete {self.tag}"
+        self.parts.add(name)
+        return None

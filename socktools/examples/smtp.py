@@ -42,7 +42,7 @@ from socktools.wire import Failure, Parser, Reply, WireError, WireProtocol
 from socktools.wire.base import WholeReplies, WHOLE_REPLY_BYTES
 from socktools.wire.opening import Opening, OpeningFailed
 
-__all__ = ["Smtp", "SmtpOpening", "SmtpParser", "SmtpReplies"]
+__all__ = ["Smtp", "SmtpOpening", "SmtpParser", "SmtpReplies", "SmtpCommands", "SmtpReplyStream"]
 
 #: Longest reply line: RFC 5321 4.5.3.1.5 says 512 octets; twice that is room for servers
 #: that overstep it, and a line without an end past it is not SMTP.
@@ -58,6 +58,14 @@ MAX_CLOSE_CLASSES = 8
 #: Commands that change how the bytes after them are framed (a message, a TLS handshake, the
 #: end of the session): not requests this plug-in can count.
 FRAMING_COMMANDS = ("DATA", "BDAT", "QUIT", "STARTTLS", "AUTH")
+
+#: Characters of a command or reply line ``proxy --decode`` shows: a screen line (RFC 5321
+#: allows 512 octets; the rest of a longer one is in the bytes, not in the summary).
+SHOWN_CHARS = 100
+#: SMTP's commands (RFC 5321, with ESMTP's BDAT, STARTTLS, AUTH, ETRN): after AUTH, a line
+#: that starts with none of them is the client's answer to the server's challenge.
+VERBS = frozenset(("HELO", "EHLO", "LHLO", "MAIL", "RCPT", "DATA", "BDAT", "RSET", "VRFY", "EXPN", "HELP",
+                   "NOOP", "QUIT", "STARTTLS", "AUTH", "ETRN"))
 
 #: ``MAIL FROM:<a@x> RCPT TO:<b@y> [RCPT TO:<c@z> ...]``: a whole transaction.
 _TRANSACTION = re.compile(r"MAIL FROM:<([^<>\s]*)>((?:\s+RCPT TO:<[^<>\s]+>)+)\s*$", re.IGNORECASE)
@@ -235,6 +243,10 @@ class Smtp(WireProtocol):
     def parser(self) -> "SmtpParser":
         return SmtpParser(self.group, not self.transactions, self.whole, self.tally)
 
+    def stream_parser(self, role: str) -> Parser:
+        """``proxy --decode``: a client's commands (``request``) or a server's replies."""
+        return SmtpCommands() if role == "request" else SmtpReplyStream()
+
     def describe(self) -> str:
         return "smtp, " + " / ".join(f"`{t}`" for t in self.texts)
 
@@ -302,3 +314,132 @@ class SmtpParser(Parser):
                                    {"replies": self.got, "closing": self.closing}))
         self.got = self.got_bytes = 0
         self.failed = None
+
+
+# ------------------------------------------------------------------ stream decoders (proxy --decode)
+def _shown(text: str) -> str:
+    return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS - 1] + "…"
+
+
+class SmtpCommands(Parser):
+    """A client's side for ``proxy --decode``: one Reply per thing the server answers -- a
+    command line, the message after DATA (up to its lone ``.``; counted as it passes, never
+    held), a BDAT chunk with its bytes.  AUTH's arguments and the answers to its challenges
+    are never shown."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.keep = []
+        self.buf = bytearray()          # a command line in progress (at most MAX_LINE)
+        self.mode = "commands"          # commands | data (after DATA) | bdat (a chunk's bytes)
+        self.size = 0                   # bytes of the message or chunk in progress
+        self.left = 0                   # bdat: bytes of the chunk still to come
+        self.what = ""                  # bdat: the chunk's summary
+        self.line = b""                 # data: the first bytes of the line in progress
+        self.auth = False               # after AUTH: lines that are no command answer a challenge
+        self.starttls = False           # after STARTTLS: a TLS record next is the handshake
+
+    @property
+    def buffered(self) -> int:
+        return len(self.buf) + self.size
+
+    def feed(self, data: bytes) -> int:
+        before = len(self.keep)
+        pos, end = 0, len(data)
+        while pos < end:
+            if self.mode == "data":
+                pos = self._data(data, pos)
+            elif self.mode == "bdat":
+                take = min(self.left, end - pos)
+                self.left -= take
+                self.size += take
+                pos += take
+                if not self.left:
+                    self._done(self.what)
+            else:
+                if self.starttls and not self.buf and data[pos] == 0x16:
+                    raise WireError("the client started TLS (STARTTLS): the rest is encrypted", "tls")
+                newline = data.find(b"\n", pos)
+                if newline < 0:
+                    self.buf += data[pos:]
+                    if len(self.buf) > MAX_LINE:
+                        raise WireError(f"a command line longer than {MAX_LINE} bytes", "protocol-error")
+                    break
+                line = bytes(self.buf) + data[pos:newline + 1]
+                self.buf.clear()
+                pos = newline + 1
+                if len(line) > MAX_LINE:
+                    raise WireError(f"a command line longer than {MAX_LINE} bytes", "protocol-error")
+                self._command(line)
+        return len(self.keep) - before
+
+    def _done(self, summary: str) -> None:
+        self.keep.append(Reply(self.size, summary, {}))
+        self.size = 0
+        self.mode = "commands"
+
+    def _command(self, line: bytes) -> None:
+        text = line.rstrip(b"\r\n").decode("utf-8", "replace")
+        words = text.split()
+        verb = words[0].upper() if words else ""
+        self.size += len(line)
+        self.starttls = verb == "STARTTLS"
+        if self.auth and verb not in VERBS:
+            return self._done("(AUTH data)")
+        self.auth = verb == "AUTH"
+        if verb == "AUTH":
+            return self._done(" ".join(words[:2]) + (" (hidden)" if len(words) > 2 else ""))
+        if verb == "BDAT":
+            if len(words) < 2 or not words[1].isdigit() or len(words[1]) > 18:
+                raise WireError(f"BDAT without a chunk size: {text[:60]!r}", "protocol-error")
+            self.left = int(words[1])
+            self.what = f"{_shown(text)} ({self.left:,} bytes)"
+            if self.left:
+                self.mode = "bdat"
+                return None
+            return self._done(self.what)
+        self._done(_shown(text))
+        if verb == "DATA":
+            self.mode, self.line = "data", b""
+        return None
+
+    def _data(self, data: bytes, pos: int) -> int:
+        """The message after DATA, up to a line that is a lone ``.``: only each line's first
+        bytes are looked at (is it the end?), nothing is kept."""
+        end = len(data)
+        while pos < end:
+            newline = data.find(b"\n", pos)
+            stop = end if newline < 0 else newline + 1
+            self.size += stop - pos
+            if len(self.line) < 3:
+                self.line += data[pos:min(stop, pos + 3 - len(self.line))]
+            pos = stop
+            if newline < 0:
+                break
+            if self.line in (b".\r\n", b".\n"):
+                self._done(f"(message, {self.size:,} bytes)")
+                return pos
+            self.line = b""
+        return pos
+
+
+class SmtpReplyStream(Parser):
+    """A server's side for ``proxy --decode``: one Reply per SMTP reply, multi-line ones whole
+    (``250 test.invalid Hello localhost (+8 lines)``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.keep = []
+        self.replies = SmtpReplies(collect=True)
+
+    @property
+    def buffered(self) -> int:
+        return self.replies.buffered
+
+    def feed(self, data: bytes) -> int:
+        done = self.replies.feed(data)
+        for code, _, size, lines in done:
+            more = f" (+{len(lines) - 1} lines)" if len(lines) > 1 else ""
+            self.keep.append(Reply(size, _shown(f"{code} {lines[0]}".rstrip()) + more,
+                                   {"code": code, "lines": len(lines)}))
+        return len(done)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from socktools.errors import OptionError
+from socktools.tlsconf import ServerTlsConfig, TlsConfig
 
 __all__ = ["TOXICS", "STREAMS", "ToxicSpec", "ProxySpec", "ProxyConfig", "SpecError", "toxic_from_json",
            "proxy_from_json", "parse_hostport", "check_address", "unix_path", "UNIX_PREFIX", "parse_toxic_option", "load_config_file",
@@ -157,6 +158,15 @@ def check_fields(doc: dict, allowed: set, what: str) -> None:
 #: The fields of a toxic and of a proxy in Toxiproxy's JSON (plus a proxy's ``toxics``).
 TOXIC_FIELDS = {"name", "type", "stream", "toxicity", "attributes"}
 PROXY_FIELDS = {"name", "listen", "upstream", "enabled", "toxics"}
+#: A proxy's TLS, either side (a config file's fields, beyond Toxiproxy's; not the API's: they
+#: name files on this machine -- certificates read, a key log written -- which a caller of an
+#: unauthenticated HTTP API must not choose).  Each side's fields are its options' names:
+#: ``listen_tls`` is serve's server side (``--cert``...), ``upstream_tls`` the client options
+#: of the commands that connect (``--cafile``, ``--sni``...).
+TLS_FIELDS = {"listen_tls", "upstream_tls"}
+LISTEN_TLS_FIELDS = {"cert", "key", "self_signed", "client_ca", "tls_min", "tls_max", "ciphers", "alpn"}
+UPSTREAM_TLS_FIELDS = {"sni", "cafile", "capath", "insecure", "cert", "key", "tls_min", "tls_max", "ciphers",
+                       "alpn", "keylog"}
 
 
 def _toxicity(value: Any) -> float:
@@ -241,12 +251,23 @@ class ProxySpec:
     upstream: str
     enabled: bool = True
     toxics: tuple = ()          # ToxicSpec, in the order they act
+    # TLS from clients (the proxy is their TLS server) and to the upstream (its TLS client);
+    # None: plaintext on that side.  Frozen configs: they pickle with the spec to a worker,
+    # which makes its own contexts from them.
+    listen_tls: Optional[ServerTlsConfig] = None
+    upstream_tls: Optional[TlsConfig] = None
 
     def __post_init__(self) -> None:
+        if self.upstream_tls is not None and not self.upstream_tls.enabled:
+            object.__setattr__(self, "upstream_tls", None)
         if not self.name or not isinstance(self.name, str) or "/" in self.name:
             raise SpecError(f"name: a proxy needs a name without '/', got {self.name!r}")
         check_address(self.listen, "listen")
         check_address(self.upstream, "upstream")
+        tls = self.upstream_tls
+        if tls is not None and unix_path(self.upstream) is not None and not tls.sni and not tls.insecure:
+            raise SpecError(f"upstream_tls: {self.name}: a unix:PATH upstream has no host name to check its "
+                            f"certificate against: give sni (--upstream-sni NAME), or insecure")
         if len(self.toxics) > MAX_TOXICS:
             raise SpecError(f"{self.name}: more than {MAX_TOXICS} toxics")
         names = [t.name for t in self.toxics]
@@ -255,11 +276,18 @@ class ProxySpec:
             raise SpecError(f"{self.name}: two toxics named {dup!r}")
 
 
-def proxy_from_json(doc: Any, where: str = "proxy") -> ProxySpec:
-    """A proxy from Toxiproxy's JSON (``name``, ``listen``, ``upstream``, ``enabled``) plus ``toxics``."""
+def proxy_from_json(doc: Any, where: str = "proxy", *, tls: bool = False) -> ProxySpec:
+    """A proxy from Toxiproxy's JSON (``name``, ``listen``, ``upstream``, ``enabled``) plus ``toxics``;
+    with ``tls`` (a config file) also ``listen_tls`` and ``upstream_tls``."""
     if not isinstance(doc, dict):
         raise SpecError(f"{where}: a proxy must be a JSON object, got {type(doc).__name__}")
-    check_fields(doc, PROXY_FIELDS, where)
+    if not tls:
+        given = sorted(TLS_FIELDS & set(doc))
+        if given:
+            raise SpecError(f"{where}: {given[0]}: TLS is set in a --config file or on the command line, "
+                            f"not through the API (it names files on this machine); a proxy the API "
+                            f"creates is plaintext")
+    check_fields(doc, PROXY_FIELDS | (TLS_FIELDS if tls else set()), where)
     for key in ("name", "upstream"):
         if not doc.get(key):
             raise SpecError(f"{where}: missing required field: {key}")
@@ -276,7 +304,46 @@ def proxy_from_json(doc: Any, where: str = "proxy") -> ProxySpec:
         except SpecError as exc:
             raise SpecError(f"{where} {doc['name']}: toxic {i + 1}: {exc}") from None
     return ProxySpec(str(doc["name"]), doc.get("listen") or "127.0.0.1:0", str(doc["upstream"]),
-                     enabled, tuple(specs))
+                     enabled, tuple(specs), _tls_from_json(doc, "listen_tls", where),
+                     _tls_from_json(doc, "upstream_tls", where))
+
+
+def _tls_from_json(doc: dict, field: str, where: str) -> Any:
+    """``listen_tls`` -> a ServerTlsConfig, ``upstream_tls`` -> an enabled TlsConfig (``true``: the
+    defaults -- the system's CAs, SNI the upstream's host); absent or ``false``: None."""
+    value = doc.get(field)
+    if value is None or value is False:
+        return None
+    if value is True:
+        value = {}
+    if not isinstance(value, dict):
+        raise SpecError(f"{where}: {field}: expected an object (or true/false), got {value!r}")
+    check_fields(value, LISTEN_TLS_FIELDS if field == "listen_tls" else UPSTREAM_TLS_FIELDS, f"{where}: {field}")
+    values = dict(value)
+    for key, v in values.items():
+        if key in ("insecure", "self_signed"):
+            ok = isinstance(v, bool)
+        elif key == "alpn":
+            ok = isinstance(v, list) and all(isinstance(p, str) for p in v)
+            values[key] = tuple(v) if ok else v
+        else:
+            ok = isinstance(v, str)
+        if not ok:
+            kind = "true or false" if key in ("insecure", "self_signed") else \
+                "a list of strings" if key == "alpn" else "a string"
+            raise SpecError(f"{where}: {field}: {key}: expected {kind}, got {v!r}")
+    try:
+        if field == "upstream_tls":
+            return TlsConfig(enabled=True, **values)
+        if not values.get("self_signed") and not (values.get("cert") and values.get("key")):
+            missing = "key" if values.get("cert") else "cert"
+            raise OptionError(missing, "a TLS listener needs cert and key (PEM files), or self_signed = true")
+        return ServerTlsConfig(**values)
+    except OptionError as exc:
+        # (The checks' words name the command line's options: here they are fields.)
+        words = re.sub(r"--([a-z][a-z-]*)", lambda m: repr("self_signed" if m.group(1) == "tls-self-signed"
+                                                         else m.group(1).replace("-", "_")), str(exc))
+        raise SpecError(f"{where}: {field}: {exc.option}: {words}") from None
 
 
 def parse_toxic_option(text: str) -> dict:
@@ -333,7 +400,7 @@ def load_config_file(path: str) -> list:
     if not isinstance(doc, list) or not doc:
         raise SpecError(f"{path}: expected a list of proxies (JSON: [...] or {{\"proxies\": [...]}}, "
                         f"TOML: [[proxies]] tables)")
-    return [proxy_from_json(p, f"{path}: proxy {i + 1}") for i, p in enumerate(doc)]
+    return [proxy_from_json(p, f"{path}: proxy {i + 1}", tls=True) for i, p in enumerate(doc)]
 
 
 @dataclass(frozen=True)
@@ -345,7 +412,7 @@ class ProxyConfig:
     drain_timeout: float = DEFAULT_DRAIN
     stop_on_stdin_eof: bool = False
     seed: Optional[int] = None       # toxicity's and jitter's random numbers (tests; None: random)
-    decode: Optional[str] = None     # a wire mode with a stream decoder: print each exchange
+    decode: Optional[str] = None     # a wire mode with a stream decoder, or a plug-in's MODULE:CLASS
     splice: bool = True              # links no toxic or decoder sees forward with os.splice (Linux)
     workers: int = 1                 # processes forwarding (1: this one; more: supervised children)
 
@@ -364,10 +431,8 @@ class ProxyConfig:
             except SpecError as exc:
                 raise OptionError("api", str(exc)) from None
         if self.decode is not None:
-            from socktools.wire import modes
-            if self.decode not in modes.decoders():
-                raise OptionError("decode", f"no decoder for {self.decode!r} "
-                                            f"(decoders: {', '.join(modes.decoders())})")
+            from socktools.wire.spec import stream_decoder
+            stream_decoder(self.decode)   # a WireOptionError names --decode (a plug-in: flood's words)
         if self.drain_timeout < 0:
             raise OptionError("drain_timeout", "must not be negative")
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) \

@@ -12,24 +12,26 @@ four moments per exchange, two times come out:
 * ``client_ms``: from the request's last byte read from the client to the
   reply's last byte handed to the client -- what the client saw, toxics included.
 
-Replies are matched to requests in order (redis, HTTP/1.1 and line protocols
-answer in order, pipelined or not).  No sockets here: the clock is injected,
+Replies are matched to requests in order (redis, HTTP/1.1, line and framed protocols
+answer in order, pipelined or not; a plug-in's stream decoder frames a request as what the
+server answers -- PostgreSQL's Query, up to its ReadyForQuery).  No sockets here: the clock is injected,
 and a protocol error stops decoding that connection only (its bytes still pass).
 """
 
 from __future__ import annotations
 
 import collections
-from typing import Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 from socktools.wire import modes
 from socktools.wire.base import WireError
-from socktools.wire.spec import stream_parser
+from socktools.wire.spec import stream_decoder
 
 __all__ = ["Watch", "Exchange", "MAX_UNANSWERED", "DECODERS"]
 
-#: What --decode takes: every wire mode with a stream decoder (the ones sniff --decode reads).
-DECODERS = modes.decoders()
+#: What --decode takes by name: every wire mode with a stream decoder (sniff's and framed);
+#: beside them, any plug-in MODULE:CLASS whose stream_parser(role) gives one.
+DECODERS = modes.stream_decoders()
 
 #: Requests decoded but not yet answered on one connection: a client that pipelines more
 #: than this (or a server that never answers) stops being decoded rather than growing a queue.
@@ -55,9 +57,10 @@ class Watch:
     ``on_exchange(exchange, client_done_at)`` for each request answered and delivered,
     ``on_stop(why)`` once if the bytes stop making sense (decoding ends there)."""
 
-    def __init__(self, mode: str, on_exchange: Callable[[Exchange, float], None],
+    def __init__(self, decoder: Union[str, Callable[[str], Any]], on_exchange: Callable[[Exchange, float], None],
                  clock: Callable[[], float], on_stop: Callable[[str], None] = lambda why: None) -> None:
-        self.parsers = {"upstream": stream_parser(mode, "request"), "downstream": stream_parser(mode, "response")}
+        # decoder: --decode's value, or what spec.stream_decoder made of it (a run makes it once)
+        make = stream_decoder(decoder) if isinstance(decoder, str) else decoder
         self.ends = {"upstream": 0, "downstream": 0}
         self.on_exchange = on_exchange
         self.on_stop = on_stop
@@ -66,6 +69,11 @@ class Watch:
         self.unanswered: collections.deque = collections.deque()  # no reply read yet
         self.answered: collections.deque = collections.deque()    # reply read, not yet handed on
         self.broken: Optional[str] = None
+        try:
+            self.parsers = {"upstream": make("request"), "downstream": make("response")}
+        except Exception as exc:  # noqa: BLE001 - a plug-in's bug costs this connection's decoding
+            self.parsers = {}
+            self._stop(f"the decoder failed: {type(exc).__name__}: {exc}")
 
     def read(self, stream: str, data: bytes) -> None:
         if self.broken:
@@ -75,6 +83,10 @@ class Watch:
             parser.feed(data)
         except WireError as exc:
             self._stop(f"{'request' if stream == 'upstream' else 'reply'}: {exc}")
+            return
+        except Exception as exc:  # noqa: BLE001 - a plug-in's bug costs its decoding, not the link
+            self._stop(f"{'request' if stream == 'upstream' else 'reply'}: the decoder failed: "
+                       f"{type(exc).__name__}: {exc}")
             return
         if not parser.keep:
             return

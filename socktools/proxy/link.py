@@ -33,7 +33,8 @@ from typing import Any, Optional
 
 from socktools import errors
 from socktools.addresses import format_addr
-from socktools.core.loop import Connection, Protocol
+from socktools.core.loop import Connection, Protocol, TlsConnection
+from socktools.tlsconf import negotiated
 from socktools.proxy import splice as _splice
 from socktools.proxy.splice import SpliceConnection
 from socktools.proxy.toxics import CLOSE, DATA, EOF, RESET, make_stage
@@ -91,6 +92,7 @@ class Link:
         self.sink = _Sink(self)
         self.paused = False
         self.delivered = 0
+        self.received = 0           # plaintext bytes read from src (not counted while spliced)
         self.pipe: Optional[_splice.Pipe] = None     # while spliced
 
     @property
@@ -173,6 +175,7 @@ class Link:
 
     # ------------------------------------------------------------ the flow
     def feed(self, data: bytes) -> None:
+        self.received += len(data)
         if self.pair.watch is not None:
             self.pair.watch.read(self.stream, data)
         self.head.push((DATA, data, self.pair.proxy.server.clock()))
@@ -230,6 +233,12 @@ class Pair:
         self.down: Optional[Link] = None
         self.open = True
         self.watch: Any = proxy.server.watch(self)     # --decode's Watch, or None
+        # TLS: what each side's handshake settled (None: plaintext), and the upstream
+        # handshake's deadline while it runs.
+        self.client_tls: Optional[dict] = negotiated(client.tls) if client.tls is not None else None
+        self.upstream_tls: Optional[dict] = None
+        self.handshake_timer: Any = None
+        self.handshake_late = False
 
     def call_at(self, when: float, callback: Any) -> Any:
         """The loop's ``call_at`` for this pair's toxics: a bug in a timer's work costs this
@@ -248,16 +257,40 @@ class Pair:
     def connections(self) -> list:
         return [c for c in (self.client, self.upstream) if c is not None]
 
-    def start(self, address: Any, family: int) -> None:
+    def start(self, address: Any, family: int, server_hostname: Optional[str] = None) -> None:
+        """Connect to the upstream (with the proxy's client context, if it has one: a TLS
+        handshake sending and checking ``server_hostname``)."""
         self.client.pause_reading()          # until the upstream answers
         try:
             self.upstream = self.proxy.server.loop.open_connection(
                 address, self.proxy.upstream_side, family=family, ctx=self, setup=_nodelay,
-                conn_class=SpliceConnection)
-        except OSError as exc:
+                conn_class=SpliceConnection, tls=self.proxy.client_ctx, server_hostname=server_hostname)
+        except (OSError, ValueError) as exc:    # (ValueError: a name the context cannot check)
             self.upstream_failed(exc)
 
+    def handshake_begun(self, upstream: Connection, timeout: float) -> None:
+        self.handshake_timer = self.proxy.server.loop.call_later(timeout, lambda: self._handshake_late(upstream, timeout))
+
+    def _handshake_late(self, upstream: Connection, timeout: float) -> None:
+        self.handshake_timer = None
+        if not upstream.closed and not self.connected:
+            self.handshake_late = True
+            upstream.abort(TimeoutError(f"no TLS handshake within {timeout:g}s"))
+
+    def tls_info(self) -> dict:
+        out = {}
+        if self.client_tls is not None:
+            out["client_tls"] = self.client_tls
+        if self.upstream_tls is not None:
+            out["upstream_tls"] = self.upstream_tls
+        return out
+
     def upstream_ready(self, upstream: Connection) -> None:
+        if self.handshake_timer is not None:
+            self.handshake_timer.cancel()
+            self.handshake_timer = None
+        if upstream.tls is not None:
+            self.upstream_tls = negotiated(upstream.tls)
         self.connected = True
         self.up.dst = upstream
         self.down = Link(self, "downstream", upstream)
@@ -269,12 +302,18 @@ class Pair:
         if not self.up.paused:       # (a stall toxic upstream keeps the client unread)
             self.client.resume_reading()
 
-    def upstream_failed(self, exc: BaseException) -> None:
+    def upstream_failed(self, exc: BaseException, handshake: bool = False) -> None:
+        """The upstream could not be reached (``handshake``: its TLS handshake failed, or took
+        too long): the client is closed, the reason logged and counted."""
+        if self.handshake_timer is not None:
+            self.handshake_timer.cancel()
+            self.handshake_timer = None
         key = errors.exception_key(exc)
         self.proxy.stats.upstream_failed[key] = self.proxy.stats.upstream_failed.get(key, 0) + 1
-        log.warning("proxy %s: connection %d from %s: upstream %s failed: %s; closing the client",
+        log.warning("proxy %s: connection %d from %s: upstream %s failed%s: %s; closing the client",
                     self.proxy.name, self.number, format_addr(self.client.peer), self.proxy.upstream,
-                    errors.one_line(exc, during="connect"))
+                    " its TLS handshake" if handshake else "",
+                    errors.one_line(exc, command="proxy", during=None if handshake else "connect"))
         self.how = f"upstream-{key}"
         self.ending = "upstream failed"
         self.client.close()
@@ -318,7 +357,8 @@ class Pair:
             # (Not ``conn is self.upstream``: a connect that fails at once reports it from
             # inside open_connection, before self.upstream is set.)  Unless we ended it.
             if self.ending is None:
-                self.upstream_failed(exc or ConnectionAbortedError("upstream closed while connecting"))
+                self.upstream_failed(exc or ConnectionAbortedError("upstream closed while connecting"),
+                                     handshake=conn.failed_in == errors.HANDSHAKE or self.handshake_late)
         elif not self.connected:
             if self.upstream is not None and not self.upstream.closed:
                 self.ending = self.ending or "the client went before its upstream answered"
@@ -341,9 +381,22 @@ class Pair:
             self.proxy.pair_done(self)
 
     def counts(self) -> dict:
-        c, u = self.client, self.upstream
-        return {"from_client": c.bytes_in, "to_upstream": u.bytes_out if u else 0,
-                "from_upstream": u.bytes_in if u else 0, "to_client": c.bytes_out}
+        """Bytes each way, plaintext: a plaintext side's are the kernel's counts (spliced bytes
+        included); a TLS side's are the plaintext read from it or handed to it, not the records
+        on the wire -- so the four figures compare, whichever side speaks TLS."""
+        c, u, down = self.client, self.upstream, self.down
+        if isinstance(c, TlsConnection):
+            from_client, to_client = self.up.received, down.delivered if down is not None else 0
+        else:
+            from_client, to_client = c.bytes_in, c.bytes_out
+        if u is None:
+            to_upstream = from_upstream = 0
+        elif isinstance(u, TlsConnection):
+            to_upstream, from_upstream = self.up.delivered, down.received if down is not None else 0
+        else:
+            to_upstream, from_upstream = u.bytes_out, u.bytes_in
+        return {"from_client": from_client, "to_upstream": to_upstream, "from_upstream": from_upstream,
+                "to_client": to_client}
 
 
 def _nodelay(sock: socket.socket) -> None:
@@ -357,6 +410,9 @@ class ClientSide(Protocol):
 
     def __init__(self, proxy: Any) -> None:
         self.proxy = proxy
+
+    def tls_started(self, conn: Connection) -> None:
+        self.proxy.handshake_begun(conn)
 
     def connection_made(self, conn: Connection) -> None:
         self.proxy.adopt(conn)
@@ -373,11 +429,20 @@ class ClientSide(Protocol):
             pair.down.check()
 
     def connection_lost(self, conn: Connection, exc: Optional[BaseException]) -> None:
+        if conn.ctx is None:        # a TLS client whose handshake did not complete: no pair yet
+            self.proxy.handshake_failed(conn, exc)
+            return
         conn.ctx.lost(conn, exc)
 
 
 class UpstreamSide(Protocol):
     """The upstream connection's callbacks (one object per proxy)."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout          # the longest TLS handshake (the runner's HANDSHAKE_TIMEOUT)
+
+    def tls_started(self, conn: Connection) -> None:
+        conn.ctx.handshake_begun(conn, self.timeout)
 
     def connection_made(self, conn: Connection) -> None:
         conn.ctx.upstream_ready(conn)

@@ -19,17 +19,29 @@ def _number(ev: dict) -> str:
     return f"{ev['number']}/w{ev['worker']}" if "worker" in ev else str(ev["number"])
 
 
+def _tls_sides(ev: dict) -> str:
+    """``; client TLSv1.3 TLS_AES_256_GCM_SHA384, upstream TLSv1.2 ...`` for a TLS side."""
+    sides = [f"{side} {t['version']} {t['cipher']}" for side, t in
+             (("client", ev.get("client_tls")), ("upstream", ev.get("upstream_tls"))) if t]
+    return "; " + ", ".join(sides) if sides else ""
+
+
 def human_lines(ev: dict) -> list:
     """The lines that say ``ev``."""
     kind = ev.get("event")
     if kind == "listening":
-        return [f"socktools proxy: {ev['proxy']} listening on {ev['listen']} -> {ev['upstream']}"]
+        up = ev.get("upstream_tls")
+        tls_to = "" if up is None else \
+            f" (TLS, {'name ' + up['sni'] if up['sni'] else 'no name'} {'checked' if up['verify'] else 'NOT verified'})"
+        return [f"socktools proxy: {ev['proxy']} listening on {ev['listen']}"
+                f"{' (TLS)' if 'listen_tls' in ev else ''} -> {ev['upstream']}{tls_to}"]
     if kind == "api":
         return [f"socktools proxy: API (Toxiproxy 2.x endpoints) on http://{ev['address']}"]
     if kind == "connection":
         return [f"{ev['proxy']} #{_number(ev)} {ev['client']}: {ev['how']} after {ev['duration']:.3f}s; "
                 f"client->upstream {_bytes(ev['from_client'])} (delivered {_bytes(ev['to_upstream'])}), "
-                f"upstream->client {_bytes(ev['from_upstream'])} (delivered {_bytes(ev['to_client'])})"]
+                f"upstream->client {_bytes(ev['from_upstream'])} (delivered {_bytes(ev['to_client'])})"
+                f"{_tls_sides(ev)}"]
     if kind == "exchange":
         up = "?" if ev["upstream_ms"] is None else f"{ev['upstream_ms']:.3f} ms"
         return [f"{ev['proxy']} #{_number(ev)} {ev['request']} -> {ev['reply']}  "
@@ -47,6 +59,8 @@ def human_lines(ev: dict) -> list:
                          f"upstream->client {_bytes(s['from_upstream'])} in, {_bytes(s['to_client'])} out")
             for key, n in sorted(s["upstream_failed"].items()):
                 lines.append(f"    upstream {key}: {n}")
+            for key, n in sorted(s.get("client_tls_failed", {}).items()):
+                lines.append(f"    client TLS handshake {key}: {n}")
         if "workers" in ev:        # --workers N
             lines.append("  connections per worker: " + ", ".join(
                 f"{w['worker']}: {w['accepted']}" for w in ev["workers"])

@@ -25,6 +25,7 @@ import logging
 import random
 import signal
 import socket
+import ssl
 import time
 from typing import Any, Callable, Optional
 
@@ -39,6 +40,7 @@ from socktools.proxy.listen import (Conflict, NotFound, ProxyError, bind_listene
                                     close_listener)
 from socktools.proxy.splice import SpliceConnection
 from socktools.proxy.stats import ProxyStats
+from socktools.tlsconf import client_context, fingerprint, server_context, server_name
 
 __all__ = ["ProxyServer", "Proxy", "run_proxy"]
 
@@ -53,6 +55,13 @@ ACCEPT_RETRY = 0.1
 _ACCEPT_RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 #: While draining, how often pairs are looked at for "nothing left in flight".
 DRAIN_CHECK = 0.05
+#: Longest TLS handshake, either side, from TCP up to the handshake's end.  A real one takes a
+#: few round trips (milliseconds on loopback, under a second across the world); a client that
+#: connects to a TLS listener and says nothing, or an upstream that never answers a
+#: ClientHello (a plaintext port waiting for a line), would otherwise hold its socket for
+#: ever.  10 s: what nginx's and haproxy's client handshake timeouts default to at most
+#: (nginx ssl_handshake_timeout 60 s is for slow networks, not loopback tests).
+HANDSHAKE_TIMEOUT = 10.0
 
 
 class Proxy:
@@ -69,13 +78,51 @@ class Proxy:
         self.pairs: set = set()
         self.stats = ProxyStats()
         self.client_side = ClientSide(self)
-        self.upstream_side = UpstreamSide()
+        self.upstream_side = UpstreamSide(HANDSHAKE_TIMEOUT)
         self._numbers = 0
         self._retry = None
+        # TLS: each process makes its own contexts from the spec's configs (a context does not
+        # pickle); clients still in their handshake (not yet a pair) -> their deadline timer.
+        self.listen_tls, self.upstream_tls = spec.listen_tls, spec.upstream_tls
+        self.server_ctx: Optional[ssl.SSLContext] = None
+        self.client_ctx: Optional[ssl.SSLContext] = None
+        self.handshaking: dict = {}
+        self._sha256: Optional[str] = None
+        try:
+            if spec.listen_tls is not None:
+                if spec.listen_tls.self_signed:
+                    raise ProxyError(f"proxy {self.name}: a self-signed listener's certificate is made by "
+                                     f"the command line (socktools proxy --tls-self-signed) before it starts")
+                self.server_ctx = server_context(spec.listen_tls)
+                self._sha256 = fingerprint(spec.listen_tls.cert)
+            if spec.upstream_tls is not None:
+                self.client_ctx = client_context(spec.upstream_tls)
+        except errors.OptionError as exc:
+            raise ProxyError(f"proxy {self.name}: {exc.option}: {exc}") from None
 
     def to_json(self) -> dict:
-        return {"name": self.name, "listen": self.listen, "upstream": self.upstream,
-                "enabled": self.enabled, "toxics": [t.to_json() for t in self.toxics]}
+        doc = {"name": self.name, "listen": self.listen, "upstream": self.upstream,
+               "enabled": self.enabled, "toxics": [t.to_json() for t in self.toxics]}
+        doc.update(self.tls_info())         # (beyond Toxiproxy's fields, and only when TLS is on)
+        return doc
+
+    def tls_info(self) -> dict:
+        """Each TLS side's settings, as the listening event and the API show them."""
+        out: dict = {}
+        if self.listen_tls is not None:
+            cfg = self.listen_tls
+            out["listen_tls"] = {"cert": cfg.cert, "sha256": self._sha256, "client_ca": cfg.client_ca}
+        if self.upstream_tls is not None:
+            cfg = self.upstream_tls
+            out["upstream_tls"] = {"sni": self.sni(), "verify": not cfg.insecure, "cafile": cfg.cafile,
+                                   "capath": cfg.capath, "cert": cfg.cert}
+        return out
+
+    def sni(self) -> Optional[str]:
+        """The name the upstream handshake sends and checks: upstream_tls' ``sni``, else the
+        upstream's host (an address: checked against the certificate's IP SANs, no SNI sent)."""
+        host = "" if unix_path(self.upstream) is not None else parse_hostport(self.upstream, "upstream")[0]
+        return server_name(self.upstream_tls, host) or None
 
     # ------------------------------------------------------------ up and down
     def start(self) -> None:
@@ -88,7 +135,7 @@ class Proxy:
         self.server.loop.add_reader(self.listener, self._accept)
         self.enabled = True
         self.server.event({"event": "listening", "proxy": self.name, "listen": self.listen,
-                           "upstream": self.upstream})
+                           "upstream": self.upstream, **self.tls_info()})
 
     def stop(self, why: str = "proxy disabled", how: str = "proxy-disabled") -> None:
         """Stop listening and close every connection (Toxiproxy's ``enabled: false``)."""
@@ -97,6 +144,7 @@ class Proxy:
             self.server.unbind(self.listener)
             self.listener = None
         self.enabled = False
+        self.abort_handshakes()
         for pair in list(self.pairs):
             pair.close(why, how)
 
@@ -126,16 +174,56 @@ class Proxy:
             except OSError:
                 pass
             # (A Unix socket's client is unnamed: it is shown by the socket it came through.)
+            # A TLS client is a TlsConnection (it never splices: its bytes are records).
             self.server.loop.add_connection(sock, self.client_side, peer or self.listen,
-                                            conn_class=SpliceConnection)
+                                            tls=self.server_ctx, conn_class=SpliceConnection)
 
     def _resume_accepting(self) -> None:
         self._retry = None
         if self.enabled and self.listener is not None and not self.server.draining:
             self.server.loop.add_reader(self.listener, self._accept)
 
+    # ------------------------------------------------------------ clients' TLS handshakes
+    def handshake_begun(self, client: Connection) -> None:
+        self.handshaking[client] = self.server.loop.call_later(HANDSHAKE_TIMEOUT,
+                                                               lambda: self._handshake_late(client))
+
+    def _handshake_late(self, client: Connection) -> None:
+        if self.handshaking.pop(client, None) is None or client.closed:
+            return
+        self._count_tls_failure(errors.TIMEOUT)
+        log.warning("proxy %s: TLS handshake with client %s: not done within %gs (timeout); closing that "
+                    "connection", self.name, format_addr(client.peer), HANDSHAKE_TIMEOUT)
+        client.abort()
+
+    def handshake_failed(self, client: Connection, exc: Optional[BaseException]) -> None:
+        """A client's connection ended before its handshake completed: that connection only."""
+        timer = self.handshaking.pop(client, None)
+        if timer is not None:
+            timer.cancel()
+        if exc is None:         # (we closed it: a stop, a timeout already said so)
+            return
+        key = errors.tls_server_key(exc) if isinstance(exc, ssl.SSLError) else errors.exception_key(exc)
+        self._count_tls_failure(key)
+        log.warning("proxy %s: TLS handshake with client %s failed: %s (%s); closing that connection",
+                    self.name, format_addr(client.peer), key, getattr(exc, "reason", None) or exc)
+
+    def _count_tls_failure(self, key: str) -> None:
+        failed = self.stats.client_tls_failed
+        failed[key] = failed.get(key, 0) + 1
+
+    def abort_handshakes(self) -> None:
+        """Close the clients still in their handshake (a stop: they have no bytes in flight)."""
+        for client, timer in list(self.handshaking.items()):
+            timer.cancel()
+            client.abort()
+        self.handshaking.clear()
+
     # ------------------------------------------------------------ pairs
     def adopt(self, client: Connection) -> None:
+        timer = self.handshaking.pop(client, None)
+        if timer is not None:
+            timer.cancel()
         self._numbers += 1
         pair = Pair(self, client, self._numbers)
         client.ctx = pair
@@ -148,7 +236,7 @@ class Proxy:
         except OSError as exc:
             pair.upstream_failed(exc)
             return
-        pair.start(address, family)
+        pair.start(address, family, self.sni() if self.client_ctx is not None else None)
 
     def pair_done(self, pair: Pair) -> None:
         self.pairs.discard(pair)
@@ -157,7 +245,8 @@ class Proxy:
         self.stats.add_pair(how, counts)
         self.server.event({"event": "connection", "proxy": self.name, "number": pair.number,
                            "client": format_addr(pair.client.peer), "how": how,
-                           "duration": round(time.monotonic() - pair.started, 6), **counts})
+                           "duration": round(time.monotonic() - pair.started, 6), **counts,
+                           **pair.tls_info()})
 
     def byte_counts(self) -> dict:
         """Bytes each way so far: the closed connections' and the open ones'."""
@@ -222,6 +311,7 @@ class ProxyServer:
         self.stopped = False
         self.api: Any = None
         self._drain_deadline = None
+        self._decoder: Any = None        # --decode's role -> parser, made at the first watch
         self.started = time.monotonic()
 
     def event(self, ev: dict) -> None:
@@ -232,6 +322,9 @@ class ProxyServer:
         if self.config.decode is None:
             return None
         from socktools.proxy.decode import Watch
+        if self._decoder is None:     # built once: a plug-in is loaded and made once per run
+            from socktools.wire.spec import stream_decoder
+            self._decoder = stream_decoder(self.config.decode)
 
         def answered(ex: Any, done_at: float) -> None:
             up = None if ex.sent_at is None else round((ex.reply_read_at - ex.sent_at) * 1000, 3)
@@ -243,7 +336,7 @@ class ProxyServer:
             log.warning("proxy %s: connection %d: --decode %s stops on this connection (its bytes "
                         "still pass): %s", pair.proxy.name, pair.number, self.config.decode, why)
 
-        return Watch(self.config.decode, answered, self.clock, stopped)
+        return Watch(self._decoder, answered, self.clock, stopped)
 
     def bind(self, listen: str) -> socket.socket:
         """A listening socket for a proxy starting at ``listen`` (a worker is handed its own)."""
@@ -371,6 +464,7 @@ class ProxyServer:
         self.draining = True
         for proxy in self.proxies.values():
             proxy._stop_accepting()
+            proxy.abort_handshakes()
         if self.api is not None:
             self.api.close()
             self.api = None

@@ -1,4 +1,5 @@
-"""What a proxy counts: connections, how they ended, bytes each way."""
+"""What a proxy counts: connections, how they ended, bytes each way (plaintext: with TLS on a
+side, the bytes inside its records, which the toxics see -- not the records themselves)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ class ProxyStats:
     resets: int = 0                                        # pairs ended by a reset, passed on or a toxic's
     upstream_failed: dict = field(default_factory=dict)    # errno key -> connects that failed
     ended: dict = field(default_factory=dict)              # how pairs ended -> count
+    client_tls_failed: dict = field(default_factory=dict)  # TLS listener: handshakes failed, by key
     from_client: int = 0
     to_upstream: int = 0
     from_upstream: int = 0

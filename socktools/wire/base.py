@@ -168,6 +168,14 @@ class WireProtocol:
         greeting to wait for), run before the measured traffic; None (the default): none."""
         return None
 
+    def stream_parser(self, role: str) -> Optional[Parser]:
+        """A decoding parser (``keep`` a list) for one direction of a conversation someone else
+        holds (``proxy --decode``): ``role`` ``request`` frames what a client sends (every
+        message the server answers is one :class:`Reply`, one nobody answers -- a goodbye --
+        is none), ``response`` what the server sends (one Reply per answer the client waits
+        for).  None (the default): this protocol has no stream decoder."""
+        return None
+
     def describe(self) -> str:
         """One line for the report's title."""
         return self.name

@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import json
+
 from socktools import protocol, reference
 from socktools.wire.base import Parser, Reply, WireError, WireProtocol
 from socktools.wire.options import WireSpec
 
-__all__ = ["EchoProtocol", "FramedProtocol", "build_echo", "build_framed", "summary_echo", "summary_framed"]
+__all__ = ["EchoProtocol", "FramedProtocol", "build_echo", "build_framed", "summary_echo", "summary_framed",
+           "FramedStream", "stream_parser", "content_preview", "CONTENT_PREVIEW", "STREAM_MAX_CONTENT"]
+
+#: Largest content a stream decoder (``proxy --decode framed``) holds to show a message: the
+#: decoder keeps a message whole until it completes, once per direction of every watched
+#: connection, so the cap is the server's own default (``serve --max-content``, nginx's
+#: 1 MiB ``client_max_body_size``).  A longer message stops the decoding of that connection,
+#: naming the cap; its bytes still pass.
+STREAM_MAX_CONTENT = protocol.DEFAULT_MAX_CONTENT
+
+#: Characters of a message's content shown in its one-line summary (sniff's ``content`` line).
+CONTENT_PREVIEW = 120
 
 
 # ------------------------------------------------------------------ the registry's entry points
@@ -24,6 +37,28 @@ def summary_echo(spec: WireSpec) -> dict:
 
 def summary_framed(spec: WireSpec) -> dict:
     return {"request_bytes": len(build_framed(spec).request(0, 0)), "action": spec.action, "value": spec.value}
+
+
+def content_preview(msg: protocol.Message) -> str:
+    """The content in one short line: JSON re-serialised, text decoded, bytes as a literal
+    (what ``sniff --decode framed`` prints as a message's ``content``)."""
+    if msg.value is not None:
+        text = json.dumps(msg.value, ensure_ascii=False)
+    else:
+        text = repr(msg.content)[2:-1] if msg.content_encoding == "binary" else _decoded(msg)
+    return text if len(text) <= CONTENT_PREVIEW else text[:CONTENT_PREVIEW - 1] + "…"
+
+
+def _decoded(msg: protocol.Message) -> str:
+    try:
+        return msg.content.decode(msg.content_encoding)
+    except (LookupError, UnicodeDecodeError):
+        return repr(msg.content)[2:-1]
+
+
+def stream_parser(role: str) -> "FramedStream":
+    """The registry's stream decoder: any framed message, requests and answers alike."""
+    return FramedStream()
 
 
 class EchoProtocol(WireProtocol):
@@ -118,15 +153,8 @@ class _FramedParser(Parser):
             if data == proto.expected_bytes and self.keep is None:
                 return 1
             dec = protocol.Decoder()
-        dec.receive_data(data)
         n = 0
-        while True:
-            try:
-                event = dec.next_event()
-            except protocol.RemoteProtocolError as exc:
-                raise WireError(str(exc), exc.kind) from None
-            if event is protocol.NEED_DATA or event is protocol.CLOSED:
-                break
+        for event in _messages(dec, data):
             if event.content_type != proto.expected_type or event.content != proto.expected_content:
                 raise WireError(f"unexpected answer to {proto.what}: {event.content_type} "
                                 f"{event.content[:60]!r}", "unexpected-response")
@@ -138,3 +166,39 @@ class _FramedParser(Parser):
             n += 1
         self.decoder = dec if dec.buffered else None
         return n
+
+
+class FramedStream(Parser):
+    """Every framed message of one direction, whatever it says, as a :class:`Reply`: its wire
+    size, ``"<content-type> <content>"`` (as sniff shows a message) and its header -- for
+    ``proxy --decode framed`` (flood's :class:`_FramedParser` judges answers instead)."""
+
+    def __init__(self, max_content: int = STREAM_MAX_CONTENT) -> None:
+        super().__init__()
+        self.decoder = protocol.Decoder(max_content)
+
+    @property
+    def buffered(self) -> int:
+        return self.decoder.buffered
+
+    def feed(self, data: bytes) -> int:
+        n = 0
+        for event in _messages(self.decoder, data):
+            if self.keep is not None:
+                self.keep.append(Reply(event.wire_size, f"{event.content_type} {content_preview(event)}",
+                                       {"header": event.header}))
+            n += 1
+        return n
+
+
+def _messages(dec: protocol.Decoder, data: bytes):
+    """The messages ``data`` completes in ``dec``; the peer's broken bytes as a WireError."""
+    dec.receive_data(data)
+    while True:
+        try:
+            event = dec.next_event()
+        except protocol.RemoteProtocolError as exc:
+            raise WireError(str(exc), exc.kind) from None
+        if event is protocol.NEED_DATA or event is protocol.CLOSED:
+            return
+        yield event

@@ -22,7 +22,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-__all__ = ["Mode", "MODES", "get", "names", "decoders", "taking", "help_text", "UnknownMode",
+__all__ = ["Mode", "MODES", "get", "names", "decoders", "stream_decoders", "taking", "help_text", "UnknownMode",
            "REQUEST_MODES", "REQUEST_HELP"]
 
 
@@ -44,6 +44,12 @@ class Mode:
     #: "module:function": (spec, protocol) -> a factory of the built-in opening (--greeting,
     #: --setup), framed and judged by this mode's parser; None: the mode takes no opening
     opener: Optional[str] = None
+    #: sniff reads this protocol its own way, not through ``decoder``: the framed protocol has
+    #: reassembly's own decoder, which reports each message with the packets it spanned and
+    #: the protocol's errors, and ``--decode auto`` already tries it first.  Its ``decoder``
+    #: serves only ``proxy --decode``; keeping it out of :func:`decoders` leaves sniff's
+    #: choices, ``--decode auto``'s guesses and stall's reading of an answer as they were.
+    sniff_own: bool = False
 
     def build(self, spec: Any) -> Any:
         return _load(self.builder)(spec)
@@ -54,7 +60,7 @@ class Mode:
     def stream_parser(self, role: str) -> Any:
         """A decoding parser (``keep`` set) for one direction (``request``/``response``)."""
         if self.decoder is None:
-            raise UnknownMode(f"no stream decoder for {self.name!r} (known: {', '.join(decoders())})")
+            raise UnknownMode(f"no stream decoder for {self.name!r} (known: {', '.join(stream_decoders())})")
         parser = _load(self.decoder)(role)
         parser.keep = []
         return parser
@@ -88,6 +94,7 @@ MODES: tuple = (
          rules="the echo exchange (each reply the request's own {size:,} bytes)", request=False),
     Mode("framed", "the framed protocol of docs/protocol.md (ACTION VALUE)", ("--action", "--value"),
          "socktools.wire.framed:build_framed", "socktools.wire.framed:summary_framed",
+         decoder="socktools.wire.framed:stream_parser", sniff_own=True,
          rules="the framed protocol (docs/protocol.md)"),
     Mode("raw", "your --send bytes, replies framed by --reply-*",
          ("--send", "--send-file", "--reply-until", "--reply-bytes", "--reply-prefix",
@@ -135,6 +142,12 @@ def help_text(*, request: bool = False) -> str:
 def decoders() -> tuple:
     """The modes sniff can decode from a reassembled stream, in ``--decode auto``'s order
     (the catch-all ones last)."""
+    return tuple(m.name for m in sorted((m for m in MODES if m.decoder and not m.sniff_own),
+                                        key=lambda m: m.catch_all))
+
+
+def stream_decoders() -> tuple:
+    """Every mode with a stream decoder (``proxy --decode``): sniff's and the framed protocol."""
     return tuple(m.name for m in sorted((m for m in MODES if m.decoder), key=lambda m: m.catch_all))
 
 

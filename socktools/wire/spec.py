@@ -18,7 +18,8 @@ from socktools.wire import modes
 from socktools.wire.base import WireProtocol
 from socktools.wire.options import WireOptionError, WireSpec
 
-__all__ = ["WireSpec", "WireOptionError", "build", "load_plugin", "plugin_options", "MODES", "STREAM_MODES", "stream_parser"]
+__all__ = ["WireSpec", "WireOptionError", "build", "load_plugin", "plugin_options", "MODES", "STREAM_MODES", "stream_parser",
+           "stream_decoder"]
 
 #: Exchange modes with a built-in protocol ("connect" is flood's churn, on echo).
 MODES = modes.names()
@@ -45,6 +46,39 @@ def stream_parser(mode: str, role: str):
     protocols frame both the same way, HTTP has a parser for each.
     """
     return modes.get(mode).stream_parser(role)
+
+
+def stream_decoder(name: str, flag: str = "--decode"):
+    """``role -> parser`` (``keep`` a list) for both directions of a conversation: ``name`` is a
+    mode with a stream decoder (:func:`~socktools.wire.modes.stream_decoders`) or a plug-in
+    (``package.module:Class``, ``./file.py:Class``: any name with a ``:``) whose
+    ``stream_parser(role)`` gives one.  The plug-in is built once, as ``Class(())`` with its
+    defaults: decoding sends nothing, so the options that shape requests or a login do not
+    matter.  Raises :class:`WireOptionError` naming ``flag``, with flood's ``--protocol``
+    words for a plug-in that cannot be loaded."""
+    if ":" not in name:
+        if name not in modes.stream_decoders():
+            raise WireOptionError(flag, f"no decoder for {name!r} (decoders: {', '.join(modes.stream_decoders())}, "
+                                        f"or a plug-in's MODULE:CLASS)")
+        return modes.get(name).stream_parser
+    try:
+        proto = load_plugin(name)(())
+    except WireOptionError as exc:
+        raise WireOptionError(flag, exc.message) from None
+    try:
+        parsers = [proto.stream_parser(role) for role in ("request", "response")]
+    except Exception as exc:  # the plug-in's own bug, shown as its words
+        raise WireOptionError(flag, f"{name}.stream_parser() failed: {type(exc).__name__}: {exc}") from None
+    if any(p is None or not callable(getattr(p, "feed", None)) for p in parsers):
+        raise WireOptionError(flag, f"{name} has no stream decoder: {flag} needs its stream_parser(role) to give "
+                                    f"a parser for requests and for replies (see docs/plugins.md)")
+
+    def make(role: str):
+        parser = proto.stream_parser(role)
+        if parser.keep is None:
+            parser.keep = []
+        return parser
+    return make
 
 
 def build(spec: WireSpec) -> WireProtocol:
@@ -173,7 +207,7 @@ class _Adapted(WireProtocol):
         self.request = obj.request
         self.parser = obj.parser
         for name in ("name", "fixed_request", "reply_size", "replies", "may_close", "read_size", "tally",
-                     "shared_requests", "surplus_kind", "until_close", "echoes", "opening"):
+                     "shared_requests", "surplus_kind", "until_close", "echoes", "opening", "stream_parser"):
             if hasattr(obj, name):
                 setattr(self, name, getattr(obj, name))
         if callable(getattr(obj, "describe", None)):
