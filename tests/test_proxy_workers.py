@@ -139,6 +139,28 @@ def test_stdin_eof_drains_every_worker_and_a_signal_then_aborts():
     assert all(w["accepted"] > 0 for w in summary["workers"]), summary["workers"]
 
 
+def test_tls_from_clients_through_two_workers(tmp_path):
+    """--listen-tls with workers: each worker makes its own context from the spec's files."""
+    import ssl
+    from tests.peers import Certs
+    certs = Certs(tmp_path)
+    with ThreadServer(echo, backlog=512) as srv, \
+            ProxyProcess("--workers", "2", "--listen", "127.0.0.1:0", "--to", f"127.0.0.1:{srv.port}",
+                         "--listen-tls", "--cert", str(certs.cert), "--key", str(certs.key)) as px:
+        ctx = ssl.create_default_context(cafile=str(certs.ca))
+        socks = [ctx.wrap_socket(connect(px.port, timeout=10), server_hostname="127.0.0.1")
+                 for _ in range(SPREAD)]
+        clients = ["%s:%d" % c.getsockname() for c in socks]
+        for c in socks:
+            c.sendall(b"secret")
+            assert recv_exactly(c, 6) == b"secret"
+            c.close()
+        assert workers_of(px, clients) == {0, 1}
+        summary = px.stop()
+    assert all(e["client_tls"]["version"].startswith("TLS") for e in px.events if e["event"] == "connection")
+    assert summary["total"]["from_client"] == 6 * SPREAD
+
+
 # ------------------------------------------------------------------ the API over two workers
 @pytest.fixture(scope="module")
 def two_workers():
@@ -223,6 +245,40 @@ def test_populate_and_reset_reach_every_worker(two_workers):
     assert max(took) < LATENCY_MS / 1000 and workers_of(px, clients) == {0, 1}
     for name in ports:
         assert api(px, "DELETE", f"/proxies/{name}")[0] == 204
+
+
+def tagged(conn):
+    """An upstream that answers ``new:`` and what came."""
+    data = conn.recv(100)
+    conn.sendall(b"new:" + data)
+    conn.close()
+
+
+def test_a_proxy_replaced_by_populate_is_replaced_on_every_worker(two_workers):
+    px, srv = two_workers
+    status, doc = api(px, "POST", "/proxies", {"name": "pr", "upstream": f"127.0.0.1:{srv.port}"})
+    assert status == 201
+    listen = doc["listen"]
+    assert max(round_trips(port_of(listen), 4)[0]) < LATENCY_MS / 1000
+    with ThreadServer(tagged) as new:
+        # Same name and listen, another upstream: Toxiproxy replaces the proxy (a new listener).
+        status, doc = api(px, "POST", "/populate", [{"name": "pr", "listen": listen,
+                                                     "upstream": f"127.0.0.1:{new.port}"}])
+        assert status == 201 and doc["proxies"][0]["listen"] == listen
+        socks = [connect(port_of(listen), timeout=10) for _ in range(SPREAD)]
+        clients = ["%s:%d" % c.getsockname() for c in socks]
+        for c in socks:
+            c.sendall(b"ping")
+        for c in socks:
+            assert recv_exactly(c, 8) == b"new:ping"
+            c.close()
+        assert workers_of(px, clients) == {0, 1}
+    # And back, by an update: the same proxy restarts on the same address, on every worker.
+    status, doc = api(px, "POST", "/proxies/pr", {"upstream": f"127.0.0.1:{srv.port}"})
+    assert status == 200 and doc["listen"] == listen
+    took, clients = round_trips(port_of(listen), SPREAD)         # (echo: "new:" would fail it)
+    assert workers_of(px, clients) == {0, 1}
+    assert api(px, "DELETE", "/proxies/pr")[0] == 204
 
 
 def test_metrics_sum_both_workers(two_workers):

@@ -35,6 +35,7 @@ aborts; workers die with the parent (procs).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import signal
@@ -69,23 +70,30 @@ REPORT_INTERVAL = 1.0
 EVENTS_PER_MESSAGE = 256
 
 
-def bind_group(listen: str, workers: int) -> list:
+def bind_group(listen: str, workers: int, ours: set) -> list:
     """A proxy's listening sockets: one per worker (TCP, SO_REUSEPORT), or one to share (Unix).
 
     The first socket is a plain one, so that an address somebody holds fails with EADDRINUSE
     (a SO_REUSEPORT socket of the same user would join it silently); it is then replaced by
     the group on the port it got.  If the group cannot bind (somebody took the port between),
-    the workers share one plain socket.
+    the workers share one plain socket.  ``ours``: the (host, port) this run bound before --
+    a proxy started again there in the same API call (a new upstream, a /populate replacing
+    it) binds its group at once, beside the sockets the workers still hold until they get
+    the change (a plain socket would fail on those).
     """
     path = unix_path(listen)
     if path is not None:
         return [bind_unix_listener(path)]
     host, port = parse_hostport(listen, "listen")
-    first = bind_listener(host, port)
-    if workers == 1 or not hasattr(socket, "SO_REUSEPORT"):
-        return [first]
-    port = first.getsockname()[1]
-    first.close()
+    reuseport = hasattr(socket, "SO_REUSEPORT")
+    again = bool(port) and (host, port) in ours and reuseport
+    if not again:
+        first = bind_listener(host, port)
+        port = first.getsockname()[1]
+        ours.add((host, port))
+        if workers == 1 or not reuseport:
+            return [first]
+        first.close()
     group: list = []
     try:
         for _ in range(workers):
@@ -93,6 +101,8 @@ def bind_group(listen: str, workers: int) -> list:
     except ProxyError as exc:
         for sock in group:
             sock.close()
+        if again:
+            raise
         log.info("proxy on %s:%d: no SO_REUSEPORT group (%s); the workers share one socket", host, port, exc)
         return [bind_listener(host, port)]
     return group
@@ -105,10 +115,15 @@ class TableProxy(Proxy):
     def __init__(self, server: "TableServer", spec: ProxySpec) -> None:
         super().__init__(server, spec)
         self.socks: list = []
-        self.generation = 0        # +1 each time it starts listening: the workers need new sockets
+        # From one counter per run: which proxy this is (a name deleted and created again -- a
+        # /populate replacing it -- is another one), and which listening sockets it has (new
+        # ones each time it starts listening: the workers need theirs).
+        self.serial = next(server.serials)
+        self.generation = 0
 
     def spec(self) -> ProxySpec:
-        return ProxySpec(self.name, self.listen, self.upstream, self.enabled, tuple(self.toxics))
+        return ProxySpec(self.name, self.listen, self.upstream, self.enabled, tuple(self.toxics),
+                         self.listen_tls, self.upstream_tls)
 
     def sock_for(self, index: int) -> socket.socket:
         return self.socks[index % len(self.socks)]
@@ -116,13 +131,13 @@ class TableProxy(Proxy):
     def start(self) -> None:
         if self.enabled:
             return
-        self.socks = bind_group(self.listen, self.server.config.workers)
+        self.socks = bind_group(self.listen, self.server.config.workers, self.server.bound)
         if unix_path(self.listen) is None:
             self.listen = format_addr(self.socks[0].getsockname())
-        self.generation += 1
+        self.generation = next(self.server.serials)
         self.enabled = True
         self.server.event({"event": "listening", "proxy": self.name, "listen": self.listen,
-                           "upstream": self.upstream, "workers": self.server.config.workers})
+                           "upstream": self.upstream, **self.tls_info(), "workers": self.server.config.workers})
 
     def stop(self, why: str = "proxy disabled", how: str = "proxy-disabled") -> None:
         for sock in self.socks:
@@ -144,6 +159,8 @@ class TableServer(ProxyServer):
     proxy_class = TableProxy
 
     def __init__(self, sup: "ProxySupervisor", config: ProxyConfig, on_event: Callable[[dict], None]) -> None:
+        self.serials = itertools.count(1)      # (before super(): it may create proxies)
+        self.bound: set = set()                 # (host, port) this run's proxies listened on
         super().__init__(config, on_event, loop=sup.loop)
         self.sup = sup
         self.gathered: dict = {}     # proxy name -> byte counts summed over the workers (/metrics)
@@ -152,7 +169,7 @@ class TableServer(ProxyServer):
         self.sup.dispatch(method, path, body, respond)
 
     def snapshot(self) -> dict:
-        return {name: (p.spec(), p.generation) for name, p in self.proxies.items()}
+        return {name: (p.spec(), p.serial, p.generation) for name, p in self.proxies.items()}
 
     def close(self) -> None:
         for proxy in self.proxies.values():
@@ -471,9 +488,12 @@ class ProxySupervisor(procs.Supervisor):
                 continue
             if new is None:
                 out.append((name, None, False))
-            else:
-                spec, generation = new
-                out.append((name, spec, spec.enabled and (old is None or old[1] != generation)))
+                continue
+            if old is not None and old[1] != new[1]:    # replaced: the workers delete theirs first
+                out.append((name, None, False))
+                old = None
+            spec = new[0]
+            out.append((name, spec, spec.enabled and (old is None or old[2] != new[2])))
         return out
 
     def _late(self, late: list, what: str) -> tuple:
