@@ -161,6 +161,37 @@ def test_tls_from_clients_through_two_workers(tmp_path):
     assert summary["total"]["from_client"] == 6 * SPREAD
 
 
+def unix_round_trip(path) -> None:
+    with socket.socket(socket.AF_UNIX) as c:
+        c.settimeout(10)
+        c.connect(str(path))
+        c.sendall(b"over unix")
+        assert recv_exactly(c, 9) == b"over unix"
+
+
+def test_a_unix_listener_is_one_socket_every_worker_accepts_from(tmp_path):
+    path, later = tmp_path / "w.sock", tmp_path / "later.sock"
+    with ThreadServer(echo, backlog=512) as srv, \
+            ProxyProcess("--workers", "2", "--listen", f"unix:{path}", "--to", f"127.0.0.1:{srv.port}",
+                         "--api", "127.0.0.1:0", expect=1) as px:
+        for _ in range(SPREAD):
+            unix_round_trip(path)
+        # created after the start: the one socket is handed to both workers
+        status, _ = api(px, "POST", "/proxies", {"name": "later", "listen": f"unix:{later}",
+                                                 "upstream": f"127.0.0.1:{srv.port}"})
+        assert status == 201
+        for _ in range(4):
+            unix_round_trip(later)
+        assert api(px, "POST", "/proxies/later", {"enabled": False})[0] == 200
+        assert not later.exists()                   # disabled: its file is gone, nobody listens
+        summary = px.stop()
+    assert px.proc.returncode == 0, px.stderr()
+    assert not path.exists()                        # the parent's file, removed by the parent
+    assert summary["proxies"]["proxy1"]["accepted"] == SPREAD
+    assert summary["total"]["accepted"] == SPREAD + 4
+    assert summary["total"]["from_client"] == 9 * (SPREAD + 4)
+
+
 # ------------------------------------------------------------------ the API over two workers
 @pytest.fixture(scope="module")
 def two_workers():
