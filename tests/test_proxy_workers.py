@@ -522,3 +522,49 @@ def test_an_answer_given_later_holds_the_pipelined_requests_behind_it():
     finally:
         api_server.close()
         server.loop.close()
+
+
+def test_a_worker_takes_the_parents_messages_while_its_own_sends_wait(monkeypatch):
+    """No deadlock between the two directions of a worker's pipe: a worker whose sends wait
+    (the parent is not reading: it is busy sending) still reads what the parent sends, so the
+    parent's send of a large change ends -- and then the parent reads again."""
+    import multiprocessing
+    from socktools.proxy.config import ProxyConfig, ProxySpec, toxic_from_json
+    from socktools.proxy import listen
+    from socktools.proxy.supervisor import _worker_main
+    monkeypatch.setattr(listen, "_OWN_PATHS", {})      # (a worker forgets the parent's: not ours)
+    parent, child = multiprocessing.Pipe(duplex=True)
+    worker = threading.Thread(target=_worker_main, args=(child, ProxyConfig(api="127.0.0.1:0"), [], 0, []),
+                              daemon=True)
+    worker.start()
+    # A large change: proxies (disabled: no sockets) with long toxics, far beyond a pipe's buffer.
+    toxics = tuple(toxic_from_json({"type": "message", "name": f"t{i}", "attributes": {"match": "x" * 1000}})
+                   for i in range(60))
+    big = ("apply", 1, [(f"p{i}", ProxySpec(f"p{i}", "127.0.0.1:0", "127.0.0.1:1", False, toxics), False)
+                        for i in range(20)], 0)
+
+    def parent_sends() -> None:
+        for seq in range(2, 20_002):      # each answered: the answers fill the pipe to the parent
+            parent.send(("count", seq))
+        parent.send(big)
+
+    sender = threading.Thread(target=parent_sends, daemon=True)
+    sender.start()
+    sender.join(20)
+    assert not sender.is_alive(), "the parent's send waits for a worker that waits for the parent"
+    acked = set()
+    deadline = time.monotonic() + 20
+    while 1 not in acked:                 # the parent reads again: the big change is acknowledged
+        assert time.monotonic() < deadline
+        if parent.poll(1):
+            msg = parent.recv()
+            if msg[0] == "ack":
+                acked.add(msg[1])
+    parent.send(("stop", True))
+    while worker.is_alive() and time.monotonic() < deadline:
+        while parent.poll(0.05):
+            parent.recv()
+        worker.join(0.05)
+    assert not worker.is_alive()
+    assert len(acked) == 20_001
+    parent.close()

@@ -35,11 +35,13 @@ aborts; workers die with the parent (procs).
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 import os
 import signal
 import socket
+import threading
 import time
 from dataclasses import replace
 from typing import Any, Callable, Optional
@@ -192,6 +194,7 @@ class WorkerServer(ProxyServer):
         self._events: list = []
         self._flush = None
         self._gone = False
+        self._inbox: collections.deque = collections.deque()    # the parent's messages, read
 
     # ------------------------------------------------------------ the engine's hooks
     def bind(self, listen: str) -> socket.socket:
@@ -242,20 +245,56 @@ class WorkerServer(ProxyServer):
         self.request_stop(force=False)
 
     # ------------------------------------------------------------ the parent's messages
-    def read_pipe(self) -> None:
+    def listen_to_parent(self) -> None:
+        """Read the parent's messages on a thread of their own, handed to the loop.
+
+        Both directions of the pipe block when full.  Were the loop to read it, a worker
+        waiting to send (its events, while the parent is busy) would stop reading, and the
+        parent, sending it a large change, would wait for it: each for the other, for ever.
+        The thread always reads, so the parent's send ends and the parent reads again.
+        """
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self.loop.add_reader(self._wake_r, self._take_inbox)
+        threading.Thread(target=self._read_pipe, name=f"socktools-proxy-{self.index}-inbox",
+                         daemon=True).start()
+
+    def _read_pipe(self) -> None:
+        """(The inbox thread.)  Messages, with the sockets that follow an ``apply``; None: EOF."""
         try:
-            while self.pipe.poll():
+            while True:
                 msg = self.pipe.recv()
-                self.on_message(msg)
-        except (EOFError, OSError):
-            self.loop.remove_reader(self.pipe.fileno())
-            self._parent_gone()
+                if msg[0] == "apply":
+                    msg = (*msg, receive_sockets(self.pipe, msg[3]) if msg[3] else [])
+                self._post(msg)
+        except (EOFError, OSError, ProxyError):
+            self._post(None)
+
+    def _post(self, msg: Any) -> None:
+        self._inbox.append(msg)          # (a deque: appends and pops are atomic)
+        try:
+            self._wake_w.send(b"!")
+        except OSError:                  # full: the loop has wake-ups to read already (or closed)
+            pass
+
+    def _take_inbox(self) -> None:
+        try:
+            self._wake_r.recv(4096)
+        except OSError:
+            pass
+        while self._inbox:
+            msg = self._inbox.popleft()
+            if msg is None:
+                self.loop.remove_reader(self._wake_r)
+                self._parent_gone()
+                return
+            self.on_message(msg)
 
     def on_message(self, msg: tuple) -> None:
         kind = msg[0]
         if kind == "apply":
-            _, seq, changes, nfds = msg
-            socks = receive_sockets(self.pipe, nfds) if nfds else []
+            _, seq, changes, _, socks = msg
             self.apply(changes, socks)
             self.send(("ack", seq, None))
         elif kind == "count":
@@ -293,6 +332,12 @@ class WorkerServer(ProxyServer):
             proxy.start()
         self.handed = None
         sync_toxics(proxy, spec.toxics)
+
+    def close(self) -> None:
+        super().close()
+        for sock in (getattr(self, "_wake_r", None), getattr(self, "_wake_w", None)):
+            if sock is not None:
+                sock.close()          # (the inbox thread's next wake-up finds it closed: ignored)
 
     def totals_report(self) -> dict:
         return {"proxies": {name: p.stats.to_dict() for name, p in self.proxies.items()},
@@ -352,7 +397,7 @@ def _worker_main(pipe: Any, config: ProxyConfig, table: list, index: int, inheri
         worker.handed = sock
         worker.create(spec)
     worker.handed = None
-    worker.loop.add_reader(pipe.fileno(), worker.read_pipe)
+    worker.listen_to_parent()
     worker.loop.call_later(REPORT_INTERVAL, worker.report)
     signals = SignalQueue((signal.SIGTERM,)).install()
     try:
