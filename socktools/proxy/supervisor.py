@@ -67,8 +67,9 @@ ACK_TIMEOUT = 5.0
 #: How often a worker sends its counts to the parent: the summary loses at most this much of
 #: a worker that is killed (serve's workers report as often).
 REPORT_INTERVAL = 1.0
-#: Events (connection, exchange) a worker's report carries at most: a worker forwarding many
-#: short connections sends them in batches, not one pipe write each.
+#: Events (connection, exchange) one message from a worker carries at most: a worker forwarding
+#: many short connections sends them in batches, not one pipe write each, and a batch stays
+#: far below a pipe's buffer.
 EVENTS_PER_MESSAGE = 256
 
 
