@@ -78,15 +78,17 @@ def _echo_event(as_json: bool, quiet: bool):
 @click.option("--drain-timeout", type=DURATION, cls=LazyOption, metavar="DURATION",
               default=LazyDefault("socktools.proxy.config:DEFAULT_DRAIN"), show_default=True,
               help="On the first Ctrl-C/SIGTERM, how long bytes in flight get to pass.")
-@click.option("--no-splice", "no_splice", is_flag=True,
-              help="Copy every byte through Python. By default (Linux) a link that no toxic and no "
-                   "--decode needs to see forwards with splice(2), socket to pipe to socket.")
+@click.option("--splice", type=LazyChoice("socktools.proxy.config:SPLICE_MODES"), default="auto",
+              show_default=True,
+              help="How a link that no toxic and no --decode sees forwards: auto copies small messages "
+                   "in batches and moves a bulk transfer with splice(2), socket to pipe to socket "
+                   "(Linux); always splices from the start; never copies every byte.")
 @click.option("--json", "as_json", is_flag=True, help="Print events as JSON lines (listening, connection, summary).")
 @click.option("--quiet", "-q", is_flag=True, help="No line (or JSON event) per connection; log only warnings "
                                                  "and errors.")
 @click.option("--seed", type=int, default=None, hidden=True, help="Seed of toxicity's and jitter's random numbers.")
 @click.option("--stop-on-stdin-eof", is_flag=True, hidden=True, help="Stop when stdin closes (tests, embedders).")
-def command(listens, targets, toxics, config_file, api, decode, drain_timeout, no_splice, as_json, quiet, seed, stop_on_stdin_eof):
+def command(listens, targets, toxics, config_file, api, decode, drain_timeout, splice, as_json, quiet, seed, stop_on_stdin_eof):
     """A TCP proxy that breaks the link on purpose: Toxiproxy's toxics, its HTTP API.
 
     Forwards both directions with bounded buffers (a slow side pauses reading
@@ -132,7 +134,7 @@ def command(listens, targets, toxics, config_file, api, decode, drain_timeout, n
                        f"reachable from other machines", err=True)
     config = build_config(cfg.ProxyConfig, proxies=tuple(proxies), api=api, drain_timeout=drain_timeout,
                           stop_on_stdin_eof=stop_on_stdin_eof, seed=seed, decode=decode,
-                          splice=not no_splice)
+                          splice=splice)
     try:
         run_proxy(config, _echo_event(as_json, quiet))
     except ProxyError as exc:
