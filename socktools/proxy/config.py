@@ -67,6 +67,10 @@ MAX_TOXICS = 64
 DEFAULT_API = "127.0.0.1:8474"
 #: How long the first Ctrl-C/SIGTERM lets connections with bytes in flight finish.
 DEFAULT_DRAIN = 5.0
+#: ``--splice``: how a link that no toxic and no decoder sees forwards (socktools.proxy.link):
+#: ``auto`` copies small messages on the loop's batch path and splices a bulk transfer (as
+#: haproxy's ``option splice-auto``), ``always`` splices from the start, ``never`` copies.
+SPLICE_MODES = ("auto", "always", "never")
 
 
 class SpecError(ValueError):
@@ -409,7 +413,7 @@ class ProxyConfig:
     stop_on_stdin_eof: bool = False
     seed: Optional[int] = None       # toxicity's and jitter's random numbers (tests; None: random)
     decode: Optional[str] = None     # a wire mode with a stream decoder, or a plug-in's MODULE:CLASS
-    splice: bool = True              # links no toxic or decoder sees forward with os.splice (Linux)
+    splice: str = "auto"             # SPLICE_MODES: when links no toxic or decoder sees use os.splice
 
     def __post_init__(self) -> None:
         if not self.proxies and not self.api:
@@ -430,3 +434,5 @@ class ProxyConfig:
             stream_decoder(self.decode)   # a WireOptionError names --decode (a plug-in: flood's words)
         if self.drain_timeout < 0:
             raise OptionError("drain_timeout", "must not be negative")
+        if self.splice not in SPLICE_MODES:
+            raise OptionError("splice", f"{self.splice!r} is not one of {', '.join(SPLICE_MODES)}")
