@@ -204,9 +204,11 @@ def _attributes(kind: str, given: Any, base: Optional[dict] = None) -> tuple:
 
 def _check_message(values: dict) -> None:
     from socktools.wire import modes
-    if values["protocol"] not in modes.decoders():
+    # The built-in stream decoders only: a plug-in (MODULE:CLASS) would let the unauthenticated
+    # API load any Python file on the machine.
+    if values["protocol"] not in modes.stream_decoders():
         raise SpecError(f"attribute 'protocol' of message: no decoder for {values['protocol']!r} "
-                        f"(decoders: {', '.join(modes.decoders())})")
+                        f"(decoders: {', '.join(modes.stream_decoders())})")
     if values["action"] not in MESSAGE_ACTIONS:
         raise SpecError(f"attribute 'action' of message: expected one of {', '.join(MESSAGE_ACTIONS)}, "
                         f"got {values['action']!r}")
