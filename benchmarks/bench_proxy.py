@@ -16,8 +16,8 @@ the same CPU; "direct" (the client talking to the upstream itself) is the
 floor the proxies add to, with both ends on one CPU.
 
 Per round, each target (direct, socktools, haproxy, and with --with-copy
-socktools-copy: the proxy with --no-splice; the order reversed every round so
-drift falls on all alike):
+socktools-copy and socktools-splice: the proxy with --splice never and
+--splice always; the order reversed every round so drift falls on all alike):
   round trips  the C client (bench_serve's) with --conns connections, each
                sending 64 bytes and waiting for them back: round trips/s.
   latency      the same client with one connection: p50/p99 per round trip;
@@ -53,6 +53,8 @@ from bench_serve import (BenchError, _child_setup, _killpg, build_c_programs, ch
 
 HOST = "127.0.0.1"  # loopback only, by rule
 TARGETS = ("direct", "socktools", "haproxy")
+#: The variants --with-copy adds beside ``socktools`` (``--splice auto``, the default).
+SPLICE_FLAGS = {"socktools-copy": ["--splice", "never"], "socktools-splice": ["--splice", "always"]}
 #: The bulk sender's write size: big enough that the syscall, not Python, sets the pace.
 BULK_CHUNK = 1 << 20
 #: A bulk transfer that takes longer than this is reported as failed (a stuck proxy must not
@@ -182,8 +184,9 @@ def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
                    help="leave out haproxy's `option splice-auto` (its default config copies bytes through "
                         "user space; with the option it forwards bulk data with splice(2))")
     p.add_argument("--with-copy", action="store_true",
-                   help="also measure `socktools proxy --no-splice` (every byte copied through Python), "
-                        "as the column socktools-copy: splice's effect, in the same run")
+                   help="also measure `socktools proxy --splice never` (batches only: bulk copied too) and "
+                        "`--splice always` (every message spliced), as the columns socktools-copy and "
+                        "socktools-splice: what --splice auto's choice is worth, in the same run")
     p.add_argument("--json", action="store_true", help="the full report as JSON on stdout")
     return p.parse_args(argv)
 
@@ -197,7 +200,7 @@ def main(argv: Optional[list] = None) -> int:
     say = (lambda m="": print(m, file=sys.stderr, flush=True)) if opts.json else (lambda m="": print(m, flush=True))
     targets = [t for t in TARGETS if t != "haproxy" or os.path.exists(opts.haproxy)]
     if opts.with_copy:
-        targets.insert(2, "socktools-copy")
+        targets[2:2] = ["socktools-copy", "socktools-splice"]
     if "haproxy" not in targets:
         say(f"haproxy not found at {opts.haproxy}: its column is left out")
     py = sys.executable
@@ -218,7 +221,7 @@ def main(argv: Optional[list] = None) -> int:
                 proxy = Proc(name, [py, "-m", "socktools", "proxy", "--quiet", "--stop-on-stdin-eof",
                                     "--listen", f"{HOST}:{se}", "--to", f"{HOST}:{echo}",
                                     "--listen", f"{HOST}:{sb}", "--to", f"{HOST}:{sink}",
-                                    *(["--no-splice"] if name == "socktools-copy" else [])],
+                                    *SPLICE_FLAGS.get(name, [])],
                              place.server_cpu, logdir, [se, sb], stdin=subprocess.PIPE)
                 procs.append(proxy)
                 ports[name], pgids[name] = (se, sb), proxy.proc.pid

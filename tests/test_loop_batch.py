@@ -199,7 +199,7 @@ def test_set_protocol_moves_a_connection_between_the_paths(default_loop):
         run_until(loop, lambda: peer.received == b"one", "echo through the batch")
         assert batched.batches == [1] and plain.calls == ["made"]
         conn.set_protocol(plain)
-        assert conn.fd not in loop._batch and not loop._batch_protocols
+        assert conn.fd not in loop._batch and not loop._batch_handlers
         a.sendall(b"two")
         run_until(loop, lambda: peer.received == b"onetwo", "echo per event")
         assert plain.calls == ["made", "data"] and batched.batches == [1]
@@ -266,3 +266,48 @@ def test_a_bug_in_data_batch_ends_that_batch_only(default_loop, caplog):
         _close_all(pairs)
         by_a.close()
         by_b.close()
+
+
+def _shared_batch(calls: list, returned: list):
+    def data_batch(conns: list, datas: list) -> None:
+        calls.append(len(conns))
+        returned.append(conns[0].loop.write_batch(conns, datas))
+    return data_batch
+
+
+def test_protocols_sharing_one_data_batch_are_served_in_one_call_with_per_connection_counts(default_loop):
+    """Two protocol classes with one data_batch function (a proxy's client and upstream
+    sides) make one group: one call per poll for both, not one per protocol.  With
+    ``count_each`` each connection's own counters hold its bytes, and byte_totals() does not
+    count them twice; write_batch says True when every byte reached the kernel."""
+    loop = default_loop
+    loop.count_each = True
+    calls: list = []
+    returned: list = []
+    shared = _shared_batch(calls, returned)
+
+    class Left(Echo):
+        data_batch = staticmethod(shared)
+
+    class Right(Echo):
+        data_batch = staticmethod(shared)
+
+    pairs = _tcp_pairs(10)
+    try:
+        conns = [loop.add_connection(b, (Left if i % 2 else Right)()) for i, (a, b) in enumerate(pairs)]
+        peers = [Peer(loop, a).start_reading() for a, b in pairs]
+        assert len(loop._batch_handlers) == 1
+        msgs = [payload(100 + i, seed=i) for i in range(len(peers))]
+        _send_all_then_run(loop, peers, msgs, lambda: all(len(p.received) == len(m) for p, m in zip(peers, msgs)),
+                           "every message echoed")
+        for peer, msg in zip(peers, msgs):
+            assert_same_bytes(bytes(peer.received), msg)
+        assert sum(calls) == len(conns) and max(calls) > 1, calls
+        assert len(calls) < len(conns), "the two protocols should share calls"
+        assert all(r is True for r in returned)
+        for conn, msg in zip(conns, msgs):
+            assert conn.bytes_in == conn.bytes_out == len(msg)
+        total = sum(map(len, msgs))
+        assert loop.byte_totals() == (total, total)
+    finally:
+        _close_all(pairs)

@@ -28,6 +28,7 @@ class running_proxy:
         from socktools.proxy.runner import ProxyServer
         self.events: list = []
         spec = ProxySpec("p", "127.0.0.1:0", f"127.0.0.1:{port}", True, ())
+        config.setdefault("splice", "always")
         self.server = ProxyServer(ProxyConfig(proxies=(spec,), **config), self.events.append)
         self.server.open()
         self.port = int(self.events[0]["listen"].rsplit(":", 1)[1])
@@ -76,7 +77,7 @@ def test_an_untouched_link_is_spliced_and_every_byte_arrives_in_order():
 
 
 def test_no_splice_copies_as_before():
-    with ThreadServer(echo) as srv, running_proxy(srv.port, splice=False) as px:
+    with ThreadServer(echo) as srv, running_proxy(srv.port, splice="never") as px:
         with connect(px.port) as c:
             c.sendall(b"hello")
             assert recv_exactly(c, 5) == b"hello"

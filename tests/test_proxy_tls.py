@@ -135,7 +135,8 @@ def test_a_pair_with_tls_on_either_side_is_copied_not_spliced(tmp_path, certs):
         up = f"127.0.0.1:{redis.port}"
         tls = ServerTlsConfig(cert=str(certs.cert), key=str(certs.key))
         server = ProxyServer(ProxyConfig(proxies=(ProxySpec("tls", "127.0.0.1:0", up, listen_tls=tls),
-                                                  ProxySpec("plain", "127.0.0.1:0", up))), lambda ev: None)
+                                                  ProxySpec("plain", "127.0.0.1:0", up)),
+                                         splice="always"), lambda ev: None)
         server.open()
         port = {name: int(p.listen.rsplit(":", 1)[1]) for name, p in server.proxies.items()}
         with in_thread(server, port["plain"]):

@@ -373,6 +373,23 @@ def test_message_close_on_an_http_5xx():
     assert sink.data == ok and sink.kinds()[-1] == CLOSE
 
 
+def test_message_on_framed_replies_resets_in_the_second_at_any_split():
+    """The framed protocol (docs/protocol.md) is one of the message toxic's protocols too."""
+    from socktools import protocol, reference
+    req = protocol.Decoder()
+    req.receive_data(reference.make_request("search", "morpheus", keep_alive=True))
+    reply = reference.respond(req.next_event())
+    stream = reply * 3
+    for seed in range(5):
+        st, clock, sink = message_stage(protocol="framed", nth=2, action="reset", cut=4)
+        rng = random.Random(seed)
+        cuts = sorted(rng.sample(range(1, len(stream)), 5))
+        for a, b in zip([0] + cuts, cuts + [len(stream)]):
+            st.push(data(clock, stream[a:b]))
+        assert sink.data == reply + reply[:4]
+        assert sink.kinds()[-1] == RESET
+
+
 def test_message_too_long_to_hold_passes_unjudged():
     from socktools.proxy.toxics import MESSAGE_HOLD
     st, clock, sink = message_stage(protocol="redis", nth=1, action="reset")

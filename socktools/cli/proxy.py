@@ -119,9 +119,11 @@ def _echo_event(as_json: bool, quiet: bool, made=None):
 @click.option("--drain-timeout", type=DURATION, cls=LazyOption, metavar="DURATION",
               default=LazyDefault("socktools.proxy.config:DEFAULT_DRAIN"), show_default=True,
               help="On the first Ctrl-C/SIGTERM, how long bytes in flight get to pass.")
-@click.option("--no-splice", "no_splice", is_flag=True,
-              help="Copy every byte through Python. By default (Linux) a link that no toxic and no "
-                   "--decode needs to see forwards with splice(2), socket to pipe to socket.")
+@click.option("--splice", type=LazyChoice("socktools.proxy.config:SPLICE_MODES"), default="auto",
+              show_default=True,
+              help="How a link that no toxic and no --decode sees forwards: auto copies small messages "
+                   "in batches and moves a bulk transfer with splice(2), socket to pipe to socket "
+                   "(Linux); always splices from the start; never copies every byte.")
 @click.option("--listen-tls", is_flag=True,
               help="Terminate TLS from clients: every --listen speaks TLS, with --cert/--key (or "
                    "--tls-self-signed, which implies it).")
@@ -164,7 +166,7 @@ def _echo_event(as_json: bool, quiet: bool, made=None):
                                                  "and errors.")
 @click.option("--seed", type=int, default=None, hidden=True, help="Seed of toxicity's and jitter's random numbers.")
 @click.option("--stop-on-stdin-eof", is_flag=True, hidden=True, help="Stop when stdin closes (tests, embedders).")
-def command(listens, targets, toxics, config_file, api, decode, workers, drain_timeout, no_splice, as_json, quiet,
+def command(listens, targets, toxics, config_file, api, decode, workers, drain_timeout, splice, as_json, quiet,
             seed, stop_on_stdin_eof, **tls_params):
     """A TCP proxy that breaks the link on purpose: Toxiproxy's toxics, its HTTP API.
 
@@ -221,7 +223,7 @@ def command(listens, targets, toxics, config_file, api, decode, workers, drain_t
     try:
         config = build_config(cfg.ProxyConfig, proxies=tuple(proxies), api=api, drain_timeout=drain_timeout,
                               stop_on_stdin_eof=stop_on_stdin_eof, seed=seed, decode=decode,
-                              splice=not no_splice, workers=workers)
+                              splice=splice, workers=workers)
         run = run_proxy
         if config.workers > 1:
             from socktools.proxy.supervisor import run_workers as run

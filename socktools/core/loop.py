@@ -98,7 +98,9 @@ _WRITABLE = ~_IN
 
 _get_read_size = operator.attrgetter("read_size")
 _get_fd = operator.attrgetter("fd")
-_get_protocol = operator.attrgetter("protocol")
+#: A batch member's handler: members whose protocols share one ``data_batch`` (the same bound
+#: method, or one function on several protocol classes) are served by one call.
+_get_handler = operator.attrgetter("protocol.data_batch")
 
 class Protocol:
     """Callbacks of a connection; subclass and override what you need.
@@ -712,12 +714,17 @@ class Loop:
         # the fds it served since the last idle sweep, and the bytes it moved
         # (bytes of closed connections are kept too, for byte_totals()).
         self._batch: dict[int, Connection] = {}
-        self._batch_protocols: dict[Any, int] = {}  # protocol -> members: usually one protocol
+        self._batch_handlers: dict[Any, int] = {}  # data_batch -> members: usually one handler
+        self._batch_keys: dict[int, Any] = {}       # fd -> its member's data_batch at its join
         self._batch_gen = 0                         # bumped whenever a member leaves
         self._batch_read: Optional[tuple] = None    # (conns, gen, fds) of the batch being delivered
         self._touched: set[int] = set()
         self._batch_in = self._batch_out = 0
         self._closed_in = self._closed_out = 0
+        #: True: the batch path adds each connection's bytes to its own ``bytes_in`` and
+        #: ``bytes_out`` (a proxy reports them per connection) instead of the loop's totals
+        #: alone -- a Python step per connection, which serve and flood do not pay.
+        self.count_each = False
 
     def byte_totals(self) -> tuple[int, int]:
         """(received, sent) bytes of every connection this loop has had, open or closed."""
@@ -934,18 +941,21 @@ class Loop:
     # ------------------------------------------------------------- batch path
     def _batch_join(self, conn: Connection) -> None:
         self._batch[conn.fd] = conn
-        protos = self._batch_protocols
-        protos[conn.protocol] = protos.get(conn.protocol, 0) + 1
+        handlers = self._batch_handlers
+        # The key is kept: the protocol's data_batch may be another object by the time it leaves.
+        key = self._batch_keys[conn.fd] = conn.protocol.data_batch
+        handlers[key] = handlers.get(key, 0) + 1
 
     def _batch_leave(self, conn: Connection) -> None:
         del self._batch[conn.fd]
         self._batch_gen += 1
-        protos = self._batch_protocols
-        left = protos[conn.protocol] - 1
+        handlers = self._batch_handlers
+        key = self._batch_keys.pop(conn.fd)
+        left = handlers[key] - 1
         if left:
-            protos[conn.protocol] = left
+            handlers[key] = left
         else:
-            del protos[conn.protocol]
+            del handlers[key]
 
     def _run_batch(self, fds: list) -> None:
         """Read every ready steady-state connection; hand the data to ``data_batch``."""
@@ -975,8 +985,12 @@ class Loop:
             if not conns:
                 return
             fds = list(map(_get_fd, conns))
-        self._batch_in += sum(map(len, datas))
-        if len(self._batch_protocols) == 1:
+        if self.count_each:
+            for conn, data in zip(conns, datas):
+                conn.bytes_in += len(data)
+        else:
+            self._batch_in += sum(map(len, datas))
+        if len(self._batch_handlers) == 1:
             # Until a member leaves (_batch_gen), write_batch may trust these are steady.
             self._batch_read = (conns, self._batch_gen, fds)
             try:
@@ -986,10 +1000,13 @@ class Loop:
             finally:
                 self._batch_read = None
             return
-        for proto in set(map(_get_protocol, conns)):  # rare: members of several protocols
-            pairs = [(c, d) for c, d in zip(conns, datas) if c.protocol is proto]
+        # (Not _batch_keys: a member that a callback above moved out of the batch still gets
+        # the bytes already read for it.)
+        keys = list(map(_get_handler, conns))
+        for handler in set(keys):  # rare: members of several handlers
+            pairs = [(c, d) for c, d, k in zip(conns, datas, keys) if k == handler]
             try:
-                proto.data_batch([c for c, _ in pairs], [d for _, d in pairs])
+                handler([c for c, _ in pairs], [d for _, d in pairs])
             except Exception as exc:
                 self._protocol_failed([c for c, _ in pairs], exc)
 
@@ -1006,12 +1023,14 @@ class Loop:
                 log.error("%s.connection_lost raised %s", type(conn.protocol).__name__,
                           type(again).__name__, exc_info=again)
 
-    def write_batch(self, conns: list, datas: list) -> None:
+    def write_batch(self, conns: list, datas: list) -> bool:
         """``conn.write(data)`` for each pair, as one C-level loop when all are in steady state.
 
         Meant for ``data_batch`` implementations; any connection that is not in
         steady state any more (closed, buffering, half-closed...) makes the
         whole call fall back to ``conn.write``, which is always correct.
+        True: every byte reached the kernel; False: some were buffered (or a
+        send failed), so a caller that bounds its buffers looks at them.
         """
         read = self._batch_read
         if read is not None and read[0] is conns and read[1] == self._batch_gen:
@@ -1021,7 +1040,7 @@ class Loop:
             if list(map(self._batch.get, fds)) != conns:
                 for conn, data in zip(conns, datas):
                     conn.write(data)
-                return
+                return False
         sent: list = []
         writes = map(_write, fds, datas)
         while True:
@@ -1031,12 +1050,19 @@ class Loop:
             except OSError as exc:
                 sent.append(exc)
         if sent == list(map(len, datas)):
-            self._batch_out += sum(sent)
-            return
+            if self.count_each:
+                for conn, n in zip(conns, sent):
+                    conn.bytes_out += n
+            else:
+                self._batch_out += sum(sent)
+            return True
         # A partial write or an error: buffer the rest / fail that connection.
         for conn, data, n in zip(conns, datas, sent):
             if n.__class__ is int:
-                self._batch_out += n
+                if self.count_each:
+                    conn.bytes_out += n
+                else:
+                    self._batch_out += n
                 if n < len(data) and not conn.closed:  # (a failure's callbacks may close others)
                     conn._buffer(data[n:])
             elif isinstance(n, (BlockingIOError, InterruptedError)):
@@ -1044,6 +1070,7 @@ class Loop:
                     conn._buffer(data)
             else:
                 conn._fail(n, SEND)
+        return False
 
     def close(self) -> None:
         """Abort every connection and close the poller."""

@@ -71,6 +71,10 @@ MAX_WORKERS = 64
 DEFAULT_API = "127.0.0.1:8474"
 #: How long the first Ctrl-C/SIGTERM lets connections with bytes in flight finish.
 DEFAULT_DRAIN = 5.0
+#: ``--splice``: how a link that no toxic and no decoder sees forwards (socktools.proxy.link):
+#: ``auto`` copies small messages on the loop's batch path and splices a bulk transfer (as
+#: haproxy's ``option splice-auto``), ``always`` splices from the start, ``never`` copies.
+SPLICE_MODES = ("auto", "always", "never")
 
 
 class SpecError(ValueError):
@@ -204,9 +208,11 @@ def _attributes(kind: str, given: Any, base: Optional[dict] = None) -> tuple:
 
 def _check_message(values: dict) -> None:
     from socktools.wire import modes
-    if values["protocol"] not in modes.decoders():
+    # The built-in stream decoders only: a plug-in (MODULE:CLASS) would let the unauthenticated
+    # API load any Python file on the machine.
+    if values["protocol"] not in modes.stream_decoders():
         raise SpecError(f"attribute 'protocol' of message: no decoder for {values['protocol']!r} "
-                        f"(decoders: {', '.join(modes.decoders())})")
+                        f"(decoders: {', '.join(modes.stream_decoders())})")
     if values["action"] not in MESSAGE_ACTIONS:
         raise SpecError(f"attribute 'action' of message: expected one of {', '.join(MESSAGE_ACTIONS)}, "
                         f"got {values['action']!r}")
@@ -413,7 +419,7 @@ class ProxyConfig:
     stop_on_stdin_eof: bool = False
     seed: Optional[int] = None       # toxicity's and jitter's random numbers (tests; None: random)
     decode: Optional[str] = None     # a wire mode with a stream decoder, or a plug-in's MODULE:CLASS
-    splice: bool = True              # links no toxic or decoder sees forward with os.splice (Linux)
+    splice: str = "auto"             # SPLICE_MODES: when links no toxic or decoder sees use os.splice
     workers: int = 1                 # processes forwarding (1: this one; more: supervised children)
 
     def __post_init__(self) -> None:
@@ -435,6 +441,8 @@ class ProxyConfig:
             stream_decoder(self.decode)   # a WireOptionError names --decode (a plug-in: flood's words)
         if self.drain_timeout < 0:
             raise OptionError("drain_timeout", "must not be negative")
+        if self.splice not in SPLICE_MODES:
+            raise OptionError("splice", f"{self.splice!r} is not one of {', '.join(SPLICE_MODES)}")
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) \
                 or not 1 <= self.workers <= MAX_WORKERS:
             raise OptionError("workers", f"expected 1 to {MAX_WORKERS} worker processes, got {self.workers!r}")

@@ -17,15 +17,22 @@ Ends are passed on as they came: an EOF becomes a half-close on the other side
 error) becomes a reset of the other side (SO_LINGER 0, then close), and a
 toxic's CLOSE or RESET ends both sides.
 
-A link with no toxic and no ``--decode`` watching it splices (on Linux): its
-bytes go socket -> pipe -> socket without entering Python
-(:mod:`socktools.proxy.splice`); anything but steady forwarding unsplices it
-first, and the copying path above takes over.
+A *plain* link -- no toxic, no ``--decode`` watching it -- skips the chain.
+With ``--splice auto`` (the default) its source joins the loop's batch path
+(:meth:`Loop.write_batch`): the reads and writes of one poll's ready links run
+as C-level loops, which is what small request/reply traffic needs; a read that
+fills a whole :data:`SPLICE_AFTER` marks a bulk transfer, and that link then
+splices (on Linux): its bytes go socket -> pipe -> socket without entering
+Python (:mod:`socktools.proxy.splice`), as haproxy's ``option splice-auto``
+does.  ``--splice always`` splices a plain link from its start, ``never``
+never.  Anything but steady forwarding unsplices a link first, and the
+copying path above takes over.
 """
 
 from __future__ import annotations
 
 import logging
+import operator
 import socket
 import struct
 import time
@@ -33,7 +40,7 @@ from typing import Any, Optional
 
 from socktools import errors
 from socktools.addresses import format_addr
-from socktools.core.loop import Connection, Protocol, TlsConnection
+from socktools.core.loop import READ_SIZE, Connection, Protocol, TlsConnection
 from socktools.tlsconf import negotiated
 from socktools.proxy import splice as _splice
 from socktools.proxy.splice import SpliceConnection
@@ -57,7 +64,15 @@ LOW_WATER = HIGH_WATER // 4
 #: send_timeout is 60 s; a test suite's patience is shorter).
 CLOSE_GRACE = 10.0
 
+#: With ``--splice auto``: a batch read this big (the loop's whole read size: the kernel had at
+#: least that much queued) marks a bulk transfer, and its link splices from then on.  Smaller
+#: messages stay on the batch path, where a 64-byte round trip costs about half what two
+#: splice calls and their event cost (bench_proxy.py).
+SPLICE_AFTER = READ_SIZE
+
 _LINGER_ZERO = struct.pack("ii", 1, 0)
+_LINK = operator.attrgetter("link")
+_DST = operator.attrgetter("dst")
 
 
 def set_linger_zero(sock: socket.socket) -> None:
@@ -91,6 +106,8 @@ class Link:
         self.stages: list = []
         self.sink = _Sink(self)
         self.paused = False
+        # Bytes handed on by the chain or the pipe: what --decode's Watch compares its offsets
+        # to.  (The batch path, which no Watch sees, does not count them.)
         self.delivered = 0
         self.received = 0           # plaintext bytes read from src (not counted while spliced)
         self.pipe: Optional[_splice.Pipe] = None     # while spliced
@@ -103,6 +120,26 @@ class Link:
     def held(self) -> int:
         return sum(s.held for s in self.stages) + (self.dst.pending if self.dst is not None else 0)
 
+    @property
+    def plain(self) -> bool:
+        """Nothing needs to see this link's bytes and no pipe carries them: the batch path's.
+        (A TLS destination is never plain: a TLS side's counts are the chain's plaintext.)"""
+        return (not self.stages and self.pipe is None and isinstance(self.dst, SpliceConnection)
+                and self.pair.watch is None)
+
+    def settle(self) -> None:
+        """The link became plain (its pair is up, or its last toxic went): splice it now with
+        ``--splice always``; else its source joins the batch path until a bulk read."""
+        if self.pair.proxy.server.config.splice == "always":
+            self.splice()
+        self._restate()
+
+    def _restate(self) -> None:
+        # The source's batch membership follows ``plain``: the loop re-reads it on _update.
+        src = self.src
+        if isinstance(src, SpliceConnection):
+            src.refresh()
+
     # ------------------------------------------------------------ the chain
     def add(self, spec: Any) -> None:
         self.unsplice(deliver=True)      # the toxic sees every byte from now on
@@ -113,6 +150,7 @@ class Link:
         if self.stages:
             self.stages[-1].next = stage
         self.stages.append(stage)
+        self._restate()          # out of the batch path: the chain sees every read
         self.check()             # a stall pauses the source at once
 
     def update(self, spec: Any) -> None:
@@ -130,7 +168,8 @@ class Link:
                 for item in items:          # what it held goes on: nothing is dropped
                     stage.next.push(item)
                 self.check()
-                self.splice()               # the last toxic gone: zero-copy again
+                if not self.stages:
+                    self.settle()           # the last toxic gone: plain again
                 return
 
     def stop(self) -> None:
@@ -142,8 +181,7 @@ class Link:
     def splice(self) -> None:
         """Forward with os.splice from now on, if nothing needs to see the bytes."""
         src, dst = self.src, self.dst
-        if (self.pipe is not None or self.stages or self.pair.watch is not None or not _splice.AVAILABLE
-                or not self.pair.proxy.server.config.splice
+        if (not self.plain or not _splice.AVAILABLE or self.pair.proxy.server.config.splice == "never"
                 or not isinstance(src, SpliceConnection) or not isinstance(dst, SpliceConnection)
                 or not src.steady or not dst.steady):
             return
@@ -154,6 +192,7 @@ class Link:
                       self.pair.proxy.name, self.pair.number, exc)
             return
         src.splice_out = dst.splice_in = self.pipe
+        src.refresh()                  # out of the batch path: the pipe reads it now
 
     def unsplice(self, deliver: bool) -> None:
         """Back to the copying path; what the pipe holds is written to ``dst`` (or dropped)."""
@@ -171,6 +210,7 @@ class Link:
             dst.write(data)
         dst.refresh()
         if not self.src.closed:
+            self._restate()
             self.check()
 
     # ------------------------------------------------------------ the flow
@@ -295,10 +335,13 @@ class Pair:
         self.up.dst = upstream
         self.down = Link(self, "downstream", upstream)
         self.down.dst = self.client
+        for conn, link in ((self.client, self.up), (upstream, self.down)):
+            if isinstance(conn, SpliceConnection):
+                conn.link = link
         for spec in self.proxy.toxics:
             (self.up if spec.stream == "upstream" else self.down).add(spec)
-        self.up.splice()
-        self.down.splice()
+        self.up.settle()
+        self.down.settle()
         if not self.up.paused:       # (a stall toxic upstream keeps the client unread)
             self.client.resume_reading()
 
@@ -405,6 +448,20 @@ def _nodelay(sock: socket.socket) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+def forward_batch(conns: list, datas: list) -> None:
+    """The loop's batch path for plain links (``data_batch`` of both sides): each read goes to
+    its link's destination in one C-level loop of writes; back-pressure and splice-auto are
+    looked at only when a write was not whole or a read was bulk."""
+    links = list(map(_LINK, conns))
+    if not conns[0].loop.write_batch(list(map(_DST, links)), datas):
+        for link in links:
+            link.check()             # a destination buffers: pause its source above HIGH_WATER
+    if max(map(len, datas)) >= SPLICE_AFTER:
+        for link, data in zip(links, datas):
+            if len(data) >= SPLICE_AFTER and link.pair.proxy.server.config.splice == "auto":
+                link.splice()
+
+
 class ClientSide(Protocol):
     """The accepted client's callbacks (one object per proxy)."""
 
@@ -419,6 +476,8 @@ class ClientSide(Protocol):
 
     def data_received(self, conn: Connection, data: bytes) -> None:
         conn.ctx.up.feed(data)
+
+    data_batch = staticmethod(forward_batch)
 
     def eof_received(self, conn: Connection) -> None:
         conn.ctx.up.feed_eof()
@@ -449,6 +508,8 @@ class UpstreamSide(Protocol):
 
     def data_received(self, conn: Connection, data: bytes) -> None:
         conn.ctx.down.feed(data)
+
+    data_batch = staticmethod(forward_batch)
 
     def eof_received(self, conn: Connection) -> None:
         conn.ctx.down.feed_eof()

@@ -300,6 +300,7 @@ class ProxyServer:
         self.config = config
         self.on_event = on_event
         self.loop = loop or Loop()
+        self.loop.count_each = True      # per-connection byte counts on the batch path too
         self.rng = random.Random(config.seed)
         self.clock = time.monotonic
         self.call_at = self.loop.call_at

@@ -154,12 +154,20 @@ class SpliceConnection(Connection):
     """A proxy connection whose reads may go into a pipe (``splice_out``) and whose writes may
     come from one (``splice_in``); with neither it is an ordinary :class:`Connection`."""
 
-    __slots__ = ("splice_out", "splice_in")
+    __slots__ = ("splice_out", "splice_in", "link")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.splice_out: Optional[Pipe] = None
         self.splice_in: Optional[Pipe] = None
+        self.link: Any = None            # the link this connection is the source of, once up
+
+    @property
+    def _batchable(self) -> bool:
+        """A plain link's source (no toxic, no decoder, no pipe) is read by the loop's batch
+        path; :meth:`refresh` after any of those changes moves it in or out."""
+        link = self.link
+        return link is not None and link.plain
 
     @property
     def steady(self) -> bool:

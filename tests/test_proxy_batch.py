@@ -1,0 +1,148 @@
+"""``--splice auto`` (the default) on real loopback sockets: a plain link's small messages go
+through the loop's batch path, a bulk transfer switches that link to splice(2); bytes exact,
+counts exact, memory bounded, and a toxic added or removed moves a link out of and back into
+the batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+import urllib.request
+
+import pytest
+
+from socktools.core.loop import READ_SIZE
+from socktools.proxy import splice
+from socktools.proxy.link import HIGH_WATER
+from tests.conftest import wait_until
+from tests.proxy_helpers import connect, recv_exactly, recv_until_closed
+from tests.test_proxy import echo
+from tests.test_proxy_splice import running_proxy
+from tests.threadserver import ThreadServer
+
+
+def _batched(px, conn) -> bool:
+    return conn is not None and px.server.loop._batch.get(conn.fd) is conn
+
+
+def _round_trips(c, n: int, size: int = 64) -> None:
+    for i in range(n):
+        msg = os.urandom(size)
+        c.sendall(msg)
+        assert recv_exactly(c, size) == msg, f"round trip {i}"
+
+
+def _connection_event(px) -> dict:
+    assert wait_until(lambda: any(e["event"] == "connection" for e in px.events), timeout=10)
+    return next(e for e in px.events if e["event"] == "connection")
+
+
+@pytest.mark.skipif(not splice.AVAILABLE, reason="os.splice needs Linux and Python 3.10+")
+def test_small_messages_are_batched_and_a_bulk_transfer_splices_with_every_byte_counted():
+    payload = os.urandom(4 * 1024 * 1024 + 5)
+    with ThreadServer(echo) as srv, running_proxy(srv.port, splice="auto") as px:
+        with connect(px.port, timeout=10) as c:
+            _round_trips(c, 50)
+            pair = px.pair()
+            assert pair.up.pipe is None and pair.down.pipe is None, "small messages should not splice"
+            assert wait_until(lambda: _batched(px, pair.client) and _batched(px, pair.upstream), timeout=10)
+            got = bytearray()
+            t = threading.Thread(target=lambda: got.extend(recv_until_closed(c)))
+            t.start()
+            c.sendall(payload)
+            assert wait_until(px.spliced, timeout=10), "a bulk transfer should splice both directions"
+            assert not _batched(px, pair.client) and not _batched(px, pair.upstream)
+            c.shutdown(socket.SHUT_WR)
+            t.join(30)
+        assert bytes(got) == payload
+    ev = _connection_event(px)
+    n = 50 * 64 + len(payload)
+    assert ev["from_client"] == ev["to_upstream"] == ev["from_upstream"] == ev["to_client"] == n
+
+
+def test_never_copies_even_a_bulk_transfer_on_the_batch_path():
+    payload = os.urandom(2 * 1024 * 1024)
+    with ThreadServer(echo) as srv, running_proxy(srv.port, splice="never") as px:
+        with connect(px.port, timeout=10) as c:
+            got = bytearray()
+            t = threading.Thread(target=lambda: got.extend(recv_until_closed(c)))
+            t.start()
+            c.sendall(payload)
+            c.shutdown(socket.SHUT_WR)
+            t.join(30)
+            pair = px.pair()
+            assert pair is None or (pair.up.pipe is None and pair.down.pipe is None)
+        assert bytes(got) == payload
+    ev = _connection_event(px)
+    assert ev["from_client"] == ev["to_upstream"] == ev["from_upstream"] == ev["to_client"] == len(payload)
+
+
+def test_a_server_that_stops_reading_pauses_a_batched_link_within_its_bound():
+    """Back-pressure on the batch path: a write the kernel does not take whole is buffered,
+    and the link pauses its source once it holds more than HIGH_WATER (at most one read more);
+    every byte arrives, in order, once the server reads again."""
+    go = threading.Event()
+    received = []
+
+    def slow_reader(conn):
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        conn.recv(1)
+        go.wait(30)
+        received.append(recv_until_closed(conn, limit=1 << 28))
+
+    with ThreadServer(slow_reader) as srv, running_proxy(srv.port, splice="never") as px:
+        c = connect(px.port)
+        c.sendall(b"x")
+        assert wait_until(lambda: px.pair() is not None and _batched(px, px.pair().client), timeout=10)
+        c.setblocking(False)
+        stream = bytearray()               # (the server took the "x")
+        block = os.urandom(4096)          # small writes: the link stays on the batch path
+        stuck_since = None
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                n = c.send(block)
+                stream += block[:n]
+                stuck_since = None
+            except BlockingIOError:
+                stuck_since = stuck_since or time.monotonic()
+                if time.monotonic() - stuck_since > 0.5:
+                    break
+                time.sleep(0.01)
+        assert stuck_since is not None, f"the client sent {len(stream)} bytes and never blocked"
+        link = px.pair().up
+        assert link.paused and link.pipe is None
+        assert HIGH_WATER < link.held <= HIGH_WATER + READ_SIZE
+        go.set()
+        c.setblocking(True)
+        c.settimeout(30)
+        c.shutdown(socket.SHUT_WR)
+        assert wait_until(lambda: received, timeout=30)
+        assert received[0] == bytes(stream)
+        c.close()
+
+
+def test_a_toxic_takes_a_link_out_of_the_batch_and_its_removal_puts_it_back():
+    def api(method, path, doc=None):
+        req = urllib.request.Request(f"http://127.0.0.1:{api_port}{path}", method=method,
+                                     data=None if doc is None else json.dumps(doc).encode())
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status
+
+    with ThreadServer(echo) as srv, running_proxy(srv.port, splice="auto", api="127.0.0.1:0") as px:
+        api_port = int(next(e for e in px.events if e["event"] == "api")["address"].rsplit(":", 1)[1])
+        with connect(px.port, timeout=10) as c:
+            _round_trips(c, 3)
+            pair = px.pair()
+            assert wait_until(lambda: _batched(px, pair.upstream), timeout=10)
+            assert api("POST", "/proxies/p/toxics", {"type": "latency", "attributes": {"latency": 100}}) == 200
+            assert not _batched(px, pair.upstream) and pair.down.stages
+            t0 = time.monotonic()
+            _round_trips(c, 1)
+            assert time.monotonic() - t0 >= 0.1, "the toxic must see the first reply after it"
+            assert api("DELETE", "/proxies/p/toxics/latency_downstream") == 204
+            assert wait_until(lambda: _batched(px, pair.upstream), timeout=10)
+            _round_trips(c, 3)
