@@ -172,7 +172,7 @@ def test_plaintext_client_to_a_tls_only_redis_decoded(tmp_path, certs):
 def test_tls_to_tls_with_a_latency_toxic_and_a_self_signed_listener(tmp_path, certs):
     """TLS -> TLS (re-encrypted), the listener's certificate made by --tls-self-signed: the
     latency toxic acts on the plaintext between (each round trip at least 100 ms)."""
-    pytest.importorskip("cryptography", reason="cryptography not installed (pip install socktools[tls])")
+    pytest.importorskip("cryptography", reason="cryptography not installed (pip install cryptography)")
     with Redis(tmp_path, tls=certs) as redis, \
             ProxyProcess("--listen", "127.0.0.1:0", "--to", f"127.0.0.1:{redis.port}", "--tls-self-signed",
                          "--upstream-tls", "--upstream-cafile", str(certs.ca),
