@@ -163,3 +163,30 @@ class in_thread:
             pass
         self.thread.join(10)
         assert not self.thread.is_alive(), "the proxy's loop did not stop"
+
+
+#: send_until_blocked: the sender counts as blocked once send() refused everything this long
+#: (the proxy stopped reading and every buffer on the way is full) ...
+BLOCKED_FOR = 0.5
+#: ... and gives up (the caller's assertion then says it never blocked) after this long.
+BLOCK_DEADLINE = 20.0
+
+
+def send_until_blocked(sock: socket.socket, block: bytes) -> tuple:
+    """Send ``block`` over and over on nonblocking ``sock`` until send() has refused everything
+    for BLOCKED_FOR seconds: (the bytes the kernel took, in order; True if it blocked)."""
+    sock.setblocking(False)
+    stream = bytearray()
+    stuck_since = None
+    deadline = time.monotonic() + BLOCK_DEADLINE
+    while time.monotonic() < deadline:
+        try:
+            n = sock.send(block)
+            stream += block[:n]
+            stuck_since = None
+        except BlockingIOError:
+            stuck_since = stuck_since or time.monotonic()
+            if time.monotonic() - stuck_since > BLOCKED_FOR:
+                return stream, True
+            time.sleep(0.01)
+    return stream, False

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from socktools.cli import main
 from tests.conftest import server_recv_queues, wait_until
-from tests.proxy_helpers import ProxyProcess, connect, in_thread, recv_exactly, recv_until_closed
+from tests.proxy_helpers import ProxyProcess, connect, in_thread, recv_exactly, recv_until_closed, send_until_blocked
 from tests.threadserver import ThreadServer
 
 
@@ -146,22 +146,10 @@ def test_a_server_that_stops_reading_stops_the_proxy_reading_the_client():
 
     with ThreadServer(slow_reader) as srv, proxy_to(srv.port) as px:
         c = connect(px.port)
-        c.setblocking(False)
-        sent = 0
-        chunk = b"z" * 65536
-        deadline = time.monotonic() + 20
         # Fill until the client cannot send any more: the proxy must have stopped reading.
-        stuck_since = None
-        while time.monotonic() < deadline:
-            try:
-                sent += c.send(chunk)
-                stuck_since = None
-            except BlockingIOError:
-                stuck_since = stuck_since or time.monotonic()
-                if time.monotonic() - stuck_since > 0.5:
-                    break
-                time.sleep(0.01)
-        assert stuck_since is not None, f"the client sent {sent} bytes and never blocked"
+        stream, blocked = send_until_blocked(c, b"z" * 65536)
+        sent = len(stream)
+        assert blocked, f"the client sent {sent} bytes and never blocked"
         # The proxy's accepted socket keeps a receive queue: it is not reading.
         assert wait_until(lambda: (server_recv_queues(px.port) or 0) > 0, timeout=10)
         # Bounded: kernel buffers (at most tcp_rmem/tcp_wmem maxima on each of four sockets)

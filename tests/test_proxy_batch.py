@@ -1,7 +1,7 @@
 """``--splice auto`` (the default) on real loopback sockets: a plain link's small messages go
 through the loop's batch path, a bulk transfer switches that link to splice(2); bytes exact,
-counts exact, memory bounded, and a toxic added or removed moves a link out of and back into
-the batch."""
+counts exact, and a toxic added or removed moves a link out of and back into the batch.  (The
+batch path's back-pressure is tested beside splice's, in test_proxy_splice.py.)"""
 
 from __future__ import annotations
 
@@ -14,9 +14,7 @@ import urllib.request
 
 import pytest
 
-from socktools.core.loop import READ_SIZE
 from socktools.proxy import splice
-from socktools.proxy.link import HIGH_WATER
 from tests.conftest import wait_until
 from tests.proxy_helpers import connect, recv_exactly, recv_until_closed
 from tests.test_proxy import echo
@@ -78,51 +76,6 @@ def test_never_copies_even_a_bulk_transfer_on_the_batch_path():
         assert bytes(got) == payload
     ev = _connection_event(px)
     assert ev["from_client"] == ev["to_upstream"] == ev["from_upstream"] == ev["to_client"] == len(payload)
-
-
-def test_a_server_that_stops_reading_pauses_a_batched_link_within_its_bound():
-    """Back-pressure on the batch path: a write the kernel does not take whole is buffered,
-    and the link pauses its source once it holds more than HIGH_WATER (at most one read more);
-    every byte arrives, in order, once the server reads again."""
-    go = threading.Event()
-    received = []
-
-    def slow_reader(conn):
-        conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
-        conn.recv(1)
-        go.wait(30)
-        received.append(recv_until_closed(conn, limit=1 << 28))
-
-    with ThreadServer(slow_reader) as srv, running_proxy(srv.port, splice="never") as px:
-        c = connect(px.port)
-        c.sendall(b"x")
-        assert wait_until(lambda: px.pair() is not None and _batched(px, px.pair().client), timeout=10)
-        c.setblocking(False)
-        stream = bytearray()               # (the server took the "x")
-        block = os.urandom(4096)          # small writes: the link stays on the batch path
-        stuck_since = None
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                n = c.send(block)
-                stream += block[:n]
-                stuck_since = None
-            except BlockingIOError:
-                stuck_since = stuck_since or time.monotonic()
-                if time.monotonic() - stuck_since > 0.5:
-                    break
-                time.sleep(0.01)
-        assert stuck_since is not None, f"the client sent {len(stream)} bytes and never blocked"
-        link = px.pair().up
-        assert link.paused and link.pipe is None
-        assert HIGH_WATER < link.held <= HIGH_WATER + READ_SIZE
-        go.set()
-        c.setblocking(True)
-        c.settimeout(30)
-        c.shutdown(socket.SHUT_WR)
-        assert wait_until(lambda: received, timeout=30)
-        assert received[0] == bytes(stream)
-        c.close()
 
 
 def test_a_toxic_takes_a_link_out_of_the_batch_and_its_removal_puts_it_back():

@@ -7,13 +7,12 @@ import os
 import socket
 import struct
 import threading
-import time
 
 import pytest
 
 from socktools.proxy import splice
 from tests.conftest import server_recv_queues, wait_until
-from tests.proxy_helpers import connect, in_thread, recv_exactly, recv_until_closed
+from tests.proxy_helpers import connect, in_thread, recv_exactly, recv_until_closed, send_until_blocked
 from tests.test_proxy import echo
 from tests.threadserver import ThreadServer
 
@@ -85,46 +84,44 @@ def test_no_splice_copies_as_before():
             assert pair is not None and pair.up.pipe is None and pair.down.pipe is None
 
 
-def test_a_server_that_stops_reading_leaves_the_pipe_bounded_and_the_client_blocked():
-    """Back-pressure while spliced: the pipe holds at most its capacity, the proxy stops
-    reading the client (whose socket to the proxy keeps a receive queue), and every byte
-    arrives, in order, once the server reads again."""
+@pytest.mark.parametrize("mode", ["always", "never"])
+def test_a_server_that_stops_reading_bounds_the_link_and_blocks_the_client(mode):
+    """Back-pressure, spliced (``always``: the pipe holds at most its capacity) and on the batch
+    path (``never``, small writes: a write the kernel does not take whole is buffered, and the
+    link pauses its source above HIGH_WATER, at most one read more): the proxy stops reading the
+    client (whose socket to the proxy keeps a receive queue), and every byte arrives, in order,
+    once the server reads again."""
+    from socktools.core.loop import READ_SIZE
+    from socktools.proxy.link import HIGH_WATER
     go = threading.Event()
     received = []
 
     def slow_reader(conn):
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
-        conn.recv(1)                 # one byte, so the link is spliced before the flood
+        conn.recv(1)                 # one byte, so the link is settled before the flood
         go.wait(30)
         received.append(recv_until_closed(conn, limit=1 << 28))
 
-    with ThreadServer(slow_reader) as srv, running_proxy(srv.port) as px:
+    def batched():
+        pair = px.pair()
+        return pair is not None and px.server.loop._batch.get(pair.client.fd) is pair.client
+
+    with ThreadServer(slow_reader) as srv, running_proxy(srv.port, splice=mode) as px:
         c = connect(px.port)
         c.sendall(b"x")
-        assert wait_until(px.spliced, timeout=10)
-        c.setblocking(False)
-        stream = bytearray()
-        block = os.urandom(65536)
-        stuck_since = None
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                n = c.send(block)
-                stream += block[:n]
-                stuck_since = None
-            except BlockingIOError:
-                stuck_since = stuck_since or time.monotonic()
-                if time.monotonic() - stuck_since > 0.5:
-                    break
-                time.sleep(0.01)
-        assert stuck_since is not None, f"the client sent {len(stream)} bytes and never blocked"
+        assert wait_until(px.spliced if mode == "always" else batched, timeout=10)
+        stream, blocked = send_until_blocked(c, os.urandom(65536 if mode == "always" else 4096))
+        assert blocked, f"the client sent {len(stream)} bytes and never blocked"
         link = px.pair().up
-        assert link.pipe is not None and link.paused
-        assert 0 < link.pipe.count <= link.pipe.size
-        assert link.held <= splice.PIPE_SIZE
+        assert link.paused
+        if mode == "always":
+            assert link.pipe is not None and 0 < link.pipe.count <= link.pipe.size
+            assert link.held <= splice.PIPE_SIZE
+        else:
+            assert link.pipe is None and HIGH_WATER < link.held <= HIGH_WATER + READ_SIZE
         assert wait_until(lambda: (server_recv_queues(px.port) or 0) > 0, timeout=10)
-        # kernel buffers on four sockets (at most tcp_rmem/tcp_wmem maxima) plus one pipe
-        assert len(stream) < 2 * (_sysctl_max("tcp_rmem") + _sysctl_max("tcp_wmem")) + splice.PIPE_SIZE
+        # kernel buffers on four sockets (at most tcp_rmem/tcp_wmem maxima) plus one pipe or HIGH_WATER
+        assert len(stream) < 2 * (_sysctl_max("tcp_rmem") + _sysctl_max("tcp_wmem")) + splice.PIPE_SIZE + READ_SIZE
         go.set()
         c.setblocking(True)
         c.settimeout(30)
