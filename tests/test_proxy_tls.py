@@ -181,6 +181,9 @@ def test_tls_to_tls_with_a_latency_toxic_and_a_self_signed_listener(tmp_path, ce
         made = listening["listen_tls"]
         assert made["self_signed"] and len(made["sha256"]) == 95
         with tls_connect(px.port, made["cert"], "localhost") as c:
+            # the certificate names the command that made it (a client's chain view shows it)
+            assert ("organizationName", "socktools proxy --tls-self-signed") in \
+                [kv for rdn in c.getpeercert()["subject"] for kv in rdn]
             for _ in range(3):
                 start = time.perf_counter()
                 pings(c, 1)

@@ -324,7 +324,7 @@ def _self_signed(proxies: list):
     if not any(p.listen_tls is not None and p.listen_tls.self_signed for p in proxies):
         return proxies, None
     from socktools.serve.selfsigned import make_self_signed
-    made = make_self_signed()
+    made = make_self_signed(made_by="socktools proxy")
     out = []
     for p in proxies:
         if p.listen_tls is not None and p.listen_tls.self_signed:

@@ -40,9 +40,10 @@ class SelfSigned(NamedTuple):
     key: str        # PEM private key (mode 0600)
 
 
-def make_self_signed(folder: str | None = None) -> SelfSigned:
+def make_self_signed(folder: str | None = None, made_by: str = "socktools serve") -> SelfSigned:
     """A new key and self-signed certificate for :data:`NAMES` and :data:`ADDRESSES`, written
-    as PEM into ``folder`` (a new private temporary folder when None).  Raises
+    as PEM into ``folder`` (a new private temporary folder when None); its organization names
+    the command that made it (``made_by``), which is what a client's chain view shows.  Raises
     :class:`~socktools.optional.MissingPackage` without ``cryptography``."""
     try:
         from cryptography import x509
@@ -56,7 +57,7 @@ def make_self_signed(folder: str | None = None) -> SelfSigned:
     # per full handshake), and every TLS 1.2/1.3 client accepts it.
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, NAMES[0]),
-                      x509.NameAttribute(NameOID.ORGANIZATION_NAME, "socktools serve --tls-self-signed")])
+                      x509.NameAttribute(NameOID.ORGANIZATION_NAME, f"{made_by} --tls-self-signed")])
     now = datetime.datetime.now(datetime.timezone.utc)
     ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
     sans = [x509.DNSName(n) for n in NAMES] + [x509.IPAddress(ipaddress.ip_address(a)) for a in ADDRESSES]
