@@ -39,25 +39,30 @@ def _connection_event(px) -> dict:
 
 
 @pytest.mark.skipif(not splice.AVAILABLE, reason="os.splice needs Linux and Python 3.10+")
-def test_small_messages_are_batched_and_a_bulk_transfer_splices_with_every_byte_counted():
+def test_small_messages_are_batched_a_bulk_transfer_splices_and_small_ones_batch_again():
+    from socktools.proxy.splice import UNSPLICE_AFTER
     payload = os.urandom(4 * 1024 * 1024 + 5)
+    after = UNSPLICE_AFTER + 4
     with ThreadServer(echo) as srv, running_proxy(srv.port, splice="auto") as px:
         with connect(px.port, timeout=10) as c:
             _round_trips(c, 50)
             pair = px.pair()
             assert pair.up.pipe is None and pair.down.pipe is None, "small messages should not splice"
             assert wait_until(lambda: _batched(px, pair.client) and _batched(px, pair.upstream), timeout=10)
-            got = bytearray()
-            t = threading.Thread(target=lambda: got.extend(recv_until_closed(c)))
-            t.start()
-            c.sendall(payload)
+            sender = threading.Thread(target=c.sendall, args=(payload,))
+            sender.start()
             assert wait_until(px.spliced, timeout=10), "a bulk transfer should splice both directions"
             assert not _batched(px, pair.client) and not _batched(px, pair.upstream)
+            assert recv_exactly(c, len(payload)) == payload
+            sender.join(30)
+            _round_trips(c, after)            # small messages again: back to the batch path
+            assert wait_until(lambda: _batched(px, pair.client) and _batched(px, pair.upstream), timeout=10)
+            assert pair.up.pipe is None and pair.down.pipe is None
+            _round_trips(c, 3)
             c.shutdown(socket.SHUT_WR)
-            t.join(30)
-        assert bytes(got) == payload
+            assert recv_until_closed(c) == b""
     ev = _connection_event(px)
-    n = 50 * 64 + len(payload)
+    n = (50 + after + 3) * 64 + len(payload)
     assert ev["from_client"] == ev["to_upstream"] == ev["from_upstream"] == ev["to_client"] == n
 
 
