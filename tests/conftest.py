@@ -176,6 +176,14 @@ def skip_without_ipv6() -> None:
         pytest.skip("IPv6 loopback (::1) is not available on this machine")
 
 
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    """A throwaway CA and its server and client pairs (tests.peers.Certs), one per test module:
+    tests only read the files."""
+    from tests.peers import Certs
+    return Certs(tmp_path_factory.mktemp("certs"))
+
+
 @pytest.fixture
 def closed_port():
     """A loopback ``(host, port)`` bound but not listening: connecting is refused (RST).

@@ -29,11 +29,6 @@ RUN_LIMIT = 10.0
 
 
 @pytest.fixture(scope="module")
-def certs(tmp_path_factory):
-    return Certs(tmp_path_factory.mktemp("certs"))
-
-
-@pytest.fixture(scope="module")
 def expired(tmp_path_factory):
     return Certs(tmp_path_factory.mktemp("expired"), expired=True)
 

@@ -6,14 +6,9 @@ from __future__ import annotations
 import pytest
 
 from conftest import flood_once, wait_until
-from peers import Certs, Nginx, Redis
+from peers import Nginx, Redis
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture
-def certs(tmp_path):
-    return Certs(tmp_path)
 
 
 @pytest.mark.parametrize("resume", [False, True])

@@ -35,11 +35,6 @@ def flood(*args, env=None):
     return r, doc
 
 
-@pytest.fixture
-def certs(tmp_path):
-    return Certs(tmp_path)
-
-
 def tls_args(certs, port, *more):
     return ("--tls", "--cafile", str(certs.ca), "--port", str(port), *more)
 

@@ -18,11 +18,6 @@ from tests.test_json_schemas import validate
 
 
 @pytest.fixture(scope="module")
-def certs(tmp_path_factory):
-    return Certs(tmp_path_factory.mktemp("certs"))
-
-
-@pytest.fixture(scope="module")
 def nginx_tls(tmp_path_factory, certs):
     with Nginx(tmp_path_factory.mktemp("nginx"), tls=certs) as server:
         yield server

@@ -25,13 +25,6 @@ PONG = b"+PONG\r\n"
 
 
 @pytest.fixture
-def certs(tmp_path):
-    folder = tmp_path / "certs"
-    folder.mkdir()
-    return Certs(folder)
-
-
-@pytest.fixture
 def other_certs(tmp_path):
     """A second, unrelated CA (and its server pair): "the wrong CA" for the first's servers."""
     folder = tmp_path / "other"

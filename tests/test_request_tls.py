@@ -18,11 +18,6 @@ from tests.threadserver import ThreadServer, answer_framed
 
 
 @pytest.fixture(scope="module")
-def certs(tmp_path_factory):
-    return Certs(tmp_path_factory.mktemp("certs"))
-
-
-@pytest.fixture(scope="module")
 def redis_tls(tmp_path_factory, certs):
     with Redis(tmp_path_factory.mktemp("redis"), tls=certs) as server:
         yield server

@@ -34,11 +34,6 @@ pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture(scope="module")
-def certs(tmp_path_factory):
-    return Certs(tmp_path_factory.mktemp("certs"))
-
-
-@pytest.fixture(scope="module")
 def stranger(tmp_path_factory):
     """Another CA and its certificates: trusted by nobody here."""
     return Certs(tmp_path_factory.mktemp("stranger"))

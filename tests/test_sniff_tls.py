@@ -301,12 +301,6 @@ def test_a_stream_cut_inside_a_record_says_so():
 # ---------------------------------------------------------------------------- real TLS, in memory
 
 
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory):
-    from tests.peers import Certs
-    return Certs(tmp_path_factory.mktemp("certs"))
-
-
 def conversation(certs, keylog, version, exchanges, ciphers=None, alpn=("http/1.1",)):
     """A real client and server (Python's ssl over memory BIOs, no socket): the bytes each
     sent, in order, as [(role, bytes)]; the client writes its secrets to ``keylog``."""

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from tests.conftest import socktools_cmd
-from tests.peers import Certs, Nginx, Redis
+from tests.peers import Nginx, Redis
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="stall reads Linux's TCP_INFO, queue ioctls and socket table")
@@ -19,11 +19,6 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
 
 def _stall(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(socktools_cmd("stall", *args), capture_output=True, text=True, timeout=60)
-
-
-@pytest.fixture
-def certs(tmp_path):
-    return Certs(tmp_path)
 
 
 class _Sink:
