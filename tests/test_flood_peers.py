@@ -344,15 +344,9 @@ def test_memcached_plugin_from_the_cli_and_request(memcached):
 @pytest.mark.skipif(not can_capture(), reason="live capture needs root or CAP_NET_RAW (packet sockets)")
 @pytest.mark.parametrize("mode", ["redis", "line"])
 def test_sniff_decodes_a_real_redis_exchange(redis, mode):
-    import signal
-    import threading
-    sniff = subprocess.Popen(socktools_cmd("sniff", "--port", str(redis.port),
-                              "--decode", mode), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    lines: list = []
-    try:
-        assert "Capturing on" in sniff.stderr.readline()
-        reader = threading.Thread(target=lambda: lines.extend(iter(sniff.stdout.readline, "")))
-        reader.start()
+    from tests.livesniff import LiveSniff
+    with LiveSniff("--port", str(redis.port), "--decode", mode) as sniff:
+        assert "Capturing on" in sniff.first
         if mode == "redis":
             args = ["--mode", "redis", "--command", "SET greeting hello"]
         else:
@@ -360,15 +354,8 @@ def test_sniff_decodes_a_real_redis_exchange(redis, mode):
         out = subprocess.run(socktools_cmd("request", "--port", str(redis.port), *args),
                              capture_output=True, text=True, timeout=30)
         assert out.returncode == 0, out.stderr
-        assert wait_until(lambda: after_second_fin(lines), 10), "".join(lines)
-        sniff.send_signal(signal.SIGINT)
-        sniff.wait(15)
-        reader.join(5)
-    finally:
-        if sniff.poll() is None:
-            sniff.kill()
-            sniff.wait()
-    text = "".join(lines)
+        sniff.stop(after_second_fin, timeout=10)
+    text = sniff.out
     if mode == "redis":
         assert "request #1: redis" in text and "['SET', 'greeting', 'hello']" in text
         assert "response #1: redis" in text and "content OK" in text

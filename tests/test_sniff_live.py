@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import struct
 import shutil
-import signal
 import socket
 import subprocess
 import threading
@@ -15,7 +14,8 @@ import pytest
 from socktools import reference
 from socktools.capture import SniffConfig, Sniffer
 from socktools.capture.reassembly import MessageEvent
-from tests.conftest import after_second_fin, can_capture, socktools_cmd, wait_until
+from tests.conftest import after_second_fin, can_capture, socktools_cmd
+from tests.livesniff import LiveSniff
 from tests.threadserver import answer_framed
 
 
@@ -177,25 +177,13 @@ def test_tshark_agrees_on_zero_window(tmp_path):
 
 def test_cli_around_socktools_request_then_ctrl_c(start_server):
     srv = start_server("--mode", "framed")
-    sniff = subprocess.Popen(socktools_cmd("sniff", "--port", str(srv.port)), stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
-    try:
-        assert "Capturing on 'lo' (filter: tcp port" in sniff.stderr.readline()
-        lines: list[str] = []
-        reader = threading.Thread(target=lambda: lines.extend(iter(sniff.stdout.readline, "")))
-        reader.start()
+    with LiveSniff("--port", str(srv.port)) as sniff:
+        assert "Capturing on 'lo' (filter: tcp port" in sniff.first
         req = subprocess.run(socktools_cmd("request", "search", "morpheus", "--port", str(srv.port)),
                              capture_output=True, text=True, timeout=30)
         assert req.returncode == 0 and SEARCH_REPLY in req.stdout
-        assert wait_until(lambda: after_second_fin(lines), 10), "".join(lines)
-        sniff.send_signal(signal.SIGINT)
-        sniff.wait(15)
-        reader.join(5)
-    finally:
-        if sniff.poll() is None:
-            sniff.kill()
-            sniff.wait()
-    out = "".join(lines)
+        sniff.stop(after_second_fin, timeout=10)
+    out = sniff.out
     assert sniff.returncode == 0, out
     assert "[SYN] Seq=0" in out and "[SYN, ACK] Seq=0 Ack=1" in out
     assert "request #1: text/json" in out and SEARCH_REPLY in out and "response #1" in out

@@ -15,7 +15,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import socket
 import ssl
 import struct
@@ -33,7 +32,8 @@ from socktools.capture.tls_decrypt import MAX_KEYLOG_LINE, KeyLog, TlsSession
 from socktools.cli import main
 from socktools.wire.tls_records import (MAX_HANDSHAKE_LENGTH, MAX_RECORD_LENGTH, TlsMalformed, TlsRecords,
                                         looks_like_tls)
-from tests.conftest import can_capture, socktools_cmd, wait_until
+from tests.conftest import can_capture, socktools_cmd
+from tests.livesniff import LiveSniff
 from tests.test_sniff_auto import feed_all, splits
 
 ROOT = Path(__file__).resolve().parent.parent     # the worktree: its socktools is the one under test
@@ -635,34 +635,6 @@ class TlsServer:
         self.thread.join(5)
 
 
-def start_sniff(args: list) -> subprocess.Popen:
-    proc = subprocess.Popen(socktools_cmd("sniff", *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    first = proc.stderr.readline()
-    assert '"event": "capturing"' in first or "Capturing on" in first, first
-    return proc
-
-
-def stop_sniff(proc: subprocess.Popen, lines: list, enough) -> None:
-    try:
-        assert wait_until(lambda: enough(lines), 15), "".join(lines)
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(15)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-
-
-def read_lines(proc: subprocess.Popen) -> tuple:
-    lines: list = []
-    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
-    reader.start()
-    return lines, reader
-
-
 def json_events(lines: list, kind: str) -> list:
     out = []
     for line in lines:
@@ -677,8 +649,7 @@ def test_live_tls_capture_then_keylog_and_tshark_agree(certs, tmp_path, version,
     pytest.importorskip("cryptography", reason="decryption needs cryptography (pip install cryptography)")
     server = TlsServer(certs, version)
     keylog, cap = tmp_path / "keys.log", tmp_path / "cap.pcapng"
-    sniff = start_sniff(["--port", str(server.port), "--json", "-w", str(cap)])
-    lines, reader = read_lines(sniff)
+    sniff = LiveSniff("--port", str(server.port), "--json", "-w", str(cap))
     try:
         ctx = certs.client_context()
         ctx.keylog_filename = str(keylog)
@@ -693,12 +664,12 @@ def test_live_tls_capture_then_keylog_and_tshark_agree(certs, tmp_path, version,
         with socket.create_connection(("127.0.0.1", server.port), timeout=5) as raw:
             with pytest.raises(ssl.SSLCertVerificationError):
                 stranger.wrap_socket(raw, server_hostname="localhost")
-        stop_sniff(sniff, lines, lambda ls: sum('"RST"' in ln or '"FIN"' in ln for ln in ls) >= 3
+        sniff.stop(lambda ls: sum('"RST"' in ln or '"FIN"' in ln for ln in ls) >= 3
                    and any("unknown_ca" in ln for ln in ls))
-        reader.join(5)
     finally:
         server.close()
     assert sniff.returncode == 0
+    lines = sniff.lines
     from tests.test_json_schemas import validate
     for line in lines:
         validate(json.loads(line), "sniff")
@@ -752,9 +723,7 @@ def test_live_redis_tls_decrypted_as_resp(certs, tmp_path):
     from tests.peers import Redis
     keylog = tmp_path / "keys.log"
     with Redis(tmp_path, tls=certs) as redis:
-        sniff = start_sniff(["--port", str(redis.port), "--keylog", str(keylog), "--decode", "redis",
-                             "--json"])
-        lines, reader = read_lines(sniff)
+        sniff = LiveSniff("--port", str(redis.port), "--keylog", str(keylog), "--decode", "redis", "--json")
         try:
             ctx = certs.client_context()
             ctx.keylog_filename = str(keylog)
@@ -765,10 +734,9 @@ def test_live_redis_tls_decrypted_as_resp(certs, tmp_path):
                     s.sendall(REDIS_GET)
                     assert s.recv(100) == b"$5\r\nworld\r\n"
         finally:
-            stop_sniff(sniff, lines, lambda ls: len(json_events(
+            sniff.stop(lambda ls: len(json_events(
                 [ln for ln in ls if '"event": "packet"' in ln], "message")) >= 4)
-            reader.join(5)
-    packets = [ln for ln in lines if '"event": "packet"' in ln]
+    packets = [ln for ln in sniff.lines if '"event": "packet"' in ln]
     msgs = [(m["role"], m["content"]) for m in json_events(packets, "message")]
     assert msgs == [("request", "['SET', 'hello', 'world']"), ("response", "OK"),
                     ("request", "['GET', 'hello']"), ("response", "'world'")]
@@ -784,9 +752,8 @@ def test_flood_keylog_from_two_workers_decrypts_every_request_redis_counted(cert
     from tests.peers import Redis
     keylog, cap = tmp_path / "keys.log", tmp_path / "cap.pcapng"
     with Redis(tmp_path, tls=certs) as redis:
-        sniff = start_sniff(["--port", str(redis.port), "-w", str(cap), "--json", "--keylog", str(keylog),
-                             "--decode", "redis"])
-        lines, reader = read_lines(sniff)
+        sniff = LiveSniff("--port", str(redis.port), "-w", str(cap), "--json", "--keylog", str(keylog),
+                          "--decode", "redis")
         pings = None
         try:
             flood = subprocess.run(socktools_cmd("flood", "--tls", "--cafile", str(certs.ca), "--mode", "redis",
@@ -802,9 +769,8 @@ def test_flood_keylog_from_two_workers_decrypts_every_request_redis_counted(cert
             # key log racing the records, which is not what this test is about (the file read
             # back below is).  (flood failed, pings None: stop at once; its assertion says why.)
             port = redis.port
-            stop_sniff(sniff, lines, lambda ls: pings is None or sum(
+            sniff.stop(lambda ls: pings is None or sum(
                 1 for ln in ls if '"FIN"' in ln and f'"dport": {port},' in ln) >= 5)
-            reader.join(5)
     out = subprocess.run(socktools_cmd("sniff", "-r", str(cap), "--keylog", str(keylog), "--decode", "redis",
                                        "--json"), capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert out.returncode == 0, out.stderr

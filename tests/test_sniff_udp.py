@@ -27,7 +27,8 @@ from socktools.capture.events import DatagramEvent, Note
 from socktools.cli import main
 from socktools.wire import datagram as dg
 from tests.conftest import can_capture, socktools_cmd
-from tests.test_sniff_files import CPORT, PORT, T0, conversation, ether, pcap_ns, pcapng
+from tests.livesniff import LiveSniff
+from tests.test_sniff_files import CPORT, PORT, T0, conversation, ether, pcap_ns
 from tests.test_sniff_malformed import OPTION_SETS
 
 A = socket.inet_aton("127.0.0.1")
@@ -509,35 +510,19 @@ def test_a_live_capture_of_a_lossy_flood_sees_exactly_the_datagrams_flood_lost(t
 
 @live
 def test_ctrl_c_ends_a_live_udp_capture_with_the_per_socket_summary():
-    import signal
-
-    from tests.conftest import wait_until
     from tests.udppeers import UdpEcho
 
-    with UdpEcho() as echo:
-        sniff = subprocess.Popen(socktools_cmd("sniff", "--udp", "--port", str(echo.port)),
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            assert f"(filter: udp port {echo.port})" in sniff.stderr.readline()
-            lines: list = []
-            reader = threading.Thread(target=lambda: lines.extend(iter(sniff.stdout.readline, "")))
-            reader.start()
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
-                c.connect(("127.0.0.1", echo.port))
-                c.settimeout(5)
-                for seq in range(3):                     # what one flood socket does, by hand
-                    c.send(dg.encode(5, seq, 0, 64))
-                    assert dg.decode(c.recv(100)).seq == seq
-                c.send(dg.encode(5, 3, 0, 64))           # and one the echo may or may not answer
-            assert wait_until(lambda: sum("flood sock=5" in ln for ln in lines) >= 7, 10), "".join(lines)
-            sniff.send_signal(signal.SIGINT)
-            sniff.wait(15)
-            reader.join(5)
-        finally:
-            if sniff.poll() is None:
-                sniff.kill()
-                sniff.wait()
-    out = "".join(lines)
+    with UdpEcho() as echo, LiveSniff("--udp", "--port", str(echo.port)) as sniff:
+        assert f"(filter: udp port {echo.port})" in sniff.first
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
+            c.connect(("127.0.0.1", echo.port))
+            c.settimeout(5)
+            for seq in range(3):                     # what one flood socket does, by hand
+                c.send(dg.encode(5, seq, 0, 64))
+                assert dg.decode(c.recv(100)).seq == seq
+            c.send(dg.encode(5, 3, 0, 64))           # and one the echo may or may not answer
+        sniff.stop(lambda lines: sum("flood sock=5" in ln for ln in lines) >= 7, timeout=10)
+    out = sniff.out
     assert sniff.returncode == 0, out
     assert "flood sock=5 seq=2 reply to #5 RTT=" in out and "(stopped)" in out
     row = next(ln for ln in out.splitlines() if ln.startswith("     5  127.0.0.1:"))
