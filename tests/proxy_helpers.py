@@ -7,8 +7,10 @@ import os
 import select
 import signal
 import socket
+import struct
 import subprocess
 import tempfile
+import threading
 import time
 from typing import Optional
 
@@ -190,3 +192,32 @@ def send_until_blocked(sock: socket.socket, block: bytes) -> tuple:
                 return stream, True
             time.sleep(0.01)
     return stream, False
+
+
+def abort(sock: socket.socket) -> None:
+    """Close with RST (SO_LINGER 0), as a crashing peer does."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def end_watcher(seen: list):
+    """A ThreadServer handler that reads to the end and notes how it came: "eof" or "reset"."""
+    def watch(conn: socket.socket) -> None:
+        try:
+            while conn.recv(100):
+                pass
+            seen.append("eof")
+        except ConnectionResetError:
+            seen.append("reset")
+    return watch
+
+
+def bulk_echo(sock: socket.socket, payload: bytes, timeout: float = 30.0) -> bytes:
+    """Send ``payload`` and half-close while a thread reads what comes back until the close."""
+    got = bytearray()
+    reader = threading.Thread(target=lambda: got.extend(recv_until_closed(sock)))
+    reader.start()
+    sock.sendall(payload)
+    sock.shutdown(socket.SHUT_WR)
+    reader.join(timeout)
+    return bytes(got)

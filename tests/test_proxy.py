@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import socket
-import struct
 import threading
 import time
 
@@ -14,7 +13,8 @@ from click.testing import CliRunner
 
 from socktools.cli import main
 from tests.conftest import server_recv_queues, wait_until
-from tests.proxy_helpers import ProxyProcess, connect, in_thread, recv_exactly, recv_until_closed, send_until_blocked
+from tests.proxy_helpers import (ProxyProcess, abort, connect, end_watcher, in_thread, recv_exactly,
+                                 recv_until_closed, send_until_blocked)
 from tests.threadserver import ThreadServer
 
 
@@ -85,8 +85,7 @@ def test_a_half_close_from_the_server_keeps_the_request_direction_open():
 def test_a_reset_by_the_server_reaches_the_client_as_a_reset():
     def reset_after_request(conn):
         conn.recv(100)
-        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        conn.close()
+        abort(conn)
 
     with ThreadServer(reset_after_request) as srv, proxy_to(srv.port) as px:
         with connect(px.port) as c:
@@ -100,21 +99,11 @@ def test_a_reset_by_the_server_reaches_the_client_as_a_reset():
 
 def test_a_reset_by_the_client_reaches_the_server_as_a_reset():
     seen = []
-
-    def wait_for_reset(conn):
-        try:
-            while conn.recv(100):
-                pass
-            seen.append("eof")
-        except ConnectionResetError:
-            seen.append("reset")
-
-    with ThreadServer(wait_for_reset) as srv, proxy_to(srv.port) as px:
+    with ThreadServer(end_watcher(seen)) as srv, proxy_to(srv.port) as px:
         c = connect(px.port)
         c.sendall(b"hi")
         assert wait_until(lambda: srv.accepted == 1, timeout=10)
-        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        c.close()
+        abort(c)
         assert wait_until(lambda: seen, timeout=10) and seen == ["reset"]
 
 

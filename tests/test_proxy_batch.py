@@ -16,7 +16,7 @@ import pytest
 
 from socktools.proxy import splice
 from tests.conftest import wait_until
-from tests.proxy_helpers import connect, recv_exactly, recv_until_closed
+from tests.proxy_helpers import bulk_echo, connect, recv_exactly, recv_until_closed
 from tests.test_proxy import echo
 from tests.test_proxy_splice import running_proxy
 from tests.threadserver import ThreadServer
@@ -70,15 +70,10 @@ def test_never_copies_even_a_bulk_transfer_on_the_batch_path():
     payload = os.urandom(2 * 1024 * 1024)
     with ThreadServer(echo) as srv, running_proxy(srv.port, splice="never") as px:
         with connect(px.port, timeout=10) as c:
-            got = bytearray()
-            t = threading.Thread(target=lambda: got.extend(recv_until_closed(c)))
-            t.start()
-            c.sendall(payload)
-            c.shutdown(socket.SHUT_WR)
-            t.join(30)
+            got = bulk_echo(c, payload)
             pair = px.pair()
             assert pair is None or (pair.up.pipe is None and pair.down.pipe is None)
-        assert bytes(got) == payload
+        assert got == payload
     ev = _connection_event(px)
     assert ev["from_client"] == ev["to_upstream"] == ev["from_upstream"] == ev["to_client"] == len(payload)
 

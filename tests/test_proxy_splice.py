@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import os
 import socket
-import struct
 import threading
 
 import pytest
 
 from socktools.proxy import splice
 from tests.conftest import server_recv_queues, wait_until
-from tests.proxy_helpers import connect, in_thread, recv_exactly, recv_until_closed, send_until_blocked
+from tests.proxy_helpers import (abort, bulk_echo, connect, end_watcher, in_thread, recv_exactly, recv_until_closed,
+                                 send_until_blocked)
 from tests.test_proxy import echo
 from tests.threadserver import ThreadServer
 
@@ -61,13 +61,8 @@ def test_an_untouched_link_is_spliced_and_every_byte_arrives_in_order():
             c.sendall(b"hello")
             assert recv_exactly(c, 5) == b"hello"
             assert px.spliced(), "a link with no toxic and no --decode should splice"
-            got = bytearray()
-            t = threading.Thread(target=lambda: got.extend(recv_until_closed(c)))
-            t.start()
-            c.sendall(payload)
-            c.shutdown(socket.SHUT_WR)
-            t.join(30)
-        assert bytes(got) == payload
+            got = bulk_echo(c, payload)
+        assert got == payload
         assert wait_until(lambda: any(e["event"] == "connection" for e in px.events), timeout=10)
     ev = next(e for e in px.events if e["event"] == "connection")
     n = len(payload) + 5
@@ -149,8 +144,7 @@ def test_a_half_close_passes_through_a_spliced_link_and_the_reply_comes_back():
 def test_a_reset_by_the_server_reaches_the_client_through_a_spliced_link():
     def reset_after_bytes(conn):
         recv_exactly(conn, 4)
-        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        conn.close()
+        abort(conn)
 
     with ThreadServer(reset_after_bytes) as srv, running_proxy(srv.port) as px:
         with connect(px.port, timeout=10) as c:
@@ -165,21 +159,11 @@ def test_a_reset_by_the_server_reaches_the_client_through_a_spliced_link():
 
 def test_a_reset_by_the_client_reaches_the_server_through_a_spliced_link():
     seen = []
-
-    def wait_for_reset(conn):
-        try:
-            while conn.recv(100):
-                pass
-            seen.append("eof")
-        except ConnectionResetError:
-            seen.append("reset")
-
-    with ThreadServer(wait_for_reset) as srv, running_proxy(srv.port) as px:
+    with ThreadServer(end_watcher(seen)) as srv, running_proxy(srv.port) as px:
         c = connect(px.port)
         c.sendall(b"hi")
         assert wait_until(px.spliced, timeout=10)
-        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        c.close()
+        abort(c)
         assert wait_until(lambda: seen, timeout=10) and seen == ["reset"]
 
 
