@@ -16,10 +16,11 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import socket
 from typing import Any, Optional
 
-from socktools import errors
 from socktools.addresses import format_addr
+from socktools.core.accept import Acceptor
 from socktools.core.loop import Connection, Protocol
 from socktools.proxy.config import parse_hostport
 from socktools.proxy.listen import bind_listener
@@ -219,7 +220,10 @@ class ApiServer:
         self.address = format_addr(self.listener.getsockname())
         self.side = _ApiSide(self)
         self.conns: set = set()
-        server.loop.add_reader(self.listener, self._accept)
+        # (core.accept: a bite per wake-up, and a pause, not a spin, when out of descriptors)
+        self.acceptor = Acceptor(server.loop, self.listener, self._accepted,
+                                 on_pause=lambda why: log.warning("api: accept paused: %s", why))
+        self.acceptor.start()
         self._sweep = server.loop.call_later(API_IDLE / 4, self._close_idle)
 
     def _close_idle(self) -> None:
@@ -229,24 +233,16 @@ class ApiServer:
             conn.abort()
         self._sweep = self.server.loop.call_later(API_IDLE / 4, self._close_idle)
 
-    def _accept(self) -> None:
-        for _ in range(MAX_PIPELINED):
-            try:
-                sock, peer = self.listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                log.warning("api: accept failed: %s", errors.one_line(exc))
-                return
-            if len(self.conns) >= MAX_API_CONNS:
-                log.warning("api: %d connections open already; refusing %s", MAX_API_CONNS, format_addr(peer))
-                sock.close()
-                continue
-            self.conns.add(self.server.loop.add_connection(sock, self.side, peer))
+    def _accepted(self, sock: socket.socket, peer: Any) -> None:
+        if len(self.conns) >= MAX_API_CONNS:
+            log.warning("api: %d connections open already; refusing %s", MAX_API_CONNS, format_addr(peer))
+            sock.close()
+            return
+        self.conns.add(self.server.loop.add_connection(sock, self.side, peer))
 
     def close(self) -> None:
         self._sweep.cancel()
-        self.server.loop.remove_reader(self.listener)
+        self.acceptor.stop()
         self.listener.close()
         for conn in list(self.conns):
             conn.abort()

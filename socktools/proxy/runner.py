@@ -20,7 +20,6 @@ pairs that hold nothing (FIN both ways), and aborts what is left after
 
 from __future__ import annotations
 
-import errno
 import logging
 import random
 import signal
@@ -31,6 +30,7 @@ from typing import Any, Callable, Optional
 
 from socktools import errors
 from socktools.addresses import format_addr, resolve
+from socktools.core.accept import Acceptor
 from socktools.core.loop import Connection, Loop
 from socktools.core.signals import SignalQueue, watch_stdin_eof
 from socktools.proxy.config import (PROXY_FIELDS, ProxyConfig, ProxySpec, SpecError, ToxicSpec,
@@ -46,13 +46,6 @@ __all__ = ["ProxyServer", "Proxy", "run_proxy"]
 
 log = logging.getLogger("socktools.proxy")
 
-#: Connections accepted per readiness event of a listener, so one busy proxy cannot starve
-#: the others or the API (serve takes the same bite).
-ACCEPT_BATCH = 64
-#: After EMFILE/ENFILE/ENOBUFS/ENOMEM on accept: stop accepting on that proxy this long
-#: (clients wait in the backlog) instead of spinning on a listener that stays readable.
-ACCEPT_RETRY = 0.1
-_ACCEPT_RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 #: While draining, how often pairs are looked at for "nothing left in flight".
 DRAIN_CHECK = 0.05
 #: Longest TLS handshake, either side, from TCP up to the handshake's end.  A real one takes a
@@ -80,7 +73,7 @@ class Proxy:
         self.client_side = ClientSide(self)
         self.upstream_side = UpstreamSide(HANDSHAKE_TIMEOUT)
         self._numbers = 0
-        self._retry = None
+        self.acceptor: Optional[Acceptor] = None     # while listening (core.accept: bites, EMFILE pauses)
         # TLS: each process makes its own contexts from the spec's configs (a context does not
         # pickle); clients still in their handshake (not yet a pair) -> their deadline timer.
         self.listen_tls, self.upstream_tls = spec.listen_tls, spec.upstream_tls
@@ -132,7 +125,8 @@ class Proxy:
         if unix_path(self.listen) is None:
             # Toxiproxy shows the address it got: a port 0 becomes the real one.
             self.listen = format_addr(self.listener.getsockname())
-        self.server.loop.add_reader(self.listener, self._accept)
+        self.acceptor = Acceptor(self.server.loop, self.listener, self._accepted, on_pause=self._accept_paused)
+        self.acceptor.start()
         self.enabled = True
         self.server.event({"event": "listening", "proxy": self.name, "listen": self.listen,
                            "upstream": self.upstream, **self.tls_info()})
@@ -149,39 +143,22 @@ class Proxy:
             pair.close(why, how)
 
     def _stop_accepting(self) -> None:
-        if self.listener is not None:
-            self.server.loop.remove_reader(self.listener)
-        if self._retry is not None:
-            self._retry.cancel()
-            self._retry = None
+        if self.acceptor is not None:
+            self.acceptor.stop()
+            self.acceptor = None
 
-    def _accept(self) -> None:
-        for _ in range(ACCEPT_BATCH):
-            try:
-                sock, peer = self.listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                if exc.errno in _ACCEPT_RESOURCE_ERRORS:
-                    log.warning("proxy %s: accept paused for %gs: %s", self.name, ACCEPT_RETRY,
-                                errors.one_line(exc))
-                    self._stop_accepting()
-                    self._retry = self.server.loop.call_later(ACCEPT_RETRY, self._resume_accepting)
-                    return
-                continue    # ECONNABORTED and kin: that one client is gone
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
-            # (A Unix socket's client is unnamed: it is shown by the socket it came through.)
-            # A TLS client is a TlsConnection (it never splices: its bytes are records).
-            self.server.loop.add_connection(sock, self.client_side, peer or self.listen,
-                                            tls=self.server_ctx, conn_class=SpliceConnection)
+    def _accept_paused(self, why: str) -> None:
+        log.warning("proxy %s: accept paused: %s", self.name, why)
 
-    def _resume_accepting(self) -> None:
-        self._retry = None
-        if self.enabled and self.listener is not None and not self.server.draining:
-            self.server.loop.add_reader(self.listener, self._accept)
+    def _accepted(self, sock: socket.socket, peer: Any) -> None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+        # (A Unix socket's client is unnamed: it is shown by the socket it came through.)
+        # A TLS client is a TlsConnection (it never splices: its bytes are records).
+        self.server.loop.add_connection(sock, self.client_side, peer or self.listen,
+                                        tls=self.server_ctx, conn_class=SpliceConnection)
 
     # ------------------------------------------------------------ clients' TLS handshakes
     def handshake_begun(self, client: Connection) -> None:

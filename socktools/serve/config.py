@@ -15,7 +15,7 @@ from socktools import protocol
 from socktools.errors import OptionError
 from socktools.tlsconf import ServerTlsConfig
 
-__all__ = ["ServeConfig", "MODES", "HIGH_WATER", "ACCEPT_BATCH", "ACCEPT_RETRY", "DEFAULT_MAX_BUFFERED",
+__all__ = ["ServeConfig", "MODES", "HIGH_WATER", "DEFAULT_MAX_BUFFERED",
            "DEFAULT_REQUEST_TIMEOUT", "DEFAULT_MAX_CONNS", "default_max_buffered", "MAX_UNIX_PATH",
            "unix_path_problem", "UDP_MODES", "STREAM_ONLY"]
 
@@ -38,14 +38,6 @@ STREAM_ONLY = ("max_conns", "idle_timeout", "max_content", "max_buffered", "requ
 #: read (echo) or pipelines many requests (framed).  256 KiB is a few socket
 #: buffers' worth: enough to keep a fast pipe full.
 HIGH_WATER = 256 * 1024
-
-#: Accepts per readiness event: bounds how long one worker spends in accept()
-#: before serving its connections, and leaves some for sibling workers.
-ACCEPT_BATCH = 64
-
-#: Back-off before retrying accept() after EMFILE and friends, when no
-#: connection of ours closes first.
-ACCEPT_RETRY = 0.25
 
 # ---- what one hostile peer may cost a worker (enforced by serve/budget.py, framed mode)
 

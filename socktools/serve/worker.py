@@ -37,7 +37,6 @@ so pending clients wait in the kernel's backlog rather than being dropped.
 
 from __future__ import annotations
 
-import errno
 import logging
 import signal
 import socket
@@ -47,10 +46,11 @@ from typing import Any, Callable, Optional
 
 from socktools import errors, protocol
 from socktools.addresses import format_addr
+from socktools.core.accept import Acceptor
 from socktools.core.loop import Connection, Loop
 from socktools.core.signals import SignalQueue, watch_stdin_eof
 from socktools.serve.budget import RequestBudget
-from socktools.serve.config import ACCEPT_BATCH, ACCEPT_RETRY, ServeConfig
+from socktools.serve.config import ServeConfig
 from socktools.serve.protocols import PROTOCOLS
 from socktools.serve.stats import ServerStats
 from socktools.tlsconf import server_context
@@ -58,8 +58,6 @@ from socktools.tlsconf import server_context
 __all__ = ["LoopWorker", "Worker", "stop_signals"]
 
 log = logging.getLogger("socktools.serve.worker")
-
-_ACCEPT_RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
 #: SO_PEERCRED's ``struct ucred``: pid, uid, gid (man 7 unix).
 _UCRED = struct.Struct("3i")
@@ -159,12 +157,12 @@ class Worker(LoopWorker):
         self.stats = ServerStats()
         self.protocol = PROTOCOLS[config.mode](self)
         self.max_conns = config.per_worker_max_conns
-        self.accepting = False
+        self.acceptor = Acceptor(self.loop, listener, self._accepted, on_pause=self._accept_paused,
+                                 on_error=self._accept_failed, room=self._room)
         self.draining = False
         self.force_signal: Optional[int] = None   # supervised: the signal that aborts (run)
         self.sink_reading = False
         self.stopped = False
-        self._retry_timer = None
         self._drain_deadline = None
         # Nagle off for answers (not for a sink, which sends nothing; not on AF_UNIX, which has none).
         self._nodelay = config.mode != "sink" and config.unix is None
@@ -177,7 +175,7 @@ class Worker(LoopWorker):
     # ------------------------------------------------------------ lifecycle
     def start(self) -> None:
         self.listener.setblocking(False)
-        self._start_accepting()
+        self.acceptor.start()
         if self.config.idle_timeout:
             self.loop.set_idle_timeout(self.config.idle_timeout)
             self.loop.on_idle_close = self._idle_close
@@ -197,60 +195,33 @@ class Worker(LoopWorker):
         s.bytes_in, s.bytes_out = self.loop.byte_totals()
         return s
 
-    # ------------------------------------------------------------ accepting
-    def _start_accepting(self) -> None:
-        if not self.accepting and not self.draining:
-            self.loop.add_reader(self.listener, self._on_acceptable)
-            self.accepting = True
+    # ------------------------------------------------------------ accepting (core.accept.Acceptor)
+    def _room(self) -> Optional[str]:
+        if self.max_conns and len(self.loop.connections) >= self.max_conns:
+            return f"{len(self.loop.connections)} connections open (--max-conns)"
+        return None
 
-    def _pause_accepting(self, why: str) -> None:
-        if self.accepting:
-            self.loop.remove_reader(self.listener)
-            self.accepting = False
-            self.stats.accept_paused += 1
-            log.warning("worker %d: accept paused: %s", self.index, why)
+    def _accept_paused(self, why: str) -> None:
+        self.stats.accept_paused += 1
+        log.warning("worker %d: accept paused: %s", self.index, why)
 
-    def _on_acceptable(self) -> None:
-        listener = self.listener
-        conns = self.loop.connections
-        for _ in range(ACCEPT_BATCH):
-            if self.max_conns and len(conns) >= self.max_conns:
-                self._pause_accepting(f"{len(conns)} connections open (--max-conns)")
-                return
+    def _accept_failed(self, exc: OSError) -> None:
+        # ECONNABORTED, EPROTO, EPERM (firewall): that one connection is gone.
+        self.stats.count_error(errors.exception_key(exc))
+
+    def _accepted(self, sock: socket.socket, peer: Any) -> None:
+        self.stats.accepted += 1
+        if self._nodelay:
             try:
-                sock, peer = listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                if exc.errno in _ACCEPT_RESOURCE_ERRORS:
-                    self._pause_accepting(errors.one_line(exc))
-                    self._schedule_accept_retry()
-                    return
-                # ECONNABORTED, EPROTO, EPERM (firewall): that one connection is gone.
-                self.stats.count_error(errors.exception_key(exc))
-                continue
-            self.stats.accepted += 1
-            if self._nodelay:
-                try:
-                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                except OSError:
-                    pass
-            elif self.config.unix is not None:
-                peer = _unix_peer(sock)
-            if self.tls is None:
-                self.loop.add_connection(sock, self.protocol, peer)
-            else:
-                self.loop.add_connection(sock, self.protocol, peer, tls=self.tls)
-
-    def _schedule_accept_retry(self) -> None:
-        if self._retry_timer is None:
-            self._retry_timer = self.loop.call_later(ACCEPT_RETRY, self._retry_accept)
-
-    def _retry_accept(self) -> None:
-        self._retry_timer = None
-        if not self.accepting and not self.draining:
-            log.info("worker %d: accept resumed", self.index)
-            self._start_accepting()
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        elif self.config.unix is not None:
+            peer = _unix_peer(sock)
+        if self.tls is None:
+            self.loop.add_connection(sock, self.protocol, peer)
+        else:
+            self.loop.add_connection(sock, self.protocol, peer, tls=self.tls)
 
     # ------------------------------------------------------------ connection events
     def connection_made(self, conn: Connection) -> None:
@@ -269,8 +240,7 @@ class Worker(LoopWorker):
                         self.index, format_addr(conn.peer), key, getattr(exc, "reason", None) or exc)
         elif exc is not None and not isinstance(exc, (protocol.ProtocolError, TimeoutError)):
             self.stats.count_error(errors.exception_key(exc))
-        if not self.accepting and not self.draining and self._retry_timer is None:
-            self._retry_accept()  # an fd or a slot just freed up
+        self.acceptor.resume()        # an fd or a slot just freed up (if paused)
         if self.draining and not self.loop.connections:
             self.stopped = True
 
@@ -323,9 +293,7 @@ class Worker(LoopWorker):
     # ------------------------------------------------------------ stopping
     def _begin_drain(self) -> None:
         self.draining = True
-        if self.accepting:
-            self.loop.remove_reader(self.listener)
-            self.accepting = False
+        self.acceptor.stop()
         for conn in list(self.loop.connections.values()):
             decoder = conn.ctx
             busy = conn.pending or (isinstance(decoder, protocol.Decoder) and decoder.buffered)
@@ -340,9 +308,7 @@ class Worker(LoopWorker):
 
     def _abort_all(self) -> None:
         self.draining = True
-        if self.accepting:
-            self.loop.remove_reader(self.listener)
-            self.accepting = False
+        self.acceptor.stop()
         for conn in list(self.loop.connections.values()):
             conn.abort()
 
