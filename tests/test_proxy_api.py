@@ -14,7 +14,7 @@ from socktools.proxy.api import VERSION, handle
 from socktools.proxy.config import ProxyConfig
 from socktools.proxy.httpd import MAX_BODY, RequestError, RequestReader
 from socktools.proxy.runner import ProxyServer
-from tests.proxy_helpers import ProxyProcess, connect, echo, in_thread, recv_exactly
+from tests.proxy_helpers import ProxyProcess, connect, echo, in_thread, recv_exactly, recv_until_closed
 from tests.threadserver import ThreadServer
 
 pytest.importorskip("httptools", reason="httptools not installed (pip install httptools)")
@@ -307,3 +307,39 @@ def test_a_deleted_proxys_connections_still_count_in_the_total():
     assert summary["proxies"] == {}
     assert summary["total"]["accepted"] == 1 and summary["total"]["from_client"] == 5
     assert summary["total"]["ended"] == {"proxy-deleted": 1}
+
+
+@pytest.mark.skipif(not hasattr(__import__("resource"), "prlimit"), reason="needs resource.prlimit (Linux)")
+def test_the_api_pauses_when_out_of_descriptors_and_answers_once_some_are_free():
+    """EMFILE at the API's accept: the API pauses (a log line, no spin on a listener that stays
+    readable) and serves the waiting client once descriptors are free again."""
+    import os
+    import resource
+    import urllib.request
+
+    from tests.conftest import wait_until
+    with ThreadServer(echo) as srv, ProxyProcess("--listen", "127.0.0.1:0", "--to", f"127.0.0.1:{srv.port}",
+                                                 "--api", "127.0.0.1:0") as px:
+        pid = px.proc.pid
+        spare = 6
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (len(os.listdir(f"/proc/{pid}/fd")) + spare,) * 2)
+        clients = [connect(px.port) for _ in range(spare)]     # two descriptors a pair: the rest run out
+        try:
+            for c in clients:
+                c.sendall(b"x")
+            api = socket.create_connection(("127.0.0.1", px.api), timeout=10)
+            api.sendall(b"GET /version HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert wait_until(lambda: "api: accept paused" in px.stderr(), timeout=10), px.stderr()
+            lines = px.stderr().count("api: accept paused")
+            for c in clients:
+                c.close()
+            clients = []
+            assert b"socktools" in recv_until_closed(api)      # served once descriptors were free
+            api.close()
+            # paused and retried 4 times a second, not once per wake-up of a readable listener
+            assert lines < 50, px.stderr()
+        finally:
+            for c in clients:
+                c.close()
+        with urllib.request.urlopen(f"http://127.0.0.1:{px.api}/version", timeout=10) as resp:
+            assert resp.status == 200
