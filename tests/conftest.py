@@ -112,13 +112,13 @@ class ServerProcess(EmbeddedServer):
         return self.summary
 
 
-@pytest.fixture
-def start_server():
-    """``start_server("--mode", "framed")`` -> ServerProcess; every one is stopped at teardown."""
-    started: list[ServerProcess] = []
+def started_servers(make):
+    """For a fixture: ``yield from started_servers(make)`` gives the test ``start(*args, **kw)``
+    (``make``'s server, remembered) and kills every one it started at teardown."""
+    started: list = []
 
-    def start(*args: str, **kw) -> ServerProcess:
-        srv = ServerProcess(*args, **kw)
+    def start(*args, **kw):
+        srv = make(*args, **kw)
         started.append(srv)
         return srv
 
@@ -127,6 +127,12 @@ def start_server():
         if srv.proc is not None:
             srv.proc.kill()
             srv.proc.communicate()
+
+
+@pytest.fixture
+def start_server():
+    """``start_server("--mode", "framed")`` -> ServerProcess; every one is stopped at teardown."""
+    yield from started_servers(ServerProcess)
 
 
 def can_capture() -> bool:

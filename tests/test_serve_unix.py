@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from socktools import protocol, reference
 from socktools.cli import main
 from socktools.core.embedded import EmbeddedServer
-from tests.conftest import children_of, socktools_cmd, wait_until
+from tests.conftest import children_of, socktools_cmd, started_servers, wait_until
 
 
 class UnixServer(EmbeddedServer):
@@ -53,18 +53,7 @@ class UnixServer(EmbeddedServer):
 
 @pytest.fixture
 def unix_server(tmp_path):
-    started: list[UnixServer] = []
-
-    def start(*args: str, path=None) -> UnixServer:
-        srv = UnixServer(path or tmp_path / "serve.sock", *args)
-        started.append(srv)
-        return srv
-
-    yield start
-    for srv in started:
-        if srv.proc is not None:
-            srv.proc.kill()
-            srv.proc.communicate()
+    yield from started_servers(lambda *args, path=None: UnixServer(path or tmp_path / "serve.sock", *args))
 
 
 def _client(path: str) -> socket.socket:

@@ -167,7 +167,7 @@ def test_cli_view_options(mixed_pcap):
 
 
 def test_cli_show_prints_scapys_layers_for_chosen_packets(mixed_pcap):
-    pytest.importorskip("scapy", reason="scapy is not installed")
+    pytest.importorskip("scapy", reason="scapy is not installed (pip install scapy)")
     res = CliRunner().invoke(main, ["sniff", "-r", str(mixed_pcap), "--show", "2-3"],
                              catch_exceptions=False)
     assert res.exit_code == 0, res.output
@@ -181,7 +181,7 @@ def test_cli_show_prints_scapys_layers_for_chosen_packets(mixed_pcap):
 
 
 def test_records_carry_frame_and_linktype_for_scapy(mixed_pcap):
-    pytest.importorskip("scapy", reason="scapy is not installed")
+    pytest.importorskip("scapy", reason="scapy is not installed (pip install scapy)")
     from socktools.capture import SniffConfig, Sniffer
     sn = Sniffer(SniffConfig(read=str(mixed_pcap))).open()
     recs = [r for b in sn.batches() for r in b]

@@ -295,6 +295,7 @@ def test_the_kernel_runs_the_filter(addr):
     client, server = _pair(lsock, addr)
     with lsock, client, server:
         port = lsock.getsockname()[1]
+        # (192.0.2.1, TEST-NET-1: only a filter term the kernel matches against; never connected to)
         f = SocketFilter(src=(parse_address("127.0.0.0/8"), parse_address("[::1]")),
                          dst=(parse_address(f"{addr}:{port}"), parse_address("192.0.2.1")))
         request = netlink.inet_request(socket.AF_INET, socket.IPPROTO_TCP,

@@ -194,6 +194,8 @@ def test_proc_unix_text():
 
 
 # --------------------------------------------------------------------------- filters
+# (The addresses below are data for the filters -- socket table rows, match terms -- never
+# connected to: these tests open no socket.)
 def _e(state="ESTABLISHED", local=("127.0.0.1", 80), remote=("10.1.2.3", 5000), proto="tcp", **kw):
     return SocketEntry(proto, local, remote, state, 0, 0, kw.pop("inode", 1), 0, **kw)
 
