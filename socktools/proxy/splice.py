@@ -61,7 +61,7 @@ UNSPLICE_AFTER = 16
 class Pipe:
     """One direction's pipe: ``link.src`` is spliced into it, it is spliced into ``link.dst``."""
 
-    __slots__ = ("link", "r", "w", "size", "count", "high", "low", "small")
+    __slots__ = ("link", "r", "w", "size", "count", "high", "low", "small", "auto")
 
     def __init__(self, link: Any) -> None:
         self.link = link
@@ -75,6 +75,7 @@ class Pipe:
         self.low = self.size // PIPE_LOW_FRACTION
         self.count = 0                   # bytes in the pipe
         self.small = 0                   # small reads in a row, passed on whole (SMALL_READ)
+        self.auto = link.pair.proxy.server.config.splice == "auto"    # (may go back to batches)
 
     def fill(self) -> None:
         """The source is readable: splice what the pipe has room for, then pass it on."""
@@ -101,7 +102,7 @@ class Pipe:
         self.flush()
         if self.count >= self.high:
             self._pause()
-        elif n < SMALL_READ and not self.count and link.pair.proxy.server.config.splice == "auto":
+        elif n < SMALL_READ and not self.count and self.auto:
             self.small += 1
             if self.small >= UNSPLICE_AFTER:
                 link.unsplice(deliver=True)      # small messages again: the batch path's
