@@ -288,3 +288,37 @@ def test_a_stream_option_from_the_environment_is_named_by_its_variable():
     result = CliRunner().invoke(main, ["serve", "--udp", "--port", "0"], env={"SOCKTOOLS_SERVE_BACKLOG": "5"})
     assert result.exit_code == 2, result.output
     assert "SOCKTOOLS_SERVE_BACKLOG" in result.output
+
+
+def _worker_whose_final_report_meets_a_signal(conn) -> None:
+    """(In a forked child.)  A supervised UDP worker, stopped by SIGTERM; while it reports its
+    final counts, another SIGTERM arrives -- what a stop sent twice (a process group's SIGTERM
+    and the supervisor's, or a drain turned into a forced stop) does."""
+    from socktools.serve.udp import UdpWorker
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+
+    def report(kind: str, stats: dict) -> None:
+        if kind == "final":
+            os.kill(os.getpid(), signal.SIGTERM)      # a second stop, in the middle of the report
+        conn.send((kind, stats))
+
+    worker = UdpWorker(ServeConfig(udp=True, port=0), sock, report=report, report_interval=0)
+    worker.loop.call_later(0, lambda: os.kill(os.getpid(), signal.SIGTERM))
+    worker.run(handle_sigint=False, force_signal=signal.SIGUSR2)
+
+
+def test_a_signal_during_a_workers_final_report_does_not_lose_its_counts():
+    import multiprocessing
+    ctx = multiprocessing.get_context("fork")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_worker_whose_final_report_meets_a_signal, args=(child,))
+    proc.start()
+    child.close()
+    try:
+        assert parent.poll(20), f"no final report (the worker exited {proc.exitcode})"
+        kind, stats = parent.recv()
+        assert kind == "final" and stats["datagrams_in"] == 0
+    finally:
+        proc.join(20)
+    assert proc.exitcode == 0

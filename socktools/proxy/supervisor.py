@@ -403,10 +403,10 @@ def _worker_main(pipe: Any, config: ProxyConfig, table: list, index: int, inheri
     signals = SignalQueue((signal.SIGTERM,)).install()
     try:
         worker.run(signals)
+        worker.flush_events()
+        worker.send(("report", worker.totals_report()))
     finally:
-        signals.close()
-    worker.flush_events()
-    worker.send(("report", worker.totals_report()))
+        signals.close()      # (only now: a SIGTERM during the report would otherwise kill it first)
 
 
 # --------------------------------------------------------------------- the parent

@@ -105,14 +105,19 @@ class LoopWorker:
         if self.config.stop_on_stdin_eof:
             watch_stdin_eof(self.loop, self._stdin_closed)
         try:
-            self.loop.run(until=lambda: self.stopped)
+            try:
+                self.loop.run(until=lambda: self.stopped)
+            finally:
+                self.loop.close()
+            final = self.snapshot()
+            if self.report:
+                self.report("final", final.to_dict())
         finally:
-            self.loop.close()
+            # Only now: with the queue gone a stop signal has its default action again, and one
+            # that came during the report (a stop sent twice) would kill the worker before its
+            # final counts reached the supervisor.
             if own is not None:
                 own.close()
-        final = self.snapshot()
-        if self.report:
-            self.report("final", final.to_dict())
         return final
 
     def start(self) -> None:
